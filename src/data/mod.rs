@@ -1,0 +1,253 @@
+//! Image datasets: loading MNIST-style IDX files into normalised tensors, the seeded
+//! training/validation split, and the seeded batch sampler used by every training loop.
+
+pub mod fetch;
+pub mod idx;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetName {
+    Mnist,
+    FashionMnist,
+}
+
+impl DatasetName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetName::Mnist => "mnist",
+            DatasetName::FashionMnist => "fashion-mnist",
+        }
+    }
+
+    /// Per-pixel mean and standard deviation of the training set, in [0, 1] units.
+    pub fn mean_std(self) -> (f64, f64) {
+        match self {
+            DatasetName::Mnist => (0.1307, 0.3081),
+            DatasetName::FashionMnist => (0.2860, 0.3530),
+        }
+    }
+
+    /// Where `gtn data fetch` puts the files unless told otherwise.
+    pub fn default_dir(self) -> PathBuf {
+        Path::new("data").join(self.as_str())
+    }
+}
+
+/// Images `[N, 1, 28, 28]` (float, normalised) and labels `[N]` (int64), on one device.
+#[derive(Debug)]
+pub struct Split {
+    pub images: Tensor,
+    pub labels: Tensor,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.size()[0] as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn batch(&self, indices: &Tensor) -> (Tensor, Tensor) {
+        (self.images.index_select(0, indices), self.labels.index_select(0, indices))
+    }
+
+    fn subset(&self, indices: &[i64]) -> Split {
+        let idx = Tensor::from_slice(indices).to_device(self.images.device());
+        let (images, labels) = self.batch(&idx);
+        Split { images, labels }
+    }
+}
+
+#[derive(Debug)]
+pub struct Dataset {
+    pub name: DatasetName,
+    pub train: Split,
+    pub valid: Split,
+    pub test: Split,
+}
+
+impl Dataset {
+    /// Loads the four IDX files (plain or `.gz`) from `dir` and holds out `valid_size` training
+    /// images, chosen by a permutation seeded with `split_seed`, for validation.
+    pub fn load(name: DatasetName, dir: &Path, valid_size: usize, split_seed: u64, device: Device) -> Result<Dataset> {
+        if !dir.is_dir() {
+            bail!(
+                "{}: data folder not found; run `gtn data fetch {}` (or ./quickstart.sh) first",
+                dir.display(),
+                name.as_str()
+            );
+        }
+        let (mean, std) = name.mean_std();
+        let full_train = load_split(dir, "train", mean, std, device)?;
+        let test = load_split(dir, "t10k", mean, std, device)?;
+        let n = full_train.len();
+        if valid_size >= n {
+            bail!("{}: validation size {valid_size} leaves no training images (the file has {n})", dir.display());
+        }
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(split_seed));
+        let (valid_idx, train_idx) = order.split_at(valid_size);
+        Ok(Dataset { name, train: full_train.subset(train_idx), valid: full_train.subset(valid_idx), test })
+    }
+}
+
+fn find_file(dir: &Path, stem: &str) -> Result<PathBuf> {
+    let gz = dir.join(format!("{stem}.gz"));
+    let plain = dir.join(stem);
+    if gz.is_file() {
+        Ok(gz)
+    } else if plain.is_file() {
+        Ok(plain)
+    } else {
+        bail!("{}: missing (also looked for {stem}); run `gtn data fetch` to download it", gz.display())
+    }
+}
+
+fn load_split(dir: &Path, prefix: &str, mean: f64, std: f64, device: Device) -> Result<Split> {
+    let images_path = find_file(dir, &format!("{prefix}-images-idx3-ubyte"))?;
+    let labels_path = find_file(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
+    let images = idx::read(&images_path, 3)?;
+    let labels = idx::read(&labels_path, 1)?;
+    if images.dims[1..] != [28, 28] {
+        bail!("{}: images are {:?}, expected 28x28", images_path.display(), &images.dims[1..]);
+    }
+    if images.dims[0] != labels.dims[0] {
+        bail!(
+            "{}: {} labels for {} images in {}",
+            labels_path.display(),
+            labels.dims[0],
+            images.dims[0],
+            images_path.display()
+        );
+    }
+    if let Some(bad) = labels.data.iter().find(|&&l| l > 9) {
+        bail!("{}: label {bad} outside 0..=9", labels_path.display());
+    }
+    let n = images.dims[0] as i64;
+    let images = Tensor::from_slice(&images.data)
+        .view([n, 1, 28, 28])
+        .to_kind(Kind::Float)
+        .g_div_scalar(255.0)
+        .g_sub_scalar(mean)
+        .g_div_scalar(std)
+        .to_device(device);
+    let labels = Tensor::from_slice(&labels.data).to_kind(Kind::Int64).to_device(device);
+    Ok(Split { images, labels })
+}
+
+/// Draws batches without replacement within a batch, from a seeded stream, so a run (and a
+/// resumed run) sees the same batches for the same seed.
+#[derive(Debug)]
+pub struct BatchSampler {
+    rng: StdRng,
+    n: usize,
+}
+
+impl BatchSampler {
+    pub fn new(n: usize, seed: u64) -> BatchSampler {
+        BatchSampler { rng: StdRng::seed_from_u64(seed), n }
+    }
+
+    pub fn indices(&mut self, batch: usize, device: Device) -> Tensor {
+        let idx: Vec<i64> =
+            rand::seq::index::sample(&mut self.rng, self.n, batch.min(self.n)).into_iter().map(|i| i as i64).collect();
+        Tensor::from_slice(&idx).to_device(device)
+    }
+}
+
+/// The committed slice of real MNIST (512 training, 256 test images) used by the tests.
+pub fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(valid: usize, seed: u64) -> Dataset {
+        Dataset::load(DatasetName::Mnist, &fixture_dir(), valid, seed, Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn loads_fixture_normalised() {
+        let d = fixture(112, 0);
+        assert_eq!(d.train.images.size(), [400, 1, 28, 28]);
+        assert_eq!(d.valid.len(), 112);
+        assert_eq!(d.test.images.size(), [256, 1, 28, 28]);
+        let mean = d.test.images.mean(Kind::Float).double_value(&[]);
+        assert!(mean.abs() < 0.2, "normalised mean {mean}");
+        let min = d.test.images.min().double_value(&[]);
+        assert!((min + 0.1307 / 0.3081).abs() < 1e-5, "background pixel {min}");
+        // The first MNIST test digit is a 7 and the first training digit a 5.
+        assert_eq!(d.test.labels.int64_value(&[0]), 7);
+    }
+
+    #[test]
+    fn split_is_seeded_and_disjoint() {
+        let a = fixture(100, 1);
+        let b = fixture(100, 1);
+        let c = fixture(100, 2);
+        assert!(a.valid.images.equal(&b.valid.images));
+        assert!(!a.valid.images.equal(&c.valid.images));
+        let sums = |s: &Split| s.images.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Double);
+        let total = sums(&a.train).sum(Kind::Double) + sums(&a.valid).sum(Kind::Double);
+        let all = Dataset::load(DatasetName::Mnist, &fixture_dir(), 1, 1, Device::Cpu).unwrap();
+        let expected = sums(&all.train).sum(Kind::Double) + sums(&all.valid).sum(Kind::Double);
+        assert!((total - expected).abs().double_value(&[]) < 1e-3);
+    }
+
+    #[test]
+    fn missing_folder_and_file_errors_name_them() {
+        let err = Dataset::load(DatasetName::Mnist, Path::new("/nonexistent/mnist"), 10, 0, Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/mnist: data folder not found"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = Dataset::load(DatasetName::Mnist, dir.path(), 10, 0, Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("train-images-idx3-ubyte.gz: missing"), "{err}");
+    }
+
+    #[test]
+    fn rejects_oversized_validation_split() {
+        let err = Dataset::load(DatasetName::Mnist, &fixture_dir(), 512, 0, Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("validation size 512 leaves no training images"), "{err}");
+    }
+
+    fn write_split(dir: &Path, n_img: usize, side: usize, n_lab: usize, label: u8) {
+        let img = idx::Idx { dims: vec![n_img, side, side], data: vec![0; n_img * side * side] };
+        let lab = idx::Idx { dims: vec![n_lab], data: vec![label; n_lab] };
+        for prefix in ["train", "t10k"] {
+            std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), idx::encode(&img)).unwrap();
+            std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), idx::encode(&lab)).unwrap();
+        }
+    }
+
+    #[test]
+    fn rejects_inconsistent_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = || Dataset::load(DatasetName::Mnist, dir.path(), 1, 0, Device::Cpu).unwrap_err().to_string();
+        write_split(dir.path(), 4, 28, 3, 1);
+        assert!(load().contains("3 labels for 4 images"), "{}", load());
+        write_split(dir.path(), 4, 27, 4, 1);
+        assert!(load().contains("expected 28x28"), "{}", load());
+        write_split(dir.path(), 4, 28, 4, 12);
+        assert!(load().contains("label 12 outside 0..=9"), "{}", load());
+        std::fs::write(dir.path().join("train-images-idx3-ubyte"), [0u8, 0, 8]).unwrap();
+        assert!(load().contains("train-images-idx3-ubyte: not an IDX file"), "{}", load());
+    }
+
+    #[test]
+    fn sampler_is_seeded_and_has_no_repeats_within_a_batch() {
+        let a = BatchSampler::new(50, 3).indices(20, Device::Cpu);
+        let b = BatchSampler::new(50, 3).indices(20, Device::Cpu);
+        assert!(a.equal(&b));
+        assert_eq!(Vec::<i64>::try_from(a.unique_dim(0, true, false, false).0).unwrap().len(), 20);
+        assert!(!a.equal(&BatchSampler::new(50, 4).indices(20, Device::Cpu)));
+    }
+}
