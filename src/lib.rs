@@ -2,3 +2,6 @@
 //! initialised learner trained on it for a few steps does well on real data.
 
 pub mod data;
+pub mod generator;
+pub mod learner;
+pub mod nn;

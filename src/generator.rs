@@ -1,0 +1,130 @@
+//! The generator: (noise, one-hot label) -> image, as in the reference design:
+//! FC -> BN -> LReLU -> FC -> BN -> LReLU -> reshape -> [upsample x2, reflection pad, conv3x3]
+//! -> BN -> LReLU -> [upsample x2, reflection pad, conv3x3] -> tanh x 2. All layers are
+//! weight-normalised; batch norm uses the statistics of the generated batch.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::nn::{self, Init, ParamSpec};
+
+/// Widths of the generator; the reference uses 128 / 1024 / 128 / 64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorConfig {
+    pub noise_dim: i64,
+    pub fc_width: i64,
+    pub conv1_channels: i64,
+    pub conv2_channels: i64,
+}
+
+impl GeneratorConfig {
+    pub const REFERENCE: GeneratorConfig =
+        GeneratorConfig { noise_dim: 128, fc_width: 1024, conv1_channels: 128, conv2_channels: 64 };
+}
+
+/// Images are `[C, H, W]`; outputs are scaled to (-2, 2), roughly the normalised data range.
+#[derive(Debug, Clone)]
+pub struct Generator {
+    pub config: GeneratorConfig,
+    pub image: [i64; 3],
+    pub classes: i64,
+    specs: Vec<ParamSpec>,
+}
+
+impl Generator {
+    pub fn new(config: GeneratorConfig, image: [i64; 3], classes: i64) -> Result<Generator> {
+        let [c, h, w] = image;
+        if h % 4 != 0 || w % 4 != 0 {
+            bail!("generator: image size {h}x{w} must be divisible by 4 (two x2 upsamplings)");
+        }
+        let widths = [config.noise_dim, config.fc_width, config.conv1_channels, config.conv2_channels];
+        if widths.iter().any(|&x| x <= 0) || c <= 0 || classes <= 0 {
+            bail!("generator: widths {widths:?}, channels {c} and classes {classes} must all be positive");
+        }
+        let GeneratorConfig { noise_dim, fc_width, conv1_channels: c1, conv2_channels: c2 } = config;
+        let bn = |name: &str, n: i64| {
+            vec![
+                ParamSpec::new(format!("{name}.gamma"), &[n], Init::Ones),
+                ParamSpec::new(format!("{name}.beta"), &[n], Init::Zeros),
+            ]
+        };
+        // Layers followed by batch norm need no bias: the mean subtraction would cancel it.
+        let specs = [
+            nn::wn_specs("fc1", &[fc_width, noise_dim + classes], false),
+            bn("bn1", fc_width),
+            nn::wn_specs("fc2", &[c1 * (h / 4) * (w / 4), fc_width], false),
+            bn("bn2", c1 * (h / 4) * (w / 4)),
+            nn::wn_specs("conv1", &[c2, c1, 3, 3], false),
+            bn("bn3", c2),
+            nn::wn_specs("conv2", &[c, c2, 3, 3], true),
+        ]
+        .concat();
+        Ok(Generator { config, image, classes, specs })
+    }
+
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// `z`: `[B, noise_dim]`, `labels`: int64 `[B]` -> images `[B, C, H, W]`.
+    pub fn forward(&self, params: &[Tensor], z: &Tensor, labels: &Tensor) -> Tensor {
+        assert_eq!(params.len(), self.specs.len(), "generator: wrong number of parameters");
+        let [_, h, w] = self.image;
+        let p = params;
+        let onehot = labels.one_hot(self.classes).to_kind(z.kind());
+        let x = Tensor::cat(&[z, &onehot], 1);
+        let x = nn::leaky_relu(&nn::batch_norm(&nn::wn_linear(&x, &p[0], &p[1], None), &p[2], &p[3]));
+        let x = nn::leaky_relu(&nn::batch_norm(&nn::wn_linear(&x, &p[4], &p[5], None), &p[6], &p[7]));
+        let x = x.view([-1, self.config.conv1_channels, h / 4, w / 4]);
+        let x = nn::reflection_pad1(&nn::upsample2(&x));
+        let x = nn::leaky_relu(&nn::batch_norm(&nn::wn_conv2d(&x, &p[8], &p[9], None, 0), &p[10], &p[11]));
+        let x = nn::reflection_pad1(&nn::upsample2(&x));
+        nn::wn_conv2d(&x, &p[12], &p[13], Some(&p[14]), 0).tanh() * 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::gradcheck::{leaf, max_rel_error, project};
+    use rand::SeedableRng;
+    use tch::{Device, Kind};
+
+    const SMALL: GeneratorConfig = GeneratorConfig { noise_dim: 4, fc_width: 6, conv1_channels: 3, conv2_channels: 2 };
+
+    #[test]
+    fn output_shape_and_range() {
+        let g = Generator::new(GeneratorConfig::REFERENCE, [1, 28, 28], 10).unwrap();
+        let p = nn::init_params(g.specs(), &mut rand::rngs::StdRng::seed_from_u64(0), Kind::Float, Device::Cpu);
+        let z = leaf(&[5, 128], 1).to_kind(Kind::Float);
+        let x = g.forward(&p, &z, &Tensor::from_slice(&[0i64, 1, 2, 3, 4]));
+        assert_eq!(x.size(), [5, 1, 28, 28]);
+        assert!(x.abs().max().double_value(&[]) <= 2.0);
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let err = Generator::new(SMALL, [1, 30, 28], 10).unwrap_err().to_string();
+        assert!(err.contains("30x28 must be divisible by 4"), "{err}");
+        let err = Generator::new(GeneratorConfig { fc_width: 0, ..SMALL }, [1, 28, 28], 10).unwrap_err();
+        assert!(err.to_string().contains("must all be positive"));
+    }
+
+    #[test]
+    fn gradcheck_generator() {
+        let g = Generator::new(SMALL, [1, 8, 8], 3).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut inputs = nn::init_params(g.specs(), &mut rng, Kind::Double, Device::Cpu);
+        // Perturb the batch-norm affine terms so their gradients are generic.
+        for t in inputs.iter_mut() {
+            *t = (t.detach() + nn::randn(&mut rng, &t.size(), Kind::Double, Device::Cpu) * 0.1).set_requires_grad(true);
+        }
+        inputs.push(leaf(&[4, 4], 2));
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 0]);
+        let f = |p: &[Tensor]| project(&g.forward(&p[..p.len() - 1], &p[p.len() - 1], &labels));
+        let err = max_rel_error(&inputs, &f, 6);
+        assert!(err < 1e-5, "generator finite-difference relative error {err:e}");
+    }
+}

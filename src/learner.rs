@@ -1,0 +1,176 @@
+//! Learners: the networks trained in the inner loop, as pure functions of an explicit parameter
+//! list. Every layer is weight-normalised and followed by mean-only batch norm.
+
+use anyhow::{bail, Result};
+use rand::{rngs::StdRng, Rng};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::nn::{self, Init, ParamSpec};
+
+/// Which learners meta-training and evaluation draw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LearnerKind {
+    /// The reference MNIST CNN: conv 64, conv 128, FC 256.
+    BaseFc,
+    /// base_fc with widths drawn afresh each time: conv1 in [32,128), conv2 in [64,256), FC in [64,256).
+    Random,
+    /// A small MLP 784-256-128-10 for fast CPU runs.
+    Mlp,
+}
+
+/// A concrete architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Cnn { conv1: i64, conv2: i64, fc: i64 },
+    Mlp { hidden1: i64, hidden2: i64 },
+}
+
+impl LearnerKind {
+    pub fn sample(self, rng: &mut StdRng) -> Arch {
+        match self {
+            LearnerKind::BaseFc => Arch::Cnn { conv1: 64, conv2: 128, fc: 256 },
+            LearnerKind::Random => {
+                Arch::Cnn { conv1: rng.gen_range(32..128), conv2: rng.gen_range(64..256), fc: rng.gen_range(64..256) }
+            }
+            LearnerKind::Mlp => Arch::Mlp { hidden1: 256, hidden2: 128 },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Learner {
+    pub arch: Arch,
+    pub image: [i64; 3],
+    pub classes: i64,
+    specs: Vec<ParamSpec>,
+}
+
+fn bn_bias(name: &str, n: i64) -> ParamSpec {
+    ParamSpec::new(format!("{name}.bias"), &[n], Init::Zeros)
+}
+
+impl Learner {
+    /// Checks the shapes once; `forward` then trusts them.
+    pub fn new(arch: Arch, image: [i64; 3], classes: i64) -> Result<Learner> {
+        let [c, h, w] = image;
+        if c <= 0 || h <= 0 || w <= 0 || classes <= 0 {
+            bail!("learner: image shape {image:?} and classes {classes} must be positive");
+        }
+        // Hidden layers feed mean-only batch norm, which has its own bias.
+        let specs = match arch {
+            Arch::Cnn { conv1, conv2, fc } => {
+                if conv1 <= 0 || conv2 <= 0 || fc <= 0 {
+                    bail!("learner: widths conv1={conv1} conv2={conv2} fc={fc} must be positive");
+                }
+                let pooled = |s: i64| (s + 1) / 2;
+                let flat = conv2 * pooled(pooled(h)) * pooled(pooled(w));
+                [
+                    nn::wn_specs("conv1", &[conv1, c, 3, 3], false),
+                    vec![bn_bias("bn1", conv1)],
+                    nn::wn_specs("conv2", &[conv2, conv1, 3, 3], false),
+                    vec![bn_bias("bn2", conv2)],
+                    nn::wn_specs("fc1", &[fc, flat], false),
+                    vec![bn_bias("bn3", fc)],
+                    nn::wn_specs("fc2", &[classes, fc], true),
+                ]
+                .concat()
+            }
+            Arch::Mlp { hidden1, hidden2 } => {
+                if hidden1 <= 0 || hidden2 <= 0 {
+                    bail!("learner: widths hidden1={hidden1} hidden2={hidden2} must be positive");
+                }
+                [
+                    nn::wn_specs("fc1", &[hidden1, c * h * w], false),
+                    vec![bn_bias("bn1", hidden1)],
+                    nn::wn_specs("fc2", &[hidden2, hidden1], false),
+                    vec![bn_bias("bn2", hidden2)],
+                    nn::wn_specs("fc3", &[classes, hidden2], true),
+                ]
+                .concat()
+            }
+        };
+        Ok(Learner { arch, image, classes, specs })
+    }
+
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// Fresh Kaiming-normal parameters (leaves requiring gradients).
+    pub fn init(&self, rng: &mut StdRng, device: Device) -> Vec<Tensor> {
+        nn::init_params(&self.specs, rng, Kind::Float, device)
+    }
+
+    /// `x`: `[N, C, H, W]` -> logits `[N, classes]`.
+    pub fn forward(&self, params: &[Tensor], x: &Tensor) -> Tensor {
+        assert_eq!(params.len(), self.specs.len(), "learner: wrong number of parameters");
+        let p = params;
+        let act = |y: Tensor, bias: &Tensor| nn::leaky_relu(&nn::mean_only_bn(&y, bias));
+        match self.arch {
+            Arch::Cnn { .. } => {
+                let y = act(nn::max_pool(&nn::wn_conv2d(x, &p[0], &p[1], None, 1)), &p[2]);
+                let y = act(nn::max_pool(&nn::wn_conv2d(&y, &p[3], &p[4], None, 1)), &p[5]);
+                let y = act(nn::wn_linear(&y.flatten(1, -1), &p[6], &p[7], None), &p[8]);
+                nn::wn_linear(&y, &p[9], &p[10], Some(&p[11]))
+            }
+            Arch::Mlp { .. } => {
+                let y = act(nn::wn_linear(&x.flatten(1, -1), &p[0], &p[1], None), &p[2]);
+                let y = act(nn::wn_linear(&y, &p[3], &p[4], None), &p[5]);
+                nn::wn_linear(&y, &p[6], &p[7], Some(&p[8]))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::gradcheck::{leaf, max_rel_error, project};
+    use rand::SeedableRng;
+
+    #[test]
+    fn shapes_for_every_kind() {
+        let mut rng = StdRng::seed_from_u64(0);
+        for kind in [LearnerKind::BaseFc, LearnerKind::Random, LearnerKind::Mlp] {
+            let l = Learner::new(kind.sample(&mut rng), [1, 28, 28], 10).unwrap();
+            let p = l.init(&mut rng, Device::Cpu);
+            let x = leaf(&[3, 1, 28, 28], 1).to_kind(Kind::Float);
+            assert_eq!(l.forward(&p, &x).size(), [3, 10], "{kind:?}");
+        }
+        let base = Learner::new(LearnerKind::BaseFc.sample(&mut rng), [1, 28, 28], 10).unwrap();
+        assert_eq!(base.specs()[6].shape, [256, 128 * 7 * 7]);
+    }
+
+    #[test]
+    fn random_widths_stay_in_range_and_vary() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let archs: Vec<Arch> = (0..50).map(|_| LearnerKind::Random.sample(&mut rng)).collect();
+        for a in &archs {
+            let Arch::Cnn { conv1, conv2, fc } = *a else { panic!("random learners are CNNs") };
+            assert!((32..128).contains(&conv1) && (64..256).contains(&conv2) && (64..256).contains(&fc));
+        }
+        assert!(archs.iter().any(|a| *a != archs[0]));
+    }
+
+    #[test]
+    fn rejects_bad_widths() {
+        let err = Learner::new(Arch::Cnn { conv1: 0, conv2: 4, fc: 4 }, [1, 28, 28], 10).unwrap_err();
+        assert!(err.to_string().contains("conv1=0"));
+        assert!(Learner::new(Arch::Mlp { hidden1: 4, hidden2: 4 }, [0, 28, 28], 10).is_err());
+    }
+
+    #[test]
+    fn gradcheck_learners() {
+        for arch in [Arch::Cnn { conv1: 3, conv2: 4, fc: 5 }, Arch::Mlp { hidden1: 5, hidden2: 4 }] {
+            let l = Learner::new(arch, [1, 8, 8], 3).unwrap();
+            let mut rng = StdRng::seed_from_u64(2);
+            let mut inputs: Vec<Tensor> = nn::init_params(l.specs(), &mut rng, Kind::Double, Device::Cpu);
+            inputs.push(leaf(&[4, 1, 8, 8], 3));
+            let f = |p: &[Tensor]| project(&l.forward(&p[..p.len() - 1], &p[p.len() - 1]));
+            let err = max_rel_error(&inputs, &f, 6);
+            assert!(err < 1e-5, "{arch:?}: finite-difference relative error {err:e}");
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Functional layers: every function takes its parameters explicitly, so a network is plain
+//! code over a parameter list and the inner-loop unroll can differentiate through it.
+
+use rand::{rngs::StdRng, Rng};
+use rand_distr::StandardNormal;
+use tch::{Device, Kind, Tensor};
+
+/// Slope of the LeakyReLU used throughout the reference design.
+pub const LEAKY_SLOPE: f64 = 0.1;
+const BN_EPS: f64 = 1e-5;
+
+/// How a parameter tensor is initialised.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Normal with std sqrt(2 / fan_in), fan_in = product of all but the first dimension.
+    KaimingNormal,
+    /// The weight-norm gain: the per-output-unit norm of the preceding `v`, so w = v at start.
+    GainOfPrevious,
+    Zeros,
+    Ones,
+}
+
+/// Name, shape and initialisation of one parameter; a network is a list of these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub init: Init,
+}
+
+impl ParamSpec {
+    pub fn new(name: impl Into<String>, shape: &[i64], init: Init) -> ParamSpec {
+        ParamSpec { name: name.into(), shape: shape.to_vec(), init }
+    }
+}
+
+/// Specs for a weight-normalised layer `prefix`: direction `v` and gain `g`, plus a bias if asked.
+pub fn wn_specs(prefix: &str, v_shape: &[i64], bias: bool) -> Vec<ParamSpec> {
+    let mut specs = vec![
+        ParamSpec::new(format!("{prefix}.v"), v_shape, Init::KaimingNormal),
+        ParamSpec::new(format!("{prefix}.g"), &[v_shape[0]], Init::GainOfPrevious),
+    ];
+    if bias {
+        specs.push(ParamSpec::new(format!("{prefix}.b"), &[v_shape[0]], Init::Zeros));
+    }
+    specs
+}
+
+/// Standard-normal samples from our own seeded stream. Torch's generator is global to the
+/// process, so tests running in parallel threads would race on it; this one is not shared.
+pub fn randn(rng: &mut StdRng, shape: &[i64], kind: Kind, device: Device) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
+    Tensor::from_slice(&values).view(shape).to_kind(kind).to_device(device)
+}
+
+/// Draws fresh parameters; the tensors are leaves that require gradients.
+pub fn init_params(specs: &[ParamSpec], rng: &mut StdRng, kind: Kind, device: Device) -> Vec<Tensor> {
+    let mut out: Vec<Tensor> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let t = match spec.init {
+            Init::KaimingNormal => {
+                let fan_in: i64 = spec.shape[1..].iter().product();
+                randn(rng, &spec.shape, kind, device) * (2.0 / fan_in as f64).sqrt()
+            }
+            Init::GainOfPrevious => {
+                let v = out.last().expect("a gain follows its direction tensor");
+                row_norm(v).view([-1])
+            }
+            Init::Zeros => Tensor::zeros(spec.shape.as_slice(), (kind, device)),
+            Init::Ones => Tensor::ones(spec.shape.as_slice(), (kind, device)),
+        };
+        assert_eq!(t.size(), spec.shape, "{}: init produced a wrong shape", spec.name);
+        out.push(t.detach().set_requires_grad(true));
+    }
+    out
+}
+
+/// Norm of each output unit's weights (dimension 0), keeping dimensions for broadcasting.
+fn row_norm(v: &Tensor) -> Tensor {
+    let dims: Vec<i64> = (1..v.dim() as i64).collect();
+    v.square().sum_dim_intlist(dims.as_slice(), true, None::<Kind>).sqrt()
+}
+
+/// Weight normalisation: w = g · v / ‖v‖ per output unit.
+pub fn weight_norm(v: &Tensor, g: &Tensor) -> Tensor {
+    let mut shape = vec![-1i64];
+    shape.resize(v.dim(), 1);
+    v * (g.view(shape.as_slice()) / row_norm(v))
+}
+
+pub fn wn_linear(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>) -> Tensor {
+    x.linear(&weight_norm(v, g), b)
+}
+
+/// Weight-normalised convolution, stride 1, `padding` zeros on each side.
+pub fn wn_conv2d(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, padding: i64) -> Tensor {
+    x.conv2d(&weight_norm(v, g), b, [1, 1], [padding, padding], [1, 1], 1)
+}
+
+/// Dimensions a batch statistic is taken over: the batch, and the spatial ones for images.
+fn stat_dims(x: &Tensor) -> Vec<i64> {
+    if x.dim() == 4 {
+        vec![0, 2, 3]
+    } else {
+        vec![0]
+    }
+}
+
+fn per_channel(p: &Tensor, x: &Tensor) -> Tensor {
+    if x.dim() == 4 {
+        p.view([1, -1, 1, 1])
+    } else {
+        p.view([1, -1])
+    }
+}
+
+/// Mean-only batch norm: subtract the batch mean, add a learned bias. No variance, no running
+/// statistics: during the unroll and at evaluation it uses the batch it is given.
+pub fn mean_only_bn(x: &Tensor, bias: &Tensor) -> Tensor {
+    x - x.mean_dim(stat_dims(x).as_slice(), true, None::<Kind>) + per_channel(bias, x)
+}
+
+/// Full batch norm with batch statistics (the generator always sees a whole batch).
+pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
+    let dims = stat_dims(x);
+    let mean = x.mean_dim(dims.as_slice(), true, None::<Kind>);
+    let centred = x - mean;
+    let var = centred.square().mean_dim(dims.as_slice(), true, None::<Kind>);
+    centred / (var + BN_EPS).sqrt() * per_channel(gamma, x) + per_channel(beta, x)
+}
+
+pub fn leaky_relu(x: &Tensor) -> Tensor {
+    x.where_self(&x.gt(0.0), &(x * LEAKY_SLOPE))
+}
+
+/// 3x3 max-pool, stride 2, padding 1: halves (rounding up) the spatial size.
+pub fn max_pool(x: &Tensor) -> Tensor {
+    x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+}
+
+/// Nearest-neighbour upsampling by 2.
+pub fn upsample2(x: &Tensor) -> Tensor {
+    let s = x.size();
+    x.upsample_nearest2d([s[2] * 2, s[3] * 2], 2.0, 2.0)
+}
+
+pub fn reflection_pad1(x: &Tensor) -> Tensor {
+    x.reflection_pad2d([1, 1, 1, 1])
+}
+
+/// Cross-entropy of logits against hard labels (int64 `[N]`) or soft ones (probabilities `[N, K]`).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let logp = logits.log_softmax(-1, None::<Kind>);
+    if targets.kind() == Kind::Int64 {
+        logp.nll_loss(targets)
+    } else {
+        -(logp * targets).sum_dim_intlist(-1, false, None::<Kind>).mean(None::<Kind>)
+    }
+}
+
+/// Fraction of rows whose arg-max equals the label.
+pub fn accuracy(logits: &Tensor, labels: &Tensor) -> f64 {
+    logits.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Double).mean(None::<Kind>).double_value(&[])
+}
+
+#[cfg(test)]
+pub(crate) mod gradcheck {
+    //! Finite-difference checks in float64.
+    use tch::{Kind, Tensor};
+
+    /// Largest relative error between the autograd gradient of `f` with respect to each input
+    /// and a central finite difference, over `probes` random coordinates per input.
+    pub fn max_rel_error(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor, probes: usize) -> f64 {
+        let loss = f(inputs);
+        let grads = Tensor::run_backward(&[loss], inputs, false, false);
+        let h = 1e-5;
+        let mut worst: f64 = 0.0;
+        for (i, (x, g)) in inputs.iter().zip(&grads).enumerate() {
+            let n = x.numel() as i64;
+            for p in 0..probes.min(n as usize) as i64 {
+                let k = (p * 7919 + i as i64 * 104729) % n;
+                let eval = |delta: f64| {
+                    let moved: Vec<Tensor> = inputs
+                        .iter()
+                        .enumerate()
+                        .map(|(j, y)| {
+                            let y = y.detach().copy();
+                            if j == i {
+                                let _ = y.view([-1]).get(k).g_add_scalar_(delta);
+                            }
+                            y
+                        })
+                        .collect();
+                    tch::no_grad(|| f(&moved)).double_value(&[])
+                };
+                let numeric = (eval(h) - eval(-h)) / (2.0 * h);
+                let analytic = g.reshape([-1]).double_value(&[k]);
+                let err = (numeric - analytic).abs() / (numeric.abs().max(analytic.abs()).max(1e-4));
+                worst = worst.max(err);
+            }
+        }
+        worst
+    }
+
+    pub fn leaf(shape: &[i64], seed: u64) -> Tensor {
+        let mut rng = rand::SeedableRng::seed_from_u64(seed);
+        super::randn(&mut rng, shape, Kind::Double, tch::Device::Cpu).set_requires_grad(true)
+    }
+
+    /// A fixed projection turns an output into a scalar loss with generic gradients.
+    pub fn project(y: &Tensor) -> Tensor {
+        let w = Tensor::arange(y.numel() as i64, (Kind::Double, y.device())).g_mul_scalar(0.37).sin();
+        (y * w.view(y.size().as_slice())).sum(None::<Kind>)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gradcheck::{leaf, max_rel_error, project};
+    use super::*;
+
+    const TOL: f64 = 1e-6;
+
+    fn check(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) {
+        let err = max_rel_error(inputs, f, 20);
+        assert!(err < TOL, "finite-difference relative error {err:e} exceeds {TOL:e}");
+    }
+
+    #[test]
+    fn weight_norm_has_gain_as_row_norm() {
+        let v = leaf(&[5, 3, 3, 3], 1);
+        let g = Tensor::from_slice(&[1.0, 2.0, 3.0, 4.0, 5.0f64]);
+        let w = weight_norm(&v, &g);
+        let norms = w.square().sum_dim_intlist([1i64, 2, 3].as_slice(), false, None::<Kind>).sqrt();
+        assert!(norms.allclose(&g, 1e-12, 1e-12, false));
+    }
+
+    #[test]
+    fn init_gain_reproduces_direction() {
+        let specs = wn_specs("l", &[4, 6], true);
+        let p = init_params(&specs, &mut rand::SeedableRng::seed_from_u64(0), Kind::Double, Device::Cpu);
+        assert!(weight_norm(&p[0], &p[1]).allclose(&p[0], 1e-12, 1e-12, false));
+        assert_eq!(p[2].size(), [4]);
+        let std = f64::try_from(p[0].std(true)).unwrap();
+        assert!((0.2..1.2).contains(&std), "kaiming std for fan_in 6 is 0.58, got {std}");
+    }
+
+    #[test]
+    fn gradcheck_wn_linear() {
+        let inputs = [leaf(&[6, 5], 1), leaf(&[4, 5], 2), leaf(&[4], 3), leaf(&[4], 4)];
+        let f = |p: &[Tensor]| project(&wn_linear(&p[0], &p[1], &p[2], Some(&p[3])));
+        check(&inputs, &f);
+    }
+
+    #[test]
+    fn gradcheck_wn_conv() {
+        let inputs = [leaf(&[2, 3, 6, 6], 1), leaf(&[4, 3, 3, 3], 2), leaf(&[4], 3), leaf(&[4], 4)];
+        let f = |p: &[Tensor]| project(&wn_conv2d(&p[0], &p[1], &p[2], Some(&p[3]), 1));
+        check(&inputs, &f);
+    }
+
+    #[test]
+    fn gradcheck_mean_only_bn_and_batch_norm() {
+        let inputs = [leaf(&[4, 3, 5, 5], 1), leaf(&[3], 2), leaf(&[3], 3)];
+        let f = |p: &[Tensor]| project(&mean_only_bn(&p[0], &p[1]));
+        check(&inputs[..2], &f);
+        let f = |p: &[Tensor]| project(&batch_norm(&p[0], &p[1], &p[2]));
+        check(&inputs, &f);
+        let flat = [leaf(&[8, 5], 4), leaf(&[5], 5)];
+        let f = |p: &[Tensor]| project(&mean_only_bn(&p[0], &p[1]));
+        check(&flat, &f);
+    }
+
+    #[test]
+    fn mean_only_bn_centres_each_channel() {
+        let x = leaf(&[4, 3, 5, 5], 1) + 3.0;
+        let bias = Tensor::from_slice(&[0.0, 1.0, -2.0f64]);
+        let y = mean_only_bn(&x, &bias);
+        let means = y.mean_dim([0i64, 2, 3].as_slice(), false, None::<Kind>);
+        assert!(means.allclose(&bias, 1e-12, 1e-12, false));
+        // Only a per-channel shift: y - x is constant within each channel.
+        let spread = (&y - &x).std_dim([0i64, 2, 3].as_slice(), true, false).max().double_value(&[]);
+        assert!(spread < 1e-12, "{spread}");
+    }
+
+    #[test]
+    fn leaky_relu_and_pool_shapes() {
+        let x = Tensor::from_slice(&[-2.0, 0.5f64]);
+        assert_eq!(Vec::<f64>::try_from(leaky_relu(&x)).unwrap(), [-0.2, 0.5]);
+        let img = leaf(&[2, 3, 28, 28], 1);
+        assert_eq!(max_pool(&img).size(), [2, 3, 14, 14]);
+        assert_eq!(max_pool(&max_pool(&img)).size(), [2, 3, 7, 7]);
+        assert_eq!(reflection_pad1(&upsample2(&img)).size(), [2, 3, 58, 58]);
+    }
+
+    #[test]
+    fn cross_entropy_soft_matches_hard_for_one_hot() {
+        let logits = leaf(&[5, 10], 1);
+        let labels = Tensor::from_slice(&[1i64, 3, 5, 7, 9]);
+        let soft = labels.one_hot(10).to_kind(Kind::Double);
+        let a = cross_entropy(&logits, &labels);
+        let b = cross_entropy(&logits, &soft);
+        assert!(a.allclose(&b, 1e-12, 1e-12, false));
+        assert!(f64::try_from(&a).unwrap() > 0.0);
+    }
+}
