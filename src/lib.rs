@@ -1,7 +1,16 @@
 //! Generative Teaching Networks: a generator learns synthetic training data such that a freshly
 //! initialised learner trained on it for a few steps does well on real data.
 
+pub mod checkpoint;
+pub mod config;
+pub mod curriculum;
 pub mod data;
+pub mod eval;
 pub mod generator;
+pub mod inner;
 pub mod learner;
+pub mod meta;
 pub mod nn;
+pub mod optim;
+pub mod report;
+pub mod teacher;

@@ -192,7 +192,7 @@ pub(crate) mod gradcheck {
                             y
                         })
                         .collect();
-                    tch::no_grad(|| f(&moved)).double_value(&[])
+                    f(&moved).double_value(&[])
                 };
                 let numeric = (eval(h) - eval(-h)) / (2.0 * h);
                 let analytic = g.reshape([-1]).double_value(&[k]);

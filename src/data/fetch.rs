@@ -94,6 +94,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("{}: cannot create a temporary file", parent.display()))?;
     tmp.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;
     tmp.as_file().sync_all()?;
+    // Temporary files are created private; the result should read like any other file.
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     tmp.persist(path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
 }

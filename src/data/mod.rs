@@ -6,7 +6,7 @@ pub mod idx;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
@@ -31,6 +31,11 @@ impl DatasetName {
             DatasetName::Mnist => (0.1307, 0.3081),
             DatasetName::FashionMnist => (0.2860, 0.3530),
         }
+    }
+
+    /// Image shape `[C, H, W]` and number of classes.
+    pub fn shape(self) -> ([i64; 3], i64) {
+        ([1, 28, 28], 10)
     }
 
     /// Where `gtn data fetch` puts the files unless told otherwise.

@@ -1,0 +1,113 @@
+//! Checkpoints: `config.toml` (the full config, written once) and `checkpoint.safetensors`
+//! (teacher parameters, outer-optimiser state and the iteration count), each replaced
+//! atomically so an interrupted write never destroys the last good one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rand::{rngs::StdRng, SeedableRng};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::Config;
+use crate::optim::Adam;
+use crate::teacher::Teacher;
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+pub fn checkpoint_path(dir: &Path) -> PathBuf {
+    dir.join(CHECKPOINT_FILE)
+}
+
+/// Writes the config of a new run.
+pub fn write_config(dir: &Path, config: &Config) -> Result<()> {
+    crate::data::fetch::write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes())
+}
+
+pub fn read_config(dir: &Path) -> Result<Config> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read; is {} a gtn training folder?", path.display(), dir.display()))?;
+    Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = teacher.named_params();
+    for (i, (name, _)) in teacher.named_params().iter().enumerate() {
+        tensors.push((format!("adam.m.{name}"), adam.m[i].shallow_clone()));
+        tensors.push((format!("adam.v.{name}"), adam.v[i].shallow_clone()));
+    }
+    tensors.push(("adam.steps".into(), Tensor::from_slice(&[adam.steps])));
+    tensors.push(("iteration".into(), Tensor::from_slice(&[iteration as i64])));
+    let tensors: Vec<(String, Tensor)> =
+        tensors.into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu))).collect();
+    let path = checkpoint_path(dir);
+    let tmp = dir.join(format!(".{CHECKPOINT_FILE}.tmp"));
+    Tensor::write_safetensors(&tensors, &tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    Ok(())
+}
+
+/// A loaded run: its teacher, outer-optimiser state and completed iterations.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub teacher: Teacher,
+    pub adam: Adam,
+    pub iteration: usize,
+}
+
+/// Loads `dir`, checking that every tensor has the name and shape its config implies.
+pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
+    let config = read_config(dir)?;
+    let path = checkpoint_path(dir);
+    if !path.is_file() {
+        bail!("{}: no checkpoint yet (the run saves one every {} iterations)", path.display(), config.checkpoint_every);
+    }
+    let stored: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+        .map_err(|e| anyhow::anyhow!("{}: corrupt or not a safetensors file: {e}", path.display()))?
+        .into_iter()
+        .collect();
+    // Shapes come from a freshly built teacher; its random values are then overwritten.
+    let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(0), device)?;
+    let named = teacher.named_params();
+    let take = |name: &str, shape: &[i64]| -> Result<Tensor> {
+        let t = stored.get(name).with_context(|| {
+            format!(
+                "{}: tensor `{name}` missing; the checkpoint is from another architecture or config",
+                path.display()
+            )
+        })?;
+        if t.size() != shape {
+            bail!(
+                "{}: tensor `{name}` has shape {:?}, the config in {} expects {shape:?}; the checkpoint is from another architecture",
+                path.display(),
+                t.size(),
+                CONFIG_FILE
+            );
+        }
+        Ok(t.to_device(device))
+    };
+    let mut m = Vec::new();
+    let mut v = Vec::new();
+    tch::no_grad(|| -> Result<()> {
+        for (name, param) in &named {
+            let mut p = param.shallow_clone();
+            p.copy_(&take(name, &param.size())?);
+            m.push(take(&format!("adam.m.{name}"), &param.size())?);
+            v.push(take(&format!("adam.v.{name}"), &param.size())?);
+        }
+        Ok(())
+    })?;
+    let expected = 3 * named.len() + 2;
+    if stored.len() != expected {
+        bail!(
+            "{}: {} tensors, the config expects {expected}; the checkpoint is from another config",
+            path.display(),
+            stored.len()
+        );
+    }
+    let scalar = |name: &str| -> Result<i64> { Ok(take(name, &[1])?.to_kind(Kind::Int64).int64_value(&[0])) };
+    let adam = Adam { m, v, steps: scalar("adam.steps")?, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
+    Ok(Checkpoint { teacher, adam, iteration: scalar("iteration")? as usize })
+}

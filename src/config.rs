@@ -1,0 +1,227 @@
+//! Meta-training configuration: named presets, overridable key by key from a TOML file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::curriculum::CurriculumKind;
+use crate::data::DatasetName;
+use crate::generator::GeneratorConfig;
+use crate::learner::LearnerKind;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub dataset: DatasetName,
+    /// Folder with the IDX files; `data/<dataset>` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Training images held out for validation (the rest feed the meta-loss).
+    pub valid_size: usize,
+    /// Learners trained in the inner loop during meta-training.
+    pub learner: LearnerKind,
+    /// T: inner steps per meta-iteration.
+    pub inner_steps: usize,
+    /// B: synthetic images per inner step.
+    pub batch_size: usize,
+    pub curriculum: CurriculumKind,
+    /// Learn a soft label (logits over classes) for every synthetic sample.
+    pub soft_labels: bool,
+    /// Initial inner learning rate and momentum (both learned per step, in log space).
+    pub init_lr: f64,
+    pub init_momentum: f64,
+    pub meta_iters: usize,
+    /// Outer Adam: learning rate, decayed by a cosine to `final_lr_fraction` of it.
+    pub outer_lr: f64,
+    pub final_lr_fraction: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    /// Global norm the meta-gradient is clipped to.
+    pub grad_clip: f64,
+    /// Real training images in the meta-loss batch.
+    pub meta_batch: usize,
+    /// Add a real-data loss every k inner steps to the meta-loss (0: final loss only).
+    pub intermediate_loss_every: usize,
+    pub checkpoint_every: usize,
+    pub seed: u64,
+    pub generator: GeneratorConfig,
+}
+
+pub const PRESETS: [&str; 3] = ["paper", "cpu", "tiny"];
+
+impl Config {
+    /// The reference MNIST configuration (uber-research/GTN `cgtn.json`): GPU scale.
+    pub fn paper() -> Config {
+        Config {
+            dataset: DatasetName::Mnist,
+            data_dir: None,
+            valid_size: 10_000,
+            learner: LearnerKind::BaseFc,
+            inner_steps: 32,
+            batch_size: 128,
+            curriculum: CurriculumKind::Full,
+            soft_labels: false,
+            init_lr: 0.02,
+            init_momentum: 0.5,
+            meta_iters: 2_000,
+            outer_lr: 0.02,
+            final_lr_fraction: 0.1,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            grad_clip: 10.0,
+            meta_batch: 128,
+            intermediate_loss_every: 0,
+            checkpoint_every: 50,
+            seed: 0,
+            generator: GeneratorConfig::REFERENCE,
+        }
+    }
+
+    /// Sized for about 30 minutes of meta-training on 2 CPU cores (see the README for how).
+    pub fn cpu() -> Config {
+        Config { meta_iters: 300, checkpoint_every: 25, ..Config::paper() }
+    }
+
+    /// Seconds: for tests and smoke runs.
+    pub fn tiny() -> Config {
+        Config {
+            learner: LearnerKind::Mlp,
+            inner_steps: 4,
+            batch_size: 20,
+            meta_iters: 8,
+            meta_batch: 64,
+            valid_size: 112,
+            checkpoint_every: 4,
+            generator: GeneratorConfig { noise_dim: 16, fc_width: 64, conv1_channels: 8, conv2_channels: 8 },
+            ..Config::paper()
+        }
+    }
+
+    pub fn preset(name: &str) -> Result<Config> {
+        match name {
+            "paper" => Ok(Config::paper()),
+            "cpu" => Ok(Config::cpu()),
+            "tiny" => Ok(Config::tiny()),
+            other => bail!("--preset {other}: unknown preset, expected one of {}", PRESETS.join(", ")),
+        }
+    }
+
+    /// Applies the keys of a TOML file on top of this config; an unknown key is an error.
+    pub fn with_overrides(self, path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+        self.with_overrides_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn with_overrides_str(self, text: &str) -> Result<Config> {
+        let overrides: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        let mut base = toml::Table::try_from(&self)?;
+        merge(&mut base, overrides);
+        let config: Config = base.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config always serialises")
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| self.dataset.default_dir())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("inner_steps", self.inner_steps),
+            ("batch_size", self.batch_size),
+            ("meta_iters", self.meta_iters),
+            ("meta_batch", self.meta_batch),
+            ("checkpoint_every", self.checkpoint_every),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bail!("config key `{key}` is 0, expected a positive integer");
+            }
+        }
+        let rates = [("init_lr", self.init_lr), ("init_momentum", self.init_momentum), ("outer_lr", self.outer_lr)];
+        for (key, value) in rates {
+            if !(value > 0.0 && value.is_finite()) {
+                bail!("config key `{key}` is {value}, expected a positive number");
+            }
+        }
+        if !(0.0..=1.0).contains(&self.final_lr_fraction) {
+            bail!("config key `final_lr_fraction` is {}, expected a value in [0, 1]", self.final_lr_fraction);
+        }
+        Ok(())
+    }
+}
+
+/// Recursive merge so a file can override one field of a nested table (e.g. `[generator]`).
+fn merge(base: &mut toml::Table, overrides: toml::Table) {
+    for (key, value) in overrides {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_round_trip() {
+        for name in PRESETS {
+            let c = Config::preset(name).unwrap();
+            c.validate().unwrap();
+            assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c, "{name}");
+        }
+        let err = Config::preset("huge").unwrap_err().to_string();
+        assert_eq!(err, "--preset huge: unknown preset, expected one of paper, cpu, tiny");
+    }
+
+    #[test]
+    fn overrides_apply_including_nested_keys() {
+        let c = Config::tiny()
+            .with_overrides_str("inner_steps = 7\ncurriculum = \"batch-shuffled\"\n[generator]\nfc_width = 33\n")
+            .unwrap();
+        assert_eq!(c.inner_steps, 7);
+        assert_eq!(c.curriculum, CurriculumKind::BatchShuffled);
+        assert_eq!(c.generator.fc_width, 33);
+        assert_eq!(c.generator.noise_dim, Config::tiny().generator.noise_dim);
+    }
+
+    #[test]
+    fn unknown_or_bad_keys_are_errors() {
+        let err = Config::tiny().with_overrides_str("inner_stpes = 7").unwrap_err().to_string();
+        assert!(err.contains("unknown field `inner_stpes`"), "{err}");
+        let err = Config::tiny().with_overrides_str("[generator]\nwidth = 3").unwrap_err().to_string();
+        assert!(err.contains("unknown field `width`"), "{err}");
+        let err = Config::tiny().with_overrides_str("curriculum = \"sorted\"").unwrap_err().to_string();
+        assert!(err.contains("sorted"), "{err}");
+        let err = Config::tiny().with_overrides_str("inner_steps = 0").unwrap_err().to_string();
+        assert_eq!(err, "config key `inner_steps` is 0, expected a positive integer");
+        let err = Config::tiny().with_overrides_str("init_lr = -1.0").unwrap_err().to_string();
+        assert!(err.contains("`init_lr` is -1"), "{err}");
+    }
+
+    #[test]
+    fn override_file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("over.toml");
+        std::fs::write(&path, "bogus = 1").unwrap();
+        let err = Config::tiny().with_overrides(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&path.display().to_string()) && err.contains("bogus"), "{err}");
+        let err = Config::tiny().with_overrides(&dir.path().join("none.toml")).unwrap_err().to_string();
+        assert!(err.contains("none.toml: cannot read config"), "{err}");
+    }
+}

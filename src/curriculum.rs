@@ -1,0 +1,162 @@
+//! Curricula: which noise vectors the generator turns into each inner step's batch.
+//!
+//! Every synthetic sample has an id; its label is `id mod classes`, so labels are spread evenly
+//! and (for learned curricula) each learned noise vector keeps its label.
+
+use anyhow::{bail, Result};
+use rand::{rngs::StdRng, seq::SliceRandom};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::nn;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CurriculumKind {
+    /// Fresh random noise every step; nothing learned.
+    None,
+    /// A learned pool of T*B noise vectors; each step draws B of them at random.
+    AllShuffled,
+    /// T learned batches of noise, used in a random order.
+    BatchShuffled,
+    /// T learned batches of noise, used in order: a learned curriculum.
+    Full,
+}
+
+impl CurriculumKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CurriculumKind::None => "none",
+            CurriculumKind::AllShuffled => "all-shuffled",
+            CurriculumKind::BatchShuffled => "batch-shuffled",
+            CurriculumKind::Full => "full",
+        }
+    }
+}
+
+/// The noise and sample ids of one inner step.
+#[derive(Debug)]
+pub struct StepInput {
+    pub z: Tensor,
+    pub ids: Tensor,
+}
+
+#[derive(Debug)]
+pub struct Curriculum {
+    pub kind: CurriculumKind,
+    pub steps: i64,
+    pub batch: i64,
+    pub noise_dim: i64,
+    /// Learned noise `[T*B, noise_dim]` (absent for `none`).
+    pub z: Option<Tensor>,
+}
+
+impl Curriculum {
+    pub fn new(
+        kind: CurriculumKind,
+        steps: i64,
+        batch: i64,
+        noise_dim: i64,
+        rng: &mut StdRng,
+        device: Device,
+    ) -> Result<Curriculum> {
+        if steps <= 0 || batch <= 0 || noise_dim <= 0 {
+            bail!("curriculum: inner_steps={steps}, batch_size={batch}, noise_dim={noise_dim} must be positive");
+        }
+        let z = (kind != CurriculumKind::None)
+            .then(|| nn::randn(rng, &[steps * batch, noise_dim], Kind::Float, device).set_requires_grad(true));
+        Ok(Curriculum { kind, steps, batch, noise_dim, z })
+    }
+
+    /// The inputs of every inner step for one meta-iteration (or one evaluated learner).
+    pub fn plan(&self, rng: &mut StdRng, device: Device) -> Vec<StepInput> {
+        let (t, b) = (self.steps, self.batch);
+        let ids_of = |start: i64| Tensor::arange_start(start, start + b, (Kind::Int64, device));
+        match (self.kind, &self.z) {
+            (CurriculumKind::Full, Some(z)) => {
+                (0..t).map(|s| StepInput { z: z.narrow(0, s * b, b), ids: ids_of(s * b) }).collect()
+            }
+            (CurriculumKind::BatchShuffled, Some(z)) => {
+                let mut order: Vec<i64> = (0..t).collect();
+                order.shuffle(rng);
+                order.into_iter().map(|s| StepInput { z: z.narrow(0, s * b, b), ids: ids_of(s * b) }).collect()
+            }
+            (CurriculumKind::AllShuffled, Some(z)) => {
+                let mut pool: Vec<i64> = (0..t * b).collect();
+                pool.shuffle(rng);
+                pool.chunks(b as usize)
+                    .map(|chunk| {
+                        let ids = Tensor::from_slice(chunk).to_device(device);
+                        StepInput { z: z.index_select(0, &ids), ids }
+                    })
+                    .collect()
+            }
+            _ => (0..t)
+                .map(|s| StepInput { z: nn::randn(rng, &[b, self.noise_dim], Kind::Float, device), ids: ids_of(s * b) })
+                .collect(),
+        }
+    }
+}
+
+/// Label of each synthetic sample.
+pub fn labels(ids: &Tensor, classes: i64) -> Tensor {
+    ids.remainder(classes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn curriculum(kind: CurriculumKind) -> Curriculum {
+        Curriculum::new(kind, 4, 10, 3, &mut StdRng::seed_from_u64(0), Device::Cpu).unwrap()
+    }
+
+    fn all_ids(plan: &[StepInput]) -> Vec<i64> {
+        let mut ids: Vec<i64> = plan.iter().flat_map(|s| Vec::<i64>::try_from(&s.ids).unwrap()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn full_uses_batches_in_order() {
+        let c = curriculum(CurriculumKind::Full);
+        let plan = c.plan(&mut StdRng::seed_from_u64(1), Device::Cpu);
+        assert_eq!(plan.len(), 4);
+        for (s, step) in plan.iter().enumerate() {
+            assert!(step.z.equal(&c.z.as_ref().unwrap().narrow(0, s as i64 * 10, 10)));
+            assert_eq!(step.ids.int64_value(&[0]), s as i64 * 10);
+        }
+    }
+
+    #[test]
+    fn shuffled_curricula_use_every_sample_once() {
+        for kind in [CurriculumKind::AllShuffled, CurriculumKind::BatchShuffled] {
+            let c = curriculum(kind);
+            let a = c.plan(&mut StdRng::seed_from_u64(1), Device::Cpu);
+            assert_eq!(all_ids(&a), (0..40).collect::<Vec<_>>(), "{kind:?}");
+            let z = c.z.as_ref().unwrap();
+            for step in &a {
+                assert!(step.z.equal(&z.index_select(0, &step.ids)));
+            }
+            let b = c.plan(&mut StdRng::seed_from_u64(2), Device::Cpu);
+            assert!(a.iter().zip(&b).any(|(x, y)| !x.ids.equal(&y.ids)), "{kind:?}: order should depend on the seed");
+        }
+    }
+
+    #[test]
+    fn none_draws_fresh_noise_and_learns_nothing() {
+        let c = curriculum(CurriculumKind::None);
+        assert!(c.z.is_none());
+        let a = c.plan(&mut StdRng::seed_from_u64(1), Device::Cpu);
+        let b = c.plan(&mut StdRng::seed_from_u64(2), Device::Cpu);
+        assert!(!a[0].z.equal(&b[0].z));
+        assert_eq!(a[0].z.size(), [10, 3]);
+    }
+
+    #[test]
+    fn labels_are_spread_evenly() {
+        let l = labels(&Tensor::arange(20, (Kind::Int64, Device::Cpu)), 10);
+        assert_eq!(l.bincount(None::<Tensor>, 10), Tensor::full([10], 2, (Kind::Int64, Device::Cpu)));
+    }
+}

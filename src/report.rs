@@ -1,0 +1,58 @@
+//! What a user looks at or takes away: sample grids and the exported teaching set.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rand::SeedableRng;
+use tch::{Device, Kind, Tensor};
+
+use crate::teacher::Teacher;
+
+/// The whole teaching set in curriculum order: images `[T, B, C, H, W]`, labels `[T, B]` (or
+/// soft labels `[T, B, classes]`), and the learned per-step learning rate and momentum `[T]`.
+pub fn teaching_set(teacher: &Teacher) -> (Tensor, Tensor, Tensor, Tensor) {
+    tch::no_grad(|| {
+        let device = teacher.log_lr.device();
+        let plan = teacher.curriculum.plan(&mut rand::rngs::StdRng::seed_from_u64(0), device);
+        let (images, targets): (Vec<Tensor>, Vec<Tensor>) = plan.iter().map(|s| teacher.synthesize(s)).unzip();
+        (Tensor::stack(&images, 0), Tensor::stack(&targets, 0), teacher.log_lr.exp(), teacher.log_momentum.exp())
+    })
+}
+
+pub fn export_teaching_set(teacher: &Teacher, output: &Path) -> Result<()> {
+    let (images, labels, lr, momentum) = teaching_set(teacher);
+    let (mean, std) = teacher.config.dataset.mean_std();
+    let tensors = [
+        ("images", images),
+        ("labels", labels),
+        ("lr", lr),
+        ("momentum", momentum),
+        ("normalisation_mean_std", Tensor::from_slice(&[mean, std]).to_kind(Kind::Float)),
+    ];
+    let tensors: Vec<(&str, Tensor)> =
+        tensors.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
+    let tmp = output.with_extension("safetensors.tmp");
+    Tensor::write_safetensors(&tensors, &tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, output).with_context(|| format!("{}: cannot rename into place", output.display()))
+}
+
+/// A PNG grid: one row per inner step, the first `per_step` images of its batch, 1 px gaps.
+pub fn write_sample_grid(teacher: &Teacher, per_step: i64, output: &Path) -> Result<()> {
+    let (images, _, _, _) = teaching_set(teacher);
+    let (mean, std) = teacher.config.dataset.mean_std();
+    let [t, b, _, h, w] = images.size()[..] else { unreachable!("teaching set images are 5-d") };
+    let cols = per_step.min(b);
+    // Back to [0, 255] pixel units, first channel only (the datasets here are greyscale).
+    let pixels = (images.narrow(1, 0, cols).select(2, 0) * std + mean).clamp(0.0, 1.0) * 255.0;
+    let pixels = Vec::<f32>::try_from(pixels.to_device(Device::Cpu).flatten(0, -1))?;
+    let (width, height) = ((cols * (w + 1) + 1) as u32, (t * (h + 1) + 1) as u32);
+    let mut grid = image::GrayImage::from_pixel(width, height, image::Luma([128]));
+    for (i, v) in pixels.iter().enumerate() {
+        let i = i as i64;
+        let (row, col, y, x) = (i / (cols * h * w), i / (h * w) % cols, i / w % h, i % w);
+        grid.put_pixel((col * (w + 1) + 1 + x) as u32, (row * (h + 1) + 1 + y) as u32, image::Luma([*v as u8]));
+    }
+    let tmp = output.with_extension("png.tmp");
+    grid.save_with_format(&tmp, image::ImageFormat::Png).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, output).with_context(|| format!("{}: cannot rename into place", output.display()))
+}

@@ -1,0 +1,116 @@
+//! The teacher: everything meta-training learns (generator weights, curriculum noise, the inner
+//! optimiser's per-step learning rates and momenta, optional soft labels), and how it trains a
+//! fresh learner.
+
+use anyhow::Result;
+use rand::rngs::StdRng;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::Config;
+use crate::curriculum::{self, Curriculum, StepInput};
+use crate::generator::Generator;
+use crate::inner;
+use crate::learner::Learner;
+use crate::nn;
+
+/// Scale of the initial soft-label logits: softmax gives ~0.9 to the sample's own class.
+const SOFT_LABEL_INIT: f64 = 5.0;
+
+#[derive(Debug)]
+pub struct Teacher {
+    pub config: Config,
+    pub generator: Generator,
+    pub generator_params: Vec<Tensor>,
+    pub curriculum: Curriculum,
+    /// Per inner step, log of the learning rate and of the momentum: `[T]` each.
+    pub log_lr: Tensor,
+    pub log_momentum: Tensor,
+    /// Learned label logits per synthetic sample `[T*B, classes]`, when `soft_labels`.
+    pub label_logits: Option<Tensor>,
+}
+
+impl Teacher {
+    pub fn new(config: &Config, rng: &mut StdRng, device: Device) -> Result<Teacher> {
+        config.validate()?;
+        let (image, classes) = config.dataset.shape();
+        let generator = Generator::new(config.generator, image, classes)?;
+        let generator_params = nn::init_params(generator.specs(), rng, Kind::Float, device);
+        let (t, b) = (config.inner_steps as i64, config.batch_size as i64);
+        let curriculum = Curriculum::new(config.curriculum, t, b, config.generator.noise_dim, rng, device)?;
+        let log_fill = |v: f64| Tensor::full([t], v.ln(), (Kind::Float, device)).set_requires_grad(true);
+        let label_logits = config.soft_labels.then(|| {
+            let ids = Tensor::arange(t * b, (Kind::Int64, device));
+            (curriculum::labels(&ids, classes).one_hot(classes).to_kind(Kind::Float) * SOFT_LABEL_INIT)
+                .set_requires_grad(true)
+        });
+        Ok(Teacher {
+            config: config.clone(),
+            generator,
+            generator_params,
+            curriculum,
+            log_lr: log_fill(config.init_lr),
+            log_momentum: log_fill(config.init_momentum),
+            label_logits,
+        })
+    }
+
+    /// Every learned tensor with a stable name (used by the optimiser and checkpoints). The
+    /// tensors share storage with the teacher's.
+    pub fn named_params(&self) -> Vec<(String, Tensor)> {
+        let mut named: Vec<(String, Tensor)> = self
+            .generator
+            .specs()
+            .iter()
+            .zip(&self.generator_params)
+            .map(|(s, p)| (format!("generator.{}", s.name), p.shallow_clone()))
+            .collect();
+        if let Some(z) = &self.curriculum.z {
+            named.push(("curriculum.z".into(), z.shallow_clone()));
+        }
+        named.push(("inner.log_lr".into(), self.log_lr.shallow_clone()));
+        named.push(("inner.log_momentum".into(), self.log_momentum.shallow_clone()));
+        if let Some(l) = &self.label_logits {
+            named.push(("labels.logits".into(), l.shallow_clone()));
+        }
+        named
+    }
+
+    pub fn params(&self) -> Vec<Tensor> {
+        self.named_params().into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Images and training targets (int64 labels, or probabilities with soft labels) of one step.
+    pub fn synthesize(&self, step: &StepInput) -> (Tensor, Tensor) {
+        let labels = curriculum::labels(&step.ids, self.generator.classes);
+        let images = self.generator.forward(&self.generator_params, &step.z, &labels);
+        let targets = match &self.label_logits {
+            Some(logits) => logits.index_select(0, &step.ids).softmax(-1, Kind::Float),
+            None => labels,
+        };
+        (images, targets)
+    }
+
+    /// Trains `params` of `learner` for the first `steps` inner steps on synthetic data. With
+    /// `create_graph` the result is differentiable w.r.t. every teacher parameter.
+    pub fn teach(
+        &self,
+        learner: &Learner,
+        params: Vec<Tensor>,
+        steps: usize,
+        rng: &mut StdRng,
+        create_graph: bool,
+        after_step: impl FnMut(usize, &[Tensor]),
+    ) -> Vec<Tensor> {
+        let device = params[0].device();
+        let plan = self.curriculum.plan(rng, device);
+        let n = steps as i64;
+        let (lrs, momenta) = (self.log_lr.narrow(0, 0, n).exp(), self.log_momentum.narrow(0, 0, n).exp());
+        if create_graph {
+            inner::unroll(learner, params, &lrs, &momenta, true, |t| self.synthesize(&plan[t]), after_step)
+        } else {
+            let (lrs, momenta) = (lrs.detach(), momenta.detach());
+            let batch = |t: usize| tch::no_grad(|| self.synthesize(&plan[t]));
+            inner::unroll(learner, params, &lrs, &momenta, false, batch, after_step)
+        }
+    }
+}
