@@ -98,6 +98,13 @@ impl Curriculum {
     }
 }
 
+impl Clone for Curriculum {
+    /// Shares the learned noise tensor rather than copying it.
+    fn clone(&self) -> Curriculum {
+        Curriculum { z: self.z.as_ref().map(Tensor::shallow_clone), ..*self }
+    }
+}
+
 /// Label of each synthetic sample.
 pub fn labels(ids: &Tensor, classes: i64) -> Tensor {
     ids.remainder(classes)

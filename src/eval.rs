@@ -65,7 +65,7 @@ pub fn test_accuracy(learner: &Learner, params: &[tch::Tensor], split: &Split) -
 
 /// Seed of evaluated learner `k`; far from meta-training's iteration seeds.
 fn learner_seed(seed: u64, k: usize) -> rand::rngs::StdRng {
-    iteration_rng(seed ^ 0x5EED_0F_E7A1, k)
+    iteration_rng(seed ^ 0x005E_ED0F_E7A1, k)
 }
 
 /// Trains `learners` fresh learners of `kind` for `steps` steps on the teacher's data.

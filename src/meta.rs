@@ -63,6 +63,8 @@ pub struct Trainer {
     adam: Adam,
     /// Meta-iterations completed.
     pub iteration: usize,
+    /// Iteration of the checkpoint on disk, if any.
+    last_saved: Option<usize>,
     dir: PathBuf,
     data: Dataset,
 }
@@ -83,7 +85,7 @@ impl Trainer {
         crate::data::fetch::write_atomic(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
         let teacher = Teacher::new(config, &mut StdRng::seed_from_u64(config.seed), device)?;
         let adam = Adam::new(&teacher.params(), config.adam_beta1, config.adam_beta2);
-        Ok(Trainer { teacher, adam, iteration: 0, dir: dir.to_path_buf(), data })
+        Ok(Trainer { teacher, adam, iteration: 0, last_saved: None, dir: dir.to_path_buf(), data })
     }
 
     /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
@@ -97,7 +99,7 @@ impl Trainer {
             .filter(|l| l.split(',').next().and_then(|i| i.parse::<usize>().ok()).is_none_or(|i| i < iteration))
             .collect();
         crate::data::fetch::write_atomic(&log, format!("{}\n", kept.join("\n")).as_bytes())?;
-        Ok(Trainer { teacher, adam, iteration, dir: dir.to_path_buf(), data })
+        Ok(Trainer { teacher, adam, iteration, last_saved: Some(iteration), dir: dir.to_path_buf(), data })
     }
 
     pub fn config(&self) -> &Config {
@@ -113,25 +115,16 @@ impl Trainer {
         let learner =
             Learner::new(config.learner.sample(&mut rng), image, classes).expect("learner widths are positive");
         let init = learner.init(&mut rng, device);
-        let mut sampler = BatchSampler::new(self.data.train.len(), rng_seed(&mut rng));
-        let (real_x, real_y) = self.data.train.batch(&sampler.indices(config.meta_batch, device));
-        let every = config.intermediate_loss_every;
-        let mut intermediate = Vec::new();
-        let trained = self.teacher.teach(&learner, init, config.inner_steps, &mut rng, true, |t, params| {
-            if every > 0 && (t + 1) % every == 0 && t + 1 < config.inner_steps {
-                intermediate.push(nn::cross_entropy(&learner.forward(params, &real_x), &real_y));
-            }
-        });
-        let logits = learner.forward(&trained, &real_x);
-        intermediate.push(nn::cross_entropy(&logits, &real_y));
-        let meta_loss = Tensor::stack(&intermediate, 0).mean(None::<tch::Kind>);
-        let accuracy = nn::accuracy(&logits, &real_y);
+        let mut sampler = BatchSampler::new(self.data.train.len(), rand::Rng::gen(&mut rng));
+        let real = self.data.train.batch(&sampler.indices(config.meta_batch, device));
+        let (meta_loss, logits) = meta_loss(&self.teacher, &learner, init, &real, &mut rng);
+        let accuracy = nn::accuracy(&logits, &real.1);
         let grads = Tensor::run_backward(&[&meta_loss], &self.teacher.params(), false, false);
         (meta_loss.detach(), accuracy, grads)
     }
 
-    /// One meta-iteration. A NaN or infinite meta-loss or gradient stops before any update, so
-    /// the teacher and the last checkpoint stay as they were.
+    /// One meta-iteration, logged to `log.csv`. A NaN or infinite meta-loss or gradient stops
+    /// before any update, so the teacher and the last checkpoint stay as they were.
     pub fn step(&mut self) -> Result<StepStats> {
         let start = Instant::now();
         let i = self.iteration;
@@ -141,7 +134,7 @@ impl Trainer {
         if !meta_loss.is_finite() || !grad_norm.is_finite() {
             bail!(
                 "meta-iteration {i}: meta-loss {meta_loss}, gradient norm {grad_norm}: training diverged and stopped; the last good checkpoint (iteration {}) is kept in {}; lower outer_lr or grad_clip and resume",
-                self.last_saved(),
+                self.last_saved.map_or("none yet".into(), |i| i.to_string()),
                 checkpoint::checkpoint_path(&self.dir).display()
             );
         }
@@ -149,7 +142,7 @@ impl Trainer {
         let outer_lr = optim::cosine_lr(c.outer_lr, c.final_lr_fraction, i, c.meta_iters);
         self.adam.step(&self.teacher.params(), &grads, outer_lr);
         self.iteration += 1;
-        Ok(StepStats {
+        let stats = StepStats {
             iteration: i,
             meta_loss,
             meta_accuracy,
@@ -158,19 +151,20 @@ impl Trainer {
             inner_lr_mean: self.teacher.log_lr.exp().mean(None::<tch::Kind>).double_value(&[]),
             inner_momentum_mean: self.teacher.log_momentum.exp().mean(None::<tch::Kind>).double_value(&[]),
             seconds: start.elapsed().as_secs_f64(),
-        })
+        };
+        let log_path = self.dir.join(LOG_FILE);
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("{}: cannot open log", log_path.display()))?;
+        writeln!(log, "{}", stats.csv_row()).with_context(|| format!("{}: cannot write", log_path.display()))?;
+        Ok(stats)
     }
 
-    fn last_saved(&self) -> String {
-        let every = self.config().checkpoint_every;
-        match checkpoint::checkpoint_path(&self.dir).exists() {
-            true => format!("{}", self.iteration / every * every),
-            false => "none yet".into(),
-        }
-    }
-
-    pub fn save(&self) -> Result<()> {
-        checkpoint::save(&self.dir, &self.teacher, &self.adam, self.iteration)
+    pub fn save(&mut self) -> Result<()> {
+        checkpoint::save(&self.dir, &self.teacher, &self.adam, self.iteration)?;
+        self.last_saved = Some(self.iteration);
+        Ok(())
     }
 
     /// Runs until `meta_iters`, logging every iteration and checkpointing every
@@ -184,14 +178,8 @@ impl Trainer {
                 .progress_chars("=> "),
         );
         bar.set_position(self.iteration as u64);
-        let log_path = self.dir.join(LOG_FILE);
-        let mut log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("{}: cannot open log", log_path.display()))?;
         while self.iteration < total {
             let stats = self.step()?;
-            writeln!(log, "{}", stats.csv_row()).with_context(|| format!("{}: cannot write", log_path.display()))?;
             bar.set_message(format!(
                 "meta-loss {:.3} meta-acc {:.3} inner lr {:.4}",
                 stats.meta_loss, stats.meta_accuracy, stats.inner_lr_mean
@@ -201,7 +189,7 @@ impl Trainer {
             if progress && bar.is_hidden() && (stats.iteration % 10 == 0 || self.iteration == total) {
                 println!("{}", stats.csv_row());
             }
-            if self.iteration % self.config().checkpoint_every == 0 || self.iteration == total {
+            if self.iteration.is_multiple_of(self.config().checkpoint_every) || self.iteration == total {
                 self.save()?;
             }
         }
@@ -210,10 +198,176 @@ impl Trainer {
     }
 }
 
-fn rng_seed(rng: &mut StdRng) -> u64 {
-    rand::Rng::gen(rng)
+/// Trains `init` on the teacher's data with the graph kept, then scores it on the real batch
+/// (plus, if configured, on the same batch every k inner steps). Returns the meta-loss, still
+/// differentiable w.r.t. every teacher parameter, and the trained learner's logits.
+pub fn meta_loss(
+    teacher: &Teacher,
+    learner: &Learner,
+    init: Vec<Tensor>,
+    (real_x, real_y): &(Tensor, Tensor),
+    rng: &mut StdRng,
+) -> (Tensor, Tensor) {
+    let steps = teacher.config.inner_steps;
+    let every = teacher.config.intermediate_loss_every;
+    let mut losses = Vec::new();
+    let trained = teacher.teach(learner, init, steps, rng, true, |t, params| {
+        if every > 0 && (t + 1) % every == 0 && t + 1 < steps {
+            losses.push(nn::cross_entropy(&learner.forward(params, real_x), real_y));
+        }
+    });
+    let logits = learner.forward(&trained, real_x);
+    losses.push(nn::cross_entropy(&logits, real_y));
+    (Tensor::stack(&losses, 0).mean(None::<tch::Kind>), logits)
 }
 
 pub fn load_data(config: &Config, device: Device) -> Result<Dataset> {
     Dataset::load(config.dataset, &config.data_dir(), config.valid_size, config.seed, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::curriculum::CurriculumKind;
+    use crate::data::fixture_dir;
+    use crate::generator::GeneratorConfig;
+    use crate::learner::Arch;
+    use crate::nn::gradcheck::max_rel_error;
+    use tch::Kind;
+
+    fn fixture_config() -> Config {
+        Config { data_dir: Some(fixture_dir()), ..Config::tiny() }
+    }
+
+    /// The full meta-gradient (generator weights, curriculum noise, per-step learning rates and
+    /// momenta, soft labels) through a 3-step unroll against central finite differences in f64.
+    #[test]
+    fn gradcheck_full_meta_gradient() {
+        let config = Config {
+            inner_steps: 3,
+            batch_size: 6,
+            soft_labels: true,
+            intermediate_loss_every: 2,
+            generator: GeneratorConfig { noise_dim: 3, fc_width: 4, conv1_channels: 2, conv2_channels: 2 },
+            ..fixture_config()
+        };
+        let data = load_data(&config, Device::Cpu).unwrap();
+        let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(1), Device::Cpu).unwrap();
+        let inputs: Vec<Tensor> =
+            teacher.params().iter().map(|p| p.detach().to_kind(Kind::Double).set_requires_grad(true)).collect();
+        let learner = Learner::new(Arch::Mlp { hidden1: 5, hidden2: 4 }, [1, 28, 28], 10).unwrap();
+        let init: Vec<Tensor> = learner
+            .init(&mut StdRng::seed_from_u64(2), Device::Cpu)
+            .iter()
+            .map(|p| p.detach().to_kind(Kind::Double))
+            .collect();
+        let idx = Tensor::arange(16, (Kind::Int64, Device::Cpu));
+        let (x, y) = data.train.batch(&idx);
+        let real = (x.to_kind(Kind::Double), y);
+        let f = |p: &[Tensor]| {
+            let start = init.iter().map(|t| t.copy().set_requires_grad(true)).collect();
+            meta_loss(&teacher.with_params(p), &learner, start, &real, &mut StdRng::seed_from_u64(3)).0
+        };
+        let err = max_rel_error(&inputs, &f, 4);
+        assert!(err < 1e-5, "meta-gradient finite-difference relative error {err:e} exceeds 1e-5");
+    }
+
+    #[test]
+    fn short_meta_training_lowers_the_meta_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
+        let before = trainer.meta_gradient(0).0.double_value(&[]);
+        trainer.run(false).unwrap();
+        let after = trainer.meta_gradient(0).0.double_value(&[]);
+        assert!(after < before * 0.8, "meta-loss on the same learner and batch: {before} before, {after} after");
+        let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(log.lines().count(), 1 + trainer.config().meta_iters);
+    }
+
+    fn checkpoint_tensors(dir: &Path) -> Vec<(String, Tensor)> {
+        let mut t = Tensor::read_safetensors(checkpoint::checkpoint_path(dir)).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    }
+
+    #[test]
+    fn resume_matches_an_uninterrupted_run() {
+        for curriculum in [CurriculumKind::Full, CurriculumKind::AllShuffled] {
+            let config = Config { curriculum, soft_labels: true, ..fixture_config() };
+            let whole = tempfile::tempdir().unwrap();
+            Trainer::create(&config, whole.path(), Device::Cpu).unwrap().run(false).unwrap();
+
+            let parts = tempfile::tempdir().unwrap();
+            let mut first = Trainer::create(&config, parts.path(), Device::Cpu).unwrap();
+            for _ in 0..3 {
+                first.step().unwrap();
+            }
+            first.save().unwrap();
+            // Steps after the last checkpoint are lost with the process and redone on resume.
+            first.step().unwrap();
+            drop(first);
+            let mut resumed = Trainer::resume(parts.path(), Device::Cpu).unwrap();
+            assert_eq!(resumed.iteration, 3);
+            resumed.run(false).unwrap();
+
+            let (a, b) = (checkpoint_tensors(whole.path()), checkpoint_tensors(parts.path()));
+            assert_eq!(a.len(), b.len());
+            for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+                assert_eq!(na, nb);
+                assert!(ta.equal(tb), "{curriculum:?}: {na} differs after resume");
+            }
+            let log = |d: &Path| std::fs::read_to_string(d.join(LOG_FILE)).unwrap();
+            let strip_time =
+                |s: String| s.lines().map(|l| l.rsplit_once(',').unwrap().0.to_owned()).collect::<Vec<_>>();
+            assert_eq!(strip_time(log(whole.path())), strip_time(log(parts.path())));
+        }
+    }
+
+    #[test]
+    fn nan_stops_and_keeps_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
+        trainer.step().unwrap();
+        trainer.save().unwrap();
+        let saved = std::fs::read(checkpoint::checkpoint_path(dir.path())).unwrap();
+        let _ = tch::no_grad(|| trainer.teacher.log_lr.shallow_clone().fill_(f64::NAN));
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.contains("meta-iteration 1: meta-loss NaN"), "{err}");
+        assert!(err.contains("last good checkpoint (iteration 1)"), "{err}");
+        assert_eq!(trainer.iteration, 1);
+        assert_eq!(std::fs::read(checkpoint::checkpoint_path(dir.path())).unwrap(), saved);
+    }
+
+    #[test]
+    fn refuses_to_overwrite_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
+        let err = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("already holds a run; use --resume"), "{err}");
+    }
+
+    #[test]
+    fn checkpoint_from_another_architecture_or_corrupt_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
+        trainer.step().unwrap();
+        trainer.save().unwrap();
+        let loaded = checkpoint::load(dir.path(), Device::Cpu).unwrap();
+        assert_eq!(loaded.iteration, 1);
+        for ((n, a), (_, b)) in loaded.teacher.named_params().iter().zip(trainer.teacher.named_params()) {
+            assert!(a.equal(&b), "{n} differs after reload");
+        }
+        let config_path = dir.path().join(checkpoint::CONFIG_FILE);
+        let original = std::fs::read_to_string(&config_path).unwrap();
+        std::fs::write(&config_path, original.replace("fc_width = 64", "fc_width = 65")).unwrap();
+        let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("checkpoint.safetensors: tensor `generator.fc1.v` has shape [64, 26]"), "{err}");
+        assert!(err.contains("from another architecture"), "{err}");
+        std::fs::write(&config_path, &original).unwrap();
+        std::fs::write(checkpoint::checkpoint_path(dir.path()), b"garbage").unwrap();
+        let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("checkpoint.safetensors: corrupt or not a safetensors file"), "{err}");
+        let err = checkpoint::load(&dir.path().join("nope"), Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("config.toml: cannot read; is"), "{err}");
+    }
 }

@@ -75,6 +75,24 @@ impl Teacher {
         named
     }
 
+    /// The same teacher with its learned tensors replaced by `params` (in `named_params` order).
+    pub fn with_params(&self, params: &[Tensor]) -> Teacher {
+        assert_eq!(params.len(), self.named_params().len(), "teacher: wrong number of parameters");
+        let n = self.generator_params.len();
+        let mut rest = params[n..].iter().map(Tensor::shallow_clone);
+        let z = self.curriculum.z.as_ref().map(|_| rest.next().expect("length checked"));
+        let (log_lr, log_momentum) = (rest.next().expect("length checked"), rest.next().expect("length checked"));
+        Teacher {
+            config: self.config.clone(),
+            generator: self.generator.clone(),
+            generator_params: params[..n].iter().map(Tensor::shallow_clone).collect(),
+            curriculum: Curriculum { z, ..self.curriculum.clone() },
+            log_lr,
+            log_momentum,
+            label_logits: self.label_logits.as_ref().map(|_| rest.next().expect("length checked")),
+        }
+    }
+
     pub fn params(&self) -> Vec<Tensor> {
         self.named_params().into_iter().map(|(_, t)| t).collect()
     }
@@ -84,7 +102,7 @@ impl Teacher {
         let labels = curriculum::labels(&step.ids, self.generator.classes);
         let images = self.generator.forward(&self.generator_params, &step.z, &labels);
         let targets = match &self.label_logits {
-            Some(logits) => logits.index_select(0, &step.ids).softmax(-1, Kind::Float),
+            Some(logits) => logits.index_select(0, &step.ids).softmax(-1, None::<Kind>),
             None => labels,
         };
         (images, targets)
