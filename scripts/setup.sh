@@ -45,7 +45,7 @@ else
     echo "libtorch: installing torch==$TORCH (+ CUDA runtime wheels libtorch_cpu links to) into .libtorch (about 1 GB, under a minute)"
     rm -rf .libtorch.partial
     # shellcheck disable=SC2086
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps --target .libtorch.partial $WHEELS
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target .libtorch.partial $WHEELS
     libtorch_ok .libtorch.partial || { echo "setup: .libtorch.partial: installed wheels fail their checksums" >&2; exit 1; }
     rm -rf .libtorch && mv .libtorch.partial .libtorch
     echo "libtorch: installed and verified"

@@ -13,6 +13,8 @@ use crate::nn::{self, Init, ParamSpec};
 #[serde(rename_all = "kebab-case")]
 pub enum LearnerKind {
     /// The reference MNIST CNN: conv 64, conv 128, FC 256.
+    #[value(alias = "base_fc")]
+    #[serde(alias = "base_fc")]
     BaseFc,
     /// base_fc with widths drawn afresh each time: conv1 in [32,128), conv2 in [64,256), FC in [64,256).
     Random,
