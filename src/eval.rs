@@ -6,7 +6,7 @@ use serde::Serialize;
 use tch::Device;
 
 use crate::data::{BatchSampler, Dataset, Split};
-use crate::inner;
+use crate::inner::{self, LearnerState};
 use crate::learner::{Learner, LearnerKind};
 use crate::meta::iteration_rng;
 use crate::nn;
@@ -88,8 +88,9 @@ pub fn evaluate_teacher(
             let mut rng = learner_seed(seed, k);
             let learner = Learner::new(kind.sample(&mut rng), image, classes)?;
             let init = learner.init(&mut rng, device);
-            let trained = teacher.teach(&learner, init, steps, &mut rng, false, |_, _| {});
-            Ok(test_accuracy(&learner, &trained, &data.test))
+            let plan = teacher.curriculum.plan(&mut rng, device);
+            let trained = teacher.teach(&learner, LearnerState::new(init), &plan, 0..steps, false, |_, _| {});
+            Ok(test_accuracy(&learner, &trained.params, &data.test))
         })
         .collect::<Result<Vec<f64>>>()?;
     Ok(EvalReport::from_accuracies(kind, steps, accs))
@@ -117,8 +118,9 @@ pub fn evaluate_real(
             let mut sampler = BatchSampler::new(data.train.len(), seed.wrapping_add(k as u64));
             let (lrs, momenta) = inner::constant_schedule(steps, lr, momentum, device);
             let batches = |_| data.train.batch(&sampler.indices(batch, device));
-            let trained = inner::unroll(&learner, init, &lrs, &momenta, false, batches, |_, _| {});
-            Ok(test_accuracy(&learner, &trained, &data.test))
+            let state = LearnerState::new(init);
+            let trained = inner::unroll(&learner, state, &lrs, &momenta, 0..steps, false, batches, |_, _| {});
+            Ok(test_accuracy(&learner, &trained.params, &data.test))
         })
         .collect::<Result<Vec<f64>>>()?;
     Ok(EvalReport::from_accuracies(kind, steps, accs))

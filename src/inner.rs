@@ -5,6 +5,8 @@
 //! parameters differentiates (exactly, through second derivatives) into whatever produced the
 //! training batches and into the per-step learning rates and momenta.
 
+use std::ops::Range;
+
 use tch::{Kind, Tensor};
 
 use crate::learner::Learner;
@@ -23,35 +25,55 @@ pub fn sgd_momentum_step(
     (params, momentum)
 }
 
-/// Trains `learner` from `params` for `lrs.len()` steps; `batch(t)` gives step t's inputs and
-/// targets (int64 labels or probabilities). `after_step(t, params)` sees the parameters after each
-/// step (for intermediate losses). Without `create_graph` every step is cut from the graph, which
-/// keeps memory flat for evaluation.
+/// A learner in training: its parameters and the optimiser's momentum buffers.
+#[derive(Debug)]
+pub struct LearnerState {
+    pub params: Vec<Tensor>,
+    pub momentum: Vec<Tensor>,
+}
+
+impl LearnerState {
+    /// Fresh parameters with zero momentum.
+    pub fn new(params: Vec<Tensor>) -> LearnerState {
+        let momentum = params.iter().map(Tensor::zeros_like).collect();
+        LearnerState { params, momentum }
+    }
+
+    /// A copy cut from any graph, as leaves that require gradients (the start of a recomputed
+    /// block, or a step of an evaluation run).
+    pub fn detached_leaves(&self) -> LearnerState {
+        let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
+        LearnerState { params: self.params.iter().map(leaf).collect(), momentum: self.momentum.iter().map(leaf).collect() }
+    }
+}
+
+/// Trains `state` through inner steps `steps` (indices into `lrs` and `momenta`); `batch(t)`
+/// gives step t's inputs and targets (int64 labels or probabilities). `after_step(t, params)`
+/// sees the parameters after each step (for intermediate losses). Without `create_graph` every
+/// step is cut from the graph, which keeps memory flat.
 pub fn unroll(
     learner: &Learner,
-    mut params: Vec<Tensor>,
+    mut state: LearnerState,
     lrs: &Tensor,
     momenta: &Tensor,
+    steps: Range<usize>,
     create_graph: bool,
     mut batch: impl FnMut(usize) -> (Tensor, Tensor),
     mut after_step: impl FnMut(usize, &[Tensor]),
-) -> Vec<Tensor> {
-    let steps = lrs.size()[0] as usize;
-    let mut momentum: Vec<Tensor> = params.iter().map(Tensor::zeros_like).collect();
-    for t in 0..steps {
+) -> LearnerState {
+    for t in steps {
         let (x, target) = batch(t);
-        let loss = nn::cross_entropy(&learner.forward(&params, &x), &target);
-        let grads = Tensor::run_backward(&[loss], &params, create_graph, create_graph);
-        let (next, next_m) = sgd_momentum_step(&params, &grads, &momentum, &lrs.get(t as i64), &momenta.get(t as i64));
-        if create_graph {
-            (params, momentum) = (next, next_m);
-        } else {
-            params = next.into_iter().map(|p| p.detach().set_requires_grad(true)).collect();
-            momentum = next_m.into_iter().map(|m| m.detach()).collect();
+        let loss = nn::cross_entropy(&learner.forward(&state.params, &x), &target);
+        let grads = Tensor::run_backward(&[loss], &state.params, create_graph, create_graph);
+        let (lr, mu) = (lrs.get(t as i64), momenta.get(t as i64));
+        let (params, momentum) = sgd_momentum_step(&state.params, &grads, &state.momentum, &lr, &mu);
+        state = LearnerState { params, momentum };
+        if !create_graph {
+            state = state.detached_leaves();
         }
-        after_step(t, &params);
+        after_step(t, &state.params);
     }
-    params
+    state
 }
 
 /// Logits for many examples, in chunks; mean-only batch norm uses each chunk's statistics, so
@@ -114,13 +136,15 @@ mod tests {
             let (images, log_lr, log_mu) = (&p[0], &p[1], &p[2]);
             let trained = unroll(
                 &learner,
-                start,
+                LearnerState::new(start),
                 &log_lr.exp(),
                 &log_mu.exp(),
+                0..3,
                 true,
                 |t| (images.get(t as i64), labels.copy()),
                 |_, _| {},
-            );
+            )
+            .params;
             nn::cross_entropy(&learner.forward(&trained, &real), &labels)
         };
         let err = max_rel_error(&inputs, &f, 10);
@@ -136,7 +160,7 @@ mod tests {
         let loss = |p: &[Tensor]| f64::try_from(nn::cross_entropy(&learner.forward(p, &x), &y)).unwrap();
         let before = loss(&params);
         let (lrs, mus) = constant_schedule(20, 0.1, 0.5, Device::Cpu);
-        let trained = unroll(&learner, params, &lrs, &mus, false, |_| (x.copy(), y.copy()), |_, _| {});
+        let trained = unroll(&learner, LearnerState::new(params), &lrs, &mus, 0..20, false, |_| (x.copy(), y.copy()), |_, _| {}).params;
         assert!(trained.iter().all(|p| p.is_leaf()));
         assert!(loss(&trained) < before * 0.5, "training did not lower the loss");
     }

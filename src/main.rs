@@ -50,6 +50,8 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         per_step: i64,
     },
+    /// Time meta-steps: median and spread, generator / unroll / meta-backward, peak memory, GFLOP/s.
+    Bench(BenchArgs),
     /// Export the teaching set (images, labels, learning rates, momenta) as plain tensors.
     Export {
         dir: PathBuf,
@@ -91,9 +93,35 @@ struct TrainArgs {
     /// Folder with the dataset's IDX files (default data/<dataset>).
     #[arg(long, conflicts_with = "resume")]
     data_dir: Option<PathBuf>,
+    /// Gradient checkpointing: keep the learner state every k inner steps (0: off).
+    #[arg(long, conflicts_with = "resume")]
+    checkpoint_every: Option<usize>,
     /// After training, evaluate this many fresh learners (0: skip).
     #[arg(long, default_value_t = 0)]
     eval_learners: usize,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, default_value = "paper")]
+    preset: String,
+    #[arg(long, value_enum)]
+    learner: Option<LearnerKind>,
+    /// Inner steps T.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Timed meta-steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    meta_iters: usize,
+    /// Gradient checkpointing: keep the learner state every k inner steps (0: off).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -207,6 +235,24 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", output.display());
             Ok(())
         }
+        Command::Bench(args) => {
+            let mut config = Config::preset(&args.preset)?;
+            if let Some(path) = &args.config {
+                config = config.with_overrides(path)?;
+            }
+            config.learner = args.learner.unwrap_or(config.learner);
+            config.inner_steps = args.steps.unwrap_or(config.inner_steps);
+            config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
+            config.data_dir = args.data_dir.or(config.data_dir);
+            config.validate()?;
+            let report = gtn::bench::run(&config, args.meta_iters.max(1), device)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.table());
+            }
+            Ok(())
+        }
         Command::Export { dir, output } => {
             let ckpt = checkpoint::load(&dir, device)?;
             report::export_teaching_set(&ckpt.teacher, &output)?;
@@ -231,6 +277,7 @@ fn train(args: TrainArgs, device: Device) -> Result<()> {
             config.meta_iters = args.meta_iters.unwrap_or(config.meta_iters);
             config.seed = args.seed.unwrap_or(config.seed);
             config.data_dir = args.data_dir.clone().or(config.data_dir);
+            config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
             Trainer::create(&config, out, device)?
         }

@@ -3,6 +3,7 @@
 //! every teacher parameter with the exact meta-gradient.
 
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,6 +15,8 @@ use tch::{Device, Tensor};
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::Config;
 use crate::data::{BatchSampler, Dataset};
+use crate::curriculum::StepInput;
+use crate::inner::LearnerState;
 use crate::learner::Learner;
 use crate::nn;
 use crate::optim::{self, Adam};
@@ -106,21 +109,20 @@ impl Trainer {
         &self.teacher.config
     }
 
-    /// The meta-loss of one iteration and its gradient with respect to every teacher parameter.
-    pub fn meta_gradient(&self, iteration: usize) -> (Tensor, f64, Vec<Tensor>) {
+    /// The meta-loss of one iteration, the meta-accuracy, and the meta-gradient with respect to
+    /// every teacher parameter.
+    pub fn meta_gradient(&self, iteration: usize) -> (f64, f64, Vec<Tensor>) {
         let config = self.config();
         let device = self.data.train.images.device();
         let mut rng = iteration_rng(config.seed, iteration);
         let (image, classes) = config.dataset.shape();
-        let learner =
-            Learner::new(config.learner.sample(&mut rng), image, classes).expect("learner widths are positive");
+        let learner = Learner::new(config.learner.sample(&mut rng), image, classes).expect("learner widths are positive");
         let init = learner.init(&mut rng, device);
         let mut sampler = BatchSampler::new(self.data.train.len(), rand::Rng::gen(&mut rng));
         let real = self.data.train.batch(&sampler.indices(config.meta_batch, device));
-        let (meta_loss, logits) = meta_loss(&self.teacher, &learner, init, &real, &mut rng);
-        let accuracy = nn::accuracy(&logits, &real.1);
-        let grads = Tensor::run_backward(&[&meta_loss], &self.teacher.params(), false, false);
-        (meta_loss.detach(), accuracy, grads)
+        let plan = self.teacher.curriculum.plan(&mut rng, device);
+        let result = meta_gradient(&self.teacher, &learner, init, &real, &plan);
+        (result.loss, nn::accuracy(&result.logits, &real.1), result.grads)
     }
 
     /// One meta-iteration, logged to `log.csv`. A NaN or infinite meta-loss or gradient stops
@@ -128,8 +130,7 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepStats> {
         let start = Instant::now();
         let i = self.iteration;
-        let (loss, meta_accuracy, mut grads) = self.meta_gradient(i);
-        let meta_loss = loss.double_value(&[]);
+        let (meta_loss, meta_accuracy, mut grads) = self.meta_gradient(i);
         let grad_norm = optim::clip_grad_norm(&mut grads, self.config().grad_clip);
         if !meta_loss.is_finite() || !grad_norm.is_finite() {
             bail!(
@@ -189,7 +190,7 @@ impl Trainer {
             if progress && bar.is_hidden() && (stats.iteration % 10 == 0 || self.iteration == total) {
                 println!("{}", stats.csv_row());
             }
-            if self.iteration.is_multiple_of(self.config().checkpoint_every) || self.iteration == total {
+            if self.iteration.is_multiple_of(self.config().save_every) || self.iteration == total {
                 self.save()?;
             }
         }
@@ -198,27 +199,109 @@ impl Trainer {
     }
 }
 
-/// Trains `init` on the teacher's data with the graph kept, then scores it on the real batch
-/// (plus, if configured, on the same batch every k inner steps). Returns the meta-loss, still
+/// Whether the meta-loss includes a real-data loss after inner step `t`.
+fn has_intermediate_loss(config: &Config, t: usize) -> bool {
+    let every = config.intermediate_loss_every;
+    every > 0 && (t + 1) % every == 0 && t + 1 < config.inner_steps
+}
+
+/// Trains `init` on the teacher's data following `plan` with the graph kept, then scores it on
+/// the real batch (plus, if configured, every k inner steps). Returns the meta-loss, still
 /// differentiable w.r.t. every teacher parameter, and the trained learner's logits.
 pub fn meta_loss(
     teacher: &Teacher,
     learner: &Learner,
     init: Vec<Tensor>,
     (real_x, real_y): &(Tensor, Tensor),
-    rng: &mut StdRng,
+    plan: &[StepInput],
 ) -> (Tensor, Tensor) {
-    let steps = teacher.config.inner_steps;
-    let every = teacher.config.intermediate_loss_every;
+    let config = &teacher.config;
     let mut losses = Vec::new();
-    let trained = teacher.teach(learner, init, steps, rng, true, |t, params| {
-        if every > 0 && (t + 1) % every == 0 && t + 1 < steps {
+    let trained = teacher.teach(learner, LearnerState::new(init), plan, 0..config.inner_steps, true, |t, params| {
+        if has_intermediate_loss(config, t) {
             losses.push(nn::cross_entropy(&learner.forward(params, real_x), real_y));
         }
     });
-    let logits = learner.forward(&trained, real_x);
+    let logits = learner.forward(&trained.params, real_x);
     losses.push(nn::cross_entropy(&logits, real_y));
     (Tensor::stack(&losses, 0).mean(None::<tch::Kind>), logits)
+}
+
+/// A meta-loss value, the trained learner's logits on the real batch, and the meta-gradient.
+#[derive(Debug)]
+pub struct MetaGradient {
+    pub loss: f64,
+    pub logits: Tensor,
+    pub grads: Vec<Tensor>,
+}
+
+/// The exact meta-gradient. With `checkpoint_every = k > 0` (gradient checkpointing) only the
+/// learner state at every k-th inner step is kept: a first pass trains without a graph, then the
+/// backward pass recomputes one block of k steps at a time with its graph and pulls the
+/// incoming adjoint through it. Memory holds one block's graph instead of T steps'; the cost is
+/// one more forward pass. Same gradient as the full unroll up to float rounding (tested).
+pub fn meta_gradient(
+    teacher: &Teacher,
+    learner: &Learner,
+    init: Vec<Tensor>,
+    real: &(Tensor, Tensor),
+    plan: &[StepInput],
+) -> MetaGradient {
+    let config = &teacher.config;
+    let (t_max, k) = (config.inner_steps, config.checkpoint_every);
+    let teacher_params = teacher.params();
+    if k == 0 || k >= t_max {
+        let (loss, logits) = meta_loss(teacher, learner, init, real, plan);
+        let grads = Tensor::run_backward(&[&loss], &teacher_params, false, false);
+        return MetaGradient { loss: loss.double_value(&[]), logits: logits.detach(), grads };
+    }
+    let (real_x, real_y) = real;
+    let terms = 1 + (0..t_max).filter(|&t| has_intermediate_loss(config, t)).count();
+    let scored = |params: &[Tensor]| nn::cross_entropy(&learner.forward(params, real_x), real_y) / terms as f64;
+
+    // Forward without a graph, keeping the state at the start of every block.
+    let blocks: Vec<Range<usize>> = (0..t_max).step_by(k).map(|s| s..(s + k).min(t_max)).collect();
+    let mut starts = Vec::with_capacity(blocks.len());
+    let mut state = LearnerState::new(init);
+    let mut loss = 0.0;
+    for block in &blocks {
+        starts.push(state.detached_leaves());
+        state = teacher.teach(learner, state, plan, block.clone(), false, |t, params| {
+            if has_intermediate_loss(config, t) {
+                loss += tch::no_grad(|| scored(params)).double_value(&[]);
+            }
+        });
+    }
+    let logits = learner.forward(&state.params, real_x);
+    let final_loss = nn::cross_entropy(&logits, real_y) / terms as f64;
+    loss += final_loss.double_value(&[]);
+    let mut adjoint_params = Tensor::run_backward(&[&final_loss], &state.params, false, false);
+    let mut adjoint_momentum: Vec<Tensor> = state.momentum.iter().map(Tensor::zeros_like).collect();
+    let mut grads: Vec<Tensor> = teacher_params.iter().map(|p| p.zeros_like().detach()).collect();
+
+    // Backward, block by block: d(loss)/d(start) = d<end, adjoint>/d(start) + d(losses in block)/d(start).
+    for (block, start) in blocks.into_iter().zip(starts).rev() {
+        let n = start.params.len();
+        let shallow = |ts: &[Tensor]| ts.iter().map(Tensor::shallow_clone).collect::<Vec<_>>();
+        let from = LearnerState { params: shallow(&start.params), momentum: shallow(&start.momentum) };
+        let mut inside = Vec::new();
+        let end = teacher.teach(learner, from, plan, block, true, |t, params| {
+            if has_intermediate_loss(config, t) {
+                inside.push(scored(params));
+            }
+        });
+        let pulled = end.params.iter().zip(&adjoint_params).chain(end.momentum.iter().zip(&adjoint_momentum));
+        let surrogate = pulled.map(|(x, a)| (x * a).sum(None::<tch::Kind>)).chain(inside).fold(Tensor::from(0.0f32), |acc, x| acc + x);
+        let inputs: Vec<&Tensor> = start.params.iter().chain(&start.momentum).chain(&teacher_params).collect();
+        let mut g = Tensor::run_backward(&[surrogate], &inputs, false, false);
+        let teacher_grads = g.split_off(2 * n);
+        adjoint_momentum = g.split_off(n);
+        adjoint_params = g;
+        for (acc, d) in grads.iter_mut().zip(teacher_grads) {
+            *acc = &*acc + d;
+        }
+    }
+    MetaGradient { loss, logits: logits.detach(), grads }
 }
 
 pub fn load_data(config: &Config, device: Device) -> Result<Dataset> {
@@ -266,19 +349,52 @@ mod tests {
         let real = (x.to_kind(Kind::Double), y);
         let f = |p: &[Tensor]| {
             let start = init.iter().map(|t| t.copy().set_requires_grad(true)).collect();
-            meta_loss(&teacher.with_params(p), &learner, start, &real, &mut StdRng::seed_from_u64(3)).0
+            let teacher = teacher.with_params(p);
+            let plan = teacher.curriculum.plan(&mut StdRng::seed_from_u64(3), Device::Cpu);
+            meta_loss(&teacher, &learner, start, &real, &plan).0
         };
         let err = max_rel_error(&inputs, &f, 4);
         assert!(err < 1e-5, "meta-gradient finite-difference relative error {err:e} exceeds 1e-5");
+    }
+
+    /// Gradient checkpointing (blocks of 2 and a remainder of 1 over T = 5, intermediate losses
+    /// inside blocks) gives the full unroll's meta-loss and meta-gradient.
+    #[test]
+    fn checkpointed_unroll_gives_the_full_meta_gradient() {
+        for curriculum in [CurriculumKind::Full, CurriculumKind::AllShuffled] {
+            let config = Config { inner_steps: 5, curriculum, soft_labels: true, intermediate_loss_every: 2, ..fixture_config() };
+            let data = load_data(&config, Device::Cpu).unwrap();
+            let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(1), Device::Cpu).unwrap();
+            let params: Vec<Tensor> =
+                teacher.params().iter().map(|p| p.detach().to_kind(Kind::Double).set_requires_grad(true)).collect();
+            let learner = Learner::new(Arch::Cnn { conv1: 3, conv2: 4, fc: 5 }, [1, 28, 28], 10).unwrap();
+            let init = learner.init(&mut StdRng::seed_from_u64(2), Device::Cpu);
+            let (x, y) = data.train.batch(&Tensor::arange(16, (Kind::Int64, Device::Cpu)));
+            let real = (x.to_kind(Kind::Double), y);
+            let run = |k: usize| {
+                let mut t = teacher.with_params(&params);
+                t.config.checkpoint_every = k;
+                let plan = t.curriculum.plan(&mut StdRng::seed_from_u64(3), Device::Cpu);
+                let start = init.iter().map(|p| p.detach().to_kind(Kind::Double).set_requires_grad(true)).collect();
+                meta_gradient(&t, &learner, start, &real, &plan)
+            };
+            let (full, checkpointed) = (run(0), run(2));
+            assert!((full.loss - checkpointed.loss).abs() < 1e-12, "{} vs {}", full.loss, checkpointed.loss);
+            for ((name, _), (a, b)) in teacher.named_params().iter().zip(full.grads.iter().zip(&checkpointed.grads)) {
+                let scale = a.abs().max().double_value(&[]).max(1e-12);
+                let diff = (a - b).abs().max().double_value(&[]);
+                assert!(diff / scale < 1e-10, "{curriculum:?} {name}: checkpointed gradient differs by {diff:e} (scale {scale:e})");
+            }
+        }
     }
 
     #[test]
     fn short_meta_training_lowers_the_meta_loss() {
         let dir = tempfile::tempdir().unwrap();
         let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
-        let before = trainer.meta_gradient(0).0.double_value(&[]);
+        let before = trainer.meta_gradient(0).0;
         trainer.run(false).unwrap();
-        let after = trainer.meta_gradient(0).0.double_value(&[]);
+        let after = trainer.meta_gradient(0).0;
         assert!(after < before * 0.8, "meta-loss on the same learner and batch: {before} before, {after} after");
         let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         assert_eq!(log.lines().count(), 1 + trainer.config().meta_iters);

@@ -2,6 +2,8 @@
 //! optimiser's per-step learning rates and momenta, optional soft labels), and how it trains a
 //! fresh learner.
 
+use std::ops::Range;
+
 use anyhow::Result;
 use rand::rngs::StdRng;
 use tch::{Device, Kind, Tensor};
@@ -9,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::Config;
 use crate::curriculum::{self, Curriculum, StepInput};
 use crate::generator::Generator;
-use crate::inner;
+use crate::inner::{self, LearnerState};
 use crate::learner::Learner;
 use crate::nn;
 
@@ -108,27 +110,28 @@ impl Teacher {
         (images, targets)
     }
 
-    /// Trains `params` of `learner` for the first `steps` inner steps on synthetic data. With
+    /// Learning rates and momenta of the inner steps, `[T]` each.
+    pub fn schedule(&self) -> (Tensor, Tensor) {
+        (self.log_lr.exp(), self.log_momentum.exp())
+    }
+
+    /// Trains `state` through inner steps `steps` on synthetic data following `plan`. With
     /// `create_graph` the result is differentiable w.r.t. every teacher parameter.
     pub fn teach(
         &self,
         learner: &Learner,
-        params: Vec<Tensor>,
-        steps: usize,
-        rng: &mut StdRng,
+        state: LearnerState,
+        plan: &[StepInput],
+        steps: Range<usize>,
         create_graph: bool,
         after_step: impl FnMut(usize, &[Tensor]),
-    ) -> Vec<Tensor> {
-        let device = params[0].device();
-        let plan = self.curriculum.plan(rng, device);
-        let n = steps as i64;
-        let (lrs, momenta) = (self.log_lr.narrow(0, 0, n).exp(), self.log_momentum.narrow(0, 0, n).exp());
+    ) -> LearnerState {
+        let (lrs, momenta) = self.schedule();
         if create_graph {
-            inner::unroll(learner, params, &lrs, &momenta, true, |t| self.synthesize(&plan[t]), after_step)
+            inner::unroll(learner, state, &lrs, &momenta, steps, true, |t| self.synthesize(&plan[t]), after_step)
         } else {
-            let (lrs, momenta) = (lrs.detach(), momenta.detach());
             let batch = |t: usize| tch::no_grad(|| self.synthesize(&plan[t]));
-            inner::unroll(learner, params, &lrs, &momenta, false, batch, after_step)
+            inner::unroll(learner, state, &lrs.detach(), &momenta.detach(), steps, false, batch, after_step)
         }
     }
 }

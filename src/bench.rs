@@ -1,0 +1,206 @@
+//! Meta-step benchmark: seconds per meta-iteration (median and spread after a warm-up), the split
+//! between generator, unroll and meta-backward, peak memory, and achieved GFLOP/s against this
+//! machine's own measured matrix-multiply rate.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::Config;
+use crate::learner::{Arch, Learner};
+use crate::meta::{self, Trainer};
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub threads: i32,
+    pub learner: String,
+    pub inner_steps: usize,
+    pub batch_size: usize,
+    pub curriculum: String,
+    pub checkpoint_every: usize,
+    pub meta_iters: usize,
+    pub seconds_per_meta_step_median: f64,
+    pub seconds_per_meta_step_min: f64,
+    pub seconds_per_meta_step_max: f64,
+    /// Forward pass of the generator over all T batches (measured on its own).
+    pub generator_forward_seconds: f64,
+    /// Forward unroll including the generator, and the meta-backward (full unroll only).
+    pub unroll_forward_seconds: Option<f64>,
+    pub meta_backward_seconds: Option<f64>,
+    pub peak_rss_mib: f64,
+    pub estimated_gflop_per_meta_step: f64,
+    pub achieved_gflops: f64,
+    pub matmul_gflops: f64,
+    pub fraction_of_matmul_rate: f64,
+}
+
+impl BenchReport {
+    pub fn table(&self) -> String {
+        let opt = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.2}"));
+        format!(
+            "| configuration | s / meta-step (median, min-max) | generator fwd s | unroll fwd s | meta-backward s | peak RSS MiB | GFLOP/s (est.) | matmul GFLOP/s | % of matmul |\n\
+             |---|---|---|---|---|---|---|---|---|\n\
+             | {} T={} B={} {} ckpt={} on {} ({} threads) | {:.2} ({:.2}-{:.2}) | {:.2} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0}% |",
+            self.learner,
+            self.inner_steps,
+            self.batch_size,
+            self.curriculum,
+            self.checkpoint_every,
+            self.device,
+            self.threads,
+            self.seconds_per_meta_step_median,
+            self.seconds_per_meta_step_min,
+            self.seconds_per_meta_step_max,
+            self.generator_forward_seconds,
+            opt(self.unroll_forward_seconds),
+            opt(self.meta_backward_seconds),
+            self.peak_rss_mib,
+            self.achieved_gflops,
+            self.matmul_gflops,
+            100.0 * self.fraction_of_matmul_rate
+        )
+    }
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Float32 matrix-multiply rate of this machine (1024x1024 products).
+pub fn matmul_gflops(device: Device) -> f64 {
+    let n = 1024i64;
+    let a = Tensor::randn([n, n], (Kind::Float, device));
+    let b = Tensor::randn([n, n], (Kind::Float, device));
+    let _ = a.matmul(&b).sum(Kind::Float).double_value(&[]);
+    let reps = 20;
+    let start = Instant::now();
+    let mut acc = Tensor::zeros([n, n], (Kind::Float, device));
+    for _ in 0..reps {
+        acc += a.matmul(&b);
+    }
+    let _ = acc.sum(Kind::Float).double_value(&[]);
+    2.0 * (n * n * n) as f64 * reps as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// Forward multiply-add FLOPs of one inner step: (generator, learner).
+pub fn forward_flops(config: &Config, arch: Arch) -> (f64, f64) {
+    let ([c, h, w], classes) = config.dataset.shape();
+    let b = config.batch_size as f64;
+    let g = config.generator;
+    let (noise, fc, c1, c2) = (g.noise_dim as f64, g.fc_width as f64, g.conv1_channels as f64, g.conv2_channels as f64);
+    let (c, h, w, k) = (c as f64, h as f64, w as f64, classes as f64);
+    let generator = 2.0
+        * b
+        * ((noise + k) * fc + fc * c1 * (h / 4.0) * (w / 4.0) + (h / 2.0) * (w / 2.0) * c2 * c1 * 9.0 + h * w * c * c2 * 9.0);
+    let learner = match arch {
+        Arch::Cnn { conv1, conv2, fc } => {
+            let (c1, c2, fc) = (conv1 as f64, conv2 as f64, fc as f64);
+            let flat = c2 * (h / 4.0).ceil() * (w / 4.0).ceil();
+            2.0 * b * (h * w * c1 * c * 9.0 + (h / 2.0) * (w / 2.0) * c2 * c1 * 9.0 + flat * fc + fc * k)
+        }
+        Arch::Mlp { hidden1, hidden2 } => {
+            let (h1, h2) = (hidden1 as f64, hidden2 as f64);
+            2.0 * b * (c * h * w * h1 + h1 * h2 + h2 * k)
+        }
+    };
+    (generator, learner)
+}
+
+/// Times `iters` meta-steps after one warm-up step, in a scratch folder.
+pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport> {
+    let scratch = tempfile::tempdir()?;
+    let mut trainer = Trainer::create(config, scratch.path(), device)?;
+    trainer.step()?;
+    let mut times: Vec<f64> = (0..iters)
+        .map(|_| {
+            let start = Instant::now();
+            trainer.step()?;
+            Ok(start.elapsed().as_secs_f64())
+        })
+        .collect::<Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+
+    // The split, measured on one more iteration's learner and batch.
+    let teacher = &trainer.teacher;
+    let mut rng = meta::iteration_rng(config.seed, 0);
+    let (image, classes) = config.dataset.shape();
+    let arch = config.learner.sample(&mut rng);
+    let learner = Learner::new(arch, image, classes)?;
+    let plan = teacher.curriculum.plan(&mut rng, device);
+    let start = Instant::now();
+    let images: Vec<Tensor> = plan.iter().map(|s| teacher.synthesize(s).0).collect();
+    let generator_forward_seconds = start.elapsed().as_secs_f64();
+    drop(images);
+    let (unroll_forward_seconds, meta_backward_seconds) = if config.checkpoint_every == 0 {
+        let data = meta::load_data(config, device)?;
+        let real = data.train.batch(&Tensor::arange(config.meta_batch as i64, (Kind::Int64, device)));
+        let init = learner.init(&mut rng, device);
+        let start = Instant::now();
+        let (loss, _) = meta::meta_loss(teacher, &learner, init, &real, &plan);
+        let forward = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let _ = Tensor::run_backward(&[loss], &teacher.params(), false, false);
+        (Some(forward), Some(start.elapsed().as_secs_f64()))
+    } else {
+        (None, None)
+    };
+
+    let (gen_flops, learner_flops) = forward_flops(config, arch);
+    // Generator: forward + backward (2x). Learner: forward + inner gradient (3x), and the
+    // meta-backward through both (about 2x that again).
+    let flops = config.inner_steps as f64 * (3.0 * gen_flops + 9.0 * learner_flops);
+    let matmul = matmul_gflops(device);
+    let achieved = flops / median / 1e9;
+    Ok(BenchReport {
+        device: format!("{device:?}"),
+        threads: tch::get_num_threads(),
+        learner: format!("{:?}", config.learner),
+        inner_steps: config.inner_steps,
+        batch_size: config.batch_size,
+        curriculum: config.curriculum.as_str().to_owned(),
+        checkpoint_every: config.checkpoint_every,
+        meta_iters: iters,
+        seconds_per_meta_step_median: median,
+        seconds_per_meta_step_min: times[0],
+        seconds_per_meta_step_max: times[times.len() - 1],
+        generator_forward_seconds,
+        unroll_forward_seconds,
+        meta_backward_seconds,
+        peak_rss_mib: peak_rss_mib(),
+        estimated_gflop_per_meta_step: flops / 1e9,
+        achieved_gflops: achieved,
+        matmul_gflops: matmul,
+        fraction_of_matmul_rate: achieved / matmul,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flop_count_of_the_reference_design() {
+        let config = Config::paper();
+        let (g, l) = forward_flops(&config, Arch::Cnn { conv1: 64, conv2: 128, fc: 256 });
+        // The issue's figure: the generator is ~5.5 GFLOP per inner step of 128 images.
+        assert!((5.0e9..6.0e9).contains(&g), "generator {g:e}");
+        // conv2 of base_fc alone: 2 * 128 * 14*14 * 128*64*9.
+        assert!(l > 2.0 * 128.0 * 196.0 * 128.0 * 64.0 * 9.0, "learner {l:e}");
+    }
+
+    #[test]
+    fn peak_rss_is_read() {
+        let mib = peak_rss_mib();
+        assert!(mib > 1.0 && mib < 1e6, "{mib}");
+    }
+}
