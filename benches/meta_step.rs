@@ -10,7 +10,8 @@ use tch::Device;
 
 fn meta_step(c: &mut Criterion) {
     for checkpoint_every in [0, 2] {
-        let config = Config { data_dir: Some(fixture_dir()), checkpoint_every, meta_iters: 1_000_000, ..Config::tiny() };
+        let config =
+            Config { data_dir: Some(fixture_dir()), checkpoint_every, meta_iters: 1_000_000, ..Config::tiny() };
         let dir = tempfile::tempdir().expect("scratch folder");
         let mut trainer = Trainer::create(&config, dir.path(), Device::cuda_if_available()).expect("tiny trainer");
         c.bench_function(&format!("meta_step_tiny_checkpoint_every_{checkpoint_every}"), |b| {

@@ -78,10 +78,9 @@ impl Generator {
         let x = nn::leaky_relu(&nn::batch_norm(&nn::wn_linear(&x, &p[0], &p[1], None), &p[2], &p[3]));
         let x = nn::leaky_relu(&nn::batch_norm(&nn::wn_linear(&x, &p[4], &p[5], None), &p[6], &p[7]));
         let x = x.view([-1, self.config.conv1_channels, h / 4, w / 4]);
-        let x = nn::reflection_pad1(&nn::upsample2(&x));
-        let x = nn::leaky_relu(&nn::batch_norm(&nn::wn_conv2d(&x, &p[8], &p[9], None, 0), &p[10], &p[11]));
-        let x = nn::reflection_pad1(&nn::upsample2(&x));
-        nn::wn_conv2d(&x, &p[12], &p[13], Some(&p[14]), 0).tanh() * 2.0
+        let x = nn::upsample2_conv3x3(&x, &nn::weight_norm(&p[8], &p[9]), None);
+        let x = nn::leaky_relu(&nn::batch_norm(&x, &p[10], &p[11]));
+        nn::upsample2_conv3x3(&x, &nn::weight_norm(&p[12], &p[13]), Some(&p[14])).tanh() * 2.0
     }
 }
 

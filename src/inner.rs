@@ -43,7 +43,10 @@ impl LearnerState {
     /// block, or a step of an evaluation run).
     pub fn detached_leaves(&self) -> LearnerState {
         let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
-        LearnerState { params: self.params.iter().map(leaf).collect(), momentum: self.momentum.iter().map(leaf).collect() }
+        LearnerState {
+            params: self.params.iter().map(leaf).collect(),
+            momentum: self.momentum.iter().map(leaf).collect(),
+        }
     }
 }
 
@@ -160,7 +163,9 @@ mod tests {
         let loss = |p: &[Tensor]| f64::try_from(nn::cross_entropy(&learner.forward(p, &x), &y)).unwrap();
         let before = loss(&params);
         let (lrs, mus) = constant_schedule(20, 0.1, 0.5, Device::Cpu);
-        let trained = unroll(&learner, LearnerState::new(params), &lrs, &mus, 0..20, false, |_| (x.copy(), y.copy()), |_, _| {}).params;
+        let trained =
+            unroll(&learner, LearnerState::new(params), &lrs, &mus, 0..20, false, |_| (x.copy(), y.copy()), |_, _| {})
+                .params;
         assert!(trained.iter().all(|p| p.is_leaf()));
         assert!(loss(&trained) < before * 0.5, "training did not lower the loss");
     }

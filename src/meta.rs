@@ -14,8 +14,8 @@ use tch::{Device, Tensor};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::Config;
-use crate::data::{BatchSampler, Dataset};
 use crate::curriculum::StepInput;
+use crate::data::{BatchSampler, Dataset};
 use crate::inner::LearnerState;
 use crate::learner::Learner;
 use crate::nn;
@@ -116,7 +116,8 @@ impl Trainer {
         let device = self.data.train.images.device();
         let mut rng = iteration_rng(config.seed, iteration);
         let (image, classes) = config.dataset.shape();
-        let learner = Learner::new(config.learner.sample(&mut rng), image, classes).expect("learner widths are positive");
+        let learner =
+            Learner::new(config.learner.sample(&mut rng), image, classes).expect("learner widths are positive");
         let init = learner.init(&mut rng, device);
         let mut sampler = BatchSampler::new(self.data.train.len(), rand::Rng::gen(&mut rng));
         let real = self.data.train.batch(&sampler.indices(config.meta_batch, device));
@@ -291,7 +292,10 @@ pub fn meta_gradient(
             }
         });
         let pulled = end.params.iter().zip(&adjoint_params).chain(end.momentum.iter().zip(&adjoint_momentum));
-        let surrogate = pulled.map(|(x, a)| (x * a).sum(None::<tch::Kind>)).chain(inside).fold(Tensor::from(0.0f32), |acc, x| acc + x);
+        let surrogate = pulled
+            .map(|(x, a)| (x * a).sum(None::<tch::Kind>))
+            .chain(inside)
+            .fold(Tensor::from(0.0f32), |acc, x| acc + x);
         let inputs: Vec<&Tensor> = start.params.iter().chain(&start.momentum).chain(&teacher_params).collect();
         let mut g = Tensor::run_backward(&[surrogate], &inputs, false, false);
         let teacher_grads = g.split_off(2 * n);
@@ -362,7 +366,13 @@ mod tests {
     #[test]
     fn checkpointed_unroll_gives_the_full_meta_gradient() {
         for curriculum in [CurriculumKind::Full, CurriculumKind::AllShuffled] {
-            let config = Config { inner_steps: 5, curriculum, soft_labels: true, intermediate_loss_every: 2, ..fixture_config() };
+            let config = Config {
+                inner_steps: 5,
+                curriculum,
+                soft_labels: true,
+                intermediate_loss_every: 2,
+                ..fixture_config()
+            };
             let data = load_data(&config, Device::Cpu).unwrap();
             let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(1), Device::Cpu).unwrap();
             let params: Vec<Tensor> =
@@ -383,7 +393,10 @@ mod tests {
             for ((name, _), (a, b)) in teacher.named_params().iter().zip(full.grads.iter().zip(&checkpointed.grads)) {
                 let scale = a.abs().max().double_value(&[]).max(1e-12);
                 let diff = (a - b).abs().max().double_value(&[]);
-                assert!(diff / scale < 1e-10, "{curriculum:?} {name}: checkpointed gradient differs by {diff:e} (scale {scale:e})");
+                assert!(
+                    diff / scale < 1e-10,
+                    "{curriculum:?} {name}: checkpointed gradient differs by {diff:e} (scale {scale:e})"
+                );
             }
         }
     }

@@ -139,14 +139,39 @@ pub fn max_pool(x: &Tensor) -> Tensor {
     x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
 }
 
-/// Nearest-neighbour upsampling by 2.
-pub fn upsample2(x: &Tensor) -> Tensor {
-    let s = x.size();
-    x.upsample_nearest2d([s[2] * 2, s[3] * 2], 2.0, 2.0)
-}
-
-pub fn reflection_pad1(x: &Tensor) -> Tensor {
-    x.reflection_pad2d([1, 1, 1, 1])
+/// Nearest upsampling x2, reflection padding 1, then a 3x3 convolution (no padding): the
+/// generator's upsampling block, computed without the upsampled image.
+///
+/// Each output pixel of a given row/column parity sees only 2x2 distinct low-resolution pixels,
+/// so the block equals four 2x2 convolutions on the input with replicate padding 1 (reflection of
+/// the upsampled image is replication at low resolution), one per parity, whose kernels sum the
+/// 3x3 kernel's rows and columns that fall on the same low-resolution pixel: parity 0 uses
+/// `[k0, k1 + k2]`, parity 1 uses `[k0 + k1, k2]`. 2.25x fewer multiply-adds and no large copy.
+pub fn upsample2_conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let size = x.size();
+    let (h, w) = (size[2], size[3]);
+    let padded = x.replication_pad2d([1, 1, 1, 1]);
+    let collapse = |k: &Tensor, dim: i64, parity: i64| {
+        let (head, tail) = if parity == 0 { (1, 2) } else { (2, 1) };
+        let first = k.narrow(dim, 0, head).sum_dim_intlist(dim, true, None::<Kind>);
+        let second = k.narrow(dim, head, tail).sum_dim_intlist(dim, true, None::<Kind>);
+        Tensor::cat(&[first, second], dim)
+    };
+    let rows: Vec<Tensor> = (0..2)
+        .map(|pr| {
+            let cols: Vec<Tensor> = (0..2)
+                .map(|pc| {
+                    let k = collapse(&collapse(weight, 2, pr), 3, pc);
+                    let window = padded.narrow(2, pr, h + 1).narrow(3, pc, w + 1);
+                    window.conv2d(&k, bias, [1, 1], [0, 0], [1, 1], 1)
+                })
+                .collect();
+            Tensor::stack(&cols, -1)
+        })
+        .collect();
+    // [N, C, h, 2, w, 2] -> [N, C, 2h, 2w]: output row 2m + parity.
+    let out = Tensor::stack(&rows, 3);
+    out.reshape([size[0], -1, 2 * h, 2 * w])
 }
 
 /// Cross-entropy of logits against hard labels (int64 `[N]`) or soft ones (probabilities `[N, K]`).
@@ -284,6 +309,30 @@ mod tests {
         assert!(spread < 1e-12, "{spread}");
     }
 
+    /// The reference composition the generator's fast upsampling block replaces.
+    fn plain_upsample_conv(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+        let s = x.size();
+        let up = x.upsample_nearest2d([s[2] * 2, s[3] * 2], 2.0, 2.0);
+        up.reflection_pad2d([1, 1, 1, 1]).conv2d(w, Some(b), [1, 1], [0, 0], [1, 1], 1)
+    }
+
+    #[test]
+    fn fast_upsample_conv_equals_upsample_pad_conv() {
+        for (h, w) in [(7, 7), (4, 6), (1, 3)] {
+            let inputs = [leaf(&[2, 3, h, w], 1), leaf(&[4, 3, 3, 3], 2), leaf(&[4], 3)];
+            let fast = upsample2_conv3x3(&inputs[0], &inputs[1], Some(&inputs[2]));
+            let plain = plain_upsample_conv(&inputs[0], &inputs[1], &inputs[2]);
+            assert_eq!(fast.size(), [2, 4, 2 * h, 2 * w]);
+            assert!(fast.allclose(&plain, 1e-12, 1e-12, false), "outputs differ for {h}x{w}");
+            let grads = |y: &Tensor| Tensor::run_backward(&[project(y)], &inputs, true, true);
+            for (i, (gf, gp)) in grads(&fast).iter().zip(grads(&plain)).enumerate() {
+                assert!(gf.allclose(&gp, 1e-12, 1e-12, false), "gradient of input {i} differs for {h}x{w}");
+            }
+        }
+        let inputs = [leaf(&[2, 3, 3, 4], 1), leaf(&[2, 3, 3, 3], 2), leaf(&[2], 3)];
+        check(&inputs, &|p| project(&upsample2_conv3x3(&p[0], &p[1], Some(&p[2]))));
+    }
+
     #[test]
     fn leaky_relu_and_pool_shapes() {
         let x = Tensor::from_slice(&[-2.0, 0.5f64]);
@@ -291,7 +340,6 @@ mod tests {
         let img = leaf(&[2, 3, 28, 28], 1);
         assert_eq!(max_pool(&img).size(), [2, 3, 14, 14]);
         assert_eq!(max_pool(&max_pool(&img)).size(), [2, 3, 7, 7]);
-        assert_eq!(reflection_pad1(&upsample2(&img)).size(), [2, 3, 58, 58]);
     }
 
     #[test]
