@@ -119,7 +119,7 @@ pub fn evaluate_real(
             let (lrs, momenta) = inner::constant_schedule(steps, lr, momentum, device);
             let batches = |_| data.train.batch(&sampler.indices(batch, device));
             let state = LearnerState::new(init);
-            let trained = inner::unroll(&learner, state, &lrs, &momenta, 0..steps, false, batches, |_, _| {});
+            let trained = inner::unroll(&learner, state, (&lrs, &momenta), 0..steps, false, batches, |_, _| {});
             Ok(test_accuracy(&learner, &trained.params, &data.test))
         })
         .collect::<Result<Vec<f64>>>()?;

@@ -50,15 +50,15 @@ impl LearnerState {
     }
 }
 
-/// Trains `state` through inner steps `steps` (indices into `lrs` and `momenta`); `batch(t)`
+/// Trains `state` through inner steps `steps` (indices into the `[T]` learning rates and momenta
+/// of `schedule`); `batch(t)`
 /// gives step t's inputs and targets (int64 labels or probabilities). `after_step(t, params)`
 /// sees the parameters after each step (for intermediate losses). Without `create_graph` every
 /// step is cut from the graph, which keeps memory flat.
 pub fn unroll(
     learner: &Learner,
     mut state: LearnerState,
-    lrs: &Tensor,
-    momenta: &Tensor,
+    (lrs, momenta): (&Tensor, &Tensor),
     steps: Range<usize>,
     create_graph: bool,
     mut batch: impl FnMut(usize) -> (Tensor, Tensor),
@@ -140,8 +140,7 @@ mod tests {
             let trained = unroll(
                 &learner,
                 LearnerState::new(start),
-                &log_lr.exp(),
-                &log_mu.exp(),
+                (&log_lr.exp(), &log_mu.exp()),
                 0..3,
                 true,
                 |t| (images.get(t as i64), labels.copy()),
@@ -163,9 +162,16 @@ mod tests {
         let loss = |p: &[Tensor]| f64::try_from(nn::cross_entropy(&learner.forward(p, &x), &y)).unwrap();
         let before = loss(&params);
         let (lrs, mus) = constant_schedule(20, 0.1, 0.5, Device::Cpu);
-        let trained =
-            unroll(&learner, LearnerState::new(params), &lrs, &mus, 0..20, false, |_| (x.copy(), y.copy()), |_, _| {})
-                .params;
+        let trained = unroll(
+            &learner,
+            LearnerState::new(params),
+            (&lrs, &mus),
+            0..20,
+            false,
+            |_| (x.copy(), y.copy()),
+            |_, _| {},
+        )
+        .params;
         assert!(trained.iter().all(|p| p.is_leaf()));
         assert!(loss(&trained) < before * 0.5, "training did not lower the loss");
     }

@@ -203,7 +203,7 @@ impl Trainer {
 /// Whether the meta-loss includes a real-data loss after inner step `t`.
 fn has_intermediate_loss(config: &Config, t: usize) -> bool {
     let every = config.intermediate_loss_every;
-    every > 0 && (t + 1) % every == 0 && t + 1 < config.inner_steps
+    every > 0 && (t + 1).is_multiple_of(every) && t + 1 < config.inner_steps
 }
 
 /// Trains `init` on the teacher's data following `plan` with the graph kept, then scores it on

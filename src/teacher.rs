@@ -128,10 +128,10 @@ impl Teacher {
     ) -> LearnerState {
         let (lrs, momenta) = self.schedule();
         if create_graph {
-            inner::unroll(learner, state, &lrs, &momenta, steps, true, |t| self.synthesize(&plan[t]), after_step)
+            inner::unroll(learner, state, (&lrs, &momenta), steps, true, |t| self.synthesize(&plan[t]), after_step)
         } else {
             let batch = |t: usize| tch::no_grad(|| self.synthesize(&plan[t]));
-            inner::unroll(learner, state, &lrs.detach(), &momenta.detach(), steps, false, batch, after_step)
+            inner::unroll(learner, state, (&lrs.detach(), &momenta.detach()), steps, false, batch, after_step)
         }
     }
 }
