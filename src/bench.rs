@@ -9,7 +9,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::Config;
-use crate::learner::{Arch, Learner};
+use crate::learner::{Arch, Learner, CIFAR_STRIDES};
 use crate::meta::{self, Trainer};
 
 #[derive(Debug, Serialize)]
@@ -25,11 +25,12 @@ pub struct BenchReport {
     pub seconds_per_meta_step_median: f64,
     pub seconds_per_meta_step_min: f64,
     pub seconds_per_meta_step_max: f64,
-    /// Forward pass of the generator over all T batches (measured on its own).
+    /// Forward pass of the generator over all T batches, without a graph (measured on its own).
     pub generator_forward_seconds: f64,
     /// Forward unroll including the generator, and the meta-backward (full unroll only).
     pub unroll_forward_seconds: Option<f64>,
     pub meta_backward_seconds: Option<f64>,
+    /// Peak resident memory over the timed meta-steps (data included).
     pub peak_rss_mib: f64,
     pub estimated_gflop_per_meta_step: f64,
     pub achieved_gflops: f64,
@@ -65,7 +66,13 @@ impl BenchReport {
     }
 }
 
-/// Peak resident memory of this process so far (VmHWM), in MiB.
+/// Resets the kernel's peak-RSS counter of this process (Linux >= 4.0), so a later
+/// `peak_rss_mib` covers only what follows. Best effort: elsewhere the peak is since start.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
 pub fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -110,6 +117,15 @@ pub fn forward_flops(config: &Config, arch: Arch) -> (f64, f64) {
             let flat = c2 * (h / 4.0).ceil() * (w / 4.0).ceil();
             2.0 * b * (h * w * c1 * c * 9.0 + (h / 2.0) * (w / 2.0) * c2 * c1 * 9.0 + flat * fc + fc * k)
         }
+        Arch::CifarCnn { widths } => {
+            let (mut side_h, mut side_w, mut c_in, mut macs) = (h, w, c, 0.0);
+            for (width, stride) in widths.iter().zip(CIFAR_STRIDES) {
+                (side_h, side_w) = ((side_h / stride as f64).ceil(), (side_w / stride as f64).ceil());
+                macs += side_h * side_w * *width as f64 * c_in * 9.0;
+                c_in = *width as f64;
+            }
+            2.0 * b * (macs + c_in * k)
+        }
         Arch::Mlp { hidden1, hidden2 } => {
             let (h1, h2) = (hidden1 as f64, hidden2 as f64);
             2.0 * b * (c * h * w * h1 + h1 * h2 + h2 * k)
@@ -122,6 +138,7 @@ pub fn forward_flops(config: &Config, arch: Arch) -> (f64, f64) {
 pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport> {
     let scratch = tempfile::tempdir()?;
     let mut trainer = Trainer::create(config, scratch.path(), device)?;
+    reset_peak_rss();
     trainer.step()?;
     let mut times: Vec<f64> = (0..iters)
         .map(|_| {
@@ -132,6 +149,7 @@ pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport>
         .collect::<Result<_>>()?;
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    let peak_rss_mib = peak_rss_mib();
 
     // The split, measured on one more iteration's learner and batch.
     let teacher = &trainer.teacher;
@@ -141,9 +159,8 @@ pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport>
     let learner = Learner::new(arch, image, classes)?;
     let plan = teacher.curriculum.plan(&mut rng, device);
     let start = Instant::now();
-    let images: Vec<Tensor> = plan.iter().map(|s| teacher.synthesize(s).0).collect();
+    tch::no_grad(|| plan.iter().for_each(|s| drop(teacher.synthesize(s))));
     let generator_forward_seconds = start.elapsed().as_secs_f64();
-    drop(images);
     let (unroll_forward_seconds, meta_backward_seconds) = if config.checkpoint_every == 0 {
         let data = meta::load_data(config, device)?;
         let real = data.train.batch(&Tensor::arange(config.meta_batch as i64, (Kind::Int64, device)));
@@ -179,7 +196,7 @@ pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport>
         generator_forward_seconds,
         unroll_forward_seconds,
         meta_backward_seconds,
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib,
         estimated_gflop_per_meta_step: flops / 1e9,
         achieved_gflops: achieved,
         matmul_gflops: matmul,

@@ -41,6 +41,8 @@ pub struct Config {
     pub grad_clip: f64,
     /// Real training images in the meta-loss batch.
     pub meta_batch: usize,
+    /// Random 4-pixel-padded crops and horizontal flips of the real meta-loss batch.
+    pub augment: bool,
     /// Add a real-data loss every k inner steps to the meta-loss (0: final loss only).
     pub intermediate_loss_every: usize,
     /// Save `checkpoint.safetensors` every this many meta-iterations.
@@ -52,7 +54,7 @@ pub struct Config {
     pub generator: GeneratorConfig,
 }
 
-pub const PRESETS: [&str; 3] = ["paper", "cpu", "tiny"];
+pub const PRESETS: [&str; 5] = ["paper", "cpu", "tiny", "paper-cifar10", "cpu-cifar10"];
 
 impl Config {
     /// The reference MNIST configuration (uber-research/GTN `cgtn.json`): GPU scale.
@@ -75,6 +77,7 @@ impl Config {
             adam_beta2: 0.999,
             grad_clip: 10.0,
             meta_batch: 128,
+            augment: false,
             intermediate_loss_every: 0,
             save_every: 50,
             checkpoint_every: 0,
@@ -105,11 +108,40 @@ impl Config {
         }
     }
 
+    /// CIFAR-10 at the scale GTN.md gives for the reference (T = 128 inner steps of 128, the
+    /// reference CIFAR learner, augmented real batches); GPU scale. Gradient checkpointing every
+    /// 16 steps keeps the T = 128 unroll in memory.
+    pub fn paper_cifar10() -> Config {
+        Config {
+            dataset: DatasetName::Cifar10,
+            valid_size: DatasetName::Cifar10.default_valid_size(),
+            learner: LearnerKind::CifarCnn,
+            inner_steps: 128,
+            augment: true,
+            checkpoint_every: 16,
+            ..Config::paper()
+        }
+    }
+
+    /// CIFAR-10 cut for 2 CPU cores: T = 16 inner steps of 64 images, 100 meta-iterations.
+    pub fn cpu_cifar10() -> Config {
+        Config {
+            inner_steps: 16,
+            batch_size: 64,
+            meta_iters: 100,
+            save_every: 10,
+            checkpoint_every: 0,
+            ..Config::paper_cifar10()
+        }
+    }
+
     pub fn preset(name: &str) -> Result<Config> {
         match name {
             "paper" => Ok(Config::paper()),
             "cpu" => Ok(Config::cpu()),
             "tiny" => Ok(Config::tiny()),
+            "paper-cifar10" => Ok(Config::paper_cifar10()),
+            "cpu-cifar10" => Ok(Config::cpu_cifar10()),
             other => bail!("--preset {other}: unknown preset, expected one of {}", PRESETS.join(", ")),
         }
     }
@@ -193,7 +225,7 @@ mod tests {
             assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c, "{name}");
         }
         let err = Config::preset("huge").unwrap_err().to_string();
-        assert_eq!(err, "--preset huge: unknown preset, expected one of paper, cpu, tiny");
+        assert_eq!(err, "--preset huge: unknown preset, expected one of paper, cpu, tiny, paper-cifar10, cpu-cifar10");
     }
 
     #[test]

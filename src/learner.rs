@@ -20,13 +20,23 @@ pub enum LearnerKind {
     Random,
     /// A small MLP 784-256-128-10 for fast CPU runs.
     Mlp,
+    /// The reference CIFAR-10 CNN: conv 64, 128 (stride 2), 128, 256 (stride 2), 256, global
+    /// average pool, FC.
+    CifarCnn,
+    /// The CIFAR CNN with each width drawn afresh from [w/2, 3w/2).
+    CifarRandom,
 }
+
+/// Widths and strides of the reference CIFAR-10 learner's convolutions.
+pub const CIFAR_WIDTHS: [i64; 5] = [64, 128, 128, 256, 256];
+pub const CIFAR_STRIDES: [i64; 5] = [1, 2, 1, 2, 1];
 
 /// A concrete architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     Cnn { conv1: i64, conv2: i64, fc: i64 },
     Mlp { hidden1: i64, hidden2: i64 },
+    CifarCnn { widths: [i64; 5] },
 }
 
 impl LearnerKind {
@@ -37,6 +47,10 @@ impl LearnerKind {
                 Arch::Cnn { conv1: rng.gen_range(32..128), conv2: rng.gen_range(64..256), fc: rng.gen_range(64..256) }
             }
             LearnerKind::Mlp => Arch::Mlp { hidden1: 256, hidden2: 128 },
+            LearnerKind::CifarCnn => Arch::CifarCnn { widths: CIFAR_WIDTHS },
+            LearnerKind::CifarRandom => {
+                Arch::CifarCnn { widths: CIFAR_WIDTHS.map(|w| rng.gen_range(w / 2..w * 3 / 2)) }
+            }
         }
     }
 }
@@ -79,6 +93,20 @@ impl Learner {
                 ]
                 .concat()
             }
+            Arch::CifarCnn { widths } => {
+                if widths.iter().any(|&w| w <= 0) {
+                    bail!("learner: CIFAR widths {widths:?} must be positive");
+                }
+                let mut specs = Vec::new();
+                let mut c_in = c;
+                for (i, &w) in widths.iter().enumerate() {
+                    specs.extend(nn::wn_specs(&format!("conv{}", i + 1), &[w, c_in, 3, 3], false));
+                    specs.push(bn_bias(&format!("bn{}", i + 1), w));
+                    c_in = w;
+                }
+                specs.extend(nn::wn_specs("fc", &[classes, c_in], true));
+                specs
+            }
             Arch::Mlp { hidden1, hidden2 } => {
                 if hidden1 <= 0 || hidden2 <= 0 {
                     bail!("learner: widths hidden1={hidden1} hidden2={hidden2} must be positive");
@@ -112,10 +140,18 @@ impl Learner {
         let act = |y: Tensor, bias: &Tensor| nn::leaky_relu(&nn::mean_only_bn(&y, bias));
         match self.arch {
             Arch::Cnn { .. } => {
-                let y = act(nn::max_pool(&nn::wn_conv2d(x, &p[0], &p[1], None, 1)), &p[2]);
-                let y = act(nn::max_pool(&nn::wn_conv2d(&y, &p[3], &p[4], None, 1)), &p[5]);
+                let y = act(nn::max_pool(&nn::wn_conv3x3(x, &p[0], &p[1], None, 1)), &p[2]);
+                let y = act(nn::max_pool(&nn::wn_conv3x3(&y, &p[3], &p[4], None, 1)), &p[5]);
                 let y = act(nn::wn_linear(&y.flatten(1, -1), &p[6], &p[7], None), &p[8]);
                 nn::wn_linear(&y, &p[9], &p[10], Some(&p[11]))
+            }
+            Arch::CifarCnn { .. } => {
+                let mut y = x.shallow_clone();
+                for (layer, stride) in p.chunks_exact(3).zip(CIFAR_STRIDES) {
+                    y = act(nn::wn_conv3x3(&y, &layer[0], &layer[1], None, stride), &layer[2]);
+                }
+                let pooled = y.mean_dim([2i64, 3].as_slice(), false, None::<Kind>);
+                nn::wn_linear(&pooled, &p[15], &p[16], Some(&p[17]))
             }
             Arch::Mlp { .. } => {
                 let y = act(nn::wn_linear(&x.flatten(1, -1), &p[0], &p[1], None), &p[2]);
@@ -135,12 +171,23 @@ mod tests {
     #[test]
     fn shapes_for_every_kind() {
         let mut rng = StdRng::seed_from_u64(0);
-        for kind in [LearnerKind::BaseFc, LearnerKind::Random, LearnerKind::Mlp] {
+        for kind in [
+            LearnerKind::BaseFc,
+            LearnerKind::Random,
+            LearnerKind::Mlp,
+            LearnerKind::CifarCnn,
+            LearnerKind::CifarRandom,
+        ] {
             let l = Learner::new(kind.sample(&mut rng), [1, 28, 28], 10).unwrap();
             let p = l.init(&mut rng, Device::Cpu);
             let x = leaf(&[3, 1, 28, 28], 1).to_kind(Kind::Float);
             assert_eq!(l.forward(&p, &x).size(), [3, 10], "{kind:?}");
         }
+        let cifar = Learner::new(LearnerKind::CifarCnn.sample(&mut rng), [3, 32, 32], 10).unwrap();
+        let p = cifar.init(&mut rng, Device::Cpu);
+        assert_eq!(cifar.forward(&p, &leaf(&[2, 3, 32, 32], 1).to_kind(Kind::Float)).size(), [2, 10]);
+        assert_eq!(cifar.specs().last().unwrap().shape, [10]);
+        assert_eq!(cifar.specs()[15].shape, [10, 256]);
         let base = Learner::new(LearnerKind::BaseFc.sample(&mut rng), [1, 28, 28], 10).unwrap();
         assert_eq!(base.specs()[6].shape, [256, 128 * 7 * 7]);
     }
@@ -165,7 +212,11 @@ mod tests {
 
     #[test]
     fn gradcheck_learners() {
-        for arch in [Arch::Cnn { conv1: 3, conv2: 4, fc: 5 }, Arch::Mlp { hidden1: 5, hidden2: 4 }] {
+        for arch in [
+            Arch::Cnn { conv1: 3, conv2: 4, fc: 5 },
+            Arch::Mlp { hidden1: 5, hidden2: 4 },
+            Arch::CifarCnn { widths: [2, 3, 2, 3, 2] },
+        ] {
             let l = Learner::new(arch, [1, 8, 8], 3).unwrap();
             let mut rng = StdRng::seed_from_u64(2);
             let mut inputs: Vec<Tensor> = nn::init_params(l.specs(), &mut rng, Kind::Double, Device::Cpu);

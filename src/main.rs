@@ -74,7 +74,7 @@ enum DataCommand {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Named config: paper (GPU scale), cpu (~30 min on 2 cores), tiny (seconds).
+    /// Named config: paper (GPU scale), cpu (~30 min on 2 cores), tiny (seconds), paper-cifar10, cpu-cifar10.
     #[arg(long, default_value = "cpu", conflicts_with = "resume")]
     preset: String,
     /// Output folder for config, log and checkpoints.
@@ -90,8 +90,8 @@ struct TrainArgs {
     meta_iters: Option<usize>,
     #[arg(long, conflicts_with = "resume")]
     seed: Option<u64>,
-    /// Folder with the dataset's IDX files (default data/<dataset>).
-    #[arg(long, conflicts_with = "resume")]
+    /// Folder with the dataset's files (default data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
+    #[arg(long, alias = "cifar-dir", conflicts_with = "resume")]
     data_dir: Option<PathBuf>,
     /// Gradient checkpointing: keep the learner state every k inner steps (0: off).
     #[arg(long, conflicts_with = "resume")]
@@ -149,7 +149,7 @@ enum BaselineCommand {
     Real {
         #[arg(long, value_enum, default_value = "mnist")]
         dataset: DatasetName,
-        #[arg(long)]
+        #[arg(long, alias = "cifar-dir")]
         data_dir: Option<PathBuf>,
         #[arg(long, default_value_t = 32)]
         steps: usize,
@@ -202,7 +202,7 @@ fn run(cli: Cli) -> Result<()> {
                 BaselineCommand::Real { dataset, data_dir, steps, learner, batch_size, lrs, momentum, learners, seed, json },
         } => {
             let dir = data_dir.unwrap_or_else(|| dataset.default_dir());
-            let data = Dataset::load(dataset, &dir, 10_000, seed, device)?;
+            let data = Dataset::load(dataset, &dir, dataset.default_valid_size(), seed, device)?;
             let mut best: Option<(f64, EvalReport)> = None;
             for &lr in &lrs {
                 let report = eval::evaluate_real(&data, learner, learners, steps, batch_size, lr, momentum, seed)?;

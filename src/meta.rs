@@ -120,7 +120,11 @@ impl Trainer {
             Learner::new(config.learner.sample(&mut rng), image, classes).expect("learner widths are positive");
         let init = learner.init(&mut rng, device);
         let mut sampler = BatchSampler::new(self.data.train.len(), rand::Rng::gen(&mut rng));
-        let real = self.data.train.batch(&sampler.indices(config.meta_batch, device));
+        let (mut real_x, real_y) = self.data.train.batch(&sampler.indices(config.meta_batch, device));
+        if config.augment {
+            real_x = crate::data::augment::crop_and_flip(&real_x, &mut rng);
+        }
+        let real = (real_x, real_y);
         let plan = self.teacher.curriculum.plan(&mut rng, device);
         let result = meta_gradient(&self.teacher, &learner, init, &real, &plan);
         (result.loss, nn::accuracy(&result.logits, &real.1), result.grads)
@@ -465,6 +469,31 @@ mod tests {
         assert!(err.contains("last good checkpoint (iteration 1)"), "{err}");
         assert_eq!(trainer.iteration, 1);
         assert_eq!(std::fs::read(checkpoint::checkpoint_path(dir.path())).unwrap(), saved);
+    }
+
+    #[test]
+    fn tiny_cifar_meta_training_lowers_the_meta_loss() {
+        let folder = crate::data::cifar::tests::fixture_folder();
+        let config = Config {
+            dataset: crate::data::DatasetName::Cifar10,
+            data_dir: Some(folder.path().to_path_buf()),
+            valid_size: 20,
+            learner: crate::learner::LearnerKind::CifarRandom,
+            augment: true,
+            meta_batch: 32,
+            meta_iters: 6,
+            outer_lr: 0.05,
+            ..Config::tiny()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = Trainer::create(&config, dir.path(), Device::Cpu).unwrap();
+        let before = trainer.meta_gradient(0).0;
+        trainer.run(false).unwrap();
+        let after = trainer.meta_gradient(0).0;
+        assert!(after < before, "CIFAR meta-loss on the same learner and batch: {before} before, {after} after");
+        let (images, _) =
+            trainer.teacher.synthesize(&trainer.teacher.curriculum.plan(&mut StdRng::seed_from_u64(0), Device::Cpu)[0]);
+        assert_eq!(images.size(), [20, 3, 32, 32]);
     }
 
     #[test]

@@ -93,9 +93,9 @@ pub fn wn_linear(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>) -> Tens
     x.linear(&weight_norm(v, g), b)
 }
 
-/// Weight-normalised convolution, stride 1, `padding` zeros on each side.
-pub fn wn_conv2d(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, padding: i64) -> Tensor {
-    x.conv2d(&weight_norm(v, g), b, [1, 1], [padding, padding], [1, 1], 1)
+/// Weight-normalised 3x3 convolution with zero padding 1 (same size at stride 1).
+pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride: i64) -> Tensor {
+    x.conv2d(&weight_norm(v, g), b, [stride, stride], [1, 1], [1, 1], 1)
 }
 
 /// Dimensions a batch statistic is taken over: the batch, and the spatial ones for images.
@@ -281,8 +281,10 @@ mod tests {
     #[test]
     fn gradcheck_wn_conv() {
         let inputs = [leaf(&[2, 3, 6, 6], 1), leaf(&[4, 3, 3, 3], 2), leaf(&[4], 3), leaf(&[4], 4)];
-        let f = |p: &[Tensor]| project(&wn_conv2d(&p[0], &p[1], &p[2], Some(&p[3]), 1));
-        check(&inputs, &f);
+        for stride in [1, 2] {
+            let f = |p: &[Tensor]| project(&wn_conv3x3(&p[0], &p[1], &p[2], Some(&p[3]), stride));
+            check(&inputs, &f);
+        }
     }
 
     #[test]

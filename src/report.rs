@@ -27,7 +27,8 @@ pub fn export_teaching_set(teacher: &Teacher, output: &Path) -> Result<()> {
         ("labels", labels),
         ("lr", lr),
         ("momentum", momentum),
-        ("normalisation_mean_std", Tensor::from_slice(&[mean, std]).to_kind(Kind::Float)),
+        ("normalisation_mean", Tensor::from_slice(mean).to_kind(Kind::Float)),
+        ("normalisation_std", Tensor::from_slice(std).to_kind(Kind::Float)),
     ];
     let tensors: Vec<(&str, Tensor)> =
         tensors.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
@@ -39,18 +40,23 @@ pub fn export_teaching_set(teacher: &Teacher, output: &Path) -> Result<()> {
 /// A PNG grid: one row per inner step, the first `per_step` images of its batch, 1 px gaps.
 pub fn write_sample_grid(teacher: &Teacher, per_step: i64, output: &Path) -> Result<()> {
     let (images, _, _, _) = teaching_set(teacher);
-    let (mean, std) = teacher.config.dataset.mean_std();
-    let [t, b, _, h, w] = images.size()[..] else { unreachable!("teaching set images are 5-d") };
+    let [t, b, c, h, w] = images.size()[..] else { unreachable!("teaching set images are 5-d") };
     let cols = per_step.min(b);
-    // Back to [0, 255] pixel units, first channel only (the datasets here are greyscale).
-    let pixels = (images.narrow(1, 0, cols).select(2, 0) * std + mean).clamp(0.0, 1.0) * 255.0;
-    let pixels = Vec::<f32>::try_from(pixels.to_device(Device::Cpu).flatten(0, -1))?;
+    let shown = images.narrow(1, 0, cols).reshape([t * cols, c, h, w]);
+    // [T*cols, C, H, W] -> [T*cols, H, W, 3]: greyscale repeats its one channel.
+    let pixels = teacher.config.dataset.denormalise(&shown).expand([t * cols, 3, h, w], false).permute([0, 2, 3, 1]);
+    let pixels = Vec::<u8>::try_from(pixels.to_kind(Kind::Uint8).to_device(Device::Cpu).contiguous().flatten(0, -1))?;
     let (width, height) = ((cols * (w + 1) + 1) as u32, (t * (h + 1) + 1) as u32);
-    let mut grid = image::GrayImage::from_pixel(width, height, image::Luma([128]));
-    for (i, v) in pixels.iter().enumerate() {
-        let i = i as i64;
-        let (row, col, y, x) = (i / (cols * h * w), i / (h * w) % cols, i / w % h, i % w);
-        grid.put_pixel((col * (w + 1) + 1 + x) as u32, (row * (h + 1) + 1 + y) as u32, image::Luma([*v as u8]));
+    let mut grid = image::RgbImage::from_pixel(width, height, image::Rgb([128, 128, 128]));
+    for (k, rgb) in pixels.chunks_exact(3).enumerate() {
+        let k = k as i64;
+        let (img, y, x) = (k / (h * w), k / w % h, k % w);
+        let (row, col) = (img / cols, img % cols);
+        grid.put_pixel(
+            (col * (w + 1) + 1 + x) as u32,
+            (row * (h + 1) + 1 + y) as u32,
+            image::Rgb([rgb[0], rgb[1], rgb[2]]),
+        );
     }
     let tmp = output.with_extension("png.tmp");
     grid.save_with_format(&tmp, image::ImageFormat::Png).with_context(|| format!("{}: cannot write", tmp.display()))?;

@@ -80,7 +80,10 @@ fn bad_input_gives_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x");
     let err = error_line(&gtn(&["train", "--preset", "huge", "--out", out.to_str().unwrap()]));
-    assert_eq!(err, "error: --preset huge: unknown preset, expected one of paper, cpu, tiny");
+    assert_eq!(
+        err,
+        "error: --preset huge: unknown preset, expected one of paper, cpu, tiny, paper-cifar10, cpu-cifar10"
+    );
 
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "inner_step = 3\n").unwrap();

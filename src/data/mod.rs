@@ -1,6 +1,8 @@
 //! Image datasets: loading MNIST-style IDX files into normalised tensors, the seeded
 //! training/validation split, and the seeded batch sampler used by every training loop.
 
+pub mod augment;
+pub mod cifar;
 pub mod fetch;
 pub mod idx;
 
@@ -15,6 +17,10 @@ use tch::{Device, Kind, Tensor};
 pub enum DatasetName {
     Mnist,
     FashionMnist,
+    /// The binary version, read from a folder the user gives (`--data-dir` or `GTN_CIFAR10_DIR`).
+    #[value(name = "cifar10")]
+    #[serde(rename = "cifar10")]
+    Cifar10,
 }
 
 impl DatasetName {
@@ -22,25 +28,57 @@ impl DatasetName {
         match self {
             DatasetName::Mnist => "mnist",
             DatasetName::FashionMnist => "fashion-mnist",
+            DatasetName::Cifar10 => "cifar10",
         }
     }
 
-    /// Per-pixel mean and standard deviation of the training set, in [0, 1] units.
-    pub fn mean_std(self) -> (f64, f64) {
+    /// Per-channel mean and standard deviation of the training set, in [0, 1] units.
+    pub fn mean_std(self) -> (&'static [f64], &'static [f64]) {
         match self {
-            DatasetName::Mnist => (0.1307, 0.3081),
-            DatasetName::FashionMnist => (0.2860, 0.3530),
+            DatasetName::Mnist => (&[0.1307], &[0.3081]),
+            DatasetName::FashionMnist => (&[0.2860], &[0.3530]),
+            DatasetName::Cifar10 => (&[0.4914, 0.4822, 0.4465], &[0.2470, 0.2435, 0.2616]),
         }
     }
 
     /// Image shape `[C, H, W]` and number of classes.
     pub fn shape(self) -> ([i64; 3], i64) {
-        ([1, 28, 28], 10)
+        match self {
+            DatasetName::Mnist | DatasetName::FashionMnist => ([1, 28, 28], 10),
+            DatasetName::Cifar10 => ([3, 32, 32], 10),
+        }
     }
 
-    /// Where `gtn data fetch` puts the files unless told otherwise.
+    /// Training images held out for validation in the standard splits (50k/10k, 45k/5k).
+    pub fn default_valid_size(self) -> usize {
+        match self {
+            DatasetName::Mnist | DatasetName::FashionMnist => 10_000,
+            DatasetName::Cifar10 => 5_000,
+        }
+    }
+
+    /// Where the data is looked for unless told otherwise (`gtn data fetch` puts it there).
     pub fn default_dir(self) -> PathBuf {
-        Path::new("data").join(self.as_str())
+        match self {
+            DatasetName::Cifar10 => cifar::default_dir(),
+            _ => Path::new("data").join(self.as_str()),
+        }
+    }
+
+    /// Normalised images `[N, C, H, W]` -> pixel values in 0..=255 (float, clamped).
+    pub fn denormalise(self, images: &Tensor) -> Tensor {
+        let (mean, std) = self.mean_std();
+        let device = images.device();
+        let per_channel = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).to_device(device).view([1, -1, 1, 1]);
+        ((images * per_channel(std) + per_channel(mean)) * 255.0).clamp(0.0, 255.0)
+    }
+
+    /// Pixels `[N, C, H, W]` in 0..=255 (any kind) -> normalised float images.
+    pub fn normalise(self, pixels: &Tensor) -> Tensor {
+        let (mean, std) = self.mean_std();
+        let device = pixels.device();
+        let per_channel = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).to_device(device).view([1, -1, 1, 1]);
+        (pixels.to_kind(Kind::Float) / 255.0 - per_channel(mean)) / per_channel(std)
     }
 }
 
@@ -83,16 +121,10 @@ impl Dataset {
     /// Loads the four IDX files (plain or `.gz`) from `dir` and holds out `valid_size` training
     /// images, chosen by a permutation seeded with `split_seed`, for validation.
     pub fn load(name: DatasetName, dir: &Path, valid_size: usize, split_seed: u64, device: Device) -> Result<Dataset> {
-        if !dir.is_dir() {
-            bail!(
-                "{}: data folder not found; run `gtn data fetch {}` (or ./quickstart.sh) first",
-                dir.display(),
-                name.as_str()
-            );
-        }
-        let (mean, std) = name.mean_std();
-        let full_train = load_split(dir, "train", mean, std, device)?;
-        let test = load_split(dir, "t10k", mean, std, device)?;
+        let (full_train, test) = match name {
+            DatasetName::Cifar10 => load_cifar(dir, device)?,
+            _ => load_idx(name, dir, device)?,
+        };
         let n = full_train.len();
         if valid_size >= n {
             bail!("{}: validation size {valid_size} leaves no training images (the file has {n})", dir.display());
@@ -101,6 +133,30 @@ impl Dataset {
         order.shuffle(&mut StdRng::seed_from_u64(split_seed));
         let (valid_idx, train_idx) = order.split_at(valid_size);
         Ok(Dataset { name, train: full_train.subset(train_idx), valid: full_train.subset(valid_idx), test })
+    }
+}
+
+fn load_cifar(dir: &Path, device: Device) -> Result<(Split, Split)> {
+    let (train, test) = cifar::read_dir(dir)?;
+    let split = |r: cifar::Records| {
+        let n = r.len() as i64;
+        let pixels = Tensor::from_slice(&r.pixels).view([n, 3, 32, 32]);
+        let images = DatasetName::Cifar10.normalise(&pixels).to_device(device);
+        Split { images, labels: Tensor::from_slice(&r.labels).to_kind(Kind::Int64).to_device(device) }
+    };
+    Ok((split(train), split(test)))
+}
+
+fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Split)> {
+    {
+        if !dir.is_dir() {
+            bail!(
+                "{}: data folder not found; run `gtn data fetch {}` (or ./quickstart.sh) first",
+                dir.display(),
+                name.as_str()
+            );
+        }
+        Ok((load_split(name, dir, "train", device)?, load_split(name, dir, "t10k", device)?))
     }
 }
 
@@ -116,7 +172,7 @@ fn find_file(dir: &Path, stem: &str) -> Result<PathBuf> {
     }
 }
 
-fn load_split(dir: &Path, prefix: &str, mean: f64, std: f64, device: Device) -> Result<Split> {
+fn load_split(name: DatasetName, dir: &Path, prefix: &str, device: Device) -> Result<Split> {
     let images_path = find_file(dir, &format!("{prefix}-images-idx3-ubyte"))?;
     let labels_path = find_file(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
     let images = idx::read(&images_path, 3)?;
@@ -137,13 +193,7 @@ fn load_split(dir: &Path, prefix: &str, mean: f64, std: f64, device: Device) -> 
         bail!("{}: label {bad} outside 0..=9", labels_path.display());
     }
     let n = images.dims[0] as i64;
-    let images = Tensor::from_slice(&images.data)
-        .view([n, 1, 28, 28])
-        .to_kind(Kind::Float)
-        .g_div_scalar(255.0)
-        .g_sub_scalar(mean)
-        .g_div_scalar(std)
-        .to_device(device);
+    let images = name.normalise(&Tensor::from_slice(&images.data).view([n, 1, 28, 28])).to_device(device);
     let labels = Tensor::from_slice(&labels.data).to_kind(Kind::Int64).to_device(device);
     Ok(Split { images, labels })
 }
@@ -245,6 +295,20 @@ mod tests {
         assert!(load().contains("label 12 outside 0..=9"), "{}", load());
         std::fs::write(dir.path().join("train-images-idx3-ubyte"), [0u8, 0, 8]).unwrap();
         assert!(load().contains("train-images-idx3-ubyte: not an IDX file"), "{}", load());
+    }
+
+    #[test]
+    fn loads_cifar_fixture_with_per_channel_normalisation() {
+        let dir = cifar::tests::fixture_folder();
+        let d = Dataset::load(DatasetName::Cifar10, dir.path(), 10, 0, Device::Cpu).unwrap();
+        assert_eq!(d.train.images.size(), [90, 3, 32, 32]);
+        assert_eq!(d.valid.len(), 10);
+        assert_eq!(Vec::<i64>::try_from(d.test.labels.narrow(0, 0, 4)).unwrap(), [3, 8, 8, 0]);
+        let red = d.test.images.get(0).get(0).get(0).get(0).double_value(&[]);
+        let raw = std::fs::read(cifar::fixture_file()).unwrap()[1] as f64;
+        assert!((red - (raw / 255.0 - 0.4914) / 0.2470).abs() < 1e-5, "{red} vs raw {raw}");
+        let err = Dataset::load(DatasetName::Cifar10, Path::new("/none"), 10, 0, Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("CIFAR-10 folder not found"), "{err}");
     }
 
     #[test]
