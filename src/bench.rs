@@ -9,7 +9,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::Config;
-use crate::learner::{Arch, Learner, CIFAR_STRIDES};
+use crate::learner::{Arch, CIFAR_STRIDES};
 use crate::meta::{self, Trainer};
 
 #[derive(Debug, Serialize)]
@@ -151,20 +151,13 @@ pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport>
     let median = times[times.len() / 2];
     let peak_rss_mib = peak_rss_mib();
 
-    // The split, measured on one more iteration's learner and batch.
+    // The split, measured on the next iteration's draws.
+    let meta::IterationInputs { learner, init, real, plan } = trainer.iteration_inputs(trainer.iteration);
     let teacher = &trainer.teacher;
-    let mut rng = meta::iteration_rng(config.seed, 0);
-    let (image, classes) = config.dataset.shape();
-    let arch = config.learner.sample(&mut rng);
-    let learner = Learner::new(arch, image, classes)?;
-    let plan = teacher.curriculum.plan(&mut rng, device);
     let start = Instant::now();
     tch::no_grad(|| plan.iter().for_each(|s| drop(teacher.synthesize(s))));
     let generator_forward_seconds = start.elapsed().as_secs_f64();
     let (unroll_forward_seconds, meta_backward_seconds) = if config.checkpoint_every == 0 {
-        let data = meta::load_data(config, device)?;
-        let real = data.train.batch(&Tensor::arange(config.meta_batch as i64, (Kind::Int64, device)));
-        let init = learner.init(&mut rng, device);
         let start = Instant::now();
         let (loss, _) = meta::meta_loss(teacher, &learner, init, &real, &plan);
         let forward = start.elapsed().as_secs_f64();
@@ -175,8 +168,8 @@ pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport>
         (None, None)
     };
 
-    let (gen_flops, learner_flops) = forward_flops(config, arch);
-    // Generator: forward + backward (2x). Learner: forward + inner gradient (3x), and the
+    let (gen_flops, learner_flops) = forward_flops(config, learner.arch);
+    // Generator: forward (1x) + backward (2x). Learner: forward + inner gradient (3x), and the
     // meta-backward through both (about 2x that again).
     let flops = config.inner_steps as f64 * (3.0 * gen_flops + 9.0 * learner_flops);
     let matmul = matmul_gflops(device);

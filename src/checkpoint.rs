@@ -22,7 +22,7 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
 
 /// Writes the config of a new run.
 pub fn write_config(dir: &Path, config: &Config) -> Result<()> {
-    crate::data::fetch::write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes())
+    crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())
 }
 
 pub fn read_config(dir: &Path) -> Result<Config> {
@@ -43,10 +43,9 @@ pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize) -> Res
     let tensors: Vec<(String, Tensor)> =
         tensors.into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu))).collect();
     let path = checkpoint_path(dir);
-    let tmp = dir.join(format!(".{CHECKPOINT_FILE}.tmp"));
-    Tensor::write_safetensors(&tensors, &tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
-    Ok(())
+    crate::atomic::replace_with(&path, |tmp| {
+        Tensor::write_safetensors(&tensors, tmp).with_context(|| format!("{}: cannot write", path.display()))
+    })
 }
 
 /// A loaded run: its teacher, outer-optimiser state and completed iterations.
@@ -78,11 +77,13 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
                 path.display()
             )
         })?;
-        if t.size() != shape {
+        let counter = name == "adam.steps" || name == "iteration";
+        if t.size() != shape || (t.kind() != Kind::Float && !counter) {
             bail!(
-                "{}: tensor `{name}` has shape {:?}, the config in {} expects {shape:?}; the checkpoint is from another architecture",
+                "{}: tensor `{name}` has shape {:?} ({:?}), the config in {} expects {shape:?} (Float); the checkpoint is from another architecture",
                 path.display(),
                 t.size(),
+                t.kind(),
                 CONFIG_FILE
             );
         }
@@ -108,6 +109,14 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
         );
     }
     let scalar = |name: &str| -> Result<i64> { Ok(take(name, &[1])?.to_kind(Kind::Int64).int64_value(&[0])) };
-    let adam = Adam { m, v, steps: scalar("adam.steps")?, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
-    Ok(Checkpoint { teacher, adam, iteration: scalar("iteration")? as usize })
+    let (steps, iteration) = (scalar("adam.steps")?, scalar("iteration")?);
+    if iteration < 0 || iteration as usize > config.meta_iters || steps != iteration {
+        bail!(
+            "{}: iteration {iteration} with {steps} optimiser steps is inconsistent with meta_iters = {} in {CONFIG_FILE}; the checkpoint is corrupt or from another run",
+            path.display(),
+            config.meta_iters
+        );
+    }
+    let adam = Adam { m, v, steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
+    Ok(Checkpoint { teacher, adam, iteration: iteration as usize })
 }

@@ -154,15 +154,15 @@ impl Config {
 
     pub fn with_overrides_str(self, text: &str) -> Result<Config> {
         let overrides: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
-        let mut base = toml::Table::try_from(&self)?;
+        let mut base = toml::Table::try_from(&self).context("config cannot be written as TOML")?;
         merge(&mut base, overrides);
         let config: Config = base.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
         config.validate()?;
         Ok(config)
     }
 
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a config always serialises")
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).context("config cannot be written as TOML")
     }
 
     pub fn from_toml(text: &str) -> Result<Config> {
@@ -194,6 +194,29 @@ impl Config {
                 bail!("config key `{key}` is {value}, expected a positive number");
             }
         }
+        if !(self.grad_clip > 0.0 && self.grad_clip.is_finite()) {
+            bail!("config key `grad_clip` is {}, expected a positive number", self.grad_clip);
+        }
+        for (key, beta) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                bail!("config key `{key}` is {beta}, expected a value in [0, 1)");
+            }
+        }
+        let g = &self.generator;
+        let widths = [
+            ("noise_dim", g.noise_dim),
+            ("fc_width", g.fc_width),
+            ("conv1_channels", g.conv1_channels),
+            ("conv2_channels", g.conv2_channels),
+        ];
+        for (key, value) in widths {
+            if value <= 0 {
+                bail!("config key `generator.{key}` is {value}, expected a positive integer");
+            }
+        }
+        if self.seed > i64::MAX as u64 {
+            bail!("config key `seed` is {}, expected at most {}", self.seed, i64::MAX);
+        }
         if !(0.0..=1.0).contains(&self.final_lr_fraction) {
             bail!("config key `final_lr_fraction` is {}, expected a value in [0, 1]", self.final_lr_fraction);
         }
@@ -222,7 +245,7 @@ mod tests {
         for name in PRESETS {
             let c = Config::preset(name).unwrap();
             c.validate().unwrap();
-            assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c, "{name}");
+            assert_eq!(Config::from_toml(&c.to_toml().unwrap()).unwrap(), c, "{name}");
         }
         let err = Config::preset("huge").unwrap_err().to_string();
         assert_eq!(err, "--preset huge: unknown preset, expected one of paper, cpu, tiny, paper-cifar10, cpu-cifar10");
@@ -251,6 +274,16 @@ mod tests {
         assert_eq!(err, "config key `inner_steps` is 0, expected a positive integer");
         let err = Config::tiny().with_overrides_str("init_lr = -1.0").unwrap_err().to_string();
         assert!(err.contains("`init_lr` is -1"), "{err}");
+        for (text, key) in [
+            ("grad_clip = 0.0", "`grad_clip` is 0"),
+            ("adam_beta2 = 1.0", "`adam_beta2` is 1"),
+            ("[generator]\nnoise_dim = 0", "`generator.noise_dim` is 0"),
+        ] {
+            let err = Config::tiny().with_overrides_str(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = Config { seed: u64::MAX, ..Config::tiny() }.validate().unwrap_err().to_string();
+        assert!(err.contains("`seed` is 18446744073709551615"), "{err}");
     }
 
     #[test]

@@ -47,7 +47,7 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         /// Images per row (the first ones of each step's batch).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
         per_step: i64,
     },
     /// Time meta-steps: median and spread, generator / unroll / meta-backward, peak memory, GFLOP/s.
@@ -78,7 +78,7 @@ struct TrainArgs {
     #[arg(long, default_value = "cpu", conflicts_with = "resume")]
     preset: String,
     /// Output folder for config, log and checkpoints.
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
     out: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint.
     #[arg(long)]
@@ -88,13 +88,15 @@ struct TrainArgs {
     config: Option<PathBuf>,
     #[arg(long, conflicts_with = "resume")]
     meta_iters: Option<usize>,
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
     seed: Option<u64>,
     /// Folder with the dataset's files (default data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
-    #[arg(long, alias = "cifar-dir", conflicts_with = "resume")]
+    /// Allowed with --resume: it does not change the result.
+    #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
-    /// Gradient checkpointing: keep the learner state every k inner steps (0: off).
-    #[arg(long, conflicts_with = "resume")]
+    /// Gradient checkpointing: keep the learner state every k inner steps (0: off). Allowed with
+    /// --resume: the meta-gradient is the same.
+    #[arg(long)]
     checkpoint_every: Option<usize>,
     /// After training, evaluate this many fresh learners (0: skip).
     #[arg(long, default_value_t = 0)]
@@ -128,8 +130,11 @@ struct BenchArgs {
 struct EvalArgs {
     /// A training folder (with config.toml and checkpoint.safetensors).
     dir: PathBuf,
-    #[arg(long, default_value_t = 5)]
-    learners: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    learners: u64,
+    /// Folder with the dataset's files, if not where the run was trained.
+    #[arg(long, alias = "cifar-dir")]
+    data_dir: Option<PathBuf>,
     /// Inner steps (default: the teacher's T).
     #[arg(long)]
     steps: Option<usize>,
@@ -155,15 +160,15 @@ enum BaselineCommand {
         steps: usize,
         #[arg(long, value_enum, default_value = "base-fc")]
         learner: LearnerKind,
-        #[arg(long, default_value_t = 128)]
-        batch_size: usize,
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+        batch_size: u64,
         /// Learning rates to sweep; the best mean test accuracy is reported.
         #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05,0.1,0.2")]
         lrs: Vec<f64>,
         #[arg(long, default_value_t = 0.5)]
         momentum: f64,
-        #[arg(long, default_value_t = 5)]
-        learners: usize,
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        learners: u64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long)]
@@ -188,12 +193,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(args) => train(args, device),
         Command::Eval(args) => {
-            let ckpt = checkpoint::load(&args.dir, device)?;
-            let config = &ckpt.teacher.config;
+            let mut ckpt = checkpoint::load(&args.dir, device)?;
+            let config = &mut ckpt.teacher.config;
+            config.data_dir = args.data_dir.or(config.data_dir.take());
             let data = meta::load_data(config, device)?;
             let kind = args.learner.unwrap_or(config.learner);
             let steps = args.steps.unwrap_or(config.inner_steps);
-            let report = eval::evaluate_teacher(&ckpt.teacher, &data, kind, args.learners, steps, args.seed)?;
+            let report = eval::evaluate_teacher(&ckpt.teacher, &data, kind, args.learners as usize, steps, args.seed)?;
             print_report(&report, args.json, &format!("{} (meta-iteration {})", args.dir.display(), ckpt.iteration));
             Ok(())
         }
@@ -205,7 +211,16 @@ fn run(cli: Cli) -> Result<()> {
             let data = Dataset::load(dataset, &dir, dataset.default_valid_size(), seed, device)?;
             let mut best: Option<(f64, EvalReport)> = None;
             for &lr in &lrs {
-                let report = eval::evaluate_real(&data, learner, learners, steps, batch_size, lr, momentum, seed)?;
+                let report = eval::evaluate_real(
+                    &data,
+                    learner,
+                    learners as usize,
+                    steps,
+                    batch_size as usize,
+                    lr,
+                    momentum,
+                    seed,
+                )?;
                 if !json {
                     println!(
                         "lr {lr}: {:.2}% ± {:.2}%",
@@ -265,7 +280,10 @@ fn run(cli: Cli) -> Result<()> {
 fn train(args: TrainArgs, device: Device) -> Result<()> {
     let mut trainer = match (&args.resume, &args.out) {
         (Some(dir), _) => {
-            let t = Trainer::resume(dir, device)?;
+            let t = Trainer::resume(dir, device, |config| {
+                config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
+                config.data_dir = args.data_dir.clone().or(config.data_dir.take());
+            })?;
             println!("resuming {} at meta-iteration {}", dir.display(), t.iteration);
             t
         }
@@ -276,7 +294,8 @@ fn train(args: TrainArgs, device: Device) -> Result<()> {
             }
             config.meta_iters = args.meta_iters.unwrap_or(config.meta_iters);
             config.seed = args.seed.unwrap_or(config.seed);
-            config.data_dir = args.data_dir.clone().or(config.data_dir);
+            // Absolute, so eval and resume find the data from any folder.
+            config.data_dir = args.data_dir.as_deref().map(std::path::absolute).transpose()?.or(config.data_dir);
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
             Trainer::create(&config, out, device)?

@@ -83,25 +83,39 @@ impl Trainer {
             );
         }
         let data = load_data(config, device)?;
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
-        checkpoint::write_config(dir, config)?;
-        crate::data::fetch::write_atomic(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
         let teacher = Teacher::new(config, &mut StdRng::seed_from_u64(config.seed), device)?;
         let adam = Adam::new(&teacher.params(), config.adam_beta1, config.adam_beta2);
-        Ok(Trainer { teacher, adam, iteration: 0, last_saved: None, dir: dir.to_path_buf(), data })
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        checkpoint::write_config(dir, config)?;
+        crate::atomic::write(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
+        let mut trainer = Trainer { teacher, adam, iteration: 0, last_saved: None, dir: dir.to_path_buf(), data };
+        // A folder with a config always has a checkpoint, so it can always be resumed.
+        trainer.save()?;
+        Ok(trainer)
     }
 
     /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
-    pub fn resume(dir: &Path, device: Device) -> Result<Trainer> {
-        let Checkpoint { teacher, adam, iteration } = checkpoint::load(dir, device)?;
+    /// `runtime` may change settings that do not change the result (gradient checkpointing,
+    /// where the data lives); the stored config is not rewritten.
+    pub fn resume(dir: &Path, device: Device, runtime: impl FnOnce(&mut Config)) -> Result<Trainer> {
+        let Checkpoint { mut teacher, adam, iteration } = checkpoint::load(dir, device)?;
+        runtime(&mut teacher.config);
+        teacher.config.validate()?;
         let data = load_data(&teacher.config, device)?;
         let log = dir.join(LOG_FILE);
-        let text = std::fs::read_to_string(&log).unwrap_or_else(|_| format!("{LOG_HEADER}\n"));
-        let kept: Vec<&str> = text
-            .lines()
-            .filter(|l| l.split(',').next().and_then(|i| i.parse::<usize>().ok()).is_none_or(|i| i < iteration))
-            .collect();
-        crate::data::fetch::write_atomic(&log, format!("{}\n", kept.join("\n")).as_bytes())?;
+        let text = match std::fs::read_to_string(&log) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("{LOG_HEADER}\n"),
+            Err(e) => bail!("{}: cannot read: {e}", log.display()),
+        };
+        let columns = LOG_HEADER.split(',').count();
+        let complete_row_before = |line: &str| {
+            line.split(',').count() == columns
+                && line.split(',').next().and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i < iteration)
+        };
+        let kept: Vec<&str> =
+            text.lines().enumerate().filter(|(i, l)| *i == 0 || complete_row_before(l)).map(|(_, l)| l).collect();
+        crate::atomic::write(&log, format!("{}\n", kept.join("\n")).as_bytes())?;
         Ok(Trainer { teacher, adam, iteration, last_saved: Some(iteration), dir: dir.to_path_buf(), data })
     }
 
@@ -109,9 +123,9 @@ impl Trainer {
         &self.teacher.config
     }
 
-    /// The meta-loss of one iteration, the meta-accuracy, and the meta-gradient with respect to
-    /// every teacher parameter.
-    pub fn meta_gradient(&self, iteration: usize) -> (f64, f64, Vec<Tensor>) {
+    /// What meta-iteration `iteration` draws: its learner and initial parameters, its real
+    /// batch (augmented if configured) and its curriculum plan.
+    pub fn iteration_inputs(&self, iteration: usize) -> IterationInputs {
         let config = self.config();
         let device = self.data.train.images.device();
         let mut rng = iteration_rng(config.seed, iteration);
@@ -124,8 +138,14 @@ impl Trainer {
         if config.augment {
             real_x = crate::data::augment::crop_and_flip(&real_x, &mut rng);
         }
-        let real = (real_x, real_y);
         let plan = self.teacher.curriculum.plan(&mut rng, device);
+        IterationInputs { learner, init, real: (real_x, real_y), plan }
+    }
+
+    /// The meta-loss of one iteration, the meta-accuracy, and the meta-gradient with respect to
+    /// every teacher parameter.
+    pub fn meta_gradient(&self, iteration: usize) -> (f64, f64, Vec<Tensor>) {
+        let IterationInputs { learner, init, real, plan } = self.iteration_inputs(iteration);
         let result = meta_gradient(&self.teacher, &learner, init, &real, &plan);
         (result.loss, nn::accuracy(&result.logits, &real.1), result.grads)
     }
@@ -138,10 +158,11 @@ impl Trainer {
         let (meta_loss, meta_accuracy, mut grads) = self.meta_gradient(i);
         let grad_norm = optim::clip_grad_norm(&mut grads, self.config().grad_clip);
         if !meta_loss.is_finite() || !grad_norm.is_finite() {
+            let dir = self.dir.display();
+            let last = self.last_saved.expect("a run saves a checkpoint when it is created");
             bail!(
-                "meta-iteration {i}: meta-loss {meta_loss}, gradient norm {grad_norm}: training diverged and stopped; the last good checkpoint (iteration {}) is kept in {}; lower outer_lr or grad_clip and resume",
-                self.last_saved.map_or("none yet".into(), |i| i.to_string()),
-                checkpoint::checkpoint_path(&self.dir).display()
+                "meta-iteration {i}: meta-loss {meta_loss}, gradient norm {grad_norm}: training diverged and stopped; the last good checkpoint (iteration {last}) is kept in {dir}; lower outer_lr or grad_clip in {dir}/{} and run `gtn train --resume {dir}`",
+                checkpoint::CONFIG_FILE
             );
         }
         let c = self.config();
@@ -202,6 +223,14 @@ impl Trainer {
         bar.finish();
         Ok(())
     }
+}
+
+/// The random draws of one meta-iteration.
+pub struct IterationInputs {
+    pub learner: Learner,
+    pub init: Vec<Tensor>,
+    pub real: (Tensor, Tensor),
+    pub plan: Vec<StepInput>,
 }
 
 /// Whether the meta-loss includes a real-data loss after inner step `t`.
@@ -374,7 +403,7 @@ mod tests {
                 inner_steps: 5,
                 curriculum,
                 soft_labels: true,
-                intermediate_loss_every: 2,
+                intermediate_loss_every: 3,
                 ..fixture_config()
             };
             let data = load_data(&config, Device::Cpu).unwrap();
@@ -392,15 +421,16 @@ mod tests {
                 let start = init.iter().map(|p| p.detach().to_kind(Kind::Double).set_requires_grad(true)).collect();
                 meta_gradient(&t, &learner, start, &real, &plan)
             };
-            let (full, checkpointed) = (run(0), run(2));
-            assert!((full.loss - checkpointed.loss).abs() < 1e-12, "{} vs {}", full.loss, checkpointed.loss);
-            for ((name, _), (a, b)) in teacher.named_params().iter().zip(full.grads.iter().zip(&checkpointed.grads)) {
-                let scale = a.abs().max().double_value(&[]).max(1e-12);
-                let diff = (a - b).abs().max().double_value(&[]);
-                assert!(
-                    diff / scale < 1e-10,
-                    "{curriculum:?} {name}: checkpointed gradient differs by {diff:e} (scale {scale:e})"
-                );
+            let full = run(0);
+            // k = 2: the loss after step 2 sits at the start of block [2, 4); k = 1, 3 and T too.
+            for k in [1, 2, 3, 5] {
+                let checkpointed = run(k);
+                assert!((full.loss - checkpointed.loss).abs() < 1e-12, "k={k}: {} vs {}", full.loss, checkpointed.loss);
+                for ((name, _), (a, b)) in teacher.named_params().iter().zip(full.grads.iter().zip(&checkpointed.grads)) {
+                    let scale = a.abs().max().double_value(&[]).max(1e-12);
+                    let diff = (a - b).abs().max().double_value(&[]);
+                    assert!(diff / scale < 1e-10, "{curriculum:?} k={k} {name}: gradient differs by {diff:e} (scale {scale:e})");
+                }
             }
         }
     }
@@ -439,7 +469,7 @@ mod tests {
             // Steps after the last checkpoint are lost with the process and redone on resume.
             first.step().unwrap();
             drop(first);
-            let mut resumed = Trainer::resume(parts.path(), Device::Cpu).unwrap();
+            let mut resumed = Trainer::resume(parts.path(), Device::Cpu, |_| {}).unwrap();
             assert_eq!(resumed.iteration, 3);
             resumed.run(false).unwrap();
 
@@ -466,7 +496,7 @@ mod tests {
         let _ = tch::no_grad(|| trainer.teacher.log_lr.shallow_clone().fill_(f64::NAN));
         let err = trainer.step().unwrap_err().to_string();
         assert!(err.contains("meta-iteration 1: meta-loss NaN"), "{err}");
-        assert!(err.contains("last good checkpoint (iteration 1)"), "{err}");
+        assert!(err.contains("last good checkpoint (iteration 1)") && err.contains("gtn train --resume"), "{err}");
         assert_eq!(trainer.iteration, 1);
         assert_eq!(std::fs::read(checkpoint::checkpoint_path(dir.path())).unwrap(), saved);
     }

@@ -32,9 +32,9 @@ pub fn export_teaching_set(teacher: &Teacher, output: &Path) -> Result<()> {
     ];
     let tensors: Vec<(&str, Tensor)> =
         tensors.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
-    let tmp = output.with_extension("safetensors.tmp");
-    Tensor::write_safetensors(&tensors, &tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, output).with_context(|| format!("{}: cannot rename into place", output.display()))
+    crate::atomic::replace_with(output, |tmp| {
+        Tensor::write_safetensors(&tensors, tmp).with_context(|| format!("{}: cannot write", output.display()))
+    })
 }
 
 /// A PNG grid: one row per inner step, the first `per_step` images of its batch, 1 px gaps.
@@ -58,7 +58,7 @@ pub fn write_sample_grid(teacher: &Teacher, per_step: i64, output: &Path) -> Res
             image::Rgb([rgb[0], rgb[1], rgb[2]]),
         );
     }
-    let tmp = output.with_extension("png.tmp");
-    grid.save_with_format(&tmp, image::ImageFormat::Png).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, output).with_context(|| format!("{}: cannot rename into place", output.display()))
+    crate::atomic::replace_with(output, |tmp| {
+        grid.save_with_format(tmp, image::ImageFormat::Png).with_context(|| format!("{}: cannot write", output.display()))
+    })
 }

@@ -90,23 +90,9 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
             .read_to_end(&mut content)
             .with_context(|| format!("{file}.gz: corrupt gzip stream in the download"))?;
         verify(file, &content, sha)?;
-        write_atomic(&dir.join(format!("{file}.gz")), gz)?;
+        crate::atomic::write(&dir.join(format!("{file}.gz")), gz)?;
         println!("{}: {file}.gz verified (sha256 {}...)", name.as_str(), &sha[..12]);
     }
-    Ok(())
-}
-
-/// Writes through a temporary file in the same folder and renames it, so a reader never sees
-/// a half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(parent)
-        .with_context(|| format!("{}: cannot create a temporary file", parent.display()))?;
-    tmp.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;
-    tmp.as_file().sync_all()?;
-    // Temporary files are created private; the result should read like any other file.
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    tmp.persist(path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
 }
 

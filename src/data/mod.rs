@@ -67,22 +67,25 @@ impl DatasetName {
 
     /// Normalised images `[N, C, H, W]` -> pixel values in 0..=255 (float, clamped).
     pub fn denormalise(self, images: &Tensor) -> Tensor {
+        let (mean, std) = self.channel_stats(images.device());
+        ((images * std + mean) * 255.0).clamp(0.0, 255.0)
+    }
+
+    /// Mean and std as `[1, C, 1, 1]` tensors, to broadcast over image batches.
+    fn channel_stats(self, device: Device) -> (Tensor, Tensor) {
         let (mean, std) = self.mean_std();
-        let device = images.device();
         let per_channel = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).to_device(device).view([1, -1, 1, 1]);
-        ((images * per_channel(std) + per_channel(mean)) * 255.0).clamp(0.0, 255.0)
+        (per_channel(mean), per_channel(std))
     }
 
     /// Pixels `[N, C, H, W]` in 0..=255 (any kind) -> normalised float images.
     pub fn normalise(self, pixels: &Tensor) -> Tensor {
-        let (mean, std) = self.mean_std();
-        let device = pixels.device();
-        let per_channel = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).to_device(device).view([1, -1, 1, 1]);
-        (pixels.to_kind(Kind::Float) / 255.0 - per_channel(mean)) / per_channel(std)
+        let (mean, std) = self.channel_stats(pixels.device());
+        (pixels.to_kind(Kind::Float) / 255.0 - mean) / std
     }
 }
 
-/// Images `[N, 1, 28, 28]` (float, normalised) and labels `[N]` (int64), on one device.
+/// Images `[N, C, H, W]` (float, normalised) and labels `[N]` (int64), on one device.
 #[derive(Debug)]
 pub struct Split {
     pub images: Tensor,
@@ -127,7 +130,7 @@ impl Dataset {
         };
         let n = full_train.len();
         if valid_size >= n {
-            bail!("{}: validation size {valid_size} leaves no training images (the file has {n})", dir.display());
+            bail!("config key `valid_size` = {valid_size} leaves no training images in {} ({n} images)", dir.display());
         }
         let mut order: Vec<i64> = (0..n as i64).collect();
         order.shuffle(&mut StdRng::seed_from_u64(split_seed));
@@ -148,16 +151,15 @@ fn load_cifar(dir: &Path, device: Device) -> Result<(Split, Split)> {
 }
 
 fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Split)> {
-    {
-        if !dir.is_dir() {
+    if !dir.is_dir() {
             bail!(
-                "{}: data folder not found; run `gtn data fetch {}` (or ./quickstart.sh) first",
+                "{}: data folder not found; run `gtn data fetch {} --dir {}` first, or point --data-dir at the folder",
                 dir.display(),
-                name.as_str()
+                name.as_str(),
+                dir.display()
             );
         }
-        Ok((load_split(name, dir, "train", device)?, load_split(name, dir, "t10k", device)?))
-    }
+    Ok((load_split(name, dir, "train", device)?, load_split(name, dir, "t10k", device)?))
 }
 
 fn find_file(dir: &Path, stem: &str) -> Result<PathBuf> {
@@ -168,7 +170,7 @@ fn find_file(dir: &Path, stem: &str) -> Result<PathBuf> {
     } else if plain.is_file() {
         Ok(plain)
     } else {
-        bail!("{}: missing (also looked for {stem}); run `gtn data fetch` to download it", gz.display())
+        bail!("{}: missing (also looked for {stem}); run `gtn data fetch --dir {}` for this dataset", gz.display(), dir.display())
     }
 }
 
@@ -271,7 +273,7 @@ mod tests {
     #[test]
     fn rejects_oversized_validation_split() {
         let err = Dataset::load(DatasetName::Mnist, &fixture_dir(), 512, 0, Device::Cpu).unwrap_err();
-        assert!(err.to_string().contains("validation size 512 leaves no training images"), "{err}");
+        assert!(err.to_string().contains("`valid_size` = 512 leaves no training images"), "{err}");
     }
 
     fn write_split(dir: &Path, n_img: usize, side: usize, n_lab: usize, label: u8) {

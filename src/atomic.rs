@@ -1,0 +1,59 @@
+//! Replacing files so that a reader (or a crash) never sees a half-written one: write a
+//! temporary file in the same folder, flush it to disk, rename it over the target, and flush
+//! the folder so the rename itself survives a power loss.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Creates or replaces `path` with whatever `write` puts at the temporary path it is given.
+pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(parent)
+        .with_context(|| format!("{}: cannot create a temporary file", parent.display()))?
+        .into_temp_path();
+    write(&tmp)?;
+    let file = std::fs::File::open(&tmp).with_context(|| format!("{}: cannot reopen", tmp.display()))?;
+    file.sync_all().with_context(|| format!("{}: cannot flush to disk", tmp.display()))?;
+    // Temporary files are created private; the result should read like any other file.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .with_context(|| format!("{}: cannot set permissions", tmp.display()))?;
+    tmp.persist(path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    if let Ok(dir) = std::fs::File::open(parent) {
+        // Best effort: some file systems refuse to sync a directory.
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Creates or replaces `path` with `bytes`.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_with(path, |tmp| {
+        let mut f = std::fs::File::create(tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        f.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_whole_files_and_keeps_the_old_one_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.txt");
+        write(&path, b"first").unwrap();
+        write(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        let err = replace_with(&path, |_| anyhow::bail!("writer failed")).unwrap_err();
+        assert_eq!(err.to_string(), "writer failed");
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        // No temporary files are left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let err = write(&dir.path().join("no/such/dir/f"), b"x").unwrap_err().to_string();
+        assert!(err.contains("cannot create a temporary file"), "{err}");
+    }
+}
