@@ -58,6 +58,11 @@ pub fn write_sample_grid(teacher: &Teacher, per_step: i64, output: &Path) -> Res
             image::Rgb([rgb[0], rgb[1], rgb[2]]),
         );
     }
+    // Greyscale datasets get a greyscale PNG (a third of the size).
+    let grid = match c {
+        1 => image::DynamicImage::ImageRgb8(grid).into_luma8().into(),
+        _ => image::DynamicImage::ImageRgb8(grid),
+    };
     crate::atomic::replace_with(output, |tmp| {
         grid.save_with_format(tmp, image::ImageFormat::Png).with_context(|| format!("{}: cannot write", output.display()))
     })
