@@ -426,10 +426,14 @@ mod tests {
             for k in [1, 2, 3, 5] {
                 let checkpointed = run(k);
                 assert!((full.loss - checkpointed.loss).abs() < 1e-12, "k={k}: {} vs {}", full.loss, checkpointed.loss);
-                for ((name, _), (a, b)) in teacher.named_params().iter().zip(full.grads.iter().zip(&checkpointed.grads)) {
+                for ((name, _), (a, b)) in teacher.named_params().iter().zip(full.grads.iter().zip(&checkpointed.grads))
+                {
                     let scale = a.abs().max().double_value(&[]).max(1e-12);
                     let diff = (a - b).abs().max().double_value(&[]);
-                    assert!(diff / scale < 1e-10, "{curriculum:?} k={k} {name}: gradient differs by {diff:e} (scale {scale:e})");
+                    assert!(
+                        diff / scale < 1e-10,
+                        "{curriculum:?} k={k} {name}: gradient differs by {diff:e} (scale {scale:e})"
+                    );
                 }
             }
         }

@@ -64,6 +64,7 @@ pub fn write_sample_grid(teacher: &Teacher, per_step: i64, output: &Path) -> Res
         _ => image::DynamicImage::ImageRgb8(grid),
     };
     crate::atomic::replace_with(output, |tmp| {
-        grid.save_with_format(tmp, image::ImageFormat::Png).with_context(|| format!("{}: cannot write", output.display()))
+        grid.save_with_format(tmp, image::ImageFormat::Png)
+            .with_context(|| format!("{}: cannot write", output.display()))
     })
 }

@@ -152,13 +152,13 @@ fn load_cifar(dir: &Path, device: Device) -> Result<(Split, Split)> {
 
 fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Split)> {
     if !dir.is_dir() {
-            bail!(
-                "{}: data folder not found; run `gtn data fetch {} --dir {}` first, or point --data-dir at the folder",
-                dir.display(),
-                name.as_str(),
-                dir.display()
-            );
-        }
+        bail!(
+            "{}: data folder not found; run `gtn data fetch {} --dir {}` first, or point --data-dir at the folder",
+            dir.display(),
+            name.as_str(),
+            dir.display()
+        );
+    }
     Ok((load_split(name, dir, "train", device)?, load_split(name, dir, "t10k", device)?))
 }
 
@@ -170,7 +170,11 @@ fn find_file(dir: &Path, stem: &str) -> Result<PathBuf> {
     } else if plain.is_file() {
         Ok(plain)
     } else {
-        bail!("{}: missing (also looked for {stem}); run `gtn data fetch --dir {}` for this dataset", gz.display(), dir.display())
+        bail!(
+            "{}: missing (also looked for {stem}); run `gtn data fetch --dir {}` for this dataset",
+            gz.display(),
+            dir.display()
+        )
     }
 }
 
