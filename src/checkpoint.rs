@@ -33,10 +33,12 @@ pub fn read_config(dir: &Path) -> Result<Config> {
 }
 
 pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> = teacher.named_params();
-    for (i, (name, _)) in teacher.named_params().iter().enumerate() {
-        tensors.push((format!("adam.m.{name}"), adam.m[i].shallow_clone()));
-        tensors.push((format!("adam.v.{name}"), adam.v[i].shallow_clone()));
+    let named = teacher.named_params();
+    let mut tensors = Vec::with_capacity(3 * named.len() + 2);
+    for ((name, param), (m, v)) in named.into_iter().zip(adam.m.iter().zip(&adam.v)) {
+        tensors.push((format!("adam.m.{name}"), m.shallow_clone()));
+        tensors.push((format!("adam.v.{name}"), v.shallow_clone()));
+        tensors.push((name, param));
     }
     tensors.push(("adam.steps".into(), Tensor::from_slice(&[adam.steps])));
     tensors.push(("iteration".into(), Tensor::from_slice(&[iteration as i64])));

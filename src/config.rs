@@ -146,6 +146,15 @@ impl Config {
         }
     }
 
+    /// A preset with the keys of an optional TOML file applied on top.
+    pub fn from_preset(name: &str, overrides: Option<&Path>) -> Result<Config> {
+        let config = Config::preset(name)?;
+        match overrides {
+            Some(path) => config.with_overrides(path),
+            None => Ok(config),
+        }
+    }
+
     /// Applies the keys of a TOML file on top of this config; an unknown key is an error.
     pub fn with_overrides(self, path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;

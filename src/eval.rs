@@ -81,19 +81,11 @@ pub fn evaluate_teacher(
     if steps == 0 || steps > t {
         bail!("--steps {steps}: the teacher was trained for {t} inner steps; expected 1..={t}");
     }
-    let (image, classes) = teacher.config.dataset.shape();
     let device = data.test.images.device();
-    let accs = (0..learners)
-        .map(|k| {
-            let mut rng = learner_seed(seed, k);
-            let learner = Learner::new(kind.sample(&mut rng), image, classes)?;
-            let init = learner.init(&mut rng, device);
-            let plan = teacher.curriculum.plan(&mut rng, device);
-            let trained = teacher.teach(&learner, LearnerState::new(init), &plan, 0..steps, false, |_, _| {});
-            Ok(test_accuracy(&learner, &trained.params, &data.test))
-        })
-        .collect::<Result<Vec<f64>>>()?;
-    Ok(EvalReport::from_accuracies(kind, steps, accs))
+    fresh_learners(data, kind, learners, steps, seed, |learner, state, rng, _| {
+        let plan = teacher.curriculum.plan(rng, device);
+        teacher.teach(learner, state, &plan, 0..steps, false, |_, _| {})
+    })
 }
 
 /// The same learners trained `steps` steps of `batch` real training images with SGD + momentum.
@@ -108,18 +100,34 @@ pub fn evaluate_real(
     momentum: f64,
     seed: u64,
 ) -> Result<EvalReport> {
-    let (image, classes) = data.name.shape();
     let device: Device = data.test.images.device();
+    let (lrs, momenta) = inner::constant_schedule(steps, lr, momentum, device);
+    fresh_learners(data, kind, learners, steps, seed, |learner, state, _, k| {
+        let mut sampler = BatchSampler::new(data.train.len(), seed.wrapping_add(k as u64));
+        let batches = |_| data.train.batch(&sampler.indices(batch, device));
+        inner::unroll(learner, state, (&lrs, &momenta), 0..steps, false, batches, |_, _| {})
+    })
+}
+
+/// Draws `learners` fresh learners of `kind` (learner `k` from its own seeded stream, so the
+/// teacher and the real-data baseline start from the same weights), trains each with
+/// `train(learner, state, rng, k)` and reports their test accuracy.
+fn fresh_learners(
+    data: &Dataset,
+    kind: LearnerKind,
+    learners: usize,
+    steps: usize,
+    seed: u64,
+    mut train: impl FnMut(&Learner, LearnerState, &mut rand::rngs::StdRng, usize) -> LearnerState,
+) -> Result<EvalReport> {
+    let (image, classes) = data.name.shape();
+    let device = data.test.images.device();
     let accs = (0..learners)
         .map(|k| {
             let mut rng = learner_seed(seed, k);
             let learner = Learner::new(kind.sample(&mut rng), image, classes)?;
             let init = learner.init(&mut rng, device);
-            let mut sampler = BatchSampler::new(data.train.len(), seed.wrapping_add(k as u64));
-            let (lrs, momenta) = inner::constant_schedule(steps, lr, momentum, device);
-            let batches = |_| data.train.batch(&sampler.indices(batch, device));
-            let state = LearnerState::new(init);
-            let trained = inner::unroll(&learner, state, (&lrs, &momenta), 0..steps, false, batches, |_, _| {});
+            let trained = train(&learner, LearnerState::new(init), &mut rng, k);
             Ok(test_accuracy(&learner, &trained.params, &data.test))
         })
         .collect::<Result<Vec<f64>>>()?;

@@ -251,10 +251,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
-            let mut config = Config::preset(&args.preset)?;
-            if let Some(path) = &args.config {
-                config = config.with_overrides(path)?;
-            }
+            let mut config = Config::from_preset(&args.preset, args.config.as_deref())?;
             config.learner = args.learner.unwrap_or(config.learner);
             config.inner_steps = args.steps.unwrap_or(config.inner_steps);
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
@@ -288,10 +285,7 @@ fn train(args: TrainArgs, device: Device) -> Result<()> {
             t
         }
         (None, Some(out)) => {
-            let mut config = Config::preset(&args.preset)?;
-            if let Some(path) = &args.config {
-                config = config.with_overrides(path)?;
-            }
+            let mut config = Config::from_preset(&args.preset, args.config.as_deref())?;
             config.meta_iters = args.meta_iters.unwrap_or(config.meta_iters);
             config.seed = args.seed.unwrap_or(config.seed);
             // Absolute, so eval and resume find the data from any folder.
