@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::Config;
 use crate::learner::{Arch, CIFAR_STRIDES};
 use crate::meta::{self, Trainer};
+use crate::teacher::TeacherKind;
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
@@ -105,12 +106,16 @@ pub fn forward_flops(config: &Config, arch: Arch) -> (f64, f64) {
     let g = config.generator;
     let (noise, fc, c1, c2) = (g.noise_dim as f64, g.fc_width as f64, g.conv1_channels as f64, g.conv2_channels as f64);
     let (c, h, w, k) = (c as f64, h as f64, w as f64, classes as f64);
-    let generator = 2.0
-        * b
-        * ((noise + k) * fc
-            + fc * c1 * (h / 4.0) * (w / 4.0)
-            + (h / 2.0) * (w / 2.0) * c2 * c1 * 9.0
-            + h * w * c * c2 * 9.0);
+    let generator = match config.teacher {
+        TeacherKind::Generator => {
+            2.0 * b
+                * ((noise + k) * fc
+                    + fc * c1 * (h / 4.0) * (w / 4.0)
+                    + (h / 2.0) * (w / 2.0) * c2 * c1 * 9.0
+                    + h * w * c * c2 * 9.0)
+        }
+        TeacherKind::Pixels => 0.0,
+    };
     let learner = match arch {
         Arch::Cnn { conv1, conv2, fc } => {
             let (c1, c2, fc) = (conv1 as f64, conv2 as f64, fc as f64);

@@ -9,6 +9,7 @@ use crate::curriculum::CurriculumKind;
 use crate::data::DatasetName;
 use crate::generator::GeneratorConfig;
 use crate::learner::LearnerKind;
+use crate::teacher::TeacherKind;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +26,9 @@ pub struct Config {
     pub inner_steps: usize,
     /// B: synthetic images per inner step.
     pub batch_size: usize,
+    /// `generator` (GTN) or `pixels` (dataset distillation: the T*B images are learned directly).
+    #[serde(default)]
+    pub teacher: TeacherKind,
     pub curriculum: CurriculumKind,
     /// Learn a soft label (logits over classes) for every synthetic sample.
     pub soft_labels: bool,
@@ -66,6 +70,7 @@ impl Config {
             learner: LearnerKind::BaseFc,
             inner_steps: 32,
             batch_size: 128,
+            teacher: TeacherKind::Generator,
             curriculum: CurriculumKind::Full,
             soft_labels: false,
             init_lr: 0.02,

@@ -1,7 +1,8 @@
-//! Curricula: which noise vectors the generator turns into each inner step's batch.
+//! Curricula: which synthetic samples (and, for a generator, which noise vectors) make up each
+//! inner step's batch.
 //!
 //! Every synthetic sample has an id; its label is `id mod classes`, so labels are spread evenly
-//! and (for learned curricula) each learned noise vector keeps its label.
+//! and (for learned curricula) each learned noise vector or learned image keeps its label.
 
 use anyhow::{bail, Result};
 use rand::{rngs::StdRng, seq::SliceRandom};
@@ -34,10 +35,11 @@ impl CurriculumKind {
     }
 }
 
-/// The noise and sample ids of one inner step.
+/// The sample ids of one inner step and the generator's noise for them (none when the images
+/// themselves are learned).
 #[derive(Debug)]
 pub struct StepInput {
-    pub z: Tensor,
+    pub z: Option<Tensor>,
     pub ids: Tensor,
 }
 
@@ -46,8 +48,9 @@ pub struct Curriculum {
     pub kind: CurriculumKind,
     pub steps: i64,
     pub batch: i64,
-    pub noise_dim: i64,
-    /// Learned noise `[T*B, noise_dim]` (absent for `none`).
+    /// Noise vector length; `None` when the teacher takes no noise (learned pixels).
+    pub noise_dim: Option<i64>,
+    /// Learned noise `[T*B, noise_dim]` (absent for `none` and without noise).
     pub z: Option<Tensor>,
 }
 
@@ -56,43 +59,46 @@ impl Curriculum {
         kind: CurriculumKind,
         steps: i64,
         batch: i64,
-        noise_dim: i64,
+        noise_dim: Option<i64>,
         rng: &mut StdRng,
         device: Device,
     ) -> Result<Curriculum> {
-        if steps <= 0 || batch <= 0 || noise_dim <= 0 {
-            bail!("curriculum: inner_steps={steps}, batch_size={batch}, noise_dim={noise_dim} must be positive");
+        if steps <= 0 || batch <= 0 || noise_dim.is_some_and(|d| d <= 0) {
+            bail!("curriculum: inner_steps={steps}, batch_size={batch}, noise_dim={noise_dim:?} must be positive");
         }
-        let z = (kind != CurriculumKind::None)
-            .then(|| nn::randn(rng, &[steps * batch, noise_dim], Kind::Float, device).set_requires_grad(true));
+        let z = noise_dim
+            .filter(|_| kind != CurriculumKind::None)
+            .map(|d| nn::randn(rng, &[steps * batch, d], Kind::Float, device).set_requires_grad(true));
         Ok(Curriculum { kind, steps, batch, noise_dim, z })
     }
 
     /// The inputs of every inner step for one meta-iteration (or one evaluated learner).
     pub fn plan(&self, rng: &mut StdRng, device: Device) -> Vec<StepInput> {
         let (t, b) = (self.steps, self.batch);
-        let ids_of = |start: i64| Tensor::arange_start(start, start + b, (Kind::Int64, device));
-        match (self.kind, &self.z) {
-            (CurriculumKind::Full, Some(z)) => {
-                (0..t).map(|s| StepInput { z: z.narrow(0, s * b, b), ids: ids_of(s * b) }).collect()
-            }
-            (CurriculumKind::BatchShuffled, Some(z)) => {
+        let in_order = |s: i64| (s * b, Tensor::arange_start(s * b, (s + 1) * b, (Kind::Int64, device)));
+        let from_ids = |ids: Tensor| StepInput { z: self.z.as_ref().map(|z| z.index_select(0, &ids)), ids };
+        match self.kind {
+            CurriculumKind::Full => (0..t)
+                .map(|s| {
+                    let (first, ids) = in_order(s);
+                    StepInput { z: self.z.as_ref().map(|z| z.narrow(0, first, b)), ids }
+                })
+                .collect(),
+            CurriculumKind::BatchShuffled => {
                 let mut order: Vec<i64> = (0..t).collect();
                 order.shuffle(rng);
-                order.into_iter().map(|s| StepInput { z: z.narrow(0, s * b, b), ids: ids_of(s * b) }).collect()
+                order.into_iter().map(|s| from_ids(in_order(s).1)).collect()
             }
-            (CurriculumKind::AllShuffled, Some(z)) => {
+            CurriculumKind::AllShuffled => {
                 let mut pool: Vec<i64> = (0..t * b).collect();
                 pool.shuffle(rng);
-                pool.chunks(b as usize)
-                    .map(|chunk| {
-                        let ids = Tensor::from_slice(chunk).to_device(device);
-                        StepInput { z: z.index_select(0, &ids), ids }
-                    })
-                    .collect()
+                pool.chunks(b as usize).map(|chunk| from_ids(Tensor::from_slice(chunk).to_device(device))).collect()
             }
-            _ => (0..t)
-                .map(|s| StepInput { z: nn::randn(rng, &[b, self.noise_dim], Kind::Float, device), ids: ids_of(s * b) })
+            CurriculumKind::None => (0..t)
+                .map(|s| StepInput {
+                    z: self.noise_dim.map(|d| nn::randn(rng, &[b, d], Kind::Float, device)),
+                    ids: in_order(s).1,
+                })
                 .collect(),
         }
     }
@@ -116,7 +122,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn curriculum(kind: CurriculumKind) -> Curriculum {
-        Curriculum::new(kind, 4, 10, 3, &mut StdRng::seed_from_u64(0), Device::Cpu).unwrap()
+        Curriculum::new(kind, 4, 10, Some(3), &mut StdRng::seed_from_u64(0), Device::Cpu).unwrap()
     }
 
     fn all_ids(plan: &[StepInput]) -> Vec<i64> {
@@ -131,7 +137,7 @@ mod tests {
         let plan = c.plan(&mut StdRng::seed_from_u64(1), Device::Cpu);
         assert_eq!(plan.len(), 4);
         for (s, step) in plan.iter().enumerate() {
-            assert!(step.z.equal(&c.z.as_ref().unwrap().narrow(0, s as i64 * 10, 10)));
+            assert!(step.z.as_ref().unwrap().equal(&c.z.as_ref().unwrap().narrow(0, s as i64 * 10, 10)));
             assert_eq!(step.ids.int64_value(&[0]), s as i64 * 10);
         }
     }
@@ -144,7 +150,7 @@ mod tests {
             assert_eq!(all_ids(&a), (0..40).collect::<Vec<_>>(), "{kind:?}");
             let z = c.z.as_ref().unwrap();
             for step in &a {
-                assert!(step.z.equal(&z.index_select(0, &step.ids)));
+                assert!(step.z.as_ref().unwrap().equal(&z.index_select(0, &step.ids)));
             }
             let b = c.plan(&mut StdRng::seed_from_u64(2), Device::Cpu);
             assert!(a.iter().zip(&b).any(|(x, y)| !x.ids.equal(&y.ids)), "{kind:?}: order should depend on the seed");
@@ -157,8 +163,20 @@ mod tests {
         assert!(c.z.is_none());
         let a = c.plan(&mut StdRng::seed_from_u64(1), Device::Cpu);
         let b = c.plan(&mut StdRng::seed_from_u64(2), Device::Cpu);
-        assert!(!a[0].z.equal(&b[0].z));
-        assert_eq!(a[0].z.size(), [10, 3]);
+        let (za, zb) = (a[0].z.as_ref().unwrap(), b[0].z.as_ref().unwrap());
+        assert!(!za.equal(zb));
+        assert_eq!(za.size(), [10, 3]);
+    }
+
+    #[test]
+    fn without_noise_plans_only_ids() {
+        for kind in [CurriculumKind::None, CurriculumKind::Full, CurriculumKind::AllShuffled] {
+            let c = Curriculum::new(kind, 4, 10, None, &mut StdRng::seed_from_u64(0), Device::Cpu).unwrap();
+            assert!(c.z.is_none());
+            let plan = c.plan(&mut StdRng::seed_from_u64(1), Device::Cpu);
+            assert!(plan.iter().all(|s| s.z.is_none()), "{kind:?}");
+            assert_eq!(all_ids(&plan), (0..40).collect::<Vec<_>>(), "{kind:?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use anyhow::{bail, Result};
 use serde::Serialize;
-use tch::Device;
+use std::ops::Range;
+
+use tch::{Device, Tensor};
 
 use crate::data::{BatchSampler, Dataset, Split};
 use crate::inner::{self, LearnerState};
@@ -30,15 +32,13 @@ pub struct EvalReport {
 
 impl EvalReport {
     pub fn from_accuracies(learner: LearnerKind, steps: usize, accs: Vec<f64>) -> EvalReport {
-        let n = accs.len() as f64;
-        let mean = accs.iter().sum::<f64>() / n;
-        let var = if accs.len() > 1 { accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        let (mean, std) = mean_std(&accs);
         EvalReport {
             learner,
             learners: accs.len(),
             steps,
             test_accuracy_mean: mean,
-            test_accuracy_std: var.sqrt(),
+            test_accuracy_std: std,
             test_accuracy_min: accs.iter().copied().fold(f64::INFINITY, f64::min),
             test_accuracy_max: accs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             test_accuracies: accs,
@@ -57,6 +57,14 @@ impl EvalReport {
             100.0 * self.test_accuracy_max
         )
     }
+}
+
+/// Mean and sample standard deviation (0 for a single value).
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
 }
 
 pub fn test_accuracy(learner: &Learner, params: &[tch::Tensor], split: &Split) -> f64 {
@@ -81,10 +89,29 @@ pub fn evaluate_teacher(
     if steps == 0 || steps > t {
         bail!("--steps {steps}: the teacher was trained for {t} inner steps; expected 1..={t}");
     }
+    let curves = teacher_curves(teacher, data, kind, learners, &[steps], &data.test, seed)?;
+    Ok(EvalReport::from_accuracies(kind, steps, curves.into_iter().map(|c| c[0]).collect()))
+}
+
+/// Accuracy on `test` of fresh learners trained on the teacher's data, after each step count in
+/// `grid` (ascending, at most T; 0 is the untrained learner): `[learner][grid point]`.
+pub fn teacher_curves(
+    teacher: &Teacher,
+    data: &Dataset,
+    kind: LearnerKind,
+    learners: usize,
+    grid: &[usize],
+    test: &Split,
+    seed: u64,
+) -> Result<Vec<Vec<f64>>> {
+    let t = teacher.config.inner_steps;
+    if let Some(&bad) = grid.iter().find(|&&s| s > t) {
+        bail!("evaluation at step {bad}: the teacher was trained for {t} inner steps; expected at most {t}");
+    }
     let device = data.test.images.device();
-    fresh_learners(data, kind, learners, steps, seed, |learner, state, rng, _| {
+    fresh_learners(data, kind, learners, grid, test, seed, |learner, state, rng, _, steps, after_step| {
         let plan = teacher.curriculum.plan(rng, device);
-        teacher.teach(learner, state, &plan, 0..steps, false, |_, _| {})
+        teacher.teach(learner, state, &plan, steps, false, after_step)
     })
 }
 
@@ -100,36 +127,74 @@ pub fn evaluate_real(
     momentum: f64,
     seed: u64,
 ) -> Result<EvalReport> {
+    let curves = real_curves(data, kind, learners, &[steps], batch, (lr, momentum), &data.test, seed)?;
+    Ok(EvalReport::from_accuracies(kind, steps, curves.into_iter().map(|c| c[0]).collect()))
+}
+
+/// Accuracy curves (as in [`teacher_curves`]) of the same learners trained on real data with a
+/// constant learning rate and momentum.
+#[allow(clippy::too_many_arguments)]
+pub fn real_curves(
+    data: &Dataset,
+    kind: LearnerKind,
+    learners: usize,
+    grid: &[usize],
+    batch: usize,
+    (lr, momentum): (f64, f64),
+    test: &Split,
+    seed: u64,
+) -> Result<Vec<Vec<f64>>> {
     let device: Device = data.test.images.device();
-    let (lrs, momenta) = inner::constant_schedule(steps, lr, momentum, device);
-    fresh_learners(data, kind, learners, steps, seed, |learner, state, _, k| {
+    let (lrs, momenta) = inner::constant_schedule(grid.last().copied().unwrap_or(0), lr, momentum, device);
+    fresh_learners(data, kind, learners, grid, test, seed, |learner, state, _, k, steps, after_step| {
         let mut sampler = BatchSampler::new(data.train.len(), seed.wrapping_add(k as u64));
         let batches = |_| data.train.batch(&sampler.indices(batch, device));
-        inner::unroll(learner, state, (&lrs, &momenta), 0..steps, false, batches, |_, _| {})
+        inner::unroll(learner, state, (&lrs, &momenta), steps, false, batches, after_step)
     })
 }
 
-/// Draws `learners` fresh learners of `kind` (learner `k` from its own seeded stream, so the
-/// teacher and the real-data baseline start from the same weights), trains each with
-/// `train(learner, state, rng, k)` and reports their test accuracy.
+/// Draws `learners` fresh learners of `kind` (learner `k` from its own seeded stream, so every
+/// method starts from the same weights), trains each through steps `0..max(grid)` with
+/// `train(learner, state, rng, k, steps, after_step)` and measures test accuracy at every step
+/// count in `grid`.
 fn fresh_learners(
     data: &Dataset,
     kind: LearnerKind,
     learners: usize,
-    steps: usize,
+    grid: &[usize],
+    test: &Split,
     seed: u64,
-    mut train: impl FnMut(&Learner, LearnerState, &mut rand::rngs::StdRng, usize) -> LearnerState,
-) -> Result<EvalReport> {
+    mut train: impl FnMut(
+        &Learner,
+        LearnerState,
+        &mut rand::rngs::StdRng,
+        usize,
+        Range<usize>,
+        &mut dyn FnMut(usize, &[Tensor]),
+    ) -> LearnerState,
+) -> Result<Vec<Vec<f64>>> {
+    if grid.is_empty() || grid.windows(2).any(|w| w[0] >= w[1]) {
+        bail!("evaluation steps {grid:?}: expected a non-empty ascending list");
+    }
     let (image, classes) = data.name.shape();
     let device = data.test.images.device();
-    let accs = (0..learners)
+    (0..learners)
         .map(|k| {
             let mut rng = learner_seed(seed, k);
             let learner = Learner::new(kind.sample(&mut rng), image, classes)?;
             let init = learner.init(&mut rng, device);
-            let trained = train(&learner, LearnerState::new(init), &mut rng, k);
-            Ok(test_accuracy(&learner, &trained.params, &data.test))
+            let mut curve = Vec::with_capacity(grid.len());
+            if grid[0] == 0 {
+                curve.push(test_accuracy(&learner, &init, test));
+            }
+            let mut record = |t: usize, params: &[Tensor]| {
+                if grid.binary_search(&(t + 1)).is_ok() {
+                    curve.push(test_accuracy(&learner, params, test));
+                }
+            };
+            let last = *grid.last().expect("checked non-empty");
+            train(&learner, LearnerState::new(init), &mut rng, k, 0..last, &mut record);
+            Ok(curve)
         })
-        .collect::<Result<Vec<f64>>>()?;
-    Ok(EvalReport::from_accuracies(kind, steps, accs))
+        .collect()
 }

@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod bench;
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod curriculum;
 pub mod data;
@@ -14,5 +15,6 @@ pub mod learner;
 pub mod meta;
 pub mod nn;
 pub mod optim;
+pub mod plot;
 pub mod report;
 pub mod teacher;

@@ -1,18 +1,21 @@
 //! The `gtn` command line: argument parsing only; the work lives in the library.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use tch::Device;
 
 use gtn::checkpoint;
+use gtn::compare::{self, CompareOptions};
 use gtn::config::Config;
 use gtn::data::{fetch, Dataset, DatasetName};
 use gtn::eval::{self, EvalReport};
 use gtn::learner::LearnerKind;
 use gtn::meta::{self, Trainer};
 use gtn::report;
+use gtn::teacher::TeacherKind;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +39,9 @@ enum Command {
     Train(TrainArgs),
     /// Train fresh learners on a teacher's data and report real test accuracy.
     Eval(EvalArgs),
+    /// GTN with every curriculum, dataset distillation and real data on the same learners:
+    /// accuracy curves (CSV, PNG), a table with the speed-up over real data, a JSON summary.
+    Compare(CompareArgs),
     /// Baselines in the same harness.
     Baseline {
         #[command(subcommand)]
@@ -77,6 +83,9 @@ struct TrainArgs {
     /// Named config: paper (GPU scale), cpu (~30 min on 2 cores), tiny (seconds), paper-cifar10, cpu-cifar10.
     #[arg(long, default_value = "cpu", conflicts_with = "resume")]
     preset: String,
+    /// Dataset (default: the preset's).
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    dataset: Option<DatasetName>,
     /// Output folder for config, log and checkpoints.
     #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
     out: Option<PathBuf>,
@@ -98,6 +107,10 @@ struct TrainArgs {
     /// --resume: the meta-gradient is the same.
     #[arg(long)]
     checkpoint_every: Option<usize>,
+    /// Meta-training time budget: the first meta-iteration's time sets `meta_iters` to what it
+    /// affords (recorded in config.toml).
+    #[arg(long, conflicts_with = "resume", value_parser = parse_minutes)]
+    budget_minutes: Option<Duration>,
     /// After training, evaluate this many fresh learners (0: skip).
     #[arg(long, default_value_t = 0)]
     eval_learners: usize,
@@ -148,8 +161,48 @@ struct EvalArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct CompareArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// Config shared by every teacher (the curriculum and teacher kind vary).
+    #[arg(long, default_value = "cpu")]
+    preset: String,
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetName>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, alias = "cifar-dir")]
+    data_dir: Option<PathBuf>,
+    /// Meta-training time per teacher (default: the preset's meta_iters).
+    #[arg(long, value_parser = parse_minutes)]
+    budget_minutes: Option<Duration>,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    learners: u64,
+    /// Real-data baseline: learning rates and momenta swept; the best accuracy at T is used.
+    #[arg(long, value_delimiter = ',', default_value = "0.02,0.05,0.1,0.2")]
+    lrs: Vec<f64>,
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9")]
+    momenta: Vec<f64>,
+    /// Test images the curves are measured on (the first N; 0: all 10,000).
+    #[arg(long, default_value_t = 0)]
+    test_images: usize,
+    /// The real-data curve runs to this many times T, to find where it matches each teacher.
+    #[arg(long, default_value_t = 8)]
+    real_steps_factor: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the JSON summary instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum BaselineCommand {
+    /// Dataset distillation in the same harness: the synthetic pixels themselves are learned
+    /// (one batch per inner step, learned lr/momentum, same meta-optimiser); `gtn eval` reads the
+    /// folder like any teacher's.
+    Distill(TrainArgs),
     /// The same learners trained on real data, best learning rate of a sweep.
     Real {
         #[arg(long, value_enum, default_value = "mnist")]
@@ -162,11 +215,11 @@ enum BaselineCommand {
         learner: LearnerKind,
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
         batch_size: u64,
-        /// Learning rates to sweep; the best mean test accuracy is reported.
+        /// Learning rates and momenta to sweep; the best mean test accuracy is reported.
         #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05,0.1,0.2")]
         lrs: Vec<f64>,
-        #[arg(long, default_value_t = 0.5)]
-        momentum: f64,
+        #[arg(long, alias = "momentum", value_delimiter = ',', default_value = "0.5,0.9")]
+        momenta: Vec<f64>,
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         learners: u64,
         #[arg(long, default_value_t = 0)]
@@ -191,7 +244,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data { command: DataCommand::Fetch { dataset, dir } } => {
             fetch::fetch(dataset, &dir.unwrap_or_else(|| dataset.default_dir()))
         }
-        Command::Train(args) => train(args, device),
+        Command::Train(args) => train(args, device, None),
         Command::Eval(args) => {
             let mut ckpt = checkpoint::load(&args.dir, device)?;
             let config = &mut ckpt.teacher.config;
@@ -203,36 +256,64 @@ fn run(cli: Cli) -> Result<()> {
             print_report(&report, args.json, &format!("{} (meta-iteration {})", args.dir.display(), ckpt.iteration));
             Ok(())
         }
+        Command::Compare(args) => {
+            let options = CompareOptions {
+                preset: args.preset,
+                config: args.config,
+                dataset: args.dataset,
+                data_dir: args.data_dir,
+                budget: args.budget_minutes,
+                learners: args.learners as usize,
+                lrs: args.lrs,
+                momenta: args.momenta,
+                test_images: args.test_images,
+                real_steps_factor: args.real_steps_factor,
+                seed: args.seed,
+            };
+            let summary = compare::run(&options, &args.out, device)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("{}", summary.table());
+                println!("wrote {}", args.out.display());
+            }
+            Ok(())
+        }
+        Command::Baseline { command: BaselineCommand::Distill(args) } => train(args, device, Some(TeacherKind::Pixels)),
         Command::Baseline {
             command:
-                BaselineCommand::Real { dataset, data_dir, steps, learner, batch_size, lrs, momentum, learners, seed, json },
+                BaselineCommand::Real { dataset, data_dir, steps, learner, batch_size, lrs, momenta, learners, seed, json },
         } => {
             let dir = data_dir.unwrap_or_else(|| dataset.default_dir());
             let data = Dataset::load(dataset, &dir, dataset.default_valid_size(), seed, device)?;
-            let mut best: Option<(f64, EvalReport)> = None;
+            let mut best: Option<((f64, f64), EvalReport)> = None;
             for &lr in &lrs {
-                let report = eval::evaluate_real(
-                    &data,
-                    learner,
-                    learners as usize,
-                    steps,
-                    batch_size as usize,
-                    lr,
-                    momentum,
-                    seed,
-                )?;
-                if !json {
-                    println!(
-                        "lr {lr}: {:.2}% ± {:.2}%",
-                        100.0 * report.test_accuracy_mean,
-                        100.0 * report.test_accuracy_std
-                    );
-                }
-                if best.as_ref().is_none_or(|(_, b)| report.test_accuracy_mean > b.test_accuracy_mean) {
-                    best = Some((lr, report));
+                for &momentum in &momenta {
+                    let report = eval::evaluate_real(
+                        &data,
+                        learner,
+                        learners as usize,
+                        steps,
+                        batch_size as usize,
+                        lr,
+                        momentum,
+                        seed,
+                    )?;
+                    if !json {
+                        println!(
+                            "lr {lr}, momentum {momentum}: {:.2}% ± {:.2}%",
+                            100.0 * report.test_accuracy_mean,
+                            100.0 * report.test_accuracy_std
+                        );
+                    }
+                    if best.as_ref().is_none_or(|(_, b)| report.test_accuracy_mean > b.test_accuracy_mean) {
+                        best = Some(((lr, momentum), report));
+                    }
                 }
             }
-            let Some((lr, report)) = best else { bail!("--lrs: expected at least one learning rate") };
+            let Some(((lr, momentum), report)) = best else {
+                bail!("--lrs, --momenta: expected at least one value each")
+            };
             let what = format!("real {} data, best lr {lr}, momentum {momentum}, batch {batch_size}", dataset.as_str());
             if json {
                 let mut value = serde_json::to_value(&report)?;
@@ -274,7 +355,8 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn train(args: TrainArgs, device: Device) -> Result<()> {
+/// Meta-trains; `teacher` overrides the config's teacher kind (dataset distillation).
+fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Result<()> {
     let mut trainer = match (&args.resume, &args.out) {
         (Some(dir), _) => {
             let t = Trainer::resume(dir, device, |config| {
@@ -286,6 +368,11 @@ fn train(args: TrainArgs, device: Device) -> Result<()> {
         }
         (None, Some(out)) => {
             let mut config = Config::from_preset(&args.preset, args.config.as_deref())?;
+            config.teacher = teacher.unwrap_or(config.teacher);
+            if let Some(dataset) = args.dataset.filter(|&d| d != config.dataset) {
+                config.dataset = dataset;
+                config.valid_size = dataset.default_valid_size();
+            }
             config.meta_iters = args.meta_iters.unwrap_or(config.meta_iters);
             config.seed = args.seed.unwrap_or(config.seed);
             // Absolute, so eval and resume find the data from any folder.
@@ -299,9 +386,10 @@ fn train(args: TrainArgs, device: Device) -> Result<()> {
     let dir = args.resume.or(args.out).expect("checked above");
     let c = trainer.config().clone();
     println!(
-        "meta-training on {} ({:?} device): learner {:?}, T={} x B={}, curriculum {}, {} meta-iterations -> {}",
+        "meta-training on {} ({:?} device): {:?} teacher, learner {:?}, T={} x B={}, curriculum {}, {} meta-iterations -> {}",
         c.dataset.as_str(),
         device,
+        c.teacher,
         c.learner,
         c.inner_steps,
         c.batch_size,
@@ -310,7 +398,7 @@ fn train(args: TrainArgs, device: Device) -> Result<()> {
         dir.display()
     );
     let start = std::time::Instant::now();
-    trainer.run(true)?;
+    trainer.run(true, args.budget_minutes)?;
     println!("meta-training done in {:.1} min; checkpoint in {}", start.elapsed().as_secs_f64() / 60.0, dir.display());
     if args.eval_learners > 0 {
         let data = meta::load_data(&c, device)?;
@@ -325,5 +413,12 @@ fn print_report(report: &EvalReport, json: bool, what: &str) {
         println!("{}", serde_json::to_string(report).expect("a report serialises"));
     } else {
         println!("{what}: real test accuracy after {} steps\n{}", report.steps, report.table());
+    }
+}
+
+fn parse_minutes(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(m) if m > 0.0 && m.is_finite() => Ok(Duration::from_secs_f64(60.0 * m)),
+        _ => Err(format!("`{text}`: expected a positive number of minutes")),
     }
 }

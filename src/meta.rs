@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -194,10 +194,12 @@ impl Trainer {
         Ok(())
     }
 
-    /// Runs until `meta_iters`, logging every iteration and checkpointing every
-    /// `checkpoint_every` iterations and at the end.
-    pub fn run(&mut self, progress: bool) -> Result<()> {
-        let total = self.config().meta_iters;
+    /// Runs until `meta_iters`, logging every iteration and checkpointing every `save_every`
+    /// iterations and at the end. With a time `budget`, a fresh run measures its first
+    /// meta-iteration and lowers `meta_iters` (in its config.toml too) to what the budget
+    /// affords, so the cosine decay completes and a resumed run does exactly the same.
+    pub fn run(&mut self, progress: bool, budget: Option<Duration>) -> Result<()> {
+        let mut total = self.config().meta_iters;
         let bar = if progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
         bar.set_style(
             ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
@@ -207,6 +209,15 @@ impl Trainer {
         bar.set_position(self.iteration as u64);
         while self.iteration < total {
             let stats = self.step()?;
+            if let Some(budget) = budget.filter(|_| stats.iteration == 0) {
+                let affordable = ((budget.as_secs_f64() / stats.seconds) as usize).max(1);
+                if affordable < total {
+                    total = affordable;
+                    self.teacher.config.meta_iters = total;
+                    checkpoint::write_config(&self.dir, self.config())?;
+                    bar.set_length(total as u64);
+                }
+            }
             bar.set_message(format!(
                 "meta-loss {:.3} meta-acc {:.3} inner lr {:.4}",
                 stats.meta_loss, stats.meta_accuracy, stats.inner_lr_mean
@@ -214,7 +225,7 @@ impl Trainer {
             bar.inc(1);
             // Without a terminal (nohup, CI logs) the bar is invisible: print a line now and then.
             if progress && bar.is_hidden() && (stats.iteration % 10 == 0 || self.iteration == total) {
-                println!("{}", stats.csv_row());
+                eprintln!("{}", stats.csv_row());
             }
             if self.iteration.is_multiple_of(self.config().save_every) || self.iteration == total {
                 self.save()?;
@@ -223,6 +234,21 @@ impl Trainer {
         bar.finish();
         Ok(())
     }
+}
+
+/// Seconds of meta-training logged in `dir`'s log.csv (all sessions of a resumed run).
+pub fn logged_seconds(dir: &Path) -> Result<f64> {
+    let log = dir.join(LOG_FILE);
+    let text = std::fs::read_to_string(&log).with_context(|| format!("{}: cannot read", log.display()))?;
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            line.rsplit(',')
+                .next()
+                .and_then(|s| s.parse::<f64>().ok())
+                .with_context(|| format!("{}: malformed row `{line}`", log.display()))
+        })
+        .sum()
 }
 
 /// The random draws of one meta-iteration.
@@ -353,45 +379,54 @@ mod tests {
     use crate::generator::GeneratorConfig;
     use crate::learner::Arch;
     use crate::nn::gradcheck::max_rel_error;
+    use crate::teacher::TeacherKind;
     use tch::Kind;
 
     fn fixture_config() -> Config {
         Config { data_dir: Some(fixture_dir()), ..Config::tiny() }
     }
 
-    /// The full meta-gradient (generator weights, curriculum noise, per-step learning rates and
-    /// momenta, soft labels) through a 3-step unroll against central finite differences in f64.
+    /// The full meta-gradient through a 3-step unroll against central finite differences in f64:
+    /// for GTN (generator weights, curriculum noise) and for dataset distillation (pixels), each
+    /// with per-step learning rates and momenta, soft labels and an intermediate loss.
     #[test]
     fn gradcheck_full_meta_gradient() {
-        let config = Config {
-            inner_steps: 3,
-            batch_size: 6,
-            soft_labels: true,
-            intermediate_loss_every: 2,
-            generator: GeneratorConfig { noise_dim: 3, fc_width: 4, conv1_channels: 2, conv2_channels: 2 },
-            ..fixture_config()
-        };
-        let data = load_data(&config, Device::Cpu).unwrap();
-        let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(1), Device::Cpu).unwrap();
-        let inputs: Vec<Tensor> =
-            teacher.params().iter().map(|p| p.detach().to_kind(Kind::Double).set_requires_grad(true)).collect();
-        let learner = Learner::new(Arch::Mlp { hidden1: 5, hidden2: 4 }, [1, 28, 28], 10).unwrap();
-        let init: Vec<Tensor> = learner
-            .init(&mut StdRng::seed_from_u64(2), Device::Cpu)
-            .iter()
-            .map(|p| p.detach().to_kind(Kind::Double))
-            .collect();
-        let idx = Tensor::arange(16, (Kind::Int64, Device::Cpu));
-        let (x, y) = data.train.batch(&idx);
-        let real = (x.to_kind(Kind::Double), y);
-        let f = |p: &[Tensor]| {
-            let start = init.iter().map(|t| t.copy().set_requires_grad(true)).collect();
-            let teacher = teacher.with_params(p);
-            let plan = teacher.curriculum.plan(&mut StdRng::seed_from_u64(3), Device::Cpu);
-            meta_loss(&teacher, &learner, start, &real, &plan).0
-        };
-        let err = max_rel_error(&inputs, &f, 4);
-        assert!(err < 1e-5, "meta-gradient finite-difference relative error {err:e} exceeds 1e-5");
+        for teacher in [TeacherKind::Generator, TeacherKind::Pixels] {
+            let config = Config {
+                inner_steps: 3,
+                batch_size: 6,
+                teacher,
+                soft_labels: true,
+                intermediate_loss_every: 2,
+                generator: GeneratorConfig { noise_dim: 3, fc_width: 4, conv1_channels: 2, conv2_channels: 2 },
+                ..fixture_config()
+            };
+            let data = load_data(&config, Device::Cpu).unwrap();
+            let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(1), Device::Cpu).unwrap();
+            let inputs: Vec<Tensor> =
+                teacher.params().iter().map(|p| p.detach().to_kind(Kind::Double).set_requires_grad(true)).collect();
+            let learner = Learner::new(Arch::Mlp { hidden1: 5, hidden2: 4 }, [1, 28, 28], 10).unwrap();
+            let init: Vec<Tensor> = learner
+                .init(&mut StdRng::seed_from_u64(2), Device::Cpu)
+                .iter()
+                .map(|p| p.detach().to_kind(Kind::Double))
+                .collect();
+            let idx = Tensor::arange(16, (Kind::Int64, Device::Cpu));
+            let (x, y) = data.train.batch(&idx);
+            let real = (x.to_kind(Kind::Double), y);
+            let f = |p: &[Tensor]| {
+                let start = init.iter().map(|t| t.copy().set_requires_grad(true)).collect();
+                let teacher = teacher.with_params(p);
+                let plan = teacher.curriculum.plan(&mut StdRng::seed_from_u64(3), Device::Cpu);
+                meta_loss(&teacher, &learner, start, &real, &plan).0
+            };
+            let err = max_rel_error(&inputs, &f, 4);
+            assert!(
+                err < 1e-5,
+                "{:?}: meta-gradient finite-difference relative error {err:e} exceeds 1e-5",
+                config.teacher
+            );
+        }
     }
 
     /// Gradient checkpointing (blocks of 2 and a remainder of 1 over T = 5, intermediate losses
@@ -444,11 +479,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
         let before = trainer.meta_gradient(0).0;
-        trainer.run(false).unwrap();
+        trainer.run(false, None).unwrap();
         let after = trainer.meta_gradient(0).0;
         assert!(after < before * 0.8, "meta-loss on the same learner and batch: {before} before, {after} after");
         let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         assert_eq!(log.lines().count(), 1 + trainer.config().meta_iters);
+    }
+
+    #[test]
+    fn a_time_budget_caps_meta_iters_and_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
+        trainer.run(false, Some(Duration::from_nanos(1))).unwrap();
+        assert_eq!(trainer.iteration, 1);
+        assert_eq!(checkpoint::read_config(dir.path()).unwrap().meta_iters, 1);
+        let resumed = Trainer::resume(dir.path(), Device::Cpu, |_| {}).unwrap();
+        assert_eq!((resumed.iteration, resumed.config().meta_iters), (1, 1));
+        let logged = logged_seconds(dir.path()).unwrap();
+        assert!(logged > 0.0 && logged < 60.0, "{logged}");
     }
 
     fn checkpoint_tensors(dir: &Path) -> Vec<(String, Tensor)> {
@@ -462,7 +510,7 @@ mod tests {
         for curriculum in [CurriculumKind::Full, CurriculumKind::AllShuffled] {
             let config = Config { curriculum, soft_labels: true, ..fixture_config() };
             let whole = tempfile::tempdir().unwrap();
-            Trainer::create(&config, whole.path(), Device::Cpu).unwrap().run(false).unwrap();
+            Trainer::create(&config, whole.path(), Device::Cpu).unwrap().run(false, None).unwrap();
 
             let parts = tempfile::tempdir().unwrap();
             let mut first = Trainer::create(&config, parts.path(), Device::Cpu).unwrap();
@@ -475,7 +523,7 @@ mod tests {
             drop(first);
             let mut resumed = Trainer::resume(parts.path(), Device::Cpu, |_| {}).unwrap();
             assert_eq!(resumed.iteration, 3);
-            resumed.run(false).unwrap();
+            resumed.run(false, None).unwrap();
 
             let (a, b) = (checkpoint_tensors(whole.path()), checkpoint_tensors(parts.path()));
             assert_eq!(a.len(), b.len());
@@ -522,7 +570,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut trainer = Trainer::create(&config, dir.path(), Device::Cpu).unwrap();
         let before = trainer.meta_gradient(0).0;
-        trainer.run(false).unwrap();
+        trainer.run(false, None).unwrap();
         let after = trainer.meta_gradient(0).0;
         assert!(after < before, "CIFAR meta-loss on the same learner and batch: {before} before, {after} after");
         let (images, _) =

@@ -1,11 +1,12 @@
-//! The teacher: everything meta-training learns (generator weights, curriculum noise, the inner
-//! optimiser's per-step learning rates and momenta, optional soft labels), and how it trains a
-//! fresh learner.
+//! The teacher: everything meta-training learns (generator weights and curriculum noise, or the
+//! synthetic pixels themselves; the inner optimiser's per-step learning rates and momenta;
+//! optional soft labels), and how it trains a fresh learner.
 
 use std::ops::Range;
 
 use anyhow::Result;
 use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::Config;
@@ -18,11 +19,57 @@ use crate::nn;
 /// Scale of the initial soft-label logits: softmax gives ~0.9 to the sample's own class.
 const SOFT_LABEL_INIT: f64 = 5.0;
 
+/// What produces the synthetic images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TeacherKind {
+    /// A generator network turns noise and a label into each image (GTN).
+    #[default]
+    Generator,
+    /// Every synthetic image is learned pixel by pixel (dataset distillation).
+    Pixels,
+}
+
+#[derive(Debug)]
+pub enum Source {
+    Generator {
+        net: Generator,
+        params: Vec<Tensor>,
+    },
+    /// Learned images `[T*B, C, H, W]`, indexed by sample id.
+    Pixels(Tensor),
+}
+
+impl Source {
+    fn named_params(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Source::Generator { net, params } => net
+                .specs()
+                .iter()
+                .zip(params)
+                .map(|(s, p)| (format!("generator.{}", s.name), p.shallow_clone()))
+                .collect(),
+            Source::Pixels(pixels) => vec![("pixels".into(), pixels.shallow_clone())],
+        }
+    }
+
+    /// The same source over other tensors; returns the ones it did not take.
+    fn with_params<'a>(&self, params: &'a [Tensor]) -> (Source, &'a [Tensor]) {
+        match self {
+            Source::Generator { net, params: own } => {
+                let (mine, rest) = params.split_at(own.len());
+                (Source::Generator { net: net.clone(), params: mine.iter().map(Tensor::shallow_clone).collect() }, rest)
+            }
+            Source::Pixels(_) => (Source::Pixels(params[0].shallow_clone()), &params[1..]),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Teacher {
     pub config: Config,
-    pub generator: Generator,
-    pub generator_params: Vec<Tensor>,
+    pub source: Source,
+    pub classes: i64,
     pub curriculum: Curriculum,
     /// Per inner step, log of the learning rate and of the momentum: `[T]` each.
     pub log_lr: Tensor,
@@ -35,10 +82,19 @@ impl Teacher {
     pub fn new(config: &Config, rng: &mut StdRng, device: Device) -> Result<Teacher> {
         config.validate()?;
         let (image, classes) = config.dataset.shape();
-        let generator = Generator::new(config.generator, image, classes)?;
-        let generator_params = nn::init_params(generator.specs(), rng, Kind::Float, device);
         let (t, b) = (config.inner_steps as i64, config.batch_size as i64);
-        let curriculum = Curriculum::new(config.curriculum, t, b, config.generator.noise_dim, rng, device)?;
+        let (source, noise_dim) = match config.teacher {
+            TeacherKind::Generator => {
+                let net = Generator::new(config.generator, image, classes)?;
+                let params = nn::init_params(net.specs(), rng, Kind::Float, device);
+                (Source::Generator { net, params }, Some(config.generator.noise_dim))
+            }
+            TeacherKind::Pixels => {
+                let shape = [t * b, image[0], image[1], image[2]];
+                (Source::Pixels(nn::randn(rng, &shape, Kind::Float, device).set_requires_grad(true)), None)
+            }
+        };
+        let curriculum = Curriculum::new(config.curriculum, t, b, noise_dim, rng, device)?;
         let log_fill = |v: f64| Tensor::full([t], v.ln(), (Kind::Float, device)).set_requires_grad(true);
         let label_logits = config.soft_labels.then(|| {
             let ids = Tensor::arange(t * b, (Kind::Int64, device));
@@ -47,8 +103,8 @@ impl Teacher {
         });
         Ok(Teacher {
             config: config.clone(),
-            generator,
-            generator_params,
+            source,
+            classes,
             curriculum,
             log_lr: log_fill(config.init_lr),
             log_momentum: log_fill(config.init_momentum),
@@ -59,13 +115,7 @@ impl Teacher {
     /// Every learned tensor with a stable name (used by the optimiser and checkpoints). The
     /// tensors share storage with the teacher's.
     pub fn named_params(&self) -> Vec<(String, Tensor)> {
-        let mut named: Vec<(String, Tensor)> = self
-            .generator
-            .specs()
-            .iter()
-            .zip(&self.generator_params)
-            .map(|(s, p)| (format!("generator.{}", s.name), p.shallow_clone()))
-            .collect();
+        let mut named = self.source.named_params();
         if let Some(z) = &self.curriculum.z {
             named.push(("curriculum.z".into(), z.shallow_clone()));
         }
@@ -80,14 +130,14 @@ impl Teacher {
     /// The same teacher with its learned tensors replaced by `params` (in `named_params` order).
     pub fn with_params(&self, params: &[Tensor]) -> Teacher {
         assert_eq!(params.len(), self.named_params().len(), "teacher: wrong number of parameters");
-        let n = self.generator_params.len();
-        let mut rest = params[n..].iter().map(Tensor::shallow_clone);
+        let (source, rest) = self.source.with_params(params);
+        let mut rest = rest.iter().map(Tensor::shallow_clone);
         let z = self.curriculum.z.as_ref().map(|_| rest.next().expect("length checked"));
         let (log_lr, log_momentum) = (rest.next().expect("length checked"), rest.next().expect("length checked"));
         Teacher {
             config: self.config.clone(),
-            generator: self.generator.clone(),
-            generator_params: params[..n].iter().map(Tensor::shallow_clone).collect(),
+            source,
+            classes: self.classes,
             curriculum: Curriculum { z, ..self.curriculum.clone() },
             log_lr,
             log_momentum,
@@ -101,8 +151,13 @@ impl Teacher {
 
     /// Images and training targets (int64 labels, or probabilities with soft labels) of one step.
     pub fn synthesize(&self, step: &StepInput) -> (Tensor, Tensor) {
-        let labels = curriculum::labels(&step.ids, self.generator.classes);
-        let images = self.generator.forward(&self.generator_params, &step.z, &labels);
+        let labels = curriculum::labels(&step.ids, self.classes);
+        let images = match &self.source {
+            Source::Generator { net, params } => {
+                net.forward(params, step.z.as_ref().expect("a generator's curriculum draws noise"), &labels)
+            }
+            Source::Pixels(pixels) => pixels.index_select(0, &step.ids),
+        };
         let targets = match &self.label_logits {
             Some(logits) => logits.index_select(0, &step.ids).softmax(-1, None::<Kind>),
             None => labels,

@@ -105,3 +105,85 @@ fn bad_input_gives_one_line_errors() {
     let err = error_line(&gtn(&["eval", tmp.path().to_str().unwrap()]));
     assert!(err.contains("config.toml: cannot read"), "{err}");
 }
+
+#[test]
+fn distillation_baseline_is_a_teacher_eval_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("distill");
+    let out = gtn(&[
+        "baseline",
+        "distill",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        fixtures().to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(stdout(&out).contains("Pixels teacher"));
+    assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().contains("teacher = \"pixels\""));
+    let tensors: Vec<String> = tch::Tensor::read_safetensors(run.join("checkpoint.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(tensors.contains(&"pixels".to_owned()) && !tensors.iter().any(|n| n.starts_with("generator.")));
+    let report: serde_json::Value =
+        serde_json::from_str(stdout(&gtn(&["eval", run.to_str().unwrap(), "--learners", "2", "--json"])).trim())
+            .unwrap();
+    assert_eq!(report["learners"], 2);
+}
+
+#[test]
+fn tiny_compare_writes_curves_table_and_plot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("compare");
+    let fixtures = fixtures();
+    let args = [
+        "compare",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        fixtures.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+        "--learners",
+        "2",
+        "--lrs",
+        "0.1",
+        "--momenta",
+        "0.5",
+        "--real-steps-factor",
+        "2",
+        "--json",
+    ];
+    let summary: serde_json::Value = serde_json::from_str(stdout(&gtn(&args)).trim()).unwrap();
+    let methods: Vec<&str> =
+        summary["methods"].as_array().unwrap().iter().map(|m| m["method"].as_str().unwrap()).collect();
+    let expected = ["gtn-none", "gtn-all-shuffled", "gtn-batch-shuffled", "gtn-full", "distill", "real"];
+    assert_eq!(methods, expected);
+    let real = &summary["methods"][5];
+    assert_eq!(real["speedup"].as_f64(), Some(1.0), "real data matches itself at T: {real}");
+
+    let csv = std::fs::read_to_string(dir.join("curves.csv")).unwrap();
+    assert_eq!(csv.lines().next(), Some("method,step,accuracy_mean,accuracy_std"));
+    for method in expected {
+        let steps: Vec<usize> = csv
+            .lines()
+            .filter(|l| l.starts_with(&format!("{method},")))
+            .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+            .collect();
+        // T = 4: teachers at 0..=4, real data on to 2T.
+        let last = if method == "real" { 8 } else { 4 };
+        assert_eq!(steps, (0..=last).collect::<Vec<_>>(), "{method}");
+    }
+    let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    assert!(expected.iter().all(|m| table.contains(&format!("| {m} |"))), "{table}");
+    let png = image::open(dir.join("curves.png")).unwrap();
+    assert!(png.width() > 500 && png.height() > 300);
+
+    // A second run reuses the trained teachers: their checkpoints are not rewritten.
+    let before = std::fs::read(dir.join("gtn-full/checkpoint.safetensors")).unwrap();
+    stdout(&gtn(&args));
+    assert_eq!(std::fs::read(dir.join("gtn-full/checkpoint.safetensors")).unwrap(), before);
+}

@@ -1,0 +1,355 @@
+//! `gtn compare`: the paper's MNIST experiment on one harness. GTN with each curriculum, dataset
+//! distillation and the tuned real-data baseline train the same fresh learners (same initial
+//! weights); we record test accuracy along the inner steps and how many real-data steps match
+//! what each teacher reaches in T steps (the speed-up).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tch::Device;
+
+use crate::checkpoint;
+use crate::config::Config;
+use crate::curriculum::CurriculumKind;
+use crate::data::{DatasetName, Split};
+use crate::eval;
+use crate::meta::{self, Trainer};
+use crate::plot::{Chart, Series};
+use crate::teacher::TeacherKind;
+
+pub const CURVES_CSV: &str = "curves.csv";
+pub const CURVES_PNG: &str = "curves.png";
+pub const TABLE_MD: &str = "table.md";
+pub const SUMMARY_JSON: &str = "summary.json";
+
+/// The meta-trained methods: a name (and sub-folder), the teacher and its curriculum.
+pub const TEACHERS: [(&str, TeacherKind, CurriculumKind); 5] = [
+    ("gtn-none", TeacherKind::Generator, CurriculumKind::None),
+    ("gtn-all-shuffled", TeacherKind::Generator, CurriculumKind::AllShuffled),
+    ("gtn-batch-shuffled", TeacherKind::Generator, CurriculumKind::BatchShuffled),
+    ("gtn-full", TeacherKind::Generator, CurriculumKind::Full),
+    ("distill", TeacherKind::Pixels, CurriculumKind::Full),
+];
+pub const REAL: &str = "real";
+
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    pub preset: String,
+    pub config: Option<PathBuf>,
+    pub dataset: Option<DatasetName>,
+    pub data_dir: Option<PathBuf>,
+    /// Meta-training time per teacher.
+    pub budget: Option<Duration>,
+    pub learners: usize,
+    /// The real-data baseline's sweep; the best accuracy at T wins.
+    pub lrs: Vec<f64>,
+    pub momenta: Vec<f64>,
+    /// Test images the curves are measured on (the first ones; 0: all).
+    pub test_images: usize,
+    /// The real-data curve runs to this many times T, to find where it catches up.
+    pub real_steps_factor: usize,
+    pub seed: u64,
+}
+
+/// Accuracy curve of one method over learners: `(step, mean, std)`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Curve {
+    pub method: String,
+    pub points: Vec<(usize, f64, f64)>,
+}
+
+impl Curve {
+    fn new(method: &str, grid: &[usize], per_learner: &[Vec<f64>]) -> Curve {
+        let points = grid
+            .iter()
+            .enumerate()
+            .map(|(i, &step)| {
+                let (mean, std) = eval::mean_std(&per_learner.iter().map(|c| c[i]).collect::<Vec<_>>());
+                (step, mean, std)
+            })
+            .collect();
+        Curve { method: method.into(), points }
+    }
+
+    fn at(&self, step: usize) -> (f64, f64) {
+        let &(_, mean, std) = self.points.iter().find(|p| p.0 == step).expect("T is on every grid");
+        (mean, std)
+    }
+}
+
+/// The first (linearly interpolated) step at which `curve`'s mean reaches `target`.
+pub fn steps_to_reach(curve: &[(usize, f64, f64)], target: f64) -> Option<f64> {
+    let first = curve.first()?;
+    if first.1 >= target {
+        return Some(first.0 as f64);
+    }
+    curve.windows(2).find(|w| w[1].1 >= target).map(|w| {
+        let ((s0, a0), (s1, a1)) = ((w[0].0 as f64, w[0].1), (w[1].0 as f64, w[1].1));
+        s0 + (s1 - s0) * (target - a0) / (a1 - a0)
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodSummary {
+    pub method: String,
+    pub accuracy_mean: f64,
+    pub accuracy_std: f64,
+    /// Meta-iterations and logged meta-training minutes (none for real data).
+    pub meta_iters: Option<usize>,
+    pub meta_training_minutes: Option<f64>,
+    /// Real-data steps whose accuracy matches this method's at T, and that over T; `None` when
+    /// the real-data curve never got there.
+    pub real_steps_to_match: Option<f64>,
+    pub speedup: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompareSummary {
+    pub dataset: String,
+    pub learner: String,
+    pub inner_steps: usize,
+    pub learners: usize,
+    pub test_images: usize,
+    pub real_lr: f64,
+    pub real_momentum: f64,
+    pub real_steps_max: usize,
+    pub methods: Vec<MethodSummary>,
+}
+
+/// The config of teacher `name` in the comparison.
+fn teacher_config(base: &Config, teacher: TeacherKind, curriculum: CurriculumKind) -> Config {
+    Config { teacher, curriculum, ..base.clone() }
+}
+
+/// Trains the teacher in `dir`, or continues / reuses the run already there if it has the same
+/// config (`meta_iters` aside: a budget may have lowered it).
+fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device: Device) -> Result<Trainer> {
+    let mut trainer = if dir.join(checkpoint::CONFIG_FILE).exists() {
+        let stored = checkpoint::read_config(dir)?;
+        let comparable = |c: &Config| Config { meta_iters: 0, data_dir: None, checkpoint_every: 0, ..c.clone() };
+        if comparable(&stored) != comparable(config) {
+            bail!(
+                "{}: holds a run with another config; remove the folder or choose another --out",
+                dir.join(checkpoint::CONFIG_FILE).display()
+            );
+        }
+        let data_dir = config.data_dir.clone();
+        Trainer::resume(dir, device, |c| c.data_dir = data_dir.or(c.data_dir.take()))?
+    } else {
+        Trainer::create(config, dir, device)?
+    };
+    trainer.run(true, budget)?;
+    Ok(trainer)
+}
+
+/// Step counts the curves are measured at: every `stride` steps up to `last`, and T.
+fn grid(stride: usize, last: usize, t: usize) -> Vec<usize> {
+    let mut steps: Vec<usize> = (0..=last).step_by(stride).chain([t, last]).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    steps
+}
+
+pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<CompareSummary> {
+    if options.learners == 0 || options.lrs.is_empty() || options.momenta.is_empty() {
+        bail!("compare: --learners, --lrs and --momenta need at least one value each");
+    }
+    if options.real_steps_factor == 0 {
+        bail!("--real-steps-factor 0: expected at least 1");
+    }
+    let mut base = Config::from_preset(&options.preset, options.config.as_deref())?;
+    if let Some(dataset) = options.dataset.filter(|&d| d != base.dataset) {
+        base.dataset = dataset;
+        base.valid_size = dataset.default_valid_size();
+    }
+    base.data_dir = options.data_dir.as_deref().map(std::path::absolute).transpose()?.or(base.data_dir);
+    base.validate()?;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
+
+    let t = base.inner_steps;
+    let stride = (t / 8).max(1);
+    let teacher_grid = grid(stride, t, t);
+    let real_grid = grid(stride, options.real_steps_factor * t, t);
+    let data = meta::load_data(&base, device)?;
+    let n = match options.test_images {
+        0 => data.test.len(),
+        n => n.min(data.test.len()),
+    } as i64;
+    let test = Split { images: data.test.images.narrow(0, 0, n), labels: data.test.labels.narrow(0, 0, n) };
+
+    let mut curves = Vec::new();
+    let mut trained = Vec::new();
+    for (name, teacher, curriculum) in TEACHERS {
+        let dir = out.join(name);
+        eprintln!("{name}: meta-training in {}", dir.display());
+        let trainer = train_or_reuse(&teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
+        eprintln!("{name}: evaluating {} learners", options.learners);
+        let per_learner = eval::teacher_curves(
+            &trainer.teacher,
+            &data,
+            base.learner,
+            options.learners,
+            &teacher_grid,
+            &test,
+            options.seed,
+        )?;
+        curves.push(Curve::new(name, &teacher_grid, &per_learner));
+        trained.push((trainer.config().meta_iters, meta::logged_seconds(&dir)? / 60.0));
+    }
+
+    eprintln!("{REAL}: sweeping lr {:?} x momentum {:?}", options.lrs, options.momenta);
+    let mut best: Option<((f64, f64), f64)> = None;
+    for &lr in &options.lrs {
+        for &momentum in &options.momenta {
+            let c = eval::real_curves(
+                &data,
+                base.learner,
+                options.learners,
+                &[t],
+                base.batch_size,
+                (lr, momentum),
+                &test,
+                options.seed,
+            )?;
+            let mean = c.iter().map(|c| c[0]).sum::<f64>() / c.len() as f64;
+            if best.is_none_or(|(_, b)| mean > b) {
+                best = Some(((lr, momentum), mean));
+            }
+        }
+    }
+    let ((lr, momentum), _) = best.expect("the sweep is not empty");
+    eprintln!("{REAL}: curve to {} steps with lr {lr}, momentum {momentum}", real_grid.last().unwrap());
+    let per_learner = eval::real_curves(
+        &data,
+        base.learner,
+        options.learners,
+        &real_grid,
+        base.batch_size,
+        (lr, momentum),
+        &test,
+        options.seed,
+    )?;
+    let real = Curve::new(REAL, &real_grid, &per_learner);
+
+    let methods = curves
+        .iter()
+        .zip(trained.iter().map(|&(i, m)| (Some(i), Some(m))))
+        .chain([(&real, (None, None))])
+        .map(|(curve, (meta_iters, meta_training_minutes))| {
+            let (accuracy_mean, accuracy_std) = curve.at(t);
+            let real_steps_to_match = steps_to_reach(&real.points, accuracy_mean);
+            MethodSummary {
+                method: curve.method.clone(),
+                accuracy_mean,
+                accuracy_std,
+                meta_iters,
+                meta_training_minutes,
+                real_steps_to_match,
+                speedup: real_steps_to_match.map(|s| s / t as f64),
+            }
+        })
+        .collect();
+    curves.push(real);
+    let summary = CompareSummary {
+        dataset: base.dataset.as_str().into(),
+        learner: format!("{:?}", base.learner),
+        inner_steps: t,
+        learners: options.learners,
+        test_images: n as usize,
+        real_lr: lr,
+        real_momentum: momentum,
+        real_steps_max: *real_grid.last().expect("grid is not empty"),
+        methods,
+    };
+    write_outputs(out, &curves, &summary)?;
+    Ok(summary)
+}
+
+fn write_outputs(out: &Path, curves: &[Curve], summary: &CompareSummary) -> Result<()> {
+    let mut csv = String::from("method,step,accuracy_mean,accuracy_std\n");
+    for curve in curves {
+        for (step, mean, std) in &curve.points {
+            writeln!(csv, "{},{step},{mean:.6},{std:.6}", curve.method).expect("writing to a String");
+        }
+    }
+    crate::atomic::write(&out.join(CURVES_CSV), csv.as_bytes())?;
+    crate::atomic::write(&out.join(TABLE_MD), summary.table().as_bytes())?;
+    crate::atomic::write(&out.join(SUMMARY_JSON), serde_json::to_string_pretty(summary)?.as_bytes())?;
+    let series: Vec<Series> = curves
+        .iter()
+        .map(|c| Series {
+            name: c.method.clone(),
+            points: c.points.iter().map(|&(s, m, sd)| (s as f64, 100.0 * m, 100.0 * sd)).collect(),
+        })
+        .collect();
+    let title = format!(
+        "{}: {} learner, test accuracy (mean ± std over {} learners)",
+        summary.dataset, summary.learner, summary.learners
+    );
+    Chart { title: &title, x_label: "inner training step", y_label: "test accuracy (%)", series: &series }
+        .write_png(&out.join(CURVES_PNG))
+}
+
+impl CompareSummary {
+    /// Markdown: accuracy at T and the speed-up over real data per method.
+    pub fn table(&self) -> String {
+        let mut md = format!(
+            "{} with the {} learner, T = {} inner steps, {} learners, first {} test images; real data: lr {}, momentum {} (best of the sweep)\n\n\
+             | method | meta-iterations | meta-training min | accuracy at T | real steps to match | speed-up |\n\
+             |---|---|---|---|---|---|\n",
+            self.dataset, self.learner, self.inner_steps, self.learners, self.test_images, self.real_lr, self.real_momentum
+        );
+        for m in &self.methods {
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            let (steps, speedup) = match (m.real_steps_to_match, m.speedup) {
+                (Some(s), Some(x)) => (format!("{s:.1}"), format!("{x:.2}x")),
+                _ => (
+                    format!("> {}", self.real_steps_max),
+                    format!("> {:.1}x", self.real_steps_max as f64 / self.inner_steps as f64),
+                ),
+            };
+            writeln!(
+                md,
+                "| {} | {} | {} | {:.2}% ± {:.2}% | {steps} | {speedup} |",
+                m.method,
+                opt(m.meta_iters.map(|i| i.to_string())),
+                opt(m.meta_training_minutes.map(|x| format!("{x:.1}"))),
+                100.0 * m.accuracy_mean,
+                100.0 * m.accuracy_std,
+            )
+            .expect("writing to a String");
+        }
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_to_reach_interpolates_the_first_crossing() {
+        // Real data gains 1% per step from 50% at step 0 (grid every 4 steps), dips, then recovers.
+        let curve: Vec<(usize, f64, f64)> = (0..=10).map(|i| (4 * i, 0.5 + 0.04 * i as f64, 0.0)).collect();
+        assert_eq!(steps_to_reach(&curve, 0.5), Some(0.0));
+        assert!((steps_to_reach(&curve, 0.70).unwrap() - 20.0).abs() < 1e-9);
+        assert!((steps_to_reach(&curve, 0.62).unwrap() - 12.0).abs() < 1e-9);
+        assert!((steps_to_reach(&curve, 0.71).unwrap() - 21.0).abs() < 1e-9);
+        assert_eq!(steps_to_reach(&curve, 0.95), None);
+        let dip = [(0, 0.1, 0.0), (8, 0.9, 0.0), (16, 0.5, 0.0), (24, 0.95, 0.0)];
+        assert!((steps_to_reach(&dip, 0.5).unwrap() - 4.0).abs() < 1e-9, "first crossing, not the later one");
+        // GTN at 32 steps = real data at 128 steps: the paper's 4x.
+        let real: Vec<(usize, f64, f64)> = (0..=16).map(|i| (16 * i, i as f64 / 16.0, 0.0)).collect();
+        assert!((steps_to_reach(&real, 0.5).unwrap() / 32.0 - 4.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn grids_hold_zero_t_and_the_end() {
+        assert_eq!(grid(4, 32, 32), vec![0, 4, 8, 12, 16, 20, 24, 28, 32]);
+        assert_eq!(grid(2, 10, 5), vec![0, 2, 4, 5, 6, 8, 10]);
+        assert_eq!(grid(3, 7, 7), vec![0, 3, 6, 7]);
+    }
+}
