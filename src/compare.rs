@@ -41,7 +41,9 @@ pub struct CompareOptions {
     pub config: Option<PathBuf>,
     pub dataset: Option<DatasetName>,
     pub data_dir: Option<PathBuf>,
-    /// Meta-training time per teacher.
+    /// Meta-iterations per teacher (default: the preset's), or a time budget per teacher that
+    /// lowers them further.
+    pub meta_iters: Option<usize>,
     pub budget: Option<Duration>,
     pub learners: usize,
     /// The real-data baseline's sweep; the best accuracy at T wins.
@@ -125,11 +127,17 @@ fn teacher_config(base: &Config, teacher: TeacherKind, curriculum: CurriculumKin
 }
 
 /// Trains the teacher in `dir`, or continues / reuses the run already there if it has the same
-/// config (`meta_iters` aside: a budget may have lowered it).
+/// config (with a budget, it may have fewer meta-iterations: the budget lowered them).
 fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device: Device) -> Result<Trainer> {
     let mut trainer = if dir.join(checkpoint::CONFIG_FILE).exists() {
         let stored = checkpoint::read_config(dir)?;
-        let comparable = |c: &Config| Config { meta_iters: 0, data_dir: None, checkpoint_every: 0, ..c.clone() };
+        let budgeted = budget.is_some() && stored.meta_iters <= config.meta_iters;
+        let comparable = |c: &Config| Config {
+            meta_iters: if budgeted { 0 } else { c.meta_iters },
+            data_dir: None,
+            checkpoint_every: 0,
+            ..c.clone()
+        };
         if comparable(&stored) != comparable(config) {
             bail!(
                 "{}: holds a run with another config; remove the folder or choose another --out",
@@ -165,6 +173,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         base.dataset = dataset;
         base.valid_size = dataset.default_valid_size();
     }
+    base.meta_iters = options.meta_iters.unwrap_or(base.meta_iters);
     base.data_dir = options.data_dir.as_deref().map(std::path::absolute).transpose()?.or(base.data_dir);
     base.validate()?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
@@ -344,6 +353,39 @@ mod tests {
         // GTN at 32 steps = real data at 128 steps: the paper's 4x.
         let real: Vec<(usize, f64, f64)> = (0..=16).map(|i| (16 * i, i as f64 / 16.0, 0.0)).collect();
         assert!((steps_to_reach(&real, 0.5).unwrap() / 32.0 - 4.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn compares_on_the_cifar10_fixture() {
+        let folder = crate::data::cifar::tests::fixture_folder();
+        let work = tempfile::tempdir().unwrap();
+        let config = work.path().join("cifar.toml");
+        let overrides = "dataset = \"cifar10\"\nvalid_size = 20\nmeta_iters = 2\nmeta_batch = 16\n";
+        std::fs::write(&config, overrides).unwrap();
+        let options = CompareOptions {
+            preset: "tiny".into(),
+            config: Some(config),
+            dataset: Some(DatasetName::Cifar10),
+            data_dir: Some(folder.path().to_path_buf()),
+            meta_iters: None,
+            budget: None,
+            learners: 1,
+            lrs: vec![0.05],
+            momenta: vec![0.9],
+            test_images: 0,
+            real_steps_factor: 2,
+            seed: 0,
+        };
+        let out = work.path().join("compare");
+        let summary = run(&options, &out, Device::Cpu).unwrap();
+        assert_eq!((summary.dataset.as_str(), summary.test_images, summary.methods.len()), ("cifar10", 20, 6));
+        assert!(summary.methods.iter().all(|m| (0.0..=1.0).contains(&m.accuracy_mean)));
+        let teacher = checkpoint::load(&out.join("gtn-full"), Device::Cpu).unwrap().teacher;
+        let plan = teacher.curriculum.plan(&mut rand::SeedableRng::seed_from_u64(0), Device::Cpu);
+        assert_eq!(teacher.synthesize(&plan[0]).0.size(), [20, 3, 32, 32]);
+        for file in [CURVES_CSV, CURVES_PNG, TABLE_MD, SUMMARY_JSON] {
+            assert!(out.join(file).is_file(), "{file} missing");
+        }
     }
 
     #[test]

@@ -174,7 +174,10 @@ struct CompareArgs {
     config: Option<PathBuf>,
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
-    /// Meta-training time per teacher (default: the preset's meta_iters).
+    /// Meta-iterations per teacher (default: the preset's).
+    #[arg(long)]
+    meta_iters: Option<usize>,
+    /// Meta-training time per teacher: the first meta-iteration's time caps the meta-iterations.
     #[arg(long, value_parser = parse_minutes)]
     budget_minutes: Option<Duration>,
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
@@ -262,6 +265,7 @@ fn run(cli: Cli) -> Result<()> {
                 config: args.config,
                 dataset: args.dataset,
                 data_dir: args.data_dir,
+                meta_iters: args.meta_iters,
                 budget: args.budget_minutes,
                 learners: args.learners as usize,
                 lrs: args.lrs,
