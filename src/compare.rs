@@ -189,6 +189,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     } as i64;
     let test = Split { images: data.test.images.narrow(0, 0, n), labels: data.test.labels.narrow(0, 0, n) };
 
+    let cohort = eval::Cohort { data: &data, kind: base.learner, learners: options.learners, seed: options.seed };
     let mut curves = Vec::new();
     let mut trained = Vec::new();
     for (name, teacher, curriculum) in TEACHERS {
@@ -196,15 +197,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         eprintln!("{name}: meta-training in {}", dir.display());
         let trainer = train_or_reuse(&teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
         eprintln!("{name}: evaluating {} learners", options.learners);
-        let per_learner = eval::teacher_curves(
-            &trainer.teacher,
-            &data,
-            base.learner,
-            options.learners,
-            &teacher_grid,
-            &test,
-            options.seed,
-        )?;
+        let per_learner = eval::teacher_curves(&trainer.teacher, &cohort, &teacher_grid, &test)?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
         trained.push((trainer.config().meta_iters, meta::logged_seconds(&dir)? / 60.0));
     }
@@ -213,16 +206,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     let mut best: Option<((f64, f64), f64)> = None;
     for &lr in &options.lrs {
         for &momentum in &options.momenta {
-            let c = eval::real_curves(
-                &data,
-                base.learner,
-                options.learners,
-                &[t],
-                base.batch_size,
-                (lr, momentum),
-                &test,
-                options.seed,
-            )?;
+            let c = eval::real_curves(&cohort, &[t], base.batch_size, (lr, momentum), &test)?;
             let mean = c.iter().map(|c| c[0]).sum::<f64>() / c.len() as f64;
             if best.is_none_or(|(_, b)| mean > b) {
                 best = Some(((lr, momentum), mean));
@@ -231,16 +215,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     }
     let ((lr, momentum), _) = best.expect("the sweep is not empty");
     eprintln!("{REAL}: curve to {} steps with lr {lr}, momentum {momentum}", real_grid.last().unwrap());
-    let per_learner = eval::real_curves(
-        &data,
-        base.learner,
-        options.learners,
-        &real_grid,
-        base.batch_size,
-        (lr, momentum),
-        &test,
-        options.seed,
-    )?;
+    let per_learner = eval::real_curves(&cohort, &real_grid, base.batch_size, (lr, momentum), &test)?;
     let real = Curve::new(REAL, &real_grid, &per_learner);
 
     let methods = curves

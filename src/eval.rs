@@ -89,27 +89,20 @@ pub fn evaluate_teacher(
     if steps == 0 || steps > t {
         bail!("--steps {steps}: the teacher was trained for {t} inner steps; expected 1..={t}");
     }
-    let curves = teacher_curves(teacher, data, kind, learners, &[steps], &data.test, seed)?;
+    let cohort = Cohort { data, kind, learners, seed };
+    let curves = teacher_curves(teacher, &cohort, &[steps], &data.test)?;
     Ok(EvalReport::from_accuracies(kind, steps, curves.into_iter().map(|c| c[0]).collect()))
 }
 
 /// Accuracy on `test` of fresh learners trained on the teacher's data, after each step count in
 /// `grid` (ascending, at most T; 0 is the untrained learner): `[learner][grid point]`.
-pub fn teacher_curves(
-    teacher: &Teacher,
-    data: &Dataset,
-    kind: LearnerKind,
-    learners: usize,
-    grid: &[usize],
-    test: &Split,
-    seed: u64,
-) -> Result<Vec<Vec<f64>>> {
+pub fn teacher_curves(teacher: &Teacher, cohort: &Cohort, grid: &[usize], test: &Split) -> Result<Vec<Vec<f64>>> {
     let t = teacher.config.inner_steps;
     if let Some(&bad) = grid.iter().find(|&&s| s > t) {
         bail!("evaluation at step {bad}: the teacher was trained for {t} inner steps; expected at most {t}");
     }
-    let device = data.test.images.device();
-    fresh_learners(data, kind, learners, grid, test, seed, |learner, state, rng, _, steps, after_step| {
+    let device = test.images.device();
+    cohort.train(grid, test, |learner, state, rng, _, steps, after_step| {
         let plan = teacher.curriculum.plan(rng, device);
         teacher.teach(learner, state, &plan, steps, false, after_step)
     })
@@ -127,74 +120,79 @@ pub fn evaluate_real(
     momentum: f64,
     seed: u64,
 ) -> Result<EvalReport> {
-    let curves = real_curves(data, kind, learners, &[steps], batch, (lr, momentum), &data.test, seed)?;
+    let cohort = Cohort { data, kind, learners, seed };
+    let curves = real_curves(&cohort, &[steps], batch, (lr, momentum), &data.test)?;
     Ok(EvalReport::from_accuracies(kind, steps, curves.into_iter().map(|c| c[0]).collect()))
 }
 
 /// Accuracy curves (as in [`teacher_curves`]) of the same learners trained on real data with a
 /// constant learning rate and momentum.
-#[allow(clippy::too_many_arguments)]
 pub fn real_curves(
-    data: &Dataset,
-    kind: LearnerKind,
-    learners: usize,
+    cohort: &Cohort,
     grid: &[usize],
     batch: usize,
     (lr, momentum): (f64, f64),
     test: &Split,
-    seed: u64,
 ) -> Result<Vec<Vec<f64>>> {
-    let device: Device = data.test.images.device();
+    let (data, seed) = (cohort.data, cohort.seed);
+    let device: Device = test.images.device();
     let (lrs, momenta) = inner::constant_schedule(grid.last().copied().unwrap_or(0), lr, momentum, device);
-    fresh_learners(data, kind, learners, grid, test, seed, |learner, state, _, k, steps, after_step| {
+    cohort.train(grid, test, |learner, state, _, k, steps, after_step| {
         let mut sampler = BatchSampler::new(data.train.len(), seed.wrapping_add(k as u64));
         let batches = |_| data.train.batch(&sampler.indices(batch, device));
         inner::unroll(learner, state, (&lrs, &momenta), steps, false, batches, after_step)
     })
 }
 
-/// Draws `learners` fresh learners of `kind` (learner `k` from its own seeded stream, so every
-/// method starts from the same weights), trains each through steps `0..max(grid)` with
-/// `train(learner, state, rng, k, steps, after_step)` and measures test accuracy at every step
-/// count in `grid`.
-fn fresh_learners(
-    data: &Dataset,
-    kind: LearnerKind,
-    learners: usize,
-    grid: &[usize],
-    test: &Split,
-    seed: u64,
-    mut train: impl FnMut(
-        &Learner,
-        LearnerState,
-        &mut rand::rngs::StdRng,
-        usize,
-        Range<usize>,
-        &mut dyn FnMut(usize, &[Tensor]),
-    ) -> LearnerState,
-) -> Result<Vec<Vec<f64>>> {
-    if grid.is_empty() || grid.windows(2).any(|w| w[0] >= w[1]) {
-        bail!("evaluation steps {grid:?}: expected a non-empty ascending list");
-    }
-    let (image, classes) = data.name.shape();
-    let device = data.test.images.device();
-    (0..learners)
-        .map(|k| {
-            let mut rng = learner_seed(seed, k);
-            let learner = Learner::new(kind.sample(&mut rng), image, classes)?;
-            let init = learner.init(&mut rng, device);
-            let mut curve = Vec::with_capacity(grid.len());
-            if grid[0] == 0 {
-                curve.push(test_accuracy(&learner, &init, test));
-            }
-            let mut record = |t: usize, params: &[Tensor]| {
-                if grid.binary_search(&(t + 1)).is_ok() {
-                    curve.push(test_accuracy(&learner, params, test));
+/// The fresh learners an evaluation trains: `learners` of `kind`, learner `k` drawn from its own
+/// seeded stream, so every method trains the same initial weights.
+pub struct Cohort<'a> {
+    pub data: &'a Dataset,
+    pub kind: LearnerKind,
+    pub learners: usize,
+    pub seed: u64,
+}
+
+impl Cohort<'_> {
+    /// Trains each learner through steps `0..max(grid)` with
+    /// `train(learner, state, rng, k, steps, after_step)` and measures its accuracy on `test`
+    /// at every step count in `grid`: `[learner][grid point]`.
+    fn train(
+        &self,
+        grid: &[usize],
+        test: &Split,
+        mut train: impl FnMut(
+            &Learner,
+            LearnerState,
+            &mut rand::rngs::StdRng,
+            usize,
+            Range<usize>,
+            &mut dyn FnMut(usize, &[Tensor]),
+        ) -> LearnerState,
+    ) -> Result<Vec<Vec<f64>>> {
+        if grid.is_empty() || grid.windows(2).any(|w| w[0] >= w[1]) {
+            bail!("evaluation steps {grid:?}: expected a non-empty ascending list");
+        }
+        let (image, classes) = self.data.name.shape();
+        let device = test.images.device();
+        (0..self.learners)
+            .map(|k| {
+                let mut rng = learner_seed(self.seed, k);
+                let learner = Learner::new(self.kind.sample(&mut rng), image, classes)?;
+                let init = learner.init(&mut rng, device);
+                let mut curve = Vec::with_capacity(grid.len());
+                if grid[0] == 0 {
+                    curve.push(test_accuracy(&learner, &init, test));
                 }
-            };
-            let last = *grid.last().expect("checked non-empty");
-            train(&learner, LearnerState::new(init), &mut rng, k, 0..last, &mut record);
-            Ok(curve)
-        })
-        .collect()
+                let mut record = |t: usize, params: &[Tensor]| {
+                    if grid.binary_search(&(t + 1)).is_ok() {
+                        curve.push(test_accuracy(&learner, params, test));
+                    }
+                };
+                let last = *grid.last().expect("checked non-empty");
+                train(&learner, LearnerState::new(init), &mut rng, k, 0..last, &mut record);
+                Ok(curve)
+            })
+            .collect()
+    }
 }
