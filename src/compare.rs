@@ -45,6 +45,8 @@ pub struct CompareOptions {
     /// lowers them further.
     pub meta_iters: Option<usize>,
     pub budget: Option<Duration>,
+    /// Gradient checkpointing every k inner steps (default: the preset's); same result, less memory.
+    pub checkpoint_every: Option<usize>,
     pub learners: usize,
     /// The real-data baseline's sweep; the best accuracy at T wins.
     pub lrs: Vec<f64>,
@@ -144,8 +146,10 @@ fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device:
                 dir.join(checkpoint::CONFIG_FILE).display()
             );
         }
-        let data_dir = config.data_dir.clone();
-        Trainer::resume(dir, device, |c| c.data_dir = data_dir.or(c.data_dir.take()))?
+        Trainer::resume(dir, device, |c| {
+            c.data_dir = config.data_dir.clone().or(c.data_dir.take());
+            c.checkpoint_every = config.checkpoint_every;
+        })?
     } else {
         Trainer::create(config, dir, device)?
     };
@@ -174,6 +178,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         base.valid_size = dataset.default_valid_size();
     }
     base.meta_iters = options.meta_iters.unwrap_or(base.meta_iters);
+    base.checkpoint_every = options.checkpoint_every.unwrap_or(base.checkpoint_every);
     base.data_dir = options.data_dir.as_deref().map(std::path::absolute).transpose()?.or(base.data_dir);
     base.validate()?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
@@ -344,6 +349,7 @@ mod tests {
             data_dir: Some(folder.path().to_path_buf()),
             meta_iters: None,
             budget: None,
+            checkpoint_every: None,
             learners: 1,
             lrs: vec![0.05],
             momenta: vec![0.9],

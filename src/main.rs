@@ -180,6 +180,10 @@ struct CompareArgs {
     /// Meta-training time per teacher: the first meta-iteration's time caps the meta-iterations.
     #[arg(long, value_parser = parse_minutes)]
     budget_minutes: Option<Duration>,
+    /// Gradient checkpointing: keep the learner state every k inner steps (0: off); same result,
+    /// a fraction of the memory.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     learners: u64,
     /// Real-data baseline: learning rates and momenta swept; the best accuracy at T is used.
@@ -267,6 +271,7 @@ fn run(cli: Cli) -> Result<()> {
                 data_dir: args.data_dir,
                 meta_iters: args.meta_iters,
                 budget: args.budget_minutes,
+                checkpoint_every: args.checkpoint_every,
                 learners: args.learners as usize,
                 lrs: args.lrs,
                 momenta: args.momenta,
