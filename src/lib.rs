@@ -15,4 +15,5 @@ pub mod meta;
 pub mod nn;
 pub mod optim;
 pub mod report;
+pub mod rl;
 pub mod teacher;
