@@ -13,6 +13,14 @@ pub enum EnvName {
     Cartpole,
 }
 
+impl EnvName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvName::Cartpole => "cartpole",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RlConfig {
@@ -57,7 +65,7 @@ pub struct RlConfig {
 pub const PRESETS: [&str; 2] = ["cpu", "tiny"];
 
 impl RlConfig {
-    /// About ten minutes on 2 CPU cores (see the README for the measured run).
+    /// About five minutes on 2 CPU cores (see the README for the measured run).
     pub fn cpu() -> RlConfig {
         RlConfig {
             env: EnvName::Cartpole,
@@ -65,18 +73,18 @@ impl RlConfig {
             batch_size: 32,
             noise_dim: 8,
             generator_hidden: 32,
-            init_lr: 0.1,
+            init_lr: 0.5,
             init_momentum: 0.5,
             policy_width_min: 32,
             policy_width_max: 128,
-            generations: 150,
+            generations: 200,
             pairs: 24,
-            sigma: 0.05,
-            outer_lr: 0.02,
+            sigma: 0.1,
+            outer_lr: 0.05,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
-            policies_per_candidate: 3,
-            episodes_per_policy: 1,
+            policies_per_candidate: 4,
+            episodes_per_policy: 2,
             eval_policies: 20,
             eval_episodes: 5,
             baseline_seeds: 5,
@@ -95,14 +103,13 @@ impl RlConfig {
             generator_hidden: 16,
             policy_width_min: 8,
             policy_width_max: 32,
-            generations: 12,
-            pairs: 8,
-            policies_per_candidate: 2,
+            generations: 15,
+            pairs: 16,
             eval_policies: 8,
             eval_episodes: 2,
             baseline_seeds: 2,
             baseline_budget: 20_000,
-            save_every: 4,
+            save_every: 5,
             ..RlConfig::cpu()
         }
     }

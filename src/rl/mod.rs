@@ -60,8 +60,8 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
     };
     let c = trainer.config().clone();
     println!(
-        "ES on {:?}: T={} x B={}, {} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, {} generations, {threads} threads",
-        c.env,
+        "ES on {}: T={} x B={}, {} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, {} generations, {threads} threads",
+        c.env.as_str(),
         c.inner_steps,
         c.batch_size,
         trainer.teacher.dim(),
