@@ -24,7 +24,7 @@ pub fn directions(rng: &mut StdRng, dim: usize, pairs: usize) -> Vec<Vec<f32>> {
 
 /// Candidate `2j` is theta + sigma * eps_j, candidate `2j + 1` is theta - sigma * eps_j.
 pub fn candidate(theta: &[f32], directions: &[Vec<f32>], sigma: f64, i: usize) -> Vec<f32> {
-    let sign = if i % 2 == 0 { sigma as f32 } else { -sigma as f32 };
+    let sign = if i.is_multiple_of(2) { sigma as f32 } else { -sigma as f32 };
     theta.iter().zip(&directions[i / 2]).map(|(t, e)| t + sign * e).collect()
 }
 
