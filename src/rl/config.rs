@@ -13,6 +13,17 @@ pub enum EnvName {
     Cartpole,
 }
 
+/// What the teacher is optimised for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// The real return of the trained policies, by evolution strategies.
+    Es,
+    /// Cross-entropy against a REINFORCE-trained reference policy's actions on real states, by
+    /// the exact meta-gradient through the inner training (one fresh policy per generation).
+    Imitation,
+}
+
 impl EnvName {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -25,6 +36,7 @@ impl EnvName {
 #[serde(deny_unknown_fields)]
 pub struct RlConfig {
     pub env: EnvName,
+    pub objective: Objective,
     /// T: supervised steps a fresh policy takes on the teacher's data.
     pub inner_steps: usize,
     /// B: synthetic observations per step.
@@ -69,6 +81,7 @@ impl RlConfig {
     pub fn cpu() -> RlConfig {
         RlConfig {
             env: EnvName::Cartpole,
+            objective: Objective::Es,
             inner_steps: 8,
             batch_size: 32,
             noise_dim: 8,
@@ -216,6 +229,8 @@ mod tests {
         assert!(err.contains("unknown field `paris`"), "{err}");
         let err = RlConfig::tiny().with_overrides_str("env = \"pendulum\"").unwrap_err().to_string();
         assert!(err.contains("pendulum"), "{err}");
+        let c = RlConfig::tiny().with_overrides_str("objective = \"imitation\"").unwrap();
+        assert_eq!(c.objective, Objective::Imitation);
         let err = RlConfig::tiny().with_overrides_str("sigma = 0.0").unwrap_err().to_string();
         assert_eq!(err, "config key `sigma` is 0, expected a positive number");
         let err = RlConfig::tiny().with_overrides_str("policy_width_max = 8").unwrap_err().to_string();

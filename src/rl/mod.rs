@@ -7,6 +7,7 @@
 pub mod cartpole;
 pub mod config;
 pub mod es;
+pub mod imitation;
 pub mod policy;
 pub mod reinforce;
 pub mod teacher;
@@ -18,7 +19,7 @@ use anyhow::{bail, Result};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 
-pub use config::{EnvName, RlConfig};
+pub use config::{EnvName, Objective, RlConfig};
 pub use train::EsTrainer;
 
 use reinforce::ReinforceConfig;
@@ -72,6 +73,14 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
         c.episodes_per_policy,
         c.generations
     );
+    if let Some(r) = trainer.reference() {
+        println!(
+            "imitation reference: REINFORCE, greedy return {:.1} after {} real steps; {} real states",
+            r.greedy_return,
+            r.real_steps,
+            r.actions.size()[0]
+        );
+    }
     let start = std::time::Instant::now();
     trainer.run(true)?;
     println!("done in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
@@ -130,7 +139,7 @@ pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
     let (untrained_mean, untrained_std) = mean_std(&real_returns(&teacher, &theta0, &trials, threads));
     let baseline = ReinforceConfig::default();
     let steps = es::evaluate_parallel(c.baseline_seeds, threads, |s| {
-        reinforce::steps_to_reach(&reinforce::train(&baseline, seed + s as u64, c.baseline_budget, mean), mean)
+        reinforce::steps_to_reach(&reinforce::train(&baseline, seed + s as u64, c.baseline_budget, mean).0, mean)
     });
     let reached: Vec<f64> = steps.iter().flatten().map(|&s| s as f64).collect();
     Ok(RlEvalReport {

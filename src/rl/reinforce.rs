@@ -48,8 +48,9 @@ fn returns_to_go(rewards: &[f64], gamma: f64) -> Vec<f64> {
 }
 
 /// Trains from scratch until the greedy return reaches `target` or `budget` training steps are
-/// used; returns the learning curve (one point per update). Deterministic in `seed`.
-pub fn train(config: &ReinforceConfig, seed: u64, budget: usize, target: f64) -> Vec<CurvePoint> {
+/// used; returns the learning curve (one point per update) and the final parameters.
+/// Deterministic in `seed`.
+pub fn train(config: &ReinforceConfig, seed: u64, budget: usize, target: f64) -> (Vec<CurvePoint>, Vec<Tensor>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let policy = Policy::new(config.hidden);
     let params = policy.init(&mut rng);
@@ -96,7 +97,7 @@ pub fn train(config: &ReinforceConfig, seed: u64, budget: usize, target: f64) ->
             break;
         }
     }
-    curve
+    (curve, params)
 }
 
 /// Training steps at the first point of `curve` whose greedy return reaches `target`.
@@ -117,10 +118,11 @@ mod tests {
     #[test]
     fn learns_to_balance_and_is_deterministic() {
         let config = ReinforceConfig::default();
-        let curve = train(&config, 1, 60_000, 150.0);
+        let (curve, params) = train(&config, 1, 60_000, 150.0);
         let first = curve[0].greedy_return;
         let reached = steps_to_reach(&curve, 150.0);
         assert!(reached.is_some(), "REINFORCE did not reach 150 in 60k steps (started at {first}): {curve:?}");
-        assert_eq!(train(&config, 1, 3_000, 500.0), train(&config, 1, 3_000, 500.0));
+        assert_eq!(params.len(), 6);
+        assert_eq!(train(&config, 1, 3_000, 500.0).0, train(&config, 1, 3_000, 500.0).0);
     }
 }

@@ -74,13 +74,14 @@ impl EnvTeacher {
         self.specs.iter().map(|s| s.shape.iter().product::<i64>() as usize).sum::<usize>() + 2 * self.config.inner_steps
     }
 
-    /// Generator tensors, learning rates `[T]` and momenta `[T]` from a parameter vector.
-    fn unpack(&self, theta: &[f32]) -> (Vec<Tensor>, Tensor, Tensor) {
-        assert_eq!(theta.len(), self.dim(), "teacher: parameter vector has the wrong length");
+    /// Generator tensors, learning rates `[T]` and momenta `[T]` from a parameter vector
+    /// `[dim]`; views of it, so they are differentiable with respect to it.
+    fn unpack(&self, theta: &Tensor) -> (Vec<Tensor>, Tensor, Tensor) {
+        assert_eq!(theta.size(), [self.dim() as i64], "teacher: parameter vector has the wrong length");
         let mut offset = 0;
         let mut take = |shape: &[i64]| {
-            let n = shape.iter().product::<i64>() as usize;
-            let t = Tensor::from_slice(&theta[offset..offset + n]).view(shape);
+            let n = shape.iter().product::<i64>();
+            let t = theta.narrow(0, offset, n).view(shape);
             offset += n;
             t
         };
@@ -105,29 +106,37 @@ impl EnvTeacher {
     /// The whole teaching set: observations `[T, B, 4]`, target probabilities `[T, B, 2]`,
     /// learning rates `[T]` and momenta `[T]`.
     pub fn teaching_set(&self, theta: &[f32]) -> (Tensor, Tensor, Tensor, Tensor) {
-        let (generator, lrs, momenta) = self.unpack(theta);
+        let (generator, lrs, momenta) = self.unpack(&Tensor::from_slice(theta));
         let (obs, probs): (Vec<Tensor>, Vec<Tensor>) =
             (0..self.config.inner_steps).map(|t| self.batch(&generator, t)).unzip();
         (Tensor::stack(&obs, 0), Tensor::stack(&probs, 0), lrs, momenta)
     }
 
-    /// Trains a fresh policy for T supervised steps on the teacher's data. No graph is kept:
-    /// the meta-objective (real return) is not differentiable, so ES needs only the result.
-    pub fn train_policy(&self, theta: &[f32], init: Vec<Tensor>) -> Vec<Tensor> {
+    /// Trains a fresh policy for T supervised steps on the teacher's data. ES needs no graph:
+    /// its meta-objective (real return) is not differentiable, so it only needs the result. With
+    /// `create_graph` the trained parameters are differentiable with respect to `theta`.
+    pub fn train_policy(&self, theta: &Tensor, init: Vec<Tensor>, create_graph: bool) -> Vec<Tensor> {
         let (generator, lrs, momenta) = self.unpack(theta);
-        let batch = |t: usize| tch::no_grad(|| self.batch(&generator, t));
         let steps = 0..self.config.inner_steps;
-        inner::unroll_with(Policy::forward, LearnerState::new(init), (&lrs, &momenta), steps, false, batch, |_, _| {})
-            .params
+        let state = LearnerState::new(init);
+        let schedule = (&lrs, &momenta);
+        if create_graph {
+            let batch = |t: usize| self.batch(&generator, t);
+            inner::unroll_with(Policy::forward, state, schedule, steps, true, batch, |_, _| {}).params
+        } else {
+            let batch = |t: usize| tch::no_grad(|| self.batch(&generator, t));
+            inner::unroll_with(Policy::forward, state, schedule, steps, false, batch, |_, _| {}).params
+        }
     }
 
     /// Greedy real-environment return of every episode of every trial, policy by policy.
     pub fn returns(&self, theta: &[f32], trials: &[Trial]) -> Vec<f64> {
+        let theta = Tensor::from_slice(theta);
         trials
             .iter()
             .flat_map(|trial| {
                 let init = Policy::new(trial.width).init(&mut StdRng::seed_from_u64(trial.init_seed));
-                let policy = FastPolicy::new(&self.train_policy(theta, init));
+                let policy = FastPolicy::new(&self.train_policy(&theta, init, false));
                 trial.episode_seeds.iter().map(move |&s| cartpole::episode_return(s, |o| policy.greedy(o)))
             })
             .collect()
@@ -174,7 +183,7 @@ mod tests {
         let init = Policy::new(16).init(&mut StdRng::seed_from_u64(0));
         let loss = |p: &[Tensor]| f64::try_from(nn::cross_entropy(&Policy::forward(p, &obs), &probs)).unwrap();
         let before = loss(&init);
-        let trained = teacher.train_policy(&theta, init);
+        let trained = teacher.train_policy(&Tensor::from_slice(&theta), init, false);
         assert!(loss(&trained) < before - 0.05, "cross-entropy {before} -> {}", loss(&trained));
     }
 }

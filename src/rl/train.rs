@@ -9,10 +9,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
 use tch::{Kind, Tensor};
 
-use super::config::RlConfig;
+use super::config::{Objective, RlConfig};
 use super::es::{self, Shaping};
+use super::imitation::Reference;
 use super::teacher::{self, EnvTeacher};
 use crate::checkpoint::{CHECKPOINT_FILE, CONFIG_FILE};
 use crate::meta::iteration_rng;
@@ -131,6 +133,12 @@ pub struct EsTrainer {
     dir: PathBuf,
     /// Worker threads for the population; the result does not depend on it.
     pub threads: usize,
+    /// The imitation objective's reference states and actions (rebuilt from the seed on resume).
+    reference: Option<Reference>,
+}
+
+fn reference_for(config: &RlConfig) -> Option<Reference> {
+    (config.objective == Objective::Imitation).then(|| Reference::learn(config))
 }
 
 impl EsTrainer {
@@ -150,8 +158,17 @@ impl EsTrainer {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
         crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
         crate::atomic::write(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
-        let mut trainer =
-            EsTrainer { teacher, theta, adam, generation: 0, last_saved: 0, dir: dir.to_path_buf(), threads };
+        let reference = reference_for(config);
+        let mut trainer = EsTrainer {
+            teacher,
+            theta,
+            adam,
+            generation: 0,
+            last_saved: 0,
+            dir: dir.to_path_buf(),
+            threads,
+            reference,
+        };
         trainer.save()?;
         Ok(trainer)
     }
@@ -168,35 +185,48 @@ impl EsTrainer {
         };
         let kept: Vec<&str> = text.lines().enumerate().filter(|(i, l)| *i == 0 || before(l)).map(|(_, l)| l).collect();
         crate::atomic::write(&log, format!("{}\n", kept.join("\n")).as_bytes())?;
-        Ok(EsTrainer { teacher, theta, adam, generation, last_saved: generation, dir: dir.to_path_buf(), threads })
+        let reference = reference_for(&teacher.config);
+        Ok(EsTrainer {
+            teacher,
+            theta,
+            adam,
+            generation,
+            last_saved: generation,
+            dir: dir.to_path_buf(),
+            threads,
+            reference,
+        })
     }
 
     pub fn config(&self) -> &RlConfig {
         &self.teacher.config
     }
 
+    /// The imitation objective's reference, if this run uses it.
+    pub fn reference(&self) -> Option<&Reference> {
+        self.reference.as_ref()
+    }
+
     pub fn theta(&self) -> Vec<f32> {
         Vec::<f32>::try_from(&self.theta).expect("a float vector")
     }
 
-    /// One generation: score the antithetic population on common draws (the same policies and
-    /// episodes for every candidate, so ranks compare teachers, not luck), then one Adam step on
-    /// the rank-shaped ES gradient. A non-finite gradient or update stops before anything is
-    /// saved, so the last good checkpoint stays.
+    /// One generation: a descent direction for the teacher, then one Adam step on it. A
+    /// non-finite gradient or update stops before anything is saved, so the last good
+    /// checkpoint stays.
     pub fn step(&mut self) -> Result<GenerationStats> {
         let start = Instant::now();
         let g = self.generation;
         let c = self.config().clone();
         let mut rng = iteration_rng(c.seed, g);
-        let theta = self.theta();
-        let directions = es::directions(&mut rng, theta.len(), c.pairs);
-        let trials = teacher::trials(&c, &mut rng, c.policies_per_candidate, c.episodes_per_policy);
-        let fitness = es::evaluate_parallel(2 * c.pairs, self.threads, |i| {
-            self.teacher.fitness(&es::candidate(&theta, &directions, c.sigma, i), &trials)
-        });
-        let ascent = es::gradient(&directions, &fitness, c.sigma, Shaping::CentredRanks);
-        let grad_norm = ascent.iter().map(|g| g * g).sum::<f64>().sqrt();
-        let descent: Vec<f32> = ascent.iter().map(|&g| -g as f32).collect();
+        let (fitness, descent) = match &self.reference {
+            None => self.es_direction(&mut rng),
+            Some(reference) => {
+                let (loss, grad) = reference.meta_gradient(&self.teacher, &self.theta, &mut rng);
+                (vec![-loss], Vec::<f32>::try_from(grad).expect("a float vector"))
+            }
+        };
+        let grad_norm = descent.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
         let updated = self.theta.detach().copy();
         if grad_norm.is_finite() {
             self.adam.step(&[updated.shallow_clone()], &[Tensor::from_slice(&descent)], c.outer_lr);
@@ -204,7 +234,7 @@ impl EsTrainer {
         if !grad_norm.is_finite() || !bool::try_from(updated.isfinite().all()).expect("a boolean") {
             let dir = self.dir.display();
             bail!(
-                "generation {g}: ES gradient norm {grad_norm} or the updated teacher is not finite: training stopped; the last good checkpoint (generation {}) is kept in {dir}; lower outer_lr or sigma in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`",
+                "generation {g}: gradient norm {grad_norm} or the updated teacher is not finite: training stopped; the last good checkpoint (generation {}) is kept in {dir}; lower outer_lr or sigma in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`",
                 self.last_saved
             );
         }
@@ -228,6 +258,22 @@ impl EsTrainer {
             .with_context(|| format!("{}: cannot open log", log_path.display()))?;
         writeln!(log, "{}", stats.csv_row()).with_context(|| format!("{}: cannot write", log_path.display()))?;
         Ok(stats)
+    }
+
+    /// ES: score the antithetic population on common draws (the same policies and episodes for
+    /// every candidate, so ranks compare teachers, not luck); the fitness of every candidate and
+    /// minus the rank-shaped ES gradient.
+    fn es_direction(&self, rng: &mut StdRng) -> (Vec<f64>, Vec<f32>) {
+        let c = self.config();
+        let theta = self.theta();
+        let directions = es::directions(rng, theta.len(), c.pairs);
+        let trials = teacher::trials(c, rng, c.policies_per_candidate, c.episodes_per_policy);
+        let teacher = &self.teacher;
+        let fitness = es::evaluate_parallel(2 * c.pairs, self.threads, |i| {
+            teacher.fitness(&es::candidate(&theta, &directions, c.sigma, i), &trials)
+        });
+        let ascent = es::gradient(&directions, &fitness, c.sigma, Shaping::CentredRanks);
+        (fitness, ascent.iter().map(|&g| -g as f32).collect())
     }
 
     pub fn save(&mut self) -> Result<()> {
@@ -266,7 +312,7 @@ impl EsTrainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{rngs::StdRng, SeedableRng};
+    use rand::SeedableRng;
 
     fn tiny(generations: usize) -> RlConfig {
         RlConfig { generations, save_every: 2, ..RlConfig::tiny() }
