@@ -24,7 +24,7 @@ fn rl_train_resume_eval() {
     let run = tmp.path().join("run");
     let dir = run.to_str().unwrap();
     let out = gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", dir, "--threads", "2"]);
-    assert!(stdout(&out).contains("ES on cartpole"));
+    assert!(stdout(&out).contains("es on cartpole"));
     for file in ["config.toml", "checkpoint.safetensors", "log.csv"] {
         assert!(run.join(file).is_file(), "{file} missing");
     }

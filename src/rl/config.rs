@@ -24,6 +24,15 @@ pub enum Objective {
     Imitation,
 }
 
+impl Objective {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Objective::Es => "es",
+            Objective::Imitation => "imitation",
+        }
+    }
+}
+
 impl EnvName {
     pub fn as_str(self) -> &'static str {
         match self {

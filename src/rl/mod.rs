@@ -61,7 +61,8 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
     };
     let c = trainer.config().clone();
     println!(
-        "ES on {}: T={} x B={}, {} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, {} generations, {threads} threads",
+        "{} on {}: T={} x B={}, {} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, {} generations, {threads} threads",
+        c.objective.as_str(),
         c.env.as_str(),
         c.inner_steps,
         c.batch_size,
