@@ -74,7 +74,7 @@ enum RlCommand {
         /// Output folder for config, log and checkpoints.
         #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
         out: Option<PathBuf>,
-        /// Named config: cpu (~10 min on 2 cores), tiny (seconds).
+        /// Named config: cpu (~5 min on 2 cores), tiny (seconds).
         #[arg(long, default_value = "cpu", conflicts_with = "resume")]
         preset: String,
         /// TOML file whose keys override the preset.

@@ -33,6 +33,7 @@ impl Reference {
     /// states from episodes where it *samples* its actions: the wider spread of states teaches
     /// what to do after a mistake, which greedy rollouts near the upright pose never show.
     pub fn learn(config: &RlConfig) -> Reference {
+        // Apart from the seeds `gtn rl eval` gives its baseline runs, so those stay independent.
         let seed = config.seed ^ 0x1A17_A7E0;
         let (curve, params) = reinforce::train(&ReinforceConfig::default(), seed, config.baseline_budget, 500.0);
         let last = curve.last().expect("a budget of at least one step gives one update");

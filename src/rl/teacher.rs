@@ -4,7 +4,6 @@
 //! in one flat vector (what evolution strategies perturb).
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use super::cartpole::{self, ACTIONS, OBS_DIM};
@@ -13,9 +12,9 @@ use super::policy::{FastPolicy, Policy};
 use crate::inner::{self, LearnerState};
 use crate::nn::{self, ParamSpec};
 
-/// Scale of each generated observation variable (x, x_dot, theta, theta_dot): unit-sized
-/// generator outputs then cover the states CartPole visits (|theta| < 0.21 rad, |x| < 2.4 m), so a
-/// single ES sigma moves every variable by a comparable fraction of its range.
+/// Scale of each generated observation variable (x, x_dot, theta, theta_dot): the angle lives in
+/// ±0.21 rad while the others are of order 1, so unit-sized generator outputs scaled this way
+/// cover the states CartPole visits and one ES sigma moves each by a similar fraction.
 const OBS_SCALE: [f32; OBS_DIM] = [1.0, 1.0, 0.2, 1.0];
 
 #[derive(Debug)]
@@ -29,7 +28,7 @@ pub struct EnvTeacher {
 }
 
 /// One fresh policy of a fitness or evaluation draw and the real episodes it is scored on.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Trial {
     pub width: i64,
     pub init_seed: u64,
