@@ -57,6 +57,20 @@ impl LearnerState {
 /// step is cut from the graph, which keeps memory flat.
 pub fn unroll(
     learner: &Learner,
+    state: LearnerState,
+    schedule: (&Tensor, &Tensor),
+    steps: Range<usize>,
+    create_graph: bool,
+    batch: impl FnMut(usize) -> (Tensor, Tensor),
+    after_step: impl FnMut(usize, &[Tensor]),
+) -> LearnerState {
+    unroll_with(|p, x| learner.forward(p, x), state, schedule, steps, create_graph, batch, after_step)
+}
+
+/// [`unroll`] for any network given as `forward(params, inputs) -> logits` (e.g. the
+/// reinforcement-learning policy, which is not a [`Learner`]).
+pub fn unroll_with(
+    forward: impl Fn(&[Tensor], &Tensor) -> Tensor,
     mut state: LearnerState,
     (lrs, momenta): (&Tensor, &Tensor),
     steps: Range<usize>,
@@ -66,7 +80,7 @@ pub fn unroll(
 ) -> LearnerState {
     for t in steps {
         let (x, target) = batch(t);
-        let loss = nn::cross_entropy(&learner.forward(&state.params, &x), &target);
+        let loss = nn::cross_entropy(&forward(&state.params, &x), &target);
         let grads = Tensor::run_backward(&[loss], &state.params, create_graph, create_graph);
         let (lr, mu) = (lrs.get(t as i64), momenta.get(t as i64));
         let (params, momentum) = sgd_momentum_step(&state.params, &grads, &state.momentum, &lr, &mu);

@@ -17,4 +17,5 @@ pub mod nn;
 pub mod optim;
 pub mod plot;
 pub mod report;
+pub mod rl;
 pub mod teacher;

@@ -64,6 +64,48 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Training environments: a teacher for reinforcement learning (CartPole), learned with ES.
+    Rl {
+        #[command(subcommand)]
+        command: RlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RlCommand {
+    /// Learn a teacher whose synthetic data trains fresh policies to balance the real CartPole.
+    Train {
+        #[arg(long, value_enum, default_value = "cartpole", conflicts_with = "resume")]
+        env: gtn::rl::EnvName,
+        /// Output folder for config, log and checkpoints.
+        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        out: Option<PathBuf>,
+        /// Named config: cpu (~5 min on 2 cores), tiny (seconds).
+        #[arg(long, default_value = "cpu", conflicts_with = "resume")]
+        preset: String,
+        /// TOML file whose keys override the preset.
+        #[arg(long, conflicts_with = "resume")]
+        config: Option<PathBuf>,
+        #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
+        seed: Option<u64>,
+        /// Continue the run in this folder from its last checkpoint.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Worker threads (default: all cores); the result does not depend on it.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        threads: Option<u64>,
+    },
+    /// Real return of fresh policies trained on the teacher, and REINFORCE's real steps to match it.
+    Eval {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64 / 2))]
+        seed: u64,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        threads: Option<u64>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -359,6 +401,15 @@ fn run(cli: Cli) -> Result<()> {
             let ckpt = checkpoint::load(&dir, device)?;
             report::export_teaching_set(&ckpt.teacher, &output)?;
             println!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Rl { command: RlCommand::Train { env, out, preset, config, seed, resume, threads } } => {
+            let threads = threads.map(|t| t as usize);
+            gtn::rl::train_command(&gtn::rl::TrainOptions { env, out, resume, preset, config, seed, threads })?;
+            Ok(())
+        }
+        Command::Rl { command: RlCommand::Eval { dir, seed, threads, json } } => {
+            gtn::rl::eval_command(&dir, seed, threads.map(|t| t as usize), json)?;
             Ok(())
         }
     }

@@ -1,0 +1,248 @@
+//! Configuration of a training-environment run: the teacher, the ES outer loop, evaluation and
+//! the real-environment baseline. Presets, overridable from TOML with unknown keys rejected.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Real tasks a teacher can be learned for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum EnvName {
+    Cartpole,
+}
+
+/// What the teacher is optimised for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// The real return of the trained policies, by evolution strategies.
+    Es,
+    /// Cross-entropy against a REINFORCE-trained reference policy's actions on real states, by
+    /// the exact meta-gradient through the inner training (one fresh policy per generation).
+    Imitation,
+}
+
+impl Objective {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Objective::Es => "es",
+            Objective::Imitation => "imitation",
+        }
+    }
+}
+
+impl EnvName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvName::Cartpole => "cartpole",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlConfig {
+    pub env: EnvName,
+    pub objective: Objective,
+    /// T: supervised steps a fresh policy takes on the teacher's data.
+    pub inner_steps: usize,
+    /// B: synthetic observations per step.
+    pub batch_size: usize,
+    /// Generator: fixed per-sample noise of this size -> hidden layer -> observation + action logits.
+    pub noise_dim: usize,
+    pub generator_hidden: usize,
+    /// Initial inner learning rate and momentum (learned per step, in log space).
+    pub init_lr: f64,
+    pub init_momentum: f64,
+    /// Hidden widths of the fresh policies are drawn from [min, max).
+    pub policy_width_min: i64,
+    pub policy_width_max: i64,
+    /// ES generations (outer iterations).
+    pub generations: usize,
+    /// Antithetic pairs per generation (the population is twice this).
+    pub pairs: usize,
+    /// Standard deviation of the parameter perturbations.
+    pub sigma: f64,
+    /// Adam on the ES gradient.
+    pub outer_lr: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    /// Fitness of a candidate: mean greedy return of this many fresh policies trained on it ...
+    pub policies_per_candidate: usize,
+    /// ... each run for this many real episodes.
+    pub episodes_per_policy: usize,
+    /// Evaluation (`gtn rl eval`): fresh policies and episodes per policy.
+    pub eval_policies: usize,
+    pub eval_episodes: usize,
+    /// Baseline: REINFORCE seeds and the real-environment step budget of each.
+    pub baseline_seeds: usize,
+    pub baseline_budget: usize,
+    pub save_every: usize,
+    pub seed: u64,
+}
+
+pub const PRESETS: [&str; 2] = ["cpu", "tiny"];
+
+impl RlConfig {
+    /// About five minutes on 2 CPU cores (see the README for the measured run).
+    pub fn cpu() -> RlConfig {
+        RlConfig {
+            env: EnvName::Cartpole,
+            objective: Objective::Es,
+            inner_steps: 8,
+            batch_size: 32,
+            noise_dim: 8,
+            generator_hidden: 32,
+            init_lr: 0.5,
+            init_momentum: 0.5,
+            policy_width_min: 32,
+            policy_width_max: 128,
+            generations: 200,
+            pairs: 24,
+            sigma: 0.1,
+            outer_lr: 0.05,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            policies_per_candidate: 4,
+            episodes_per_policy: 2,
+            eval_policies: 20,
+            eval_episodes: 5,
+            baseline_seeds: 5,
+            baseline_budget: 200_000,
+            save_every: 10,
+            seed: 0,
+        }
+    }
+
+    /// Seconds: for tests and smoke runs.
+    pub fn tiny() -> RlConfig {
+        RlConfig {
+            inner_steps: 4,
+            batch_size: 16,
+            noise_dim: 4,
+            generator_hidden: 16,
+            policy_width_min: 8,
+            policy_width_max: 32,
+            generations: 15,
+            pairs: 16,
+            eval_policies: 8,
+            eval_episodes: 2,
+            baseline_seeds: 2,
+            baseline_budget: 20_000,
+            save_every: 5,
+            ..RlConfig::cpu()
+        }
+    }
+
+    pub fn preset(name: &str) -> Result<RlConfig> {
+        match name {
+            "cpu" => Ok(RlConfig::cpu()),
+            "tiny" => Ok(RlConfig::tiny()),
+            other => bail!("--preset {other}: unknown preset for `gtn rl`, expected one of {}", PRESETS.join(", ")),
+        }
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).context("config cannot be written as TOML")
+    }
+
+    pub fn from_toml(text: &str) -> Result<RlConfig> {
+        let config: RlConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies the keys of a TOML file on top of this config; an unknown key is an error.
+    pub fn with_overrides(self, path: &Path) -> Result<RlConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+        self.with_overrides_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn with_overrides_str(self, text: &str) -> Result<RlConfig> {
+        let overrides: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        let mut base = toml::Table::try_from(&self).context("config cannot be written as TOML")?;
+        base.extend(overrides);
+        let config: RlConfig = base.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("inner_steps", self.inner_steps),
+            ("batch_size", self.batch_size),
+            ("noise_dim", self.noise_dim),
+            ("generator_hidden", self.generator_hidden),
+            ("generations", self.generations),
+            ("pairs", self.pairs),
+            ("policies_per_candidate", self.policies_per_candidate),
+            ("episodes_per_policy", self.episodes_per_policy),
+            ("eval_policies", self.eval_policies),
+            ("eval_episodes", self.eval_episodes),
+            ("baseline_seeds", self.baseline_seeds),
+            ("baseline_budget", self.baseline_budget),
+            ("save_every", self.save_every),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bail!("config key `{key}` is 0, expected a positive integer");
+            }
+        }
+        let rates = [
+            ("init_lr", self.init_lr),
+            ("init_momentum", self.init_momentum),
+            ("sigma", self.sigma),
+            ("outer_lr", self.outer_lr),
+        ];
+        for (key, value) in rates {
+            if !(value > 0.0 && value.is_finite()) {
+                bail!("config key `{key}` is {value}, expected a positive number");
+            }
+        }
+        for (key, beta) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                bail!("config key `{key}` is {beta}, expected a value in [0, 1)");
+            }
+        }
+        if !(0 < self.policy_width_min && self.policy_width_min < self.policy_width_max) {
+            bail!(
+                "config keys `policy_width_min` = {} and `policy_width_max` = {}: expected 0 < min < max",
+                self.policy_width_min,
+                self.policy_width_max
+            );
+        }
+        if self.seed > i64::MAX as u64 {
+            bail!("config key `seed` is {}, expected at most {}", self.seed, i64::MAX);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_round_trip_and_bad_keys_are_named() {
+        for name in PRESETS {
+            let c = RlConfig::preset(name).unwrap();
+            assert_eq!(RlConfig::from_toml(&c.to_toml().unwrap()).unwrap(), c, "{name}");
+        }
+        let err = RlConfig::preset("paper").unwrap_err().to_string();
+        assert_eq!(err, "--preset paper: unknown preset for `gtn rl`, expected one of cpu, tiny");
+        let c = RlConfig::tiny().with_overrides_str("pairs = 3\nsigma = 0.1").unwrap();
+        assert_eq!((c.pairs, c.sigma), (3, 0.1));
+        let err = RlConfig::tiny().with_overrides_str("paris = 3").unwrap_err().to_string();
+        assert!(err.contains("unknown field `paris`"), "{err}");
+        let err = RlConfig::tiny().with_overrides_str("env = \"pendulum\"").unwrap_err().to_string();
+        assert!(err.contains("pendulum"), "{err}");
+        let c = RlConfig::tiny().with_overrides_str("objective = \"imitation\"").unwrap();
+        assert_eq!(c.objective, Objective::Imitation);
+        let err = RlConfig::tiny().with_overrides_str("sigma = 0.0").unwrap_err().to_string();
+        assert_eq!(err, "config key `sigma` is 0, expected a positive number");
+        let err = RlConfig::tiny().with_overrides_str("policy_width_max = 8").unwrap_err().to_string();
+        assert!(err.contains("`policy_width_min` = 8 and `policy_width_max` = 8"), "{err}");
+    }
+}

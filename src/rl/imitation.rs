@@ -1,0 +1,103 @@
+//! The differentiable variant of the meta-objective: instead of the real return (which only ES
+//! can optimise), the cross-entropy of the trained policy against a reference policy's actions
+//! on real states the reference visits. The meta-gradient then flows exactly through the
+//! unrolled inner training into the teacher, as for images. The price: a reference policy must
+//! exist, here learned by REINFORCE on the real environment (its real steps are reported).
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use tch::{Kind, Tensor};
+
+use super::cartpole::{CartPole, OBS_DIM};
+use super::config::RlConfig;
+use super::policy::{FastPolicy, Policy};
+use super::reinforce::{self, ReinforceConfig};
+use super::teacher::{self, EnvTeacher};
+use crate::nn;
+
+/// Episodes of the reference whose states form the meta-loss set.
+const REFERENCE_EPISODES: usize = 4;
+
+/// Real states and the reference's greedy action in each.
+#[derive(Debug)]
+pub struct Reference {
+    pub states: Tensor,
+    pub actions: Tensor,
+    /// Real environment steps REINFORCE took to learn the reference.
+    pub real_steps: usize,
+    /// The reference's greedy return when training stopped.
+    pub greedy_return: f64,
+}
+
+impl Reference {
+    /// REINFORCE until its greedy policy scores 500 (or the baseline budget is spent), then
+    /// states from episodes where it *samples* its actions: the wider spread of states teaches
+    /// what to do after a mistake, which greedy rollouts near the upright pose never show.
+    pub fn learn(config: &RlConfig) -> Reference {
+        // Apart from the seeds `gtn rl eval` gives its baseline runs, so those stay independent.
+        let seed = config.seed ^ 0x1A17_A7E0;
+        let (curve, params) = reinforce::train(&ReinforceConfig::default(), seed, config.baseline_budget, 500.0);
+        let last = curve.last().expect("a budget of at least one step gives one update");
+        let policy = FastPolicy::new(&params);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (mut states, mut actions) = (Vec::<f32>::new(), Vec::<i64>::new());
+        for _ in 0..REFERENCE_EPISODES {
+            let mut env = CartPole::reset(rng.gen());
+            loop {
+                let obs = env.state;
+                states.extend(obs.iter().map(|&v| v as f32));
+                actions.push(policy.greedy(&obs) as i64);
+                let step = env.step(policy.sample(&obs, &mut rng));
+                if step.terminated || step.truncated {
+                    break;
+                }
+            }
+        }
+        Reference {
+            states: Tensor::from_slice(&states).view([-1, OBS_DIM as i64]),
+            actions: Tensor::from_slice(&actions),
+            real_steps: last.steps,
+            greedy_return: last.greedy_return,
+        }
+    }
+
+    /// The meta-loss of `theta`, averaged over `policies_per_candidate` fresh random policies
+    /// trained through the graph, and its exact gradient with respect to `theta`.
+    pub fn meta_gradient(&self, teacher: &EnvTeacher, theta: &Tensor, rng: &mut StdRng) -> (f64, Tensor) {
+        let trials = teacher::trials(&teacher.config, rng, teacher.config.policies_per_candidate, 0);
+        let theta = theta.detach().set_requires_grad(true);
+        let losses: Vec<Tensor> = trials
+            .iter()
+            .map(|trial| {
+                let init = Policy::new(trial.width).init(&mut StdRng::seed_from_u64(trial.init_seed));
+                let trained = teacher.train_policy(&theta, init, true);
+                nn::cross_entropy(&Policy::forward(&trained, &self.states), &self.actions)
+            })
+            .collect();
+        let loss = Tensor::stack(&losses, 0).mean(None::<Kind>);
+        let grad = Tensor::run_backward(&[&loss], &[&theta], false, false).remove(0);
+        (loss.double_value(&[]), grad.to_kind(Kind::Float))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact meta-gradient is a descent direction: a small step along it lowers the
+    /// meta-loss for the same fresh policies.
+    #[test]
+    fn meta_gradient_step_lowers_the_imitation_loss() {
+        let config = RlConfig { baseline_budget: 5_000, ..RlConfig::tiny() };
+        let reference = Reference::learn(&config);
+        assert_eq!(reference.states.size()[0], reference.actions.size()[0]);
+        assert!(reference.real_steps <= 5_000);
+        let (teacher, theta) = EnvTeacher::new(&config);
+        let theta = Tensor::from_slice(&theta);
+        let (before, grad) = reference.meta_gradient(&teacher, &theta, &mut StdRng::seed_from_u64(3));
+        let norm = grad.norm().double_value(&[]);
+        assert!(norm > 0.0 && norm.is_finite(), "{norm}");
+        let stepped = &theta - &grad * (0.01 / norm);
+        let (after, _) = reference.meta_gradient(&teacher, &stepped, &mut StdRng::seed_from_u64(3));
+        assert!(after < before, "meta-loss {before} -> {after} along the negative gradient");
+    }
+}

@@ -1,0 +1,207 @@
+//! Training environments: the GTN idea for reinforcement learning. A teacher generates synthetic
+//! CartPole observations with target actions; a fresh random-width policy is trained on them for
+//! T supervised steps and then scored by its return on the real CartPole. The return is not
+//! differentiable, so the teacher is learned with evolution strategies. A REINFORCE baseline on
+//! the real environment says how many real steps the same return costs without a teacher.
+
+pub mod cartpole;
+pub mod config;
+pub mod es;
+pub mod imitation;
+pub mod policy;
+pub mod reinforce;
+pub mod teacher;
+pub mod train;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use rand::{rngs::StdRng, SeedableRng};
+use serde::Serialize;
+
+pub use config::{EnvName, Objective, RlConfig};
+pub use train::EsTrainer;
+
+use reinforce::ReinforceConfig;
+use teacher::{EnvTeacher, Trial};
+
+/// Options of `gtn rl train`.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub env: EnvName,
+    pub out: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub preset: String,
+    pub config: Option<PathBuf>,
+    pub seed: Option<u64>,
+    /// Worker threads (default: every available core).
+    pub threads: Option<usize>,
+}
+
+/// `gtn rl train`: a new run in `out`, or the continuation of `resume`.
+pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
+    let threads = options.threads.unwrap_or_else(es::default_threads).max(1);
+    let mut trainer = match (&options.resume, &options.out) {
+        (Some(dir), _) => {
+            let t = EsTrainer::resume(dir, threads)?;
+            println!("resuming {} at generation {}", dir.display(), t.generation);
+            t
+        }
+        (None, Some(out)) => {
+            let mut config = RlConfig::preset(&options.preset)?;
+            if let Some(path) = &options.config {
+                config = config.with_overrides(path)?;
+            }
+            config.env = options.env;
+            config.seed = options.seed.unwrap_or(config.seed);
+            config.validate()?;
+            EsTrainer::create(&config, out, threads)?
+        }
+        (None, None) => bail!("--out DIR or --resume DIR is required"),
+    };
+    let c = trainer.config().clone();
+    println!(
+        "{} on {}: T={} x B={}, {} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, {} generations, {threads} threads",
+        c.objective.as_str(),
+        c.env.as_str(),
+        c.inner_steps,
+        c.batch_size,
+        trainer.teacher.dim(),
+        2 * c.pairs,
+        c.pairs,
+        c.sigma,
+        c.policies_per_candidate,
+        c.episodes_per_policy,
+        c.generations
+    );
+    if let Some(r) = trainer.reference() {
+        println!(
+            "imitation reference: REINFORCE, greedy return {:.1} after {} real steps; {} real states",
+            r.greedy_return,
+            r.real_steps,
+            r.actions.size()[0]
+        );
+    }
+    let start = std::time::Instant::now();
+    trainer.run(true)?;
+    println!("done in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
+    Ok(trainer)
+}
+
+/// What `gtn rl eval` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RlEvalReport {
+    pub env: EnvName,
+    pub generation: usize,
+    pub inner_steps: usize,
+    /// Synthetic observations a policy is trained on (T x B).
+    pub synthetic_samples: usize,
+    pub policies: usize,
+    pub episodes_per_policy: usize,
+    /// Greedy real return of fresh random-width policies trained only on the teacher's data:
+    /// mean and standard deviation over all policies and episodes.
+    pub real_return_mean: f64,
+    pub real_return_std: f64,
+    /// The same for the teacher the run started from.
+    pub untrained_return_mean: f64,
+    pub untrained_return_std: f64,
+    pub baseline: &'static str,
+    /// Real environment steps each REINFORCE seed needed for a greedy return of at least
+    /// `real_return_mean` (null: not within `baseline_budget_steps`).
+    pub baseline_steps_to_match: Vec<Option<usize>>,
+    /// Mean over the seeds that reached it.
+    pub baseline_steps_to_match_mean: Option<f64>,
+    pub baseline_reached: usize,
+    pub baseline_budget_steps: usize,
+}
+
+fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    (mean, (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt())
+}
+
+/// Greedy real returns of the policies of `trials` trained on `theta`, in parallel.
+pub fn real_returns(teacher: &EnvTeacher, theta: &[f32], trials: &[Trial], threads: usize) -> Vec<f64> {
+    es::evaluate_parallel(trials.len(), threads, |i| teacher.returns(theta, &trials[i..=i])).concat()
+}
+
+/// Scores the teacher in `dir` on fresh draws (independent of the ones it was trained on), then
+/// runs the REINFORCE baseline until it matches that return.
+pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
+    let train::Checkpoint { teacher, theta, generation, .. } = train::load(dir)?;
+    let c = teacher.config.clone();
+    // Training draws come from `meta::iteration_rng(config.seed, g)`; this stream is separate.
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED_E7A1_0000_0000);
+    let trials = teacher::trials(&c, &mut rng, c.eval_policies, c.eval_episodes);
+    let theta = Vec::<f32>::try_from(&theta).expect("a float vector");
+    let (mean, std) = mean_std(&real_returns(&teacher, &theta, &trials, threads));
+    let (_, theta0) = EnvTeacher::new(&c);
+    let (untrained_mean, untrained_std) = mean_std(&real_returns(&teacher, &theta0, &trials, threads));
+    let baseline = ReinforceConfig::default();
+    let steps = es::evaluate_parallel(c.baseline_seeds, threads, |s| {
+        reinforce::steps_to_reach(&reinforce::train(&baseline, seed + s as u64, c.baseline_budget, mean).0, mean)
+    });
+    let reached: Vec<f64> = steps.iter().flatten().map(|&s| s as f64).collect();
+    Ok(RlEvalReport {
+        env: c.env,
+        generation,
+        inner_steps: c.inner_steps,
+        synthetic_samples: c.inner_steps * c.batch_size,
+        policies: c.eval_policies,
+        episodes_per_policy: c.eval_episodes,
+        real_return_mean: mean,
+        real_return_std: std,
+        untrained_return_mean: untrained_mean,
+        untrained_return_std: untrained_std,
+        baseline: "reinforce",
+        baseline_steps_to_match_mean: (!reached.is_empty()).then(|| mean_std(&reached).0),
+        baseline_reached: reached.len(),
+        baseline_steps_to_match: steps,
+        baseline_budget_steps: c.baseline_budget,
+    })
+}
+
+impl RlEvalReport {
+    pub fn table(&self) -> String {
+        let baseline = match self.baseline_steps_to_match_mean {
+            Some(m) => format!(
+                "{m:.0} real steps (mean of the {} of {} seeds that reached it within {})",
+                self.baseline_reached,
+                self.baseline_steps_to_match.len(),
+                self.baseline_budget_steps
+            ),
+            None => format!(
+                "not reached within {} real steps by any of {} seeds",
+                self.baseline_budget_steps,
+                self.baseline_steps_to_match.len()
+            ),
+        };
+        format!(
+            "teacher after {} generations: {} fresh policies x {} episodes, trained {} steps on {} synthetic observations\n\
+             real return (greedy)       {:.1} ± {:.1}\n\
+             untrained teacher          {:.1} ± {:.1}\n\
+             REINFORCE to match it      {baseline}",
+            self.generation,
+            self.policies,
+            self.episodes_per_policy,
+            self.inner_steps,
+            self.synthetic_samples,
+            self.real_return_mean,
+            self.real_return_std,
+            self.untrained_return_mean,
+            self.untrained_return_std
+        )
+    }
+}
+
+/// `gtn rl eval`: prints the report as a table or one JSON object.
+pub fn eval_command(dir: &Path, seed: u64, threads: Option<usize>, json: bool) -> Result<RlEvalReport> {
+    let report = evaluate(dir, seed, threads.unwrap_or_else(es::default_threads).max(1))?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}\n{}", dir.display(), report.table());
+    }
+    Ok(report)
+}

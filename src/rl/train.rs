@@ -1,0 +1,387 @@
+//! ES meta-training of a training-environment teacher, with checkpoints: `config.toml` (written
+//! once), `checkpoint.safetensors` (parameter vector, Adam state, generation; replaced
+//! atomically) and `log.csv` (one row per generation).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use tch::{Kind, Tensor};
+
+use super::config::{Objective, RlConfig};
+use super::es::{self, Shaping};
+use super::imitation::Reference;
+use super::teacher::{self, EnvTeacher};
+use crate::checkpoint::{CHECKPOINT_FILE, CONFIG_FILE};
+use crate::meta::iteration_rng;
+use crate::optim::Adam;
+
+pub const LOG_FILE: &str = "log.csv";
+const LOG_HEADER: &str =
+    "generation,fitness_mean,fitness_max,fitness_min,grad_norm,inner_lr_mean,inner_momentum_mean,seconds";
+
+/// What one generation measured.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerationStats {
+    pub generation: usize,
+    pub fitness_mean: f64,
+    pub fitness_max: f64,
+    pub fitness_min: f64,
+    pub grad_norm: f64,
+    pub inner_lr_mean: f64,
+    pub inner_momentum_mean: f64,
+    pub seconds: f64,
+}
+
+impl GenerationStats {
+    fn csv_row(&self) -> String {
+        format!(
+            "{},{:.3},{:.3},{:.3},{:.6},{:.6},{:.6},{:.3}",
+            self.generation,
+            self.fitness_mean,
+            self.fitness_max,
+            self.fitness_min,
+            self.grad_norm,
+            self.inner_lr_mean,
+            self.inner_momentum_mean,
+            self.seconds
+        )
+    }
+}
+
+pub fn read_config(dir: &Path) -> Result<RlConfig> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read; is {} a `gtn rl train` folder?", path.display(), dir.display()))?;
+    RlConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// A loaded run: its teacher, parameter vector, optimiser state and completed generations.
+pub struct Checkpoint {
+    pub teacher: EnvTeacher,
+    pub theta: Tensor,
+    pub adam: Adam,
+    pub generation: usize,
+}
+
+pub fn save(dir: &Path, theta: &Tensor, adam: &Adam, generation: usize) -> Result<()> {
+    let tensors = [
+        ("theta", theta.detach().copy()),
+        ("adam.m", adam.m[0].detach().copy()),
+        ("adam.v", adam.v[0].detach().copy()),
+        ("adam.steps", Tensor::from_slice(&[adam.steps])),
+        ("generation", Tensor::from_slice(&[generation as i64])),
+    ];
+    let path = dir.join(CHECKPOINT_FILE);
+    crate::atomic::replace_with(&path, |tmp| {
+        Tensor::write_safetensors(&tensors, tmp).with_context(|| format!("{}: cannot write", path.display()))
+    })
+}
+
+/// Loads `dir`, checking every tensor against what its config implies.
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let config = read_config(dir)?;
+    let path = dir.join(CHECKPOINT_FILE);
+    let stored: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+        .map_err(|e| anyhow::anyhow!("{}: missing, corrupt or not a safetensors file: {e}", path.display()))?
+        .into_iter()
+        .collect();
+    let (teacher, _) = EnvTeacher::new(&config);
+    let take = |name: &str, shape: &[i64], kind: Kind| -> Result<Tensor> {
+        let t = stored.get(name).with_context(|| format!("{}: tensor `{name}` missing", path.display()))?;
+        if t.size() != shape || t.kind() != kind {
+            bail!(
+                "{}: tensor `{name}` is {:?} {:?}, the config in {CONFIG_FILE} implies {shape:?} {kind:?}; the checkpoint is from another config",
+                path.display(),
+                t.size(),
+                t.kind()
+            );
+        }
+        Ok(t.shallow_clone())
+    };
+    let dim = [teacher.dim() as i64];
+    let theta = take("theta", &dim, Kind::Float)?;
+    let (m, v) = (take("adam.m", &dim, Kind::Float)?, take("adam.v", &dim, Kind::Float)?);
+    let steps = take("adam.steps", &[1], Kind::Int64)?.int64_value(&[0]);
+    let generation = take("generation", &[1], Kind::Int64)?.int64_value(&[0]);
+    if generation < 0 || generation as usize > config.generations || steps != generation {
+        bail!(
+            "{}: generation {generation} with {steps} optimiser steps is inconsistent with generations = {} in {CONFIG_FILE}",
+            path.display(),
+            config.generations
+        );
+    }
+    if !bool::try_from(theta.isfinite().all()).expect("a boolean") {
+        bail!("{}: the parameter vector is not finite", path.display());
+    }
+    let adam = Adam { m: vec![m], v: vec![v], steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
+    Ok(Checkpoint { teacher, theta, adam, generation: generation as usize })
+}
+
+pub struct EsTrainer {
+    pub teacher: EnvTeacher,
+    /// The teacher's parameter vector `[dim]`, updated in place by Adam.
+    pub theta: Tensor,
+    adam: Adam,
+    /// Generations completed.
+    pub generation: usize,
+    last_saved: usize,
+    dir: PathBuf,
+    /// Worker threads for the population; the result does not depend on it.
+    pub threads: usize,
+    /// The imitation objective's reference states and actions (rebuilt from the seed on resume).
+    reference: Option<Reference>,
+}
+
+fn reference_for(config: &RlConfig) -> Option<Reference> {
+    (config.objective == Objective::Imitation).then(|| Reference::learn(config))
+}
+
+impl EsTrainer {
+    /// Starts a new run in `dir`, which must not already hold one.
+    pub fn create(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
+        config.validate()?;
+        if dir.join(CONFIG_FILE).exists() || dir.join(CHECKPOINT_FILE).exists() {
+            bail!(
+                "{}: already holds a run; use `gtn rl train --resume {}` to continue it, or choose another --out",
+                dir.display(),
+                dir.display()
+            );
+        }
+        let (teacher, theta) = EnvTeacher::new(config);
+        let theta = Tensor::from_slice(&theta);
+        let adam = Adam::new(&[theta.shallow_clone()], config.adam_beta1, config.adam_beta2);
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
+        crate::atomic::write(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
+        let reference = reference_for(config);
+        let mut trainer = EsTrainer {
+            teacher,
+            theta,
+            adam,
+            generation: 0,
+            last_saved: 0,
+            dir: dir.to_path_buf(),
+            threads,
+            reference,
+        };
+        trainer.save()?;
+        Ok(trainer)
+    }
+
+    /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
+    pub fn resume(dir: &Path, threads: usize) -> Result<EsTrainer> {
+        let Checkpoint { teacher, theta, adam, generation } = load(dir)?;
+        let log = dir.join(LOG_FILE);
+        let text = std::fs::read_to_string(&log).unwrap_or_else(|_| format!("{LOG_HEADER}\n"));
+        let columns = LOG_HEADER.split(',').count();
+        let before = |line: &str| {
+            line.split(',').count() == columns
+                && line.split(',').next().and_then(|g| g.parse::<usize>().ok()).is_some_and(|g| g < generation)
+        };
+        let kept: Vec<&str> = text.lines().enumerate().filter(|(i, l)| *i == 0 || before(l)).map(|(_, l)| l).collect();
+        crate::atomic::write(&log, format!("{}\n", kept.join("\n")).as_bytes())?;
+        let reference = reference_for(&teacher.config);
+        Ok(EsTrainer {
+            teacher,
+            theta,
+            adam,
+            generation,
+            last_saved: generation,
+            dir: dir.to_path_buf(),
+            threads,
+            reference,
+        })
+    }
+
+    pub fn config(&self) -> &RlConfig {
+        &self.teacher.config
+    }
+
+    /// The imitation objective's reference, if this run uses it.
+    pub fn reference(&self) -> Option<&Reference> {
+        self.reference.as_ref()
+    }
+
+    pub fn theta(&self) -> Vec<f32> {
+        Vec::<f32>::try_from(&self.theta).expect("a float vector")
+    }
+
+    /// One generation: a descent direction for the teacher, then one Adam step on it. A
+    /// non-finite gradient or update stops before anything is saved, so the last good
+    /// checkpoint stays.
+    pub fn step(&mut self) -> Result<GenerationStats> {
+        let start = Instant::now();
+        let g = self.generation;
+        let c = self.config().clone();
+        let mut rng = iteration_rng(c.seed, g);
+        let (fitness, descent) = match &self.reference {
+            None => self.es_direction(&mut rng),
+            Some(reference) => {
+                let (loss, grad) = reference.meta_gradient(&self.teacher, &self.theta, &mut rng);
+                (vec![-loss], Vec::<f32>::try_from(grad).expect("a float vector"))
+            }
+        };
+        let grad_norm = descent.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
+        let updated = self.theta.detach().copy();
+        if grad_norm.is_finite() {
+            self.adam.step(&[updated.shallow_clone()], &[Tensor::from_slice(&descent)], c.outer_lr);
+        }
+        if !grad_norm.is_finite() || !bool::try_from(updated.isfinite().all()).expect("a boolean") {
+            let dir = self.dir.display();
+            bail!(
+                "generation {g}: gradient norm {grad_norm} or the updated teacher is not finite: training stopped; the last good checkpoint (generation {}) is kept in {dir}; lower outer_lr or sigma in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`",
+                self.last_saved
+            );
+        }
+        self.theta = updated;
+        self.generation += 1;
+        let (_, _, lrs, momenta) = self.teacher.teaching_set(&self.theta());
+        let stats = GenerationStats {
+            generation: g,
+            fitness_mean: fitness.iter().sum::<f64>() / fitness.len() as f64,
+            fitness_max: fitness.iter().copied().fold(f64::MIN, f64::max),
+            fitness_min: fitness.iter().copied().fold(f64::MAX, f64::min),
+            grad_norm,
+            inner_lr_mean: lrs.mean(None::<Kind>).double_value(&[]),
+            inner_momentum_mean: momenta.mean(None::<Kind>).double_value(&[]),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let log_path = self.dir.join(LOG_FILE);
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("{}: cannot open log", log_path.display()))?;
+        writeln!(log, "{}", stats.csv_row()).with_context(|| format!("{}: cannot write", log_path.display()))?;
+        Ok(stats)
+    }
+
+    /// ES: score the antithetic population on common draws (the same policies and episodes for
+    /// every candidate, so ranks compare teachers, not luck); the fitness of every candidate and
+    /// minus the rank-shaped ES gradient.
+    fn es_direction(&self, rng: &mut StdRng) -> (Vec<f64>, Vec<f32>) {
+        let c = self.config();
+        let theta = self.theta();
+        let directions = es::directions(rng, theta.len(), c.pairs);
+        let trials = teacher::trials(c, rng, c.policies_per_candidate, c.episodes_per_policy);
+        let teacher = &self.teacher;
+        let fitness = es::evaluate_parallel(2 * c.pairs, self.threads, |i| {
+            teacher.fitness(&es::candidate(&theta, &directions, c.sigma, i), &trials)
+        });
+        let ascent = es::gradient(&directions, &fitness, c.sigma, Shaping::CentredRanks);
+        (fitness, ascent.iter().map(|&g| -g as f32).collect())
+    }
+
+    pub fn save(&mut self) -> Result<()> {
+        save(&self.dir, &self.theta, &self.adam, self.generation)?;
+        self.last_saved = self.generation;
+        Ok(())
+    }
+
+    /// Runs until `generations`, checkpointing every `save_every` generations and at the end.
+    pub fn run(&mut self, progress: bool) -> Result<()> {
+        let total = self.config().generations;
+        let bar = if progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_position(self.generation as u64);
+        while self.generation < total {
+            let stats = self.step()?;
+            bar.set_message(format!("fitness mean {:.1} max {:.1}", stats.fitness_mean, stats.fitness_max));
+            bar.inc(1);
+            // Without a terminal (nohup, CI logs) the bar is invisible: print a line now and then.
+            if progress && bar.is_hidden() && (stats.generation % 10 == 0 || self.generation == total) {
+                println!("{}", stats.csv_row());
+            }
+            if self.generation.is_multiple_of(self.config().save_every) || self.generation == total {
+                self.save()?;
+            }
+        }
+        bar.finish();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn tiny(generations: usize) -> RlConfig {
+        RlConfig { generations, save_every: 2, ..RlConfig::tiny() }
+    }
+
+    #[test]
+    fn tiny_run_improves_the_real_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RlConfig::tiny();
+        let mut trainer = EsTrainer::create(&config, dir.path(), 2).unwrap();
+        trainer.run(false).unwrap();
+        // Held-out policies and episodes, not the ones ES scored.
+        let trials = teacher::trials(&config, &mut StdRng::seed_from_u64(99), 8, 2);
+        let (_, theta0) = EnvTeacher::new(&config);
+        let before = trainer.teacher.fitness(&theta0, &trials);
+        let after = trainer.teacher.fitness(&trainer.theta(), &trials);
+        assert!(after > before + 20.0, "real return {before} before, {after} after {} generations", config.generations);
+        let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(log.lines().count(), 1 + config.generations);
+    }
+
+    /// Same seed, same result, whatever the thread count and however the run is interrupted.
+    #[test]
+    fn deterministic_and_resumable() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut whole = EsTrainer::create(&tiny(4), a.path(), 2).unwrap();
+        whole.run(false).unwrap();
+        let mut part = EsTrainer::create(&tiny(4), b.path(), 1).unwrap();
+        part.step().unwrap();
+        part.step().unwrap();
+        part.save().unwrap();
+        part.step().unwrap();
+        // An interrupted run: the third generation's log row is dropped, its update lost.
+        drop(part);
+        let mut resumed = EsTrainer::resume(b.path(), 1).unwrap();
+        assert_eq!(resumed.generation, 2);
+        resumed.run(false).unwrap();
+        assert_eq!(resumed.theta(), whole.theta());
+        let rows = |d: &Path| -> Vec<String> {
+            let text = std::fs::read_to_string(d.join(LOG_FILE)).unwrap();
+            text.lines().map(|l| l.rsplit_once(',').unwrap().0.to_string()).collect()
+        };
+        assert_eq!(rows(b.path()), rows(a.path()), "logs differ apart from timings");
+        assert_eq!(load(a.path()).unwrap().generation, 4);
+    }
+
+    #[test]
+    fn non_finite_teacher_stops_and_keeps_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        trainer.theta = trainer.theta.full_like(f64::NAN);
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.contains("generation 0") && err.contains("not finite") && err.contains("--resume"), "{err}");
+        let saved = load(dir.path()).unwrap();
+        assert_eq!(saved.generation, 0);
+        assert_eq!(Vec::<f32>::try_from(&saved.theta).unwrap(), EnvTeacher::new(&tiny(4)).1);
+        let again = EsTrainer::create(&tiny(4), dir.path(), 1).err().unwrap().to_string();
+        assert!(again.contains("already holds a run"), "{again}");
+    }
+
+    #[test]
+    fn load_names_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("config.toml: cannot read"), "{err}");
+        EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), RlConfig { generator_hidden: 5, ..tiny(4) }.to_toml().unwrap())
+            .unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("checkpoint.safetensors: tensor `theta`") && err.contains("another config"), "{err}");
+    }
+}

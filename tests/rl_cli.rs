@@ -1,0 +1,48 @@
+//! End-to-end runs of `gtn rl` (training environments) with the `tiny` preset.
+
+use std::process::{Command, Output};
+
+fn gtn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gtn")).args(args).output().expect("the gtn binary runs")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(out.status.success(), "gtn failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "error should be one line: {err}");
+    err
+}
+
+#[test]
+fn rl_train_resume_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let dir = run.to_str().unwrap();
+    let out = gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", dir, "--threads", "2"]);
+    assert!(stdout(&out).contains("es on cartpole"));
+    for file in ["config.toml", "checkpoint.safetensors", "log.csv"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    assert!(stdout(&gtn(&["rl", "train", "--resume", dir])).contains("resuming"));
+
+    let out = gtn(&["rl", "eval", dir, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let mean = report["real_return_mean"].as_f64().unwrap();
+    assert!((1.0..=500.0).contains(&mean), "{report}");
+    assert!(report["real_return_std"].as_f64().unwrap() >= 0.0);
+    assert_eq!(report["generation"], 15);
+    assert_eq!(report["baseline_steps_to_match"].as_array().unwrap().len(), 2);
+    assert!(stdout(&gtn(&["rl", "eval", dir])).contains("REINFORCE to match it"));
+
+    let err = error_line(&gtn(&["rl", "train", "--preset", "tiny", "--out", dir]));
+    assert!(err.contains("already holds a run"), "{err}");
+    let err = error_line(&gtn(&["rl", "train", "--preset", "huge", "--out", tmp.path().join("x").to_str().unwrap()]));
+    assert!(err.contains("--preset huge"), "{err}");
+    let err = error_line(&gtn(&["rl", "eval", tmp.path().join("none").to_str().unwrap()]));
+    assert!(err.contains("config.toml: cannot read"), "{err}");
+}
