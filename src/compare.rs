@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::curriculum::CurriculumKind;
 use crate::data::{DatasetName, Split};
 use crate::eval;
+use crate::learner::LearnerKind;
 use crate::meta::{self, Trainer};
 use crate::plot::{Chart, Series};
 use crate::teacher::TeacherKind;
@@ -40,6 +41,8 @@ pub struct CompareOptions {
     pub preset: String,
     pub config: Option<PathBuf>,
     pub dataset: Option<DatasetName>,
+    /// Learner of meta-training and evaluation (default: the preset's).
+    pub learner: Option<LearnerKind>,
     pub data_dir: Option<PathBuf>,
     /// Meta-iterations per teacher (default: the preset's), or a time budget per teacher that
     /// lowers them further.
@@ -177,6 +180,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         base.dataset = dataset;
         base.valid_size = dataset.default_valid_size();
     }
+    base.learner = options.learner.unwrap_or(base.learner);
     base.meta_iters = options.meta_iters.unwrap_or(base.meta_iters);
     base.checkpoint_every = options.checkpoint_every.unwrap_or(base.checkpoint_every);
     base.data_dir = options.data_dir.as_deref().map(std::path::absolute).transpose()?.or(base.data_dir);
@@ -346,6 +350,7 @@ mod tests {
             preset: "tiny".into(),
             config: Some(config),
             dataset: Some(DatasetName::Cifar10),
+            learner: None,
             data_dir: Some(folder.path().to_path_buf()),
             meta_iters: None,
             budget: None,

@@ -212,6 +212,9 @@ struct CompareArgs {
     preset: String,
     #[arg(long, value_enum)]
     dataset: Option<DatasetName>,
+    /// Learner meta-trained with and evaluated (default: the preset's).
+    #[arg(long, value_enum)]
+    learner: Option<LearnerKind>,
     #[arg(long)]
     config: Option<PathBuf>,
     #[arg(long, alias = "cifar-dir")]
@@ -310,6 +313,7 @@ fn run(cli: Cli) -> Result<()> {
                 preset: args.preset,
                 config: args.config,
                 dataset: args.dataset,
+                learner: args.learner,
                 data_dir: args.data_dir,
                 meta_iters: args.meta_iters,
                 budget: args.budget_minutes,
