@@ -432,7 +432,14 @@ fn nas_score(common: NasArgs, proxy: nas::score::Proxy, steps: Vec<usize>, devic
         ..nas_options(common.train)
     };
     let summary = nas::score::score(&opts, device, |r| {
-        println!("{:>4} {} {:>5} steps: valid {:.2}% ({:.1} s)", r.index, r.arch, r.steps, 100.0 * r.valid_accuracy, r.seconds)
+        println!(
+            "{:>4} {} {:>5} steps: valid {:.2}% ({:.1} s)",
+            r.index,
+            r.arch,
+            r.steps,
+            100.0 * r.valid_accuracy,
+            r.seconds
+        )
     })?;
     println!(
         "scored {} architectures, skipped {} already done, left {} to other shards -> {}",

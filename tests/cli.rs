@@ -151,8 +151,22 @@ fn nas_score_truth_merge_report() {
     ]));
     assert!(out.contains("| real | 4 | 4 |") && out.contains(&format!("| {teacher} | 2 | 4 |")), "{out}");
     assert!(image::open(&png).is_ok());
-    let err = error_line(&gtn(&["nas", "score", "--proxy", &teacher, "--steps", "9", "--sample", "1", "--out", &p("x")]));
+    let err =
+        error_line(&gtn(&["nas", "score", "--proxy", &teacher, "--steps", "9", "--sample", "1", "--out", &p("x")]));
     assert!(err.contains("trained for 4 inner steps"), "{err}");
-    let err = error_line(&gtn(&["nas", "score", "--proxy", "real", "--steps", "1", "--sample", "1", "--shard", "2/2", "--out", &p("x")]));
+    let err = error_line(&gtn(&[
+        "nas",
+        "score",
+        "--proxy",
+        "real",
+        "--steps",
+        "1",
+        "--sample",
+        "1",
+        "--shard",
+        "2/2",
+        "--out",
+        &p("x"),
+    ]));
     assert!(err.contains("--shard"), "{err}");
 }

@@ -108,6 +108,11 @@ impl Cell {
         Cell::new(nodes).expect("sampled inputs are in range")
     }
 
+    /// Whether some node reads `state` (0 and 1: the cell's inputs).
+    pub fn reads(&self, state: usize) -> bool {
+        self.nodes.iter().any(|n| n.inputs.iter().any(|i| i.from as usize == state))
+    }
+
     /// States (indices as in the encoding) no node reads, in order: the cell's output.
     pub fn unused_nodes(&self) -> Vec<usize> {
         let read: Vec<usize> = self.nodes.iter().flat_map(|n| n.inputs.map(|i| i.from as usize)).collect();
@@ -139,7 +144,10 @@ impl FromStr for Cell {
         for (j, part) in parts.iter().enumerate() {
             let inputs: Vec<&str> = part.split(',').collect();
             if inputs.len() != 2 {
-                return Err(err(format!("node {j} `{part}` has {} inputs, expected 2 as `from:op,from:op`", inputs.len())));
+                return Err(err(format!(
+                    "node {j} `{part}` has {} inputs, expected 2 as `from:op,from:op`",
+                    inputs.len()
+                )));
             }
             let parse_input = |s: &str| -> Result<Input> {
                 let (from, op) = s.split_once(':').ok_or_else(|| anyhow::anyhow!("`{s}` is not `from:op`"))?;

@@ -69,7 +69,8 @@ impl Appender {
         let done = read(path)?;
         if let Ok(text) = std::fs::read_to_string(path) {
             if !text.is_empty() && !text.ends_with('\n') {
-                let kept: String = done.iter().map(|r| format!("{}\n", serde_json::to_string(r).expect("serialises"))).collect();
+                let kept: String =
+                    done.iter().map(|r| format!("{}\n", serde_json::to_string(r).expect("serialises"))).collect();
                 crate::atomic::write(path, kept.as_bytes())?;
             }
         }
@@ -108,7 +109,8 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
             merged.entry((r.proxy.clone(), r.steps, r.index, r.arch.clone())).or_insert(r);
         }
     }
-    let text: String = merged.values().map(|r| format!("{}\n", serde_json::to_string(r).expect("serialises"))).collect();
+    let text: String =
+        merged.values().map(|r| format!("{}\n", serde_json::to_string(r).expect("serialises"))).collect();
     crate::atomic::write(output, text.as_bytes())?;
     Ok(merged.len())
 }

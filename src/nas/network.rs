@@ -27,8 +27,9 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
-    /// Sized for 2 CPU cores: 1 normal cell at each of 28, 14, 7 pixels, 2 reduction cells, width 8.
-    pub const CPU: NetConfig = NetConfig { cells: 1, channels: 8, reductions: 2 };
+    /// Sized for 2 shared CPU cores: stem at full resolution (width 8), then two reduction cells
+    /// (16 wide at 14x14, 32 wide at 7x7). Normal cells (`cells > 0`) cost 2-3x more per step.
+    pub const CPU: NetConfig = NetConfig { cells: 0, channels: 8, reductions: 2 };
 
     pub fn validate(&self) -> Result<()> {
         if self.channels <= 0 {
@@ -55,6 +56,36 @@ impl NetConfig {
     }
 }
 
+/// How one cell of the stack is computed.
+#[derive(Debug, Clone, Copy)]
+struct CellPlan {
+    reduce: bool,
+    width: i64,
+    /// The older input is at twice the resolution (a reduction cell lies between).
+    older_strided: bool,
+    /// Whether the output reaches the classifier. A cell that reads only state 0 leaves the
+    /// second-to-last cell's output unread; it gets no parameters and is not computed, so every
+    /// parameter has a gradient.
+    live: bool,
+}
+
+fn plan(cell: &Cell, net: &NetConfig) -> Vec<CellPlan> {
+    let layout = net.layout();
+    let n = layout.len();
+    let mut live = vec![false; n];
+    for k in (0..n).rev() {
+        live[k] = k + 1 == n || (cell.reads(1) && live[k + 1]) || (cell.reads(0) && k + 2 < n && live[k + 2]);
+    }
+    (0..n)
+        .map(|k| CellPlan {
+            reduce: layout[k].0,
+            width: layout[k].1,
+            older_strided: k >= 1 && layout[k - 1].0,
+            live: live[k],
+        })
+        .collect()
+}
+
 /// Parameter specs of `cell` stacked by `net` for `image` (`[C, H, W]`) and `classes`, and the
 /// forward multiply-adds per example (convolutions and the classifier).
 pub fn specs(cell: &Cell, net: &NetConfig, image: [i64; 3], classes: i64) -> Result<(Vec<ParamSpec>, f64)> {
@@ -67,26 +98,31 @@ pub fn specs(cell: &Cell, net: &NetConfig, image: [i64; 3], classes: i64) -> Res
     // Widths (and pixel counts) of the two previous states.
     let (mut prev2, mut prev1) = ((net.channels, pixels), (net.channels, pixels));
     let out_nodes = cell.unused_nodes().len() as i64;
-    for (k, (reduce, c)) in net.layout().into_iter().enumerate() {
-        let out_pixels = if reduce { ((h + 1) / 2 * ((w + 1) / 2)) as f64 } else { pixels };
-        for (name, (c_prev, px_prev)) in [("pre0", prev2), ("pre1", prev1)] {
-            specs.extend(nn::wn_specs(&format!("cell{k}.{name}"), &[c, c_prev, 1, 1], false));
-            specs.push(bn_bias(&format!("cell{k}.{name}.bn"), c));
-            // The older input is strided down to the cell's input resolution.
-            macs += px_prev.min(pixels) * (c * c_prev) as f64;
-        }
-        for (j, node) in cell.nodes.iter().enumerate() {
-            for (slot, input) in node.inputs.iter().enumerate() {
-                if let Some(kernel) = input.op.sep_kernel() {
-                    let name = format!("cell{k}.node{j}.{slot}");
-                    specs.extend(nn::wn_specs(&format!("{name}.dw"), &[c, 1, kernel, kernel], false));
-                    specs.extend(nn::wn_specs(&format!("{name}.pw"), &[c, c, 1, 1], false));
-                    specs.push(bn_bias(&format!("{name}.bn"), c));
-                    macs += out_pixels * (c * kernel * kernel + c * c) as f64;
+    for (k, cp) in plan(cell, net).into_iter().enumerate() {
+        let c = cp.width;
+        let out_pixels = if cp.reduce { ((h + 1) / 2 * ((w + 1) / 2)) as f64 } else { pixels };
+        if cp.live {
+            for (state, name, (c_prev, px_prev)) in [(0, "pre0", prev2), (1, "pre1", prev1)] {
+                if cell.reads(state) {
+                    specs.extend(nn::wn_specs(&format!("cell{k}.{name}"), &[c, c_prev, 1, 1], false));
+                    specs.push(bn_bias(&format!("cell{k}.{name}.bn"), c));
+                    // The older input is strided down to the cell's input resolution.
+                    macs += px_prev.min(pixels) * (c * c_prev) as f64;
+                }
+            }
+            for (j, node) in cell.nodes.iter().enumerate() {
+                for (slot, input) in node.inputs.iter().enumerate() {
+                    if let Some(kernel) = input.op.sep_kernel() {
+                        let name = format!("cell{k}.node{j}.{slot}");
+                        specs.extend(nn::wn_specs(&format!("{name}.dw"), &[c, 1, kernel, kernel], false));
+                        specs.extend(nn::wn_specs(&format!("{name}.pw"), &[c, c, 1, 1], false));
+                        specs.push(bn_bias(&format!("{name}.bn"), c));
+                        macs += out_pixels * (c * kernel * kernel + c * c) as f64;
+                    }
                 }
             }
         }
-        if reduce {
+        if cp.reduce {
             (h, w) = ((h + 1) / 2, (w + 1) / 2);
             pixels = out_pixels;
         }
@@ -154,13 +190,22 @@ pub fn forward(cell: &Cell, net: &NetConfig, params: &[Tensor], x: &Tensor) -> T
     let stem = nn::mean_only_bn(&nn::wn_conv3x3(x, v, g, None, 1), bias);
     let (mut s0, mut s1) = (stem.shallow_clone(), stem);
     let unused = cell.unused_nodes();
-    for (reduce, _) in net.layout() {
-        let older_stride = if s0.size()[2] > s1.size()[2] { 2 } else { 1 };
-        let mut states = vec![conv1x1_bn(&s0, &mut p, older_stride), conv1x1_bn(&s1, &mut p, 1)];
+    for cp in plan(cell, net) {
+        if !cp.live {
+            // Never read by a live cell, so any placeholder keeps the two-state window moving.
+            (s0, s1) = (s1.shallow_clone(), s1);
+            continue;
+        }
+        let mut states = Vec::with_capacity(unused.len() + 2 + cell.nodes.len());
+        for (state, input) in [(0, &s0), (1, &s1)] {
+            let stride = if state == 0 && cp.older_strided { 2 } else { 1 };
+            // An unread input needs no preprocessing; its slot is never indexed.
+            states.push(if cell.reads(state) { conv1x1_bn(input, &mut p, stride) } else { input.shallow_clone() });
+        }
         for node in &cell.nodes {
             let mut sum: Option<Tensor> = None;
             for input in node.inputs {
-                let stride = if reduce && input.from < 2 { 2 } else { 1 };
+                let stride = if cp.reduce && input.from < 2 { 2 } else { 1 };
                 let mut take = || p.take::<5>().map(Tensor::shallow_clone);
                 let y = apply_op(input.op, &states[input.from as usize], stride, &mut take);
                 sum = Some(match sum {
@@ -225,11 +270,11 @@ mod tests {
     #[test]
     fn networks_forward_for_mnist_and_cifar_shapes() {
         let mut rng = StdRng::seed_from_u64(3);
-        let nets = [NetConfig::CPU, NetConfig { cells: 0, channels: 4, reductions: 1 }, NetConfig {
-            cells: 2,
-            channels: 4,
-            reductions: 0,
-        }];
+        let nets = [
+            NetConfig::CPU,
+            NetConfig { cells: 0, channels: 4, reductions: 1 },
+            NetConfig { cells: 2, channels: 4, reductions: 0 },
+        ];
         for net in nets {
             for _ in 0..3 {
                 let cell = Cell::sample(&mut rng);
@@ -242,8 +287,32 @@ mod tests {
         let (specs, _) = specs(&chain, &NetConfig::CPU, [1, 28, 28], 10).unwrap();
         assert_eq!(specs.last().unwrap().shape, [10]);
         assert_eq!(specs[specs.len() - 3].shape, [10, 32], "last cell is 32 wide, one output node");
+        let normal = NetConfig { cells: 1, ..NetConfig::CPU };
+        assert!(specs.len() < super::specs(&chain, &normal, [1, 28, 28], 10).unwrap().0.len());
         check_forward(&chain, &NetConfig::CPU, [1, 28, 28]);
         assert!(NetConfig { cells: 0, channels: 4, reductions: 0 }.validate().is_err());
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient() {
+        let only_older: Cell = "0:sep3,0:id/0:max3,2:sep5/0:avg3,3:id/0:sep3,4:id/0:sep5,5:avg3".parse().unwrap();
+        let only_newer: Cell = "1:sep3,1:id/1:max3,2:sep5/1:avg3,3:id/1:sep3,4:id/1:sep5,5:avg3".parse().unwrap();
+        let mut cells = vec![only_older, only_newer];
+        let mut rng = StdRng::seed_from_u64(9);
+        cells.extend((0..20).map(|_| Cell::sample(&mut rng)));
+        for cell in cells {
+            for net in
+                [NetConfig { cells: 1, channels: 2, reductions: 1 }, NetConfig { cells: 2, channels: 2, reductions: 0 }]
+            {
+                let (specs, _) = specs(&cell, &net, [1, 8, 8], 3).unwrap();
+                let params = nn::init_params(&specs, &mut StdRng::seed_from_u64(1), Kind::Double, Device::Cpu);
+                let y = forward(&cell, &net, &params, &leaf(&[4, 1, 8, 8], 2));
+                let grads = Tensor::run_backward(&[project(&y)], &params, false, true);
+                for (s, g) in specs.iter().zip(&grads) {
+                    assert!(g.defined(), "{cell} {net:?}: {} gets no gradient", s.name);
+                }
+            }
+        }
     }
 
     /// Second-order: the meta-gradient of a loss after two differentiable SGD steps of a tiny

@@ -101,7 +101,8 @@ pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
     real.sort_by_key(|r| r.steps);
     let mut out = Vec::new();
     for g in rows.iter().filter(|r| r.is_gtn()) {
-        for (subset, pick) in [("all", (|r: &Row| r.spearman) as fn(&Row) -> f64), ("top 50%", |r: &Row| r.spearman_top)]
+        for (subset, pick) in
+            [("all", (|r: &Row| r.spearman) as fn(&Row) -> f64), ("top 50%", |r: &Row| r.spearman_top)]
         {
             let target = pick(g);
             let mut real_steps = None;
@@ -117,7 +118,13 @@ pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
                 }
                 prev = Some((s, v));
             }
-            out.push(Match { gtn_proxy: g.proxy.clone(), gtn_steps: g.steps, subset, gtn_spearman: target, real_steps });
+            out.push(Match {
+                gtn_proxy: g.proxy.clone(),
+                gtn_steps: g.steps,
+                subset,
+                gtn_spearman: target,
+                real_steps,
+            });
         }
     }
     out
@@ -210,7 +217,8 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
             builder.caption("Rank correlation with true performance", ("sans-serif", 20));
             builder.x_label_area_size(40).y_label_area_size(50);
         }
-        let mut chart = builder.build_cartesian_2d((min_steps * 0.8..max_steps * 1.25).log_scale(), lo.min(-0.1)..1.0)?;
+        let mut chart =
+            builder.build_cartesian_2d((min_steps * 0.8..max_steps * 1.25).log_scale(), lo.min(-0.1)..1.0)?;
         if text {
             chart.configure_mesh().x_desc("proxy training steps").y_desc("Spearman rho").draw()?;
         }
@@ -227,9 +235,9 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
                 let style = colour.stroke_width(width);
                 let drawn = chart.draw_series(LineSeries::new(series.clone(), style))?;
                 if text {
-                    drawn.label(format!("{proxy} ({subset})")).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(width))
-                    });
+                    drawn
+                        .label(format!("{proxy} ({subset})"))
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(width)));
                 }
                 chart.draw_series(series.into_iter().map(|p| Circle::new(p, 3, colour.filled())))?;
             }

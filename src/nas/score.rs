@@ -114,7 +114,10 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             let teacher = checkpoint::load(dir, device)?.teacher;
             let t = teacher.config.inner_steps;
             if max_steps > t {
-                bail!("--steps {max_steps}: the teacher in {} was trained for {t} inner steps; expected 1..={t}", dir.display());
+                bail!(
+                    "--steps {max_steps}: the teacher in {} was trained for {t} inner steps; expected 1..={t}",
+                    dir.display()
+                );
             }
             Some(teacher)
         }
@@ -266,7 +269,8 @@ mod tests {
         let archs = sample_distinct(4, 1);
         for (k, cell) in archs.iter().enumerate() {
             for steps in [1, 2] {
-                let n = records.iter().filter(|r| r.arch == cell.to_string() && r.steps == steps && r.index == k).count();
+                let n =
+                    records.iter().filter(|r| r.arch == cell.to_string() && r.steps == steps && r.index == k).count();
                 assert_eq!(n, 1, "architecture {k} at {steps} steps");
             }
         }

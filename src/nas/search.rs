@@ -41,7 +41,13 @@ impl SearchReport {
             self.best.steps
         );
         for (k, r) in self.top_k.iter().enumerate() {
-            s += &format!("| {} | `{}` | {:.2}% | {:.2}% |\n", k + 1, r.arch, 100.0 * r.valid_accuracy, 100.0 * r.test_accuracy);
+            s += &format!(
+                "| {} | `{}` | {:.2}% | {:.2}% |\n",
+                k + 1,
+                r.arch,
+                100.0 * r.valid_accuracy,
+                100.0 * r.test_accuracy
+            );
         }
         s + &format!("\nbest: `{}`, test accuracy {:.2}%\n", self.best.arch, 100.0 * self.best.test_accuracy)
     }
@@ -82,7 +88,9 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     let truth = jsonl::read(&truth_out)?;
     let mut top_k: Vec<Record> = finalists
         .iter()
-        .filter_map(|c| truth.iter().find(|r| r.arch == c.to_string() && r.steps == opts.truth_steps && r.proxy == "real"))
+        .filter_map(|c| {
+            truth.iter().find(|r| r.arch == c.to_string() && r.steps == opts.truth_steps && r.proxy == "real")
+        })
         .cloned()
         .collect();
     top_k.sort_by(|a, b| b.valid_accuracy.total_cmp(&a.valid_accuracy));
