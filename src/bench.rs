@@ -135,6 +135,10 @@ pub fn forward_flops(config: &Config, arch: Arch) -> (f64, f64) {
             let (h1, h2) = (hidden1 as f64, hidden2 as f64);
             2.0 * b * (c * h * w * h1 + h1 * h2 + h2 * k)
         }
+        Arch::Nas { cell, net } => {
+            let (image, classes) = config.dataset.shape();
+            2.0 * b * crate::nas::network::specs(&cell, &net, image, classes).map_or(0.0, |(_, macs)| macs)
+        }
     };
     (generator, learner)
 }

@@ -6,6 +6,8 @@ use rand::{rngs::StdRng, Rng};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::nas::arch::Cell;
+use crate::nas::network::{self as nas_network, NetConfig};
 use crate::nn::{self, Init, ParamSpec};
 
 /// Which learners meta-training and evaluation draw.
@@ -25,6 +27,9 @@ pub enum LearnerKind {
     CifarCnn,
     /// The CIFAR CNN with each width drawn afresh from [w/2, 3w/2).
     CifarRandom,
+    /// A random NAS cell architecture each time, stacked as `NetConfig::CPU`, so the teacher's
+    /// data teaches the whole search space.
+    NasRandom,
 }
 
 /// Widths and strides of the reference CIFAR-10 learner's convolutions.
@@ -37,6 +42,7 @@ pub enum Arch {
     Cnn { conv1: i64, conv2: i64, fc: i64 },
     Mlp { hidden1: i64, hidden2: i64 },
     CifarCnn { widths: [i64; 5] },
+    Nas { cell: Cell, net: NetConfig },
 }
 
 impl LearnerKind {
@@ -51,6 +57,7 @@ impl LearnerKind {
             LearnerKind::CifarRandom => {
                 Arch::CifarCnn { widths: CIFAR_WIDTHS.map(|w| rng.gen_range(w / 2..w * 3 / 2)) }
             }
+            LearnerKind::NasRandom => Arch::Nas { cell: Cell::sample(rng), net: NetConfig::CPU },
         }
     }
 }
@@ -120,6 +127,7 @@ impl Learner {
                 ]
                 .concat()
             }
+            Arch::Nas { cell, net } => nas_network::specs(&cell, &net, image, classes)?.0,
         };
         Ok(Learner { arch, image, classes, specs })
     }
@@ -158,6 +166,7 @@ impl Learner {
                 let y = act(nn::wn_linear(&y, &p[3], &p[4], None), &p[5]);
                 nn::wn_linear(&y, &p[6], &p[7], Some(&p[8]))
             }
+            Arch::Nas { cell, net } => nas_network::forward(&cell, &net, p, x),
         }
     }
 }
@@ -177,6 +186,7 @@ mod tests {
             LearnerKind::Mlp,
             LearnerKind::CifarCnn,
             LearnerKind::CifarRandom,
+            LearnerKind::NasRandom,
         ] {
             let l = Learner::new(kind.sample(&mut rng), [1, 28, 28], 10).unwrap();
             let p = l.init(&mut rng, Device::Cpu);

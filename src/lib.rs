@@ -13,6 +13,7 @@ pub mod generator;
 pub mod inner;
 pub mod learner;
 pub mod meta;
+pub mod nas;
 pub mod nn;
 pub mod optim;
 pub mod plot;

@@ -14,6 +14,7 @@ use gtn::data::{fetch, Dataset, DatasetName};
 use gtn::eval::{self, EvalReport};
 use gtn::learner::LearnerKind;
 use gtn::meta::{self, Trainer};
+use gtn::nas;
 use gtn::report;
 use gtn::teacher::TeacherKind;
 
@@ -69,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         command: RlCommand,
     },
+    /// Architecture search with the teacher's data as a fast proxy.
+    Nas {
+        #[command(subcommand)]
+        command: NasCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +112,125 @@ enum RlCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum NasCommand {
+    /// Train each architecture S steps on a proxy; append its validation accuracy to a JSONL file.
+    Score {
+        /// `gtn:DIR` (a training folder) or `real`.
+        #[arg(long)]
+        proxy: nas::score::Proxy,
+        /// Step counts to record, comma-separated (one run to the largest).
+        #[arg(long, value_delimiter = ',', required = true)]
+        steps: Vec<usize>,
+        #[command(flatten)]
+        common: NasArgs,
+    },
+    /// The true performance: each architecture trained long on real data (same format).
+    Truth {
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        steps: Vec<usize>,
+        #[command(flatten)]
+        common: NasArgs,
+    },
+    /// Rank correlation of proxies with the truth, steps-to-match, markdown table and PNG plot.
+    Report {
+        /// Proxy result files (repeat for the GTN and the real-data proxy).
+        #[arg(long, required = true)]
+        proxy: Vec<PathBuf>,
+        #[arg(long)]
+        truth: PathBuf,
+        /// Plot of Spearman correlation vs proxy steps.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Also write the markdown table here.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Random search: score candidates on GTN data, train the top k on real data, report the best.
+    Search {
+        /// The teacher's training folder.
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Candidates to score on GTN data.
+        #[arg(long, default_value_t = 20)]
+        budget: usize,
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        /// Steps on GTN data (at most the teacher's T).
+        #[arg(long)]
+        proxy_steps: usize,
+        #[arg(long, default_value_t = 1000)]
+        truth_steps: usize,
+        /// Folder for proxy.jsonl and truth.jsonl.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        common: NasTrainArgs,
+    },
+    /// Concatenate shard result files, dropping duplicates, into one file.
+    Merge {
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+}
+
+/// Which architectures, which part of them, and where results go.
+#[derive(Args)]
+struct NasArgs {
+    /// One architecture per line (canonical encoding; `#` comments).
+    #[arg(long, conflicts_with = "sample", required_unless_present = "sample")]
+    archs: Option<PathBuf>,
+    /// N distinct random architectures drawn from --seed.
+    #[arg(long)]
+    sample: Option<usize>,
+    /// This process takes architectures k with k % n == i (job arrays).
+    #[arg(long, default_value = "0/1")]
+    shard: nas::jsonl::Shard,
+    /// Results file; a re-run skips what it already holds.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    train: NasTrainArgs,
+}
+
+/// How architectures are built, trained and evaluated.
+#[derive(Args)]
+struct NasTrainArgs {
+    /// Dataset of the real proxy and the truth (a GTN proxy uses its teacher's).
+    #[arg(long, value_enum, default_value = "mnist")]
+    dataset: DatasetName,
+    #[arg(long, alias = "cifar-dir")]
+    data_dir: Option<PathBuf>,
+    /// Training images held out for validation by the real proxy and the truth (default: the
+    /// dataset's standard split).
+    #[arg(long)]
+    valid_size: Option<usize>,
+    /// Normal cells per stage.
+    #[arg(long, default_value_t = nas::network::NetConfig::CPU.cells)]
+    cells: usize,
+    #[arg(long, default_value_t = nas::network::NetConfig::CPU.channels, value_parser = clap::value_parser!(i64).range(1..))]
+    channels: i64,
+    #[arg(long, default_value_t = nas::network::NetConfig::CPU.reductions)]
+    reductions: usize,
+    /// Real-data batch size, learning rate and momentum.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.5)]
+    momentum: f64,
+    /// Validation (and test) images accuracy is measured on.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    eval_images: u64,
+    /// Seeds the architecture sample and every architecture's initial weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Subcommand)]
@@ -414,6 +539,100 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Rl { command: RlCommand::Eval { dir, seed, threads, json } } => {
             gtn::rl::eval_command(&dir, seed, threads.map(|t| t as usize), json)?;
+            Ok(())
+        }
+        Command::Nas { command } => run_nas(command, device),
+    }
+}
+
+fn nas_options(train: NasTrainArgs) -> nas::score::ScoreOptions {
+    nas::score::ScoreOptions {
+        archs: Vec::new(),
+        proxy: nas::score::Proxy::Real,
+        steps: Vec::new(),
+        shard: nas::jsonl::Shard::ALL,
+        out: PathBuf::new(),
+        dataset: train.dataset,
+        data_dir: train.data_dir,
+        valid_size: train.valid_size,
+        net: nas::network::NetConfig { cells: train.cells, channels: train.channels, reductions: train.reductions },
+        real: nas::score::RealTraining { batch: train.batch_size as usize, lr: train.lr, momentum: train.momentum },
+        eval_images: train.eval_images as usize,
+        seed: train.seed,
+    }
+}
+
+fn nas_score(common: NasArgs, proxy: nas::score::Proxy, steps: Vec<usize>, device: Device) -> Result<()> {
+    let archs = match (&common.archs, common.sample) {
+        (Some(path), _) => nas::score::read_archs(path)?,
+        (None, Some(n)) => nas::arch::sample_distinct(n, common.train.seed),
+        (None, None) => bail!("--archs FILE or --sample N is required"),
+    };
+    let opts = nas::score::ScoreOptions {
+        archs,
+        proxy,
+        steps,
+        shard: common.shard,
+        out: common.out,
+        ..nas_options(common.train)
+    };
+    let summary = nas::score::score(&opts, device, |r| {
+        println!(
+            "{:>4} {} {:>5} steps: valid {:.2}% ({:.1} s)",
+            r.index,
+            r.arch,
+            r.steps,
+            100.0 * r.valid_accuracy,
+            r.seconds
+        )
+    })?;
+    println!(
+        "scored {} architectures, skipped {} already done, left {} to other shards -> {}",
+        summary.scored,
+        summary.skipped,
+        summary.other_shards,
+        opts.out.display()
+    );
+    Ok(())
+}
+
+fn run_nas(command: NasCommand, device: Device) -> Result<()> {
+    match command {
+        NasCommand::Score { proxy, steps, common } => nas_score(common, proxy, steps, device),
+        NasCommand::Truth { steps, common } => nas_score(common, nas::score::Proxy::Real, steps, device),
+        NasCommand::Report { proxy, truth, plot, markdown, json } => {
+            let files: Vec<&std::path::Path> = proxy.iter().map(PathBuf::as_path).collect();
+            let (rows, table) = nas::report::report(&files, &truth, plot.as_deref())?;
+            if let Some(path) = &markdown {
+                gtn::atomic::write(path, table.as_bytes())?;
+            }
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                print!("{table}");
+            }
+            Ok(())
+        }
+        NasCommand::Search { teacher, budget, top_k, proxy_steps, truth_steps, out, common } => {
+            let opts = nas::search::SearchOptions {
+                base: nas_options(common),
+                teacher,
+                budget,
+                top_k,
+                proxy_steps,
+                truth_steps,
+                out,
+            };
+            let report = nas::search::search(&opts, device, |phase, r| {
+                println!("{phase} {:>4} {}: valid {:.2}%", r.index, r.arch, 100.0 * r.valid_accuracy)
+            })?;
+            print!("{}", report.markdown());
+            Ok(())
+        }
+        NasCommand::Merge { inputs, out } => {
+            let files: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
+            let n = nas::jsonl::merge(&files, &out)?;
+            println!("merged {n} records from {} files -> {}", files.len(), out.display());
             Ok(())
         }
     }

@@ -187,3 +187,68 @@ fn tiny_compare_writes_curves_table_and_plot() {
     stdout(&gtn(&args));
     assert_eq!(std::fs::read(dir.join("gtn-full/checkpoint.safetensors")).unwrap(), before);
 }
+
+/// GTN-NAS on the fixtures: score sampled cells on a tiny teacher's data and on real data in two
+/// shards, merge, compute the truth, report; a re-run skips done work.
+#[test]
+fn nas_score_truth_merge_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_tiny(&run);
+    let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
+    let data = fixtures();
+    let small = ["--sample", "4", "--cells", "0", "--reductions", "1", "--channels", "2", "--eval-images", "64"];
+    let nas = |args: &[&str]| {
+        let mut all = vec!["nas"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&small);
+        all.extend_from_slice(&["--data-dir", data.to_str().unwrap(), "--valid-size", "112", "--batch-size", "16"]);
+        stdout(&gtn(&all))
+    };
+    let teacher = format!("gtn:{}", run.display());
+    let out = nas(&["score", "--proxy", &teacher, "--steps", "2,4", "--out", &p("gtn.jsonl")]);
+    assert!(out.contains("scored 4 architectures, skipped 0"), "{out}");
+    let out = nas(&["score", "--proxy", &teacher, "--steps", "2,4", "--out", &p("gtn.jsonl")]);
+    assert!(out.contains("scored 0 architectures, skipped 4"), "{out}");
+    for shard in ["0/2", "1/2"] {
+        let file = p(&format!("real-{}.jsonl", &shard[..1]));
+        let out = nas(&["score", "--proxy", "real", "--steps", "2,4", "--shard", shard, "--out", &file]);
+        assert!(out.contains("scored 2 architectures, skipped 0, left 2 to other shards"), "{out}");
+    }
+    let out = stdout(&gtn(&["nas", "merge", &p("real-0.jsonl"), &p("real-1.jsonl"), "--out", &p("real.jsonl")]));
+    assert!(out.contains("merged 8 records from 2 files"), "{out}");
+    nas(&["truth", "--steps", "6", "--out", &p("truth.jsonl")]);
+    let png = p("corr.png");
+    let out = stdout(&gtn(&[
+        "nas",
+        "report",
+        "--proxy",
+        &p("gtn.jsonl"),
+        "--proxy",
+        &p("real.jsonl"),
+        "--truth",
+        &p("truth.jsonl"),
+        "--plot",
+        &png,
+    ]));
+    assert!(out.contains("| real | 4 | 4 |") && out.contains(&format!("| {teacher} | 2 | 4 |")), "{out}");
+    assert!(image::open(&png).is_ok());
+    let err =
+        error_line(&gtn(&["nas", "score", "--proxy", &teacher, "--steps", "9", "--sample", "1", "--out", &p("x")]));
+    assert!(err.contains("trained for 4 inner steps"), "{err}");
+    let err = error_line(&gtn(&[
+        "nas",
+        "score",
+        "--proxy",
+        "real",
+        "--steps",
+        "1",
+        "--sample",
+        "1",
+        "--shard",
+        "2/2",
+        "--out",
+        &p("x"),
+    ]));
+    assert!(err.contains("--shard"), "{err}");
+}

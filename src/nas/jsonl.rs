@@ -1,0 +1,211 @@
+//! Results as JSON lines: one record per (architecture, proxy, step count). Each record is one
+//! `write` of a whole line to a file opened for appending, then flushed to disk, so concurrent
+//! writers never interleave within a line and a crash loses at most the line being written; a
+//! torn last line is dropped when the file is next opened for appending.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Canonical cell encoding.
+    pub arch: String,
+    /// Position in the architecture list (stable across shards and re-runs).
+    pub index: usize,
+    /// `gtn:<teacher folder>` or `real`.
+    pub proxy: String,
+    pub steps: usize,
+    pub dataset: String,
+    /// Accuracy on held-out training images (what ranks architectures).
+    pub valid_accuracy: f64,
+    pub test_accuracy: f64,
+    /// Training seconds for all step counts of this architecture up to `steps`.
+    pub seconds: f64,
+    pub params: i64,
+    pub seed: u64,
+}
+
+impl Record {
+    pub fn key(&self) -> (String, String, usize) {
+        (self.arch.clone(), self.proxy.clone(), self.steps)
+    }
+}
+
+/// All complete records of `path` (none if it does not exist). Only the last line may be
+/// malformed (a torn write); anything else is an error naming the line.
+pub fn read(path: &Path) -> Result<Vec<Record>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    };
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(r) => out.push(r),
+            Err(_) if i + 1 == lines.len() && !complete => {}
+            Err(e) => bail!("{}:{}: not a result record: {e}", path.display(), i + 1),
+        }
+    }
+    Ok(out)
+}
+
+/// An output file opened for appending, after dropping a torn last line.
+pub struct Appender {
+    file: std::fs::File,
+}
+
+impl Appender {
+    pub fn open(path: &Path) -> Result<(Appender, Vec<Record>)> {
+        let done = read(path)?;
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.is_empty() && !text.ends_with('\n') {
+                let kept: String =
+                    done.iter().map(|r| format!("{}\n", serde_json::to_string(r).expect("serialises"))).collect();
+                crate::atomic::write(path, kept.as_bytes())?;
+            }
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create folder", parent.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open for appending", path.display()))?;
+        Ok((Appender { file }, done))
+    }
+
+    pub fn append(&mut self, record: &Record) -> Result<()> {
+        let line = format!("{}\n", serde_json::to_string(record)?);
+        self.file.write_all(line.as_bytes()).context("cannot append a result")?;
+        self.file.sync_data().context("cannot flush a result to disk")
+    }
+}
+
+/// Keys already present, for skipping finished work.
+pub fn done_keys(records: &[Record]) -> HashSet<(String, String, usize)> {
+    records.iter().map(Record::key).collect()
+}
+
+/// Concatenates shard files into one, keeping the first record of each key, ordered by proxy,
+/// step count and architecture index; written atomically. Returns the number of records.
+pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
+    let mut merged: BTreeMap<(String, usize, usize, String), Record> = BTreeMap::new();
+    for path in inputs {
+        if !path.is_file() {
+            bail!("{}: no such results file", path.display());
+        }
+        for r in read(path)? {
+            merged.entry((r.proxy.clone(), r.steps, r.index, r.arch.clone())).or_insert(r);
+        }
+    }
+    let text: String =
+        merged.values().map(|r| format!("{}\n", serde_json::to_string(r).expect("serialises"))).collect();
+    crate::atomic::write(output, text.as_bytes())?;
+    Ok(merged.len())
+}
+
+/// `--shard i/n`: this process takes list positions `k` with `k % n == i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    pub fn takes(&self, position: usize) -> bool {
+        position % self.count == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Shard> {
+        let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+        match parsed {
+            Some((index, count)) if count > 0 && index < count => Ok(Shard { index, count }),
+            Some((index, count)) => bail!("--shard {s}: expected 0 <= i < n, got i={index}, n={count}"),
+            None => bail!("--shard {s}: expected i/n with whole numbers, e.g. 0/4"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn record(arch: &str, index: usize, steps: usize) -> Record {
+        Record {
+            arch: arch.into(),
+            index,
+            proxy: "real".into(),
+            steps,
+            dataset: "mnist".into(),
+            valid_accuracy: 0.5,
+            test_accuracy: 0.5,
+            seconds: 1.0,
+            params: 10,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn shards_cover_every_position_exactly_once() {
+        for n in 1..6 {
+            let shards: Vec<Shard> = (0..n).map(|i| format!("{i}/{n}").parse().unwrap()).collect();
+            for k in 0..37 {
+                assert_eq!(shards.iter().filter(|s| s.takes(k)).count(), 1, "position {k} with {n} shards");
+            }
+        }
+        for bad in ["3/3", "1/0", "a/2", "2", "-1/2"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        assert_eq!("4/3".parse::<Shard>().unwrap_err().to_string(), "--shard 4/3: expected 0 <= i < n, got i=4, n=3");
+    }
+
+    #[test]
+    fn torn_last_line_is_dropped_and_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/r.jsonl");
+        let (mut app, done) = Appender::open(&path).unwrap();
+        assert!(done.is_empty());
+        app.append(&record("a", 0, 4)).unwrap();
+        app.append(&record("b", 1, 4)).unwrap();
+        drop(app);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"arch\":\"c\",\"ind").unwrap();
+        assert_eq!(read(&path).unwrap().len(), 2);
+        let (mut app, done) = Appender::open(&path).unwrap();
+        assert_eq!(done.len(), 2);
+        app.append(&record("c", 2, 4)).unwrap();
+        assert_eq!(read(&path).unwrap().iter().map(|r| r.arch.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        std::fs::write(&path, "garbage\n{}\n").unwrap();
+        assert!(read(&path).unwrap_err().to_string().contains("r.jsonl:1: not a result record"));
+    }
+
+    #[test]
+    fn merge_deduplicates_and_orders() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, out) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("m.jsonl"));
+        let line = |r: &Record| format!("{}\n", serde_json::to_string(r).unwrap());
+        std::fs::write(&a, line(&record("x", 2, 4)) + &line(&record("y", 0, 4))).unwrap();
+        std::fs::write(&b, line(&record("x", 2, 4)) + &line(&record("z", 1, 4)) + &line(&record("z", 1, 2))).unwrap();
+        assert_eq!(merge(&[&a, &b], &out).unwrap(), 4);
+        let merged: Vec<(String, usize)> = read(&out).unwrap().into_iter().map(|r| (r.arch, r.steps)).collect();
+        assert_eq!(merged, [("z".into(), 2), ("y".into(), 4), ("z".into(), 4), ("x".into(), 4)]);
+        assert!(merge(&[&dir.path().join("none")], &out).is_err());
+    }
+}

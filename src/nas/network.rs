@@ -1,0 +1,351 @@
+//! A cell architecture stacked into a network, as a pure function of an explicit parameter list
+//! (so the GTN unroll can train it): stem conv, `reductions + 1` stages of `cells` normal cells
+//! with one reduction cell between stages, global average pool, linear classifier. Every conv is
+//! weight-normalised and followed by mean-only batch norm.
+//!
+//! Each cell reads the outputs of the two cells before it (ENAS), each first mapped to the cell's
+//! width by LReLU -> 1x1 conv -> BN; the older one is also strided when a reduction lies between.
+//! A reduction cell doubles the width and applies its ops at stride 2 to the cell's inputs.
+//! Separable conv = LReLU -> depthwise kxk (groups) -> pointwise 1x1 -> BN.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::arch::{Cell, Op};
+use crate::nn::{self, Init, ParamSpec};
+
+/// How a cell is stacked into a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// Normal cells per stage.
+    pub cells: usize,
+    /// Width of the stem and the first stage; doubled by each reduction.
+    pub channels: i64,
+    /// Reduction cells (each halves the resolution).
+    pub reductions: usize,
+}
+
+impl NetConfig {
+    /// Sized for 2 shared CPU cores: stem at full resolution (width 8), then two reduction cells
+    /// (16 wide at 14x14, 32 wide at 7x7). Normal cells (`cells > 0`) cost 2-3x more per step.
+    pub const CPU: NetConfig = NetConfig { cells: 0, channels: 8, reductions: 2 };
+
+    pub fn validate(&self) -> Result<()> {
+        if self.channels <= 0 {
+            bail!("network: channels {} must be positive", self.channels);
+        }
+        if self.cells == 0 && self.reductions == 0 {
+            bail!("network: cells and reductions are both 0, so there is no cell");
+        }
+        Ok(())
+    }
+
+    /// Per cell in order: whether it reduces, and its width.
+    fn layout(&self) -> Vec<(bool, i64)> {
+        let mut out = Vec::new();
+        let mut c = self.channels;
+        for stage in 0..=self.reductions {
+            out.extend(std::iter::repeat_n((false, c), self.cells));
+            if stage < self.reductions {
+                c *= 2;
+                out.push((true, c));
+            }
+        }
+        out
+    }
+}
+
+/// How one cell of the stack is computed.
+#[derive(Debug, Clone, Copy)]
+struct CellPlan {
+    reduce: bool,
+    width: i64,
+    /// The older input is at twice the resolution (a reduction cell lies between).
+    older_strided: bool,
+    /// Whether the output reaches the classifier. A cell that reads only state 0 leaves the
+    /// second-to-last cell's output unread; it gets no parameters and is not computed, so every
+    /// parameter has a gradient.
+    live: bool,
+}
+
+fn plan(cell: &Cell, net: &NetConfig) -> Vec<CellPlan> {
+    let layout = net.layout();
+    let n = layout.len();
+    let mut live = vec![false; n];
+    for k in (0..n).rev() {
+        live[k] = k + 1 == n || (cell.reads(1) && live[k + 1]) || (cell.reads(0) && k + 2 < n && live[k + 2]);
+    }
+    (0..n)
+        .map(|k| CellPlan {
+            reduce: layout[k].0,
+            width: layout[k].1,
+            older_strided: k >= 1 && layout[k - 1].0,
+            live: live[k],
+        })
+        .collect()
+}
+
+/// Parameter specs of `cell` stacked by `net` for `image` (`[C, H, W]`) and `classes`, and the
+/// forward multiply-adds per example (convolutions and the classifier).
+pub fn specs(cell: &Cell, net: &NetConfig, image: [i64; 3], classes: i64) -> Result<(Vec<ParamSpec>, f64)> {
+    net.validate()?;
+    let [c_in, mut h, mut w] = image;
+    let mut specs = nn::wn_specs("stem", &[net.channels, c_in, 3, 3], false);
+    specs.push(bn_bias("stem.bn", net.channels));
+    let mut pixels = (h * w) as f64;
+    let mut macs = pixels * (net.channels * c_in * 9) as f64;
+    // Widths (and pixel counts) of the two previous states.
+    let (mut prev2, mut prev1) = ((net.channels, pixels), (net.channels, pixels));
+    let out_nodes = cell.unused_nodes().len() as i64;
+    for (k, cp) in plan(cell, net).into_iter().enumerate() {
+        let c = cp.width;
+        let out_pixels = if cp.reduce { ((h + 1) / 2 * ((w + 1) / 2)) as f64 } else { pixels };
+        if cp.live {
+            for (state, name, (c_prev, px_prev)) in [(0, "pre0", prev2), (1, "pre1", prev1)] {
+                if cell.reads(state) {
+                    specs.extend(nn::wn_specs(&format!("cell{k}.{name}"), &[c, c_prev, 1, 1], false));
+                    specs.push(bn_bias(&format!("cell{k}.{name}.bn"), c));
+                    // The older input is strided down to the cell's input resolution.
+                    macs += px_prev.min(pixels) * (c * c_prev) as f64;
+                }
+            }
+            for (j, node) in cell.nodes.iter().enumerate() {
+                for (slot, input) in node.inputs.iter().enumerate() {
+                    if let Some(kernel) = input.op.sep_kernel() {
+                        let name = format!("cell{k}.node{j}.{slot}");
+                        specs.extend(nn::wn_specs(&format!("{name}.dw"), &[c, 1, kernel, kernel], false));
+                        specs.extend(nn::wn_specs(&format!("{name}.pw"), &[c, c, 1, 1], false));
+                        specs.push(bn_bias(&format!("{name}.bn"), c));
+                        macs += out_pixels * (c * kernel * kernel + c * c) as f64;
+                    }
+                }
+            }
+        }
+        if cp.reduce {
+            (h, w) = ((h + 1) / 2, (w + 1) / 2);
+            pixels = out_pixels;
+        }
+        (prev2, prev1) = (prev1, (c * out_nodes, pixels));
+    }
+    specs.extend(nn::wn_specs("fc", &[classes, prev1.0], true));
+    macs += (prev1.0 * classes) as f64;
+    Ok((specs, macs))
+}
+
+fn bn_bias(name: &str, n: i64) -> ParamSpec {
+    ParamSpec::new(format!("{name}.bias"), &[n], Init::Zeros)
+}
+
+/// Hands out parameters in the order `specs` lists them.
+struct Params<'a> {
+    all: &'a [Tensor],
+    next: usize,
+}
+
+impl<'a> Params<'a> {
+    fn take<const N: usize>(&mut self) -> [&'a Tensor; N] {
+        let out = std::array::from_fn(|i| &self.all[self.next + i]);
+        self.next += N;
+        out
+    }
+}
+
+fn conv1x1_bn(x: &Tensor, p: &mut Params, stride: i64) -> Tensor {
+    let [v, g, bias] = p.take();
+    let y = nn::leaky_relu(x).conv2d(&nn::weight_norm(v, g), None::<Tensor>, [stride, stride], [0, 0], [1, 1], 1);
+    nn::mean_only_bn(&y, bias)
+}
+
+/// One op of a node at `stride` (1, or 2 on a reduction cell's inputs).
+pub fn apply_op(op: Op, x: &Tensor, stride: i64, p: &mut impl FnMut() -> [Tensor; 5]) -> Tensor {
+    match op {
+        Op::Identity if stride == 1 => x.shallow_clone(),
+        // Parameter-free subsampling: the same output size as the strided pools and convs.
+        Op::Identity => x.slice(2, 0, None, stride).slice(3, 0, None, stride),
+        Op::Avg3 => x.avg_pool2d([3, 3], [stride, stride], [1, 1], false, false, None),
+        Op::Max3 => x.max_pool2d([3, 3], [stride, stride], [1, 1], [1, 1], false),
+        Op::Sep3 | Op::Sep5 => {
+            let k = op.sep_kernel().expect("a separable conv");
+            let [dv, dg, pv, pg, bias] = p();
+            let channels = x.size()[1];
+            let y = nn::leaky_relu(x).conv2d(
+                &nn::weight_norm(&dv, &dg),
+                None::<Tensor>,
+                [stride, stride],
+                [k / 2, k / 2],
+                [1, 1],
+                channels,
+            );
+            let y = y.conv2d(&nn::weight_norm(&pv, &pg), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+            nn::mean_only_bn(&y, &bias)
+        }
+    }
+}
+
+/// `x`: `[N, C, H, W]` -> logits; `params` as listed by [`specs`].
+pub fn forward(cell: &Cell, net: &NetConfig, params: &[Tensor], x: &Tensor) -> Tensor {
+    let mut p = Params { all: params, next: 0 };
+    let [v, g, bias] = p.take();
+    let stem = nn::mean_only_bn(&nn::wn_conv3x3(x, v, g, None, 1), bias);
+    let (mut s0, mut s1) = (stem.shallow_clone(), stem);
+    let unused = cell.unused_nodes();
+    for cp in plan(cell, net) {
+        if !cp.live {
+            // Never read by a live cell, so any placeholder keeps the two-state window moving.
+            (s0, s1) = (s1.shallow_clone(), s1);
+            continue;
+        }
+        let mut states = Vec::with_capacity(unused.len() + 2 + cell.nodes.len());
+        for (state, input) in [(0, &s0), (1, &s1)] {
+            let stride = if state == 0 && cp.older_strided { 2 } else { 1 };
+            // An unread input needs no preprocessing; its slot is never indexed.
+            states.push(if cell.reads(state) { conv1x1_bn(input, &mut p, stride) } else { input.shallow_clone() });
+        }
+        for node in &cell.nodes {
+            let mut sum: Option<Tensor> = None;
+            for input in node.inputs {
+                let stride = if cp.reduce && input.from < 2 { 2 } else { 1 };
+                let mut take = || p.take::<5>().map(Tensor::shallow_clone);
+                let y = apply_op(input.op, &states[input.from as usize], stride, &mut take);
+                sum = Some(match sum {
+                    Some(s) => s + y,
+                    None => y,
+                });
+            }
+            states.push(sum.expect("a node has two inputs"));
+        }
+        let outputs: Vec<&Tensor> = unused.iter().map(|&s| &states[s]).collect();
+        (s0, s1) = (s1, Tensor::cat(&outputs, 1));
+    }
+    let pooled = nn::leaky_relu(&s1).mean_dim([2i64, 3].as_slice(), false, None::<Kind>);
+    let [v, g, b] = p.take();
+    assert_eq!(p.next, params.len(), "network: parameters left over");
+    nn::wn_linear(&pooled, v, g, Some(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::gradcheck::{leaf, max_rel_error, project};
+    use rand::{rngs::StdRng, SeedableRng};
+    use tch::Device;
+
+    fn sep_params(c: i64, k: i64) -> [Tensor; 5] {
+        let specs = [
+            nn::wn_specs("dw", &[c, 1, k, k], false),
+            nn::wn_specs("pw", &[c, c, 1, 1], false),
+            vec![bn_bias("bn", c)],
+        ]
+        .concat();
+        let p = nn::init_params(&specs, &mut StdRng::seed_from_u64(0), Kind::Double, Device::Cpu);
+        p.try_into().unwrap()
+    }
+
+    #[test]
+    fn every_op_keeps_or_halves_the_shape() {
+        for (h, w) in [(28, 28), (7, 7), (32, 32), (5, 6)] {
+            let x = leaf(&[2, 4, h, w], 1);
+            for op in Op::ALL {
+                let k = op.sep_kernel().unwrap_or(3);
+                assert_eq!(apply_op(op, &x, 1, &mut || sep_params(4, k)).size(), [2, 4, h, w], "{op:?} {h}x{w}");
+                let half = [2, 4, (h + 1) / 2, (w + 1) / 2];
+                assert_eq!(apply_op(op, &x, 2, &mut || sep_params(4, k)).size(), half, "{op:?} {h}x{w} stride 2");
+            }
+        }
+    }
+
+    fn check_forward(cell: &Cell, net: &NetConfig, image: [i64; 3]) {
+        let (specs, macs) = specs(cell, net, image, 10).unwrap();
+        assert!(macs > 0.0);
+        let params = nn::init_params(&specs, &mut StdRng::seed_from_u64(1), Kind::Float, Device::Cpu);
+        let mut shape = vec![3];
+        shape.extend(image);
+        let x = leaf(&shape, 2).to_kind(Kind::Float);
+        let y = forward(cell, net, &params, &x);
+        assert_eq!(y.size(), [3, 10], "{cell} {net:?} {image:?}");
+        assert!(y.isfinite().all().int64_value(&[]) == 1);
+    }
+
+    #[test]
+    fn networks_forward_for_mnist_and_cifar_shapes() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let nets = [
+            NetConfig::CPU,
+            NetConfig { cells: 0, channels: 4, reductions: 1 },
+            NetConfig { cells: 2, channels: 4, reductions: 0 },
+        ];
+        for net in nets {
+            for _ in 0..3 {
+                let cell = Cell::sample(&mut rng);
+                check_forward(&cell, &net, [1, 28, 28]);
+                check_forward(&cell, &net, [3, 32, 32]);
+            }
+        }
+        // Every state used but the last: the output is one node wide.
+        let chain: Cell = "0:sep3,1:sep5/0:id,2:max3/1:avg3,3:sep3/2:id,4:id/5:sep5,5:max3".parse().unwrap();
+        let (specs, _) = specs(&chain, &NetConfig::CPU, [1, 28, 28], 10).unwrap();
+        assert_eq!(specs.last().unwrap().shape, [10]);
+        assert_eq!(specs[specs.len() - 3].shape, [10, 32], "last cell is 32 wide, one output node");
+        let normal = NetConfig { cells: 1, ..NetConfig::CPU };
+        assert!(specs.len() < super::specs(&chain, &normal, [1, 28, 28], 10).unwrap().0.len());
+        check_forward(&chain, &NetConfig::CPU, [1, 28, 28]);
+        assert!(NetConfig { cells: 0, channels: 4, reductions: 0 }.validate().is_err());
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient() {
+        let only_older: Cell = "0:sep3,0:id/0:max3,2:sep5/0:avg3,3:id/0:sep3,4:id/0:sep5,5:avg3".parse().unwrap();
+        let only_newer: Cell = "1:sep3,1:id/1:max3,2:sep5/1:avg3,3:id/1:sep3,4:id/1:sep5,5:avg3".parse().unwrap();
+        let mut cells = vec![only_older, only_newer];
+        let mut rng = StdRng::seed_from_u64(9);
+        cells.extend((0..20).map(|_| Cell::sample(&mut rng)));
+        for cell in cells {
+            for net in
+                [NetConfig { cells: 1, channels: 2, reductions: 1 }, NetConfig { cells: 2, channels: 2, reductions: 0 }]
+            {
+                let (specs, _) = specs(&cell, &net, [1, 8, 8], 3).unwrap();
+                let params = nn::init_params(&specs, &mut StdRng::seed_from_u64(1), Kind::Double, Device::Cpu);
+                let y = forward(&cell, &net, &params, &leaf(&[4, 1, 8, 8], 2));
+                let grads = Tensor::run_backward(&[project(&y)], &params, false, true);
+                for (s, g) in specs.iter().zip(&grads) {
+                    assert!(g.defined(), "{cell} {net:?}: {} gets no gradient", s.name);
+                }
+            }
+        }
+    }
+
+    /// Second-order: the meta-gradient of a loss after two differentiable SGD steps of a tiny
+    /// cell network, with respect to the training images, matches finite differences (f64).
+    #[test]
+    fn gradcheck_cell_network_through_unroll() {
+        let cell: Cell = "0:sep3,1:max3/0:avg3,2:id/1:sep5,3:id/2:sep3,4:avg3/0:id,5:max3".parse().unwrap();
+        let net = NetConfig { cells: 1, channels: 2, reductions: 1 };
+        let (specs, _) = specs(&cell, &net, [1, 6, 6], 3).unwrap();
+        let theta0: Vec<Tensor> = nn::init_params(&specs, &mut StdRng::seed_from_u64(0), Kind::Double, Device::Cpu)
+            .into_iter()
+            .map(|t| t.detach())
+            .collect();
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 0]);
+        let real = leaf(&[4, 1, 6, 6], 9).detach();
+        let f = |p: &[Tensor]| {
+            let mut params: Vec<Tensor> = theta0.iter().map(|t| t.copy().set_requires_grad(true)).collect();
+            for t in 0..2 {
+                let loss = nn::cross_entropy(&forward(&cell, &net, &params, &p[0].get(t)), &labels);
+                let grads = Tensor::run_backward(&[loss], &params, true, true);
+                params = params.iter().zip(&grads).map(|(w, g)| w - g * 0.1).collect();
+            }
+            project(&forward(&cell, &net, &params, &real))
+        };
+        let images = leaf(&[2, 4, 1, 6, 6], 1);
+        let err = max_rel_error(&[images], &f, 12);
+        assert!(err < 1e-4, "cell network meta-gradient finite-difference relative error {err:e}");
+        let direct = |p: &[Tensor]| project(&forward(&cell, &net, &p[..p.len() - 1], &p[p.len() - 1]));
+        let mut inputs = nn::init_params(&specs, &mut StdRng::seed_from_u64(4), Kind::Double, Device::Cpu);
+        inputs.push(leaf(&[4, 1, 6, 6], 5));
+        // Max-pool and LReLU kinks near a probe cost a little finite-difference accuracy; a wrong
+        // gradient is off by O(1).
+        let err = max_rel_error(&inputs, &direct, 3);
+        assert!(err < 1e-4, "cell network gradient finite-difference relative error {err:e}");
+    }
+}

@@ -1,0 +1,275 @@
+//! How well a proxy ranks architectures: Spearman and Kendall correlation of proxy scores with the
+//! true performance (all architectures and the top 50% by truth), the real-data step count that
+//! matches the GTN proxy's correlation, a markdown table and a PNG plot.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::jsonl::Record;
+use super::stats::{kendall_tau_b, spearman};
+use crate::plot::{Chart, Series};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    /// `gtn:<dir>` or `real`.
+    pub proxy: String,
+    pub steps: usize,
+    pub n: usize,
+    pub spearman: f64,
+    pub kendall: f64,
+    pub n_top: usize,
+    pub spearman_top: f64,
+    pub kendall_top: f64,
+    /// Mean training seconds per architecture on this proxy.
+    pub seconds: f64,
+}
+
+impl Row {
+    pub fn is_gtn(&self) -> bool {
+        self.proxy.starts_with("gtn:")
+    }
+}
+
+/// Per architecture, the truth record with the most steps.
+fn truth_by_arch(truth: &[Record]) -> HashMap<&str, &Record> {
+    let mut best: HashMap<&str, &Record> = HashMap::new();
+    for r in truth {
+        let e = best.entry(r.arch.as_str()).or_insert(r);
+        if r.steps > e.steps {
+            *e = r;
+        }
+    }
+    best
+}
+
+/// One row per (proxy, step count), over the architectures both files have, ranked by
+/// validation accuracy.
+pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
+    let truth = truth_by_arch(truth);
+    if truth.is_empty() {
+        bail!("the truth file has no records");
+    }
+    let mut groups: BTreeMap<(String, usize), Vec<(f64, f64, f64)>> = BTreeMap::new();
+    for r in proxy {
+        if let Some(t) = truth.get(r.arch.as_str()) {
+            groups.entry((r.proxy.clone(), r.steps)).or_default().push((r.valid_accuracy, t.valid_accuracy, r.seconds));
+        }
+    }
+    if groups.is_empty() {
+        bail!("no architecture is in both the proxy and the truth files");
+    }
+    Ok(groups
+        .into_iter()
+        .map(|((proxy, steps), mut pairs)| {
+            let (p, t): (Vec<f64>, Vec<f64>) = pairs.iter().map(|&(p, t, _)| (p, t)).unzip();
+            let seconds = pairs.iter().map(|x| x.2).sum::<f64>() / pairs.len() as f64;
+            pairs.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let n_top = pairs.len().div_ceil(2);
+            let (pt, tt): (Vec<f64>, Vec<f64>) = pairs[..n_top].iter().map(|&(p, t, _)| (p, t)).unzip();
+            Row {
+                proxy,
+                steps,
+                n: p.len(),
+                spearman: spearman(&p, &t),
+                kendall: kendall_tau_b(&p, &t),
+                n_top,
+                spearman_top: spearman(&pt, &tt),
+                kendall_top: kendall_tau_b(&pt, &tt),
+                seconds,
+            }
+        })
+        .collect())
+}
+
+/// Real-data steps needed to reach a GTN row's Spearman correlation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Match {
+    pub gtn_proxy: String,
+    pub gtn_steps: usize,
+    /// `all` or `top 50%`.
+    pub subset: &'static str,
+    pub gtn_spearman: f64,
+    /// Linearly interpolated between the real step counts measured; `None` when no real step
+    /// count measured reaches it.
+    pub real_steps: Option<f64>,
+}
+
+pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
+    let mut real: Vec<&Row> = rows.iter().filter(|r| r.proxy == "real").collect();
+    real.sort_by_key(|r| r.steps);
+    let mut out = Vec::new();
+    for g in rows.iter().filter(|r| r.is_gtn()) {
+        for (subset, pick) in
+            [("all", (|r: &Row| r.spearman) as fn(&Row) -> f64), ("top 50%", |r: &Row| r.spearman_top)]
+        {
+            let target = pick(g);
+            let mut real_steps = None;
+            let mut prev: Option<(f64, f64)> = None;
+            for r in &real {
+                let (s, v) = (r.steps as f64, pick(r));
+                if v >= target {
+                    real_steps = Some(match prev {
+                        Some((ps, pv)) if v > pv => ps + (s - ps) * (target - pv) / (v - pv),
+                        _ => s,
+                    });
+                    break;
+                }
+                prev = Some((s, v));
+            }
+            out.push(Match {
+                gtn_proxy: g.proxy.clone(),
+                gtn_steps: g.steps,
+                subset,
+                gtn_spearman: target,
+                real_steps,
+            });
+        }
+    }
+    out
+}
+
+fn fmt_corr(x: f64) -> String {
+    if x.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
+    let mut s = String::from(
+        "| proxy | steps | archs | Spearman | Kendall | top-50% archs | Spearman top 50% | Kendall top 50% | s/arch |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            r.proxy,
+            r.steps,
+            r.n,
+            fmt_corr(r.spearman),
+            fmt_corr(r.kendall),
+            r.n_top,
+            fmt_corr(r.spearman_top),
+            fmt_corr(r.kendall_top),
+            r.seconds
+        );
+    }
+    for m in matches {
+        let real = match m.real_steps {
+            Some(steps) => format!("≈ {steps:.0} real-data steps"),
+            None => "more real-data steps than were measured".into(),
+        };
+        s += &format!(
+            "\n{} steps of {} (Spearman {} on {}) match {real}.",
+            m.gtn_steps,
+            m.gtn_proxy,
+            fmt_corr(m.gtn_spearman),
+            m.subset
+        );
+    }
+    s + "\n"
+}
+
+/// Spearman correlation vs proxy steps, one line per proxy and subset (all, top 50%).
+pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
+    let mut proxies: Vec<&str> = rows.iter().map(|r| r.proxy.as_str()).collect();
+    proxies.sort();
+    proxies.dedup();
+    let mut series = Vec::new();
+    for proxy in proxies {
+        let mut pts: Vec<&Row> = rows.iter().filter(|r| r.proxy == proxy).collect();
+        pts.sort_by_key(|r| r.steps);
+        for (subset, pick) in
+            [("all", (|r: &Row| r.spearman) as fn(&Row) -> f64), ("top 50%", |r: &Row| r.spearman_top)]
+        {
+            let points: Vec<(f64, f64, f64)> =
+                pts.iter().map(|r| (r.steps as f64, pick(r), 0.0)).filter(|p| p.1.is_finite()).collect();
+            series.push(Series { name: format!("{proxy} ({subset})"), points });
+        }
+    }
+    Chart {
+        title: "Rank correlation with true performance",
+        x_label: "proxy training steps",
+        y_label: "Spearman rho",
+        series: &series,
+    }
+    .write_png(path)
+}
+
+/// Reads both files, writes the plot and returns the markdown table.
+pub fn report(proxy_files: &[&Path], truth_file: &Path, plot_path: Option<&Path>) -> Result<(Vec<Row>, String)> {
+    let mut proxy = Vec::new();
+    for p in proxy_files {
+        let records = super::jsonl::read(p)?;
+        if records.is_empty() {
+            bail!("{}: no records", p.display());
+        }
+        proxy.extend(records);
+    }
+    let truth = super::jsonl::read(truth_file).with_context(|| format!("{}: truth", truth_file.display()))?;
+    let rows = correlations(&proxy, &truth)?;
+    let matches = steps_to_match(&rows);
+    if let Some(path) = plot_path {
+        plot(&rows, path)?;
+    }
+    Ok((rows.clone(), markdown(&rows, &matches)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(arch: usize, proxy: &str, steps: usize, acc: f64) -> Record {
+        Record {
+            arch: format!("a{arch}"),
+            index: arch,
+            proxy: proxy.into(),
+            steps,
+            dataset: "mnist".into(),
+            valid_accuracy: acc,
+            test_accuracy: acc,
+            seconds: steps as f64,
+            params: 1,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn correlations_top_half_and_steps_to_match() {
+        let truth: Vec<Record> = (0..6).map(|k| rec(k, "real", 100, k as f64)).collect();
+        let mut proxy = Vec::new();
+        for k in 0..6 {
+            // GTN: perfect ranking. Real at 10 steps: reversed; at 40 steps: perfect.
+            proxy.push(rec(k, "gtn:t", 8, k as f64));
+            proxy.push(rec(k, "real", 10, -(k as f64)));
+            proxy.push(rec(k, "real", 40, k as f64 * 2.0));
+        }
+        let rows = correlations(&proxy, &truth).unwrap();
+        assert_eq!(rows.len(), 3);
+        let gtn = rows.iter().find(|r| r.is_gtn()).unwrap();
+        assert_eq!((gtn.n, gtn.n_top, gtn.spearman, gtn.kendall_top), (6, 3, 1.0, 1.0));
+        assert_eq!(rows.iter().find(|r| r.steps == 10).unwrap().spearman, -1.0);
+        let m = steps_to_match(&rows);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].real_steps, Some(40.0));
+        let md = markdown(&rows, &m);
+        assert!(md.contains("| gtn:t | 8 | 6 | 1.000 | 1.000 | 3 | 1.000 | 1.000 | 8.0 |"), "{md}");
+        assert!(md.contains("≈ 40 real-data steps"), "{md}");
+        // Halfway in correlation between 10 and 40 steps: interpolated.
+        let half = [Row { spearman: 0.0, spearman_top: 0.0, ..rows[0].clone() }, rows[1].clone(), rows[2].clone()];
+        let m = steps_to_match(&half);
+        assert_eq!((m[0].real_steps, m[1].real_steps), (Some(25.0), Some(25.0)));
+        let unreachable = [rows[0].clone(), rows[1].clone()];
+        assert_eq!(steps_to_match(&unreachable)[0].real_steps, None);
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("c.png");
+        plot(&rows, &png).unwrap();
+        let img = image::open(&png).unwrap();
+        assert!(img.width() > 500 && img.height() > 300);
+        assert!(correlations(&proxy, &[]).is_err());
+    }
+}

@@ -1,0 +1,297 @@
+//! Scoring architectures: train each one for a few steps on a proxy (the teacher's synthetic data,
+//! or real data) and record its held-out accuracy after each requested step count. The "true"
+//! performance is the same measurement with real data and many steps.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use rand::{rngs::StdRng, SeedableRng};
+use tch::{Device, Tensor};
+
+use super::arch::Cell;
+use super::jsonl::{self, Appender, Record, Shard};
+use super::network::NetConfig;
+use crate::checkpoint;
+use crate::data::{BatchSampler, Dataset, DatasetName, Split};
+use crate::eval;
+use crate::inner::{self, LearnerState};
+use crate::learner::{Arch, Learner};
+
+/// What architectures are trained on before being scored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proxy {
+    /// The teacher in this training folder.
+    Gtn(PathBuf),
+    Real,
+}
+
+impl Proxy {
+    pub fn label(&self) -> String {
+        match self {
+            Proxy::Gtn(dir) => format!("gtn:{}", dir.display()),
+            Proxy::Real => "real".into(),
+        }
+    }
+}
+
+impl FromStr for Proxy {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Proxy> {
+        match s.split_once(':') {
+            Some(("gtn", dir)) if !dir.is_empty() => Ok(Proxy::Gtn(dir.into())),
+            _ if s == "real" => Ok(Proxy::Real),
+            _ => bail!("--proxy {s}: expected `gtn:DIR` (a training folder) or `real`"),
+        }
+    }
+}
+
+/// Real-data training settings (the `real` proxy and the truth).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RealTraining {
+    pub batch: usize,
+    pub lr: f64,
+    pub momentum: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScoreOptions {
+    pub archs: Vec<Cell>,
+    pub proxy: Proxy,
+    /// Step counts to record; one run per architecture to the largest.
+    pub steps: Vec<usize>,
+    pub shard: Shard,
+    pub out: PathBuf,
+    /// Dataset for the real proxy (the teacher's own for a GTN proxy).
+    pub dataset: DatasetName,
+    pub data_dir: Option<PathBuf>,
+    /// Training images held out for validation (the dataset's default when `None`).
+    pub valid_size: Option<usize>,
+    pub net: NetConfig,
+    pub real: RealTraining,
+    /// Validation and test images accuracy is measured on (the first ones of each split).
+    pub eval_images: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoreSummary {
+    pub scored: usize,
+    pub skipped: usize,
+    pub other_shards: usize,
+}
+
+/// A stable 64-bit FNV-1a hash: the same architecture gets the same initial weights under every
+/// proxy, shard and re-run (std's hasher may change between Rust versions).
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+pub fn arch_rng(seed: u64, cell: &Cell) -> StdRng {
+    StdRng::seed_from_u64(fnv1a(&cell.to_string()) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+fn first(split: &Split, n: usize) -> Split {
+    let n = (n as i64).min(split.len() as i64);
+    Split { images: split.images.narrow(0, 0, n), labels: split.labels.narrow(0, 0, n) }
+}
+
+/// Trains every architecture of this shard not already in `opts.out` and appends its records.
+/// `progress` sees each new record.
+pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Record)) -> Result<ScoreSummary> {
+    let mut steps = opts.steps.clone();
+    steps.sort_unstable();
+    steps.dedup();
+    let Some(&max_steps) = steps.last() else { bail!("--steps: expected at least one step count") };
+    if steps[0] == 0 {
+        bail!("--steps: step counts must be positive");
+    }
+    opts.net.validate()?;
+    let teacher = match &opts.proxy {
+        Proxy::Gtn(dir) => {
+            let teacher = checkpoint::load(dir, device)?.teacher;
+            let t = teacher.config.inner_steps;
+            if max_steps > t {
+                bail!(
+                    "--steps {max_steps}: the teacher in {} was trained for {t} inner steps; expected 1..={t}",
+                    dir.display()
+                );
+            }
+            Some(teacher)
+        }
+        Proxy::Real => None,
+    };
+    let data = match &teacher {
+        // The teacher's own split, so validation images are ones meta-training never saw.
+        Some(t) => crate::meta::load_data(&t.config, device)?,
+        None => {
+            let dir = opts.data_dir.clone().unwrap_or_else(|| opts.dataset.default_dir());
+            let valid_size = opts.valid_size.unwrap_or(opts.dataset.default_valid_size());
+            Dataset::load(opts.dataset, &dir, valid_size, 0, device)?
+        }
+    };
+    let (valid, test) = (first(&data.valid, opts.eval_images), first(&data.test, opts.eval_images));
+    let (mut out, done) = Appender::open(&opts.out)?;
+    let done = jsonl::done_keys(&done);
+    let label = opts.proxy.label();
+    let mut summary = ScoreSummary { scored: 0, skipped: 0, other_shards: 0 };
+    for (index, cell) in opts.archs.iter().enumerate() {
+        if !opts.shard.takes(index) {
+            summary.other_shards += 1;
+            continue;
+        }
+        let arch = cell.to_string();
+        let missing: Vec<usize> =
+            steps.iter().copied().filter(|&s| !done.contains(&(arch.clone(), label.clone(), s))).collect();
+        if missing.is_empty() {
+            summary.skipped += 1;
+            continue;
+        }
+        let (image, classes) = data.name.shape();
+        let learner = Learner::new(Arch::Nas { cell: *cell, net: opts.net }, image, classes)?;
+        let mut rng = arch_rng(opts.seed, cell);
+        let init = learner.init(&mut rng, device);
+        let params: i64 = init.iter().map(|p| p.numel() as i64).sum();
+        let mut records = Vec::new();
+        let start = Instant::now();
+        let mut eval_seconds = 0.0;
+        let after_step = |t: usize, p: &[Tensor]| {
+            if missing.contains(&(t + 1)) {
+                let eval_start = Instant::now();
+                let valid_accuracy = eval::test_accuracy(&learner, p, &valid);
+                let test_accuracy = eval::test_accuracy(&learner, p, &test);
+                eval_seconds += eval_start.elapsed().as_secs_f64();
+                records.push(Record {
+                    arch: arch.clone(),
+                    index,
+                    proxy: label.clone(),
+                    steps: t + 1,
+                    dataset: data.name.as_str().into(),
+                    valid_accuracy,
+                    test_accuracy,
+                    seconds: start.elapsed().as_secs_f64() - eval_seconds,
+                    params,
+                    seed: opts.seed,
+                });
+            }
+        };
+        let state = LearnerState::new(init);
+        match &teacher {
+            Some(teacher) => {
+                let plan = teacher.curriculum.plan(&mut rng, device);
+                teacher.teach(&learner, state, &plan, 0..max_steps, false, after_step);
+            }
+            None => {
+                train_real(&learner, state, &data, opts.real, max_steps, opts.seed ^ fnv1a(&arch), after_step);
+            }
+        }
+        for r in &records {
+            out.append(r)?;
+            progress(r);
+        }
+        summary.scored += 1;
+    }
+    Ok(summary)
+}
+
+/// SGD with momentum on real training batches at a constant learning rate.
+fn train_real(
+    learner: &Learner,
+    state: LearnerState,
+    data: &Dataset,
+    real: RealTraining,
+    steps: usize,
+    seed: u64,
+    after_step: impl FnMut(usize, &[Tensor]),
+) -> LearnerState {
+    let device = data.train.images.device();
+    let (lrs, momenta) = inner::constant_schedule(steps, real.lr, real.momentum, device);
+    let mut sampler = BatchSampler::new(data.train.len(), seed);
+    let batches = |_| data.train.batch(&sampler.indices(real.batch, device));
+    inner::unroll(learner, state, (&lrs, &momenta), 0..steps, false, batches, after_step)
+}
+
+/// Reads `--archs FILE`.
+pub fn read_archs(path: &Path) -> Result<Vec<Cell>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let archs = super::arch::parse_list(&text, &path.display().to_string())?;
+    if archs.is_empty() {
+        bail!("{}: no architectures", path.display());
+    }
+    Ok(archs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::fixture_dir;
+    use crate::nas::arch::sample_distinct;
+
+    fn options(out: &Path, shard: Shard) -> ScoreOptions {
+        ScoreOptions {
+            archs: sample_distinct(4, 1),
+            proxy: Proxy::Real,
+            steps: vec![2, 1],
+            shard,
+            out: out.to_path_buf(),
+            dataset: DatasetName::Mnist,
+            data_dir: Some(fixture_dir()),
+            valid_size: Some(112),
+            net: NetConfig { cells: 0, channels: 2, reductions: 1 },
+            real: RealTraining { batch: 16, lr: 0.05, momentum: 0.5 },
+            eval_images: 64,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn proxy_parses() {
+        assert_eq!("real".parse::<Proxy>().unwrap(), Proxy::Real);
+        assert_eq!("gtn:runs/a".parse::<Proxy>().unwrap(), Proxy::Gtn("runs/a".into()));
+        assert_eq!("gtn:runs/a".parse::<Proxy>().unwrap().label(), "gtn:runs/a");
+        assert!("gtn:".parse::<Proxy>().is_err() && "fake".parse::<Proxy>().is_err());
+    }
+
+    /// Two shards together score every architecture once; a re-run skips everything; a new step
+    /// count re-trains only for it; the results match an unsharded run's.
+    #[test]
+    fn shards_cover_everything_and_resume_skips_done_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        let s0 = score(&options(&a, "0/2".parse().unwrap()), Device::Cpu, |_| {}).unwrap();
+        let s1 = score(&options(&b, "1/2".parse().unwrap()), Device::Cpu, |_| {}).unwrap();
+        assert_eq!((s0.scored, s0.other_shards, s1.scored, s1.other_shards), (2, 2, 2, 2));
+        let merged = dir.path().join("m.jsonl");
+        assert_eq!(jsonl::merge(&[&a, &b], &merged).unwrap(), 8);
+        let records = jsonl::read(&merged).unwrap();
+        let archs = sample_distinct(4, 1);
+        for (k, cell) in archs.iter().enumerate() {
+            for steps in [1, 2] {
+                let n =
+                    records.iter().filter(|r| r.arch == cell.to_string() && r.steps == steps && r.index == k).count();
+                assert_eq!(n, 1, "architecture {k} at {steps} steps");
+            }
+        }
+        assert!(records.iter().all(|r| (0.0..=1.0).contains(&r.valid_accuracy) && r.params > 0));
+
+        let again = score(&options(&a, "0/2".parse().unwrap()), Device::Cpu, |_| {}).unwrap();
+        assert_eq!((again.scored, again.skipped), (0, 2));
+        assert_eq!(jsonl::read(&a).unwrap().len(), 4);
+        let mut more = options(&a, "0/2".parse().unwrap());
+        more.steps = vec![1, 2, 3];
+        let mut new = Vec::new();
+        score(&more, Device::Cpu, |r| new.push(r.steps)).unwrap();
+        assert_eq!(new, [3, 3]);
+
+        let whole = dir.path().join("whole.jsonl");
+        score(&options(&whole, Shard::ALL), Device::Cpu, |_| {}).unwrap();
+        let key = |r: &Record| (r.arch.clone(), r.steps, r.valid_accuracy.to_bits());
+        let mut x: Vec<_> = jsonl::read(&whole).unwrap().iter().map(key).collect();
+        let mut y: Vec<_> = records.iter().map(key).collect();
+        x.sort();
+        y.sort();
+        assert_eq!(x, y, "sharding changes no result");
+    }
+}

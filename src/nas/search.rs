@@ -1,0 +1,99 @@
+//! Random search with the GTN proxy: score many candidates for a few steps on the teacher's data,
+//! train the best `top_k` on real data, and report the best by validation accuracy together with
+//! its test accuracy. Both phases append to JSONL files in `out`, so an interrupted search resumes.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use tch::Device;
+
+use super::arch::{self, Cell};
+use super::jsonl::{self, Record, Shard};
+use super::score::{self, Proxy, ScoreOptions};
+
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    /// Base options: `archs`, `proxy`, `steps`, `shard` and `out` are set per phase.
+    pub base: ScoreOptions,
+    pub teacher: PathBuf,
+    pub budget: usize,
+    pub top_k: usize,
+    pub proxy_steps: usize,
+    pub truth_steps: usize,
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchReport {
+    pub candidates: usize,
+    pub top_k: Vec<Record>,
+    pub best: Record,
+}
+
+impl SearchReport {
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "{} candidates scored on GTN data; top {} trained on real data for {} steps:\n\n\
+             | rank | architecture | valid accuracy | test accuracy |\n|---|---|---|---|\n",
+            self.candidates,
+            self.top_k.len(),
+            self.best.steps
+        );
+        for (k, r) in self.top_k.iter().enumerate() {
+            s += &format!(
+                "| {} | `{}` | {:.2}% | {:.2}% |\n",
+                k + 1,
+                r.arch,
+                100.0 * r.valid_accuracy,
+                100.0 * r.test_accuracy
+            );
+        }
+        s + &format!("\nbest: `{}`, test accuracy {:.2}%\n", self.best.arch, 100.0 * self.best.test_accuracy)
+    }
+}
+
+pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&str, &Record)) -> Result<SearchReport> {
+    if opts.budget == 0 || opts.top_k == 0 {
+        bail!("--budget and --top-k must be positive");
+    }
+    let candidates = arch::sample_distinct(opts.budget, opts.base.seed);
+    let proxy_out = opts.out.join("proxy.jsonl");
+    let phase1 = ScoreOptions {
+        archs: candidates.clone(),
+        proxy: Proxy::Gtn(opts.teacher.clone()),
+        steps: vec![opts.proxy_steps],
+        shard: Shard::ALL,
+        out: proxy_out.clone(),
+        ..opts.base.clone()
+    };
+    score::score(&phase1, device, |r| progress("proxy", r))?;
+    let label = phase1.proxy.label();
+    let mut scored: Vec<Record> =
+        jsonl::read(&proxy_out)?.into_iter().filter(|r| r.proxy == label && r.steps == opts.proxy_steps).collect();
+    scored.retain(|r| candidates.iter().any(|c| c.to_string() == r.arch));
+    scored.sort_by(|a, b| b.valid_accuracy.total_cmp(&a.valid_accuracy).then(a.index.cmp(&b.index)));
+    scored.truncate(opts.top_k);
+    let finalists: Vec<Cell> = scored.iter().map(|r| r.arch.parse()).collect::<Result<_>>()?;
+    let truth_out = opts.out.join("truth.jsonl");
+    let phase2 = ScoreOptions {
+        archs: finalists.clone(),
+        proxy: Proxy::Real,
+        steps: vec![opts.truth_steps],
+        shard: Shard::ALL,
+        out: truth_out.clone(),
+        ..opts.base.clone()
+    };
+    score::score(&phase2, device, |r| progress("truth", r))?;
+    let truth = jsonl::read(&truth_out)?;
+    let mut top_k: Vec<Record> = finalists
+        .iter()
+        .filter_map(|c| {
+            truth.iter().find(|r| r.arch == c.to_string() && r.steps == opts.truth_steps && r.proxy == "real")
+        })
+        .cloned()
+        .collect();
+    top_k.sort_by(|a, b| b.valid_accuracy.total_cmp(&a.valid_accuracy));
+    let best = top_k.first().cloned().expect("every finalist was trained");
+    Ok(SearchReport { candidates: candidates.len(), top_k, best })
+}
