@@ -45,6 +45,9 @@ fn truth_by_arch(truth: &[Record]) -> HashMap<&str, &Record> {
     best
 }
 
+/// Proxy accuracy, true accuracy and proxy seconds of each architecture, per (proxy, steps).
+type Groups = BTreeMap<(String, usize), Vec<(f64, f64, f64)>>;
+
 /// One row per (proxy, step count), over the architectures both files have, ranked by
 /// validation accuracy.
 pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
@@ -52,7 +55,7 @@ pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
     if truth.is_empty() {
         bail!("the truth file has no records");
     }
-    let mut groups: BTreeMap<(String, usize), Vec<(f64, f64, f64)>> = BTreeMap::new();
+    let mut groups = Groups::new();
     for r in proxy {
         if let Some(t) = truth.get(r.arch.as_str()) {
             groups.entry((r.proxy.clone(), r.steps)).or_default().push((r.valid_accuracy, t.valid_accuracy, r.seconds));
