@@ -247,6 +247,23 @@ mod tests {
     }
 
     #[test]
+    fn scores_cifar10_architectures() {
+        let folder = crate::data::cifar::tests::fixture_folder();
+        let out = folder.path().join("cifar.jsonl");
+        let opts = ScoreOptions {
+            dataset: DatasetName::Cifar10,
+            data_dir: Some(folder.path().to_path_buf()),
+            valid_size: Some(20),
+            archs: sample_distinct(2, 3),
+            ..options(&out, Shard::ALL)
+        };
+        assert_eq!(score(&opts, Device::Cpu, |_| {}).unwrap().scored, 2);
+        let records = jsonl::read(&out).unwrap();
+        assert_eq!(records.len(), 4);
+        assert!(records.iter().all(|r| r.dataset == "cifar10" && (0.0..=1.0).contains(&r.valid_accuracy)));
+    }
+
+    #[test]
     fn proxy_parses() {
         assert_eq!("real".parse::<Proxy>().unwrap(), Proxy::Real);
         assert_eq!("gtn:runs/a".parse::<Proxy>().unwrap(), Proxy::Gtn("runs/a".into()));
