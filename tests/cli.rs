@@ -236,6 +236,19 @@ fn nas_score_truth_merge_report() {
     let err =
         error_line(&gtn(&["nas", "score", "--proxy", &teacher, "--steps", "9", "--sample", "1", "--out", &p("x")]));
     assert!(err.contains("trained for 4 inner steps"), "{err}");
+    let fixed = ["--cells", "0", "--reductions", "1", "--channels", "2", "--eval-images", "64", "--valid-size", "112"];
+    let mut search = vec!["nas", "search", "--teacher", run.to_str().unwrap(), "--budget", "4", "--top-k", "2"];
+    search.extend_from_slice(&["--proxy-steps", "4", "--truth-steps", "8", "--data-dir", data.to_str().unwrap()]);
+    let search_dir = p("search");
+    search.extend_from_slice(&["--batch-size", "16", "--out", &search_dir]);
+    search.extend_from_slice(&fixed);
+    let out = stdout(&gtn(&search));
+    assert!(out.contains("4 candidates scored on GTN data; top 2 trained on real data for 8 steps"), "{out}");
+    assert!(out.contains("best: `"), "{out}");
+    let truth = std::fs::read_to_string(tmp.path().join("search/truth.jsonl")).unwrap();
+    assert_eq!(truth.lines().count(), 2, "only the top 2 are trained on real data");
+    assert_eq!(std::fs::read_to_string(tmp.path().join("search/proxy.jsonl")).unwrap().lines().count(), 4);
+
     // Rejected by the argument parser, which adds its usual hint line.
     let out =
         gtn(&["nas", "score", "--proxy", "real", "--steps", "1", "--sample", "1", "--shard", "2/2", "--out", &p("x")]);
