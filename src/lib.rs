@@ -17,6 +17,7 @@ pub mod nas;
 pub mod nn;
 pub mod optim;
 pub mod plot;
+pub mod progress;
 pub mod report;
 pub mod rl;
 pub mod teacher;

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, SeedableRng};
 use tch::{Device, Tensor};
 
@@ -20,6 +19,7 @@ use crate::inner::LearnerState;
 use crate::learner::Learner;
 use crate::nn;
 use crate::optim::{self, Adam};
+use crate::progress::Progress;
 use crate::teacher::Teacher;
 
 pub const LOG_FILE: &str = "log.csv";
@@ -200,13 +200,7 @@ impl Trainer {
     /// affords, so the cosine decay completes and a resumed run does exactly the same.
     pub fn run(&mut self, progress: bool, budget: Option<Duration>) -> Result<()> {
         let mut total = self.config().meta_iters;
-        let bar = if progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
-        bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_position(self.iteration as u64);
+        let bar = Progress::new(total, self.iteration, progress);
         while self.iteration < total {
             let stats = self.step()?;
             if let Some(budget) = budget.filter(|_| stats.iteration == 0) {
@@ -215,18 +209,14 @@ impl Trainer {
                     total = affordable;
                     self.teacher.config.meta_iters = total;
                     checkpoint::write_config(&self.dir, self.config())?;
-                    bar.set_length(total as u64);
+                    bar.set_length(total);
                 }
             }
-            bar.set_message(format!(
+            let message = format!(
                 "meta-loss {:.3} meta-acc {:.3} inner lr {:.4}",
                 stats.meta_loss, stats.meta_accuracy, stats.inner_lr_mean
-            ));
-            bar.inc(1);
-            // Without a terminal (nohup, CI logs) the bar is invisible: print a line now and then.
-            if progress && bar.is_hidden() && (stats.iteration % 10 == 0 || self.iteration == total) {
-                eprintln!("{}", stats.csv_row());
-            }
+            );
+            bar.advance(stats.iteration, self.iteration == total, message, || stats.csv_row());
             if self.iteration.is_multiple_of(self.config().save_every) || self.iteration == total {
                 self.save()?;
             }

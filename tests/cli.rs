@@ -1,24 +1,10 @@
 //! End-to-end runs of the `gtn` binary on the committed slice of real MNIST.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn gtn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gtn")).args(args).output().expect("the gtn binary runs")
-}
+mod common;
 
-fn stdout(out: &Output) -> String {
-    assert!(out.status.success(), "gtn failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The one-line error a failing command prints.
-fn error_line(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    assert_eq!(err.lines().count(), 1, "error should be one line: {err}");
-    err
-}
+use common::{error_line, gtn, stdout};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist")

@@ -1,22 +1,8 @@
 //! End-to-end runs of `gtn rl` (training environments) with the `tiny` preset.
 
-use std::process::{Command, Output};
+mod common;
 
-fn gtn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gtn")).args(args).output().expect("the gtn binary runs")
-}
-
-fn stdout(out: &Output) -> String {
-    assert!(out.status.success(), "gtn failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn error_line(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    assert_eq!(err.lines().count(), 1, "error should be one line: {err}");
-    err
-}
+use common::{error_line, gtn, stdout};
 
 #[test]
 fn rl_train_resume_eval() {

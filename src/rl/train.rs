@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use tch::{Kind, Tensor};
 
@@ -19,6 +18,7 @@ use super::teacher::{self, EnvTeacher};
 use crate::checkpoint::{CHECKPOINT_FILE, CONFIG_FILE};
 use crate::meta::iteration_rng;
 use crate::optim::Adam;
+use crate::progress::Progress;
 
 pub const LOG_FILE: &str = "log.csv";
 const LOG_HEADER: &str =
@@ -285,21 +285,11 @@ impl EsTrainer {
     /// Runs until `generations`, checkpointing every `save_every` generations and at the end.
     pub fn run(&mut self, progress: bool) -> Result<()> {
         let total = self.config().generations;
-        let bar = if progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
-        bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_position(self.generation as u64);
+        let bar = Progress::new(total, self.generation, progress);
         while self.generation < total {
             let stats = self.step()?;
-            bar.set_message(format!("fitness mean {:.1} max {:.1}", stats.fitness_mean, stats.fitness_max));
-            bar.inc(1);
-            // Without a terminal (nohup, CI logs) the bar is invisible: print a line now and then.
-            if progress && bar.is_hidden() && (stats.generation % 10 == 0 || self.generation == total) {
-                println!("{}", stats.csv_row());
-            }
+            let message = format!("fitness mean {:.1} max {:.1}", stats.fitness_mean, stats.fitness_max);
+            bar.advance(stats.generation, self.generation == total, message, || stats.csv_row());
             if self.generation.is_multiple_of(self.config().save_every) || self.generation == total {
                 self.save()?;
             }

@@ -1,0 +1,41 @@
+//! Progress bars for long loops (meta-iterations, ES generations), with a plain-text fallback.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct Progress {
+    bar: ProgressBar,
+    visible: bool,
+}
+
+impl Progress {
+    /// A bar over `total` units of which `done` are already done (a resumed run); hidden unless
+    /// `visible`.
+    pub fn new(total: usize, done: usize, visible: bool) -> Progress {
+        let bar = if visible { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_position(done as u64);
+        Progress { bar, visible }
+    }
+
+    pub fn set_length(&self, total: usize) {
+        self.bar.set_length(total as u64);
+    }
+
+    /// Marks unit `index` done with a status `message`. Without a terminal (nohup, CI logs) the
+    /// bar is invisible, so every 10th unit and the `last` one print `row()` to stderr instead.
+    pub fn advance(&self, index: usize, last: bool, message: String, row: impl FnOnce() -> String) {
+        self.bar.set_message(message);
+        self.bar.inc(1);
+        if self.visible && self.bar.is_hidden() && (index.is_multiple_of(10) || last) {
+            eprintln!("{}", row());
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish();
+    }
+}
