@@ -2,7 +2,6 @@
 //! through a differentiable unroll, scores it on a real batch, and takes an outer Adam step on
 //! every teacher parameter with the exact meta-gradient.
 
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -179,12 +178,7 @@ impl Trainer {
             inner_momentum_mean: self.teacher.log_momentum.exp().mean(None::<tch::Kind>).double_value(&[]),
             seconds: start.elapsed().as_secs_f64(),
         };
-        let log_path = self.dir.join(LOG_FILE);
-        let mut log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("{}: cannot open log", log_path.display()))?;
-        writeln!(log, "{}", stats.csv_row()).with_context(|| format!("{}: cannot write", log_path.display()))?;
+        crate::progress::append_row(&self.dir.join(LOG_FILE), &stats.csv_row())?;
         Ok(stats)
     }
 

@@ -1,5 +1,10 @@
-//! Progress bars for long loops (meta-iterations, ES generations), with a plain-text fallback.
+//! Progress of long runs (meta-iterations, ES generations): bars with a plain-text fallback,
+//! and CSV log rows.
 
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub struct Progress {
@@ -38,4 +43,14 @@ impl Progress {
     pub fn finish(&self) {
         self.bar.finish();
     }
+}
+
+/// Appends one row to a run's CSV log (one write, so a crash leaves whole rows; resuming drops
+/// rows past the checkpoint).
+pub fn append_row(log: &Path, row: &str) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .with_context(|| format!("{}: cannot open log", log.display()))?;
+    file.write_all(format!("{row}\n").as_bytes()).with_context(|| format!("{}: cannot write", log.display()))
 }

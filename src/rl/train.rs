@@ -3,7 +3,6 @@
 //! atomically) and `log.csv` (one row per generation).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -251,12 +250,7 @@ impl EsTrainer {
             inner_momentum_mean: momenta.mean(None::<Kind>).double_value(&[]),
             seconds: start.elapsed().as_secs_f64(),
         };
-        let log_path = self.dir.join(LOG_FILE);
-        let mut log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("{}: cannot open log", log_path.display()))?;
-        writeln!(log, "{}", stats.csv_row()).with_context(|| format!("{}: cannot write", log_path.display()))?;
+        crate::progress::append_row(&self.dir.join(LOG_FILE), &stats.csv_row())?;
         Ok(stats)
     }
 
