@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::curriculum::CurriculumKind;
 use crate::data::DatasetName;
@@ -162,15 +162,13 @@ impl Config {
 
     /// Applies the keys of a TOML file on top of this config; an unknown key is an error.
     pub fn with_overrides(self, path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
-        self.with_overrides_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        let config = read_overrides(&self, path)?;
+        config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(config)
     }
 
     pub fn with_overrides_str(self, text: &str) -> Result<Config> {
-        let overrides: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
-        let mut base = toml::Table::try_from(&self).context("config cannot be written as TOML")?;
-        merge(&mut base, overrides);
-        let config: Config = base.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        let config = apply_overrides(&self, text)?;
         config.validate()?;
         Ok(config)
     }
@@ -236,6 +234,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `base` with the keys of the TOML `text` applied (nested tables merged key by key); an unknown
+/// key is an error. Shared by every config type of the project.
+pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) -> Result<C> {
+    let overrides: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+    let mut table = toml::Table::try_from(base).context("config cannot be written as TOML")?;
+    merge(&mut table, overrides);
+    table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))
+}
+
+/// [`apply_overrides`] with the keys of the TOML file `path`; errors name the file.
+pub fn read_overrides<C: Serialize + DeserializeOwned>(base: &C, path: &Path) -> Result<C> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+    apply_overrides(base, &text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Recursive merge so a file can override one field of a nested table (e.g. `[generator]`).

@@ -156,15 +156,13 @@ impl RlConfig {
 
     /// Applies the keys of a TOML file on top of this config; an unknown key is an error.
     pub fn with_overrides(self, path: &Path) -> Result<RlConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
-        self.with_overrides_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        let config = crate::config::read_overrides(&self, path)?;
+        config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(config)
     }
 
     pub fn with_overrides_str(self, text: &str) -> Result<RlConfig> {
-        let overrides: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
-        let mut base = toml::Table::try_from(&self).context("config cannot be written as TOML")?;
-        base.extend(overrides);
-        let config: RlConfig = base.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        let config = crate::config::apply_overrides(&self, text)?;
         config.validate()?;
         Ok(config)
     }
