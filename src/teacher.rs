@@ -151,18 +151,30 @@ impl Teacher {
 
     /// Images and training targets (int64 labels, or probabilities with soft labels) of one step.
     pub fn synthesize(&self, step: &StepInput) -> (Tensor, Tensor) {
-        let labels = curriculum::labels(&step.ids, self.classes);
-        let images = match &self.source {
+        self.synthesizer()(step)
+    }
+
+    /// [`Teacher::synthesize`] for many steps: what all steps share (the generator's effective
+    /// weights) is computed once.
+    pub fn synthesizer(&self) -> impl Fn(&StepInput) -> (Tensor, Tensor) + '_ {
+        let images: Box<dyn Fn(&StepInput, &Tensor) -> Tensor + '_> = match &self.source {
             Source::Generator { net, params } => {
-                net.forward(params, step.z.as_ref().expect("a generator's curriculum draws noise"), &labels)
+                let weights = net.weights(params);
+                Box::new(move |step, labels| {
+                    net.generate(&weights, step.z.as_ref().expect("a generator's curriculum draws noise"), labels)
+                })
             }
-            Source::Pixels(pixels) => pixels.index_select(0, &step.ids),
+            Source::Pixels(pixels) => Box::new(|step, _| pixels.index_select(0, &step.ids)),
         };
-        let targets = match &self.label_logits {
-            Some(logits) => logits.index_select(0, &step.ids).softmax(-1, None::<Kind>),
-            None => labels,
-        };
-        (images, targets)
+        move |step| {
+            let labels = curriculum::labels(&step.ids, self.classes);
+            let images = images(step, &labels);
+            let targets = match &self.label_logits {
+                Some(logits) => logits.index_select(0, &step.ids).softmax(-1, None::<Kind>),
+                None => labels,
+            };
+            (images, targets)
+        }
     }
 
     /// Learning rates and momenta of the inner steps, `[T]` each.
@@ -183,9 +195,11 @@ impl Teacher {
     ) -> LearnerState {
         let (lrs, momenta) = self.schedule();
         if create_graph {
-            inner::unroll(learner, state, (&lrs, &momenta), steps, true, |t| self.synthesize(&plan[t]), after_step)
+            let synthesize = self.synthesizer();
+            inner::unroll(learner, state, (&lrs, &momenta), steps, true, |t| synthesize(&plan[t]), after_step)
         } else {
-            let batch = |t: usize| tch::no_grad(|| self.synthesize(&plan[t]));
+            let synthesize = tch::no_grad(|| self.synthesizer());
+            let batch = |t: usize| tch::no_grad(|| synthesize(&plan[t]));
             inner::unroll(learner, state, (&lrs.detach(), &momenta.detach()), steps, false, batch, after_step)
         }
     }
