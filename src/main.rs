@@ -27,6 +27,11 @@ use gtn::teacher::TeacherKind;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Cores to use: libtorch's threads, and the worker threads of `rl` (default: all). Results
+    /// depend on it only through float rounding; on a shared machine, fewer threads than free
+    /// cores avoid oversubscription.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -97,17 +102,12 @@ enum RlCommand {
         /// Continue the run in this folder from its last checkpoint.
         #[arg(long)]
         resume: Option<PathBuf>,
-        /// Worker threads (default: all cores); the result does not depend on it.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        threads: Option<u64>,
     },
     /// Real return of fresh policies trained on the teacher, and REINFORCE's real steps to match it.
     Eval {
         dir: PathBuf,
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64 / 2))]
         seed: u64,
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        threads: Option<u64>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -417,6 +417,10 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     // Chosen once; every tensor follows it.
     let device = Device::cuda_if_available();
+    let threads = cli.threads.map(|t| t as usize);
+    if let Some(t) = threads {
+        tch::set_num_threads(t as i32);
+    }
     match cli.command {
         Command::Data { command: DataCommand::Fetch { dataset, dir } } => {
             fetch::fetch(dataset, &dir.unwrap_or_else(|| dataset.default_dir()))
@@ -532,13 +536,12 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", output.display());
             Ok(())
         }
-        Command::Rl { command: RlCommand::Train { env, out, preset, config, seed, resume, threads } } => {
-            let threads = threads.map(|t| t as usize);
+        Command::Rl { command: RlCommand::Train { env, out, preset, config, seed, resume } } => {
             gtn::rl::train_command(&gtn::rl::TrainOptions { env, out, resume, preset, config, seed, threads })?;
             Ok(())
         }
-        Command::Rl { command: RlCommand::Eval { dir, seed, threads, json } } => {
-            gtn::rl::eval_command(&dir, seed, threads.map(|t| t as usize), json)?;
+        Command::Rl { command: RlCommand::Eval { dir, seed, json } } => {
+            gtn::rl::eval_command(&dir, seed, threads, json)?;
             Ok(())
         }
         Command::Nas { command } => run_nas(command, device),

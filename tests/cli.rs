@@ -32,6 +32,14 @@ fn train_eval_samples_export() {
     let mean = report["test_accuracy_mean"].as_f64().unwrap();
     assert!((0.15..=1.0).contains(&mean), "tiny teacher should beat chance (10%), got {mean}");
     assert!(report["test_accuracy_std"].as_f64().unwrap() >= 0.0);
+    // One libtorch thread: the same evaluation up to float rounding.
+    let out = gtn(&["eval", run.to_str().unwrap(), "--learners", "3", "--json", "--threads", "1"]);
+    let one: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let diff = (one["test_accuracy_mean"].as_f64().unwrap() - mean).abs();
+    assert!(diff < 0.02, "--threads 1 changed the accuracy by {diff}");
+    let out = gtn(&["eval", run.to_str().unwrap(), "--threads", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("'--threads <THREADS>'"), "{err}");
 
     let png = tmp.path().join("samples.png");
     stdout(&gtn(&["samples", run.to_str().unwrap(), "-o", png.to_str().unwrap(), "--per-step", "10"]));
