@@ -14,7 +14,7 @@ use tch::Device;
 use crate::checkpoint;
 use crate::config::Config;
 use crate::curriculum::CurriculumKind;
-use crate::data::{DatasetName, Split};
+use crate::data::DatasetName;
 use crate::eval;
 use crate::learner::LearnerKind;
 use crate::meta::{self, Trainer};
@@ -192,11 +192,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     let teacher_grid = grid(stride, t, t);
     let real_grid = grid(stride, options.real_steps_factor * t, t);
     let data = meta::load_data(&base, device)?;
-    let n = match options.test_images {
-        0 => data.test.len(),
-        n => n.min(data.test.len()),
-    } as i64;
-    let test = Split { images: data.test.images.narrow(0, 0, n), labels: data.test.labels.narrow(0, 0, n) };
+    let test = data.test.first(if options.test_images == 0 { usize::MAX } else { options.test_images });
 
     let cohort = eval::Cohort { data: &data, kind: base.learner, learners: options.learners, seed: options.seed };
     let mut curves = Vec::new();
@@ -251,7 +247,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         learner: format!("{:?}", base.learner),
         inner_steps: t,
         learners: options.learners,
-        test_images: n as usize,
+        test_images: test.len(),
         real_lr: lr,
         real_momentum: momentum,
         real_steps_max: *real_grid.last().expect("grid is not empty"),

@@ -101,6 +101,12 @@ impl Split {
         self.len() == 0
     }
 
+    /// The first `n` examples (all of them if there are fewer).
+    pub fn first(&self, n: usize) -> Split {
+        let n = n.min(self.len()) as i64;
+        Split { images: self.images.narrow(0, 0, n), labels: self.labels.narrow(0, 0, n) }
+    }
+
     pub fn batch(&self, indices: &Tensor) -> (Tensor, Tensor) {
         (self.images.index_select(0, indices), self.labels.index_select(0, indices))
     }

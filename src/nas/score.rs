@@ -14,7 +14,7 @@ use super::arch::Cell;
 use super::jsonl::{self, Appender, Record, Shard};
 use super::network::NetConfig;
 use crate::checkpoint;
-use crate::data::{BatchSampler, Dataset, DatasetName, Split};
+use crate::data::{BatchSampler, Dataset, DatasetName};
 use crate::eval;
 use crate::inner::{self, LearnerState};
 use crate::learner::{Arch, Learner};
@@ -93,11 +93,6 @@ pub fn arch_rng(seed: u64, cell: &Cell) -> StdRng {
     StdRng::seed_from_u64(fnv1a(&cell.to_string()) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-fn first(split: &Split, n: usize) -> Split {
-    let n = (n as i64).min(split.len() as i64);
-    Split { images: split.images.narrow(0, 0, n), labels: split.labels.narrow(0, 0, n) }
-}
-
 /// Trains every architecture of this shard not already in `opts.out` and appends its records.
 /// `progress` sees each new record.
 pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Record)) -> Result<ScoreSummary> {
@@ -132,7 +127,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             Dataset::load(opts.dataset, &dir, valid_size, 0, device)?
         }
     };
-    let (valid, test) = (first(&data.valid, opts.eval_images), first(&data.test, opts.eval_images));
+    let (valid, test) = (data.valid.first(opts.eval_images), data.test.first(opts.eval_images));
     let (mut out, done) = Appender::open(&opts.out)?;
     let done = jsonl::done_keys(&done);
     let label = opts.proxy.label();
