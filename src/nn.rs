@@ -214,7 +214,8 @@ fn upsample2_conv3x3_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -
         .map(|p| parity_kernel(weight, p / 2, p % 2).constant_pad_nd([p % 2, 1 - p % 2, p / 2, 1 - p / 2]))
         .collect();
     let bias = bias.map(|b| b.repeat([4]));
-    let y = x.replication_pad2d([1, 1, 1, 1]).conv2d(&Tensor::cat(&kernels, 0), bias.as_ref(), [1, 1], [0, 0], [1, 1], 1);
+    let y =
+        x.replication_pad2d([1, 1, 1, 1]).conv2d(&Tensor::cat(&kernels, 0), bias.as_ref(), [1, 1], [0, 0], [1, 1], 1);
     let parity = |p: i64| y.narrow(1, p * out_channels, out_channels);
     interleave([[parity(0), parity(1)], [parity(2), parity(3)]])
 }
@@ -365,8 +366,8 @@ mod tests {
 
     #[test]
     fn fast_upsample_conv_equals_upsample_pad_conv() {
-        let fast: [fn(&Tensor, &Tensor, Option<&Tensor>) -> Tensor; 3] =
-            [upsample2_conv3x3_split, upsample2_conv3x3_fused, upsample2_conv3x3];
+        type UpsampleConv = fn(&Tensor, &Tensor, Option<&Tensor>) -> Tensor;
+        let fast: [UpsampleConv; 3] = [upsample2_conv3x3_split, upsample2_conv3x3_fused, upsample2_conv3x3];
         for (h, w, out) in [(7, 7, 4), (4, 6, 12), (1, 3, 1)] {
             let inputs = [leaf(&[2, 3, h, w], 1), leaf(&[out, 3, 3, 3], 2), leaf(&[out], 3)];
             let plain = plain_upsample_conv(&inputs[0], &inputs[1], &inputs[2]);

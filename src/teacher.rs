@@ -19,6 +19,9 @@ use crate::nn;
 /// Scale of the initial soft-label logits: softmax gives ~0.9 to the sample's own class.
 const SOFT_LABEL_INIT: f64 = 5.0;
 
+/// One step's images from its inputs and labels.
+type ImageFn<'a> = dyn Fn(&StepInput, &Tensor) -> Tensor + 'a;
+
 /// What produces the synthetic images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -157,7 +160,7 @@ impl Teacher {
     /// [`Teacher::synthesize`] for many steps: what all steps share (the generator's effective
     /// weights) is computed once.
     pub fn synthesizer(&self) -> impl Fn(&StepInput) -> (Tensor, Tensor) + '_ {
-        let images: Box<dyn Fn(&StepInput, &Tensor) -> Tensor + '_> = match &self.source {
+        let images: Box<ImageFn> = match &self.source {
             Source::Generator { net, params } => {
                 let weights = net.weights(params);
                 Box::new(move |step, labels| {
