@@ -51,6 +51,8 @@ impl Chart<'_> {
             bail!("{}: nothing to plot", output.display());
         }
         let pad = ((y1 - y0) * 0.05).max(1e-3);
+        // Enough decimals that neighbouring tick labels differ (percentages vs correlations).
+        let y_decimals = if y1 - y0 >= 10.0 { 0 } else { 2 };
         let mut buffer = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
         {
             let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, HEIGHT)).into_drawing_area();
@@ -68,7 +70,7 @@ impl Chart<'_> {
                 .x_desc(self.x_label)
                 .y_desc(self.y_label)
                 .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_label_formatter(&|y| format!("{y:.0}"))
+                .y_label_formatter(&|y| format!("{y:.y_decimals$}"))
                 .label_style((FAMILY, 15))
                 .axis_desc_style((FAMILY, 17))
                 .draw()
