@@ -218,10 +218,13 @@ struct NasTrainArgs {
     channels: i64,
     #[arg(long, default_value_t = nas::network::NetConfig::CPU.reductions)]
     reductions: usize,
+    /// What the classifier reads: the flattened last state, or its global average (ENAS).
+    #[arg(long, value_enum, default_value_t = nas::network::NetConfig::CPU.head)]
+    head: nas::network::Head,
     /// Real-data batch size, learning rate and momentum.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.1)]
     lr: f64,
     #[arg(long, default_value_t = 0.5)]
     momentum: f64,
@@ -558,7 +561,12 @@ fn nas_options(train: NasTrainArgs) -> nas::score::ScoreOptions {
         dataset: train.dataset,
         data_dir: train.data_dir,
         valid_size: train.valid_size,
-        net: nas::network::NetConfig { cells: train.cells, channels: train.channels, reductions: train.reductions },
+        net: nas::network::NetConfig {
+            cells: train.cells,
+            channels: train.channels,
+            reductions: train.reductions,
+            head: train.head,
+        },
         real: nas::score::RealTraining { batch: train.batch_size as usize, lr: train.lr, momentum: train.momentum },
         eval_images: train.eval_images as usize,
         seed: train.seed,

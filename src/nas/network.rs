@@ -1,7 +1,10 @@
 //! A cell architecture stacked into a network, as a pure function of an explicit parameter list
 //! (so the GTN unroll can train it): stem conv, `reductions + 1` stages of `cells` normal cells
-//! with one reduction cell between stages, global average pool, linear classifier. Every conv is
-//! weight-normalised and followed by mean-only batch norm.
+//! with one reduction cell between stages, a weight-normalised linear classifier on the flattened
+//! last state (or on its global average, as in ENAS: `Head::GlobalPool`). Every conv is followed
+//! by batch norm with batch statistics (ReLU-conv-BN, as in ENAS): with mean-only batch norm, as in
+//! the other learners, activations grew with each summed node and half of the sampled cells
+//! diverged at the learning rates GTN teaches with (README, GTN-NAS).
 //!
 //! Each cell reads the outputs of the two cells before it (ENAS), each first mapped to the cell's
 //! width by LReLU -> 1x1 conv -> BN; the older one is also strided when a reduction lies between.
@@ -15,6 +18,19 @@ use tch::{Kind, Tensor};
 use super::arch::{Cell, Op};
 use crate::nn::{self, Init, ParamSpec};
 
+/// What the classifier reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Head {
+    /// The last state flattened: these small networks learn several times faster in their first
+    /// hundred steps than with global pooling (README, GTN-NAS), which is what a few-step proxy
+    /// needs.
+    #[default]
+    Flatten,
+    /// Global average pool (ENAS), for searches at full scale.
+    GlobalPool,
+}
+
 /// How a cell is stacked into a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NetConfig {
@@ -24,12 +40,14 @@ pub struct NetConfig {
     pub channels: i64,
     /// Reduction cells (each halves the resolution).
     pub reductions: usize,
+    #[serde(default)]
+    pub head: Head,
 }
 
 impl NetConfig {
     /// Sized for 2 shared CPU cores: stem at full resolution (width 8), then two reduction cells
     /// (16 wide at 14x14, 32 wide at 7x7). Normal cells (`cells > 0`) cost 2-3x more per step.
-    pub const CPU: NetConfig = NetConfig { cells: 0, channels: 8, reductions: 2 };
+    pub const CPU: NetConfig = NetConfig { cells: 0, channels: 8, reductions: 2, head: Head::Flatten };
 
     pub fn validate(&self) -> Result<()> {
         if self.channels <= 0 {
@@ -91,8 +109,7 @@ fn plan(cell: &Cell, net: &NetConfig) -> Vec<CellPlan> {
 pub fn specs(cell: &Cell, net: &NetConfig, image: [i64; 3], classes: i64) -> Result<(Vec<ParamSpec>, f64)> {
     net.validate()?;
     let [c_in, mut h, mut w] = image;
-    let mut specs = nn::wn_specs("stem", &[net.channels, c_in, 3, 3], false);
-    specs.push(bn_bias("stem.bn", net.channels));
+    let mut specs = conv_bn_specs("stem", &[net.channels, c_in, 3, 3]).to_vec();
     let mut pixels = (h * w) as f64;
     let mut macs = pixels * (net.channels * c_in * 9) as f64;
     // Widths (and pixel counts) of the two previous states.
@@ -104,8 +121,7 @@ pub fn specs(cell: &Cell, net: &NetConfig, image: [i64; 3], classes: i64) -> Res
         if cp.live {
             for (state, name, (c_prev, px_prev)) in [(0, "pre0", prev2), (1, "pre1", prev1)] {
                 if cell.reads(state) {
-                    specs.extend(nn::wn_specs(&format!("cell{k}.{name}"), &[c, c_prev, 1, 1], false));
-                    specs.push(bn_bias(&format!("cell{k}.{name}.bn"), c));
+                    specs.extend(conv_bn_specs(&format!("cell{k}.{name}"), &[c, c_prev, 1, 1]));
                     // The older input is strided down to the cell's input resolution.
                     macs += px_prev.min(pixels) * (c * c_prev) as f64;
                 }
@@ -114,9 +130,8 @@ pub fn specs(cell: &Cell, net: &NetConfig, image: [i64; 3], classes: i64) -> Res
                 for (slot, input) in node.inputs.iter().enumerate() {
                     if let Some(kernel) = input.op.sep_kernel() {
                         let name = format!("cell{k}.node{j}.{slot}");
-                        specs.extend(nn::wn_specs(&format!("{name}.dw"), &[c, 1, kernel, kernel], false));
-                        specs.extend(nn::wn_specs(&format!("{name}.pw"), &[c, c, 1, 1], false));
-                        specs.push(bn_bias(&format!("{name}.bn"), c));
+                        specs.push(ParamSpec::new(format!("{name}.dw"), &[c, 1, kernel, kernel], Init::KaimingNormal));
+                        specs.extend(conv_bn_specs(&format!("{name}.pw"), &[c, c, 1, 1]));
                         macs += out_pixels * (c * kernel * kernel + c * c) as f64;
                     }
                 }
@@ -128,13 +143,22 @@ pub fn specs(cell: &Cell, net: &NetConfig, image: [i64; 3], classes: i64) -> Res
         }
         (prev2, prev1) = (prev1, (c * out_nodes, pixels));
     }
-    specs.extend(nn::wn_specs("fc", &[classes, prev1.0], true));
-    macs += (prev1.0 * classes) as f64;
+    let features = match net.head {
+        Head::Flatten => prev1.0 * h * w,
+        Head::GlobalPool => prev1.0,
+    };
+    specs.extend(nn::wn_specs("fc", &[classes, features], true));
+    macs += (features * classes) as f64;
     Ok((specs, macs))
 }
 
-fn bn_bias(name: &str, n: i64) -> ParamSpec {
-    ParamSpec::new(format!("{name}.bias"), &[n], Init::Zeros)
+/// A bias-free conv weight and the batch norm after it (gain and bias).
+fn conv_bn_specs(name: &str, shape: &[i64]) -> [ParamSpec; 3] {
+    [
+        ParamSpec::new(format!("{name}.weight"), shape, Init::KaimingNormal),
+        ParamSpec::new(format!("{name}.bn.gain"), &[shape[0]], Init::Ones),
+        ParamSpec::new(format!("{name}.bn.bias"), &[shape[0]], Init::Zeros),
+    ]
 }
 
 /// Hands out parameters in the order `specs` lists them.
@@ -152,13 +176,13 @@ impl<'a> Params<'a> {
 }
 
 fn conv1x1_bn(x: &Tensor, p: &mut Params, stride: i64) -> Tensor {
-    let [v, g, bias] = p.take();
-    let y = nn::leaky_relu(x).conv2d(&nn::weight_norm(v, g), None::<Tensor>, [stride, stride], [0, 0], [1, 1], 1);
-    nn::mean_only_bn(&y, bias)
+    let [w, gain, bias] = p.take();
+    let y = nn::leaky_relu(x).conv2d(w, None::<Tensor>, [stride, stride], [0, 0], [1, 1], 1);
+    nn::batch_norm(&y, gain, bias)
 }
 
 /// One op of a node at `stride` (1, or 2 on a reduction cell's inputs).
-pub fn apply_op(op: Op, x: &Tensor, stride: i64, p: &mut impl FnMut() -> [Tensor; 5]) -> Tensor {
+pub fn apply_op(op: Op, x: &Tensor, stride: i64, p: &mut impl FnMut() -> [Tensor; 4]) -> Tensor {
     match op {
         Op::Identity if stride == 1 => x.shallow_clone(),
         // Parameter-free subsampling: the same output size as the strided pools and convs.
@@ -167,18 +191,18 @@ pub fn apply_op(op: Op, x: &Tensor, stride: i64, p: &mut impl FnMut() -> [Tensor
         Op::Max3 => x.max_pool2d([3, 3], [stride, stride], [1, 1], [1, 1], false),
         Op::Sep3 | Op::Sep5 => {
             let k = op.sep_kernel().expect("a separable conv");
-            let [dv, dg, pv, pg, bias] = p();
+            let [depthwise, pointwise, gain, bias] = p();
             let channels = x.size()[1];
             let y = nn::leaky_relu(x).conv2d(
-                &nn::weight_norm(&dv, &dg),
+                &depthwise,
                 None::<Tensor>,
                 [stride, stride],
                 [k / 2, k / 2],
                 [1, 1],
                 channels,
             );
-            let y = y.conv2d(&nn::weight_norm(&pv, &pg), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
-            nn::mean_only_bn(&y, &bias)
+            let y = y.conv2d(&pointwise, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+            nn::batch_norm(&y, &gain, &bias)
         }
     }
 }
@@ -186,8 +210,8 @@ pub fn apply_op(op: Op, x: &Tensor, stride: i64, p: &mut impl FnMut() -> [Tensor
 /// `x`: `[N, C, H, W]` -> logits; `params` as listed by [`specs`].
 pub fn forward(cell: &Cell, net: &NetConfig, params: &[Tensor], x: &Tensor) -> Tensor {
     let mut p = Params { all: params, next: 0 };
-    let [v, g, bias] = p.take();
-    let stem = nn::mean_only_bn(&nn::wn_conv3x3(x, v, g, None, 1), bias);
+    let [w, gain, bias] = p.take();
+    let stem = nn::batch_norm(&x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1), gain, bias);
     let (mut s0, mut s1) = (stem.shallow_clone(), stem);
     let unused = cell.unused_nodes();
     for cp in plan(cell, net) {
@@ -206,7 +230,7 @@ pub fn forward(cell: &Cell, net: &NetConfig, params: &[Tensor], x: &Tensor) -> T
             let mut sum: Option<Tensor> = None;
             for input in node.inputs {
                 let stride = if cp.reduce && input.from < 2 { 2 } else { 1 };
-                let mut take = || p.take::<5>().map(Tensor::shallow_clone);
+                let mut take = || p.take::<4>().map(Tensor::shallow_clone);
                 let y = apply_op(input.op, &states[input.from as usize], stride, &mut take);
                 sum = Some(match sum {
                     Some(s) => s + y,
@@ -218,10 +242,14 @@ pub fn forward(cell: &Cell, net: &NetConfig, params: &[Tensor], x: &Tensor) -> T
         let outputs: Vec<&Tensor> = unused.iter().map(|&s| &states[s]).collect();
         (s0, s1) = (s1, Tensor::cat(&outputs, 1));
     }
-    let pooled = nn::leaky_relu(&s1).mean_dim([2i64, 3].as_slice(), false, None::<Kind>);
+    let last = nn::leaky_relu(&s1);
+    let features = match net.head {
+        Head::Flatten => last.flatten(1, -1),
+        Head::GlobalPool => last.mean_dim([2i64, 3].as_slice(), false, None::<Kind>),
+    };
     let [v, g, b] = p.take();
     assert_eq!(p.next, params.len(), "network: parameters left over");
-    nn::wn_linear(&pooled, v, g, Some(b))
+    nn::wn_linear(&features, v, g, Some(b))
 }
 
 #[cfg(test)]
@@ -231,13 +259,9 @@ mod tests {
     use rand::{rngs::StdRng, SeedableRng};
     use tch::Device;
 
-    fn sep_params(c: i64, k: i64) -> [Tensor; 5] {
-        let specs = [
-            nn::wn_specs("dw", &[c, 1, k, k], false),
-            nn::wn_specs("pw", &[c, c, 1, 1], false),
-            vec![bn_bias("bn", c)],
-        ]
-        .concat();
+    fn sep_params(c: i64, k: i64) -> [Tensor; 4] {
+        let mut specs = vec![ParamSpec::new("dw", &[c, 1, k, k], Init::KaimingNormal)];
+        specs.extend(conv_bn_specs("pw", &[c, c, 1, 1]));
         let p = nn::init_params(&specs, &mut StdRng::seed_from_u64(0), Kind::Double, Device::Cpu);
         p.try_into().unwrap()
     }
@@ -272,8 +296,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let nets = [
             NetConfig::CPU,
-            NetConfig { cells: 0, channels: 4, reductions: 1 },
-            NetConfig { cells: 2, channels: 4, reductions: 0 },
+            NetConfig { cells: 0, channels: 4, reductions: 1, head: Head::GlobalPool },
+            NetConfig { cells: 2, channels: 4, reductions: 0, ..NetConfig::CPU },
         ];
         for net in nets {
             for _ in 0..3 {
@@ -286,11 +310,13 @@ mod tests {
         let chain: Cell = "0:sep3,1:sep5/0:id,2:max3/1:avg3,3:sep3/2:id,4:id/5:sep5,5:max3".parse().unwrap();
         let (specs, _) = specs(&chain, &NetConfig::CPU, [1, 28, 28], 10).unwrap();
         assert_eq!(specs.last().unwrap().shape, [10]);
-        assert_eq!(specs[specs.len() - 3].shape, [10, 32], "last cell is 32 wide, one output node");
+        assert_eq!(specs[specs.len() - 3].shape, [10, 32 * 7 * 7], "last cell is 32 wide at 7x7, one output node");
+        let pooled = NetConfig { head: Head::GlobalPool, ..NetConfig::CPU };
+        assert_eq!(super::specs(&chain, &pooled, [1, 28, 28], 10).unwrap().0[specs.len() - 3].shape, [10, 32]);
         let normal = NetConfig { cells: 1, ..NetConfig::CPU };
         assert!(specs.len() < super::specs(&chain, &normal, [1, 28, 28], 10).unwrap().0.len());
         check_forward(&chain, &NetConfig::CPU, [1, 28, 28]);
-        assert!(NetConfig { cells: 0, channels: 4, reductions: 0 }.validate().is_err());
+        assert!(NetConfig { cells: 0, channels: 4, reductions: 0, ..NetConfig::CPU }.validate().is_err());
     }
 
     #[test]
@@ -301,9 +327,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(9);
         cells.extend((0..20).map(|_| Cell::sample(&mut rng)));
         for cell in cells {
-            for net in
-                [NetConfig { cells: 1, channels: 2, reductions: 1 }, NetConfig { cells: 2, channels: 2, reductions: 0 }]
-            {
+            for net in [
+                NetConfig { cells: 1, channels: 2, reductions: 1, ..NetConfig::CPU },
+                NetConfig { cells: 2, channels: 2, reductions: 0, ..NetConfig::CPU },
+            ] {
                 let (specs, _) = specs(&cell, &net, [1, 8, 8], 3).unwrap();
                 let params = nn::init_params(&specs, &mut StdRng::seed_from_u64(1), Kind::Double, Device::Cpu);
                 let y = forward(&cell, &net, &params, &leaf(&[4, 1, 8, 8], 2));
@@ -320,7 +347,7 @@ mod tests {
     #[test]
     fn gradcheck_cell_network_through_unroll() {
         let cell: Cell = "0:sep3,1:max3/0:avg3,2:id/1:sep5,3:id/2:sep3,4:avg3/0:id,5:max3".parse().unwrap();
-        let net = NetConfig { cells: 1, channels: 2, reductions: 1 };
+        let net = NetConfig { cells: 1, channels: 2, reductions: 1, ..NetConfig::CPU };
         let (specs, _) = specs(&cell, &net, [1, 6, 6], 3).unwrap();
         let theta0: Vec<Tensor> = nn::init_params(&specs, &mut StdRng::seed_from_u64(0), Kind::Double, Device::Cpu)
             .into_iter()

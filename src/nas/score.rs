@@ -234,7 +234,7 @@ mod tests {
             dataset: DatasetName::Mnist,
             data_dir: Some(fixture_dir()),
             valid_size: Some(112),
-            net: NetConfig { cells: 0, channels: 2, reductions: 1 },
+            net: NetConfig { cells: 0, channels: 2, reductions: 1, ..NetConfig::CPU },
             real: RealTraining { batch: 16, lr: 0.05, momentum: 0.5 },
             eval_images: 64,
             seed: 0,
