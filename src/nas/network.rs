@@ -375,4 +375,31 @@ mod tests {
         let err = max_rel_error(&inputs, &direct, 3);
         assert!(err < 1e-4, "cell network gradient finite-difference relative error {err:e}");
     }
+
+    /// The f64 checks above run libtorch's reference kernels; training runs the float32 ones
+    /// (oneDNN convolutions, depthwise included). Their meta-gradient must agree at a realistic size.
+    #[test]
+    fn float32_meta_gradient_matches_float64() {
+        let cell: Cell = "0:sep3,1:max3/0:avg3,2:sep5/1:sep5,3:id/2:sep3,4:avg3/0:id,5:max3".parse().unwrap();
+        let (specs, _) = specs(&cell, &NetConfig::CPU, [1, 28, 28], 10).unwrap();
+        let theta0 = nn::init_params(&specs, &mut StdRng::seed_from_u64(0), Kind::Double, Device::Cpu);
+        let labels = Tensor::arange(16, (Kind::Int64, Device::Cpu)).remainder(10);
+        let meta_gradient = |kind: Kind| {
+            let images = leaf(&[2, 16, 1, 28, 28], 1).to_kind(kind).detach().set_requires_grad(true);
+            let mut params: Vec<Tensor> =
+                theta0.iter().map(|t| t.to_kind(kind).detach().set_requires_grad(true)).collect();
+            for t in 0..2 {
+                let loss = nn::cross_entropy(&forward(&cell, &NetConfig::CPU, &params, &images.get(t)), &labels);
+                let grads = Tensor::run_backward(&[loss], &params, true, true);
+                params = params.iter().zip(&grads).map(|(w, g)| w - g * 0.1).collect();
+            }
+            let real = leaf(&[16, 1, 28, 28], 9).to_kind(kind);
+            let loss = nn::cross_entropy(&forward(&cell, &NetConfig::CPU, &params, &real), &labels);
+            Tensor::run_backward(&[loss], &[&images], false, false)[0].to_kind(Kind::Double)
+        };
+        let (g32, g64) = (meta_gradient(Kind::Float), meta_gradient(Kind::Double));
+        assert!(g64.norm().double_value(&[]) > 1e-6, "the meta-gradient vanishes");
+        let err = (&g32 - &g64).norm().double_value(&[]) / g64.norm().double_value(&[]);
+        assert!(err < 1e-3, "float32 meta-gradient differs from float64 by {err:e} (relative)");
+    }
 }
