@@ -98,6 +98,8 @@ pub struct Match {
     /// Linearly interpolated between the real step counts measured; `None` when no real step
     /// count measured reaches it.
     pub real_steps: Option<f64>,
+    /// The fewest real steps measured already reach it: `real_steps` is an upper bound.
+    pub at_most: bool,
 }
 
 pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
@@ -110,10 +112,12 @@ pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
         {
             let target = pick(g);
             let mut real_steps = None;
+            let mut at_most = false;
             let mut prev: Option<(f64, f64)> = None;
             for r in &real {
                 let (s, v) = (r.steps as f64, pick(r));
                 if v >= target {
+                    at_most = prev.is_none();
                     real_steps = Some(match prev {
                         Some((ps, pv)) if v > pv => ps + (s - ps) * (target - pv) / (v - pv),
                         _ => s,
@@ -128,6 +132,7 @@ pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
                 subset,
                 gtn_spearman: target,
                 real_steps,
+                at_most,
             });
         }
     }
@@ -163,6 +168,7 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
     }
     for m in matches {
         let real = match m.real_steps {
+            Some(steps) if m.at_most => format!("at most {steps:.0} real-data steps (the fewest measured)"),
             Some(steps) => format!("≈ {steps:.0} real-data steps"),
             None => "more real-data steps than were measured".into(),
         };
@@ -268,6 +274,10 @@ mod tests {
         assert_eq!((m[0].real_steps, m[1].real_steps), (Some(25.0), Some(25.0)));
         let unreachable = [rows[0].clone(), rows[1].clone()];
         assert_eq!(steps_to_match(&unreachable)[0].real_steps, None);
+        let below = [Row { spearman: -1.0, ..rows[0].clone() }, rows[1].clone(), rows[2].clone()];
+        let m = steps_to_match(&below);
+        assert_eq!((m[0].real_steps, m[0].at_most, m[1].at_most), (Some(10.0), true, false));
+        assert!(markdown(&below, &m).contains("at most 10 real-data steps (the fewest measured)"));
         let dir = tempfile::tempdir().unwrap();
         let png = dir.path().join("c.png");
         plot(&rows, &png).unwrap();
