@@ -218,7 +218,8 @@ struct NasTrainArgs {
     channels: i64,
     #[arg(long, default_value_t = nas::network::NetConfig::CPU.reductions)]
     reductions: usize,
-    /// What the classifier reads: the flattened last state, or its global average (ENAS).
+    /// The head: flattened last state -> hidden 256 + BN -> classifier (hidden), the flattened
+    /// state read directly (flatten), or its global average (global-pool, as in ENAS).
     #[arg(long, value_enum, default_value_t = nas::network::NetConfig::CPU.head)]
     head: nas::network::Head,
     /// Real-data batch size, learning rate and momentum.

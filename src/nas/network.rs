@@ -1,10 +1,10 @@
 //! A cell architecture stacked into a network, as a pure function of an explicit parameter list
 //! (so the GTN unroll can train it): stem conv, `reductions + 1` stages of `cells` normal cells
-//! with one reduction cell between stages, a weight-normalised linear classifier on the flattened
-//! last state (or on its global average, as in ENAS: `Head::GlobalPool`). Every conv is followed
-//! by batch norm with batch statistics (ReLU-conv-BN, as in ENAS): with mean-only batch norm, as in
-//! the other learners, activations grew with each summed node and half of the sampled cells
-//! diverged at the learning rates GTN teaches with (README, GTN-NAS).
+//! with one reduction cell between stages, and a head (by default base_fc's: the flattened last
+//! state, a hidden layer of 256 with batch norm, a weight-normalised linear classifier). Every
+//! conv is followed by batch norm with batch statistics (ReLU-conv-BN, as in ENAS): with mean-only
+//! batch norm, as in the other learners, activations grew with each summed node and half of the
+//! sampled cells diverged at the learning rates GTN teaches with (README, GTN-NAS).
 //!
 //! Each cell reads the outputs of the two cells before it (ENAS), each first mapped to the cell's
 //! width by LReLU -> 1x1 conv -> BN; the older one is also strided when a reduction lies between.
@@ -22,14 +22,21 @@ use crate::nn::{self, Init, ParamSpec};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Head {
-    /// The last state flattened: these small networks learn several times faster in their first
-    /// hundred steps than with global pooling (README, GTN-NAS), which is what a few-step proxy
-    /// needs.
+    /// The last state flattened, then a hidden layer of [`HIDDEN`] units with batch norm, as in
+    /// base_fc. Flattening learns several times faster in the first hundred steps than global
+    /// pooling (README, GTN-NAS), which is what a few-step proxy needs; the hidden layer is what
+    /// lets a teacher teach it: a classifier reading 1,568-6,272 features directly moves every
+    /// logit by tens per SGD step, and the unrolled learners exploded (README, GTN-NAS).
     #[default]
+    Hidden,
+    /// The last state flattened, read by the classifier directly.
     Flatten,
     /// Global average pool (ENAS), for searches at full scale.
     GlobalPool,
 }
+
+/// Width of `Head::Hidden`'s hidden layer (base_fc's).
+pub const HIDDEN: i64 = 256;
 
 /// How a cell is stacked into a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,7 +54,7 @@ pub struct NetConfig {
 impl NetConfig {
     /// Sized for 2 shared CPU cores: stem at full resolution (width 8), then two reduction cells
     /// (16 wide at 14x14, 32 wide at 7x7). Normal cells (`cells > 0`) cost 2-3x more per step.
-    pub const CPU: NetConfig = NetConfig { cells: 0, channels: 8, reductions: 2, head: Head::Flatten };
+    pub const CPU: NetConfig = NetConfig { cells: 0, channels: 8, reductions: 2, head: Head::Hidden };
 
     pub fn validate(&self) -> Result<()> {
         if self.channels <= 0 {
@@ -143,10 +150,15 @@ pub fn specs(cell: &Cell, net: &NetConfig, image: [i64; 3], classes: i64) -> Res
         }
         (prev2, prev1) = (prev1, (c * out_nodes, pixels));
     }
-    let features = match net.head {
-        Head::Flatten => prev1.0 * h * w,
+    let mut features = match net.head {
+        Head::Flatten | Head::Hidden => prev1.0 * h * w,
         Head::GlobalPool => prev1.0,
     };
+    if net.head == Head::Hidden {
+        specs.extend(conv_bn_specs("hidden", &[HIDDEN, features]));
+        macs += (features * HIDDEN) as f64;
+        features = HIDDEN;
+    }
     specs.extend(nn::wn_specs("fc", &[classes, features], true));
     macs += (features * classes) as f64;
     Ok((specs, macs))
@@ -246,6 +258,10 @@ pub fn forward(cell: &Cell, net: &NetConfig, params: &[Tensor], x: &Tensor) -> T
     let features = match net.head {
         Head::Flatten => last.flatten(1, -1),
         Head::GlobalPool => last.mean_dim([2i64, 3].as_slice(), false, None::<Kind>),
+        Head::Hidden => {
+            let [w, gain, bias] = p.take();
+            nn::leaky_relu(&nn::batch_norm(&last.flatten(1, -1).matmul(&w.tr()), gain, bias))
+        }
     };
     let [v, g, b] = p.take();
     assert_eq!(p.next, params.len(), "network: parameters left over");
@@ -310,9 +326,14 @@ mod tests {
         let chain: Cell = "0:sep3,1:sep5/0:id,2:max3/1:avg3,3:sep3/2:id,4:id/5:sep5,5:max3".parse().unwrap();
         let (specs, _) = specs(&chain, &NetConfig::CPU, [1, 28, 28], 10).unwrap();
         assert_eq!(specs.last().unwrap().shape, [10]);
-        assert_eq!(specs[specs.len() - 3].shape, [10, 32 * 7 * 7], "last cell is 32 wide at 7x7, one output node");
-        let pooled = NetConfig { head: Head::GlobalPool, ..NetConfig::CPU };
-        assert_eq!(super::specs(&chain, &pooled, [1, 28, 28], 10).unwrap().0[specs.len() - 3].shape, [10, 32]);
+        assert_eq!(specs[specs.len() - 3].shape, [10, HIDDEN]);
+        assert_eq!(specs[specs.len() - 6].shape, [HIDDEN, 32 * 7 * 7], "last cell is 32 wide at 7x7, one output node");
+        let classifier_input = |head| {
+            let specs = super::specs(&chain, &NetConfig { head, ..NetConfig::CPU }, [1, 28, 28], 10).unwrap().0;
+            specs[specs.len() - 3].shape.clone()
+        };
+        assert_eq!(classifier_input(Head::Flatten), [10, 32 * 7 * 7]);
+        assert_eq!(classifier_input(Head::GlobalPool), [10, 32]);
         let normal = NetConfig { cells: 1, ..NetConfig::CPU };
         assert!(specs.len() < super::specs(&chain, &normal, [1, 28, 28], 10).unwrap().0.len());
         check_forward(&chain, &NetConfig::CPU, [1, 28, 28]);
@@ -330,6 +351,8 @@ mod tests {
             for net in [
                 NetConfig { cells: 1, channels: 2, reductions: 1, ..NetConfig::CPU },
                 NetConfig { cells: 2, channels: 2, reductions: 0, ..NetConfig::CPU },
+                NetConfig { cells: 1, channels: 2, reductions: 1, head: Head::Flatten },
+                NetConfig { cells: 1, channels: 2, reductions: 1, head: Head::GlobalPool },
             ] {
                 let (specs, _) = specs(&cell, &net, [1, 8, 8], 3).unwrap();
                 let params = nn::init_params(&specs, &mut StdRng::seed_from_u64(1), Kind::Double, Device::Cpu);
