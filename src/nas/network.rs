@@ -165,7 +165,7 @@ pub fn specs(cell: &Cell, net: &NetConfig, image: [i64; 3], classes: i64) -> Res
     Ok((specs, macs))
 }
 
-/// A bias-free conv weight and the batch norm after it (gain and bias).
+/// A bias-free conv (or linear) weight and the batch norm after it (gain and bias).
 fn conv_bn_specs(name: &str, shape: &[i64]) -> [ParamSpec; 3] {
     [
         ParamSpec::new(format!("{name}.weight"), shape, Init::KaimingNormal),
