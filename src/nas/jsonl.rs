@@ -27,6 +27,11 @@ pub struct Record {
     pub seconds: f64,
     pub params: i64,
     pub seed: u64,
+    /// Everything else a result depends on (network, evaluation, real-data training), so a
+    /// resumed run can refuse to mix results of different settings in one file. Empty in files
+    /// written before it was recorded.
+    #[serde(default)]
+    pub setting: String,
 }
 
 impl Record {
@@ -159,6 +164,7 @@ mod tests {
             seconds: 1.0,
             params: 10,
             seed: 0,
+            setting: String::new(),
         }
     }
 

@@ -244,6 +244,7 @@ mod tests {
             seconds: steps as f64,
             params: 1,
             seed: 0,
+            setting: String::new(),
         }
     }
 

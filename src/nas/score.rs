@@ -93,6 +93,20 @@ pub fn arch_rng(seed: u64, cell: &Cell) -> StdRng {
     StdRng::seed_from_u64(fnv1a(&cell.to_string()) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
+/// What a record depends on besides its architecture, proxy, step count, dataset and seed.
+fn setting(opts: &ScoreOptions, valid_images: usize) -> String {
+    let NetConfig { cells, channels, reductions, head } = opts.net;
+    let mut s = format!(
+        "cells {cells}, channels {channels}, reductions {reductions}, head {head:?}, {valid_images} validation images, eval on {}",
+        opts.eval_images
+    );
+    if opts.proxy == Proxy::Real {
+        let RealTraining { batch, lr, momentum } = opts.real;
+        s += &format!(", real batch {batch} lr {lr} momentum {momentum}");
+    }
+    s
+}
+
 /// Trains every architecture of this shard not already in `opts.out` and appends its records.
 /// `progress` sees each new record.
 pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Record)) -> Result<ScoreSummary> {
@@ -128,9 +142,23 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         }
     };
     let (valid, test) = (data.valid.first(opts.eval_images), data.test.first(opts.eval_images));
-    let (mut out, done) = Appender::open(&opts.out)?;
-    let done = jsonl::done_keys(&done);
     let label = opts.proxy.label();
+    let setting = setting(opts, data.valid.len());
+    let dataset = data.name.as_str();
+    let (mut out, done) = Appender::open(&opts.out)?;
+    if let Some(r) =
+        done.iter().find(|r| r.proxy == label && (r.dataset != dataset || r.seed != opts.seed || r.setting != setting))
+    {
+        let recorded = if r.setting.is_empty() { "not recorded (an older gtn)" } else { &r.setting };
+        bail!(
+            "{}: holds {label} results of another setting (dataset {}, seed {}, {recorded}; this run: dataset {dataset}, seed {}, {setting}); expected the same, or use another --out",
+            opts.out.display(),
+            r.dataset,
+            r.seed,
+            opts.seed
+        );
+    }
+    let done = jsonl::done_keys(&done);
     let mut summary = ScoreSummary { scored: 0, skipped: 0, other_shards: 0 };
     for (index, cell) in opts.archs.iter().enumerate() {
         if !opts.shard.takes(index) {
@@ -163,12 +191,13 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     index,
                     proxy: label.clone(),
                     steps: t + 1,
-                    dataset: data.name.as_str().into(),
+                    dataset: dataset.into(),
                     valid_accuracy,
                     test_accuracy,
                     seconds: start.elapsed().as_secs_f64() - eval_seconds,
                     params,
                     seed: opts.seed,
+                    setting: setting.clone(),
                 });
             }
         };
@@ -223,6 +252,7 @@ mod tests {
     use super::*;
     use crate::data::fixture_dir;
     use crate::nas::arch::sample_distinct;
+    use crate::nas::network::Head;
 
     fn options(out: &Path, shard: Shard) -> ScoreOptions {
         ScoreOptions {
@@ -290,6 +320,14 @@ mod tests {
 
         let again = score(&options(&a, "0/2".parse().unwrap()), Device::Cpu, |_| {}).unwrap();
         assert_eq!((again.scored, again.skipped), (0, 2));
+        // Results of another network or training setting are not mixed into the same file.
+        let base = options(&a, "0/2".parse().unwrap());
+        let other_head = ScoreOptions { net: NetConfig { head: Head::Flatten, ..base.net }, ..base.clone() };
+        let other_lr = ScoreOptions { real: RealTraining { lr: 0.1, ..base.real }, ..base.clone() };
+        for other in [other_head, other_lr, ScoreOptions { seed: 1, ..base.clone() }] {
+            let err = score(&other, Device::Cpu, |_| {}).unwrap_err().to_string();
+            assert!(err.contains("a.jsonl: holds real results of another setting"), "{err}");
+        }
         assert_eq!(jsonl::read(&a).unwrap().len(), 4);
         let mut more = options(&a, "0/2".parse().unwrap());
         more.steps = vec![1, 2, 3];
