@@ -27,9 +27,12 @@ pub struct Record {
     pub seconds: f64,
     pub params: i64,
     pub seed: u64,
-    /// Everything else a result depends on (network, evaluation, real-data training), so a
-    /// resumed run can refuse to mix results of different settings in one file. Empty in files
-    /// written before it was recorded.
+    /// How the cell is stacked into a network (cells, channels, reductions, head). Empty, as is
+    /// `setting`, in files written before they were recorded.
+    #[serde(default)]
+    pub net: String,
+    /// Everything else a result depends on (evaluation, real-data training), so a resumed run
+    /// can refuse to mix results of different settings in one file.
     #[serde(default)]
     pub setting: String,
 }
@@ -164,6 +167,7 @@ mod tests {
             seconds: 1.0,
             params: 10,
             seed: 0,
+            net: String::new(),
             setting: String::new(),
         }
     }

@@ -210,16 +210,39 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
 }
 
 /// Reads both files, writes the plot and returns the markdown table.
-pub fn report(proxy_files: &[&Path], truth_file: &Path, plot_path: Option<&Path>) -> Result<(Vec<Row>, String)> {
+pub fn report<'a>(
+    proxy_files: &[&'a Path],
+    truth_file: &'a Path,
+    plot_path: Option<&Path>,
+) -> Result<(Vec<Row>, String)> {
     let mut proxy = Vec::new();
-    for p in proxy_files {
+    // The first recorded network and the file it came from: every file must rank the same one.
+    let mut network: Option<(String, &Path)> = None;
+    let mut same_network = |records: &[Record], file: &'a Path| -> Result<()> {
+        for r in records.iter().filter(|r| !r.net.is_empty()) {
+            match &network {
+                None => network = Some((r.net.clone(), file)),
+                Some((net, first)) if *net != r.net => bail!(
+                    "{}: results of network ({}), but {} has ({net}); expected one network for all proxies and the truth",
+                    file.display(),
+                    r.net,
+                    first.display()
+                ),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    };
+    for &p in proxy_files {
         let records = super::jsonl::read(p)?;
         if records.is_empty() {
             bail!("{}: no records", p.display());
         }
+        same_network(&records, p)?;
         proxy.extend(records);
     }
     let truth = super::jsonl::read(truth_file).with_context(|| format!("{}: truth", truth_file.display()))?;
+    same_network(&truth, truth_file)?;
     let rows = correlations(&proxy, &truth)?;
     let matches = steps_to_match(&rows);
     if let Some(path) = plot_path {
@@ -244,6 +267,7 @@ mod tests {
             seconds: steps as f64,
             params: 1,
             seed: 0,
+            net: String::new(),
             setting: String::new(),
         }
     }
@@ -285,5 +309,27 @@ mod tests {
         let img = image::open(&png).unwrap();
         assert!(img.width() > 500 && img.height() > 300);
         assert!(correlations(&proxy, &[]).is_err());
+    }
+
+    #[test]
+    fn report_refuses_files_of_different_networks() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, proxy: &str, steps: usize, net: &str| {
+            let path = dir.path().join(name);
+            let (mut out, _) = super::super::jsonl::Appender::open(&path).unwrap();
+            for a in 0..4 {
+                out.append(&Record { net: net.into(), ..rec(a, proxy, steps, 0.5 + 0.1 * a as f64) }).unwrap();
+            }
+            path
+        };
+        let truth = write("truth.jsonl", "real", 300, "head Hidden");
+        let same = write("same.jsonl", "real", 4, "head Hidden");
+        let old = write("old.jsonl", "gtn:t", 4, "");
+        let other = write("other.jsonl", "gtn:t", 4, "head Flatten");
+        let (rows, _) = report(&[&same, &old], &truth, None).unwrap();
+        assert_eq!(rows.len(), 2);
+        let err = report(&[&same, &other], &truth, None).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: results of network (head Flatten)", other.display())), "{err}");
+        assert!(err.contains("same.jsonl has (head Hidden)"), "{err}");
     }
 }

@@ -93,13 +93,15 @@ pub fn arch_rng(seed: u64, cell: &Cell) -> StdRng {
     StdRng::seed_from_u64(fnv1a(&cell.to_string()) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// What a record depends on besides its architecture, proxy, step count, dataset and seed.
+/// How the cell is stacked, as recorded.
+fn net_label(net: &NetConfig) -> String {
+    let NetConfig { cells, channels, reductions, head } = net;
+    format!("cells {cells}, channels {channels}, reductions {reductions}, head {head:?}")
+}
+
+/// What a record depends on besides its architecture, proxy, step count, dataset, seed and network.
 fn setting(opts: &ScoreOptions, valid_images: usize) -> String {
-    let NetConfig { cells, channels, reductions, head } = opts.net;
-    let mut s = format!(
-        "cells {cells}, channels {channels}, reductions {reductions}, head {head:?}, {valid_images} validation images, eval on {}",
-        opts.eval_images
-    );
+    let mut s = format!("{valid_images} validation images, eval on {}", opts.eval_images);
     if opts.proxy == Proxy::Real {
         let RealTraining { batch, lr, momentum } = opts.real;
         s += &format!(", real batch {batch} lr {lr} momentum {momentum}");
@@ -143,15 +145,15 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     };
     let (valid, test) = (data.valid.first(opts.eval_images), data.test.first(opts.eval_images));
     let label = opts.proxy.label();
-    let setting = setting(opts, data.valid.len());
+    let (net, setting) = (net_label(&opts.net), setting(opts, data.valid.len()));
     let dataset = data.name.as_str();
     let (mut out, done) = Appender::open(&opts.out)?;
-    if let Some(r) =
-        done.iter().find(|r| r.proxy == label && (r.dataset != dataset || r.seed != opts.seed || r.setting != setting))
-    {
-        let recorded = if r.setting.is_empty() { "not recorded (an older gtn)" } else { &r.setting };
+    let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || r.net != net || r.setting != setting;
+    if let Some(r) = done.iter().filter(|r| r.proxy == label).find(differs) {
+        let recorded =
+            if r.net.is_empty() { "not recorded (an older gtn)".into() } else { format!("{}, {}", r.net, r.setting) };
         bail!(
-            "{}: holds {label} results of another setting (dataset {}, seed {}, {recorded}; this run: dataset {dataset}, seed {}, {setting}); expected the same, or use another --out",
+            "{}: holds {label} results of another setting (dataset {}, seed {}, {recorded}; this run: dataset {dataset}, seed {}, {net}, {setting}); expected the same, or use another --out",
             opts.out.display(),
             r.dataset,
             r.seed,
@@ -197,6 +199,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     seconds: start.elapsed().as_secs_f64() - eval_seconds,
                     params,
                     seed: opts.seed,
+                    net: net.clone(),
                     setting: setting.clone(),
                 });
             }
