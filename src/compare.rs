@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::checkpoint;
 use crate::config::Config;
 use crate::curriculum::CurriculumKind;
-use crate::data::DatasetName;
+use crate::data::{DatasetName, Split};
 use crate::eval;
 use crate::learner::LearnerKind;
 use crate::meta::{self, Trainer};
@@ -25,6 +25,9 @@ pub const CURVES_CSV: &str = "curves.csv";
 pub const CURVES_PNG: &str = "curves.png";
 pub const TABLE_MD: &str = "table.md";
 pub const SUMMARY_JSON: &str = "summary.json";
+/// A teacher's measured curves, kept in its folder so a re-run (after an interruption, or with
+/// another real-data sweep) does not evaluate finished teachers again.
+pub const TEACHER_CURVES_JSON: &str = "compare-curves.json";
 
 /// The meta-trained methods: a name (and sub-folder), the teacher and its curriculum.
 pub const TEACHERS: [(&str, TeacherKind, CurriculumKind); 5] = [
@@ -160,6 +163,51 @@ fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device:
     Ok(trainer)
 }
 
+/// Everything a teacher's curves depend on besides its config (which `train_or_reuse` checked).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct CurvesKey {
+    meta_iteration: usize,
+    learner: LearnerKind,
+    learners: usize,
+    seed: u64,
+    test_images: usize,
+    grid: Vec<usize>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCurves {
+    key: CurvesKey,
+    per_learner: Vec<Vec<f64>>,
+}
+
+/// The teacher's per-learner curves: read from its folder if measured there with the same key,
+/// else measured and stored. An unreadable or stale file is measured over, never trusted.
+fn teacher_curves(
+    trainer: &Trainer,
+    dir: &Path,
+    cohort: &eval::Cohort,
+    grid: &[usize],
+    test: &Split,
+) -> Result<Vec<Vec<f64>>> {
+    let key = CurvesKey {
+        meta_iteration: trainer.iteration,
+        learner: cohort.kind,
+        learners: cohort.learners,
+        seed: cohort.seed,
+        test_images: test.len(),
+        grid: grid.to_vec(),
+    };
+    let path = dir.join(TEACHER_CURVES_JSON);
+    let stored = std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice::<StoredCurves>(&bytes).ok());
+    if let Some(stored) = stored.filter(|s| s.key == key) {
+        return Ok(stored.per_learner);
+    }
+    let per_learner = eval::teacher_curves(&trainer.teacher, cohort, grid, test)?;
+    let stored = StoredCurves { key, per_learner };
+    crate::atomic::write(&path, serde_json::to_string(&stored)?.as_bytes())?;
+    Ok(stored.per_learner)
+}
+
 /// Step counts the curves are measured at: every `stride` steps up to `last`, and T.
 fn grid(stride: usize, last: usize, t: usize) -> Vec<usize> {
     let mut steps: Vec<usize> = (0..=last).step_by(stride).chain([t, last]).collect();
@@ -202,7 +250,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         eprintln!("{name}: meta-training in {}", dir.display());
         let trainer = train_or_reuse(&teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
         eprintln!("{name}: evaluating {} learners", options.learners);
-        let per_learner = eval::teacher_curves(&trainer.teacher, &cohort, &teacher_grid, &test)?;
+        let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test)?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
         trained.push((trainer.config().meta_iters, meta::logged_seconds(&dir)? / 60.0));
     }
@@ -368,6 +416,23 @@ mod tests {
         for file in [CURVES_CSV, CURVES_PNG, TABLE_MD, SUMMARY_JSON] {
             assert!(out.join(file).is_file(), "{file} missing");
         }
+
+        // A re-run reuses the stored curves of a teacher evaluated with the same key (planted
+        // here as 12.5%), and measures again where the key differs (another meta-iteration).
+        let plant = |name: &str, iteration_shift: usize| {
+            let path = out.join(name).join(TEACHER_CURVES_JSON);
+            let mut stored: StoredCurves = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            stored.key.meta_iteration += iteration_shift;
+            stored.per_learner.iter_mut().for_each(|c| c.fill(0.125));
+            std::fs::write(&path, serde_json::to_string(&stored).unwrap()).unwrap();
+        };
+        plant("gtn-full", 0);
+        plant("gtn-none", 1);
+        let again = run(&options, &out, Device::Cpu).unwrap();
+        let accuracy = |name: &str| again.methods.iter().find(|m| m.method == name).unwrap().accuracy_mean;
+        let before = |name: &str| summary.methods.iter().find(|m| m.method == name).unwrap().accuracy_mean;
+        assert_eq!(accuracy("gtn-full"), 0.125);
+        assert_eq!(accuracy("gtn-none"), before("gtn-none"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Generative Teaching Networks: a generator learns synthetic training data such that a freshly
 //! initialised learner trained on it for a few steps does well on real data.
 
+mod allocator;
 pub mod atomic;
 pub mod bench;
 pub mod checkpoint;
