@@ -52,6 +52,9 @@ else
 fi
 
 need cargo "install Rust (https://rustup.rs)"
+# The jemalloc allocator is compiled from source by its crate's build script.
+need cc "install a C compiler (e.g. apt install build-essential)"
+need make "install make (e.g. apt install build-essential)"
 echo "build: cargo build --release (first time: a few minutes)"
 cargo build --release --quiet
 echo "build: target/release/gtn ready"
