@@ -143,17 +143,31 @@ pub fn forward_flops(config: &Config, arch: Arch) -> (f64, f64) {
     (generator, learner)
 }
 
+/// Runs `f` and returns its result and its wall time, the device's queued work included: CUDA
+/// runs kernels asynchronously, so the clock is read only after waiting for them.
+fn timed<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
+    let synchronize = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
+    synchronize();
+    let start = Instant::now();
+    let out = f();
+    synchronize();
+    (out, start.elapsed().as_secs_f64())
+}
+
 /// Times `iters` meta-steps after one warm-up step, in a scratch folder.
 pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport> {
     let scratch = tempfile::tempdir()?;
     let mut trainer = Trainer::create(config, scratch.path(), device)?;
     reset_peak_rss();
-    trainer.step()?;
+    timed(device, || trainer.step()).0?;
     let mut times: Vec<f64> = (0..iters)
         .map(|_| {
-            let start = Instant::now();
-            trainer.step()?;
-            Ok(start.elapsed().as_secs_f64())
+            let (step, seconds) = timed(device, || trainer.step());
+            step.map(|_| seconds)
         })
         .collect::<Result<_>>()?;
     times.sort_by(f64::total_cmp);
@@ -163,16 +177,12 @@ pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport>
     // The split, measured on the next iteration's draws.
     let meta::IterationInputs { learner, init, real, plan } = trainer.iteration_inputs(trainer.iteration);
     let teacher = &trainer.teacher;
-    let start = Instant::now();
-    tch::no_grad(|| plan.iter().map(teacher.synthesizer()).for_each(drop));
-    let generator_forward_seconds = start.elapsed().as_secs_f64();
+    let generator_forward_seconds =
+        timed(device, || tch::no_grad(|| plan.iter().map(teacher.synthesizer()).for_each(drop))).1;
     let (unroll_forward_seconds, meta_backward_seconds) = if config.checkpoint_every == 0 {
-        let start = Instant::now();
-        let (loss, _) = meta::meta_loss(teacher, &learner, init, &real, &plan);
-        let forward = start.elapsed().as_secs_f64();
-        let start = Instant::now();
-        let _ = Tensor::run_backward(&[loss], &teacher.params(), false, false);
-        (Some(forward), Some(start.elapsed().as_secs_f64()))
+        let ((loss, _), forward) = timed(device, || meta::meta_loss(teacher, &learner, init, &real, &plan));
+        let backward = timed(device, || Tensor::run_backward(&[loss], &teacher.params(), false, false)).1;
+        (Some(forward), Some(backward))
     } else {
         (None, None)
     };
