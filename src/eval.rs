@@ -67,8 +67,17 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// Accuracy of the learner on the whole split, predicted `EVAL_CHUNK` images at a time.
 pub fn test_accuracy(learner: &Learner, params: &[tch::Tensor], split: &Split) -> f64 {
-    nn::accuracy(&inner::predict(learner, params, &split.images, EVAL_CHUNK), &split.labels)
+    let n = split.len() as i64;
+    let logits = tch::no_grad(|| {
+        let chunks: Vec<tch::Tensor> = (0..n)
+            .step_by(EVAL_CHUNK as usize)
+            .map(|s| learner.forward(params, &split.images(s, EVAL_CHUNK.min(n - s))))
+            .collect();
+        tch::Tensor::cat(&chunks, 0)
+    });
+    nn::accuracy(&logits, &split.labels)
 }
 
 /// Seed of evaluated learner `k`; far from meta-training's iteration seeds.
@@ -101,7 +110,7 @@ pub fn teacher_curves(teacher: &Teacher, cohort: &Cohort, grid: &[usize], test: 
     if let Some(&bad) = grid.iter().find(|&&s| s > t) {
         bail!("evaluation at step {bad}: the teacher was trained for {t} inner steps; expected at most {t}");
     }
-    let device = test.images.device();
+    let device = test.device();
     cohort.train(grid, test, |learner, state, rng, _, steps, after_step| {
         let plan = teacher.curriculum.plan(rng, device);
         teacher.teach(learner, state, &plan, steps, false, after_step)
@@ -135,7 +144,7 @@ pub fn real_curves(
     test: &Split,
 ) -> Result<Vec<Vec<f64>>> {
     let (data, seed) = (cohort.data, cohort.seed);
-    let device: Device = test.images.device();
+    let device: Device = test.device();
     let (lrs, momenta) = inner::constant_schedule(grid.last().copied().unwrap_or(0), lr, momentum, device);
     cohort.train(grid, test, |learner, state, _, k, steps, after_step| {
         let mut sampler = BatchSampler::new(data.train.len(), seed.wrapping_add(k as u64));
@@ -174,7 +183,7 @@ impl Cohort<'_> {
             bail!("evaluation steps {grid:?}: expected a non-empty ascending list");
         }
         let (image, classes) = self.data.name.shape();
-        let device = test.images.device();
+        let device = test.device();
         (0..self.learners)
             .map(|k| {
                 let mut rng = learner_seed(self.seed, k);

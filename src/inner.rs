@@ -93,19 +93,6 @@ pub fn unroll_with(
     state
 }
 
-/// Logits for many examples, in chunks; mean-only batch norm uses each chunk's statistics, so
-/// chunks should be large (we evaluate in chunks of 1,000).
-pub fn predict(learner: &Learner, params: &[Tensor], images: &Tensor, chunk: i64) -> Tensor {
-    tch::no_grad(|| {
-        let n = images.size()[0];
-        let parts: Vec<Tensor> = (0..n)
-            .step_by(chunk as usize)
-            .map(|s| learner.forward(params, &images.narrow(0, s, chunk.min(n - s))))
-            .collect();
-        Tensor::cat(&parts, 0)
-    })
-}
-
 /// Constant learning rate and momentum over `steps` steps (for real-data training).
 pub fn constant_schedule(steps: usize, lr: f64, mu: f64, device: tch::Device) -> (Tensor, Tensor) {
     let s = steps as i64;

@@ -126,7 +126,7 @@ impl Trainer {
     /// batch (augmented if configured) and its curriculum plan.
     pub fn iteration_inputs(&self, iteration: usize) -> IterationInputs {
         let config = self.config();
-        let device = self.data.train.images.device();
+        let device = self.data.train.device();
         let mut rng = iteration_rng(config.seed, iteration);
         let (image, classes) = config.dataset.shape();
         let learner =

@@ -233,7 +233,7 @@ fn train_real(
     seed: u64,
     after_step: impl FnMut(usize, &[Tensor]),
 ) -> LearnerState {
-    let device = data.train.images.device();
+    let device = data.train.device();
     let (lrs, momenta) = inner::constant_schedule(steps, real.lr, real.momentum, device);
     let mut sampler = BatchSampler::new(data.train.len(), seed);
     let batches = |_| data.train.batch(&sampler.indices(real.batch, device));
