@@ -89,8 +89,17 @@ pub fn weight_norm(v: &Tensor, g: &Tensor) -> Tensor {
     v * (g.view(shape.as_slice()) / row_norm(v))
 }
 
+/// Weight-normalised linear layer, `x · (g · v / ‖v‖)ᵀ + b`, with the per-unit factor `g / ‖v‖`
+/// applied to the `[N, out]` output instead of the `[out, in]` weight. In a differentiated unroll
+/// the weight form keeps two weight-sized tensors per step (the normalised weight, and the
+/// gradient with respect to it, which its product with the factor holds on to): 13 MB per inner
+/// step for base_fc's 6272 x 256 layer. This form keeps only the `[N, out]` product.
 pub fn wn_linear(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>) -> Tensor {
-    x.linear(&weight_norm(v, g), b)
+    let y = x.linear(v, None::<Tensor>) * (g / row_norm(v).view([-1]));
+    match b {
+        Some(b) => y + b,
+        None => y,
+    }
 }
 
 /// Weight-normalised 3x3 convolution with zero padding 1 (same size at stride 1).
@@ -406,6 +415,28 @@ mod tests {
         // Only a per-channel shift: y - x is constant within each channel.
         let spread = (&y - &x).std_dim([0i64, 2, 3].as_slice(), true, false).max().double_value(&[]);
         assert!(spread < 1e-12, "{spread}");
+    }
+
+    #[test]
+    fn wn_linear_equals_the_normalised_weight_to_second_order() {
+        let inputs = [leaf(&[5, 7], 1), leaf(&[4, 7], 2), leaf(&[4], 3), leaf(&[4], 4)];
+        let scaled = |p: &[Tensor]| wn_linear(&p[0], &p[1], &p[2], Some(&p[3]));
+        let plain = |p: &[Tensor]| p[0].linear(&weight_norm(&p[1], &p[2]), Some(&p[3]));
+        let probe = leaf(&[5, 4], 5);
+        let derivatives = |f: &dyn Fn(&[Tensor]) -> Tensor| {
+            let y = f(&inputs);
+            let grads = Tensor::run_backward(&[(&y * &probe).sum(None::<Kind>)], &inputs, true, true);
+            let again: Tensor = grads.iter().map(|g| (g * g).sum(None::<Kind>)).sum();
+            let second = Tensor::run_backward(&[again], &inputs, false, false);
+            (y, grads, second)
+        };
+        let ((y1, g1, h1), (y2, g2, h2)) = (derivatives(&scaled), derivatives(&plain));
+        assert!(y1.allclose(&y2, 1e-12, 1e-12, false), "values differ");
+        // An undefined gradient is libtorch's zero (the bias enters linearly).
+        let dense = |g: &Tensor, like: &Tensor| if g.defined() { g.shallow_clone() } else { like.zeros_like() };
+        for ((a, b), x) in g1.iter().zip(&g2).chain(h1.iter().zip(&h2)).zip(inputs.iter().cycle()) {
+            assert!(dense(a, x).allclose(&dense(b, x), 1e-10, 1e-12, false), "derivatives differ");
+        }
     }
 
     #[test]
