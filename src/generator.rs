@@ -73,45 +73,51 @@ impl Generator {
         self.generate(&self.weights(params), z, labels)
     }
 
-    /// The layers' effective weights (weight normalisation applied), to share between the many
-    /// batches of one meta-step: normalising the 6.4M-entry FC weight per batch, and pulling
-    /// each batch's gradient back through it, cost ~3% of a base_fc meta-step.
+    /// The layers' effective weights (weight normalisation applied, the upsampling blocks'
+    /// parity kernels derived), to share between the many batches of one meta-step: normalising
+    /// the 6.4M-entry FC weight per batch, and pulling each batch's gradient back through it,
+    /// cost ~3% of a base_fc meta-step.
     pub fn weights(&self, params: &[Tensor]) -> Weights {
         assert_eq!(params.len(), self.specs.len(), "generator: wrong number of parameters");
         let p = params;
         let w = |v: usize| nn::weight_norm(&p[v], &p[v + 1]);
-        Weights([
-            w(0),
-            p[2].shallow_clone(),
-            p[3].shallow_clone(),
-            w(4),
-            p[6].shallow_clone(),
-            p[7].shallow_clone(),
-            w(8),
-            p[10].shallow_clone(),
-            p[11].shallow_clone(),
-            w(12),
-            p[14].shallow_clone(),
-        ])
+        let bn = |i: usize| [p[i].shallow_clone(), p[i + 1].shallow_clone()];
+        Weights {
+            fc1: w(0),
+            bn1: bn(2),
+            fc2: w(4),
+            bn2: bn(6),
+            conv1: nn::UpsampleConv::new(&w(8), None),
+            bn3: bn(10),
+            conv2: nn::UpsampleConv::new(&w(12), Some(&p[14])),
+        }
     }
 
     /// [`Generator::forward`] with the weights prepared by [`Generator::weights`].
     pub fn generate(&self, weights: &Weights, z: &Tensor, labels: &Tensor) -> Tensor {
         let [_, h, w] = self.image;
-        let [fc1, g1, b1, fc2, g2, b2, conv1, g3, b3, conv2, bias] = &weights.0;
+        let Weights { fc1, bn1: [g1, b1], fc2, bn2: [g2, b2], conv1, bn3: [g3, b3], conv2 } = weights;
         let onehot = labels.one_hot(self.classes).to_kind(z.kind());
         let x = Tensor::cat(&[z, &onehot], 1);
         let x = nn::leaky_relu(&nn::batch_norm(&x.linear(fc1, None::<Tensor>), g1, b1));
         let x = nn::leaky_relu(&nn::batch_norm(&x.linear(fc2, None::<Tensor>), g2, b2));
         let x = x.view([-1, self.config.conv1_channels, h / 4, w / 4]);
-        let x = nn::leaky_relu(&nn::batch_norm(&nn::upsample2_conv3x3(&x, conv1, None), g3, b3));
-        nn::upsample2_conv3x3(&x, conv2, Some(bias)).tanh() * 2.0
+        let x = nn::leaky_relu(&nn::batch_norm(&conv1.apply(&x), g3, b3));
+        conv2.apply(&x).tanh() * 2.0
     }
 }
 
-/// Effective weights of a [`Generator`], in layer order.
+/// Effective weights of a [`Generator`]; batch norms as (gain, bias).
 #[derive(Debug)]
-pub struct Weights([Tensor; 11]);
+pub struct Weights {
+    fc1: Tensor,
+    bn1: [Tensor; 2],
+    fc2: Tensor,
+    bn2: [Tensor; 2],
+    conv1: nn::UpsampleConv,
+    bn3: [Tensor; 2],
+    conv2: nn::UpsampleConv,
+}
 
 #[cfg(test)]
 mod tests {

@@ -177,11 +177,66 @@ pub fn max_pool(x: &Tensor) -> Tensor {
 /// convolution with 4x the output channels (measured on 2 CPU cores: 64 -> 1 channels 3x
 /// faster fused, 128 -> 64 channels 1.3x faster split).
 pub fn upsample2_conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    const FUSED_MAX_OUT_CHANNELS: i64 = 8;
-    if weight.size()[0] <= FUSED_MAX_OUT_CHANNELS {
-        upsample2_conv3x3_fused(x, weight, bias)
-    } else {
-        upsample2_conv3x3_split(x, weight, bias)
+    UpsampleConv::new(weight, bias).apply(x)
+}
+
+/// The kernels of an upsampling block ([`upsample2_conv3x3`]), derived from its 3x3 weight once
+/// to be applied to many batches (the generator's T batches of a meta-step), so the derivation
+/// and its gradient are not repeated per batch.
+#[derive(Debug)]
+pub enum UpsampleConv {
+    /// One 2x2 kernel per output parity `2 * row + col`.
+    Split { kernels: [Tensor; 4], bias: Option<Tensor> },
+    /// The four kernels embedded in 3x3 ones and stacked: one convolution, 4x the channels.
+    Fused { kernels: Tensor, bias: Option<Tensor>, out_channels: i64 },
+}
+
+impl UpsampleConv {
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> UpsampleConv {
+        const FUSED_MAX_OUT_CHANNELS: i64 = 8;
+        if weight.size()[0] <= FUSED_MAX_OUT_CHANNELS {
+            UpsampleConv::fused(weight, bias)
+        } else {
+            UpsampleConv::split(weight, bias)
+        }
+    }
+
+    fn split(weight: &Tensor, bias: Option<&Tensor>) -> UpsampleConv {
+        let kernels = [0, 1, 2, 3].map(|p| parity_kernel(weight, p / 2, p % 2));
+        UpsampleConv::Split { kernels, bias: bias.map(Tensor::shallow_clone) }
+    }
+
+    /// Each parity's 2x2 kernel sits in the corner of a zero 3x3 kernel that its window starts at.
+    fn fused(weight: &Tensor, bias: Option<&Tensor>) -> UpsampleConv {
+        let kernels: Vec<Tensor> = (0..4)
+            .map(|p| parity_kernel(weight, p / 2, p % 2).constant_pad_nd([p % 2, 1 - p % 2, p / 2, 1 - p / 2]))
+            .collect();
+        UpsampleConv::Fused {
+            kernels: Tensor::cat(&kernels, 0),
+            bias: bias.map(|b| b.repeat([4])),
+            out_channels: weight.size()[0],
+        }
+    }
+
+    /// `[N, C, h, w]` -> `[N, out, 2h, 2w]`.
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let padded = replicate_pad1(x);
+        match self {
+            UpsampleConv::Split { kernels, bias } => {
+                let (h, w) = (x.size()[2], x.size()[3]);
+                let parity = |p: usize| {
+                    let (row, col) = (p as i64 / 2, p as i64 % 2);
+                    let window = padded.narrow(2, row, h + 1).narrow(3, col, w + 1);
+                    window.conv2d(&kernels[p], bias.as_ref(), [1, 1], [0, 0], [1, 1], 1)
+                };
+                interleave([[parity(0), parity(1)], [parity(2), parity(3)]])
+            }
+            UpsampleConv::Fused { kernels, bias, out_channels } => {
+                let y = padded.conv2d(kernels, bias.as_ref(), [1, 1], [0, 0], [1, 1], 1);
+                let parity = |p: i64| y.narrow(1, p * out_channels, *out_channels);
+                interleave([[parity(0), parity(1)], [parity(2), parity(3)]])
+            }
+        }
     }
 }
 
@@ -218,29 +273,6 @@ fn interleave(parities: [[Tensor; 2]; 2]) -> Tensor {
     let rows = parities.map(|cols| Tensor::stack(&cols, -1));
     // [N, C, h, 2, w, 2] -> [N, C, 2h, 2w]: output row 2m + parity.
     Tensor::stack(&rows, 3).reshape([size[0], size[1], 2 * size[2], 2 * size[3]])
-}
-
-fn upsample2_conv3x3_split(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    let (h, w) = (x.size()[2], x.size()[3]);
-    let padded = replicate_pad1(x);
-    interleave([0, 1].map(|row| {
-        [0, 1].map(|col| {
-            let window = padded.narrow(2, row, h + 1).narrow(3, col, w + 1);
-            window.conv2d(&parity_kernel(weight, row, col), bias, [1, 1], [0, 0], [1, 1], 1)
-        })
-    }))
-}
-
-/// Each parity's 2x2 kernel sits in the corner of a zero 3x3 kernel that its window starts at.
-fn upsample2_conv3x3_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    let out_channels = weight.size()[0];
-    let kernels: Vec<Tensor> = (0..4)
-        .map(|p| parity_kernel(weight, p / 2, p % 2).constant_pad_nd([p % 2, 1 - p % 2, p / 2, 1 - p / 2]))
-        .collect();
-    let bias = bias.map(|b| b.repeat([4]));
-    let y = replicate_pad1(x).conv2d(&Tensor::cat(&kernels, 0), bias.as_ref(), [1, 1], [0, 0], [1, 1], 1);
-    let parity = |p: i64| y.narrow(1, p * out_channels, out_channels);
-    interleave([[parity(0), parity(1)], [parity(2), parity(3)]])
 }
 
 /// Cross-entropy of logits against hard labels (int64 `[N]`) or soft ones (probabilities `[N, K]`).
@@ -460,8 +492,12 @@ mod tests {
 
     #[test]
     fn fast_upsample_conv_equals_upsample_pad_conv() {
-        type UpsampleConv = fn(&Tensor, &Tensor, Option<&Tensor>) -> Tensor;
-        let fast: [UpsampleConv; 3] = [upsample2_conv3x3_split, upsample2_conv3x3_fused, upsample2_conv3x3];
+        type Block = fn(&Tensor, &Tensor, Option<&Tensor>) -> Tensor;
+        let fast: [Block; 3] = [
+            |x, w, b| UpsampleConv::split(w, b).apply(x),
+            |x, w, b| UpsampleConv::fused(w, b).apply(x),
+            upsample2_conv3x3,
+        ];
         for (h, w, out) in [(7, 7, 4), (4, 6, 12), (1, 3, 1)] {
             let inputs = [leaf(&[2, 3, h, w], 1), leaf(&[out, 3, 3, 3], 2), leaf(&[out], 3)];
             let plain = plain_upsample_conv(&inputs[0], &inputs[1], &inputs[2]);
