@@ -282,8 +282,10 @@ pub struct MetaGradient {
 /// The exact meta-gradient. With `checkpoint_every = k > 0` (gradient checkpointing) only the
 /// learner state at every k-th inner step is kept: a first pass trains without a graph, then the
 /// backward pass recomputes one block of k steps at a time with its graph and pulls the
-/// incoming adjoint through it. Memory holds one block's graph instead of T steps'; the cost is
-/// one more forward pass. Same gradient as the full unroll up to float rounding (tested).
+/// incoming adjoint through it. The last block keeps its graph from the first pass, since the
+/// backward starts there, so only the other blocks are recomputed. Memory holds one block's
+/// graph instead of T steps'; the cost is one more forward pass over T - k steps. Same gradient
+/// as the full unroll up to float rounding (tested).
 pub fn meta_gradient(
     teacher: &Teacher,
     learner: &Learner,
@@ -302,9 +304,33 @@ pub fn meta_gradient(
     let (real_x, real_y) = real;
     let terms = 1 + (0..t_max).filter(|&t| has_intermediate_loss(config, t)).count();
     let scored = |params: &[Tensor]| nn::cross_entropy(&learner.forward(params, real_x), real_y) / terms as f64;
+    // Trains one block from `start` with its graph; returns the end state and the block's
+    // intermediate losses.
+    let block_with_graph = |start: &LearnerState, block: Range<usize>| {
+        let shallow = |ts: &[Tensor]| ts.iter().map(Tensor::shallow_clone).collect::<Vec<_>>();
+        let from = LearnerState { params: shallow(&start.params), momentum: shallow(&start.momentum) };
+        let mut inside = Vec::new();
+        let end = teacher.teach(learner, from, plan, block, true, |t, params| {
+            if has_intermediate_loss(config, t) {
+                inside.push(scored(params));
+            }
+        });
+        (end, inside)
+    };
+    // d(surrogate)/d(start) for the learner state and d(surrogate)/d(teacher): (params, momentum, teacher).
+    let pull_back = |surrogate: Tensor, start: &LearnerState| {
+        let n = start.params.len();
+        let inputs: Vec<&Tensor> = start.params.iter().chain(&start.momentum).chain(&teacher_params).collect();
+        let mut g = Tensor::run_backward(&[surrogate], &inputs, false, false);
+        let teacher_grads = g.split_off(2 * n);
+        let momentum = g.split_off(n);
+        (g, momentum, teacher_grads)
+    };
+    let total = |parts: Vec<Tensor>| parts.into_iter().fold(Tensor::from(0.0f32), |acc, x| acc + x);
 
     // Forward without a graph, keeping the state at the start of every block.
-    let blocks: Vec<Range<usize>> = (0..t_max).step_by(k).map(|s| s..(s + k).min(t_max)).collect();
+    let mut blocks: Vec<Range<usize>> = (0..t_max).step_by(k).map(|s| s..(s + k).min(t_max)).collect();
+    let last = blocks.pop().expect("k < T makes at least two blocks");
     let mut starts = Vec::with_capacity(blocks.len());
     let mut state = LearnerState::new(init);
     let mut loss = 0.0;
@@ -316,34 +342,20 @@ pub fn meta_gradient(
             }
         });
     }
-    let logits = learner.forward(&state.params, real_x);
-    let final_loss = nn::cross_entropy(&logits, real_y) / terms as f64;
-    loss += final_loss.double_value(&[]);
-    let mut adjoint_params = Tensor::run_backward(&[&final_loss], &state.params, false, false);
-    let mut adjoint_momentum: Vec<Tensor> = state.momentum.iter().map(Tensor::zeros_like).collect();
-    let mut grads: Vec<Tensor> = teacher_params.iter().map(|p| p.zeros_like().detach()).collect();
+    let start = state.detached_leaves();
+    let (end, mut inside) = block_with_graph(&start, last);
+    let logits = learner.forward(&end.params, real_x);
+    inside.push(nn::cross_entropy(&logits, real_y) / terms as f64);
+    loss += inside.iter().map(|l| l.double_value(&[])).sum::<f64>();
+    let (mut adjoint_params, mut adjoint_momentum, mut grads) = pull_back(total(inside), &start);
 
     // Backward, block by block: d(loss)/d(start) = d<end, adjoint>/d(start) + d(losses in block)/d(start).
     for (block, start) in blocks.into_iter().zip(starts).rev() {
-        let n = start.params.len();
-        let shallow = |ts: &[Tensor]| ts.iter().map(Tensor::shallow_clone).collect::<Vec<_>>();
-        let from = LearnerState { params: shallow(&start.params), momentum: shallow(&start.momentum) };
-        let mut inside = Vec::new();
-        let end = teacher.teach(learner, from, plan, block, true, |t, params| {
-            if has_intermediate_loss(config, t) {
-                inside.push(scored(params));
-            }
-        });
+        let (end, inside) = block_with_graph(&start, block);
         let pulled = end.params.iter().zip(&adjoint_params).chain(end.momentum.iter().zip(&adjoint_momentum));
-        let surrogate = pulled
-            .map(|(x, a)| (x * a).sum(None::<tch::Kind>))
-            .chain(inside)
-            .fold(Tensor::from(0.0f32), |acc, x| acc + x);
-        let inputs: Vec<&Tensor> = start.params.iter().chain(&start.momentum).chain(&teacher_params).collect();
-        let mut g = Tensor::run_backward(&[surrogate], &inputs, false, false);
-        let teacher_grads = g.split_off(2 * n);
-        adjoint_momentum = g.split_off(n);
-        adjoint_params = g;
+        let parts = pulled.map(|(x, a)| (x * a).sum(None::<tch::Kind>)).chain(inside).collect();
+        let teacher_grads;
+        (adjoint_params, adjoint_momentum, teacher_grads) = pull_back(total(parts), &start);
         for (acc, d) in grads.iter_mut().zip(teacher_grads) {
             *acc = &*acc + d;
         }
