@@ -67,7 +67,8 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Accuracy of the learner on the whole split, predicted `EVAL_CHUNK` images at a time.
+/// Accuracy of the learner on the whole split, predicted `EVAL_CHUNK` images at a time. Mean-only
+/// batch norm uses each chunk's statistics, so chunks are large.
 pub fn test_accuracy(learner: &Learner, params: &[tch::Tensor], split: &Split) -> f64 {
     let n = split.len() as i64;
     let logits = tch::no_grad(|| {
