@@ -221,22 +221,20 @@ impl UpsampleConv {
     /// `[N, C, h, w]` -> `[N, out, 2h, 2w]`.
     pub fn apply(&self, x: &Tensor) -> Tensor {
         let padded = replicate_pad1(x);
-        match self {
+        let [p0, p1, p2, p3] = match self {
             UpsampleConv::Split { kernels, bias } => {
                 let (h, w) = (x.size()[2], x.size()[3]);
-                let parity = |p: usize| {
-                    let (row, col) = (p as i64 / 2, p as i64 % 2);
-                    let window = padded.narrow(2, row, h + 1).narrow(3, col, w + 1);
+                [0, 1, 2, 3].map(|p| {
+                    let window = padded.narrow(2, p as i64 / 2, h + 1).narrow(3, p as i64 % 2, w + 1);
                     window.conv2d(&kernels[p], bias.as_ref(), [1, 1], [0, 0], [1, 1], 1)
-                };
-                interleave([[parity(0), parity(1)], [parity(2), parity(3)]])
+                })
             }
             UpsampleConv::Fused { kernels, bias, out_channels } => {
                 let y = padded.conv2d(kernels, bias.as_ref(), [1, 1], [0, 0], [1, 1], 1);
-                let parity = |p: i64| y.narrow(1, p * out_channels, *out_channels);
-                interleave([[parity(0), parity(1)], [parity(2), parity(3)]])
+                [0, 1, 2, 3].map(|p| y.narrow(1, p * out_channels, *out_channels))
             }
-        }
+        };
+        interleave([[p0, p1], [p2, p3]])
     }
 }
 
@@ -244,9 +242,9 @@ impl UpsampleConv {
 ///
 /// libtorch's `replication_pad2d` keeps its input alive for its backward, on top of the padded
 /// copy that the next convolution keeps: 9 MiB per generator batch of 128 (~290 MiB of a T = 32
-/// meta-step, 13% of the MLP configuration's former peak). A concatenation keeps only sizes. Alone, the
-/// two concatenations take 1.4x the native op's time; 32 generator batches, forward and
-/// backward, take ~1% longer (3.06 s against 3.03 s on 2 cores).
+/// meta-step, 13% of the MLP configuration's former peak). A concatenation keeps only sizes.
+/// Alone, the two concatenations take 1.4x the native op's time; 32 generator batches, forward
+/// and backward, take ~1% longer (3.06 s against 3.03 s on 2 cores).
 fn replicate_pad1(x: &Tensor) -> Tensor {
     let edges = |x: &Tensor, dim: i64| {
         let n = x.size()[dim as usize];
