@@ -14,6 +14,7 @@ pub mod generator;
 pub mod inner;
 pub mod learner;
 pub mod meta;
+mod mkl;
 pub mod nas;
 pub mod nn;
 pub mod optim;
