@@ -114,16 +114,31 @@ pub fn wn_linear(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>) -> Tens
 /// the forward alone is slower (7 vs 5 ms); it keeps the nine copies (3.6 MB per inner step of
 /// 128 images) instead of the image. Three input channels (CIFAR) are slower this way (1.6 ->
 /// 1.8 s), so they keep the plain convolution.
+///
+/// The weight is laid out channels-last, so libtorch runs the convolution, its gradients and its
+/// double backward in that layout, outputs included: oneDNN's kernels then work on the tensors
+/// as they are, where NCHW tensors were converted to its blocked layout and back around every
+/// call (1.4 s of base_fc's 6.3 s of oneDNN time per meta-step, `ONEDNN_VERBOSE=1`).
 pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride: i64) -> Tensor {
     let weight = weight_norm(v, g);
     let size = x.size();
     if size[1] == 1 {
         let (h, w) = ((size[2] - 1) / stride + 1, (size[3] - 1) / stride + 1);
-        let shifted = x.im2col([3, 3], [1, 1], [1, 1], [stride, stride]).view([size[0], 9, h, w]);
-        shifted.conv2d(&weight.view([-1, 9, 1, 1]), b, [1, 1], [0, 0], [1, 1], 1)
+        let patches = x.im2col([3, 3], [1, 1], [1, 1], [stride, stride]); // [N, 9, h·w]
+        let shifted = patches.transpose(1, 2).contiguous().transpose(1, 2).view([size[0], 9, h, w]);
+        shifted.conv2d(&channels_last(&weight.view([-1, 9, 1, 1])), b, [1, 1], [0, 0], [1, 1], 1)
     } else {
-        x.conv2d(&weight, b, [stride, stride], [1, 1], [1, 1], 1)
+        x.conv2d(&channels_last(&weight), b, [stride, stride], [1, 1], [1, 1], 1)
     }
+}
+
+/// The same `[N, C, H, W]` tensor laid out channels-last (NHWC) in memory.
+pub fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+fn is_channels_last(x: &Tensor) -> bool {
+    x.stride()[1] == 1
 }
 
 /// Dimensions a batch statistic is taken over: the batch, and the spatial ones for images.
@@ -175,11 +190,21 @@ pub fn leaky_relu(x: &Tensor) -> Tensor {
 /// the graph is a gather: its backward scatter-adds into the arg-max exactly as max-pool's
 /// backward does, and its double backward is again a gather. Forward, backward and double
 /// backward together take 0.6x the time of the native op on 2 CPU cores.
+///
+/// A channels-last `x` (as the convolutions give) is gathered as `[N, H·W, C]` rows, and the
+/// result stays channels-last: gathering along the spatial dimension of a channels-last tensor,
+/// or converting layouts, cost more than that layout saves in the convolutions.
 pub fn max_pool(x: &Tensor) -> Tensor {
-    let channels_last = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-    let (_, indices) = tch::no_grad(|| channels_last.max_pool2d_with_indices([3, 3], [2, 2], [1, 1], [1, 1], false));
+    let nhwc = if is_channels_last(x) { x.shallow_clone() } else { channels_last(x) };
+    let (_, indices) = tch::no_grad(|| nhwc.max_pool2d_with_indices([3, 3], [2, 2], [1, 1], [1, 1], false));
     let shape = indices.size();
-    x.flatten(2, 3).gather(2, &indices.flatten(2, 3), false).view(shape.as_slice())
+    if is_channels_last(x) {
+        let rows = |t: &Tensor| t.permute([0, 2, 3, 1]).flatten(1, 2);
+        let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+        rows(x).gather(1, &rows(&indices), false).view([n, h, w, c]).permute([0, 3, 1, 2])
+    } else {
+        x.flatten(2, 3).gather(2, &indices.flatten(2, 3), false).view(shape.as_slice())
+    }
 }
 
 /// Nearest upsampling x2, reflection padding 1, then a 3x3 convolution (no padding): the
@@ -559,19 +584,23 @@ mod tests {
     #[test]
     fn max_pool_matches_libtorch_in_values_and_two_derivatives() {
         let native = |x: &Tensor| x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        for (h, w) in [(28, 28), (7, 5), (1, 2)] {
+        for ((h, w), nhwc) in [(28, 28), (7, 5), (1, 2)].into_iter().flat_map(|s| [(s, false), (s, true)]) {
             let x = leaf(&[3, 4, h, w], 1);
+            let x = if nhwc { channels_last(&x.detach()).set_requires_grad(true) } else { x };
             let (ours, theirs) = (max_pool(&x), native(&x));
-            assert!(ours.equal(&theirs), "values differ for {h}x{w}");
+            assert!(ours.equal(&theirs), "values differ for {h}x{w}, channels-last {nhwc}");
+            if ours.size()[2] * ours.size()[3] > 1 {
+                assert_eq!(is_channels_last(&ours), nhwc, "the layout is kept for {h}x{w}");
+            }
             let grad = |y: &Tensor| Tensor::run_backward(&[project(y)], &[&x], true, true).remove(0);
             let (g_ours, g_theirs) = (grad(&ours), grad(&theirs));
-            assert!(g_ours.allclose(&g_theirs, 1e-12, 1e-12, false), "gradients differ for {h}x{w}");
+            assert!(g_ours.allclose(&g_theirs, 1e-12, 1e-12, false), "gradients differ for {h}x{w}, {nhwc}");
             // Second order: through a loss that depends on the gradient and on x.
             let second = |g: &Tensor| {
                 let y = (g * &x).sum(None::<Kind>);
                 Tensor::run_backward(&[y], &[&x], false, false).remove(0)
             };
-            assert!(second(&g_ours).allclose(&second(&g_theirs), 1e-12, 1e-12, false), "{h}x{w}");
+            assert!(second(&g_ours).allclose(&second(&g_theirs), 1e-12, 1e-12, false), "{h}x{w}, {nhwc}");
         }
         check(&[leaf(&[2, 3, 6, 5], 4)], &|p| project(&max_pool(&p[0])));
     }
