@@ -5,13 +5,13 @@
 //! `libtorch_cpu.so`. MKL runs its AVX-512 code only where `mkl_serv_intel_cpu` and
 //! `mkl_serv_intel_cpu_true` find "GenuineIntel" in CPUID; on AMD it takes a slower path (with
 //! only one of the two overridden, an SSE2 one). Both are exported and MKL calls them through
-//! the dynamic linker, so definitions in this binary come first (as jemalloc's `malloc` does, see
-//! `allocator`). MKL still reads the CPU's feature flags to choose its code (so a CPU without
-//! AVX-512 should get AVX2 code; not tried: this host has AVX-512). On this project's 2-core AMD EPYC (AVX-512): float32 1024x1024
-//! products 183 -> 193 GFLOP/s, the generator's 1024 -> 6272 layer forward and backward
-//! 1.03 -> 0.85 s per 32 batches, an MLP meta-step 3.63 -> 3.24 s, a base_fc one 12.41 -> 11.85 s.
-//! Same results up to float rounding.
-//! `MKL_VERBOSE=1` names the code path MKL took.
+//! the dynamic linker, so definitions in this binary come first (as jemalloc's `malloc` does,
+//! see `allocator`). MKL still reads the CPU's feature flags to choose its code, so a CPU
+//! without AVX-512 should get AVX2 code (not tried: this host has AVX-512). On this project's
+//! 2-core AMD EPYC: float32 1024x1024 products 183 -> 193 GFLOP/s, the generator's 1024 -> 6272
+//! layer forward and backward 1.03 -> 0.85 s per 32 batches, an MLP meta-step 3.63 -> 3.24 s, a
+//! base_fc one 12.41 -> 11.85 s. Same results up to float rounding. `MKL_VERBOSE=1` names the
+//! code path MKL took.
 
 use std::ffi::c_int;
 

@@ -133,7 +133,7 @@ pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride
 }
 
 /// The same `[N, C, H, W]` tensor laid out channels-last (NHWC) in memory.
-pub fn channels_last(x: &Tensor) -> Tensor {
+fn channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
