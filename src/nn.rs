@@ -115,10 +115,13 @@ pub fn wn_linear(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>) -> Tens
 /// 128 images) instead of the image. Three input channels (CIFAR) are slower this way (1.6 ->
 /// 1.8 s), so they keep the plain convolution.
 ///
-/// The weight is laid out channels-last, so libtorch runs the convolution, its gradients and its
-/// double backward in that layout, outputs included: oneDNN's kernels then work on the tensors
-/// as they are, where NCHW tensors were converted to its blocked layout and back around every
-/// call (1.4 s of base_fc's 6.3 s of oneDNN time per meta-step, `ONEDNN_VERBOSE=1`).
+/// The one-channel form lays its patches and weight out channels-last, and a channels-last input
+/// gets a channels-last weight, so libtorch runs the convolution, its gradients and its double
+/// backward in that layout, outputs included: from base_fc's first layer on, oneDNN's kernels
+/// work on the tensors as they are, where NCHW tensors were converted to its blocked layout and
+/// back around every call (1.4 s of base_fc's 6.3 s of oneDNN time per meta-step,
+/// `ONEDNN_VERBOSE=1`). An NCHW input with several channels stays NCHW: the CIFAR learner,
+/// which has no max-pool, was 2-3% slower channels-last.
 pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride: i64) -> Tensor {
     let weight = weight_norm(v, g);
     let size = x.size();
@@ -127,8 +130,10 @@ pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride
         let patches = x.im2col([3, 3], [1, 1], [1, 1], [stride, stride]); // [N, 9, h·w]
         let shifted = patches.transpose(1, 2).contiguous().transpose(1, 2).view([size[0], 9, h, w]);
         shifted.conv2d(&channels_last(&weight.view([-1, 9, 1, 1])), b, [1, 1], [0, 0], [1, 1], 1)
-    } else {
+    } else if is_channels_last(x) {
         x.conv2d(&channels_last(&weight), b, [stride, stride], [1, 1], [1, 1], 1)
+    } else {
+        x.conv2d(&weight, b, [stride, stride], [1, 1], [1, 1], 1)
     }
 }
 
@@ -533,6 +538,17 @@ mod tests {
             let unbiased = |p: &[Tensor]| wn_conv3x3(&p[0], &p[1], &p[2], None, stride);
             assert_eq!(unbiased(&inputs).size(), plain(&inputs).size(), "{h}x{w} stride {stride}");
         }
+    }
+
+    #[test]
+    fn conv_layout_follows_the_input_and_one_channel_goes_channels_last() {
+        let (v, g) = (leaf(&[4, 1, 3, 3], 1), leaf(&[4], 2));
+        let first = wn_conv3x3(&leaf(&[2, 1, 6, 6], 3), &v, &g, None, 1);
+        assert!(is_channels_last(&first), "one-channel input: strides {:?}", first.stride());
+        let (v, g) = (leaf(&[5, 4, 3, 3], 4), leaf(&[5], 5));
+        assert!(is_channels_last(&wn_conv3x3(&first, &v, &g, None, 1)), "channels-last input");
+        let nchw = wn_conv3x3(&leaf(&[2, 4, 6, 6], 6), &v, &g, None, 2);
+        assert!(!is_channels_last(&nchw) && nchw.is_contiguous(), "NCHW input: strides {:?}", nchw.stride());
     }
 
     #[test]
