@@ -200,10 +200,11 @@ pub fn leaky_relu(x: &Tensor) -> Tensor {
 /// result stays channels-last: gathering along the spatial dimension of a channels-last tensor,
 /// or converting layouts, cost more than that layout saves in the convolutions.
 pub fn max_pool(x: &Tensor) -> Tensor {
-    let nhwc = if is_channels_last(x) { x.shallow_clone() } else { channels_last(x) };
+    let nhwc_input = is_channels_last(x);
+    let nhwc = if nhwc_input { x.shallow_clone() } else { channels_last(x) };
     let (_, indices) = tch::no_grad(|| nhwc.max_pool2d_with_indices([3, 3], [2, 2], [1, 1], [1, 1], false));
     let shape = indices.size();
-    if is_channels_last(x) {
+    if nhwc_input {
         let rows = |t: &Tensor| t.permute([0, 2, 3, 1]).flatten(1, 2);
         let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
         rows(x).gather(1, &rows(&indices), false).view([n, h, w, c]).permute([0, 3, 1, 2])
