@@ -20,8 +20,10 @@ pub fn sgd_momentum_step(
     lr: &Tensor,
     mu: &Tensor,
 ) -> (Vec<Tensor>, Vec<Tensor>) {
-    let momentum: Vec<Tensor> = momentum.iter().zip(grads).map(|(m, g)| mu * m + g).collect();
-    let params = params.iter().zip(&momentum).map(|(p, m)| p - lr * m).collect();
+    // Each as one fused multiply-add (two passes over every parameter fewer per step).
+    let momentum: Vec<Tensor> = momentum.iter().zip(grads).map(|(m, g)| g.addcmul(mu, m)).collect();
+    let minus_lr = -lr;
+    let params = params.iter().zip(&momentum).map(|(p, m)| p.addcmul(&minus_lr, m)).collect();
     (params, momentum)
 }
 
