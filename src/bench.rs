@@ -177,8 +177,7 @@ pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport>
     // The split, measured on the next iteration's draws.
     let meta::IterationInputs { learner, init, real, plan } = trainer.iteration_inputs(trainer.iteration);
     let teacher = &trainer.teacher;
-    let generator_forward_seconds =
-        timed(device, || tch::no_grad(|| plan.iter().map(teacher.synthesizer()).for_each(drop))).1;
+    let generator_forward_seconds = timed(device, || tch::no_grad(|| teacher.synthesize_steps(&plan))).1;
     let (unroll_forward_seconds, meta_backward_seconds) = if config.checkpoint_every == 0 {
         let ((loss, _), forward) = timed(device, || meta::meta_loss(teacher, &learner, init, &real, &plan));
         let backward = timed(device, || Tensor::run_backward(&[loss], &teacher.params(), false, false)).1;

@@ -95,15 +95,37 @@ impl Generator {
 
     /// [`Generator::forward`] with the weights prepared by [`Generator::weights`].
     pub fn generate(&self, weights: &Weights, z: &Tensor, labels: &Tensor) -> Tensor {
+        self.generate_batches(weights, &[(z, labels)]).remove(0)
+    }
+
+    /// [`Generator::generate`] for many batches (`(z, labels)` each, e.g. a meta-step's inner
+    /// steps) at once. Each batch gets exactly its own images (batch norm uses that batch's
+    /// statistics), but the two FC layers multiply all batches stacked: one matrix product per
+    /// layer instead of one per batch, and one weight gradient instead of T that autograd then
+    /// sums (25.7 MB each for the 6272 x 1024 layer). 32 batches of 128 through that layer and
+    /// its batch norm, forward and backward: 0.95 -> 0.77 s on 2 cores. The convolutions stay per
+    /// batch: stacked, their activations outgrow the caches (2.8x slower in the reference).
+    pub fn generate_batches(&self, weights: &Weights, batches: &[(&Tensor, &Tensor)]) -> Vec<Tensor> {
         let [_, h, w] = self.image;
-        let Weights { fc1, bn1: [g1, b1], fc2, bn2: [g2, b2], conv1, bn3: [g3, b3], conv2 } = weights;
-        let onehot = labels.one_hot(self.classes).to_kind(z.kind());
-        let x = Tensor::cat(&[z, &onehot], 1);
-        let x = nn::leaky_relu(&nn::batch_norm(&x.linear(fc1, None::<Tensor>), g1, b1));
-        let x = nn::leaky_relu(&nn::batch_norm(&x.linear(fc2, None::<Tensor>), g2, b2));
-        let x = x.view([-1, self.config.conv1_channels, h / 4, w / 4]);
-        let x = nn::leaky_relu(&nn::batch_norm(&conv1.apply(&x), g3, b3));
-        conv2.apply(&x).tanh() * 2.0
+        let Weights { fc1, bn1, fc2, bn2, conv1, bn3: [g3, b3], conv2 } = weights;
+        let sizes: Vec<i64> = batches.iter().map(|(z, _)| z.size()[0]).collect();
+        // FC over the stacked batches, then batch norm and leaky ReLU per batch.
+        let fc_block = |x: &[Tensor], fc: &Tensor, [g, b]: &[Tensor; 2]| -> Vec<Tensor> {
+            let y = Tensor::cat(x, 0).linear(fc, None::<Tensor>);
+            y.split_with_sizes(sizes.as_slice(), 0).iter().map(|y| nn::leaky_relu(&nn::batch_norm(y, g, b))).collect()
+        };
+        let inputs: Vec<Tensor> = batches
+            .iter()
+            .map(|(z, labels)| Tensor::cat(&[*z, &labels.one_hot(self.classes).to_kind(z.kind())], 1))
+            .collect();
+        fc_block(&fc_block(&inputs, fc1, bn1), fc2, bn2)
+            .iter()
+            .map(|x| {
+                let x = x.view([-1, self.config.conv1_channels, h / 4, w / 4]);
+                let x = nn::leaky_relu(&nn::batch_norm(&conv1.apply(&x), g3, b3));
+                conv2.apply(&x).tanh() * 2.0
+            })
+            .collect()
     }
 }
 
@@ -144,6 +166,30 @@ mod tests {
         assert!(err.contains("30x28 must be divisible by 4"), "{err}");
         let err = Generator::new(GeneratorConfig { fc_width: 0, ..SMALL }, [1, 28, 28], 10).unwrap_err();
         assert!(err.to_string().contains("must all be positive"));
+    }
+
+    /// Stacking batches through the FC layers changes nothing: each batch gets the images, and
+    /// passes back the gradients, that it gets and passes alone (batch norm stays per batch).
+    #[test]
+    fn batches_generated_together_equal_each_alone() {
+        let g = Generator::new(SMALL, [1, 8, 8], 3).unwrap();
+        let p = nn::init_params(g.specs(), &mut rand::rngs::StdRng::seed_from_u64(0), Kind::Double, Device::Cpu);
+        let weights = g.weights(&p);
+        let zs = [leaf(&[4, 4], 1), leaf(&[5, 4], 2)];
+        let labels = [Tensor::from_slice(&[0i64, 1, 2, 0]), Tensor::from_slice(&[2i64, 2, 1, 0, 1])];
+        let together = g.generate_batches(&weights, &[(&zs[0], &labels[0]), (&zs[1], &labels[1])]);
+        let alone: Vec<Tensor> = zs.iter().zip(&labels).map(|(z, l)| g.generate(&weights, z, l)).collect();
+        let inputs: Vec<&Tensor> = p.iter().chain(&zs).collect();
+        let grads = |images: &[Tensor]| {
+            let loss = images.iter().map(project).fold(Tensor::from(0.0f64), |acc, l| acc + l);
+            Tensor::run_backward(&[loss], &inputs, true, false)
+        };
+        for (a, b) in together.iter().zip(&alone) {
+            assert!(a.allclose(b, 1e-12, 1e-12, false), "images differ");
+        }
+        for (i, (a, b)) in grads(&together).iter().zip(grads(&alone)).enumerate() {
+            assert!(a.allclose(&b, 1e-12, 1e-12, false), "gradient {i} differs");
+        }
     }
 
     #[test]

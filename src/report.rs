@@ -14,7 +14,7 @@ pub fn teaching_set(teacher: &Teacher) -> (Tensor, Tensor, Tensor, Tensor) {
     tch::no_grad(|| {
         let device = teacher.log_lr.device();
         let plan = teacher.curriculum.plan(&mut rand::rngs::StdRng::seed_from_u64(0), device);
-        let (images, targets): (Vec<Tensor>, Vec<Tensor>) = plan.iter().map(teacher.synthesizer()).unzip();
+        let (images, targets): (Vec<Tensor>, Vec<Tensor>) = teacher.synthesize_steps(&plan).into_iter().unzip();
         (Tensor::stack(&images, 0), Tensor::stack(&targets, 0), teacher.log_lr.exp(), teacher.log_momentum.exp())
     })
 }

@@ -19,9 +19,6 @@ use crate::nn;
 /// Scale of the initial soft-label logits: softmax gives ~0.9 to the sample's own class.
 const SOFT_LABEL_INIT: f64 = 5.0;
 
-/// One step's images from its inputs and labels.
-type ImageFn<'a> = dyn Fn(&StepInput, &Tensor) -> Tensor + 'a;
-
 /// What produces the synthetic images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -154,30 +151,27 @@ impl Teacher {
 
     /// Images and training targets (int64 labels, or probabilities with soft labels) of one step.
     pub fn synthesize(&self, step: &StepInput) -> (Tensor, Tensor) {
-        self.synthesizer()(step)
+        self.synthesize_steps(std::slice::from_ref(step)).remove(0)
     }
 
-    /// [`Teacher::synthesize`] for many steps: what all steps share (the generator's effective
-    /// weights) is computed once.
-    pub fn synthesizer(&self) -> impl Fn(&StepInput) -> (Tensor, Tensor) + '_ {
-        let images: Box<ImageFn> = match &self.source {
+    /// [`Teacher::synthesize`] for many steps at once: the generator's effective weights are
+    /// computed once, and its FC layers run over all steps' batches together
+    /// ([`Generator::generate_batches`]).
+    pub fn synthesize_steps(&self, steps: &[StepInput]) -> Vec<(Tensor, Tensor)> {
+        let labels: Vec<Tensor> = steps.iter().map(|step| curriculum::labels(&step.ids, self.classes)).collect();
+        let images = match &self.source {
             Source::Generator { net, params } => {
-                let weights = net.weights(params);
-                Box::new(move |step, labels| {
-                    net.generate(&weights, step.z.as_ref().expect("a generator's curriculum draws noise"), labels)
-                })
+                let noise = steps.iter().map(|step| step.z.as_ref().expect("a generator's curriculum draws noise"));
+                let batches: Vec<(&Tensor, &Tensor)> = noise.zip(&labels).collect();
+                net.generate_batches(&net.weights(params), &batches)
             }
-            Source::Pixels(pixels) => Box::new(|step, _| pixels.index_select(0, &step.ids)),
+            Source::Pixels(pixels) => steps.iter().map(|step| pixels.index_select(0, &step.ids)).collect(),
         };
-        move |step| {
-            let labels = curriculum::labels(&step.ids, self.classes);
-            let images = images(step, &labels);
-            let targets = match &self.label_logits {
-                Some(logits) => logits.index_select(0, &step.ids).softmax(-1, None::<Kind>),
-                None => labels,
-            };
-            (images, targets)
-        }
+        let targets = steps.iter().zip(labels).map(|(step, labels)| match &self.label_logits {
+            Some(logits) => logits.index_select(0, &step.ids).softmax(-1, None::<Kind>),
+            None => labels,
+        });
+        images.into_iter().zip(targets).collect()
     }
 
     /// Learning rates and momenta of the inner steps, `[T]` each.
@@ -197,13 +191,13 @@ impl Teacher {
         after_step: impl FnMut(usize, &[Tensor]),
     ) -> LearnerState {
         let (lrs, momenta) = self.schedule();
-        if create_graph {
-            let synthesize = self.synthesizer();
-            inner::unroll(learner, state, (&lrs, &momenta), steps, true, |t| synthesize(&plan[t]), after_step)
+        let (schedule, batches) = if create_graph {
+            ((lrs, momenta), self.synthesize_steps(&plan[steps.clone()]))
         } else {
-            let synthesize = tch::no_grad(|| self.synthesizer());
-            let batch = |t: usize| tch::no_grad(|| synthesize(&plan[t]));
-            inner::unroll(learner, state, (&lrs.detach(), &momenta.detach()), steps, false, batch, after_step)
-        }
+            ((lrs.detach(), momenta.detach()), tch::no_grad(|| self.synthesize_steps(&plan[steps.clone()])))
+        };
+        let mut batches = batches.into_iter();
+        let next = |_| batches.next().expect("one batch per step");
+        inner::unroll(learner, state, (&schedule.0, &schedule.1), steps, create_graph, next, after_step)
     }
 }
