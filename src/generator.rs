@@ -106,6 +106,9 @@ impl Generator {
     /// its batch norm, forward and backward: 0.95 -> 0.77 s on 2 cores. The convolutions stay per
     /// batch: stacked, their activations outgrow the caches (2.8x slower in the reference).
     pub fn generate_batches(&self, weights: &Weights, batches: &[(&Tensor, &Tensor)]) -> Vec<Tensor> {
+        if batches.is_empty() {
+            return Vec::new();
+        }
         let [_, h, w] = self.image;
         let Weights { fc1, bn1, fc2, bn2, conv1, bn3: [g3, b3], conv2 } = weights;
         let sizes: Vec<i64> = batches.iter().map(|(z, _)| z.size()[0]).collect();
@@ -190,6 +193,7 @@ mod tests {
         for (i, (a, b)) in grads(&together).iter().zip(grads(&alone)).enumerate() {
             assert!(a.allclose(&b, 1e-12, 1e-12, false), "gradient {i} differs");
         }
+        assert!(g.generate_batches(&weights, &[]).is_empty());
     }
 
     #[test]

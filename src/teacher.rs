@@ -180,7 +180,9 @@ impl Teacher {
     }
 
     /// Trains `state` through inner steps `steps` on synthetic data following `plan`. With
-    /// `create_graph` the result is differentiable w.r.t. every teacher parameter.
+    /// `create_graph` the result is differentiable w.r.t. every teacher parameter. The steps'
+    /// batches are synthesized up front, in one pass ([`Teacher::synthesize_steps`]); with the
+    /// graph, every step's generator graph is kept until the meta-backward either way.
     pub fn teach(
         &self,
         learner: &Learner,
@@ -191,13 +193,13 @@ impl Teacher {
         after_step: impl FnMut(usize, &[Tensor]),
     ) -> LearnerState {
         let (lrs, momenta) = self.schedule();
-        let (schedule, batches) = if create_graph {
+        let ((lrs, momenta), batches) = if create_graph {
             ((lrs, momenta), self.synthesize_steps(&plan[steps.clone()]))
         } else {
             ((lrs.detach(), momenta.detach()), tch::no_grad(|| self.synthesize_steps(&plan[steps.clone()])))
         };
         let mut batches = batches.into_iter();
         let next = |_| batches.next().expect("one batch per step");
-        inner::unroll(learner, state, (&schedule.0, &schedule.1), steps, create_graph, next, after_step)
+        inner::unroll(learner, state, (&lrs, &momenta), steps, create_graph, next, after_step)
     }
 }
