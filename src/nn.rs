@@ -128,7 +128,7 @@ pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride
     if size[1] == 1 {
         let (h, w) = ((size[2] - 1) / stride + 1, (size[3] - 1) / stride + 1);
         let patches = x.im2col([3, 3], [1, 1], [1, 1], [stride, stride]); // [N, 9, h·w]
-        let shifted = patches.transpose(1, 2).contiguous().transpose(1, 2).view([size[0], 9, h, w]);
+        let shifted = channels_last(&patches.view([size[0], 9, h, w]));
         shifted.conv2d(&channels_last(&weight.view([-1, 9, 1, 1])), b, [1, 1], [0, 0], [1, 1], 1)
     } else if is_channels_last(x) {
         x.conv2d(&channels_last(&weight), b, [stride, stride], [1, 1], [1, 1], 1)
