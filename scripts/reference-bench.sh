@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Times gtn against the reference design written in plain PyTorch (scripts/reference_bench.py)
+# on this machine, in one run, alternating the two so that drift in the host's speed hits both,
+# and prints a table of seconds per meta-step and peak memory with the ratios.
+#   scripts/reference-bench.sh [ROUNDS]   # default 2 rounds of: gtn, reference, per learner
+# Installs torch==2.11.0 with its dependencies (the CUDA wheels included, ~4.6 GB: PyPI's Linux
+# torch is the CUDA build, which Python cannot import without them) into .reference-torch/ once.
+# Needs target/release/gtn and data/mnist (scripts/setup.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-2}
+threads=${THREADS:-2}
+py=.reference-torch
+if ! PYTHONPATH=$py python3 -c 'import torch; assert torch.__version__.startswith("2.11.0")' 2>/dev/null; then
+    echo "reference: installing torch==2.11.0 with its dependencies into $py (~4.6 GB, about a minute)"
+    rm -rf "$py.partial"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$py.partial" torch==2.11.0
+    rm -rf "$py" && mv "$py.partial" "$py"
+fi
+[ -x target/release/gtn ] || { echo "reference-bench: target/release/gtn missing: run scripts/setup.sh" >&2; exit 1; }
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for round in $(seq "$rounds"); do
+    for learner in base-fc mlp; do
+        echo "round $round/$rounds: $learner: gtn, then the reference" >&2
+        target/release/gtn bench --preset paper --learner "$learner" --meta-iters 3 --threads "$threads" --json \
+            >>"$out/gtn-$learner.jsonl"
+        PYTHONPATH=$py python3 scripts/reference_bench.py --learner "$learner" --meta-iters 3 --threads "$threads" \
+            2>/dev/null >>"$out/reference-$learner.jsonl"
+    done
+done
+
+python3 - "$out" <<'PY'
+import json, pathlib, statistics, sys
+out = pathlib.Path(sys.argv[1])
+def rows(name):
+    return [json.loads(l) for l in (out / name).read_text().splitlines() if l.strip()]
+print("| learner (T = 32, batch 128) | gtn s / meta-step | reference s / meta-step | time ratio | gtn peak RSS MiB | reference peak RSS MiB | memory ratio |")
+print("|---|---|---|---|---|---|---|")
+for learner in ("base-fc", "mlp"):
+    ours, ref = rows(f"gtn-{learner}.jsonl"), rows(f"reference-{learner}.jsonl")
+    t = lambda rs: [r["seconds_per_meta_step_median"] for r in rs]
+    m = lambda rs: [r["peak_rss_mib"] for r in rs]
+    span = lambda xs, f: f"{statistics.median(xs):{f}} ({min(xs):{f}}-{max(xs):{f}})"
+    ratios = [a / b for a, b in zip(t(ours), t(ref))]
+    mem = [a / b for a, b in zip(m(ours), m(ref))]
+    print(f"| {learner} | {span(t(ours), '.2f')} | {span(t(ref), '.2f')} | {span(ratios, '.2f')}x "
+          f"| {span(m(ours), '.0f')} | {span(m(ref), '.0f')} | {span(mem, '.2f')}x |")
+PY
