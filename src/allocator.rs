@@ -19,6 +19,15 @@ static GLOBAL: Jemalloc = Jemalloc;
 #[no_mangle]
 static malloc_conf: Option<&'static u8> = Some(&b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0"[0]);
 
+/// Bytes this thread has allocated and not yet freed (jemalloc's per-thread counters), to test
+/// what a graph keeps alive.
+#[cfg(test)]
+pub(crate) fn live_bytes_on_this_thread() -> i64 {
+    let allocated: u64 = tests::mallctl(c"thread.allocated");
+    let deallocated: u64 = tests::mallctl(c"thread.deallocated");
+    allocated as i64 - deallocated as i64
+}
+
 #[cfg(test)]
 mod tests {
     use std::ffi::{c_void, CStr};
@@ -26,7 +35,7 @@ mod tests {
     use tch::{Kind, Tensor};
 
     /// Reads a jemalloc control value of type `T`.
-    fn mallctl<T: Default>(name: &CStr) -> T {
+    pub(super) fn mallctl<T: Default>(name: &CStr) -> T {
         let mut value = T::default();
         let mut len = std::mem::size_of::<T>();
         // SAFETY: `value` is a valid `T` of `len` bytes, the type the named control holds.

@@ -112,20 +112,21 @@ impl Generator {
         let [_, h, w] = self.image;
         let Weights { fc1, bn1, fc2, bn2, conv1, bn3: [g3, b3], conv2 } = weights;
         let sizes: Vec<i64> = batches.iter().map(|(z, _)| z.size()[0]).collect();
-        // FC over the stacked batches, then batch norm and leaky ReLU per batch.
-        let fc_block = |x: &[Tensor], fc: &Tensor, [g, b]: &[Tensor; 2]| -> Vec<Tensor> {
+        // FC over the stacked batches, then batch norm per batch.
+        let fc_bn = |x: &[Tensor], fc: &Tensor, [g, b]: &[Tensor; 2]| -> Vec<Tensor> {
             let y = Tensor::cat(x, 0).linear(fc, None::<Tensor>);
-            y.split_with_sizes(sizes.as_slice(), 0).iter().map(|y| nn::leaky_relu(&nn::batch_norm(y, g, b))).collect()
+            y.split_with_sizes(sizes.as_slice(), 0).iter().map(|y| nn::batch_norm(y, g, b)).collect()
         };
         let inputs: Vec<Tensor> = batches
             .iter()
             .map(|(z, labels)| Tensor::cat(&[*z, &labels.one_hot(self.classes).to_kind(z.kind())], 1))
             .collect();
-        fc_block(&fc_block(&inputs, fc1, bn1), fc2, bn2)
+        let hidden: Vec<Tensor> = fc_bn(&inputs, fc1, bn1).iter().map(nn::leaky_relu).collect();
+        fc_bn(&hidden, fc2, bn2)
             .iter()
             .map(|x| {
                 let x = x.view([-1, self.config.conv1_channels, h / 4, w / 4]);
-                let x = nn::leaky_relu(&nn::batch_norm(&conv1.apply(&x), g3, b3));
+                let x = nn::leaky_relu(&nn::batch_norm(&conv1.apply_activated(&x, nn::leaky_relu), g3, b3));
                 conv2.apply(&x).tanh() * 2.0
             })
             .collect()

@@ -184,15 +184,16 @@ pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
     Tensor::batch_norm(x, Some(gamma), Some(beta), None::<&Tensor>, None::<&Tensor>, true, 0.0, BN_EPS, true)
 }
 
-/// Written as libtorch's leaky-ReLU *backward* applied to `x` itself, `leaky_relu_backward(x, x)`
-/// (`x` where `x > 0`, `a·x` elsewhere): tch exposes `leaky_relu` only with PyTorch's default
-/// slope 0.01, and the backward op takes the slope and has exact derivatives of its own. One
-/// pass where `a·x + (1 - a)·relu(x)` took four: forward, backward and double backward of a
-/// [128, 64, 14, 14] tensor 7.0 -> 5.7 ms. (A select on `x > 0` took 25 ms; keeping a boolean
-/// mask instead of a float tensor saved 7 MiB per generator batch but made a base_fc meta-step
-/// ~6% slower.)
+/// Leaky ReLU with slope [`LEAKY_SLOPE`], as a C++ autograd function
+/// ([`crate::custom::leaky_relu`]) that keeps its output for the backward, where libtorch's ops
+/// keep their input: every leaky ReLU here feeds a layer that keeps that output anyway, so one
+/// tensor per activation is kept instead of two. (Before: libtorch's leaky-ReLU *backward*
+/// applied to `x` itself, `leaky_relu_backward(x, x)`, since tch exposes `leaky_relu` only with
+/// PyTorch's default slope 0.01; one pass where `a·x + (1 - a)·relu(x)` took four, but its
+/// backward also sent a zero gradient back through the second `x`. A select on `x > 0` took 3x
+/// as long.)
 pub fn leaky_relu(x: &Tensor) -> Tensor {
-    x.leaky_relu_backward(x, LEAKY_SLOPE, false)
+    crate::custom::leaky_relu(x, LEAKY_SLOPE)
 }
 
 /// 3x3 max-pool, stride 2, padding 1, of `[N, C, H, W]`: halves (rounding up) the spatial size.
@@ -201,7 +202,10 @@ pub fn leaky_relu(x: &Tensor) -> Tensor {
 /// channels: ~10x faster than its NCHW one), and the values are gathered at those indices, so
 /// the graph is a gather: its backward scatter-adds into the arg-max exactly as max-pool's
 /// backward does, and its double backward is again a gather. Forward, backward and double
-/// backward together take 0.6x the time of the native op on 2 CPU cores.
+/// backward together take 0.6x the time of the native op on 2 CPU cores. The gather is
+/// [`crate::custom::gather_keeping_index`]: libtorch's own keeps the whole convolution output
+/// it gathers from alive for a backward that reads only its shape (38 MB per base_fc inner
+/// step of 128 images).
 ///
 /// A channels-last `x` (as the convolutions give) is gathered as `[N, H·W, C]` rows, and the
 /// result stays channels-last: gathering along the spatial dimension of a channels-last tensor,
@@ -214,9 +218,9 @@ pub fn max_pool(x: &Tensor) -> Tensor {
     if nhwc_input {
         let rows = |t: &Tensor| t.permute([0, 2, 3, 1]).flatten(1, 2);
         let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
-        rows(x).gather(1, &rows(&indices), false).view([n, h, w, c]).permute([0, 3, 1, 2])
+        crate::custom::gather_keeping_index(&rows(x), 1, &rows(&indices)).view([n, h, w, c]).permute([0, 3, 1, 2])
     } else {
-        x.flatten(2, 3).gather(2, &indices.flatten(2, 3), false).view(shape.as_slice())
+        crate::custom::gather_keeping_index(&x.flatten(2, 3), 2, &indices.flatten(2, 3)).view(shape.as_slice())
     }
 }
 
@@ -284,10 +288,19 @@ impl UpsampleConv {
 
     /// `[N, C, h, w]` -> `[N, out, 2h, 2w]`.
     pub fn apply(&self, x: &Tensor) -> Tensor {
+        self.apply_activated(x, Tensor::shallow_clone)
+    }
+
+    /// [`UpsampleConv::apply`] to `activation(x)`, for an elementwise `activation` (it commutes
+    /// with the padding). The four convolutions keep their padded input for the backward, so
+    /// the activation runs on it after padding: an activation that keeps its output (as
+    /// [`leaky_relu`] does) then keeps that same tensor, not a second, unpadded one (3.2 MB per
+    /// generator batch of 128 at MNIST's 128 x 7 x 7).
+    pub fn apply_activated(&self, x: &Tensor, activation: impl Fn(&Tensor) -> Tensor) -> Tensor {
         let (h, w) = (x.size()[2], x.size()[3]);
         let [p0, p1, p2, p3] = match self {
             UpsampleConv::Split { kernels, bias } => {
-                let padded = replicate_pad1(x);
+                let padded = activation(&replicate_pad1(x));
                 [0, 1, 2, 3].map(|p| {
                     let window = padded.narrow(2, p as i64 / 2, h + 1).narrow(3, p as i64 % 2, w + 1);
                     window.conv2d(&kernels[p], bias.as_ref(), [1, 1], [0, 0], [1, 1], 1)
@@ -295,7 +308,7 @@ impl UpsampleConv {
             }
             UpsampleConv::Taps { kernels, bias, out_channels } => {
                 // Padding commutes with a 1x1 convolution, so its thinner output is padded.
-                let y = x.conv2d(kernels, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+                let y = activation(x).conv2d(kernels, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
                 let groups = replicate_pad1(&y).split(*out_channels, 1);
                 [0i64, 1, 2, 3].map(|p| {
                     let tap =
@@ -619,6 +632,28 @@ mod tests {
         for f in fast {
             let inputs = [leaf(&[2, 3, 3, 4], 1), leaf(&[2, 3, 3, 3], 2), leaf(&[2], 3)];
             check(&inputs, &|p| project(&f(&p[0], &p[1], Some(&p[2]))));
+        }
+    }
+
+    #[test]
+    fn activation_inside_the_upsampling_block_equals_activation_before_it() {
+        for out in [4, 1] {
+            let (x, w, b) = (leaf(&[2, 3, 5, 4], 1), leaf(&[out, 3, 3, 3], 2), leaf(&[out], 3));
+            for block in [UpsampleConv::split(&w, Some(&b)), UpsampleConv::taps(&w, Some(&b))] {
+                let (inside, before) = (block.apply_activated(&x, leaky_relu), block.apply(&leaky_relu(&x)));
+                assert!(inside.allclose(&before, 1e-12, 1e-12, false), "{out} outputs: values differ");
+                let grads = |y: &Tensor| Tensor::run_backward(&[project(y)], &[&x, &w], true, true);
+                let (g_inside, g_before) = (grads(&inside), grads(&before));
+                for (gi, gb) in g_inside.iter().zip(&g_before) {
+                    assert!(gi.allclose(gb, 1e-12, 1e-12, false), "{out} outputs: gradients differ");
+                }
+                let second =
+                    |g: &[Tensor]| Tensor::run_backward(&[(&g[1] * &g[1]).sum(None::<Kind>)], &[&x], false, false);
+                assert!(
+                    second(&g_inside)[0].allclose(&second(&g_before)[0], 1e-12, 1e-12, false),
+                    "{out}: second order"
+                );
+            }
         }
     }
 

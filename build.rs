@@ -1,0 +1,29 @@
+//! Compiles the project's C++ autograd functions (csrc/custom.cpp) against the libtorch that
+//! tch links, found the way torch-sys finds it (`LIBTORCH`, set in .cargo/config.toml).
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=csrc/custom.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let libtorch = PathBuf::from(
+        std::env::var("LIBTORCH")
+            .expect("LIBTORCH is not set: .cargo/config.toml points it at .libtorch/torch (run scripts/setup.sh)"),
+    );
+    // torch-sys's default; the torch 2.11 wheels are built with the C++11 ABI.
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .std("c++17")
+        .include(libtorch.join("include"))
+        .include(libtorch.join("include/torch/csrc/api/include"))
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        // libtorch's headers warn under -Wall; ours are checked by the tests.
+        .warnings(false)
+        .file("csrc/custom.cpp")
+        .compile("gtn_custom");
+    println!("cargo:rustc-link-lib=torch_cpu");
+    println!("cargo:rustc-link-lib=c10");
+}

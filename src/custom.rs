@@ -1,0 +1,129 @@
+//! Autograd functions that tch cannot define, written in C++ (`csrc/custom.cpp`, compiled by
+//! build.rs against the same libtorch): each keeps less for its backward than the libtorch op
+//! it replaces, with the same values and derivatives (tested below to second order).
+
+use std::ffi::CStr;
+use std::os::raw::c_char;
+
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn gtn_last_error() -> *const c_char;
+    fn gtn_gather_keeping_index(x: *const C_tensor, dim: i64, index: *const C_tensor) -> *mut C_tensor;
+    fn gtn_leaky_relu(x: *const C_tensor, slope: f64) -> *mut C_tensor;
+}
+
+/// Takes ownership of a tensor returned by csrc/custom.cpp; a null one carries libtorch's error.
+fn owned(ptr: *mut C_tensor, op: &str) -> Tensor {
+    if ptr.is_null() {
+        // SAFETY: set by the call that just failed on this thread; a NUL-terminated C string.
+        let message = unsafe { CStr::from_ptr(gtn_last_error()) }.to_string_lossy();
+        panic!("{op}: {message}");
+    }
+    // SAFETY: a fresh heap `torch::Tensor` that nothing else owns.
+    unsafe { Tensor::from_ptr(ptr) }
+}
+
+/// `x.gather(dim, index)`, whose backward keeps only `index` and the shape of `x`: libtorch's
+/// gather keeps `x` itself alive for a backward that reads only its shape.
+pub fn gather_keeping_index(x: &Tensor, dim: i64, index: &Tensor) -> Tensor {
+    // SAFETY: both pointers are live tensors for the duration of the call.
+    owned(unsafe { gtn_gather_keeping_index(x.as_ptr(), dim, index.as_ptr()) }, "gather_keeping_index")
+}
+
+/// Leaky ReLU with negative slope `slope`, keeping its output (not its input) for the backward.
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
+    // SAFETY: a live tensor for the duration of the call.
+    owned(unsafe { gtn_leaky_relu(x.as_ptr(), slope) }, "leaky_relu")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::gradcheck::{leaf, max_rel_error};
+    use tch::{Device, Kind};
+
+    /// First and second derivatives of `f` and `reference` agree, in f64: the gradient of a
+    /// loss, and the gradient of a function of that gradient (as the meta-gradient takes it).
+    fn assert_same_to_second_order(x: &Tensor, f: impl Fn(&Tensor) -> Tensor, reference: impl Fn(&Tensor) -> Tensor) {
+        let probe = leaf(&f(x).size(), 7).detach();
+        let twice = |g: &dyn Fn(&Tensor) -> Tensor| {
+            let y = g(x);
+            let first = Tensor::run_backward(
+                &[(&y * &probe).sum(Kind::Double) + y.square().sum(Kind::Double)],
+                &[x],
+                true,
+                true,
+            );
+            let second = Tensor::run_backward(&[first[0].square().sum(Kind::Double)], &[x], false, false);
+            (y.detach(), first[0].detach(), second[0].detach())
+        };
+        let (a, b) = (twice(&f), twice(&reference));
+        for (name, u, v) in [("values", &a.0, &b.0), ("first derivative", &a.1, &b.1), ("second", &a.2, &b.2)] {
+            let err = (u - v).abs().max().double_value(&[]);
+            assert!(err < 1e-12, "{name} differ by {err:e}");
+        }
+    }
+
+    #[test]
+    fn gather_matches_libtorch_gather() {
+        let x = leaf(&[3, 10, 4], 1);
+        let index =
+            Tensor::from_slice(&(0..3 * 5 * 4).map(|i| (i * 7 % 10) as i64).collect::<Vec<_>>()).view([3, 5, 4]);
+        assert_same_to_second_order(&x, |x| gather_keeping_index(x, 1, &index), |x| x.gather(1, &index, false));
+        let err = max_rel_error(
+            &[x.shallow_clone()],
+            &|p| gather_keeping_index(&p[0], 1, &index).square().sum(Kind::Double),
+            10,
+        );
+        assert!(err < 1e-6, "finite differences: {err:e}");
+    }
+
+    #[test]
+    fn leaky_relu_matches_libtorch() {
+        let x = leaf(&[4, 6], 2);
+        assert_same_to_second_order(&x, |x| leaky_relu(x, 0.1), |x| x.leaky_relu_backward(x, 0.1, false));
+        let y = Vec::<f64>::try_from(leaky_relu(&Tensor::from_slice(&[-2.0f64, 3.0]), 0.1)).unwrap();
+        assert_eq!(y, [-0.2, 3.0]);
+    }
+
+    /// Bytes that `op(&intermediate)` keeps alive, with its result, once the caller has dropped
+    /// the 16 MiB intermediate it was applied to.
+    fn kept_by(op: impl Fn(&Tensor) -> Tensor) -> i64 {
+        let x = Tensor::ones([4 << 20], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let before = crate::allocator::live_bytes_on_this_thread();
+        let intermediate = &x * 2.0;
+        let y = op(&intermediate);
+        drop(intermediate);
+        let kept = crate::allocator::live_bytes_on_this_thread() - before;
+        drop(y);
+        kept
+    }
+
+    #[test]
+    fn gather_frees_what_it_gathered_from() {
+        const MIB: i64 = 1 << 20;
+        let index = Tensor::from_slice(&[3i64, 5]);
+        let ours = kept_by(|t| gather_keeping_index(t, 0, &index));
+        let libtorch = kept_by(|t| t.gather(0, &index, false));
+        assert!(ours < MIB && libtorch >= 16 * MIB, "kept: ours {ours} bytes, libtorch's gather {libtorch}");
+    }
+
+    #[test]
+    fn leaky_relu_keeps_only_its_output() {
+        const MIB: i64 = 1 << 20;
+        let ours = kept_by(|t| leaky_relu(t, 0.1));
+        let libtorch = kept_by(|t| t.leaky_relu_backward(t, 0.1, false));
+        assert!(ours < 17 * MIB && libtorch >= 32 * MIB, "kept: ours {ours} bytes, libtorch's form {libtorch}");
+    }
+
+    #[test]
+    fn errors_name_the_op() {
+        let x = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
+        let bad = Tensor::from_slice(&[9i64]).view([1, 1]);
+        let err = std::panic::catch_unwind(|| gather_keeping_index(&x, 1, &bad)).unwrap_err();
+        let message = err.downcast_ref::<String>().unwrap();
+        assert!(message.starts_with("gather_keeping_index: "), "{message}");
+    }
+}
