@@ -149,10 +149,10 @@ impl Learner {
         let act = |y: Tensor, bias: &Tensor| nn::leaky_relu(&nn::mean_only_bn(&y, bias));
         match self.arch {
             Arch::Cnn { .. } => {
-                let y = act(nn::max_pool(&nn::wn_conv3x3(x, &p[0], &p[1], None, 1)), &p[2]);
+                let y = act(nn::wn_conv3x3_max_pool(x, &p[0], &p[1]), &p[2]);
                 // Flattening a channels-last tensor copies it; the leaky ReLU after the copy keeps
                 // the tensor the linear layer keeps, where before it the two kept one each.
-                let y = nn::mean_only_bn(&nn::max_pool(&nn::wn_conv3x3(&y, &p[3], &p[4], None, 1)), &p[5]);
+                let y = nn::mean_only_bn(&nn::wn_conv3x3_max_pool(&y, &p[3], &p[4]), &p[5]);
                 let y = act(nn::wn_linear(&nn::leaky_relu(&y.flatten(1, -1)), &p[6], &p[7], None), &p[8]);
                 nn::wn_linear(&y, &p[9], &p[10], Some(&p[11]))
             }

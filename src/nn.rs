@@ -123,17 +123,41 @@ pub fn wn_linear(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>) -> Tens
 /// `ONEDNN_VERBOSE=1`). An NCHW input with several channels stays NCHW: the CIFAR learner,
 /// which has no max-pool, was 2-3% slower channels-last.
 pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride: i64) -> Tensor {
-    let weight = weight_norm(v, g);
+    let (input, weight, stride, padding) = conv3x3_operands(x, &weight_norm(v, g), stride);
+    input.conv2d(&weight, b, [stride, stride], [padding, padding], [1, 1], 1)
+}
+
+/// [`wn_conv3x3`] (stride 1, no bias) followed by a 3x3 max-pool with stride 2 and padding 1,
+/// which halves the spatial size (rounding up), as one C++ autograd function
+/// ([`crate::custom::conv_max_pool`]) whose graph keeps neither the convolution's output nor, in
+/// a differentiated inner gradient, the gradient with respect to it: per base_fc inner step of
+/// 128 images, 38 MB (both convolutions' outputs, which libtorch's gather or max-pool keeps for a
+/// backward that reads only their shape) and 29 MB (the gradients, four times the pooled ones,
+/// which the convolution's double backward reads; the pooled gradient is kept and scattered again
+/// when the meta-backward needs it), and the arg-max as int32 instead of int64 (9.6 MB).
+///
+/// The arg-max comes from libtorch's channels-last max-pool kernel (~10x faster than its NCHW
+/// one), and the values are gathered at it along `[N, H·W, C]` rows of a channels-last tensor:
+/// gathering along the spatial dimension of that layout, or converting layouts, cost more than
+/// the layout saves in the convolutions. Forward, backward and double backward of a gather took
+/// 0.6x the time of libtorch's own max-pool on 2 CPU cores.
+pub fn wn_conv3x3_max_pool(x: &Tensor, v: &Tensor, g: &Tensor) -> Tensor {
+    let (input, weight, stride, padding) = conv3x3_operands(x, &weight_norm(v, g), 1);
+    crate::custom::conv_max_pool(&input, &weight, stride, padding)
+}
+
+/// What a 3x3 convolution of `x` with zero padding 1 runs as: (input, weight, stride, padding).
+fn conv3x3_operands(x: &Tensor, weight: &Tensor, stride: i64) -> (Tensor, Tensor, i64, i64) {
     let size = x.size();
     if size[1] == 1 {
         let (h, w) = ((size[2] - 1) / stride + 1, (size[3] - 1) / stride + 1);
         let patches = x.im2col([3, 3], [1, 1], [1, 1], [stride, stride]); // [N, 9, h·w]
         let shifted = channels_last(&patches.view([size[0], 9, h, w]));
-        shifted.conv2d(&channels_last(&weight.view([-1, 9, 1, 1])), b, [1, 1], [0, 0], [1, 1], 1)
+        (shifted, channels_last(&weight.view([-1, 9, 1, 1])), 1, 0)
     } else if is_channels_last(x) {
-        x.conv2d(&channels_last(&weight), b, [stride, stride], [1, 1], [1, 1], 1)
+        (x.shallow_clone(), channels_last(weight), stride, 1)
     } else {
-        x.conv2d(&weight, b, [stride, stride], [1, 1], [1, 1], 1)
+        (x.shallow_clone(), weight.shallow_clone(), stride, 1)
     }
 }
 
@@ -194,34 +218,6 @@ pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
 /// as long.)
 pub fn leaky_relu(x: &Tensor) -> Tensor {
     crate::custom::leaky_relu(x, LEAKY_SLOPE)
-}
-
-/// 3x3 max-pool, stride 2, padding 1, of `[N, C, H, W]`: halves (rounding up) the spatial size.
-///
-/// The arg-max is found without a graph by libtorch's channels-last kernel (vectorised over
-/// channels: ~10x faster than its NCHW one), and the values are gathered at those indices, so
-/// the graph is a gather: its backward scatter-adds into the arg-max exactly as max-pool's
-/// backward does, and its double backward is again a gather. Forward, backward and double
-/// backward together take 0.6x the time of the native op on 2 CPU cores. The gather is
-/// [`crate::custom::gather_keeping_index`]: libtorch's own keeps the whole convolution output
-/// it gathers from alive for a backward that reads only its shape (38 MB per base_fc inner
-/// step of 128 images).
-///
-/// A channels-last `x` (as the convolutions give) is gathered as `[N, H·W, C]` rows, and the
-/// result stays channels-last: gathering along the spatial dimension of a channels-last tensor,
-/// or converting layouts, cost more than that layout saves in the convolutions.
-pub fn max_pool(x: &Tensor) -> Tensor {
-    let nhwc_input = is_channels_last(x);
-    let nhwc = if nhwc_input { x.shallow_clone() } else { channels_last(x) };
-    let (_, indices) = tch::no_grad(|| nhwc.max_pool2d_with_indices([3, 3], [2, 2], [1, 1], [1, 1], false));
-    let shape = indices.size();
-    if nhwc_input {
-        let rows = |t: &Tensor| t.permute([0, 2, 3, 1]).flatten(1, 2);
-        let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
-        crate::custom::gather_keeping_index(&rows(x), 1, &rows(&indices)).view([n, h, w, c]).permute([0, 3, 1, 2])
-    } else {
-        crate::custom::gather_keeping_index(&x.flatten(2, 3), 2, &indices.flatten(2, 3)).view(shape.as_slice())
-    }
 }
 
 /// Nearest upsampling x2, reflection padding 1, then a 3x3 convolution (no padding): the
@@ -658,36 +654,63 @@ mod tests {
     }
 
     #[test]
-    fn max_pool_matches_libtorch_in_values_and_two_derivatives() {
-        let native = |x: &Tensor| x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        for ((h, w), nhwc) in [(28, 28), (7, 5), (1, 2)].into_iter().flat_map(|s| [(s, false), (s, true)]) {
-            let x = leaf(&[3, 4, h, w], 1);
+    fn conv_max_pool_matches_libtorch_in_values_and_two_derivatives() {
+        let native = |x: &Tensor, v: &Tensor, g: &Tensor| {
+            x.conv2d(&weight_norm(v, g), None::<Tensor>, [1, 1], [1, 1], [1, 1], 1).max_pool2d(
+                [3, 3],
+                [2, 2],
+                [1, 1],
+                [1, 1],
+                false,
+            )
+        };
+        let layouts = [(1, false), (4, false), (4, true)];
+        for ((h, w), (c, nhwc)) in [(28, 28), (7, 5), (1, 2)].into_iter().flat_map(|s| layouts.map(|l| (s, l))) {
+            let x = leaf(&[3, c, h, w], 1);
             let x = if nhwc { channels_last(&x.detach()).set_requires_grad(true) } else { x };
-            let (ours, theirs) = (max_pool(&x), native(&x));
-            assert!(ours.equal(&theirs), "values differ for {h}x{w}, channels-last {nhwc}");
-            if ours.size()[2] * ours.size()[3] > 1 {
-                assert_eq!(is_channels_last(&ours), nhwc, "the layout is kept for {h}x{w}");
+            let (v, g) = (leaf(&[5, c, 3, 3], 2), leaf(&[5], 3));
+            let case = format!("{c} channels {h}x{w}, channels-last {nhwc}");
+            let (ours, theirs) = (wn_conv3x3_max_pool(&x, &v, &g), native(&x, &v, &g));
+            assert_eq!(ours.size(), [3, 5, (h + 1) / 2, (w + 1) / 2], "{case}");
+            assert!(ours.allclose(&theirs, 1e-12, 1e-12, false), "values differ: {case}");
+            let probe = leaf(&ours.size(), 4).detach();
+            // The inner gradient (with respect to everything, or to the weights only, as the
+            // inner loop takes it), then the gradient of a function of it (as the meta-gradient).
+            for inner in [vec![&x, &v, &g], vec![&v, &g]] {
+                let second = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor| {
+                    let y = f(&x, &v, &g);
+                    let loss = (&y * &probe).sum(None::<Kind>) + y.square().sum(None::<Kind>);
+                    let first = Tensor::run_backward(&[loss], &inner, true, true);
+                    let meta =
+                        first.iter().map(|t| t.square().sum(None::<Kind>)).fold(y.sum(None::<Kind>), |a, b| a + b);
+                    (first, Tensor::run_backward(&[meta], &[&x, &v, &g], false, false))
+                };
+                let ((first_ours, second_ours), (first_theirs, second_theirs)) =
+                    (second(&wn_conv3x3_max_pool), second(&native));
+                for (i, (a, b)) in
+                    first_ours.iter().zip(&first_theirs).chain(second_ours.iter().zip(&second_theirs)).enumerate()
+                {
+                    assert!(
+                        a.allclose(b, 1e-10, 1e-10, false),
+                        "derivative {i} differs ({} inner): {case}",
+                        inner.len()
+                    );
+                }
             }
-            let grad = |y: &Tensor| Tensor::run_backward(&[project(y)], &[&x], true, true).remove(0);
-            let (g_ours, g_theirs) = (grad(&ours), grad(&theirs));
-            assert!(g_ours.allclose(&g_theirs, 1e-12, 1e-12, false), "gradients differ for {h}x{w}, {nhwc}");
-            // Second order: through a loss that depends on the gradient and on x.
-            let second = |g: &Tensor| {
-                let y = (g * &x).sum(None::<Kind>);
-                Tensor::run_backward(&[y], &[&x], false, false).remove(0)
-            };
-            assert!(second(&g_ours).allclose(&second(&g_theirs), 1e-12, 1e-12, false), "{h}x{w}, {nhwc}");
         }
-        check(&[leaf(&[2, 3, 6, 5], 4)], &|p| project(&max_pool(&p[0])));
+        check(&[leaf(&[2, 3, 6, 5], 4), leaf(&[4, 3, 3, 3], 5), leaf(&[4], 6)], &|p| {
+            project(&wn_conv3x3_max_pool(&p[0], &p[1], &p[2]))
+        });
     }
 
     #[test]
     fn leaky_relu_and_pool_shapes() {
         let x = Tensor::from_slice(&[-2.0, 0.5f64]);
         assert_eq!(Vec::<f64>::try_from(leaky_relu(&x)).unwrap(), [-0.2, 0.5]);
-        let img = leaf(&[2, 3, 28, 28], 1);
-        assert_eq!(max_pool(&img).size(), [2, 3, 14, 14]);
-        assert_eq!(max_pool(&max_pool(&img)).size(), [2, 3, 7, 7]);
+        let (img, v, g) = (leaf(&[2, 3, 28, 28], 1), leaf(&[4, 3, 3, 3], 2), leaf(&[4], 3));
+        let once = wn_conv3x3_max_pool(&img, &v, &g);
+        assert_eq!(once.size(), [2, 4, 14, 14]);
+        assert_eq!(wn_conv3x3_max_pool(&once, &leaf(&[4, 4, 3, 3], 4), &g).size(), [2, 4, 7, 7]);
     }
 
     #[test]
