@@ -36,15 +36,16 @@ import json, pathlib, statistics, sys
 out = pathlib.Path(sys.argv[1])
 def rows(name):
     return [json.loads(l) for l in (out / name).read_text().splitlines() if l.strip()]
-print("| learner (T = 32, batch 128) | gtn s / meta-step | reference s / meta-step | time ratio | gtn peak RSS MiB | reference peak RSS MiB | memory ratio |")
+print("| learner (T = 32, batch 128) | gtn s / meta-step | reference s / meta-step | time ratio | gtn peak RSS MiB (before the first step) | reference peak RSS MiB (before the first step) | memory ratio |")
 print("|---|---|---|---|---|---|---|")
 for learner in ("base-fc", "mlp"):
     ours, ref = rows(f"gtn-{learner}.jsonl"), rows(f"reference-{learner}.jsonl")
-    t = lambda rs: [r["seconds_per_meta_step_median"] for r in rs]
-    m = lambda rs: [r["peak_rss_mib"] for r in rs]
+    col = lambda rs, key: [r[key] for r in rs]
     span = lambda xs, f: f"{statistics.median(xs):{f}} ({min(xs):{f}}-{max(xs):{f}})"
-    ratios = [a / b for a, b in zip(t(ours), t(ref))]
-    mem = [a / b for a, b in zip(m(ours), m(ref))]
-    print(f"| {learner} | {span(t(ours), '.2f')} | {span(t(ref), '.2f')} | {span(ratios, '.2f')}x "
-          f"| {span(m(ours), '.0f')} | {span(m(ref), '.0f')} | {span(mem, '.2f')}x |")
+    t_ours, t_ref = col(ours, "seconds_per_meta_step_median"), col(ref, "seconds_per_meta_step_median")
+    m_ours, m_ref = col(ours, "peak_rss_mib"), col(ref, "peak_rss_mib")
+    base = lambda rs: f"{statistics.median(col(rs, 'baseline_rss_mib')):.0f}"
+    print(f"| {learner} | {span(t_ours, '.2f')} | {span(t_ref, '.2f')} | {span([a / b for a, b in zip(t_ours, t_ref)], '.2f')}x "
+          f"| {span(m_ours, '.0f')} ({base(ours)}) | {span(m_ref, '.0f')} ({base(ref)}) "
+          f"| {span([a / b for a, b in zip(m_ours, m_ref)], '.3f')}x |")
 PY

@@ -9,8 +9,9 @@ speed or memory: it is what a PyTorch user would write from the paper. Run it th
 `scripts/reference-bench.sh`, which installs the PyTorch it needs.
 
 Prints one JSON object per configuration with the same keys `gtn bench --json` uses for time and
-memory: `seconds_per_meta_step_median` (and min, max) and `peak_rss_mib` (VmHWM over the timed
-steps, after a warm-up step, as `gtn bench` measures it).
+memory: `seconds_per_meta_step_median` (and min, max), `peak_rss_mib` (VmHWM over the timed
+steps, after a warm-up step, as `gtn bench` measures it) and `baseline_rss_mib` (VmRSS before
+the first meta-step: PyTorch and the data).
 """
 
 import argparse
@@ -129,9 +130,10 @@ def mnist_train(data_dir):
     return images, labels.long()
 
 
-def peak_rss_mib():
+def status_mib(key):
+    """A memory figure of /proc/self/status (VmHWM: peak, VmRSS: now), in MiB."""
     for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
+        if line.startswith(key):
             return int(line.split()[1]) / 1024.0
     return float("nan")
 
@@ -175,6 +177,7 @@ def main():
         meta_loss.backward()
         adam.step()
 
+    baseline = status_mib("VmRSS:")
     meta_step()  # warm-up
     pathlib.Path("/proc/self/clear_refs").write_text("5")
     times = []
@@ -192,7 +195,8 @@ def main():
         "seconds_per_meta_step_median": statistics.median(times),
         "seconds_per_meta_step_min": min(times),
         "seconds_per_meta_step_max": max(times),
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": status_mib("VmHWM:"),
+        "baseline_rss_mib": baseline,
     }))
 
 

@@ -55,6 +55,8 @@ need cargo "install Rust (https://rustup.rs)"
 # The jemalloc allocator is compiled from source by its crate's build script.
 need cc "install a C compiler (e.g. apt install build-essential)"
 need make "install make (e.g. apt install build-essential)"
+# csrc/custom.cpp (autograd functions tch cannot define) is compiled against libtorch's headers.
+need c++ "install a C++ compiler (e.g. apt install build-essential)"
 echo "build: cargo build --release (first time: a few minutes)"
 cargo build --release --quiet
 echo "build: target/release/gtn ready"

@@ -33,6 +33,8 @@ pub struct BenchReport {
     pub meta_backward_seconds: Option<f64>,
     /// Peak resident memory over the timed meta-steps (data included).
     pub peak_rss_mib: f64,
+    /// Resident memory before the first meta-step: libtorch, the data, the teacher.
+    pub baseline_rss_mib: f64,
     pub estimated_gflop_per_meta_step: f64,
     pub achieved_gflops: f64,
     pub matmul_gflops: f64,
@@ -75,10 +77,20 @@ pub fn reset_peak_rss() {
 
 /// Peak resident memory of this process (VmHWM), in MiB.
 pub fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// Resident memory of this process now (VmRSS), in MiB.
+pub fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// A memory figure of /proc/self/status, in MiB (NaN where there is none).
+fn status_mib(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
@@ -162,6 +174,7 @@ fn timed<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
 pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport> {
     let scratch = tempfile::tempdir()?;
     let mut trainer = Trainer::create(config, scratch.path(), device)?;
+    let baseline_rss_mib = rss_mib();
     reset_peak_rss();
     timed(device, || trainer.step()).0?;
     let mut times: Vec<f64> = (0..iters)
@@ -208,6 +221,7 @@ pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport>
         unroll_forward_seconds,
         meta_backward_seconds,
         peak_rss_mib,
+        baseline_rss_mib,
         estimated_gflop_per_meta_step: flops / 1e9,
         achieved_gflops: achieved,
         matmul_gflops: matmul,
