@@ -113,15 +113,16 @@ impl Generator {
         let Weights { fc1, bn1, fc2, bn2, conv1, bn3: [g3, b3], conv2 } = weights;
         let sizes: Vec<i64> = batches.iter().map(|(z, _)| z.size()[0]).collect();
         // FC over the stacked batches, then batch norm per batch.
-        let fc_bn = |x: &[Tensor], fc: &Tensor, [g, b]: &[Tensor; 2]| -> Vec<Tensor> {
-            let y = Tensor::cat(x, 0).linear(fc, None::<Tensor>);
+        let fc_bn = |x: &Tensor, fc: &Tensor, [g, b]: &[Tensor; 2]| -> Vec<Tensor> {
+            let y = x.linear(fc, None::<Tensor>);
             y.split_with_sizes(sizes.as_slice(), 0).iter().map(|y| nn::batch_norm(y, g, b)).collect()
         };
         let inputs: Vec<Tensor> = batches
             .iter()
             .map(|(z, labels)| Tensor::cat(&[*z, &labels.one_hot(self.classes).to_kind(z.kind())], 1))
             .collect();
-        let hidden: Vec<Tensor> = fc_bn(&inputs, fc1, bn1).iter().map(nn::leaky_relu).collect();
+        // The leaky ReLU runs after stacking, so it keeps the stacked tensor the FC layer keeps.
+        let hidden = nn::leaky_relu(&Tensor::cat(&fc_bn(&Tensor::cat(&inputs, 0), fc1, bn1), 0));
         fc_bn(&hidden, fc2, bn2)
             .iter()
             .map(|x| {
