@@ -214,8 +214,8 @@ pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
 
 /// Leaky ReLU with slope [`LEAKY_SLOPE`], as a C++ autograd function
 /// ([`crate::custom::leaky_relu`]) that keeps its output for the backward, where libtorch's ops
-/// keep their input: every leaky ReLU here feeds a layer that keeps that output anyway, so one
-/// tensor per activation is kept instead of two. (Before: libtorch's leaky-ReLU *backward*
+/// keep their input: every leaky ReLU of the project but the CIFAR learner's last feeds a layer
+/// that keeps that output anyway, so one tensor per activation is kept instead of two. (Before: libtorch's leaky-ReLU *backward*
 /// applied to `x` itself, `leaky_relu_backward(x, x)`, since tch exposes `leaky_relu` only with
 /// PyTorch's default slope 0.01; one pass where `a·x + (1 - a)·relu(x)` took four, but its
 /// backward also sent a zero gradient back through the second `x`. A select on `x > 0` took 3x
