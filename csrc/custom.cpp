@@ -1,10 +1,10 @@
 // Autograd functions that libtorch's own ops cannot express and tch has no way to define: each
-// keeps less for its backward than the op it replaces, with the same values and derivatives to
-// any order the meta-gradient needs (their backwards are built of differentiable ATen ops).
-// Called from src/custom.rs; a `torch::Tensor *` (= `at::Tensor *`) is what tch's `C_tensor` points to.
+// keeps less for its backward than the ops it replaces, with the same values and first and
+// second derivatives (the order the meta-gradient needs: the backwards are ATen ops, recorded in
+// the graph when an inner gradient is taken with `create_graph`). Called from src/custom.rs; a
+// `torch::Tensor *` (= `at::Tensor *`) is what tch's `C_tensor` points to.
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <cstring>
 #include <exception>
 #include <string>
 
@@ -88,7 +88,7 @@ struct Geometry {
         return at::conv2d(input, weight, {}, {stride, stride}, {padding, padding});
     }
 
-    // Gradients of the convolution with respect to its input and weight, as `mask` asks.
+    // The gradients of the convolution with respect to its input and weight that are asked for.
     std::tuple<at::Tensor, at::Tensor> conv_grads(const at::Tensor &grad_out, const at::Tensor &input,
                                                   const at::Tensor &weight, bool input_grad, bool weight_grad) const {
         auto grads = at::convolution_backward(grad_out, input, weight, std::nullopt, {stride, stride},
