@@ -26,8 +26,10 @@ for round in $(seq "$rounds"); do
         echo "round $round/$rounds: $learner: gtn, then the reference" >&2
         target/release/gtn bench --preset paper --learner "$learner" --meta-iters 3 --threads "$threads" --json \
             >>"$out/gtn-$learner.jsonl"
+        # PyTorch warns that NumPy is missing (it is not needed); its messages go to a log shown on failure.
         PYTHONPATH=$py python3 scripts/reference_bench.py --learner "$learner" --meta-iters 3 --threads "$threads" \
-            2>/dev/null >>"$out/reference-$learner.jsonl"
+            2>>"$out/reference.log" >>"$out/reference-$learner.jsonl" ||
+            { echo "reference-bench: scripts/reference_bench.py failed:" >&2; cat "$out/reference.log" >&2; exit 1; }
     done
 done
 
