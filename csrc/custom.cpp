@@ -124,20 +124,24 @@ struct ConvMaxPoolGrads : public torch::autograd::Function<ConvMaxPoolGrads> {
         // Adjoints of the two outputs; an unused one arrives undefined.
         auto a_input = ctx->saved_data["input_grad"].toBool() ? adjoints[0] : at::Tensor();
         auto &a_weight = adjoints[1];
-        auto grad_out = scatter(grad, index, geometry.conv_sizes, geometry.nhwc);
+        bool weight_needed = a_input.defined() && ctx->needs_input_grad(2);
+        bool input_needed = a_weight.defined() && ctx->needs_input_grad(1);
+        // The unpooled gradient is scattered again only for the terms that read it.
+        auto grad_out = weight_needed || input_needed ? scatter(grad, index, geometry.conv_sizes, geometry.nhwc)
+                                                      : at::Tensor();
         at::Tensor d_grad_out, d_input, d_weight;
         if (a_input.defined()) {
             d_grad_out = geometry.conv(a_input, weight);
-            if (ctx->needs_input_grad(2)) {
-                d_weight = std::get<1>(geometry.conv_grads(grad_out, a_input, weight, false, true));
-            }
         }
         if (a_weight.defined()) {
             auto term = geometry.conv(input, a_weight);
             d_grad_out = d_grad_out.defined() ? d_grad_out.add(term) : term;
-            if (ctx->needs_input_grad(1)) {
-                d_input = std::get<0>(geometry.conv_grads(grad_out, input, a_weight, true, false));
-            }
+        }
+        if (weight_needed) {
+            d_weight = std::get<1>(geometry.conv_grads(grad_out, a_input, weight, false, true));
+        }
+        if (input_needed) {
+            d_input = std::get<0>(geometry.conv_grads(grad_out, input, a_weight, true, false));
         }
         auto d_grad = d_grad_out.defined() ? gather(d_grad_out, index, geometry.nhwc) : at::Tensor();
         return {d_grad, d_input, d_weight, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -148,11 +152,13 @@ struct ConvMaxPoolGrads : public torch::autograd::Function<ConvMaxPoolGrads> {
 struct ConvMaxPool : public torch::autograd::Function<ConvMaxPool> {
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &input, const at::Tensor &weight, int64_t stride,
                               int64_t padding) {
-        auto conv = at::conv2d(input, weight, {}, {stride, stride}, {padding, padding});
+        Geometry geometry{{}, stride, padding, false};
+        auto conv = geometry.conv(input, weight);
+        geometry.conv_sizes = conv.sizes().vec();
+        geometry.nhwc = nhwc(conv);
         // libtorch's channels-last max-pool kernel finds the arg-max ~10x faster than its NCHW one.
         auto index = std::get<1>(at::max_pool2d_with_indices(conv.contiguous(at::MemoryFormat::ChannelsLast), {3, 3},
                                                              {2, 2}, {1, 1}, {1, 1}, false));
-        Geometry geometry{conv.sizes().vec(), stride, padding, nhwc(conv)};
         index = index.contiguous(geometry.nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)
                     .to(at::kInt);
         geometry.save(ctx);

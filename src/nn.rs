@@ -215,11 +215,11 @@ pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
 /// Leaky ReLU with slope [`LEAKY_SLOPE`], as a C++ autograd function
 /// ([`crate::custom::leaky_relu`]) that keeps its output for the backward, where libtorch's ops
 /// keep their input: every leaky ReLU of the project but the CIFAR learner's last feeds a layer
-/// that keeps that output anyway, so one tensor per activation is kept instead of two. (Before: libtorch's leaky-ReLU *backward*
-/// applied to `x` itself, `leaky_relu_backward(x, x)`, since tch exposes `leaky_relu` only with
-/// PyTorch's default slope 0.01; one pass where `a·x + (1 - a)·relu(x)` took four, but its
-/// backward also sent a zero gradient back through the second `x`. A select on `x > 0` took 3x
-/// as long.)
+/// that keeps that output anyway, so one tensor per activation is kept instead of two. (Before:
+/// libtorch's leaky-ReLU *backward* applied to `x` itself, `leaky_relu_backward(x, x)`, since
+/// tch exposes `leaky_relu` only with PyTorch's default slope 0.01; one pass where
+/// `a·x + (1 - a)·relu(x)` took four, but its backward also sent a zero gradient back through
+/// the second `x`. A select on `x > 0` took 3x as long.)
 pub fn leaky_relu(x: &Tensor) -> Tensor {
     crate::custom::leaky_relu(x, LEAKY_SLOPE)
 }
@@ -677,6 +677,10 @@ mod tests {
             let (ours, theirs) = (wn_conv3x3_max_pool(&x, &v, &g), native(&x, &v, &g));
             assert_eq!(ours.size(), [3, 5, (h + 1) / 2, (w + 1) / 2], "{case}");
             assert!(ours.allclose(&theirs, 1e-12, 1e-12, false), "values differ: {case}");
+            if ours.size()[2] * ours.size()[3] > 1 {
+                // One-channel inputs go channels-last (im2col patches); others keep their layout.
+                assert_eq!(is_channels_last(&ours), nhwc || c == 1, "layout: {case}");
+            }
             let probe = leaf(&ours.size(), 4).detach();
             // The inner gradient (with respect to everything, or to the weights only, as the
             // inner loop takes it), then the gradient of a function of it (as the meta-gradient).
