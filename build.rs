@@ -1,9 +1,9 @@
-//! Compiles the project's C++ autograd functions (csrc/custom.cpp) against the libtorch that
+//! Compiles the project's C++ (csrc/: autograd functions, the profiler hook) against the libtorch that
 //! tch links, found the way torch-sys finds it (`LIBTORCH`, set in .cargo/config.toml).
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/custom.cpp");
+    println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let libtorch = PathBuf::from(
@@ -23,6 +23,7 @@ fn main() {
         // libtorch's headers warn under -Wall; ours are checked by the tests.
         .warnings(false)
         .file("csrc/custom.cpp")
+        .file("csrc/profile.cpp")
         .compile("gtn_custom");
     println!("cargo:rustc-link-lib=torch_cpu");
     println!("cargo:rustc-link-lib=c10");

@@ -2,15 +2,17 @@
 //! between generator, unroll and meta-backward, peak memory, and achieved GFLOP/s against this
 //! machine's own measured matrix-multiply rate.
 
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::Config;
 use crate::learner::{Arch, CIFAR_STRIDES};
 use crate::meta::{self, Trainer};
+use crate::profile::{self, OpTime};
 use crate::teacher::TeacherKind;
 
 #[derive(Debug, Serialize)]
@@ -39,12 +41,25 @@ pub struct BenchReport {
     pub achieved_gflops: f64,
     pub matmul_gflops: f64,
     pub fraction_of_matmul_rate: f64,
+    /// With a profile: the ops of one more meta-step by their own time, longest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<OpTime>>,
 }
+
+/// Ops listed in a report's profile.
+const PROFILE_TOP: usize = 25;
 
 impl BenchReport {
     pub fn table(&self) -> String {
         let opt = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.2}"));
-        format!(
+        let profile = self.profile.as_ref().map_or(String::new(), |ops| {
+            let total: f64 = ops.iter().map(|o| o.self_seconds).sum();
+            format!(
+                "\n\nOne profiled meta-step ({total:.2} s in ops), by own time:\n\n{}",
+                profile::table(ops, PROFILE_TOP, total)
+            )
+        });
+        let summary = format!(
             "| configuration | s / meta-step (median, min-max) | generator fwd s | unroll fwd s | meta-backward s | peak RSS MiB | GFLOP/s (est.) | matmul GFLOP/s | % of matmul |\n\
              |---|---|---|---|---|---|---|---|---|\n\
              | {} T={} B={} {} ckpt={} on {} ({} threads) | {:.2} ({:.2}-{:.2}) | {:.2} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0}% |",
@@ -65,7 +80,8 @@ impl BenchReport {
             self.achieved_gflops,
             self.matmul_gflops,
             100.0 * self.fraction_of_matmul_rate
-        )
+        );
+        summary + &profile
     }
 }
 
@@ -170,8 +186,16 @@ fn timed<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
     (out, start.elapsed().as_secs_f64())
 }
 
-/// Times `iters` meta-steps after one warm-up step, in a scratch folder.
-pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport> {
+/// Times `iters` meta-steps after one warm-up step, in a scratch folder; with `profile`, then
+/// runs one more under libtorch's profiler and writes its Chrome trace there.
+pub fn run(config: &Config, iters: usize, device: Device, profile: Option<&Path>) -> Result<BenchReport> {
+    if let Some(trace) = profile {
+        // Before the timed steps, not after them.
+        let folder = trace.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !folder.is_dir() {
+            bail!("--profile {}: folder {} does not exist", trace.display(), folder.display());
+        }
+    }
     let scratch = tempfile::tempdir()?;
     let mut trainer = Trainer::create(config, scratch.path(), device)?;
     let baseline_rss_mib = rss_mib();
@@ -186,6 +210,15 @@ pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport>
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let peak_rss_mib = peak_rss_mib();
+    let profile = match profile {
+        Some(trace) => {
+            let (step, mut ops) = profile::record(trace, || trainer.step())?;
+            step?;
+            ops.truncate(PROFILE_TOP);
+            Some(ops)
+        }
+        None => None,
+    };
 
     // The split, measured on the next iteration's draws.
     let meta::IterationInputs { learner, init, real, plan } = trainer.iteration_inputs(trainer.iteration);
@@ -226,6 +259,7 @@ pub fn run(config: &Config, iters: usize, device: Device) -> Result<BenchReport>
         achieved_gflops: achieved,
         matmul_gflops: matmul,
         fraction_of_matmul_rate: achieved / matmul,
+        profile,
     })
 }
 

@@ -20,6 +20,7 @@ pub mod nas;
 pub mod nn;
 pub mod optim;
 pub mod plot;
+pub mod profile;
 pub mod progress;
 pub mod report;
 pub mod rl;

@@ -308,6 +308,10 @@ struct BenchArgs {
     data_dir: Option<PathBuf>,
     #[arg(long)]
     json: bool,
+    /// Then profile one more meta-step: write its Chrome trace (chrome://tracing, ui.perfetto.dev)
+    /// here and list the ops that took the time.
+    #[arg(long, value_name = "TRACE.json")]
+    profile: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -526,7 +530,7 @@ fn run(cli: Cli) -> Result<()> {
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.data_dir = args.data_dir.or(config.data_dir);
             config.validate()?;
-            let report = gtn::bench::run(&config, args.meta_iters.max(1), device)?;
+            let report = gtn::bench::run(&config, args.meta_iters.max(1), device, args.profile.as_deref())?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -250,3 +250,25 @@ fn nas_score_truth_merge_report() {
     let err = String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default().to_owned();
     assert!(err.contains("--shard 2/2: expected 0 <= i < n, got i=2, n=2"), "{err}");
 }
+
+#[test]
+fn bench_reports_time_memory_and_a_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("trace.json");
+    let fixtures = fixtures();
+    let args = ["bench", "--preset", "tiny", "--data-dir", fixtures.to_str().unwrap(), "--meta-iters", "2"];
+    let report: serde_json::Value = serde_json::from_str(
+        stdout(&gtn(&[&args[..], &["--json", "--profile", trace.to_str().unwrap()]].concat())).trim(),
+    )
+    .unwrap();
+    assert!(report["seconds_per_meta_step_median"].as_f64().unwrap() > 0.0);
+    assert!(report["peak_rss_mib"].as_f64().unwrap() >= report["baseline_rss_mib"].as_f64().unwrap());
+    let ops = report["profile"].as_array().unwrap();
+    assert!(ops.iter().any(|op| op["name"] == "aten::convolution_backward"), "{ops:?}");
+    let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    assert!(trace.as_array().unwrap().len() > ops.len());
+    let table = stdout(&gtn(&args));
+    assert!(table.contains("| s / meta-step") && !table.contains("own s"), "{table}");
+    let err = error_line(&gtn(&[&args[..], &["--profile", "/nonexistent/trace.json"]].concat()));
+    assert!(err.contains("/nonexistent"), "{err}");
+}
