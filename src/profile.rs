@@ -3,7 +3,7 @@
 //! each op's own time without the ops it called.
 
 use std::collections::HashMap;
-use std::ffi::{c_void, CStr, CString};
+use std::ffi::{CStr, CString};
 use std::os::raw::c_char;
 use std::path::Path;
 
@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 extern "C" {
     fn gtn_profile_last_error() -> *const c_char;
-    fn gtn_profile_start(path: *const c_char) -> *mut c_void;
-    fn gtn_profile_stop(guard: *mut c_void);
+    fn gtn_profile_start() -> i32;
+    fn gtn_profile_stop(path: *const c_char) -> i32;
 }
 
 /// One op name's share of a profiled region.
@@ -32,21 +32,32 @@ pub fn record<T>(trace: &Path, f: impl FnOnce() -> T) -> Result<(T, Vec<OpTime>)
     crate::atomic::replace_with(trace, |tmp| {
         let c_path = CString::new(tmp.as_os_str().as_encoded_bytes())
             .with_context(|| format!("{}: a path with a NUL byte", tmp.display()))?;
-        // SAFETY: a NUL-terminated path, copied by the callee.
-        let guard = unsafe { gtn_profile_start(c_path.as_ptr()) };
-        if guard.is_null() {
-            // SAFETY: set by the call that just failed on this thread; a NUL-terminated C string.
-            let message = unsafe { CStr::from_ptr(gtn_profile_last_error()) }.to_string_lossy();
-            bail!("{}: cannot start libtorch's profiler: {message}", trace.display());
+        // SAFETY: no arguments; failure is reported by the return value.
+        if unsafe { gtn_profile_start() } != 0 {
+            bail!("{}: cannot start libtorch's profiler: {}", trace.display(), last_error());
         }
         let value = f();
-        // SAFETY: the guard that gtn_profile_start returned, released exactly once.
-        unsafe { gtn_profile_stop(guard) };
+        // SAFETY: a NUL-terminated path, copied by the callee.
+        if unsafe { gtn_profile_stop(c_path.as_ptr()) } != 0 {
+            bail!("{}: cannot write the trace: {}", trace.display(), last_error());
+        }
         let text = std::fs::read_to_string(tmp).with_context(|| format!("{}: cannot read the trace", tmp.display()))?;
         out = Some((value, self_times(&text).with_context(|| format!("{}: not a trace", trace.display()))?));
         Ok(())
     })?;
     Ok(out.expect("replace_with ran the closure"))
+}
+
+/// libtorch's message for the call that just failed on this thread.
+fn last_error() -> String {
+    // SAFETY: set by the failed call on this thread; a NUL-terminated C string.
+    unsafe { CStr::from_ptr(gtn_profile_last_error()) }.to_string_lossy().into_owned()
+}
+
+#[derive(Debug, Deserialize)]
+struct Trace {
+    #[serde(rename = "traceEvents")]
+    trace_events: Vec<Event>,
 }
 
 /// A complete ("X") event of a Chrome trace; times in microseconds.
@@ -55,6 +66,8 @@ struct Event {
     name: String,
     #[serde(default)]
     ph: String,
+    #[serde(default)]
+    cat: String,
     #[serde(default)]
     ts: f64,
     #[serde(default)]
@@ -66,9 +79,10 @@ struct Event {
 /// Own time per op name: per thread, events sorted by start nest like a call stack, and each
 /// event's duration is charged to it minus its children's.
 fn self_times(trace: &str) -> Result<Vec<OpTime>> {
-    let events: Vec<Event> = serde_json::from_str(trace)?;
+    let events = serde_json::from_str::<Trace>(trace)?.trace_events;
     let mut by_thread: HashMap<String, Vec<&Event>> = HashMap::new();
-    for e in events.iter().filter(|e| e.ph == "X") {
+    // Ops and autograd nodes; the trace's own span ("Trace") would be charged the gaps.
+    for e in events.iter().filter(|e| e.ph == "X" && e.cat == "cpu_op") {
         by_thread.entry(e.tid.to_string()).or_default().push(e);
     }
     let mut totals: HashMap<&str, (usize, f64)> = HashMap::new();
@@ -126,13 +140,14 @@ mod tests {
 
     #[test]
     fn nested_events_are_charged_their_own_time() {
-        let trace = r#"[
-            {"name": "outer", "ph": "X", "ts": 0, "dur": 10, "tid": 1},
-            {"name": "inner", "ph": "X", "ts": 2, "dur": 3, "tid": 1},
-            {"name": "inner", "ph": "X", "ts": 6, "dur": 1, "tid": 1},
-            {"name": "other", "ph": "X", "ts": 0, "dur": 4, "tid": 2},
+        let trace = r#"{"traceEvents": [
+            {"name": "span", "cat": "Trace", "ph": "X", "ts": 0, "dur": 20, "tid": 1},
+            {"name": "outer", "cat": "cpu_op", "ph": "X", "ts": 0, "dur": 10, "tid": 1},
+            {"name": "inner", "cat": "cpu_op", "ph": "X", "ts": 2, "dur": 3, "tid": 1},
+            {"name": "inner", "cat": "cpu_op", "ph": "X", "ts": 6, "dur": 1, "tid": 1},
+            {"name": "other", "cat": "cpu_op", "ph": "X", "ts": 0, "dur": 4, "tid": 2},
             {"name": "marker", "ph": "i", "ts": 3, "tid": 1}
-        ]"#;
+        ]}"#;
         let ops = self_times(trace).unwrap();
         let get = |n: &str| ops.iter().find(|o| o.name == n).cloned().unwrap();
         assert_eq!(get("outer"), OpTime { name: "outer".into(), calls: 1, self_seconds: 6e-6 });

@@ -266,7 +266,7 @@ fn bench_reports_time_memory_and_a_profile() {
     let ops = report["profile"].as_array().unwrap();
     assert!(ops.iter().any(|op| op["name"] == "aten::convolution_backward"), "{ops:?}");
     let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
-    assert!(trace.as_array().unwrap().len() > ops.len());
+    assert!(trace["traceEvents"].as_array().unwrap().len() > ops.len());
     let table = stdout(&gtn(&args));
     assert!(table.contains("| s / meta-step") && !table.contains("own s"), "{table}");
     let err = error_line(&gtn(&[&args[..], &["--profile", "/nonexistent/trace.json"]].concat()));
