@@ -41,9 +41,17 @@ pub struct BenchReport {
     pub achieved_gflops: f64,
     pub matmul_gflops: f64,
     pub fraction_of_matmul_rate: f64,
-    /// With a profile: the ops of one more meta-step by their own time, longest first.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub profile: Option<Vec<OpTime>>,
+    pub profile: Option<ProfileReport>,
+}
+
+/// One more meta-step under libtorch's profiler.
+#[derive(Debug, Serialize)]
+pub struct ProfileReport {
+    /// The own times of all its ops together.
+    pub op_seconds: f64,
+    /// The costliest ops by own time, longest first.
+    pub top_ops: Vec<OpTime>,
 }
 
 /// Ops listed in a report's profile.
@@ -52,11 +60,11 @@ const PROFILE_TOP: usize = 25;
 impl BenchReport {
     pub fn table(&self) -> String {
         let opt = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.2}"));
-        let profile = self.profile.as_ref().map_or(String::new(), |ops| {
-            let total: f64 = ops.iter().map(|o| o.self_seconds).sum();
+        let profile = self.profile.as_ref().map_or(String::new(), |p| {
             format!(
-                "\n\nOne profiled meta-step ({total:.2} s in ops), by own time:\n\n{}",
-                profile::table(ops, PROFILE_TOP, total)
+                "\n\nOne profiled meta-step ({:.2} s in ops), by own time:\n\n{}",
+                p.op_seconds,
+                profile::table(&p.top_ops, PROFILE_TOP, p.op_seconds)
             )
         });
         let summary = format!(
@@ -214,8 +222,9 @@ pub fn run(config: &Config, iters: usize, device: Device, profile: Option<&Path>
         Some(trace) => {
             let (step, mut ops) = profile::record(trace, || trainer.step())?;
             step?;
+            let op_seconds = ops.iter().map(|o| o.self_seconds).sum();
             ops.truncate(PROFILE_TOP);
-            Some(ops)
+            Some(ProfileReport { op_seconds, top_ops: ops })
         }
         None => None,
     };

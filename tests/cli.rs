@@ -263,8 +263,10 @@ fn bench_reports_time_memory_and_a_profile() {
     .unwrap();
     assert!(report["seconds_per_meta_step_median"].as_f64().unwrap() > 0.0);
     assert!(report["peak_rss_mib"].as_f64().unwrap() >= report["baseline_rss_mib"].as_f64().unwrap());
-    let ops = report["profile"].as_array().unwrap();
+    let ops = report["profile"]["top_ops"].as_array().unwrap();
     assert!(ops.iter().any(|op| op["name"] == "aten::convolution_backward"), "{ops:?}");
+    let top: f64 = ops.iter().map(|op| op["self_seconds"].as_f64().unwrap()).sum();
+    assert!(report["profile"]["op_seconds"].as_f64().unwrap() >= top);
     let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     assert!(trace["traceEvents"].as_array().unwrap().len() > ops.len());
     let table = stdout(&gtn(&args));
