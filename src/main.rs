@@ -309,7 +309,7 @@ struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Then profile one more meta-step: write its Chrome trace (chrome://tracing, ui.perfetto.dev)
-    /// here and list the ops that took the time.
+    /// here and list the ops that took the time (CPU ops only: on a GPU, their launch times).
     #[arg(long, value_name = "TRACE.json")]
     profile: Option<PathBuf>,
 }
