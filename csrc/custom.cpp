@@ -5,13 +5,20 @@
 // `torch::Tensor *` (= `at::Tensor *`) is what tch's `C_tensor` points to.
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "winograd.h"
+
+#include <atomic>
 #include <exception>
 #include <string>
+#include <tuple>
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 namespace {
+
+// Off only where a benchmark compares Winograd's form with libtorch's kernels.
+std::atomic<bool> winograd_enabled{true};
 
 // Leaky ReLU keeping its output (which the next layer keeps anyway) instead of its input. Its
 // second derivative is zero, so the backward reads the output as a constant: no zero gradient
@@ -86,13 +93,29 @@ struct Geometry {
                 ctx->saved_data["padding"].toInt(), ctx->saved_data["nhwc"].toBool()};
     }
 
+    // Winograd's form where it applies and no graph is being recorded (its transforms have none:
+    // a third derivative, taken through ConvMaxPoolGrads's backward, runs libtorch's kernels).
+    bool winograd(const at::Tensor &input, const at::Tensor &weight) const {
+        return winograd_enabled && !at::GradMode::is_enabled() && winograd::applies(input, weight, stride, padding);
+    }
+
     at::Tensor conv(const at::Tensor &input, const at::Tensor &weight) const {
+        if (winograd(input, weight)) return winograd::conv(input, weight);
         return at::conv2d(input, weight, {}, {stride, stride}, {padding, padding});
+    }
+
+    // conv(input, weight) + conv(other, other_weight).
+    at::Tensor conv_sum(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
+                        const at::Tensor &other_weight) const {
+        if (winograd(input, weight) && winograd(other, other_weight))
+            return winograd::conv_sum(input, weight, other, other_weight);
+        return conv(input, weight).add(conv(other, other_weight));
     }
 
     // The gradients of the convolution with respect to its input and weight that are asked for.
     std::tuple<at::Tensor, at::Tensor> conv_grads(const at::Tensor &grad_out, const at::Tensor &input,
                                                   const at::Tensor &weight, bool input_grad, bool weight_grad) const {
+        if (winograd(input, weight)) return winograd::grads(grad_out, input, weight, input_grad, weight_grad);
         auto grads = at::convolution_backward(grad_out, input, weight, std::nullopt, {stride, stride},
                                               {padding, padding}, {1, 1}, false, {0, 0}, 1,
                                               {input_grad, weight_grad, false});
@@ -132,18 +155,20 @@ struct ConvMaxPoolGrads : public torch::autograd::Function<ConvMaxPoolGrads> {
         auto grad_out = weight_needed || input_needed ? scatter(grad, index, geometry.conv_sizes, geometry.nhwc)
                                                       : at::Tensor();
         at::Tensor d_grad_out, d_input, d_weight;
-        if (a_input.defined()) {
+        if (a_input.defined() && a_weight.defined()) {
+            d_grad_out = geometry.conv_sum(a_input, weight, input, a_weight);
+        } else if (a_input.defined()) {
             d_grad_out = geometry.conv(a_input, weight);
+        } else if (a_weight.defined()) {
+            d_grad_out = geometry.conv(input, a_weight);
         }
-        if (a_weight.defined()) {
-            auto term = geometry.conv(input, a_weight);
-            d_grad_out = d_grad_out.defined() ? d_grad_out.add(term) : term;
-        }
-        if (weight_needed) {
-            d_weight = std::get<1>(geometry.conv_grads(grad_out, a_input, weight, false, true));
-        }
-        if (input_needed) {
-            d_input = std::get<0>(geometry.conv_grads(grad_out, input, a_weight, true, false));
+        if (weight_needed || input_needed) {
+            // The weight's term is the weight gradient of a convolution of a_input, the input's the
+            // input gradient of one with a_weight: one call computes both (a stand-in of the same
+            // shape fills the slot of the one not needed).
+            std::tie(d_input, d_weight) = geometry.conv_grads(grad_out, weight_needed ? a_input : input,
+                                                              input_needed ? a_weight : weight, input_needed,
+                                                              weight_needed);
         }
         auto d_grad = d_grad_out.defined() ? gather(d_grad_out, index, geometry.nhwc) : at::Tensor();
         return {d_grad, d_input, d_weight, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -198,6 +223,27 @@ const char *gtn_last_error() { return last_error.c_str(); }
 
 at::Tensor *gtn_conv_max_pool(const at::Tensor *input, const at::Tensor *weight, int64_t stride, int64_t padding) {
     return guarded([&] { return pool::ConvMaxPool::apply(*input, *weight, stride, padding); });
+}
+
+void gtn_set_winograd(bool enabled) { winograd_enabled = enabled; }
+
+// Winograd's convolution and its gradients, called directly by the tests that hold them to
+// libtorch's.
+at::Tensor *gtn_winograd_conv(const at::Tensor *input, const at::Tensor *weight) {
+    return guarded([&] {
+        TORCH_CHECK(winograd::applies(*input, *weight, 1, 1), "not a convolution Winograd's form takes");
+        return winograd::conv(*input, *weight);
+    });
+}
+
+// One of the two gradients (`weight_grad`: the weight's, or the input's), which `grads` computes
+// apart or together.
+at::Tensor *gtn_winograd_grad(const at::Tensor *grad_out, const at::Tensor *input, const at::Tensor *weight,
+                              bool weight_grad) {
+    return guarded([&] {
+        auto grads = winograd::grads(*grad_out, *input, *weight, !weight_grad, weight_grad);
+        return weight_grad ? std::get<1>(grads) : std::get<0>(grads);
+    });
 }
 
 at::Tensor *gtn_leaky_relu(const at::Tensor *x, double slope) {

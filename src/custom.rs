@@ -12,6 +12,7 @@ extern "C" {
     fn gtn_last_error() -> *const c_char;
     fn gtn_conv_max_pool(input: *const C_tensor, weight: *const C_tensor, stride: i64, padding: i64) -> *mut C_tensor;
     fn gtn_leaky_relu(x: *const C_tensor, slope: f64) -> *mut C_tensor;
+    fn gtn_set_winograd(enabled: bool);
 }
 
 /// Takes ownership of a tensor returned by csrc/custom.cpp; a null one carries libtorch's error.
@@ -38,6 +39,14 @@ pub fn conv_max_pool(input: &Tensor, weight: &Tensor, stride: i64, padding: i64)
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
     // SAFETY: a live tensor for the duration of the call.
     owned(unsafe { gtn_leaky_relu(x.as_ptr(), slope) }, "leaky_relu")
+}
+
+/// Whether the 3x3 convolutions of [`conv_max_pool`] take Winograd's form (csrc/winograd.cpp)
+/// where it applies, as they do by default, or libtorch's kernels: for benchmarks comparing the
+/// two in one process (benches/conv_block.rs). Process-wide.
+pub fn set_winograd(enabled: bool) {
+    // SAFETY: stores one atomic flag.
+    unsafe { gtn_set_winograd(enabled) }
 }
 
 #[cfg(test)]
@@ -104,6 +113,8 @@ mod tests {
             drop(grad);
             kept
         };
+        // The first call also allocates the matrix-product library's buffers, which it keeps.
+        kept_by_gradient(&|x, w| conv_max_pool(x, w, 1, 1));
         let ours = kept_by_gradient(&|x, w| conv_max_pool(x, w, 1, 1));
         let libtorch = kept_by_gradient(&|x, w| {
             x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
@@ -121,6 +132,73 @@ mod tests {
         let ours = kept_by(|t| leaky_relu(t, 0.1));
         let libtorch = kept_by(|t| t.leaky_relu_backward(t, 0.1, false));
         assert!(ours < 17 * MIB && libtorch >= 32 * MIB, "kept: ours {ours} bytes, libtorch's form {libtorch}");
+    }
+
+    extern "C" {
+        fn gtn_winograd_conv(input: *const C_tensor, weight: *const C_tensor) -> *mut C_tensor;
+        fn gtn_winograd_grad(
+            grad_out: *const C_tensor,
+            input: *const C_tensor,
+            weight: *const C_tensor,
+            weight_grad: bool,
+        ) -> *mut C_tensor;
+    }
+
+    /// Winograd's convolution of `x` with `w` and its two gradients for an output gradient
+    /// `probe`, next to libtorch's: (ours, libtorch's) for each.
+    fn winograd_and_libtorch(x: &Tensor, w: &Tensor, probe: &Tensor) -> [(Tensor, Tensor); 3] {
+        // SAFETY: live tensors for the duration of each call.
+        let ours = unsafe {
+            [
+                owned(gtn_winograd_conv(x.as_ptr(), w.as_ptr()), "winograd conv"),
+                owned(gtn_winograd_grad(probe.as_ptr(), x.as_ptr(), w.as_ptr(), false), "winograd input grad"),
+                owned(gtn_winograd_grad(probe.as_ptr(), x.as_ptr(), w.as_ptr(), true), "winograd weight grad"),
+            ]
+        };
+        let (x, w) = (x.detach().set_requires_grad(true), w.detach().set_requires_grad(true));
+        let y = x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        let grads = Tensor::run_backward(&[(&y * probe).sum(None::<Kind>)], &[&x, &w], false, false);
+        let [a, b, c] = ours;
+        [(a, y.detach()), (b, grads[0].shallow_clone()), (c, grads[1].shallow_clone())]
+    }
+
+    #[test]
+    fn winograd_convolution_and_gradients_equal_libtorchs() {
+        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        // 23 images of 14x14 are three chunks of transformed tiles, the last one partial.
+        for (n, c, k, h, w, channels_last) in [(23, 16, 20, 14, 14, true), (3, 17, 16, 6, 4, false)] {
+            let x = Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu));
+            let x = if channels_last { nhwc(x) } else { x };
+            let wt = Tensor::randn([k, c, 3, 3], (Kind::Double, Device::Cpu));
+            let probe = Tensor::randn([n, k, h, w], (Kind::Double, Device::Cpu));
+            let results = winograd_and_libtorch(&x, &wt, &probe);
+            assert_eq!(results[0].0.stride()[1] == 1, channels_last, "the convolution keeps the input's layout");
+            for ((ours, theirs), what) in results.iter().zip(["convolution", "input gradient", "weight gradient"]) {
+                assert_eq!(ours.size(), theirs.size(), "{what}");
+                let err = (ours - theirs).abs().max().double_value(&[]);
+                assert!(err < 1e-11, "{what} differs by {err:e} ({n}x{c}x{h}x{w} -> {k})");
+            }
+        }
+        // In float32, base_fc's second layer: rounding apart (relative to the largest value).
+        let x = nhwc(Tensor::randn([16, 64, 14, 14], (Kind::Float, Device::Cpu)));
+        let wt = Tensor::randn([128, 64, 3, 3], (Kind::Float, Device::Cpu)) * 0.05;
+        let probe = Tensor::randn([16, 128, 14, 14], (Kind::Float, Device::Cpu));
+        for ((ours, theirs), what) in
+            winograd_and_libtorch(&x, &wt, &probe).iter().zip(["convolution", "input gradient", "weight gradient"])
+        {
+            let err = (ours - theirs).abs().max().double_value(&[]) / theirs.abs().max().double_value(&[]);
+            assert!(err < 1e-5, "{what}: float32 relative error {err:e}");
+        }
+    }
+
+    #[test]
+    fn winograd_refuses_what_it_does_not_compute() {
+        let x = Tensor::ones([1, 16, 5, 4], (Kind::Float, Device::Cpu));
+        let w = Tensor::ones([16, 16, 3, 3], (Kind::Float, Device::Cpu));
+        // SAFETY: live tensors for the duration of the call.
+        let err = std::panic::catch_unwind(|| owned(unsafe { gtn_winograd_conv(x.as_ptr(), w.as_ptr()) }, "winograd"));
+        let message = err.unwrap_err().downcast_ref::<String>().cloned().unwrap();
+        assert!(message.contains("not a convolution Winograd's form takes"), "{message}");
     }
 
     #[test]

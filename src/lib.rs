@@ -8,7 +8,7 @@ pub mod checkpoint;
 pub mod compare;
 pub mod config;
 pub mod curriculum;
-mod custom;
+pub mod custom;
 pub mod data;
 pub mod eval;
 pub mod generator;

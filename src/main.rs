@@ -312,6 +312,10 @@ struct BenchArgs {
     /// here and list the ops that took the time (CPU ops only: on a GPU, their launch times).
     #[arg(long, value_name = "TRACE.json")]
     profile: Option<PathBuf>,
+    /// Run the learners' 3x3 convolutions by libtorch's kernels, not Winograd's form (to compare
+    /// the two with one binary).
+    #[arg(long)]
+    no_winograd: bool,
 }
 
 #[derive(Args)]
@@ -530,6 +534,7 @@ fn run(cli: Cli) -> Result<()> {
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.data_dir = args.data_dir.or(config.data_dir);
             config.validate()?;
+            gtn::custom::set_winograd(!args.no_winograd);
             let report = gtn::bench::run(&config, args.meta_iters.max(1), device, args.profile.as_deref())?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);

@@ -676,7 +676,8 @@ mod tests {
                 false,
             )
         };
-        let layouts = [(1, false), (4, false), (4, true)];
+        // 16 channels of an even size take Winograd's form (csrc/winograd.cpp).
+        let layouts = [(1, false), (4, false), (4, true), (16, true)];
         for ((h, w), (c, nhwc)) in [(28, 28), (7, 5), (1, 2)].into_iter().flat_map(|s| layouts.map(|l| (s, l))) {
             let x = leaf(&[3, c, h, w], 1);
             let x = if nhwc { channels_last(&x.detach()).set_requires_grad(true) } else { x };

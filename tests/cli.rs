@@ -252,6 +252,26 @@ fn nas_score_truth_merge_report() {
 }
 
 #[test]
+fn bench_runs_base_fc_convolutions_by_winograd_unless_told_not_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("trace.json");
+    let fixtures = fixtures();
+    let args = ["bench", "--preset", "tiny", "--learner", "base-fc", "--steps", "2", "--meta-iters", "1", "--json"];
+    let ops = |flags: &[&str]| -> Vec<String> {
+        let more = ["--data-dir", fixtures.to_str().unwrap(), "--profile", trace.to_str().unwrap()];
+        let report: serde_json::Value =
+            serde_json::from_str(stdout(&gtn(&[&args[..], &more, flags].concat())).trim()).unwrap();
+        let ops = report["profile"]["top_ops"].as_array().unwrap();
+        ops.iter().map(|op| op["name"].as_str().unwrap().to_owned()).collect()
+    };
+    // Winograd's form multiplies transformed tiles in batched matrix products.
+    let winograd = ops(&[]);
+    assert!(winograd.iter().any(|op| op == "aten::bmm"), "{winograd:?}");
+    let libtorch = ops(&["--no-winograd"]);
+    assert!(!libtorch.iter().any(|op| op == "aten::bmm"), "{libtorch:?}");
+}
+
+#[test]
 fn bench_reports_time_memory_and_a_profile() {
     let tmp = tempfile::tempdir().unwrap();
     let trace = tmp.path().join("trace.json");

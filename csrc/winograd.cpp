@@ -1,0 +1,269 @@
+#include "winograd.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+namespace winograd {
+namespace {
+
+// Below this many channels on either side the matrix products are too thin to pay for the
+// transforms (base_fc's second layer has 64 in, 128 out; its first, one).
+constexpr int64_t kMinChannels = 16;
+
+// Tiles transformed and multiplied at a time: small enough that a chunk's transformed input and
+// output (16 x tiles x channels each) stay in cache between the transform and the product.
+constexpr int64_t kChunkTiles = 512;
+
+constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
+
+// The transforms' loops run over channels, contiguous in every tensor they read and write; the
+// compiler cannot prove that the sixteen pixel rows of a tile do not alias its output.
+#define VECTORIZE _Pragma("GCC ivdep")
+
+// A channels-last batch of images [n, h, w, c] cut into 2x2 output tiles.
+struct Tiles {
+    int64_t n, h, w;
+    int64_t rows() const { return h / 2; }
+    int64_t cols() const { return w / 2; }
+    int64_t per_image() const { return rows() * cols(); }
+    int64_t images_per_chunk() const { return std::max<int64_t>(1, kChunkTiles / per_image()); }
+};
+
+// G ⊗ G as a [16, 9] matrix: the weight transform G g G^T of every 3x3 kernel at once.
+at::Tensor g_kron_g(const at::TensorOptions &options) {
+    static const double g[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+    std::vector<double> m(16 * 9);
+    for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b)
+            for (int k = 0; k < 3; ++k)
+                for (int l = 0; l < 3; ++l) m[(a * 4 + b) * 9 + k * 3 + l] = g[a][k] * g[b][l];
+    return at::tensor(m, at::kDouble).view({16, 9}).to(options);
+}
+
+// [K, C, 3, 3] -> [16, C, K].
+at::Tensor weight_transform(const at::Tensor &weight) {
+    auto k = weight.size(0), c = weight.size(1);
+    return at::matmul(g_kron_g(weight.options()), weight.reshape({k * c, 9}).t()).view({16, k, c}).transpose(1, 2);
+}
+
+// Its adjoint: [16, C, K] -> [K, C, 3, 3].
+at::Tensor weight_transform_adjoint(const at::Tensor &u) {
+    auto c = u.size(1), k = u.size(2);
+    return at::matmul(u.transpose(1, 2).reshape({16, k * c}).t(), g_kron_g(u.options())).reshape({k, c, 3, 3});
+}
+
+// B^T d B for the 4x4 patch around every tile of `images` images from `x` (zero outside the
+// image), into `v` [16, tiles, c].
+template <typename T>
+void input_transform(const T *x, T *v, int64_t images, const Tiles &t, int64_t c) {
+    const std::vector<T> zeros(c, T(0));
+    const int64_t plane = images * t.per_image() * c;
+    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t b = lo; b < hi; ++b)
+            for (int64_t i = 0; i < t.rows(); ++i)
+                for (int64_t j = 0; j < t.cols(); ++j) {
+                    const T *p[4][4];
+                    for (int r = 0; r < 4; ++r)
+                        for (int s = 0; s < 4; ++s) {
+                            int64_t h = 2 * i - 1 + r, w = 2 * j - 1 + s;
+                            bool inside = h >= 0 && h < t.h && w >= 0 && w < t.w;
+                            p[r][s] = inside ? x + ((b * t.h + h) * t.w + w) * c : zeros.data();
+                        }
+                    T *out = v + ((b * t.rows() + i) * t.cols() + j) * c;
+                    VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                        T u[4][4];
+                        for (int s = 0; s < 4; ++s) {
+                            T d0 = p[0][s][k], d1 = p[1][s][k], d2 = p[2][s][k], d3 = p[3][s][k];
+                            u[0][s] = d0 - d2, u[1][s] = d1 + d2, u[2][s] = d2 - d1, u[3][s] = d1 - d3;
+                        }
+                        for (int r = 0; r < 4; ++r) {
+                            T *o = out + r * 4 * plane + k;
+                            o[0] = u[r][0] - u[r][2], o[plane] = u[r][1] + u[r][2];
+                            o[2 * plane] = u[r][2] - u[r][1], o[3 * plane] = u[r][1] - u[r][3];
+                        }
+                    }
+                }
+    });
+}
+
+// The adjoint of input_transform: B V B^T of every tile of `v` [16, tiles, c], added into the
+// pixels of `x` that its patch covers (padding dropped). Images run in parallel, the
+// overlapping tiles of one image in order.
+template <typename T>
+void input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, int64_t c) {
+    const int64_t plane = images * t.per_image() * c;
+    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+        std::vector<T> sink(c);
+        for (int64_t b = lo; b < hi; ++b)
+            for (int64_t i = 0; i < t.rows(); ++i)
+                for (int64_t j = 0; j < t.cols(); ++j) {
+                    T *p[4][4];
+                    for (int r = 0; r < 4; ++r)
+                        for (int s = 0; s < 4; ++s) {
+                            int64_t h = 2 * i - 1 + r, w = 2 * j - 1 + s;
+                            bool inside = h >= 0 && h < t.h && w >= 0 && w < t.w;
+                            p[r][s] = inside ? x + ((b * t.h + h) * t.w + w) * c : sink.data();
+                        }
+                    const T *in = v + ((b * t.rows() + i) * t.cols() + j) * c;
+                    VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                        T u[4][4];
+                        for (int r = 0; r < 4; ++r) {
+                            const T *e = in + r * 4 * plane + k;
+                            T e0 = e[0], e1 = e[plane], e2 = e[2 * plane], e3 = e[3 * plane];
+                            u[r][0] = e0, u[r][1] = e1 - e2 + e3, u[r][2] = e1 + e2 - e0, u[r][3] = -e3;
+                        }
+                        for (int s = 0; s < 4; ++s) {
+                            p[0][s][k] += u[0][s];
+                            p[1][s][k] += u[1][s] - u[2][s] + u[3][s];
+                            p[2][s][k] += u[1][s] + u[2][s] - u[0][s];
+                            p[3][s][k] -= u[3][s];
+                        }
+                    }
+                }
+    });
+}
+
+// A^T m A of every tile of `m` [16, tiles, c]: the 2x2 output pixels of `y`.
+template <typename T>
+void output_transform(const T *m, T *y, int64_t images, const Tiles &t, int64_t c) {
+    const int64_t plane = images * t.per_image() * c;
+    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t b = lo; b < hi; ++b)
+            for (int64_t i = 0; i < t.rows(); ++i)
+                for (int64_t j = 0; j < t.cols(); ++j) {
+                    T *q[2][2];
+                    for (int r = 0; r < 2; ++r)
+                        for (int s = 0; s < 2; ++s) q[r][s] = y + ((b * t.h + 2 * i + r) * t.w + 2 * j + s) * c;
+                    const T *in = m + ((b * t.rows() + i) * t.cols() + j) * c;
+                    VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                        T u[2][4];
+                        for (int s = 0; s < 4; ++s) {
+                            const T *e = in + s * plane + k;
+                            T m0 = e[0], m1 = e[4 * plane], m2 = e[8 * plane], m3 = e[12 * plane];
+                            u[0][s] = m0 + m1 + m2, u[1][s] = m1 - m2 - m3;
+                        }
+                        for (int r = 0; r < 2; ++r) {
+                            q[r][0][k] = u[r][0] + u[r][1] + u[r][2];
+                            q[r][1][k] = u[r][1] - u[r][2] - u[r][3];
+                        }
+                    }
+                }
+    });
+}
+
+// The adjoint of output_transform: A g A^T of every 2x2 tile of `y`, into `m` [16, tiles, c].
+template <typename T>
+void output_transform_adjoint(const T *y, T *m, int64_t images, const Tiles &t, int64_t c) {
+    const int64_t plane = images * t.per_image() * c;
+    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t b = lo; b < hi; ++b)
+            for (int64_t i = 0; i < t.rows(); ++i)
+                for (int64_t j = 0; j < t.cols(); ++j) {
+                    const T *q[2][2];
+                    for (int r = 0; r < 2; ++r)
+                        for (int s = 0; s < 2; ++s) q[r][s] = y + ((b * t.h + 2 * i + r) * t.w + 2 * j + s) * c;
+                    T *out = m + ((b * t.rows() + i) * t.cols() + j) * c;
+                    VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                        T u[2][4];
+                        for (int r = 0; r < 2; ++r) {
+                            T g0 = q[r][0][k], g1 = q[r][1][k];
+                            u[r][0] = g0, u[r][1] = g0 + g1, u[r][2] = g0 - g1, u[r][3] = -g1;
+                        }
+                        for (int s = 0; s < 4; ++s) {
+                            T *o = out + s * plane + k;
+                            o[0] = u[0][s], o[4 * plane] = u[0][s] + u[1][s];
+                            o[8 * plane] = u[0][s] - u[1][s], o[12 * plane] = -u[1][s];
+                        }
+                    }
+                }
+    });
+}
+
+Tiles tiles_of(const at::Tensor &t) { return {t.size(0), t.size(2), t.size(3)}; }
+
+// Runs `f(first image, images)` over the batch a chunk at a time.
+template <typename F>
+void by_chunk(const Tiles &t, F f) {
+    for (int64_t b = 0; b < t.n; b += t.images_per_chunk()) f(b, std::min(t.images_per_chunk(), t.n - b));
+}
+
+// A chunk's transformed input [16, tiles, c] (or output, for `adjoint_of_output`).
+at::Tensor transformed(const at::Tensor &nhwc, int64_t first, int64_t images, bool adjoint_of_output) {
+    auto t = tiles_of(nhwc);
+    auto c = nhwc.size(1);
+    auto v = at::empty({16, images * t.per_image(), c}, nhwc.options());
+    AT_DISPATCH_FLOATING_TYPES(nhwc.scalar_type(), "winograd_transform", [&] {
+        const auto *x = nhwc.const_data_ptr<scalar_t>() + first * t.h * t.w * c;
+        auto *out = v.data_ptr<scalar_t>();
+        if (adjoint_of_output)
+            output_transform_adjoint(x, out, images, t, c);
+        else
+            input_transform(x, out, images, t, c);
+    });
+    return v;
+}
+
+}  // namespace
+
+bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, int64_t padding) {
+    auto kind = input.scalar_type();
+    return input.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
+           input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) == 3 &&
+           weight.size(3) == 3 && stride == 1 && padding == 1 && input.size(2) % 2 == 0 && input.size(3) % 2 == 0 &&
+           input.size(1) >= kMinChannels && weight.size(0) >= kMinChannels;
+}
+
+at::Tensor conv_sum(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
+                    const at::Tensor &other_weight) {
+    std::vector<std::pair<at::Tensor, at::Tensor>> terms{{input.contiguous(kNhwc), weight_transform(weight)}};
+    if (other.defined()) terms.emplace_back(other.contiguous(kNhwc), weight_transform(other_weight));
+    auto t = tiles_of(input);
+    auto k = weight.size(0);
+    auto y = at::empty({t.n, k, t.h, t.w}, input.options().memory_format(kNhwc));
+    by_chunk(t, [&](int64_t first, int64_t images) {
+        at::Tensor m;
+        for (auto &[x, u] : terms) {
+            auto v = transformed(x, first, images, false);
+            m = m.defined() ? m.baddbmm_(v, u) : at::bmm(v, u);
+        }
+        AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "winograd_output", [&] {
+            output_transform(m.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>() + first * t.h * t.w * k, images, t,
+                             k);
+        });
+    });
+    return y.contiguous(input.suggest_memory_format());
+}
+
+at::Tensor conv(const at::Tensor &input, const at::Tensor &weight) { return conv_sum(input, weight, {}, {}); }
+
+std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::Tensor &input,
+                                         const at::Tensor &weight, bool want_input, bool want_weight) {
+    auto g = grad_out.contiguous(kNhwc), x = input.contiguous(kNhwc);
+    auto t = tiles_of(g);
+    auto c = weight.size(1);
+    at::Tensor input_grad, u_t, weight_grad;
+    if (want_input) {
+        u_t = weight_transform(weight).transpose(1, 2);
+        // at::zeros would drop the memory format.
+        input_grad = at::empty({t.n, c, t.h, t.w}, g.options().memory_format(kNhwc)).zero_();
+    }
+    if (want_weight) weight_grad = at::zeros({16, c, weight.size(0)}, x.options());
+    by_chunk(t, [&](int64_t first, int64_t images) {
+        // The output gradient's transform, shared by both gradients.
+        auto m = transformed(g, first, images, true);
+        if (want_weight) weight_grad.baddbmm_(transformed(x, first, images, false).transpose(1, 2), m);
+        if (!want_input) return;
+        auto v = at::bmm(m, u_t);
+        AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "winograd_input_adjoint", [&] {
+            input_transform_adjoint(v.const_data_ptr<scalar_t>(),
+                                    input_grad.data_ptr<scalar_t>() + first * t.h * t.w * c, images, t, c);
+        });
+    });
+    return {input_grad, want_weight ? weight_transform_adjoint(weight_grad) : at::Tensor()};
+}
+
+}  // namespace winograd

@@ -1,0 +1,36 @@
+// 3x3 convolutions (stride 1, zero padding 1) and their two gradients by Winograd's F(2x2, 3x3)
+// on the CPU: each 2x2 output tile is A^T [(G g G^T) ⊙ (B^T d B)] A for the 4x4 input patch d
+// around it, so over a batch the convolution is 16 matrix products (one per point of the 4x4
+// transformed tile, over channels) with 4/9 of direct convolution's multiply-adds. The two
+// gradients are the exact adjoints of the same linear maps: in exact arithmetic all three equal
+// libtorch's convolution and its backward; in float32 they differ by rounding.
+//
+// Plain ATen functions with no autograd of their own: callers run them where no graph is being
+// recorded (the forward and backward of csrc/custom.cpp's autograd functions).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace winograd {
+
+// Whether `input` [N, C, H, W] convolved with `weight` [K, C, 3, 3] can go this way: on the CPU,
+// float or double, stride 1, padding 1, H and W even, and channels enough for the matrix
+// products to pay for the transforms. Channels-last inputs are read without a copy.
+bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, int64_t padding);
+
+// The convolution [N, K, H, W], in the input's memory format.
+at::Tensor conv(const at::Tensor &input, const at::Tensor &weight);
+
+// `conv(input, weight) + conv(other, other_weight)`, summed before the output transform.
+at::Tensor conv_sum(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
+                    const at::Tensor &other_weight);
+
+// The gradients with respect to `input` [N, C, H, W] (channels-last) and `weight` [K, C, 3, 3]
+// of their convolution, given its output gradient `grad_out` [N, K, H, W]; the ones not wanted
+// are undefined.
+std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::Tensor &input,
+                                         const at::Tensor &weight, bool want_input, bool want_weight);
+
+}  // namespace winograd
