@@ -31,7 +31,21 @@ struct Tiles {
     int64_t cols() const { return w / 2; }
     int64_t per_image() const { return rows() * cols(); }
     int64_t images_per_chunk() const { return std::max<int64_t>(1, kChunkTiles / per_image()); }
+    // Offsets, in elements of `c` channels: of pixel (h, w) of image b, and of tile (i, j) of
+    // image b within a plane of transformed tiles.
+    int64_t pixel(int64_t b, int64_t y, int64_t x, int64_t c) const { return ((b * h + y) * w + x) * c; }
+    int64_t tile(int64_t b, int64_t i, int64_t j, int64_t c) const { return ((b * rows() + i) * cols() + j) * c; }
 };
+
+// Runs `f(image, tile row, tile column)` over every tile of `images` images, images in parallel.
+template <typename F>
+void for_each_tile(int64_t images, const Tiles &t, F f) {
+    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t b = lo; b < hi; ++b)
+            for (int64_t i = 0; i < t.rows(); ++i)
+                for (int64_t j = 0; j < t.cols(); ++j) f(b, i, j);
+    });
+}
 
 // G ⊗ G as a [16, 9] matrix: the weight transform G g G^T of every 3x3 kernel at once.
 at::Tensor g_kron_g(const at::TensorOptions &options) {
@@ -56,74 +70,76 @@ at::Tensor weight_transform_adjoint(const at::Tensor &u) {
     return at::matmul(u.transpose(1, 2).reshape({16, k * c}).t(), g_kron_g(u.options())).reshape({k, c, 3, 3});
 }
 
+// The pixels of the 4x4 patch around tile (i, j) of image b of `x`: `outside` where the patch
+// overhangs the image.
+template <typename P>
+void patch(P (&p)[4][4], P x, int64_t b, int64_t i, int64_t j, const Tiles &t, int64_t c, P outside) {
+    for (int r = 0; r < 4; ++r)
+        for (int s = 0; s < 4; ++s) {
+            int64_t h = 2 * i - 1 + r, w = 2 * j - 1 + s;
+            bool inside = h >= 0 && h < t.h && w >= 0 && w < t.w;
+            p[r][s] = inside ? x + t.pixel(b, h, w, c) : outside;
+        }
+}
+
+// The 2x2 output pixels of tile (i, j) of image b of `y`.
+template <typename P>
+void quad(P (&q)[2][2], P y, int64_t b, int64_t i, int64_t j, const Tiles &t, int64_t c) {
+    for (int r = 0; r < 2; ++r)
+        for (int s = 0; s < 2; ++s) q[r][s] = y + t.pixel(b, 2 * i + r, 2 * j + s, c);
+}
+
 // B^T d B for the 4x4 patch around every tile of `images` images from `x` (zero outside the
 // image), into `v` [16, tiles, c].
 template <typename T>
 void input_transform(const T *x, T *v, int64_t images, const Tiles &t, int64_t c) {
     const std::vector<T> zeros(c, T(0));
     const int64_t plane = images * t.per_image() * c;
-    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
-        for (int64_t b = lo; b < hi; ++b)
-            for (int64_t i = 0; i < t.rows(); ++i)
-                for (int64_t j = 0; j < t.cols(); ++j) {
-                    const T *p[4][4];
-                    for (int r = 0; r < 4; ++r)
-                        for (int s = 0; s < 4; ++s) {
-                            int64_t h = 2 * i - 1 + r, w = 2 * j - 1 + s;
-                            bool inside = h >= 0 && h < t.h && w >= 0 && w < t.w;
-                            p[r][s] = inside ? x + ((b * t.h + h) * t.w + w) * c : zeros.data();
-                        }
-                    T *out = v + ((b * t.rows() + i) * t.cols() + j) * c;
-                    VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                        T u[4][4];
-                        for (int s = 0; s < 4; ++s) {
-                            T d0 = p[0][s][k], d1 = p[1][s][k], d2 = p[2][s][k], d3 = p[3][s][k];
-                            u[0][s] = d0 - d2, u[1][s] = d1 + d2, u[2][s] = d2 - d1, u[3][s] = d1 - d3;
-                        }
-                        for (int r = 0; r < 4; ++r) {
-                            T *o = out + r * 4 * plane + k;
-                            o[0] = u[r][0] - u[r][2], o[plane] = u[r][1] + u[r][2];
-                            o[2 * plane] = u[r][2] - u[r][1], o[3 * plane] = u[r][1] - u[r][3];
-                        }
-                    }
-                }
+    for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
+        const T *p[4][4];
+        patch(p, x, b, i, j, t, c, zeros.data());
+        T *out = v + t.tile(b, i, j, c);
+        VECTORIZE for (int64_t k = 0; k < c; ++k) {
+            T u[4][4];
+            for (int s = 0; s < 4; ++s) {
+                T d0 = p[0][s][k], d1 = p[1][s][k], d2 = p[2][s][k], d3 = p[3][s][k];
+                u[0][s] = d0 - d2, u[1][s] = d1 + d2, u[2][s] = d2 - d1, u[3][s] = d1 - d3;
+            }
+            for (int r = 0; r < 4; ++r) {
+                T *o = out + r * 4 * plane + k;
+                o[0] = u[r][0] - u[r][2], o[plane] = u[r][1] + u[r][2];
+                o[2 * plane] = u[r][2] - u[r][1], o[3 * plane] = u[r][1] - u[r][3];
+            }
+        }
     });
 }
 
 // The adjoint of input_transform: B V B^T of every tile of `v` [16, tiles, c], added into the
-// pixels of `x` that its patch covers (padding dropped). Images run in parallel, the
-// overlapping tiles of one image in order.
+// pixels of `x` that its patch covers (what falls on the padding goes to a per-thread sink).
+// Images run in parallel, the overlapping tiles of one image in order.
 template <typename T>
 void input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, int64_t c) {
     const int64_t plane = images * t.per_image() * c;
-    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
-        std::vector<T> sink(c);
-        for (int64_t b = lo; b < hi; ++b)
-            for (int64_t i = 0; i < t.rows(); ++i)
-                for (int64_t j = 0; j < t.cols(); ++j) {
-                    T *p[4][4];
-                    for (int r = 0; r < 4; ++r)
-                        for (int s = 0; s < 4; ++s) {
-                            int64_t h = 2 * i - 1 + r, w = 2 * j - 1 + s;
-                            bool inside = h >= 0 && h < t.h && w >= 0 && w < t.w;
-                            p[r][s] = inside ? x + ((b * t.h + h) * t.w + w) * c : sink.data();
-                        }
-                    const T *in = v + ((b * t.rows() + i) * t.cols() + j) * c;
-                    VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                        T u[4][4];
-                        for (int r = 0; r < 4; ++r) {
-                            const T *e = in + r * 4 * plane + k;
-                            T e0 = e[0], e1 = e[plane], e2 = e[2 * plane], e3 = e[3 * plane];
-                            u[r][0] = e0, u[r][1] = e1 - e2 + e3, u[r][2] = e1 + e2 - e0, u[r][3] = -e3;
-                        }
-                        for (int s = 0; s < 4; ++s) {
-                            p[0][s][k] += u[0][s];
-                            p[1][s][k] += u[1][s] - u[2][s] + u[3][s];
-                            p[2][s][k] += u[1][s] + u[2][s] - u[0][s];
-                            p[3][s][k] -= u[3][s];
-                        }
-                    }
-                }
+    for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
+        thread_local std::vector<T> sink;
+        if (static_cast<int64_t>(sink.size()) < c) sink.resize(c);
+        T *p[4][4];
+        patch(p, x, b, i, j, t, c, sink.data());
+        const T *in = v + t.tile(b, i, j, c);
+        VECTORIZE for (int64_t k = 0; k < c; ++k) {
+            T u[4][4];
+            for (int r = 0; r < 4; ++r) {
+                const T *e = in + r * 4 * plane + k;
+                T e0 = e[0], e1 = e[plane], e2 = e[2 * plane], e3 = e[3 * plane];
+                u[r][0] = e0, u[r][1] = e1 - e2 + e3, u[r][2] = e1 + e2 - e0, u[r][3] = -e3;
+            }
+            for (int s = 0; s < 4; ++s) {
+                p[0][s][k] += u[0][s];
+                p[1][s][k] += u[1][s] - u[2][s] + u[3][s];
+                p[2][s][k] += u[1][s] + u[2][s] - u[0][s];
+                p[3][s][k] -= u[3][s];
+            }
+        }
     });
 }
 
@@ -131,27 +147,22 @@ void input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, i
 template <typename T>
 void output_transform(const T *m, T *y, int64_t images, const Tiles &t, int64_t c) {
     const int64_t plane = images * t.per_image() * c;
-    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
-        for (int64_t b = lo; b < hi; ++b)
-            for (int64_t i = 0; i < t.rows(); ++i)
-                for (int64_t j = 0; j < t.cols(); ++j) {
-                    T *q[2][2];
-                    for (int r = 0; r < 2; ++r)
-                        for (int s = 0; s < 2; ++s) q[r][s] = y + ((b * t.h + 2 * i + r) * t.w + 2 * j + s) * c;
-                    const T *in = m + ((b * t.rows() + i) * t.cols() + j) * c;
-                    VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                        T u[2][4];
-                        for (int s = 0; s < 4; ++s) {
-                            const T *e = in + s * plane + k;
-                            T m0 = e[0], m1 = e[4 * plane], m2 = e[8 * plane], m3 = e[12 * plane];
-                            u[0][s] = m0 + m1 + m2, u[1][s] = m1 - m2 - m3;
-                        }
-                        for (int r = 0; r < 2; ++r) {
-                            q[r][0][k] = u[r][0] + u[r][1] + u[r][2];
-                            q[r][1][k] = u[r][1] - u[r][2] - u[r][3];
-                        }
-                    }
-                }
+    for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
+        T *q[2][2];
+        quad(q, y, b, i, j, t, c);
+        const T *in = m + t.tile(b, i, j, c);
+        VECTORIZE for (int64_t k = 0; k < c; ++k) {
+            T u[2][4];
+            for (int s = 0; s < 4; ++s) {
+                const T *e = in + s * plane + k;
+                T m0 = e[0], m1 = e[4 * plane], m2 = e[8 * plane], m3 = e[12 * plane];
+                u[0][s] = m0 + m1 + m2, u[1][s] = m1 - m2 - m3;
+            }
+            for (int r = 0; r < 2; ++r) {
+                q[r][0][k] = u[r][0] + u[r][1] + u[r][2];
+                q[r][1][k] = u[r][1] - u[r][2] - u[r][3];
+            }
+        }
     });
 }
 
@@ -159,27 +170,22 @@ void output_transform(const T *m, T *y, int64_t images, const Tiles &t, int64_t 
 template <typename T>
 void output_transform_adjoint(const T *y, T *m, int64_t images, const Tiles &t, int64_t c) {
     const int64_t plane = images * t.per_image() * c;
-    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
-        for (int64_t b = lo; b < hi; ++b)
-            for (int64_t i = 0; i < t.rows(); ++i)
-                for (int64_t j = 0; j < t.cols(); ++j) {
-                    const T *q[2][2];
-                    for (int r = 0; r < 2; ++r)
-                        for (int s = 0; s < 2; ++s) q[r][s] = y + ((b * t.h + 2 * i + r) * t.w + 2 * j + s) * c;
-                    T *out = m + ((b * t.rows() + i) * t.cols() + j) * c;
-                    VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                        T u[2][4];
-                        for (int r = 0; r < 2; ++r) {
-                            T g0 = q[r][0][k], g1 = q[r][1][k];
-                            u[r][0] = g0, u[r][1] = g0 + g1, u[r][2] = g0 - g1, u[r][3] = -g1;
-                        }
-                        for (int s = 0; s < 4; ++s) {
-                            T *o = out + s * plane + k;
-                            o[0] = u[0][s], o[4 * plane] = u[0][s] + u[1][s];
-                            o[8 * plane] = u[0][s] - u[1][s], o[12 * plane] = -u[1][s];
-                        }
-                    }
-                }
+    for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
+        const T *q[2][2];
+        quad(q, y, b, i, j, t, c);
+        T *out = m + t.tile(b, i, j, c);
+        VECTORIZE for (int64_t k = 0; k < c; ++k) {
+            T u[2][4];
+            for (int r = 0; r < 2; ++r) {
+                T g0 = q[r][0][k], g1 = q[r][1][k];
+                u[r][0] = g0, u[r][1] = g0 + g1, u[r][2] = g0 - g1, u[r][3] = -g1;
+            }
+            for (int s = 0; s < 4; ++s) {
+                T *o = out + s * plane + k;
+                o[0] = u[0][s], o[4 * plane] = u[0][s] + u[1][s];
+                o[8 * plane] = u[0][s] - u[1][s], o[12 * plane] = -u[1][s];
+            }
+        }
     });
 }
 
@@ -197,7 +203,7 @@ at::Tensor transformed(const at::Tensor &nhwc, int64_t first, int64_t images, bo
     auto c = nhwc.size(1);
     auto v = at::empty({16, images * t.per_image(), c}, nhwc.options());
     AT_DISPATCH_FLOATING_TYPES(nhwc.scalar_type(), "winograd_transform", [&] {
-        const auto *x = nhwc.const_data_ptr<scalar_t>() + first * t.h * t.w * c;
+        const auto *x = nhwc.const_data_ptr<scalar_t>() + t.pixel(first, 0, 0, c);
         auto *out = v.data_ptr<scalar_t>();
         if (adjoint_of_output)
             output_transform_adjoint(x, out, images, t, c);
@@ -231,7 +237,7 @@ at::Tensor conv_sum(const at::Tensor &input, const at::Tensor &weight, const at:
             m = m.defined() ? m.baddbmm_(v, u) : at::bmm(v, u);
         }
         AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "winograd_output", [&] {
-            output_transform(m.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>() + first * t.h * t.w * k, images, t,
+            output_transform(m.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>() + t.pixel(first, 0, 0, k), images, t,
                              k);
         });
     });
@@ -260,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::T
         auto v = at::bmm(m, u_t);
         AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "winograd_input_adjoint", [&] {
             input_transform_adjoint(v.const_data_ptr<scalar_t>(),
-                                    input_grad.data_ptr<scalar_t>() + first * t.h * t.w * c, images, t, c);
+                                    input_grad.data_ptr<scalar_t>() + t.pixel(first, 0, 0, c), images, t, c);
         });
     });
     return {input_grad, want_weight ? weight_transform_adjoint(weight_grad) : at::Tensor()};
