@@ -31,7 +31,7 @@ struct Tiles {
     int64_t cols() const { return w / 2; }
     int64_t per_image() const { return rows() * cols(); }
     int64_t images_per_chunk() const { return std::max<int64_t>(1, kChunkTiles / per_image()); }
-    // Offsets, in elements of `c` channels: of pixel (h, w) of image b, and of tile (i, j) of
+    // Offsets, in elements of `c` channels: of pixel (y, x) of image b, and of tile (i, j) of
     // image b within a plane of transformed tiles.
     int64_t pixel(int64_t b, int64_t y, int64_t x, int64_t c) const { return ((b * h + y) * w + x) * c; }
     int64_t tile(int64_t b, int64_t i, int64_t j, int64_t c) const { return ((b * rows() + i) * cols() + j) * c; }
@@ -248,7 +248,8 @@ at::Tensor conv(const at::Tensor &input, const at::Tensor &weight) { return conv
 
 std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::Tensor &input,
                                          const at::Tensor &weight, bool want_input, bool want_weight) {
-    auto g = grad_out.contiguous(kNhwc), x = input.contiguous(kNhwc);
+    auto g = grad_out.contiguous(kNhwc);
+    auto x = want_weight ? input.contiguous(kNhwc) : at::Tensor();
     auto t = tiles_of(g);
     auto c = weight.size(1);
     at::Tensor input_grad, u_t, weight_grad;
@@ -257,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::T
         // at::zeros would drop the memory format.
         input_grad = at::empty({t.n, c, t.h, t.w}, g.options().memory_format(kNhwc)).zero_();
     }
-    if (want_weight) weight_grad = at::zeros({16, c, weight.size(0)}, x.options());
+    if (want_weight) weight_grad = at::zeros({16, c, weight.size(0)}, g.options());
     by_chunk(t, [&](int64_t first, int64_t images) {
         // The output gradient's transform, shared by both gradients.
         auto m = transformed(g, first, images, true);

@@ -27,9 +27,10 @@ at::Tensor conv(const at::Tensor &input, const at::Tensor &weight);
 at::Tensor conv_sum(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
                     const at::Tensor &other_weight);
 
-// The gradients with respect to `input` [N, C, H, W] (channels-last) and `weight` [K, C, 3, 3]
-// of their convolution, given its output gradient `grad_out` [N, K, H, W]; the ones not wanted
-// are undefined.
+// The gradients with respect to `input` [N, C, H, W] and `weight` [K, C, 3, 3] of their
+// convolution, given its output gradient `grad_out` [N, K, H, W]; the input's comes channels-last,
+// the ones not wanted undefined. `input` is read only for the weight's gradient and `weight` only
+// for the input's (as in libtorch's convolution_backward).
 std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::Tensor &input,
                                          const at::Tensor &weight, bool want_input, bool want_weight);
 
