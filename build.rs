@@ -1,4 +1,4 @@
-//! Compiles the project's C++ (csrc/: autograd functions, Winograd convolutions, the profiler hook) against the libtorch that
+//! Compiles the project's C++ (csrc/: autograd functions, Winograd convolutions, the upsampling resampling, the profiler hook) against the libtorch that
 //! tch links, found the way torch-sys finds it (`LIBTORCH`, set in .cargo/config.toml).
 use std::path::PathBuf;
 
@@ -24,6 +24,7 @@ fn main() {
         .warnings(false)
         .file("csrc/custom.cpp")
         .file("csrc/profile.cpp")
+        .file("csrc/upsample.cpp")
         .file("csrc/winograd.cpp")
         .compile("gtn_custom");
     println!("cargo:rustc-link-lib=torch_cpu");

@@ -5,6 +5,7 @@
 // `torch::Tensor *` (= `at::Tensor *`) is what tch's `C_tensor` points to.
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "upsample.h"
 #include "winograd.h"
 
 #include <atomic>
@@ -37,6 +38,68 @@ struct LeakyReluKeepingOutput : public torch::autograd::Function<LeakyReluKeepin
         return {at::leaky_relu_backward(grads[0], y, slope, /*self_is_result=*/true), at::Tensor()};
     }
 };
+
+// The upsampling block's replicate padding and parity gather (csrc/upsample.h), each a linear
+// map whose backward is its adjoint, itself an autograd function whose backward is the map: exact
+// to every order, and keeping only shapes. As libtorch's ops and views, the padding kept its
+// input, and the gather's crops each filled a zero tensor of the whole grid and summed it in
+// their backward.
+namespace resample {
+
+struct PadAdjoint;
+
+struct Pad : public torch::autograd::Function<Pad> {
+    static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x) {
+        ctx->saved_data["sizes"] = x.sizes().vec();
+        return upsample::pad(x);
+    }
+
+    static variable_list backward(AutogradContext *ctx, variable_list grads);
+};
+
+struct PadAdjoint : public torch::autograd::Function<PadAdjoint> {
+    static at::Tensor forward(AutogradContext *, const at::Tensor &grad, std::vector<int64_t> sizes) {
+        return upsample::pad_adjoint(grad, sizes);
+    }
+
+    static variable_list backward(AutogradContext *, variable_list grads) { return {Pad::apply(grads[0]), at::Tensor()}; }
+};
+
+variable_list Pad::backward(AutogradContext *ctx, variable_list grads) {
+    return {PadAdjoint::apply(grads[0], ctx->saved_data["sizes"].toIntVector())};
+}
+
+struct GatherAdjoint;
+
+struct Gather : public torch::autograd::Function<Gather> {
+    static at::Tensor forward(AutogradContext *ctx, const at::Tensor &grid, int64_t taps, int64_t h, int64_t w) {
+        ctx->saved_data["sizes"] = grid.sizes().vec();
+        ctx->saved_data["taps"] = taps;
+        return upsample::gather(grid, taps, h, w);
+    }
+
+    static variable_list backward(AutogradContext *ctx, variable_list grads);
+};
+
+struct GatherAdjoint : public torch::autograd::Function<GatherAdjoint> {
+    static at::Tensor forward(AutogradContext *ctx, const at::Tensor &grad, int64_t taps, std::vector<int64_t> sizes) {
+        ctx->saved_data["taps"] = taps;
+        ctx->saved_data["hw"] = std::vector<int64_t>{grad.size(2) / 2, grad.size(3) / 2};
+        return upsample::gather_adjoint(grad, taps, sizes);
+    }
+
+    static variable_list backward(AutogradContext *ctx, variable_list grads) {
+        auto hw = ctx->saved_data["hw"].toIntVector();
+        return {Gather::apply(grads[0], ctx->saved_data["taps"].toInt(), hw[0], hw[1]), at::Tensor(), at::Tensor()};
+    }
+};
+
+variable_list Gather::backward(AutogradContext *ctx, variable_list grads) {
+    return {GatherAdjoint::apply(grads[0], ctx->saved_data["taps"].toInt(), ctx->saved_data["sizes"].toIntVector()),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+}
+
+}  // namespace resample
 
 // A convolution followed by a 3x3 max-pool (stride 2, padding 1) whose graph keeps only the
 // convolution's input and weight, the arg-max as int32, and the pooled gradient.
@@ -248,5 +311,28 @@ at::Tensor *gtn_winograd_grad(const at::Tensor *grad_out, const at::Tensor *inpu
 
 at::Tensor *gtn_leaky_relu(const at::Tensor *x, double slope) {
     return guarded([&] { return LeakyReluKeepingOutput::apply(*x, slope); });
+}
+
+at::Tensor *gtn_replicate_pad1(const at::Tensor *x) {
+    return guarded([&] { return resample::Pad::apply(*x); });
+}
+
+at::Tensor *gtn_parity_gather(const at::Tensor *grid, int64_t taps, int64_t h, int64_t w) {
+    return guarded([&] { return resample::Gather::apply(*grid, taps, h, w); });
+}
+
+// The gather and its adjoint as the kernels compute them (`generic`: as ATen's ops do), called
+// directly by the tests that hold the two to each other.
+at::Tensor *gtn_parity_gather_raw(const at::Tensor *grid, int64_t taps, int64_t h, int64_t w, bool generic) {
+    return guarded([&] {
+        return generic ? upsample::gather_generic(*grid, taps, h, w) : upsample::gather(*grid, taps, h, w);
+    });
+}
+
+at::Tensor *gtn_parity_gather_adjoint_raw(const at::Tensor *grad, int64_t taps, const at::Tensor *grid, bool generic) {
+    return guarded([&] {
+        return generic ? upsample::gather_adjoint_generic(*grad, taps, grid->sizes())
+                       : upsample::gather_adjoint(*grad, taps, grid->sizes());
+    });
 }
 }

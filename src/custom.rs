@@ -13,6 +13,8 @@ extern "C" {
     fn gtn_conv_max_pool(input: *const C_tensor, weight: *const C_tensor, stride: i64, padding: i64) -> *mut C_tensor;
     fn gtn_leaky_relu(x: *const C_tensor, slope: f64) -> *mut C_tensor;
     fn gtn_set_winograd(enabled: bool);
+    fn gtn_replicate_pad1(x: *const C_tensor) -> *mut C_tensor;
+    fn gtn_parity_gather(grid: *const C_tensor, taps: i64, h: i64, w: i64) -> *mut C_tensor;
 }
 
 /// Takes ownership of a tensor returned by csrc/custom.cpp; a null one carries libtorch's error.
@@ -39,6 +41,22 @@ pub fn conv_max_pool(input: &Tensor, weight: &Tensor, stride: i64, padding: i64)
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
     // SAFETY: a live tensor for the duration of the call.
     owned(unsafe { gtn_leaky_relu(x.as_ptr(), slope) }, "leaky_relu")
+}
+
+/// Replicate padding by one pixel on each side of `[N, C, H, W]` that keeps only the input's
+/// shape for its backward (libtorch's `replication_pad2d` keeps the input itself).
+pub fn replicate_pad1(x: &Tensor) -> Tensor {
+    // SAFETY: a live tensor for the duration of the call.
+    owned(unsafe { gtn_replicate_pad1(x.as_ptr()) }, "replicate_pad1")
+}
+
+/// The parity gather of an upsampling block (`csrc/upsample.h`): from `grid` `[N, 4·taps·K, GH,
+/// GW]`, channel group `p·taps + t` for output parity `p = 2r + s` and tap `t = 2a + b`, output
+/// pixel `(2i + r, 2j + s)` of `[N, K, 2h, 2w]` sums grid pixels `(i + r + a, j + s + b)` over
+/// the taps (`taps` is 1 or 4; with 1, `a = b = 0`). Keeps only shapes for its backward.
+pub fn parity_gather(grid: &Tensor, taps: i64, h: i64, w: i64) -> Tensor {
+    // SAFETY: a live tensor for the duration of the call.
+    owned(unsafe { gtn_parity_gather(grid.as_ptr(), taps, h, w) }, "parity_gather")
 }
 
 /// Whether the 3x3 convolutions of [`conv_max_pool`] take Winograd's form (csrc/winograd.cpp)
@@ -83,6 +101,63 @@ mod tests {
         assert_same_to_second_order(&x, |x| leaky_relu(x, 0.1), |x| x.leaky_relu_backward(x, 0.1, false));
         let y = Vec::<f64>::try_from(leaky_relu(&Tensor::from_slice(&[-2.0f64, 3.0]), 0.1)).unwrap();
         assert_eq!(y, [-0.2, 3.0]);
+    }
+
+    /// The parity gather as views of libtorch's: each parity's taps cropped and summed, the four
+    /// parities interleaved by stacking.
+    fn gather_by_views(grid: &Tensor, taps: i64, h: i64, w: i64) -> Tensor {
+        let k = grid.size()[1] / (4 * taps);
+        let parity = |p: i64| {
+            let tap = |t: i64| {
+                let (a, b) = if taps == 4 { (t / 2, t % 2) } else { (0, 0) };
+                grid.narrow(1, (p * taps + t) * k, k).narrow(2, p / 2 + a, h).narrow(3, p % 2 + b, w)
+            };
+            (1..taps).fold(tap(0), |sum, t| sum + tap(t))
+        };
+        let rows = [0, 2].map(|p| Tensor::stack(&[parity(p), parity(p + 1)], -1));
+        Tensor::stack(&rows, 3).reshape([grid.size()[0], k, 2 * h, 2 * w])
+    }
+
+    #[test]
+    fn parity_gather_equals_its_views_to_second_order() {
+        // Windows that fill the grid, and windows inside a larger one (grid rows the gather skips).
+        for (taps, grid, h, w) in [(1, [2, 12, 4, 6], 3, 5), (4, [2, 32, 5, 4], 3, 2), (4, [1, 16, 6, 6], 2, 3)] {
+            let x = leaf(&grid, 3);
+            assert_same_to_second_order(&x, |x| parity_gather(x, taps, h, w), |x| gather_by_views(x, taps, h, w));
+        }
+    }
+
+    extern "C" {
+        fn gtn_parity_gather_raw(grid: *const C_tensor, taps: i64, h: i64, w: i64, generic: bool) -> *mut C_tensor;
+        fn gtn_parity_gather_adjoint_raw(
+            grad: *const C_tensor,
+            taps: i64,
+            grid: *const C_tensor,
+            generic: bool,
+        ) -> *mut C_tensor;
+    }
+
+    #[test]
+    fn parity_gather_kernels_equal_the_generic_form_and_are_adjoint() {
+        for (taps, kind) in [(1, Kind::Float), (4, Kind::Double)] {
+            let grid = Tensor::randn([3, 4 * taps * 5, 8, 9], (kind, Device::Cpu));
+            let grad = Tensor::randn([3, 5, 12, 14], (kind, Device::Cpu));
+            // SAFETY: live tensors for the duration of each call.
+            let run = |generic| unsafe {
+                let y = owned(gtn_parity_gather_raw(grid.as_ptr(), taps, 6, 7, generic), "gather");
+                let x = owned(gtn_parity_gather_adjoint_raw(grad.as_ptr(), taps, grid.as_ptr(), generic), "adjoint");
+                (y, x)
+            };
+            let ((y, x), (y_generic, x_generic)) = (run(false), run(true));
+            assert!(y.equal(&y_generic) && x.equal(&x_generic), "{taps} taps: kernels differ from the ATen form");
+            // <G grid, grad> = <grid, G^T grad>.
+            let (lhs, rhs) = ((&y * &grad).sum(Kind::Double), (&grid * &x).sum(Kind::Double));
+            assert!(lhs.allclose(&rhs, 1e-5, 1e-9, false), "{taps} taps: {lhs:?} != {rhs:?}");
+        }
+        let grid = Tensor::zeros([1, 8, 3, 3], (Kind::Float, Device::Cpu));
+        let err = std::panic::catch_unwind(|| parity_gather(&grid, 1, 3, 3)).unwrap_err();
+        let message = err.downcast_ref::<String>().unwrap();
+        assert!(message.starts_with("parity_gather: ") && message.contains("too small"), "{message}");
     }
 
     /// Bytes that `op(&intermediate)` keeps alive, with its result, once the caller has dropped

@@ -252,10 +252,10 @@ pub fn upsample2_conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
 pub enum UpsampleConv {
     /// The four parities' 2x2 kernels stacked (parity `2 * row + col` is output group `parity`)
     /// as one convolution over the whole padded input, each parity cropping its own window.
-    Split { kernels: Tensor, bias: Option<Tensor>, out_channels: i64 },
+    Split { kernels: Tensor, bias: Option<Tensor> },
     /// A 1x1 convolution to one group of `out` channels per (parity, kernel tap), then each
     /// parity's four taps summed at their offsets.
-    Taps { kernels: Tensor, bias: Option<Tensor>, out_channels: i64 },
+    Taps { kernels: Tensor, bias: Option<Tensor> },
 }
 
 impl UpsampleConv {
@@ -271,11 +271,7 @@ impl UpsampleConv {
 
     fn split(weight: &Tensor, bias: Option<&Tensor>) -> UpsampleConv {
         let kernels: Vec<Tensor> = (0..4).map(|p| parity_kernel(weight, p / 2, p % 2)).collect();
-        UpsampleConv::Split {
-            kernels: Tensor::cat(&kernels, 0),
-            bias: bias.map(|b| b.repeat([4])),
-            out_channels: weight.size()[0],
-        }
+        UpsampleConv::Split { kernels: Tensor::cat(&kernels, 0), bias: bias.map(|b| b.repeat([4])) }
     }
 
     /// Group `(4 * parity + tap) * out + o` of the 1x1 kernel is `[o, :, row, col]` of the
@@ -287,7 +283,6 @@ impl UpsampleConv {
         UpsampleConv::Taps {
             kernels: Tensor::stack(&taps_first, 0).reshape([16 * out, c_in, 1, 1]),
             bias: bias.map(Tensor::shallow_clone),
-            out_channels: out,
         }
     }
 
@@ -303,49 +298,34 @@ impl UpsampleConv {
     /// generator batch of 128 at MNIST's 128 x 7 x 7).
     pub fn apply_activated(&self, x: &Tensor, activation: impl Fn(&Tensor) -> Tensor) -> Tensor {
         let (h, w) = (x.size()[2], x.size()[3]);
-        let [p0, p1, p2, p3] = match self {
-            UpsampleConv::Split { kernels, bias, out_channels } => {
+        match self {
+            UpsampleConv::Split { kernels, bias } => {
                 // Over the whole padded input, each parity's output is its window's cropped out
                 // of an output one pixel larger (1.31x the multiply-adds at MNIST's 7 x 7), but
                 // no window is copied to be convolved, forward or backward, and one convolution
                 // runs where four did: the wide 128 -> 64 layer's 32 batches, forward and
                 // backward, 1.91-2.48 -> 1.79 s on 2 cores.
-                let all = activation(&replicate_pad1(x)).conv2d(kernels, bias.as_ref(), [1, 1], [0, 0], [1, 1], 1);
-                [0i64, 1, 2, 3]
-                    .map(|p| all.narrow(1, p * out_channels, *out_channels).narrow(2, p / 2, h).narrow(3, p % 2, w))
+                let all = activation(&crate::custom::replicate_pad1(x)).conv2d(
+                    kernels,
+                    bias.as_ref(),
+                    [1, 1],
+                    [0, 0],
+                    [1, 1],
+                    1,
+                );
+                crate::custom::parity_gather(&all, 1, h, w)
             }
-            UpsampleConv::Taps { kernels, bias, out_channels } => {
+            UpsampleConv::Taps { kernels, bias } => {
                 // Padding commutes with a 1x1 convolution, so its thinner output is padded.
                 let y = activation(x).conv2d(kernels, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
-                let groups = replicate_pad1(&y).split(*out_channels, 1);
-                [0i64, 1, 2, 3].map(|p| {
-                    let tap =
-                        |t: i64| groups[(4 * p + t) as usize].narrow(2, p / 2 + t / 2, h).narrow(3, p % 2 + t % 2, w);
-                    let sum = tap(0) + tap(1) + tap(2) + tap(3);
-                    match bias {
-                        Some(b) => sum + b.view([1, -1, 1, 1]),
-                        None => sum,
-                    }
-                })
+                let sum = crate::custom::parity_gather(&crate::custom::replicate_pad1(&y), 4, h, w);
+                match bias {
+                    Some(b) => sum + b.view([1, -1, 1, 1]),
+                    None => sum,
+                }
             }
-        };
-        interleave([[p0, p1], [p2, p3]])
+        }
     }
-}
-
-/// Replicate padding by one pixel on each side of `[N, C, H, W]`, as two concatenations.
-///
-/// libtorch's `replication_pad2d` keeps its input alive for its backward, on top of the padded
-/// copy that the next convolution keeps: 9 MiB per generator batch of 128 (~290 MiB of a T = 32
-/// meta-step, 13% of the MLP configuration's former peak). A concatenation keeps only sizes.
-/// Alone, the two concatenations take 1.4x the native op's time; 32 generator batches, forward
-/// and backward, take ~1% longer (3.06 s against 3.03 s on 2 cores).
-fn replicate_pad1(x: &Tensor) -> Tensor {
-    let edges = |x: &Tensor, dim: i64| {
-        let n = x.size()[dim as usize];
-        Tensor::cat(&[x.narrow(dim, 0, 1), x.shallow_clone(), x.narrow(dim, n - 1, 1)], dim)
-    };
-    edges(&edges(x, 2), 3)
 }
 
 /// The 2x2 kernel of output parity `(row, col)`: rows, then columns, of the 3x3 kernel summed
@@ -358,14 +338,6 @@ fn parity_kernel(weight: &Tensor, row: i64, col: i64) -> Tensor {
         Tensor::cat(&[first, second], dim)
     };
     collapse(&collapse(weight, 2, row), 3, col)
-}
-
-/// Interleaves the four parity outputs `[N, C, h, w]`, indexed `[row][col]`, into `[N, C, 2h, 2w]`.
-fn interleave(parities: [[Tensor; 2]; 2]) -> Tensor {
-    let size = parities[0][0].size();
-    let rows = parities.map(|cols| Tensor::stack(&cols, -1));
-    // [N, C, h, 2, w, 2] -> [N, C, 2h, 2w]: output row 2m + parity.
-    Tensor::stack(&rows, 3).reshape([size[0], size[1], 2 * size[2], 2 * size[3]])
 }
 
 /// Cross-entropy of logits against hard labels (int64 `[N]`) or soft ones (probabilities `[N, K]`).
@@ -598,14 +570,12 @@ mod tests {
     }
 
     #[test]
-    fn replicate_pad_equals_libtorchs() {
+    fn replicate_pad_equals_libtorchs_to_second_order() {
         for shape in [[2, 3, 4, 5], [1, 2, 1, 3]] {
-            let x = leaf(&shape, 4);
-            let (ours, theirs) = (replicate_pad1(&x), x.replication_pad2d([1, 1, 1, 1]));
-            assert!(ours.equal(&theirs), "{shape:?}: values differ");
-            let probe = leaf(&theirs.size(), 5);
-            let grad = |y: &Tensor| Tensor::run_backward(&[(y * &probe).sum(None::<Kind>)], &[&x], false, false);
-            assert!(grad(&ours)[0].allclose(&grad(&theirs)[0], 1e-12, 1e-12, false), "{shape:?}: gradients differ");
+            // Squared, so that the gradient depends on the input and its derivative runs the
+            // padding's backward's backward.
+            let pad = |p: &[Tensor]| p[0].replication_pad2d([1, 1, 1, 1]).square();
+            assert_same_to_second_order(&[leaf(&shape, 4)], &|p| crate::custom::replicate_pad1(&p[0]).square(), &pad);
         }
     }
 
@@ -626,15 +596,11 @@ mod tests {
         ];
         for (h, w, out) in [(7, 7, 4), (4, 6, 12), (1, 3, 1)] {
             let inputs = [leaf(&[2, 3, h, w], 1), leaf(&[out, 3, 3, 3], 2), leaf(&[out], 3)];
-            let plain = plain_upsample_conv(&inputs[0], &inputs[1], &inputs[2]);
-            for (v, f) in fast.iter().enumerate() {
+            let plain = |p: &[Tensor]| plain_upsample_conv(&p[0], &p[1], &p[2]);
+            for f in fast {
                 let y = f(&inputs[0], &inputs[1], Some(&inputs[2]));
                 assert_eq!(y.size(), [2, out, 2 * h, 2 * w]);
-                assert!(y.allclose(&plain, 1e-12, 1e-12, false), "variant {v}: outputs differ for {h}x{w}");
-                let grads = |y: &Tensor| Tensor::run_backward(&[project(y)], &inputs, true, true);
-                for (i, (gf, gp)) in grads(&y).iter().zip(grads(&plain)).enumerate() {
-                    assert!(gf.allclose(&gp, 1e-12, 1e-12, false), "variant {v}: gradient {i} differs for {h}x{w}");
-                }
+                assert_same_to_second_order(&inputs, &|p| f(&p[0], &p[1], Some(&p[2])), &plain);
             }
         }
         for f in fast {

@@ -1,0 +1,145 @@
+#include "upsample.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+namespace upsample {
+namespace {
+
+// The geometry of a parity gather: K output channels, an h x w window per parity and tap, taps
+// offsets of up to `reach` pixels, on a GH x GW grid of 4 * taps * K channels.
+struct Gather {
+    int64_t n, k, h, w, taps, gh, gw;
+
+    int64_t reach() const { return taps == 4 ? 1 : 0; }
+    // Grid channel of tap t of parity p, for output channel c.
+    int64_t channel(int64_t p, int64_t t, int64_t c) const { return (p * taps + t) * k + c; }
+    // The window's origin on the grid for parity (r, s) and tap (a, b).
+    int64_t row(int64_t p, int64_t t) const { return p / 2 + (taps == 4 ? t / 2 : 0); }
+    int64_t col(int64_t p, int64_t t) const { return p % 2 + (taps == 4 ? t % 2 : 0); }
+
+    static Gather of(at::IntArrayRef grid, int64_t taps, int64_t h, int64_t w) {
+        TORCH_CHECK(taps == 1 || taps == 4, "parity gather: taps must be 1 or 4, got ", taps);
+        TORCH_CHECK(grid.size() == 4 && grid[1] % (4 * taps) == 0, "parity gather: grid ", grid,
+                    " is not [N, 4 * ", taps, " * K, H, W]");
+        Gather g{grid[0], grid[1] / (4 * taps), h, w, taps, grid[2], grid[3]};
+        TORCH_CHECK(g.gh >= h + 1 + g.reach() && g.gw >= w + 1 + g.reach(), "parity gather: grid ", grid,
+                    " too small for ", h, " x ", w, " windows with ", taps, " taps");
+        return g;
+    }
+};
+
+bool kernel_applies(const at::Tensor &t) {
+    auto kind = t.scalar_type();
+    return t.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble);
+}
+
+// Runs `f(image, channel)` over every output channel of every image, in parallel.
+template <typename F>
+void for_each_plane(const Gather &g, F f) {
+    at::parallel_for(0, g.n * g.k, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) f(i / g.k, i % g.k);
+    });
+}
+
+}  // namespace
+
+at::Tensor pad(const at::Tensor &x) { return at::replication_pad2d(x, {1, 1, 1, 1}); }
+
+at::Tensor pad_adjoint(const at::Tensor &grad, at::IntArrayRef sizes) {
+    // libtorch's kernel reads its `self` argument for the shape only.
+    return at::replication_pad2d_backward(grad, at::empty(sizes, grad.options()), {1, 1, 1, 1});
+}
+
+at::Tensor gather_generic(const at::Tensor &grid, int64_t taps, int64_t h, int64_t w) {
+    auto g = Gather::of(grid.sizes(), taps, h, w);
+    // [N, K, h, 2, w, 2] is [N, K, 2h, 2w] with the parities apart.
+    auto out = at::zeros({g.n, g.k, h, 2, w, 2}, grid.options());
+    for (int64_t p = 0; p < 4; ++p)
+        for (int64_t t = 0; t < taps; ++t)
+            out.select(5, p % 2).select(3, p / 2).add_(
+                grid.narrow(1, g.channel(p, t, 0), g.k).narrow(2, g.row(p, t), h).narrow(3, g.col(p, t), w));
+    return out.view({g.n, g.k, 2 * h, 2 * w});
+}
+
+at::Tensor gather_adjoint_generic(const at::Tensor &grad, int64_t taps, at::IntArrayRef grid_sizes) {
+    auto h = grad.size(2) / 2, w = grad.size(3) / 2;
+    auto g = Gather::of(grid_sizes, taps, h, w);
+    auto parities = grad.reshape({g.n, g.k, h, 2, w, 2});
+    auto out = at::zeros(grid_sizes, grad.options());
+    for (int64_t p = 0; p < 4; ++p)
+        for (int64_t t = 0; t < taps; ++t)
+            out.narrow(1, g.channel(p, t, 0), g.k)
+                .narrow(2, g.row(p, t), h)
+                .narrow(3, g.col(p, t), w)
+                .copy_(parities.select(5, p % 2).select(3, p / 2));
+    return out;
+}
+
+at::Tensor gather(const at::Tensor &grid_in, int64_t taps, int64_t h, int64_t w) {
+    if (!kernel_applies(grid_in)) return gather_generic(grid_in, taps, h, w);
+    auto grid = grid_in.contiguous();
+    auto g = Gather::of(grid.sizes(), taps, h, w);
+    auto out = at::empty({g.n, g.k, 2 * h, 2 * w}, grid.options());
+    AT_DISPATCH_FLOATING_TYPES(grid.scalar_type(), "parity_gather", [&] {
+        const auto *in = grid.const_data_ptr<scalar_t>();
+        auto *y = out.data_ptr<scalar_t>();
+        const int64_t plane = g.gh * g.gw;
+        for_each_plane(g, [&](int64_t n, int64_t c) {
+            auto *o = y + (n * g.k + c) * 4 * h * w;
+            for (int64_t p = 0; p < 4; ++p) {
+                auto *op = o + (p / 2) * 2 * w + p % 2;
+                for (int64_t t = 0; t < taps; ++t) {
+                    const auto *src = in + (n * 4 * taps * g.k + g.channel(p, t, c)) * plane + g.row(p, t) * g.gw +
+                                      g.col(p, t);
+                    for (int64_t i = 0; i < h; ++i)
+                        for (int64_t j = 0; j < w; ++j) {
+                            auto v = src[i * g.gw + j];
+                            auto &dst = op[i * 4 * w + 2 * j];
+                            dst = t == 0 ? v : dst + v;
+                        }
+                }
+            }
+        });
+    });
+    return out;
+}
+
+at::Tensor gather_adjoint(const at::Tensor &grad_in, int64_t taps, at::IntArrayRef grid_sizes) {
+    if (!kernel_applies(grad_in)) return gather_adjoint_generic(grad_in, taps, grid_sizes);
+    auto grad = grad_in.contiguous();
+    auto h = grad.size(2) / 2, w = grad.size(3) / 2;
+    auto g = Gather::of(grid_sizes, taps, h, w);
+    TORCH_CHECK(grad.size(0) == g.n && grad.size(1) == g.k, "parity gather adjoint: gradient ", grad.sizes(),
+                " does not match grid ", grid_sizes);
+    auto out = at::empty(grid_sizes, grad.options());
+    AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "parity_gather_adjoint", [&] {
+        const auto *y = grad.const_data_ptr<scalar_t>();
+        auto *x = out.data_ptr<scalar_t>();
+        const int64_t plane = g.gh * g.gw;
+        for_each_plane(g, [&](int64_t n, int64_t c) {
+            const auto *o = y + (n * g.k + c) * 4 * h * w;
+            for (int64_t p = 0; p < 4; ++p) {
+                const auto *op = o + (p / 2) * 2 * w + p % 2;
+                for (int64_t t = 0; t < taps; ++t) {
+                    auto *dst = x + (n * 4 * taps * g.k + g.channel(p, t, c)) * plane;
+                    // The window is written; the rest of the plane is zeroed around it.
+                    int64_t r0 = g.row(p, t), c0 = g.col(p, t);
+                    std::fill(dst, dst + r0 * g.gw, scalar_t(0));
+                    for (int64_t i = 0; i < h; ++i) {
+                        auto *row = dst + (r0 + i) * g.gw;
+                        std::fill(row, row + c0, scalar_t(0));
+                        for (int64_t j = 0; j < w; ++j) row[c0 + j] = op[i * 4 * w + 2 * j];
+                        std::fill(row + c0 + w, row + g.gw, scalar_t(0));
+                    }
+                    std::fill(dst + (r0 + h) * g.gw, dst + plane, scalar_t(0));
+                }
+            }
+        });
+    });
+    return out;
+}
+
+}  // namespace upsample
