@@ -127,6 +127,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn padding_and_gather_keep_only_their_results() {
+        const MIB: i64 = 1 << 20;
+        let grid = |t: &Tensor| t.view([16, 16, 128, 128]);
+        let ours = kept_by(|t| replicate_pad1(&grid(t)));
+        let libtorch = kept_by(|t| grid(t).replication_pad2d([1, 1, 1, 1]));
+        // The padded result is 16.5 MiB.
+        assert!(ours < 17 * MIB && libtorch >= 32 * MIB, "padding kept: ours {ours} bytes, libtorch's {libtorch}");
+        // Its result, 4 channels at twice the size, is 15.8 MiB; the grid would be 16 more.
+        let gathered = kept_by(|t| parity_gather(&grid(t), 1, 127, 127));
+        assert!(gathered < 17 * MIB, "gather kept {gathered} bytes");
+    }
+
     extern "C" {
         fn gtn_parity_gather_raw(grid: *const C_tensor, taps: i64, h: i64, w: i64, generic: bool) -> *mut C_tensor;
         fn gtn_parity_gather_adjoint_raw(
