@@ -215,6 +215,25 @@ mod tests {
     }
 
     #[test]
+    fn max_pool_gradients_follow_libtorchs_arg_max_through_ties() {
+        let native = |x: &Tensor| x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let options = (Kind::Double, Device::Cpu);
+        // Through a 1x1 identity convolution, which leaves the values exact.
+        let pooled = |x: &Tensor| {
+            let c = x.size()[1];
+            conv_max_pool(x, &Tensor::eye(c, options).view([c, c, 1, 1]), 1, 0)
+        };
+        // Channels-last and NCHW, even and odd sizes.
+        for (c, h, w, nhwc) in [(4, 9, 8, true), (5, 8, 7, true), (4, 9, 8, false)] {
+            // Small integers: most windows hold their maximum more than once, and which of them
+            // is the arg-max decides where the gradients go.
+            let x = Tensor::randint(3, [2, c, h, w], options);
+            let x = if nhwc { x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]) } else { x };
+            assert_same_to_second_order(&x.set_requires_grad(true), pooled, native);
+        }
+    }
+
+    #[test]
     fn leaky_relu_keeps_only_its_output() {
         const MIB: i64 = 1 << 20;
         let ours = kept_by(|t| leaky_relu(t, 0.1));
