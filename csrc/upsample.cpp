@@ -19,6 +19,12 @@ struct Gather {
     // The window's origin on the grid for parity (r, s) and tap (a, b).
     int64_t row(int64_t p, int64_t t) const { return p / 2 + (taps == 4 ? t / 2 : 0); }
     int64_t col(int64_t p, int64_t t) const { return p % 2 + (taps == 4 ? t % 2 : 0); }
+    // Offsets of image n's grid plane of tap t of parity p for output channel c, and of parity
+    // p's first pixel in the output plane of image n, channel c.
+    int64_t grid_plane(int64_t n, int64_t p, int64_t t, int64_t c) const {
+        return (n * 4 * taps * k + channel(p, t, c)) * gh * gw;
+    }
+    int64_t output_origin(int64_t n, int64_t c, int64_t p) const { return (n * k + c) * 4 * h * w + (p / 2) * 2 * w + p % 2; }
 
     static Gather of(at::IntArrayRef grid, int64_t taps, int64_t h, int64_t w) {
         TORCH_CHECK(taps == 1 || taps == 4, "parity gather: taps must be 1 or 4, got ", taps);
@@ -86,14 +92,11 @@ at::Tensor gather(const at::Tensor &grid_in, int64_t taps, int64_t h, int64_t w)
     AT_DISPATCH_FLOATING_TYPES(grid.scalar_type(), "parity_gather", [&] {
         const auto *in = grid.const_data_ptr<scalar_t>();
         auto *y = out.data_ptr<scalar_t>();
-        const int64_t plane = g.gh * g.gw;
         for_each_plane(g, [&](int64_t n, int64_t c) {
-            auto *o = y + (n * g.k + c) * 4 * h * w;
             for (int64_t p = 0; p < 4; ++p) {
-                auto *op = o + (p / 2) * 2 * w + p % 2;
+                auto *op = y + g.output_origin(n, c, p);
                 for (int64_t t = 0; t < taps; ++t) {
-                    const auto *src = in + (n * 4 * taps * g.k + g.channel(p, t, c)) * plane + g.row(p, t) * g.gw +
-                                      g.col(p, t);
+                    const auto *src = in + g.grid_plane(n, p, t, c) + g.row(p, t) * g.gw + g.col(p, t);
                     for (int64_t i = 0; i < h; ++i)
                         for (int64_t j = 0; j < w; ++j) {
                             auto v = src[i * g.gw + j];
@@ -118,23 +121,16 @@ at::Tensor gather_adjoint(const at::Tensor &grad_in, int64_t taps, at::IntArrayR
     AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "parity_gather_adjoint", [&] {
         const auto *y = grad.const_data_ptr<scalar_t>();
         auto *x = out.data_ptr<scalar_t>();
-        const int64_t plane = g.gh * g.gw;
         for_each_plane(g, [&](int64_t n, int64_t c) {
-            const auto *o = y + (n * g.k + c) * 4 * h * w;
             for (int64_t p = 0; p < 4; ++p) {
-                const auto *op = o + (p / 2) * 2 * w + p % 2;
+                const auto *op = y + g.output_origin(n, c, p);
                 for (int64_t t = 0; t < taps; ++t) {
-                    auto *dst = x + (n * 4 * taps * g.k + g.channel(p, t, c)) * plane;
-                    // The window is written; the rest of the plane is zeroed around it.
-                    int64_t r0 = g.row(p, t), c0 = g.col(p, t);
-                    std::fill(dst, dst + r0 * g.gw, scalar_t(0));
-                    for (int64_t i = 0; i < h; ++i) {
-                        auto *row = dst + (r0 + i) * g.gw;
-                        std::fill(row, row + c0, scalar_t(0));
-                        for (int64_t j = 0; j < w; ++j) row[c0 + j] = op[i * 4 * w + 2 * j];
-                        std::fill(row + c0 + w, row + g.gw, scalar_t(0));
-                    }
-                    std::fill(dst + (r0 + h) * g.gw, dst + plane, scalar_t(0));
+                    // A plane is small enough to stay in cache: zeroed whole, then its window written.
+                    auto *dst = x + g.grid_plane(n, p, t, c);
+                    std::fill(dst, dst + g.gh * g.gw, scalar_t(0));
+                    auto *window = dst + g.row(p, t) * g.gw + g.col(p, t);
+                    for (int64_t i = 0; i < h; ++i)
+                        for (int64_t j = 0; j < w; ++j) window[i * g.gw + j] = op[i * 4 * w + 2 * j];
                 }
             }
         });
