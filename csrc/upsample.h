@@ -27,7 +27,7 @@ at::Tensor pad_adjoint(const at::Tensor &grad, at::IntArrayRef sizes);
 at::Tensor gather(const at::Tensor &grid, int64_t taps, int64_t h, int64_t w);
 
 // Its adjoint: the output gradient [N, K, 2h, 2w] to the grid's shape `grid_sizes`, zero where
-// the gather reads nothing. No grid pixel is read twice, so every one is written once.
+// the gather reads nothing. No grid pixel is read twice, so nothing is summed: each plane is zeroed, then its window written.
 at::Tensor gather_adjoint(const at::Tensor &grad, int64_t taps, at::IntArrayRef grid_sizes);
 
 // The ATen-op formulations of both, which every device runs (tests hold the kernels to them).
