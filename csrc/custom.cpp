@@ -75,6 +75,7 @@ struct Gather : public torch::autograd::Function<Gather> {
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &grid, int64_t taps, int64_t h, int64_t w) {
         ctx->saved_data["sizes"] = grid.sizes().vec();
         ctx->saved_data["taps"] = taps;
+        ctx->saved_data["channels_last"] = grid.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
         return upsample::gather(grid, taps, h, w);
     }
 
@@ -82,20 +83,25 @@ struct Gather : public torch::autograd::Function<Gather> {
 };
 
 struct GatherAdjoint : public torch::autograd::Function<GatherAdjoint> {
-    static at::Tensor forward(AutogradContext *ctx, const at::Tensor &grad, int64_t taps, std::vector<int64_t> sizes) {
+    // The gradient of a grid in the grid's layout (`channels_last`), whatever the output's.
+    static at::Tensor forward(AutogradContext *ctx, const at::Tensor &grad, int64_t taps, std::vector<int64_t> sizes,
+                              bool channels_last) {
         ctx->saved_data["taps"] = taps;
         ctx->saved_data["hw"] = std::vector<int64_t>{grad.size(2) / 2, grad.size(3) / 2};
-        return upsample::gather_adjoint(grad, taps, sizes);
+        return upsample::gather_adjoint(
+            grad, taps, sizes, channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
     }
 
     static variable_list backward(AutogradContext *ctx, variable_list grads) {
         auto hw = ctx->saved_data["hw"].toIntVector();
-        return {Gather::apply(grads[0], ctx->saved_data["taps"].toInt(), hw[0], hw[1]), at::Tensor(), at::Tensor()};
+        return {Gather::apply(grads[0], ctx->saved_data["taps"].toInt(), hw[0], hw[1]), at::Tensor(), at::Tensor(),
+                at::Tensor()};
     }
 };
 
 variable_list Gather::backward(AutogradContext *ctx, variable_list grads) {
-    return {GatherAdjoint::apply(grads[0], ctx->saved_data["taps"].toInt(), ctx->saved_data["sizes"].toIntVector()),
+    return {GatherAdjoint::apply(grads[0], ctx->saved_data["taps"].toInt(), ctx->saved_data["sizes"].toIntVector(),
+                                 ctx->saved_data["channels_last"].toBool()),
             at::Tensor(), at::Tensor(), at::Tensor()};
 }
 
@@ -332,7 +338,7 @@ at::Tensor *gtn_parity_gather_raw(const at::Tensor *grid, int64_t taps, int64_t 
 at::Tensor *gtn_parity_gather_adjoint_raw(const at::Tensor *grad, int64_t taps, const at::Tensor *grid, bool generic) {
     return guarded([&] {
         return generic ? upsample::gather_adjoint_generic(*grad, taps, grid->sizes())
-                       : upsample::gather_adjoint(*grad, taps, grid->sizes());
+                       : upsample::gather_adjoint(*grad, taps, grid->sizes(), grid->suggest_memory_format());
     });
 }
 }

@@ -42,6 +42,21 @@ bool kernel_applies(const at::Tensor &t) {
     return t.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble);
 }
 
+// Whether the kernels take `t` as channels-last: then per pixel a tap's K channels are adjacent in
+// the grid, as they are in the output, and are copied as one row.
+// Rows shorter than this go the channels-first way (the image layer's K = 1, one value per tap).
+constexpr int64_t kMinRow = 8;
+
+bool nhwc(const at::Tensor &t) { return t.dim() == 4 && t.size(1) > 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast); }
+
+// Runs `f(image)` over the images, in parallel.
+template <typename F>
+void for_each_image(const Gather &g, F f) {
+    at::parallel_for(0, g.n, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t n = lo; n < hi; ++n) f(n);
+    });
+}
+
 // Runs `f(image, channel)` over every output channel of every image, in parallel.
 template <typename F>
 void for_each_plane(const Gather &g, F f) {
@@ -55,8 +70,9 @@ void for_each_plane(const Gather &g, F f) {
 at::Tensor pad(const at::Tensor &x) { return at::replication_pad2d(x, {1, 1, 1, 1}); }
 
 at::Tensor pad_adjoint(const at::Tensor &grad, at::IntArrayRef sizes) {
-    // libtorch's kernel reads its `self` argument for the shape only.
-    return at::replication_pad2d_backward(grad, at::empty(sizes, grad.options()), {1, 1, 1, 1});
+    // libtorch's kernel reads its `self` argument for the shape and the memory format only.
+    auto like = at::empty(sizes, grad.options().memory_format(grad.suggest_memory_format()));
+    return at::replication_pad2d_backward(grad, like, {1, 1, 1, 1});
 }
 
 at::Tensor gather_generic(const at::Tensor &grid, int64_t taps, int64_t h, int64_t w) {
@@ -84,8 +100,59 @@ at::Tensor gather_adjoint_generic(const at::Tensor &grad, int64_t taps, at::IntA
     return out;
 }
 
+// The channels-last kernels: output pixel (2i + r, 2j + s) of image n sums, over the taps of
+// parity p = 2r + s, the K channels of its group at grid pixel (i + row, j + col).
+namespace {
+
+template <typename T>
+void gather_nhwc(const T *in, T *y, const Gather &g) {
+    const int64_t c = 4 * g.taps * g.k, oh = 2 * g.h, ow = 2 * g.w;
+    for_each_image(g, [&](int64_t n) {
+        for (int64_t oy = 0; oy < oh; ++oy)
+            for (int64_t ox = 0; ox < ow; ++ox) {
+                int64_t p = 2 * (oy % 2) + ox % 2;
+                T *dst = y + ((n * oh + oy) * ow + ox) * g.k;
+                for (int64_t t = 0; t < g.taps; ++t) {
+                    const T *src = in + ((n * g.gh + oy / 2 + g.row(p, t)) * g.gw + ox / 2 + g.col(p, t)) * c +
+                                   g.channel(p, t, 0);
+                    if (t == 0)
+                        std::copy(src, src + g.k, dst);
+                    else
+                        for (int64_t k = 0; k < g.k; ++k) dst[k] += src[k];
+                }
+            }
+    });
+}
+
+template <typename T>
+void gather_adjoint_nhwc(const T *grad, T *x, const Gather &g) {
+    const int64_t c = 4 * g.taps * g.k, oh = 2 * g.h, ow = 2 * g.w;
+    for_each_image(g, [&](int64_t n) {
+        std::fill(x + n * g.gh * g.gw * c, x + (n + 1) * g.gh * g.gw * c, T(0));
+        for (int64_t oy = 0; oy < oh; ++oy)
+            for (int64_t ox = 0; ox < ow; ++ox) {
+                int64_t p = 2 * (oy % 2) + ox % 2;
+                const T *src = grad + ((n * oh + oy) * ow + ox) * g.k;
+                for (int64_t t = 0; t < g.taps; ++t)
+                    std::copy(src, src + g.k,
+                              x + ((n * g.gh + oy / 2 + g.row(p, t)) * g.gw + ox / 2 + g.col(p, t)) * c +
+                                  g.channel(p, t, 0));
+            }
+    });
+}
+
+}  // namespace
+
 at::Tensor gather(const at::Tensor &grid_in, int64_t taps, int64_t h, int64_t w) {
     if (!kernel_applies(grid_in)) return gather_generic(grid_in, taps, h, w);
+    if (nhwc(grid_in) && grid_in.size(1) / (4 * taps) >= kMinRow) {
+        auto g = Gather::of(grid_in.sizes(), taps, h, w);
+        auto out = at::empty({g.n, g.k, 2 * h, 2 * w}, grid_in.options().memory_format(at::MemoryFormat::ChannelsLast));
+        AT_DISPATCH_FLOATING_TYPES(grid_in.scalar_type(), "parity_gather_nhwc", [&] {
+            gather_nhwc(grid_in.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
+        });
+        return out;
+    }
     auto grid = grid_in.contiguous();
     auto g = Gather::of(grid.sizes(), taps, h, w);
     auto out = at::empty({g.n, g.k, 2 * h, 2 * w}, grid.options());
@@ -110,13 +177,24 @@ at::Tensor gather(const at::Tensor &grid_in, int64_t taps, int64_t h, int64_t w)
     return out;
 }
 
-at::Tensor gather_adjoint(const at::Tensor &grad_in, int64_t taps, at::IntArrayRef grid_sizes) {
-    if (!kernel_applies(grad_in)) return gather_adjoint_generic(grad_in, taps, grid_sizes);
-    auto grad = grad_in.contiguous();
-    auto h = grad.size(2) / 2, w = grad.size(3) / 2;
+at::Tensor gather_adjoint(const at::Tensor &grad_in, int64_t taps, at::IntArrayRef grid_sizes,
+                          at::MemoryFormat format) {
+    if (!kernel_applies(grad_in)) return gather_adjoint_generic(grad_in, taps, grid_sizes).contiguous(format);
+    auto h = grad_in.size(2) / 2, w = grad_in.size(3) / 2;
     auto g = Gather::of(grid_sizes, taps, h, w);
-    TORCH_CHECK(grad.size(0) == g.n && grad.size(1) == g.k, "parity gather adjoint: gradient ", grad.sizes(),
+    TORCH_CHECK(grad_in.size(0) == g.n && grad_in.size(1) == g.k, "parity gather adjoint: gradient ", grad_in.sizes(),
                 " does not match grid ", grid_sizes);
+    if (format == at::MemoryFormat::ChannelsLast && g.k < kMinRow)
+        return gather_adjoint(grad_in, taps, grid_sizes, at::MemoryFormat::Contiguous).contiguous(format);
+    if (format == at::MemoryFormat::ChannelsLast) {
+        auto grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
+        auto out = at::empty(grid_sizes, grad.options().memory_format(at::MemoryFormat::ChannelsLast));
+        AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "parity_gather_adjoint_nhwc", [&] {
+            gather_adjoint_nhwc(grad.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
+        });
+        return out;
+    }
+    auto grad = grad_in.contiguous();
     auto out = at::empty(grid_sizes, grad.options());
     AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "parity_gather_adjoint", [&] {
         const auto *y = grad.const_data_ptr<scalar_t>();

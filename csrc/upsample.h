@@ -23,12 +23,14 @@ at::Tensor pad_adjoint(const at::Tensor &grad, at::IntArrayRef sizes);
 // grid pixel (i + r + a, j + s + b) of channel (p * taps + t) * K + k. Result [N, K, 2h, 2w];
 // the grid must reach past every window read (GH >= h + 1 + (taps == 4), likewise GW).
 // On the CPU a kernel of our own: one pass over the output, where the views, stacks and copies
-// that express it in ATen ops (the fallback elsewhere) take several.
+// that express it in ATen ops (the fallback elsewhere) take several. A channels-last grid gives a
+// channels-last output.
 at::Tensor gather(const at::Tensor &grid, int64_t taps, int64_t h, int64_t w);
 
-// Its adjoint: the output gradient [N, K, 2h, 2w] to the grid's shape `grid_sizes`, zero where
-// the gather reads nothing. No grid pixel is read twice, so nothing is summed: each plane is zeroed, then its window written.
-at::Tensor gather_adjoint(const at::Tensor &grad, int64_t taps, at::IntArrayRef grid_sizes);
+// Its adjoint: the output gradient [N, K, 2h, 2w] to the grid's shape `grid_sizes`, in `format`
+// (the grid's), zero where the gather reads nothing. No grid pixel is read twice, so nothing is
+// summed: each plane (channels-last: each image) is zeroed, then its windows written.
+at::Tensor gather_adjoint(const at::Tensor &grad, int64_t taps, at::IntArrayRef grid_sizes, at::MemoryFormat format);
 
 // The ATen-op formulations of both, which every device runs (tests hold the kernels to them).
 at::Tensor gather_generic(const at::Tensor &grid, int64_t taps, int64_t h, int64_t w);

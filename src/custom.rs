@@ -121,8 +121,16 @@ mod tests {
     #[test]
     fn parity_gather_equals_its_views_to_second_order() {
         // Windows that fill the grid, and windows inside a larger one (grid rows the gather skips).
-        for (taps, grid, h, w) in [(1, [2, 12, 4, 6], 3, 5), (4, [2, 32, 5, 4], 3, 2), (4, [1, 16, 6, 6], 2, 3)] {
+        // Channels-last grids of 8 channels per group and up take the channels-last kernels.
+        for (taps, grid, h, w, channels_last) in [
+            (1, [2, 12, 4, 6], 3, 5, false),
+            (4, [2, 32, 5, 4], 3, 2, false),
+            (4, [1, 16, 6, 6], 2, 3, false),
+            (1, [2, 32, 4, 6], 3, 5, true),
+            (4, [1, 128, 5, 4], 3, 2, true),
+        ] {
             let x = leaf(&grid, 3);
+            let x = if channels_last { crate::nn::channels_last(&x.detach()).set_requires_grad(true) } else { x };
             assert_same_to_second_order(&x, |x| parity_gather(x, taps, h, w), |x| gather_by_views(x, taps, h, w));
         }
     }
@@ -152,9 +160,18 @@ mod tests {
 
     #[test]
     fn parity_gather_kernels_equal_the_generic_form_and_are_adjoint() {
-        for (taps, kind) in [(1, Kind::Float), (4, Kind::Double)] {
-            let grid = Tensor::randn([3, 4 * taps * 5, 8, 9], (kind, Device::Cpu));
-            let grad = Tensor::randn([3, 5, 12, 14], (kind, Device::Cpu));
+        // Channels-last with 8 channels per group and up: the channels-last kernels, whose results
+        // are channels-last; with 1, the channels-first ones, the adjoint's result channels-last.
+        let cases = [
+            (1, Kind::Float, 5, false),
+            (4, Kind::Double, 5, false),
+            (1, Kind::Float, 9, true),
+            (4, Kind::Double, 8, true),
+        ];
+        for (taps, kind, k, channels_last) in cases.into_iter().chain([(4, Kind::Float, 1, true)]) {
+            let layout = |t: Tensor| if channels_last { crate::nn::channels_last(&t) } else { t };
+            let grid = layout(Tensor::randn([3, 4 * taps * k, 8, 9], (kind, Device::Cpu)));
+            let grad = layout(Tensor::randn([3, k, 12, 14], (kind, Device::Cpu)));
             // SAFETY: live tensors for the duration of each call.
             let run = |generic| unsafe {
                 let y = owned(gtn_parity_gather_raw(grid.as_ptr(), taps, 6, 7, generic), "gather");
@@ -162,7 +179,12 @@ mod tests {
                 (y, x)
             };
             let ((y, x), (y_generic, x_generic)) = (run(false), run(true));
-            assert!(y.equal(&y_generic) && x.equal(&x_generic), "{taps} taps: kernels differ from the ATen form");
+            assert!(
+                y.equal(&y_generic) && x.equal(&x_generic),
+                "{taps} taps, {k} channels: kernels differ from the ATen form"
+            );
+            let nhwc = |t: &Tensor| t.stride()[1] == 1;
+            assert_eq!((nhwc(&y), nhwc(&x)), (channels_last && k >= 8, channels_last), "{taps} taps, {k}: layouts");
             // <G grid, grad> = <grid, G^T grad>.
             let (lhs, rhs) = ((&y * &grad).sum(Kind::Double), (&grid * &x).sum(Kind::Double));
             assert!(lhs.allclose(&rhs, 1e-5, 1e-9, false), "{taps} taps: {lhs:?} != {rhs:?}");
