@@ -150,10 +150,14 @@ impl Learner {
         match self.arch {
             Arch::Cnn { .. } => {
                 let y = act(nn::wn_conv3x3_max_pool(x, &p[0], &p[1]), &p[2]);
-                // Flattening a channels-last tensor copies it; the leaky ReLU after the copy keeps
-                // the tensor the linear layer keeps, where before it the two kept one each.
+                // Flattened pixel by pixel (height, width, channel): the convolutions run
+                // channels-last, where that order is a view and channel by channel a copy, forward
+                // and backward. A fresh learner's weights are i.i.d., so the order is only a
+                // convention of the linear layer's columns. Where a flatten does copy (other
+                // layouts), the leaky ReLU after it keeps the tensor the linear layer keeps.
                 let y = nn::mean_only_bn(&nn::wn_conv3x3_max_pool(&y, &p[3], &p[4]), &p[5]);
-                let y = act(nn::wn_linear(&nn::leaky_relu(&y.flatten(1, -1)), &p[6], &p[7], None), &p[8]);
+                let y = nn::leaky_relu(&y.permute([0, 2, 3, 1]).flatten(1, -1));
+                let y = act(nn::wn_linear(&y, &p[6], &p[7], None), &p[8]);
                 nn::wn_linear(&y, &p[9], &p[10], Some(&p[11]))
             }
             Arch::CifarCnn { .. } => {
