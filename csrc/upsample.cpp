@@ -42,12 +42,14 @@ bool kernel_applies(const at::Tensor &t) {
     return t.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble);
 }
 
-// Whether the kernels take `t` as channels-last: then per pixel a tap's K channels are adjacent in
-// the grid, as they are in the output, and are copied as one row.
-// Rows shorter than this go the channels-first way (the image layer's K = 1, one value per tap).
-constexpr int64_t kMinRow = 8;
+// Whether `t` is channels-last. Then per pixel a tap's K channels are adjacent in the grid, as they
+// are in the output, and the channels-last kernels copy them as one row.
+bool nhwc(const at::Tensor &t) {
+    return t.dim() == 4 && t.size(1) > 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
 
-bool nhwc(const at::Tensor &t) { return t.dim() == 4 && t.size(1) > 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast); }
+// Rows shorter than this go the channels-first way (the image layer's K = 1: one value per tap).
+constexpr int64_t kMinRow = 8;
 
 // Runs `f(image)` over the images, in parallel.
 template <typename F>

@@ -162,13 +162,13 @@ mod tests {
     fn parity_gather_kernels_equal_the_generic_form_and_are_adjoint() {
         // Channels-last with 8 channels per group and up: the channels-last kernels, whose results
         // are channels-last; with 1, the channels-first ones, the adjoint's result channels-last.
-        let cases = [
+        for (taps, kind, k, channels_last) in [
             (1, Kind::Float, 5, false),
             (4, Kind::Double, 5, false),
             (1, Kind::Float, 9, true),
             (4, Kind::Double, 8, true),
-        ];
-        for (taps, kind, k, channels_last) in cases.into_iter().chain([(4, Kind::Float, 1, true)]) {
+            (4, Kind::Float, 1, true),
+        ] {
             let layout = |t: Tensor| if channels_last { crate::nn::channels_last(&t) } else { t };
             let grid = layout(Tensor::randn([3, 4 * taps * k, 8, 9], (kind, Device::Cpu)));
             let grad = layout(Tensor::randn([3, k, 12, 14], (kind, Device::Cpu)));
