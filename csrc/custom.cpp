@@ -69,6 +69,29 @@ variable_list Pad::backward(AutogradContext *ctx, variable_list grads) {
     return {PadAdjoint::apply(grads[0], ctx->saved_data["sizes"].toIntVector())};
 }
 
+// A convolution (stride 1, no padding) of the replicate-padded input that keeps the unpadded
+// input for its backward, where libtorch's convolution of the padded tensor keeps that one: 2.1 MB
+// less per generator batch of 128 at MNIST's 128 x 7 x 7 (67 MB per meta-step of 32). The
+// backward pads again, with differentiable ops (the padding above, libtorch's
+// convolution_backward), so the gradient can itself be differentiated.
+struct PadConv : public torch::autograd::Function<PadConv> {
+    static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &weight) {
+        ctx->save_for_backward({x, weight});
+        return at::conv2d(upsample::pad(x), weight);
+    }
+
+    static variable_list backward(AutogradContext *ctx, variable_list grads) {
+        auto saved = ctx->get_saved_variables();
+        auto &x = saved[0], &weight = saved[1];
+        bool input_grad = ctx->needs_input_grad(0);
+        auto grads_padded = at::convolution_backward(grads[0], Pad::apply(x), weight, std::nullopt, {1, 1}, {0, 0},
+                                                     {1, 1}, false, {0, 0}, 1,
+                                                     {input_grad, ctx->needs_input_grad(1), false});
+        auto grad_x = input_grad ? PadAdjoint::apply(std::get<0>(grads_padded), x.sizes().vec()) : at::Tensor();
+        return {grad_x, std::get<1>(grads_padded)};
+    }
+};
+
 struct GatherAdjoint;
 
 struct Gather : public torch::autograd::Function<Gather> {
@@ -321,6 +344,10 @@ at::Tensor *gtn_leaky_relu(const at::Tensor *x, double slope) {
 
 at::Tensor *gtn_replicate_pad1(const at::Tensor *x) {
     return guarded([&] { return resample::Pad::apply(*x); });
+}
+
+at::Tensor *gtn_pad_conv(const at::Tensor *x, const at::Tensor *weight) {
+    return guarded([&] { return resample::PadConv::apply(*x, *weight); });
 }
 
 at::Tensor *gtn_parity_gather(const at::Tensor *grid, int64_t taps, int64_t h, int64_t w) {

@@ -15,6 +15,7 @@ extern "C" {
     fn gtn_set_winograd(enabled: bool);
     fn gtn_replicate_pad1(x: *const C_tensor) -> *mut C_tensor;
     fn gtn_parity_gather(grid: *const C_tensor, taps: i64, h: i64, w: i64) -> *mut C_tensor;
+    fn gtn_pad_conv(x: *const C_tensor, weight: *const C_tensor) -> *mut C_tensor;
 }
 
 /// Takes ownership of a tensor returned by csrc/custom.cpp; a null one carries libtorch's error.
@@ -48,6 +49,13 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
 pub fn replicate_pad1(x: &Tensor) -> Tensor {
     // SAFETY: a live tensor for the duration of the call.
     owned(unsafe { gtn_replicate_pad1(x.as_ptr()) }, "replicate_pad1")
+}
+
+/// `replicate_pad1(x)` convolved with `weight` (stride 1, no padding), keeping `x` for the
+/// backward instead of its padded copy. Differentiable to every order.
+pub fn pad_conv(x: &Tensor, weight: &Tensor) -> Tensor {
+    // SAFETY: live tensors for the duration of the call.
+    owned(unsafe { gtn_pad_conv(x.as_ptr(), weight.as_ptr()) }, "pad_conv")
 }
 
 /// The parity gather of an upsampling block (`csrc/upsample.h`): from `grid` `[N, 4·taps·K, GH,
@@ -146,6 +154,22 @@ mod tests {
         // Its result, 4 channels at twice the size, is 15.8 MiB; the grid would be 16 more.
         let gathered = kept_by(|t| parity_gather(&grid(t), 1, 127, 127));
         assert!(gathered < 17 * MIB, "gather kept {gathered} bytes");
+    }
+
+    #[test]
+    fn pad_conv_equals_padding_then_convolution_and_keeps_the_activation_only() {
+        let (x, w) = (leaf(&[2, 5, 4, 6], 1), leaf(&[3, 5, 2, 2], 2));
+        let plain =
+            |x: &Tensor| x.replication_pad2d([1, 1, 1, 1]).conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+        assert_same_to_second_order(&x, |x| pad_conv(x, &w), plain);
+        const MIB: i64 = 1 << 20;
+        let grid = |t: &Tensor| leaky_relu(&t.view([16, 16, 128, 128]), 0.1);
+        let w = Tensor::ones([4, 16, 2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        // The activation's output is 16 MiB, the convolution's 3.9 MiB; the padded copy would be
+        // 16.5 MiB more.
+        let ours = kept_by(|t| pad_conv(&grid(t), &w));
+        let padded_first = kept_by(|t| replicate_pad1(&grid(t)).conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1));
+        assert!(ours < 21 * MIB && padded_first > 32 * MIB, "kept: ours {ours} bytes, padded first {padded_first}");
     }
 
     extern "C" {

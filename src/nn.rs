@@ -292,10 +292,9 @@ impl UpsampleConv {
     }
 
     /// [`UpsampleConv::apply`] to `activation(x)`, for an elementwise `activation` (it commutes
-    /// with the padding). The convolution keeps its padded input for the backward, so
-    /// the activation runs on it after padding: an activation that keeps its output (as
-    /// [`leaky_relu`] does) then keeps that same tensor, not a second, unpadded one (3.2 MB per
-    /// generator batch of 128 at MNIST's 128 x 7 x 7).
+    /// with the padding). Each convolution keeps for its backward the tensor the activation
+    /// returns (the wide layer's pads it itself, [`crate::custom::pad_conv`]), so an activation
+    /// that keeps its output (as [`leaky_relu`] does) keeps that same tensor, not a second one.
     pub fn apply_activated(&self, x: &Tensor, activation: impl Fn(&Tensor) -> Tensor) -> Tensor {
         let (h, w) = (x.size()[2], x.size()[3]);
         match self {
@@ -308,14 +307,11 @@ impl UpsampleConv {
                 // gather keeps the layout, and the batch norm, activation and image layer after it
                 // follow): oneDNN's convolutions and their gradients are faster that way, and the
                 // layer after this one gets no layout copy (MLP meta-step 1.85-1.93 -> 1.69-1.84 s).
-                let all = activation(&crate::custom::replicate_pad1(&channels_last(x))).conv2d(
-                    kernels,
-                    bias.as_ref(),
-                    [1, 1],
-                    [0, 0],
-                    [1, 1],
-                    1,
-                );
+                let all = crate::custom::pad_conv(&activation(&channels_last(x)), kernels);
+                let all = match bias {
+                    Some(b) => all + b.view([1, -1, 1, 1]),
+                    None => all,
+                };
                 crate::custom::parity_gather(&all, 1, h, w)
             }
             UpsampleConv::Taps { kernels, bias } => {
