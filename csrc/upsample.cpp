@@ -48,8 +48,9 @@ bool nhwc(const at::Tensor &t) {
     return t.dim() == 4 && t.size(1) > 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-// Rows shorter than this go the channels-first way (the image layer's K = 1: one value per tap).
-constexpr int64_t kMinRow = 8;
+// Whether the channels-last kernels take a gather's rows: shorter ones go the channels-first way
+// (the image layer's K = 1: one value per tap and pixel).
+bool by_rows(const Gather &g) { return g.k >= 8; }
 
 // Runs `f(image)` over the images, in parallel.
 template <typename F>
@@ -147,8 +148,8 @@ void gather_adjoint_nhwc(const T *grad, T *x, const Gather &g) {
 
 at::Tensor gather(const at::Tensor &grid_in, int64_t taps, int64_t h, int64_t w) {
     if (!kernel_applies(grid_in)) return gather_generic(grid_in, taps, h, w);
-    if (nhwc(grid_in) && grid_in.size(1) / (4 * taps) >= kMinRow) {
-        auto g = Gather::of(grid_in.sizes(), taps, h, w);
+    auto g = Gather::of(grid_in.sizes(), taps, h, w);
+    if (nhwc(grid_in) && by_rows(g)) {
         auto out = at::empty({g.n, g.k, 2 * h, 2 * w}, grid_in.options().memory_format(at::MemoryFormat::ChannelsLast));
         AT_DISPATCH_FLOATING_TYPES(grid_in.scalar_type(), "parity_gather_nhwc", [&] {
             gather_nhwc(grid_in.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
@@ -156,7 +157,6 @@ at::Tensor gather(const at::Tensor &grid_in, int64_t taps, int64_t h, int64_t w)
         return out;
     }
     auto grid = grid_in.contiguous();
-    auto g = Gather::of(grid.sizes(), taps, h, w);
     auto out = at::empty({g.n, g.k, 2 * h, 2 * w}, grid.options());
     AT_DISPATCH_FLOATING_TYPES(grid.scalar_type(), "parity_gather", [&] {
         const auto *in = grid.const_data_ptr<scalar_t>();
@@ -186,9 +186,7 @@ at::Tensor gather_adjoint(const at::Tensor &grad_in, int64_t taps, at::IntArrayR
     auto g = Gather::of(grid_sizes, taps, h, w);
     TORCH_CHECK(grad_in.size(0) == g.n && grad_in.size(1) == g.k, "parity gather adjoint: gradient ", grad_in.sizes(),
                 " does not match grid ", grid_sizes);
-    if (format == at::MemoryFormat::ChannelsLast && g.k < kMinRow)
-        return gather_adjoint(grad_in, taps, grid_sizes, at::MemoryFormat::Contiguous).contiguous(format);
-    if (format == at::MemoryFormat::ChannelsLast) {
+    if (format == at::MemoryFormat::ChannelsLast && by_rows(g)) {
         auto grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
         auto out = at::empty(grid_sizes, grad.options().memory_format(at::MemoryFormat::ChannelsLast));
         AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "parity_gather_adjoint_nhwc", [&] {
@@ -215,7 +213,8 @@ at::Tensor gather_adjoint(const at::Tensor &grad_in, int64_t taps, at::IntArrayR
             }
         });
     });
-    return out;
+    // Laid out again where the grid is channels-last but its rows too short for the row kernel.
+    return out.contiguous(format);
 }
 
 }  // namespace upsample

@@ -271,7 +271,7 @@ impl UpsampleConv {
 
     fn split(weight: &Tensor, bias: Option<&Tensor>) -> UpsampleConv {
         let kernels: Vec<Tensor> = (0..4).map(|p| parity_kernel(weight, p / 2, p % 2)).collect();
-        UpsampleConv::Split { kernels: Tensor::cat(&kernels, 0), bias: bias.map(|b| b.repeat([4])) }
+        UpsampleConv::Split { kernels: Tensor::cat(&kernels, 0), bias: bias.map(Tensor::shallow_clone) }
     }
 
     /// Group `(4 * parity + tap) * out + o` of the 1x1 kernel is `[o, :, row, col]` of the
@@ -308,22 +308,22 @@ impl UpsampleConv {
                 // follow): oneDNN's convolutions and their gradients are faster that way, and the
                 // layer after this one gets no layout copy (MLP meta-step 1.85-1.93 -> 1.69-1.84 s).
                 let all = crate::custom::pad_conv(&activation(&channels_last(x)), kernels);
-                let all = match bias {
-                    Some(b) => all + b.view([1, -1, 1, 1]),
-                    None => all,
-                };
-                crate::custom::parity_gather(&all, 1, h, w)
+                with_bias(crate::custom::parity_gather(&all, 1, h, w), bias)
             }
             UpsampleConv::Taps { kernels, bias } => {
                 // Padding commutes with a 1x1 convolution, so its thinner output is padded.
                 let y = activation(x).conv2d(kernels, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
-                let sum = crate::custom::parity_gather(&crate::custom::replicate_pad1(&y), 4, h, w);
-                match bias {
-                    Some(b) => sum + b.view([1, -1, 1, 1]),
-                    None => sum,
-                }
+                with_bias(crate::custom::parity_gather(&crate::custom::replicate_pad1(&y), 4, h, w), bias)
             }
         }
+    }
+}
+
+/// `y` `[N, C, H, W]` plus a per-channel `bias`, if any.
+fn with_bias(y: Tensor, bias: &Option<Tensor>) -> Tensor {
+    match bias {
+        Some(b) => y + b.view([1, -1, 1, 1]),
+        None => y,
     }
 }
 
