@@ -22,6 +22,10 @@ fn main() {
         .define("GLOG_USE_GLOG_EXPORT", None)
         // libtorch's headers warn under -Wall; ours are checked by the tests.
         .warnings(false)
+        // ATen's parallel_for is a header template: without OpenMP it runs every kernel of ours on
+        // one thread. Linked against libgomp.so.1, which the loader resolves to libtorch's own copy
+        // (the rpath's lib/ comes first), so both share one thread pool and its thread count.
+        .flag("-fopenmp")
         .file("csrc/custom.cpp")
         .file("csrc/profile.cpp")
         .file("csrc/upsample.cpp")
@@ -29,4 +33,5 @@ fn main() {
         .compile("gtn_custom");
     println!("cargo:rustc-link-lib=torch_cpu");
     println!("cargo:rustc-link-lib=c10");
+    println!("cargo:rustc-link-lib=gomp");
 }
