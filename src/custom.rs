@@ -318,7 +318,7 @@ mod tests {
     #[test]
     fn winograd_convolution_and_gradients_equal_libtorchs() {
         let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-        // 23 images of 14x14 are three chunks of transformed tiles, the last one partial.
+        // 23 images of 14x14 are two chunks of transformed tiles, the last one partial.
         for (n, c, k, h, w, channels_last) in [(23, 16, 20, 14, 14, true), (3, 17, 16, 6, 4, false)] {
             let x = Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu));
             let x = if channels_last { nhwc(x) } else { x };
