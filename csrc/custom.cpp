@@ -3,15 +3,18 @@
 // second derivatives (the order the meta-gradient needs: the backwards are ATen ops, recorded in
 // the graph when an inner gradient is taken with `create_graph`). Called from src/custom.rs; a
 // `torch::Tensor *` (= `at::Tensor *`) is what tch's `C_tensor` points to.
+#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "upsample.h"
 #include "winograd.h"
 
+#include <algorithm>
 #include <atomic>
 #include <exception>
 #include <string>
 #include <tuple>
+#include <vector>
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -318,6 +321,14 @@ at::Tensor *gtn_conv_max_pool(const at::Tensor *input, const at::Tensor *weight,
 }
 
 void gtn_set_winograd(bool enabled) { winograd_enabled = enabled; }
+
+// How many threads ATen's parallel_for, as compiled into our kernels, spreads `items` over: it
+// runs serially unless this file is built with OpenMP (build.rs). Called by a test.
+int64_t gtn_kernel_threads(int64_t items) {
+    std::vector<std::atomic<bool>> used(at::get_num_threads());
+    at::parallel_for(0, items, 1, [&](int64_t, int64_t) { used[at::get_thread_num()] = true; });
+    return std::count(used.begin(), used.end(), true);
+}
 
 // Winograd's convolution and its gradients, called directly by the tests that hold them to
 // libtorch's.

@@ -344,6 +344,17 @@ mod tests {
         }
     }
 
+    extern "C" {
+        fn gtn_kernel_threads(items: i64) -> i64;
+    }
+
+    #[test]
+    fn our_kernels_run_on_every_thread() {
+        // SAFETY: no arguments but a count.
+        let used = unsafe { gtn_kernel_threads(64) };
+        assert_eq!(used, i64::from(tch::get_num_threads()), "csrc's parallel_for ran on {used} threads");
+    }
+
     #[test]
     fn winograd_refuses_what_it_does_not_compute() {
         let x = Tensor::ones([1, 16, 5, 4], (Kind::Float, Device::Cpu));
