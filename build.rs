@@ -1,4 +1,4 @@
-//! Compiles the project's C++ (csrc/: autograd functions, Winograd convolutions, the upsampling resampling, the profiler hook) against the libtorch that
+//! Compiles the project's C++ (csrc/: autograd functions, Winograd convolutions, the upsampling resampling, max-pool kernels, the profiler hook) against the libtorch that
 //! tch links, found the way torch-sys finds it (`LIBTORCH`, set in .cargo/config.toml).
 use std::path::PathBuf;
 
@@ -27,6 +27,7 @@ fn main() {
         // (the rpath's lib/ comes first), so both share one thread pool and its thread count.
         .flag("-fopenmp")
         .file("csrc/custom.cpp")
+        .file("csrc/maxpool.cpp")
         .file("csrc/profile.cpp")
         .file("csrc/upsample.cpp")
         .file("csrc/winograd.cpp")

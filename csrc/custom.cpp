@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "maxpool.h"
 #include "upsample.h"
 #include "winograd.h"
 
@@ -154,16 +155,23 @@ at::Tensor unflat(const at::Tensor &t, at::IntArrayRef nchw, bool nhwc) {
     return nhwc ? t.view({nchw[0], nchw[2], nchw[3], nchw[1]}).permute({0, 3, 1, 2}) : t.view(nchw);
 }
 
-// The values of `conv` at the arg-max `index` (int32, pooled shape).
+// The values of `conv` at the arg-max `index` (int32, pooled shape): on the CPU, channels-last,
+// csrc/maxpool.h's kernel, which reads the int32 arg-max where ATen's gather takes int64.
 at::Tensor gather(const at::Tensor &conv, const at::Tensor &index, bool nhwc) {
+    if (maxpool::applies(conv, index)) return maxpool::at_index(conv, index);
     auto sizes = index.sizes().vec();
     auto rows = flat(conv, nhwc).gather(nhwc ? 1 : 2, flat(index, nhwc).to(at::kLong));
     return unflat(rows, sizes, nhwc);
 }
 
-// Max-pool's backward: `grad` (pooled shape) added into zeros of `conv_sizes` at the arg-max.
-// libtorch's kernel for it: 1.4x faster than a scatter-add over the flattened planes.
+// Max-pool's backward: `grad` (pooled shape) added into zeros of `conv_sizes` at the arg-max. On
+// the CPU, channels-last, csrc/maxpool.h's kernel; elsewhere libtorch's (1.4x faster than a
+// scatter-add over the flattened planes), with the arg-max widened to int64.
 at::Tensor scatter(const at::Tensor &grad, const at::Tensor &index, at::IntArrayRef conv_sizes, bool nhwc) {
+    if (nhwc) {
+        auto g = grad.contiguous(at::MemoryFormat::ChannelsLast);
+        if (maxpool::applies(g, index)) return maxpool::unpool(g, index, conv_sizes);
+    }
     auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
     // Read for its shape and layout only.
     auto like = at::empty(conv_sizes, grad.options().memory_format(format));

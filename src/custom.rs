@@ -263,17 +263,24 @@ mod tests {
     #[test]
     fn max_pool_gradients_follow_libtorchs_arg_max_through_ties() {
         let native = |x: &Tensor| x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        let options = (Kind::Double, Device::Cpu);
         // Through a 1x1 identity convolution, which leaves the values exact.
         let pooled = |x: &Tensor| {
             let c = x.size()[1];
-            conv_max_pool(x, &Tensor::eye(c, options).view([c, c, 1, 1]), 1, 0)
+            conv_max_pool(x, &Tensor::eye(c, (x.kind(), Device::Cpu)).view([c, c, 1, 1]), 1, 0)
         };
-        // Channels-last and NCHW, even and odd sizes.
-        for (c, h, w, nhwc) in [(4, 9, 8, true), (5, 8, 7, true), (4, 9, 8, false)] {
+        // Channels-last and NCHW, even and odd sizes; in float32 the unpooling streams its
+        // stores, from images whose size is a multiple of 4 values (aligned) and from ones that
+        // are not (the second image unaligned).
+        for (c, h, w, nhwc, kind) in [
+            (4, 9, 8, true, Kind::Double),
+            (5, 8, 7, true, Kind::Double),
+            (4, 9, 8, false, Kind::Double),
+            (4, 9, 8, true, Kind::Float),
+            (3, 7, 5, true, Kind::Float),
+        ] {
             // Small integers: most windows hold their maximum more than once, and which of them
             // is the arg-max decides where the gradients go.
-            let x = Tensor::randint(3, [2, c, h, w], options);
+            let x = Tensor::randint(3, [2, c, h, w], (kind, Device::Cpu));
             let x = if nhwc { x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]) } else { x };
             assert_same_to_second_order(&x.set_requires_grad(true), pooled, native);
         }
