@@ -8,12 +8,6 @@
 //! size. With its default 10 s decay it still purged pages fast enough to fault more than glibc,
 //! so dirty pages are never purged: the resident set stays at its peak, which is what a meta-step
 //! needs again on the next step anyway.
-//!
-//! Its extents are also marked for transparent huge pages (`thp:always`: `madvise`, for kernels
-//! that give huge pages only where asked, as the hosts measured here do): the max-pool's scatters
-//! and gathers and the convolutions' reorders walk tensors of tens of MB, where 4 KiB pages miss
-//! the TLB. base_fc meta-steps 2.6-4% faster in three alternating pairs, the MLP's 0.5-3%, peak
-//! RSS +30-45 MiB.
 
 use tikv_jemallocator::Jemalloc;
 
@@ -23,7 +17,7 @@ static GLOBAL: Jemalloc = Jemalloc;
 /// Read by jemalloc at its first allocation (before `main`), hence a static, not a call.
 #[allow(non_upper_case_globals)]
 #[no_mangle]
-static malloc_conf: Option<&'static u8> = Some(&b"dirty_decay_ms:-1,muzzy_decay_ms:-1,thp:always\0"[0]);
+static malloc_conf: Option<&'static u8> = Some(&b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0"[0]);
 
 /// Bytes this thread has allocated and not yet freed (jemalloc's per-thread counters), to test
 /// what a graph keeps alive.
@@ -72,11 +66,8 @@ mod tests {
     }
 
     #[test]
-    fn freed_pages_are_kept_and_huge_pages_asked_for() {
+    fn freed_pages_are_kept() {
         let decay: isize = mallctl(c"opt.dirty_decay_ms");
         assert_eq!(decay, -1);
-        let thp: *const std::ffi::c_char = mallctl(c"opt.thp");
-        // SAFETY: jemalloc's option strings are static, NUL-terminated.
-        assert_eq!(unsafe { CStr::from_ptr(thp) }, c"always");
     }
 }
