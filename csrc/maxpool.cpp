@@ -3,7 +3,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -29,17 +31,20 @@ void pick(T *dst, const T *image, const int32_t *arg, int64_t c) {
     for (int64_t k = 0; k < c; ++k) dst[k] = image[arg[k] * c + k];
 }
 
-// Copies `n` values to `dst` with streaming stores where it can: the destination, written once
-// and read much later, then costs no read for ownership and does not evict the scratch.
+// Copies `n` values to `dst` with streaming stores where it can (x86, float32, aligned): the
+// destination, written once and read much later, then costs no read for ownership and does not
+// evict the scratch.
 template <typename T>
 void stream(T *dst, const T *src, int64_t n) {
     int64_t done = 0;
+#if defined(__SSE2__)
     if constexpr (std::is_same_v<T, float>) {
         if (reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
             for (; done + 4 <= n; done += 4) _mm_stream_ps(dst + done, _mm_loadu_ps(src + done));
             _mm_sfence();
         }
     }
+#endif
     std::copy(src + done, src + n, dst + done);
 }
 
