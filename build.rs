@@ -1,4 +1,4 @@
-//! Compiles the project's C++ (csrc/: autograd functions, Winograd convolutions, the upsampling resampling, max-pool kernels, the profiler hook) against the libtorch that
+//! Compiles the project's C++ (csrc/: autograd functions, Winograd convolutions, the upsampling resampling, max-pool kernels and the first layer's fused ones, the profiler hook) against the libtorch that
 //! tch links, found the way torch-sys finds it (`LIBTORCH`, set in .cargo/config.toml).
 use std::path::PathBuf;
 
@@ -12,26 +12,49 @@ fn main() {
     );
     // torch-sys's default; the torch 2.11 wheels are built with the C++11 ABI.
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
-    cc::Build::new()
-        .cpp(true)
-        .pic(true)
-        .std("c++17")
-        .include(libtorch.join("include"))
-        .include(libtorch.join("include/torch/csrc/api/include"))
-        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
-        .define("GLOG_USE_GLOG_EXPORT", None)
-        // libtorch's headers warn under -Wall; ours are checked by the tests.
-        .warnings(false)
-        // ATen's parallel_for is a header template: without OpenMP it runs every kernel of ours on
-        // one thread. Linked against libgomp.so.1, which the loader resolves to libtorch's own copy
-        // (the rpath's lib/ comes first), so both share one thread pool and its thread count.
-        .flag("-fopenmp")
+    let build = || {
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .pic(true)
+            .std("c++17")
+            .include(libtorch.join("include"))
+            .include(libtorch.join("include/torch/csrc/api/include"))
+            .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+            .define("GLOG_USE_GLOG_EXPORT", None)
+            // libtorch's headers warn under -Wall; ours are checked by the tests.
+            .warnings(false)
+            // ATen's parallel_for is a header template: without OpenMP it runs every kernel of
+            // ours on one thread. Linked against libgomp.so.1, which the loader resolves to
+            // libtorch's own copy (the rpath's lib/ comes first), so both share one thread pool
+            // and its thread count.
+            .flag("-fopenmp");
+        build
+    };
+    build()
         .file("csrc/custom.cpp")
         .file("csrc/maxpool.cpp")
+        .file("csrc/pointwise_pool.cpp")
         .file("csrc/profile.cpp")
         .file("csrc/upsample.cpp")
         .file("csrc/winograd.cpp")
         .compile("gtn_custom");
+    // The first layer's fused kernels once per instruction set level, each in its own namespace
+    // (csrc/pointwise_kernels.h); the library picks one at run time.
+    let levels: &[(&str, &[&str])] = if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") {
+        &[("baseline", &[]), ("avx2", &["-march=x86-64-v3"]), ("avx512", &["-march=x86-64-v4"])]
+    } else {
+        &[("baseline", &[])]
+    };
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    for (level, flags) in levels {
+        let mut kernels = build();
+        kernels.file("csrc/pointwise_kernels.cpp").define("GTN_ISA", *level).out_dir(out.join(level));
+        for flag in *flags {
+            kernels.flag(flag);
+        }
+        kernels.compile(&format!("gtn_pointwise_{level}"));
+    }
     println!("cargo:rustc-link-lib=torch_cpu");
     println!("cargo:rustc-link-lib=c10");
     println!("cargo:rustc-link-lib=gomp");

@@ -7,6 +7,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "maxpool.h"
+#include "pointwise_kernels.h"
+#include "pointwise_pool.h"
 #include "upsample.h"
 #include "winograd.h"
 
@@ -202,22 +204,39 @@ struct Geometry {
         return winograd_enabled && !at::GradMode::is_enabled() && winograd::applies(input, weight, stride, padding);
     }
 
+    // A 1x1 convolution of few channels (base_fc's first layer) fused with its pool
+    // (csrc/pointwise_pool.h), on the same terms.
+    bool pointwise(const at::Tensor &input, const at::Tensor &weight) const {
+        return !at::GradMode::is_enabled() && pointwise_pool::applies(input, weight, stride, padding);
+    }
+
     at::Tensor conv(const at::Tensor &input, const at::Tensor &weight) const {
         if (winograd(input, weight)) return winograd::conv(input, weight);
         return at::conv2d(input, weight, {}, {stride, stride}, {padding, padding});
     }
 
-    // conv(input, weight) + conv(other, other_weight).
-    at::Tensor conv_sum(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
-                        const at::Tensor &other_weight) const {
-        if (winograd(input, weight) && winograd(other, other_weight))
-            return winograd::conv_sum(input, weight, other, other_weight);
-        return conv(input, weight).add(conv(other, other_weight));
+    // conv(input, weight) + conv(other, other_weight), where `other` is defined, read at the
+    // arg-max `index`.
+    at::Tensor conv_at(const at::Tensor &index, const at::Tensor &input, const at::Tensor &weight,
+                       const at::Tensor &other, const at::Tensor &other_weight) const {
+        if (pointwise(input, weight)) return pointwise_pool::conv_at_index(input, weight, other, other_weight, index);
+        at::Tensor sum;
+        if (!other.defined())
+            sum = conv(input, weight);
+        else if (winograd(input, weight) && winograd(other, other_weight))
+            sum = winograd::conv_sum(input, weight, other, other_weight);
+        else
+            sum = conv(input, weight).add(conv(other, other_weight));
+        return gather(sum, index, nhwc);
     }
 
-    // The gradients of the convolution with respect to its input and weight that are asked for.
-    std::tuple<at::Tensor, at::Tensor> conv_grads(const at::Tensor &grad_out, const at::Tensor &input,
-                                                  const at::Tensor &weight, bool input_grad, bool weight_grad) const {
+    // The gradients of the pool (at `index`) of the convolution with respect to its input and
+    // weight that are asked for, given the pooled gradient.
+    std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad, const at::Tensor &index, const at::Tensor &input,
+                                             const at::Tensor &weight, bool input_grad, bool weight_grad) const {
+        if (pointwise(input, weight))
+            return pointwise_pool::grads(grad, index, input, weight, input_grad, weight_grad);
+        auto grad_out = scatter(grad, index, conv_sizes, nhwc);
         if (winograd(input, weight)) return winograd::grads(grad_out, input, weight, input_grad, weight_grad);
         auto grads = at::convolution_backward(grad_out, input, weight, std::nullopt, {stride, stride},
                                               {padding, padding}, {1, 1}, false, {0, 0}, 1,
@@ -234,8 +253,7 @@ struct ConvMaxPoolGrads : public torch::autograd::Function<ConvMaxPoolGrads> {
         geometry.save(ctx);
         ctx->saved_data["input_grad"] = input_grad;
         ctx->save_for_backward({grad, input, weight, index});
-        auto grad_out = scatter(grad, index, geometry.conv_sizes, geometry.nhwc);
-        auto [grad_input, grad_weight] = geometry.conv_grads(grad_out, input, weight, input_grad, true);
+        auto [grad_input, grad_weight] = geometry.grads(grad, index, input, weight, input_grad, true);
         // Outputs must be defined tensors: an empty placeholder stands for an input gradient
         // not asked for (the inner loop differentiates with respect to the weights only).
         if (!input_grad) {
@@ -254,26 +272,19 @@ struct ConvMaxPoolGrads : public torch::autograd::Function<ConvMaxPoolGrads> {
         auto &a_weight = adjoints[1];
         bool weight_needed = a_input.defined() && ctx->needs_input_grad(2);
         bool input_needed = a_weight.defined() && ctx->needs_input_grad(1);
-        // The unpooled gradient is scattered again only for the terms that read it.
-        auto grad_out = weight_needed || input_needed ? scatter(grad, index, geometry.conv_sizes, geometry.nhwc)
-                                                      : at::Tensor();
-        at::Tensor d_grad_out, d_input, d_weight;
-        if (a_input.defined() && a_weight.defined()) {
-            d_grad_out = geometry.conv_sum(a_input, weight, input, a_weight);
-        } else if (a_input.defined()) {
-            d_grad_out = geometry.conv(a_input, weight);
-        } else if (a_weight.defined()) {
-            d_grad_out = geometry.conv(input, a_weight);
-        }
+        at::Tensor d_grad, d_input, d_weight;
+        if (a_input.defined())
+            d_grad = geometry.conv_at(index, a_input, weight, a_weight.defined() ? input : at::Tensor(), a_weight);
+        else if (a_weight.defined())
+            d_grad = geometry.conv_at(index, input, a_weight, at::Tensor(), at::Tensor());
         if (weight_needed || input_needed) {
             // The weight's term is the weight gradient of a convolution of a_input, the input's the
-            // input gradient of one with a_weight: one call computes both (a stand-in of the same
-            // shape fills the slot of the one not needed).
-            std::tie(d_input, d_weight) = geometry.conv_grads(grad_out, weight_needed ? a_input : input,
-                                                              input_needed ? a_weight : weight, input_needed,
-                                                              weight_needed);
+            // input gradient of one with a_weight, both of the pooled gradient scattered again:
+            // one call computes both (a stand-in of the same shape fills the slot of the one not
+            // needed).
+            std::tie(d_input, d_weight) = geometry.grads(grad, index, weight_needed ? a_input : input,
+                                                         input_needed ? a_weight : weight, input_needed, weight_needed);
         }
-        auto d_grad = d_grad_out.defined() ? gather(d_grad_out, index, geometry.nhwc) : at::Tensor();
         return {d_grad, d_input, d_weight, at::Tensor(), at::Tensor(), at::Tensor()};
     }
 };
@@ -283,6 +294,14 @@ struct ConvMaxPool : public torch::autograd::Function<ConvMaxPool> {
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &input, const at::Tensor &weight, int64_t stride,
                               int64_t padding) {
         Geometry geometry{{}, stride, padding, false};
+        if (geometry.pointwise(input, weight)) {
+            auto [pooled, index] = pointwise_pool::conv_max_pool(input, weight);
+            geometry.conv_sizes = {input.size(0), weight.size(0), input.size(2), input.size(3)};
+            geometry.nhwc = true;
+            geometry.save(ctx);
+            ctx->save_for_backward({input, weight, index});
+            return pooled;
+        }
         auto conv = geometry.conv(input, weight);
         geometry.conv_sizes = conv.sizes().vec();
         geometry.nhwc = nhwc(conv);
@@ -337,6 +356,11 @@ int64_t gtn_kernel_threads(int64_t items) {
     at::parallel_for(0, items, 1, [&](int64_t, int64_t) { used[at::get_thread_num()] = true; });
     return std::count(used.begin(), used.end(), true);
 }
+
+// The instruction set levels of the first layer's fused kernels, which the tests run one by one.
+int64_t gtn_pointwise_levels() { return pointwise_kernels::levels(); }
+
+bool gtn_force_pointwise_level(int64_t level) { return pointwise_kernels::force_level(static_cast<int>(level)); }
 
 // Winograd's convolution and its gradients, called directly by the tests that hold them to
 // libtorch's.

@@ -140,7 +140,11 @@ pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride
 /// which the convolution's double backward reads; the pooled gradient is kept and scattered again
 /// when the meta-backward needs it), and the arg-max as int32 instead of int64 (9.6 MB).
 ///
-/// The arg-max comes from libtorch's channels-last max-pool kernel (~10x faster than its NCHW
+/// On a one-channel input (the 1x1 convolution of the image's nine shifted copies, below), the
+/// convolution, the pool and their gradients run fused, an image at a time in cache
+/// (csrc/pointwise_pool.h): the convolution's output and its gradient, 25.7 MB each per base_fc
+/// batch of 128, never go through memory. Elsewhere the arg-max comes from libtorch's
+/// channels-last max-pool kernel (~10x faster than its NCHW
 /// one), and the values are gathered at it along `[N, H·W, C]` rows of a channels-last tensor:
 /// gathering along the spatial dimension of that layout, or converting layouts, cost more than
 /// the layout saves in the convolutions. Forward, backward and double backward of a gather took

@@ -1,0 +1,51 @@
+// The per-image kernels of csrc/pointwise_pool.h: plain C++ over raw pointers, explicitly
+// vectorised (GCC's vector extensions). csrc/pointwise_kernels.cpp is compiled once per x86-64
+// instruction set level (build.rs: baseline, AVX2 and AVX-512; elsewhere baseline only), each
+// into its own namespace, and `table` picks the best one the CPU runs, once. (GCC's
+// `target_clones` does not do this: it lowers vector-extension code to the baseline's 128-bit
+// registers, element by element where vectors are compared.)
+//
+// Each build defines only functions of its own namespace, and no inline function or template
+// that another file also instantiates: the linker keeps one copy of such a function, which
+// could be the AVX-512 one.
+#pragma once
+
+#include <cstdint>
+
+namespace pointwise_kernels {
+
+// One image: h x w pixels, c input and k output channels; pooled (3x3, stride 2, padding 1) into
+// (h + 1) / 2 x (w + 1) / 2. Images are channels-last: [pixels, channels].
+struct Dims {
+    int64_t h, w, c, k;
+};
+
+// Input channels the padded weight of `Table::grads` holds (and the most the kernels take).
+constexpr int64_t kMaxChannels = 16;
+
+template <typename T>
+struct Table {
+    // y, arg [pooled, k] = the max-pool and arg-max (as libtorch's channels-last kernel finds
+    // them) of the convolution of x [pixels, c] with wt [c, k] (the weight transposed), through
+    // the scratch image s [pixels, k].
+    void (*conv_max_pool)(const Dims &d, const T *x, const T *wt, T *s, T *y, int32_t *arg);
+    // y [pooled, k] = (x ⊛ wt + other ⊛ other_wt)[arg] (`other` may be null), through s.
+    void (*conv_at_index)(const Dims &d, const T *x, const T *wt, const T *other, const T *other_wt,
+                          const int32_t *arg, T *s, T *y);
+    // s = g [pooled, k] scattered at arg (the convolution's output gradient); then, where not
+    // null, gi [pixels, c] = s · wp[:, :c] (wp: the weight [k, kMaxChannels], zero-padded) and
+    // acc [c, k] += x^T s.
+    void (*grads)(const Dims &d, const T *g, const int32_t *arg, const T *x, const T *wp, T *s, T *gi, T *acc);
+};
+
+// The kernels of the best instruction set level this CPU has (or of the one forced).
+const Table<float> &float_table();
+const Table<double> &double_table();
+
+// How many levels this CPU runs (the baseline, AVX2, AVX-512: 1 to 3), and, for the tests that
+// hold each to libtorch, a level to use instead of the best (-1: the best again; false if this
+// CPU does not run it). Process-wide.
+int levels();
+bool force_level(int level);
+
+}  // namespace pointwise_kernels

@@ -1,0 +1,210 @@
+#include "pointwise_pool.h"
+
+#include "pointwise_kernels.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace pointwise_kernels {
+
+#define GTN_KERNELS(isa)                  \
+    namespace isa {                       \
+    extern const Table<float> floats;     \
+    extern const Table<double> doubles;   \
+    }
+GTN_KERNELS(baseline)
+#if defined(__x86_64__)
+GTN_KERNELS(avx2)
+GTN_KERNELS(avx512)
+#endif
+#undef GTN_KERNELS
+
+namespace {
+
+// The builds of csrc/pointwise_kernels.cpp by instruction set level: the baseline, then on x86-64
+// v3 (AVX2, FMA) and v4 (AVX-512).
+const Table<float> *const kFloats[] = {
+    &baseline::floats,
+#if defined(__x86_64__)
+    &avx2::floats,
+    &avx512::floats,
+#endif
+};
+const Table<double> *const kDoubles[] = {
+    &baseline::doubles,
+#if defined(__x86_64__)
+    &avx2::doubles,
+    &avx512::doubles,
+#endif
+};
+
+std::atomic<int> forced_level{-1};
+
+int level() {
+    int forced = forced_level;
+    return forced >= 0 ? forced : levels() - 1;
+}
+
+}  // namespace
+
+int levels() {
+#if defined(__x86_64__)
+    static const int supported = __builtin_cpu_supports("x86-64-v4")   ? 3
+                                 : __builtin_cpu_supports("x86-64-v3") ? 2
+                                                                       : 1;
+    return supported;
+#else
+    return 1;
+#endif
+}
+
+bool force_level(int level) {
+    if (level >= levels()) return false;
+    forced_level = level;
+    return true;
+}
+
+const Table<float> &float_table() { return *kFloats[level()]; }
+
+const Table<double> &double_table() { return *kDoubles[level()]; }
+
+}  // namespace pointwise_kernels
+
+namespace pointwise_pool {
+namespace {
+
+using pointwise_kernels::Dims;
+using pointwise_kernels::kMaxChannels;
+
+constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
+
+int64_t pixels(const Dims &d) { return d.h * d.w; }
+int64_t pooled(const Dims &d) { return (d.h + 1) / 2 * ((d.w + 1) / 2); }
+
+template <typename T>
+const pointwise_kernels::Table<T> &kernels() {
+    if constexpr (std::is_same_v<T, float>)
+        return pointwise_kernels::float_table();
+    else
+        return pointwise_kernels::double_table();
+}
+
+Dims dims_of(const at::Tensor &input, const at::Tensor &weight) {
+    return {input.size(2), input.size(3), input.size(1), weight.size(0)};
+}
+
+// [K, C, 1, 1] -> [K, kMaxChannels], zero beyond C.
+at::Tensor padded(const at::Tensor &weight) {
+    auto wp = at::zeros({weight.size(0), kMaxChannels}, weight.options());
+    wp.narrow(1, 0, weight.size(1)).copy_(weight.reshape({weight.size(0), weight.size(1)}));
+    return wp;
+}
+
+// [K, C, 1, 1] -> [C, K], contiguous.
+at::Tensor transposed(const at::Tensor &weight) {
+    return weight.reshape({weight.size(0), weight.size(1)}).t().contiguous();
+}
+
+std::vector<int64_t> pooled_sizes(const at::Tensor &input, const Dims &d) {
+    return {input.size(0), d.k, (d.h + 1) / 2, (d.w + 1) / 2};
+}
+
+at::Tensor pooled_like(const at::Tensor &input, const Dims &d, at::ScalarType kind) {
+    return at::empty(pooled_sizes(input, d), input.options().dtype(kind).memory_format(kNhwc));
+}
+
+// Runs `f(image, scratch)` over `n` images in parallel, each thread with a scratch image of
+// `size` values.
+template <typename T, typename F>
+void for_each_image(int64_t n, int64_t size, F f) {
+    at::parallel_for(0, n, 1, [&](int64_t lo, int64_t hi) {
+        thread_local std::vector<T> scratch;
+        if (static_cast<int64_t>(scratch.size()) < size) scratch.resize(size);
+        for (int64_t b = lo; b < hi; ++b) f(b, scratch.data());
+    });
+}
+
+}  // namespace
+
+bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, int64_t padding) {
+    auto kind = input.scalar_type();
+    return input.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
+           input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) == 1 &&
+           weight.size(3) == 1 && stride == 1 && padding == 0 && input.size(1) <= kMaxChannels &&
+           input.size(2) * input.size(3) <= std::numeric_limits<int32_t>::max();
+}
+
+std::tuple<at::Tensor, at::Tensor> conv_max_pool(const at::Tensor &input, const at::Tensor &weight) {
+    TORCH_CHECK(applies(input, weight, 1, 0), "pointwise max-pool: input ", input.sizes(), " and weight ",
+                weight.sizes(), " do not fit");
+    auto x = input.contiguous(kNhwc), wt = transposed(weight);
+    auto d = dims_of(input, weight);
+    auto y = pooled_like(input, d, input.scalar_type()), arg = pooled_like(input, d, at::kInt);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pointwise_max_pool", [&] {
+        for_each_image<scalar_t>(x.size(0), pixels(d) * d.k, [&](int64_t b, scalar_t *s) {
+            kernels<scalar_t>().conv_max_pool(d, x.const_data_ptr<scalar_t>() + b * pixels(d) * d.c, wt.const_data_ptr<scalar_t>(),
+                                s, y.data_ptr<scalar_t>() + b * pooled(d) * d.k,
+                                arg.data_ptr<int32_t>() + b * pooled(d) * d.k);
+        });
+    });
+    return {y, arg};
+}
+
+at::Tensor conv_at_index(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
+                         const at::Tensor &other_weight, const at::Tensor &index) {
+    TORCH_CHECK(applies(input, weight, 1, 0) && (!other.defined() || applies(other, other_weight, 1, 0)) &&
+                    index.scalar_type() == at::kInt,
+                "pointwise max-pool: input ", input.sizes(), ", weight ", weight.sizes(), " and index ",
+                index.sizes(), " do not fit");
+    auto d = dims_of(input, weight);
+    TORCH_CHECK(index.sizes() == at::IntArrayRef(pooled_sizes(input, d)), "pointwise max-pool: index ",
+                index.sizes(), " does not pool input ", input.sizes());
+    auto x = input.contiguous(kNhwc), wt = transposed(weight), arg = index.contiguous(kNhwc);
+    at::Tensor o, owt;
+    if (other.defined()) o = other.contiguous(kNhwc), owt = transposed(other_weight);
+    auto y = pooled_like(input, d, input.scalar_type());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pointwise_at_index", [&] {
+        for_each_image<scalar_t>(x.size(0), pixels(d) * d.k, [&](int64_t b, scalar_t *s) {
+            const int64_t image = b * pixels(d) * d.c, cell = b * pooled(d) * d.k;
+            kernels<scalar_t>().conv_at_index(d, x.const_data_ptr<scalar_t>() + image, wt.const_data_ptr<scalar_t>(),
+                                o.defined() ? o.const_data_ptr<scalar_t>() + image : nullptr,
+                                o.defined() ? owt.const_data_ptr<scalar_t>() : nullptr,
+                                arg.const_data_ptr<int32_t>() + cell, s, y.data_ptr<scalar_t>() + cell);
+        });
+    });
+    return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad, const at::Tensor &index, const at::Tensor &input,
+                                         const at::Tensor &weight, bool want_input, bool want_weight) {
+    auto d = dims_of(input, weight);
+    TORCH_CHECK(applies(input, weight, 1, 0) && index.scalar_type() == at::kInt && grad.sizes() == index.sizes() &&
+                    index.sizes() == at::IntArrayRef(pooled_sizes(input, d)),
+                "pointwise max-pool gradients: gradient ", grad.sizes(), " and index ", index.sizes(),
+                " do not pool input ", input.sizes(), " and weight ", weight.sizes());
+    auto g = grad.contiguous(kNhwc), arg = index.contiguous(kNhwc);
+    auto x = want_weight ? input.contiguous(kNhwc) : at::Tensor();
+    auto wp = want_input ? padded(weight) : at::Tensor();
+    auto gi = want_input ? at::empty(input.sizes(), input.options().memory_format(kNhwc)) : at::Tensor();
+    // The weight's gradient summed per thread (each into its own [c, k] row), then over threads.
+    auto acc = want_weight ? at::zeros({at::get_num_threads(), d.c, d.k}, input.options()) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "pointwise_grads", [&] {
+        for_each_image<scalar_t>(g.size(0), pixels(d) * d.k, [&](int64_t b, scalar_t *s) {
+            const int64_t image = b * pixels(d) * d.c, cell = b * pooled(d) * d.k;
+            kernels<scalar_t>().grads(d, g.const_data_ptr<scalar_t>() + cell, arg.const_data_ptr<int32_t>() + cell,
+                        want_weight ? x.const_data_ptr<scalar_t>() + image : nullptr,
+                        want_input ? wp.const_data_ptr<scalar_t>() : nullptr, s,
+                        want_input ? gi.data_ptr<scalar_t>() + image : nullptr,
+                        want_weight ? acc.data_ptr<scalar_t>() + at::get_thread_num() * d.c * d.k : nullptr);
+        });
+    });
+    auto gw = want_weight ? acc.sum(0).t().reshape(weight.sizes()) : at::Tensor();
+    return {gi, gw};
+}
+
+}  // namespace pointwise_pool
