@@ -12,6 +12,7 @@ extern "C" {
     fn gtn_last_error() -> *const c_char;
     fn gtn_conv_max_pool(input: *const C_tensor, weight: *const C_tensor, stride: i64, padding: i64) -> *mut C_tensor;
     fn gtn_leaky_relu(x: *const C_tensor, slope: f64) -> *mut C_tensor;
+    fn gtn_row_norm(v: *const C_tensor) -> *mut C_tensor;
     fn gtn_set_winograd(enabled: bool);
     fn gtn_replicate_pad1(x: *const C_tensor) -> *mut C_tensor;
     fn gtn_parity_gather(grid: *const C_tensor, taps: i64, h: i64, w: i64) -> *mut C_tensor;
@@ -42,6 +43,13 @@ pub fn conv_max_pool(input: &Tensor, weight: &Tensor, stride: i64, padding: i64)
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
     // SAFETY: a live tensor for the duration of the call.
     owned(unsafe { gtn_leaky_relu(x.as_ptr(), slope) }, "leaky_relu")
+}
+
+/// The norm of each slice of `v` along dimension 0 (`[out, 1, ...]`, dimensions kept), whose
+/// backward is a single product with `v`.
+pub fn row_norm(v: &Tensor) -> Tensor {
+    // SAFETY: a live tensor for the duration of the call.
+    owned(unsafe { gtn_row_norm(v.as_ptr()) }, "row_norm")
 }
 
 /// Replicate padding by one pixel on each side of `[N, C, H, W]` that keeps only the input's
@@ -104,6 +112,19 @@ mod tests {
             let tolerance = rounding * v.abs().max().double_value(&[]).max(1.0);
             assert!(err <= tolerance, "{name} differ by {err:e}");
         }
+    }
+
+    #[test]
+    fn row_norm_matches_libtorch() {
+        for shape in [[4i64, 6, 1, 1], [3, 2, 3, 3]] {
+            let v = leaf(&shape, 3);
+            let plain = |v: &Tensor| (v * v).sum_dim_intlist([1i64, 2, 3].as_slice(), true, None::<Kind>).sqrt();
+            assert_same_to_second_order(&v, row_norm, plain);
+        }
+        let v = leaf(&[5, 7], 4);
+        assert_same_to_second_order(&v, row_norm, |v| {
+            v.square().sum_dim_intlist([1i64].as_slice(), true, None::<Kind>).sqrt()
+        });
     }
 
     #[test]

@@ -78,12 +78,12 @@ pub fn init_params(specs: &[ParamSpec], rng: &mut StdRng, kind: Kind, device: De
 
 /// Norm of each output unit's weights (dimension 0), keeping dimensions for broadcasting.
 ///
-/// The square is `v * v`, not `square`: libtorch's gradient of `square` is `grad · 2 · v¹` (a
-/// `pow`), a new weight-sized tensor that a differentiated inner gradient then keeps per step
-/// (6.4 MB for base_fc's 6272 x 256 layer); the product's gradient multiplies by `v` itself.
+/// A C++ autograd function ([`crate::custom::row_norm`]) whose backward is one product with `v`:
+/// neither `square` (whose gradient `grad · 2 · v¹`, a `pow`, is a new weight-sized tensor a
+/// differentiated inner gradient keeps per step, 6.4 MB for base_fc's 6272 x 256 layer) nor `v *
+/// v` (two products and their sum per backward).
 fn row_norm(v: &Tensor) -> Tensor {
-    let dims: Vec<i64> = (1..v.dim() as i64).collect();
-    (v * v).sum_dim_intlist(dims.as_slice(), true, None::<Kind>).sqrt()
+    crate::custom::row_norm(v)
 }
 
 /// Weight normalisation: w = g · v / ‖v‖ per output unit.
