@@ -257,6 +257,8 @@ struct Geometry {
                                              const at::Tensor &weight, bool input_grad, bool weight_grad) const {
         if (pointwise(input, weight))
             return pointwise_pool::grads(grad, index, input, weight, input_grad, weight_grad);
+        if (nhwc && winograd(input, weight))
+            return winograd::pooled_grads(grad, index, input, weight, input_grad, weight_grad);
         auto grad_out = scatter(grad, index, conv_sizes, nhwc);
         if (winograd(input, weight)) return winograd::grads(grad_out, input, weight, input_grad, weight_grad);
         auto grads = at::convolution_backward(grad_out, input, weight, std::nullopt, {stride, stride},

@@ -19,12 +19,6 @@ constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
 
 bool nhwc(const at::Tensor &t) { return t.dim() == 4 && t.is_contiguous(kNhwc); }
 
-// `image[arg[k] * c + k] += src[k]`: each channel's pooled gradient added at its own arg-max.
-template <typename T>
-void add_at(T *image, const T *src, const int32_t *arg, int64_t c) {
-    for (int64_t k = 0; k < c; ++k) image[arg[k] * c + k] += src[k];
-}
-
 // `dst[k] = image[arg[k] * c + k]`: each channel's value at its own arg-max.
 template <typename T>
 void pick(T *dst, const T *image, const int32_t *arg, int64_t c) {
@@ -67,13 +61,11 @@ at::Tensor unpool(const at::Tensor &grad, const at::Tensor &index, at::IntArrayR
         const auto *g = grad.const_data_ptr<scalar_t>();
         const auto *ix = index.const_data_ptr<int32_t>();
         auto *y = out.data_ptr<scalar_t>();
-        // An image at a time into a scratch image that stays in cache (zeroed, then the pooled
-        // gradient added), streamed out once.
+        // An image at a time into a scratch image that stays in cache, streamed out once.
         at::parallel_for(0, conv_sizes[0], 1, [&](int64_t lo, int64_t hi) {
             std::vector<scalar_t> image(plane * c);
             for (int64_t b = lo; b < hi; ++b) {
-                std::fill(image.begin(), image.end(), scalar_t(0));
-                for (int64_t p = b * pooled; p < (b + 1) * pooled; ++p) add_at(image.data(), g + p * c, ix + p * c, c);
+                unpool_image(image.data(), plane, g + b * pooled * c, ix + b * pooled * c, pooled, c);
                 stream(y + b * plane * c, image.data(), plane * c);
             }
         });

@@ -8,7 +8,19 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cstdint>
+
 namespace maxpool {
+
+// One image's share of `unpool`: `grad` [pooled, c] added at its arg-max `arg` [pooled, c] into
+// `image` [pixels, c], which it zeroes first (channels-last). Callers keep `image` in cache.
+template <typename T>
+inline void unpool_image(T *image, int64_t pixels, const T *grad, const int32_t *arg, int64_t pooled, int64_t c) {
+    std::fill(image, image + pixels * c, T(0));
+    for (int64_t e = 0; e < pooled * c; e += c)
+        for (int64_t k = 0; k < c; ++k) image[arg[e + k] * c + k] += grad[e + k];
+}
 
 // Whether the kernels take these tensors: on the CPU, float or double, `t` (the convolution's
 // output or the pooled gradient) and `index` (int32) both channels-last.

@@ -1,5 +1,7 @@
 #include "winograd.h"
 
+#include "maxpool.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -168,25 +170,51 @@ void output_transform(const T *m, T *y, int64_t images, const Tiles &t, int64_t 
     });
 }
 
+// The adjoint of output_transform for the tiles of image b: A g A^T of every 2x2 tile of `image`
+// (that image's pixels), into `m` [16, tiles, c] whose planes are `plane` values apart.
+template <typename T>
+void output_transform_adjoint_image(const T *image, T *m, int64_t b, const Tiles &t, int64_t c, int64_t plane) {
+    for (int64_t i = 0; i < t.rows(); ++i)
+        for (int64_t j = 0; j < t.cols(); ++j) {
+            const T *q[2][2];
+            quad(q, image, 0, i, j, t, c);
+            T *out = m + t.tile(b, i, j, c);
+            VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                T u[2][4];
+                for (int r = 0; r < 2; ++r) {
+                    T g0 = q[r][0][k], g1 = q[r][1][k];
+                    u[r][0] = g0, u[r][1] = g0 + g1, u[r][2] = g0 - g1, u[r][3] = -g1;
+                }
+                for (int s = 0; s < 4; ++s) {
+                    T *o = out + s * plane + k;
+                    o[0] = u[0][s], o[4 * plane] = u[0][s] + u[1][s];
+                    o[8 * plane] = u[0][s] - u[1][s], o[12 * plane] = -u[1][s];
+                }
+            }
+        }
+}
+
 // The adjoint of output_transform: A g A^T of every 2x2 tile of `y`, into `m` [16, tiles, c].
 template <typename T>
 void output_transform_adjoint(const T *y, T *m, int64_t images, const Tiles &t, int64_t c) {
     const int64_t plane = images * t.per_image() * c;
-    for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
-        const T *q[2][2];
-        quad(q, y, b, i, j, t, c);
-        T *out = m + t.tile(b, i, j, c);
-        VECTORIZE for (int64_t k = 0; k < c; ++k) {
-            T u[2][4];
-            for (int r = 0; r < 2; ++r) {
-                T g0 = q[r][0][k], g1 = q[r][1][k];
-                u[r][0] = g0, u[r][1] = g0 + g1, u[r][2] = g0 - g1, u[r][3] = -g1;
-            }
-            for (int s = 0; s < 4; ++s) {
-                T *o = out + s * plane + k;
-                o[0] = u[0][s], o[4 * plane] = u[0][s] + u[1][s];
-                o[8 * plane] = u[0][s] - u[1][s], o[12 * plane] = -u[1][s];
-            }
+    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t b = lo; b < hi; ++b) output_transform_adjoint_image(y + t.pixel(b, 0, 0, c), m, b, t, c, plane);
+    });
+}
+
+// output_transform_adjoint of the max-pool's backward: of `grad` [images, pooled, c] scattered at
+// its arg-max `arg`, an image at a time in a scratch image that stays in cache.
+template <typename T>
+void output_transform_adjoint_of_pool(const T *grad, const int32_t *arg, int64_t pooled, T *m, int64_t images,
+                                      const Tiles &t, int64_t c) {
+    const int64_t plane = images * t.per_image() * c;
+    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+        thread_local std::vector<T> image;
+        image.resize(t.h * t.w * c);
+        for (int64_t b = lo; b < hi; ++b) {
+            maxpool::unpool_image(image.data(), t.h * t.w, grad + b * pooled * c, arg + b * pooled * c, pooled, c);
+            output_transform_adjoint_image(image.data(), m, b, t, c, plane);
         }
     });
 }
@@ -197,6 +225,21 @@ Tiles tiles_of(const at::Tensor &t) { return {t.size(0), t.size(2), t.size(3)}; 
 template <typename F>
 void by_chunk(const Tiles &t, F f) {
     for (int64_t b = 0; b < t.n; b += t.images_per_chunk()) f(b, std::min(t.images_per_chunk(), t.n - b));
+}
+
+// A chunk's transformed output gradient [16, tiles, c] from the pooled gradient `grad` and the
+// pool's arg-max `index` (both channels-last): output_transform_adjoint of the unpooled gradient.
+at::Tensor transformed_of_pool(const at::Tensor &grad, const at::Tensor &index, const Tiles &t, int64_t first,
+                               int64_t images) {
+    auto c = grad.size(1);
+    auto pooled = grad.size(2) * grad.size(3);
+    auto m = at::empty({16, images * t.per_image(), c}, grad.options());
+    AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "winograd_transform_of_pool", [&] {
+        output_transform_adjoint_of_pool(grad.const_data_ptr<scalar_t>() + first * pooled * c,
+                                         index.const_data_ptr<int32_t>() + first * pooled * c, pooled,
+                                         m.data_ptr<scalar_t>(), images, t, c);
+    });
+    return m;
 }
 
 // A chunk's transformed input [16, tiles, c] (or output, for `adjoint_of_output`).
@@ -248,22 +291,25 @@ at::Tensor conv_sum(const at::Tensor &input, const at::Tensor &weight, const at:
 
 at::Tensor conv(const at::Tensor &input, const at::Tensor &weight) { return conv_sum(input, weight, {}, {}); }
 
-std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::Tensor &input,
-                                         const at::Tensor &weight, bool want_input, bool want_weight) {
-    auto g = grad_out.contiguous(kNhwc);
+namespace {
+
+// The gradients with respect to `input` and `weight` from the transformed output gradient of each
+// chunk (`output_grad(first image, images)`) over `t`'s tiles.
+template <typename OutputGrad>
+std::tuple<at::Tensor, at::Tensor> grads_of(const Tiles &t, OutputGrad output_grad, const at::Tensor &input,
+                                            const at::Tensor &weight, bool want_input, bool want_weight) {
     auto x = want_weight ? input.contiguous(kNhwc) : at::Tensor();
-    auto t = tiles_of(g);
     auto c = weight.size(1);
     at::Tensor input_grad, u_t, weight_grad;
     if (want_input) {
         u_t = weight_transform(weight).transpose(1, 2);
         // at::zeros would drop the memory format.
-        input_grad = at::empty({t.n, c, t.h, t.w}, g.options().memory_format(kNhwc)).zero_();
+        input_grad = at::empty({t.n, c, t.h, t.w}, weight.options().memory_format(kNhwc)).zero_();
     }
-    if (want_weight) weight_grad = at::zeros({16, c, weight.size(0)}, g.options());
+    if (want_weight) weight_grad = at::zeros({16, c, weight.size(0)}, weight.options());
     by_chunk(t, [&](int64_t first, int64_t images) {
         // The output gradient's transform, shared by both gradients.
-        auto m = transformed(g, first, images, true);
+        at::Tensor m = output_grad(first, images);
         if (want_weight) weight_grad.baddbmm_(transformed(x, first, images, false).transpose(1, 2), m);
         if (!want_input) return;
         auto v = at::bmm(m, u_t);
@@ -273,6 +319,30 @@ std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::T
         });
     });
     return {input_grad, want_weight ? weight_transform_adjoint(weight_grad) : at::Tensor()};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::Tensor &input,
+                                         const at::Tensor &weight, bool want_input, bool want_weight) {
+    auto g = grad_out.contiguous(kNhwc);
+    return grads_of(
+        tiles_of(g), [&](int64_t first, int64_t images) { return transformed(g, first, images, true); }, input, weight,
+        want_input, want_weight);
+}
+
+std::tuple<at::Tensor, at::Tensor> pooled_grads(const at::Tensor &grad, const at::Tensor &index,
+                                                const at::Tensor &input, const at::Tensor &weight, bool want_input,
+                                                bool want_weight) {
+    TORCH_CHECK(maxpool::applies(grad.contiguous(kNhwc), index) && grad.sizes() == index.sizes() &&
+                    grad.size(0) == input.size(0) && grad.size(1) == weight.size(0) &&
+                    grad.size(2) == (input.size(2) + 1) / 2 && grad.size(3) == (input.size(3) + 1) / 2,
+                "winograd pooled gradients: gradient ", grad.sizes(), " and index ", index.sizes(),
+                " do not pool the convolution of ", input.sizes(), " with ", weight.sizes());
+    auto g = grad.contiguous(kNhwc);
+    return grads_of(
+        tiles_of(input), [&](int64_t first, int64_t images) { return transformed_of_pool(g, index, tiles_of(input), first, images); },
+        input, weight, want_input, want_weight);
 }
 
 }  // namespace winograd

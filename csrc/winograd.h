@@ -34,4 +34,12 @@ at::Tensor conv_sum(const at::Tensor &input, const at::Tensor &weight, const at:
 std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::Tensor &input,
                                          const at::Tensor &weight, bool want_input, bool want_weight);
 
+// `grads` of the convolution followed by the 3x3 max-pool (stride 2, padding 1) whose int32
+// arg-max is `index` (csrc/maxpool.h), given the pooled gradient `grad`: the output gradient is
+// scattered an image at a time into a scratch image that stays in cache, where `grads` reads it
+// from memory (12.8 MB per base_fc batch of 128 for the second layer, written and read again).
+std::tuple<at::Tensor, at::Tensor> pooled_grads(const at::Tensor &grad, const at::Tensor &index,
+                                                const at::Tensor &input, const at::Tensor &weight, bool want_input,
+                                                bool want_weight);
+
 }  // namespace winograd

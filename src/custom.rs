@@ -429,6 +429,25 @@ mod tests {
         }
     }
 
+    /// conv_max_pool where its 3x3 convolutions take Winograd's form (csrc/winograd.h: 16
+    /// channels or more, even sizes, channels-last), the pool's backward scattered into its
+    /// transform an image at a time: against libtorch's convolution and max-pool, to second order
+    /// with respect to the input and to the weight. 23 images of 14x14 are two chunks of tiles.
+    #[test]
+    fn winograd_conv_max_pool_matches_libtorch_to_second_order() {
+        let native = |x: &Tensor, w: &Tensor| {
+            x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+        };
+        for (n, c, k, h, w) in [(23, 16, 17, 14, 14), (2, 17, 16, 6, 8)] {
+            let x = leaf(&[n, c, h, w], 1).detach().permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+            let weight = leaf(&[k, c, 3, 3], 2).detach().permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+            let input = x.set_requires_grad(true);
+            assert_same_to_second_order(&input, |x| conv_max_pool(x, &weight, 1, 1), |x| native(x, &weight));
+            let weight = weight.set_requires_grad(true);
+            assert_same_to_second_order(&weight, |w| conv_max_pool(&x, w, 1, 1), |w| native(&x, w));
+        }
+    }
+
     extern "C" {
         fn gtn_kernel_threads(items: i64) -> i64;
     }
