@@ -241,6 +241,8 @@ struct Geometry {
     at::Tensor conv_at(const at::Tensor &index, const at::Tensor &input, const at::Tensor &weight,
                        const at::Tensor &other, const at::Tensor &other_weight) const {
         if (pointwise(input, weight)) return pointwise_pool::conv_at_index(input, weight, other, other_weight, index);
+        if (nhwc && winograd(input, weight) && (!other.defined() || winograd(other, other_weight)))
+            return winograd::conv_sum_at(input, weight, other, other_weight, index);
         at::Tensor sum;
         if (!other.defined())
             sum = conv(input, weight);
@@ -319,6 +321,14 @@ struct ConvMaxPool : public torch::autograd::Function<ConvMaxPool> {
         Geometry geometry{{}, stride, padding, false};
         if (geometry.pointwise(input, weight)) {
             auto [pooled, index] = pointwise_pool::conv_max_pool(input, weight);
+            geometry.conv_sizes = {input.size(0), weight.size(0), input.size(2), input.size(3)};
+            geometry.nhwc = true;
+            geometry.save(ctx);
+            ctx->save_for_backward({input, weight, index});
+            return pooled;
+        }
+        if (nhwc(input) && geometry.winograd(input, weight)) {
+            auto [pooled, index] = winograd::conv_max_pool(input, weight);
             geometry.conv_sizes = {input.size(0), weight.size(0), input.size(2), input.size(3)};
             geometry.nhwc = true;
             geometry.save(ctx);

@@ -181,10 +181,15 @@ void grads(const Dims &d, const T *g, const int32_t *arg, const T *x, const T *w
     if (acc) weight_grad(acc, x, s, d);
 }
 
+template <typename T>
+void pool_image(const Dims &d, const T *s, T *y, int32_t *arg) {
+    pool(s, y, arg, d);
+}
+
 }  // namespace
 
-extern const Table<float> floats{conv_max_pool<float>, conv_at_index<float>, grads<float>};
-extern const Table<double> doubles{conv_max_pool<double>, conv_at_index<double>, grads<double>};
+extern const Table<float> floats{conv_max_pool<float>, conv_at_index<float>, grads<float>, pool_image<float>};
+extern const Table<double> doubles{conv_max_pool<double>, conv_at_index<double>, grads<double>, pool_image<double>};
 
 }  // namespace GTN_ISA
 }  // namespace pointwise_kernels

@@ -36,6 +36,9 @@ struct Table {
     // null, gi [pixels, c] = s · wp[:, :c] (wp: the weight [k, kMaxChannels], zero-padded) and
     // acc [c, k] += x^T s.
     void (*grads)(const Dims &d, const T *g, const int32_t *arg, const T *x, const T *wp, T *s, T *gi, T *acc);
+    // y, arg [pooled, k] = the max-pool and arg-max of image s [pixels, k] (`d.c` unused): the
+    // pool alone, for csrc/winograd.cpp's convolutions.
+    void (*pool)(const Dims &d, const T *s, T *y, int32_t *arg);
 };
 
 // The kernels of the best instruction set level this CPU has (or of the one forced).

@@ -1,11 +1,13 @@
 #include "winograd.h"
 
 #include "maxpool.h"
+#include "pointwise_kernels.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -147,25 +149,41 @@ void input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, i
     });
 }
 
-// A^T m A of every tile of `m` [16, tiles, c]: the 2x2 output pixels of `y`.
+// A^T m A of every tile of image b in `m` [16, tiles, c] (planes `plane` values apart): the 2x2
+// output pixels of `image` (that image's pixels).
 template <typename T>
-void output_transform(const T *m, T *y, int64_t images, const Tiles &t, int64_t c) {
+void output_transform_image(const T *m, T *image, int64_t b, const Tiles &t, int64_t c, int64_t plane) {
+    for (int64_t i = 0; i < t.rows(); ++i)
+        for (int64_t j = 0; j < t.cols(); ++j) {
+            T *q[2][2];
+            quad(q, image, 0, i, j, t, c);
+            const T *in = m + t.tile(b, i, j, c);
+            VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                T u[2][4];
+                for (int s = 0; s < 4; ++s) {
+                    const T *e = in + s * plane + k;
+                    T m0 = e[0], m1 = e[4 * plane], m2 = e[8 * plane], m3 = e[12 * plane];
+                    u[0][s] = m0 + m1 + m2, u[1][s] = m1 - m2 - m3;
+                }
+                for (int r = 0; r < 2; ++r) {
+                    q[r][0][k] = u[r][0] + u[r][1] + u[r][2];
+                    q[r][1][k] = u[r][1] - u[r][2] - u[r][3];
+                }
+            }
+        }
+}
+
+// output_transform_image of each of the `images` images of `m`, handed to `f(image, its pixels)`:
+// each transformed into a scratch image that stays in cache for `f` to pool or read.
+template <typename T, typename Fn>
+void for_each_output_image(const T *m, int64_t images, const Tiles &t, int64_t c, Fn f) {
     const int64_t plane = images * t.per_image() * c;
-    for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
-        T *q[2][2];
-        quad(q, y, b, i, j, t, c);
-        const T *in = m + t.tile(b, i, j, c);
-        VECTORIZE for (int64_t k = 0; k < c; ++k) {
-            T u[2][4];
-            for (int s = 0; s < 4; ++s) {
-                const T *e = in + s * plane + k;
-                T m0 = e[0], m1 = e[4 * plane], m2 = e[8 * plane], m3 = e[12 * plane];
-                u[0][s] = m0 + m1 + m2, u[1][s] = m1 - m2 - m3;
-            }
-            for (int r = 0; r < 2; ++r) {
-                q[r][0][k] = u[r][0] + u[r][1] + u[r][2];
-                q[r][1][k] = u[r][1] - u[r][2] - u[r][3];
-            }
+    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+        thread_local std::vector<T> image;
+        image.resize(t.h * t.w * c);
+        for (int64_t b = lo; b < hi; ++b) {
+            output_transform_image(m, image.data(), b, t, c, plane);
+            f(b, image.data());
         }
     });
 }
@@ -268,28 +286,105 @@ bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, 
            input.size(1) >= kMinChannels && weight.size(0) >= kMinChannels;
 }
 
-at::Tensor conv_sum(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
-                    const at::Tensor &other_weight) {
+namespace {
+
+// Runs `emit(m, first image, images)` on the transformed output m [16, tiles, K] of each chunk of
+// conv(input, weight) + conv(other, other_weight) (`other` may be undefined), summed before the
+// output transform.
+template <typename Emit>
+void conv_sum_by_chunk(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
+                       const at::Tensor &other_weight, Emit emit) {
     std::vector<std::pair<at::Tensor, at::Tensor>> terms{{input.contiguous(kNhwc), weight_transform(weight)}};
     if (other.defined()) terms.emplace_back(other.contiguous(kNhwc), weight_transform(other_weight));
-    auto t = tiles_of(input);
-    auto k = weight.size(0);
-    auto y = at::empty({t.n, k, t.h, t.w}, input.options().memory_format(kNhwc));
-    by_chunk(t, [&](int64_t first, int64_t images) {
+    by_chunk(tiles_of(input), [&](int64_t first, int64_t images) {
         at::Tensor m;
         for (auto &[x, u] : terms) {
             auto v = transformed(x, first, images, false);
             m = m.defined() ? m.baddbmm_(v, u) : at::bmm(v, u);
         }
+        emit(m, first, images);
+    });
+}
+
+// csrc/pointwise_kernels.h's pool, for the CPU's instruction set.
+template <typename T>
+auto pool_kernel() {
+    if constexpr (std::is_same_v<T, float>)
+        return pointwise_kernels::float_table().pool;
+    else
+        return pointwise_kernels::double_table().pool;
+}
+
+std::vector<int64_t> pooled_sizes(const at::Tensor &input, const at::Tensor &weight) {
+    return {input.size(0), weight.size(0), (input.size(2) + 1) / 2, (input.size(3) + 1) / 2};
+}
+
+}  // namespace
+
+at::Tensor conv_sum(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
+                    const at::Tensor &other_weight) {
+    auto t = tiles_of(input);
+    auto k = weight.size(0);
+    auto y = at::empty({t.n, k, t.h, t.w}, input.options().memory_format(kNhwc));
+    conv_sum_by_chunk(input, weight, other, other_weight, [&](const at::Tensor &m, int64_t first, int64_t images) {
         AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "winograd_output", [&] {
-            output_transform(m.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>() + t.pixel(first, 0, 0, k), images, t,
-                             k);
+            const int64_t plane = images * t.per_image() * k;
+            auto *out = y.data_ptr<scalar_t>();
+            at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+                for (int64_t b = lo; b < hi; ++b)
+                    output_transform_image(m.const_data_ptr<scalar_t>(), out + t.pixel(first + b, 0, 0, k), b, t, k,
+                                           plane);
+            });
         });
     });
     return y.contiguous(input.suggest_memory_format());
 }
 
 at::Tensor conv(const at::Tensor &input, const at::Tensor &weight) { return conv_sum(input, weight, {}, {}); }
+
+std::tuple<at::Tensor, at::Tensor> conv_max_pool(const at::Tensor &input, const at::Tensor &weight) {
+    auto t = tiles_of(input);
+    auto k = weight.size(0);
+    auto sizes = pooled_sizes(input, weight);
+    auto y = at::empty(sizes, input.options().memory_format(kNhwc));
+    auto arg = at::empty(sizes, input.options().dtype(at::kInt).memory_format(kNhwc));
+    const pointwise_kernels::Dims d{t.h, t.w, 0, k};
+    const int64_t pooled = sizes[2] * sizes[3] * k;
+    conv_sum_by_chunk(input, weight, {}, {}, [&](const at::Tensor &m, int64_t first, int64_t images) {
+        AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "winograd_max_pool", [&] {
+            const auto pool = pool_kernel<scalar_t>();
+            auto *out = y.data_ptr<scalar_t>() + first * pooled;
+            auto *at = arg.data_ptr<int32_t>() + first * pooled;
+            for_each_output_image(m.const_data_ptr<scalar_t>(), images, t, k, [&](int64_t b, const scalar_t *image) {
+                pool(d, image, out + b * pooled, at + b * pooled);
+            });
+        });
+    });
+    return {y, arg};
+}
+
+at::Tensor conv_sum_at(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
+                       const at::Tensor &other_weight, const at::Tensor &index) {
+    TORCH_CHECK(index.scalar_type() == at::kInt && index.sizes() == at::IntArrayRef(pooled_sizes(input, weight)),
+                "winograd gather: index ", index.sizes(), " does not pool the convolution of ", input.sizes(),
+                " with ", weight.sizes());
+    auto t = tiles_of(input);
+    auto k = weight.size(0);
+    auto arg = index.contiguous(kNhwc);
+    auto y = at::empty(index.sizes(), input.options().memory_format(kNhwc));
+    const int64_t pooled = index.size(2) * index.size(3) * k;
+    conv_sum_by_chunk(input, weight, other, other_weight, [&](const at::Tensor &m, int64_t first, int64_t images) {
+        AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "winograd_at_index", [&] {
+            auto *out = y.data_ptr<scalar_t>() + first * pooled;
+            const auto *at = arg.const_data_ptr<int32_t>() + first * pooled;
+            for_each_output_image(m.const_data_ptr<scalar_t>(), images, t, k, [&](int64_t b, const scalar_t *image) {
+                for (int64_t e = b * pooled; e < (b + 1) * pooled; e += k)
+                    for (int64_t l = 0; l < k; ++l) out[e + l] = image[at[e + l] * k + l];
+            });
+        });
+    });
+    return y;
+}
 
 namespace {
 

@@ -27,6 +27,17 @@ at::Tensor conv(const at::Tensor &input, const at::Tensor &weight);
 at::Tensor conv_sum(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
                     const at::Tensor &other_weight);
 
+// The convolution followed by the 3x3 max-pool (stride 2, padding 1): the pooled [N, K, PH, PW]
+// and the arg-max (int32, flat positions h·W + w within each plane, as libtorch's channels-last
+// max-pool finds them), channels-last, each image pooled from a scratch image that stays in
+// cache where the convolution's output would go through memory (12.8 MB per base_fc batch of
+// 128, second layer).
+std::tuple<at::Tensor, at::Tensor> conv_max_pool(const at::Tensor &input, const at::Tensor &weight);
+
+// `conv_sum` read at the pool's arg-max `index` (the max-pool's gather), in the same way.
+at::Tensor conv_sum_at(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
+                       const at::Tensor &other_weight, const at::Tensor &index);
+
 // The gradients with respect to `input` [N, C, H, W] and `weight` [K, C, 3, 3] of their
 // convolution, given its output gradient `grad_out` [N, K, H, W]; the input's comes channels-last,
 // the ones not wanted undefined. `input` is read only for the weight's gradient and `weight` only
