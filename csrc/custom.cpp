@@ -16,6 +16,7 @@
 #include <atomic>
 #include <exception>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -319,16 +320,15 @@ struct ConvMaxPool : public torch::autograd::Function<ConvMaxPool> {
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &input, const at::Tensor &weight, int64_t stride,
                               int64_t padding) {
         Geometry geometry{{}, stride, padding, false};
-        if (geometry.pointwise(input, weight)) {
-            auto [pooled, index] = pointwise_pool::conv_max_pool(input, weight);
-            geometry.conv_sizes = {input.size(0), weight.size(0), input.size(2), input.size(3)};
-            geometry.nhwc = true;
-            geometry.save(ctx);
-            ctx->save_for_backward({input, weight, index});
-            return pooled;
-        }
-        if (nhwc(input) && geometry.winograd(input, weight)) {
-            auto [pooled, index] = winograd::conv_max_pool(input, weight);
+        // Our kernels pool each image from a scratch image where they apply; both keep the
+        // input's size (stride 1) and return channels-last results.
+        std::optional<std::tuple<at::Tensor, at::Tensor>> fused;
+        if (geometry.pointwise(input, weight))
+            fused = pointwise_pool::conv_max_pool(input, weight);
+        else if (nhwc(input) && geometry.winograd(input, weight))
+            fused = winograd::conv_max_pool(input, weight);
+        if (fused) {
+            auto &[pooled, index] = *fused;
             geometry.conv_sizes = {input.size(0), weight.size(0), input.size(2), input.size(3)};
             geometry.nhwc = true;
             geometry.save(ctx);
