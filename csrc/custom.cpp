@@ -180,19 +180,21 @@ at::Tensor unflat(const at::Tensor &t, at::IntArrayRef nchw, bool nhwc) {
 }
 
 // The values of `conv` at the arg-max `index` (int32, pooled shape): on the CPU, channels-last,
-// csrc/maxpool.h's kernel, which reads the int32 arg-max where ATen's gather takes int64.
+// csrc/maxpool.h's kernel, which reads the int32 arg-max where ATen's gather takes int64, unless
+// a graph is being recorded (a third derivative: the kernel records none, libtorch's gather does).
 at::Tensor gather(const at::Tensor &conv, const at::Tensor &index, bool nhwc) {
-    if (maxpool::applies(conv, index)) return maxpool::at_index(conv, index);
+    if (!at::GradMode::is_enabled() && maxpool::applies(conv, index)) return maxpool::at_index(conv, index);
     auto sizes = index.sizes().vec();
     auto rows = flat(conv, nhwc).gather(nhwc ? 1 : 2, flat(index, nhwc).to(at::kLong));
     return unflat(rows, sizes, nhwc);
 }
 
 // Max-pool's backward: `grad` (pooled shape) added into zeros of `conv_sizes` at the arg-max. On
-// the CPU, channels-last, csrc/maxpool.h's kernel; elsewhere libtorch's (1.4x faster than a
-// scatter-add over the flattened planes), with the arg-max widened to int64.
+// the CPU, channels-last, csrc/maxpool.h's kernel where no graph is being recorded; elsewhere
+// libtorch's (1.4x faster than a scatter-add over the flattened planes, and differentiable), with
+// the arg-max widened to int64.
 at::Tensor scatter(const at::Tensor &grad, const at::Tensor &index, at::IntArrayRef conv_sizes, bool nhwc) {
-    if (nhwc) {
+    if (nhwc && !at::GradMode::is_enabled()) {
         auto g = grad.contiguous(at::MemoryFormat::ChannelsLast);
         if (maxpool::applies(g, index)) return maxpool::unpool(g, index, conv_sizes);
     }
@@ -221,7 +223,8 @@ struct Geometry {
     }
 
     // Winograd's form where it applies and no graph is being recorded (its transforms have none:
-    // a third derivative, taken through ConvMaxPoolGrads's backward, runs libtorch's kernels).
+    // a third derivative, taken through ConvMaxPoolGrads's backward, runs libtorch's
+    // differentiable ops, as `scatter` and `gather` then do).
     bool winograd(const at::Tensor &input, const at::Tensor &weight) const {
         return winograd_enabled && !at::GradMode::is_enabled() && winograd::applies(input, weight, stride, padding);
     }

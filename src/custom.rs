@@ -331,6 +331,15 @@ mod tests {
         let native = |x: &Tensor, w: &Tensor| {
             x.conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
         };
+        /// Back to the best level however the test ends (the level is process-wide).
+        struct Best;
+        impl Drop for Best {
+            fn drop(&mut self) {
+                // SAFETY: stores one atomic value.
+                unsafe { gtn_force_pointwise_level(-1) };
+            }
+        }
+        let _best = Best;
         // SAFETY: reads a cached count.
         let levels = unsafe { gtn_pointwise_levels() };
         assert!((1..=3).contains(&levels), "{levels} levels");
@@ -360,8 +369,6 @@ mod tests {
                 }
             }
         }
-        // SAFETY: as above.
-        unsafe { gtn_force_pointwise_level(-1) };
     }
 
     #[test]
@@ -445,6 +452,44 @@ mod tests {
             assert_same_to_second_order(&input, |x| conv_max_pool(x, &weight, 1, 1), |x| native(x, &weight));
             let weight = weight.set_requires_grad(true);
             assert_same_to_second_order(&weight, |w| conv_max_pool(&x, w, 1, 1), |w| native(&x, w));
+        }
+    }
+
+    /// A third derivative (the gradient of a meta-gradient taken with `create_graph`) runs the
+    /// meta-backward's ops with a graph, where our kernels, which record none, give way to
+    /// libtorch's: against libtorch's convolution and max-pool, for the fused first layer's case
+    /// (channels-last and not), Winograd's and the plain convolution.
+    #[test]
+    fn conv_max_pool_is_differentiable_three_times() {
+        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        for (c, k, size, h, w, channels_last) in
+            [(9, 5, 1, 6, 5, true), (9, 5, 1, 6, 5, false), (16, 16, 3, 6, 8, true), (3, 4, 3, 5, 5, false)]
+        {
+            let (x, weight) = (leaf(&[2, c, h, w], 1).detach(), leaf(&[k, c, size, size], 2).detach());
+            let (x, weight) = if channels_last { (nhwc(x), nhwc(weight)) } else { (x, weight) };
+            let (x, weight) = (x.set_requires_grad(true), weight.set_requires_grad(true));
+            let pad = size / 2;
+            let third = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
+                let y = f(&x, &weight);
+                let inner = Tensor::run_backward(&[(&y * &y).sum(Kind::Double)], &[&weight], true, true);
+                let meta = Tensor::run_backward(&[inner[0].square().sum(Kind::Double)], &[&x, &weight], true, true);
+                let loss = meta[0].square().sum(Kind::Double) + meta[1].square().sum(Kind::Double);
+                Tensor::run_backward(&[loss], &[&x, &weight], false, false)
+            };
+            let ours = third(&|x, w| conv_max_pool(x, w, 1, pad));
+            let theirs = third(&|x, w| {
+                x.conv2d(w, None::<Tensor>, [1, 1], [pad, pad], [1, 1], 1).max_pool2d(
+                    [3, 3],
+                    [2, 2],
+                    [1, 1],
+                    [1, 1],
+                    false,
+                )
+            });
+            for (a, b) in ours.iter().zip(&theirs) {
+                let err = (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0);
+                assert!(err < 1e-10, "{c} -> {k} channels, {size}x{size}, channels-last {channels_last}: {err:e}");
+            }
         }
     }
 
