@@ -186,10 +186,21 @@ void pool_image(const Dims &d, const T *s, T *y, int32_t *arg) {
     pool(s, y, arg, d);
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+constexpr int kLevel = 3;
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kLevel = 2;
+#else
+constexpr int kLevel = 1;
+#endif
+
 }  // namespace
 
-extern const Table<float> floats{conv_max_pool<float>, conv_at_index<float>, grads<float>, pool_image<float>};
-extern const Table<double> doubles{conv_max_pool<double>, conv_at_index<double>, grads<double>, pool_image<double>};
+// Constant-initialised (function addresses): no initialiser of this build runs at load time.
+extern constexpr Table<float> floats{kLevel, conv_max_pool<float>, conv_at_index<float>, grads<float>,
+                                     pool_image<float>};
+extern constexpr Table<double> doubles{kLevel, conv_max_pool<double>, conv_at_index<double>, grads<double>,
+                                       pool_image<double>};
 
 }  // namespace GTN_ISA
 }  // namespace pointwise_kernels

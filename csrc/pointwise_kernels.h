@@ -25,6 +25,10 @@ constexpr int64_t kMaxChannels = 16;
 
 template <typename T>
 struct Table {
+    // The instruction set level this build's code needs (1: baseline, 2: AVX2 and FMA, 3:
+    // AVX-512), from its compiler's predefined macros: a `-march` in CXXFLAGS overrides the one
+    // build.rs gives.
+    int level;
     // y, arg [pooled, k] = the max-pool and arg-max (as libtorch's channels-last kernel finds
     // them) of the convolution of x [pixels, c] with wt [c, k] (the weight transposed), through
     // the scratch image s [pixels, k].
@@ -45,9 +49,10 @@ struct Table {
 const Table<float> &float_table();
 const Table<double> &double_table();
 
-// How many levels this CPU runs (the baseline, AVX2, AVX-512: 1 to 3), and, for the tests that
-// hold each to libtorch, a level to use instead of the best (-1: the best again; false if this
-// CPU does not run it). Process-wide.
+// How many of the builds this CPU runs (1 to 3: the baseline, AVX2, AVX-512, as far as each was
+// built for its level), and, for the tests that hold each to libtorch, one of them (by its index
+// among those) to use instead of the best (-1: the best again; false if there is no such build).
+// Process-wide.
 int levels();
 bool force_level(int level);
 

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <atomic>
+#include <iterator>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -43,25 +44,39 @@ const Table<double> *const kDoubles[] = {
 #endif
 };
 
-std::atomic<int> forced_level{-1};
-
-int level() {
-    int forced = forced_level;
-    return forced >= 0 ? forced : levels() - 1;
-}
-
-}  // namespace
-
-int levels() {
+// The CPU's instruction set level, as the builds' `level` counts it.
+int cpu_level() {
 #if defined(__x86_64__)
-    static const int supported = __builtin_cpu_supports("x86-64-v4")   ? 3
-                                 : __builtin_cpu_supports("x86-64-v3") ? 2
-                                                                       : 1;
-    return supported;
+    return __builtin_cpu_supports("x86-64-v4") ? 3 : __builtin_cpu_supports("x86-64-v3") ? 2 : 1;
 #else
     return 1;
 #endif
 }
+
+// The builds this CPU runs, by index into kFloats and kDoubles, best last: those whose code needs
+// no more than the CPU has (a `-march` in CXXFLAGS can leave a build below or above the level
+// build.rs asked for). The baseline alone if none qualifies.
+const std::vector<int> &runnable() {
+    static const std::vector<int> builds = [] {
+        std::vector<int> fit;
+        for (int i = 0; i < static_cast<int>(std::size(kFloats)); ++i)
+            if (kFloats[i]->level <= cpu_level()) fit.push_back(i);
+        if (fit.empty()) fit.push_back(0);
+        return fit;
+    }();
+    return builds;
+}
+
+std::atomic<int> forced_level{-1};
+
+int build() {
+    int forced = forced_level;
+    return runnable()[forced >= 0 ? forced : levels() - 1];
+}
+
+}  // namespace
+
+int levels() { return static_cast<int>(runnable().size()); }
 
 bool force_level(int level) {
     if (level >= levels()) return false;
@@ -69,9 +84,9 @@ bool force_level(int level) {
     return true;
 }
 
-const Table<float> &float_table() { return *kFloats[level()]; }
+const Table<float> &float_table() { return *kFloats[build()]; }
 
-const Table<double> &double_table() { return *kDoubles[level()]; }
+const Table<double> &double_table() { return *kDoubles[build()]; }
 
 }  // namespace pointwise_kernels
 
