@@ -19,12 +19,6 @@ constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
 
 bool nhwc(const at::Tensor &t) { return t.dim() == 4 && t.is_contiguous(kNhwc); }
 
-// `dst[k] = image[arg[k] * c + k]`: each channel's value at its own arg-max.
-template <typename T>
-void pick(T *dst, const T *image, const int32_t *arg, int64_t c) {
-    for (int64_t k = 0; k < c; ++k) dst[k] = image[arg[k] * c + k];
-}
-
 // Copies `n` values to `dst` with streaming stores where it can (x86, float32, aligned): the
 // destination, written once and read much later, then costs no read for ownership and does not
 // evict the scratch.
@@ -83,8 +77,9 @@ at::Tensor at_index(const at::Tensor &conv, const at::Tensor &index) {
         const auto *x = conv.const_data_ptr<scalar_t>();
         const auto *ix = index.const_data_ptr<int32_t>();
         auto *y = out.data_ptr<scalar_t>();
-        at::parallel_for(0, index.size(0) * pooled, 1, [&](int64_t lo, int64_t hi) {
-            for (int64_t p = lo; p < hi; ++p) pick(y + p * c, x + p / pooled * plane * c, ix + p * c, c);
+        at::parallel_for(0, index.size(0), 1, [&](int64_t lo, int64_t hi) {
+            for (int64_t b = lo; b < hi; ++b)
+                at_index_image(y + b * pooled * c, x + b * plane * c, ix + b * pooled * c, pooled, c);
         });
     });
     return out;

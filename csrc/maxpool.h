@@ -26,6 +26,14 @@ inline void unpool_image(T *image, int64_t pixels, const T *grad, const int32_t 
 // output or the pooled gradient) and `index` (int32) both channels-last.
 bool applies(const at::Tensor &t, const at::Tensor &index);
 
+// One image's share of `at_index`: y [pooled, c] = `image` [pixels, c] at the arg-max `arg`
+// [pooled, c] (channels-last).
+template <typename T>
+inline void at_index_image(T *y, const T *image, const int32_t *arg, int64_t pooled, int64_t c) {
+    for (int64_t e = 0; e < pooled * c; e += c)
+        for (int64_t k = 0; k < c; ++k) y[e + k] = image[arg[e + k] * c + k];
+}
+
 // The pool's backward: `grad` [N, C, PH, PW] summed into [N, C, H, W] (`conv_sizes`) at the
 // arg-max `index` (flat positions h * W + w within each plane, as libtorch's max-pool returns
 // them), channels-last, in the order libtorch's kernel sums them. An image at a time in a cached

@@ -45,9 +45,14 @@ struct Table {
     void (*pool)(const Dims &d, const T *s, T *y, int32_t *arg);
 };
 
-// The kernels of the best instruction set level this CPU has (or of the one forced).
-const Table<float> &float_table();
-const Table<double> &double_table();
+// The kernels (T: float or double) of the best instruction set level this CPU has (or of the one
+// forced).
+template <typename T>
+const Table<T> &table();
+template <>
+const Table<float> &table<float>();
+template <>
+const Table<double> &table<double>();
 
 // How many of the builds this CPU runs (1 to 3: the baseline, AVX2, AVX-512, as far as each was
 // built for its level), and, for the tests that hold each to libtorch, one of them (by its index

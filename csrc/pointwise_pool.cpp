@@ -8,7 +8,6 @@
 #include <atomic>
 #include <iterator>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 namespace pointwise_kernels {
@@ -84,9 +83,15 @@ bool force_level(int level) {
     return true;
 }
 
-const Table<float> &float_table() { return *kFloats[build()]; }
+template <>
+const Table<float> &table<float>() {
+    return *kFloats[build()];
+}
 
-const Table<double> &double_table() { return *kDoubles[build()]; }
+template <>
+const Table<double> &table<double>() {
+    return *kDoubles[build()];
+}
 
 }  // namespace pointwise_kernels
 
@@ -100,14 +105,6 @@ constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
 
 int64_t pixels(const Dims &d) { return d.h * d.w; }
 int64_t pooled(const Dims &d) { return (d.h + 1) / 2 * ((d.w + 1) / 2); }
-
-template <typename T>
-const pointwise_kernels::Table<T> &kernels() {
-    if constexpr (std::is_same_v<T, float>)
-        return pointwise_kernels::float_table();
-    else
-        return pointwise_kernels::double_table();
-}
 
 Dims dims_of(const at::Tensor &input, const at::Tensor &weight) {
     return {input.size(2), input.size(3), input.size(1), weight.size(0)};
@@ -161,8 +158,9 @@ std::tuple<at::Tensor, at::Tensor> conv_max_pool(const at::Tensor &input, const 
     auto d = dims_of(input, weight);
     auto y = pooled_like(input, d, input.scalar_type()), arg = pooled_like(input, d, at::kInt);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pointwise_max_pool", [&] {
+        const auto &kernels = pointwise_kernels::table<scalar_t>();
         for_each_image<scalar_t>(x.size(0), pixels(d) * d.k, [&](int64_t b, scalar_t *s) {
-            kernels<scalar_t>().conv_max_pool(d, x.const_data_ptr<scalar_t>() + b * pixels(d) * d.c, wt.const_data_ptr<scalar_t>(),
+            kernels.conv_max_pool(d, x.const_data_ptr<scalar_t>() + b * pixels(d) * d.c, wt.const_data_ptr<scalar_t>(),
                                 s, y.data_ptr<scalar_t>() + b * pooled(d) * d.k,
                                 arg.data_ptr<int32_t>() + b * pooled(d) * d.k);
         });
@@ -184,9 +182,10 @@ at::Tensor conv_at_index(const at::Tensor &input, const at::Tensor &weight, cons
     if (other.defined()) o = other.contiguous(kNhwc), owt = transposed(other_weight);
     auto y = pooled_like(input, d, input.scalar_type());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pointwise_at_index", [&] {
+        const auto &kernels = pointwise_kernels::table<scalar_t>();
         for_each_image<scalar_t>(x.size(0), pixels(d) * d.k, [&](int64_t b, scalar_t *s) {
             const int64_t image = b * pixels(d) * d.c, cell = b * pooled(d) * d.k;
-            kernels<scalar_t>().conv_at_index(d, x.const_data_ptr<scalar_t>() + image, wt.const_data_ptr<scalar_t>(),
+            kernels.conv_at_index(d, x.const_data_ptr<scalar_t>() + image, wt.const_data_ptr<scalar_t>(),
                                 o.defined() ? o.const_data_ptr<scalar_t>() + image : nullptr,
                                 o.defined() ? owt.const_data_ptr<scalar_t>() : nullptr,
                                 arg.const_data_ptr<int32_t>() + cell, s, y.data_ptr<scalar_t>() + cell);
@@ -209,9 +208,10 @@ std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad, const at::Tenso
     // The weight's gradient summed per thread (each into its own [c, k] row), then over threads.
     auto acc = want_weight ? at::zeros({at::get_num_threads(), d.c, d.k}, input.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "pointwise_grads", [&] {
+        const auto &kernels = pointwise_kernels::table<scalar_t>();
         for_each_image<scalar_t>(g.size(0), pixels(d) * d.k, [&](int64_t b, scalar_t *s) {
             const int64_t image = b * pixels(d) * d.c, cell = b * pooled(d) * d.k;
-            kernels<scalar_t>().grads(d, g.const_data_ptr<scalar_t>() + cell, arg.const_data_ptr<int32_t>() + cell,
+            kernels.grads(d, g.const_data_ptr<scalar_t>() + cell, arg.const_data_ptr<int32_t>() + cell,
                         want_weight ? x.const_data_ptr<scalar_t>() + image : nullptr,
                         want_input ? wp.const_data_ptr<scalar_t>() : nullptr, s,
                         want_input ? gi.data_ptr<scalar_t>() + image : nullptr,

@@ -7,7 +7,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -306,15 +305,6 @@ void conv_sum_by_chunk(const at::Tensor &input, const at::Tensor &weight, const 
     });
 }
 
-// csrc/pointwise_kernels.h's pool, for the CPU's instruction set.
-template <typename T>
-auto pool_kernel() {
-    if constexpr (std::is_same_v<T, float>)
-        return pointwise_kernels::float_table().pool;
-    else
-        return pointwise_kernels::double_table().pool;
-}
-
 std::vector<int64_t> pooled_sizes(const at::Tensor &input, const at::Tensor &weight) {
     return {input.size(0), weight.size(0), (input.size(2) + 1) / 2, (input.size(3) + 1) / 2};
 }
@@ -352,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor> conv_max_pool(const at::Tensor &input, const 
     const int64_t pooled = sizes[2] * sizes[3] * k;
     conv_sum_by_chunk(input, weight, {}, {}, [&](const at::Tensor &m, int64_t first, int64_t images) {
         AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "winograd_max_pool", [&] {
-            const auto pool = pool_kernel<scalar_t>();
+            const auto pool = pointwise_kernels::table<scalar_t>().pool;
             auto *out = y.data_ptr<scalar_t>() + first * pooled;
             auto *at = arg.data_ptr<int32_t>() + first * pooled;
             for_each_output_image(m.const_data_ptr<scalar_t>(), images, t, k, [&](int64_t b, const scalar_t *image) {
@@ -378,8 +368,7 @@ at::Tensor conv_sum_at(const at::Tensor &input, const at::Tensor &weight, const 
             auto *out = y.data_ptr<scalar_t>() + first * pooled;
             const auto *at = arg.const_data_ptr<int32_t>() + first * pooled;
             for_each_output_image(m.const_data_ptr<scalar_t>(), images, t, k, [&](int64_t b, const scalar_t *image) {
-                for (int64_t e = b * pooled; e < (b + 1) * pooled; e += k)
-                    for (int64_t l = 0; l < k; ++l) out[e + l] = image[at[e + l] * k + l];
+                maxpool::at_index_image(out + b * pooled, image, at + b * pooled, pooled / k, k);
             });
         });
     });
@@ -429,15 +418,15 @@ std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::T
 std::tuple<at::Tensor, at::Tensor> pooled_grads(const at::Tensor &grad, const at::Tensor &index,
                                                 const at::Tensor &input, const at::Tensor &weight, bool want_input,
                                                 bool want_weight) {
-    TORCH_CHECK(maxpool::applies(grad.contiguous(kNhwc), index) && grad.sizes() == index.sizes() &&
-                    grad.size(0) == input.size(0) && grad.size(1) == weight.size(0) &&
-                    grad.size(2) == (input.size(2) + 1) / 2 && grad.size(3) == (input.size(3) + 1) / 2,
+    auto g = grad.contiguous(kNhwc);
+    TORCH_CHECK(maxpool::applies(g, index) && g.sizes() == index.sizes() &&
+                    g.sizes() == at::IntArrayRef(pooled_sizes(input, weight)),
                 "winograd pooled gradients: gradient ", grad.sizes(), " and index ", index.sizes(),
                 " do not pool the convolution of ", input.sizes(), " with ", weight.sizes());
-    auto g = grad.contiguous(kNhwc);
+    auto t = tiles_of(input);
     return grads_of(
-        tiles_of(input), [&](int64_t first, int64_t images) { return transformed_of_pool(g, index, tiles_of(input), first, images); },
-        input, weight, want_input, want_weight);
+        t, [&](int64_t first, int64_t images) { return transformed_of_pool(g, index, t, first, images); }, input,
+        weight, want_input, want_weight);
 }
 
 }  // namespace winograd
