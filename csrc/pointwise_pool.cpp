@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <iterator>
 #include <limits>
@@ -106,21 +107,27 @@ constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
 int64_t pixels(const Dims &d) { return d.h * d.w; }
 int64_t pooled(const Dims &d) { return (d.h + 1) / 2 * ((d.w + 1) / 2); }
 
+// A 3x3 convolution (stride 1, zero padding 1) of a one-channel image: the kernels take it as
+// the 1x1 convolution of the image's nine shifted copies, built per image in scratch (and the
+// gradient with respect to them summed back into the image there), where libtorch's im2col and
+// col2im ran serially over the whole batch and the graph kept the copies.
+bool image_form(const at::Tensor &weight) { return weight.size(2) == 3; }
+
 Dims dims_of(const at::Tensor &input, const at::Tensor &weight) {
-    return {input.size(2), input.size(3), input.size(1), weight.size(0)};
+    return {input.size(2), input.size(3), image_form(weight) ? 9 : input.size(1), weight.size(0)};
 }
 
-// [K, C, 1, 1] -> [K, kMaxChannels], zero beyond C.
+// [K, C, 1, 1] or [K, 1, 3, 3] -> [K, kMaxChannels], zero beyond C.
 at::Tensor padded(const at::Tensor &weight) {
-    auto wp = at::zeros({weight.size(0), kMaxChannels}, weight.options());
-    wp.narrow(1, 0, weight.size(1)).copy_(weight.reshape({weight.size(0), weight.size(1)}));
+    auto k = weight.size(0);
+    auto wp = at::zeros({k, kMaxChannels}, weight.options());
+    auto w = weight.reshape({k, -1});
+    wp.narrow(1, 0, w.size(1)).copy_(w);
     return wp;
 }
 
-// [K, C, 1, 1] -> [C, K], contiguous.
-at::Tensor transposed(const at::Tensor &weight) {
-    return weight.reshape({weight.size(0), weight.size(1)}).t().contiguous();
-}
+// [K, C, 1, 1] or [K, 1, 3, 3] -> [C, K], contiguous.
+at::Tensor transposed(const at::Tensor &weight) { return weight.reshape({weight.size(0), -1}).t().contiguous(); }
 
 std::vector<int64_t> pooled_sizes(const at::Tensor &input, const Dims &d) {
     return {input.size(0), d.k, (d.h + 1) / 2, (d.w + 1) / 2};
@@ -128,6 +135,48 @@ std::vector<int64_t> pooled_sizes(const at::Tensor &input, const Dims &d) {
 
 at::Tensor pooled_like(const at::Tensor &input, const Dims &d, at::ScalarType kind) {
     return at::empty(pooled_sizes(input, d), input.options().dtype(kind).memory_format(kNhwc));
+}
+
+// A per-thread [h + 2, w + 2] image, zero on its border (and, until written, inside).
+template <typename T>
+T *bordered(const Dims &d) {
+    thread_local std::vector<T> image;
+    image.assign((d.h + 2) * (d.w + 2), T(0));
+    return image.data();
+}
+
+// The nine shifted copies [pixels, 9] of image `x` [h, w], zero where they overhang it.
+template <typename T>
+void shifted(const Dims &d, const T *x, T *out) {
+    const int64_t row = d.w + 2;
+    T *p = bordered<T>(d);
+    for (int64_t y = 0; y < d.h; ++y) std::copy(x + y * d.w, x + (y + 1) * d.w, p + (y + 1) * row + 1);
+    for (int64_t y = 0; y < d.h; ++y)
+        for (int64_t z = 0; z < d.w; ++z, out += 9)
+            for (int64_t r = 0; r < 3; ++r)
+                for (int64_t s = 0; s < 3; ++s) out[r * 3 + s] = p[(y + r) * row + z + s];
+}
+
+// The adjoint of `shifted`: gi [h, w] = the sum of the copies' gradients g [pixels, 9] that
+// each pixel went to.
+template <typename T>
+void unshifted(const Dims &d, const T *g, T *gi) {
+    const int64_t row = d.w + 2;
+    T *p = bordered<T>(d);
+    for (int64_t y = 0; y < d.h; ++y)
+        for (int64_t z = 0; z < d.w; ++z, g += 9)
+            for (int64_t r = 0; r < 3; ++r)
+                for (int64_t s = 0; s < 3; ++s) p[(y + r) * row + z + s] += g[r * 3 + s];
+    for (int64_t y = 0; y < d.h; ++y) std::copy(p + (y + 1) * row + 1, p + (y + 1) * row + 1 + d.w, gi + y * d.w);
+}
+
+// One input image of the kernels: image b of `x` as it is, or (image form) its shifted copies
+// built in `scratch`.
+template <typename T>
+const T *kernel_input(const at::Tensor &x, bool image, const Dims &d, int64_t b, T *scratch) {
+    if (!image) return x.const_data_ptr<T>() + b * pixels(d) * d.c;
+    shifted(d, x.const_data_ptr<T>() + b * pixels(d), scratch);
+    return scratch;
 }
 
 // Runs `f(image, scratch)` over `n` images in parallel, each thread with a scratch image of
@@ -145,22 +194,26 @@ void for_each_image(int64_t n, int64_t size, F f) {
 
 bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, int64_t padding) {
     auto kind = input.scalar_type();
-    return input.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
-           input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) == 1 &&
-           weight.size(3) == 1 && stride == 1 && padding == 0 && input.size(1) <= kMaxChannels &&
-           input.size(2) * input.size(3) <= std::numeric_limits<int32_t>::max();
+    if (!(input.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
+          input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) && stride == 1 &&
+          input.size(2) * input.size(3) <= std::numeric_limits<int32_t>::max()))
+        return false;
+    bool pointwise = weight.size(2) == 1 && weight.size(3) == 1 && padding == 0 && input.size(1) <= kMaxChannels;
+    bool image = weight.size(2) == 3 && weight.size(3) == 3 && padding == 1 && input.size(1) == 1;
+    return pointwise || image;
 }
 
 std::tuple<at::Tensor, at::Tensor> conv_max_pool(const at::Tensor &input, const at::Tensor &weight) {
-    TORCH_CHECK(applies(input, weight, 1, 0), "pointwise max-pool: input ", input.sizes(), " and weight ",
-                weight.sizes(), " do not fit");
+    TORCH_CHECK(applies(input, weight, 1, image_form(weight) ? 1 : 0), "pointwise max-pool: input ", input.sizes(),
+                " and weight ", weight.sizes(), " do not fit");
     auto x = input.contiguous(kNhwc), wt = transposed(weight);
     auto d = dims_of(input, weight);
+    bool image = image_form(weight);
     auto y = pooled_like(input, d, input.scalar_type()), arg = pooled_like(input, d, at::kInt);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pointwise_max_pool", [&] {
         const auto &kernels = pointwise_kernels::table<scalar_t>();
-        for_each_image<scalar_t>(x.size(0), pixels(d) * d.k, [&](int64_t b, scalar_t *s) {
-            kernels.conv_max_pool(d, x.const_data_ptr<scalar_t>() + b * pixels(d) * d.c, wt.const_data_ptr<scalar_t>(),
+        for_each_image<scalar_t>(x.size(0), pixels(d) * (d.k + d.c), [&](int64_t b, scalar_t *s) {
+            kernels.conv_max_pool(d, kernel_input(x, image, d, b, s + pixels(d) * d.k), wt.const_data_ptr<scalar_t>(),
                                 s, y.data_ptr<scalar_t>() + b * pooled(d) * d.k,
                                 arg.data_ptr<int32_t>() + b * pooled(d) * d.k);
         });
@@ -170,7 +223,11 @@ std::tuple<at::Tensor, at::Tensor> conv_max_pool(const at::Tensor &input, const 
 
 at::Tensor conv_at_index(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &other,
                          const at::Tensor &other_weight, const at::Tensor &index) {
-    TORCH_CHECK(applies(input, weight, 1, 0) && (!other.defined() || applies(other, other_weight, 1, 0)) &&
+    bool image = image_form(weight);
+    int64_t padding = image ? 1 : 0;
+    TORCH_CHECK(applies(input, weight, 1, padding) &&
+                    (!other.defined() || (applies(other, other_weight, 1, padding) &&
+                                          other.sizes() == input.sizes() && other_weight.sizes() == weight.sizes())) &&
                     index.scalar_type() == at::kInt,
                 "pointwise max-pool: input ", input.sizes(), ", weight ", weight.sizes(), " and index ",
                 index.sizes(), " do not fit");
@@ -183,10 +240,11 @@ at::Tensor conv_at_index(const at::Tensor &input, const at::Tensor &weight, cons
     auto y = pooled_like(input, d, input.scalar_type());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pointwise_at_index", [&] {
         const auto &kernels = pointwise_kernels::table<scalar_t>();
-        for_each_image<scalar_t>(x.size(0), pixels(d) * d.k, [&](int64_t b, scalar_t *s) {
-            const int64_t image = b * pixels(d) * d.c, cell = b * pooled(d) * d.k;
-            kernels.conv_at_index(d, x.const_data_ptr<scalar_t>() + image, wt.const_data_ptr<scalar_t>(),
-                                o.defined() ? o.const_data_ptr<scalar_t>() + image : nullptr,
+        for_each_image<scalar_t>(x.size(0), pixels(d) * (d.k + 2 * d.c), [&](int64_t b, scalar_t *s) {
+            const int64_t cell = b * pooled(d) * d.k;
+            scalar_t *copies = s + pixels(d) * d.k;
+            kernels.conv_at_index(d, kernel_input(x, image, d, b, copies), wt.const_data_ptr<scalar_t>(),
+                                o.defined() ? kernel_input(o, image, d, b, copies + pixels(d) * d.c) : nullptr,
                                 o.defined() ? owt.const_data_ptr<scalar_t>() : nullptr,
                                 arg.const_data_ptr<int32_t>() + cell, s, y.data_ptr<scalar_t>() + cell);
         });
@@ -197,8 +255,9 @@ at::Tensor conv_at_index(const at::Tensor &input, const at::Tensor &weight, cons
 std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad, const at::Tensor &index, const at::Tensor &input,
                                          const at::Tensor &weight, bool want_input, bool want_weight) {
     auto d = dims_of(input, weight);
-    TORCH_CHECK(applies(input, weight, 1, 0) && index.scalar_type() == at::kInt && grad.sizes() == index.sizes() &&
-                    index.sizes() == at::IntArrayRef(pooled_sizes(input, d)),
+    bool image = image_form(weight);
+    TORCH_CHECK(applies(input, weight, 1, image ? 1 : 0) && index.scalar_type() == at::kInt &&
+                    grad.sizes() == index.sizes() && index.sizes() == at::IntArrayRef(pooled_sizes(input, d)),
                 "pointwise max-pool gradients: gradient ", grad.sizes(), " and index ", index.sizes(),
                 " do not pool input ", input.sizes(), " and weight ", weight.sizes());
     auto g = grad.contiguous(kNhwc), arg = index.contiguous(kNhwc);
@@ -209,13 +268,16 @@ std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad, const at::Tenso
     auto acc = want_weight ? at::zeros({at::get_num_threads(), d.c, d.k}, input.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "pointwise_grads", [&] {
         const auto &kernels = pointwise_kernels::table<scalar_t>();
-        for_each_image<scalar_t>(g.size(0), pixels(d) * d.k, [&](int64_t b, scalar_t *s) {
-            const int64_t image = b * pixels(d) * d.c, cell = b * pooled(d) * d.k;
+        for_each_image<scalar_t>(g.size(0), pixels(d) * (d.k + 2 * d.c), [&](int64_t b, scalar_t *s) {
+            const int64_t cell = b * pooled(d) * d.k;
+            scalar_t *copies = s + pixels(d) * d.k, *copies_grad = copies + pixels(d) * d.c;
+            scalar_t *input_grad = nullptr;
+            if (want_input) input_grad = image ? copies_grad : gi.data_ptr<scalar_t>() + b * pixels(d) * d.c;
             kernels.grads(d, g.const_data_ptr<scalar_t>() + cell, arg.const_data_ptr<int32_t>() + cell,
-                        want_weight ? x.const_data_ptr<scalar_t>() + image : nullptr,
-                        want_input ? wp.const_data_ptr<scalar_t>() : nullptr, s,
-                        want_input ? gi.data_ptr<scalar_t>() + image : nullptr,
-                        want_weight ? acc.data_ptr<scalar_t>() + at::get_thread_num() * d.c * d.k : nullptr);
+                          want_weight ? kernel_input(x, image, d, b, copies) : nullptr,
+                          want_input ? wp.const_data_ptr<scalar_t>() : nullptr, s, input_grad,
+                          want_weight ? acc.data_ptr<scalar_t>() + at::get_thread_num() * d.c * d.k : nullptr);
+            if (want_input && image) unshifted(d, copies_grad, gi.data_ptr<scalar_t>() + b * pixels(d));
         });
     });
     auto gw = want_weight ? acc.sum(0).t().reshape(weight.sizes()) : at::Tensor();

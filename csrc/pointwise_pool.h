@@ -1,7 +1,8 @@
 // A 1x1 convolution of few input channels fused with the 3x3 max-pool (stride 2, padding 1)
-// after it, and the gradients of the pair, on the CPU: base_fc's first layer, whose input is the
-// nine shifted copies of a one-channel image (src/nn.rs) and whose output has 64 channels. An
-// image at a time, the convolution [H·W, K] is computed into a scratch image that stays in cache
+// after it, and the gradients of the pair, on the CPU; also a 3x3 convolution (padding 1) of a
+// one-channel image, taken as the 1x1 convolution of the image's nine shifted copies, built an
+// image at a time: base_fc's first layer, whose output has 64 channels. An image at a time, the
+// convolution [H·W, K] is computed into a scratch image that stays in cache
 // and reduced there (pooled, or read at the arg-max), or the pooled gradient is scattered into
 // the scratch image and multiplied out, so neither the convolution's output nor its gradient
 // (25.7 MB each per base_fc batch of 128 images) goes through memory, where libtorch's kernels
@@ -17,9 +18,10 @@
 
 namespace pointwise_pool {
 
-// Whether `input` [N, C, H, W] convolved with `weight` [K, C, 1, 1] (stride 1, no padding) can
-// go this way: on the CPU, float or double, with few enough input channels that the scratch
-// image's products beat libtorch's GEMMs.
+// Whether `input` [N, C, H, W] convolved with `weight` [K, C, 1, 1] (stride 1, no padding) or
+// `input` [N, 1, H, W] with `weight` [K, 1, 3, 3] (stride 1, padding 1) can go this way: on the
+// CPU, float or double, with few enough input channels that the scratch image's products beat
+// libtorch's GEMMs.
 bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, int64_t padding);
 
 // The max-pool of the convolution, [N, K, PH, PW], and its arg-max (int32 flat positions h·W + w

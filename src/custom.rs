@@ -322,14 +322,22 @@ mod tests {
         fn gtn_force_pointwise_level(level: i64) -> bool;
     }
 
-    /// The first layer's fused 1x1 convolution and max-pool (csrc/pointwise_pool.h), built for
-    /// each instruction set level this CPU runs, against libtorch's convolution and max-pool, to
-    /// second order with respect to the input and to the weight: output channels that fill whole
-    /// vectors and ones left over, as many input channels as the kernels take, odd sizes.
+    /// The first layer's fused convolution and max-pool (csrc/pointwise_pool.h), built for each
+    /// instruction set level this CPU runs, against libtorch's convolution and max-pool, to second
+    /// order with respect to the input and to the weight: 1x1 convolutions with output channels
+    /// that fill whole vectors and ones left over, as many input channels as the kernels take, odd
+    /// sizes, and 3x3 convolutions of one-channel images (which the kernels take as the 1x1
+    /// convolution of nine shifted copies).
     #[test]
     fn fused_first_layer_matches_libtorch_at_every_instruction_set_level() {
-        let native = |x: &Tensor, w: &Tensor| {
-            x.conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+        let native = |x: &Tensor, w: &Tensor, pad: i64| {
+            x.conv2d(w, None::<Tensor>, [1, 1], [pad, pad], [1, 1], 1).max_pool2d(
+                [3, 3],
+                [2, 2],
+                [1, 1],
+                [1, 1],
+                false,
+            )
         };
         /// Back to the best level however the test ends (the level is process-wide).
         struct Best;
@@ -346,23 +354,28 @@ mod tests {
         for level in 0..levels {
             // SAFETY: stores one atomic value.
             assert!(unsafe { gtn_force_pointwise_level(level) }, "level {level}");
-            for (c, k, h, w, kind) in [
-                (9, 64, 8, 7, Kind::Double),
-                (16, 20, 5, 6, Kind::Double),
-                (9, 64, 8, 7, Kind::Float),
-                (3, 21, 3, 4, Kind::Float),
+            for (c, k, size, h, w, kind) in [
+                (9, 64, 1, 8, 7, Kind::Double),
+                (16, 20, 1, 5, 6, Kind::Double),
+                (9, 64, 1, 8, 7, Kind::Float),
+                (3, 21, 1, 3, 4, Kind::Float),
+                (1, 64, 3, 8, 7, Kind::Double),
+                (1, 21, 3, 3, 4, Kind::Float),
+                (1, 5, 3, 1, 2, Kind::Double),
             ] {
+                let pad = size / 2;
                 let x = leaf(&[2, c, h, w], 1).detach().to_kind(kind);
                 let x = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-                let weight = leaf(&[k, c, 1, 1], 2).detach().to_kind(kind);
-                let case = format!("level {level}: {c} -> {k} channels, {h}x{w}, {kind:?}");
-                let ours = conv_max_pool(&x, &weight, 1, 0);
+                let weight = leaf(&[k, c, size, size], 2).detach().to_kind(kind);
+                let case = format!("level {level}: {c} -> {k} channels, {size}x{size}, {h}x{w}, {kind:?}");
+                let ours = conv_max_pool(&x, &weight, 1, pad);
                 assert_eq!(ours.stride()[1], 1, "{case}: not channels-last");
                 let input = x.set_requires_grad(true);
                 let probe = std::panic::AssertUnwindSafe(|| {
-                    assert_same_to_second_order(&input, |x| conv_max_pool(x, &weight, 1, 0), |x| native(x, &weight));
+                    let ours = |x: &Tensor| conv_max_pool(x, &weight, 1, pad);
+                    assert_same_to_second_order(&input, ours, |x| native(x, &weight, pad));
                     let weight = weight.set_requires_grad(true);
-                    assert_same_to_second_order(&weight, |w| conv_max_pool(&x, w, 1, 0), |w| native(&x, w));
+                    assert_same_to_second_order(&weight, |w| conv_max_pool(&x, w, 1, pad), |w| native(&x, w, pad));
                 });
                 if let Err(e) = std::panic::catch_unwind(probe) {
                     panic!("{case}: {}", e.downcast_ref::<String>().cloned().unwrap_or_default());
@@ -457,13 +470,14 @@ mod tests {
 
     /// A third derivative (the gradient of a meta-gradient taken with `create_graph`) runs the
     /// meta-backward's ops with a graph, where our kernels, which record none, give way to
-    /// libtorch's: against libtorch's convolution and max-pool, for the fused first layer's case
-    /// (channels-last and not), Winograd's and the plain convolution.
+    /// libtorch's: against libtorch's convolution and max-pool, for the fused first layer's cases
+    /// (a 1x1 convolution, channels-last and not, and a one-channel image's 3x3 one), Winograd's
+    /// and the plain convolution.
     #[test]
     fn conv_max_pool_is_differentiable_three_times() {
         let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
         for (c, k, size, h, w, channels_last) in
-            [(9, 5, 1, 6, 5, true), (9, 5, 1, 6, 5, false), (16, 16, 3, 6, 8, true), (3, 4, 3, 5, 5, false)]
+            [(9, 5, 1, 6, 5, true), (9, 5, 1, 6, 5, false), (1, 5, 3, 6, 5, false), (16, 16, 3, 6, 8, true), (3, 4, 3, 5, 5, false)]
         {
             let (x, weight) = (leaf(&[2, c, h, w], 1).detach(), leaf(&[k, c, size, size], 2).detach());
             let (x, weight) = if channels_last { (nhwc(x), nhwc(weight)) } else { (x, weight) };

@@ -140,16 +140,20 @@ pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride
 /// which the convolution's double backward reads; the pooled gradient is kept and scattered again
 /// when the meta-backward needs it), and the arg-max as int32 instead of int64 (9.6 MB).
 ///
-/// On a one-channel input (the 1x1 convolution of the image's nine shifted copies, below), the
-/// convolution, the pool and their gradients run fused, an image at a time in cache
-/// (csrc/pointwise_pool.h): the convolution's output and its gradient, 25.7 MB each per base_fc
-/// batch of 128, never go through memory. Elsewhere the arg-max comes from libtorch's
-/// channels-last max-pool kernel (~10x faster than its NCHW
-/// one), and the values are gathered at it along `[N, H·W, C]` rows of a channels-last tensor:
+/// On a one-channel input, the convolution, the pool and their gradients run fused, an image at
+/// a time in cache (csrc/pointwise_pool.h), the image's nine shifted copies built there too: the
+/// convolution's output and its gradient, 25.7 MB each per base_fc batch of 128, never go
+/// through memory, and neither do the copies (libtorch's im2col and col2im, below, ran serially
+/// and the graph kept the copies, 3.6 MB per inner step). Elsewhere the arg-max comes from
+/// libtorch's channels-last max-pool kernel (~10x faster than its NCHW one), and the values are
+/// gathered at it along `[N, H·W, C]` rows of a channels-last tensor:
 /// gathering along the spatial dimension of that layout, or converting layouts, cost more than
 /// the layout saves in the convolutions. Forward, backward and double backward of a gather took
 /// 0.6x the time of libtorch's own max-pool on 2 CPU cores.
 pub fn wn_conv3x3_max_pool(x: &Tensor, v: &Tensor, g: &Tensor) -> Tensor {
+    if x.size()[1] == 1 {
+        return crate::custom::conv_max_pool(x, &weight_norm(v, g), 1, 1);
+    }
     let (input, weight, stride, padding) = conv3x3_operands(x, &weight_norm(v, g), 1);
     crate::custom::conv_max_pool(&input, &weight, stride, padding)
 }
@@ -656,7 +660,8 @@ mod tests {
             assert_eq!(ours.size(), [3, 5, (h + 1) / 2, (w + 1) / 2], "{case}");
             assert!(ours.allclose(&theirs, 1e-12, 1e-12, false), "values differ: {case}");
             if ours.size()[2] * ours.size()[3] > 1 {
-                // One-channel inputs go channels-last (im2col patches); others keep their layout.
+                // One-channel inputs go channels-last (the fused kernels' results); others keep
+                // their layout.
                 assert_eq!(is_channels_last(&ours), nhwc || c == 1, "layout: {case}");
             }
             let probe = leaf(&ours.size(), 4).detach();
