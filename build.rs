@@ -34,6 +34,7 @@ fn main() {
     build()
         .file("csrc/custom.cpp")
         .file("csrc/maxpool.cpp")
+        .file("csrc/momentum.cpp")
         .file("csrc/pointwise_pool.cpp")
         .file("csrc/profile.cpp")
         .file("csrc/upsample.cpp")

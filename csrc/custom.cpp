@@ -7,6 +7,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "maxpool.h"
+#include "momentum.h"
 #include "pointwise_kernels.h"
 #include "pointwise_pool.h"
 #include "upsample.h"
@@ -64,6 +65,43 @@ struct RowNorm : public torch::autograd::Function<RowNorm> {
     static variable_list backward(AutogradContext *ctx, variable_list grads) {
         auto saved = ctx->get_saved_variables();
         return {saved[0] * (grads[0] / saved[1])};
+    }
+};
+
+// The inner optimiser's update `m' = g + mu·m, p' = p - lr·m'` (src/inner.rs) as one node: one
+// pass over each parameter forward and one backward (csrc/momentum.h) where libtorch's two
+// `addcmul`s took ~7 in the meta-backward. With a graph being recorded (a third derivative) or
+// where the kernels do not apply, the same backward in differentiable libtorch ops.
+struct MomentumStep : public torch::autograd::Function<MomentumStep> {
+    static variable_list forward(AutogradContext *ctx, const at::Tensor &p, const at::Tensor &m, const at::Tensor &g,
+                                 const at::Tensor &lr, const at::Tensor &mu) {
+        at::Tensor p_new, m_new;
+        if (momentum::applies(p, m, g, lr, mu)) {
+            std::tie(p_new, m_new) = momentum::step(p, m, g, lr, mu);
+        } else {
+            m_new = g.addcmul(mu, m);
+            p_new = p.addcmul(-lr, m_new);
+        }
+        ctx->save_for_backward({m, m_new, lr, mu});
+        return {p_new, m_new};
+    }
+
+    static variable_list backward(AutogradContext *ctx, variable_list grads) {
+        auto saved = ctx->get_saved_variables();
+        auto &m = saved[0], &m_new = saved[1], &lr = saved[2], &mu = saved[3];
+        auto &grad_p = grads[0], &grad_m = grads[1];
+        bool want_m = ctx->needs_input_grad(1);
+        if (!at::GradMode::is_enabled() && grad_p.defined() && momentum::applies(m_new, m, grad_p, lr, mu) &&
+            (!grad_m.defined() || momentum::applies(m_new, m, grad_m, lr, mu))) {
+            auto [grad_g, grad_mom, grad_lr, grad_mu] = momentum::step_backward(grad_p, grad_m, m, m_new, lr, mu, want_m);
+            return {grad_p, grad_mom, grad_g, grad_lr, grad_mu};
+        }
+        // The gradient of m' in all: its own and, through p', -lr times p''s.
+        at::Tensor total = grad_m;
+        if (grad_p.defined()) total = total.defined() ? total - lr * grad_p : -lr * grad_p;
+        if (!total.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+        auto grad_lr = grad_p.defined() ? -(grad_p * m_new).sum().reshape(lr.sizes()) : at::zeros_like(lr);
+        return {grad_p, want_m ? mu * total : at::Tensor(), total, grad_lr, (total * m).sum().reshape(mu.sizes())};
     }
 };
 
@@ -381,6 +419,20 @@ const char *gtn_last_error() { return last_error.c_str(); }
 
 at::Tensor *gtn_conv_max_pool(const at::Tensor *input, const at::Tensor *weight, int64_t stride, int64_t padding) {
     return guarded([&] { return pool::ConvMaxPool::apply(*input, *weight, stride, padding); });
+}
+
+// (p', m') of MomentumStep into `out` (two pointers), or false with the error in last_error.
+bool gtn_momentum_step(const at::Tensor *p, const at::Tensor *m, const at::Tensor *g, const at::Tensor *lr,
+                       const at::Tensor *mu, at::Tensor **out) {
+    try {
+        auto result = MomentumStep::apply(*p, *m, *g, *lr, *mu);
+        out[0] = new at::Tensor(result[0]);
+        out[1] = new at::Tensor(result[1]);
+        return true;
+    } catch (const std::exception &e) {
+        last_error = e.what();
+        return false;
+    }
 }
 
 void gtn_set_winograd(bool enabled) { winograd_enabled = enabled; }

@@ -17,6 +17,14 @@ extern "C" {
     fn gtn_replicate_pad1(x: *const C_tensor) -> *mut C_tensor;
     fn gtn_parity_gather(grid: *const C_tensor, taps: i64, h: i64, w: i64) -> *mut C_tensor;
     fn gtn_pad_conv(x: *const C_tensor, weight: *const C_tensor) -> *mut C_tensor;
+    fn gtn_momentum_step(
+        p: *const C_tensor,
+        m: *const C_tensor,
+        g: *const C_tensor,
+        lr: *const C_tensor,
+        mu: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> bool;
 }
 
 /// Takes ownership of a tensor returned by csrc/custom.cpp; a null one carries libtorch's error.
@@ -50,6 +58,18 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
 pub fn row_norm(v: &Tensor) -> Tensor {
     // SAFETY: a live tensor for the duration of the call.
     owned(unsafe { gtn_row_norm(v.as_ptr()) }, "row_norm")
+}
+
+/// SGD with momentum's update of one parameter, `m' = g + mu·m, p' = p - lr·m'` (`lr`, `mu`:
+/// one-element tensors), as one autograd node whose backward is one pass over the parameter on
+/// the CPU: `(p', m')`.
+pub fn momentum_step(p: &Tensor, m: &Tensor, g: &Tensor, lr: &Tensor, mu: &Tensor) -> (Tensor, Tensor) {
+    let mut out = [std::ptr::null_mut(); 2];
+    // SAFETY: live tensors for the duration of the call; on success `out` holds two fresh tensors.
+    let ok =
+        unsafe { gtn_momentum_step(p.as_ptr(), m.as_ptr(), g.as_ptr(), lr.as_ptr(), mu.as_ptr(), out.as_mut_ptr()) };
+    let [p_new, m_new] = out.map(|t| owned(if ok { t } else { std::ptr::null_mut() }, "momentum_step"));
+    (p_new, m_new)
 }
 
 /// Replicate padding by one pixel on each side of `[N, C, H, W]` that keeps only the input's
@@ -125,6 +145,72 @@ mod tests {
         assert_same_to_second_order(&v, row_norm, |v| {
             v.square().sum_dim_intlist([1i64].as_slice(), true, None::<Kind>).sqrt()
         });
+    }
+
+    /// The update and its derivatives with respect to all five inputs equal those of libtorch's
+    /// two `addcmul`s: the first derivative from the kernels (no graph recorded), the second
+    /// through the differentiable form. With the momentum used or not after the step (its
+    /// gradient then undefined), the old momentum constant or not, a gradient in another layout
+    /// (the libtorch form throughout), and in float32 a parameter spread over several tasks
+    /// (per-thread partial sums).
+    #[test]
+    fn momentum_step_matches_libtorch() {
+        let plain = |p: &Tensor, m: &Tensor, g: &Tensor, lr: &Tensor, mu: &Tensor| {
+            let m_new = g.addcmul(mu, m);
+            (p.addcmul(&-lr, &m_new), m_new)
+        };
+        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        for (shape, kind, momentum_used, momentum_leaf, g_nhwc) in [
+            (vec![3i64, 4], Kind::Double, true, true, false),
+            (vec![3, 4], Kind::Double, false, true, false),
+            (vec![2, 3, 2, 2], Kind::Double, true, false, false),
+            (vec![2, 3, 2, 2], Kind::Double, true, true, true),
+            (vec![70_000], Kind::Float, true, true, false),
+        ] {
+            let case = format!("{shape:?} {kind:?}, momentum used {momentum_used}, leaf {momentum_leaf}");
+            let data = |seed| leaf(&shape, seed).detach().to_kind(kind);
+            let (p, m, g) = (data(1), data(2), data(3));
+            let g = if g_nhwc { nhwc(g) } else { g };
+            let scalar = |v: f64| Tensor::from(v).to_kind(kind).set_requires_grad(true);
+            let (p, g, lr, mu) = (p.set_requires_grad(true), g.set_requires_grad(true), scalar(0.3), scalar(0.7));
+            let m = if momentum_leaf { m.set_requires_grad(true) } else { m };
+            let mut inputs = vec![&p, &g, &lr, &mu];
+            if momentum_leaf {
+                inputs.push(&m);
+            }
+            let (probe_p, probe_m) = (data(4), data(5));
+            let loss = |f: &dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> (Tensor, Tensor)| {
+                let (p_new, m_new) = f(&p, &m, &g, &lr, &mu);
+                let loss = (&p_new * &probe_p).sum(kind) + p_new.square().sum(kind);
+                if momentum_used {
+                    loss + (&m_new * &probe_m).sum(kind) + (&m_new * &p_new).sum(kind)
+                } else {
+                    loss
+                }
+            };
+            let first = |f: &dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> (Tensor, Tensor), graph| {
+                Tensor::run_backward(&[loss(f)], &inputs, graph, graph)
+            };
+            let second = |f: &dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> (Tensor, Tensor)| {
+                let sum = first(f, true).iter().map(|t| t.square().sum(kind)).reduce(|a, b| a + b).unwrap();
+                Tensor::run_backward(&[sum], &inputs, false, false)
+            };
+            let tolerance = if kind == Kind::Float { 1e-5 } else { 1e-12 };
+            let pairs = [
+                ("values", plain(&p, &m, &g, &lr, &mu).0.detach(), momentum_step(&p, &m, &g, &lr, &mu).0.detach()),
+                ("momentum", plain(&p, &m, &g, &lr, &mu).1.detach(), momentum_step(&p, &m, &g, &lr, &mu).1.detach()),
+            ];
+            let derivatives = first(&plain, false)
+                .into_iter()
+                .zip(first(&momentum_step, false))
+                .map(|(a, b)| ("first derivative", a, b))
+                .chain(second(&plain).into_iter().zip(second(&momentum_step)).map(|(a, b)| ("second", a, b)));
+            for (i, (name, theirs, ours)) in pairs.into_iter().chain(derivatives).enumerate() {
+                let scale = theirs.abs().max().double_value(&[]).max(1.0);
+                let err = (&ours - &theirs).abs().max().double_value(&[]);
+                assert!(err <= tolerance * scale, "{case}: {name} ({i}) differs by {err:e}");
+            }
+        }
     }
 
     #[test]
@@ -331,13 +417,7 @@ mod tests {
     #[test]
     fn fused_first_layer_matches_libtorch_at_every_instruction_set_level() {
         let native = |x: &Tensor, w: &Tensor, pad: i64| {
-            x.conv2d(w, None::<Tensor>, [1, 1], [pad, pad], [1, 1], 1).max_pool2d(
-                [3, 3],
-                [2, 2],
-                [1, 1],
-                [1, 1],
-                false,
-            )
+            x.conv2d(w, None::<Tensor>, [1, 1], [pad, pad], [1, 1], 1).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
         };
         /// Back to the best level however the test ends (the level is process-wide).
         struct Best;
@@ -476,9 +556,13 @@ mod tests {
     #[test]
     fn conv_max_pool_is_differentiable_three_times() {
         let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-        for (c, k, size, h, w, channels_last) in
-            [(9, 5, 1, 6, 5, true), (9, 5, 1, 6, 5, false), (1, 5, 3, 6, 5, false), (16, 16, 3, 6, 8, true), (3, 4, 3, 5, 5, false)]
-        {
+        for (c, k, size, h, w, channels_last) in [
+            (9, 5, 1, 6, 5, true),
+            (9, 5, 1, 6, 5, false),
+            (1, 5, 3, 6, 5, false),
+            (16, 16, 3, 6, 8, true),
+            (3, 4, 3, 5, 5, false),
+        ] {
             let (x, weight) = (leaf(&[2, c, h, w], 1).detach(), leaf(&[k, c, size, size], 2).detach());
             let (x, weight) = if channels_last { (nhwc(x), nhwc(weight)) } else { (x, weight) };
             let (x, weight) = (x.set_requires_grad(true), weight.set_requires_grad(true));

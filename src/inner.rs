@@ -20,11 +20,7 @@ pub fn sgd_momentum_step(
     lr: &Tensor,
     mu: &Tensor,
 ) -> (Vec<Tensor>, Vec<Tensor>) {
-    // Each as one fused multiply-add (two passes over every parameter fewer per step).
-    let momentum: Vec<Tensor> = momentum.iter().zip(grads).map(|(m, g)| g.addcmul(mu, m)).collect();
-    let minus_lr = -lr;
-    let params = params.iter().zip(&momentum).map(|(p, m)| p.addcmul(&minus_lr, m)).collect();
-    (params, momentum)
+    params.iter().zip(momentum).zip(grads).map(|((p, m), g)| crate::custom::momentum_step(p, m, g, lr, mu)).unzip()
 }
 
 /// A learner in training: its parameters and the optimiser's momentum buffers.
