@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <string>
@@ -83,6 +84,9 @@ struct MomentumStep : public torch::autograd::Function<MomentumStep> {
             p_new = p.addcmul(-lr, m_new);
         }
         ctx->save_for_backward({m, m_new, lr, mu});
+        // An output unused downstream (the last step's momentum) sends an undefined gradient, not
+        // a tensor of zeros to read.
+        ctx->set_materialize_grads(false);
         return {p_new, m_new};
     }
 
@@ -100,8 +104,10 @@ struct MomentumStep : public torch::autograd::Function<MomentumStep> {
         at::Tensor total = grad_m;
         if (grad_p.defined()) total = total.defined() ? total - lr * grad_p : -lr * grad_p;
         if (!total.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-        auto grad_lr = grad_p.defined() ? -(grad_p * m_new).sum().reshape(lr.sizes()) : at::zeros_like(lr);
-        return {grad_p, want_m ? mu * total : at::Tensor(), total, grad_lr, (total * m).sum().reshape(mu.sizes())};
+        at::Tensor grad_lr, grad_mu;
+        if (grad_p.defined() && ctx->needs_input_grad(3)) grad_lr = -(grad_p * m_new).sum().reshape(lr.sizes());
+        if (ctx->needs_input_grad(4)) grad_mu = (total * m).sum().reshape(mu.sizes());
+        return {grad_p, want_m ? mu * total : at::Tensor(), total, grad_lr, grad_mu};
     }
 };
 
@@ -267,8 +273,8 @@ struct Geometry {
         return winograd_enabled && !at::GradMode::is_enabled() && winograd::applies(input, weight, stride, padding);
     }
 
-    // A 1x1 convolution of few channels (base_fc's first layer) fused with its pool
-    // (csrc/pointwise_pool.h), on the same terms.
+    // A 1x1 convolution of few channels, or a one-channel image's 3x3 one (base_fc's first
+    // layer), fused with its pool (csrc/pointwise_pool.h), on the same terms.
     bool pointwise(const at::Tensor &input, const at::Tensor &weight) const {
         return !at::GradMode::is_enabled() && pointwise_pool::applies(input, weight, stride, padding);
     }
@@ -426,14 +432,18 @@ bool gtn_momentum_step(const at::Tensor *p, const at::Tensor *m, const at::Tenso
                        const at::Tensor *mu, at::Tensor **out) {
     try {
         auto result = MomentumStep::apply(*p, *m, *g, *lr, *mu);
-        out[0] = new at::Tensor(result[0]);
-        out[1] = new at::Tensor(result[1]);
+        auto p_new = std::make_unique<at::Tensor>(result[0]), m_new = std::make_unique<at::Tensor>(result[1]);
+        out[0] = p_new.release();
+        out[1] = m_new.release();
         return true;
     } catch (const std::exception &e) {
         last_error = e.what();
         return false;
     }
 }
+
+// momentum::backwards(), for the test that checks the update's backward took the kernels.
+int64_t gtn_momentum_kernel_backwards() { return momentum::backwards(); }
 
 void gtn_set_winograd(bool enabled) { winograd_enabled = enabled; }
 

@@ -11,6 +11,9 @@ namespace {
 // Elements per task: below this a parameter is updated on one thread.
 constexpr int64_t kGrain = 1 << 15;
 
+// Per thread: the autograd engine runs a CPU graph's backward on the thread that asked for it.
+thread_local int64_t backward_calls = 0;
+
 bool same_dense(const at::Tensor &a, const at::Tensor &b) {
     return a.defined() && a.device().is_cpu() && a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() &&
            a.strides() == b.strides() && a.is_non_overlapping_and_dense();
@@ -53,6 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> step_backward(const a
                                                                          const at::Tensor &mu, bool want_m) {
     TORCH_CHECK(applies(m_new, m, grad_p, lr, mu) && (!grad_m.defined() || same_dense(grad_m, m_new)),
                 "momentum step backward: gradient ", grad_p.sizes(), " and momentum ", m.sizes(), " do not fit");
+    ++backward_calls;
     auto grad_g = at::empty_like(m_new);
     auto grad_mom = want_m ? at::empty_like(m_new) : at::Tensor();
     // Per-thread partial sums of grad_p·m' and grad_g·m, added in thread order.
@@ -82,5 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> step_backward(const a
     auto grad_mu = at::full(mu.sizes(), mu_total, mu.options());
     return {grad_g, grad_mom, grad_lr, grad_mu};
 }
+
+int64_t backwards() { return backward_calls; }
 
 }  // namespace momentum

@@ -31,4 +31,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> step_backward(const a
                                                                          const at::Tensor &m_new, const at::Tensor &lr,
                                                                          const at::Tensor &mu, bool want_m);
 
+// How many times `step_backward` has run on this thread: for the tests, to tell that the
+// backward took these kernels rather than libtorch's ops.
+int64_t backwards();
+
 }  // namespace momentum

@@ -111,7 +111,7 @@ int64_t pooled(const Dims &d) { return (d.h + 1) / 2 * ((d.w + 1) / 2); }
 // the 1x1 convolution of the image's nine shifted copies, built per image in scratch (and the
 // gradient with respect to them summed back into the image there), where libtorch's im2col and
 // col2im ran serially over the whole batch and the graph kept the copies.
-bool image_form(const at::Tensor &weight) { return weight.size(2) == 3; }
+bool image_form(const at::Tensor &weight) { return weight.dim() == 4 && weight.size(2) == 3; }
 
 Dims dims_of(const at::Tensor &input, const at::Tensor &weight) {
     return {input.size(2), input.size(3), image_form(weight) ? 9 : input.size(1), weight.size(0)};
@@ -179,6 +179,11 @@ const T *kernel_input(const at::Tensor &x, bool image, const Dims &d, int64_t b,
     return scratch;
 }
 
+// The scratch image [pixels, k], then (image form) room for `copies` sets of shifted copies.
+int64_t scratch_size(const Dims &d, bool image, int64_t copies) {
+    return pixels(d) * (d.k + (image ? copies * d.c : 0));
+}
+
 // Runs `f(image, scratch)` over `n` images in parallel, each thread with a scratch image of
 // `size` values.
 template <typename T, typename F>
@@ -212,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor> conv_max_pool(const at::Tensor &input, const 
     auto y = pooled_like(input, d, input.scalar_type()), arg = pooled_like(input, d, at::kInt);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pointwise_max_pool", [&] {
         const auto &kernels = pointwise_kernels::table<scalar_t>();
-        for_each_image<scalar_t>(x.size(0), pixels(d) * (d.k + d.c), [&](int64_t b, scalar_t *s) {
+        for_each_image<scalar_t>(x.size(0), scratch_size(d, image, 1), [&](int64_t b, scalar_t *s) {
             kernels.conv_max_pool(d, kernel_input(x, image, d, b, s + pixels(d) * d.k), wt.const_data_ptr<scalar_t>(),
                                 s, y.data_ptr<scalar_t>() + b * pooled(d) * d.k,
                                 arg.data_ptr<int32_t>() + b * pooled(d) * d.k);
@@ -240,7 +245,7 @@ at::Tensor conv_at_index(const at::Tensor &input, const at::Tensor &weight, cons
     auto y = pooled_like(input, d, input.scalar_type());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pointwise_at_index", [&] {
         const auto &kernels = pointwise_kernels::table<scalar_t>();
-        for_each_image<scalar_t>(x.size(0), pixels(d) * (d.k + 2 * d.c), [&](int64_t b, scalar_t *s) {
+        for_each_image<scalar_t>(x.size(0), scratch_size(d, image, 2), [&](int64_t b, scalar_t *s) {
             const int64_t cell = b * pooled(d) * d.k;
             scalar_t *copies = s + pixels(d) * d.k;
             kernels.conv_at_index(d, kernel_input(x, image, d, b, copies), wt.const_data_ptr<scalar_t>(),
@@ -268,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad, const at::Tenso
     auto acc = want_weight ? at::zeros({at::get_num_threads(), d.c, d.k}, input.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "pointwise_grads", [&] {
         const auto &kernels = pointwise_kernels::table<scalar_t>();
-        for_each_image<scalar_t>(g.size(0), pixels(d) * (d.k + 2 * d.c), [&](int64_t b, scalar_t *s) {
+        for_each_image<scalar_t>(g.size(0), scratch_size(d, image, 2), [&](int64_t b, scalar_t *s) {
             const int64_t cell = b * pooled(d) * d.k;
             scalar_t *copies = s + pixels(d) * d.k, *copies_grad = copies + pixels(d) * d.c;
             scalar_t *input_grad = nullptr;

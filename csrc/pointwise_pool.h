@@ -1,7 +1,7 @@
 // A 1x1 convolution of few input channels fused with the 3x3 max-pool (stride 2, padding 1)
 // after it, and the gradients of the pair, on the CPU; also a 3x3 convolution (padding 1) of a
 // one-channel image, taken as the 1x1 convolution of the image's nine shifted copies, built an
-// image at a time: base_fc's first layer, whose output has 64 channels. An image at a time, the
+// image at a time: base_fc's first layer, whose output has 64 channels. Per image, the
 // convolution [H·W, K] is computed into a scratch image that stays in cache
 // and reduced there (pooled, or read at the arg-max), or the pooled gradient is scattered into
 // the scratch image and multiplied out, so neither the convolution's output nor its gradient
@@ -23,6 +23,9 @@ namespace pointwise_pool {
 // CPU, float or double, with few enough input channels that the scratch image's products beat
 // libtorch's GEMMs.
 bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, int64_t padding);
+
+// Below, a [K, 1, 3, 3] weight means the 3x3 convolution (padding 1) of a one-channel image, a
+// [K, C, 1, 1] one the 1x1 convolution.
 
 // The max-pool of the convolution, [N, K, PH, PW], and its arg-max (int32 flat positions h·W + w
 // within each plane, as libtorch's channels-last max-pool finds them, through ties and NaNs).

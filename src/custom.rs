@@ -147,12 +147,19 @@ mod tests {
         });
     }
 
+    extern "C" {
+        fn gtn_momentum_kernel_backwards() -> i64;
+    }
+
+    /// `(p, m, g, lr, mu) -> (p', m')`.
+    type Update = dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> (Tensor, Tensor);
+
     /// The update and its derivatives with respect to all five inputs equal those of libtorch's
-    /// two `addcmul`s: the first derivative from the kernels (no graph recorded), the second
-    /// through the differentiable form. With the momentum used or not after the step (its
-    /// gradient then undefined), the old momentum constant or not, a gradient in another layout
-    /// (the libtorch form throughout), and in float32 a parameter spread over several tasks
-    /// (per-thread partial sums).
+    /// two `addcmul`s: the first derivative from the kernels (no graph recorded; checked to have
+    /// run them), the second through the differentiable form. With the new parameter or the new
+    /// momentum unused after the step (its gradient then undefined), the old momentum constant or
+    /// not, a gradient in another layout (the differentiable form throughout), and in float32 a
+    /// parameter spread over several tasks (per-thread partial sums).
     #[test]
     fn momentum_step_matches_libtorch() {
         let plain = |p: &Tensor, m: &Tensor, g: &Tensor, lr: &Tensor, mu: &Tensor| {
@@ -160,14 +167,15 @@ mod tests {
             (p.addcmul(&-lr, &m_new), m_new)
         };
         let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-        for (shape, kind, momentum_used, momentum_leaf, g_nhwc) in [
-            (vec![3i64, 4], Kind::Double, true, true, false),
-            (vec![3, 4], Kind::Double, false, true, false),
-            (vec![2, 3, 2, 2], Kind::Double, true, false, false),
-            (vec![2, 3, 2, 2], Kind::Double, true, true, true),
-            (vec![70_000], Kind::Float, true, true, false),
+        for (shape, kind, p_used, m_used, momentum_leaf, g_nhwc) in [
+            (vec![3i64, 4], Kind::Double, true, true, true, false),
+            (vec![3, 4], Kind::Double, true, false, true, false),
+            (vec![3, 4], Kind::Double, false, true, true, false),
+            (vec![2, 3, 2, 2], Kind::Double, true, true, false, false),
+            (vec![2, 3, 2, 2], Kind::Double, true, true, true, true),
+            (vec![70_000], Kind::Float, true, true, true, false),
         ] {
-            let case = format!("{shape:?} {kind:?}, momentum used {momentum_used}, leaf {momentum_leaf}");
+            let case = format!("{shape:?} {kind:?}, p' used {p_used}, m' used {m_used}, m a leaf {momentum_leaf}");
             let data = |seed| leaf(&shape, seed).detach().to_kind(kind);
             let (p, m, g) = (data(1), data(2), data(3));
             let g = if g_nhwc { nhwc(g) } else { g };
@@ -179,22 +187,32 @@ mod tests {
                 inputs.push(&m);
             }
             let (probe_p, probe_m) = (data(4), data(5));
-            let loss = |f: &dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> (Tensor, Tensor)| {
+            let loss = |f: &Update| {
                 let (p_new, m_new) = f(&p, &m, &g, &lr, &mu);
-                let loss = (&p_new * &probe_p).sum(kind) + p_new.square().sum(kind);
-                if momentum_used {
-                    loss + (&m_new * &probe_m).sum(kind) + (&m_new * &p_new).sum(kind)
-                } else {
-                    loss
+                let mut loss = Tensor::zeros([], (kind, Device::Cpu));
+                if p_used {
+                    loss = loss + (&p_new * &probe_p).sum(kind) + p_new.square().sum(kind);
                 }
+                if m_used {
+                    loss = loss + (&m_new * &probe_m).sum(kind) + m_new.square().sum(kind);
+                }
+                loss
             };
-            let first = |f: &dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> (Tensor, Tensor), graph| {
-                Tensor::run_backward(&[loss(f)], &inputs, graph, graph)
+            // An input a loss does not reach gets an undefined gradient: zero.
+            let zero_if_unreached = |grads: Vec<Tensor>| -> Vec<Tensor> {
+                grads.into_iter().zip(&inputs).map(|(t, x)| if t.defined() { t } else { x.zeros_like() }).collect()
             };
-            let second = |f: &dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> (Tensor, Tensor)| {
+            let first = |f: &Update, graph| zero_if_unreached(Tensor::run_backward(&[loss(f)], &inputs, graph, graph));
+            let second = |f: &Update| {
                 let sum = first(f, true).iter().map(|t| t.square().sum(kind)).reduce(|a, b| a + b).unwrap();
-                Tensor::run_backward(&[sum], &inputs, false, false)
+                zero_if_unreached(Tensor::run_backward(&[sum], &inputs, false, false))
             };
+            // SAFETY: reads a thread-local counter.
+            let kernel_runs = || unsafe { gtn_momentum_kernel_backwards() };
+            let before = kernel_runs();
+            let ours_first = first(&momentum_step, false);
+            let kernels = p_used && !g_nhwc;
+            assert_eq!(kernel_runs() > before, kernels, "{case}: the backward's kernels ran");
             let tolerance = if kind == Kind::Float { 1e-5 } else { 1e-12 };
             let pairs = [
                 ("values", plain(&p, &m, &g, &lr, &mu).0.detach(), momentum_step(&p, &m, &g, &lr, &mu).0.detach()),
@@ -202,7 +220,7 @@ mod tests {
             ];
             let derivatives = first(&plain, false)
                 .into_iter()
-                .zip(first(&momentum_step, false))
+                .zip(ours_first)
                 .map(|(a, b)| ("first derivative", a, b))
                 .chain(second(&plain).into_iter().zip(second(&momentum_step)).map(|(a, b)| ("second", a, b)));
             for (i, (name, theirs, ours)) in pairs.into_iter().chain(derivatives).enumerate() {

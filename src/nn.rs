@@ -108,15 +108,16 @@ pub fn wn_linear(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>) -> Tens
 
 /// Weight-normalised 3x3 convolution with zero padding 1 (same size at stride 1).
 ///
-/// On a one-channel input (MNIST's first layer) it runs as a 1x1 convolution of the image's
-/// nine shifted copies (im2col). The meta-gradient needs the gradient with respect to that input
+/// On a one-channel input it runs as a 1x1 convolution of the image's nine shifted copies
+/// (im2col); base_fc's first layer, which is followed by a max-pool, builds them inside
+/// [`wn_conv3x3_max_pool`]'s fused kernels instead, on the CPU. The meta-gradient needs the gradient with respect to that input
 /// (to reach the generator), and libtorch's 3x3 convolution reduces 64 channels into one at ~13
 /// GFLOP/s (its one-output-channel kernels: 2 x 8.7 ms per base_fc inner step, in the
 /// meta-backward and in the double backward of the weight gradient); the 1x1 form reduces them
 /// into nine at the usual rate. base_fc's first block (convolution, max-pool, batch norm, leaky
-/// ReLU), forward, inner gradient and meta-backward: 1.9 -> 1.5 s per T = 32 meta-step, though
-/// the forward alone is slower (7 vs 5 ms); it keeps the nine copies (3.6 MB per inner step of
-/// 128 images) instead of the image. Three input channels (CIFAR) are slower this way (1.6 ->
+/// ReLU), forward, inner gradient and meta-backward: 1.9 -> 1.5 s per T = 32 meta-step when
+/// base_fc took this form, though the forward alone is slower (7 vs 5 ms); it keeps the nine
+/// copies (3.6 MB per inner step of 128 images) instead of the image. Three input channels (CIFAR) are slower this way (1.6 ->
 /// 1.8 s), so they keep the plain convolution.
 ///
 /// The one-channel form lays its patches and weight out channels-last, and a channels-last input
@@ -151,7 +152,9 @@ pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride
 /// the layout saves in the convolutions. Forward, backward and double backward of a gather took
 /// 0.6x the time of libtorch's own max-pool on 2 CPU cores.
 pub fn wn_conv3x3_max_pool(x: &Tensor, v: &Tensor, g: &Tensor) -> Tensor {
-    if x.size()[1] == 1 {
+    // Elsewhere (a GPU) the im2col form below: libtorch's direct one-channel convolution is the
+    // slow reduction that form avoids on the CPU, where the fused kernels take the image itself.
+    if x.size()[1] == 1 && x.device() == tch::Device::Cpu {
         return crate::custom::conv_max_pool(x, &weight_norm(v, g), 1, 1);
     }
     let (input, weight, stride, padding) = conv3x3_operands(x, &weight_norm(v, g), 1);
