@@ -3,6 +3,10 @@
 # on this machine, in one run, alternating the two so that drift in the host's speed hits both,
 # and prints a table of seconds per meta-step and peak memory with the ratios.
 #   scripts/reference-bench.sh [ROUNDS]   # default 2 rounds of: gtn, reference, per learner
+#   SETTLE=20 scripts/reference-bench.sh  # seconds of pause before each program (default 20)
+# The pause: run right after the reference exits (freeing ~12 GB), gtn measured 4-6% slower than
+# a run of the same build minutes later (5.16 and 4.88 s against 4.94 and 4.67 s); with 20 s in
+# between, 4.71 and 4.79 s against 4.63 and 4.83 s. Both programs get the same pause.
 # Installs torch==2.11.0 with its dependencies (the CUDA wheels included, ~4.6 GB: PyPI's Linux
 # torch is the CUDA build, which Python cannot import without them) into .reference-torch/ once.
 # Needs target/release/gtn and data/mnist (scripts/setup.sh).
@@ -10,6 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
 threads=${THREADS:-2}
+settle=${SETTLE:-20}
+# The pause before each program but the first.
+pause() { if [ -n "${ran:-}" ]; then sleep "$settle"; fi; ran=1; }
 py=.reference-torch
 if ! PYTHONPATH=$py python3 -c 'import torch; assert torch.__version__.startswith("2.11.0")' 2>/dev/null; then
     echo "reference: installing torch==2.11.0 with its dependencies into $py (~4.6 GB, about a minute)"
@@ -24,8 +31,10 @@ trap 'rm -rf "$out"' EXIT
 for round in $(seq "$rounds"); do
     for learner in base-fc mlp; do
         echo "round $round/$rounds: $learner: gtn, then the reference" >&2
+        pause
         target/release/gtn bench --preset paper --learner "$learner" --meta-iters 3 --threads "$threads" --json \
             >>"$out/gtn-$learner.jsonl"
+        pause
         # PyTorch warns that NumPy is missing (it is not needed); its messages go to a log shown on failure.
         PYTHONPATH=$py python3 scripts/reference_bench.py --learner "$learner" --meta-iters 3 --threads "$threads" \
             2>>"$out/reference.log" >>"$out/reference-$learner.jsonl" ||
