@@ -95,8 +95,7 @@ struct MomentumStep : public torch::autograd::Function<MomentumStep> {
         auto &m = saved[0], &m_new = saved[1], &lr = saved[2], &mu = saved[3];
         auto &grad_p = grads[0], &grad_m = grads[1];
         bool want_m = ctx->needs_input_grad(1);
-        if (!at::GradMode::is_enabled() && grad_p.defined() && momentum::applies(m_new, m, grad_p, lr, mu) &&
-            (!grad_m.defined() || momentum::applies(m_new, m, grad_m, lr, mu))) {
+        if (!at::GradMode::is_enabled() && momentum::backward_applies(grad_p, grad_m, m, m_new, lr, mu)) {
             auto [grad_g, grad_mom, grad_lr, grad_mu] = momentum::step_backward(grad_p, grad_m, m, m_new, lr, mu, want_m);
             return {grad_p, grad_mom, grad_g, grad_lr, grad_mu};
         }
@@ -407,14 +406,23 @@ struct ConvMaxPool : public torch::autograd::Function<ConvMaxPool> {
 
 thread_local std::string last_error;
 
+// Runs `f`; an exception's message goes to last_error (for src/custom.rs) instead of unwinding
+// into Rust.
 template <typename F>
-at::Tensor *guarded(F f) {
+void caught(F f) {
     try {
-        return new at::Tensor(f());
+        f();
     } catch (const std::exception &e) {
         last_error = e.what();
-        return nullptr;
     }
+}
+
+// A fresh heap tensor of `f`'s result, or null with the error in last_error.
+template <typename F>
+at::Tensor *guarded(F f) {
+    at::Tensor *out = nullptr;
+    caught([&] { out = new at::Tensor(f()); });
+    return out;
 }
 
 }  // namespace
@@ -427,19 +435,15 @@ at::Tensor *gtn_conv_max_pool(const at::Tensor *input, const at::Tensor *weight,
     return guarded([&] { return pool::ConvMaxPool::apply(*input, *weight, stride, padding); });
 }
 
-// (p', m') of MomentumStep into `out` (two pointers), or false with the error in last_error.
-bool gtn_momentum_step(const at::Tensor *p, const at::Tensor *m, const at::Tensor *g, const at::Tensor *lr,
+// (p', m') of MomentumStep into `out` (two pointers, left null with the error in last_error).
+void gtn_momentum_step(const at::Tensor *p, const at::Tensor *m, const at::Tensor *g, const at::Tensor *lr,
                        const at::Tensor *mu, at::Tensor **out) {
-    try {
+    caught([&] {
         auto result = MomentumStep::apply(*p, *m, *g, *lr, *mu);
         auto p_new = std::make_unique<at::Tensor>(result[0]), m_new = std::make_unique<at::Tensor>(result[1]);
         out[0] = p_new.release();
         out[1] = m_new.release();
-        return true;
-    } catch (const std::exception &e) {
-        last_error = e.what();
-        return false;
-    }
+    });
 }
 
 // momentum::backwards(), for the test that checks the update's backward took the kernels.

@@ -29,6 +29,11 @@ bool applies(const at::Tensor &p, const at::Tensor &m, const at::Tensor &g, cons
            lr.device().is_cpu() && mu.device().is_cpu();
 }
 
+bool backward_applies(const at::Tensor &grad_p, const at::Tensor &grad_m, const at::Tensor &m,
+                      const at::Tensor &m_new, const at::Tensor &lr, const at::Tensor &mu) {
+    return applies(m_new, m, grad_p, lr, mu) && (!grad_m.defined() || same_dense(grad_m, m_new));
+}
+
 std::tuple<at::Tensor, at::Tensor> step(const at::Tensor &p, const at::Tensor &m, const at::Tensor &g,
                                         const at::Tensor &lr, const at::Tensor &mu) {
     TORCH_CHECK(applies(p, m, g, lr, mu), "momentum step: parameter ", p.sizes(), ", momentum ", m.sizes(),
@@ -54,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> step_backward(const a
                                                                          const at::Tensor &grad_m, const at::Tensor &m,
                                                                          const at::Tensor &m_new, const at::Tensor &lr,
                                                                          const at::Tensor &mu, bool want_m) {
-    TORCH_CHECK(applies(m_new, m, grad_p, lr, mu) && (!grad_m.defined() || same_dense(grad_m, m_new)),
+    TORCH_CHECK(backward_applies(grad_p, grad_m, m, m_new, lr, mu),
                 "momentum step backward: gradient ", grad_p.sizes(), " and momentum ", m.sizes(), " do not fit");
     ++backward_calls;
     auto grad_g = at::empty_like(m_new);

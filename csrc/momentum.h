@@ -22,6 +22,10 @@ bool applies(const at::Tensor &p, const at::Tensor &m, const at::Tensor &g, cons
 std::tuple<at::Tensor, at::Tensor> step(const at::Tensor &p, const at::Tensor &m, const at::Tensor &g,
                                         const at::Tensor &lr, const at::Tensor &mu);
 
+// Whether `step_backward` takes these (as `applies`, with the gradients in m''s layout).
+bool backward_applies(const at::Tensor &grad_p, const at::Tensor &grad_m, const at::Tensor &m,
+                      const at::Tensor &m_new, const at::Tensor &lr, const at::Tensor &mu);
+
 // Given the gradients `grad_p` (of p') and `grad_m` (of m', may be undefined), the saved `m` and
 // `m_new` (m'), `lr` and `mu`: (the gradient of g, which is m''s total `grad_m - lr·grad_p`; of m,
 // `mu` times that; of lr, `-sum(grad_p·m')`; of mu, `sum(grad_g·m)`), the sums in double. The

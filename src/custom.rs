@@ -24,7 +24,7 @@ extern "C" {
         lr: *const C_tensor,
         mu: *const C_tensor,
         out: *mut *mut C_tensor,
-    ) -> bool;
+    );
 }
 
 /// Takes ownership of a tensor returned by csrc/custom.cpp; a null one carries libtorch's error.
@@ -65,10 +65,10 @@ pub fn row_norm(v: &Tensor) -> Tensor {
 /// the CPU: `(p', m')`.
 pub fn momentum_step(p: &Tensor, m: &Tensor, g: &Tensor, lr: &Tensor, mu: &Tensor) -> (Tensor, Tensor) {
     let mut out = [std::ptr::null_mut(); 2];
-    // SAFETY: live tensors for the duration of the call; on success `out` holds two fresh tensors.
-    let ok =
-        unsafe { gtn_momentum_step(p.as_ptr(), m.as_ptr(), g.as_ptr(), lr.as_ptr(), mu.as_ptr(), out.as_mut_ptr()) };
-    let [p_new, m_new] = out.map(|t| owned(if ok { t } else { std::ptr::null_mut() }, "momentum_step"));
+    // SAFETY: live tensors for the duration of the call; `out` then holds two fresh tensors, or
+    // nulls where the call failed.
+    unsafe { gtn_momentum_step(p.as_ptr(), m.as_ptr(), g.as_ptr(), lr.as_ptr(), mu.as_ptr(), out.as_mut_ptr()) };
+    let [p_new, m_new] = out.map(|t| owned(t, "momentum_step"));
     (p_new, m_new)
 }
 
@@ -214,10 +214,10 @@ mod tests {
             let kernels = p_used && !g_nhwc;
             assert_eq!(kernel_runs() > before, kernels, "{case}: the backward's kernels ran");
             let tolerance = if kind == Kind::Float { 1e-5 } else { 1e-12 };
-            let pairs = [
-                ("values", plain(&p, &m, &g, &lr, &mu).0.detach(), momentum_step(&p, &m, &g, &lr, &mu).0.detach()),
-                ("momentum", plain(&p, &m, &g, &lr, &mu).1.detach(), momentum_step(&p, &m, &g, &lr, &mu).1.detach()),
-            ];
+            let ((p_theirs, m_theirs), (p_ours, m_ours)) =
+                (plain(&p, &m, &g, &lr, &mu), momentum_step(&p, &m, &g, &lr, &mu));
+            let pairs =
+                [("values", p_theirs.detach(), p_ours.detach()), ("momentum", m_theirs.detach(), m_ours.detach())];
             let derivatives = first(&plain, false)
                 .into_iter()
                 .zip(ours_first)

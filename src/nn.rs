@@ -110,15 +110,15 @@ pub fn wn_linear(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>) -> Tens
 ///
 /// On a one-channel input it runs as a 1x1 convolution of the image's nine shifted copies
 /// (im2col); base_fc's first layer, which is followed by a max-pool, builds them inside
-/// [`wn_conv3x3_max_pool`]'s fused kernels instead, on the CPU. The meta-gradient needs the gradient with respect to that input
-/// (to reach the generator), and libtorch's 3x3 convolution reduces 64 channels into one at ~13
-/// GFLOP/s (its one-output-channel kernels: 2 x 8.7 ms per base_fc inner step, in the
-/// meta-backward and in the double backward of the weight gradient); the 1x1 form reduces them
-/// into nine at the usual rate. base_fc's first block (convolution, max-pool, batch norm, leaky
-/// ReLU), forward, inner gradient and meta-backward: 1.9 -> 1.5 s per T = 32 meta-step when
-/// base_fc took this form, though the forward alone is slower (7 vs 5 ms); it keeps the nine
-/// copies (3.6 MB per inner step of 128 images) instead of the image. Three input channels (CIFAR) are slower this way (1.6 ->
-/// 1.8 s), so they keep the plain convolution.
+/// [`wn_conv3x3_max_pool`]'s fused kernels instead, on the CPU. The meta-gradient needs the
+/// gradient with respect to that input (to reach the generator), and libtorch's 3x3 convolution
+/// reduces 64 channels into one at ~13 GFLOP/s (its one-output-channel kernels: 2 x 8.7 ms per
+/// base_fc inner step, in the meta-backward and in the double backward of the weight gradient);
+/// the 1x1 form reduces them into nine at the usual rate. base_fc's first block (convolution,
+/// max-pool, batch norm, leaky ReLU), forward, inner gradient and meta-backward: 1.9 -> 1.5 s per
+/// T = 32 meta-step when base_fc took this form, though the forward alone is slower (7 vs 5 ms);
+/// it keeps the nine copies (3.6 MB per inner step of 128 images) instead of the image. Three
+/// input channels (CIFAR) are slower this way (1.6 -> 1.8 s), so they keep the plain convolution.
 ///
 /// The one-channel form lays its patches and weight out channels-last, and a channels-last input
 /// gets a channels-last weight, so libtorch runs the convolution, its gradients and its double
@@ -147,9 +147,9 @@ pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride
 /// through memory, and neither do the copies (libtorch's im2col and col2im, below, ran serially
 /// and the graph kept the copies, 3.6 MB per inner step). Elsewhere the arg-max comes from
 /// libtorch's channels-last max-pool kernel (~10x faster than its NCHW one), and the values are
-/// gathered at it along `[N, H·W, C]` rows of a channels-last tensor:
-/// gathering along the spatial dimension of that layout, or converting layouts, cost more than
-/// the layout saves in the convolutions. Forward, backward and double backward of a gather took
+/// gathered at it along `[N, H·W, C]` rows of a channels-last tensor: gathering along the spatial
+/// dimension of that layout, or converting layouts, cost more than the layout saves in the
+/// convolutions. Forward, backward and double backward of a gather took
 /// 0.6x the time of libtorch's own max-pool on 2 CPU cores.
 pub fn wn_conv3x3_max_pool(x: &Tensor, v: &Tensor, g: &Tensor) -> Tensor {
     // Elsewhere (a GPU) the im2col form below: libtorch's direct one-channel convolution is the
