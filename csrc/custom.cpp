@@ -142,12 +142,16 @@ variable_list Pad::backward(AutogradContext *ctx, variable_list grads) {
 
 // A convolution (stride 1, no padding) of the replicate-padded input that keeps the unpadded
 // input for its backward, where libtorch's convolution of the padded tensor keeps that one: 2.1 MB
-// less per generator batch of 128 at MNIST's 128 x 7 x 7 (67 MB per meta-step of 32). The
-// backward pads again, with differentiable ops (the padding above, libtorch's
-// convolution_backward), so the gradient can itself be differentiated.
+// less per generator batch of 128 at MNIST's 128 x 7 x 7 (67 MB per meta-step of 32). Where it
+// applies (MNIST's wide layer), Winograd's F(2x2, 2x2) (csrc/winograd.h), forward and, where no
+// graph is recorded, backward: 9 products per 2x2 output tile where oneDNN's direct kernels take
+// 16, with the padding read from the unpadded input. Elsewhere, and where the gradient is itself
+// to be differentiated, the backward pads again with differentiable ops (the padding above,
+// libtorch's convolution_backward).
 struct PadConv : public torch::autograd::Function<PadConv> {
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &weight) {
         ctx->save_for_backward({x, weight});
+        if (winograd_enabled && winograd::pad_conv_applies(x, weight)) return winograd::pad_conv(x, weight);
         return at::conv2d(upsample::pad(x), weight);
     }
 
@@ -155,6 +159,12 @@ struct PadConv : public torch::autograd::Function<PadConv> {
         auto saved = ctx->get_saved_variables();
         auto &x = saved[0], &weight = saved[1];
         bool input_grad = ctx->needs_input_grad(0);
+        // Winograd's form records no graph: a second derivative takes the differentiable ops below.
+        if (winograd_enabled && !at::GradMode::is_enabled() && winograd::pad_conv_applies(x, weight)) {
+            auto [grad_x, grad_weight] =
+                winograd::pad_conv_grads(grads[0], x, weight, input_grad, ctx->needs_input_grad(1));
+            return {grad_x, grad_weight};
+        }
         auto grads_padded = at::convolution_backward(grads[0], Pad::apply(x), weight, std::nullopt, {1, 1}, {0, 0},
                                                      {1, 1}, false, {0, 0}, 1,
                                                      {input_grad, ctx->needs_input_grad(1), false});
@@ -479,6 +489,19 @@ at::Tensor *gtn_winograd_grad(const at::Tensor *grad_out, const at::Tensor *inpu
                               bool weight_grad) {
     return guarded([&] {
         auto grads = winograd::grads(*grad_out, *input, *weight, !weight_grad, weight_grad);
+        return weight_grad ? std::get<1>(grads) : std::get<0>(grads);
+    });
+}
+
+// The same for F(2x2, 2x2) over the replicate-padded input.
+at::Tensor *gtn_winograd_pad_conv(const at::Tensor *input, const at::Tensor *weight) {
+    return guarded([&] { return winograd::pad_conv(*input, *weight); });
+}
+
+at::Tensor *gtn_winograd_pad_conv_grad(const at::Tensor *grad_out, const at::Tensor *input, const at::Tensor *weight,
+                                       bool weight_grad) {
+    return guarded([&] {
+        auto grads = winograd::pad_conv_grads(*grad_out, *input, *weight, !weight_grad, weight_grad);
         return weight_grad ? std::get<1>(grads) : std::get<0>(grads);
     });
 }

@@ -52,27 +52,39 @@ void for_each_tile(int64_t images, const Tiles &t, F f) {
     });
 }
 
-// G ⊗ G as a [16, 9] matrix: the weight transform G g G^T of every 3x3 kernel at once.
+// g ⊗ g for a one-dimensional transform g [rows, cols] (row by row), as a [rows², cols²] matrix:
+// the transform of every kernel at once.
+at::Tensor kron_square(const double *g, int rows, int cols, const at::TensorOptions &options) {
+    std::vector<double> m(rows * rows * cols * cols);
+    for (int a = 0; a < rows; ++a)
+        for (int b = 0; b < rows; ++b)
+            for (int k = 0; k < cols; ++k)
+                for (int l = 0; l < cols; ++l) m[(a * rows + b) * cols * cols + k * cols + l] = g[a * cols + k] * g[b * cols + l];
+    return at::tensor(m, at::kDouble).view({rows * rows, cols * cols}).to(options);
+}
+
+// G ⊗ G of F(2x2, 3x3) [16, 9].
 at::Tensor g_kron_g(const at::TensorOptions &options) {
-    static const double g[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-    std::vector<double> m(16 * 9);
-    for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b)
-            for (int k = 0; k < 3; ++k)
-                for (int l = 0; l < 3; ++l) m[(a * 4 + b) * 9 + k * 3 + l] = g[a][k] * g[b][l];
-    return at::tensor(m, at::kDouble).view({16, 9}).to(options);
+    static const double g[4 * 3] = {1, 0, 0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0, 0, 1};
+    return kron_square(g, 4, 3, options);
 }
 
-// [K, C, 3, 3] -> [16, C, K].
-at::Tensor weight_transform(const at::Tensor &weight) {
-    auto k = weight.size(0), c = weight.size(1);
-    return at::matmul(g_kron_g(weight.options()), weight.reshape({k * c, 9}).t()).view({16, k, c}).transpose(1, 2);
+// [K, C, s, s] -> [points, C, K], by `kron` [points, s²].
+at::Tensor weight_transform(const at::Tensor &weight, const at::Tensor &kron) {
+    auto k = weight.size(0), c = weight.size(1), points = kron.size(0);
+    return at::matmul(kron, weight.reshape({k * c, kron.size(1)}).t()).view({points, k, c}).transpose(1, 2);
 }
 
-// Its adjoint: [16, C, K] -> [K, C, 3, 3].
+// Its adjoint: [points, C, K] -> [K, C, s, s].
+at::Tensor weight_transform_adjoint(const at::Tensor &u, const at::Tensor &kron, int64_t s) {
+    auto points = u.size(0), c = u.size(1), k = u.size(2);
+    return at::matmul(u.transpose(1, 2).reshape({points, k * c}).t(), kron).reshape({k, c, s, s});
+}
+
+at::Tensor weight_transform(const at::Tensor &weight) { return weight_transform(weight, g_kron_g(weight.options())); }
+
 at::Tensor weight_transform_adjoint(const at::Tensor &u) {
-    auto c = u.size(1), k = u.size(2);
-    return at::matmul(u.transpose(1, 2).reshape({16, k * c}).t(), g_kron_g(u.options())).reshape({k, c, 3, 3});
+    return weight_transform_adjoint(u, g_kron_g(u.options()), 3);
 }
 
 // The pixels of the 4x4 patch around tile (i, j) of image b of `x`: `outside` where the patch
@@ -427,6 +439,224 @@ std::tuple<at::Tensor, at::Tensor> pooled_grads(const at::Tensor &grad, const at
     return grads_of(
         t, [&](int64_t first, int64_t images) { return transformed_of_pool(g, index, t, first, images); }, input,
         weight, want_input, want_weight);
+}
+
+// F(2x2, 2x2) over a replicate-padded input (the generator's wide layer). In one dimension,
+// B^T d = (d0 - d1, d1, d2 - d1), G g = (g0, g0 + g1, g1) and A^T m = (m0 + m1, m1 + m2), so
+// that y0 = d0·g0 + d1·g1 and y1 = d1·g0 + d2·g1: additions only. Tiles cut the output
+// [N, K, H + 1, W + 1]; tile (i, j) reads padded rows and columns 2i..2i + 2 and 2j..2j + 2,
+// unpadded pixel (2i - 1 + r, 2j - 1 + s) clamped into the image.
+namespace {
+
+// G ⊗ G of F(2x2, 2x2) [9, 4].
+at::Tensor g_kron_g_2x2(const at::TensorOptions &options) {
+    static const double g[3 * 2] = {1, 0, 1, 1, 0, 1};
+    return kron_square(g, 3, 2, options);
+}
+
+// B^T d B of the 3x3 patch of every tile of `images` images of the unpadded `x` [images, h, w,
+// c] (`t`: the output's tiles, h = t.h - 1), into `v` [9, tiles, c].
+template <typename T>
+void padded_input_transform(const T *x, T *v, int64_t images, const Tiles &t, int64_t c) {
+    const int64_t plane = images * t.per_image() * c, h = t.h - 1, w = t.w - 1;
+    for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
+        const T *p[3][3];
+        for (int r = 0; r < 3; ++r)
+            for (int s = 0; s < 3; ++s) {
+                int64_t y = std::clamp<int64_t>(2 * i - 1 + r, 0, h - 1), z = std::clamp<int64_t>(2 * j - 1 + s, 0, w - 1);
+                p[r][s] = x + ((b * h + y) * w + z) * c;
+            }
+        T *out = v + t.tile(b, i, j, c);
+        VECTORIZE for (int64_t k = 0; k < c; ++k) {
+            T u[3][3];
+            for (int s = 0; s < 3; ++s) {
+                T d0 = p[0][s][k], d1 = p[1][s][k], d2 = p[2][s][k];
+                u[0][s] = d0 - d1, u[1][s] = d1, u[2][s] = d2 - d1;
+            }
+            for (int r = 0; r < 3; ++r) {
+                T *o = out + r * 3 * plane + k;
+                o[0] = u[r][0] - u[r][1], o[plane] = u[r][1], o[2 * plane] = u[r][2] - u[r][1];
+            }
+        }
+    });
+}
+
+// Its adjoint: B V B^T of every tile of `v` [9, tiles, c], added up an image at a time in a
+// scratch padded image that stays in cache, whose border is then folded onto the image's edge
+// (the adjoint of replicate padding) into `x` [images, h, w, c].
+template <typename T>
+void padded_input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, int64_t c) {
+    const int64_t plane = images * t.per_image() * c, h = t.h - 1, w = t.w - 1, wp = w + 2;
+    at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+        thread_local std::vector<T> scratch;
+        scratch.resize((h + 2) * wp * c);
+        T *padded = scratch.data();
+        auto pixel = [&](int64_t y, int64_t z) { return padded + (y * wp + z) * c; };
+        for (int64_t b = lo; b < hi; ++b) {
+            std::fill(scratch.begin(), scratch.end(), T(0));
+            for (int64_t i = 0; i < t.rows(); ++i)
+                for (int64_t j = 0; j < t.cols(); ++j) {
+                    T *p[3][3];
+                    for (int r = 0; r < 3; ++r)
+                        for (int s = 0; s < 3; ++s) p[r][s] = pixel(2 * i + r, 2 * j + s);
+                    const T *in = v + t.tile(b, i, j, c);
+                    VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                        T u[3][3];
+                        for (int r = 0; r < 3; ++r) {
+                            const T *e = in + r * 3 * plane + k;
+                            T e0 = e[0], e1 = e[plane], e2 = e[2 * plane];
+                            u[r][0] = e0, u[r][1] = e1 - e0 - e2, u[r][2] = e2;
+                        }
+                        for (int s = 0; s < 3; ++s) {
+                            p[0][s][k] += u[0][s];
+                            p[1][s][k] += u[1][s] - u[0][s] - u[2][s];
+                            p[2][s][k] += u[2][s];
+                        }
+                    }
+                }
+            // The border rows onto the edge rows, then the border columns (corners included)
+            // onto the edge columns: one loop per statement, as with h or w = 1 both fold onto
+            // the same pixels.
+            VECTORIZE for (int64_t k = 0; k < wp * c; ++k) pixel(1, 0)[k] += pixel(0, 0)[k];
+            VECTORIZE for (int64_t k = 0; k < wp * c; ++k) pixel(h, 0)[k] += pixel(h + 1, 0)[k];
+            for (int64_t y = 1; y <= h; ++y) {
+                VECTORIZE for (int64_t k = 0; k < c; ++k) pixel(y, 1)[k] += pixel(y, 0)[k];
+                VECTORIZE for (int64_t k = 0; k < c; ++k) pixel(y, w)[k] += pixel(y, w + 1)[k];
+                std::copy(pixel(y, 1), pixel(y, w + 1), x + (b * h + y - 1) * w * c);
+            }
+        }
+    });
+}
+
+// A^T m A of every tile of image b in `m` [9, tiles, c] (planes `plane` values apart): the 2x2
+// output pixels of `image` (that image's pixels).
+template <typename T>
+void small_output_transform_image(const T *m, T *image, int64_t b, const Tiles &t, int64_t c, int64_t plane) {
+    for (int64_t i = 0; i < t.rows(); ++i)
+        for (int64_t j = 0; j < t.cols(); ++j) {
+            T *q[2][2];
+            quad(q, image, 0, i, j, t, c);
+            const T *in = m + t.tile(b, i, j, c);
+            VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                T u[2][3];
+                for (int s = 0; s < 3; ++s) {
+                    const T *e = in + s * plane + k;
+                    T m0 = e[0], m1 = e[3 * plane], m2 = e[6 * plane];
+                    u[0][s] = m0 + m1, u[1][s] = m1 + m2;
+                }
+                for (int r = 0; r < 2; ++r) {
+                    q[r][0][k] = u[r][0] + u[r][1];
+                    q[r][1][k] = u[r][1] + u[r][2];
+                }
+            }
+        }
+}
+
+// Its adjoint, A g A^T of every 2x2 tile of `images` images of `y` [images, t.h, t.w, c], into `m`
+// [9, tiles, c].
+template <typename T>
+void small_output_transform_adjoint(const T *y, T *m, int64_t images, const Tiles &t, int64_t c) {
+    const int64_t plane = images * t.per_image() * c;
+    for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
+        const T *q[2][2];
+        quad(q, y, b, i, j, t, c);
+        T *out = m + t.tile(b, i, j, c);
+        VECTORIZE for (int64_t k = 0; k < c; ++k) {
+            T u[2][3];
+            for (int r = 0; r < 2; ++r) {
+                T g0 = q[r][0][k], g1 = q[r][1][k];
+                u[r][0] = g0, u[r][1] = g0 + g1, u[r][2] = g1;
+            }
+            for (int s = 0; s < 3; ++s) {
+                T *o = out + s * plane + k;
+                o[0] = u[0][s], o[3 * plane] = u[0][s] + u[1][s], o[6 * plane] = u[1][s];
+            }
+        }
+    });
+}
+
+// The output's tiles for an unpadded input `x`.
+Tiles padded_tiles_of(const at::Tensor &x) { return {x.size(0), x.size(2) + 1, x.size(3) + 1}; }
+
+// A chunk of `images` images from `first` of `nhwc` [N, C, H, W] (unpadded input: its padded
+// input transform) or [N, C, H + 1, W + 1] (output gradient: its output transform's adjoint),
+// transformed: [9, tiles, C].
+at::Tensor small_transformed(const at::Tensor &nhwc, const Tiles &t, int64_t first, int64_t images, bool output) {
+    auto c = nhwc.size(1);
+    auto v = at::empty({9, images * t.per_image(), c}, nhwc.options());
+    AT_DISPATCH_FLOATING_TYPES(nhwc.scalar_type(), "winograd_small_transform", [&] {
+        const auto *x = nhwc.const_data_ptr<scalar_t>() + first * nhwc.size(2) * nhwc.size(3) * c;
+        if (output)
+            small_output_transform_adjoint(x, v.data_ptr<scalar_t>(), images, t, c);
+        else
+            padded_input_transform(x, v.data_ptr<scalar_t>(), images, t, c);
+    });
+    return v;
+}
+
+}  // namespace
+
+bool pad_conv_applies(const at::Tensor &input, const at::Tensor &weight) {
+    auto kind = input.scalar_type();
+    return input.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
+           input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) == 2 &&
+           weight.size(3) == 2 && input.size(2) % 2 == 1 && input.size(3) % 2 == 1 &&
+           input.size(1) >= kMinChannels && weight.size(0) >= kMinChannels;
+}
+
+at::Tensor pad_conv(const at::Tensor &input, const at::Tensor &weight) {
+    TORCH_CHECK(pad_conv_applies(input, weight), "winograd pad_conv: not a convolution of ", input.sizes(), " with ",
+                weight.sizes(), " that F(2x2, 2x2) takes");
+    auto x = input.contiguous(kNhwc);
+    auto t = padded_tiles_of(x);
+    auto k = weight.size(0);
+    auto u = weight_transform(weight, g_kron_g_2x2(weight.options()));
+    auto y = at::empty({t.n, k, t.h, t.w}, x.options().memory_format(kNhwc));
+    by_chunk(t, [&](int64_t first, int64_t images) {
+        auto m = at::bmm(small_transformed(x, t, first, images, false), u);
+        AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "winograd_small_output", [&] {
+            const int64_t plane = images * t.per_image() * k;
+            auto *out = y.data_ptr<scalar_t>();
+            at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+                for (int64_t b = lo; b < hi; ++b)
+                    small_output_transform_image(m.const_data_ptr<scalar_t>(), out + t.pixel(first + b, 0, 0, k), b,
+                                                 t, k, plane);
+            });
+        });
+    });
+    return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> pad_conv_grads(const at::Tensor &grad_out, const at::Tensor &input,
+                                                  const at::Tensor &weight, bool want_input, bool want_weight) {
+    TORCH_CHECK(pad_conv_applies(input, weight) &&
+                    grad_out.sizes() == at::IntArrayRef({input.size(0), weight.size(0), input.size(2) + 1,
+                                                         input.size(3) + 1}),
+                "winograd pad_conv gradients: output gradient ", grad_out.sizes(), " is not that of ", input.sizes(),
+                " convolved with ", weight.sizes());
+    auto g = grad_out.contiguous(kNhwc);
+    auto x = want_weight ? input.contiguous(kNhwc) : at::Tensor();
+    auto t = padded_tiles_of(input);
+    auto c = weight.size(1);
+    auto kron = g_kron_g_2x2(weight.options());
+    at::Tensor input_grad, u_t, weight_grad;
+    if (want_input) {
+        u_t = weight_transform(weight, kron).transpose(1, 2);
+        input_grad = at::empty(input.sizes(), input.options().memory_format(kNhwc));
+    }
+    if (want_weight) weight_grad = at::zeros({9, c, weight.size(0)}, weight.options());
+    by_chunk(t, [&](int64_t first, int64_t images) {
+        auto m = small_transformed(g, t, first, images, true);
+        if (want_weight) weight_grad.baddbmm_(small_transformed(x, t, first, images, false).transpose(1, 2), m);
+        if (!want_input) return;
+        auto v = at::bmm(m, u_t);
+        AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "winograd_small_input_adjoint", [&] {
+            padded_input_transform_adjoint(v.const_data_ptr<scalar_t>(),
+                                           input_grad.data_ptr<scalar_t>() + first * input.size(2) * input.size(3) * c,
+                                           images, t, c);
+        });
+    });
+    return {input_grad, want_weight ? weight_transform_adjoint(weight_grad, kron, 2) : at::Tensor()};
 }
 
 }  // namespace winograd

@@ -95,9 +95,10 @@ pub fn parity_gather(grid: &Tensor, taps: i64, h: i64, w: i64) -> Tensor {
     owned(unsafe { gtn_parity_gather(grid.as_ptr(), taps, h, w) }, "parity_gather")
 }
 
-/// Whether the 3x3 convolutions of [`conv_max_pool`] take Winograd's form (csrc/winograd.cpp)
-/// where it applies, as they do by default, or libtorch's kernels: for benchmarks comparing the
-/// two in one process (benches/conv_block.rs). Process-wide.
+/// Whether the 3x3 convolutions of [`conv_max_pool`] and the 2x2 ones of [`pad_conv`] take
+/// Winograd's forms (csrc/winograd.cpp) where they apply, as they do by default, or libtorch's
+/// kernels: for benchmarks comparing the two in one process (benches/conv_block.rs, `gtn bench
+/// --no-winograd`). Process-wide.
 pub fn set_winograd(enabled: bool) {
     // SAFETY: stores one atomic flag.
     unsafe { gtn_set_winograd(enabled) }
@@ -290,6 +291,21 @@ mod tests {
         let plain =
             |x: &Tensor| x.replication_pad2d([1, 1, 1, 1]).conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
         assert_same_to_second_order(&x, |x| pad_conv(x, &w), plain);
+        // With 16 channels and odd sizes, Winograd's form (csrc/winograd.h) forward and, where no
+        // graph is recorded, backward.
+        let (x, w) = (leaf(&[3, 16, 5, 7], 3), leaf(&[17, 16, 2, 2], 4));
+        let probe = leaf(&[3, 17, 6, 8], 5).detach();
+        let value_and_grads = |y: Tensor| {
+            let grads = Tensor::run_backward(&[(&y * &probe).sum(Kind::Double)], &[&x, &w], false, false);
+            [y.detach(), grads[0].shallow_clone(), grads[1].shallow_clone()]
+        };
+        let ours = value_and_grads(pad_conv(&x, &w));
+        let theirs =
+            value_and_grads(x.replication_pad2d([1, 1, 1, 1]).conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1));
+        for ((a, b), what) in ours.iter().zip(&theirs).zip(["values", "input gradient", "weight gradient"]) {
+            let err = (a - b).abs().max().double_value(&[]);
+            assert!(err < 1e-11, "Winograd's pad_conv: {what} differ by {err:e}");
+        }
         const MIB: i64 = 1 << 20;
         let grid = |t: &Tensor| leaky_relu(&t.view([16, 16, 128, 128]), 0.1);
         let w = Tensor::ones([4, 16, 2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
@@ -498,10 +514,32 @@ mod tests {
             weight: *const C_tensor,
             weight_grad: bool,
         ) -> *mut C_tensor;
+        fn gtn_winograd_pad_conv(input: *const C_tensor, weight: *const C_tensor) -> *mut C_tensor;
+        fn gtn_winograd_pad_conv_grad(
+            grad_out: *const C_tensor,
+            input: *const C_tensor,
+            weight: *const C_tensor,
+            weight_grad: bool,
+        ) -> *mut C_tensor;
     }
 
-    /// Winograd's convolution of `x` with `w` and its two gradients for an output gradient
-    /// `probe`, next to libtorch's: (ours, libtorch's) for each.
+    /// `ours`, a convolution of `x` with `w` and its two gradients (input's, weight's) for the
+    /// output gradient `probe`, next to libtorch's by `conv`: (ours, libtorch's) for each.
+    fn against_libtorch(
+        ours: [Tensor; 3],
+        x: &Tensor,
+        w: &Tensor,
+        probe: &Tensor,
+        conv: impl Fn(&Tensor, &Tensor) -> Tensor,
+    ) -> [(Tensor, Tensor); 3] {
+        let (x, w) = (x.detach().set_requires_grad(true), w.detach().set_requires_grad(true));
+        let y = conv(&x, &w);
+        let grads = Tensor::run_backward(&[(&y * probe).sum(None::<Kind>)], &[&x, &w], false, false);
+        let [a, b, c] = ours;
+        [(a, y.detach()), (b, grads[0].shallow_clone()), (c, grads[1].shallow_clone())]
+    }
+
+    /// Winograd's F(2x2, 3x3) convolution of `x` with `w` and its two gradients, against libtorch's.
     fn winograd_and_libtorch(x: &Tensor, w: &Tensor, probe: &Tensor) -> [(Tensor, Tensor); 3] {
         // SAFETY: live tensors for the duration of each call.
         let ours = unsafe {
@@ -511,11 +549,38 @@ mod tests {
                 owned(gtn_winograd_grad(probe.as_ptr(), x.as_ptr(), w.as_ptr(), true), "winograd weight grad"),
             ]
         };
-        let (x, w) = (x.detach().set_requires_grad(true), w.detach().set_requires_grad(true));
-        let y = x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
-        let grads = Tensor::run_backward(&[(&y * probe).sum(None::<Kind>)], &[&x, &w], false, false);
-        let [a, b, c] = ours;
-        [(a, y.detach()), (b, grads[0].shallow_clone()), (c, grads[1].shallow_clone())]
+        against_libtorch(ours, x, w, probe, |x, w| x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1))
+    }
+
+    /// Winograd's F(2x2, 2x2) convolution of `x` replicate-padded by one with `w`, and its two
+    /// gradients, against libtorch's padding and convolution.
+    fn padded_winograd_and_libtorch(x: &Tensor, w: &Tensor, probe: &Tensor) -> [(Tensor, Tensor); 3] {
+        // SAFETY: live tensors for the duration of each call.
+        let ours = unsafe {
+            [
+                owned(gtn_winograd_pad_conv(x.as_ptr(), w.as_ptr()), "winograd pad conv"),
+                owned(gtn_winograd_pad_conv_grad(probe.as_ptr(), x.as_ptr(), w.as_ptr(), false), "input grad"),
+                owned(gtn_winograd_pad_conv_grad(probe.as_ptr(), x.as_ptr(), w.as_ptr(), true), "weight grad"),
+            ]
+        };
+        against_libtorch(ours, x, w, probe, |x, w| {
+            x.replication_pad2d([1, 1, 1, 1]).conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
+        })
+    }
+
+    /// Each of `results` within `f64_tolerance` of libtorch's (absolute, in f64) or, in float32,
+    /// within 1e-5 of the largest value.
+    fn assert_close(results: &[(Tensor, Tensor); 3], f64_tolerance: f64, case: &str) {
+        for ((ours, theirs), what) in results.iter().zip(["convolution", "input gradient", "weight gradient"]) {
+            assert_eq!(ours.size(), theirs.size(), "{what}");
+            let err = (ours - theirs).abs().max().double_value(&[]);
+            if theirs.kind() == Kind::Double {
+                assert!(err < f64_tolerance, "{what} differs by {err:e} ({case})");
+            } else {
+                let relative = err / theirs.abs().max().double_value(&[]);
+                assert!(relative < 1e-5, "{what}: float32 relative error {relative:e} ({case})");
+            }
+        }
     }
 
     #[test]
@@ -529,22 +594,33 @@ mod tests {
             let probe = Tensor::randn([n, k, h, w], (Kind::Double, Device::Cpu));
             let results = winograd_and_libtorch(&x, &wt, &probe);
             assert_eq!(results[0].0.stride()[1] == 1, channels_last, "the convolution keeps the input's layout");
-            for ((ours, theirs), what) in results.iter().zip(["convolution", "input gradient", "weight gradient"]) {
-                assert_eq!(ours.size(), theirs.size(), "{what}");
-                let err = (ours - theirs).abs().max().double_value(&[]);
-                assert!(err < 1e-11, "{what} differs by {err:e} ({n}x{c}x{h}x{w} -> {k})");
-            }
+            assert_close(&results, 1e-11, &format!("{n}x{c}x{h}x{w} -> {k}"));
         }
         // In float32, base_fc's second layer: rounding apart (relative to the largest value).
         let x = nhwc(Tensor::randn([16, 64, 14, 14], (Kind::Float, Device::Cpu)));
         let wt = Tensor::randn([128, 64, 3, 3], (Kind::Float, Device::Cpu)) * 0.05;
         let probe = Tensor::randn([16, 128, 14, 14], (Kind::Float, Device::Cpu));
-        for ((ours, theirs), what) in
-            winograd_and_libtorch(&x, &wt, &probe).iter().zip(["convolution", "input gradient", "weight gradient"])
-        {
-            let err = (ours - theirs).abs().max().double_value(&[]) / theirs.abs().max().double_value(&[]);
-            assert!(err < 1e-5, "{what}: float32 relative error {err:e}");
+        assert_close(&winograd_and_libtorch(&x, &wt, &probe), 0.0, "base_fc's second layer");
+    }
+
+    /// F(2x2, 2x2) over the replicate-padded input (the generator's wide layer): images of one
+    /// pixel to several chunks of tiles (65 images of 7x7 are two, the last one partial), either
+    /// layout in, and MNIST's wide layer in float32.
+    #[test]
+    fn padded_winograd_convolution_and_gradients_equal_libtorchs() {
+        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        for (n, c, k, h, w) in [(65, 16, 20, 7, 7), (3, 17, 16, 1, 5), (2, 16, 18, 3, 1)] {
+            let x = nhwc(Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu)));
+            let wt = Tensor::randn([k, c, 2, 2], (Kind::Double, Device::Cpu));
+            let probe = Tensor::randn([n, k, h + 1, w + 1], (Kind::Double, Device::Cpu));
+            assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe), 1e-11, &format!("{n}x{c}x{h}x{w} -> {k}"));
+            let x = x.contiguous();
+            assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe), 1e-11, "NCHW input");
         }
+        let x = nhwc(Tensor::randn([16, 128, 7, 7], (Kind::Float, Device::Cpu)));
+        let wt = Tensor::randn([256, 128, 2, 2], (Kind::Float, Device::Cpu)) * 0.05;
+        let probe = Tensor::randn([16, 256, 8, 8], (Kind::Float, Device::Cpu));
+        assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe), 0.0, "MNIST's wide layer");
     }
 
     /// conv_max_pool where its 3x3 convolutions take Winograd's form (csrc/winograd.h: 16

@@ -312,8 +312,8 @@ struct BenchArgs {
     /// here and list the ops that took the time (CPU ops only: on a GPU, their launch times).
     #[arg(long, value_name = "TRACE.json")]
     profile: Option<PathBuf>,
-    /// Run the learners' 3x3 convolutions by libtorch's kernels, not Winograd's form (to compare
-    /// the two with one binary).
+    /// Run the learners' 3x3 convolutions and the generator's wide layer by libtorch's kernels,
+    /// not Winograd's forms (to compare the two with one binary).
     #[arg(long)]
     no_winograd: bool,
 }
