@@ -11,6 +11,19 @@ namespace pointwise_kernels {
 namespace GTN_ISA {
 namespace {
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+constexpr int kLevel = 3;
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kLevel = 2;
+#else
+constexpr int kLevel = 1;
+#endif
+
+// Vectors of output channels the convolution sums at a time per pixel: AVX-512's 32 registers
+// hold 4 pixels x 4 vectors of sums (16 independent multiply-add chains, enough to hide their
+// latency); narrower builds split each vector into several registers, and take one.
+constexpr int64_t kBlock = kLevel == 3 ? 4 : 1;
+
 // One 512-bit vector of T, which the compiler splits into narrower registers below AVX-512.
 template <typename T>
 struct Vector;
@@ -48,31 +61,47 @@ int64_t pixels(const Dims &d) { return d.h * d.w; }
 int64_t pooled_w(const Dims &d) { return (d.w + 1) / 2; }
 int64_t pooled(const Dims &d) { return (d.h + 1) / 2 * pooled_w(d); }
 
-// s (+)= the convolution of image x [pixels, c] with wt [c, k]: [pixels, k], four pixels by one
-// vector of output channels at a time, summed in registers.
+// s (+)= the convolution of R pixels from i of image x [pixels, c] with B vectors of output
+// channels from b of wt [c, k], summed in registers.
+template <typename T, int64_t R, int64_t B>
+void conv_tile(T *s, const T *x, const T *wt, const Dims &d, bool add, int64_t i, int64_t b) {
+    Vec<T> acc[R][B] = {};
+    if (add)
+        for (int64_t r = 0; r < R; ++r)
+            for (int64_t v = 0; v < B; ++v) acc[r][v] = load(s + (i + r) * d.k + b + v * kLanes<T>);
+    for (int64_t j = 0; j < d.c; ++j) {
+        Vec<T> w[B];
+        for (int64_t v = 0; v < B; ++v) w[v] = load(wt + j * d.k + b + v * kLanes<T>);
+        for (int64_t r = 0; r < R; ++r) {
+            const T xr = x[(i + r) * d.c + j];
+            for (int64_t v = 0; v < B; ++v) acc[r][v] += xr * w[v];
+        }
+    }
+    for (int64_t r = 0; r < R; ++r)
+        for (int64_t v = 0; v < B; ++v) store(s + (i + r) * d.k + b + v * kLanes<T>, acc[r][v]);
+}
+
+// The same for R pixels from i and every output channel.
+template <typename T, int64_t R>
+void conv_rows(T *s, const T *x, const T *wt, const Dims &d, bool add, int64_t i) {
+    int64_t b = 0;
+    for (; b + kBlock * kLanes<T> <= d.k; b += kBlock * kLanes<T>) conv_tile<T, R, kBlock>(s, x, wt, d, add, i, b);
+    for (; b + kLanes<T> <= d.k; b += kLanes<T>) conv_tile<T, R, 1>(s, x, wt, d, add, i, b);
+    for (; b < d.k; ++b)
+        for (int64_t r = 0; r < R; ++r) {
+            T acc = add ? s[(i + r) * d.k + b] : T(0);
+            for (int64_t j = 0; j < d.c; ++j) acc += x[(i + r) * d.c + j] * wt[j * d.k + b];
+            s[(i + r) * d.k + b] = acc;
+        }
+}
+
+// s (+)= the convolution of image x [pixels, c] with wt [c, k]: [pixels, k], four pixels at a
+// time.
 template <typename T>
 void conv(T *s, const T *x, const T *wt, const Dims &d, bool add) {
-    constexpr int64_t R = 4;
-    for (int64_t i = 0; i < pixels(d); i += R) {
-        const int64_t rows = lower(R, pixels(d) - i);
-        int64_t b = 0;
-        for (; b + kLanes<T> <= d.k; b += kLanes<T>) {
-            Vec<T> acc[R] = {};
-            for (int64_t r = 0; r < rows; ++r)
-                if (add) acc[r] = load(s + (i + r) * d.k + b);
-            for (int64_t j = 0; j < d.c; ++j) {
-                const Vec<T> w = load(wt + j * d.k + b);
-                for (int64_t r = 0; r < R; ++r) acc[r] += (r < rows ? x[(i + r) * d.c + j] : T(0)) * w;
-            }
-            for (int64_t r = 0; r < rows; ++r) store(s + (i + r) * d.k + b, acc[r]);
-        }
-        for (; b < d.k; ++b)
-            for (int64_t r = 0; r < rows; ++r) {
-                T acc = add ? s[(i + r) * d.k + b] : T(0);
-                for (int64_t j = 0; j < d.c; ++j) acc += x[(i + r) * d.c + j] * wt[j * d.k + b];
-                s[(i + r) * d.k + b] = acc;
-            }
-    }
+    int64_t i = 0;
+    for (; i + 4 <= pixels(d); i += 4) conv_rows<T, 4>(s, x, wt, d, add, i);
+    for (; i < pixels(d); ++i) conv_rows<T, 1>(s, x, wt, d, add, i);
 }
 
 // The 3x3 max-pool (stride 2, padding 1) of image s [pixels, k] into y and its arg-max into arg,
@@ -117,42 +146,63 @@ void pool(const T *s, T *y, int32_t *arg, const Dims &d) {
         }
 }
 
-// gi [c] = s · wp[:, :c] for one pixel's output gradient s [k] and the padded weight wp [k,
-// kMaxChannels], summed in four sets of registers (which hides the additions' latency).
-template <typename T>
+// gi [P, c] = s · wp[:, :c] for P pixels' output gradients s [P, k] and the padded weight wp [k,
+// kMaxChannels], each pixel's sum split over even and odd j (independent chains that hide the
+// multiply-adds' latency), the weight's rows loaded once for the P pixels.
+template <typename T, int64_t P>
 void input_grad(T *gi, const T *s, const T *wp, int64_t c, int64_t k) {
     constexpr int64_t W = kMaxChannels, V = W / kLanes<T>;
-    Vec<T> acc[4][V] = {};
+    Vec<T> acc[P][2][V] = {};
     int64_t j = 0;
-    for (; j + 4 <= k; j += 4)
-        for (int64_t r = 0; r < 4; ++r)
-            for (int64_t v = 0; v < V; ++v) acc[r][v] += s[j + r] * load(wp + (j + r) * W + v * kLanes<T>);
+    for (; j + 2 <= k; j += 2)
+        for (int64_t h = 0; h < 2; ++h)
+            for (int64_t v = 0; v < V; ++v) {
+                const Vec<T> w = load(wp + (j + h) * W + v * kLanes<T>);
+                for (int64_t p = 0; p < P; ++p) acc[p][h][v] += s[p * k + j + h] * w;
+            }
     for (; j < k; ++j)
-        for (int64_t v = 0; v < V; ++v) acc[0][v] += s[j] * load(wp + j * W + v * kLanes<T>);
-    T sum[W];
-    for (int64_t v = 0; v < V; ++v) store(sum + v * kLanes<T>, (acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v]));
-    for (int64_t l = 0; l < c; ++l) gi[l] = sum[l];
+        for (int64_t v = 0; v < V; ++v) {
+            const Vec<T> w = load(wp + j * W + v * kLanes<T>);
+            for (int64_t p = 0; p < P; ++p) acc[p][0][v] += s[p * k + j] * w;
+        }
+    for (int64_t p = 0; p < P; ++p) {
+        T sum[W];
+        for (int64_t v = 0; v < V; ++v) store(sum + v * kLanes<T>, acc[p][0][v] + acc[p][1][v]);
+        for (int64_t l = 0; l < c; ++l) gi[p * c + l] = sum[l];
+    }
 }
 
-// acc [c, k] += x^T s for image x [pixels, c] and its output gradient s [pixels, k]: four input
-// channels by one vector of output channels at a time, summed in registers over the pixels.
+// acc [R, k] += x[:, j..j + R]^T s for image x [pixels, c] and its output gradient s [pixels, k]:
+// one vector of output channels at a time, the R rows' sums in registers over the pixels.
+template <typename T, int64_t R>
+void weight_grad_rows(T *acc, const T *x, const T *s, const Dims &d, int64_t j) {
+    int64_t b = 0;
+    for (; b + kLanes<T> <= d.k; b += kLanes<T>) {
+        Vec<T> sum[R] = {};
+        for (int64_t i = 0; i < pixels(d); ++i) {
+            const Vec<T> v = load(s + i * d.k + b);
+            for (int64_t r = 0; r < R; ++r) sum[r] += x[i * d.c + j + r] * v;
+        }
+        for (int64_t r = 0; r < R; ++r) store(acc + (j + r) * d.k + b, load(acc + (j + r) * d.k + b) + sum[r]);
+    }
+    for (; b < d.k; ++b)
+        for (int64_t r = 0; r < R; ++r)
+            for (int64_t i = 0; i < pixels(d); ++i) acc[(j + r) * d.k + b] += x[i * d.c + j + r] * s[i * d.k + b];
+}
+
+// acc [c, k] += x^T s: input channels eight at a time, the last 1 to 12 in one pass (base_fc's
+// nine shifted copies: nine independent chains of multiply-adds per vector of output channels).
 template <typename T>
 void weight_grad(T *acc, const T *x, const T *s, const Dims &d) {
-    constexpr int64_t R = 4;
-    for (int64_t j = 0; j < d.c; j += R) {
-        const int64_t rows = lower(R, d.c - j);
-        int64_t b = 0;
-        for (; b + kLanes<T> <= d.k; b += kLanes<T>) {
-            Vec<T> sum[R] = {};
-            for (int64_t i = 0; i < pixels(d); ++i) {
-                const Vec<T> v = load(s + i * d.k + b);
-                for (int64_t r = 0; r < R; ++r) sum[r] += (r < rows ? x[i * d.c + j + r] : T(0)) * v;
-            }
-            for (int64_t r = 0; r < rows; ++r) store(acc + (j + r) * d.k + b, load(acc + (j + r) * d.k + b) + sum[r]);
-        }
-        for (; b < d.k; ++b)
-            for (int64_t r = 0; r < rows; ++r)
-                for (int64_t i = 0; i < pixels(d); ++i) acc[(j + r) * d.k + b] += x[i * d.c + j + r] * s[i * d.k + b];
+    int64_t j = 0;
+    for (; d.c - j > 12; j += 8) weight_grad_rows<T, 8>(acc, x, s, d, j);
+    switch (d.c - j) {
+#define GTN_ROWS(n) \
+    case n:         \
+        return weight_grad_rows<T, n>(acc, x, s, d, j);
+        GTN_ROWS(1) GTN_ROWS(2) GTN_ROWS(3) GTN_ROWS(4) GTN_ROWS(5) GTN_ROWS(6)
+        GTN_ROWS(7) GTN_ROWS(8) GTN_ROWS(9) GTN_ROWS(10) GTN_ROWS(11) GTN_ROWS(12)
+#undef GTN_ROWS
     }
 }
 
@@ -176,8 +226,11 @@ void grads(const Dims &d, const T *g, const int32_t *arg, const T *x, const T *w
     for (int64_t e = 0; e < pixels(d) * d.k; ++e) s[e] = T(0);
     for (int64_t q = 0; q < pooled(d) * d.k; q += d.k)
         for (int64_t l = 0; l < d.k; ++l) s[arg[q + l] * d.k + l] += g[q + l];
-    if (gi)
-        for (int64_t i = 0; i < pixels(d); ++i) input_grad(gi + i * d.c, s + i * d.k, wp, d.c, d.k);
+    if (gi) {
+        int64_t i = 0;
+        for (; i + 4 <= pixels(d); i += 4) input_grad<T, 4>(gi + i * d.c, s + i * d.k, wp, d.c, d.k);
+        for (; i < pixels(d); ++i) input_grad<T, 1>(gi + i * d.c, s + i * d.k, wp, d.c, d.k);
+    }
     if (acc) weight_grad(acc, x, s, d);
 }
 
@@ -185,14 +238,6 @@ template <typename T>
 void pool_image(const Dims &d, const T *s, T *y, int32_t *arg) {
     pool(s, y, arg, d);
 }
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
-constexpr int kLevel = 3;
-#elif defined(__AVX2__) && defined(__FMA__)
-constexpr int kLevel = 2;
-#else
-constexpr int kLevel = 1;
-#endif
 
 }  // namespace
 
