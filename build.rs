@@ -1,4 +1,4 @@
-//! Compiles the project's C++ (csrc/: autograd functions, Winograd convolutions, the upsampling resampling, max-pool kernels and the first layer's fused ones, the profiler hook) against the libtorch that
+//! Compiles the project's C++ (csrc/: autograd functions, Winograd convolutions, mean-only batch norm with leaky ReLU, the upsampling resampling, max-pool kernels and the first layer's fused ones, the profiler hook) against the libtorch that
 //! tch links, found the way torch-sys finds it (`LIBTORCH`, set in .cargo/config.toml).
 use std::path::PathBuf;
 
@@ -28,10 +28,14 @@ fn main() {
             // ours on one thread. Linked against libgomp.so.1, which the loader resolves to
             // libtorch's own copy (the rpath's lib/ comes first), so both share one thread pool
             // and its thread count.
-            .flag("-fopenmp");
+            .flag("-fopenmp")
+            // No code of ours enables floating-point traps; with them assumed (GCC's default), a
+            // select with a product in one arm (leaky ReLU's) keeps its loop scalar.
+            .flag("-fno-trapping-math");
         build
     };
     build()
+        .file("csrc/bn_leaky_relu.cpp")
         .file("csrc/custom.cpp")
         .file("csrc/maxpool.cpp")
         .file("csrc/momentum.cpp")

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "bn_leaky_relu.h"
 #include "maxpool.h"
 #include "momentum.h"
 #include "pointwise_kernels.h"
@@ -48,6 +49,66 @@ struct LeakyReluKeepingOutput : public torch::autograd::Function<LeakyReluKeepin
         return {at::leaky_relu_backward(grads[0], y, slope, /*self_is_result=*/true), at::Tensor()};
     }
 };
+
+// Mean-only batch norm then leaky ReLU (the learners' hidden layers) as one node keeping its
+// output, and its backward as a pair of linear maps (csrc/bn_leaky_relu.h), each the other's
+// adjoint and backward, so exact to every order: two passes over the data per map where
+// libtorch's sum, add and leaky ReLU, their backwards and double backwards made three to five
+// each, keeping the same one tensor.
+namespace bn_relu {
+
+struct GradAdjoint;
+
+// (gy, y) -> (gradient with respect to x, gradient with respect to bias).
+struct Grad : public torch::autograd::Function<Grad> {
+    static variable_list forward(AutogradContext *ctx, const at::Tensor &gy, const at::Tensor &y, double slope) {
+        ctx->saved_data["slope"] = slope;
+        ctx->save_for_backward({y});
+        auto [gx, gb] = bn_leaky_relu::grad(gy, y, slope);
+        return {gx, gb};
+    }
+
+    static variable_list backward(AutogradContext *ctx, variable_list grads);
+};
+
+// (gx, gb, y) -> gy.
+struct GradAdjoint : public torch::autograd::Function<GradAdjoint> {
+    static at::Tensor forward(AutogradContext *ctx, const at::Tensor &gx, const at::Tensor &gb, const at::Tensor &y,
+                              double slope) {
+        ctx->saved_data["slope"] = slope;
+        ctx->save_for_backward({y});
+        return bn_leaky_relu::grad_adjoint(gx, gb, y, slope);
+    }
+
+    static variable_list backward(AutogradContext *ctx, variable_list grads) {
+        auto out = Grad::apply(grads[0], ctx->get_saved_variables()[0], ctx->saved_data["slope"].toDouble());
+        return {out[0], out[1], at::Tensor(), at::Tensor()};
+    }
+};
+
+// The mask the maps apply is constant almost everywhere: no gradient flows into y.
+variable_list Grad::backward(AutogradContext *ctx, variable_list grads) {
+    return {GradAdjoint::apply(grads[0], grads[1], ctx->get_saved_variables()[0], ctx->saved_data["slope"].toDouble()),
+            at::Tensor(), at::Tensor()};
+}
+
+struct BnLeakyRelu : public torch::autograd::Function<BnLeakyRelu> {
+    static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &bias, double slope) {
+        auto y = bn_leaky_relu::forward(x, bias, slope);
+        ctx->saved_data["slope"] = slope;
+        ctx->save_for_backward({y});
+        return y;
+    }
+
+    static variable_list backward(AutogradContext *ctx, variable_list grads) {
+        // The output as a constant (see Grad::backward).
+        auto y = ctx->get_saved_variables()[0].detach();
+        auto out = Grad::apply(grads[0], y, ctx->saved_data["slope"].toDouble());
+        return {out[0], out[1], at::Tensor()};
+    }
+};
+
+}  // namespace bn_relu
 
 // The norm of each output unit's weights (the slices along dimension 0), keeping dimensions for
 // broadcasting: weight normalisation's denominator. Its backward is one product, `v · (grad /
@@ -508,6 +569,10 @@ at::Tensor *gtn_winograd_pad_conv_grad(const at::Tensor *grad_out, const at::Ten
 
 at::Tensor *gtn_row_norm(const at::Tensor *v) {
     return guarded([&] { return RowNorm::apply(*v); });
+}
+
+at::Tensor *gtn_bn_leaky_relu(const at::Tensor *x, const at::Tensor *bias, double slope) {
+    return guarded([&] { return bn_relu::BnLeakyRelu::apply(*x, *bias, slope); });
 }
 
 at::Tensor *gtn_leaky_relu(const at::Tensor *x, double slope) {

@@ -12,6 +12,7 @@ extern "C" {
     fn gtn_last_error() -> *const c_char;
     fn gtn_conv_max_pool(input: *const C_tensor, weight: *const C_tensor, stride: i64, padding: i64) -> *mut C_tensor;
     fn gtn_leaky_relu(x: *const C_tensor, slope: f64) -> *mut C_tensor;
+    fn gtn_bn_leaky_relu(x: *const C_tensor, bias: *const C_tensor, slope: f64) -> *mut C_tensor;
     fn gtn_row_norm(v: *const C_tensor) -> *mut C_tensor;
     fn gtn_set_winograd(enabled: bool);
     fn gtn_replicate_pad1(x: *const C_tensor) -> *mut C_tensor;
@@ -51,6 +52,14 @@ pub fn conv_max_pool(input: &Tensor, weight: &Tensor, stride: i64, padding: i64)
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
     // SAFETY: a live tensor for the duration of the call.
     owned(unsafe { gtn_leaky_relu(x.as_ptr(), slope) }, "leaky_relu")
+}
+
+/// Mean-only batch norm then leaky ReLU, `leaky_relu(x - mean(x) + bias, slope)` with the mean
+/// per channel (dimension 1) over the others, as one node keeping its output; its derivatives are
+/// two linear maps, each the other's derivative, two passes over the data each on the CPU.
+pub fn bn_leaky_relu(x: &Tensor, bias: &Tensor, slope: f64) -> Tensor {
+    // SAFETY: live tensors for the duration of the call.
+    owned(unsafe { gtn_bn_leaky_relu(x.as_ptr(), bias.as_ptr(), slope) }, "bn_leaky_relu")
 }
 
 /// The norm of each slice of `v` along dimension 0 (`[out, 1, ...]`, dimensions kept), whose

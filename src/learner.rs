@@ -146,17 +146,16 @@ impl Learner {
     pub fn forward(&self, params: &[Tensor], x: &Tensor) -> Tensor {
         assert_eq!(params.len(), self.specs.len(), "learner: wrong number of parameters");
         let p = params;
-        let act = |y: Tensor, bias: &Tensor| nn::leaky_relu(&nn::mean_only_bn(&y, bias));
+        let act = |y: Tensor, bias: &Tensor| nn::bn_leaky_relu(&y, bias);
         match self.arch {
             Arch::Cnn { .. } => {
                 let y = act(nn::wn_conv3x3_max_pool(x, &p[0], &p[1]), &p[2]);
                 // Flattened pixel by pixel (height, width, channel): the convolutions run
                 // channels-last, where that order is a view and channel by channel a copy, forward
                 // and backward. A fresh learner's weights are i.i.d., so the order is only a
-                // convention of the linear layer's columns. Where a flatten does copy (other
-                // layouts), the leaky ReLU after it keeps the tensor the linear layer keeps.
-                let y = nn::mean_only_bn(&nn::wn_conv3x3_max_pool(&y, &p[3], &p[4]), &p[5]);
-                let y = nn::leaky_relu(&y.permute([0, 2, 3, 1]).flatten(1, -1));
+                // convention of the linear layer's columns.
+                let y = act(nn::wn_conv3x3_max_pool(&y, &p[3], &p[4]), &p[5]);
+                let y = y.permute([0, 2, 3, 1]).flatten(1, -1);
                 let y = act(nn::wn_linear(&y, &p[6], &p[7], None), &p[8]);
                 nn::wn_linear(&y, &p[9], &p[10], Some(&p[11]))
             }

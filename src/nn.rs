@@ -185,34 +185,14 @@ fn is_channels_last(x: &Tensor) -> bool {
     x.stride()[1] == 1
 }
 
-/// Dimensions a batch statistic is taken over: the batch, and the spatial ones for images.
-fn stat_dims(x: &Tensor) -> Vec<i64> {
-    if x.dim() == 4 {
-        vec![0, 2, 3]
-    } else {
-        vec![0]
-    }
-}
-
-fn per_channel(p: &Tensor, x: &Tensor) -> Tensor {
-    if x.dim() == 4 {
-        p.view([1, -1, 1, 1])
-    } else {
-        p.view([1, -1])
-    }
-}
-
-/// Mean-only batch norm: subtract the batch mean, add a learned bias. No variance, no running
-/// statistics: during the unroll and at evaluation it uses the batch it is given. The shift is
-/// formed per channel first, so the full-size tensor is touched once, and its gradient reduced
-/// once, instead of twice. The mean is a sum scaled per channel and the shift is added, not
-/// subtracted: libtorch's gradient of `mean` divides a full-size expanded tensor and that of a
-/// subtraction negates one, where these pass it on as it is (two passes fewer per backward).
-pub fn mean_only_bn(x: &Tensor, bias: &Tensor) -> Tensor {
-    let dims = stat_dims(x);
-    let count: i64 = dims.iter().map(|&d| x.size()[d as usize]).product();
-    let sum = x.sum_dim_intlist(dims.as_slice(), true, None::<Kind>);
-    x + (per_channel(bias, x) - sum / count as f64)
+/// Mean-only batch norm (subtract the batch mean per channel, add a learned bias; no variance, no
+/// running statistics: during the unroll and at evaluation it uses the batch it is given), then
+/// [`leaky_relu`], as one autograd node ([`crate::custom::bn_leaky_relu`]) keeping only its
+/// output. Its derivatives are two linear maps, each the other's derivative, that make two passes
+/// over the data on the CPU, where the two layers as libtorch's ops (a sum, an addition and the
+/// activation), their backwards and double backwards made three to five each.
+pub fn bn_leaky_relu(x: &Tensor, bias: &Tensor) -> Tensor {
+    crate::custom::bn_leaky_relu(x, bias, LEAKY_SLOPE)
 }
 
 /// Full batch norm with batch statistics (the generator always sees a whole batch), no running
@@ -465,15 +445,67 @@ mod tests {
     }
 
     #[test]
-    fn gradcheck_mean_only_bn_and_batch_norm() {
+    fn gradcheck_bn_leaky_relu_and_batch_norm() {
         let inputs = [leaf(&[4, 3, 5, 5], 1), leaf(&[3], 2), leaf(&[3], 3)];
-        let f = |p: &[Tensor]| project(&mean_only_bn(&p[0], &p[1]));
+        let f = |p: &[Tensor]| project(&bn_leaky_relu(&p[0], &p[1]));
         check(&inputs[..2], &f);
         let f = |p: &[Tensor]| project(&batch_norm(&p[0], &p[1], &p[2]));
         check(&inputs, &f);
         let flat = [leaf(&[8, 5], 4), leaf(&[5], 5)];
-        let f = |p: &[Tensor]| project(&mean_only_bn(&p[0], &p[1]));
+        let f = |p: &[Tensor]| project(&bn_leaky_relu(&p[0], &p[1]));
         check(&flat, &f);
+    }
+
+    /// Dimensions a batch statistic is taken over: all but the channels' (dimension 1).
+    fn stat_dims(x: &Tensor) -> Vec<i64> {
+        (0..x.dim() as i64).filter(|&d| d != 1).collect()
+    }
+
+    /// A per-channel vector `p` shaped to broadcast against `x`.
+    fn per_channel(p: &Tensor, x: &Tensor) -> Tensor {
+        let mut shape = vec![1i64; x.dim()];
+        shape[1] = -1;
+        p.view(shape.as_slice())
+    }
+
+    /// Mean-only batch norm then leaky ReLU in libtorch's ops.
+    fn composite_bn_leaky_relu(x: &Tensor, bias: &Tensor) -> Tensor {
+        let centred = x - x.mean_dim(stat_dims(x).as_slice(), true, None::<Kind>) + per_channel(bias, x);
+        centred.maximum(&(&centred * LEAKY_SLOPE))
+    }
+
+    /// The fused node against its formula in values and three derivatives with respect to both
+    /// inputs (the meta-gradient takes two; the adjoint pair closes under more), for matrices and
+    /// images in either layout, which take the CPU kernels, and a 3-d tensor, which does not.
+    #[test]
+    fn bn_leaky_relu_equals_its_formula_to_third_order() {
+        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        for (shape, channels_last) in
+            [(&[6i64, 5][..], false), (&[4, 3, 5, 6], false), (&[4, 3, 5, 6], true), (&[5, 4, 3], false)]
+        {
+            let x = leaf(shape, 1).detach();
+            let x = if channels_last { nhwc(x) } else { x }.set_requires_grad(true);
+            let inputs = [x, leaf(&[shape[1]], 2)];
+            let probe = leaf(shape, 3).detach();
+            let derivatives = |f: &dyn Fn(&[Tensor]) -> Tensor| {
+                let y = f(&inputs);
+                let mut out = vec![y.detach()];
+                let mut loss = (&y * &probe).sum(Kind::Double) + y.square().sum(Kind::Double);
+                for order in 1..=3 {
+                    let grads = Tensor::run_backward(&[&loss], &inputs, true, order < 3);
+                    loss = grads.iter().map(|g| g.square().sum(Kind::Double)).sum::<Tensor>();
+                    out.extend(grads.iter().map(Tensor::detach));
+                }
+                out
+            };
+            let fused = derivatives(&|p| bn_leaky_relu(&p[0], &p[1]));
+            let plain = derivatives(&|p| composite_bn_leaky_relu(&p[0], &p[1]));
+            assert_eq!(fused[0].stride(), inputs[0].stride(), "{shape:?}: the output keeps the input's layout");
+            for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
+                let err = (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0);
+                assert!(err < 1e-12, "{shape:?}: result {i} differs by {err:e}");
+            }
+        }
     }
 
     /// Batch norm written out: biased batch variance, as the fused op normalises with.
@@ -514,15 +546,18 @@ mod tests {
     }
 
     #[test]
-    fn mean_only_bn_centres_each_channel() {
+    fn bn_leaky_relu_centres_each_channel() {
         let x = leaf(&[4, 3, 5, 5], 1) + 3.0;
-        let bias = Tensor::from_slice(&[0.0, 1.0, -2.0f64]);
-        let y = mean_only_bn(&x, &bias);
+        // With a bias this large every value is positive, where the activation is the identity.
+        let bias = Tensor::from_slice(&[10.0, 11.0, 12.0f64]);
+        let y = bn_leaky_relu(&x, &bias);
         let means = y.mean_dim([0i64, 2, 3].as_slice(), false, None::<Kind>);
         assert!(means.allclose(&bias, 1e-12, 1e-12, false));
         // Only a per-channel shift: y - x is constant within each channel.
         let spread = (&y - &x).std_dim([0i64, 2, 3].as_slice(), true, false).max().double_value(&[]);
         assert!(spread < 1e-12, "{spread}");
+        let negative = bn_leaky_relu(&x, &(bias * -10.0));
+        assert!(negative.max().double_value(&[]) < 0.0, "the activation's slope below zero");
     }
 
     /// Asserts that `fast` and `plain` agree on `inputs` in values, first derivatives (kept in the
