@@ -201,39 +201,6 @@ variable_list Pad::backward(AutogradContext *ctx, variable_list grads) {
     return {PadAdjoint::apply(grads[0], ctx->saved_data["sizes"].toIntVector())};
 }
 
-// A convolution (stride 1, no padding) of the replicate-padded input that keeps the unpadded
-// input for its backward, where libtorch's convolution of the padded tensor keeps that one: 2.1 MB
-// less per generator batch of 128 at MNIST's 128 x 7 x 7 (67 MB per meta-step of 32). Where it
-// applies (MNIST's wide layer), Winograd's F(2x2, 2x2) (csrc/winograd.h), forward and, where no
-// graph is recorded, backward: 9 products per 2x2 output tile where oneDNN's direct kernels take
-// 16, with the padding read from the unpadded input. Elsewhere, and where the gradient is itself
-// to be differentiated, the backward pads again with differentiable ops (the padding above,
-// libtorch's convolution_backward).
-struct PadConv : public torch::autograd::Function<PadConv> {
-    static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &weight) {
-        ctx->save_for_backward({x, weight});
-        if (winograd_enabled && winograd::pad_conv_applies(x, weight)) return winograd::pad_conv(x, weight);
-        return at::conv2d(upsample::pad(x), weight);
-    }
-
-    static variable_list backward(AutogradContext *ctx, variable_list grads) {
-        auto saved = ctx->get_saved_variables();
-        auto &x = saved[0], &weight = saved[1];
-        bool input_grad = ctx->needs_input_grad(0);
-        // Winograd's form records no graph: a second derivative takes the differentiable ops below.
-        if (winograd_enabled && !at::GradMode::is_enabled() && winograd::pad_conv_applies(x, weight)) {
-            auto [grad_x, grad_weight] =
-                winograd::pad_conv_grads(grads[0], x, weight, input_grad, ctx->needs_input_grad(1));
-            return {grad_x, grad_weight};
-        }
-        auto grads_padded = at::convolution_backward(grads[0], Pad::apply(x), weight, std::nullopt, {1, 1}, {0, 0},
-                                                     {1, 1}, false, {0, 0}, 1,
-                                                     {input_grad, ctx->needs_input_grad(1), false});
-        auto grad_x = input_grad ? PadAdjoint::apply(std::get<0>(grads_padded), x.sizes().vec()) : at::Tensor();
-        return {grad_x, std::get<1>(grads_padded)};
-    }
-};
-
 struct GatherAdjoint;
 
 struct Gather : public torch::autograd::Function<Gather> {
@@ -269,6 +236,44 @@ variable_list Gather::backward(AutogradContext *ctx, variable_list grads) {
                                  ctx->saved_data["channels_last"].toBool()),
             at::Tensor(), at::Tensor(), at::Tensor()};
 }
+
+// The generator's wide layer: a convolution (stride 1, no padding) of the replicate-padded input,
+// then the parity gather with one tap (the four parities' kernels stacked as the convolution's
+// output channel groups), keeping the unpadded input for its backward, where libtorch's
+// convolution of the padded tensor keeps that one: 2.1 MB less per generator batch of 128 at
+// MNIST's 128 x 7 x 7 (67 MB per meta-step of 32). Where it applies (MNIST's layer), Winograd's
+// F(2x2, 2x2) (csrc/winograd.h), forward and, where no graph is recorded, backward: 9 products per
+// 2x2 tile of the grid where oneDNN's direct kernels take 16, the padding read from the unpadded
+// input, and the gather done by the output transform (its adjoint read by the transform's
+// adjoint), so the grid is never formed. Elsewhere, and where the gradient is itself to be
+// differentiated, the same as the padding, libtorch's convolution and the gather, differentiable.
+struct PadConvGather : public torch::autograd::Function<PadConvGather> {
+    static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &weight) {
+        ctx->save_for_backward({x, weight});
+        if (winograd_enabled && winograd::pad_conv_applies(x, weight)) return winograd::pad_conv(x, weight, true);
+        return upsample::gather(at::conv2d(upsample::pad(x), weight), 1, x.size(2), x.size(3));
+    }
+
+    static variable_list backward(AutogradContext *ctx, variable_list grads) {
+        auto saved = ctx->get_saved_variables();
+        auto &x = saved[0], &weight = saved[1];
+        bool input_grad = ctx->needs_input_grad(0);
+        // Winograd's form records no graph: a second derivative takes the differentiable ops below.
+        if (winograd_enabled && !at::GradMode::is_enabled() && winograd::pad_conv_applies(x, weight)) {
+            auto [grad_x, grad_weight] =
+                winograd::pad_conv_grads(grads[0], x, weight, true, input_grad, ctx->needs_input_grad(1));
+            return {grad_x, grad_weight};
+        }
+        std::vector<int64_t> grid{x.size(0), weight.size(0), x.size(2) + 1, x.size(3) + 1};
+        bool channels_last = x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+        auto grad_grid = GatherAdjoint::apply(grads[0], 1, grid, channels_last);
+        auto grads_padded = at::convolution_backward(grad_grid, Pad::apply(x), weight, std::nullopt, {1, 1}, {0, 0},
+                                                     {1, 1}, false, {0, 0}, 1,
+                                                     {input_grad, ctx->needs_input_grad(1), false});
+        auto grad_x = input_grad ? PadAdjoint::apply(std::get<0>(grads_padded), x.sizes().vec()) : at::Tensor();
+        return {grad_x, std::get<1>(grads_padded)};
+    }
+};
 
 }  // namespace resample
 
@@ -555,14 +560,14 @@ at::Tensor *gtn_winograd_grad(const at::Tensor *grad_out, const at::Tensor *inpu
 }
 
 // The same for F(2x2, 2x2) over the replicate-padded input.
-at::Tensor *gtn_winograd_pad_conv(const at::Tensor *input, const at::Tensor *weight) {
-    return guarded([&] { return winograd::pad_conv(*input, *weight); });
+at::Tensor *gtn_winograd_pad_conv(const at::Tensor *input, const at::Tensor *weight, bool gathered) {
+    return guarded([&] { return winograd::pad_conv(*input, *weight, gathered); });
 }
 
 at::Tensor *gtn_winograd_pad_conv_grad(const at::Tensor *grad_out, const at::Tensor *input, const at::Tensor *weight,
-                                       bool weight_grad) {
+                                       bool gathered, bool weight_grad) {
     return guarded([&] {
-        auto grads = winograd::pad_conv_grads(*grad_out, *input, *weight, !weight_grad, weight_grad);
+        auto grads = winograd::pad_conv_grads(*grad_out, *input, *weight, gathered, !weight_grad, weight_grad);
         return weight_grad ? std::get<1>(grads) : std::get<0>(grads);
     });
 }
@@ -583,8 +588,8 @@ at::Tensor *gtn_replicate_pad1(const at::Tensor *x) {
     return guarded([&] { return resample::Pad::apply(*x); });
 }
 
-at::Tensor *gtn_pad_conv(const at::Tensor *x, const at::Tensor *weight) {
-    return guarded([&] { return resample::PadConv::apply(*x, *weight); });
+at::Tensor *gtn_pad_conv_gather(const at::Tensor *x, const at::Tensor *weight) {
+    return guarded([&] { return resample::PadConvGather::apply(*x, *weight); });
 }
 
 at::Tensor *gtn_parity_gather(const at::Tensor *grid, int64_t taps, int64_t h, int64_t w) {

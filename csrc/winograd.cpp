@@ -528,48 +528,76 @@ void padded_input_transform_adjoint(const T *v, T *x, int64_t images, const Tile
     });
 }
 
-// A^T m A of every tile of image b in `m` [9, tiles, c] (planes `plane` values apart): the 2x2
-// output pixels of `image` (that image's pixels).
+// Where channel group p (`k` channels) of output grid pixel (gy, gx) of image b goes, and its
+// gradient comes from: the grid [gh, gw, 4k] itself, or (`gathered`) the upsampling block's
+// parity gather of it [2h, 2w, k] (csrc/upsample.h, one tap; h = gh - 1), which puts the grid
+// pixel at output pixel (2(gy - r) + r, 2(gx - s) + s) for p = 2r + s and drops the rest: there,
+// `outside` (a sink written to, or zeros read).
+template <typename P>
+struct Placement {
+    P base, outside;
+    const Tiles &t;
+    int64_t k;
+    bool gathered;
+
+    P operator()(int64_t b, int64_t gy, int64_t gx, int p) const {
+        if (!gathered) return base + ((b * t.h + gy) * t.w + gx) * 4 * k + p * k;
+        const int64_t r = p / 2, s = p % 2, y = gy - r, x = gx - s, h = t.h - 1, w = t.w - 1;
+        if (y < 0 || y >= h || x < 0 || x >= w) return outside;
+        return base + ((b * 2 * h + 2 * y + r) * 2 * w + 2 * x + s) * k;
+    }
+};
+
+// A^T m A of every tile of image b of the chunk in `m` [9, tiles, 4k] (planes `plane` values
+// apart), placed as image `image` by `place`.
 template <typename T>
-void small_output_transform_image(const T *m, T *image, int64_t b, const Tiles &t, int64_t c, int64_t plane) {
+void small_output_transform_image(const T *m, int64_t b, int64_t image, const Tiles &t, int64_t plane,
+                                  const Placement<T *> &place) {
+    const int64_t k = place.k;
     for (int64_t i = 0; i < t.rows(); ++i)
-        for (int64_t j = 0; j < t.cols(); ++j) {
-            T *q[2][2];
-            quad(q, image, 0, i, j, t, c);
-            const T *in = m + t.tile(b, i, j, c);
-            VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                T u[2][3];
-                for (int s = 0; s < 3; ++s) {
-                    const T *e = in + s * plane + k;
-                    T m0 = e[0], m1 = e[3 * plane], m2 = e[6 * plane];
-                    u[0][s] = m0 + m1, u[1][s] = m1 + m2;
-                }
-                for (int r = 0; r < 2; ++r) {
-                    q[r][0][k] = u[r][0] + u[r][1];
-                    q[r][1][k] = u[r][1] + u[r][2];
+        for (int64_t j = 0; j < t.cols(); ++j)
+            for (int p = 0; p < 4; ++p) {
+                T *q[2][2];
+                for (int r = 0; r < 2; ++r)
+                    for (int s = 0; s < 2; ++s) q[r][s] = place(image, 2 * i + r, 2 * j + s, p);
+                const T *in = m + t.tile(b, i, j, 4 * k) + p * k;
+                VECTORIZE for (int64_t c = 0; c < k; ++c) {
+                    T u[2][3];
+                    for (int s = 0; s < 3; ++s) {
+                        const T *e = in + s * plane + c;
+                        T m0 = e[0], m1 = e[3 * plane], m2 = e[6 * plane];
+                        u[0][s] = m0 + m1, u[1][s] = m1 + m2;
+                    }
+                    for (int r = 0; r < 2; ++r) {
+                        q[r][0][c] = u[r][0] + u[r][1];
+                        q[r][1][c] = u[r][1] + u[r][2];
+                    }
                 }
             }
-        }
 }
 
-// Its adjoint, A g A^T of every 2x2 tile of `images` images of `y` [images, t.h, t.w, c], into `m`
-// [9, tiles, c].
+// Its adjoint, A g A^T of every 2x2 tile of the output gradient of `images` images from `first`,
+// read where `place` puts them, into `m` [9, tiles, 4k].
 template <typename T>
-void small_output_transform_adjoint(const T *y, T *m, int64_t images, const Tiles &t, int64_t c) {
-    const int64_t plane = images * t.per_image() * c;
+void small_output_transform_adjoint(const Placement<const T *> &place, T *m, int64_t first, int64_t images,
+                                    const Tiles &t) {
+    const int64_t k = place.k, plane = images * t.per_image() * 4 * k;
     for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
-        const T *q[2][2];
-        quad(q, y, b, i, j, t, c);
-        T *out = m + t.tile(b, i, j, c);
-        VECTORIZE for (int64_t k = 0; k < c; ++k) {
-            T u[2][3];
-            for (int r = 0; r < 2; ++r) {
-                T g0 = q[r][0][k], g1 = q[r][1][k];
-                u[r][0] = g0, u[r][1] = g0 + g1, u[r][2] = g1;
-            }
-            for (int s = 0; s < 3; ++s) {
-                T *o = out + s * plane + k;
-                o[0] = u[0][s], o[3 * plane] = u[0][s] + u[1][s], o[6 * plane] = u[1][s];
+        for (int p = 0; p < 4; ++p) {
+            const T *q[2][2];
+            for (int r = 0; r < 2; ++r)
+                for (int s = 0; s < 2; ++s) q[r][s] = place(first + b, 2 * i + r, 2 * j + s, p);
+            T *out = m + t.tile(b, i, j, 4 * k) + p * k;
+            VECTORIZE for (int64_t c = 0; c < k; ++c) {
+                T u[2][3];
+                for (int r = 0; r < 2; ++r) {
+                    T g0 = q[r][0][c], g1 = q[r][1][c];
+                    u[r][0] = g0, u[r][1] = g0 + g1, u[r][2] = g1;
+                }
+                for (int s = 0; s < 3; ++s) {
+                    T *o = out + s * plane + c;
+                    o[0] = u[0][s], o[3 * plane] = u[0][s] + u[1][s], o[6 * plane] = u[1][s];
+                }
             }
         }
     });
@@ -578,20 +606,23 @@ void small_output_transform_adjoint(const T *y, T *m, int64_t images, const Tile
 // The output's tiles for an unpadded input `x`.
 Tiles padded_tiles_of(const at::Tensor &x) { return {x.size(0), x.size(2) + 1, x.size(3) + 1}; }
 
-// A chunk of `images` images from `first` of `nhwc` [N, C, H, W] (unpadded input: its padded
-// input transform) or [N, C, H + 1, W + 1] (output gradient: its output transform's adjoint),
-// transformed: [9, tiles, C].
-at::Tensor small_transformed(const at::Tensor &nhwc, const Tiles &t, int64_t first, int64_t images, bool output) {
+// A chunk of `images` images from `first` of the unpadded input `nhwc` [N, C, H, W], transformed:
+// [9, tiles, C].
+at::Tensor small_transformed_input(const at::Tensor &nhwc, const Tiles &t, int64_t first, int64_t images) {
     auto c = nhwc.size(1);
     auto v = at::empty({9, images * t.per_image(), c}, nhwc.options());
     AT_DISPATCH_FLOATING_TYPES(nhwc.scalar_type(), "winograd_small_transform", [&] {
-        const auto *x = nhwc.const_data_ptr<scalar_t>() + first * nhwc.size(2) * nhwc.size(3) * c;
-        if (output)
-            small_output_transform_adjoint(x, v.data_ptr<scalar_t>(), images, t, c);
-        else
-            padded_input_transform(x, v.data_ptr<scalar_t>(), images, t, c);
+        padded_input_transform(nhwc.const_data_ptr<scalar_t>() + first * nhwc.size(2) * nhwc.size(3) * c,
+                               v.data_ptr<scalar_t>(), images, t, c);
     });
     return v;
+}
+
+// The output's sizes: the grid, or its parity gather.
+std::vector<int64_t> pad_conv_sizes(const at::Tensor &input, const at::Tensor &weight, bool gathered) {
+    auto n = input.size(0), k = weight.size(0), h = input.size(2), w = input.size(3);
+    if (gathered) return {n, k / 4, 2 * h, 2 * w};
+    return {n, k, h + 1, w + 1};
 }
 
 }  // namespace
@@ -601,26 +632,27 @@ bool pad_conv_applies(const at::Tensor &input, const at::Tensor &weight) {
     return input.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
            input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) == 2 &&
            weight.size(3) == 2 && input.size(2) % 2 == 1 && input.size(3) % 2 == 1 &&
-           input.size(1) >= kMinChannels && weight.size(0) >= kMinChannels;
+           input.size(1) >= kMinChannels && weight.size(0) >= kMinChannels && weight.size(0) % 4 == 0;
 }
 
-at::Tensor pad_conv(const at::Tensor &input, const at::Tensor &weight) {
+at::Tensor pad_conv(const at::Tensor &input, const at::Tensor &weight, bool gathered) {
     TORCH_CHECK(pad_conv_applies(input, weight), "winograd pad_conv: not a convolution of ", input.sizes(), " with ",
                 weight.sizes(), " that F(2x2, 2x2) takes");
     auto x = input.contiguous(kNhwc);
     auto t = padded_tiles_of(x);
-    auto k = weight.size(0);
+    auto k = weight.size(0) / 4;
     auto u = weight_transform(weight, g_kron_g_2x2(weight.options()));
-    auto y = at::empty({t.n, k, t.h, t.w}, x.options().memory_format(kNhwc));
+    auto y = at::empty(pad_conv_sizes(input, weight, gathered), x.options().memory_format(kNhwc));
     by_chunk(t, [&](int64_t first, int64_t images) {
-        auto m = at::bmm(small_transformed(x, t, first, images, false), u);
+        auto m = at::bmm(small_transformed_input(x, t, first, images), u);
         AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "winograd_small_output", [&] {
-            const int64_t plane = images * t.per_image() * k;
-            auto *out = y.data_ptr<scalar_t>();
+            const int64_t plane = images * t.per_image() * 4 * k;
             at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
+                thread_local std::vector<scalar_t> sink;
+                sink.resize(k);
+                const Placement<scalar_t *> place{y.data_ptr<scalar_t>(), sink.data(), t, k, gathered};
                 for (int64_t b = lo; b < hi; ++b)
-                    small_output_transform_image(m.const_data_ptr<scalar_t>(), out + t.pixel(first + b, 0, 0, k), b,
-                                                 t, k, plane);
+                    small_output_transform_image(m.const_data_ptr<scalar_t>(), b, first + b, t, plane, place);
             });
         });
     });
@@ -628,16 +660,16 @@ at::Tensor pad_conv(const at::Tensor &input, const at::Tensor &weight) {
 }
 
 std::tuple<at::Tensor, at::Tensor> pad_conv_grads(const at::Tensor &grad_out, const at::Tensor &input,
-                                                  const at::Tensor &weight, bool want_input, bool want_weight) {
+                                                  const at::Tensor &weight, bool gathered, bool want_input,
+                                                  bool want_weight) {
     TORCH_CHECK(pad_conv_applies(input, weight) &&
-                    grad_out.sizes() == at::IntArrayRef({input.size(0), weight.size(0), input.size(2) + 1,
-                                                         input.size(3) + 1}),
+                    grad_out.sizes() == at::IntArrayRef(pad_conv_sizes(input, weight, gathered)),
                 "winograd pad_conv gradients: output gradient ", grad_out.sizes(), " is not that of ", input.sizes(),
-                " convolved with ", weight.sizes());
+                " convolved with ", weight.sizes(), gathered ? ", gathered" : "");
     auto g = grad_out.contiguous(kNhwc);
     auto x = want_weight ? input.contiguous(kNhwc) : at::Tensor();
     auto t = padded_tiles_of(input);
-    auto c = weight.size(1);
+    auto c = weight.size(1), k = weight.size(0) / 4;
     auto kron = g_kron_g_2x2(weight.options());
     at::Tensor input_grad, u_t, weight_grad;
     if (want_input) {
@@ -646,8 +678,13 @@ std::tuple<at::Tensor, at::Tensor> pad_conv_grads(const at::Tensor &grad_out, co
     }
     if (want_weight) weight_grad = at::zeros({9, c, weight.size(0)}, weight.options());
     by_chunk(t, [&](int64_t first, int64_t images) {
-        auto m = small_transformed(g, t, first, images, true);
-        if (want_weight) weight_grad.baddbmm_(small_transformed(x, t, first, images, false).transpose(1, 2), m);
+        auto m = at::empty({9, images * t.per_image(), 4 * k}, g.options());
+        AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "winograd_small_output_adjoint", [&] {
+            const std::vector<scalar_t> zeros(k, scalar_t(0));
+            const Placement<const scalar_t *> place{g.const_data_ptr<scalar_t>(), zeros.data(), t, k, gathered};
+            small_output_transform_adjoint(place, m.data_ptr<scalar_t>(), first, images, t);
+        });
+        if (want_weight) weight_grad.baddbmm_(small_transformed_input(x, t, first, images).transpose(1, 2), m);
         if (!want_input) return;
         auto v = at::bmm(m, u_t);
         AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "winograd_small_input_adjoint", [&] {

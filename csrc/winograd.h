@@ -53,20 +53,24 @@ std::tuple<at::Tensor, at::Tensor> pooled_grads(const at::Tensor &grad, const at
                                                 const at::Tensor &input, const at::Tensor &weight, bool want_input,
                                                 bool want_weight);
 
-// F(2x2, 2x2) for the generator's wide layer (csrc/custom.cpp's PadConv): the 2x2 convolution
-// (stride 1) of `input` [N, C, H, W] replicate-padded by one pixel, each 2x2 tile of its
-// [N, K, H + 1, W + 1] output from the 3x3 patch under it with 9 products where direct
+// F(2x2, 2x2) for the generator's wide layer (csrc/custom.cpp's PadConvGather): the 2x2
+// convolution (stride 1) of `input` [N, C, H, W] replicate-padded by one pixel, each 2x2 tile of
+// its [N, K, H + 1, W + 1] output grid from the 3x3 patch under it with 9 products where direct
 // convolution takes 16, so 9 matrix products over channels per batch. The padding is read from
 // the unpadded input (no padded copy). Applies on the CPU, float or double, H and W odd (whole
-// tiles), 16 channels or more on either side.
+// tiles), 16 channels or more on either side, K a multiple of 4.
 bool pad_conv_applies(const at::Tensor &input, const at::Tensor &weight);
 
-// The convolution of the padded input, channels-last.
-at::Tensor pad_conv(const at::Tensor &input, const at::Tensor &weight);
+// The convolution of the padded input, channels-last: the grid, or (`gathered`) the upsampling
+// block's parity gather of it with one tap (csrc/upsample.h), [N, K / 4, 2H, 2W], written from
+// the transform without the grid.
+at::Tensor pad_conv(const at::Tensor &input, const at::Tensor &weight, bool gathered);
 
 // Its gradients with respect to `input` (the unpadded one, channels-last) and `weight`, given the
-// output gradient `grad_out`; the ones not wanted undefined.
+// output's gradient `grad_out` (of the grid, or of its gather, read from the transform's adjoint);
+// the ones not wanted undefined.
 std::tuple<at::Tensor, at::Tensor> pad_conv_grads(const at::Tensor &grad_out, const at::Tensor &input,
-                                                  const at::Tensor &weight, bool want_input, bool want_weight);
+                                                  const at::Tensor &weight, bool gathered, bool want_input,
+                                                  bool want_weight);
 
 }  // namespace winograd

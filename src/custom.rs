@@ -17,7 +17,7 @@ extern "C" {
     fn gtn_set_winograd(enabled: bool);
     fn gtn_replicate_pad1(x: *const C_tensor) -> *mut C_tensor;
     fn gtn_parity_gather(grid: *const C_tensor, taps: i64, h: i64, w: i64) -> *mut C_tensor;
-    fn gtn_pad_conv(x: *const C_tensor, weight: *const C_tensor) -> *mut C_tensor;
+    fn gtn_pad_conv_gather(x: *const C_tensor, weight: *const C_tensor) -> *mut C_tensor;
     fn gtn_momentum_step(
         p: *const C_tensor,
         m: *const C_tensor,
@@ -88,11 +88,13 @@ pub fn replicate_pad1(x: &Tensor) -> Tensor {
     owned(unsafe { gtn_replicate_pad1(x.as_ptr()) }, "replicate_pad1")
 }
 
-/// `replicate_pad1(x)` convolved with `weight` (stride 1, no padding), keeping `x` for the
-/// backward instead of its padded copy. Differentiable to every order.
-pub fn pad_conv(x: &Tensor, weight: &Tensor) -> Tensor {
+/// The generator's wide layer: `replicate_pad1(x)` convolved with `weight` `[4K, C, 2, 2]`
+/// (stride 1, no padding), then [`parity_gather`] with one tap: `[N, K, 2H, 2W]`. Keeps `x` for
+/// the backward instead of its padded copy; on the CPU, Winograd's F(2x2, 2x2) where it applies,
+/// the grid never formed. Differentiable to every order.
+pub fn pad_conv_gather(x: &Tensor, weight: &Tensor) -> Tensor {
     // SAFETY: live tensors for the duration of the call.
-    owned(unsafe { gtn_pad_conv(x.as_ptr(), weight.as_ptr()) }, "pad_conv")
+    owned(unsafe { gtn_pad_conv_gather(x.as_ptr(), weight.as_ptr()) }, "pad_conv_gather")
 }
 
 /// The parity gather of an upsampling block (`csrc/upsample.h`): from `grid` `[N, 4·taps·K, GH,
@@ -104,7 +106,7 @@ pub fn parity_gather(grid: &Tensor, taps: i64, h: i64, w: i64) -> Tensor {
     owned(unsafe { gtn_parity_gather(grid.as_ptr(), taps, h, w) }, "parity_gather")
 }
 
-/// Whether the 3x3 convolutions of [`conv_max_pool`] and the 2x2 ones of [`pad_conv`] take
+/// Whether the 3x3 convolutions of [`conv_max_pool`] and the 2x2 ones of [`pad_conv_gather`] take
 /// Winograd's forms (csrc/winograd.cpp) where they apply, as they do by default, or libtorch's
 /// kernels: for benchmarks comparing the two in one process (benches/conv_block.rs, `gtn bench
 /// --no-winograd`). Process-wide.
@@ -294,33 +296,36 @@ mod tests {
         assert!(gathered < 17 * MIB, "gather kept {gathered} bytes");
     }
 
+    /// The wide layer as libtorch's padding and convolution, then the gather as views.
+    fn plain_pad_conv_gather(x: &Tensor, w: &Tensor) -> Tensor {
+        let grid = x.replication_pad2d([1, 1, 1, 1]).conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+        gather_by_views(&grid, 1, x.size()[2], x.size()[3])
+    }
+
     #[test]
-    fn pad_conv_equals_padding_then_convolution_and_keeps_the_activation_only() {
-        let (x, w) = (leaf(&[2, 5, 4, 6], 1), leaf(&[3, 5, 2, 2], 2));
-        let plain =
-            |x: &Tensor| x.replication_pad2d([1, 1, 1, 1]).conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
-        assert_same_to_second_order(&x, |x| pad_conv(x, &w), plain);
+    fn pad_conv_gather_equals_padding_convolution_and_gather_and_keeps_the_activation_only() {
+        let (x, w) = (leaf(&[2, 5, 4, 6], 1), leaf(&[12, 5, 2, 2], 2));
+        assert_same_to_second_order(&x, |x| pad_conv_gather(x, &w), |x| plain_pad_conv_gather(x, &w));
         // With 16 channels and odd sizes, Winograd's form (csrc/winograd.h) forward and, where no
         // graph is recorded, backward.
-        let (x, w) = (leaf(&[3, 16, 5, 7], 3), leaf(&[17, 16, 2, 2], 4));
-        let probe = leaf(&[3, 17, 6, 8], 5).detach();
+        let (x, w) = (leaf(&[3, 16, 5, 7], 3), leaf(&[20, 16, 2, 2], 4));
+        let probe = leaf(&[3, 5, 10, 14], 5).detach();
         let value_and_grads = |y: Tensor| {
             let grads = Tensor::run_backward(&[(&y * &probe).sum(Kind::Double)], &[&x, &w], false, false);
             [y.detach(), grads[0].shallow_clone(), grads[1].shallow_clone()]
         };
-        let ours = value_and_grads(pad_conv(&x, &w));
-        let theirs =
-            value_and_grads(x.replication_pad2d([1, 1, 1, 1]).conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1));
+        let ours = value_and_grads(pad_conv_gather(&x, &w));
+        let theirs = value_and_grads(plain_pad_conv_gather(&x, &w));
         for ((a, b), what) in ours.iter().zip(&theirs).zip(["values", "input gradient", "weight gradient"]) {
             let err = (a - b).abs().max().double_value(&[]);
-            assert!(err < 1e-11, "Winograd's pad_conv: {what} differ by {err:e}");
+            assert!(err < 1e-11, "Winograd's pad_conv_gather: {what} differ by {err:e}");
         }
         const MIB: i64 = 1 << 20;
         let grid = |t: &Tensor| leaky_relu(&t.view([16, 16, 128, 128]), 0.1);
         let w = Tensor::ones([4, 16, 2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        // The activation's output is 16 MiB, the convolution's 3.9 MiB; the padded copy would be
-        // 16.5 MiB more.
-        let ours = kept_by(|t| pad_conv(&grid(t), &w));
+        // The activation's output is 16 MiB, the result 3.9 MiB; the padded copy would be 16.5
+        // MiB more.
+        let ours = kept_by(|t| pad_conv_gather(&grid(t), &w));
         let padded_first = kept_by(|t| replicate_pad1(&grid(t)).conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1));
         assert!(ours < 21 * MIB && padded_first > 32 * MIB, "kept: ours {ours} bytes, padded first {padded_first}");
     }
@@ -523,11 +528,12 @@ mod tests {
             weight: *const C_tensor,
             weight_grad: bool,
         ) -> *mut C_tensor;
-        fn gtn_winograd_pad_conv(input: *const C_tensor, weight: *const C_tensor) -> *mut C_tensor;
+        fn gtn_winograd_pad_conv(input: *const C_tensor, weight: *const C_tensor, gathered: bool) -> *mut C_tensor;
         fn gtn_winograd_pad_conv_grad(
             grad_out: *const C_tensor,
             input: *const C_tensor,
             weight: *const C_tensor,
+            gathered: bool,
             weight_grad: bool,
         ) -> *mut C_tensor;
     }
@@ -561,19 +567,25 @@ mod tests {
         against_libtorch(ours, x, w, probe, |x, w| x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1))
     }
 
-    /// Winograd's F(2x2, 2x2) convolution of `x` replicate-padded by one with `w`, and its two
-    /// gradients, against libtorch's padding and convolution.
-    fn padded_winograd_and_libtorch(x: &Tensor, w: &Tensor, probe: &Tensor) -> [(Tensor, Tensor); 3] {
+    /// Winograd's F(2x2, 2x2) convolution of `x` replicate-padded by one with `w` (`gathered`:
+    /// then the parity gather), and its two gradients, against libtorch's padding and convolution
+    /// (and the gather as views).
+    fn padded_winograd_and_libtorch(x: &Tensor, w: &Tensor, probe: &Tensor, gathered: bool) -> [(Tensor, Tensor); 3] {
+        let (px, pw, pp) = (x.as_ptr(), w.as_ptr(), probe.as_ptr());
         // SAFETY: live tensors for the duration of each call.
         let ours = unsafe {
             [
-                owned(gtn_winograd_pad_conv(x.as_ptr(), w.as_ptr()), "winograd pad conv"),
-                owned(gtn_winograd_pad_conv_grad(probe.as_ptr(), x.as_ptr(), w.as_ptr(), false), "input grad"),
-                owned(gtn_winograd_pad_conv_grad(probe.as_ptr(), x.as_ptr(), w.as_ptr(), true), "weight grad"),
+                owned(gtn_winograd_pad_conv(px, pw, gathered), "winograd pad conv"),
+                owned(gtn_winograd_pad_conv_grad(pp, px, pw, gathered, false), "input grad"),
+                owned(gtn_winograd_pad_conv_grad(pp, px, pw, gathered, true), "weight grad"),
             ]
         };
         against_libtorch(ours, x, w, probe, |x, w| {
-            x.replication_pad2d([1, 1, 1, 1]).conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
+            if gathered {
+                plain_pad_conv_gather(x, w)
+            } else {
+                x.replication_pad2d([1, 1, 1, 1]).conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
+            }
         })
     }
 
@@ -612,24 +624,28 @@ mod tests {
         assert_close(&winograd_and_libtorch(&x, &wt, &probe), 0.0, "base_fc's second layer");
     }
 
-    /// F(2x2, 2x2) over the replicate-padded input (the generator's wide layer): images of one
-    /// pixel to several chunks of tiles (65 images of 7x7 are two, the last one partial), either
-    /// layout in, and MNIST's wide layer in float32.
+    /// F(2x2, 2x2) over the replicate-padded input (the generator's wide layer), the grid and its
+    /// parity gather: images of one pixel to several chunks of tiles (65 images of 7x7 are two,
+    /// the last one partial), either layout in, and MNIST's wide layer in float32.
     #[test]
     fn padded_winograd_convolution_and_gradients_equal_libtorchs() {
         let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-        for (n, c, k, h, w) in [(65, 16, 20, 7, 7), (3, 17, 16, 1, 5), (2, 16, 18, 3, 1)] {
+        for (n, c, k, h, w) in [(65, 16, 20, 7, 7), (3, 17, 16, 1, 5), (2, 16, 24, 3, 1)] {
             let x = nhwc(Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu)));
             let wt = Tensor::randn([k, c, 2, 2], (Kind::Double, Device::Cpu));
-            let probe = Tensor::randn([n, k, h + 1, w + 1], (Kind::Double, Device::Cpu));
-            assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe), 1e-11, &format!("{n}x{c}x{h}x{w} -> {k}"));
-            let x = x.contiguous();
-            assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe), 1e-11, "NCHW input");
+            for gathered in [false, true] {
+                let probe = if gathered { [n, k / 4, 2 * h, 2 * w] } else { [n, k, h + 1, w + 1] };
+                let probe = Tensor::randn(probe, (Kind::Double, Device::Cpu));
+                let case = format!("{n}x{c}x{h}x{w} -> {k}, gathered: {gathered}");
+                assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe, gathered), 1e-11, &case);
+                let x = x.contiguous();
+                assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe, gathered), 1e-11, &(case + ", NCHW"));
+            }
         }
         let x = nhwc(Tensor::randn([16, 128, 7, 7], (Kind::Float, Device::Cpu)));
         let wt = Tensor::randn([256, 128, 2, 2], (Kind::Float, Device::Cpu)) * 0.05;
-        let probe = Tensor::randn([16, 256, 8, 8], (Kind::Float, Device::Cpu));
-        assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe), 0.0, "MNIST's wide layer");
+        let probe = Tensor::randn([16, 64, 14, 14], (Kind::Float, Device::Cpu));
+        assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe, true), 0.0, "MNIST's wide layer");
     }
 
     /// conv_max_pool where its 3x3 convolutions take Winograd's form (csrc/winograd.h: 16

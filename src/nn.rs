@@ -284,7 +284,7 @@ impl UpsampleConv {
 
     /// [`UpsampleConv::apply`] to `activation(x)`, for an elementwise `activation` (it commutes
     /// with the padding). Each convolution keeps for its backward the tensor the activation
-    /// returns (the wide layer's pads it itself, [`crate::custom::pad_conv`]), so an activation
+    /// returns (the wide layer's pads it itself, [`crate::custom::pad_conv_gather`]), so an activation
     /// that keeps its output (as [`leaky_relu`] does) keeps that same tensor, not a second one.
     pub fn apply_activated(&self, x: &Tensor, activation: impl Fn(&Tensor) -> Tensor) -> Tensor {
         let (h, w) = (x.size()[2], x.size()[3]);
@@ -298,9 +298,9 @@ impl UpsampleConv {
                 // gather keeps the layout, and the batch norm, activation and image layer after it
                 // follow): oneDNN's convolutions and their gradients are faster that way, and the
                 // layer after this one gets no layout copy (MLP meta-step 1.85-1.93 -> 1.69-1.84 s).
-                // On the CPU the convolution takes Winograd's F(2x2, 2x2) (csrc/winograd.h).
-                let all = crate::custom::pad_conv(&activation(&channels_last(x)), kernels);
-                with_bias(crate::custom::parity_gather(&all, 1, h, w), bias)
+                // On the CPU the convolution takes Winograd's F(2x2, 2x2) (csrc/winograd.h), which
+                // writes the gathered output without the grid.
+                with_bias(crate::custom::pad_conv_gather(&activation(&channels_last(x)), kernels), bias)
             }
             UpsampleConv::Taps { kernels, bias } => {
                 // Padding commutes with a 1x1 convolution, so its thinner output is padded.
