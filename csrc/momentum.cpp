@@ -19,6 +19,29 @@ bool same_dense(const at::Tensor &a, const at::Tensor &b) {
            a.strides() == b.strides() && a.is_non_overlapping_and_dense();
 }
 
+// The backward over elements [lo, hi): the gradients of m' in all (grad_m - lr·grad_p, into gg) and
+// of m (mu times that, into gmo, where `WantM`), and the sums of grad_p·m' and of gg·m added into
+// lr_sum and mu_sum. The sums run in eight lanes of double: a single running sum kept the loop
+// scalar (its additions cannot be reordered), at ~8 GB/s against ~13 for the passes around it.
+template <bool HasGm, bool WantM, typename T>
+void backward_range(int64_t lo, int64_t hi, const T *gp, const T *gm, const T *mp, const T *np, T *gg, T *gmo, T rate,
+                    T keep, double &lr_sum, double &mu_sum) {
+    constexpr int64_t kLanes = 8;
+    double lr[kLanes] = {}, mu[kLanes] = {};
+    auto element = [&](int64_t i, int64_t lane) {
+        const T total = (HasGm ? gm[i] : T(0)) - rate * gp[i];
+        gg[i] = total;
+        if constexpr (WantM) gmo[i] = keep * total;
+        lr[lane] += static_cast<double>(gp[i]) * np[i];
+        mu[lane] += static_cast<double>(total) * mp[i];
+    };
+    int64_t i = lo;
+    for (; i + kLanes <= hi; i += kLanes)
+        for (int64_t lane = 0; lane < kLanes; ++lane) element(i + lane, lane);
+    for (; i < hi; ++i) element(i, 0);
+    for (int64_t lane = 0; lane < kLanes; ++lane) lr_sum += lr[lane], mu_sum += mu[lane];
+}
+
 }  // namespace
 
 bool applies(const at::Tensor &p, const at::Tensor &m, const at::Tensor &g, const at::Tensor &lr,
@@ -73,16 +96,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> step_backward(const a
                        *mp = m.const_data_ptr<scalar_t>(), *np = m_new.const_data_ptr<scalar_t>();
         scalar_t *gg = grad_g.data_ptr<scalar_t>(), *gmo = want_m ? grad_mom.data_ptr<scalar_t>() : nullptr;
         at::parallel_for(0, m.numel(), kGrain, [&](int64_t lo, int64_t hi) {
-            double lr_sum = 0, mu_sum = 0;
-            for (int64_t i = lo; i < hi; ++i) {
-                scalar_t total = (gm ? gm[i] : scalar_t(0)) - rate * gp[i];
-                gg[i] = total;
-                if (gmo) gmo[i] = keep * total;
-                lr_sum += static_cast<double>(gp[i]) * np[i];
-                mu_sum += static_cast<double>(total) * mp[i];
-            }
-            lr_sums[at::get_thread_num()] += lr_sum;
-            mu_sums[at::get_thread_num()] += mu_sum;
+            const int t = at::get_thread_num();
+            if (gm && gmo)
+                backward_range<true, true>(lo, hi, gp, gm, mp, np, gg, gmo, rate, keep, lr_sums[t], mu_sums[t]);
+            else if (gm)
+                backward_range<true, false>(lo, hi, gp, gm, mp, np, gg, gmo, rate, keep, lr_sums[t], mu_sums[t]);
+            else if (gmo)
+                backward_range<false, true>(lo, hi, gp, gm, mp, np, gg, gmo, rate, keep, lr_sums[t], mu_sums[t]);
+            else
+                backward_range<false, false>(lo, hi, gp, gm, mp, np, gg, gmo, rate, keep, lr_sums[t], mu_sums[t]);
         });
     });
     double lr_total = 0, mu_total = 0;
