@@ -145,7 +145,8 @@ at::Tensor broadcast(const at::Tensor &p, const at::Tensor &t) {
 }  // namespace
 
 at::Tensor forward(const at::Tensor &x, const at::Tensor &bias, double slope) {
-    if (!kernels_apply(x) || bias.scalar_type() != x.scalar_type())
+    if (!kernels_apply(x) || bias.scalar_type() != x.scalar_type() || !bias.device().is_cpu() ||
+        bias.numel() != x.size(1))
         return at::leaky_relu(x + (broadcast(bias, x) - x.mean(stat_dims(x), true)), slope);
     Shape s(x);
     auto y = at::empty_like(x);
@@ -181,7 +182,8 @@ std::tuple<at::Tensor, at::Tensor> grad(const at::Tensor &gy, const at::Tensor &
 }
 
 at::Tensor grad_adjoint(const at::Tensor &gx, const at::Tensor &gb, const at::Tensor &y, double slope) {
-    if (!kernels_apply(y) || gx.scalar_type() != y.scalar_type() || gb.scalar_type() != y.scalar_type())
+    if (!kernels_apply(y) || gx.scalar_type() != y.scalar_type() || gb.scalar_type() != y.scalar_type() ||
+        !gb.device().is_cpu() || gb.numel() != y.size(1))
         return at::leaky_relu_backward(gx - gx.mean(stat_dims(y), true) + broadcast(gb, gx), y, slope, true);
     Shape s(y);
     auto g = like(gx, y);

@@ -94,6 +94,8 @@ variable_list Grad::backward(AutogradContext *ctx, variable_list grads) {
 
 struct BnLeakyRelu : public torch::autograd::Function<BnLeakyRelu> {
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &bias, double slope) {
+        // The backward reads the activation's slope from the sign of the output.
+        TORCH_CHECK(slope >= 0, "bn_leaky_relu: slope ", slope, " must not be negative");
         auto y = bn_leaky_relu::forward(x, bias, slope);
         ctx->saved_data["slope"] = slope;
         ctx->save_for_backward({y});

@@ -20,13 +20,15 @@ constexpr int64_t kMinChannels = 16;
 // Tiles transformed and multiplied at a time (20 of base_fc's images of 7 x 7 tiles). Measured on
 // base_fc's meta-step with the transforms on both threads: 1024 beat 256 and 512 by 2-5% (the
 // products' batches longer) and 2048 by ~1% (a chunk's transformed input and output, 16 x tiles
-// x channels each, then no longer in cache).
+// x channels each, then no longer in cache). The wide layer's F(2x2, 2x2) uses the same chunk
+// (64 of MNIST's images of 4 x 4 tiles), not measured apart.
 constexpr int64_t kChunkTiles = 1024;
 
 constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
 
 // The transforms' loops run over channels, contiguous in every tensor they read and write; the
-// compiler cannot prove that the sixteen pixel rows of a tile do not alias its output.
+// compiler cannot prove that a tile's pixel rows do not alias its output. (Several may point at one
+// sink, for pixels outside the image or dropped by the gather: what lands there is never read.)
 #define VECTORIZE _Pragma("GCC ivdep")
 
 // A channels-last batch of images [n, h, w, c] cut into 2x2 output tiles.
@@ -629,8 +631,9 @@ std::vector<int64_t> pad_conv_sizes(const at::Tensor &input, const at::Tensor &w
 
 bool pad_conv_applies(const at::Tensor &input, const at::Tensor &weight) {
     auto kind = input.scalar_type();
-    return input.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
-           input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) == 2 &&
+    return input.device().is_cpu() && weight.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) &&
+           weight.scalar_type() == kind && input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) &&
+           weight.size(2) == 2 &&
            weight.size(3) == 2 && input.size(2) % 2 == 1 && input.size(3) % 2 == 1 &&
            input.size(1) >= kMinChannels && weight.size(0) >= kMinChannels && weight.size(0) % 4 == 0;
 }
@@ -666,6 +669,7 @@ std::tuple<at::Tensor, at::Tensor> pad_conv_grads(const at::Tensor &grad_out, co
                     grad_out.sizes() == at::IntArrayRef(pad_conv_sizes(input, weight, gathered)),
                 "winograd pad_conv gradients: output gradient ", grad_out.sizes(), " is not that of ", input.sizes(),
                 " convolved with ", weight.sizes(), gathered ? ", gathered" : "");
+    if (!want_input && !want_weight) return {at::Tensor(), at::Tensor()};
     auto g = grad_out.contiguous(kNhwc);
     auto x = want_weight ? input.contiguous(kNhwc) : at::Tensor();
     auto t = padded_tiles_of(input);

@@ -1,5 +1,5 @@
 // 3x3 convolutions (stride 1, zero padding 1) and their two gradients by Winograd's F(2x2, 3x3)
-// on the CPU: each 2x2 output tile is A^T [(G g G^T) ⊙ (B^T d B)] A for the 4x4 input patch d
+// on the CPU (and, below, the generator's 2x2 wide layer by F(2x2, 2x2)): each 2x2 output tile is A^T [(G g G^T) ⊙ (B^T d B)] A for the 4x4 input patch d
 // around it, so over a batch the convolution is 16 matrix products (one per point of the 4x4
 // transformed tile, over channels) with 4/9 of direct convolution's multiply-adds. The two
 // gradients are the exact adjoints of the same linear maps: in exact arithmetic all three equal

@@ -307,8 +307,9 @@ mod tests {
         let (x, w) = (leaf(&[2, 5, 4, 6], 1), leaf(&[12, 5, 2, 2], 2));
         assert_same_to_second_order(&x, |x| pad_conv_gather(x, &w), |x| plain_pad_conv_gather(x, &w));
         // With 16 channels and odd sizes, Winograd's form (csrc/winograd.h) forward and, where no
-        // graph is recorded, backward.
+        // graph is recorded, backward; a graph recorded takes the differentiable ops.
         let (x, w) = (leaf(&[3, 16, 5, 7], 3), leaf(&[20, 16, 2, 2], 4));
+        assert_same_to_second_order(&x, |x| pad_conv_gather(x, &w), |x| plain_pad_conv_gather(x, &w));
         let probe = leaf(&[3, 5, 10, 14], 5).detach();
         let value_and_grads = |y: Tensor| {
             let grads = Tensor::run_backward(&[(&y * &probe).sum(Kind::Double)], &[&x, &w], false, false);
@@ -630,7 +631,7 @@ mod tests {
     #[test]
     fn padded_winograd_convolution_and_gradients_equal_libtorchs() {
         let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-        for (n, c, k, h, w) in [(65, 16, 20, 7, 7), (3, 17, 16, 1, 5), (2, 16, 24, 3, 1)] {
+        for (n, c, k, h, w) in [(65, 16, 20, 7, 7), (3, 17, 16, 1, 5), (2, 16, 24, 3, 1), (2, 16, 16, 1, 1)] {
             let x = nhwc(Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu)));
             let wt = Tensor::randn([k, c, 2, 2], (Kind::Double, Device::Cpu));
             for gathered in [false, true] {
@@ -738,5 +739,9 @@ mod tests {
         let err = std::panic::catch_unwind(|| conv_max_pool(&x, &w, 1, 1)).unwrap_err();
         let message = err.downcast_ref::<String>().unwrap();
         assert!(message.starts_with("conv_max_pool: ") && message.contains("channels"), "{message}");
+        let bias = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        let err = std::panic::catch_unwind(|| bn_leaky_relu(&x, &bias, -0.1)).unwrap_err();
+        let message = err.downcast_ref::<String>().unwrap();
+        assert!(message.starts_with("bn_leaky_relu: ") && message.contains("slope -0.1"), "{message}");
     }
 }

@@ -284,8 +284,9 @@ impl UpsampleConv {
 
     /// [`UpsampleConv::apply`] to `activation(x)`, for an elementwise `activation` (it commutes
     /// with the padding). Each convolution keeps for its backward the tensor the activation
-    /// returns (the wide layer's pads it itself, [`crate::custom::pad_conv_gather`]), so an activation
-    /// that keeps its output (as [`leaky_relu`] does) keeps that same tensor, not a second one.
+    /// returns (the wide layer's pads it itself, [`crate::custom::pad_conv_gather`]), so an
+    /// activation that keeps its output (as [`leaky_relu`] does) keeps that same tensor, not a
+    /// second one.
     pub fn apply_activated(&self, x: &Tensor, activation: impl Fn(&Tensor) -> Tensor) -> Tensor {
         let (h, w) = (x.size()[2], x.size()[3]);
         match self {
@@ -294,12 +295,13 @@ impl UpsampleConv {
                 // of an output one pixel larger (1.31x the multiply-adds at MNIST's 7 x 7), but
                 // no window is copied to be convolved, forward or backward, and one convolution
                 // runs where four did: the wide 128 -> 64 layer's 32 batches, forward and
-                // backward, 1.91-2.48 -> 1.79 s on 2 cores. Channels-last from here on (the
-                // gather keeps the layout, and the batch norm, activation and image layer after it
-                // follow): oneDNN's convolutions and their gradients are faster that way, and the
-                // layer after this one gets no layout copy (MLP meta-step 1.85-1.93 -> 1.69-1.84 s).
-                // On the CPU the convolution takes Winograd's F(2x2, 2x2) (csrc/winograd.h), which
-                // writes the gathered output without the grid.
+                // backward, 1.91-2.48 -> 1.79 s on 2 cores with oneDNN's kernels. On the CPU the
+                // convolution now takes Winograd's F(2x2, 2x2) (csrc/winograd.h), which writes the
+                // gathered output without the grid. Channels-last from here on (the gather keeps
+                // the layout, and the batch norm, activation and image layer after it follow):
+                // Winograd's transforms read that layout without a copy, oneDNN's convolutions
+                // (elsewhere) are faster in it, and the layer after this one gets no layout copy
+                // (MLP meta-step 1.85-1.93 -> 1.69-1.84 s with oneDNN's kernels).
                 with_bias(crate::custom::pad_conv_gather(&activation(&channels_last(x)), kernels), bias)
             }
             UpsampleConv::Taps { kernels, bias } => {
@@ -504,6 +506,28 @@ mod tests {
             for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
                 let err = (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0);
                 assert!(err < 1e-12, "{shape:?}: result {i} differs by {err:e}");
+            }
+        }
+    }
+
+    /// The float32 kernels the learners run, on a channels-last image batch and on one channel
+    /// (contiguous in both layouts): value and first derivatives within float32 rounding.
+    #[test]
+    fn bn_leaky_relu_in_float32() {
+        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        for shape in [[8i64, 16, 7, 7], [4, 1, 5, 6]] {
+            let x = nhwc(leaf(&shape, 1).detach().to_kind(Kind::Float)).set_requires_grad(true);
+            let bias = leaf(&[shape[1]], 2).detach().to_kind(Kind::Float).set_requires_grad(true);
+            let probe = leaf(&shape, 3).detach().to_kind(Kind::Float);
+            let value_and_grads = |y: Tensor| {
+                let grads = Tensor::run_backward(&[(&y * &probe).sum(Kind::Float)], &[&x, &bias], false, false);
+                [y.detach(), grads[0].shallow_clone(), grads[1].shallow_clone()]
+            };
+            let fused = value_and_grads(bn_leaky_relu(&x, &bias));
+            let plain = value_and_grads(composite_bn_leaky_relu(&x, &bias));
+            for ((a, b), what) in fused.iter().zip(&plain).zip(["values", "input gradient", "bias gradient"]) {
+                let err = (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0);
+                assert!(err < 1e-5, "{shape:?}: {what} differ by {err:e}");
             }
         }
     }
