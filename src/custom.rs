@@ -118,7 +118,7 @@ pub fn set_winograd(enabled: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::gradcheck::leaf;
+    use crate::nn::gradcheck::{leaf, value_and_grads};
     use tch::{Device, Kind};
 
     /// First and second derivatives of `f` and `reference` agree, in f64: the gradient of a
@@ -178,7 +178,6 @@ mod tests {
             let m_new = g.addcmul(mu, m);
             (p.addcmul(&-lr, &m_new), m_new)
         };
-        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
         for (shape, kind, p_used, m_used, momentum_leaf, g_nhwc) in [
             (vec![3i64, 4], Kind::Double, true, true, true, false),
             (vec![3, 4], Kind::Double, true, false, true, false),
@@ -190,7 +189,7 @@ mod tests {
             let case = format!("{shape:?} {kind:?}, p' used {p_used}, m' used {m_used}, m a leaf {momentum_leaf}");
             let data = |seed| leaf(&shape, seed).detach().to_kind(kind);
             let (p, m, g) = (data(1), data(2), data(3));
-            let g = if g_nhwc { nhwc(g) } else { g };
+            let g = if g_nhwc { crate::nn::channels_last(&g) } else { g };
             let scalar = |v: f64| Tensor::from(v).to_kind(kind).set_requires_grad(true);
             let (p, g, lr, mu) = (p.set_requires_grad(true), g.set_requires_grad(true), scalar(0.3), scalar(0.7));
             let m = if momentum_leaf { m.set_requires_grad(true) } else { m };
@@ -311,12 +310,8 @@ mod tests {
         let (x, w) = (leaf(&[3, 16, 5, 7], 3), leaf(&[20, 16, 2, 2], 4));
         assert_same_to_second_order(&x, |x| pad_conv_gather(x, &w), |x| plain_pad_conv_gather(x, &w));
         let probe = leaf(&[3, 5, 10, 14], 5).detach();
-        let value_and_grads = |y: Tensor| {
-            let grads = Tensor::run_backward(&[(&y * &probe).sum(Kind::Double)], &[&x, &w], false, false);
-            [y.detach(), grads[0].shallow_clone(), grads[1].shallow_clone()]
-        };
-        let ours = value_and_grads(pad_conv_gather(&x, &w));
-        let theirs = value_and_grads(plain_pad_conv_gather(&x, &w));
+        let ours = value_and_grads(&pad_conv_gather(&x, &w), &probe, [&x, &w]);
+        let theirs = value_and_grads(&plain_pad_conv_gather(&x, &w), &probe, [&x, &w]);
         for ((a, b), what) in ours.iter().zip(&theirs).zip(["values", "input gradient", "weight gradient"]) {
             let err = (a - b).abs().max().double_value(&[]);
             assert!(err < 1e-11, "Winograd's pad_conv_gather: {what} differ by {err:e}");
@@ -394,10 +389,11 @@ mod tests {
     #[test]
     fn conv_max_pool_keeps_neither_the_convolution_output_nor_its_gradient() {
         // What the graph of an inner gradient keeps, once only that gradient is held.
-        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
         let kept_by_gradient = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
-            let x = nhwc(Tensor::randn([32, 32, 28, 28], (Kind::Float, Device::Cpu))).set_requires_grad(true);
-            let w = nhwc(Tensor::randn([32, 32, 3, 3], (Kind::Float, Device::Cpu))).set_requires_grad(true);
+            let x = crate::nn::channels_last(&Tensor::randn([32, 32, 28, 28], (Kind::Float, Device::Cpu)))
+                .set_requires_grad(true);
+            let w = crate::nn::channels_last(&Tensor::randn([32, 32, 3, 3], (Kind::Float, Device::Cpu)))
+                .set_requires_grad(true);
             let before = crate::allocator::live_bytes_on_this_thread();
             let y = f(&x, &w);
             let grad = Tensor::run_backward(&[y.square().sum(Kind::Float)], &[&w], true, true);
@@ -447,7 +443,7 @@ mod tests {
             // Small integers: most windows hold their maximum more than once, and which of them
             // is the arg-max decides where the gradients go.
             let x = Tensor::randint(3, [2, c, h, w], (kind, Device::Cpu));
-            let x = if nhwc { x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]) } else { x };
+            let x = if nhwc { crate::nn::channels_last(&x) } else { x };
             assert_same_to_second_order(&x.set_requires_grad(true), pooled, native);
         }
     }
@@ -549,10 +545,9 @@ mod tests {
         conv: impl Fn(&Tensor, &Tensor) -> Tensor,
     ) -> [(Tensor, Tensor); 3] {
         let (x, w) = (x.detach().set_requires_grad(true), w.detach().set_requires_grad(true));
-        let y = conv(&x, &w);
-        let grads = Tensor::run_backward(&[(&y * probe).sum(None::<Kind>)], &[&x, &w], false, false);
+        let [y, gx, gw] = value_and_grads(&conv(&x, &w), probe, [&x, &w]);
         let [a, b, c] = ours;
-        [(a, y.detach()), (b, grads[0].shallow_clone()), (c, grads[1].shallow_clone())]
+        [(a, y), (b, gx), (c, gw)]
     }
 
     /// Winograd's F(2x2, 3x3) convolution of `x` with `w` and its two gradients, against libtorch's.
@@ -607,11 +602,10 @@ mod tests {
 
     #[test]
     fn winograd_convolution_and_gradients_equal_libtorchs() {
-        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
         // 23 images of 14x14 are two chunks of transformed tiles, the last one partial.
         for (n, c, k, h, w, channels_last) in [(23, 16, 20, 14, 14, true), (3, 17, 16, 6, 4, false)] {
             let x = Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu));
-            let x = if channels_last { nhwc(x) } else { x };
+            let x = if channels_last { crate::nn::channels_last(&x) } else { x };
             let wt = Tensor::randn([k, c, 3, 3], (Kind::Double, Device::Cpu));
             let probe = Tensor::randn([n, k, h, w], (Kind::Double, Device::Cpu));
             let results = winograd_and_libtorch(&x, &wt, &probe);
@@ -619,7 +613,7 @@ mod tests {
             assert_close(&results, 1e-11, &format!("{n}x{c}x{h}x{w} -> {k}"));
         }
         // In float32, base_fc's second layer: rounding apart (relative to the largest value).
-        let x = nhwc(Tensor::randn([16, 64, 14, 14], (Kind::Float, Device::Cpu)));
+        let x = crate::nn::channels_last(&Tensor::randn([16, 64, 14, 14], (Kind::Float, Device::Cpu)));
         let wt = Tensor::randn([128, 64, 3, 3], (Kind::Float, Device::Cpu)) * 0.05;
         let probe = Tensor::randn([16, 128, 14, 14], (Kind::Float, Device::Cpu));
         assert_close(&winograd_and_libtorch(&x, &wt, &probe), 0.0, "base_fc's second layer");
@@ -630,9 +624,8 @@ mod tests {
     /// the last one partial), either layout in, and MNIST's wide layer in float32.
     #[test]
     fn padded_winograd_convolution_and_gradients_equal_libtorchs() {
-        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
         for (n, c, k, h, w) in [(65, 16, 20, 7, 7), (3, 17, 16, 1, 5), (2, 16, 24, 3, 1), (2, 16, 16, 1, 1)] {
-            let x = nhwc(Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu)));
+            let x = crate::nn::channels_last(&Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu)));
             let wt = Tensor::randn([k, c, 2, 2], (Kind::Double, Device::Cpu));
             for gathered in [false, true] {
                 let probe = if gathered { [n, k / 4, 2 * h, 2 * w] } else { [n, k, h + 1, w + 1] };
@@ -643,7 +636,7 @@ mod tests {
                 assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe, gathered), 1e-11, &(case + ", NCHW"));
             }
         }
-        let x = nhwc(Tensor::randn([16, 128, 7, 7], (Kind::Float, Device::Cpu)));
+        let x = crate::nn::channels_last(&Tensor::randn([16, 128, 7, 7], (Kind::Float, Device::Cpu)));
         let wt = Tensor::randn([256, 128, 2, 2], (Kind::Float, Device::Cpu)) * 0.05;
         let probe = Tensor::randn([16, 64, 14, 14], (Kind::Float, Device::Cpu));
         assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe, true), 0.0, "MNIST's wide layer");
@@ -675,7 +668,6 @@ mod tests {
     /// and the plain convolution.
     #[test]
     fn conv_max_pool_is_differentiable_three_times() {
-        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
         for (c, k, size, h, w, channels_last) in [
             (9, 5, 1, 6, 5, true),
             (9, 5, 1, 6, 5, false),
@@ -684,7 +676,11 @@ mod tests {
             (3, 4, 3, 5, 5, false),
         ] {
             let (x, weight) = (leaf(&[2, c, h, w], 1).detach(), leaf(&[k, c, size, size], 2).detach());
-            let (x, weight) = if channels_last { (nhwc(x), nhwc(weight)) } else { (x, weight) };
+            let (x, weight) = if channels_last {
+                (crate::nn::channels_last(&x), crate::nn::channels_last(&weight))
+            } else {
+                (x, weight)
+            };
             let (x, weight) = (x.set_requires_grad(true), weight.set_requires_grad(true));
             let pad = size / 2;
             let third = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {

@@ -387,6 +387,12 @@ pub(crate) mod gradcheck {
         worst
     }
 
+    /// `y` and the gradients of `sum(y · probe)` (in `y`'s kind) with respect to two inputs.
+    pub fn value_and_grads(y: &Tensor, probe: &Tensor, inputs: [&Tensor; 2]) -> [Tensor; 3] {
+        let grads = Tensor::run_backward(&[(y * probe).sum(y.kind())], &inputs, false, false);
+        [y.detach(), grads[0].shallow_clone(), grads[1].shallow_clone()]
+    }
+
     pub fn leaf(shape: &[i64], seed: u64) -> Tensor {
         let mut rng = rand::SeedableRng::seed_from_u64(seed);
         super::randn(&mut rng, shape, Kind::Double, tch::Device::Cpu).set_requires_grad(true)
@@ -401,7 +407,7 @@ pub(crate) mod gradcheck {
 
 #[cfg(test)]
 mod tests {
-    use super::gradcheck::{leaf, max_rel_error, project};
+    use super::gradcheck::{leaf, max_rel_error, project, value_and_grads};
     use super::*;
 
     const TOL: f64 = 1e-6;
@@ -481,12 +487,11 @@ mod tests {
     /// images in either layout, which take the CPU kernels, and a 3-d tensor, which does not.
     #[test]
     fn bn_leaky_relu_equals_its_formula_to_third_order() {
-        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
         for (shape, channels_last) in
             [(&[6i64, 5][..], false), (&[4, 3, 5, 6], false), (&[4, 3, 5, 6], true), (&[5, 4, 3], false)]
         {
             let x = leaf(shape, 1).detach();
-            let x = if channels_last { nhwc(x) } else { x }.set_requires_grad(true);
+            let x = if channels_last { super::channels_last(&x) } else { x }.set_requires_grad(true);
             let inputs = [x, leaf(&[shape[1]], 2)];
             let probe = leaf(shape, 3).detach();
             let derivatives = |f: &dyn Fn(&[Tensor]) -> Tensor| {
@@ -514,17 +519,12 @@ mod tests {
     /// (contiguous in both layouts): value and first derivatives within float32 rounding.
     #[test]
     fn bn_leaky_relu_in_float32() {
-        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
         for shape in [[8i64, 16, 7, 7], [4, 1, 5, 6]] {
-            let x = nhwc(leaf(&shape, 1).detach().to_kind(Kind::Float)).set_requires_grad(true);
+            let x = channels_last(&leaf(&shape, 1).detach().to_kind(Kind::Float)).set_requires_grad(true);
             let bias = leaf(&[shape[1]], 2).detach().to_kind(Kind::Float).set_requires_grad(true);
             let probe = leaf(&shape, 3).detach().to_kind(Kind::Float);
-            let value_and_grads = |y: Tensor| {
-                let grads = Tensor::run_backward(&[(&y * &probe).sum(Kind::Float)], &[&x, &bias], false, false);
-                [y.detach(), grads[0].shallow_clone(), grads[1].shallow_clone()]
-            };
-            let fused = value_and_grads(bn_leaky_relu(&x, &bias));
-            let plain = value_and_grads(composite_bn_leaky_relu(&x, &bias));
+            let fused = value_and_grads(&bn_leaky_relu(&x, &bias), &probe, [&x, &bias]);
+            let plain = value_and_grads(&composite_bn_leaky_relu(&x, &bias), &probe, [&x, &bias]);
             for ((a, b), what) in fused.iter().zip(&plain).zip(["values", "input gradient", "bias gradient"]) {
                 let err = (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0);
                 assert!(err < 1e-5, "{shape:?}: {what} differ by {err:e}");
