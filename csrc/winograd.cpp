@@ -1,3 +1,4 @@
+
 #include "winograd.h"
 
 #include "maxpool.h"
@@ -17,12 +18,15 @@ namespace {
 // transforms (base_fc's second layer has 64 in, 128 out; its first, one).
 constexpr int64_t kMinChannels = 16;
 
-// Tiles transformed and multiplied at a time (20 of base_fc's images of 7 x 7 tiles). Measured on
-// base_fc's meta-step with the transforms on both threads: 1024 beat 256 and 512 by 2-5% (the
-// products' batches longer) and 2048 by ~1% (a chunk's transformed input and output, 16 x tiles
-// x channels each, then no longer in cache). The wide layer's F(2x2, 2x2) uses the same chunk
-// (64 of MNIST's images of 4 x 4 tiles), not measured apart.
-constexpr int64_t kChunkTiles = 1024;
+// Tiles transformed and multiplied at a time: small enough that a chunk's transformed input and
+// output (points x tiles x channels each) stay in cache between the transform and the product,
+// large enough for long product batches. F(4x4, 3x3): 384 tiles (24 of base_fc's 14 x 14 images);
+// single one-thread profiles of base_fc's meta-step were ~3% slower with 128 or 512 and ~15%
+// with 1024.
+// The wide layer's F(2x2, 2x2): 1024 tiles (64 of MNIST's images of 4 x 4 tiles), as measured for
+// F(2x2, 3x3) before (which 1024 beat 256 and 512 by 2-5%).
+constexpr int64_t kChunkTiles4x4 = 384;
+constexpr int64_t kChunkTiles2x2 = 1024;
 
 constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
 
@@ -31,13 +35,14 @@ constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
 // sink, for pixels outside the image or dropped by the gather: what lands there is never read.)
 #define VECTORIZE _Pragma("GCC ivdep")
 
-// A channels-last batch of images [n, h, w, c] cut into 2x2 output tiles.
+// A channels-last batch of images [n, h, w, c] cut into `size` x `size` output tiles, those of the
+// last row and column overhanging the image where its sides are not multiples of `size`.
 struct Tiles {
-    int64_t n, h, w;
-    int64_t rows() const { return h / 2; }
-    int64_t cols() const { return w / 2; }
+    int64_t n, h, w, size, chunk_tiles;
+    int64_t rows() const { return (h + size - 1) / size; }
+    int64_t cols() const { return (w + size - 1) / size; }
     int64_t per_image() const { return rows() * cols(); }
-    int64_t images_per_chunk() const { return std::max<int64_t>(1, kChunkTiles / per_image()); }
+    int64_t images_per_chunk() const { return std::max<int64_t>(1, chunk_tiles / per_image()); }
     // Offsets, in elements of `c` channels: of pixel (y, x) of image b, and of tile (i, j) of
     // image b within a plane of transformed tiles.
     int64_t pixel(int64_t b, int64_t y, int64_t x, int64_t c) const { return ((b * h + y) * w + x) * c; }
@@ -65,10 +70,11 @@ at::Tensor kron_square(const double *g, int rows, int cols, const at::TensorOpti
     return at::tensor(m, at::kDouble).view({rows * rows, cols * cols}).to(options);
 }
 
-// G ⊗ G of F(2x2, 3x3) [16, 9].
+// G ⊗ G of F(4x4, 3x3) [36, 9].
 at::Tensor g_kron_g(const at::TensorOptions &options) {
-    static const double g[4 * 3] = {1, 0, 0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0, 0, 1};
-    return kron_square(g, 4, 3, options);
+    static const double g[6 * 3] = {1,        0,       0,        -1. / 3, -1. / 3, -1. / 3, 1. / 3, -1. / 3, 1. / 3,
+                                    1. / 15, 2. / 15, 4. / 15, -16. / 15, 8. / 15, -4. / 15, 0,      0,       1};
+    return kron_square(g, 6, 3, options);
 }
 
 // [K, C, s, s] -> [points, C, K], by `kron` [points, s²].
@@ -89,52 +95,105 @@ at::Tensor weight_transform_adjoint(const at::Tensor &u) {
     return weight_transform_adjoint(u, g_kron_g(u.options()), 3);
 }
 
-// The pixels of the 4x4 patch around tile (i, j) of image b of `x`: `outside` where the patch
+// The one-dimensional maps of F(4x4, 3x3) and their transposes (the adjoints): B^T (6 -> 6), B,
+// A^T (6 -> 4), A (4 -> 6). A^T [(G g) ⊙ (B^T d)] is the correlation of d [6] with g [3]: four
+// outputs. The points 0, 1, -1, 2, -1/2 and infinity: float32 errors within ~3e-6 of the largest
+// output, where the symmetric 0, ±1, ±2 (fewer operations) reach ~8e-6.
+template <typename T>
+inline void bt6(const T (&d)[6], T (&o)[6]) {
+    o[0] = d[0] + T(1.5) * (d[1] - d[3]) - 2 * d[2] + d[4];
+    o[1] = d[4] - d[1] - T(2.5) * d[2] - T(0.5) * d[3];
+    o[2] = d[4] + d[1] + T(0.5) * d[2] - T(2.5) * d[3];
+    o[3] = d[4] - d[2] + T(0.5) * (d[3] - d[1]);
+    o[4] = d[4] - d[2] + 2 * (d[1] - d[3]);
+    o[5] = d[5] + d[1] + T(1.5) * (d[2] - d[4]) - 2 * d[3];
+}
+
+template <typename T>
+inline void b6(const T (&e)[6], T (&o)[6]) {
+    o[0] = e[0];
+    o[1] = T(1.5) * e[0] - e[1] + e[2] - T(0.5) * e[3] + 2 * e[4] + e[5];
+    o[2] = -2 * e[0] - T(2.5) * e[1] + T(0.5) * e[2] - e[3] - e[4] + T(1.5) * e[5];
+    o[3] = -T(1.5) * e[0] - T(0.5) * e[1] - T(2.5) * e[2] + T(0.5) * e[3] - 2 * e[4] - 2 * e[5];
+    o[4] = e[0] + e[1] + e[2] + e[3] + e[4] - T(1.5) * e[5];
+    o[5] = e[5];
+}
+
+template <typename T>
+inline void at6(const T (&m)[6], T (&o)[4]) {
+    T p = m[1] + m[2], q = m[1] - m[2];
+    o[0] = m[0] + p + m[3] + m[4], o[1] = q + 2 * m[3] - T(0.5) * m[4];
+    o[2] = p + 4 * m[3] + T(0.25) * m[4], o[3] = q + 8 * m[3] - T(0.125) * m[4] + m[5];
+}
+
+template <typename T>
+inline void a6(const T (&g)[4], T (&o)[6]) {
+    T p = g[0] + g[2], q = g[1] + g[3];
+    o[0] = g[0], o[1] = p + q, o[2] = p - q, o[3] = g[0] + 2 * g[1] + 4 * g[2] + 8 * g[3];
+    o[4] = g[0] - T(0.5) * g[1] + T(0.25) * g[2] - T(0.125) * g[3], o[5] = g[3];
+}
+
+// The pixels of the 6x6 patch around tile (i, j) of image b of `x`: `outside` where the patch
 // overhangs the image.
 template <typename P>
-void patch(P (&p)[4][4], P x, int64_t b, int64_t i, int64_t j, const Tiles &t, int64_t c, P outside) {
-    for (int r = 0; r < 4; ++r)
-        for (int s = 0; s < 4; ++s) {
-            int64_t h = 2 * i - 1 + r, w = 2 * j - 1 + s;
+void patch(P (&p)[6][6], P x, int64_t b, int64_t i, int64_t j, const Tiles &t, int64_t c, P outside) {
+    for (int r = 0; r < 6; ++r)
+        for (int s = 0; s < 6; ++s) {
+            int64_t h = 4 * i - 1 + r, w = 4 * j - 1 + s;
             bool inside = h >= 0 && h < t.h && w >= 0 && w < t.w;
             p[r][s] = inside ? x + t.pixel(b, h, w, c) : outside;
         }
 }
 
-// The 2x2 output pixels of tile (i, j) of image b of `y`.
+// The 4x4 output pixels of tile (i, j) of image b of `y`: `outside` where the tile overhangs it.
 template <typename P>
-void quad(P (&q)[2][2], P y, int64_t b, int64_t i, int64_t j, const Tiles &t, int64_t c) {
-    for (int r = 0; r < 2; ++r)
-        for (int s = 0; s < 2; ++s) q[r][s] = y + t.pixel(b, 2 * i + r, 2 * j + s, c);
+void quad(P (&q)[4][4], P y, int64_t b, int64_t i, int64_t j, const Tiles &t, int64_t c, P outside) {
+    for (int r = 0; r < 4; ++r)
+        for (int s = 0; s < 4; ++s) {
+            int64_t h = 4 * i + r, w = 4 * j + s;
+            q[r][s] = h < t.h && w < t.w ? y + t.pixel(b, h, w, c) : outside;
+        }
 }
 
-// B^T d B for the 4x4 patch around every tile of `images` images from `x` (zero outside the
-// image), into `v` [16, tiles, c].
+// Each 2-D transform runs as two passes of its 1-D map, over the tile's lines and then over the
+// other axis, through a per-thread scratch tile [lines][c] that stays in L1: the whole 6x6 tile of
+// a vector of channels at once does not fit in registers.
+template <typename T>
+T *scratch_tile(int64_t c) {
+    thread_local std::vector<T> tile;
+    if (static_cast<int64_t>(tile.size()) < 36 * c) tile.resize(36 * c);
+    return tile.data();
+}
+
+// B^T d B for the 6x6 patch around every tile of `images` images from `x` (zero outside the
+// image), into `v` [36, tiles, c].
 template <typename T>
 void input_transform(const T *x, T *v, int64_t images, const Tiles &t, int64_t c) {
     const std::vector<T> zeros(c, T(0));
     const int64_t plane = images * t.per_image() * c;
     for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
-        const T *p[4][4];
+        const T *p[6][6];
         patch(p, x, b, i, j, t, c, zeros.data());
-        T *out = v + t.tile(b, i, j, c);
-        VECTORIZE for (int64_t k = 0; k < c; ++k) {
-            T u[4][4];
-            for (int s = 0; s < 4; ++s) {
-                T d0 = p[0][s][k], d1 = p[1][s][k], d2 = p[2][s][k], d3 = p[3][s][k];
-                u[0][s] = d0 - d2, u[1][s] = d1 + d2, u[2][s] = d2 - d1, u[3][s] = d1 - d3;
+        T *u = scratch_tile<T>(c), *out = v + t.tile(b, i, j, c);
+        for (int s = 0; s < 6; ++s)
+            VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                T d[6], o[6];
+                for (int r = 0; r < 6; ++r) d[r] = p[r][s][k];
+                bt6(d, o);
+                for (int r = 0; r < 6; ++r) u[(r * 6 + s) * c + k] = o[r];
             }
-            for (int r = 0; r < 4; ++r) {
-                T *o = out + r * 4 * plane + k;
-                o[0] = u[r][0] - u[r][2], o[plane] = u[r][1] + u[r][2];
-                o[2 * plane] = u[r][2] - u[r][1], o[3 * plane] = u[r][1] - u[r][3];
+        for (int r = 0; r < 6; ++r)
+            VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                T d[6], o[6];
+                for (int s = 0; s < 6; ++s) d[s] = u[(r * 6 + s) * c + k];
+                bt6(d, o);
+                for (int s = 0; s < 6; ++s) out[(r * 6 + s) * plane + k] = o[s];
             }
-        }
     });
 }
 
-// The adjoint of input_transform: B V B^T of every tile of `v` [16, tiles, c], added into the
-// pixels of `x` that its patch covers (what falls on the padding goes to a per-thread sink).
+// The adjoint of input_transform: B V B^T of every tile of `v` [36, tiles, c], added into the
+// pixels of `x` that its patch covers (what falls outside the image goes to a per-thread sink).
 // Images run in parallel, the overlapping tiles of one image in order.
 template <typename T>
 void input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, int64_t c) {
@@ -142,47 +201,53 @@ void input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, i
     for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
         thread_local std::vector<T> sink;
         if (static_cast<int64_t>(sink.size()) < c) sink.resize(c);
-        T *p[4][4];
+        T *p[6][6];
         patch(p, x, b, i, j, t, c, sink.data());
+        T *u = scratch_tile<T>(c);
         const T *in = v + t.tile(b, i, j, c);
-        VECTORIZE for (int64_t k = 0; k < c; ++k) {
-            T u[4][4];
-            for (int r = 0; r < 4; ++r) {
-                const T *e = in + r * 4 * plane + k;
-                T e0 = e[0], e1 = e[plane], e2 = e[2 * plane], e3 = e[3 * plane];
-                u[r][0] = e0, u[r][1] = e1 - e2 + e3, u[r][2] = e1 + e2 - e0, u[r][3] = -e3;
+        for (int r = 0; r < 6; ++r)
+            VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                T e[6], o[6];
+                for (int s = 0; s < 6; ++s) e[s] = in[(r * 6 + s) * plane + k];
+                b6(e, o);
+                for (int s = 0; s < 6; ++s) u[(r * 6 + s) * c + k] = o[s];
             }
-            for (int s = 0; s < 4; ++s) {
-                p[0][s][k] += u[0][s];
-                p[1][s][k] += u[1][s] - u[2][s] + u[3][s];
-                p[2][s][k] += u[1][s] + u[2][s] - u[0][s];
-                p[3][s][k] -= u[3][s];
+        for (int s = 0; s < 6; ++s)
+            VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                T e[6], o[6];
+                for (int r = 0; r < 6; ++r) e[r] = u[(r * 6 + s) * c + k];
+                b6(e, o);
+                for (int r = 0; r < 6; ++r) p[r][s][k] += o[r];
             }
-        }
     });
 }
 
-// A^T m A of every tile of image b in `m` [16, tiles, c] (planes `plane` values apart): the 2x2
-// output pixels of `image` (that image's pixels).
+// A^T m A of every tile of image b in `m` [36, tiles, c] (planes `plane` values apart): the 4x4
+// output pixels of `image` (that image's pixels), those past its edge into a per-thread sink.
 template <typename T>
 void output_transform_image(const T *m, T *image, int64_t b, const Tiles &t, int64_t c, int64_t plane) {
+    thread_local std::vector<T> sink;
+    if (static_cast<int64_t>(sink.size()) < c) sink.resize(c);
+    T *u = scratch_tile<T>(c);
     for (int64_t i = 0; i < t.rows(); ++i)
         for (int64_t j = 0; j < t.cols(); ++j) {
-            T *q[2][2];
-            quad(q, image, 0, i, j, t, c);
+            T *q[4][4];
+            quad(q, image, 0, i, j, t, c, sink.data());
             const T *in = m + t.tile(b, i, j, c);
-            VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                T u[2][4];
-                for (int s = 0; s < 4; ++s) {
-                    const T *e = in + s * plane + k;
-                    T m0 = e[0], m1 = e[4 * plane], m2 = e[8 * plane], m3 = e[12 * plane];
-                    u[0][s] = m0 + m1 + m2, u[1][s] = m1 - m2 - m3;
+            for (int s = 0; s < 6; ++s)
+                VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                    T e[6], o[4];
+                    for (int r = 0; r < 6; ++r) e[r] = in[(r * 6 + s) * plane + k];
+                    at6(e, o);
+                    for (int r = 0; r < 4; ++r) u[(r * 6 + s) * c + k] = o[r];
                 }
-                for (int r = 0; r < 2; ++r) {
-                    q[r][0][k] = u[r][0] + u[r][1] + u[r][2];
-                    q[r][1][k] = u[r][1] - u[r][2] - u[r][3];
+            for (int r = 0; r < 4; ++r)
+                VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                    T e[6], o[4];
+                    for (int s = 0; s < 6; ++s) e[s] = u[(r * 6 + s) * c + k];
+                    at6(e, o);
+                    for (int s = 0; s < 4; ++s) q[r][s][k] = o[s];
                 }
-            }
         }
 }
 
@@ -201,31 +266,36 @@ void for_each_output_image(const T *m, int64_t images, const Tiles &t, int64_t c
     });
 }
 
-// The adjoint of output_transform for the tiles of image b: A g A^T of every 2x2 tile of `image`
-// (that image's pixels), into `m` [16, tiles, c] whose planes are `plane` values apart.
+// The adjoint of output_transform for the tiles of image b: A g A^T of every 4x4 tile of `image`
+// (that image's pixels, zero past its edge), into `m` [36, tiles, c] whose planes are `plane`
+// values apart.
 template <typename T>
 void output_transform_adjoint_image(const T *image, T *m, int64_t b, const Tiles &t, int64_t c, int64_t plane) {
+    const std::vector<T> zeros(c, T(0));
+    T *u = scratch_tile<T>(c);
     for (int64_t i = 0; i < t.rows(); ++i)
         for (int64_t j = 0; j < t.cols(); ++j) {
-            const T *q[2][2];
-            quad(q, image, 0, i, j, t, c);
+            const T *q[4][4];
+            quad(q, image, 0, i, j, t, c, zeros.data());
             T *out = m + t.tile(b, i, j, c);
-            VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                T u[2][4];
-                for (int r = 0; r < 2; ++r) {
-                    T g0 = q[r][0][k], g1 = q[r][1][k];
-                    u[r][0] = g0, u[r][1] = g0 + g1, u[r][2] = g0 - g1, u[r][3] = -g1;
+            for (int r = 0; r < 4; ++r)
+                VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                    T g[4], o[6];
+                    for (int s = 0; s < 4; ++s) g[s] = q[r][s][k];
+                    a6(g, o);
+                    for (int s = 0; s < 6; ++s) u[(r * 6 + s) * c + k] = o[s];
                 }
-                for (int s = 0; s < 4; ++s) {
-                    T *o = out + s * plane + k;
-                    o[0] = u[0][s], o[4 * plane] = u[0][s] + u[1][s];
-                    o[8 * plane] = u[0][s] - u[1][s], o[12 * plane] = -u[1][s];
+            for (int s = 0; s < 6; ++s)
+                VECTORIZE for (int64_t k = 0; k < c; ++k) {
+                    T g[4], o[6];
+                    for (int r = 0; r < 4; ++r) g[r] = u[(r * 6 + s) * c + k];
+                    a6(g, o);
+                    for (int r = 0; r < 6; ++r) out[(r * 6 + s) * plane + k] = o[r];
                 }
-            }
         }
 }
 
-// The adjoint of output_transform: A g A^T of every 2x2 tile of `y`, into `m` [16, tiles, c].
+// The adjoint of output_transform: A g A^T of every 4x4 tile of `y`, into `m` [36, tiles, c].
 template <typename T>
 void output_transform_adjoint(const T *y, T *m, int64_t images, const Tiles &t, int64_t c) {
     const int64_t plane = images * t.per_image() * c;
@@ -250,7 +320,7 @@ void output_transform_adjoint_of_pool(const T *grad, const int32_t *arg, int64_t
     });
 }
 
-Tiles tiles_of(const at::Tensor &t) { return {t.size(0), t.size(2), t.size(3)}; }
+Tiles tiles_of(const at::Tensor &t) { return {t.size(0), t.size(2), t.size(3), 4, kChunkTiles4x4}; }
 
 // Runs `f(first image, images)` over the batch a chunk at a time.
 template <typename F>
@@ -258,13 +328,13 @@ void by_chunk(const Tiles &t, F f) {
     for (int64_t b = 0; b < t.n; b += t.images_per_chunk()) f(b, std::min(t.images_per_chunk(), t.n - b));
 }
 
-// A chunk's transformed output gradient [16, tiles, c] from the pooled gradient `grad` and the
+// A chunk's transformed output gradient [36, tiles, c] from the pooled gradient `grad` and the
 // pool's arg-max `index` (both channels-last): output_transform_adjoint of the unpooled gradient.
 at::Tensor transformed_of_pool(const at::Tensor &grad, const at::Tensor &index, const Tiles &t, int64_t first,
                                int64_t images) {
     auto c = grad.size(1);
     auto pooled = grad.size(2) * grad.size(3);
-    auto m = at::empty({16, images * t.per_image(), c}, grad.options());
+    auto m = at::empty({36, images * t.per_image(), c}, grad.options());
     AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "winograd_transform_of_pool", [&] {
         output_transform_adjoint_of_pool(grad.const_data_ptr<scalar_t>() + first * pooled * c,
                                          index.const_data_ptr<int32_t>() + first * pooled * c, pooled,
@@ -273,11 +343,11 @@ at::Tensor transformed_of_pool(const at::Tensor &grad, const at::Tensor &index, 
     return m;
 }
 
-// A chunk's transformed input [16, tiles, c] (or output, for `adjoint_of_output`).
+// A chunk's transformed input [36, tiles, c] (or output, for `adjoint_of_output`).
 at::Tensor transformed(const at::Tensor &nhwc, int64_t first, int64_t images, bool adjoint_of_output) {
     auto t = tiles_of(nhwc);
     auto c = nhwc.size(1);
-    auto v = at::empty({16, images * t.per_image(), c}, nhwc.options());
+    auto v = at::empty({36, images * t.per_image(), c}, nhwc.options());
     AT_DISPATCH_FLOATING_TYPES(nhwc.scalar_type(), "winograd_transform", [&] {
         const auto *x = nhwc.const_data_ptr<scalar_t>() + t.pixel(first, 0, 0, c);
         auto *out = v.data_ptr<scalar_t>();
@@ -301,7 +371,7 @@ bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, 
 
 namespace {
 
-// Runs `emit(m, first image, images)` on the transformed output m [16, tiles, K] of each chunk of
+// Runs `emit(m, first image, images)` on the transformed output m [36, tiles, K] of each chunk of
 // conv(input, weight) + conv(other, other_weight) (`other` may be undefined), summed before the
 // output transform.
 template <typename Emit>
@@ -404,7 +474,7 @@ std::tuple<at::Tensor, at::Tensor> grads_of(const Tiles &t, OutputGrad output_gr
         // at::zeros would drop the memory format.
         input_grad = at::empty({t.n, c, t.h, t.w}, weight.options().memory_format(kNhwc)).zero_();
     }
-    if (want_weight) weight_grad = at::zeros({16, c, weight.size(0)}, weight.options());
+    if (want_weight) weight_grad = at::zeros({36, c, weight.size(0)}, weight.options());
     by_chunk(t, [&](int64_t first, int64_t images) {
         // The output gradient's transform, shared by both gradients.
         at::Tensor m = output_grad(first, images);
@@ -606,7 +676,7 @@ void small_output_transform_adjoint(const Placement<const T *> &place, T *m, int
 }
 
 // The output's tiles for an unpadded input `x`.
-Tiles padded_tiles_of(const at::Tensor &x) { return {x.size(0), x.size(2) + 1, x.size(3) + 1}; }
+Tiles padded_tiles_of(const at::Tensor &x) { return {x.size(0), x.size(2) + 1, x.size(3) + 1, 2, kChunkTiles2x2}; }
 
 // A chunk of `images` images from `first` of the unpadded input `nhwc` [N, C, H, W], transformed:
 // [9, tiles, C].
