@@ -44,8 +44,9 @@ fn main() {
         .file("csrc/upsample.cpp")
         .file("csrc/winograd.cpp")
         .compile("gtn_custom");
-    // The first layer's fused kernels once per instruction set level, each in its own namespace
-    // (csrc/pointwise_kernels.h); the library picks one at run time.
+    // The first layer's fused kernels and the Winograd transforms' tile kernels once per
+    // instruction set level, each in its own namespace (csrc/pointwise_kernels.h); the library
+    // picks one at run time.
     let levels: &[(&str, &[&str])] = if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") {
         &[("baseline", &[]), ("avx2", &["-march=x86-64-v3"]), ("avx512", &["-march=x86-64-v4"])]
     } else {

@@ -239,13 +239,129 @@ void pool_image(const Dims &d, const T *s, T *y, int32_t *arg) {
     pool(s, y, arg, d);
 }
 
+// The one-dimensional maps of F(4x4, 3x3) and their transposes (the adjoints), on values V (a
+// vector or one T): B^T (6 -> 6), B, A^T (6 -> 4), A (4 -> 6). A^T [(G g) ⊙ (B^T d)] is the
+// correlation of d [6] with g [3]: four outputs. The points 0, 1, -1, 2, -1/2 and infinity:
+// float32 errors within ~5e-6 of the largest output, where the symmetric 0, ±1, ±2 (fewer
+// operations) reach ~8e-6. G is in csrc/winograd.cpp.
+template <typename T, typename V>
+void bt6(const V (&d)[6], V (&o)[6]) {
+    o[0] = d[0] + T(1.5) * (d[1] - d[3]) - T(2) * d[2] + d[4];
+    o[1] = d[4] - d[1] - T(2.5) * d[2] - T(0.5) * d[3];
+    o[2] = d[4] + d[1] + T(0.5) * d[2] - T(2.5) * d[3];
+    o[3] = d[4] - d[2] + T(0.5) * (d[3] - d[1]);
+    o[4] = d[4] - d[2] + T(2) * (d[1] - d[3]);
+    o[5] = d[5] + d[1] + T(1.5) * (d[2] - d[4]) - T(2) * d[3];
+}
+
+template <typename T, typename V>
+void b6(const V (&e)[6], V (&o)[6]) {
+    o[0] = e[0];
+    o[1] = T(1.5) * e[0] - e[1] + e[2] - T(0.5) * e[3] + T(2) * e[4] + e[5];
+    o[2] = T(-2) * e[0] - T(2.5) * e[1] + T(0.5) * e[2] - e[3] - e[4] + T(1.5) * e[5];
+    o[3] = T(-1.5) * e[0] - T(0.5) * e[1] - T(2.5) * e[2] + T(0.5) * e[3] - T(2) * (e[4] + e[5]);
+    o[4] = e[0] + e[1] + e[2] + e[3] + e[4] - T(1.5) * e[5];
+    o[5] = e[5];
+}
+
+template <typename T, typename V>
+void at6(const V (&m)[6], V (&o)[4]) {
+    V p = m[1] + m[2], q = m[1] - m[2];
+    o[0] = m[0] + p + m[3] + m[4], o[1] = q + T(2) * m[3] - T(0.5) * m[4];
+    o[2] = p + T(4) * m[3] + T(0.25) * m[4], o[3] = q + T(8) * m[3] - T(0.125) * m[4] + m[5];
+}
+
+template <typename T, typename V>
+void a6(const V (&g)[4], V (&o)[6]) {
+    V p = g[0] + g[2], q = g[1] + g[3];
+    o[0] = g[0], o[1] = p + q, o[2] = p - q, o[3] = g[0] + T(2) * g[1] + T(4) * g[2] + T(8) * g[3];
+    o[4] = g[0] - T(0.5) * g[1] + T(0.25) * g[2] - T(0.125) * g[3], o[5] = g[3];
+}
+
+// One line of a transform: out[j] (+)= map(in[.])[j] for each of c channels, a vector at a time
+// (the rest one by one).
+template <typename T, int I, int O, bool Add, typename Map>
+void line(const T *const (&in)[I], T *const (&out)[O], int64_t c, Map map) {
+    int64_t k = 0;
+    for (; k + kLanes<T> <= c; k += kLanes<T>) {
+        Vec<T> x[I], y[O];
+        for (int i = 0; i < I; ++i) x[i] = load(in[i] + k);
+        map(x, y);
+        for (int o = 0; o < O; ++o) store(out[o] + k, Add ? load(out[o] + k) + y[o] : y[o]);
+    }
+    for (; k < c; ++k) {
+        T x[I], y[O];
+        for (int i = 0; i < I; ++i) x[i] = in[i][k];
+        map(x, y);
+        for (int o = 0; o < O; ++o) out[o][k] = Add ? out[o][k] + y[o] : y[o];
+    }
+}
+
+// A separable 2-D transform of one tile, M(x) = F x F^T for the 1-D map F (I -> O values): the
+// map over the columns of the I x I tile `x` into the O x I scratch, then over the scratch's
+// rows into the O x O `y` (`Add`: added to it). x[r][s] = x[r * I + s], likewise y and scratch
+// (c values each, scratch contiguous).
+template <typename T, int I, int O, bool Add, typename Map>
+void separable(const T *const *x, T *const *y, int64_t c, T *scratch, Map map) {
+    for (int s = 0; s < I; ++s) {
+        const T *in[I];
+        T *out[O];
+        for (int r = 0; r < I; ++r) in[r] = x[r * I + s];
+        for (int r = 0; r < O; ++r) out[r] = scratch + (r * I + s) * c;
+        line<T, I, O, false>(in, out, c, map);
+    }
+    for (int r = 0; r < O; ++r) {
+        const T *in[I];
+        T *out[O];
+        for (int s = 0; s < I; ++s) in[s] = scratch + (r * I + s) * c;
+        for (int s = 0; s < O; ++s) out[s] = y[r * O + s];
+        line<T, I, O, Add>(in, out, c, map);
+    }
+}
+
+// The transformed tile's 36 points, `plane` values apart.
+template <typename P>
+void points(P (&v)[36], P base, int64_t plane) {
+    for (int i = 0; i < 36; ++i) v[i] = base + i * plane;
+}
+
+template <typename T>
+void winograd_input(const T *const *p, T *out, int64_t plane, int64_t c, T *scratch) {
+    T *v[36];
+    points(v, out, plane);
+    separable<T, 6, 6, false>(p, v, c, scratch, [](const auto &x, auto &y) { bt6<T>(x, y); });
+}
+
+template <typename T>
+void winograd_input_adjoint(const T *in, int64_t plane, T *const *p, int64_t c, T *scratch) {
+    const T *v[36];
+    points(v, in, plane);
+    separable<T, 6, 6, true>(v, p, c, scratch, [](const auto &x, auto &y) { b6<T>(x, y); });
+}
+
+template <typename T>
+void winograd_output(const T *in, int64_t plane, T *const *q, int64_t c, T *scratch) {
+    const T *m[36];
+    points(m, in, plane);
+    separable<T, 6, 4, false>(m, q, c, scratch, [](const auto &x, auto &y) { at6<T>(x, y); });
+}
+
+template <typename T>
+void winograd_output_adjoint(const T *const *q, T *out, int64_t plane, int64_t c, T *scratch) {
+    T *v[36];
+    points(v, out, plane);
+    separable<T, 4, 6, false>(q, v, c, scratch, [](const auto &x, auto &y) { a6<T>(x, y); });
+}
+
 }  // namespace
 
 // Constant-initialised (function addresses): no initialiser of this build runs at load time.
-extern constexpr Table<float> floats{kLevel, conv_max_pool<float>, conv_at_index<float>, grads<float>,
-                                     pool_image<float>};
-extern constexpr Table<double> doubles{kLevel, conv_max_pool<double>, conv_at_index<double>, grads<double>,
-                                       pool_image<double>};
+extern constexpr Table<float> floats{
+    kLevel,          conv_max_pool<float>,         conv_at_index<float>,   grads<float>, pool_image<float>,
+    winograd_input<float>, winograd_input_adjoint<float>, winograd_output<float>, winograd_output_adjoint<float>};
+extern constexpr Table<double> doubles{
+    kLevel,           conv_max_pool<double>,         conv_at_index<double>,   grads<double>, pool_image<double>,
+    winograd_input<double>, winograd_input_adjoint<double>, winograd_output<double>, winograd_output_adjoint<double>};
 
 }  // namespace GTN_ISA
 }  // namespace pointwise_kernels

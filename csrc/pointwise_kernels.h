@@ -1,5 +1,5 @@
-// The per-image kernels of csrc/pointwise_pool.h: plain C++ over raw pointers, explicitly
-// vectorised (GCC's vector extensions). csrc/pointwise_kernels.cpp is compiled once per x86-64
+// The per-image kernels of csrc/pointwise_pool.h (and the per-tile transforms of
+// csrc/winograd.cpp): plain C++ over raw pointers, explicitly vectorised (GCC's vector extensions). csrc/pointwise_kernels.cpp is compiled once per x86-64
 // instruction set level (build.rs: baseline, AVX2 and AVX-512; elsewhere baseline only), each
 // into its own namespace, and `table` picks the best one the CPU runs, once. (GCC's
 // `target_clones` does not do this: it lowers vector-extension code to the baseline's 128-bit
@@ -43,6 +43,19 @@ struct Table {
     // y, arg [pooled, k] = the max-pool and arg-max of image s [pixels, k] (`d.c` unused): the
     // pool alone, for csrc/winograd.cpp's convolutions.
     void (*pool)(const Dims &d, const T *s, T *y, int32_t *arg);
+
+    // The four transforms of csrc/winograd.cpp's F(4x4, 3x3), one tile of c channels at a time,
+    // through `scratch` [36, c] (kept in L1 by the caller). Pixels are c contiguous values each,
+    // the transformed tile's points c values each, `plane` values apart (point r * 6 + s at
+    // out + (r * 6 + s) * plane).
+    // out = B^T d B of the 6x6 patch d whose pixel (r, s) is p[r * 6 + s].
+    void (*winograd_input)(const T *const *p, T *out, int64_t plane, int64_t c, T *scratch);
+    // Its adjoint: B v B^T of the transformed tile v at `in`, added into pixels p.
+    void (*winograd_input_adjoint)(const T *in, int64_t plane, T *const *p, int64_t c, T *scratch);
+    // The 4x4 output pixels q[r * 4 + s] = A^T m A of the transformed tile m at `in`.
+    void (*winograd_output)(const T *in, int64_t plane, T *const *q, int64_t c, T *scratch);
+    // Its adjoint: out = A g A^T of the 4x4 pixels g at q.
+    void (*winograd_output_adjoint)(const T *const *q, T *out, int64_t plane, int64_t c, T *scratch);
 };
 
 // The kernels (T: float or double) of the best instruction set level this CPU has (or of the one

@@ -95,44 +95,6 @@ at::Tensor weight_transform_adjoint(const at::Tensor &u) {
     return weight_transform_adjoint(u, g_kron_g(u.options()), 3);
 }
 
-// The one-dimensional maps of F(4x4, 3x3) and their transposes (the adjoints): B^T (6 -> 6), B,
-// A^T (6 -> 4), A (4 -> 6). A^T [(G g) ⊙ (B^T d)] is the correlation of d [6] with g [3]: four
-// outputs. The points 0, 1, -1, 2, -1/2 and infinity: float32 errors within ~3e-6 of the largest
-// output, where the symmetric 0, ±1, ±2 (fewer operations) reach ~8e-6.
-template <typename T>
-inline void bt6(const T (&d)[6], T (&o)[6]) {
-    o[0] = d[0] + T(1.5) * (d[1] - d[3]) - 2 * d[2] + d[4];
-    o[1] = d[4] - d[1] - T(2.5) * d[2] - T(0.5) * d[3];
-    o[2] = d[4] + d[1] + T(0.5) * d[2] - T(2.5) * d[3];
-    o[3] = d[4] - d[2] + T(0.5) * (d[3] - d[1]);
-    o[4] = d[4] - d[2] + 2 * (d[1] - d[3]);
-    o[5] = d[5] + d[1] + T(1.5) * (d[2] - d[4]) - 2 * d[3];
-}
-
-template <typename T>
-inline void b6(const T (&e)[6], T (&o)[6]) {
-    o[0] = e[0];
-    o[1] = T(1.5) * e[0] - e[1] + e[2] - T(0.5) * e[3] + 2 * e[4] + e[5];
-    o[2] = -2 * e[0] - T(2.5) * e[1] + T(0.5) * e[2] - e[3] - e[4] + T(1.5) * e[5];
-    o[3] = -T(1.5) * e[0] - T(0.5) * e[1] - T(2.5) * e[2] + T(0.5) * e[3] - 2 * e[4] - 2 * e[5];
-    o[4] = e[0] + e[1] + e[2] + e[3] + e[4] - T(1.5) * e[5];
-    o[5] = e[5];
-}
-
-template <typename T>
-inline void at6(const T (&m)[6], T (&o)[4]) {
-    T p = m[1] + m[2], q = m[1] - m[2];
-    o[0] = m[0] + p + m[3] + m[4], o[1] = q + 2 * m[3] - T(0.5) * m[4];
-    o[2] = p + 4 * m[3] + T(0.25) * m[4], o[3] = q + 8 * m[3] - T(0.125) * m[4] + m[5];
-}
-
-template <typename T>
-inline void a6(const T (&g)[4], T (&o)[6]) {
-    T p = g[0] + g[2], q = g[1] + g[3];
-    o[0] = g[0], o[1] = p + q, o[2] = p - q, o[3] = g[0] + 2 * g[1] + 4 * g[2] + 8 * g[3];
-    o[4] = g[0] - T(0.5) * g[1] + T(0.25) * g[2] - T(0.125) * g[3], o[5] = g[3];
-}
-
 // The pixels of the 6x6 patch around tile (i, j) of image b of `x`: `outside` where the patch
 // overhangs the image.
 template <typename P>
@@ -155,9 +117,7 @@ void quad(P (&q)[4][4], P y, int64_t b, int64_t i, int64_t j, const Tiles &t, in
         }
 }
 
-// Each 2-D transform runs as two passes of its 1-D map, over the tile's lines and then over the
-// other axis, through a per-thread scratch tile [lines][c] that stays in L1: the whole 6x6 tile of
-// a vector of channels at once does not fit in registers.
+// The transforms' kernels (csrc/pointwise_kernels.h) take a scratch tile [36, c], kept in L1.
 template <typename T>
 T *scratch_tile(int64_t c) {
     thread_local std::vector<T> tile;
@@ -171,24 +131,11 @@ template <typename T>
 void input_transform(const T *x, T *v, int64_t images, const Tiles &t, int64_t c) {
     const std::vector<T> zeros(c, T(0));
     const int64_t plane = images * t.per_image() * c;
+    const auto kernel = pointwise_kernels::table<T>().winograd_input;
     for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
         const T *p[6][6];
         patch(p, x, b, i, j, t, c, zeros.data());
-        T *u = scratch_tile<T>(c), *out = v + t.tile(b, i, j, c);
-        for (int s = 0; s < 6; ++s)
-            VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                T d[6], o[6];
-                for (int r = 0; r < 6; ++r) d[r] = p[r][s][k];
-                bt6(d, o);
-                for (int r = 0; r < 6; ++r) u[(r * 6 + s) * c + k] = o[r];
-            }
-        for (int r = 0; r < 6; ++r)
-            VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                T d[6], o[6];
-                for (int s = 0; s < 6; ++s) d[s] = u[(r * 6 + s) * c + k];
-                bt6(d, o);
-                for (int s = 0; s < 6; ++s) out[(r * 6 + s) * plane + k] = o[s];
-            }
+        kernel(p[0], v + t.tile(b, i, j, c), plane, c, scratch_tile<T>(c));
     });
 }
 
@@ -198,27 +145,13 @@ void input_transform(const T *x, T *v, int64_t images, const Tiles &t, int64_t c
 template <typename T>
 void input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, int64_t c) {
     const int64_t plane = images * t.per_image() * c;
+    const auto kernel = pointwise_kernels::table<T>().winograd_input_adjoint;
     for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
         thread_local std::vector<T> sink;
         if (static_cast<int64_t>(sink.size()) < c) sink.resize(c);
         T *p[6][6];
         patch(p, x, b, i, j, t, c, sink.data());
-        T *u = scratch_tile<T>(c);
-        const T *in = v + t.tile(b, i, j, c);
-        for (int r = 0; r < 6; ++r)
-            VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                T e[6], o[6];
-                for (int s = 0; s < 6; ++s) e[s] = in[(r * 6 + s) * plane + k];
-                b6(e, o);
-                for (int s = 0; s < 6; ++s) u[(r * 6 + s) * c + k] = o[s];
-            }
-        for (int s = 0; s < 6; ++s)
-            VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                T e[6], o[6];
-                for (int r = 0; r < 6; ++r) e[r] = u[(r * 6 + s) * c + k];
-                b6(e, o);
-                for (int r = 0; r < 6; ++r) p[r][s][k] += o[r];
-            }
+        kernel(v + t.tile(b, i, j, c), plane, p[0], c, scratch_tile<T>(c));
     });
 }
 
@@ -228,26 +161,13 @@ template <typename T>
 void output_transform_image(const T *m, T *image, int64_t b, const Tiles &t, int64_t c, int64_t plane) {
     thread_local std::vector<T> sink;
     if (static_cast<int64_t>(sink.size()) < c) sink.resize(c);
-    T *u = scratch_tile<T>(c);
+    const auto kernel = pointwise_kernels::table<T>().winograd_output;
+    T *scratch = scratch_tile<T>(c);
     for (int64_t i = 0; i < t.rows(); ++i)
         for (int64_t j = 0; j < t.cols(); ++j) {
             T *q[4][4];
             quad(q, image, 0, i, j, t, c, sink.data());
-            const T *in = m + t.tile(b, i, j, c);
-            for (int s = 0; s < 6; ++s)
-                VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                    T e[6], o[4];
-                    for (int r = 0; r < 6; ++r) e[r] = in[(r * 6 + s) * plane + k];
-                    at6(e, o);
-                    for (int r = 0; r < 4; ++r) u[(r * 6 + s) * c + k] = o[r];
-                }
-            for (int r = 0; r < 4; ++r)
-                VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                    T e[6], o[4];
-                    for (int s = 0; s < 6; ++s) e[s] = u[(r * 6 + s) * c + k];
-                    at6(e, o);
-                    for (int s = 0; s < 4; ++s) q[r][s][k] = o[s];
-                }
+            kernel(m + t.tile(b, i, j, c), plane, q[0], c, scratch);
         }
 }
 
@@ -272,26 +192,13 @@ void for_each_output_image(const T *m, int64_t images, const Tiles &t, int64_t c
 template <typename T>
 void output_transform_adjoint_image(const T *image, T *m, int64_t b, const Tiles &t, int64_t c, int64_t plane) {
     const std::vector<T> zeros(c, T(0));
-    T *u = scratch_tile<T>(c);
+    const auto kernel = pointwise_kernels::table<T>().winograd_output_adjoint;
+    T *scratch = scratch_tile<T>(c);
     for (int64_t i = 0; i < t.rows(); ++i)
         for (int64_t j = 0; j < t.cols(); ++j) {
             const T *q[4][4];
             quad(q, image, 0, i, j, t, c, zeros.data());
-            T *out = m + t.tile(b, i, j, c);
-            for (int r = 0; r < 4; ++r)
-                VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                    T g[4], o[6];
-                    for (int s = 0; s < 4; ++s) g[s] = q[r][s][k];
-                    a6(g, o);
-                    for (int s = 0; s < 6; ++s) u[(r * 6 + s) * c + k] = o[s];
-                }
-            for (int s = 0; s < 6; ++s)
-                VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                    T g[4], o[6];
-                    for (int r = 0; r < 4; ++r) g[r] = u[(r * 6 + s) * c + k];
-                    a6(g, o);
-                    for (int r = 0; r < 6; ++r) out[(r * 6 + s) * plane + k] = o[r];
-                }
+            kernel(q[0], m + t.tile(b, i, j, c), plane, c, scratch);
         }
 }
 

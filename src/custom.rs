@@ -453,18 +453,12 @@ mod tests {
         fn gtn_force_pointwise_level(level: i64) -> bool;
     }
 
-    /// The first layer's fused convolution and max-pool (csrc/pointwise_pool.h), built for each
-    /// instruction set level this CPU runs, against libtorch's convolution and max-pool, to second
-    /// order with respect to the input and to the weight: 1x1 convolutions with output channels
-    /// that fill whole vectors and ones left over, as many input channels as the kernels take, odd
-    /// sizes, and 3x3 convolutions of one-channel images (which the kernels take as the 1x1
-    /// convolution of nine shifted copies).
-    #[test]
-    fn fused_first_layer_matches_libtorch_at_every_instruction_set_level() {
-        let native = |x: &Tensor, w: &Tensor, pad: i64| {
-            x.conv2d(w, None::<Tensor>, [1, 1], [pad, pad], [1, 1], 1).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
-        };
-        /// Back to the best level however the test ends (the level is process-wide).
+    /// Runs `f(level)` with the kernels of csrc/pointwise_kernels.h forced to each instruction set
+    /// level this CPU runs, then back to the best however `f` ends. The level is process-wide:
+    /// one test at a time forces it.
+    fn at_every_instruction_set_level(mut f: impl FnMut(i64)) {
+        static FORCING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = FORCING.lock().unwrap_or_else(|e| e.into_inner());
         struct Best;
         impl Drop for Best {
             fn drop(&mut self) {
@@ -479,6 +473,22 @@ mod tests {
         for level in 0..levels {
             // SAFETY: stores one atomic value.
             assert!(unsafe { gtn_force_pointwise_level(level) }, "level {level}");
+            f(level);
+        }
+    }
+
+    /// The first layer's fused convolution and max-pool (csrc/pointwise_pool.h), built for each
+    /// instruction set level this CPU runs, against libtorch's convolution and max-pool, to second
+    /// order with respect to the input and to the weight: 1x1 convolutions with output channels
+    /// that fill whole vectors and ones left over, as many input channels as the kernels take, odd
+    /// sizes, and 3x3 convolutions of one-channel images (which the kernels take as the 1x1
+    /// convolution of nine shifted copies).
+    #[test]
+    fn fused_first_layer_matches_libtorch_at_every_instruction_set_level() {
+        let native = |x: &Tensor, w: &Tensor, pad: i64| {
+            x.conv2d(w, None::<Tensor>, [1, 1], [pad, pad], [1, 1], 1).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+        };
+        at_every_instruction_set_level(|level| {
             for (c, k, size, h, w, kind) in [
                 (9, 64, 1, 8, 7, Kind::Double),
                 (16, 20, 1, 5, 6, Kind::Double),
@@ -506,7 +516,7 @@ mod tests {
                     panic!("{case}: {}", e.downcast_ref::<String>().cloned().unwrap_or_default());
                 }
             }
-        }
+        });
     }
 
     #[test]
@@ -600,24 +610,36 @@ mod tests {
         }
     }
 
+    /// At every instruction set level the transforms' kernels are built for (csrc/pointwise_kernels.h).
     #[test]
     fn winograd_convolution_and_gradients_equal_libtorchs() {
-        // 30 images of 14x14 are two chunks of transformed tiles, the last one partial; tiles
-        // overhang 14 x 14 and 6 x 6 images, not 8 x 8 ones.
-        for (n, c, k, h, w, channels_last) in [(30, 16, 20, 14, 14, true), (3, 17, 16, 6, 8, false)] {
-            let x = Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu));
-            let x = if channels_last { crate::nn::channels_last(&x) } else { x };
-            let wt = Tensor::randn([k, c, 3, 3], (Kind::Double, Device::Cpu));
-            let probe = Tensor::randn([n, k, h, w], (Kind::Double, Device::Cpu));
-            let results = winograd_and_libtorch(&x, &wt, &probe);
-            assert_eq!(results[0].0.stride()[1] == 1, channels_last, "the convolution keeps the input's layout");
-            assert_close(&results, 1e-11, &format!("{n}x{c}x{h}x{w} -> {k}"));
-        }
-        // In float32, base_fc's second layer: rounding apart (relative to the largest value).
-        let x = crate::nn::channels_last(&Tensor::randn([16, 64, 14, 14], (Kind::Float, Device::Cpu)));
-        let wt = Tensor::randn([128, 64, 3, 3], (Kind::Float, Device::Cpu)) * 0.05;
-        let probe = Tensor::randn([16, 128, 14, 14], (Kind::Float, Device::Cpu));
-        assert_close(&winograd_and_libtorch(&x, &wt, &probe), 0.0, "base_fc's second layer");
+        at_every_instruction_set_level(|level| {
+            // 30 images of 14x14 are two chunks of transformed tiles, the last one partial; tiles
+            // overhang 14 x 14 and 6 x 6 images, not 8 x 8 ones; 17 and 20 channels leave some
+            // over after whole vectors.
+            for (n, c, k, h, w, channels_last) in [(30, 16, 20, 14, 14, true), (3, 17, 16, 6, 8, false)] {
+                let x = Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu));
+                let x = if channels_last { crate::nn::channels_last(&x) } else { x };
+                let wt = Tensor::randn([k, c, 3, 3], (Kind::Double, Device::Cpu));
+                let probe = Tensor::randn([n, k, h, w], (Kind::Double, Device::Cpu));
+                let results = winograd_and_libtorch(&x, &wt, &probe);
+                assert_eq!(results[0].0.stride()[1] == 1, channels_last, "the convolution keeps the input's layout");
+                assert_close(&results, 1e-11, &format!("level {level}: {n}x{c}x{h}x{w} -> {k}"));
+            }
+            // In float32, base_fc's second layer: rounding apart (relative to the largest value).
+            let x = crate::nn::channels_last(&Tensor::randn([16, 64, 14, 14], (Kind::Float, Device::Cpu)));
+            let wt = Tensor::randn([128, 64, 3, 3], (Kind::Float, Device::Cpu)) * 0.05;
+            let probe = Tensor::randn([16, 128, 14, 14], (Kind::Float, Device::Cpu));
+            let x17 = crate::nn::channels_last(&Tensor::randn([3, 17, 6, 8], (Kind::Float, Device::Cpu)));
+            let wt17 = Tensor::randn([20, 17, 3, 3], (Kind::Float, Device::Cpu)) * 0.05;
+            let probe17 = Tensor::randn([3, 20, 6, 8], (Kind::Float, Device::Cpu));
+            assert_close(
+                &winograd_and_libtorch(&x, &wt, &probe),
+                0.0,
+                &format!("level {level}: base_fc's second layer"),
+            );
+            assert_close(&winograd_and_libtorch(&x17, &wt17, &probe17), 0.0, &format!("level {level}: 17 -> 20"));
+        });
     }
 
     /// F(2x2, 2x2) over the replicate-padded input (the generator's wide layer), the grid and its
