@@ -244,8 +244,8 @@ variable_list Gather::backward(AutogradContext *ctx, variable_list grads) {
 // output channel groups), keeping the unpadded input for its backward, where libtorch's
 // convolution of the padded tensor keeps that one: 2.1 MB less per generator batch of 128 at
 // MNIST's 128 x 7 x 7 (67 MB per meta-step of 32). Where it applies (MNIST's layer), Winograd's
-// F(2x2, 2x2) (csrc/winograd.h), forward and, where no graph is recorded, backward: 9 products per
-// 2x2 tile of the grid where oneDNN's direct kernels take 16, the padding read from the unpadded
+// F(4x4, 2x2) (csrc/winograd.h), forward and, where no graph is recorded, backward: 25 products
+// per 4x4 tile of the grid where oneDNN's direct kernels take 64, the padding read from the unpadded
 // input, and the gather done by the output transform (its adjoint read by the transform's
 // adjoint), so the grid is never formed. Elsewhere, and where the gradient is itself to be
 // differentiated, the same as the padding, libtorch's convolution and the gather, differentiable.
@@ -561,7 +561,7 @@ at::Tensor *gtn_winograd_grad(const at::Tensor *grad_out, const at::Tensor *inpu
     });
 }
 
-// The same for F(2x2, 2x2) over the replicate-padded input.
+// The same for F(4x4, 2x2) over the replicate-padded input.
 at::Tensor *gtn_winograd_pad_conv(const at::Tensor *input, const at::Tensor *weight, bool gathered) {
     return guarded([&] { return winograd::pad_conv(*input, *weight, gathered); });
 }

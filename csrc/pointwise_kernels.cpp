@@ -278,6 +278,41 @@ void a6(const V (&g)[4], V (&o)[6]) {
     o[4] = g[0] - T(0.5) * g[1] + T(0.25) * g[2] - T(0.125) * g[3], o[5] = g[3];
 }
 
+// The same for F(4x4, 2x2) (B^T 5 -> 5, B, A^T 5 -> 4, A 4 -> 5): the correlation of d [5] with
+// g [2]. The points 0, 1, -1, 1/2 and infinity: float32 errors within ~5e-6 of the largest
+// output (0, ±1 and 2 or -2: ~6e-6).
+template <typename T, typename V>
+void bt5(const V (&d)[5], V (&o)[5]) {
+    o[0] = T(0.5) * (d[0] - d[2]) - d[1] + d[3];
+    o[1] = T(0.5) * (d[2] - d[1]) + d[3];
+    o[2] = T(0.5) * d[1] - T(1.5) * d[2] + d[3];
+    o[3] = d[3] - d[1];
+    o[4] = T(0.5) * (d[1] - d[3]) - d[2] + d[4];
+}
+
+template <typename T, typename V>
+void b5(const V (&e)[5], V (&o)[5]) {
+    o[0] = T(0.5) * e[0];
+    o[1] = T(0.5) * (e[2] - e[1] + e[4]) - e[0] - e[3];
+    o[2] = T(0.5) * (e[1] - e[0]) - T(1.5) * e[2] - e[4];
+    o[3] = e[0] + e[1] + e[2] + e[3] - T(0.5) * e[4];
+    o[4] = e[4];
+}
+
+template <typename T, typename V>
+void at5(const V (&m)[5], V (&o)[4]) {
+    V p = m[1] + m[2], q = m[1] - m[2];
+    o[0] = m[0] + p + m[3], o[1] = q + T(0.5) * m[3], o[2] = p + T(0.25) * m[3];
+    o[3] = q + T(0.125) * m[3] + m[4];
+}
+
+template <typename T, typename V>
+void a5(const V (&g)[4], V (&o)[5]) {
+    V p = g[0] + g[2], q = g[1] + g[3];
+    o[0] = g[0], o[1] = p + q, o[2] = p - q;
+    o[3] = g[0] + T(0.5) * g[1] + T(0.25) * g[2] + T(0.125) * g[3], o[4] = g[3];
+}
+
 // One line of a transform: out[j] (+)= map(in[.])[j] for each of c channels, a vector at a time
 // (the rest one by one).
 template <typename T, int I, int O, bool Add, typename Map>
@@ -319,38 +354,82 @@ void separable(const T *const *x, T *const *y, int64_t c, T *scratch, Map map) {
     }
 }
 
-// The transformed tile's 36 points, `plane` values apart.
-template <typename P>
-void points(P (&v)[36], P base, int64_t plane) {
-    for (int i = 0; i < 36; ++i) v[i] = base + i * plane;
+// The N points of a transformed tile, `plane` values apart.
+template <int N, typename P>
+void points(P (&v)[N], P base, int64_t plane) {
+    for (int i = 0; i < N; ++i) v[i] = base + i * plane;
 }
 
-template <typename T>
-void winograd_input(const T *const *p, T *out, int64_t plane, int64_t c, T *scratch) {
-    T *v[36];
+// The patch side of each form's tiles.
+template <Form F>
+constexpr int kPatch = F == Form::F4x4_3x3 ? 6 : 5;
+
+template <typename T, Form F>
+void input_form(const T *const *p, T *out, int64_t plane, int64_t c, T *scratch) {
+    constexpr int n = kPatch<F>;
+    T *v[n * n];
     points(v, out, plane);
-    separable<T, 6, 6, false>(p, v, c, scratch, [](const auto &x, auto &y) { bt6<T>(x, y); });
+    if constexpr (F == Form::F4x4_3x3)
+        separable<T, n, n, false>(p, v, c, scratch, [](const auto &x, auto &y) { bt6<T>(x, y); });
+    else
+        separable<T, n, n, false>(p, v, c, scratch, [](const auto &x, auto &y) { bt5<T>(x, y); });
 }
 
-template <typename T>
-void winograd_input_adjoint(const T *in, int64_t plane, T *const *p, int64_t c, T *scratch) {
-    const T *v[36];
+template <typename T, Form F>
+void input_adjoint_form(const T *in, int64_t plane, T *const *p, int64_t c, T *scratch) {
+    constexpr int n = kPatch<F>;
+    const T *v[n * n];
     points(v, in, plane);
-    separable<T, 6, 6, true>(v, p, c, scratch, [](const auto &x, auto &y) { b6<T>(x, y); });
+    if constexpr (F == Form::F4x4_3x3)
+        separable<T, n, n, true>(v, p, c, scratch, [](const auto &x, auto &y) { b6<T>(x, y); });
+    else
+        separable<T, n, n, true>(v, p, c, scratch, [](const auto &x, auto &y) { b5<T>(x, y); });
 }
 
-template <typename T>
-void winograd_output(const T *in, int64_t plane, T *const *q, int64_t c, T *scratch) {
-    const T *m[36];
+template <typename T, Form F>
+void output_form(const T *in, int64_t plane, T *const *q, int64_t c, T *scratch) {
+    constexpr int n = kPatch<F>;
+    const T *m[n * n];
     points(m, in, plane);
-    separable<T, 6, 4, false>(m, q, c, scratch, [](const auto &x, auto &y) { at6<T>(x, y); });
+    if constexpr (F == Form::F4x4_3x3)
+        separable<T, n, 4, false>(m, q, c, scratch, [](const auto &x, auto &y) { at6<T>(x, y); });
+    else
+        separable<T, n, 4, false>(m, q, c, scratch, [](const auto &x, auto &y) { at5<T>(x, y); });
+}
+
+template <typename T, Form F>
+void output_adjoint_form(const T *const *q, T *out, int64_t plane, int64_t c, T *scratch) {
+    constexpr int n = kPatch<F>;
+    T *v[n * n];
+    points(v, out, plane);
+    if constexpr (F == Form::F4x4_3x3)
+        separable<T, 4, n, false>(q, v, c, scratch, [](const auto &x, auto &y) { a6<T>(x, y); });
+    else
+        separable<T, 4, n, false>(q, v, c, scratch, [](const auto &x, auto &y) { a5<T>(x, y); });
 }
 
 template <typename T>
-void winograd_output_adjoint(const T *const *q, T *out, int64_t plane, int64_t c, T *scratch) {
-    T *v[36];
-    points(v, out, plane);
-    separable<T, 4, 6, false>(q, v, c, scratch, [](const auto &x, auto &y) { a6<T>(x, y); });
+void winograd_input(Form f, const T *const *p, T *out, int64_t plane, int64_t c, T *scratch) {
+    f == Form::F4x4_3x3 ? input_form<T, Form::F4x4_3x3>(p, out, plane, c, scratch)
+                        : input_form<T, Form::F4x4_2x2>(p, out, plane, c, scratch);
+}
+
+template <typename T>
+void winograd_input_adjoint(Form f, const T *in, int64_t plane, T *const *p, int64_t c, T *scratch) {
+    f == Form::F4x4_3x3 ? input_adjoint_form<T, Form::F4x4_3x3>(in, plane, p, c, scratch)
+                        : input_adjoint_form<T, Form::F4x4_2x2>(in, plane, p, c, scratch);
+}
+
+template <typename T>
+void winograd_output(Form f, const T *in, int64_t plane, T *const *q, int64_t c, T *scratch) {
+    f == Form::F4x4_3x3 ? output_form<T, Form::F4x4_3x3>(in, plane, q, c, scratch)
+                        : output_form<T, Form::F4x4_2x2>(in, plane, q, c, scratch);
+}
+
+template <typename T>
+void winograd_output_adjoint(Form f, const T *const *q, T *out, int64_t plane, int64_t c, T *scratch) {
+    f == Form::F4x4_3x3 ? output_adjoint_form<T, Form::F4x4_3x3>(q, out, plane, c, scratch)
+                        : output_adjoint_form<T, Form::F4x4_2x2>(q, out, plane, c, scratch);
 }
 
 }  // namespace

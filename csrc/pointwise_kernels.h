@@ -20,6 +20,10 @@ struct Dims {
     int64_t h, w, c, k;
 };
 
+// The Winograd forms whose tile transforms the table holds: 4x4 output tiles of a 3x3 or a 2x2
+// convolution.
+enum class Form { F4x4_3x3, F4x4_2x2 };
+
 // Input channels the padded weight of `Table::grads` holds (and the most the kernels take).
 constexpr int64_t kMaxChannels = 16;
 
@@ -44,18 +48,18 @@ struct Table {
     // pool alone, for csrc/winograd.cpp's convolutions.
     void (*pool)(const Dims &d, const T *s, T *y, int32_t *arg);
 
-    // The four transforms of csrc/winograd.cpp's F(4x4, 3x3), one tile of c channels at a time,
-    // through `scratch` [36, c] (kept in L1 by the caller). Pixels are c contiguous values each,
-    // the transformed tile's points c values each, `plane` values apart (point r * 6 + s at
-    // out + (r * 6 + s) * plane).
-    // out = B^T d B of the 6x6 patch d whose pixel (r, s) is p[r * 6 + s].
-    void (*winograd_input)(const T *const *p, T *out, int64_t plane, int64_t c, T *scratch);
+    // The four transforms of csrc/winograd.cpp's Winograd forms, one tile of c channels at a
+    // time, through `scratch` [36, c] (kept in L1 by the caller). Pixels are c contiguous values
+    // each, the transformed tile's n x n points (n: 6 for F(4x4, 3x3), 5 for F(4x4, 2x2)) c
+    // values each, `plane` values apart (point r * n + s at out + (r * n + s) * plane).
+    // out = B^T d B of the n x n patch d whose pixel (r, s) is p[r * n + s].
+    void (*winograd_input)(Form f, const T *const *p, T *out, int64_t plane, int64_t c, T *scratch);
     // Its adjoint: B v B^T of the transformed tile v at `in`, added into pixels p.
-    void (*winograd_input_adjoint)(const T *in, int64_t plane, T *const *p, int64_t c, T *scratch);
+    void (*winograd_input_adjoint)(Form f, const T *in, int64_t plane, T *const *p, int64_t c, T *scratch);
     // The 4x4 output pixels q[r * 4 + s] = A^T m A of the transformed tile m at `in`.
-    void (*winograd_output)(const T *in, int64_t plane, T *const *q, int64_t c, T *scratch);
+    void (*winograd_output)(Form f, const T *in, int64_t plane, T *const *q, int64_t c, T *scratch);
     // Its adjoint: out = A g A^T of the 4x4 pixels g at q.
-    void (*winograd_output_adjoint)(const T *const *q, T *out, int64_t plane, int64_t c, T *scratch);
+    void (*winograd_output_adjoint)(Form f, const T *const *q, T *out, int64_t plane, int64_t c, T *scratch);
 };
 
 // The kernels (T: float or double) of the best instruction set level this CPU has (or of the one

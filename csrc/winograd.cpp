@@ -23,10 +23,10 @@ constexpr int64_t kMinChannels = 16;
 // large enough for long product batches. F(4x4, 3x3): 384 tiles (24 of base_fc's 14 x 14 images);
 // single one-thread profiles of base_fc's meta-step were ~3% slower with 128 or 512 and ~15%
 // with 1024.
-// The wide layer's F(2x2, 2x2): 1024 tiles (64 of MNIST's images of 4 x 4 tiles), as measured for
-// F(2x2, 3x3) before (which 1024 beat 256 and 512 by 2-5%).
+// The wide layer's F(4x4, 2x2): 256 tiles (64 of MNIST's images of 2 x 2 tiles); 128 and 512
+// were no different within the noise (one-thread profiles of the MLP's meta-step).
 constexpr int64_t kChunkTiles4x4 = 384;
-constexpr int64_t kChunkTiles2x2 = 1024;
+constexpr int64_t kChunkTiles4x4x2 = 256;
 
 constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
 
@@ -117,6 +117,8 @@ void quad(P (&q)[4][4], P y, int64_t b, int64_t i, int64_t j, const Tiles &t, in
         }
 }
 
+constexpr auto kForm = pointwise_kernels::Form::F4x4_3x3;
+
 // The transforms' kernels (csrc/pointwise_kernels.h) take a scratch tile [36, c], kept in L1.
 template <typename T>
 T *scratch_tile(int64_t c) {
@@ -135,7 +137,7 @@ void input_transform(const T *x, T *v, int64_t images, const Tiles &t, int64_t c
     for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
         const T *p[6][6];
         patch(p, x, b, i, j, t, c, zeros.data());
-        kernel(p[0], v + t.tile(b, i, j, c), plane, c, scratch_tile<T>(c));
+        kernel(kForm, p[0], v + t.tile(b, i, j, c), plane, c, scratch_tile<T>(c));
     });
 }
 
@@ -151,7 +153,7 @@ void input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, i
         if (static_cast<int64_t>(sink.size()) < c) sink.resize(c);
         T *p[6][6];
         patch(p, x, b, i, j, t, c, sink.data());
-        kernel(v + t.tile(b, i, j, c), plane, p[0], c, scratch_tile<T>(c));
+        kernel(kForm, v + t.tile(b, i, j, c), plane, p[0], c, scratch_tile<T>(c));
     });
 }
 
@@ -167,7 +169,7 @@ void output_transform_image(const T *m, T *image, int64_t b, const Tiles &t, int
         for (int64_t j = 0; j < t.cols(); ++j) {
             T *q[4][4];
             quad(q, image, 0, i, j, t, c, sink.data());
-            kernel(m + t.tile(b, i, j, c), plane, q[0], c, scratch);
+            kernel(kForm, m + t.tile(b, i, j, c), plane, q[0], c, scratch);
         }
 }
 
@@ -198,7 +200,7 @@ void output_transform_adjoint_image(const T *image, T *m, int64_t b, const Tiles
         for (int64_t j = 0; j < t.cols(); ++j) {
             const T *q[4][4];
             quad(q, image, 0, i, j, t, c, zeros.data());
-            kernel(q[0], m + t.tile(b, i, j, c), plane, c, scratch);
+            kernel(kForm, q[0], m + t.tile(b, i, j, c), plane, c, scratch);
         }
 }
 
@@ -420,52 +422,45 @@ std::tuple<at::Tensor, at::Tensor> pooled_grads(const at::Tensor &grad, const at
         weight, want_input, want_weight);
 }
 
-// F(2x2, 2x2) over a replicate-padded input (the generator's wide layer). In one dimension,
-// B^T d = (d0 - d1, d1, d2 - d1), G g = (g0, g0 + g1, g1) and A^T m = (m0 + m1, m1 + m2), so
-// that y0 = d0·g0 + d1·g1 and y1 = d1·g0 + d2·g1: additions only. Tiles cut the output
-// [N, K, H + 1, W + 1]; tile (i, j) reads padded rows and columns 2i..2i + 2 and 2j..2j + 2,
-// unpadded pixel (2i - 1 + r, 2j - 1 + s) clamped into the image.
+// F(4x4, 2x2) over a replicate-padded input (the generator's wide layer), its one-dimensional
+// maps in csrc/pointwise_kernels.cpp. Tiles cut the output [N, K, H + 1, W + 1] into 4x4 tiles
+// (H + 1 and W + 1 multiples of 4: MNIST's 7 x 7 input, an 8 x 8 grid of 2 x 2 tiles); tile (i, j)
+// reads padded rows and columns 4i..4i + 4 and 4j..4j + 4, unpadded pixel (4i - 1 + r, 4j - 1 + s)
+// clamped into the image.
 namespace {
 
-// G ⊗ G of F(2x2, 2x2) [9, 4].
-at::Tensor g_kron_g_2x2(const at::TensorOptions &options) {
-    static const double g[3 * 2] = {1, 0, 1, 1, 0, 1};
-    return kron_square(g, 3, 2, options);
+constexpr auto kWideForm = pointwise_kernels::Form::F4x4_2x2;
+
+// G ⊗ G of F(4x4, 2x2) [25, 4] (points 0, 1, -1, 1/2, infinity).
+at::Tensor g_kron_g_4x4_2x2(const at::TensorOptions &options) {
+    static const double g[5 * 2] = {2, 0, 1, 1, -1. / 3, 1. / 3, -8. / 3, -4. / 3, 0, 1};
+    return kron_square(g, 5, 2, options);
 }
 
-// B^T d B of the 3x3 patch of every tile of `images` images of the unpadded `x` [images, h, w,
-// c] (`t`: the output's tiles, h = t.h - 1), into `v` [9, tiles, c].
+// B^T d B of the 5x5 patch of every tile of `images` images of the unpadded `x` [images, h, w,
+// c] (`t`: the output's tiles, h = t.h - 1), into `v` [25, tiles, c].
 template <typename T>
 void padded_input_transform(const T *x, T *v, int64_t images, const Tiles &t, int64_t c) {
     const int64_t plane = images * t.per_image() * c, h = t.h - 1, w = t.w - 1;
+    const auto kernel = pointwise_kernels::table<T>().winograd_input;
     for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
-        const T *p[3][3];
-        for (int r = 0; r < 3; ++r)
-            for (int s = 0; s < 3; ++s) {
-                int64_t y = std::clamp<int64_t>(2 * i - 1 + r, 0, h - 1), z = std::clamp<int64_t>(2 * j - 1 + s, 0, w - 1);
+        const T *p[5][5];
+        for (int r = 0; r < 5; ++r)
+            for (int s = 0; s < 5; ++s) {
+                int64_t y = std::clamp<int64_t>(4 * i - 1 + r, 0, h - 1), z = std::clamp<int64_t>(4 * j - 1 + s, 0, w - 1);
                 p[r][s] = x + ((b * h + y) * w + z) * c;
             }
-        T *out = v + t.tile(b, i, j, c);
-        VECTORIZE for (int64_t k = 0; k < c; ++k) {
-            T u[3][3];
-            for (int s = 0; s < 3; ++s) {
-                T d0 = p[0][s][k], d1 = p[1][s][k], d2 = p[2][s][k];
-                u[0][s] = d0 - d1, u[1][s] = d1, u[2][s] = d2 - d1;
-            }
-            for (int r = 0; r < 3; ++r) {
-                T *o = out + r * 3 * plane + k;
-                o[0] = u[r][0] - u[r][1], o[plane] = u[r][1], o[2 * plane] = u[r][2] - u[r][1];
-            }
-        }
+        kernel(kWideForm, p[0], v + t.tile(b, i, j, c), plane, c, scratch_tile<T>(c));
     });
 }
 
-// Its adjoint: B V B^T of every tile of `v` [9, tiles, c], added up an image at a time in a
+// Its adjoint: B V B^T of every tile of `v` [25, tiles, c], added up an image at a time in a
 // scratch padded image that stays in cache, whose border is then folded onto the image's edge
 // (the adjoint of replicate padding) into `x` [images, h, w, c].
 template <typename T>
 void padded_input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, int64_t c) {
     const int64_t plane = images * t.per_image() * c, h = t.h - 1, w = t.w - 1, wp = w + 2;
+    const auto kernel = pointwise_kernels::table<T>().winograd_input_adjoint;
     at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
         thread_local std::vector<T> scratch;
         scratch.resize((h + 2) * wp * c);
@@ -475,27 +470,13 @@ void padded_input_transform_adjoint(const T *v, T *x, int64_t images, const Tile
             std::fill(scratch.begin(), scratch.end(), T(0));
             for (int64_t i = 0; i < t.rows(); ++i)
                 for (int64_t j = 0; j < t.cols(); ++j) {
-                    T *p[3][3];
-                    for (int r = 0; r < 3; ++r)
-                        for (int s = 0; s < 3; ++s) p[r][s] = pixel(2 * i + r, 2 * j + s);
-                    const T *in = v + t.tile(b, i, j, c);
-                    VECTORIZE for (int64_t k = 0; k < c; ++k) {
-                        T u[3][3];
-                        for (int r = 0; r < 3; ++r) {
-                            const T *e = in + r * 3 * plane + k;
-                            T e0 = e[0], e1 = e[plane], e2 = e[2 * plane];
-                            u[r][0] = e0, u[r][1] = e1 - e0 - e2, u[r][2] = e2;
-                        }
-                        for (int s = 0; s < 3; ++s) {
-                            p[0][s][k] += u[0][s];
-                            p[1][s][k] += u[1][s] - u[0][s] - u[2][s];
-                            p[2][s][k] += u[2][s];
-                        }
-                    }
+                    T *p[5][5];
+                    for (int r = 0; r < 5; ++r)
+                        for (int s = 0; s < 5; ++s) p[r][s] = pixel(4 * i + r, 4 * j + s);
+                    kernel(kWideForm, v + t.tile(b, i, j, c), plane, p[0], c, scratch_tile<T>(c));
                 }
             // The border rows onto the edge rows, then the border columns (corners included)
-            // onto the edge columns: one loop per statement, as with h or w = 1 both fold onto
-            // the same pixels.
+            // onto the edge columns.
             VECTORIZE for (int64_t k = 0; k < wp * c; ++k) pixel(1, 0)[k] += pixel(0, 0)[k];
             VECTORIZE for (int64_t k = 0; k < wp * c; ++k) pixel(h, 0)[k] += pixel(h + 1, 0)[k];
             for (int64_t y = 1; y <= h; ++y) {
@@ -527,69 +508,50 @@ struct Placement {
     }
 };
 
-// A^T m A of every tile of image b of the chunk in `m` [9, tiles, 4k] (planes `plane` values
+// A^T m A of every tile of image b of the chunk in `m` [25, tiles, 4k] (planes `plane` values
 // apart), placed as image `image` by `place`.
 template <typename T>
 void small_output_transform_image(const T *m, int64_t b, int64_t image, const Tiles &t, int64_t plane,
                                   const Placement<T *> &place) {
     const int64_t k = place.k;
+    const auto kernel = pointwise_kernels::table<T>().winograd_output;
+    T *scratch = scratch_tile<T>(k);
     for (int64_t i = 0; i < t.rows(); ++i)
         for (int64_t j = 0; j < t.cols(); ++j)
             for (int p = 0; p < 4; ++p) {
-                T *q[2][2];
-                for (int r = 0; r < 2; ++r)
-                    for (int s = 0; s < 2; ++s) q[r][s] = place(image, 2 * i + r, 2 * j + s, p);
-                const T *in = m + t.tile(b, i, j, 4 * k) + p * k;
-                VECTORIZE for (int64_t c = 0; c < k; ++c) {
-                    T u[2][3];
-                    for (int s = 0; s < 3; ++s) {
-                        const T *e = in + s * plane + c;
-                        T m0 = e[0], m1 = e[3 * plane], m2 = e[6 * plane];
-                        u[0][s] = m0 + m1, u[1][s] = m1 + m2;
-                    }
-                    for (int r = 0; r < 2; ++r) {
-                        q[r][0][c] = u[r][0] + u[r][1];
-                        q[r][1][c] = u[r][1] + u[r][2];
-                    }
-                }
+                T *q[4][4];
+                for (int r = 0; r < 4; ++r)
+                    for (int s = 0; s < 4; ++s) q[r][s] = place(image, 4 * i + r, 4 * j + s, p);
+                kernel(kWideForm, m + t.tile(b, i, j, 4 * k) + p * k, plane, q[0], k, scratch);
             }
 }
 
-// Its adjoint, A g A^T of every 2x2 tile of the output gradient of `images` images from `first`,
-// read where `place` puts them, into `m` [9, tiles, 4k].
+// Its adjoint, A g A^T of every 4x4 tile of the output gradient of `images` images from `first`,
+// read where `place` puts them, into `m` [25, tiles, 4k].
 template <typename T>
 void small_output_transform_adjoint(const Placement<const T *> &place, T *m, int64_t first, int64_t images,
                                     const Tiles &t) {
     const int64_t k = place.k, plane = images * t.per_image() * 4 * k;
+    const auto kernel = pointwise_kernels::table<T>().winograd_output_adjoint;
     for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
+        T *scratch = scratch_tile<T>(k);
         for (int p = 0; p < 4; ++p) {
-            const T *q[2][2];
-            for (int r = 0; r < 2; ++r)
-                for (int s = 0; s < 2; ++s) q[r][s] = place(first + b, 2 * i + r, 2 * j + s, p);
-            T *out = m + t.tile(b, i, j, 4 * k) + p * k;
-            VECTORIZE for (int64_t c = 0; c < k; ++c) {
-                T u[2][3];
-                for (int r = 0; r < 2; ++r) {
-                    T g0 = q[r][0][c], g1 = q[r][1][c];
-                    u[r][0] = g0, u[r][1] = g0 + g1, u[r][2] = g1;
-                }
-                for (int s = 0; s < 3; ++s) {
-                    T *o = out + s * plane + c;
-                    o[0] = u[0][s], o[3 * plane] = u[0][s] + u[1][s], o[6 * plane] = u[1][s];
-                }
-            }
+            const T *q[4][4];
+            for (int r = 0; r < 4; ++r)
+                for (int s = 0; s < 4; ++s) q[r][s] = place(first + b, 4 * i + r, 4 * j + s, p);
+            kernel(kWideForm, q[0], m + t.tile(b, i, j, 4 * k) + p * k, plane, k, scratch);
         }
     });
 }
 
 // The output's tiles for an unpadded input `x`.
-Tiles padded_tiles_of(const at::Tensor &x) { return {x.size(0), x.size(2) + 1, x.size(3) + 1, 2, kChunkTiles2x2}; }
+Tiles padded_tiles_of(const at::Tensor &x) { return {x.size(0), x.size(2) + 1, x.size(3) + 1, 4, kChunkTiles4x4x2}; }
 
 // A chunk of `images` images from `first` of the unpadded input `nhwc` [N, C, H, W], transformed:
-// [9, tiles, C].
+// [25, tiles, C].
 at::Tensor small_transformed_input(const at::Tensor &nhwc, const Tiles &t, int64_t first, int64_t images) {
     auto c = nhwc.size(1);
-    auto v = at::empty({9, images * t.per_image(), c}, nhwc.options());
+    auto v = at::empty({25, images * t.per_image(), c}, nhwc.options());
     AT_DISPATCH_FLOATING_TYPES(nhwc.scalar_type(), "winograd_small_transform", [&] {
         padded_input_transform(nhwc.const_data_ptr<scalar_t>() + first * nhwc.size(2) * nhwc.size(3) * c,
                                v.data_ptr<scalar_t>(), images, t, c);
@@ -611,17 +573,17 @@ bool pad_conv_applies(const at::Tensor &input, const at::Tensor &weight) {
     return input.device().is_cpu() && weight.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) &&
            weight.scalar_type() == kind && input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) &&
            weight.size(2) == 2 &&
-           weight.size(3) == 2 && input.size(2) % 2 == 1 && input.size(3) % 2 == 1 &&
+           weight.size(3) == 2 && (input.size(2) + 1) % 4 == 0 && (input.size(3) + 1) % 4 == 0 &&
            input.size(1) >= kMinChannels && weight.size(0) >= kMinChannels && weight.size(0) % 4 == 0;
 }
 
 at::Tensor pad_conv(const at::Tensor &input, const at::Tensor &weight, bool gathered) {
     TORCH_CHECK(pad_conv_applies(input, weight), "winograd pad_conv: not a convolution of ", input.sizes(), " with ",
-                weight.sizes(), " that F(2x2, 2x2) takes");
+                weight.sizes(), " that F(4x4, 2x2) takes");
     auto x = input.contiguous(kNhwc);
     auto t = padded_tiles_of(x);
     auto k = weight.size(0) / 4;
-    auto u = weight_transform(weight, g_kron_g_2x2(weight.options()));
+    auto u = weight_transform(weight, g_kron_g_4x4_2x2(weight.options()));
     auto y = at::empty(pad_conv_sizes(input, weight, gathered), x.options().memory_format(kNhwc));
     by_chunk(t, [&](int64_t first, int64_t images) {
         auto m = at::bmm(small_transformed_input(x, t, first, images), u);
@@ -651,15 +613,15 @@ std::tuple<at::Tensor, at::Tensor> pad_conv_grads(const at::Tensor &grad_out, co
     auto x = want_weight ? input.contiguous(kNhwc) : at::Tensor();
     auto t = padded_tiles_of(input);
     auto c = weight.size(1), k = weight.size(0) / 4;
-    auto kron = g_kron_g_2x2(weight.options());
+    auto kron = g_kron_g_4x4_2x2(weight.options());
     at::Tensor input_grad, u_t, weight_grad;
     if (want_input) {
         u_t = weight_transform(weight, kron).transpose(1, 2);
         input_grad = at::empty(input.sizes(), input.options().memory_format(kNhwc));
     }
-    if (want_weight) weight_grad = at::zeros({9, c, weight.size(0)}, weight.options());
+    if (want_weight) weight_grad = at::zeros({25, c, weight.size(0)}, weight.options());
     by_chunk(t, [&](int64_t first, int64_t images) {
-        auto m = at::empty({9, images * t.per_image(), 4 * k}, g.options());
+        auto m = at::empty({25, images * t.per_image(), 4 * k}, g.options());
         AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "winograd_small_output_adjoint", [&] {
             const std::vector<scalar_t> zeros(k, scalar_t(0));
             const Placement<const scalar_t *> place{g.const_data_ptr<scalar_t>(), zeros.data(), t, k, gathered};

@@ -1,5 +1,5 @@
 // 3x3 convolutions (stride 1, zero padding 1) and their two gradients by Winograd's F(4x4, 3x3)
-// on the CPU (and, below, the generator's 2x2 wide layer by F(2x2, 2x2)): each 4x4 output tile is
+// on the CPU (and, below, the generator's 2x2 wide layer by F(4x4, 2x2)): each 4x4 output tile is
 // A^T [(G g G^T) ⊙ (B^T d B)] A for the 6x6 input patch d around it, so over a batch the
 // convolution is 36 matrix products (one per point of the 6x6 transformed tile, over channels)
 // with 1/4 of direct convolution's multiply-adds per tile (base_fc's 14 x 14 images take 4 x 4
@@ -56,12 +56,13 @@ std::tuple<at::Tensor, at::Tensor> pooled_grads(const at::Tensor &grad, const at
                                                 const at::Tensor &input, const at::Tensor &weight, bool want_input,
                                                 bool want_weight);
 
-// F(2x2, 2x2) for the generator's wide layer (csrc/custom.cpp's PadConvGather): the 2x2
-// convolution (stride 1) of `input` [N, C, H, W] replicate-padded by one pixel, each 2x2 tile of
-// its [N, K, H + 1, W + 1] output grid from the 3x3 patch under it with 9 products where direct
-// convolution takes 16, so 9 matrix products over channels per batch. The padding is read from
-// the unpadded input (no padded copy). Applies on the CPU, float or double, H and W odd (whole
-// tiles), 16 channels or more on either side, K a multiple of 4.
+// F(4x4, 2x2) for the generator's wide layer (csrc/custom.cpp's PadConvGather): the 2x2
+// convolution (stride 1) of `input` [N, C, H, W] replicate-padded by one pixel, each 4x4 tile of
+// its [N, K, H + 1, W + 1] output grid from the 5x5 patch under it with 25 products where direct
+// convolution takes 64, so 25 matrix products over channels per batch (F(2x2, 2x2), before it,
+// took 9 per 2x2 tile: 36 per 4x4). The padding is read from the unpadded input (no padded copy).
+// Applies on the CPU, float or double, H + 1 and W + 1 multiples of 4 (whole tiles: MNIST's 7 x 7),
+// 16 channels or more on either side, K a multiple of 4.
 bool pad_conv_applies(const at::Tensor &input, const at::Tensor &weight);
 
 // The convolution of the padded input, channels-last: the grid, or (`gathered`) the upsampling

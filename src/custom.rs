@@ -90,7 +90,7 @@ pub fn replicate_pad1(x: &Tensor) -> Tensor {
 
 /// The generator's wide layer: `replicate_pad1(x)` convolved with `weight` `[4K, C, 2, 2]`
 /// (stride 1, no padding), then [`parity_gather`] with one tap: `[N, K, 2H, 2W]`. Keeps `x` for
-/// the backward instead of its padded copy; on the CPU, Winograd's F(2x2, 2x2) where it applies,
+/// the backward instead of its padded copy; on the CPU, Winograd's F(4x4, 2x2) where it applies,
 /// the grid never formed. Differentiable to every order.
 pub fn pad_conv_gather(x: &Tensor, weight: &Tensor) -> Tensor {
     // SAFETY: live tensors for the duration of the call.
@@ -573,7 +573,7 @@ mod tests {
         against_libtorch(ours, x, w, probe, |x, w| x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1))
     }
 
-    /// Winograd's F(2x2, 2x2) convolution of `x` replicate-padded by one with `w` (`gathered`:
+    /// Winograd's F(4x4, 2x2) convolution of `x` replicate-padded by one with `w` (`gathered`:
     /// then the parity gather), and its two gradients, against libtorch's padding and convolution
     /// (and the gather as views).
     fn padded_winograd_and_libtorch(x: &Tensor, w: &Tensor, probe: &Tensor, gathered: bool) -> [(Tensor, Tensor); 3] {
@@ -642,18 +642,23 @@ mod tests {
         });
     }
 
-    /// F(2x2, 2x2) over the replicate-padded input (the generator's wide layer), the grid and its
-    /// parity gather: images of one pixel to several chunks of tiles (65 images of 7x7 are two,
-    /// the last one partial), either layout in, and MNIST's wide layer in float32.
+    /// F(4x4, 2x2) over the replicate-padded input (the generator's wide layer), the grid and its
+    /// parity gather, at every instruction set level: images of 3 x 3 pixels to several chunks of
+    /// tiles (65 images of 7x7 are two, the last one partial), channels left over after whole
+    /// vectors, either layout in, and MNIST's wide layer in float32.
     #[test]
     fn padded_winograd_convolution_and_gradients_equal_libtorchs() {
-        for (n, c, k, h, w) in [(65, 16, 20, 7, 7), (3, 17, 16, 1, 5), (2, 16, 24, 3, 1), (2, 16, 16, 1, 1)] {
+        at_every_instruction_set_level(padded_winograd_at_one_level);
+    }
+
+    fn padded_winograd_at_one_level(level: i64) {
+        for (n, c, k, h, w) in [(65, 16, 20, 7, 7), (3, 17, 16, 3, 11), (2, 16, 24, 11, 3), (2, 16, 40, 3, 3)] {
             let x = crate::nn::channels_last(&Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu)));
             let wt = Tensor::randn([k, c, 2, 2], (Kind::Double, Device::Cpu));
             for gathered in [false, true] {
                 let probe = if gathered { [n, k / 4, 2 * h, 2 * w] } else { [n, k, h + 1, w + 1] };
                 let probe = Tensor::randn(probe, (Kind::Double, Device::Cpu));
-                let case = format!("{n}x{c}x{h}x{w} -> {k}, gathered: {gathered}");
+                let case = format!("level {level}: {n}x{c}x{h}x{w} -> {k}, gathered: {gathered}");
                 assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe, gathered), 1e-11, &case);
                 let x = x.contiguous();
                 assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe, gathered), 1e-11, &(case + ", NCHW"));
@@ -662,7 +667,11 @@ mod tests {
         let x = crate::nn::channels_last(&Tensor::randn([16, 128, 7, 7], (Kind::Float, Device::Cpu)));
         let wt = Tensor::randn([256, 128, 2, 2], (Kind::Float, Device::Cpu)) * 0.05;
         let probe = Tensor::randn([16, 64, 14, 14], (Kind::Float, Device::Cpu));
-        assert_close(&padded_winograd_and_libtorch(&x, &wt, &probe, true), 0.0, "MNIST's wide layer");
+        assert_close(
+            &padded_winograd_and_libtorch(&x, &wt, &probe, true),
+            0.0,
+            &format!("level {level}: MNIST's wide layer"),
+        );
     }
 
     /// conv_max_pool where its 3x3 convolutions take Winograd's form (csrc/winograd.h: 16

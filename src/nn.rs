@@ -296,7 +296,7 @@ impl UpsampleConv {
                 // no window is copied to be convolved, forward or backward, and one convolution
                 // runs where four did: the wide 128 -> 64 layer's 32 batches, forward and
                 // backward, 1.91-2.48 -> 1.79 s on 2 cores with oneDNN's kernels. On the CPU the
-                // convolution now takes Winograd's F(2x2, 2x2) (csrc/winograd.h), which writes the
+                // convolution now takes Winograd's F(4x4, 2x2) (csrc/winograd.h), which writes the
                 // gathered output without the grid. Channels-last from here on (the gather keeps
                 // the layout, and the batch norm, activation and image layer after it follow):
                 // Winograd's transforms read that layout without a copy, oneDNN's convolutions
