@@ -1,7 +1,8 @@
 // The per-image kernels of csrc/pointwise_pool.h (and the per-tile transforms of
-// csrc/winograd.cpp): plain C++ over raw pointers, explicitly vectorised (GCC's vector extensions). csrc/pointwise_kernels.cpp is compiled once per x86-64
-// instruction set level (build.rs: baseline, AVX2 and AVX-512; elsewhere baseline only), each
-// into its own namespace, and `table` picks the best one the CPU runs, once. (GCC's
+// csrc/winograd.cpp): plain C++ over raw pointers, explicitly vectorised (GCC's vector
+// extensions). csrc/pointwise_kernels.cpp is compiled once per x86-64 instruction set level
+// (build.rs: baseline, AVX2 and AVX-512; elsewhere baseline only), each into its own namespace,
+// and `table` picks the best one the CPU runs, once. (GCC's
 // `target_clones` does not do this: it lowers vector-extension code to the baseline's 128-bit
 // registers, element by element where vectors are compared.)
 //
@@ -24,7 +25,8 @@ struct Dims {
 // convolution.
 enum class Form { F4x4_3x3, F4x4_2x2 };
 
-// Input channels the padded weight of `Table::grads` holds (and the most the kernels take).
+// Input channels the padded weight of `Table::grads` holds (and the most the first layer's kernels
+// take).
 constexpr int64_t kMaxChannels = 16;
 
 template <typename T>

@@ -1,4 +1,3 @@
-
 #include "winograd.h"
 
 #include "maxpool.h"
@@ -30,17 +29,19 @@ constexpr int64_t kChunkTiles4x4x2 = 256;
 
 constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
 
-// The transforms' loops run over channels, contiguous in every tensor they read and write; the
-// compiler cannot prove that a tile's pixel rows do not alias its output. (Several may point at one
-// sink, for pixels outside the image or dropped by the gather: what lands there is never read.)
+// The wide layer's border folds run over channels of distinct rows of its scratch image, which the
+// compiler cannot prove do not alias.
 #define VECTORIZE _Pragma("GCC ivdep")
 
-// A channels-last batch of images [n, h, w, c] cut into `size` x `size` output tiles, those of the
-// last row and column overhanging the image where its sides are not multiples of `size`.
+// Both forms' output tiles are 4x4.
+constexpr int64_t kTile = 4;
+
+// A channels-last batch of images [n, h, w, c] cut into 4x4 output tiles, those of the last row
+// and column overhanging the image where its sides are not multiples of 4.
 struct Tiles {
-    int64_t n, h, w, size, chunk_tiles;
-    int64_t rows() const { return (h + size - 1) / size; }
-    int64_t cols() const { return (w + size - 1) / size; }
+    int64_t n, h, w, chunk_tiles;
+    int64_t rows() const { return (h + kTile - 1) / kTile; }
+    int64_t cols() const { return (w + kTile - 1) / kTile; }
     int64_t per_image() const { return rows() * cols(); }
     int64_t images_per_chunk() const { return std::max<int64_t>(1, chunk_tiles / per_image()); }
     // Offsets, in elements of `c` channels: of pixel (y, x) of image b, and of tile (i, j) of
@@ -101,7 +102,7 @@ template <typename P>
 void patch(P (&p)[6][6], P x, int64_t b, int64_t i, int64_t j, const Tiles &t, int64_t c, P outside) {
     for (int r = 0; r < 6; ++r)
         for (int s = 0; s < 6; ++s) {
-            int64_t h = 4 * i - 1 + r, w = 4 * j - 1 + s;
+            int64_t h = kTile * i - 1 + r, w = kTile * j - 1 + s;
             bool inside = h >= 0 && h < t.h && w >= 0 && w < t.w;
             p[r][s] = inside ? x + t.pixel(b, h, w, c) : outside;
         }
@@ -112,7 +113,7 @@ template <typename P>
 void quad(P (&q)[4][4], P y, int64_t b, int64_t i, int64_t j, const Tiles &t, int64_t c, P outside) {
     for (int r = 0; r < 4; ++r)
         for (int s = 0; s < 4; ++s) {
-            int64_t h = 4 * i + r, w = 4 * j + s;
+            int64_t h = kTile * i + r, w = kTile * j + s;
             q[r][s] = h < t.h && w < t.w ? y + t.pixel(b, h, w, c) : outside;
         }
 }
@@ -193,13 +194,14 @@ void for_each_output_image(const T *m, int64_t images, const Tiles &t, int64_t c
 // values apart.
 template <typename T>
 void output_transform_adjoint_image(const T *image, T *m, int64_t b, const Tiles &t, int64_t c, int64_t plane) {
-    const std::vector<T> zeros(c, T(0));
+    thread_local std::vector<T> zeros;
+    zeros.assign(c, T(0));
     const auto kernel = pointwise_kernels::table<T>().winograd_output_adjoint;
     T *scratch = scratch_tile<T>(c);
     for (int64_t i = 0; i < t.rows(); ++i)
         for (int64_t j = 0; j < t.cols(); ++j) {
             const T *q[4][4];
-            quad(q, image, 0, i, j, t, c, zeros.data());
+            quad(q, image, 0, i, j, t, c, static_cast<const T *>(zeros.data()));
             kernel(kForm, q[0], m + t.tile(b, i, j, c), plane, c, scratch);
         }
 }
@@ -229,7 +231,7 @@ void output_transform_adjoint_of_pool(const T *grad, const int32_t *arg, int64_t
     });
 }
 
-Tiles tiles_of(const at::Tensor &t) { return {t.size(0), t.size(2), t.size(3), 4, kChunkTiles4x4}; }
+Tiles tiles_of(const at::Tensor &t) { return {t.size(0), t.size(2), t.size(3), kChunkTiles4x4}; }
 
 // Runs `f(first image, images)` over the batch a chunk at a time.
 template <typename F>
@@ -274,8 +276,7 @@ bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, 
     auto kind = input.scalar_type();
     return input.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
            input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) == 3 &&
-           weight.size(3) == 3 && stride == 1 && padding == 1 && input.size(2) % 2 == 0 && input.size(3) % 2 == 0 &&
-           input.size(1) >= kMinChannels && weight.size(0) >= kMinChannels;
+           weight.size(3) == 3 && stride == 1 && padding == 1 && input.size(1) >= kMinChannels && weight.size(0) >= kMinChannels;
 }
 
 namespace {
@@ -447,7 +448,7 @@ void padded_input_transform(const T *x, T *v, int64_t images, const Tiles &t, in
         const T *p[5][5];
         for (int r = 0; r < 5; ++r)
             for (int s = 0; s < 5; ++s) {
-                int64_t y = std::clamp<int64_t>(4 * i - 1 + r, 0, h - 1), z = std::clamp<int64_t>(4 * j - 1 + s, 0, w - 1);
+                int64_t y = std::clamp<int64_t>(kTile * i - 1 + r, 0, h - 1), z = std::clamp<int64_t>(kTile * j - 1 + s, 0, w - 1);
                 p[r][s] = x + ((b * h + y) * w + z) * c;
             }
         kernel(kWideForm, p[0], v + t.tile(b, i, j, c), plane, c, scratch_tile<T>(c));
@@ -472,7 +473,7 @@ void padded_input_transform_adjoint(const T *v, T *x, int64_t images, const Tile
                 for (int64_t j = 0; j < t.cols(); ++j) {
                     T *p[5][5];
                     for (int r = 0; r < 5; ++r)
-                        for (int s = 0; s < 5; ++s) p[r][s] = pixel(4 * i + r, 4 * j + s);
+                        for (int s = 0; s < 5; ++s) p[r][s] = pixel(kTile * i + r, kTile * j + s);
                     kernel(kWideForm, v + t.tile(b, i, j, c), plane, p[0], c, scratch_tile<T>(c));
                 }
             // The border rows onto the edge rows, then the border columns (corners included)
@@ -521,7 +522,7 @@ void small_output_transform_image(const T *m, int64_t b, int64_t image, const Ti
             for (int p = 0; p < 4; ++p) {
                 T *q[4][4];
                 for (int r = 0; r < 4; ++r)
-                    for (int s = 0; s < 4; ++s) q[r][s] = place(image, 4 * i + r, 4 * j + s, p);
+                    for (int s = 0; s < 4; ++s) q[r][s] = place(image, kTile * i + r, kTile * j + s, p);
                 kernel(kWideForm, m + t.tile(b, i, j, 4 * k) + p * k, plane, q[0], k, scratch);
             }
 }
@@ -538,14 +539,14 @@ void small_output_transform_adjoint(const Placement<const T *> &place, T *m, int
         for (int p = 0; p < 4; ++p) {
             const T *q[4][4];
             for (int r = 0; r < 4; ++r)
-                for (int s = 0; s < 4; ++s) q[r][s] = place(first + b, 4 * i + r, 4 * j + s, p);
+                for (int s = 0; s < 4; ++s) q[r][s] = place(first + b, kTile * i + r, kTile * j + s, p);
             kernel(kWideForm, q[0], m + t.tile(b, i, j, 4 * k) + p * k, plane, k, scratch);
         }
     });
 }
 
 // The output's tiles for an unpadded input `x`.
-Tiles padded_tiles_of(const at::Tensor &x) { return {x.size(0), x.size(2) + 1, x.size(3) + 1, 4, kChunkTiles4x4x2}; }
+Tiles padded_tiles_of(const at::Tensor &x) { return {x.size(0), x.size(2) + 1, x.size(3) + 1, kChunkTiles4x4x2}; }
 
 // A chunk of `images` images from `first` of the unpadded input `nhwc` [N, C, H, W], transformed:
 // [25, tiles, C].

@@ -19,7 +19,7 @@
 namespace winograd {
 
 // Whether `input` [N, C, H, W] convolved with `weight` [K, C, 3, 3] can go this way: on the CPU,
-// float or double, stride 1, padding 1, H and W even, and channels enough for the matrix
+// float or double, stride 1, padding 1, any H and W, and channels enough for the matrix
 // products to pay for the transforms. Channels-last inputs are read without a copy.
 bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, int64_t padding);
 

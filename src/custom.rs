@@ -305,11 +305,12 @@ mod tests {
     fn pad_conv_gather_equals_padding_convolution_and_gather_and_keeps_the_activation_only() {
         let (x, w) = (leaf(&[2, 5, 4, 6], 1), leaf(&[12, 5, 2, 2], 2));
         assert_same_to_second_order(&x, |x| pad_conv_gather(x, &w), |x| plain_pad_conv_gather(x, &w));
-        // With 16 channels and odd sizes, Winograd's form (csrc/winograd.h) forward and, where no
-        // graph is recorded, backward; a graph recorded takes the differentiable ops.
-        let (x, w) = (leaf(&[3, 16, 5, 7], 3), leaf(&[20, 16, 2, 2], 4));
+        // With 16 channels and sizes one short of multiples of 4, Winograd's form (csrc/winograd.h)
+        // forward and, where no graph is recorded, backward; a graph recorded takes the
+        // differentiable ops.
+        let (x, w) = (leaf(&[3, 16, 7, 11], 3), leaf(&[20, 16, 2, 2], 4));
         assert_same_to_second_order(&x, |x| pad_conv_gather(x, &w), |x| plain_pad_conv_gather(x, &w));
-        let probe = leaf(&[3, 5, 10, 14], 5).detach();
+        let probe = leaf(&[3, 5, 14, 22], 5).detach();
         let ours = value_and_grads(&pad_conv_gather(&x, &w), &probe, [&x, &w]);
         let theirs = value_and_grads(&plain_pad_conv_gather(&x, &w), &probe, [&x, &w]);
         for ((a, b), what) in ours.iter().zip(&theirs).zip(["values", "input gradient", "weight gradient"]) {
@@ -617,7 +618,9 @@ mod tests {
             // 30 images of 14x14 are two chunks of transformed tiles, the last one partial; tiles
             // overhang 14 x 14 and 6 x 6 images, not 8 x 8 ones; 17 and 20 channels leave some
             // over after whole vectors.
-            for (n, c, k, h, w, channels_last) in [(30, 16, 20, 14, 14, true), (3, 17, 16, 6, 8, false)] {
+            for (n, c, k, h, w, channels_last) in
+                [(30, 16, 20, 14, 14, true), (3, 17, 16, 6, 8, false), (2, 16, 17, 7, 9, true)]
+            {
                 let x = Tensor::randn([n, c, h, w], (Kind::Double, Device::Cpu));
                 let x = if channels_last { crate::nn::channels_last(&x) } else { x };
                 let wt = Tensor::randn([k, c, 3, 3], (Kind::Double, Device::Cpu));
@@ -675,15 +678,15 @@ mod tests {
     }
 
     /// conv_max_pool where its 3x3 convolutions take Winograd's form (csrc/winograd.h: 16
-    /// channels or more, even sizes, channels-last), the pool's backward scattered into its
-    /// transform an image at a time: against libtorch's convolution and max-pool, to second order
-    /// with respect to the input and to the weight. 23 images of 14x14 are two chunks of tiles.
+    /// channels or more, channels-last), the pool's backward scattered into its transform an image
+    /// at a time: against libtorch's convolution and max-pool, to second order with respect to the
+    /// input and to the weight. 30 images of 14x14 are two chunks of tiles; odd sizes overhang.
     #[test]
     fn winograd_conv_max_pool_matches_libtorch_to_second_order() {
         let native = |x: &Tensor, w: &Tensor| {
             x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
         };
-        for (n, c, k, h, w) in [(23, 16, 17, 14, 14), (2, 17, 16, 6, 8)] {
+        for (n, c, k, h, w) in [(30, 16, 17, 14, 14), (2, 17, 16, 6, 8), (2, 16, 16, 7, 9)] {
             let x = leaf(&[n, c, h, w], 1).detach().permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
             let weight = leaf(&[k, c, 3, 3], 2).detach().permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
             let input = x.set_requires_grad(true);
@@ -752,8 +755,9 @@ mod tests {
 
     #[test]
     fn winograd_refuses_what_it_does_not_compute() {
-        let x = Tensor::ones([1, 16, 5, 4], (Kind::Float, Device::Cpu));
-        let w = Tensor::ones([16, 16, 3, 3], (Kind::Float, Device::Cpu));
+        // Eight input channels: too few for the products to pay for the transforms.
+        let x = Tensor::ones([1, 8, 6, 4], (Kind::Float, Device::Cpu));
+        let w = Tensor::ones([16, 8, 3, 3], (Kind::Float, Device::Cpu));
         // SAFETY: live tensors for the duration of the call.
         let err = std::panic::catch_unwind(|| owned(unsafe { gtn_winograd_conv(x.as_ptr(), w.as_ptr()) }, "winograd"));
         let message = err.unwrap_err().downcast_ref::<String>().cloned().unwrap();
