@@ -245,7 +245,7 @@ void pool_image(const Dims &d, const T *s, T *y, int32_t *arg) {
 // float32 errors within ~5e-6 of the largest output, where the symmetric 0, ±1, ±2 (fewer
 // operations) reach ~8e-6. G is in csrc/winograd.cpp.
 template <typename T, typename V>
-void bt6(const V (&d)[6], V (&o)[6]) {
+void bt(const V (&d)[6], V (&o)[6]) {
     o[0] = d[0] + T(1.5) * (d[1] - d[3]) - T(2) * d[2] + d[4];
     o[1] = d[4] - d[1] - T(2.5) * d[2] - T(0.5) * d[3];
     o[2] = d[4] + d[1] + T(0.5) * d[2] - T(2.5) * d[3];
@@ -255,7 +255,7 @@ void bt6(const V (&d)[6], V (&o)[6]) {
 }
 
 template <typename T, typename V>
-void b6(const V (&e)[6], V (&o)[6]) {
+void b(const V (&e)[6], V (&o)[6]) {
     o[0] = e[0];
     o[1] = T(1.5) * e[0] - e[1] + e[2] - T(0.5) * e[3] + T(2) * e[4] + e[5];
     o[2] = T(-2) * e[0] - T(2.5) * e[1] + T(0.5) * e[2] - e[3] - e[4] + T(1.5) * e[5];
@@ -265,14 +265,14 @@ void b6(const V (&e)[6], V (&o)[6]) {
 }
 
 template <typename T, typename V>
-void at6(const V (&m)[6], V (&o)[4]) {
+void at(const V (&m)[6], V (&o)[4]) {
     V p = m[1] + m[2], q = m[1] - m[2];
     o[0] = m[0] + p + m[3] + m[4], o[1] = q + T(2) * m[3] - T(0.5) * m[4];
     o[2] = p + T(4) * m[3] + T(0.25) * m[4], o[3] = q + T(8) * m[3] - T(0.125) * m[4] + m[5];
 }
 
 template <typename T, typename V>
-void a6(const V (&g)[4], V (&o)[6]) {
+void a(const V (&g)[4], V (&o)[6]) {
     V p = g[0] + g[2], q = g[1] + g[3];
     o[0] = g[0], o[1] = p + q, o[2] = p - q, o[3] = g[0] + T(2) * g[1] + T(4) * g[2] + T(8) * g[3];
     o[4] = g[0] - T(0.5) * g[1] + T(0.25) * g[2] - T(0.125) * g[3], o[5] = g[3];
@@ -282,7 +282,7 @@ void a6(const V (&g)[4], V (&o)[6]) {
 // g [2]. The points 0, 1, -1, 1/2 and infinity: float32 errors within ~5e-6 of the largest
 // output (0, ±1 and 2 or -2: ~6e-6).
 template <typename T, typename V>
-void bt5(const V (&d)[5], V (&o)[5]) {
+void bt(const V (&d)[5], V (&o)[5]) {
     o[0] = T(0.5) * (d[0] - d[2]) - d[1] + d[3];
     o[1] = T(0.5) * (d[2] - d[1]) + d[3];
     o[2] = T(0.5) * d[1] - T(1.5) * d[2] + d[3];
@@ -291,7 +291,7 @@ void bt5(const V (&d)[5], V (&o)[5]) {
 }
 
 template <typename T, typename V>
-void b5(const V (&e)[5], V (&o)[5]) {
+void b(const V (&e)[5], V (&o)[5]) {
     o[0] = T(0.5) * e[0];
     o[1] = T(0.5) * (e[2] - e[1] + e[4]) - e[0] - e[3];
     o[2] = T(0.5) * (e[1] - e[0]) - T(1.5) * e[2] - e[4];
@@ -300,14 +300,14 @@ void b5(const V (&e)[5], V (&o)[5]) {
 }
 
 template <typename T, typename V>
-void at5(const V (&m)[5], V (&o)[4]) {
+void at(const V (&m)[5], V (&o)[4]) {
     V p = m[1] + m[2], q = m[1] - m[2];
     o[0] = m[0] + p + m[3], o[1] = q + T(0.5) * m[3], o[2] = p + T(0.25) * m[3];
     o[3] = q + T(0.125) * m[3] + m[4];
 }
 
 template <typename T, typename V>
-void a5(const V (&g)[4], V (&o)[5]) {
+void a(const V (&g)[4], V (&o)[5]) {
     V p = g[0] + g[2], q = g[1] + g[3];
     o[0] = g[0], o[1] = p + q, o[2] = p - q;
     o[3] = g[0] + T(0.5) * g[1] + T(0.25) * g[2] + T(0.125) * g[3], o[4] = g[3];
@@ -369,10 +369,7 @@ void input_form(const T *const *p, T *out, int64_t plane, int64_t c, T *scratch)
     constexpr int n = kPatch<F>;
     T *v[n * n];
     points(v, out, plane);
-    if constexpr (F == Form::F4x4_3x3)
-        separable<T, n, n, false>(p, v, c, scratch, [](const auto &x, auto &y) { bt6<T>(x, y); });
-    else
-        separable<T, n, n, false>(p, v, c, scratch, [](const auto &x, auto &y) { bt5<T>(x, y); });
+    separable<T, n, n, false>(p, v, c, scratch, [](const auto &x, auto &y) { bt<T>(x, y); });
 }
 
 template <typename T, Form F>
@@ -380,10 +377,7 @@ void input_adjoint_form(const T *in, int64_t plane, T *const *p, int64_t c, T *s
     constexpr int n = kPatch<F>;
     const T *v[n * n];
     points(v, in, plane);
-    if constexpr (F == Form::F4x4_3x3)
-        separable<T, n, n, true>(v, p, c, scratch, [](const auto &x, auto &y) { b6<T>(x, y); });
-    else
-        separable<T, n, n, true>(v, p, c, scratch, [](const auto &x, auto &y) { b5<T>(x, y); });
+    separable<T, n, n, true>(v, p, c, scratch, [](const auto &x, auto &y) { b<T>(x, y); });
 }
 
 template <typename T, Form F>
@@ -391,10 +385,7 @@ void output_form(const T *in, int64_t plane, T *const *q, int64_t c, T *scratch)
     constexpr int n = kPatch<F>;
     const T *m[n * n];
     points(m, in, plane);
-    if constexpr (F == Form::F4x4_3x3)
-        separable<T, n, 4, false>(m, q, c, scratch, [](const auto &x, auto &y) { at6<T>(x, y); });
-    else
-        separable<T, n, 4, false>(m, q, c, scratch, [](const auto &x, auto &y) { at5<T>(x, y); });
+    separable<T, n, 4, false>(m, q, c, scratch, [](const auto &x, auto &y) { at<T>(x, y); });
 }
 
 template <typename T, Form F>
@@ -402,10 +393,7 @@ void output_adjoint_form(const T *const *q, T *out, int64_t plane, int64_t c, T 
     constexpr int n = kPatch<F>;
     T *v[n * n];
     points(v, out, plane);
-    if constexpr (F == Form::F4x4_3x3)
-        separable<T, 4, n, false>(q, v, c, scratch, [](const auto &x, auto &y) { a6<T>(x, y); });
-    else
-        separable<T, 4, n, false>(q, v, c, scratch, [](const auto &x, auto &y) { a5<T>(x, y); });
+    separable<T, 4, n, false>(q, v, c, scratch, [](const auto &x, auto &y) { a<T>(x, y); });
 }
 
 template <typename T>
