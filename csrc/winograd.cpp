@@ -33,8 +33,11 @@ constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
 // compiler cannot prove do not alias.
 #define VECTORIZE _Pragma("GCC ivdep")
 
-// Both forms' output tiles are 4x4.
+// Both forms' output tiles are 4x4; their transformed tiles have 6 x 6 points (F(4x4, 3x3)) and
+// 5 x 5 (F(4x4, 2x2), the wide layer).
 constexpr int64_t kTile = 4;
+constexpr int64_t kPoints = 36;
+constexpr int64_t kWidePoints = 25;
 
 // A channels-last batch of images [n, h, w, c] cut into 4x4 output tiles, those of the last row
 // and column overhanging the image where its sides are not multiples of 4.
@@ -120,12 +123,21 @@ void quad(P (&q)[4][4], P y, int64_t b, int64_t i, int64_t j, const Tiles &t, in
 
 constexpr auto kForm = pointwise_kernels::Form::F4x4_3x3;
 
-// The transforms' kernels (csrc/pointwise_kernels.h) take a scratch tile [36, c], kept in L1.
+// A buffer of at least n values per thread and use, kept from call to call: the transforms'
+// scratch tile (kept in L1), the sink for pixels past an image's edge, zeros read there instead
+// (only ever grown, so zero).
+enum class Use { kScratch, kSink, kZeros };
+template <typename T, Use U>
+T *per_thread(int64_t n) {
+    thread_local std::vector<T> buffer;
+    if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+    return buffer.data();
+}
+
+// The kernels (csrc/pointwise_kernels.h) take a scratch tile of up to 6 x 6 points of c channels.
 template <typename T>
 T *scratch_tile(int64_t c) {
-    thread_local std::vector<T> tile;
-    if (static_cast<int64_t>(tile.size()) < 36 * c) tile.resize(36 * c);
-    return tile.data();
+    return per_thread<T, Use::kScratch>(kPoints * c);
 }
 
 // B^T d B for the 6x6 patch around every tile of `images` images from `x` (zero outside the
@@ -150,10 +162,8 @@ void input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, i
     const int64_t plane = images * t.per_image() * c;
     const auto kernel = pointwise_kernels::table<T>().winograd_input_adjoint;
     for_each_tile(images, t, [&](int64_t b, int64_t i, int64_t j) {
-        thread_local std::vector<T> sink;
-        if (static_cast<int64_t>(sink.size()) < c) sink.resize(c);
         T *p[6][6];
-        patch(p, x, b, i, j, t, c, sink.data());
+        patch(p, x, b, i, j, t, c, per_thread<T, Use::kSink>(c));
         kernel(kForm, v + t.tile(b, i, j, c), plane, p[0], c, scratch_tile<T>(c));
     });
 }
@@ -162,14 +172,13 @@ void input_transform_adjoint(const T *v, T *x, int64_t images, const Tiles &t, i
 // output pixels of `image` (that image's pixels), those past its edge into a per-thread sink.
 template <typename T>
 void output_transform_image(const T *m, T *image, int64_t b, const Tiles &t, int64_t c, int64_t plane) {
-    thread_local std::vector<T> sink;
-    if (static_cast<int64_t>(sink.size()) < c) sink.resize(c);
+    T *sink = per_thread<T, Use::kSink>(c);
     const auto kernel = pointwise_kernels::table<T>().winograd_output;
     T *scratch = scratch_tile<T>(c);
     for (int64_t i = 0; i < t.rows(); ++i)
         for (int64_t j = 0; j < t.cols(); ++j) {
             T *q[4][4];
-            quad(q, image, 0, i, j, t, c, sink.data());
+            quad(q, image, 0, i, j, t, c, sink);
             kernel(kForm, m + t.tile(b, i, j, c), plane, q[0], c, scratch);
         }
 }
@@ -194,14 +203,13 @@ void for_each_output_image(const T *m, int64_t images, const Tiles &t, int64_t c
 // values apart.
 template <typename T>
 void output_transform_adjoint_image(const T *image, T *m, int64_t b, const Tiles &t, int64_t c, int64_t plane) {
-    thread_local std::vector<T> zeros;
-    zeros.assign(c, T(0));
+    const T *zeros = per_thread<T, Use::kZeros>(c);
     const auto kernel = pointwise_kernels::table<T>().winograd_output_adjoint;
     T *scratch = scratch_tile<T>(c);
     for (int64_t i = 0; i < t.rows(); ++i)
         for (int64_t j = 0; j < t.cols(); ++j) {
             const T *q[4][4];
-            quad(q, image, 0, i, j, t, c, static_cast<const T *>(zeros.data()));
+            quad(q, image, 0, i, j, t, c, zeros);
             kernel(kForm, q[0], m + t.tile(b, i, j, c), plane, c, scratch);
         }
 }
@@ -245,7 +253,7 @@ at::Tensor transformed_of_pool(const at::Tensor &grad, const at::Tensor &index, 
                                int64_t images) {
     auto c = grad.size(1);
     auto pooled = grad.size(2) * grad.size(3);
-    auto m = at::empty({36, images * t.per_image(), c}, grad.options());
+    auto m = at::empty({kPoints, images * t.per_image(), c}, grad.options());
     AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "winograd_transform_of_pool", [&] {
         output_transform_adjoint_of_pool(grad.const_data_ptr<scalar_t>() + first * pooled * c,
                                          index.const_data_ptr<int32_t>() + first * pooled * c, pooled,
@@ -258,7 +266,7 @@ at::Tensor transformed_of_pool(const at::Tensor &grad, const at::Tensor &index, 
 at::Tensor transformed(const at::Tensor &nhwc, int64_t first, int64_t images, bool adjoint_of_output) {
     auto t = tiles_of(nhwc);
     auto c = nhwc.size(1);
-    auto v = at::empty({36, images * t.per_image(), c}, nhwc.options());
+    auto v = at::empty({kPoints, images * t.per_image(), c}, nhwc.options());
     AT_DISPATCH_FLOATING_TYPES(nhwc.scalar_type(), "winograd_transform", [&] {
         const auto *x = nhwc.const_data_ptr<scalar_t>() + t.pixel(first, 0, 0, c);
         auto *out = v.data_ptr<scalar_t>();
@@ -276,7 +284,8 @@ bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, 
     auto kind = input.scalar_type();
     return input.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
            input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) == 3 &&
-           weight.size(3) == 3 && stride == 1 && padding == 1 && input.size(1) >= kMinChannels && weight.size(0) >= kMinChannels;
+           weight.size(3) == 3 && stride == 1 && padding == 1 && input.size(1) >= kMinChannels &&
+           weight.size(0) >= kMinChannels;
 }
 
 namespace {
@@ -384,7 +393,7 @@ std::tuple<at::Tensor, at::Tensor> grads_of(const Tiles &t, OutputGrad output_gr
         // at::zeros would drop the memory format.
         input_grad = at::empty({t.n, c, t.h, t.w}, weight.options().memory_format(kNhwc)).zero_();
     }
-    if (want_weight) weight_grad = at::zeros({36, c, weight.size(0)}, weight.options());
+    if (want_weight) weight_grad = at::zeros({kPoints, c, weight.size(0)}, weight.options());
     by_chunk(t, [&](int64_t first, int64_t images) {
         // The output gradient's transform, shared by both gradients.
         at::Tensor m = output_grad(first, images);
@@ -552,7 +561,7 @@ Tiles padded_tiles_of(const at::Tensor &x) { return {x.size(0), x.size(2) + 1, x
 // [25, tiles, C].
 at::Tensor small_transformed_input(const at::Tensor &nhwc, const Tiles &t, int64_t first, int64_t images) {
     auto c = nhwc.size(1);
-    auto v = at::empty({25, images * t.per_image(), c}, nhwc.options());
+    auto v = at::empty({kWidePoints, images * t.per_image(), c}, nhwc.options());
     AT_DISPATCH_FLOATING_TYPES(nhwc.scalar_type(), "winograd_small_transform", [&] {
         padded_input_transform(nhwc.const_data_ptr<scalar_t>() + first * nhwc.size(2) * nhwc.size(3) * c,
                                v.data_ptr<scalar_t>(), images, t, c);
@@ -591,9 +600,8 @@ at::Tensor pad_conv(const at::Tensor &input, const at::Tensor &weight, bool gath
         AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "winograd_small_output", [&] {
             const int64_t plane = images * t.per_image() * 4 * k;
             at::parallel_for(0, images, 1, [&](int64_t lo, int64_t hi) {
-                thread_local std::vector<scalar_t> sink;
-                sink.resize(k);
-                const Placement<scalar_t *> place{y.data_ptr<scalar_t>(), sink.data(), t, k, gathered};
+                const Placement<scalar_t *> place{y.data_ptr<scalar_t>(), per_thread<scalar_t, Use::kSink>(k), t, k,
+                                                  gathered};
                 for (int64_t b = lo; b < hi; ++b)
                     small_output_transform_image(m.const_data_ptr<scalar_t>(), b, first + b, t, plane, place);
             });
@@ -620,9 +628,9 @@ std::tuple<at::Tensor, at::Tensor> pad_conv_grads(const at::Tensor &grad_out, co
         u_t = weight_transform(weight, kron).transpose(1, 2);
         input_grad = at::empty(input.sizes(), input.options().memory_format(kNhwc));
     }
-    if (want_weight) weight_grad = at::zeros({25, c, weight.size(0)}, weight.options());
+    if (want_weight) weight_grad = at::zeros({kWidePoints, c, weight.size(0)}, weight.options());
     by_chunk(t, [&](int64_t first, int64_t images) {
-        auto m = at::empty({25, images * t.per_image(), 4 * k}, g.options());
+        auto m = at::empty({kWidePoints, images * t.per_image(), 4 * k}, g.options());
         AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "winograd_small_output_adjoint", [&] {
             const std::vector<scalar_t> zeros(k, scalar_t(0));
             const Placement<const scalar_t *> place{g.const_data_ptr<scalar_t>(), zeros.data(), t, k, gathered};
