@@ -47,6 +47,9 @@ pub struct CompareOptions {
     /// Learner of meta-training and evaluation (default: the preset's).
     pub learner: Option<LearnerKind>,
     pub data_dir: Option<PathBuf>,
+    /// The teachers to meta-train and evaluate, by name (`TEACHERS`; empty: all of them). The
+    /// real-data baseline always runs: the speed-ups are measured against it.
+    pub methods: Vec<String>,
     /// Meta-iterations per teacher (default: the preset's), or a time budget per teacher that
     /// lowers them further.
     pub meta_iters: Option<usize>,
@@ -208,6 +211,15 @@ fn teacher_curves(
     Ok(stored.per_learner)
 }
 
+/// The entries of `TEACHERS` named in `methods` (all for none), in `TEACHERS`' order.
+fn chosen_teachers(methods: &[String]) -> Result<Vec<(&'static str, TeacherKind, CurriculumKind)>> {
+    let names = TEACHERS.map(|(name, ..)| name);
+    if let Some(unknown) = methods.iter().find(|m| !names.contains(&m.as_str())) {
+        bail!("--methods {unknown}: unknown method, expected some of {}", names.join(", "));
+    }
+    Ok(TEACHERS.into_iter().filter(|(name, ..)| methods.is_empty() || methods.iter().any(|m| m == name)).collect())
+}
+
 /// Step counts the curves are measured at: every `stride` steps up to `last`, and T.
 fn grid(stride: usize, last: usize, t: usize) -> Vec<usize> {
     let mut steps: Vec<usize> = (0..=last).step_by(stride).chain([t, last]).collect();
@@ -223,6 +235,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     if options.real_steps_factor == 0 {
         bail!("--real-steps-factor 0: expected at least 1");
     }
+    let teachers = chosen_teachers(&options.methods)?;
     let mut base = Config::from_preset(&options.preset, options.config.as_deref())?;
     if let Some(dataset) = options.dataset.filter(|&d| d != base.dataset) {
         base.dataset = dataset;
@@ -245,7 +258,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     let cohort = eval::Cohort { data: &data, kind: base.learner, learners: options.learners, seed: options.seed };
     let mut curves = Vec::new();
     let mut trained = Vec::new();
-    for (name, teacher, curriculum) in TEACHERS {
+    for (name, teacher, curriculum) in teachers {
         let dir = out.join(name);
         eprintln!("{name}: meta-training in {}", dir.display());
         let trainer = train_or_reuse(&teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
@@ -396,6 +409,7 @@ mod tests {
             dataset: Some(DatasetName::Cifar10),
             learner: None,
             data_dir: Some(folder.path().to_path_buf()),
+            methods: Vec::new(),
             meta_iters: None,
             budget: None,
             checkpoint_every: None,
@@ -433,6 +447,15 @@ mod tests {
         let before = |name: &str| summary.methods.iter().find(|m| m.method == name).unwrap().accuracy_mean;
         assert_eq!(accuracy("gtn-full"), 0.125);
         assert_eq!(accuracy("gtn-none"), before("gtn-none"));
+
+        // A subset of the teachers, named in any order, runs in the table's order beside real data.
+        let subset = CompareOptions { methods: vec!["distill".into(), "gtn-full".into()], ..options.clone() };
+        let some = run(&subset, &out, Device::Cpu).unwrap();
+        let names: Vec<&str> = some.methods.iter().map(|m| m.method.as_str()).collect();
+        assert_eq!(names, ["gtn-full", "distill", REAL]);
+        let typo = CompareOptions { methods: vec!["gtn-ful".into()], ..options };
+        let error = run(&typo, &out, Device::Cpu).unwrap_err().to_string();
+        assert!(error.starts_with("--methods gtn-ful: unknown method, expected some of gtn-none,"), "{error}");
     }
 
     #[test]

@@ -91,12 +91,12 @@ impl Config {
         }
     }
 
-    /// The reference configuration cut to what about 30 minutes on 2 CPU cores buys: ~13.5 s
-    /// per meta-iteration, so 130 iterations (the cosine decay spans those), with the meta-loss
-    /// taken on 512 real images instead of 128: a less noisy meta-gradient for a few percent more
-    /// time, which matters when there are only 130 steps. See the README for how it was chosen.
+    /// The reference configuration cut to what about 30 minutes on 2 CPU cores buys: ~4.7 s per
+    /// meta-iteration, so 360 iterations (the cosine decay spans those), with the meta-loss taken
+    /// on 512 real images instead of 128: a less noisy meta-gradient for a few percent more time,
+    /// which matters when there are only a few hundred steps. See the README for how it was chosen.
     pub fn cpu() -> Config {
-        Config { meta_iters: 130, meta_batch: 512, save_every: 10, ..Config::paper() }
+        Config { meta_iters: 360, meta_batch: 512, save_every: 10, ..Config::paper() }
     }
 
     /// Seconds: for tests and smoke runs.

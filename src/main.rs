@@ -356,6 +356,10 @@ struct CompareArgs {
     config: Option<PathBuf>,
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
+    /// Teachers to meta-train and evaluate, comma-separated (default: all of gtn-none,
+    /// gtn-all-shuffled, gtn-batch-shuffled, gtn-full, distill); real data always runs.
+    #[arg(long, value_delimiter = ',')]
+    methods: Vec<String>,
     /// Meta-iterations per teacher (default: the preset's).
     #[arg(long)]
     meta_iters: Option<usize>,
@@ -456,6 +460,7 @@ fn run(cli: Cli) -> Result<()> {
                 dataset: args.dataset,
                 learner: args.learner,
                 data_dir: args.data_dir,
+                methods: args.methods,
                 meta_iters: args.meta_iters,
                 budget: args.budget_minutes,
                 checkpoint_every: args.checkpoint_every,
