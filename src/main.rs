@@ -356,8 +356,8 @@ struct CompareArgs {
     config: Option<PathBuf>,
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
-    /// Teachers to meta-train and evaluate, comma-separated (default: all of gtn-none,
-    /// gtn-all-shuffled, gtn-batch-shuffled, gtn-full, distill); real data always runs.
+    /// Teachers to meta-train and evaluate, comma-separated, by their names in the table (default:
+    /// all; an unknown name lists them). The real-data baseline always runs.
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
     /// Meta-iterations per teacher (default: the preset's).
