@@ -176,9 +176,14 @@ fn tiny_compare_writes_curves_table_and_plot() {
     let png = image::open(dir.join("curves.png")).unwrap();
     assert!(png.width() > 500 && png.height() > 300);
 
-    // A second run reuses the trained teachers: their checkpoints are not rewritten.
+    // A second run, of two teachers named in any order, reuses them: their checkpoints are not
+    // rewritten, and the summary holds those two, in the table's order, and real data.
     let before = std::fs::read(dir.join("gtn-full/checkpoint.safetensors")).unwrap();
-    stdout(&gtn(&args));
+    let subset = [&args[..], &["--methods", "distill,gtn-full"]].concat();
+    let summary: serde_json::Value = serde_json::from_str(stdout(&gtn(&subset)).trim()).unwrap();
+    let methods: Vec<&str> =
+        summary["methods"].as_array().unwrap().iter().map(|m| m["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["gtn-full", "distill", "real"]);
     assert_eq!(std::fs::read(dir.join("gtn-full/checkpoint.safetensors")).unwrap(), before);
 }
 
