@@ -354,46 +354,48 @@ void separable(const T *const *x, T *const *y, int64_t c, T *scratch, Map map) {
     }
 }
 
-// The N points of a transformed tile, `plane` values apart.
+// The N points of a transformed tile, `plane` values apart (a plain array, not std::array: see
+// the top of the file).
 template <int N, typename P>
-void points(P (&v)[N], P base, int64_t plane) {
-    for (int i = 0; i < N; ++i) v[i] = base + i * plane;
+struct Points {
+    P at[N];
+};
+
+template <int N, typename P>
+Points<N, P> points(P base, int64_t plane) {
+    Points<N, P> v;
+    for (int i = 0; i < N; ++i) v.at[i] = base + i * plane;
+    return v;
 }
 
 // The patch side of each form's tiles.
 template <Form F>
 constexpr int kPatch = F == Form::F4x4_3x3 ? 6 : 5;
 
+// Each direction is one separable map between the tile's patch (pointers `p` or `q`) and its
+// transformed points (`plane` values apart from `out` or `in`).
 template <typename T, Form F>
 void input_form(const T *const *p, T *out, int64_t plane, int64_t c, T *scratch) {
     constexpr int n = kPatch<F>;
-    T *v[n * n];
-    points(v, out, plane);
-    separable<T, n, n, false>(p, v, c, scratch, [](const auto &x, auto &y) { bt<T>(x, y); });
+    separable<T, n, n, false>(p, points<n * n>(out, plane).at, c, scratch, [](const auto &x, auto &y) { bt<T>(x, y); });
 }
 
 template <typename T, Form F>
 void input_adjoint_form(const T *in, int64_t plane, T *const *p, int64_t c, T *scratch) {
     constexpr int n = kPatch<F>;
-    const T *v[n * n];
-    points(v, in, plane);
-    separable<T, n, n, true>(v, p, c, scratch, [](const auto &x, auto &y) { b<T>(x, y); });
+    separable<T, n, n, true>(points<n * n>(in, plane).at, p, c, scratch, [](const auto &x, auto &y) { b<T>(x, y); });
 }
 
 template <typename T, Form F>
 void output_form(const T *in, int64_t plane, T *const *q, int64_t c, T *scratch) {
     constexpr int n = kPatch<F>;
-    const T *m[n * n];
-    points(m, in, plane);
-    separable<T, n, 4, false>(m, q, c, scratch, [](const auto &x, auto &y) { at<T>(x, y); });
+    separable<T, n, 4, false>(points<n * n>(in, plane).at, q, c, scratch, [](const auto &x, auto &y) { at<T>(x, y); });
 }
 
 template <typename T, Form F>
 void output_adjoint_form(const T *const *q, T *out, int64_t plane, int64_t c, T *scratch) {
     constexpr int n = kPatch<F>;
-    T *v[n * n];
-    points(v, out, plane);
-    separable<T, 4, n, false>(q, v, c, scratch, [](const auto &x, auto &y) { a<T>(x, y); });
+    separable<T, 4, n, false>(q, points<n * n>(out, plane).at, c, scratch, [](const auto &x, auto &y) { a<T>(x, y); });
 }
 
 template <typename T>
