@@ -11,7 +11,6 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::checkpoint;
 use crate::config::Config;
 use crate::curriculum::CurriculumKind;
 use crate::data::{DatasetName, Split};
@@ -137,31 +136,9 @@ fn teacher_config(base: &Config, teacher: TeacherKind, curriculum: CurriculumKin
     Config { teacher, curriculum, ..base.clone() }
 }
 
-/// Trains the teacher in `dir`, or continues / reuses the run already there if it has the same
-/// config (with a budget, it may have fewer meta-iterations: the budget lowered them).
+/// Trains the teacher in `dir`, or continues / reuses the run already there (same config).
 fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device: Device) -> Result<Trainer> {
-    let mut trainer = if dir.join(checkpoint::CONFIG_FILE).exists() {
-        let stored = checkpoint::read_config(dir)?;
-        let budgeted = budget.is_some() && stored.meta_iters <= config.meta_iters;
-        let comparable = |c: &Config| Config {
-            meta_iters: if budgeted { 0 } else { c.meta_iters },
-            data_dir: None,
-            checkpoint_every: 0,
-            ..c.clone()
-        };
-        if comparable(&stored) != comparable(config) {
-            bail!(
-                "{}: holds a run with another config; remove the folder or choose another --out",
-                dir.join(checkpoint::CONFIG_FILE).display()
-            );
-        }
-        Trainer::resume(dir, device, |c| {
-            c.data_dir = config.data_dir.clone().or(c.data_dir.take());
-            c.checkpoint_every = config.checkpoint_every;
-        })?
-    } else {
-        Trainer::create(config, dir, device)?
-    };
+    let mut trainer = Trainer::open(config, dir, device, budget.is_some())?;
     trainer.run(true, budget)?;
     Ok(trainer)
 }
@@ -379,6 +356,7 @@ impl CompareSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint;
 
     #[test]
     fn steps_to_reach_interpolates_the_first_crossing() {

@@ -184,6 +184,15 @@ impl Config {
         Ok(config)
     }
 
+    /// The keys whose values differ from `other`'s, each with both values as TOML (nested keys
+    /// dotted), so an error can say what separates two runs.
+    pub fn differences(&self, other: &Config) -> Result<Vec<(String, String, String)>> {
+        let table = |c: &Config| toml::Table::try_from(c).context("config cannot be written as TOML");
+        let mut out = Vec::new();
+        diff_tables("", &table(self)?, &table(other)?, &mut out);
+        Ok(out)
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| self.dataset.default_dir())
     }
@@ -264,6 +273,22 @@ fn merge(base: &mut toml::Table, overrides: toml::Table) {
     }
 }
 
+fn diff_tables(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<(String, String, String)>) {
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let shown = |v: Option<&toml::Value>| v.map_or_else(|| "absent".to_string(), ToString::to_string);
+    for key in keys {
+        match (a.get(key), b.get(key)) {
+            (Some(toml::Value::Table(ta)), Some(toml::Value::Table(tb))) => {
+                diff_tables(&format!("{prefix}{key}."), ta, tb, out)
+            }
+            (va, vb) if va != vb => out.push((format!("{prefix}{key}"), shown(va), shown(vb))),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +302,24 @@ mod tests {
         }
         let err = Config::preset("huge").unwrap_err().to_string();
         assert_eq!(err, "--preset huge: unknown preset, expected one of paper, cpu, tiny, paper-cifar10, cpu-cifar10");
+    }
+
+    #[test]
+    fn differences_name_each_key_and_both_values() {
+        let a = Config::tiny();
+        assert!(a.differences(&a).unwrap().is_empty());
+        let b = Config {
+            meta_iters: a.meta_iters + 1,
+            data_dir: Some("d".into()),
+            ..Config::tiny().with_overrides_str("[generator]\nfc_width = 33").unwrap()
+        };
+        let row = |key: &str, a: String, b: String| (key.to_string(), a, b);
+        let expected = vec![
+            row("data_dir", "absent".into(), "\"d\"".into()),
+            row("generator.fc_width", a.generator.fc_width.to_string(), "33".into()),
+            row("meta_iters", a.meta_iters.to_string(), (a.meta_iters + 1).to_string()),
+        ];
+        assert_eq!(a.differences(&b).unwrap(), expected);
     }
 
     #[test]

@@ -257,7 +257,8 @@ struct TrainArgs {
     /// Dataset (default: the preset's).
     #[arg(long, value_enum, conflicts_with = "resume")]
     dataset: Option<DatasetName>,
-    /// Output folder for config, log and checkpoints.
+    /// Output folder for config, log and checkpoints. A folder holding a run with the same
+    /// config continues it (as --resume does); one with another config is an error.
     #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
     out: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint.
@@ -266,8 +267,10 @@ struct TrainArgs {
     /// TOML file whose keys override the preset.
     #[arg(long, conflicts_with = "resume")]
     config: Option<PathBuf>,
+    /// Meta-iterations (default: the preset's).
     #[arg(long, conflicts_with = "resume")]
     meta_iters: Option<usize>,
+    /// Seed of the teacher's initialisation and of every meta-iteration's draws (default: the preset's).
     #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
     seed: Option<u64>,
     /// Folder with the dataset's files (default data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
@@ -688,7 +691,11 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
             config.data_dir = args.data_dir.as_deref().map(std::path::absolute).transpose()?.or(config.data_dir);
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
-            Trainer::create(&config, out, device)?
+            let t = Trainer::open(&config, out, device, args.budget_minutes.is_some())?;
+            if t.iteration > 0 {
+                println!("{} holds this run: resuming at meta-iteration {}", out.display(), t.iteration);
+            }
+            t
         }
         (None, None) => bail!("--out DIR or --resume DIR is required"),
     };

@@ -93,6 +93,40 @@ impl Trainer {
         Ok(trainer)
     }
 
+    /// Starts a run of `config` in `dir`, or continues the one already there if it was started
+    /// with the same config, so a repeated command picks up where it stopped. Settings that do
+    /// not change the result (where the data lives, gradient checkpointing) are taken from
+    /// `config`. With `budgeted`, the stored run may have fewer meta-iterations: a time budget
+    /// lowered them. Any other difference is an error that names the keys.
+    pub fn open(config: &Config, dir: &Path, device: Device, budgeted: bool) -> Result<Trainer> {
+        if !dir.join(checkpoint::CONFIG_FILE).exists() {
+            return Trainer::create(config, dir, device);
+        }
+        let stored = checkpoint::read_config(dir)?;
+        let lowered_by_budget = budgeted && stored.meta_iters <= config.meta_iters;
+        let comparable = |c: &Config| Config {
+            meta_iters: if lowered_by_budget { 0 } else { c.meta_iters },
+            data_dir: None,
+            checkpoint_every: 0,
+            ..c.clone()
+        };
+        let differences = comparable(&stored).differences(&comparable(config))?;
+        if !differences.is_empty() {
+            let listed: Vec<String> =
+                differences.iter().map(|(key, there, here)| format!("{key} {there} there, {here} here")).collect();
+            bail!(
+                "{}: holds a run with another config ({}); continue it with `gtn train --resume {}`, or remove the folder, or choose another --out",
+                dir.join(checkpoint::CONFIG_FILE).display(),
+                listed.join("; "),
+                dir.display()
+            );
+        }
+        Trainer::resume(dir, device, |c| {
+            c.data_dir = config.data_dir.clone().or(c.data_dir.take());
+            c.checkpoint_every = config.checkpoint_every;
+        })
+    }
+
     /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
     /// `runtime` may change settings that do not change the result (gradient checkpointing,
     /// where the data lives); the stored config is not rewritten.
@@ -580,6 +614,24 @@ mod tests {
         Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
         let err = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).err().unwrap().to_string();
         assert!(err.contains("already holds a run; use --resume"), "{err}");
+    }
+
+    #[test]
+    fn open_continues_the_same_run_and_names_what_differs_in_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = fixture_config();
+        let mut first = Trainer::open(&config, dir.path(), Device::Cpu, false).unwrap();
+        first.step().unwrap();
+        first.save().unwrap();
+        let again = Trainer::open(&Config { checkpoint_every: 2, ..config.clone() }, dir.path(), Device::Cpu, false);
+        let again = again.unwrap();
+        assert_eq!((again.iteration, again.config().checkpoint_every), (1, 2));
+        let longer = Config { meta_iters: config.meta_iters + 5, ..config.clone() };
+        let err = Trainer::open(&longer, dir.path(), Device::Cpu, false).err().unwrap().to_string();
+        let expected = format!("(meta_iters {} there, {} here)", config.meta_iters, longer.meta_iters);
+        assert!(err.contains(&expected) && err.contains("continue it with `gtn train --resume"), "{err}");
+        // A budget may have lowered the stored run's meta-iterations: still the same run.
+        assert_eq!(Trainer::open(&longer, dir.path(), Device::Cpu, true).unwrap().iteration, 1);
     }
 
     #[test]

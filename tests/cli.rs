@@ -67,6 +67,15 @@ fn resume_of_a_finished_run_does_no_more_work() {
     let out = stdout(&gtn(&["train", "--resume", run.to_str().unwrap()]));
     assert!(out.contains("resuming") && out.contains("at meta-iteration 8"), "{out}");
     assert_eq!(std::fs::read(run.join("checkpoint.safetensors")).unwrap(), before);
+
+    // The command that made the run, repeated, continues it; with another config it is refused.
+    let data = fixtures();
+    let train = ["train", "--preset", "tiny", "--data-dir", data.to_str().unwrap(), "--out", run.to_str().unwrap()];
+    let out = stdout(&gtn(&train));
+    assert!(out.contains("holds this run: resuming at meta-iteration 8"), "{out}");
+    assert_eq!(std::fs::read(run.join("checkpoint.safetensors")).unwrap(), before);
+    let err = error_line(&gtn(&[&train[..], &["--meta-iters", "9"]].concat()));
+    assert!(err.contains("holds a run with another config (meta_iters 8 there, 9 here); continue it with"), "{err}");
 }
 
 #[test]
