@@ -316,8 +316,16 @@ fn write_outputs(out: &Path, curves: &[Curve], summary: &CompareSummary) -> Resu
         "{}: {} learner, test accuracy (mean ± std over {} learners)",
         summary.dataset, summary.learner, summary.learners
     );
-    Chart { title: &title, x_label: "inner training step", y_label: "test accuracy (%)", series: &series }
-        .write_png(&out.join(CURVES_PNG))
+    // The methods end within a few points of each other near the top: zoom on where they end.
+    let lowest_end = summary.methods.iter().map(|m| 100.0 * m.accuracy_mean).fold(f64::INFINITY, f64::min);
+    Chart {
+        title: &title,
+        x_label: "inner training step",
+        y_label: "test accuracy (%)",
+        series: &series,
+        zoom_from: Some((lowest_end - 1.0).floor()),
+    }
+    .write_png(&out.join(CURVES_PNG))
 }
 
 impl CompareSummary {

@@ -24,10 +24,15 @@ pub struct Chart<'a> {
     pub x_label: &'a str,
     pub y_label: &'a str,
     pub series: &'a [Series],
+    /// Adds a second panel below the whole chart with the y axis from this value up, where
+    /// curves that all end near the top can be told apart.
+    pub zoom_from: Option<f64>,
 }
 
 const WIDTH: u32 = 960;
 const HEIGHT: u32 = 640;
+/// Height of the zoomed panel, when there is one.
+const ZOOM_HEIGHT: u32 = 480;
 
 fn register() {
     static ONCE: Once = Once::new();
@@ -50,69 +55,152 @@ impl Chart<'_> {
         if !(x0.is_finite() && y0.is_finite()) {
             bail!("{}: nothing to plot", output.display());
         }
+        let x = x0..x1.max(x0 + 1.0);
         let pad = ((y1 - y0) * 0.05).max(1e-3);
-        // Enough decimals that neighbouring tick labels differ (percentages vs correlations).
-        let y_decimals = if y1 - y0 >= 10.0 { 0 } else { 2 };
-        let mut buffer = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+        let height = HEIGHT + self.zoom_from.map_or(0, |_| ZOOM_HEIGHT);
+        let mut buffer = vec![0u8; (WIDTH * height * 3) as usize];
         {
-            let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, HEIGHT)).into_drawing_area();
+            let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, height)).into_drawing_area();
             let draw_err = |e: DrawingAreaErrorKind<_>| anyhow!("{}: cannot draw: {e:?}", output.display());
             root.fill(&WHITE).map_err(draw_err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(self.title, (FAMILY, 22))
-                .margin(16)
-                .x_label_area_size(48)
-                .y_label_area_size(72)
-                .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
-                .map_err(draw_err)?;
-            chart
-                .configure_mesh()
-                .x_desc(self.x_label)
-                .y_desc(self.y_label)
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_label_formatter(&|y| format!("{y:.y_decimals$}"))
-                .label_style((FAMILY, 15))
-                .axis_desc_style((FAMILY, 17))
-                .draw()
-                .map_err(draw_err)?;
-            for (i, series) in self.series.iter().enumerate() {
-                let color = Palette99::pick(i).to_rgba();
-                let upper = series.points.iter().map(|&(x, m, s)| (x, m + s));
-                let lower = series.points.iter().rev().map(|&(x, m, s)| (x, m - s));
-                chart
-                    .draw_series(std::iter::once(Polygon::new(
-                        upper.chain(lower).collect::<Vec<_>>(),
-                        color.mix(0.15).filled(),
-                    )))
-                    .map_err(draw_err)?;
-                chart
-                    .draw_series(LineSeries::new(series.points.iter().map(|&(x, m, _)| (x, m)), color.stroke_width(2)))
-                    .map_err(draw_err)?
-                    .label(series.name.as_str())
-                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3)));
+            let (whole, zoomed) = root.split_vertically(HEIGHT);
+            let full = (y0 - pad)..(y1 + pad);
+            match self.zoom_from.filter(|&z| z < y1) {
+                Some(z) => {
+                    self.panel(&whole, self.title, x.clone(), full, self.y_label, false).map_err(draw_err)?;
+                    let label = format!("{}, zoomed", self.y_label);
+                    let zoom = z..(y1 + (y1 - z) * 0.05);
+                    self.panel(&zoomed, "", x, zoom, &label, true).map_err(draw_err)?;
+                }
+                None => self.panel(&whole, self.title, x, full, self.y_label, true).map_err(draw_err)?,
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .label_font((FAMILY, 15))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(draw_err)?;
             root.present().map_err(draw_err)?;
         }
-        let image = image::RgbImage::from_raw(WIDTH, HEIGHT, buffer).expect("buffer has the image's size");
+        let image = image::RgbImage::from_raw(WIDTH, height, buffer).expect("buffer has the image's size");
         crate::atomic::replace_with(output, |tmp| {
             image
                 .save_with_format(tmp, image::ImageFormat::Png)
                 .with_context(|| format!("{}: cannot write", output.display()))
         })
     }
+
+    /// Every series, mean line over a shaded spread band, on `area` with the given ranges;
+    /// plotters clips what falls outside them.
+    fn panel<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, plotters::coord::Shift>,
+        caption: &str,
+        x: std::ops::Range<f64>,
+        y: std::ops::Range<f64>,
+        y_label: &str,
+        legend: bool,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        // Enough decimals that neighbouring tick labels differ (percentages vs correlations).
+        let y_decimals = if y.end - y.start >= 10.0 { 0 } else { 2 };
+        let floor = y.start;
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, (FAMILY, 22))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
+            .build_cartesian_2d(x, y)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label)
+            .y_desc(y_label)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.y_decimals$}"))
+            .label_style((FAMILY, 15))
+            .axis_desc_style((FAMILY, 17))
+            .draw()?;
+        for (i, series) in self.series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let upper = series.points.iter().map(|&(x, m, s)| (x, m + s));
+            let lower = series.points.iter().rev().map(|&(x, m, s)| (x, m - s));
+            let band = clip_polygon(&upper.chain(lower).collect::<Vec<_>>(), floor);
+            chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.15).filled())))?;
+            let line: Vec<(f64, f64)> = series.points.iter().map(|&(x, m, _)| (x, m)).collect();
+            let pieces = clip_line(&line, floor);
+            chart
+                .draw_series(pieces.into_iter().map(|piece| PathElement::new(piece, color.stroke_width(2))))?
+                .label(series.name.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3)));
+        }
+        if legend {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .label_font((FAMILY, 15))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the segment from `a` to `b` meets the horizontal line y = `floor`.
+fn crossing(a: (f64, f64), b: (f64, f64), floor: f64) -> (f64, f64) {
+    let t = (floor - a.1) / (b.1 - a.1);
+    (a.0 + t * (b.0 - a.0), floor)
+}
+
+/// The parts of a polyline on or above `floor`, each crossing cut where it meets the floor.
+/// Plotters would instead pin points outside the range to the axis, drawing lines along it that
+/// are not data.
+fn clip_line(points: &[(f64, f64)], floor: f64) -> Vec<Vec<(f64, f64)>> {
+    let mut pieces: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut previous: Option<(f64, f64)> = None;
+    for &p in points {
+        match previous {
+            Some(a) if (a.1 >= floor) != (p.1 >= floor) => {
+                let x = crossing(a, p, floor);
+                if p.1 >= floor {
+                    pieces.push(vec![x, p]);
+                } else {
+                    pieces.last_mut().expect("a piece is open above the floor").push(x);
+                }
+            }
+            Some(a) if a.1 >= floor => pieces.last_mut().expect("a piece is open above the floor").push(p),
+            None if p.1 >= floor => pieces.push(vec![p]),
+            _ => {}
+        }
+        previous = Some(p);
+    }
+    pieces
+}
+
+/// The part of a polygon on or above `floor` (one edge of Sutherland-Hodgman clipping).
+fn clip_polygon(points: &[(f64, f64)], floor: f64) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for (i, &b) in points.iter().enumerate() {
+        let a = points[(i + points.len() - 1) % points.len()];
+        if (a.1 >= floor) != (b.1 >= floor) {
+            out.push(crossing(a, b, floor));
+        }
+        if b.1 >= floor {
+            out.push(b);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipping_keeps_what_is_above_the_floor_and_cuts_at_it() {
+        let line = [(0.0, 0.0), (1.0, 2.0), (2.0, 4.0), (3.0, 0.0), (4.0, 0.0), (5.0, 2.0)];
+        let expected = vec![vec![(0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (2.75, 1.0)], vec![(4.5, 1.0), (5.0, 2.0)]];
+        assert_eq!(clip_line(&line, 1.0), expected);
+        assert_eq!(clip_line(&line, 5.0), Vec::<Vec<(f64, f64)>>::new());
+        assert_eq!(clip_line(&line, -1.0), vec![line.to_vec()]);
+        // A square from y = 0 to 2 cut at y = 1: its upper half.
+        let square = [(0.0, 0.0), (0.0, 2.0), (2.0, 2.0), (2.0, 0.0)];
+        assert_eq!(clip_polygon(&square, 1.0), vec![(0.0, 1.0), (0.0, 2.0), (2.0, 2.0), (2.0, 1.0)]);
+        assert!(clip_polygon(&square, 3.0).is_empty());
+    }
 
     #[test]
     fn writes_a_png_of_the_chart() {
@@ -122,13 +210,22 @@ mod tests {
             Series { name: "a".into(), points: vec![(0.0, 0.1, 0.01), (1.0, 0.5, 0.05), (2.0, 0.9, 0.02)] },
             Series { name: "b".into(), points: vec![(0.0, 0.1, 0.0), (2.0, 0.6, 0.0)] },
         ];
-        Chart { title: "test", x_label: "step", y_label: "accuracy", series: &series }.write_png(&path).unwrap();
+        let chart = Chart { title: "test", x_label: "step", y_label: "accuracy", series: &series, zoom_from: None };
+        chart.write_png(&path).unwrap();
         let image = image::open(&path).unwrap().to_rgb8();
         assert_eq!(image.dimensions(), (WIDTH, HEIGHT));
         // Something other than the white background was drawn: lines, text, bands.
-        let non_white = image.pixels().filter(|p| p.0 != [255, 255, 255]).count();
-        assert!(non_white > 5_000, "{non_white} non-white pixels");
-        let empty = Chart { title: "empty", x_label: "x", y_label: "y", series: &[] }.write_png(&path).unwrap_err();
+        let non_white = |image: &image::RgbImage| image.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+        assert!(non_white(&image) > 5_000, "{} non-white pixels", non_white(&image));
+
+        Chart { zoom_from: Some(0.5), ..chart }.write_png(&path).unwrap();
+        let zoomed = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(zoomed.dimensions(), (WIDTH, HEIGHT + ZOOM_HEIGHT));
+        let lower = image::imageops::crop_imm(&zoomed, 0, HEIGHT, WIDTH, ZOOM_HEIGHT).to_image();
+        assert!(non_white(&lower) > 5_000, "zoomed panel: {} non-white pixels", non_white(&lower));
+
+        let empty = Chart { title: "empty", x_label: "x", y_label: "y", series: &[], zoom_from: None };
+        let empty = empty.write_png(&path).unwrap_err();
         assert!(empty.to_string().contains("nothing to plot"), "{empty}");
     }
 }

@@ -205,6 +205,7 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
         x_label: "proxy training steps",
         y_label: "Spearman rho",
         series: &series,
+        zoom_from: None,
     }
     .write_png(path)
 }
