@@ -184,15 +184,6 @@ impl Config {
         Ok(config)
     }
 
-    /// The keys whose values differ from `other`'s, each with both values as TOML (nested keys
-    /// dotted), so an error can say what separates two runs.
-    pub fn differences(&self, other: &Config) -> Result<Vec<(String, String, String)>> {
-        let table = |c: &Config| toml::Table::try_from(c).context("config cannot be written as TOML");
-        let mut out = Vec::new();
-        diff_tables("", &table(self)?, &table(other)?, &mut out);
-        Ok(out)
-    }
-
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| self.dataset.default_dir())
     }
@@ -273,6 +264,33 @@ fn merge(base: &mut toml::Table, overrides: toml::Table) {
     }
 }
 
+/// The keys whose values differ between two configs of one type, each with both values as
+/// TOML (nested keys dotted), so an error can say what separates two runs.
+pub fn differences<C: Serialize>(a: &C, b: &C) -> Result<Vec<(String, String, String)>> {
+    let table = |c: &C| toml::Table::try_from(c).context("config cannot be written as TOML");
+    let mut out = Vec::new();
+    diff_tables("", &table(a)?, &table(b)?, &mut out);
+    Ok(out)
+}
+
+/// Ok when a new run of `requested` in `dir` is the run `stored` there (so it can be
+/// continued), else an error naming every key that differs and how to go on.
+pub fn same_run<C: Serialize>(dir: &Path, stored: &C, requested: &C, resume_command: &str) -> Result<()> {
+    let listed: Vec<String> = differences(stored, requested)?
+        .into_iter()
+        .map(|(key, there, here)| format!("{key} {there} there, {here} here"))
+        .collect();
+    if !listed.is_empty() {
+        bail!(
+            "{}: holds a run with another config ({}); continue it with `{resume_command} --resume {}`, or remove the folder, or choose another --out",
+            dir.join(crate::checkpoint::CONFIG_FILE).display(),
+            listed.join("; "),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn diff_tables(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<(String, String, String)>) {
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();
@@ -307,7 +325,7 @@ mod tests {
     #[test]
     fn differences_name_each_key_and_both_values() {
         let a = Config::tiny();
-        assert!(a.differences(&a).unwrap().is_empty());
+        assert!(differences(&a, &a).unwrap().is_empty());
         let b = Config {
             meta_iters: a.meta_iters + 1,
             data_dir: Some("d".into()),
@@ -319,7 +337,7 @@ mod tests {
             row("generator.fc_width", a.generator.fc_width.to_string(), "33".into()),
             row("meta_iters", a.meta_iters.to_string(), (a.meta_iters + 1).to_string()),
         ];
-        assert_eq!(a.differences(&b).unwrap(), expected);
+        assert_eq!(differences(&a, &b).unwrap(), expected);
     }
 
     #[test]

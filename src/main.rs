@@ -88,7 +88,8 @@ enum RlCommand {
     Train {
         #[arg(long, value_enum, default_value = "cartpole", conflicts_with = "resume")]
         env: gtn::rl::EnvName,
-        /// Output folder for config, log and checkpoints.
+        /// Output folder for config, log and checkpoints. A folder holding a run with the same
+        /// config continues it (as --resume does); one with another config is an error.
         #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
         out: Option<PathBuf>,
         /// Named config: cpu (~5 min on 2 cores), tiny (seconds).

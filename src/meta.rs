@@ -110,17 +110,7 @@ impl Trainer {
             checkpoint_every: 0,
             ..c.clone()
         };
-        let differences = comparable(&stored).differences(&comparable(config))?;
-        if !differences.is_empty() {
-            let listed: Vec<String> =
-                differences.iter().map(|(key, there, here)| format!("{key} {there} there, {here} here")).collect();
-            bail!(
-                "{}: holds a run with another config ({}); continue it with `gtn train --resume {}`, or remove the folder, or choose another --out",
-                dir.join(checkpoint::CONFIG_FILE).display(),
-                listed.join("; "),
-                dir.display()
-            );
-        }
+        crate::config::same_run(dir, &comparable(&stored), &comparable(config), "gtn train")?;
         Trainer::resume(dir, device, |c| {
             c.data_dir = config.data_dir.clone().or(c.data_dir.take());
             c.checkpoint_every = config.checkpoint_every;

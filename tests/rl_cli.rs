@@ -25,8 +25,14 @@ fn rl_train_resume_eval() {
     assert_eq!(report["baseline_steps_to_match"].as_array().unwrap().len(), 2);
     assert!(stdout(&gtn(&["rl", "eval", dir])).contains("REINFORCE to match it"));
 
-    let err = error_line(&gtn(&["rl", "train", "--preset", "tiny", "--out", dir]));
-    assert!(err.contains("already holds a run"), "{err}");
+    // The command that made the run, repeated, continues it; with another config it is refused.
+    let again = gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", dir, "--threads", "2"]);
+    assert!(stdout(&again).contains("holds this run: resuming at generation 15"));
+    let err = error_line(&gtn(&["rl", "train", "--preset", "tiny", "--seed", "7", "--out", dir]));
+    assert!(
+        err.contains("holds a run with another config (seed 0 there, 7 here); continue it with `gtn rl train --resume"),
+        "{err}"
+    );
     let err = error_line(&gtn(&["rl", "train", "--preset", "huge", "--out", tmp.path().join("x").to_str().unwrap()]));
     assert!(err.contains("--preset huge"), "{err}");
     let err = error_line(&gtn(&["rl", "eval", tmp.path().join("none").to_str().unwrap()]));

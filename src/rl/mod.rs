@@ -55,7 +55,11 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
             config.env = options.env;
             config.seed = options.seed.unwrap_or(config.seed);
             config.validate()?;
-            EsTrainer::create(&config, out, threads)?
+            let t = EsTrainer::open(&config, out, threads)?;
+            if t.generation > 0 {
+                println!("{} holds this run: resuming at generation {}", out.display(), t.generation);
+            }
+            t
         }
         (None, None) => bail!("--out DIR or --resume DIR is required"),
     };

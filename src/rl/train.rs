@@ -172,6 +172,16 @@ impl EsTrainer {
         Ok(trainer)
     }
 
+    /// Starts a run of `config` in `dir`, or continues the one already there if it was started
+    /// with the same config; another config is an error that names the keys.
+    pub fn open(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
+        if !dir.join(CONFIG_FILE).exists() {
+            return EsTrainer::create(config, dir, threads);
+        }
+        crate::config::same_run(dir, &read_config(dir)?, config, "gtn rl train")?;
+        EsTrainer::resume(dir, threads)
+    }
+
     /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
     pub fn resume(dir: &Path, threads: usize) -> Result<EsTrainer> {
         let Checkpoint { teacher, theta, adam, generation } = load(dir)?;
