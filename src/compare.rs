@@ -138,7 +138,7 @@ fn teacher_config(base: &Config, teacher: TeacherKind, curriculum: CurriculumKin
 
 /// Trains the teacher in `dir`, or continues / reuses the run already there (same config).
 fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device: Device) -> Result<Trainer> {
-    let mut trainer = Trainer::open(config, dir, device, budget.is_some())?;
+    let mut trainer = Trainer::open(config, dir, device, budget.is_some(), None)?;
     trainer.run(true, budget)?;
     Ok(trainer)
 }
@@ -316,7 +316,8 @@ fn write_outputs(out: &Path, curves: &[Curve], summary: &CompareSummary) -> Resu
         "{}: {} learner, test accuracy (mean ± std over {} learners)",
         summary.dataset, summary.learner, summary.learners
     );
-    // The methods end within a few points of each other near the top: zoom on where they end.
+    // The methods end within a few points of each other near the top: a second panel zooms the
+    // y axis onto that band (the x axis stays whole: real data may match them late).
     let lowest_end = summary.methods.iter().map(|m| 100.0 * m.accuracy_mean).fold(f64::INFINITY, f64::min);
     Chart {
         title: &title,

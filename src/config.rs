@@ -274,18 +274,32 @@ pub fn differences<C: Serialize>(a: &C, b: &C) -> Result<Vec<(String, String, St
 }
 
 /// Ok when a new run of `requested` in `dir` is the run `stored` there (so it can be
-/// continued), else an error naming every key that differs and how to go on.
-pub fn same_run<C: Serialize>(dir: &Path, stored: &C, requested: &C, resume_command: &str) -> Result<()> {
-    let listed: Vec<String> = differences(stored, requested)?
+/// continued), else an error naming every key that differs and how to go on: with
+/// `resume_command` (e.g. `gtn train`), continuing the stored run is one of the ways.
+pub fn same_run<C: Serialize>(
+    dir: &Path,
+    stored: Result<C>,
+    requested: &C,
+    resume_command: Option<&str>,
+) -> Result<()> {
+    let file = dir.join(crate::checkpoint::CONFIG_FILE);
+    let stored = stored.map_err(|e| {
+        anyhow::anyhow!(
+            "{}: holds a run this command cannot read ({e}); remove the folder or choose another --out",
+            dir.display()
+        )
+    })?;
+    let listed: Vec<String> = differences(&stored, requested)?
         .into_iter()
         .map(|(key, there, here)| format!("{key} {there} there, {here} here"))
         .collect();
     if !listed.is_empty() {
+        let resume = resume_command.map(|c| format!("continue it with `{c} --resume {}`, or ", dir.display()));
         bail!(
-            "{}: holds a run with another config ({}); continue it with `{resume_command} --resume {}`, or remove the folder, or choose another --out",
-            dir.join(crate::checkpoint::CONFIG_FILE).display(),
+            "{}: holds a run with another config ({}); {}remove the folder, or choose another --out",
+            file.display(),
             listed.join("; "),
-            dir.display()
+            resume.unwrap_or_default()
         );
     }
     Ok(())

@@ -692,8 +692,10 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
             config.data_dir = args.data_dir.as_deref().map(std::path::absolute).transpose()?.or(config.data_dir);
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
-            let t = Trainer::open(&config, out, device, args.budget_minutes.is_some())?;
-            if t.iteration > 0 {
+            let t = Trainer::open(&config, out, device, args.budget_minutes.is_some(), Some("gtn train"))?;
+            if t.iteration == t.config().meta_iters {
+                println!("{} holds this run, already complete ({} meta-iterations)", out.display(), t.iteration);
+            } else if t.iteration > 0 {
                 println!("{} holds this run: resuming at meta-iteration {}", out.display(), t.iteration);
             }
             t

@@ -72,14 +72,10 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Starts a new run in `dir`, which must not already hold one.
+    /// Starts a new run in `dir`, which must not already hold one ([`Trainer::open`] continues it).
     pub fn create(config: &Config, dir: &Path, device: Device) -> Result<Trainer> {
         if checkpoint::checkpoint_path(dir).exists() || dir.join(checkpoint::CONFIG_FILE).exists() {
-            bail!(
-                "{}: already holds a run; use --resume {} to continue it, or choose another --out",
-                dir.display(),
-                dir.display()
-            );
+            bail!("{}: already holds a run's files; remove them or choose another --out", dir.display());
         }
         let data = load_data(config, device)?;
         let teacher = Teacher::new(config, &mut StdRng::seed_from_u64(config.seed), device)?;
@@ -97,20 +93,27 @@ impl Trainer {
     /// with the same config, so a repeated command picks up where it stopped. Settings that do
     /// not change the result (where the data lives, gradient checkpointing) are taken from
     /// `config`. With `budgeted`, the stored run may have fewer meta-iterations: a time budget
-    /// lowered them. Any other difference is an error that names the keys.
-    pub fn open(config: &Config, dir: &Path, device: Device, budgeted: bool) -> Result<Trainer> {
+    /// lowered them. Any other difference is an error that names the keys (and, given
+    /// `resume_command`, says how to continue the stored run instead).
+    pub fn open(
+        config: &Config,
+        dir: &Path,
+        device: Device,
+        budgeted: bool,
+        resume_command: Option<&str>,
+    ) -> Result<Trainer> {
         if !dir.join(checkpoint::CONFIG_FILE).exists() {
             return Trainer::create(config, dir, device);
         }
-        let stored = checkpoint::read_config(dir)?;
-        let lowered_by_budget = budgeted && stored.meta_iters <= config.meta_iters;
+        let stored = checkpoint::read_config(dir);
+        let lowered_by_budget = budgeted && stored.as_ref().is_ok_and(|s| s.meta_iters <= config.meta_iters);
         let comparable = |c: &Config| Config {
             meta_iters: if lowered_by_budget { 0 } else { c.meta_iters },
             data_dir: None,
             checkpoint_every: 0,
             ..c.clone()
         };
-        crate::config::same_run(dir, &comparable(&stored), &comparable(config), "gtn train")?;
+        crate::config::same_run(dir, stored.map(|s| comparable(&s)), &comparable(config), resume_command)?;
         Trainer::resume(dir, device, |c| {
             c.data_dir = config.data_dir.clone().or(c.data_dir.take());
             c.checkpoint_every = config.checkpoint_every;
@@ -603,25 +606,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
         let err = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).err().unwrap().to_string();
-        assert!(err.contains("already holds a run; use --resume"), "{err}");
+        assert!(err.contains("already holds a run's files; remove them"), "{err}");
     }
 
     #[test]
     fn open_continues_the_same_run_and_names_what_differs_in_another() {
         let dir = tempfile::tempdir().unwrap();
         let config = fixture_config();
-        let mut first = Trainer::open(&config, dir.path(), Device::Cpu, false).unwrap();
+        let mut first = Trainer::open(&config, dir.path(), Device::Cpu, false, Some("gtn train")).unwrap();
         first.step().unwrap();
         first.save().unwrap();
-        let again = Trainer::open(&Config { checkpoint_every: 2, ..config.clone() }, dir.path(), Device::Cpu, false);
+        let again = Trainer::open(
+            &Config { checkpoint_every: 2, ..config.clone() },
+            dir.path(),
+            Device::Cpu,
+            false,
+            Some("gtn train"),
+        );
         let again = again.unwrap();
         assert_eq!((again.iteration, again.config().checkpoint_every), (1, 2));
         let longer = Config { meta_iters: config.meta_iters + 5, ..config.clone() };
-        let err = Trainer::open(&longer, dir.path(), Device::Cpu, false).err().unwrap().to_string();
+        let err = Trainer::open(&longer, dir.path(), Device::Cpu, false, Some("gtn train")).err().unwrap().to_string();
         let expected = format!("(meta_iters {} there, {} here)", config.meta_iters, longer.meta_iters);
         assert!(err.contains(&expected) && err.contains("continue it with `gtn train --resume"), "{err}");
         // A budget may have lowered the stored run's meta-iterations: still the same run.
-        assert_eq!(Trainer::open(&longer, dir.path(), Device::Cpu, true).unwrap().iteration, 1);
+        assert_eq!(Trainer::open(&longer, dir.path(), Device::Cpu, true, None).unwrap().iteration, 1);
     }
 
     #[test]

@@ -57,7 +57,9 @@ impl Chart<'_> {
         }
         let x = x0..x1.max(x0 + 1.0);
         let pad = ((y1 - y0) * 0.05).max(1e-3);
-        let height = HEIGHT + self.zoom_from.map_or(0, |_| ZOOM_HEIGHT);
+        // A zoom that would show everything, or nothing, is no zoom.
+        let zoom_from = self.zoom_from.filter(|&z| z > y0 - pad && z < y1);
+        let height = HEIGHT + zoom_from.map_or(0, |_| ZOOM_HEIGHT);
         let mut buffer = vec![0u8; (WIDTH * height * 3) as usize];
         {
             let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, height)).into_drawing_area();
@@ -65,7 +67,7 @@ impl Chart<'_> {
             root.fill(&WHITE).map_err(draw_err)?;
             let (whole, zoomed) = root.split_vertically(HEIGHT);
             let full = (y0 - pad)..(y1 + pad);
-            match self.zoom_from.filter(|&z| z < y1) {
+            match zoom_from {
                 Some(z) => {
                     self.panel(&whole, self.title, x.clone(), full, self.y_label, false).map_err(draw_err)?;
                     let label = format!("{}, zoomed", self.y_label);
@@ -84,8 +86,8 @@ impl Chart<'_> {
         })
     }
 
-    /// Every series, mean line over a shaded spread band, on `area` with the given ranges;
-    /// plotters clips what falls outside them.
+    /// Every series, mean line over a shaded spread band, on `area` with the given ranges.
+    /// Only `y` may cut data off (a zoom's floor): what lies below it is clipped here.
     fn panel<DB: DrawingBackend>(
         &self,
         area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -221,8 +223,14 @@ mod tests {
         Chart { zoom_from: Some(0.5), ..chart }.write_png(&path).unwrap();
         let zoomed = image::open(&path).unwrap().to_rgb8();
         assert_eq!(zoomed.dimensions(), (WIDTH, HEIGHT + ZOOM_HEIGHT));
+        // The first series' line is drawn in the zoomed panel, in its own colour.
+        let color = Palette99::pick(0).to_rgba();
         let lower = image::imageops::crop_imm(&zoomed, 0, HEIGHT, WIDTH, ZOOM_HEIGHT).to_image();
-        assert!(non_white(&lower) > 5_000, "zoomed panel: {} non-white pixels", non_white(&lower));
+        let line = lower.pixels().filter(|p| p.0 == [color.0, color.1, color.2]).count();
+        assert!(line > 500, "zoomed panel: {line} pixels of the first series' colour");
+        // A zoom floor at or above every point shows nothing: no panel.
+        Chart { zoom_from: Some(1.0), ..chart }.write_png(&path).unwrap();
+        assert_eq!(image::open(&path).unwrap().to_rgb8().dimensions(), (WIDTH, HEIGHT));
 
         let empty = Chart { title: "empty", x_label: "x", y_label: "y", series: &[], zoom_from: None };
         let empty = empty.write_png(&path).unwrap_err();

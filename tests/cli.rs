@@ -72,10 +72,13 @@ fn resume_of_a_finished_run_does_no_more_work() {
     let data = fixtures();
     let train = ["train", "--preset", "tiny", "--data-dir", data.to_str().unwrap(), "--out", run.to_str().unwrap()];
     let out = stdout(&gtn(&train));
-    assert!(out.contains("holds this run: resuming at meta-iteration 8"), "{out}");
+    assert!(out.contains("holds this run, already complete (8 meta-iterations)"), "{out}");
     assert_eq!(std::fs::read(run.join("checkpoint.safetensors")).unwrap(), before);
     let err = error_line(&gtn(&[&train[..], &["--meta-iters", "9"]].concat()));
     assert!(err.contains("holds a run with another config (meta_iters 8 there, 9 here); continue it with"), "{err}");
+    let err =
+        error_line(&gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", run.to_str().unwrap()]));
+    assert!(err.contains("holds a run this command cannot read (") && err.contains("unknown field `dataset`"), "{err}");
 }
 
 #[test]

@@ -27,7 +27,7 @@ fn rl_train_resume_eval() {
 
     // The command that made the run, repeated, continues it; with another config it is refused.
     let again = gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", dir, "--threads", "2"]);
-    assert!(stdout(&again).contains("holds this run: resuming at generation 15"));
+    assert!(stdout(&again).contains("holds this run, already complete (15 generations)"));
     let err = error_line(&gtn(&["rl", "train", "--preset", "tiny", "--seed", "7", "--out", dir]));
     assert!(
         err.contains("holds a run with another config (seed 0 there, 7 here); continue it with `gtn rl train --resume"),

@@ -141,15 +141,11 @@ fn reference_for(config: &RlConfig) -> Option<Reference> {
 }
 
 impl EsTrainer {
-    /// Starts a new run in `dir`, which must not already hold one.
+    /// Starts a new run in `dir`, which must not already hold one ([`EsTrainer::open`] continues it).
     pub fn create(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
         config.validate()?;
         if dir.join(CONFIG_FILE).exists() || dir.join(CHECKPOINT_FILE).exists() {
-            bail!(
-                "{}: already holds a run; use `gtn rl train --resume {}` to continue it, or choose another --out",
-                dir.display(),
-                dir.display()
-            );
+            bail!("{}: already holds a run's files; remove them or choose another --out", dir.display());
         }
         let (teacher, theta) = EnvTeacher::new(config);
         let theta = Tensor::from_slice(&theta);
@@ -178,7 +174,7 @@ impl EsTrainer {
         if !dir.join(CONFIG_FILE).exists() {
             return EsTrainer::create(config, dir, threads);
         }
-        crate::config::same_run(dir, &read_config(dir)?, config, "gtn rl train")?;
+        crate::config::same_run(dir, read_config(dir), config, Some("gtn rl train"))?;
         EsTrainer::resume(dir, threads)
     }
 
