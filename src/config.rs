@@ -266,7 +266,7 @@ fn merge(base: &mut toml::Table, overrides: toml::Table) {
 
 /// The keys whose values differ between two configs of one type, each with both values as
 /// TOML (nested keys dotted), so an error can say what separates two runs.
-pub fn differences<C: Serialize>(a: &C, b: &C) -> Result<Vec<(String, String, String)>> {
+fn differences<C: Serialize>(a: &C, b: &C) -> Result<Vec<(String, String, String)>> {
     let table = |c: &C| toml::Table::try_from(c).context("config cannot be written as TOML");
     let mut out = Vec::new();
     diff_tables("", &table(a)?, &table(b)?, &mut out);
