@@ -36,6 +36,10 @@ pub struct Config {
     pub init_lr: f64,
     pub init_momentum: f64,
     pub meta_iters: usize,
+    /// The `meta_iters` asked for, when a time budget (`--budget-minutes`) lowered it: how a
+    /// repeated budgeted command recognises the run as its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_iters_requested: Option<usize>,
     /// Outer Adam: learning rate, decayed by a cosine to `final_lr_fraction` of it.
     pub outer_lr: f64,
     pub final_lr_fraction: f64,
@@ -76,6 +80,7 @@ impl Config {
             init_lr: 0.02,
             init_momentum: 0.5,
             meta_iters: 2_000,
+            meta_iters_requested: None,
             outer_lr: 0.02,
             final_lr_fraction: 0.1,
             adam_beta1: 0.9,

@@ -92,9 +92,9 @@ impl Trainer {
     /// Starts a run of `config` in `dir`, or continues the one already there if it was started
     /// with the same config, so a repeated command picks up where it stopped. Settings that do
     /// not change the result (where the data lives, gradient checkpointing) are taken from
-    /// `config`. With `budgeted`, the stored run may have fewer meta-iterations: a time budget
-    /// lowered them. Any other difference is an error that names the keys (and, given
-    /// `resume_command`, says how to continue the stored run instead).
+    /// `config`. With `budgeted`, a stored run whose time budget lowered its meta-iterations
+    /// from `config`'s is the same run. Any other difference is an error that names the keys
+    /// (and, given `resume_command`, says how to continue the stored run instead).
     pub fn open(
         config: &Config,
         dir: &Path,
@@ -106,9 +106,9 @@ impl Trainer {
             return Trainer::create(config, dir, device);
         }
         let stored = checkpoint::read_config(dir);
-        let lowered_by_budget = budgeted && stored.as_ref().is_ok_and(|s| s.meta_iters <= config.meta_iters);
         let comparable = |c: &Config| Config {
-            meta_iters: if lowered_by_budget { 0 } else { c.meta_iters },
+            meta_iters: c.meta_iters_requested.filter(|_| budgeted).unwrap_or(c.meta_iters),
+            meta_iters_requested: None,
             data_dir: None,
             checkpoint_every: 0,
             ..c.clone()
@@ -227,6 +227,7 @@ impl Trainer {
             if let Some(budget) = budget.filter(|_| stats.iteration == 0) {
                 let affordable = ((budget.as_secs_f64() / stats.seconds) as usize).max(1);
                 if affordable < total {
+                    self.teacher.config.meta_iters_requested = Some(total);
                     total = affordable;
                     self.teacher.config.meta_iters = total;
                     checkpoint::write_config(&self.dir, self.config())?;
@@ -629,8 +630,25 @@ mod tests {
         let err = Trainer::open(&longer, dir.path(), Device::Cpu, false, Some("gtn train")).err().unwrap().to_string();
         let expected = format!("(meta_iters {} there, {} here)", config.meta_iters, longer.meta_iters);
         assert!(err.contains(&expected) && err.contains("continue it with `gtn train --resume"), "{err}");
-        // A budget may have lowered the stored run's meta-iterations: still the same run.
-        assert_eq!(Trainer::open(&longer, dir.path(), Device::Cpu, true, None).unwrap().iteration, 1);
+        let err = Trainer::open(&longer, dir.path(), Device::Cpu, true, None).err().unwrap().to_string();
+        assert!(err.contains(&expected), "a budget does not make a shorter run without one the same: {err}");
+    }
+
+    #[test]
+    fn a_budgeted_command_repeated_continues_the_run_its_budget_shortened() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { meta_iters: 6, ..fixture_config() };
+        let mut first = Trainer::open(&config, dir.path(), Device::Cpu, true, Some("gtn train")).unwrap();
+        first.run(false, Some(Duration::from_nanos(1))).unwrap();
+        let stored = checkpoint::read_config(dir.path()).unwrap();
+        assert_eq!((stored.meta_iters, stored.meta_iters_requested), (1, Some(6)));
+        let again = Trainer::open(&config, dir.path(), Device::Cpu, true, Some("gtn train")).unwrap();
+        assert_eq!((again.iteration, again.config().meta_iters), (1, 1));
+        let other = Config { meta_iters: 7, ..config.clone() };
+        let err = Trainer::open(&other, dir.path(), Device::Cpu, true, None).err().unwrap().to_string();
+        assert!(err.contains("(meta_iters 6 there, 7 here)"), "{err}");
+        let err = Trainer::open(&config, dir.path(), Device::Cpu, false, None).err().unwrap().to_string();
+        assert!(err.contains("(meta_iters 1 there, 6 here)"), "without a budget the run is 1 iteration long: {err}");
     }
 
     #[test]
