@@ -693,11 +693,7 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
             let t = Trainer::open(&config, out, device, args.budget_minutes.is_some(), Some("gtn train"))?;
-            if t.iteration == t.config().meta_iters {
-                println!("{} holds this run, already complete ({} meta-iterations)", out.display(), t.iteration);
-            } else if t.iteration > 0 {
-                println!("{} holds this run: resuming at meta-iteration {}", out.display(), t.iteration);
-            }
+            gtn::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
             t
         }
         (None, None) => bail!("--out DIR or --resume DIR is required"),

@@ -54,3 +54,13 @@ pub fn append_row(log: &Path, row: &str) -> Result<()> {
         .with_context(|| format!("{}: cannot open log", log.display()))?;
     file.write_all(format!("{row}\n").as_bytes()).with_context(|| format!("{}: cannot write", log.display()))
 }
+
+/// What a command tells the user on finding its run already in the `--out` folder: that it is
+/// complete, or where it resumes (`done` of `total` `unit`s); nothing for a new run.
+pub fn announce_reopened(dir: &Path, done: usize, total: usize, unit: &str) {
+    if done == total {
+        println!("{} holds this run, already complete ({done} {unit}s)", dir.display());
+    } else if done > 0 {
+        println!("{} holds this run: resuming at {unit} {done}", dir.display());
+    }
+}

@@ -56,11 +56,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
             config.seed = options.seed.unwrap_or(config.seed);
             config.validate()?;
             let t = EsTrainer::open(&config, out, threads)?;
-            if t.generation == t.config().generations {
-                println!("{} holds this run, already complete ({} generations)", out.display(), t.generation);
-            } else if t.generation > 0 {
-                println!("{} holds this run: resuming at generation {}", out.display(), t.generation);
-            }
+            crate::progress::announce_reopened(out, t.generation, t.config().generations, "generation");
             t
         }
         (None, None) => bail!("--out DIR or --resume DIR is required"),
