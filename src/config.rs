@@ -206,6 +206,12 @@ impl Config {
                 bail!("config key `{key}` is 0, expected a positive integer");
             }
         }
+        if let Some(requested) = self.meta_iters_requested.filter(|&r| r <= self.meta_iters) {
+            bail!(
+                "config key `meta_iters_requested` is {requested}, expected more than `meta_iters` ({}): it records the count a time budget lowered",
+                self.meta_iters
+            );
+        }
         let rates = [("init_lr", self.init_lr), ("init_momentum", self.init_momentum), ("outer_lr", self.outer_lr)];
         for (key, value) in rates {
             if !(value > 0.0 && value.is_finite()) {
@@ -390,6 +396,8 @@ mod tests {
             let err = Config::tiny().with_overrides_str(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+        let err = Config::tiny().with_overrides_str("meta_iters_requested = 8").unwrap_err().to_string();
+        assert!(err.contains("`meta_iters_requested` is 8, expected more than `meta_iters` (8)"), "{err}");
         let err = Config { seed: u64::MAX, ..Config::tiny() }.validate().unwrap_err().to_string();
         assert!(err.contains("`seed` is 18446744073709551615"), "{err}");
     }
