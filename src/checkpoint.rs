@@ -63,7 +63,12 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     let config = read_config(dir)?;
     let path = checkpoint_path(dir);
     if !path.is_file() {
-        bail!("{}: no checkpoint yet (the run saves one every {} iterations)", path.display(), config.save_every);
+        bail!(
+            "{}: missing; the run in {} stopped before its first checkpoint, start it again with `gtn train --out {}`",
+            path.display(),
+            dir.display(),
+            dir.display()
+        );
     }
     let stored: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
         .map_err(|e| anyhow::anyhow!("{}: corrupt or not a safetensors file: {e}", path.display()))?

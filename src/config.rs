@@ -218,6 +218,9 @@ impl Config {
                 bail!("config key `{key}` is {value}, expected a positive number");
             }
         }
+        if self.init_momentum >= 1.0 {
+            bail!("config key `init_momentum` is {}, expected a value in (0, 1)", self.init_momentum);
+        }
         if !(self.grad_clip > 0.0 && self.grad_clip.is_finite()) {
             bail!("config key `grad_clip` is {}, expected a positive number", self.grad_clip);
         }
@@ -390,6 +393,7 @@ mod tests {
         assert!(err.contains("`init_lr` is -1"), "{err}");
         for (text, key) in [
             ("grad_clip = 0.0", "`grad_clip` is 0"),
+            ("init_momentum = 1.0", "`init_momentum` is 1, expected a value in (0, 1)"),
             ("adam_beta2 = 1.0", "`adam_beta2` is 1"),
             ("[generator]\nnoise_dim = 0", "`generator.noise_dim` is 0"),
         ] {

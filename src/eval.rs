@@ -67,18 +67,33 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Accuracy of the learner on the whole split, predicted `EVAL_CHUNK` images at a time. Mean-only
-/// batch norm uses each chunk's statistics, so chunks are large.
+/// Accuracy of the learner on the whole split, predicted in chunks of at most `EVAL_CHUNK`
+/// images. Batch norm uses each chunk's statistics, so chunks are large and of nearly equal size
+/// (10,001 images are chunks of 910 and 909, not ten of 1,000 and one image alone).
 pub fn test_accuracy(learner: &Learner, params: &[tch::Tensor], split: &Split) -> f64 {
     let n = split.len() as i64;
     let logits = tch::no_grad(|| {
-        let chunks: Vec<tch::Tensor> = (0..n)
-            .step_by(EVAL_CHUNK as usize)
-            .map(|s| learner.forward(params, &split.images(s, EVAL_CHUNK.min(n - s))))
+        let chunks: Vec<tch::Tensor> = chunk_bounds(n)
+            .into_iter()
+            .map(|(start, len)| learner.forward(params, &split.images(start, len)))
             .collect();
         tch::Tensor::cat(&chunks, 0)
     });
     nn::accuracy(&logits, &split.labels)
+}
+
+/// `(start, length)` of the fewest chunks of at most `EVAL_CHUNK` covering `0..n`, sizes
+/// differing by at most one.
+fn chunk_bounds(n: i64) -> Vec<(i64, i64)> {
+    let count = (n + EVAL_CHUNK - 1) / EVAL_CHUNK;
+    let mut start = 0;
+    (0..count)
+        .map(|k| {
+            let len = n / count + i64::from(k < n % count);
+            start += len;
+            (start - len, len)
+        })
+        .collect()
 }
 
 /// Seed of evaluated learner `k`; far from meta-training's iteration seeds.
@@ -204,5 +219,26 @@ impl Cohort<'_> {
                 Ok(curve)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluation_chunks_cover_the_split_in_nearly_equal_sizes() {
+        assert_eq!(chunk_bounds(2000), [(0, 1000), (1000, 1000)]);
+        assert_eq!(chunk_bounds(112), [(0, 112)]);
+        for n in [1, 999, 1000, 1001, 2001, 10_001] {
+            let chunks = chunk_bounds(n);
+            assert_eq!(chunks.len() as i64, (n + EVAL_CHUNK - 1) / EVAL_CHUNK, "{n}");
+            assert!(chunks.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0), "{n}: contiguous");
+            assert_eq!(chunks.last().map(|(s, l)| s + l), Some(n));
+            let sizes: Vec<i64> = chunks.iter().map(|c| c.1).collect();
+            let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(max - min <= 1 && *max <= EVAL_CHUNK, "{n}: {sizes:?}");
+        }
+        assert_eq!(chunk_bounds(1001), [(0, 501), (501, 500)]);
     }
 }

@@ -188,8 +188,8 @@ struct NasArgs {
     #[arg(long, conflicts_with = "sample", required_unless_present = "sample")]
     archs: Option<PathBuf>,
     /// N distinct random architectures drawn from --seed.
-    #[arg(long)]
-    sample: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    sample: Option<u64>,
     /// This process takes architectures k with k % n == i (job arrays).
     #[arg(long, default_value = "0/1")]
     shard: nas::jsonl::Shard,
@@ -226,9 +226,9 @@ struct NasTrainArgs {
     /// Real-data batch size, learning rate and momentum.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = parse_lr)]
     lr: f64,
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = parse_momentum)]
     momentum: f64,
     /// Validation (and test) images accuracy is measured on.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -301,8 +301,8 @@ struct BenchArgs {
     #[arg(long)]
     steps: Option<usize>,
     /// Timed meta-steps (after one warm-up step).
-    #[arg(long, default_value_t = 3)]
-    meta_iters: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    meta_iters: u64,
     /// Gradient checkpointing: keep the learner state every k inner steps (0: off).
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -377,9 +377,9 @@ struct CompareArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     learners: u64,
     /// Real-data baseline: learning rates and momenta swept; the best accuracy at T is used.
-    #[arg(long, value_delimiter = ',', default_value = "0.02,0.05,0.1,0.2")]
+    #[arg(long, value_delimiter = ',', default_value = "0.02,0.05,0.1,0.2", value_parser = parse_lr)]
     lrs: Vec<f64>,
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9")]
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9", value_parser = parse_momentum)]
     momenta: Vec<f64>,
     /// Test images the curves are measured on (the first N; 0: all 10,000).
     #[arg(long, default_value_t = 0)]
@@ -387,6 +387,8 @@ struct CompareArgs {
     /// The real-data curve runs to this many times T, to find where it matches each teacher.
     #[arg(long, default_value_t = 8)]
     real_steps_factor: usize,
+    /// Seeds the evaluation: the fresh learners' initial weights and the real-data batches (the
+    /// teachers and the train/validation split follow the config's `seed`).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print the JSON summary instead of the table.
@@ -406,19 +408,24 @@ enum BaselineCommand {
         dataset: DatasetName,
         #[arg(long, alias = "cifar-dir")]
         data_dir: Option<PathBuf>,
-        #[arg(long, default_value_t = 32)]
-        steps: usize,
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+        steps: u64,
         #[arg(long, value_enum, default_value = "base-fc")]
         learner: LearnerKind,
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
         batch_size: u64,
         /// Learning rates and momenta to sweep; the best mean test accuracy is reported.
-        #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05,0.1,0.2")]
+        #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05,0.1,0.2", value_parser = parse_lr)]
         lrs: Vec<f64>,
-        #[arg(long, alias = "momentum", value_delimiter = ',', default_value = "0.5,0.9")]
+        #[arg(long, alias = "momentum", value_delimiter = ',', default_value = "0.5,0.9", value_parser = parse_momentum)]
         momenta: Vec<f64>,
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         learners: u64,
+        /// Training images held out for validation (default: the dataset's standard split).
+        #[arg(long)]
+        valid_size: Option<usize>,
+        /// Seeds the fresh learners' initial weights and the real-data batches. The
+        /// train/validation split is the presets' (seed 0), so this row matches `gtn compare`'s.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long)]
@@ -487,10 +494,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Baseline { command: BaselineCommand::Distill(args) } => train(args, device, Some(TeacherKind::Pixels)),
         Command::Baseline {
             command:
-                BaselineCommand::Real { dataset, data_dir, steps, learner, batch_size, lrs, momenta, learners, seed, json },
+                BaselineCommand::Real {
+                    dataset,
+                    data_dir,
+                    steps,
+                    learner,
+                    batch_size,
+                    lrs,
+                    momenta,
+                    learners,
+                    valid_size,
+                    seed,
+                    json,
+                },
         } => {
             let dir = data_dir.unwrap_or_else(|| dataset.default_dir());
-            let data = Dataset::load(dataset, &dir, dataset.default_valid_size(), seed, device)?;
+            let valid_size = valid_size.unwrap_or(dataset.default_valid_size());
+            let data = Dataset::load(dataset, &dir, valid_size, Config::from_preset("cpu", None)?.seed, device)?;
             let mut best: Option<((f64, f64), EvalReport)> = None;
             for &lr in &lrs {
                 for &momentum in &momenta {
@@ -498,7 +518,7 @@ fn run(cli: Cli) -> Result<()> {
                         &data,
                         learner,
                         learners as usize,
-                        steps,
+                        steps as usize,
                         batch_size as usize,
                         lr,
                         momentum,
@@ -544,7 +564,7 @@ fn run(cli: Cli) -> Result<()> {
             config.data_dir = args.data_dir.or(config.data_dir);
             config.validate()?;
             gtn::custom::set_winograd(!args.no_winograd);
-            let report = gtn::bench::run(&config, args.meta_iters.max(1), device, args.profile.as_deref())?;
+            let report = gtn::bench::run(&config, args.meta_iters as usize, device, args.profile.as_deref())?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -595,7 +615,7 @@ fn nas_options(train: NasTrainArgs) -> nas::score::ScoreOptions {
 fn nas_score(common: NasArgs, proxy: nas::score::Proxy, steps: Vec<usize>, device: Device) -> Result<()> {
     let archs = match (&common.archs, common.sample) {
         (Some(path), _) => nas::score::read_archs(path)?,
-        (None, Some(n)) => nas::arch::sample_distinct(n, common.train.seed),
+        (None, Some(n)) => nas::arch::sample_distinct(n as usize, common.train.seed),
         (None, None) => bail!("--archs FILE or --sample N is required"),
     };
     let opts = nas::score::ScoreOptions {
@@ -728,6 +748,20 @@ fn print_report(report: &EvalReport, json: bool, what: &str) {
         println!("{}", serde_json::to_string(report).expect("a report serialises"));
     } else {
         println!("{what}: real test accuracy after {} steps\n{}", report.steps, report.table());
+    }
+}
+
+fn parse_lr(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(lr) if lr > 0.0 && lr.is_finite() => Ok(lr),
+        _ => Err(format!("`{text}`: expected a positive learning rate")),
+    }
+}
+
+fn parse_momentum(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(m) if (0.0..1.0).contains(&m) => Ok(m),
+        _ => Err(format!("`{text}`: expected a momentum in [0, 1)")),
     }
 }
 

@@ -73,8 +73,10 @@ pub struct Trainer {
 
 impl Trainer {
     /// Starts a new run in `dir`, which must not already hold one ([`Trainer::open`] continues it).
+    /// A config without a checkpoint is what a start interrupted before its first save leaves:
+    /// it holds nothing to continue and is replaced.
     pub fn create(config: &Config, dir: &Path, device: Device) -> Result<Trainer> {
-        if checkpoint::checkpoint_path(dir).exists() || dir.join(checkpoint::CONFIG_FILE).exists() {
+        if checkpoint::checkpoint_path(dir).exists() {
             bail!("{}: already holds a run's files; remove them or choose another --out", dir.display());
         }
         let data = load_data(config, device)?;
@@ -84,7 +86,6 @@ impl Trainer {
         checkpoint::write_config(dir, config)?;
         crate::atomic::write(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
         let mut trainer = Trainer { teacher, adam, iteration: 0, last_saved: None, dir: dir.to_path_buf(), data };
-        // A folder with a config always has a checkpoint, so it can always be resumed.
         trainer.save()?;
         Ok(trainer)
     }
@@ -102,7 +103,7 @@ impl Trainer {
         budgeted: bool,
         resume_command: Option<&str>,
     ) -> Result<Trainer> {
-        if !dir.join(checkpoint::CONFIG_FILE).exists() {
+        if !checkpoint::checkpoint_path(dir).exists() {
             return Trainer::create(config, dir, device);
         }
         let stored = checkpoint::read_config(dir);
@@ -128,20 +129,7 @@ impl Trainer {
         runtime(&mut teacher.config);
         teacher.config.validate()?;
         let data = load_data(&teacher.config, device)?;
-        let log = dir.join(LOG_FILE);
-        let text = match std::fs::read_to_string(&log) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("{LOG_HEADER}\n"),
-            Err(e) => bail!("{}: cannot read: {e}", log.display()),
-        };
-        let columns = LOG_HEADER.split(',').count();
-        let complete_row_before = |line: &str| {
-            line.split(',').count() == columns
-                && line.split(',').next().and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i < iteration)
-        };
-        let kept: Vec<&str> =
-            text.lines().enumerate().filter(|(i, l)| *i == 0 || complete_row_before(l)).map(|(_, l)| l).collect();
-        crate::atomic::write(&log, format!("{}\n", kept.join("\n")).as_bytes())?;
+        crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, iteration)?;
         Ok(Trainer { teacher, adam, iteration, last_saved: Some(iteration), dir: dir.to_path_buf(), data })
     }
 
@@ -608,6 +596,23 @@ mod tests {
         Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
         let err = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).err().unwrap().to_string();
         assert!(err.contains("already holds a run's files; remove them"), "{err}");
+    }
+
+    #[test]
+    fn a_start_interrupted_before_its_first_checkpoint_is_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = Config { meta_iters: 9, ..fixture_config() };
+        checkpoint::write_config(dir.path(), &other).unwrap();
+        std::fs::write(dir.path().join(LOG_FILE), format!("{LOG_HEADER}\n")).unwrap();
+        let err = Trainer::resume(dir.path(), Device::Cpu, |_| {}).err().unwrap().to_string();
+        assert!(
+            err.contains("checkpoint.safetensors: missing") && err.contains("before its first checkpoint"),
+            "{err}"
+        );
+        let trainer = Trainer::open(&fixture_config(), dir.path(), Device::Cpu, false, Some("gtn train")).unwrap();
+        assert_eq!(trainer.iteration, 0);
+        assert_eq!(checkpoint::read_config(dir.path()).unwrap(), fixture_config());
+        assert!(checkpoint::checkpoint_path(dir.path()).is_file());
     }
 
     #[test]

@@ -55,6 +55,25 @@ pub fn append_row(log: &Path, row: &str) -> Result<()> {
     file.write_all(format!("{row}\n").as_bytes()).with_context(|| format!("{}: cannot write", log.display()))
 }
 
+/// Rewrites a run's CSV log (header `header`) for a resume at step `done`: the header and the
+/// complete rows of the steps before it stay, anything a crash or a later step left goes. A
+/// missing log becomes the header alone; an unreadable one is an error, never overwritten.
+pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
+    let text = match std::fs::read_to_string(log) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("{header}\n"),
+        Err(e) => anyhow::bail!("{}: cannot read: {e}", log.display()),
+    };
+    let columns = header.split(',').count();
+    let complete_row_before = |line: &str| {
+        line.split(',').count() == columns
+            && line.split(',').next().and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i < done)
+    };
+    let kept: Vec<&str> =
+        text.lines().enumerate().filter(|(i, l)| *i == 0 || complete_row_before(l)).map(|(_, l)| l).collect();
+    crate::atomic::write(log, format!("{}\n", kept.join("\n")).as_bytes())
+}
+
 /// What a command tells the user on finding its run already in the `--out` folder: that it is
 /// complete, or where it resumes (`done` of `total` `unit`s); nothing for a new run.
 pub fn announce_reopened(dir: &Path, done: usize, total: usize, unit: &str) {
@@ -62,5 +81,30 @@ pub fn announce_reopened(dir: &Path, done: usize, total: usize, unit: &str) {
         println!("{} holds this run, already complete ({done} {unit}s)", dir.display());
     } else if done > 0 {
         println!("{} holds this run: resuming at {unit} {done}", dir.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_log_keeps_complete_rows_before_the_checkpoint_and_never_overwrites_an_unreadable_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.csv");
+        std::fs::write(&log, "step,loss\n0,2.5\n1,2.0\n2,1.5\n3,1.").unwrap();
+        truncate_log(&log, "step,loss", 2).unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n0,2.5\n1,2.0\n");
+        std::fs::write(&log, "step,loss\n0,2.5\n1\n").unwrap();
+        truncate_log(&log, "step,loss", 5).unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n0,2.5\n", "a torn row goes");
+        std::fs::remove_file(&log).unwrap();
+        truncate_log(&log, "step,loss", 3).unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n");
+        let bytes = b"step,loss\n0,\xff\n";
+        std::fs::write(&log, bytes).unwrap();
+        let err = truncate_log(&log, "step,loss", 1).unwrap_err().to_string();
+        assert!(err.contains("log.csv: cannot read"), "{err}");
+        assert_eq!(std::fs::read(&log).unwrap(), bytes);
     }
 }

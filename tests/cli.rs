@@ -112,6 +112,24 @@ fn bad_input_gives_one_line_errors() {
     assert!(err.contains("config.toml: cannot read"), "{err}");
 }
 
+/// `baseline real` on the 512-image fixtures needs a smaller validation split than MNIST's.
+#[test]
+fn real_data_baseline_takes_a_validation_size() {
+    let data = fixtures();
+    let args = ["baseline", "real", "--data-dir", data.to_str().unwrap(), "--steps", "3", "--learners", "2"];
+    let err = error_line(&gtn(&args));
+    assert!(err.contains("valid_size 10000 (validation images) leaves no training images"), "{err}");
+    let sweep = ["--valid-size", "112", "--lrs", "0.05,0.1", "--momenta", "0.5", "--json"];
+    let report: serde_json::Value = serde_json::from_str(stdout(&gtn(&[&args[..], &sweep].concat())).trim()).unwrap();
+    assert_eq!((report["steps"].as_u64(), report["learners"].as_u64()), (Some(3), Some(2)));
+    assert!([0.05, 0.1].contains(&report["lr"].as_f64().unwrap()), "{report}");
+    let accuracy = report["test_accuracy_mean"].as_f64().unwrap();
+    assert!(accuracy > 0.0 && accuracy <= 1.0, "{report}");
+    let out = gtn(&[&args[..], &["--momenta", "1"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default().to_owned();
+    assert!(err.contains("'--momenta <MOMENTA>'") && err.contains("expected a momentum in [0, 1)"), "{err}");
+}
+
 #[test]
 fn distillation_baseline_is_a_teacher_eval_reads() {
     let tmp = tempfile::tempdir().unwrap();
@@ -259,6 +277,11 @@ fn nas_score_truth_merge_report() {
     let truth = std::fs::read_to_string(tmp.path().join("search/truth.jsonl")).unwrap();
     assert_eq!(truth.lines().count(), 2, "only the top 2 are trained on real data");
     assert_eq!(std::fs::read_to_string(tmp.path().join("search/proxy.jsonl")).unwrap().lines().count(), 4);
+    let mut too_many = search.clone();
+    let at = too_many.iter().position(|a| *a == "--proxy-steps").unwrap();
+    too_many[at + 1] = "9";
+    let err = error_line(&gtn(&too_many));
+    assert!(err.contains("--proxy-steps 9: the teacher in") && err.contains("expected 1..=4"), "{err}");
 
     // Rejected by the argument parser, which adds its usual hint line.
     let out =
@@ -266,6 +289,9 @@ fn nas_score_truth_merge_report() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default().to_owned();
     assert!(err.contains("--shard 2/2: expected 0 <= i < n, got i=2, n=2"), "{err}");
+    let out = gtn(&["nas", "truth", "--steps", "1", "--sample", "1", "--lr=-0.1", "--out", &p("x")]);
+    let err = String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default().to_owned();
+    assert!(err.contains("'--lr <LR>'") && err.contains("expected a positive learning rate"), "{err}");
 }
 
 #[test]

@@ -152,7 +152,10 @@ impl Dataset {
         };
         let n = full_train.len();
         if valid_size >= n {
-            bail!("config key `valid_size` = {valid_size} leaves no training images in {} ({n} images)", dir.display());
+            bail!(
+                "valid_size {valid_size} (validation images) leaves no training images in {} ({n} images); expected fewer than {n}",
+                dir.display()
+            );
         }
         let mut order: Vec<i64> = (0..n as i64).collect();
         order.shuffle(&mut StdRng::seed_from_u64(split_seed));
@@ -299,7 +302,7 @@ mod tests {
     #[test]
     fn rejects_oversized_validation_split() {
         let err = Dataset::load(DatasetName::Mnist, &fixture_dir(), 512, 0, Device::Cpu).unwrap_err();
-        assert!(err.to_string().contains("`valid_size` = 512 leaves no training images"), "{err}");
+        assert!(err.to_string().contains("valid_size 512 (validation images) leaves no training images"), "{err}");
     }
 
     fn write_split(dir: &Path, n_img: usize, side: usize, n_lab: usize, label: u8) {

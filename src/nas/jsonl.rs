@@ -105,16 +105,20 @@ pub fn done_keys(records: &[Record]) -> HashSet<(String, String, usize)> {
     records.iter().map(Record::key).collect()
 }
 
-/// Concatenates shard files into one, keeping the first record of each key, ordered by proxy,
-/// step count and architecture index; written atomically. Returns the number of records.
+/// Concatenates shard files into one, keeping the first record of each key (an architecture
+/// listed twice, or at another position in another list, is one architecture), ordered by
+/// proxy, step count and architecture index; written atomically. Returns the number of records.
 pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
     let mut merged: BTreeMap<(String, usize, usize, String), Record> = BTreeMap::new();
+    let mut seen = HashSet::new();
     for path in inputs {
         if !path.is_file() {
             bail!("{}: no such results file", path.display());
         }
         for r in read(path)? {
-            merged.entry((r.proxy.clone(), r.steps, r.index, r.arch.clone())).or_insert(r);
+            if seen.insert(r.key()) {
+                merged.insert((r.proxy.clone(), r.steps, r.index, r.arch.clone()), r);
+            }
         }
     }
     let text: String =
@@ -212,7 +216,12 @@ mod tests {
         let (a, b, out) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("m.jsonl"));
         let line = |r: &Record| format!("{}\n", serde_json::to_string(r).unwrap());
         std::fs::write(&a, line(&record("x", 2, 4)) + &line(&record("y", 0, 4))).unwrap();
-        std::fs::write(&b, line(&record("x", 2, 4)) + &line(&record("z", 1, 4)) + &line(&record("z", 1, 2))).unwrap();
+        let x_elsewhere = record("x", 5, 4);
+        std::fs::write(
+            &b,
+            line(&record("x", 2, 4)) + &line(&record("z", 1, 4)) + &line(&record("z", 1, 2)) + &line(&x_elsewhere),
+        )
+        .unwrap();
         assert_eq!(merge(&[&a, &b], &out).unwrap(), 4);
         let merged: Vec<(String, usize)> = read(&out).unwrap().into_iter().map(|r| (r.arch, r.steps)).collect();
         assert_eq!(merged, [("z".into(), 2), ("y".into(), 4), ("z".into(), 4), ("x".into(), 4)]);

@@ -2,10 +2,10 @@
 //! true performance (all architectures and the top 50% by truth), the real-data step count that
 //! matches the GTN proxy's correlation, a markdown table and a PNG plot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::jsonl::Record;
@@ -56,7 +56,9 @@ pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
         bail!("the truth file has no records");
     }
     let mut groups = Groups::new();
-    for r in proxy {
+    // One record per (architecture, proxy, steps), however many files repeat it.
+    let mut seen = HashSet::new();
+    for r in proxy.iter().filter(|r| seen.insert(r.key())) {
         if let Some(t) = truth.get(r.arch.as_str()) {
             groups.entry((r.proxy.clone(), r.steps)).or_default().push((r.valid_accuracy, t.valid_accuracy, r.seconds));
         }
@@ -210,40 +212,39 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
     .write_png(path)
 }
 
-/// Reads both files, writes the plot and returns the markdown table.
-pub fn report<'a>(
-    proxy_files: &[&'a Path],
-    truth_file: &'a Path,
-    plot_path: Option<&Path>,
-) -> Result<(Vec<Row>, String)> {
-    let mut proxy = Vec::new();
-    // The first recorded network and the file it came from: every file must rank the same one.
-    let mut network: Option<(String, &Path)> = None;
-    let mut same_network = |records: &[Record], file: &'a Path| -> Result<()> {
-        for r in records.iter().filter(|r| !r.net.is_empty()) {
-            match &network {
-                None => network = Some((r.net.clone(), file)),
-                Some((net, first)) if *net != r.net => bail!(
-                    "{}: results of network ({}), but {} has ({net}); expected one network for all proxies and the truth",
+/// Reads both files, writes the plot and returns the markdown table. Every file must hold
+/// results of one dataset and one network (records that predate `net` match any network).
+pub fn report(proxy_files: &[&Path], truth_file: &Path, plot_path: Option<&Path>) -> Result<(Vec<Row>, String)> {
+    let mut files = Vec::new();
+    for (flag, path) in proxy_files.iter().map(|p| ("--proxy", *p)).chain([("--truth", truth_file)]) {
+        if !path.is_file() {
+            bail!("{flag} {}: no such results file", path.display());
+        }
+        let records = super::jsonl::read(path)?;
+        if records.is_empty() {
+            bail!("{flag} {}: no records", path.display());
+        }
+        files.push((path, records));
+    }
+    let dataset = |r: &Record| Some(format!("dataset {}", r.dataset));
+    let network = |r: &Record| (!r.net.is_empty()).then(|| format!("network ({})", r.net));
+    for what in [&dataset as &dyn Fn(&Record) -> Option<String>, &network] {
+        let mut first: Option<(String, &Path)> = None;
+        for (file, r) in files.iter().flat_map(|(f, records)| records.iter().map(move |r| (*f, r))) {
+            let Some(value) = what(r) else { continue };
+            match &first {
+                None => first = Some((value, file)),
+                Some((seen, path)) if *seen != value => bail!(
+                    "{}: results of {value}, but {} has {seen}; expected the same for all proxies and the truth",
                     file.display(),
-                    r.net,
-                    first.display()
+                    path.display()
                 ),
                 Some(_) => {}
             }
         }
-        Ok(())
-    };
-    for &p in proxy_files {
-        let records = super::jsonl::read(p)?;
-        if records.is_empty() {
-            bail!("{}: no records", p.display());
-        }
-        same_network(&records, p)?;
-        proxy.extend(records);
     }
-    let truth = super::jsonl::read(truth_file).with_context(|| format!("{}: truth", truth_file.display()))?;
-    same_network(&truth, truth_file)?;
+    let truth = files.pop().expect("the truth file was read").1;
+    let proxy: Vec<Record> = files.into_iter().flat_map(|(_, records)| records).collect();
     let rows = correlations(&proxy, &truth)?;
     let matches = steps_to_match(&rows);
     if let Some(path) = plot_path {
@@ -331,6 +332,16 @@ mod tests {
         assert_eq!(rows.len(), 2);
         let err = report(&[&same, &other], &truth, None).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}: results of network (head Flatten)", other.display())), "{err}");
-        assert!(err.contains("same.jsonl has (head Hidden)"), "{err}");
+        assert!(err.contains("same.jsonl has network (head Hidden)"), "{err}");
+        let fashion = dir.path().join("fashion.jsonl");
+        let (mut out, _) = super::super::jsonl::Appender::open(&fashion).unwrap();
+        out.append(&Record { dataset: "fashion-mnist".into(), ..rec(0, "gtn:f", 4, 0.5) }).unwrap();
+        let err = report(&[&same, &fashion], &truth, None).unwrap_err().to_string();
+        assert!(err.contains("results of dataset fashion-mnist, but") && err.contains("has dataset mnist"), "{err}");
+        let missing = dir.path().join("missing.jsonl");
+        let err = report(&[&same], &missing, None).unwrap_err().to_string();
+        assert_eq!(err, format!("--truth {}: no such results file", missing.display()));
+        let twice = report(&[&same, &same], &truth, None).unwrap().0;
+        assert_eq!(twice[0].n, 4, "a file given twice counts each architecture once");
     }
 }

@@ -143,6 +143,15 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             Dataset::load(opts.dataset, &dir, valid_size, 0, device)?
         }
     };
+    if data.valid.is_empty() {
+        match &opts.proxy {
+            Proxy::Gtn(dir) => bail!(
+                "{}: the teacher holds out no validation images (valid_size = 0) to rank architectures on; use one trained with valid_size > 0",
+                dir.display()
+            ),
+            Proxy::Real => bail!("--valid-size 0: expected at least 1 (architectures are ranked by validation accuracy)"),
+        }
+    }
     let (valid, test) = (data.valid.first(opts.eval_images), data.test.first(opts.eval_images));
     let label = opts.proxy.label();
     let (net, setting) = (net_label(&opts.net), setting(opts, data.valid.len()));
@@ -289,6 +298,17 @@ mod tests {
         let records = jsonl::read(&out).unwrap();
         assert_eq!(records.len(), 4);
         assert!(records.iter().all(|r| r.dataset == "cifar10" && (0.0..=1.0).contains(&r.valid_accuracy)));
+    }
+
+    #[test]
+    fn an_empty_validation_split_is_named_before_any_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.jsonl");
+        let err = score(&ScoreOptions { valid_size: Some(0), ..options(&out, Shard::ALL) }, Device::Cpu, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--valid-size 0: expected at least 1"), "{err}");
+        assert!(!out.exists());
     }
 
     #[test]

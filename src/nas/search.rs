@@ -57,6 +57,17 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     if opts.budget == 0 || opts.top_k == 0 {
         bail!("--budget and --top-k must be positive");
     }
+    let t = crate::checkpoint::read_config(&opts.teacher)?.inner_steps;
+    if opts.proxy_steps == 0 || opts.proxy_steps > t {
+        bail!(
+            "--proxy-steps {}: the teacher in {} was trained for {t} inner steps; expected 1..={t}",
+            opts.proxy_steps,
+            opts.teacher.display()
+        );
+    }
+    if opts.truth_steps == 0 {
+        bail!("--truth-steps 0: expected at least 1");
+    }
     let candidates = arch::sample_distinct(opts.budget, opts.base.seed);
     let proxy_out = opts.out.join("proxy.jsonl");
     let phase1 = ScoreOptions {

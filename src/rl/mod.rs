@@ -22,6 +22,7 @@ use serde::Serialize;
 pub use config::{EnvName, Objective, RlConfig};
 pub use train::EsTrainer;
 
+use crate::eval::mean_std;
 use reinforce::ReinforceConfig;
 use teacher::{EnvTeacher, Trial};
 
@@ -101,7 +102,7 @@ pub struct RlEvalReport {
     pub policies: usize,
     pub episodes_per_policy: usize,
     /// Greedy real return of fresh random-width policies trained only on the teacher's data:
-    /// mean and standard deviation over all policies and episodes.
+    /// mean and sample standard deviation (n - 1, as everywhere in gtn) over all policies and episodes.
     pub real_return_mean: f64,
     pub real_return_std: f64,
     /// The same for the teacher the run started from.
@@ -115,12 +116,6 @@ pub struct RlEvalReport {
     pub baseline_steps_to_match_mean: Option<f64>,
     pub baseline_reached: usize,
     pub baseline_budget_steps: usize,
-}
-
-fn mean_std(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    (mean, (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt())
 }
 
 /// Greedy real returns of the policies of `trials` trained on `theta`, in parallel.

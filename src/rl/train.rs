@@ -142,18 +142,21 @@ fn reference_for(config: &RlConfig) -> Option<Reference> {
 
 impl EsTrainer {
     /// Starts a new run in `dir`, which must not already hold one ([`EsTrainer::open`] continues it).
+    /// A config without a checkpoint is what a start interrupted before its first save leaves:
+    /// it holds nothing to continue and is replaced.
     pub fn create(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
         config.validate()?;
-        if dir.join(CONFIG_FILE).exists() || dir.join(CHECKPOINT_FILE).exists() {
+        if dir.join(CHECKPOINT_FILE).exists() {
             bail!("{}: already holds a run's files; remove them or choose another --out", dir.display());
         }
         let (teacher, theta) = EnvTeacher::new(config);
         let theta = Tensor::from_slice(&theta);
         let adam = Adam::new(&[theta.shallow_clone()], config.adam_beta1, config.adam_beta2);
+        // The reference can take minutes of real episodes: learnt before any file is written.
+        let reference = reference_for(config);
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
         crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
         crate::atomic::write(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
-        let reference = reference_for(config);
         let mut trainer = EsTrainer {
             teacher,
             theta,
@@ -171,7 +174,7 @@ impl EsTrainer {
     /// Starts a run of `config` in `dir`, or continues the one already there if it was started
     /// with the same config; another config is an error that names the keys.
     pub fn open(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
-        if !dir.join(CONFIG_FILE).exists() {
+        if !dir.join(CHECKPOINT_FILE).exists() {
             return EsTrainer::create(config, dir, threads);
         }
         crate::config::same_run(dir, read_config(dir), config, Some("gtn rl train"))?;
@@ -181,15 +184,7 @@ impl EsTrainer {
     /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
     pub fn resume(dir: &Path, threads: usize) -> Result<EsTrainer> {
         let Checkpoint { teacher, theta, adam, generation } = load(dir)?;
-        let log = dir.join(LOG_FILE);
-        let text = std::fs::read_to_string(&log).unwrap_or_else(|_| format!("{LOG_HEADER}\n"));
-        let columns = LOG_HEADER.split(',').count();
-        let before = |line: &str| {
-            line.split(',').count() == columns
-                && line.split(',').next().and_then(|g| g.parse::<usize>().ok()).is_some_and(|g| g < generation)
-        };
-        let kept: Vec<&str> = text.lines().enumerate().filter(|(i, l)| *i == 0 || before(l)).map(|(_, l)| l).collect();
-        crate::atomic::write(&log, format!("{}\n", kept.join("\n")).as_bytes())?;
+        crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, generation)?;
         let reference = reference_for(&teacher.config);
         Ok(EsTrainer {
             teacher,
@@ -361,6 +356,16 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(&saved.theta).unwrap(), EnvTeacher::new(&tiny(4)).1);
         let again = EsTrainer::create(&tiny(4), dir.path(), 1).err().unwrap().to_string();
         assert!(again.contains("already holds a run"), "{again}");
+    }
+
+    #[test]
+    fn a_start_interrupted_before_its_first_checkpoint_is_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::atomic::write(&dir.path().join(CONFIG_FILE), tiny(9).to_toml().unwrap().as_bytes()).unwrap();
+        let trainer = EsTrainer::open(&tiny(4), dir.path(), 1).unwrap();
+        assert_eq!(trainer.generation, 0);
+        assert_eq!(read_config(dir.path()).unwrap(), tiny(4));
+        assert_eq!(load(dir.path()).unwrap().generation, 0);
     }
 
     #[test]
