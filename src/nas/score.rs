@@ -28,9 +28,15 @@ pub enum Proxy {
 }
 
 impl Proxy {
+    /// What records name the proxy by: one teacher has one label however its folder is spelled
+    /// (`runs/t`, `./runs/t`, `runs/t/`), so re-runs and reports find its results.
     pub fn label(&self) -> String {
         match self {
-            Proxy::Gtn(dir) => format!("gtn:{}", dir.display()),
+            Proxy::Gtn(dir) => {
+                let plain: PathBuf = dir.components().filter(|c| *c != std::path::Component::CurDir).collect();
+                let plain = if plain.as_os_str().is_empty() { Path::new(".") } else { plain.as_path() };
+                format!("gtn:{}", plain.display())
+            }
             Proxy::Real => "real".into(),
         }
     }
@@ -315,7 +321,11 @@ mod tests {
     fn proxy_parses() {
         assert_eq!("real".parse::<Proxy>().unwrap(), Proxy::Real);
         assert_eq!("gtn:runs/a".parse::<Proxy>().unwrap(), Proxy::Gtn("runs/a".into()));
-        assert_eq!("gtn:runs/a".parse::<Proxy>().unwrap().label(), "gtn:runs/a");
+        for spelling in ["gtn:runs/a", "gtn:./runs/a", "gtn:runs/a/", "gtn:runs/./a"] {
+            assert_eq!(spelling.parse::<Proxy>().unwrap().label(), "gtn:runs/a", "{spelling}");
+        }
+        assert_eq!("gtn:/abs/t".parse::<Proxy>().unwrap().label(), "gtn:/abs/t");
+        assert_eq!("gtn:.".parse::<Proxy>().unwrap().label(), "gtn:.");
         assert!("gtn:".parse::<Proxy>().is_err() && "fake".parse::<Proxy>().is_err());
     }
 
