@@ -111,7 +111,7 @@ impl Chart<'_> {
             .x_desc(self.x_label)
             .y_desc(y_label)
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.y_decimals$}"))
+            .y_label_formatter(&|&y| tick_label(y, y_decimals))
             .label_style((FAMILY, 15))
             .axis_desc_style((FAMILY, 17))
             .draw()?;
@@ -187,9 +187,26 @@ fn clip_polygon(points: &[(f64, f64)], floor: f64) -> Vec<(f64, f64)> {
     out
 }
 
+/// A tick label with `decimals` decimals; a tick a rounding error below zero reads 0, not -0.
+fn tick_label(y: f64, decimals: usize) -> String {
+    let text = format!("{y:.decimals$}");
+    match text.strip_prefix('-') {
+        Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_owned(),
+        _ => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_labels_never_read_minus_zero() {
+        assert_eq!(tick_label(-1e-17, 2), "0.00");
+        assert_eq!(tick_label(-0.0, 0), "0");
+        assert_eq!(tick_label(-0.1, 2), "-0.10");
+        assert_eq!(tick_label(97.5, 0), "98");
+    }
 
     #[test]
     fn clipping_keeps_what_is_above_the_floor_and_cuts_at_it() {
