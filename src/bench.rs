@@ -216,7 +216,7 @@ pub fn run(config: &Config, iters: usize, device: Device, profile: Option<&Path>
         })
         .collect::<Result<_>>()?;
     times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = crate::eval::median(&times);
     let peak_rss_mib = peak_rss_mib();
     let profile = match profile {
         Some(trace) => {

@@ -67,6 +67,17 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// Median (the mean of the two middle values for an even count); NaN for none.
+pub fn median(xs: &[f64]) -> f64 {
+    let mut sorted = xs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 /// Accuracy of the learner on the whole split, predicted in chunks of at most `EVAL_CHUNK`
 /// images. Batch norm uses each chunk's statistics, so chunks are large and of nearly equal size
 /// (10,001 images are chunks of 910 and 909, not ten of 1,000 and one image alone).
@@ -225,6 +236,13 @@ impl Cohort<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_no_values() {
+        assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
 
     #[test]
     fn evaluation_chunks_cover_the_split_in_nearly_equal_sizes() {

@@ -22,7 +22,14 @@ fn rl_train_resume_eval() {
     assert!((1.0..=500.0).contains(&mean), "{report}");
     assert!(report["real_return_std"].as_f64().unwrap() >= 0.0);
     assert_eq!(report["generation"], 15);
-    assert_eq!(report["baseline_steps_to_match"].as_array().unwrap().len(), 2);
+    let steps = report["baseline_steps_to_match"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    let reached: Vec<f64> = steps.iter().filter_map(|s| s.as_f64()).collect();
+    assert_eq!(report["baseline_reached"].as_u64(), Some(reached.len() as u64));
+    if !reached.is_empty() {
+        let median = report["baseline_steps_to_match_median"].as_f64().unwrap();
+        assert!(reached.iter().any(|&s| s <= median) && reached.iter().any(|&s| s >= median), "{report}");
+    }
     assert!(stdout(&gtn(&["rl", "eval", dir])).contains("REINFORCE to match it"));
 
     // The command that made the run, repeated, continues it; with another config it is refused.

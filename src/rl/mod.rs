@@ -22,7 +22,7 @@ use serde::Serialize;
 pub use config::{EnvName, Objective, RlConfig};
 pub use train::EsTrainer;
 
-use crate::eval::mean_std;
+use crate::eval::{mean_std, median};
 use reinforce::ReinforceConfig;
 use teacher::{EnvTeacher, Trial};
 
@@ -112,8 +112,10 @@ pub struct RlEvalReport {
     /// Real environment steps each REINFORCE seed needed for a greedy return of at least
     /// `real_return_mean` (null: not within `baseline_budget_steps`).
     pub baseline_steps_to_match: Vec<Option<usize>>,
-    /// Mean over the seeds that reached it.
+    /// Mean and median over the seeds that reached it (REINFORCE's runs are heavy-tailed: one
+    /// slow seed moves the mean far more than the median).
     pub baseline_steps_to_match_mean: Option<f64>,
+    pub baseline_steps_to_match_median: Option<f64>,
     pub baseline_reached: usize,
     pub baseline_budget_steps: usize,
 }
@@ -153,6 +155,7 @@ pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
         untrained_return_std: untrained_std,
         baseline: "reinforce",
         baseline_steps_to_match_mean: (!reached.is_empty()).then(|| mean_std(&reached).0),
+        baseline_steps_to_match_median: (!reached.is_empty()).then(|| median(&reached)),
         baseline_reached: reached.len(),
         baseline_steps_to_match: steps,
         baseline_budget_steps: c.baseline_budget,
@@ -161,14 +164,14 @@ pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
 
 impl RlEvalReport {
     pub fn table(&self) -> String {
-        let baseline = match self.baseline_steps_to_match_mean {
-            Some(m) => format!(
-                "{m:.0} real steps (mean of the {} of {} seeds that reached it within {})",
+        let baseline = match (self.baseline_steps_to_match_mean, self.baseline_steps_to_match_median) {
+            (Some(m), Some(median)) => format!(
+                "{m:.0} real steps (mean; median {median:.0}; of the {} of {} seeds that reached it within {})",
                 self.baseline_reached,
                 self.baseline_steps_to_match.len(),
                 self.baseline_budget_steps
             ),
-            None => format!(
+            _ => format!(
                 "not reached within {} real steps by any of {} seeds",
                 self.baseline_budget_steps,
                 self.baseline_steps_to_match.len()
