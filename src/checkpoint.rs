@@ -15,9 +15,23 @@ use crate::teacher::Teacher;
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The per-iteration CSV log of `gtn train` and `gtn rl train`.
+pub const LOG_FILE: &str = "log.csv";
 
 pub fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join(CHECKPOINT_FILE)
+}
+
+/// Whether `dir` holds a run to continue or keep: a checkpoint, or a log with rows (a run whose
+/// checkpoint was lost). A config with at most a log header is what a start interrupted before
+/// its first save leaves (starting writes them and saves at once): nothing to keep, so a new
+/// start may replace it. An unreadable log counts as a run.
+pub fn holds_run(dir: &Path) -> bool {
+    checkpoint_path(dir).exists()
+        || match std::fs::read_to_string(dir.join(LOG_FILE)) {
+            Ok(text) => text.lines().nth(1).is_some(),
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
 }
 
 /// Writes the config of a new run.
@@ -63,12 +77,7 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     let config = read_config(dir)?;
     let path = checkpoint_path(dir);
     if !path.is_file() {
-        bail!(
-            "{}: missing; the run in {} stopped before its first checkpoint, start it again with `gtn train --out {}`",
-            path.display(),
-            dir.display(),
-            dir.display()
-        );
+        bail!("{}: missing; expected the checkpoint of the run in {}", path.display(), dir.display());
     }
     let stored: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
         .map_err(|e| anyhow::anyhow!("{}: corrupt or not a safetensors file: {e}", path.display()))?

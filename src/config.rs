@@ -91,7 +91,7 @@ impl Config {
             intermediate_loss_every: 0,
             save_every: 50,
             checkpoint_every: 0,
-            seed: 0,
+            seed: crate::data::DEFAULT_SPLIT_SEED,
             generator: GeneratorConfig::REFERENCE,
         }
     }

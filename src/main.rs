@@ -510,7 +510,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let dir = data_dir.unwrap_or_else(|| dataset.default_dir());
             let valid_size = valid_size.unwrap_or(dataset.default_valid_size());
-            let data = Dataset::load(dataset, &dir, valid_size, Config::from_preset("cpu", None)?.seed, device)?;
+            let data = Dataset::load(dataset, &dir, valid_size, gtn::data::DEFAULT_SPLIT_SEED, device)?;
             let mut best: Option<((f64, f64), EvalReport)> = None;
             for &lr in &lrs {
                 for &momentum in &momenta {

@@ -21,7 +21,7 @@ use crate::optim::{self, Adam};
 use crate::progress::Progress;
 use crate::teacher::Teacher;
 
-pub const LOG_FILE: &str = "log.csv";
+pub use crate::checkpoint::LOG_FILE;
 const LOG_HEADER: &str =
     "iteration,meta_loss,meta_accuracy,grad_norm,outer_lr,inner_lr_mean,inner_momentum_mean,seconds";
 
@@ -72,11 +72,10 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Starts a new run in `dir`, which must not already hold one ([`Trainer::open`] continues it).
-    /// A config without a checkpoint is what a start interrupted before its first save leaves:
-    /// it holds nothing to continue and is replaced.
+    /// Starts a new run in `dir`, which must not already hold one ([`Trainer::open`] continues
+    /// it; see [`checkpoint::holds_run`]).
     pub fn create(config: &Config, dir: &Path, device: Device) -> Result<Trainer> {
-        if checkpoint::checkpoint_path(dir).exists() {
+        if checkpoint::holds_run(dir) {
             bail!("{}: already holds a run's files; remove them or choose another --out", dir.display());
         }
         let data = load_data(config, device)?;
@@ -103,7 +102,7 @@ impl Trainer {
         budgeted: bool,
         resume_command: Option<&str>,
     ) -> Result<Trainer> {
-        if !checkpoint::checkpoint_path(dir).exists() {
+        if !checkpoint::holds_run(dir) {
             return Trainer::create(config, dir, device);
         }
         let stored = checkpoint::read_config(dir);
@@ -125,6 +124,12 @@ impl Trainer {
     /// `runtime` may change settings that do not change the result (gradient checkpointing,
     /// where the data lives); the stored config is not rewritten.
     pub fn resume(dir: &Path, device: Device, runtime: impl FnOnce(&mut Config)) -> Result<Trainer> {
+        if !checkpoint::holds_run(dir) && dir.join(checkpoint::CONFIG_FILE).is_file() {
+            // Interrupted before its first checkpoint: start it again, as it was configured.
+            let mut config = checkpoint::read_config(dir)?;
+            runtime(&mut config);
+            return Trainer::create(&config, dir, device);
+        }
         let Checkpoint { mut teacher, adam, iteration } = checkpoint::load(dir, device)?;
         runtime(&mut teacher.config);
         teacher.config.validate()?;
@@ -604,15 +609,30 @@ mod tests {
         let other = Config { meta_iters: 9, ..fixture_config() };
         checkpoint::write_config(dir.path(), &other).unwrap();
         std::fs::write(dir.path().join(LOG_FILE), format!("{LOG_HEADER}\n")).unwrap();
-        let err = Trainer::resume(dir.path(), Device::Cpu, |_| {}).err().unwrap().to_string();
-        assert!(
-            err.contains("checkpoint.safetensors: missing") && err.contains("before its first checkpoint"),
-            "{err}"
-        );
+        let resumed = Trainer::resume(dir.path(), Device::Cpu, |_| {}).unwrap();
+        assert_eq!((resumed.iteration, resumed.config()), (0, &other), "--resume starts it as configured");
+        std::fs::remove_file(checkpoint::checkpoint_path(dir.path())).unwrap();
         let trainer = Trainer::open(&fixture_config(), dir.path(), Device::Cpu, false, Some("gtn train")).unwrap();
         assert_eq!(trainer.iteration, 0);
         assert_eq!(checkpoint::read_config(dir.path()).unwrap(), fixture_config());
         assert!(checkpoint::checkpoint_path(dir.path()).is_file());
+    }
+
+    #[test]
+    fn a_run_whose_checkpoint_was_lost_keeps_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
+        trainer.run(false, None).unwrap();
+        std::fs::remove_file(checkpoint::checkpoint_path(dir.path())).unwrap();
+        let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        for err in [
+            Trainer::open(&fixture_config(), dir.path(), Device::Cpu, false, None).err().unwrap().to_string(),
+            Trainer::resume(dir.path(), Device::Cpu, |_| {}).err().unwrap().to_string(),
+            Trainer::create(&fixture_config(), dir.path(), Device::Cpu).err().unwrap().to_string(),
+        ] {
+            assert!(err.contains("checkpoint.safetensors: missing") || err.contains("already holds a run"), "{err}");
+        }
+        assert_eq!(std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap(), log);
     }
 
     #[test]

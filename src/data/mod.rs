@@ -134,6 +134,10 @@ impl Split {
     }
 }
 
+/// The presets' `seed`, which also draws their train/validation split: commands without a
+/// teacher (`baseline real`, the real-data NAS proxy and truth) split the data the same way.
+pub const DEFAULT_SPLIT_SEED: u64 = 0;
+
 #[derive(Debug)]
 pub struct Dataset {
     pub name: DatasetName,

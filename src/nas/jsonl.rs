@@ -58,8 +58,11 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str(line) {
-            Ok(r) => out.push(r),
+        match serde_json::from_str::<Record>(line) {
+            // Labels written before they were normalised (`gtn:./runs/t`) name the same teacher.
+            Ok(r) => {
+                out.push(Record { proxy: r.proxy.parse::<super::score::Proxy>().map_or(r.proxy, |p| p.label()), ..r })
+            }
             Err(_) if i + 1 == lines.len() && !complete => {}
             Err(e) => bail!("{}:{}: not a result record: {e}", path.display(), i + 1),
         }
@@ -206,6 +209,9 @@ mod tests {
         assert_eq!(done.len(), 2);
         app.append(&record("c", 2, 4)).unwrap();
         assert_eq!(read(&path).unwrap().iter().map(|r| r.arch.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        let old_spelling = Record { proxy: "gtn:./runs/t/".into(), ..record("d", 3, 4) };
+        std::fs::write(&path, format!("{}\n", serde_json::to_string(&old_spelling).unwrap())).unwrap();
+        assert_eq!(read(&path).unwrap()[0].proxy, "gtn:runs/t", "labels are read normalised");
         std::fs::write(&path, "garbage\n{}\n").unwrap();
         assert!(read(&path).unwrap_err().to_string().contains("r.jsonl:1: not a result record"));
     }

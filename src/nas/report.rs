@@ -2,7 +2,7 @@
 //! true performance (all architectures and the top 50% by truth), the real-data step count that
 //! matches the GTN proxy's correlation, a markdown table and a PNG plot.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{bail, Result};
@@ -56,9 +56,24 @@ pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
         bail!("the truth file has no records");
     }
     let mut groups = Groups::new();
-    // One record per (architecture, proxy, steps), however many files repeat it.
-    let mut seen = HashSet::new();
-    for r in proxy.iter().filter(|r| seen.insert(r.key())) {
+    // A file given twice, or a shard beside the merged file, must not weigh an architecture
+    // twice; a repeat measured differently is an error rather than a silent choice.
+    let mut seen: HashMap<_, &Record> = HashMap::new();
+    for r in proxy {
+        if let Some(first) = seen.get(&r.key()) {
+            if (&first.dataset, &first.net, &first.setting) != (&r.dataset, &r.net, &r.setting) {
+                bail!(
+                    "{} ({}, {} steps) is recorded twice with different settings ({}; {}); expected one",
+                    r.arch,
+                    r.proxy,
+                    r.steps,
+                    first.setting,
+                    r.setting
+                );
+            }
+            continue;
+        }
+        seen.insert(r.key(), r);
         if let Some(t) = truth.get(r.arch.as_str()) {
             groups.entry((r.proxy.clone(), r.steps)).or_default().push((r.valid_accuracy, t.valid_accuracy, r.seconds));
         }
@@ -343,5 +358,11 @@ mod tests {
         assert_eq!(err, format!("--truth {}: no such results file", missing.display()));
         let twice = report(&[&same, &same], &truth, None).unwrap().0;
         assert_eq!(twice[0].n, 4, "a file given twice counts each architecture once");
+        let elsewhere = dir.path().join("elsewhere.jsonl");
+        let (mut out, _) = super::super::jsonl::Appender::open(&elsewhere).unwrap();
+        let setting = "10000 validation images".to_string();
+        out.append(&Record { net: "head Hidden".into(), setting, ..rec(0, "real", 4, 0.7) }).unwrap();
+        let err = report(&[&same, &elsewhere], &truth, None).unwrap_err().to_string();
+        assert!(err.starts_with("a0 (real, 4 steps) is recorded twice with different settings"), "{err}");
     }
 }

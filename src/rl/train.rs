@@ -14,12 +14,12 @@ use super::config::{Objective, RlConfig};
 use super::es::{self, Shaping};
 use super::imitation::Reference;
 use super::teacher::{self, EnvTeacher};
-use crate::checkpoint::{CHECKPOINT_FILE, CONFIG_FILE};
+use crate::checkpoint::{holds_run, CHECKPOINT_FILE, CONFIG_FILE};
 use crate::meta::iteration_rng;
 use crate::optim::Adam;
 use crate::progress::Progress;
 
-pub const LOG_FILE: &str = "log.csv";
+pub use crate::checkpoint::LOG_FILE;
 const LOG_HEADER: &str =
     "generation,fitness_mean,fitness_max,fitness_min,grad_norm,inner_lr_mean,inner_momentum_mean,seconds";
 
@@ -142,11 +142,10 @@ fn reference_for(config: &RlConfig) -> Option<Reference> {
 
 impl EsTrainer {
     /// Starts a new run in `dir`, which must not already hold one ([`EsTrainer::open`] continues it).
-    /// A config without a checkpoint is what a start interrupted before its first save leaves:
-    /// it holds nothing to continue and is replaced.
+    /// See [`holds_run`] for what counts as one.
     pub fn create(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
         config.validate()?;
-        if dir.join(CHECKPOINT_FILE).exists() {
+        if holds_run(dir) {
             bail!("{}: already holds a run's files; remove them or choose another --out", dir.display());
         }
         let (teacher, theta) = EnvTeacher::new(config);
@@ -174,7 +173,7 @@ impl EsTrainer {
     /// Starts a run of `config` in `dir`, or continues the one already there if it was started
     /// with the same config; another config is an error that names the keys.
     pub fn open(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
-        if !dir.join(CHECKPOINT_FILE).exists() {
+        if !holds_run(dir) {
             return EsTrainer::create(config, dir, threads);
         }
         crate::config::same_run(dir, read_config(dir), config, Some("gtn rl train"))?;
@@ -183,6 +182,10 @@ impl EsTrainer {
 
     /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
     pub fn resume(dir: &Path, threads: usize) -> Result<EsTrainer> {
+        if !holds_run(dir) && dir.join(CONFIG_FILE).is_file() {
+            // Interrupted before its first checkpoint: start it again, as it was configured.
+            return EsTrainer::create(&read_config(dir)?, dir, threads);
+        }
         let Checkpoint { teacher, theta, adam, generation } = load(dir)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, generation)?;
         let reference = reference_for(&teacher.config);
@@ -362,6 +365,8 @@ mod tests {
     fn a_start_interrupted_before_its_first_checkpoint_is_started_again() {
         let dir = tempfile::tempdir().unwrap();
         crate::atomic::write(&dir.path().join(CONFIG_FILE), tiny(9).to_toml().unwrap().as_bytes()).unwrap();
+        assert_eq!(EsTrainer::resume(dir.path(), 1).unwrap().teacher.config, tiny(9), "--resume: as configured");
+        std::fs::remove_file(dir.path().join(CHECKPOINT_FILE)).unwrap();
         let trainer = EsTrainer::open(&tiny(4), dir.path(), 1).unwrap();
         assert_eq!(trainer.generation, 0);
         assert_eq!(read_config(dir.path()).unwrap(), tiny(4));
