@@ -307,9 +307,12 @@ fn write_outputs(out: &Path, curves: &[Curve], summary: &CompareSummary) -> Resu
     crate::atomic::write(&out.join(SUMMARY_JSON), serde_json::to_string_pretty(summary)?.as_bytes())?;
     let series: Vec<Series> = curves
         .iter()
-        .map(|c| Series {
+        .enumerate()
+        .map(|(i, c)| Series {
             name: c.method.clone(),
             points: c.points.iter().map(|&(s, m, sd)| (s as f64, 100.0 * m, 100.0 * sd)).collect(),
+            color: i,
+            dashed: false,
         })
         .collect();
     let title = format!(
@@ -325,6 +328,7 @@ fn write_outputs(out: &Path, curves: &[Curve], summary: &CompareSummary) -> Resu
         y_label: "test accuracy (%)",
         series: &series,
         zoom_from: Some((lowest_end - 1.0).floor()),
+        log_x: false,
     }
     .write_png(&out.join(CURVES_PNG))
 }

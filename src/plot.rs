@@ -1,9 +1,13 @@
 //! Line charts as PNG files: a mean line per series with a shaded band for its spread.
 
+mod text;
+
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{anyhow, bail, Context, Result};
+use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
@@ -12,11 +16,30 @@ use plotters::style::{register_font, FontStyle};
 const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSansMono.ttf");
 const FAMILY: &str = "sans-serif";
 
+/// matplotlib's "tab10", the colours this field's readers know; apart even in greyscale print.
+const COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
 /// One line of a chart: points `(x, mean, spread)`; the band covers mean ± spread.
 #[derive(Debug, Clone)]
 pub struct Series {
+    /// Its legend entry; none when empty (a series the chart's labels explain by its style).
     pub name: String,
     pub points: Vec<(f64, f64, f64)>,
+    /// Index into the chart's colours (cycled); series that belong together share one.
+    pub color: usize,
+    /// Dashed instead of solid, to tell apart series that share a colour.
+    pub dashed: bool,
 }
 
 pub struct Chart<'a> {
@@ -27,6 +50,8 @@ pub struct Chart<'a> {
     /// Adds a second panel below the whole chart with the y axis from this value up, where
     /// curves that all end near the top can be told apart.
     pub zoom_from: Option<f64>,
+    /// A logarithmic x axis (base 2), for step counts that double; every x must be positive.
+    pub log_x: bool,
 }
 
 const WIDTH: u32 = 960;
@@ -55,6 +80,9 @@ impl Chart<'_> {
         if !(x0.is_finite() && y0.is_finite()) {
             bail!("{}: nothing to plot", output.display());
         }
+        if self.log_x && x0 <= 0.0 {
+            bail!("{}: a logarithmic x axis needs positive x, got {x0}", output.display());
+        }
         let x = x0..x1.max(x0 + 1.0);
         let pad = ((y1 - y0) * 0.05).max(1e-3);
         // A zoom that would show everything, or nothing, is no zoom.
@@ -62,19 +90,29 @@ impl Chart<'_> {
         let height = HEIGHT + zoom_from.map_or(0, |_| ZOOM_HEIGHT);
         let mut buffer = vec![0u8; (WIDTH * height * 3) as usize];
         {
-            let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, height)).into_drawing_area();
+            let bitmap = BitMapBackend::with_buffer(&mut buffer, (WIDTH, height));
+            let root = text::Canvas::new(bitmap, FONT).into_drawing_area();
             let draw_err = |e: DrawingAreaErrorKind<_>| anyhow!("{}: cannot draw: {e:?}", output.display());
             root.fill(&WHITE).map_err(draw_err)?;
             let (whole, zoomed) = root.split_vertically(HEIGHT);
             let full = (y0 - pad)..(y1 + pad);
+            // The legend goes on the last panel, in the corner where it hides the least.
+            let mut panels = vec![(&whole, self.title, full.clone(), self.y_label.to_owned(), None)];
             match zoom_from {
                 Some(z) => {
-                    self.panel(&whole, self.title, x.clone(), full, self.y_label, false).map_err(draw_err)?;
-                    let label = format!("{}, zoomed", self.y_label);
                     let zoom = z..(y1 + (y1 - z) * 0.05);
-                    self.panel(&zoomed, "", x, zoom, &label, true).map_err(draw_err)?;
+                    let corner = self.legend_corner(&x, &zoom, ZOOM_HEIGHT);
+                    panels.push((&zoomed, "", zoom, format!("{}, zoomed", self.y_label), Some(corner)));
                 }
-                None => self.panel(&whole, self.title, x, full, self.y_label, true).map_err(draw_err)?,
+                None => panels[0].4 = Some(self.legend_corner(&x, &full, HEIGHT)),
+            }
+            for (area, caption, y, y_label, legend) in panels {
+                if self.log_x {
+                    let x = x.clone().log_scale().base(2.0);
+                    self.panel(area, caption, x, y, &y_label, legend).map_err(draw_err)?;
+                } else {
+                    self.panel(area, caption, x.clone(), y, &y_label, legend).map_err(draw_err)?;
+                }
             }
             root.present().map_err(draw_err)?;
         }
@@ -88,15 +126,19 @@ impl Chart<'_> {
 
     /// Every series, mean line over a shaded spread band, on `area` with the given ranges.
     /// Only `y` may cut data off (a zoom's floor): what lies below it is clipped here.
-    fn panel<DB: DrawingBackend>(
+    fn panel<DB: DrawingBackend, X>(
         &self,
         area: &DrawingArea<DB, plotters::coord::Shift>,
         caption: &str,
-        x: std::ops::Range<f64>,
+        x: X,
         y: std::ops::Range<f64>,
         y_label: &str,
-        legend: bool,
-    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        legend: Option<SeriesLabelPosition>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        X: AsRangedCoord<Value = f64>,
+        X::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    {
         // Enough decimals that neighbouring tick labels differ (percentages vs correlations).
         let y_decimals = if y.end - y.start >= 10.0 { 0 } else { 2 };
         let floor = y.start;
@@ -115,29 +157,83 @@ impl Chart<'_> {
             .label_style((FAMILY, 15))
             .axis_desc_style((FAMILY, 17))
             .draw()?;
-        for (i, series) in self.series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+        for series in self.series {
+            let color = COLORS[series.color % COLORS.len()].to_rgba();
             let upper = series.points.iter().map(|&(x, m, s)| (x, m + s));
             let lower = series.points.iter().rev().map(|&(x, m, s)| (x, m - s));
             let band = clip_polygon(&upper.chain(lower).collect::<Vec<_>>(), floor);
             chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.15).filled())))?;
             let line: Vec<(f64, f64)> = series.points.iter().map(|&(x, m, _)| (x, m)).collect();
             let pieces = clip_line(&line, floor);
-            chart
-                .draw_series(pieces.into_iter().map(|piece| PathElement::new(piece, color.stroke_width(2))))?
-                .label(series.name.as_str())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3)));
+            let stroke = color.stroke_width(2);
+            let drawn = if series.dashed {
+                chart.draw_series(pieces.into_iter().flat_map(|piece| DashedLineSeries::new(piece, 9, 6, stroke)))?
+            } else {
+                chart.draw_series(pieces.into_iter().map(|piece| PathElement::new(piece, stroke)))?
+            };
+            if series.name.is_empty() {
+                continue;
+            }
+            let dashed = series.dashed;
+            drawn.label(series.name.as_str()).legend(move |(x, y)| {
+                // Two strokes with a gap, or one stroke drawn twice: one element type for both.
+                let (end, start) = if dashed { (8, 13) } else { (21, 0) };
+                let stroke = color.stroke_width(3);
+                EmptyElement::at((x, y))
+                    + PathElement::new([(0, 0), (end, 0)], stroke)
+                    + PathElement::new([(start, 0), (21, 0)], stroke)
+            });
         }
-        if legend {
+        if let Some(corner) = legend {
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
+                .position(corner)
                 .label_font((FAMILY, 15))
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .draw()?;
         }
         Ok(())
+    }
+
+    /// The corner of a panel of `height` pixels showing `x` by `y` where a legend of this
+    /// chart's series would cover the fewest points of their lines (sampled along each segment,
+    /// as drawn); lower right when several tie.
+    fn legend_corner(&self, x: &Range<f64>, y: &Range<f64>, height: u32) -> SeriesLabelPosition {
+        let unit_x = |v: f64| match self.log_x {
+            true => (v / x.start).ln() / (x.end / x.start).ln(),
+            false => (v - x.start) / (x.end - x.start),
+        };
+        let unit = |&(px, py, _): &(f64, f64, f64)| (unit_x(px), (py - y.start) / (y.end - y.start));
+        let mut samples = Vec::new();
+        for series in self.series {
+            let points: Vec<(f64, f64)> = series.points.iter().map(unit).collect();
+            samples.extend(points.first());
+            for pair in points.windows(2) {
+                let ((ax, ay), (bx, by)) = (pair[0], pair[1]);
+                samples.extend((1..=16).map(|k| {
+                    let t = f64::from(k) / 16.0;
+                    (ax + t * (bx - ax), ay + t * (by - ay))
+                }));
+            }
+        }
+        // The legend's size as a fraction of the plot: a line of 15-pixel text per series, about
+        // 9 pixels per character plus the sample stroke.
+        let longest = self.series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+        let w = ((longest * 9 + 60) as f64 / f64::from(WIDTH - 100)).min(1.0);
+        let rows = self.series.iter().filter(|s| !s.name.is_empty()).count();
+        let h = ((rows * 19 + 20) as f64 / f64::from(height - 100)).min(1.0);
+        let corners = [
+            (SeriesLabelPosition::LowerRight, 1.0 - w..1.0, 0.0..h),
+            (SeriesLabelPosition::UpperRight, 1.0 - w..1.0, 1.0 - h..1.0),
+            (SeriesLabelPosition::LowerLeft, 0.0..w, 0.0..h),
+            (SeriesLabelPosition::UpperLeft, 0.0..w, 1.0 - h..1.0),
+        ];
+        let covered = |bx: &Range<f64>, by: &Range<f64>| {
+            samples.iter().filter(|(px, py)| bx.contains(px) && by.contains(py)).count()
+        };
+        let (corner, _, _) = corners.into_iter().min_by_key(|(_, bx, by)| covered(bx, by)).expect("four corners");
+        corner
     }
 }
 
@@ -222,14 +318,58 @@ mod tests {
     }
 
     #[test]
+    fn the_legend_goes_where_it_hides_the_least() {
+        let line = |name: &str, points: &[(f64, f64)]| Series {
+            name: name.into(),
+            points: points.iter().map(|&(x, y)| (x, y, 0.0)).collect(),
+            color: 0,
+            dashed: false,
+        };
+        let corner = |series: &[Series], log_x: bool| {
+            let chart = Chart { title: "", x_label: "", y_label: "", series, zoom_from: None, log_x };
+            chart.legend_corner(&(1.0..64.0), &(0.0..1.0), HEIGHT)
+        };
+        let top = line("top", &[(1.0, 0.95), (64.0, 0.95)]);
+        let bottom = line("bottom", &[(1.0, 0.05), (64.0, 0.05)]);
+        assert_eq!(corner(std::slice::from_ref(&top), false), SeriesLabelPosition::LowerRight);
+        assert_eq!(corner(std::slice::from_ref(&bottom), false), SeriesLabelPosition::UpperRight);
+        // Rising to the upper right, with the bottom line: the upper left is free.
+        let rising = line("rising", &[(32.0, 0.5), (64.0, 0.95)]);
+        assert_eq!(corner(&[bottom, rising], false), SeriesLabelPosition::UpperLeft);
+        // x = 50 is 78% of the way on a linear axis, 94% on a log one (under the legend).
+        let low = line("low", &[(1.0, 0.05), (50.0, 0.05)]);
+        assert_eq!(corner(std::slice::from_ref(&low), false), SeriesLabelPosition::LowerRight);
+        assert_eq!(corner(&[low], true), SeriesLabelPosition::UpperRight);
+        // Only named series have a legend row: one row clears a line at 9% of the height, two
+        // rows reach it.
+        let middle = line("middle", &[(1.0, 0.5), (64.0, 0.5)]);
+        let unnamed = line("", &[(1.0, 0.09), (64.0, 0.09)]);
+        assert_eq!(corner(&[middle.clone(), unnamed.clone()], false), SeriesLabelPosition::LowerRight);
+        let named = Series { name: "named".into(), ..unnamed };
+        assert_eq!(corner(&[middle, named], false), SeriesLabelPosition::UpperRight);
+    }
+
+    #[test]
     fn writes_a_png_of_the_chart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chart.png");
         let series = [
-            Series { name: "a".into(), points: vec![(0.0, 0.1, 0.01), (1.0, 0.5, 0.05), (2.0, 0.9, 0.02)] },
-            Series { name: "b".into(), points: vec![(0.0, 0.1, 0.0), (2.0, 0.6, 0.0)] },
+            Series {
+                name: "a".into(),
+                points: vec![(0.0, 0.1, 0.01), (1.0, 0.5, 0.05), (2.0, 0.9, 0.02)],
+                color: 0,
+                dashed: false,
+            },
+            Series { name: "b".into(), points: vec![(0.0, 0.1, 0.0), (2.0, 0.6, 0.0)], color: 1, dashed: true },
         ];
-        let chart = Chart { title: "test", x_label: "step", y_label: "accuracy", series: &series, zoom_from: None };
+        let chart = Chart {
+            title: "test",
+            x_label: "step",
+            y_label: "accuracy",
+            series: &series,
+            zoom_from: None,
+            log_x: false,
+        };
         chart.write_png(&path).unwrap();
         let image = image::open(&path).unwrap().to_rgb8();
         assert_eq!(image.dimensions(), (WIDTH, HEIGHT));
@@ -241,7 +381,7 @@ mod tests {
         let zoomed = image::open(&path).unwrap().to_rgb8();
         assert_eq!(zoomed.dimensions(), (WIDTH, HEIGHT + ZOOM_HEIGHT));
         // The first series' line is drawn in the zoomed panel, in its own colour.
-        let color = Palette99::pick(0).to_rgba();
+        let color = COLORS[0];
         let lower = image::imageops::crop_imm(&zoomed, 0, HEIGHT, WIDTH, ZOOM_HEIGHT).to_image();
         let line = lower.pixels().filter(|p| p.0 == [color.0, color.1, color.2]).count();
         assert!(line > 500, "zoomed panel: {line} pixels of the first series' colour");
@@ -249,7 +389,11 @@ mod tests {
         Chart { zoom_from: Some(1.0), ..chart }.write_png(&path).unwrap();
         assert_eq!(image::open(&path).unwrap().to_rgb8().dimensions(), (WIDTH, HEIGHT));
 
-        let empty = Chart { title: "empty", x_label: "x", y_label: "y", series: &[], zoom_from: None };
+        // A log axis refuses x = 0 (series "a" starts there).
+        let log = Chart { log_x: true, ..chart }.write_png(&path).unwrap_err();
+        assert!(log.to_string().contains("needs positive x"), "{log}");
+
+        let empty = Chart { title: "empty", x_label: "x", y_label: "y", series: &[], zoom_from: None, log_x: false };
         let empty = empty.write_png(&path).unwrap_err();
         assert!(empty.to_string().contains("nothing to plot"), "{empty}");
     }

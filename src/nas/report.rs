@@ -119,14 +119,17 @@ pub struct Match {
     pub at_most: bool,
 }
 
+type Pick = fn(&Row) -> f64;
+
+/// The architectures a correlation is taken over, and how to read it from a row.
+const SUBSETS: [(&str, Pick); 2] = [("all", |r| r.spearman), ("top 50%", |r| r.spearman_top)];
+
 pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
     let mut real: Vec<&Row> = rows.iter().filter(|r| r.proxy == "real").collect();
     real.sort_by_key(|r| r.steps);
     let mut out = Vec::new();
     for g in rows.iter().filter(|r| r.is_gtn()) {
-        for (subset, pick) in
-            [("all", (|r: &Row| r.spearman) as fn(&Row) -> f64), ("top 50%", |r: &Row| r.spearman_top)]
-        {
+        for (subset, pick) in SUBSETS {
             let target = pick(g);
             let mut real_steps = None;
             let mut at_most = false;
@@ -200,29 +203,31 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
     s + "\n"
 }
 
-/// Spearman correlation vs proxy steps, one line per proxy and subset (all, top 50%).
+/// Spearman correlation vs proxy steps (doubling, so on a log axis): one colour per proxy, solid
+/// for all architectures, dashed for the top 50%.
 pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
     let mut proxies: Vec<&str> = rows.iter().map(|r| r.proxy.as_str()).collect();
     proxies.sort();
     proxies.dedup();
     let mut series = Vec::new();
-    for proxy in proxies {
+    for (color, proxy) in proxies.into_iter().enumerate() {
         let mut pts: Vec<&Row> = rows.iter().filter(|r| r.proxy == proxy).collect();
         pts.sort_by_key(|r| r.steps);
-        for (subset, pick) in
-            [("all", (|r: &Row| r.spearman) as fn(&Row) -> f64), ("top 50%", |r: &Row| r.spearman_top)]
-        {
+        for (dashed, (_, pick)) in [false, true].into_iter().zip(SUBSETS) {
             let points: Vec<(f64, f64, f64)> =
                 pts.iter().map(|r| (r.steps as f64, pick(r), 0.0)).filter(|p| p.1.is_finite()).collect();
-            series.push(Series { name: format!("{proxy} ({subset})"), points });
+            // One legend entry per proxy; the x label says which line is which subset.
+            let name = if dashed { String::new() } else { proxy.to_owned() };
+            series.push(Series { name, points, color, dashed });
         }
     }
     Chart {
         title: "Rank correlation with true performance",
-        x_label: "proxy training steps",
+        x_label: "proxy training steps (solid: all architectures, dashed: the top 50% by truth)",
         y_label: "Spearman rho",
         series: &series,
         zoom_from: None,
+        log_x: true,
     }
     .write_png(path)
 }
