@@ -233,7 +233,9 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
 }
 
 /// Reads both files, writes the plot and returns the markdown table. Every file must hold
-/// results of one dataset and one network (records that predate `net` match any network).
+/// results of one dataset, one network (records that predate `net` match any network) and one
+/// seed: the seed draws the architectures and their initial weights, so a proxy and a truth of
+/// different seeds would rank other networks than they name.
 pub fn report(proxy_files: &[&Path], truth_file: &Path, plot_path: Option<&Path>) -> Result<(Vec<Row>, String)> {
     let mut files = Vec::new();
     for (flag, path) in proxy_files.iter().map(|p| ("--proxy", *p)).chain([("--truth", truth_file)]) {
@@ -248,7 +250,8 @@ pub fn report(proxy_files: &[&Path], truth_file: &Path, plot_path: Option<&Path>
     }
     let dataset = |r: &Record| Some(format!("dataset {}", r.dataset));
     let network = |r: &Record| (!r.net.is_empty()).then(|| format!("network ({})", r.net));
-    for what in [&dataset as &dyn Fn(&Record) -> Option<String>, &network] {
+    let seed = |r: &Record| Some(format!("seed {}", r.seed));
+    for what in [&dataset as &dyn Fn(&Record) -> Option<String>, &network, &seed] {
         let mut first: Option<(String, &Path)> = None;
         for (file, r) in files.iter().flat_map(|(f, records)| records.iter().map(move |r| (*f, r))) {
             let Some(value) = what(r) else { continue };
@@ -334,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn report_refuses_files_of_different_networks() {
+    fn report_refuses_files_of_different_networks_datasets_or_seeds() {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, proxy: &str, steps: usize, net: &str| {
             let path = dir.path().join(name);
@@ -358,6 +361,12 @@ mod tests {
         out.append(&Record { dataset: "fashion-mnist".into(), ..rec(0, "gtn:f", 4, 0.5) }).unwrap();
         let err = report(&[&same, &fashion], &truth, None).unwrap_err().to_string();
         assert!(err.contains("results of dataset fashion-mnist, but") && err.contains("has dataset mnist"), "{err}");
+        let seed1 = dir.path().join("seed1.jsonl");
+        let (mut out, _) = super::super::jsonl::Appender::open(&seed1).unwrap();
+        out.append(&Record { seed: 1, ..rec(0, "gtn:s", 4, 0.5) }).unwrap();
+        let err = report(&[&same, &seed1], &truth, None).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: results of seed 1, but", seed1.display())), "{err}");
+        assert!(err.contains("has seed 0; expected the same for all proxies and the truth"), "{err}");
         let missing = dir.path().join("missing.jsonl");
         let err = report(&[&same], &missing, None).unwrap_err().to_string();
         assert_eq!(err, format!("--truth {}: no such results file", missing.display()));
