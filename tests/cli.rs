@@ -261,6 +261,7 @@ fn nas_score_truth_merge_report() {
         &png,
     ]));
     assert!(out.contains("| real | 4 | 4 |") && out.contains(&format!("| {teacher} | 2 | 4 |")), "{out}");
+    assert!(out.contains("| params (untrained) | 0 | 4 |"), "the zero-cost baseline: {out}");
     assert!(image::open(&png).is_ok());
     let err =
         error_line(&gtn(&["nas", "score", "--proxy", &teacher, "--steps", "9", "--sample", "1", "--out", &p("x")]));

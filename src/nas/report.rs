@@ -1,6 +1,8 @@
 //! How well a proxy ranks architectures: Spearman and Kendall correlation of proxy scores with the
 //! true performance (all architectures and the top 50% by truth), the real-data step count that
-//! matches the GTN proxy's correlation, a markdown table and a PNG plot.
+//! matches the GTN proxy's correlation, a markdown table and a PNG plot. Beside them, what tells a
+//! good proxy from a lucky one: how well its ranking repeats on other evaluation images, how much
+//! of it is parameter count, and how well parameter count alone (no training) ranks the truth.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -23,9 +25,17 @@ pub struct Row {
     pub n_top: usize,
     pub spearman_top: f64,
     pub kendall_top: f64,
+    /// Spearman between the proxy's validation and test accuracies: how much of its ranking
+    /// survives other evaluation images (low: evaluation noise limits it; raise --eval-images).
+    pub valid_test: f64,
+    /// Spearman between the proxy's scores and parameter counts: how much it ranks by size.
+    pub params: f64,
     /// Mean training seconds per architecture on this proxy.
     pub seconds: f64,
 }
+
+/// The row of the zero-cost baseline: architectures ranked by parameter count, untrained.
+pub const PARAMS: &str = "params (untrained)";
 
 impl Row {
     pub fn is_gtn(&self) -> bool {
@@ -45,17 +55,49 @@ fn truth_by_arch(truth: &[Record]) -> HashMap<&str, &Record> {
     best
 }
 
-/// Proxy accuracy, true accuracy and proxy seconds of each architecture, per (proxy, steps).
-type Groups = BTreeMap<(String, usize), Vec<(f64, f64, f64)>>;
+/// One architecture as a proxy measured it, beside its truth.
+#[derive(Clone, Copy)]
+struct Point {
+    valid: f64,
+    test: f64,
+    params: f64,
+    seconds: f64,
+    truth: f64,
+}
+
+/// The correlations of one proxy and step count over its architectures.
+fn row(proxy: String, steps: usize, mut points: Vec<Point>) -> Row {
+    let column = |points: &[Point], f: fn(&Point) -> f64| points.iter().map(f).collect::<Vec<f64>>();
+    let (valid, truth) = (column(&points, |p| p.valid), column(&points, |p| p.truth));
+    let (test, params) = (column(&points, |p| p.test), column(&points, |p| p.params));
+    let seconds = points.iter().map(|p| p.seconds).sum::<f64>() / points.len() as f64;
+    points.sort_by(|a, b| b.truth.total_cmp(&a.truth));
+    let n_top = points.len().div_ceil(2);
+    let (valid_top, truth_top) = (column(&points[..n_top], |p| p.valid), column(&points[..n_top], |p| p.truth));
+    Row {
+        proxy,
+        steps,
+        n: valid.len(),
+        spearman: spearman(&valid, &truth),
+        kendall: kendall_tau_b(&valid, &truth),
+        n_top,
+        spearman_top: spearman(&valid_top, &truth_top),
+        kendall_top: kendall_tau_b(&valid_top, &truth_top),
+        valid_test: spearman(&valid, &test),
+        params: spearman(&valid, &params),
+        seconds,
+    }
+}
 
 /// One row per (proxy, step count), over the architectures both files have, ranked by
-/// validation accuracy.
+/// validation accuracy; last, the parameter-count baseline over every architecture scored.
 pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
     let truth = truth_by_arch(truth);
     if truth.is_empty() {
         bail!("the truth file has no records");
     }
-    let mut groups = Groups::new();
+    let mut groups: BTreeMap<(String, usize), Vec<Point>> = BTreeMap::new();
+    let mut scored: BTreeMap<&str, &Record> = BTreeMap::new();
     // A file given twice, or a shard beside the merged file, must not weigh an architecture
     // twice; a repeat measured differently is an error rather than a silent choice.
     let mut seen: HashMap<_, &Record> = HashMap::new();
@@ -75,33 +117,27 @@ pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
         }
         seen.insert(r.key(), r);
         if let Some(t) = truth.get(r.arch.as_str()) {
-            groups.entry((r.proxy.clone(), r.steps)).or_default().push((r.valid_accuracy, t.valid_accuracy, r.seconds));
+            let point = Point {
+                valid: r.valid_accuracy,
+                test: r.test_accuracy,
+                params: r.params as f64,
+                seconds: r.seconds,
+                truth: t.valid_accuracy,
+            };
+            groups.entry((r.proxy.clone(), r.steps)).or_default().push(point);
+            scored.insert(t.arch.as_str(), t);
         }
     }
     if groups.is_empty() {
         bail!("no architecture is in both the proxy and the truth files");
     }
-    Ok(groups
-        .into_iter()
-        .map(|((proxy, steps), mut pairs)| {
-            let (p, t): (Vec<f64>, Vec<f64>) = pairs.iter().map(|&(p, t, _)| (p, t)).unzip();
-            let seconds = pairs.iter().map(|x| x.2).sum::<f64>() / pairs.len() as f64;
-            pairs.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let n_top = pairs.len().div_ceil(2);
-            let (pt, tt): (Vec<f64>, Vec<f64>) = pairs[..n_top].iter().map(|&(p, t, _)| (p, t)).unzip();
-            Row {
-                proxy,
-                steps,
-                n: p.len(),
-                spearman: spearman(&p, &t),
-                kendall: kendall_tau_b(&p, &t),
-                n_top,
-                spearman_top: spearman(&pt, &tt),
-                kendall_top: kendall_tau_b(&pt, &tt),
-                seconds,
-            }
-        })
-        .collect())
+    let mut rows: Vec<Row> = groups.into_iter().map(|((proxy, steps), points)| row(proxy, steps, points)).collect();
+    let by_size = scored.values().map(|t| {
+        let params = t.params as f64;
+        Point { valid: params, test: params, params, seconds: 0.0, truth: t.valid_accuracy }
+    });
+    rows.push(Row { valid_test: f64::NAN, params: f64::NAN, ..row(PARAMS.into(), 0, by_size.collect()) });
+    Ok(rows)
 }
 
 /// Real-data steps needed to reach a GTN row's Spearman correlation.
@@ -169,12 +205,12 @@ fn fmt_corr(x: f64) -> String {
 
 pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
     let mut s = String::from(
-        "| proxy | steps | archs | Spearman | Kendall | top-50% archs | Spearman top 50% | Kendall top 50% | s/arch |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| proxy | steps | archs | Spearman | Kendall | top-50% archs | Spearman top 50% | Kendall top 50% | valid vs test | vs params | s/arch |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
             r.proxy,
             r.steps,
             r.n,
@@ -183,6 +219,8 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
             r.n_top,
             fmt_corr(r.spearman_top),
             fmt_corr(r.kendall_top),
+            fmt_corr(r.valid_test),
+            fmt_corr(r.params),
             r.seconds
         );
     }
@@ -206,18 +244,33 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
 /// Spearman correlation vs proxy steps (doubling, so on a log axis): one colour per proxy, solid
 /// for all architectures, dashed for the top 50%.
 pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
-    let mut proxies: Vec<&str> = rows.iter().map(|r| r.proxy.as_str()).collect();
+    let (untrained, trained): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.proxy == PARAMS);
+    let mut proxies: Vec<&str> = trained.iter().map(|r| r.proxy.as_str()).collect();
     proxies.sort();
     proxies.dedup();
+    let mut lines: Vec<(String, Vec<&Row>)> = proxies
+        .into_iter()
+        .map(|proxy| {
+            let mut rows: Vec<&Row> = trained.iter().copied().filter(|r| r.proxy == proxy).collect();
+            rows.sort_by_key(|r| r.steps);
+            (proxy.to_owned(), rows)
+        })
+        .collect();
+    // The untrained baseline as a level line across the steps measured.
+    let steps = trained.iter().map(|r| r.steps);
+    let (first, last) = (steps.clone().min().unwrap_or(1), steps.max().unwrap_or(1));
+    let level: Vec<Row> =
+        untrained.iter().flat_map(|&r| [Row { steps: first, ..r.clone() }, Row { steps: last, ..r.clone() }]).collect();
+    if !level.is_empty() {
+        lines.push((PARAMS.to_owned(), level.iter().collect()));
+    }
     let mut series = Vec::new();
-    for (color, proxy) in proxies.into_iter().enumerate() {
-        let mut pts: Vec<&Row> = rows.iter().filter(|r| r.proxy == proxy).collect();
-        pts.sort_by_key(|r| r.steps);
+    for (color, (proxy, rows)) in lines.into_iter().enumerate() {
         for (dashed, (_, pick)) in [false, true].into_iter().zip(SUBSETS) {
             let points: Vec<(f64, f64, f64)> =
-                pts.iter().map(|r| (r.steps as f64, pick(r), 0.0)).filter(|p| p.1.is_finite()).collect();
+                rows.iter().map(|r| (r.steps as f64, pick(r), 0.0)).filter(|p| p.1.is_finite()).collect();
             // One legend entry per proxy; the x label says which line is which subset.
-            let name = if dashed { String::new() } else { proxy.to_owned() };
+            let name = if dashed { String::new() } else { proxy.clone() };
             series.push(Series { name, points, color, dashed });
         }
     }
@@ -307,8 +360,12 @@ mod tests {
             proxy.push(rec(k, "real", 10, -(k as f64)));
             proxy.push(rec(k, "real", 40, k as f64 * 2.0));
         }
-        let rows = correlations(&proxy, &truth).unwrap();
-        assert_eq!(rows.len(), 3);
+        let mut rows = correlations(&proxy, &truth).unwrap();
+        assert_eq!(rows.len(), 4);
+        // Last, the untrained baseline: every architecture has 1 parameter, so no ranking.
+        let params = rows.pop().unwrap();
+        assert_eq!((params.proxy.as_str(), params.steps, params.n), (PARAMS, 0, 6));
+        assert!(params.spearman.is_nan() && params.valid_test.is_nan(), "{params:?}");
         let gtn = rows.iter().find(|r| r.is_gtn()).unwrap();
         assert_eq!((gtn.n, gtn.n_top, gtn.spearman, gtn.kendall_top), (6, 3, 1.0, 1.0));
         assert_eq!(rows.iter().find(|r| r.steps == 10).unwrap().spearman, -1.0);
@@ -316,7 +373,7 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].real_steps, Some(40.0));
         let md = markdown(&rows, &m);
-        assert!(md.contains("| gtn:t | 8 | 6 | 1.000 | 1.000 | 3 | 1.000 | 1.000 | 8.0 |"), "{md}");
+        assert!(md.contains("| gtn:t | 8 | 6 | 1.000 | 1.000 | 3 | 1.000 | 1.000 | 1.000 | n/a | 8.0 |"), "{md}");
         assert!(md.contains("≈ 40 real-data steps"), "{md}");
         // Halfway in correlation between 10 and 40 steps: interpolated.
         let half = [Row { spearman: 0.0, spearman_top: 0.0, ..rows[0].clone() }, rows[1].clone(), rows[2].clone()];
@@ -337,6 +394,26 @@ mod tests {
     }
 
     #[test]
+    fn repeatability_size_bias_and_the_parameter_count_baseline() {
+        // Truth: architecture k scores k. Sizes: 10, 20, ... but architecture 0 is the largest.
+        let size = |k: usize| if k == 0 { 100 } else { 10 * k as i64 };
+        let truth: Vec<Record> = (0..6).map(|k| Record { params: size(k), ..rec(k, "real", 100, k as f64) }).collect();
+        // The proxy ranks by size on its validation images, and in reverse on its test images.
+        let proxy: Vec<Record> = (0..6)
+            .map(|k| Record { test_accuracy: -(size(k) as f64), params: size(k), ..rec(k, "gtn:t", 8, size(k) as f64) })
+            .collect();
+        let rows = correlations(&proxy, &truth).unwrap();
+        let (gtn, params) = (&rows[0], &rows[1]);
+        assert_eq!((gtn.valid_test, gtn.params), (-1.0, 1.0));
+        // Size ranks architectures 1-5 right and the worst as the best: rho = 1 - 6 * 30 / 210.
+        assert_eq!(params.proxy, PARAMS);
+        assert!((params.spearman - (1.0 - 6.0 * 30.0 / 210.0)).abs() < 1e-12, "{params:?}");
+        assert_eq!(params.spearman, gtn.spearman, "the proxy is parameter count in disguise");
+        let dir = tempfile::tempdir().unwrap();
+        plot(&rows, &dir.path().join("c.png")).unwrap();
+    }
+
+    #[test]
     fn report_refuses_files_of_different_networks_datasets_or_seeds() {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, proxy: &str, steps: usize, net: &str| {
@@ -352,7 +429,7 @@ mod tests {
         let old = write("old.jsonl", "gtn:t", 4, "");
         let other = write("other.jsonl", "gtn:t", 4, "head Flatten");
         let (rows, _) = report(&[&same, &old], &truth, None).unwrap();
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 3, "two proxies and the parameter-count baseline");
         let err = report(&[&same, &other], &truth, None).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}: results of network (head Flatten)", other.display())), "{err}");
         assert!(err.contains("same.jsonl has network (head Hidden)"), "{err}");
