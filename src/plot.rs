@@ -16,8 +16,8 @@ use plotters::style::{register_font, FontStyle};
 const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSansMono.ttf");
 const FAMILY: &str = "sans-serif";
 
-/// matplotlib's "tab10", the colours this field's readers know; apart even in greyscale print.
-const COLORS: [RGBColor; 10] = [
+/// matplotlib's "tab10", the colours this field's readers know.
+pub(crate) const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -59,7 +59,7 @@ const HEIGHT: u32 = 640;
 /// Height of the zoomed panel, when there is one.
 const ZOOM_HEIGHT: u32 = 480;
 
-fn register() {
+pub(crate) fn register() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if register_font(FAMILY, FontStyle::Normal, FONT).is_err() {
@@ -83,7 +83,7 @@ impl Chart<'_> {
         if self.log_x && x0 <= 0.0 {
             bail!("{}: a logarithmic x axis needs positive x, got {x0}", output.display());
         }
-        let x = x0..x1.max(x0 + 1.0);
+        let x = x_axis(x0, x1, self.log_x);
         let pad = ((y1 - y0) * 0.05).max(1e-3);
         // A zoom that would show everything, or nothing, is no zoom.
         let zoom_from = self.zoom_from.filter(|&z| z > y0 - pad && z < y1);
@@ -234,6 +234,17 @@ impl Chart<'_> {
         };
         let (corner, _, _) = corners.into_iter().min_by_key(|(_, bx, by)| covered(bx, by)).expect("four corners");
         corner
+    }
+}
+
+/// The x axis of a chart whose data spans `x0..x1`. A log axis spans at least a factor of 4:
+/// over less, plotters ticks fractions of a doubling, which whole-number labels would repeat
+/// ("2, 2, 3, 3"); a linear one at least 1.
+pub fn x_axis(x0: f64, x1: f64, log_x: bool) -> Range<f64> {
+    if log_x {
+        x0..x1.max(4.0 * x0)
+    } else {
+        x0..x1.max(x0 + 1.0)
     }
 }
 

@@ -27,9 +27,9 @@ pub struct Row {
     pub kendall_top: f64,
     /// Spearman between the proxy's validation and test accuracies: how much of its ranking
     /// survives other evaluation images (low: evaluation noise limits it; raise --eval-images).
-    pub valid_test: f64,
+    pub spearman_valid_test: f64,
     /// Spearman between the proxy's scores and parameter counts: how much it ranks by size.
-    pub params: f64,
+    pub spearman_params: f64,
     /// Mean training seconds per architecture on this proxy.
     pub seconds: f64,
 }
@@ -83,8 +83,8 @@ fn row(proxy: String, steps: usize, mut points: Vec<Point>) -> Row {
         n_top,
         spearman_top: spearman(&valid_top, &truth_top),
         kendall_top: kendall_tau_b(&valid_top, &truth_top),
-        valid_test: spearman(&valid, &test),
-        params: spearman(&valid, &params),
+        spearman_valid_test: spearman(&valid, &test),
+        spearman_params: spearman(&valid, &params),
         seconds,
     }
 }
@@ -136,7 +136,11 @@ pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
         let params = t.params as f64;
         Point { valid: params, test: params, params, seconds: 0.0, truth: t.valid_accuracy }
     });
-    rows.push(Row { valid_test: f64::NAN, params: f64::NAN, ..row(PARAMS.into(), 0, by_size.collect()) });
+    rows.push(Row {
+        spearman_valid_test: f64::NAN,
+        spearman_params: f64::NAN,
+        ..row(PARAMS.into(), 0, by_size.collect())
+    });
     Ok(rows)
 }
 
@@ -219,8 +223,8 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
             r.n_top,
             fmt_corr(r.spearman_top),
             fmt_corr(r.kendall_top),
-            fmt_corr(r.valid_test),
-            fmt_corr(r.params),
+            fmt_corr(r.spearman_valid_test),
+            fmt_corr(r.spearman_params),
             r.seconds
         );
     }
@@ -256,9 +260,11 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
             (proxy.to_owned(), rows)
         })
         .collect();
-    // The untrained baseline as a level line across the steps measured.
-    let steps = trained.iter().map(|r| r.steps);
-    let (first, last) = (steps.clone().min().unwrap_or(1), steps.max().unwrap_or(1));
+    // The untrained baseline as a level line across the whole axis.
+    let first = trained.iter().map(|r| r.steps).min().unwrap_or(1);
+    let last = trained.iter().map(|r| r.steps).max().unwrap_or(1);
+    let axis = crate::plot::x_axis(first as f64, last as f64, true);
+    let (first, last) = (axis.start as usize, axis.end as usize);
     let level: Vec<Row> =
         untrained.iter().flat_map(|&r| [Row { steps: first, ..r.clone() }, Row { steps: last, ..r.clone() }]).collect();
     if !level.is_empty() {
@@ -365,7 +371,7 @@ mod tests {
         // Last, the untrained baseline: every architecture has 1 parameter, so no ranking.
         let params = rows.pop().unwrap();
         assert_eq!((params.proxy.as_str(), params.steps, params.n), (PARAMS, 0, 6));
-        assert!(params.spearman.is_nan() && params.valid_test.is_nan(), "{params:?}");
+        assert!(params.spearman.is_nan() && params.spearman_valid_test.is_nan(), "{params:?}");
         let gtn = rows.iter().find(|r| r.is_gtn()).unwrap();
         assert_eq!((gtn.n, gtn.n_top, gtn.spearman, gtn.kendall_top), (6, 3, 1.0, 1.0));
         assert_eq!(rows.iter().find(|r| r.steps == 10).unwrap().spearman, -1.0);
@@ -402,15 +408,29 @@ mod tests {
         let proxy: Vec<Record> = (0..6)
             .map(|k| Record { test_accuracy: -(size(k) as f64), params: size(k), ..rec(k, "gtn:t", 8, size(k) as f64) })
             .collect();
+        // An architecture only the truth has is left out of the baseline too: it would rank
+        // architectures no proxy row ranks (here, the smallest one, and the best by truth).
+        let mut truth = truth;
+        truth.push(Record { params: 1, ..rec(6, "real", 100, 6.0) });
         let rows = correlations(&proxy, &truth).unwrap();
         let (gtn, params) = (&rows[0], &rows[1]);
-        assert_eq!((gtn.valid_test, gtn.params), (-1.0, 1.0));
+        assert_eq!((gtn.spearman_valid_test, gtn.spearman_params), (-1.0, 1.0));
+        assert_eq!(params.n, 6);
         // Size ranks architectures 1-5 right and the worst as the best: rho = 1 - 6 * 30 / 210.
         assert_eq!(params.proxy, PARAMS);
         assert!((params.spearman - (1.0 - 6.0 * 30.0 / 210.0)).abs() < 1e-12, "{params:?}");
         assert_eq!(params.spearman, gtn.spearman, "the proxy is parameter count in disguise");
+        // The baseline is drawn as a level line in the next colour after the proxies'.
         let dir = tempfile::tempdir().unwrap();
-        plot(&rows, &dir.path().join("c.png")).unwrap();
+        let png = dir.path().join("c.png");
+        let colour = |c: plotters::style::RGBColor| [c.0, c.1, c.2];
+        let pixels = |rows: &[Row]| {
+            plot(rows, &png).unwrap();
+            let image = image::open(&png).unwrap().to_rgb8();
+            image.pixels().filter(|p| p.0 == colour(crate::plot::COLORS[1])).count()
+        };
+        assert!(pixels(&rows) > 1_000, "{} pixels of the baseline's colour", pixels(&rows));
+        assert_eq!(pixels(&rows[..1]), 0, "without the baseline row, no line of its colour");
     }
 
     #[test]

@@ -118,8 +118,9 @@ impl DrawingBackend for Canvas<'_> {
             pen += font.h_advance(id);
             let Some(outline) = font.outline_glyph(glyph) else { continue };
             let bounds = outline.px_bounds();
-            // plotters' vertical placement: the baseline half the size below the anchor.
-            let top = (size as f32 / 2.0 + bounds.min.y) as i32;
+            // plotters' vertical placement: the baseline half the size below the anchor, rounded
+            // once for the whole text (per glyph, '.' and '-' sat a pixel off the digits).
+            let top = (size / 2.0).floor() as i32 + bounds.min.y as i32;
             let left = bounds.min.x as i32;
             outline.draw(|x, y, coverage| pixels.push((left + x as i32, top + y as i32, coverage)));
         }
@@ -171,13 +172,37 @@ mod tests {
     }
 
     #[test]
-    fn text_size_is_the_sum_of_advances() {
-        let bitmap_buffer = &mut vec![0u8; 3 * 10 * 10];
-        let canvas = Canvas::new(BitMapBackend::with_buffer(bitmap_buffer, (10, 10)), FONT);
-        let style = TextStyle::from(("sans-serif", 20.0).into_font());
-        let (one, _) = canvas.estimate_text_size("0", &style).unwrap();
-        let (four, height) = canvas.estimate_text_size("0.50", &style).unwrap();
-        assert!((four as i32 - 4 * one as i32).abs() <= 1, "'0.50' is {four} px wide, '0' {one} px");
-        assert_eq!(height, (20.0 / 1.24) as u32);
+    fn text_size_agrees_with_the_legend_sizing_of_plotters() {
+        // plotters sizes a legend box by its own layout (FontDesc::box_size), not the backend's.
+        crate::plot::register();
+        let buffer = &mut vec![0u8; 3 * 10 * 10];
+        let canvas = Canvas::new(BitMapBackend::with_buffer(buffer, (10, 10)), FONT);
+        for size in [15.0, 17.0, 22.0] {
+            let style = TextStyle::from(("sans-serif", size).into_font());
+            for text in ["0.50", "gtn:teacher240 (all)", "-0.10", "W"] {
+                let ours = canvas.estimate_text_size(text, &style).unwrap();
+                assert_eq!(ours, style.font.box_size(text).unwrap(), "{text:?} at {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn glyphs_of_one_text_share_a_baseline() {
+        // '0' and '0.0': the digits' lowest ink row must not move with the full stop beside them.
+        for size in [15.0, 17.0] {
+            let bottom = |text: &str| {
+                let (w, h) = (200, 60);
+                let mut buffer = vec![255u8; (w * h * 3) as usize];
+                {
+                    let mut canvas = Canvas::new(BitMapBackend::with_buffer(&mut buffer, (w, h)), FONT);
+                    let style = TextStyle::from(("sans-serif", size).into_font()).color(&BLACK);
+                    canvas.draw_text(text, &style, (10, 10)).unwrap();
+                    canvas.present().unwrap();
+                }
+                (0..h).filter(|&y| (0..w).any(|x| buffer[((y * w + x) * 3) as usize] < 128)).max().unwrap()
+            };
+            assert_eq!(bottom("0"), bottom("0.0"), "at {size} px");
+            assert_eq!(bottom("0"), bottom("."), "at {size} px: the full stop sits on the baseline");
+        }
     }
 }
