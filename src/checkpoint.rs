@@ -34,6 +34,12 @@ pub fn holds_run(dir: &Path) -> bool {
         }
 }
 
+/// Whether `dir` holds only what a start interrupted before its first save leaves: a config,
+/// no run. `--resume` starts such a run again as it was configured.
+pub fn never_saved(dir: &Path) -> bool {
+    !holds_run(dir) && dir.join(CONFIG_FILE).is_file()
+}
+
 /// Writes the config of a new run.
 pub fn write_config(dir: &Path, config: &Config) -> Result<()> {
     crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())

@@ -124,8 +124,7 @@ impl Trainer {
     /// `runtime` may change settings that do not change the result (gradient checkpointing,
     /// where the data lives); the stored config is not rewritten.
     pub fn resume(dir: &Path, device: Device, runtime: impl FnOnce(&mut Config)) -> Result<Trainer> {
-        if !checkpoint::holds_run(dir) && dir.join(checkpoint::CONFIG_FILE).is_file() {
-            // Interrupted before its first checkpoint: start it again, as it was configured.
+        if checkpoint::never_saved(dir) {
             let mut config = checkpoint::read_config(dir)?;
             runtime(&mut config);
             return Trainer::create(&config, dir, device);

@@ -249,17 +249,14 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
 /// for all architectures, dashed for the top 50%.
 pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
     let (untrained, trained): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.proxy == PARAMS);
-    let mut proxies: Vec<&str> = trained.iter().map(|r| r.proxy.as_str()).collect();
-    proxies.sort();
-    proxies.dedup();
-    let mut lines: Vec<(String, Vec<&Row>)> = proxies
-        .into_iter()
-        .map(|proxy| {
-            let mut rows: Vec<&Row> = trained.iter().copied().filter(|r| r.proxy == proxy).collect();
-            rows.sort_by_key(|r| r.steps);
-            (proxy.to_owned(), rows)
-        })
-        .collect();
+    let mut by_proxy: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    for &r in &trained {
+        by_proxy.entry(r.proxy.as_str()).or_default().push(r);
+    }
+    let mut lines: Vec<(&str, Vec<&Row>)> = by_proxy.into_iter().collect();
+    for (_, rows) in &mut lines {
+        rows.sort_by_key(|r| r.steps);
+    }
     // The untrained baseline as a level line across the whole axis.
     let first = trained.iter().map(|r| r.steps).min().unwrap_or(1);
     let last = trained.iter().map(|r| r.steps).max().unwrap_or(1);
@@ -268,7 +265,7 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
     let level: Vec<Row> =
         untrained.iter().flat_map(|&r| [Row { steps: first, ..r.clone() }, Row { steps: last, ..r.clone() }]).collect();
     if !level.is_empty() {
-        lines.push((PARAMS.to_owned(), level.iter().collect()));
+        lines.push((PARAMS, level.iter().collect()));
     }
     let mut series = Vec::new();
     for (color, (proxy, rows)) in lines.into_iter().enumerate() {
@@ -276,7 +273,7 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
             let points: Vec<(f64, f64, f64)> =
                 rows.iter().map(|r| (r.steps as f64, pick(r), 0.0)).filter(|p| p.1.is_finite()).collect();
             // One legend entry per proxy; the x label says which line is which subset.
-            let name = if dashed { String::new() } else { proxy.clone() };
+            let name = if dashed { String::new() } else { proxy.to_owned() };
             series.push(Series { name, points, color, dashed });
         }
     }

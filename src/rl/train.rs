@@ -14,7 +14,7 @@ use super::config::{Objective, RlConfig};
 use super::es::{self, Shaping};
 use super::imitation::Reference;
 use super::teacher::{self, EnvTeacher};
-use crate::checkpoint::{holds_run, CHECKPOINT_FILE, CONFIG_FILE};
+use crate::checkpoint::{holds_run, never_saved, CHECKPOINT_FILE, CONFIG_FILE};
 use crate::meta::iteration_rng;
 use crate::optim::Adam;
 use crate::progress::Progress;
@@ -182,8 +182,7 @@ impl EsTrainer {
 
     /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
     pub fn resume(dir: &Path, threads: usize) -> Result<EsTrainer> {
-        if !holds_run(dir) && dir.join(CONFIG_FILE).is_file() {
-            // Interrupted before its first checkpoint: start it again, as it was configured.
+        if never_saved(dir) {
             return EsTrainer::create(&read_config(dir)?, dir, threads);
         }
         let Checkpoint { teacher, theta, adam, generation } = load(dir)?;
