@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tch::Device;
 
 use crate::config::Config;
@@ -24,9 +24,10 @@ pub const CURVES_CSV: &str = "curves.csv";
 pub const CURVES_PNG: &str = "curves.png";
 pub const TABLE_MD: &str = "table.md";
 pub const SUMMARY_JSON: &str = "summary.json";
-/// A teacher's measured curves, kept in its folder so a re-run (after an interruption, or with
-/// another real-data sweep) does not evaluate finished teachers again.
-pub const TEACHER_CURVES_JSON: &str = "compare-curves.json";
+/// A method's measured curves, kept in its folder (`DIR/<method>/`, `DIR/real/` for the real-data
+/// sweep) so a re-run (after an interruption, with other methods, or to redraw the outputs) does
+/// not measure them again.
+pub const CURVES_JSON: &str = "compare-curves.json";
 
 /// The meta-trained methods: a name (and sub-folder), the teacher and its curriculum.
 pub const TEACHERS: [(&str, TeacherKind, CurriculumKind); 5] = [
@@ -154,14 +155,63 @@ struct CurvesKey {
     grid: Vec<usize>,
 }
 
+/// Everything the real-data sweep and curve depend on: the data split, the learners, the sweep.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct RealKey {
+    dataset: DatasetName,
+    data_dir: PathBuf,
+    valid_size: usize,
+    split_seed: u64,
+    batch_size: usize,
+    learner: LearnerKind,
+    learners: usize,
+    seed: u64,
+    test_images: usize,
+    lrs: Vec<f64>,
+    momenta: Vec<f64>,
+    grid: Vec<usize>,
+}
+
 #[derive(Serialize, Deserialize)]
-struct StoredCurves {
-    key: CurvesKey,
+struct PerLearner {
     per_learner: Vec<Vec<f64>>,
 }
 
-/// The teacher's per-learner curves: read from its folder if measured there with the same key,
-/// else measured and stored. An unreadable or stale file is measured over, never trusted.
+/// The sweep's winner and its curves.
+#[derive(Serialize, Deserialize)]
+struct RealCurves {
+    lr: f64,
+    momentum: f64,
+    per_learner: Vec<Vec<f64>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored<K, V> {
+    key: K,
+    #[serde(flatten)]
+    value: V,
+}
+
+/// `measure()`, or what an earlier call with the same key stored at `path`. An unreadable or
+/// stale file is measured over, never trusted.
+fn measured_once<K, V>(path: &Path, key: K, measure: impl FnOnce() -> Result<V>) -> Result<V>
+where
+    K: PartialEq + Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
+{
+    let stored = std::fs::read(path).ok().and_then(|bytes| serde_json::from_slice::<Stored<K, V>>(&bytes).ok());
+    if let Some(stored) = stored.filter(|s| s.key == key) {
+        return Ok(stored.value);
+    }
+    let stored = Stored { key, value: measure()? };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    }
+    crate::atomic::write(path, serde_json::to_string(&stored)?.as_bytes())?;
+    Ok(stored.value)
+}
+
+/// The teacher's per-learner curves, measured once per key in its folder.
 fn teacher_curves(
     trainer: &Trainer,
     dir: &Path,
@@ -177,15 +227,35 @@ fn teacher_curves(
         test_images: test.len(),
         grid: grid.to_vec(),
     };
-    let path = dir.join(TEACHER_CURVES_JSON);
-    let stored = std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice::<StoredCurves>(&bytes).ok());
-    if let Some(stored) = stored.filter(|s| s.key == key) {
-        return Ok(stored.per_learner);
+    let measure = || Ok(PerLearner { per_learner: eval::teacher_curves(&trainer.teacher, cohort, grid, test)? });
+    Ok(measured_once(&dir.join(CURVES_JSON), key, measure)?.per_learner)
+}
+
+/// The real-data baseline: the lr x momentum pair of the sweep with the best mean accuracy at
+/// T, and its curves along `grid`.
+fn real_curves(
+    options: &CompareOptions,
+    cohort: &eval::Cohort,
+    t: usize,
+    grid: &[usize],
+    batch: usize,
+    test: &Split,
+) -> Result<RealCurves> {
+    eprintln!("{REAL}: sweeping lr {:?} x momentum {:?}", options.lrs, options.momenta);
+    let mut best: Option<((f64, f64), f64)> = None;
+    for &lr in &options.lrs {
+        for &momentum in &options.momenta {
+            let c = eval::real_curves(cohort, &[t], batch, (lr, momentum), test)?;
+            let mean = c.iter().map(|c| c[0]).sum::<f64>() / c.len() as f64;
+            if best.is_none_or(|(_, b)| mean > b) {
+                best = Some(((lr, momentum), mean));
+            }
+        }
     }
-    let per_learner = eval::teacher_curves(&trainer.teacher, cohort, grid, test)?;
-    let stored = StoredCurves { key, per_learner };
-    crate::atomic::write(&path, serde_json::to_string(&stored)?.as_bytes())?;
-    Ok(stored.per_learner)
+    let ((lr, momentum), _) = best.expect("the sweep is not empty");
+    eprintln!("{REAL}: curve to {} steps with lr {lr}, momentum {momentum}", grid.last().unwrap());
+    let per_learner = eval::real_curves(cohort, grid, batch, (lr, momentum), test)?;
+    Ok(RealCurves { lr, momentum, per_learner })
 }
 
 /// The entries of `TEACHERS` named in `methods` (all for none), in `TEACHERS`' order.
@@ -245,20 +315,22 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         trained.push((trainer.config().meta_iters, meta::logged_seconds(&dir)? / 60.0));
     }
 
-    eprintln!("{REAL}: sweeping lr {:?} x momentum {:?}", options.lrs, options.momenta);
-    let mut best: Option<((f64, f64), f64)> = None;
-    for &lr in &options.lrs {
-        for &momentum in &options.momenta {
-            let c = eval::real_curves(&cohort, &[t], base.batch_size, (lr, momentum), &test)?;
-            let mean = c.iter().map(|c| c[0]).sum::<f64>() / c.len() as f64;
-            if best.is_none_or(|(_, b)| mean > b) {
-                best = Some(((lr, momentum), mean));
-            }
-        }
-    }
-    let ((lr, momentum), _) = best.expect("the sweep is not empty");
-    eprintln!("{REAL}: curve to {} steps with lr {lr}, momentum {momentum}", real_grid.last().unwrap());
-    let per_learner = eval::real_curves(&cohort, &real_grid, base.batch_size, (lr, momentum), &test)?;
+    let key = RealKey {
+        dataset: base.dataset,
+        data_dir: base.data_dir(),
+        valid_size: base.valid_size,
+        split_seed: base.seed,
+        batch_size: base.batch_size,
+        learner: base.learner,
+        learners: options.learners,
+        seed: options.seed,
+        test_images: test.len(),
+        lrs: options.lrs.clone(),
+        momenta: options.momenta.clone(),
+        grid: real_grid.clone(),
+    };
+    let measure = || real_curves(options, &cohort, t, &real_grid, base.batch_size, &test);
+    let RealCurves { lr, momentum, per_learner } = measured_once(&out.join(REAL).join(CURVES_JSON), key, measure)?;
     let real = Curve::new(REAL, &real_grid, &per_learner);
 
     let methods = curves
@@ -422,22 +494,33 @@ mod tests {
             assert!(out.join(file).is_file(), "{file} missing");
         }
 
-        // A re-run reuses the stored curves of a teacher evaluated with the same key (planted
-        // here as 12.5%), and measures again where the key differs (another meta-iteration).
+        // A re-run reuses the stored curves of a method measured with the same key (planted here
+        // as 12.5%), and measures again where the key differs (another meta-iteration).
         let plant = |name: &str, iteration_shift: usize| {
-            let path = out.join(name).join(TEACHER_CURVES_JSON);
-            let mut stored: StoredCurves = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let path = out.join(name).join(CURVES_JSON);
+            let mut stored: Stored<CurvesKey, PerLearner> =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
             stored.key.meta_iteration += iteration_shift;
-            stored.per_learner.iter_mut().for_each(|c| c.fill(0.125));
+            stored.value.per_learner.iter_mut().for_each(|c| c.fill(0.125));
             std::fs::write(&path, serde_json::to_string(&stored).unwrap()).unwrap();
         };
         plant("gtn-full", 0);
         plant("gtn-none", 1);
+        let real_path = out.join(REAL).join(CURVES_JSON);
+        let mut real: Stored<RealKey, RealCurves> =
+            serde_json::from_slice(&std::fs::read(&real_path).unwrap()).unwrap();
+        real.value.per_learner.iter_mut().for_each(|c| c.fill(0.125));
+        std::fs::write(&real_path, serde_json::to_string(&real).unwrap()).unwrap();
         let again = run(&options, &out, Device::Cpu).unwrap();
-        let accuracy = |name: &str| again.methods.iter().find(|m| m.method == name).unwrap().accuracy_mean;
-        let before = |name: &str| summary.methods.iter().find(|m| m.method == name).unwrap().accuracy_mean;
-        assert_eq!(accuracy("gtn-full"), 0.125);
-        assert_eq!(accuracy("gtn-none"), before("gtn-none"));
+        let accuracy =
+            |s: &CompareSummary, name: &str| s.methods.iter().find(|m| m.method == name).unwrap().accuracy_mean;
+        assert_eq!(accuracy(&again, "gtn-full"), 0.125);
+        assert_eq!(accuracy(&again, REAL), 0.125);
+        assert_eq!(accuracy(&again, "gtn-none"), accuracy(&summary, "gtn-none"));
+        let other_sweep = CompareOptions { lrs: vec![0.05, 0.1], ..options.clone() };
+        let swept = run(&other_sweep, &out, Device::Cpu).unwrap();
+        assert!(swept.real_lr == 0.05 || swept.real_lr == 0.1);
+        assert_ne!(accuracy(&swept, REAL), 0.125, "a sweep with other values measures again");
 
         // A subset of the teachers, named in any order, runs in the table's order beside real data.
         let subset = CompareOptions { methods: vec!["distill".into(), "gtn-full".into()], ..options.clone() };
