@@ -1,4 +1,5 @@
-//! Checkpoints: `config.toml` (the full config, written once) and `checkpoint.safetensors`
+//! Checkpoints: `config.toml` (the full config: written at the start, and again only when a
+//! time budget lowers `meta_iters`) and `checkpoint.safetensors`
 //! (teacher parameters, outer-optimiser state and the iteration count), each replaced
 //! atomically so an interrupted write never destroys the last good one.
 

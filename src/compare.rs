@@ -132,7 +132,7 @@ pub struct CompareSummary {
     pub methods: Vec<MethodSummary>,
 }
 
-/// The config of teacher `name` in the comparison.
+/// A teacher of the comparison: the shared config with its teacher kind and curriculum.
 fn teacher_config(base: &Config, teacher: TeacherKind, curriculum: CurriculumKind) -> Config {
     Config { teacher, curriculum, ..base.clone() }
 }

@@ -241,6 +241,11 @@ impl Config {
                 bail!("config key `generator.{key}` is {value}, expected a positive integer");
             }
         }
+        if self.teacher == TeacherKind::Pixels && self.curriculum == CurriculumKind::None {
+            bail!(
+                "config key `curriculum` is \"none\" (fresh noise each step) with `teacher = \"pixels\"`, which has no noise: expected \"full\", \"batch-shuffled\" or \"all-shuffled\""
+            );
+        }
         if self.seed > i64::MAX as u64 {
             bail!("config key `seed` is {}, expected at most {}", self.seed, i64::MAX);
         }
@@ -402,6 +407,9 @@ mod tests {
         }
         let err = Config::tiny().with_overrides_str("meta_iters_requested = 8").unwrap_err().to_string();
         assert!(err.contains("`meta_iters_requested` is 8, expected more than `meta_iters` (8)"), "{err}");
+        let err =
+            Config::tiny().with_overrides_str("teacher = \"pixels\"\ncurriculum = \"none\"").unwrap_err().to_string();
+        assert!(err.contains("`curriculum` is \"none\" (fresh noise each step) with `teacher = \"pixels\"`"), "{err}");
         let err = Config { seed: u64::MAX, ..Config::tiny() }.validate().unwrap_err().to_string();
         assert!(err.contains("`seed` is 18446744073709551615"), "{err}");
     }

@@ -107,7 +107,7 @@ fn chunk_bounds(n: i64) -> Vec<(i64, i64)> {
         .collect()
 }
 
-/// Seed of evaluated learner `k`; far from meta-training's iteration seeds.
+/// Seed of evaluated learner `k`: a stream of its own, apart from meta-training's iteration seeds.
 fn learner_seed(seed: u64, k: usize) -> rand::rngs::StdRng {
     iteration_rng(seed ^ 0x005E_ED0F_E7A1, k)
 }

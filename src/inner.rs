@@ -49,8 +49,7 @@ impl LearnerState {
 }
 
 /// Trains `state` through inner steps `steps` (indices into the `[T]` learning rates and
-/// momenta); `batch(t)`
-/// gives step t's inputs and targets (int64 labels or probabilities). `after_step(t, params)`
+/// momenta); `batch(t)` gives step t's inputs and targets (int64 labels or probabilities). `after_step(t, params)`
 /// sees the parameters after each step (for intermediate losses). Without `create_graph` every
 /// step is cut from the graph, which keeps memory flat.
 pub fn unroll(

@@ -122,7 +122,8 @@ impl Trainer {
 
     /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
     /// `runtime` may change settings that do not change the result (gradient checkpointing,
-    /// where the data lives); the stored config is not rewritten.
+    /// where the data lives); the stored config keeps its own, unless the run never saved and is
+    /// started again with them.
     pub fn resume(dir: &Path, device: Device, runtime: impl FnOnce(&mut Config)) -> Result<Trainer> {
         if checkpoint::never_saved(dir) {
             let mut config = checkpoint::read_config(dir)?;
@@ -216,7 +217,10 @@ impl Trainer {
         let bar = Progress::new(total, self.iteration, progress);
         while self.iteration < total {
             let stats = self.step()?;
-            if let Some(budget) = budget.filter(|_| stats.iteration == 0) {
+            // Once per run: a run resumed at iteration 0 (stopped before its first save) keeps
+            // the length its budget chose, and the count asked for.
+            let fresh = stats.iteration == 0 && self.config().meta_iters_requested.is_none();
+            if let Some(budget) = budget.filter(|_| fresh) {
                 let affordable = ((budget.as_secs_f64() / stats.seconds) as usize).max(1);
                 if affordable < total {
                     self.teacher.config.meta_iters_requested = Some(total);
@@ -304,7 +308,7 @@ pub struct MetaGradient {
 /// backward pass recomputes one block of k steps at a time with its graph and pulls the
 /// incoming adjoint through it. The last block keeps its graph from the first pass, since the
 /// backward starts there, so only the other blocks are recomputed. Memory holds one block's
-/// graph instead of T steps'; the cost is one more forward pass over T - k steps. Same gradient
+/// graph instead of T steps'; the cost is one more forward pass over all steps but the last block's. Same gradient
 /// as the full unroll up to float rounding (tested).
 pub fn meta_gradient(
     teacher: &Teacher,
@@ -673,6 +677,20 @@ mod tests {
         assert!(err.contains("(meta_iters 6 there, 7 here)"), "{err}");
         let err = Trainer::open(&config, dir.path(), Device::Cpu, false, None).err().unwrap().to_string();
         assert!(err.contains("(meta_iters 1 there, 6 here)"), "without a budget the run is 1 iteration long: {err}");
+    }
+
+    #[test]
+    fn a_budgeted_run_resumed_before_its_first_save_keeps_the_length_its_budget_chose() {
+        // The budget lowered meta_iters from 6 to 3, then the run stopped before saving past
+        // iteration 0; the repeated command must not measure again and shorten it further.
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { meta_iters: 6, ..fixture_config() };
+        let shortened = Config { meta_iters: 3, meta_iters_requested: Some(6), ..config.clone() };
+        Trainer::create(&shortened, dir.path(), Device::Cpu).unwrap();
+        let mut again = Trainer::open(&config, dir.path(), Device::Cpu, true, None).unwrap();
+        again.run(false, Some(Duration::from_nanos(1))).unwrap();
+        let stored = checkpoint::read_config(dir.path()).unwrap();
+        assert_eq!((again.iteration, stored.meta_iters, stored.meta_iters_requested), (3, 3, Some(6)));
     }
 
     #[test]
