@@ -242,17 +242,8 @@ fn real_curves(
     test: &Split,
 ) -> Result<RealCurves> {
     eprintln!("{REAL}: sweeping lr {:?} x momentum {:?}", options.lrs, options.momenta);
-    let mut best: Option<((f64, f64), f64)> = None;
-    for &lr in &options.lrs {
-        for &momentum in &options.momenta {
-            let c = eval::real_curves(cohort, &[t], batch, (lr, momentum), test)?;
-            let mean = c.iter().map(|c| c[0]).sum::<f64>() / c.len() as f64;
-            if best.is_none_or(|(_, b)| mean > b) {
-                best = Some(((lr, momentum), mean));
-            }
-        }
-    }
-    let ((lr, momentum), _) = best.expect("the sweep is not empty");
+    let sweep = (options.lrs.as_slice(), options.momenta.as_slice());
+    let ((lr, momentum), _) = eval::sweep_real(cohort, t, batch, sweep, test, |_, _| {})?;
     eprintln!("{REAL}: curve to {} steps with lr {lr}, momentum {momentum}", grid.last().unwrap());
     let per_learner = eval::real_curves(cohort, grid, batch, (lr, momentum), test)?;
     Ok(RealCurves { lr, momentum, per_learner })
@@ -276,9 +267,8 @@ fn grid(stride: usize, last: usize, t: usize) -> Vec<usize> {
 }
 
 pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<CompareSummary> {
-    if options.learners == 0 || options.lrs.is_empty() || options.momenta.is_empty() {
-        bail!("compare: --learners, --lrs and --momenta need at least one value each");
-    }
+    // Before hours of meta-training, not after.
+    eval::check_sweep(options.learners, (&options.lrs, &options.momenta))?;
     if options.real_steps_factor == 0 {
         bail!("--real-steps-factor 0: expected at least 1");
     }

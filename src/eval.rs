@@ -144,21 +144,43 @@ pub fn teacher_curves(teacher: &Teacher, cohort: &Cohort, grid: &[usize], test: 
     })
 }
 
-/// The same learners trained `steps` steps of `batch` real training images with SGD + momentum.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate_real(
-    data: &Dataset,
-    kind: LearnerKind,
-    learners: usize,
+/// A real-data sweep needs learners and a value of each hyper-parameter; the error names the flag.
+pub fn check_sweep(learners: usize, (lrs, momenta): (&[f64], &[f64])) -> Result<()> {
+    if learners == 0 {
+        bail!("--learners 0: expected at least 1");
+    }
+    for (flag, values) in [("--lrs", lrs), ("--momenta", momenta)] {
+        if values.is_empty() {
+            bail!("{flag}: no values, expected at least one");
+        }
+    }
+    Ok(())
+}
+
+/// The learning rate and momentum of the grid `lrs` x `momenta` whose learners reach the best
+/// mean accuracy on `test` after `steps` steps of `batch` real training images, with their
+/// accuracies; `each` sees every pair's as it is measured.
+pub fn sweep_real(
+    cohort: &Cohort,
     steps: usize,
     batch: usize,
-    lr: f64,
-    momentum: f64,
-    seed: u64,
-) -> Result<EvalReport> {
-    let cohort = Cohort { data, kind, learners, seed };
-    let curves = real_curves(&cohort, &[steps], batch, (lr, momentum), &data.test)?;
-    Ok(EvalReport::from_accuracies(kind, steps, curves.into_iter().map(|c| c[0]).collect()))
+    (lrs, momenta): (&[f64], &[f64]),
+    test: &Split,
+    mut each: impl FnMut((f64, f64), &[f64]),
+) -> Result<((f64, f64), Vec<f64>)> {
+    check_sweep(cohort.learners, (lrs, momenta))?;
+    let mut best: Option<((f64, f64), Vec<f64>)> = None;
+    for &lr in lrs {
+        for &momentum in momenta {
+            let curves = real_curves(cohort, &[steps], batch, (lr, momentum), test)?;
+            let accuracies: Vec<f64> = curves.into_iter().map(|c| c[0]).collect();
+            each((lr, momentum), &accuracies);
+            if best.as_ref().is_none_or(|(_, b)| mean_std(&accuracies).0 > mean_std(b).0) {
+                best = Some(((lr, momentum), accuracies));
+            }
+        }
+    }
+    Ok(best.expect("the grid is not empty"))
 }
 
 /// Accuracy curves (as in [`teacher_curves`]) of the same learners trained on real data with a
@@ -261,5 +283,25 @@ mod tests {
             assert!(max - min <= 1 && *max <= EVAL_CHUNK, "{n}: {sizes:?}");
         }
         assert_eq!(chunk_bounds(1001), [(0, 501), (501, 500)]);
+    }
+
+    #[test]
+    fn the_real_data_sweep_keeps_the_best_pair_and_names_an_empty_flag() {
+        let data =
+            Dataset::load(crate::data::DatasetName::Mnist, &crate::data::fixture_dir(), 112, 0, Device::Cpu).unwrap();
+        let cohort = Cohort { data: &data, kind: LearnerKind::Mlp, learners: 2, seed: 0 };
+        let mut seen = Vec::new();
+        // A learning rate of 1e-6 leaves the learners where they started (near chance).
+        let sweep = (&[1e-6, 0.1][..], &[0.5][..]);
+        let (best, accuracies) =
+            sweep_real(&cohort, 8, 32, sweep, &data.test, |pair, a| seen.push((pair, a.to_vec()))).unwrap();
+        assert_eq!((best, seen.len(), accuracies.len()), ((0.1, 0.5), 2, 2));
+        assert_eq!(seen[1].1, accuracies);
+        assert!(mean_std(&seen[0].1).0 < mean_std(&accuracies).0, "{seen:?}");
+        let message =
+            |learners, lrs: &[f64], momenta: &[f64]| check_sweep(learners, (lrs, momenta)).unwrap_err().to_string();
+        assert_eq!(message(0, &[0.1], &[0.5]), "--learners 0: expected at least 1");
+        assert_eq!(message(2, &[], &[0.5]), "--lrs: no values, expected at least one");
+        assert_eq!(message(2, &[0.1], &[]), "--momenta: no values, expected at least one");
     }
 }

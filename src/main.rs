@@ -511,34 +511,16 @@ fn run(cli: Cli) -> Result<()> {
             let dir = data_dir.unwrap_or_else(|| dataset.default_dir());
             let valid_size = valid_size.unwrap_or(dataset.default_valid_size());
             let data = Dataset::load(dataset, &dir, valid_size, gtn::data::DEFAULT_SPLIT_SEED, device)?;
-            let mut best: Option<((f64, f64), EvalReport)> = None;
-            for &lr in &lrs {
-                for &momentum in &momenta {
-                    let report = eval::evaluate_real(
-                        &data,
-                        learner,
-                        learners as usize,
-                        steps as usize,
-                        batch_size as usize,
-                        lr,
-                        momentum,
-                        seed,
-                    )?;
+            let cohort = eval::Cohort { data: &data, kind: learner, learners: learners as usize, seed };
+            let (steps, batch) = (steps as usize, batch_size as usize);
+            let ((lr, momentum), accuracies) =
+                eval::sweep_real(&cohort, steps, batch, (&lrs, &momenta), &data.test, |(lr, momentum), accuracies| {
                     if !json {
-                        println!(
-                            "lr {lr}, momentum {momentum}: {:.2}% ± {:.2}%",
-                            100.0 * report.test_accuracy_mean,
-                            100.0 * report.test_accuracy_std
-                        );
+                        let (mean, std) = eval::mean_std(accuracies);
+                        println!("lr {lr}, momentum {momentum}: {:.2}% ± {:.2}%", 100.0 * mean, 100.0 * std);
                     }
-                    if best.as_ref().is_none_or(|(_, b)| report.test_accuracy_mean > b.test_accuracy_mean) {
-                        best = Some(((lr, momentum), report));
-                    }
-                }
-            }
-            let Some(((lr, momentum), report)) = best else {
-                bail!("--lrs, --momenta: expected at least one value each")
-            };
+                })?;
+            let report = EvalReport::from_accuracies(learner, steps, accuracies);
             let what = format!("real {} data, best lr {lr}, momentum {momentum}, batch {batch_size}", dataset.as_str());
             if json {
                 let mut value = serde_json::to_value(&report)?;
