@@ -308,8 +308,8 @@ pub struct MetaGradient {
 /// backward pass recomputes one block of k steps at a time with its graph and pulls the
 /// incoming adjoint through it. The last block keeps its graph from the first pass, since the
 /// backward starts there, so only the other blocks are recomputed. Memory holds one block's
-/// graph instead of T steps'; the cost is one more forward pass over all steps but the last block's. Same gradient
-/// as the full unroll up to float rounding (tested).
+/// graph instead of T steps'; the cost is one more forward pass over all steps but the last
+/// block's. Same gradient as the full unroll up to float rounding (tested).
 pub fn meta_gradient(
     teacher: &Teacher,
     learner: &Learner,
