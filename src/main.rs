@@ -13,7 +13,7 @@ use gtn::config::Config;
 use gtn::data::{fetch, Dataset, DatasetName};
 use gtn::eval::{self, EvalReport};
 use gtn::learner::LearnerKind;
-use gtn::meta::{self, Trainer};
+use gtn::meta::{self, RunSettings, Trainer};
 use gtn::nas;
 use gtn::report;
 use gtn::teacher::TeacherKind;
@@ -670,14 +670,17 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
     }
 }
 
+/// `--data-dir` made absolute, so eval and resume find the data from any folder.
+fn absolute_data_dir(args: &TrainArgs) -> Result<Option<PathBuf>> {
+    Ok(args.data_dir.as_deref().map(std::path::absolute).transpose()?)
+}
+
 /// Meta-trains; `teacher` overrides the config's teacher kind (dataset distillation).
 fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Result<()> {
     let mut trainer = match (&args.resume, &args.out) {
         (Some(dir), _) => {
-            let t = Trainer::resume(dir, device, |config| {
-                config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
-                config.data_dir = args.data_dir.clone().or(config.data_dir.take());
-            })?;
+            let settings = RunSettings { data_dir: absolute_data_dir(&args)?, checkpoint_every: args.checkpoint_every };
+            let t = Trainer::resume(dir, device, &settings)?;
             println!("resuming {} at meta-iteration {}", dir.display(), t.iteration);
             t
         }
@@ -690,8 +693,7 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
             }
             config.meta_iters = args.meta_iters.unwrap_or(config.meta_iters);
             config.seed = args.seed.unwrap_or(config.seed);
-            // Absolute, so eval and resume find the data from any folder.
-            config.data_dir = args.data_dir.as_deref().map(std::path::absolute).transpose()?.or(config.data_dir);
+            config.data_dir = absolute_data_dir(&args)?.or(config.data_dir);
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
             let t = Trainer::open(&config, out, device, args.budget_minutes.is_some(), Some("gtn train"))?;

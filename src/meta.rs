@@ -25,6 +25,21 @@ pub use crate::checkpoint::LOG_FILE;
 const LOG_HEADER: &str =
     "iteration,meta_loss,meta_accuracy,grad_norm,outer_lr,inner_lr_mean,inner_momentum_mean,seconds";
 
+/// Settings that do not change a run's result, so a continued run may take them from the
+/// command line; `None` keeps the stored run's own.
+#[derive(Debug, Clone, Default)]
+pub struct RunSettings {
+    pub data_dir: Option<PathBuf>,
+    pub checkpoint_every: Option<usize>,
+}
+
+impl RunSettings {
+    fn apply(&self, config: &mut Config) {
+        config.data_dir = self.data_dir.clone().or(config.data_dir.take());
+        config.checkpoint_every = self.checkpoint_every.unwrap_or(config.checkpoint_every);
+    }
+}
+
 /// What one meta-iteration measured.
 #[derive(Debug, Clone, Copy)]
 pub struct StepStats {
@@ -114,24 +129,22 @@ impl Trainer {
             ..c.clone()
         };
         crate::config::same_run(dir, stored.map(|s| comparable(&s)), &comparable(config), resume_command)?;
-        Trainer::resume(dir, device, |c| {
-            c.data_dir = config.data_dir.clone().or(c.data_dir.take());
-            c.checkpoint_every = config.checkpoint_every;
-        })
+        let settings =
+            RunSettings { data_dir: config.data_dir.clone(), checkpoint_every: Some(config.checkpoint_every) };
+        Trainer::resume(dir, device, &settings)
     }
 
     /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
-    /// `runtime` may change settings that do not change the result (gradient checkpointing,
-    /// where the data lives); the stored config keeps its own, unless the run never saved and is
-    /// started again with them.
-    pub fn resume(dir: &Path, device: Device, runtime: impl FnOnce(&mut Config)) -> Result<Trainer> {
+    /// `settings` apply to this session; the stored config keeps its own, unless the run never
+    /// saved and is started again with them.
+    pub fn resume(dir: &Path, device: Device, settings: &RunSettings) -> Result<Trainer> {
         if checkpoint::never_saved(dir) {
             let mut config = checkpoint::read_config(dir)?;
-            runtime(&mut config);
+            settings.apply(&mut config);
             return Trainer::create(&config, dir, device);
         }
         let Checkpoint { mut teacher, adam, iteration } = checkpoint::load(dir, device)?;
-        runtime(&mut teacher.config);
+        settings.apply(&mut teacher.config);
         teacher.config.validate()?;
         let data = load_data(&teacher.config, device)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, iteration)?;
@@ -513,7 +526,7 @@ mod tests {
         trainer.run(false, Some(Duration::from_nanos(1))).unwrap();
         assert_eq!(trainer.iteration, 1);
         assert_eq!(checkpoint::read_config(dir.path()).unwrap().meta_iters, 1);
-        let resumed = Trainer::resume(dir.path(), Device::Cpu, |_| {}).unwrap();
+        let resumed = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).unwrap();
         assert_eq!((resumed.iteration, resumed.config().meta_iters), (1, 1));
         let logged = logged_seconds(dir.path()).unwrap();
         assert!(logged > 0.0 && logged < 60.0, "{logged}");
@@ -541,7 +554,7 @@ mod tests {
             // Steps after the last checkpoint are lost with the process and redone on resume.
             first.step().unwrap();
             drop(first);
-            let mut resumed = Trainer::resume(parts.path(), Device::Cpu, |_| {}).unwrap();
+            let mut resumed = Trainer::resume(parts.path(), Device::Cpu, &RunSettings::default()).unwrap();
             assert_eq!(resumed.iteration, 3);
             resumed.run(false, None).unwrap();
 
@@ -612,7 +625,7 @@ mod tests {
         let other = Config { meta_iters: 9, ..fixture_config() };
         checkpoint::write_config(dir.path(), &other).unwrap();
         std::fs::write(dir.path().join(LOG_FILE), format!("{LOG_HEADER}\n")).unwrap();
-        let resumed = Trainer::resume(dir.path(), Device::Cpu, |_| {}).unwrap();
+        let resumed = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).unwrap();
         assert_eq!((resumed.iteration, resumed.config()), (0, &other), "--resume starts it as configured");
         std::fs::remove_file(checkpoint::checkpoint_path(dir.path())).unwrap();
         let trainer = Trainer::open(&fixture_config(), dir.path(), Device::Cpu, false, Some("gtn train")).unwrap();
@@ -630,7 +643,7 @@ mod tests {
         let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         for err in [
             Trainer::open(&fixture_config(), dir.path(), Device::Cpu, false, None).err().unwrap().to_string(),
-            Trainer::resume(dir.path(), Device::Cpu, |_| {}).err().unwrap().to_string(),
+            Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).err().unwrap().to_string(),
             Trainer::create(&fixture_config(), dir.path(), Device::Cpu).err().unwrap().to_string(),
         ] {
             assert!(err.contains("checkpoint.safetensors: missing") || err.contains("already holds a run"), "{err}");
@@ -660,6 +673,21 @@ mod tests {
         assert!(err.contains(&expected) && err.contains("continue it with `gtn train --resume"), "{err}");
         let err = Trainer::open(&longer, dir.path(), Device::Cpu, true, None).err().unwrap().to_string();
         assert!(err.contains(&expected), "a budget does not make a shorter run without one the same: {err}");
+    }
+
+    #[test]
+    fn resume_takes_the_run_settings_given_and_keeps_the_stored_ones_for_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = fixture_config();
+        let mut first = Trainer::create(&config, dir.path(), Device::Cpu).unwrap();
+        first.step().unwrap();
+        first.save().unwrap();
+        let settings = RunSettings { data_dir: None, checkpoint_every: Some(3) };
+        let resumed = Trainer::resume(dir.path(), Device::Cpu, &settings).unwrap();
+        assert_eq!(resumed.config().checkpoint_every, 3);
+        assert_eq!(resumed.config().data_dir, config.data_dir, "no --data-dir: the stored one");
+        let stored = checkpoint::read_config(dir.path()).unwrap();
+        assert_eq!(stored.checkpoint_every, config.checkpoint_every, "the stored config keeps its own");
     }
 
     #[test]
