@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{anyhow, bail, Context, Result};
-use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
+use plotters::coord::ranged1d::{AsRangedCoord, BoldPoints, Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
@@ -15,6 +16,9 @@ use plotters::style::{register_font, FontStyle};
 /// `assets/fonts`).
 const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSansMono.ttf");
 const FAMILY: &str = "sans-serif";
+/// Most labelled ticks on the y axis (plotters' own default, set so the label format can
+/// ask plotters which ticks it will draw).
+const Y_LABELS: usize = 11;
 
 /// matplotlib's "tab10", the colours this field's readers know.
 pub(crate) const COLORS: [RGBColor; 10] = [
@@ -139,8 +143,7 @@ impl Chart<'_> {
         X: AsRangedCoord<Value = f64>,
         X::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
     {
-        // Enough decimals that neighbouring tick labels differ (percentages vs correlations).
-        let y_decimals = if y.end - y.start >= 10.0 { 0 } else { 2 };
+        let y_decimals = tick_decimals(&RangedCoordf64::from(y.clone()).key_points(BoldPoints(Y_LABELS)));
         let floor = y.start;
         let mut chart = ChartBuilder::on(area)
             .caption(caption, (FAMILY, 22))
@@ -152,6 +155,7 @@ impl Chart<'_> {
             .configure_mesh()
             .x_desc(self.x_label)
             .y_desc(y_label)
+            .y_labels(Y_LABELS)
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|&y| tick_label(y, y_decimals))
             .label_style((FAMILY, 15))
@@ -295,6 +299,15 @@ fn clip_polygon(points: &[(f64, f64)], floor: f64) -> Vec<(f64, f64)> {
 }
 
 /// A tick label with `decimals` decimals; a tick a rounding error below zero reads 0, not -0.
+/// The fewest decimals (at most 4) that write every tick exactly: "88" on a narrow percentage
+/// axis rather than "88.00", "0.25" rather than "0.3" on a correlation axis.
+fn tick_decimals(ticks: &[f64]) -> usize {
+    let exact = |d: usize| {
+        ticks.iter().all(|&t| format!("{t:.d$}").parse::<f64>().is_ok_and(|w| (w - t).abs() <= 1e-9 * t.abs().max(1.0)))
+    };
+    (0..4).find(|&d| exact(d)).unwrap_or(4)
+}
+
 fn tick_label(y: f64, decimals: usize) -> String {
     let text = format!("{y:.decimals$}");
     match text.strip_prefix('-') {
@@ -313,6 +326,16 @@ mod tests {
         assert_eq!(tick_label(-0.0, 0), "0");
         assert_eq!(tick_label(-0.1, 2), "-0.10");
         assert_eq!(tick_label(97.5, 0), "98");
+    }
+
+    #[test]
+    fn tick_labels_have_the_decimals_the_axis_needs() {
+        let decimals = |y: Range<f64>| tick_decimals(&RangedCoordf64::from(y).key_points(BoldPoints(Y_LABELS)));
+        assert_eq!(decimals(82.0..88.3), 0, "a zoomed percentage axis");
+        assert_eq!(decimals(0.0..100.0), 0);
+        assert_eq!(decimals(-0.2..1.0), 1);
+        assert_eq!(decimals(-0.1..0.35), 2);
+        assert_eq!(tick_decimals(&[1e-7]), 4, "at most 4");
     }
 
     #[test]
