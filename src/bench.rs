@@ -209,13 +209,12 @@ pub fn run(config: &Config, iters: usize, device: Device, profile: Option<&Path>
     let baseline_rss_mib = rss_mib();
     reset_peak_rss();
     timed(device, || trainer.step()).0?;
-    let mut times: Vec<f64> = (0..iters)
+    let times: Vec<f64> = (0..iters)
         .map(|_| {
             let (step, seconds) = timed(device, || trainer.step());
             step.map(|_| seconds)
         })
         .collect::<Result<_>>()?;
-    times.sort_by(f64::total_cmp);
     let median = crate::eval::median(&times);
     let peak_rss_mib = peak_rss_mib();
     let profile = match profile {
@@ -257,8 +256,8 @@ pub fn run(config: &Config, iters: usize, device: Device, profile: Option<&Path>
         checkpoint_every: config.checkpoint_every,
         meta_iters: iters,
         seconds_per_meta_step_median: median,
-        seconds_per_meta_step_min: times[0],
-        seconds_per_meta_step_max: times[times.len() - 1],
+        seconds_per_meta_step_min: times.iter().copied().fold(f64::INFINITY, f64::min),
+        seconds_per_meta_step_max: times.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         generator_forward_seconds,
         unroll_forward_seconds,
         meta_backward_seconds,
