@@ -110,6 +110,12 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
                 CONFIG_FILE
             );
         }
+        if !counter && !crate::nn::all_finite(t) {
+            bail!(
+                "{}: tensor `{name}` holds NaN or infinite values; the run diverged before this checkpoint was saved",
+                path.display()
+            );
+        }
         Ok(t.to_device(device))
     };
     let mut m = Vec::new();

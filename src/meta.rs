@@ -183,23 +183,29 @@ impl Trainer {
     }
 
     /// One meta-iteration, logged to `log.csv`. A NaN or infinite meta-loss or gradient stops
-    /// before any update, so the teacher and the last checkpoint stay as they were.
+    /// before any update, and an update that leaves a teacher parameter NaN or infinite stops
+    /// before it is logged or saved: the last checkpoint stays good. The trainer is then spent.
     pub fn step(&mut self) -> Result<StepStats> {
         let start = Instant::now();
         let i = self.iteration;
         let (meta_loss, meta_accuracy, mut grads) = self.meta_gradient(i);
         let grad_norm = optim::clip_grad_norm(&mut grads, self.config().grad_clip);
         if !meta_loss.is_finite() || !grad_norm.is_finite() {
-            let dir = self.dir.display();
-            let last = self.last_saved.expect("a run saves a checkpoint when it is created");
-            bail!(
-                "meta-iteration {i}: meta-loss {meta_loss}, gradient norm {grad_norm}: training diverged and stopped; the last good checkpoint (iteration {last}) is kept in {dir}; lower outer_lr or grad_clip in {dir}/{} and run `gtn train --resume {dir}`",
-                checkpoint::CONFIG_FILE
-            );
+            return Err(self.diverged(&format!("meta-loss {meta_loss}, gradient norm {grad_norm}")));
         }
         let c = self.config();
         let outer_lr = optim::cosine_lr(c.outer_lr, c.final_lr_fraction, i, c.meta_iters);
         self.adam.step(&self.teacher.params(), &grads, outer_lr);
+        let inner_lr_mean = self.teacher.log_lr.exp().mean(None::<tch::Kind>).double_value(&[]);
+        let inner_momentum_mean = self.teacher.log_momentum.exp().mean(None::<tch::Kind>).double_value(&[]);
+        let broken = match self.teacher.named_params().into_iter().find(|(_, p)| !nn::all_finite(p)) {
+            Some((name, _)) => Some(format!("`{name}`")),
+            None => (!inner_lr_mean.is_finite() || !inner_momentum_mean.is_finite())
+                .then(|| format!("the inner lr (mean {inner_lr_mean}) or momentum (mean {inner_momentum_mean})")),
+        };
+        if let Some(what) = broken {
+            return Err(self.diverged(&format!("the update (outer lr {outer_lr:e}) made {what} NaN or infinite")));
+        }
         self.iteration += 1;
         let stats = StepStats {
             iteration: i,
@@ -207,12 +213,21 @@ impl Trainer {
             meta_accuracy,
             grad_norm,
             outer_lr,
-            inner_lr_mean: self.teacher.log_lr.exp().mean(None::<tch::Kind>).double_value(&[]),
-            inner_momentum_mean: self.teacher.log_momentum.exp().mean(None::<tch::Kind>).double_value(&[]),
+            inner_lr_mean,
+            inner_momentum_mean,
             seconds: start.elapsed().as_secs_f64(),
         };
         crate::progress::append_row(&self.dir.join(LOG_FILE), &stats.csv_row())?;
         Ok(stats)
+    }
+
+    fn diverged(&self, what: &str) -> anyhow::Error {
+        let (i, dir) = (self.iteration, self.dir.display());
+        let last = self.last_saved.expect("a run saves a checkpoint when it is created");
+        anyhow::anyhow!(
+            "meta-iteration {i}: {what}: training diverged and stopped; the last good checkpoint (iteration {last}) is kept in {dir}; lower outer_lr or grad_clip in {dir}/{} and run `gtn train --resume {dir}`",
+            checkpoint::CONFIG_FILE
+        )
     }
 
     pub fn save(&mut self) -> Result<()> {
@@ -587,6 +602,20 @@ mod tests {
     }
 
     #[test]
+    fn an_update_that_overflows_stops_before_it_is_logged_or_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { outer_lr: 1e30, save_every: 1, ..fixture_config() };
+        let mut trainer = Trainer::create(&config, dir.path(), Device::Cpu).unwrap();
+        let saved = std::fs::read(checkpoint::checkpoint_path(dir.path())).unwrap();
+        let err = trainer.run(false, None).unwrap_err().to_string();
+        assert!(err.contains("meta-iteration 0: the update (outer lr 1e30) made the inner lr (mean inf)"), "{err}");
+        assert!(err.contains("NaN or infinite") && err.contains("last good checkpoint (iteration 0)"), "{err}");
+        assert_eq!(std::fs::read(checkpoint::checkpoint_path(dir.path())).unwrap(), saved);
+        assert_eq!(std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap().lines().count(), 1, "no row logged");
+        assert!(checkpoint::load(dir.path(), Device::Cpu).is_ok());
+    }
+
+    #[test]
     fn tiny_cifar_meta_training_lowers_the_meta_loss() {
         let folder = crate::data::cifar::tests::fixture_folder();
         let config = Config {
@@ -739,6 +768,13 @@ mod tests {
         assert!(err.contains("checkpoint.safetensors: tensor `generator.fc1.v` has shape [64, 26]"), "{err}");
         assert!(err.contains("from another architecture"), "{err}");
         std::fs::write(&config_path, &original).unwrap();
+        let _ = tch::no_grad(|| trainer.teacher.log_momentum.shallow_clone().fill_(f64::INFINITY));
+        trainer.save().unwrap();
+        let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
+        assert!(
+            err.contains("checkpoint.safetensors: tensor `inner.log_momentum` holds NaN or infinite values"),
+            "{err}"
+        );
         std::fs::write(checkpoint::checkpoint_path(dir.path()), b"garbage").unwrap();
         let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("checkpoint.safetensors: corrupt or not a safetensors file"), "{err}");

@@ -343,6 +343,11 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     }
 }
 
+/// Whether every element of `t` is a finite number.
+pub fn all_finite(t: &Tensor) -> bool {
+    t.isfinite().all().int64_value(&[]) != 0
+}
+
 /// Fraction of rows whose arg-max equals the label.
 pub fn accuracy(logits: &Tensor, labels: &Tensor) -> f64 {
     logits.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Double).mean(None::<Kind>).double_value(&[])

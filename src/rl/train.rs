@@ -114,7 +114,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             config.generations
         );
     }
-    if !bool::try_from(theta.isfinite().all()).expect("a boolean") {
+    if !crate::nn::all_finite(&theta) {
         bail!("{}: the parameter vector is not finite", path.display());
     }
     let adam = Adam { m: vec![m], v: vec![v], steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
@@ -233,7 +233,7 @@ impl EsTrainer {
         if grad_norm.is_finite() {
             self.adam.step(&[updated.shallow_clone()], &[Tensor::from_slice(&descent)], c.outer_lr);
         }
-        if !grad_norm.is_finite() || !bool::try_from(updated.isfinite().all()).expect("a boolean") {
+        if !grad_norm.is_finite() || !crate::nn::all_finite(&updated) {
             let dir = self.dir.display();
             bail!(
                 "generation {g}: gradient norm {grad_norm} or the updated teacher is not finite: training stopped; the last good checkpoint (generation {}) is kept in {dir}; lower outer_lr or sigma in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`",
