@@ -184,7 +184,7 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let config: Config = parse_toml(text)?;
         config.validate()?;
         Ok(config)
     }
@@ -259,10 +259,30 @@ impl Config {
 /// `base` with the keys of the TOML `text` applied (nested tables merged key by key); an unknown
 /// key is an error. Shared by every config type of the project.
 pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) -> Result<C> {
-    let overrides: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+    let overrides: toml::Table = parse_toml(text)?;
     let mut table = toml::Table::try_from(base).context("config cannot be written as TOML")?;
     merge(&mut table, overrides);
-    table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| toml_error(None, e))
+}
+
+/// `C` read from TOML `text`; an error is one line that names the line and the key.
+pub fn parse_toml<C: DeserializeOwned>(text: &str) -> Result<C> {
+    serde_path_to_error::deserialize(toml::de::Deserializer::new(text)).map_err(|e| toml_error(Some(text), e))
+}
+
+/// `line 3, key `inner_steps`: invalid type: string "four", expected usize`: where it was
+/// (the line when the text is known, the key when there is one) and toml's message on one line.
+fn toml_error(text: Option<&str>, e: serde_path_to_error::Error<toml::de::Error>) -> anyhow::Error {
+    let key = e.path().to_string();
+    let e = e.into_inner();
+    let line = text.zip(e.span()).map(|(text, span)| format!("line {}", text[..span.start].matches('\n').count() + 1));
+    let key = (key != ".").then(|| format!("key `{key}`"));
+    let place: Vec<String> = line.into_iter().chain(key).collect();
+    let message: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    match place.is_empty() {
+        true => anyhow::anyhow!("{}", message.join("; ")),
+        false => anyhow::anyhow!("{}: {}", place.join(", "), message.join("; ")),
+    }
 }
 
 /// [`apply_overrides`] with the keys of the TOML file `path`; errors name the file.
@@ -382,6 +402,20 @@ mod tests {
         assert_eq!(c.curriculum, CurriculumKind::BatchShuffled);
         assert_eq!(c.generator.fc_width, 33);
         assert_eq!(c.generator.noise_dim, Config::tiny().generator.noise_dim);
+    }
+
+    #[test]
+    fn toml_errors_are_one_line_naming_the_line_and_the_key() {
+        let err = Config::tiny().with_overrides_str("seed = 3\ninner_steps = \"four\"").unwrap_err().to_string();
+        assert_eq!(err, "key `inner_steps`: invalid type: string \"four\", expected usize");
+        let err = Config::tiny().with_overrides_str("[generator]\nfc_width = 1.5").unwrap_err().to_string();
+        assert_eq!(err, "key `generator.fc_width`: invalid type: floating point `1.5`, expected i64");
+        let err = Config::tiny().with_overrides_str("seed = 1\ninner_steps = ").unwrap_err().to_string();
+        assert!(err.starts_with("line 2: ") && !err.contains('\n'), "{err}");
+        let stored = Config::tiny().to_toml().unwrap().replace("inner_steps = 4", "inner_steps = -4");
+        let err = Config::from_toml(&stored).unwrap_err().to_string();
+        let line = stored.lines().position(|l| l.starts_with("inner_steps")).unwrap() + 1;
+        assert_eq!(err, format!("line {line}, key `inner_steps`: invalid value: integer `-4`, expected usize"));
     }
 
     #[test]

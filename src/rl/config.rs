@@ -149,7 +149,7 @@ impl RlConfig {
     }
 
     pub fn from_toml(text: &str) -> Result<RlConfig> {
-        let config: RlConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let config: RlConfig = crate::config::parse_toml(text)?;
         config.validate()?;
         Ok(config)
     }
