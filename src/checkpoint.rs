@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rand::{rngs::StdRng, SeedableRng};
+use serde::de::DeserializeOwned;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::Config;
@@ -39,6 +40,24 @@ pub fn holds_run(dir: &Path) -> bool {
 /// no run. `--resume` starts such a run again as it was configured.
 pub fn never_saved(dir: &Path) -> bool {
     !holds_run(dir) && dir.join(CONFIG_FILE).is_file()
+}
+
+/// Refuses to start a run in `dir` over files it must not replace: another run's, or a
+/// `config.toml` that is not a `C` (someone else's file). What a start interrupted before its
+/// first save left (its own config, at most a log header) may be replaced.
+pub fn check_startable<C: DeserializeOwned>(dir: &Path) -> Result<()> {
+    if holds_run(dir) {
+        bail!("{}: already holds a run's files; remove them or choose another --out", dir.display());
+    }
+    let path = dir.join(CONFIG_FILE);
+    let parsed = match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(anyhow::Error::from(e)),
+        Ok(text) => crate::config::parse_toml::<C>(&text).map(drop),
+    };
+    parsed.map_err(|e| {
+        anyhow::anyhow!("{}: not this command's config ({e}); remove it or choose another --out", path.display())
+    })
 }
 
 /// Writes the config of a new run.

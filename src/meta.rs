@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rand::{rngs::StdRng, SeedableRng};
 use tch::{Device, Tensor};
 
@@ -90,9 +90,7 @@ impl Trainer {
     /// Starts a new run in `dir`, which must not already hold one ([`Trainer::open`] continues
     /// it; see [`checkpoint::holds_run`]).
     pub fn create(config: &Config, dir: &Path, device: Device) -> Result<Trainer> {
-        if checkpoint::holds_run(dir) {
-            bail!("{}: already holds a run's files; remove them or choose another --out", dir.display());
-        }
+        checkpoint::check_startable::<Config>(dir)?;
         let data = load_data(config, device)?;
         let teacher = Teacher::new(config, &mut StdRng::seed_from_u64(config.seed), device)?;
         let adam = Adam::new(&teacher.params(), config.adam_beta1, config.adam_beta2);
@@ -646,6 +644,12 @@ mod tests {
         Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
         let err = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).err().unwrap().to_string();
         assert!(err.contains("already holds a run's files; remove them"), "{err}");
+        let other = tempfile::tempdir().unwrap();
+        let theirs = other.path().join(checkpoint::CONFIG_FILE);
+        std::fs::write(&theirs, "[server]\nport = 8080\n").unwrap();
+        let err = Trainer::open(&fixture_config(), other.path(), Device::Cpu, false, None).err().unwrap().to_string();
+        assert!(err.contains("config.toml: not this command's config (line 1, key `server`: unknown field"), "{err}");
+        assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "[server]\nport = 8080\n", "someone else's file is kept");
     }
 
     #[test]

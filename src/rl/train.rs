@@ -145,9 +145,7 @@ impl EsTrainer {
     /// See [`holds_run`] for what counts as one.
     pub fn create(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
         config.validate()?;
-        if holds_run(dir) {
-            bail!("{}: already holds a run's files; remove them or choose another --out", dir.display());
-        }
+        crate::checkpoint::check_startable::<RlConfig>(dir)?;
         let (teacher, theta) = EnvTeacher::new(config);
         let theta = Tensor::from_slice(&theta);
         let adam = Adam::new(&[theta.shallow_clone()], config.adam_beta1, config.adam_beta2);
