@@ -21,7 +21,8 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     // Temporary files are created private; the result should read like any other file.
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .with_context(|| format!("{}: cannot set permissions", tmp.display()))?;
-    tmp.persist(path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    // The io error alone: `PathPersistError` prints it and gives it again as its source.
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("{}: cannot rename into place", path.display()))?;
     if let Ok(dir) = std::fs::File::open(parent) {
         // Best effort: some file systems refuse to sync a directory.
         let _ = dir.sync_all();
@@ -55,5 +56,8 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         let err = write(&dir.path().join("no/such/dir/f"), b"x").unwrap_err().to_string();
         assert!(err.contains("cannot create a temporary file"), "{err}");
+        std::fs::create_dir(dir.path().join("folder")).unwrap();
+        let err = format!("{:#}", write(&dir.path().join("folder"), b"x").unwrap_err());
+        assert!(err.ends_with("folder: cannot rename into place: Is a directory (os error 21)"), "said once: {err}");
     }
 }

@@ -60,6 +60,18 @@ pub fn check_startable<C: DeserializeOwned>(dir: &Path) -> Result<()> {
     })
 }
 
+/// Refuses to write `output` (given as `-o`) over one of the run's own files in `dir`.
+pub fn check_output_outside_run(dir: &Path, output: &Path) -> Result<()> {
+    let folder = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let same_folder = matches!((dir.canonicalize(), folder.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    let own =
+        output.file_name().and_then(|n| n.to_str()).filter(|n| [CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE].contains(n));
+    match own.filter(|_| same_folder) {
+        Some(name) => bail!("-o {}: is the run's own {name}; choose another path", output.display()),
+        None => Ok(()),
+    }
+}
+
 /// Writes the config of a new run.
 pub fn write_config(dir: &Path, config: &Config) -> Result<()> {
     crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())

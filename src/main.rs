@@ -533,6 +533,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Samples { dir, output, per_step } => {
+            checkpoint::check_output_outside_run(&dir, &output)?;
             let ckpt = checkpoint::load(&dir, device)?;
             report::write_sample_grid(&ckpt.teacher, per_step, &output)?;
             println!("wrote {}", output.display());
@@ -555,6 +556,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Export { dir, output } => {
+            checkpoint::check_output_outside_run(&dir, &output)?;
             let ckpt = checkpoint::load(&dir, device)?;
             report::export_teaching_set(&ckpt.teacher, &output)?;
             println!("wrote {}", output.display());

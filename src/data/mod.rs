@@ -191,7 +191,7 @@ fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Spl
     Ok((load_split(name, dir, "train", device)?, load_split(name, dir, "t10k", device)?))
 }
 
-fn find_file(dir: &Path, stem: &str) -> Result<PathBuf> {
+fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
     let gz = dir.join(format!("{stem}.gz"));
     let plain = dir.join(stem);
     if gz.is_file() {
@@ -200,18 +200,35 @@ fn find_file(dir: &Path, stem: &str) -> Result<PathBuf> {
         Ok(plain)
     } else {
         bail!(
-            "{}: missing (also looked for {stem}); run `gtn data fetch --dir {}` for this dataset",
+            "{}: missing (also looked for {stem}); run `gtn data fetch {} --dir {}`",
             gz.display(),
+            name.as_str(),
             dir.display()
         )
     }
 }
 
+/// The IDX file `stem` of dataset `name` in `dir`. A file of the published datasets is checked
+/// to be this one (not the other dataset's, not the other split's); any other content (a slice,
+/// a dataset of one's own in the same format) is read as given.
+fn read_idx(name: DatasetName, dir: &Path, stem: &str, ndims: usize) -> Result<(PathBuf, idx::Idx)> {
+    let path = find_file(name, dir, stem)?;
+    let data = idx::read(&path, ndims)?;
+    if let Some((other, file)) = fetch::identify(&data).filter(|&found| found != (name, stem)) {
+        bail!(
+            "{}: is {}'s {file}, expected {}'s {stem}; point --data-dir at the {} folder",
+            path.display(),
+            other.as_str(),
+            name.as_str(),
+            name.as_str()
+        );
+    }
+    Ok((path, data))
+}
+
 fn load_split(name: DatasetName, dir: &Path, prefix: &str, device: Device) -> Result<Split> {
-    let images_path = find_file(dir, &format!("{prefix}-images-idx3-ubyte"))?;
-    let labels_path = find_file(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
-    let images = idx::read(&images_path, 3)?;
-    let labels = idx::read(&labels_path, 1)?;
+    let (images_path, images) = read_idx(name, dir, &format!("{prefix}-images-idx3-ubyte"), 3)?;
+    let (labels_path, labels) = read_idx(name, dir, &format!("{prefix}-labels-idx1-ubyte"), 1)?;
     if images.dims[1..] != [28, 28] {
         bail!("{}: images are {:?}, expected 28x28", images_path.display(), &images.dims[1..]);
     }
@@ -301,6 +318,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Dataset::load(DatasetName::Mnist, dir.path(), 10, 0, Device::Cpu).unwrap_err();
         assert!(err.to_string().contains("train-images-idx3-ubyte.gz: missing"), "{err}");
+    }
+
+    #[test]
+    fn a_published_file_of_another_dataset_or_split_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+        let fashion = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fashion-mnist");
+        let labels = "t10k-labels-idx1-ubyte.gz";
+        std::fs::copy(fashion.join(labels), dir.path().join(labels)).unwrap();
+        let load = |name| Dataset::load(name, dir.path(), 10, 0, Device::Cpu).unwrap_err().to_string();
+        let err = load(DatasetName::Mnist);
+        let expected = "t10k-labels-idx1-ubyte.gz: is fashion-mnist's t10k-labels-idx1-ubyte, expected mnist's t10k-labels-idx1-ubyte; point --data-dir at the mnist folder";
+        assert!(err.ends_with(expected), "{err}");
+        // In its place: the next check, the slice's images against 10,000 labels, speaks.
+        let err = load(DatasetName::FashionMnist);
+        assert!(err.contains("10000 labels for"), "{err}");
+        std::fs::copy(fashion.join(labels), dir.path().join("train-labels-idx1-ubyte.gz")).unwrap();
+        let err = load(DatasetName::FashionMnist);
+        assert!(
+            err.contains("is fashion-mnist's t10k-labels-idx1-ubyte, expected fashion-mnist's train-labels"),
+            "{err}"
+        );
     }
 
     #[test]
