@@ -50,14 +50,16 @@ pub fn check_startable<C: DeserializeOwned>(dir: &Path) -> Result<()> {
         bail!("{}: already holds a run's files; remove them or choose another --out", dir.display());
     }
     let path = dir.join(CONFIG_FILE);
-    let parsed = match std::fs::read_to_string(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => Err(anyhow::Error::from(e)),
-        Ok(text) => crate::config::parse_toml::<C>(&text).map(drop),
-    };
-    parsed.map_err(|e| {
-        anyhow::anyhow!("{}: not this command's config ({e}); remove it or choose another --out", path.display())
-    })
+    match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => bail!("{}: cannot read ({e}); remove it or choose another --out", path.display()),
+        Ok(text) => crate::config::parse_toml::<C>(&text).map(drop).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not a config this command reads ({e}); remove it or choose another --out",
+                path.display()
+            )
+        }),
+    }
 }
 
 /// Refuses to write `output` (given as `-o`) over one of the run's own files in `dir`.

@@ -196,8 +196,15 @@ impl Trainer {
         self.adam.step(&self.teacher.params(), &grads, outer_lr);
         let inner_lr_mean = self.teacher.log_lr.exp().mean(None::<tch::Kind>).double_value(&[]);
         let inner_momentum_mean = self.teacher.log_momentum.exp().mean(None::<tch::Kind>).double_value(&[]);
-        let broken = match self.teacher.named_params().into_iter().find(|(_, p)| !nn::all_finite(p)) {
-            Some((name, _)) => Some(format!("`{name}`")),
+        // The optimiser state too: the checkpoint must load again.
+        let named = self.teacher.named_params();
+        let state = named
+            .iter()
+            .map(|(_, p)| p.shallow_clone())
+            .chain(self.adam.m.iter().chain(&self.adam.v).map(Tensor::shallow_clone));
+        let broken = match nn::first_non_finite(&state.collect::<Vec<_>>()) {
+            Some(k) if k < named.len() => Some(format!("`{}`", named[k].0)),
+            Some(k) => Some(format!("Adam's state of `{}`", named[k % named.len()].0)),
             None => (!inner_lr_mean.is_finite() || !inner_momentum_mean.is_finite())
                 .then(|| format!("the inner lr (mean {inner_lr_mean}) or momentum (mean {inner_momentum_mean})")),
         };
@@ -611,6 +618,11 @@ mod tests {
         assert_eq!(std::fs::read(checkpoint::checkpoint_path(dir.path())).unwrap(), saved);
         assert_eq!(std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap().lines().count(), 1, "no row logged");
         assert!(checkpoint::load(dir.path(), Device::Cpu).is_ok());
+        let fresh = tempfile::tempdir().unwrap();
+        let mut trainer = Trainer::create(&fixture_config(), fresh.path(), Device::Cpu).unwrap();
+        let _ = tch::no_grad(|| trainer.adam.v[0].fill_(f64::INFINITY));
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.contains("made Adam's state of `"), "the checkpoint would not load again: {err}");
     }
 
     #[test]
@@ -648,7 +660,10 @@ mod tests {
         let theirs = other.path().join(checkpoint::CONFIG_FILE);
         std::fs::write(&theirs, "[server]\nport = 8080\n").unwrap();
         let err = Trainer::open(&fixture_config(), other.path(), Device::Cpu, false, None).err().unwrap().to_string();
-        assert!(err.contains("config.toml: not this command's config (line 1, key `server`: unknown field"), "{err}");
+        assert!(
+            err.contains("config.toml: not a config this command reads (line 1, key `server`: unknown field"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "[server]\nport = 8080\n", "someone else's file is kept");
     }
 

@@ -345,7 +345,15 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
 
 /// Whether every element of `t` is a finite number.
 pub fn all_finite(t: &Tensor) -> bool {
-    t.isfinite().all().int64_value(&[]) != 0
+    first_non_finite(std::slice::from_ref(t)).is_none()
+}
+
+/// The index of the first tensor holding a NaN or infinite value, if any (one wait for the
+/// device, not one per tensor).
+pub fn first_non_finite(tensors: &[Tensor]) -> Option<usize> {
+    let flags: Vec<Tensor> = tensors.iter().map(|t| t.isfinite().all()).collect();
+    let flags = Vec::<bool>::try_from(Tensor::stack(&flags, 0)).expect("booleans");
+    flags.iter().position(|&finite| !finite)
 }
 
 /// Fraction of rows whose arg-max equals the label.

@@ -298,7 +298,6 @@ fn clip_polygon(points: &[(f64, f64)], floor: f64) -> Vec<(f64, f64)> {
     out
 }
 
-/// A tick label with `decimals` decimals; a tick a rounding error below zero reads 0, not -0.
 /// The fewest decimals (at most 4) that write every tick exactly: "88" on a narrow percentage
 /// axis rather than "88.00", "0.25" rather than "0.3" on a correlation axis.
 fn tick_decimals(ticks: &[f64]) -> usize {
@@ -308,6 +307,7 @@ fn tick_decimals(ticks: &[f64]) -> usize {
     (0..4).find(|&d| exact(d)).unwrap_or(4)
 }
 
+/// A tick label with `decimals` decimals; a tick a rounding error below zero reads 0, not -0.
 fn tick_label(y: f64, decimals: usize) -> String {
     let text = format!("{y:.decimals$}");
     match text.strip_prefix('-') {

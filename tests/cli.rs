@@ -88,6 +88,15 @@ fn resume_of_a_finished_run_does_no_more_work() {
     let err =
         error_line(&gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", run.to_str().unwrap()]));
     assert!(err.contains("holds a run this command cannot read (") && err.contains("unknown field `dataset`"), "{err}");
+
+    // A start that never saved, resumed with a relative --data-dir (the tests run in the crate
+    // root): started again with the folder made absolute, as --out does.
+    std::fs::remove_file(run.join("checkpoint.safetensors")).unwrap();
+    std::fs::write(run.join("log.csv"), "").unwrap();
+    stdout(&gtn(&["train", "--resume", run.to_str().unwrap(), "--data-dir", "tests/fixtures/mnist"]));
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let stored = format!("data_dir = \"{}\"", fixtures().display());
+    assert!(config.contains(&stored), "{config}");
 }
 
 #[test]

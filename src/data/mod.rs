@@ -215,13 +215,11 @@ fn read_idx(name: DatasetName, dir: &Path, stem: &str, ndims: usize) -> Result<(
     let path = find_file(name, dir, stem)?;
     let data = idx::read(&path, ndims)?;
     if let Some((other, file)) = fetch::identify(&data).filter(|&found| found != (name, stem)) {
-        bail!(
-            "{}: is {}'s {file}, expected {}'s {stem}; point --data-dir at the {} folder",
-            path.display(),
-            other.as_str(),
-            name.as_str(),
-            name.as_str()
-        );
+        let remedy = match other == name {
+            true => format!("run `gtn data fetch {} --dir {}` again", name.as_str(), dir.display()),
+            false => format!("point --data-dir at the {} folder", name.as_str()),
+        };
+        bail!("{}: is {}'s {file}, expected {}'s {stem}; {remedy}", path.display(), other.as_str(), name.as_str());
     }
     Ok((path, data))
 }
@@ -339,10 +337,8 @@ mod tests {
         assert!(err.contains("10000 labels for"), "{err}");
         std::fs::copy(fashion.join(labels), dir.path().join("train-labels-idx1-ubyte.gz")).unwrap();
         let err = load(DatasetName::FashionMnist);
-        assert!(
-            err.contains("is fashion-mnist's t10k-labels-idx1-ubyte, expected fashion-mnist's train-labels"),
-            "{err}"
-        );
+        let expected = "is fashion-mnist's t10k-labels-idx1-ubyte, expected fashion-mnist's train-labels-idx1-ubyte; run `gtn data fetch fashion-mnist --dir";
+        assert!(err.contains(expected), "{err}");
     }
 
     #[test]
