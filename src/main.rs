@@ -269,7 +269,7 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     config: Option<PathBuf>,
     /// Meta-iterations (default: the preset's).
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, conflicts_with = "resume", value_parser = parse_positive)]
     meta_iters: Option<usize>,
     /// Seed of the teacher's initialisation and of every meta-iteration's draws (default: the preset's).
     #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
@@ -298,7 +298,7 @@ struct BenchArgs {
     #[arg(long, value_enum)]
     learner: Option<LearnerKind>,
     /// Inner steps T.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     steps: Option<usize>,
     /// Timed meta-steps (after one warm-up step).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
@@ -332,7 +332,7 @@ struct EvalArgs {
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Inner steps (default: the teacher's T).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     steps: Option<usize>,
     /// Learner to train (default: the one meta-trained with).
     #[arg(long, value_enum)]
@@ -365,7 +365,7 @@ struct CompareArgs {
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
     /// Meta-iterations per teacher (default: the preset's).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     meta_iters: Option<usize>,
     /// Meta-training time per teacher: the first meta-iteration's time caps the meta-iterations.
     #[arg(long, value_parser = parse_minutes)]
@@ -435,10 +435,30 @@ enum BaselineCommand {
 
 fn main() {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::try_parse().unwrap_or_else(|e| match e.use_stderr() {
+        true => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            std::process::exit(e.exit_code());
+        }
+        false => e.exit(),
+    });
+    if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// clap's message for bad arguments on one line, like every other error here: its paragraphs
+/// joined, the usage and the pointer to --help left out.
+fn one_line(message: &str) -> String {
+    let kept = message.lines().take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"));
+    let paragraphs: Vec<String> = kept
+        .collect::<Vec<_>>()
+        .split(|l| l.trim().is_empty())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" "))
+        .collect();
+    paragraphs.join("; ")
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -751,9 +771,16 @@ fn parse_momentum(text: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a positive integer".into()),
+    }
+}
+
 fn parse_minutes(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
         Ok(m) if m > 0.0 && m.is_finite() => Ok(Duration::from_secs_f64(60.0 * m)),
-        _ => Err(format!("`{text}`: expected a positive number of minutes")),
+        _ => Err("expected a positive number of minutes".into()),
     }
 }

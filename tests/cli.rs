@@ -109,6 +109,14 @@ fn bad_input_gives_one_line_errors() {
         "error: --preset huge: unknown preset, expected one of paper, cpu, tiny, paper-cifar10, cpu-cifar10"
     );
 
+    // clap's errors too are one line, naming the flag.
+    let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", out.to_str().unwrap(), "--meta-iters", "0"]));
+    assert_eq!(err, "error: invalid value '0' for '--meta-iters <META_ITERS>': expected a positive integer");
+    let err = error_line(&gtn(&["train", "--preset", "tiny"]));
+    assert_eq!(err, "error: the following required arguments were not provided: --out <OUT>");
+    let err = error_line(&gtn(&["eval", "--learnrs", "3", out.to_str().unwrap()]));
+    assert!(err.ends_with("found; tip: a similar argument exists: '--learners'"), "{err}");
+
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "inner_step = 3\n").unwrap();
     let err = error_line(&gtn(&[
