@@ -147,6 +147,7 @@ fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device:
 /// Everything a teacher's curves depend on besides its config (which `train_or_reuse` checked).
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct CurvesKey {
+    data_dir: PathBuf,
     meta_iteration: usize,
     learner: LearnerKind,
     learners: usize,
@@ -155,9 +156,11 @@ struct CurvesKey {
     grid: Vec<usize>,
 }
 
-/// Everything the real-data sweep and curve depend on: the data split, the learners, the sweep.
+/// Everything the real-data sweep and curve depend on: the data split, the learners, the sweep
+/// (chosen at T).
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct RealKey {
+    inner_steps: usize,
     dataset: DatasetName,
     data_dir: PathBuf,
     valid_size: usize,
@@ -220,6 +223,7 @@ fn teacher_curves(
     test: &Split,
 ) -> Result<Vec<Vec<f64>>> {
     let key = CurvesKey {
+        data_dir: trainer.config().data_dir(),
         meta_iteration: trainer.iteration,
         learner: cohort.kind,
         learners: cohort.learners,
@@ -283,13 +287,13 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     base.checkpoint_every = options.checkpoint_every.unwrap_or(base.checkpoint_every);
     base.data_dir = options.data_dir.as_deref().map(std::path::absolute).transpose()?.or(base.data_dir);
     base.validate()?;
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
 
     let t = base.inner_steps;
     let stride = (t / 8).max(1);
     let teacher_grid = grid(stride, t, t);
     let real_grid = grid(stride, options.real_steps_factor * t, t);
     let data = meta::load_data(&base, device)?;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let test = data.test.first(if options.test_images == 0 { usize::MAX } else { options.test_images });
 
     let cohort = eval::Cohort { data: &data, kind: base.learner, learners: options.learners, seed: options.seed };
@@ -306,6 +310,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     }
 
     let key = RealKey {
+        inner_steps: t,
         dataset: base.dataset,
         data_dir: base.data_dir(),
         valid_size: base.valid_size,
@@ -329,7 +334,12 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         .chain([(&real, (None, None))])
         .map(|(curve, (meta_iters, meta_training_minutes))| {
             let (accuracy_mean, accuracy_std) = curve.at(t);
-            let real_steps_to_match = steps_to_reach(&real.points, accuracy_mean);
+            // Real data matches itself at T by definition; a noisy curve's first crossing of its
+            // own value at T may come earlier.
+            let real_steps_to_match = match meta_iters {
+                None => Some(t as f64),
+                Some(_) => steps_to_reach(&real.points, accuracy_mean),
+            };
             MethodSummary {
                 method: curve.method.clone(),
                 accuracy_mean,
@@ -485,17 +495,19 @@ mod tests {
         }
 
         // A re-run reuses the stored curves of a method measured with the same key (planted here
-        // as 12.5%), and measures again where the key differs (another meta-iteration).
-        let plant = |name: &str, iteration_shift: usize| {
+        // as 12.5%), and measures again where the key differs (another meta-iteration, another
+        // data folder).
+        let plant = |name: &str, change: &dyn Fn(&mut CurvesKey)| {
             let path = out.join(name).join(CURVES_JSON);
             let mut stored: Stored<CurvesKey, PerLearner> =
                 serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            stored.key.meta_iteration += iteration_shift;
+            change(&mut stored.key);
             stored.value.per_learner.iter_mut().for_each(|c| c.fill(0.125));
             std::fs::write(&path, serde_json::to_string(&stored).unwrap()).unwrap();
         };
-        plant("gtn-full", 0);
-        plant("gtn-none", 1);
+        plant("gtn-full", &|_| {});
+        plant("gtn-none", &|key| key.meta_iteration += 1);
+        plant("distill", &|key| key.data_dir.push("elsewhere"));
         let real_path = out.join(REAL).join(CURVES_JSON);
         let mut real: Stored<RealKey, RealCurves> =
             serde_json::from_slice(&std::fs::read(&real_path).unwrap()).unwrap();
@@ -507,6 +519,10 @@ mod tests {
         assert_eq!(accuracy(&again, "gtn-full"), 0.125);
         assert_eq!(accuracy(&again, REAL), 0.125);
         assert_eq!(accuracy(&again, "gtn-none"), accuracy(&summary, "gtn-none"));
+        assert_eq!(accuracy(&again, "distill"), accuracy(&summary, "distill"));
+        // Real data's flat planted curve first reaches its own value at step 0; its row is T, 1x.
+        let real_row = again.methods.iter().find(|m| m.method == REAL).unwrap();
+        assert_eq!((real_row.real_steps_to_match, real_row.speedup), (Some(4.0), Some(1.0)));
         let other_sweep = CompareOptions { lrs: vec![0.05, 0.1], ..options.clone() };
         let swept = run(&other_sweep, &out, Device::Cpu).unwrap();
         assert!(swept.real_lr == 0.05 || swept.real_lr == 0.1);

@@ -154,6 +154,12 @@ mod tests {
             }
             let b = c.plan(&mut StdRng::seed_from_u64(2), Device::Cpu);
             assert!(a.iter().zip(&b).any(|(x, y)| !x.ids.equal(&y.ids)), "{kind:?}: order should depend on the seed");
+            // Batch-shuffled keeps each learned batch whole (one block of 10, in order); all-shuffled mixes them.
+            let whole = |step: &StepInput| {
+                let ids = Vec::<i64>::try_from(&step.ids).unwrap();
+                ids[0] % 10 == 0 && ids.windows(2).all(|w| w[1] == w[0] + 1)
+            };
+            assert_eq!(a.iter().all(whole), kind == CurriculumKind::BatchShuffled, "{kind:?}");
         }
     }
 
