@@ -43,21 +43,53 @@ impl Row {
     }
 }
 
-/// Per architecture, the truth record with the most steps.
-fn truth_by_arch(truth: &[Record]) -> HashMap<&str, &Record> {
-    let mut best: HashMap<&str, &Record> = HashMap::new();
-    for r in truth {
-        let e = best.entry(r.arch.as_str()).or_insert(r);
-        if r.steps > e.steps {
-            *e = r;
+/// Per architecture, its truth: the record at the file's largest step count, which every
+/// architecture in the file must have (a truth ranked partly at 1,000 steps and partly at 300
+/// would rank the step counts, not the architectures), measured with one setting.
+fn truth_by_arch(truth: &[Record]) -> Result<HashMap<&str, &Record>> {
+    let steps = truth.iter().map(|r| r.steps).max().unwrap_or(0);
+    let by_arch: HashMap<&str, &Record> =
+        truth.iter().filter(|r| r.steps == steps).map(|r| (r.arch.as_str(), r)).collect();
+    let mut short: Vec<&str> = truth.iter().map(|r| r.arch.as_str()).filter(|a| !by_arch.contains_key(a)).collect();
+    short.sort_unstable();
+    short.dedup();
+    if let Some(first) = short.first() {
+        bail!(
+            "the truth has {} architectures at {steps} steps and {} only at fewer ({first}, ...); finish them with the same `gtn nas truth` command, or give a truth of one step count",
+            by_arch.len(),
+            short.len()
+        );
+    }
+    one_setting("the truth", by_arch.values().copied())?;
+    Ok(by_arch)
+}
+
+/// Refuses results of one proxy measured with different settings (shards run with other
+/// flags, merged); files of older gtn versions recorded none.
+fn one_setting<'a>(what: &str, records: impl IntoIterator<Item = &'a Record>) -> Result<()> {
+    let mut first: Option<&Record> = None;
+    for r in records.into_iter().filter(|r| !r.setting.is_empty()) {
+        match first {
+            None => first = Some(r),
+            Some(f) if f.setting != r.setting => bail!(
+                "{what}: {} ({} steps) measured with {}, {} ({} steps) with {}; expected one setting",
+                f.arch,
+                f.steps,
+                f.setting,
+                r.arch,
+                r.steps,
+                r.setting
+            ),
+            Some(_) => {}
         }
     }
-    best
+    Ok(())
 }
 
 /// One architecture as a proxy measured it, beside its truth.
 #[derive(Clone, Copy)]
-struct Point {
+struct Point<'a> {
+    arch: &'a str,
     valid: f64,
     test: f64,
     params: f64,
@@ -71,7 +103,8 @@ fn row(proxy: String, steps: usize, mut points: Vec<Point>) -> Row {
     let (valid, truth) = (column(&points, |p| p.valid), column(&points, |p| p.truth));
     let (test, params) = (column(&points, |p| p.test), column(&points, |p| p.params));
     let seconds = points.iter().map(|p| p.seconds).sum::<f64>() / points.len() as f64;
-    points.sort_by(|a, b| b.truth.total_cmp(&a.truth));
+    // Ties at the cut go by name, so the top half does not depend on the order of the files.
+    points.sort_by(|a, b| b.truth.total_cmp(&a.truth).then_with(|| a.arch.cmp(b.arch)));
     let n_top = points.len().div_ceil(2);
     let (valid_top, truth_top) = (column(&points[..n_top], |p| p.valid), column(&points[..n_top], |p| p.truth));
     Row {
@@ -92,10 +125,10 @@ fn row(proxy: String, steps: usize, mut points: Vec<Point>) -> Row {
 /// One row per (proxy, step count), over the architectures both files have, ranked by
 /// validation accuracy; last, the parameter-count baseline over every architecture scored.
 pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
-    let truth = truth_by_arch(truth);
     if truth.is_empty() {
         bail!("the truth file has no records");
     }
+    let truth = truth_by_arch(truth)?;
     let mut groups: BTreeMap<(String, usize), Vec<Point>> = BTreeMap::new();
     let mut scored: BTreeMap<&str, &Record> = BTreeMap::new();
     // A file given twice, or a shard beside the merged file, must not weigh an architecture
@@ -118,6 +151,7 @@ pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
         seen.insert(r.key(), r);
         if let Some(t) = truth.get(r.arch.as_str()) {
             let point = Point {
+                arch: &r.arch,
                 valid: r.valid_accuracy,
                 test: r.test_accuracy,
                 params: r.params as f64,
@@ -131,10 +165,17 @@ pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
     if groups.is_empty() {
         bail!("no architecture is in both the proxy and the truth files");
     }
+    let mut by_proxy: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in proxy {
+        by_proxy.entry(r.proxy.as_str()).or_default().push(r);
+    }
+    for (label, records) in by_proxy {
+        one_setting(label, records)?;
+    }
     let mut rows: Vec<Row> = groups.into_iter().map(|((proxy, steps), points)| row(proxy, steps, points)).collect();
     let by_size = scored.values().map(|t| {
         let params = t.params as f64;
-        Point { valid: params, test: params, params, seconds: 0.0, truth: t.valid_accuracy }
+        Point { arch: &t.arch, valid: params, test: params, params, seconds: 0.0, truth: t.valid_accuracy }
     });
     rows.push(Row {
         spearman_valid_test: f64::NAN,
@@ -169,7 +210,8 @@ pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
     real.sort_by_key(|r| r.steps);
     let mut out = Vec::new();
     for g in rows.iter().filter(|r| r.is_gtn()) {
-        for (subset, pick) in SUBSETS {
+        // NaN: the proxy scored every architecture alike; there is no ranking to match.
+        for (subset, pick) in SUBSETS.into_iter().filter(|&(_, pick)| !pick(g).is_nan()) {
             let target = pick(g);
             let mut real_steps = None;
             let mut at_most = false;
@@ -350,6 +392,36 @@ mod tests {
             seed: 0,
             net: String::new(),
             setting: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_truth_is_one_step_count_and_proxies_one_setting_each() {
+        let proxy: Vec<Record> = (0..4).map(|k| rec(k, "real", 8, k as f64)).collect();
+        let mut truth: Vec<Record> = (0..4).map(|k| rec(k, "real", 300, k as f64)).collect();
+        truth.extend((0..2).map(|k| rec(k, "real", 1000, 10.0 - k as f64)));
+        let err = correlations(&proxy, &truth).unwrap_err().to_string();
+        assert!(err.starts_with("the truth has 2 architectures at 1000 steps and 2 only at fewer (a2, ...)"), "{err}");
+        truth.extend((2..4).map(|k| rec(k, "real", 1000, 10.0 - k as f64)));
+        let rows = correlations(&proxy, &truth).unwrap();
+        assert_eq!(rows[0].spearman, -1.0, "ranked by the 1000-step truth alone");
+
+        let shard = |k, setting: &str| Record { setting: setting.into(), ..rec(k, "real", 8, k as f64) };
+        let mixed = vec![shard(0, "lr 0.1"), shard(1, "lr 0.1"), shard(2, "lr 0.3"), shard(3, "lr 0.3")];
+        let err = correlations(&mixed, &truth).unwrap_err().to_string();
+        assert_eq!(err, "real: a0 (8 steps) measured with lr 0.1, a2 (8 steps) with lr 0.3; expected one setting");
+    }
+
+    #[test]
+    fn the_top_half_does_not_depend_on_record_order() {
+        // a1 and a2 tie at the cut of the top half: a1 goes in by name, whatever the order.
+        let truth: Vec<Record> =
+            [3.0, 2.0, 2.0, 1.0].iter().enumerate().map(|(k, &t)| rec(k, "real", 100, t)).collect();
+        let mut proxy: Vec<Record> =
+            [0.0, 1.0, -1.0, 5.0].iter().enumerate().map(|(k, &v)| rec(k, "real", 8, v)).collect();
+        for _ in 0..2 {
+            assert_eq!(correlations(&proxy, &truth).unwrap()[0].spearman_top, -1.0, "top half a0, a1");
+            proxy.reverse();
         }
     }
 
