@@ -68,3 +68,44 @@ pub fn write_sample_grid(teacher: &Teacher, per_step: i64, output: &Path) -> Res
             .with_context(|| format!("{}: cannot write", output.display()))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use rand::rngs::StdRng;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::inner::{self, LearnerState};
+    use crate::learner::{Arch, Learner};
+
+    /// What a user of the exported file does (one SGD-with-momentum step per batch, at its lr
+    /// and momentum) ends where the teacher's own training of the same learner ends.
+    #[test]
+    fn an_exported_teaching_set_trains_a_learner_as_the_teacher_does() {
+        for soft_labels in [false, true] {
+            let config = Config { soft_labels, ..Config::tiny() };
+            let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(3), Device::Cpu).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("set.safetensors");
+            export_teaching_set(&teacher, &path).unwrap();
+            let set: HashMap<String, Tensor> = Tensor::read_safetensors(&path).unwrap().into_iter().collect();
+
+            let learner = Learner::new(Arch::Mlp { hidden1: 6, hidden2: 5 }, [1, 28, 28], 10).unwrap();
+            let init = || LearnerState::new(learner.init(&mut StdRng::seed_from_u64(7), Device::Cpu));
+            let steps = config.inner_steps;
+            let plan = teacher.curriculum.plan(&mut StdRng::seed_from_u64(0), Device::Cpu);
+            let taught = teacher.teach(&learner, init(), &plan, 0..steps, false, |_, _| {});
+            let batch = |t: usize| (set["images"].get(t as i64), set["labels"].get(t as i64));
+            let schedule = (&set["lr"], &set["momentum"]);
+            let exported = inner::unroll(&learner, init(), schedule, 0..steps, false, batch, |_, _| {});
+            assert_eq!(set["labels"].dim(), if soft_labels { 3 } else { 2 });
+            for (a, b) in taught.params.iter().zip(&exported.params) {
+                assert!(a.allclose(b, 1e-6, 1e-6, false), "soft labels {soft_labels}: the parameters differ");
+            }
+            let moved = taught.params.iter().zip(init().params).any(|(a, b)| !a.allclose(&b, 1e-3, 1e-3, false));
+            assert!(moved, "the teaching set trains the learner");
+        }
+    }
+}
