@@ -220,13 +220,16 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             }
         };
         let state = LearnerState::new(init);
+        // Only as far as the largest count missing: a step count added below the ones done
+        // costs its own steps, not a re-run of the longest.
+        let until = *missing.last().expect("checked non-empty");
         match &teacher {
             Some(teacher) => {
                 let plan = teacher.curriculum.plan(&mut rng, device);
-                teacher.teach(&learner, state, &plan, 0..max_steps, false, after_step);
+                teacher.teach(&learner, state, &plan, 0..until, false, after_step);
             }
             None => {
-                train_real(&learner, state, &data, opts.real, max_steps, opts.seed ^ fnv1a(&arch), after_step);
+                train_real(&learner, state, &data, opts.real, until, opts.seed ^ fnv1a(&arch), after_step);
             }
         }
         for r in &records {
@@ -376,5 +379,16 @@ mod tests {
         x.sort();
         y.sort();
         assert_eq!(x, y, "sharding changes no result");
+
+        // A smaller step count added later (trained only that far) records what one run of
+        // both counts records.
+        let later = dir.path().join("later.jsonl");
+        score(&ScoreOptions { steps: vec![2], ..options(&later, Shard::ALL) }, Device::Cpu, |_| {}).unwrap();
+        let mut added = Vec::new();
+        score(&options(&later, Shard::ALL), Device::Cpu, |r| added.push(r.clone())).unwrap();
+        assert!(added.len() == 4 && added.iter().all(|r| r.steps == 1));
+        let mut z: Vec<_> = jsonl::read(&later).unwrap().iter().map(key).collect();
+        z.sort();
+        assert_eq!(x, z);
     }
 }
