@@ -1,5 +1,5 @@
 //! Compiles the project's C++ (csrc/: autograd functions, Winograd convolutions, mean-only batch norm with leaky ReLU, the upsampling resampling, max-pool kernels and the first layer's fused ones, the profiler hook) against the libtorch that
-//! tch links, found the way torch-sys finds it (`LIBTORCH`, set in .cargo/config.toml).
+//! tch links, found the way torch-sys finds it (`LIBTORCH`, set in .cargo/config.toml), and gives the binaries their rpath.
 use std::path::PathBuf;
 
 fn main() {
@@ -67,6 +67,14 @@ fn main() {
         }
         kernels.compile(&format!("gtn_pointwise_{level}"));
     }
+    // The rpath: target/release/gtn and the test binaries (target/release/deps/) find this
+    // folder's libtorch without LD_LIBRARY_PATH, before any other (its lib/ holds the libgomp
+    // above too). Here rather than as rustflags in .cargo/config.toml, which a RUSTFLAGS
+    // variable replaces; the absolute path serves a target folder elsewhere (CARGO_TARGET_DIR).
+    println!(
+        "cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../../.libtorch/torch/lib:$ORIGIN/../../../.libtorch/torch/lib:{}",
+        libtorch.join("lib").display()
+    );
     println!("cargo:rustc-link-lib=torch_cpu");
     println!("cargo:rustc-link-lib=c10");
     println!("cargo:rustc-link-lib=gomp");

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The performance issue's GPU checks as one command, for a session that is lent a GPU machine
-# with a CUDA PyTorch 2.11 installed (see DEVELOPERS.md). From the repository root here:
+# with a CUDA PyTorch 2.11 installed (README, "Design", Device). From the repository root here:
 #   cargo build --release && bash scripts/setup.sh   # binary and data/mnist in place
 # then on the device machine, carrying target/release/gtn and data/mnist:
 #   bash scripts/gpu-check.sh

