@@ -37,6 +37,8 @@ std::atomic<bool> winograd_enabled{true};
 // flows back into it, as one does through libtorch's `leaky_relu_backward(x, x)` form.
 struct LeakyReluKeepingOutput : public torch::autograd::Function<LeakyReluKeepingOutput> {
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, double slope) {
+        // The backward reads the input's sign from the output's, which a negative slope flips.
+        TORCH_CHECK(slope >= 0, "leaky_relu keeping its output: slope ", slope, ", expected >= 0");
         auto y = at::leaky_relu(x, slope);
         ctx->saved_data["slope"] = slope;
         ctx->save_for_backward({y});
@@ -119,6 +121,8 @@ struct BnLeakyRelu : public torch::autograd::Function<BnLeakyRelu> {
 // linear layer, per inner step, and more in the meta-backward).
 struct RowNorm : public torch::autograd::Function<RowNorm> {
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &v) {
+        // An empty dimension list would make linalg_vector_norm reduce over everything.
+        TORCH_CHECK(v.dim() >= 2, "row norm: weight of shape ", v.sizes(), ", expected at least 2 dimensions");
         std::vector<int64_t> dims(v.dim() - 1);
         std::iota(dims.begin(), dims.end(), 1);
         auto norm = at::linalg_vector_norm(v, 2, dims, /*keepdim=*/true);
@@ -401,6 +405,9 @@ struct ConvMaxPoolGrads : public torch::autograd::Function<ConvMaxPoolGrads> {
                                  const at::Tensor &weight, const at::Tensor &index, const Geometry &geometry,
                                  bool input_grad) {
         geometry.save(ctx);
+        // An unused output's adjoint then arrives undefined, and its pass is skipped, instead
+        // of running on zeros.
+        ctx->set_materialize_grads(false);
         ctx->saved_data["input_grad"] = input_grad;
         ctx->save_for_backward({grad, input, weight, index});
         auto [grad_input, grad_weight] = geometry.grads(grad, index, input, weight, input_grad, true);
@@ -492,6 +499,8 @@ void caught(F f) {
         f();
     } catch (const std::exception &e) {
         last_error = e.what();
+    } catch (...) {
+        last_error = "a C++ exception that is not a std::exception";
     }
 }
 
@@ -531,16 +540,29 @@ void gtn_set_winograd(bool enabled) { winograd_enabled = enabled; }
 
 // How many threads ATen's parallel_for, as compiled into our kernels, spreads `items` over: it
 // runs serially unless this file is built with OpenMP (build.rs). Called by a test.
+// -1 on an error (in last_error), as the two below: no exception may unwind into Rust.
 int64_t gtn_kernel_threads(int64_t items) {
-    std::vector<std::atomic<bool>> used(at::get_num_threads());
-    at::parallel_for(0, items, 1, [&](int64_t, int64_t) { used[at::get_thread_num()] = true; });
-    return std::count(used.begin(), used.end(), true);
+    int64_t count = -1;
+    caught([&] {
+        std::vector<std::atomic<bool>> used(at::get_num_threads());
+        at::parallel_for(0, items, 1, [&](int64_t, int64_t) { used[at::get_thread_num()] = true; });
+        count = std::count(used.begin(), used.end(), true);
+    });
+    return count;
 }
 
 // The instruction set levels of the first layer's fused kernels, which the tests run one by one.
-int64_t gtn_pointwise_levels() { return pointwise_kernels::levels(); }
+int64_t gtn_pointwise_levels() {
+    int64_t levels = -1;
+    caught([&] { levels = pointwise_kernels::levels(); });
+    return levels;
+}
 
-bool gtn_force_pointwise_level(int64_t level) { return pointwise_kernels::force_level(static_cast<int>(level)); }
+bool gtn_force_pointwise_level(int64_t level) {
+    bool forced = false;
+    caught([&] { forced = pointwise_kernels::force_level(static_cast<int>(level)); });
+    return forced;
+}
 
 // Winograd's convolution and its gradients, called directly by the tests that hold them to
 // libtorch's.

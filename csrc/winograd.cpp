@@ -412,6 +412,8 @@ std::tuple<at::Tensor, at::Tensor> grads_of(const Tiles &t, OutputGrad output_gr
 
 std::tuple<at::Tensor, at::Tensor> grads(const at::Tensor &grad_out, const at::Tensor &input,
                                          const at::Tensor &weight, bool want_input, bool want_weight) {
+    TORCH_CHECK(grad_out.dim() == 4 && input.dim() == 4 && grad_out.size(0) == input.size(0),
+                "Winograd gradients: output gradient ", grad_out.sizes(), " does not match input ", input.sizes());
     auto g = grad_out.contiguous(kNhwc);
     return grads_of(
         tiles_of(g), [&](int64_t first, int64_t images) { return transformed(g, first, images, true); }, input, weight,

@@ -775,5 +775,11 @@ mod tests {
         let err = std::panic::catch_unwind(|| bn_leaky_relu(&x, &bias, -0.1)).unwrap_err();
         let message = err.downcast_ref::<String>().unwrap();
         assert!(message.starts_with("bn_leaky_relu: ") && message.contains("slope -0.1"), "{message}");
+        let err = std::panic::catch_unwind(|| leaky_relu(&x, -0.1)).unwrap_err();
+        let message = err.downcast_ref::<String>().unwrap();
+        assert!(message.starts_with("leaky_relu: ") && message.contains("slope -0.1, expected >= 0"), "{message}");
+        let err = std::panic::catch_unwind(|| row_norm(&bias)).unwrap_err();
+        let message = err.downcast_ref::<String>().unwrap();
+        assert!(message.starts_with("row_norm: ") && message.contains("at least 2 dimensions"), "{message}");
     }
 }
