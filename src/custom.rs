@@ -686,9 +686,12 @@ mod tests {
         let native = |x: &Tensor, w: &Tensor| {
             x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
         };
-        for (n, c, k, h, w) in [(30, 16, 17, 14, 14), (2, 17, 16, 6, 8), (2, 16, 16, 7, 9)] {
-            let x = leaf(&[n, c, h, w], 1).detach().permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-            let weight = leaf(&[k, c, 3, 3], 2).detach().permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        // In float32 too: base_fc trains through this form.
+        let shapes = [(30, 16, 17, 14, 14), (2, 17, 16, 6, 8), (2, 16, 16, 7, 9)];
+        for ((n, c, k, h, w), kind) in shapes.into_iter().flat_map(|s| [(s, Kind::Double), (s, Kind::Float)]) {
+            let nhwc = |t: Tensor| t.to_kind(kind).permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+            let x = nhwc(leaf(&[n, c, h, w], 1).detach());
+            let weight = nhwc(leaf(&[k, c, 3, 3], 2).detach());
             let input = x.set_requires_grad(true);
             assert_same_to_second_order(&input, |x| conv_max_pool(x, &weight, 1, 1), |x| native(x, &weight));
             let weight = weight.set_requires_grad(true);
