@@ -32,6 +32,10 @@ namespace {
 // Off only where a benchmark compares Winograd's form with libtorch's kernels.
 std::atomic<bool> winograd_enabled{true};
 
+// How often this thread's convolution + pool took Winograd's form and the fused first layer,
+// for the test that training's configuration does (value tests pass on a silent fallback too).
+thread_local int64_t winograd_taken = 0, pointwise_taken = 0;
+
 // Leaky ReLU keeping its output (which the next layer keeps anyway) instead of its input. Its
 // second derivative is zero, so the backward reads the output as a constant: no zero gradient
 // flows back into it, as one does through libtorch's `leaky_relu_backward(x, x)` form.
@@ -351,13 +355,18 @@ struct Geometry {
     // a third derivative, taken through ConvMaxPoolGrads's backward, runs libtorch's
     // differentiable ops, as `scatter` and `gather` then do).
     bool winograd(const at::Tensor &input, const at::Tensor &weight) const {
-        return winograd_enabled && !at::GradMode::is_enabled() && winograd::applies(input, weight, stride, padding);
+        bool taken =
+            winograd_enabled && !at::GradMode::is_enabled() && winograd::applies(input, weight, stride, padding);
+        winograd_taken += taken;
+        return taken;
     }
 
     // A 1x1 convolution of few channels, or a one-channel image's 3x3 one (base_fc's first
     // layer), fused with its pool (csrc/pointwise_pool.h), on the same terms.
     bool pointwise(const at::Tensor &input, const at::Tensor &weight) const {
-        return !at::GradMode::is_enabled() && pointwise_pool::applies(input, weight, stride, padding);
+        bool taken = !at::GradMode::is_enabled() && pointwise_pool::applies(input, weight, stride, padding);
+        pointwise_taken += taken;
+        return taken;
     }
 
     at::Tensor conv(const at::Tensor &input, const at::Tensor &weight) const {
@@ -535,6 +544,13 @@ void gtn_momentum_step(const at::Tensor *p, const at::Tensor *m, const at::Tenso
 
 // momentum::backwards(), for the test that checks the update's backward took the kernels.
 int64_t gtn_momentum_kernel_backwards() { return momentum::backwards(); }
+
+// This thread's counts of convolution + pool calls that took Winograd's form and the fused first
+// layer, into out[0] and out[1].
+void gtn_conv_paths_taken(int64_t *out) {
+    out[0] = winograd_taken;
+    out[1] = pointwise_taken;
+}
 
 void gtn_set_winograd(bool enabled) { winograd_enabled = enabled; }
 

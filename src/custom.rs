@@ -161,6 +161,44 @@ mod tests {
 
     extern "C" {
         fn gtn_momentum_kernel_backwards() -> i64;
+        fn gtn_conv_paths_taken(out: *mut i64);
+    }
+
+    /// base_fc, as meta-training runs it (float32, channels-last), takes the fused first layer
+    /// and Winograd's form in the forward, the inner backward and the meta-backward: the value
+    /// tests would pass on a silent fallback to libtorch's kernels too.
+    #[test]
+    fn base_fc_takes_the_fused_first_layer_and_winograd_in_every_pass() {
+        use crate::learner::{Arch, Learner};
+        use rand::SeedableRng;
+        let taken = || {
+            let mut out = [0i64; 2];
+            // SAFETY: writes two counts into `out`.
+            unsafe { gtn_conv_paths_taken(out.as_mut_ptr()) };
+            out
+        };
+        let learner = Learner::new(Arch::Cnn { conv1: 64, conv2: 128, fc: 256 }, [1, 28, 28], 10).unwrap();
+        let params: Vec<Tensor> = learner
+            .init(&mut rand::rngs::StdRng::seed_from_u64(0), Device::Cpu)
+            .iter()
+            .map(|p| p.detach().set_requires_grad(true))
+            .collect();
+        let x = leaf(&[16, 1, 28, 28], 3).to_kind(Kind::Float).detach().set_requires_grad(true);
+        let labels = Tensor::arange(16, (Kind::Int64, Device::Cpu)).remainder(10);
+        let start = taken();
+        let loss = crate::nn::cross_entropy(&learner.forward(&params, &x), &labels);
+        let forward = taken();
+        let grads = Tensor::run_backward(&[loss], &params, true, true);
+        let inner = taken();
+        let meta = grads.iter().map(|g| g.square().sum(Kind::Float)).reduce(|a, b| a + b).unwrap();
+        Tensor::run_backward(&[meta], &[&x], false, false);
+        let outer = taken();
+        for (pass, before, after) in
+            [("forward", start, forward), ("inner backward", forward, inner), ("meta-backward", inner, outer)]
+        {
+            assert!(after[0] > before[0], "{pass}: Winograd's form not taken");
+            assert!(after[1] > before[1], "{pass}: the fused first layer not taken");
+        }
     }
 
     /// `(p, m, g, lr, mu) -> (p', m')`.
