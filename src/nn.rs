@@ -529,10 +529,11 @@ mod tests {
     }
 
     /// The float32 kernels the learners run, on a channels-last image batch and on one channel
-    /// (contiguous in both layouts): value and first derivatives within float32 rounding.
+    /// (contiguous in both layouts): value and first derivatives within float32 rounding. The
+    /// shape of base_fc's first layer spreads its rows over many tasks (per-thread partial sums).
     #[test]
     fn bn_leaky_relu_in_float32() {
-        for shape in [[8i64, 16, 7, 7], [4, 1, 5, 6]] {
+        for shape in [[8i64, 16, 7, 7], [4, 1, 5, 6], [128, 64, 14, 14]] {
             let x = channels_last(&leaf(&shape, 1).detach().to_kind(Kind::Float)).set_requires_grad(true);
             let bias = leaf(&[shape[1]], 2).detach().to_kind(Kind::Float).set_requires_grad(true);
             let probe = leaf(&shape, 3).detach().to_kind(Kind::Float);
