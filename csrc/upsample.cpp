@@ -181,6 +181,8 @@ at::Tensor gather(const at::Tensor &grid_in, int64_t taps, int64_t h, int64_t w)
 
 at::Tensor gather_adjoint(const at::Tensor &grad_in, int64_t taps, at::IntArrayRef grid_sizes,
                           at::MemoryFormat format) {
+    TORCH_CHECK(grad_in.dim() == 4 && grad_in.size(2) % 2 == 0 && grad_in.size(3) % 2 == 0,
+                "parity gather adjoint: gradient ", grad_in.sizes(), ", expected [N, K, 2h, 2w]");
     if (!kernel_applies(grad_in)) return gather_adjoint_generic(grad_in, taps, grid_sizes).contiguous(format);
     auto h = grad_in.size(2) / 2, w = grad_in.size(3) / 2;
     auto g = Gather::of(grid_sizes, taps, h, w);
