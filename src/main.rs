@@ -435,12 +435,14 @@ enum BaselineCommand {
 
 fn main() {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-    let cli = Cli::try_parse().unwrap_or_else(|e| match e.use_stderr() {
-        true => {
-            eprintln!("{}", one_line(&e.render().to_string()));
-            std::process::exit(e.exit_code());
+    // Help (asked for, or shown for a bare `gtn` or `gtn nas`) and --version print in full.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let shown_help = e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+        if !e.use_stderr() || shown_help {
+            e.exit()
         }
-        false => e.exit(),
+        eprintln!("{}", one_line(&e.render().to_string()));
+        std::process::exit(e.exit_code());
     });
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

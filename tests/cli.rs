@@ -116,6 +116,10 @@ fn bad_input_gives_one_line_errors() {
     assert_eq!(err, "error: the following required arguments were not provided: --out <OUT>");
     let err = error_line(&gtn(&["eval", "--learnrs", "3", out.to_str().unwrap()]));
     assert!(err.ends_with("found; tip: a similar argument exists: '--learners'"), "{err}");
+    // A bare `gtn` still shows the whole help (not its first line).
+    let bare = gtn(&[]);
+    let help = String::from_utf8_lossy(&bare.stderr);
+    assert!(!bare.status.success() && help.contains("Usage: gtn") && help.contains("Commands:"), "{help}");
 
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "inner_step = 3\n").unwrap();
