@@ -67,9 +67,9 @@ fn main() {
         }
         kernels.compile(&format!("gtn_pointwise_{level}"));
     }
-    // The rpath: target/release/gtn and the test binaries (target/release/deps/) find this
-    // folder's libtorch without LD_LIBRARY_PATH, before any other (its lib/ holds the libgomp
-    // above too). Here rather than as rustflags in .cargo/config.toml, which a RUSTFLAGS
+    // The rpath (a RUNPATH: LD_LIBRARY_PATH still goes first, as on the GPU machine):
+    // target/release/gtn and the test binaries (target/release/deps/) find this folder's libtorch,
+    // and the libgomp in its lib/, without LD_LIBRARY_PATH. Here rather than as rustflags in .cargo/config.toml, which a RUSTFLAGS
     // variable replaces; the absolute path serves a target folder elsewhere (CARGO_TARGET_DIR).
     println!(
         "cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../../.libtorch/torch/lib:$ORIGIN/../../../.libtorch/torch/lib:{}",

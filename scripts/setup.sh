@@ -63,7 +63,7 @@ else
     # lack the flag and ignore the variable.
     # shellcheck disable=SC2086
     PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps \
-        --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 \
+        --only-binary=:all: --implementation cp --abi cp311 --python-version 3.11 --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_25_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --target .libtorch.partial $WHEELS ||
         { echo "setup: pip could not install $WHEELS into .libtorch.partial (needs pip >= 20.3 and access to pypi.org); see pip's messages above" >&2; exit 1; }

@@ -214,16 +214,17 @@ where
     Ok(stored.value)
 }
 
-/// The teacher's per-learner curves, measured once per key in its folder.
+/// The teacher's per-learner curves, measured once per key in its folder; `data_dir` is where
+/// `test` comes from (this comparison's, which a reused run's stored folder may not be).
 fn teacher_curves(
     trainer: &Trainer,
     dir: &Path,
     cohort: &eval::Cohort,
     grid: &[usize],
-    test: &Split,
+    (test, data_dir): (&Split, PathBuf),
 ) -> Result<Vec<Vec<f64>>> {
     let key = CurvesKey {
-        data_dir: trainer.config().data_dir(),
+        data_dir,
         meta_iteration: trainer.iteration,
         learner: cohort.kind,
         learners: cohort.learners,
@@ -304,7 +305,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         eprintln!("{name}: meta-training in {}", dir.display());
         let trainer = train_or_reuse(&teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
         eprintln!("{name}: evaluating {} learners", options.learners);
-        let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test)?;
+        let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, (&test, base.data_dir()))?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
         trained.push((trainer.config().meta_iters, meta::logged_seconds(&dir)? / 60.0));
     }

@@ -803,6 +803,16 @@ mod tests {
         let err = std::panic::catch_unwind(|| owned(unsafe { gtn_winograd_conv(x.as_ptr(), w.as_ptr()) }, "winograd"));
         let message = err.unwrap_err().downcast_ref::<String>().cloned().unwrap();
         assert!(message.contains("not a convolution Winograd's form takes"), "{message}");
+        // A gradient of another batch than the input's (it read past the input).
+        let (x, w) = (
+            Tensor::ones([2, 16, 6, 4], (Kind::Float, Device::Cpu)),
+            Tensor::ones([16, 16, 3, 3], (Kind::Float, Device::Cpu)),
+        );
+        let g = Tensor::ones([3, 16, 6, 4], (Kind::Float, Device::Cpu));
+        // SAFETY: live tensors for the duration of the call.
+        let grad = || owned(unsafe { gtn_winograd_grad(g.as_ptr(), x.as_ptr(), w.as_ptr(), true) }, "winograd");
+        let message = std::panic::catch_unwind(grad).unwrap_err().downcast_ref::<String>().cloned().unwrap();
+        assert!(message.contains("output gradient [3, 16, 6, 4] does not match input [2, 16, 6, 4]"), "{message}");
     }
 
     #[test]

