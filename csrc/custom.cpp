@@ -32,9 +32,9 @@ namespace {
 // Off only where a benchmark compares Winograd's form with libtorch's kernels.
 std::atomic<bool> winograd_enabled{true};
 
-// How often this thread's convolution + pool took Winograd's form and the fused first layer,
-// for the test that training's configuration does (value tests pass on a silent fallback too).
-thread_local int64_t winograd_taken = 0, pointwise_taken = 0;
+// How often this thread's convolution + pool took Winograd's form and the fused first layer, and
+// the generator's wide layer its F(4x4, 2x2) form, for the test that training's configuration does (value tests pass on a silent fallback too).
+thread_local int64_t winograd_taken = 0, pointwise_taken = 0, pad_conv_taken = 0;
 
 // Leaky ReLU keeping its output (which the next layer keeps anyway) instead of its input. Its
 // second derivative is zero, so the backward reads the output as a constant: no zero gradient
@@ -260,7 +260,10 @@ variable_list Gather::backward(AutogradContext *ctx, variable_list grads) {
 struct PadConvGather : public torch::autograd::Function<PadConvGather> {
     static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &weight) {
         ctx->save_for_backward({x, weight});
-        if (winograd_enabled && winograd::pad_conv_applies(x, weight)) return winograd::pad_conv(x, weight, true);
+        if (winograd_enabled && winograd::pad_conv_applies(x, weight)) {
+            ++pad_conv_taken;
+            return winograd::pad_conv(x, weight, true);
+        }
         return upsample::gather(at::conv2d(upsample::pad(x), weight), 1, x.size(2), x.size(3));
     }
 
@@ -270,6 +273,7 @@ struct PadConvGather : public torch::autograd::Function<PadConvGather> {
         bool input_grad = ctx->needs_input_grad(0);
         // Winograd's form records no graph: a second derivative takes the differentiable ops below.
         if (winograd_enabled && !at::GradMode::is_enabled() && winograd::pad_conv_applies(x, weight)) {
+            ++pad_conv_taken;
             auto [grad_x, grad_weight] =
                 winograd::pad_conv_grads(grads[0], x, weight, true, input_grad, ctx->needs_input_grad(1));
             return {grad_x, grad_weight};
@@ -546,10 +550,11 @@ void gtn_momentum_step(const at::Tensor *p, const at::Tensor *m, const at::Tenso
 int64_t gtn_momentum_kernel_backwards() { return momentum::backwards(); }
 
 // This thread's counts of convolution + pool calls that took Winograd's form and the fused first
-// layer, into out[0] and out[1].
+// layer, and of the generator's wide layer in its F(4x4, 2x2) form, into out[0..3].
 void gtn_conv_paths_taken(int64_t *out) {
     out[0] = winograd_taken;
     out[1] = pointwise_taken;
+    out[2] = pad_conv_taken;
 }
 
 void gtn_set_winograd(bool enabled) { winograd_enabled = enabled; }

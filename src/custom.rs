@@ -164,6 +164,30 @@ mod tests {
         fn gtn_conv_paths_taken(out: *mut i64);
     }
 
+    fn taken() -> [i64; 3] {
+        let mut out = [0i64; 3];
+        // SAFETY: writes three counts into `out`.
+        unsafe { gtn_conv_paths_taken(out.as_mut_ptr()) };
+        out
+    }
+
+    /// The paper's generator takes its wide layer's F(4x4, 2x2) form in the forward and in the
+    /// meta-backward (which differentiates the images once, recording no graph).
+    #[test]
+    fn the_generator_takes_the_winograd_wide_layer_in_both_passes() {
+        use rand::SeedableRng;
+        let config = crate::config::Config::from_preset("paper", None).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let teacher = crate::teacher::Teacher::new(&config, &mut rng, Device::Cpu).unwrap();
+        let plan = teacher.curriculum.plan(&mut rng, Device::Cpu);
+        let start = taken();
+        let (images, _) = teacher.synthesize(&plan[0]);
+        let forward = taken();
+        Tensor::run_backward(&[images.square().sum(Kind::Float)], &teacher.params(), false, false);
+        let backward = taken();
+        assert!(forward[2] > start[2] && backward[2] > forward[2], "{start:?} {forward:?} {backward:?}");
+    }
+
     /// base_fc, as meta-training runs it (float32, channels-last), takes the fused first layer
     /// and Winograd's form in the forward, the inner backward and the meta-backward: the value
     /// tests would pass on a silent fallback to libtorch's kernels too.
@@ -171,12 +195,6 @@ mod tests {
     fn base_fc_takes_the_fused_first_layer_and_winograd_in_every_pass() {
         use crate::learner::{Arch, Learner};
         use rand::SeedableRng;
-        let taken = || {
-            let mut out = [0i64; 2];
-            // SAFETY: writes two counts into `out`.
-            unsafe { gtn_conv_paths_taken(out.as_mut_ptr()) };
-            out
-        };
         let learner = Learner::new(Arch::Cnn { conv1: 64, conv2: 128, fc: 256 }, [1, 28, 28], 10).unwrap();
         let params: Vec<Tensor> = learner
             .init(&mut rand::rngs::StdRng::seed_from_u64(0), Device::Cpu)
