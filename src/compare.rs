@@ -221,7 +221,8 @@ fn teacher_curves(
     dir: &Path,
     cohort: &eval::Cohort,
     grid: &[usize],
-    (test, data_dir): (&Split, PathBuf),
+    test: &Split,
+    data_dir: PathBuf,
 ) -> Result<Vec<Vec<f64>>> {
     let key = CurvesKey {
         data_dir,
@@ -305,7 +306,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         eprintln!("{name}: meta-training in {}", dir.display());
         let trainer = train_or_reuse(&teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
         eprintln!("{name}: evaluating {} learners", options.learners);
-        let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, (&test, base.data_dir()))?;
+        let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
         trained.push((trainer.config().meta_iters, meta::logged_seconds(&dir)? / 60.0));
     }

@@ -196,18 +196,10 @@ impl Trainer {
         self.adam.step(&self.teacher.params(), &grads, outer_lr);
         let inner_lr_mean = self.teacher.log_lr.exp().mean(None::<tch::Kind>).double_value(&[]);
         let inner_momentum_mean = self.teacher.log_momentum.exp().mean(None::<tch::Kind>).double_value(&[]);
-        // The optimiser state too: the checkpoint must load again.
-        let named = self.teacher.named_params();
-        let state = named
-            .iter()
-            .map(|(_, p)| p.shallow_clone())
-            .chain(self.adam.m.iter().chain(&self.adam.v).map(Tensor::shallow_clone));
-        let broken = match nn::first_non_finite(&state.collect::<Vec<_>>()) {
-            Some(k) if k < named.len() => Some(format!("`{}`", named[k].0)),
-            Some(k) => Some(format!("Adam's state of `{}`", named[k % named.len()].0)),
-            None => (!inner_lr_mean.is_finite() || !inner_momentum_mean.is_finite())
-                .then(|| format!("the inner lr (mean {inner_lr_mean}) or momentum (mean {inner_momentum_mean})")),
-        };
+        let broken = self.non_finite_state().or_else(|| {
+            (!inner_lr_mean.is_finite() || !inner_momentum_mean.is_finite())
+                .then(|| format!("the inner lr (mean {inner_lr_mean}) or momentum (mean {inner_momentum_mean})"))
+        });
         if let Some(what) = broken {
             return Err(self.diverged(&format!("the update (outer lr {outer_lr:e}) made {what} NaN or infinite")));
         }
@@ -224,6 +216,21 @@ impl Trainer {
         };
         crate::progress::append_row(&self.dir.join(LOG_FILE), &stats.csv_row())?;
         Ok(stats)
+    }
+
+    /// The first teacher parameter, or Adam state of one, holding a NaN or infinite value: the
+    /// optimiser's state too, since the checkpoint must load again.
+    fn non_finite_state(&self) -> Option<String> {
+        let named = self.teacher.named_params();
+        let state: Vec<Tensor> = named
+            .iter()
+            .map(|(_, p)| p.shallow_clone())
+            .chain(self.adam.m.iter().chain(&self.adam.v).map(Tensor::shallow_clone))
+            .collect();
+        nn::first_non_finite(&state).map(|k| match k < named.len() {
+            true => format!("`{}`", named[k].0),
+            false => format!("Adam's state of `{}`", named[k % named.len()].0),
+        })
     }
 
     fn diverged(&self, what: &str) -> anyhow::Error {
