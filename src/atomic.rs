@@ -1,6 +1,7 @@
 //! Replacing files so that a reader (or a crash) never sees a half-written one: write a
 //! temporary file in the same folder, flush it to disk, rename it over the target, and flush
-//! the folder so the rename itself survives a power loss.
+//! the folder so the rename itself survives a power loss. A process killed mid-write leaves its
+//! temporary file behind (named after the target); the next write of that target removes it.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,8 +11,10 @@ use anyhow::{Context, Result};
 /// Creates or replaces `path` with whatever `write` puts at the temporary path it is given.
 pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let prefix = format!(".{}.tmp-", path.file_name().map_or("".into(), |n| n.to_string_lossy()));
+    remove_leftovers(parent, &prefix);
     let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&prefix)
         .tempfile_in(parent)
         .with_context(|| format!("{}: cannot create a temporary file", parent.display()))?
         .into_temp_path();
@@ -28,6 +31,17 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+/// Removes the files in `folder` whose names start with `prefix`: temporary files of writes that
+/// were killed before their rename. Best effort.
+fn remove_leftovers(folder: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(folder) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Creates or replaces `path` with `bytes`.
@@ -52,8 +66,16 @@ mod tests {
         let err = replace_with(&path, |_| anyhow::bail!("writer failed")).unwrap_err();
         assert_eq!(err.to_string(), "writer failed");
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
-        // No temporary files are left behind.
+        // No temporary files are left behind, and one a killed write left is removed.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        std::fs::write(dir.path().join(".f.txt.tmp-killed"), b"half").unwrap();
+        std::fs::write(dir.path().join(".g.txt.tmp-other"), b"another target's").unwrap();
+        write(&path, b"third").unwrap();
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        names.sort();
+        assert_eq!(names, [".g.txt.tmp-other", "f.txt"]);
+        std::fs::remove_file(dir.path().join(".g.txt.tmp-other")).unwrap();
         let err = write(&dir.path().join("no/such/dir/f"), b"x").unwrap_err().to_string();
         assert!(err.contains("cannot create a temporary file"), "{err}");
         std::fs::create_dir(dir.path().join("folder")).unwrap();

@@ -19,24 +19,35 @@ use crate::teacher::TeacherKind;
 pub struct BenchReport {
     pub device: String,
     pub threads: i32,
+    pub dataset: String,
+    pub teacher: String,
     pub learner: String,
     pub inner_steps: usize,
     pub batch_size: usize,
     pub curriculum: String,
     pub checkpoint_every: usize,
+    /// Real images in the meta-loss batch.
+    pub meta_batch: usize,
+    /// Whether the learner's convolutions took Winograd's forms (`--no-winograd`: libtorch's).
+    pub winograd: bool,
     pub meta_iters: usize,
     pub seconds_per_meta_step_median: f64,
     pub seconds_per_meta_step_min: f64,
     pub seconds_per_meta_step_max: f64,
-    /// Forward pass of the generator over all T batches, without a graph (measured on its own).
+    /// Forward pass of the generator over all T batches, without a graph (measured on its own,
+    /// on one more meta-iteration's draws).
     pub generator_forward_seconds: f64,
-    /// Forward unroll including the generator, and the meta-backward (full unroll only).
+    /// Forward unroll including the generator, and the meta-backward (full unroll only; the same
+    /// extra draws).
     pub unroll_forward_seconds: Option<f64>,
     pub meta_backward_seconds: Option<f64>,
-    /// Peak resident memory over the timed meta-steps (data included).
+    /// Peak resident memory over the timed meta-steps (data included; since the process
+    /// started where the kernel cannot reset the peak, see `peak_since_start`).
     pub peak_rss_mib: f64,
+    pub peak_since_start: bool,
     /// Resident memory before the first meta-step: libtorch, the data, the teacher.
     pub baseline_rss_mib: f64,
+    /// Mean over the timed meta-steps' learners (random learners differ from step to step).
     pub estimated_gflop_per_meta_step: f64,
     pub achieved_gflops: f64,
     pub matmul_gflops: f64,
@@ -70,12 +81,16 @@ impl BenchReport {
         let summary = format!(
             "| configuration | s / meta-step (median, min-max) | generator fwd s | unroll fwd s | meta-backward s | peak RSS MiB | GFLOP/s (est.) | matmul GFLOP/s | % of matmul |\n\
              |---|---|---|---|---|---|---|---|---|\n\
-             | {} T={} B={} {} ckpt={} on {} ({} threads) | {:.2} ({:.2}-{:.2}) | {:.2} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0}% |",
+             | {} {} {} T={} B={} {} ckpt={} meta batch {}{} on {} ({} threads) | {:.2} ({:.2}-{:.2}) | {:.2} | {} | {} | {:.0}{} | {:.1} | {:.1} | {:.0}% |",
+            self.dataset,
+            self.teacher,
             self.learner,
             self.inner_steps,
             self.batch_size,
             self.curriculum,
             self.checkpoint_every,
+            self.meta_batch,
+            if self.winograd { "" } else { ", no Winograd" },
             self.device,
             self.threads,
             self.seconds_per_meta_step_median,
@@ -85,6 +100,7 @@ impl BenchReport {
             opt(self.unroll_forward_seconds),
             opt(self.meta_backward_seconds),
             self.peak_rss_mib,
+            if self.peak_since_start { " (since start)" } else { "" },
             self.achieved_gflops,
             self.matmul_gflops,
             100.0 * self.fraction_of_matmul_rate
@@ -94,9 +110,9 @@ impl BenchReport {
 }
 
 /// Resets the kernel's peak-RSS counter of this process (Linux >= 4.0), so a later
-/// `peak_rss_mib` covers only what follows. Best effort: elsewhere the peak is since start.
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// `peak_rss_mib` covers only what follows; false where it cannot (the peak is then since start).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// Peak resident memory of this process (VmHWM), in MiB.
@@ -179,6 +195,15 @@ pub fn forward_flops(config: &Config, arch: Arch) -> (f64, f64) {
     (generator, learner)
 }
 
+/// Estimated FLOPs of one meta-step with learner `arch`. Generator: forward (1x) + backward
+/// (2x). Learner: forward + inner gradient (3x), and the meta-backward through both (about 2x
+/// that again). Left out: recomputation under gradient checkpointing, and the meta-loss's and
+/// intermediate losses' forwards on real images.
+fn meta_step_flops(config: &Config, arch: Arch) -> f64 {
+    let (generator, learner) = forward_flops(config, arch);
+    config.inner_steps as f64 * (3.0 * generator + 9.0 * learner)
+}
+
 /// Runs `f` and returns its result and its wall time, the device's queued work included: CUDA
 /// runs kernels asynchronously, so the clock is read only after waiting for them.
 fn timed<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
@@ -194,9 +219,16 @@ fn timed<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
     (out, start.elapsed().as_secs_f64())
 }
 
-/// Times `iters` meta-steps after one warm-up step, in a scratch folder; with `profile`, then
-/// runs one more under libtorch's profiler and writes its Chrome trace there.
-pub fn run(config: &Config, iters: usize, device: Device, profile: Option<&Path>) -> Result<BenchReport> {
+/// Times `iters` meta-steps after one warm-up step, in a scratch folder, the learner's
+/// convolutions in Winograd's forms or not; with `profile`, then runs one more under libtorch's
+/// profiler and writes its Chrome trace there.
+pub fn run(
+    config: &Config,
+    iters: usize,
+    device: Device,
+    winograd: bool,
+    profile: Option<&Path>,
+) -> Result<BenchReport> {
     if let Some(trace) = profile {
         // Before the timed steps, not after them.
         let folder = trace.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -204,13 +236,16 @@ pub fn run(config: &Config, iters: usize, device: Device, profile: Option<&Path>
             bail!("--profile {}: folder {} does not exist", trace.display(), folder.display());
         }
     }
+    crate::custom::set_winograd(winograd);
     let scratch = tempfile::tempdir()?;
     let mut trainer = Trainer::create(config, scratch.path(), device)?;
     let baseline_rss_mib = rss_mib();
-    reset_peak_rss();
     timed(device, || trainer.step()).0?;
+    let peak_since_start = !reset_peak_rss();
+    let mut flops = Vec::with_capacity(iters);
     let times: Vec<f64> = (0..iters)
         .map(|_| {
+            flops.push(meta_step_flops(config, meta::iteration_arch(config, trainer.iteration)));
             let (step, seconds) = timed(device, || trainer.step());
             step.map(|_| seconds)
         })
@@ -232,7 +267,8 @@ pub fn run(config: &Config, iters: usize, device: Device, profile: Option<&Path>
     let meta::IterationInputs { learner, init, real, plan } = trainer.iteration_inputs(trainer.iteration);
     let teacher = &trainer.teacher;
     let generator_forward_seconds = timed(device, || tch::no_grad(|| teacher.synthesize_steps(&plan))).1;
-    let (unroll_forward_seconds, meta_backward_seconds) = if config.checkpoint_every == 0 {
+    let full_unroll = config.checkpoint_every == 0 || config.checkpoint_every >= config.inner_steps;
+    let (unroll_forward_seconds, meta_backward_seconds) = if full_unroll {
         let ((loss, _), forward) = timed(device, || meta::meta_loss(teacher, &learner, init, &real, &plan));
         let backward = timed(device, || Tensor::run_backward(&[loss], &teacher.params(), false, false)).1;
         (Some(forward), Some(backward))
@@ -240,20 +276,20 @@ pub fn run(config: &Config, iters: usize, device: Device, profile: Option<&Path>
         (None, None)
     };
 
-    let (gen_flops, learner_flops) = forward_flops(config, learner.arch);
-    // Generator: forward (1x) + backward (2x). Learner: forward + inner gradient (3x), and the
-    // meta-backward through both (about 2x that again).
-    let flops = config.inner_steps as f64 * (3.0 * gen_flops + 9.0 * learner_flops);
     let matmul = matmul_gflops(device);
-    let achieved = flops / median / 1e9;
+    let achieved = flops.iter().sum::<f64>() / times.iter().sum::<f64>() / 1e9;
     Ok(BenchReport {
         device: format!("{device:?}"),
         threads: tch::get_num_threads(),
+        dataset: config.dataset.as_str().to_owned(),
+        teacher: format!("{:?}", config.teacher),
         learner: format!("{:?}", config.learner),
         inner_steps: config.inner_steps,
         batch_size: config.batch_size,
         curriculum: config.curriculum.as_str().to_owned(),
         checkpoint_every: config.checkpoint_every,
+        meta_batch: config.meta_batch,
+        winograd,
         meta_iters: iters,
         seconds_per_meta_step_median: median,
         seconds_per_meta_step_min: times.iter().copied().fold(f64::INFINITY, f64::min),
@@ -262,8 +298,9 @@ pub fn run(config: &Config, iters: usize, device: Device, profile: Option<&Path>
         unroll_forward_seconds,
         meta_backward_seconds,
         peak_rss_mib,
+        peak_since_start,
         baseline_rss_mib,
-        estimated_gflop_per_meta_step: flops / 1e9,
+        estimated_gflop_per_meta_step: flops.iter().sum::<f64>() / iters as f64 / 1e9,
         achieved_gflops: achieved,
         matmul_gflops: matmul,
         fraction_of_matmul_rate: achieved / matmul,

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::curriculum::CurriculumKind;
 use crate::data::{DatasetName, Split};
 use crate::eval;
-use crate::learner::LearnerKind;
+use crate::learner::{BnEval, LearnerKind};
 use crate::meta::{self, Trainer};
 use crate::plot::{Chart, Series};
 use crate::teacher::TeacherKind;
@@ -150,6 +150,8 @@ struct CurvesKey {
     data_dir: PathBuf,
     meta_iteration: usize,
     learner: LearnerKind,
+    #[serde(default)]
+    bn_eval: BnEval,
     learners: usize,
     seed: u64,
     test_images: usize,
@@ -167,6 +169,8 @@ struct RealKey {
     split_seed: u64,
     batch_size: usize,
     learner: LearnerKind,
+    #[serde(default)]
+    bn_eval: BnEval,
     learners: usize,
     seed: u64,
     test_images: usize,
@@ -228,6 +232,7 @@ fn teacher_curves(
         data_dir,
         meta_iteration: trainer.iteration,
         learner: cohort.kind,
+        bn_eval: cohort.bn_eval,
         learners: cohort.learners,
         seed: cohort.seed,
         test_images: test.len(),
@@ -298,7 +303,13 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let test = data.test.first(if options.test_images == 0 { usize::MAX } else { options.test_images });
 
-    let cohort = eval::Cohort { data: &data, kind: base.learner, learners: options.learners, seed: options.seed };
+    let cohort = eval::Cohort {
+        data: &data,
+        kind: base.learner,
+        bn_eval: base.bn_eval,
+        learners: options.learners,
+        seed: options.seed,
+    };
     let mut curves = Vec::new();
     let mut trained = Vec::new();
     for (name, teacher, curriculum) in teachers {
@@ -319,6 +330,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         split_seed: base.seed,
         batch_size: base.batch_size,
         learner: base.learner,
+        bn_eval: base.bn_eval,
         learners: options.learners,
         seed: options.seed,
         test_images: test.len(),

@@ -8,7 +8,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::curriculum::CurriculumKind;
 use crate::data::DatasetName;
 use crate::generator::GeneratorConfig;
-use crate::learner::LearnerKind;
+use crate::learner::{BnEval, LearnerKind};
 use crate::teacher::TeacherKind;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,10 @@ pub struct Config {
     pub valid_size: usize,
     /// Learners trained in the inner loop during meta-training.
     pub learner: LearnerKind,
+    /// Which batch-norm statistics score a trained learner, in the meta-loss and in evaluation:
+    /// `batch` (the scored batch's own) or `train` (its last training batch's, as the reference).
+    #[serde(default)]
+    pub bn_eval: BnEval,
     /// T: inner steps per meta-iteration.
     pub inner_steps: usize,
     /// B: synthetic images per inner step.
@@ -72,6 +76,7 @@ impl Config {
             data_dir: None,
             valid_size: 10_000,
             learner: LearnerKind::BaseFc,
+            bn_eval: BnEval::Batch,
             inner_steps: 32,
             batch_size: 128,
             teacher: TeacherKind::Generator,

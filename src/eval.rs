@@ -5,16 +5,17 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use std::ops::Range;
 
-use tch::{Device, Tensor};
+use tch::Device;
 
 use crate::data::{BatchSampler, Dataset, Split};
 use crate::inner::{self, LearnerState};
-use crate::learner::{Learner, LearnerKind};
+use crate::learner::{BnEval, Learner, LearnerKind};
 use crate::meta::iteration_rng;
 use crate::nn;
 use crate::teacher::Teacher;
 
-/// Test images per forward pass; mean-only batch norm uses each chunk's statistics.
+/// Test images per forward pass; batch norm uses each chunk's statistics unless the learner is
+/// scored with its training batch's ([`BnEval::Train`]).
 pub const EVAL_CHUNK: i64 = 1000;
 
 /// Accuracy of several independently trained learners.
@@ -78,15 +79,15 @@ pub fn median(xs: &[f64]) -> f64 {
     }
 }
 
-/// Accuracy of the learner on the whole split, predicted in chunks of at most `EVAL_CHUNK`
-/// images. Batch norm uses each chunk's statistics, so chunks are large and of nearly equal size
-/// (10,001 images are chunks of 910 and 909, not ten of 1,000 and one image alone).
-pub fn test_accuracy(learner: &Learner, params: &[tch::Tensor], split: &Split) -> f64 {
+/// Accuracy of the trained learner `state` on the whole split, predicted in chunks of at most
+/// `EVAL_CHUNK` images. When batch norm uses each chunk's statistics, chunks are large and of
+/// nearly equal size (10,001 images are chunks of 910 and 909, not ten of 1,000 and one alone).
+pub fn test_accuracy(learner: &Learner, state: &LearnerState, split: &Split) -> f64 {
     let n = split.len() as i64;
     let logits = tch::no_grad(|| {
         let chunks: Vec<tch::Tensor> = chunk_bounds(n)
             .into_iter()
-            .map(|(start, len)| learner.forward(params, &split.images(start, len)))
+            .map(|(start, len)| learner.score(&state.params, &state.stats, &split.images(start, len)))
             .collect();
         tch::Tensor::cat(&chunks, 0)
     });
@@ -125,7 +126,7 @@ pub fn evaluate_teacher(
     if steps == 0 || steps > t {
         bail!("--steps {steps}: the teacher was trained for {t} inner steps; expected 1..={t}");
     }
-    let cohort = Cohort { data, kind, learners, seed };
+    let cohort = Cohort { data, kind, bn_eval: teacher.config.bn_eval, learners, seed };
     let curves = teacher_curves(teacher, &cohort, &[steps], &data.test)?;
     Ok(EvalReport::from_accuracies(kind, steps, curves.into_iter().map(|c| c[0]).collect()))
 }
@@ -203,10 +204,11 @@ pub fn real_curves(
 }
 
 /// The fresh learners an evaluation trains: `learners` of `kind`, learner `k` drawn from its own
-/// seeded stream, so every method trains the same initial weights.
+/// seeded stream, so every method trains the same initial weights; scored as `bn_eval` says.
 pub struct Cohort<'a> {
     pub data: &'a Dataset,
     pub kind: LearnerKind,
+    pub bn_eval: BnEval,
     pub learners: usize,
     pub seed: u64,
 }
@@ -225,7 +227,7 @@ impl Cohort<'_> {
             &mut rand::rngs::StdRng,
             usize,
             Range<usize>,
-            &mut dyn FnMut(usize, &[Tensor]),
+            &mut dyn FnMut(usize, &LearnerState),
         ) -> LearnerState,
     ) -> Result<Vec<Vec<f64>>> {
         if grid.is_empty() || grid.windows(2).any(|w| w[0] >= w[1]) {
@@ -236,19 +238,19 @@ impl Cohort<'_> {
         (0..self.learners)
             .map(|k| {
                 let mut rng = learner_seed(self.seed, k);
-                let learner = Learner::new(self.kind.sample(&mut rng), image, classes)?;
-                let init = learner.init(&mut rng, device);
+                let learner = Learner::new(self.kind.sample(&mut rng), image, classes)?.scored_with(self.bn_eval);
+                let start = LearnerState::new(learner.init(&mut rng, device));
                 let mut curve = Vec::with_capacity(grid.len());
                 if grid[0] == 0 {
-                    curve.push(test_accuracy(&learner, &init, test));
+                    curve.push(test_accuracy(&learner, &start, test));
                 }
-                let mut record = |t: usize, params: &[Tensor]| {
+                let mut record = |t: usize, state: &LearnerState| {
                     if grid.binary_search(&(t + 1)).is_ok() {
-                        curve.push(test_accuracy(&learner, params, test));
+                        curve.push(test_accuracy(&learner, state, test));
                     }
                 };
                 let last = *grid.last().expect("checked non-empty");
-                train(&learner, LearnerState::new(init), &mut rng, k, 0..last, &mut record);
+                train(&learner, start, &mut rng, k, 0..last, &mut record);
                 Ok(curve)
             })
             .collect()
@@ -289,7 +291,7 @@ mod tests {
     fn the_real_data_sweep_keeps_the_best_pair_and_names_an_empty_flag() {
         let data =
             Dataset::load(crate::data::DatasetName::Mnist, &crate::data::fixture_dir(), 112, 0, Device::Cpu).unwrap();
-        let cohort = Cohort { data: &data, kind: LearnerKind::Mlp, learners: 2, seed: 0 };
+        let cohort = Cohort { data: &data, kind: LearnerKind::Mlp, bn_eval: BnEval::Batch, learners: 2, seed: 0 };
         let mut seen = Vec::new();
         // A learning rate of 1e-6 leaves the learners where they started (near chance).
         let sweep = (&[1e-6, 0.1][..], &[0.5][..]);

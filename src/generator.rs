@@ -109,6 +109,14 @@ impl Generator {
         if batches.is_empty() {
             return Vec::new();
         }
+        for (z, labels) in batches {
+            let (zs, ls) = (z.size(), labels.size());
+            assert!(
+                zs.len() == 2 && zs[1] == self.config.noise_dim && ls == [zs[0]],
+                "generator: noise {zs:?} and labels {ls:?}, expected [B, {}] and [B]",
+                self.config.noise_dim
+            );
+        }
         let [_, h, w] = self.image;
         let Weights { fc1, bn1, fc2, bn2, conv1, bn3: [g3, b3], conv2 } = weights;
         let sizes: Vec<i64> = batches.iter().map(|(z, _)| z.size()[0]).collect();

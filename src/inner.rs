@@ -20,38 +20,51 @@ pub fn sgd_momentum_step(
     lr: &Tensor,
     mu: &Tensor,
 ) -> (Vec<Tensor>, Vec<Tensor>) {
+    let counts = [params.len(), grads.len(), momentum.len()];
+    assert!(counts.iter().all(|&n| n == counts[0]), "inner step: parameters, gradients, momenta: {counts:?}");
     params.iter().zip(momentum).zip(grads).map(|((p, m), g)| crate::custom::momentum_step(p, m, g, lr, mu)).unzip()
 }
 
-/// A learner in training: its parameters and the optimiser's momentum buffers.
+/// A learner in training: its parameters, the optimiser's momentum buffers, and the batch-norm
+/// statistics of its last training batch when it is scored with them
+/// ([`crate::learner::BnEval::Train`]; empty otherwise, and before the first step).
 #[derive(Debug)]
 pub struct LearnerState {
     pub params: Vec<Tensor>,
     pub momentum: Vec<Tensor>,
+    pub stats: Vec<Tensor>,
 }
 
 impl LearnerState {
     /// Fresh parameters with zero momentum.
     pub fn new(params: Vec<Tensor>) -> LearnerState {
         let momentum = params.iter().map(Tensor::zeros_like).collect();
-        LearnerState { params, momentum }
+        LearnerState { params, momentum, stats: Vec::new() }
     }
 
     /// A copy cut from any graph, as leaves that require gradients (the start of a recomputed
-    /// block, or a step of an evaluation run).
+    /// block, or a step of an evaluation run); the statistics are constants.
     pub fn detached_leaves(&self) -> LearnerState {
         let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
         LearnerState {
             params: self.params.iter().map(leaf).collect(),
             momentum: self.momentum.iter().map(leaf).collect(),
+            stats: self.stats.iter().map(Tensor::detach).collect(),
         }
+    }
+
+    /// Another handle on the same tensors, graph included.
+    pub fn shallow_clone(&self) -> LearnerState {
+        let shallow = |ts: &[Tensor]| ts.iter().map(Tensor::shallow_clone).collect();
+        LearnerState { params: shallow(&self.params), momentum: shallow(&self.momentum), stats: shallow(&self.stats) }
     }
 }
 
 /// Trains `state` through inner steps `steps` (indices into the `[T]` learning rates and
-/// momenta); `batch(t)` gives step t's inputs and targets (int64 labels or probabilities). `after_step(t, params)`
-/// sees the parameters after each step (for intermediate losses). Without `create_graph` every
-/// step is cut from the graph, which keeps memory flat.
+/// momenta); `batch(t)` gives step t's inputs and targets (int64 labels or probabilities).
+/// `after_step(t, state)` sees the learner after each step (for intermediate losses and
+/// learning curves). Without `create_graph` every step is cut from the graph, which keeps memory
+/// flat.
 pub fn unroll(
     learner: &Learner,
     state: LearnerState,
@@ -59,33 +72,47 @@ pub fn unroll(
     steps: Range<usize>,
     create_graph: bool,
     batch: impl FnMut(usize) -> (Tensor, Tensor),
-    after_step: impl FnMut(usize, &[Tensor]),
+    after_step: impl FnMut(usize, &LearnerState),
 ) -> LearnerState {
-    unroll_with(|p, x| learner.forward(p, x), state, schedule, steps, create_graph, batch, after_step)
+    unroll_recording(|p, x| learner.train_forward(p, x), state, schedule, steps, create_graph, batch, after_step)
 }
 
 /// [`unroll`] for any network given as `forward(params, inputs) -> logits` (e.g. the
-/// reinforcement-learning policy, which is not a [`Learner`]).
+/// reinforcement-learning policy, which is not a [`Learner`] and has no batch statistics).
 pub fn unroll_with(
     forward: impl Fn(&[Tensor], &Tensor) -> Tensor,
+    state: LearnerState,
+    schedule: (&Tensor, &Tensor),
+    steps: Range<usize>,
+    create_graph: bool,
+    batch: impl FnMut(usize) -> (Tensor, Tensor),
+    after_step: impl FnMut(usize, &LearnerState),
+) -> LearnerState {
+    unroll_recording(|p, x| (forward(p, x), Vec::new()), state, schedule, steps, create_graph, batch, after_step)
+}
+
+/// The unroll, for `forward(params, inputs) -> (logits, batch statistics to keep)`.
+fn unroll_recording(
+    forward: impl Fn(&[Tensor], &Tensor) -> (Tensor, Vec<Tensor>),
     mut state: LearnerState,
     (lrs, momenta): (&Tensor, &Tensor),
     steps: Range<usize>,
     create_graph: bool,
     mut batch: impl FnMut(usize) -> (Tensor, Tensor),
-    mut after_step: impl FnMut(usize, &[Tensor]),
+    mut after_step: impl FnMut(usize, &LearnerState),
 ) -> LearnerState {
     for t in steps {
         let (x, target) = batch(t);
-        let loss = nn::cross_entropy(&forward(&state.params, &x), &target);
+        let (logits, stats) = forward(&state.params, &x);
+        let loss = nn::cross_entropy(&logits, &target);
         let grads = Tensor::run_backward(&[loss], &state.params, create_graph, create_graph);
         let (lr, mu) = (lrs.get(t as i64), momenta.get(t as i64));
         let (params, momentum) = sgd_momentum_step(&state.params, &grads, &state.momentum, &lr, &mu);
-        state = LearnerState { params, momentum };
+        state = LearnerState { params, momentum, stats };
         if !create_graph {
             state = state.detached_leaves();
         }
-        after_step(t, &state.params);
+        after_step(t, &state);
     }
     state
 }
@@ -99,7 +126,7 @@ pub fn constant_schedule(steps: usize, lr: f64, mu: f64, device: tch::Device) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::learner::Arch;
+    use crate::learner::{Arch, BnEval};
     use crate::nn::gradcheck::{leaf, max_rel_error};
     use rand::{rngs::StdRng, SeedableRng};
     use tch::Device;
@@ -116,10 +143,17 @@ mod tests {
     }
 
     /// The meta-gradient through a 3-step unroll w.r.t. the training images, the learning
-    /// rates and the momenta matches finite differences: second-order terms are exact.
+    /// rates and the momenta matches finite differences: second-order terms are exact, and so is
+    /// the path through the last training batch's statistics when the learner is scored with them.
     #[test]
     fn gradcheck_through_unroll() {
-        let learner = Learner::new(Arch::Mlp { hidden1: 5, hidden2: 4 }, [1, 4, 4], 3).unwrap();
+        for bn_eval in [BnEval::Batch, BnEval::Train] {
+            gradcheck_unroll_scored_with(bn_eval);
+        }
+    }
+
+    fn gradcheck_unroll_scored_with(bn_eval: BnEval) {
+        let learner = Learner::new(Arch::Mlp { hidden1: 5, hidden2: 4 }, [1, 4, 4], 3).unwrap().scored_with(bn_eval);
         let theta0: Vec<Tensor> =
             nn::init_params(learner.specs(), &mut StdRng::seed_from_u64(0), Kind::Double, Device::Cpu)
                 .into_iter()
@@ -143,12 +177,12 @@ mod tests {
                 true,
                 |t| (images.get(t as i64), labels.copy()),
                 |_, _| {},
-            )
-            .params;
-            nn::cross_entropy(&learner.forward(&trained, &real), &labels)
+            );
+            assert_eq!(trained.stats.len(), if bn_eval == BnEval::Train { 2 } else { 0 });
+            nn::cross_entropy(&learner.score(&trained.params, &trained.stats, &real), &labels)
         };
         let err = max_rel_error(&inputs, &f, 10);
-        assert!(err < 1e-5, "unroll meta-gradient finite-difference relative error {err:e}");
+        assert!(err < 1e-5, "{bn_eval:?}: unroll meta-gradient finite-difference relative error {err:e}");
     }
 
     #[test]

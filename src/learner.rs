@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::nas::arch::Cell;
 use crate::nas::network::{self as nas_network, NetConfig};
-use crate::nn::{self, Init, ParamSpec};
+use crate::nn::{self, Init, Norm, ParamSpec};
 
 /// Which learners meta-training and evaluation draw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -31,6 +31,21 @@ pub enum LearnerKind {
     /// A random NAS cell architecture each time, stacked as `NetConfig::CPU`, so the teacher's
     /// data teaches the whole search space.
     NasRandom,
+}
+
+/// Which statistics a trained learner's batch-norm layers use when it is scored (the meta-loss,
+/// intermediate losses, test accuracy). Training always uses each training batch's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BnEval {
+    /// The scored batch's own: the meta-loss batch, each test chunk of up to 1,000 images.
+    #[default]
+    Batch,
+    /// Those of the learner's last training batch, at the weights it trained with: the
+    /// reference's learners, scored in eval mode with running statistics of momentum 0. A
+    /// prediction then depends on its image alone, and the meta-gradient sees any mismatch
+    /// between synthetic and real activations' means.
+    Train,
 }
 
 /// Widths and strides of the reference CIFAR-10 learner's convolutions.
@@ -68,6 +83,7 @@ pub struct Learner {
     pub arch: Arch,
     pub image: [i64; 3],
     pub classes: i64,
+    pub bn_eval: BnEval,
     specs: Vec<ParamSpec>,
 }
 
@@ -130,7 +146,12 @@ impl Learner {
             }
             Arch::Nas { cell, net } => nas_network::specs(&cell, &net, image, classes)?.0,
         };
-        Ok(Learner { arch, image, classes, specs })
+        Ok(Learner { arch, image, classes, bn_eval: BnEval::Batch, specs })
+    }
+
+    /// The same learner, scored with `bn_eval`'s statistics.
+    pub fn scored_with(self, bn_eval: BnEval) -> Learner {
+        Learner { bn_eval, ..self }
     }
 
     pub fn specs(&self) -> &[ParamSpec] {
@@ -142,11 +163,41 @@ impl Learner {
         nn::init_params(&self.specs, rng, Kind::Float, device)
     }
 
-    /// `x`: `[N, C, H, W]` -> logits `[N, classes]`.
+    /// `x`: `[N, C, H, W]` -> logits `[N, classes]`, batch norm on `x`'s own statistics.
     pub fn forward(&self, params: &[Tensor], x: &Tensor) -> Tensor {
+        self.forward_with(params, x, &mut Norm::Batch)
+    }
+
+    /// A training step's forward: the logits and, when the learner is scored with training
+    /// statistics ([`BnEval::Train`]), this batch's (empty otherwise).
+    pub fn train_forward(&self, params: &[Tensor], x: &Tensor) -> (Tensor, Vec<Tensor>) {
+        match self.bn_eval {
+            BnEval::Batch => (self.forward(params, x), Vec::new()),
+            BnEval::Train => {
+                let mut norm = Norm::Record(Vec::new());
+                let logits = self.forward_with(params, x, &mut norm);
+                let Norm::Record(stats) = norm else { unreachable!("a recording stays a recording") };
+                (logits, stats)
+            }
+        }
+    }
+
+    /// Logits of a trained learner as [`BnEval`] says: `stats` are its last training batch's
+    /// from [`Learner::train_forward`] (empty before its first step, when the batch's own are used).
+    pub fn score(&self, params: &[Tensor], stats: &[Tensor], x: &Tensor) -> Tensor {
+        if stats.is_empty() {
+            self.forward(params, x)
+        } else {
+            self.forward_with(params, x, &mut Norm::Given(stats.iter()))
+        }
+    }
+
+    fn forward_with(&self, params: &[Tensor], x: &Tensor, norm: &mut Norm) -> Tensor {
         assert_eq!(params.len(), self.specs.len(), "learner: wrong number of parameters");
+        let [c, h, w] = self.image;
+        assert_eq!(&x.size()[1..], &self.image, "learner: input {:?}, expected [N, {c}, {h}, {w}]", x.size());
         let p = params;
-        let act = |y: Tensor, bias: &Tensor| nn::bn_leaky_relu(&y, bias);
+        let mut act = |y: Tensor, bias: &Tensor| norm.bn_leaky_relu(&y, bias);
         match self.arch {
             Arch::Cnn { .. } => {
                 let y = act(nn::wn_conv3x3_max_pool(x, &p[0], &p[1]), &p[2]);
@@ -172,7 +223,7 @@ impl Learner {
                 let y = act(nn::wn_linear(&y, &p[3], &p[4], None), &p[5]);
                 nn::wn_linear(&y, &p[6], &p[7], Some(&p[8]))
             }
-            Arch::Nas { cell, net } => nas_network::forward(&cell, &net, p, x),
+            Arch::Nas { cell, net } => nas_network::forward(&cell, &net, p, x, norm),
         }
     }
 }
@@ -206,6 +257,33 @@ mod tests {
         assert_eq!(cifar.specs()[15].shape, [10, 256]);
         let base = Learner::new(LearnerKind::BaseFc.sample(&mut rng), [1, 28, 28], 10).unwrap();
         assert_eq!(base.specs()[6].shape, [256, 128 * 7 * 7]);
+    }
+
+    /// Scored with its training batch's statistics, a learner predicts each image on its own, and
+    /// given the scored batch's own statistics it predicts as batch mode does (mean-only and full
+    /// batch norm: the NAS networks).
+    #[test]
+    fn scoring_with_training_statistics() {
+        let mut rng = StdRng::seed_from_u64(4);
+        for kind in [LearnerKind::BaseFc, LearnerKind::Mlp, LearnerKind::CifarCnn, LearnerKind::NasRandom] {
+            let l = Learner::new(kind.sample(&mut rng), [1, 28, 28], 10).unwrap().scored_with(BnEval::Train);
+            let p = l.init(&mut rng, Device::Cpu);
+            let x = leaf(&[6, 1, 28, 28], 5).to_kind(Kind::Float);
+            let (logits, stats) = l.train_forward(&p, &x);
+            assert!(!stats.is_empty(), "{kind:?}: no statistics recorded");
+            let batch = l.forward(&p, &x);
+            assert!(logits.allclose(&batch, 1e-5, 1e-5, false), "{kind:?}: recording changed the forward");
+            assert!(l.score(&p, &stats, &x).allclose(&batch, 1e-4, 1e-4, false), "{kind:?}: own statistics");
+            let other = leaf(&[6, 1, 28, 28], 6).to_kind(Kind::Float);
+            let together = l.score(&p, &stats, &other);
+            let alone =
+                Tensor::cat(&(0..6).map(|i| l.score(&p, &stats, &other.narrow(0, i, 1))).collect::<Vec<_>>(), 0);
+            assert!(together.allclose(&alone, 1e-4, 1e-4, false), "{kind:?}: a prediction depends on its batch");
+            assert!(!together.allclose(&l.forward(&p, &other), 1e-3, 1e-3, false), "{kind:?}: batch statistics");
+        }
+        let batch_scored = Learner::new(LearnerKind::Mlp.sample(&mut rng), [1, 28, 28], 10).unwrap();
+        let p = batch_scored.init(&mut rng, Device::Cpu);
+        assert!(batch_scored.train_forward(&p, &leaf(&[2, 1, 28, 28], 1).to_kind(Kind::Float)).1.is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use gtn::compare::{self, CompareOptions};
 use gtn::config::Config;
 use gtn::data::{fetch, Dataset, DatasetName};
 use gtn::eval::{self, EvalReport};
-use gtn::learner::LearnerKind;
+use gtn::learner::{BnEval, LearnerKind};
 use gtn::meta::{self, RunSettings, Trainer};
 use gtn::nas;
 use gtn::report;
@@ -337,6 +337,10 @@ struct EvalArgs {
     /// Learner to train (default: the one meta-trained with).
     #[arg(long, value_enum)]
     learner: Option<LearnerKind>,
+    /// Batch-norm statistics the trained learners are scored with: `batch` (each test chunk's
+    /// own) or `train` (their last training batch's); default: the run's config `bn_eval`.
+    #[arg(long, value_enum)]
+    bn_eval: Option<BnEval>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print one JSON object instead of a table.
@@ -421,6 +425,10 @@ enum BaselineCommand {
         momenta: Vec<f64>,
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         learners: u64,
+        /// Batch-norm statistics the trained learners are scored with: `batch` (each test
+        /// chunk's own) or `train` (their last training batch's).
+        #[arg(long, value_enum, default_value = "batch")]
+        bn_eval: BnEval,
         /// Training images held out for validation (default: the dataset's standard split).
         #[arg(long)]
         valid_size: Option<usize>,
@@ -481,6 +489,7 @@ fn run(cli: Cli) -> Result<()> {
             config.data_dir = args.data_dir.or(config.data_dir.take());
             let data = meta::load_data(config, device)?;
             let kind = args.learner.unwrap_or(config.learner);
+            config.bn_eval = args.bn_eval.unwrap_or(config.bn_eval);
             let steps = args.steps.unwrap_or(config.inner_steps);
             let report = eval::evaluate_teacher(&ckpt.teacher, &data, kind, args.learners as usize, steps, args.seed)?;
             print_report(&report, args.json, &format!("{} (meta-iteration {})", args.dir.display(), ckpt.iteration));
@@ -525,6 +534,7 @@ fn run(cli: Cli) -> Result<()> {
                     lrs,
                     momenta,
                     learners,
+                    bn_eval,
                     valid_size,
                     seed,
                     json,
@@ -533,7 +543,7 @@ fn run(cli: Cli) -> Result<()> {
             let dir = data_dir.unwrap_or_else(|| dataset.default_dir());
             let valid_size = valid_size.unwrap_or(dataset.default_valid_size());
             let data = Dataset::load(dataset, &dir, valid_size, gtn::data::DEFAULT_SPLIT_SEED, device)?;
-            let cohort = eval::Cohort { data: &data, kind: learner, learners: learners as usize, seed };
+            let cohort = eval::Cohort { data: &data, kind: learner, bn_eval, learners: learners as usize, seed };
             let (steps, batch) = (steps as usize, batch_size as usize);
             let ((lr, momentum), accuracies) =
                 eval::sweep_real(&cohort, steps, batch, (&lrs, &momenta), &data.test, |(lr, momentum), accuracies| {
@@ -568,8 +578,8 @@ fn run(cli: Cli) -> Result<()> {
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.data_dir = args.data_dir.or(config.data_dir);
             config.validate()?;
-            gtn::custom::set_winograd(!args.no_winograd);
-            let report = gtn::bench::run(&config, args.meta_iters as usize, device, args.profile.as_deref())?;
+            let report =
+                gtn::bench::run(&config, args.meta_iters as usize, device, !args.no_winograd, args.profile.as_deref())?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::curriculum::StepInput;
 use crate::data::{BatchSampler, Dataset};
 use crate::inner::LearnerState;
-use crate::learner::Learner;
+use crate::learner::{Arch, Learner};
 use crate::nn;
 use crate::optim::{self, Adam};
 use crate::progress::Progress;
@@ -160,8 +160,9 @@ impl Trainer {
         let device = self.data.train.device();
         let mut rng = iteration_rng(config.seed, iteration);
         let (image, classes) = config.dataset.shape();
-        let learner =
-            Learner::new(config.learner.sample(&mut rng), image, classes).expect("learner widths are positive");
+        let learner = Learner::new(config.learner.sample(&mut rng), image, classes)
+            .expect("learner widths are positive")
+            .scored_with(config.bn_eval);
         let init = learner.init(&mut rng, device);
         let mut sampler = BatchSampler::new(self.data.train.len(), rand::Rng::gen(&mut rng));
         let (mut real_x, real_y) = self.data.train.batch(&sampler.indices(config.meta_batch, device));
@@ -299,6 +300,12 @@ pub fn logged_seconds(dir: &Path) -> Result<f64> {
         .sum()
 }
 
+/// The architecture meta-iteration `iteration` trains: the first draw of its stream, as
+/// [`Trainer::iteration_inputs`] makes it.
+pub fn iteration_arch(config: &Config, iteration: usize) -> Arch {
+    config.learner.sample(&mut iteration_rng(config.seed, iteration))
+}
+
 /// The random draws of one meta-iteration.
 pub struct IterationInputs {
     pub learner: Learner,
@@ -325,12 +332,12 @@ pub fn meta_loss(
 ) -> (Tensor, Tensor) {
     let config = &teacher.config;
     let mut losses = Vec::new();
-    let trained = teacher.teach(learner, LearnerState::new(init), plan, 0..config.inner_steps, true, |t, params| {
+    let trained = teacher.teach(learner, LearnerState::new(init), plan, 0..config.inner_steps, true, |t, state| {
         if has_intermediate_loss(config, t) {
-            losses.push(nn::cross_entropy(&learner.forward(params, real_x), real_y));
+            losses.push(nn::cross_entropy(&learner.score(&state.params, &state.stats, real_x), real_y));
         }
     });
-    let logits = learner.forward(&trained.params, real_x);
+    let logits = learner.score(&trained.params, &trained.stats, real_x);
     losses.push(nn::cross_entropy(&logits, real_y));
     (Tensor::stack(&losses, 0).mean(None::<tch::Kind>), logits)
 }
@@ -367,16 +374,15 @@ pub fn meta_gradient(
     }
     let (real_x, real_y) = real;
     let terms = 1 + (0..t_max).filter(|&t| has_intermediate_loss(config, t)).count();
-    let scored = |params: &[Tensor]| nn::cross_entropy(&learner.forward(params, real_x), real_y) / terms as f64;
+    let scored =
+        |s: &LearnerState| nn::cross_entropy(&learner.score(&s.params, &s.stats, real_x), real_y) / terms as f64;
     // Trains one block from `start` with its graph; returns the end state and the block's
     // intermediate losses.
     let block_with_graph = |start: &LearnerState, block: Range<usize>| {
-        let shallow = |ts: &[Tensor]| ts.iter().map(Tensor::shallow_clone).collect::<Vec<_>>();
-        let from = LearnerState { params: shallow(&start.params), momentum: shallow(&start.momentum) };
         let mut inside = Vec::new();
-        let end = teacher.teach(learner, from, plan, block, true, |t, params| {
+        let end = teacher.teach(learner, start.shallow_clone(), plan, block, true, |t, state| {
             if has_intermediate_loss(config, t) {
-                inside.push(scored(params));
+                inside.push(scored(state));
             }
         });
         (end, inside)
@@ -400,15 +406,15 @@ pub fn meta_gradient(
     let mut loss = 0.0;
     for block in &blocks {
         starts.push(state.detached_leaves());
-        state = teacher.teach(learner, state, plan, block.clone(), false, |t, params| {
+        state = teacher.teach(learner, state, plan, block.clone(), false, |t, state| {
             if has_intermediate_loss(config, t) {
-                loss += tch::no_grad(|| scored(params)).double_value(&[]);
+                loss += tch::no_grad(|| scored(state)).double_value(&[]);
             }
         });
     }
     let start = state.detached_leaves();
     let (end, mut inside) = block_with_graph(&start, last);
-    let logits = learner.forward(&end.params, real_x);
+    let logits = learner.score(&end.params, &end.stats, real_x);
     inside.push(nn::cross_entropy(&logits, real_y) / terms as f64);
     loss += inside.iter().map(|l| l.double_value(&[])).sum::<f64>();
     let (mut adjoint_params, mut adjoint_momentum, mut grads) = pull_back(total(inside), &start);
@@ -437,7 +443,7 @@ mod tests {
     use crate::curriculum::CurriculumKind;
     use crate::data::fixture_dir;
     use crate::generator::GeneratorConfig;
-    use crate::learner::Arch;
+    use crate::learner::BnEval;
     use crate::nn::gradcheck::max_rel_error;
     use crate::teacher::TeacherKind;
     use tch::Kind;
@@ -490,13 +496,19 @@ mod tests {
     }
 
     /// Gradient checkpointing (blocks of 2 and a remainder of 1 over T = 5, intermediate losses
-    /// inside blocks) gives the full unroll's meta-loss and meta-gradient.
+    /// inside blocks) gives the full unroll's meta-loss and meta-gradient, also when the learner
+    /// is scored with its last training batch's statistics (recorded inside the last block).
     #[test]
     fn checkpointed_unroll_gives_the_full_meta_gradient() {
-        for curriculum in [CurriculumKind::Full, CurriculumKind::AllShuffled] {
+        for (curriculum, bn_eval) in [
+            (CurriculumKind::Full, BnEval::Batch),
+            (CurriculumKind::AllShuffled, BnEval::Batch),
+            (CurriculumKind::Full, BnEval::Train),
+        ] {
             let config = Config {
                 inner_steps: 5,
                 curriculum,
+                bn_eval,
                 soft_labels: true,
                 intermediate_loss_every: 3,
                 ..fixture_config()
@@ -505,7 +517,8 @@ mod tests {
             let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(1), Device::Cpu).unwrap();
             let params: Vec<Tensor> =
                 teacher.params().iter().map(|p| p.detach().to_kind(Kind::Double).set_requires_grad(true)).collect();
-            let learner = Learner::new(Arch::Cnn { conv1: 3, conv2: 4, fc: 5 }, [1, 28, 28], 10).unwrap();
+            let learner =
+                Learner::new(Arch::Cnn { conv1: 3, conv2: 4, fc: 5 }, [1, 28, 28], 10).unwrap().scored_with(bn_eval);
             let init = learner.init(&mut StdRng::seed_from_u64(2), Device::Cpu);
             let (x, y) = data.train.batch(&Tensor::arange(16, (Kind::Int64, Device::Cpu)));
             let real = (x.to_kind(Kind::Double), y);
@@ -517,8 +530,9 @@ mod tests {
                 meta_gradient(&t, &learner, start, &real, &plan)
             };
             let full = run(0);
-            // k = 2: the loss after step 2 sits at the start of block [2, 4); k = 1, 3 and T too.
-            for k in [1, 2, 3, 5] {
+            // k = 2: the loss after step 2 sits at the start of block [2, 4); k = 1, 3, and 4 (a
+            // last block of one step) too. (k >= T is the full unroll's own code.)
+            for k in [1, 2, 3, 4] {
                 let checkpointed = run(k);
                 assert!((full.loss - checkpointed.loss).abs() < 1e-12, "k={k}: {} vs {}", full.loss, checkpointed.loss);
                 for ((name, _), (a, b)) in teacher.named_params().iter().zip(full.grads.iter().zip(&checkpointed.grads))
@@ -527,11 +541,24 @@ mod tests {
                     let diff = (a - b).abs().max().double_value(&[]);
                     assert!(
                         diff / scale < 1e-10,
-                        "{curriculum:?} k={k} {name}: gradient differs by {diff:e} (scale {scale:e})"
+                        "{curriculum:?} {bn_eval:?} k={k} {name}: gradient differs by {diff:e} (scale {scale:e})"
                     );
                 }
             }
         }
+    }
+
+    /// The bench counts each timed step's FLOPs on the architecture that step trains.
+    #[test]
+    fn iteration_arch_is_the_iterations_learner() {
+        let config = Config { learner: crate::learner::LearnerKind::Random, ..fixture_config() };
+        let dir = tempfile::tempdir().unwrap();
+        let trainer = Trainer::create(&config, dir.path(), Device::Cpu).unwrap();
+        let archs: Vec<Arch> = (0..4).map(|i| iteration_arch(&config, i)).collect();
+        for (i, arch) in archs.iter().enumerate() {
+            assert_eq!(trainer.iteration_inputs(i).learner.arch, *arch, "iteration {i}");
+        }
+        assert!(archs.iter().any(|a| *a != archs[0]), "random learners vary");
     }
 
     #[test]

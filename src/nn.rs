@@ -186,7 +186,8 @@ fn is_channels_last(x: &Tensor) -> bool {
 }
 
 /// Mean-only batch norm (subtract the batch mean per channel, add a learned bias; no variance, no
-/// running statistics: during the unroll and at evaluation it uses the batch it is given), then
+/// running statistics: it uses the batch it is given; see [`Norm`] for scoring with a training
+/// batch's statistics instead), then
 /// [`leaky_relu`], as one autograd node ([`crate::custom::bn_leaky_relu`]) keeping only its
 /// output. Its derivatives are two linear maps, each the other's derivative, that make two passes
 /// over the data on the CPU, where the two layers as libtorch's ops (a sum, an addition and the
@@ -201,6 +202,71 @@ pub fn bn_leaky_relu(x: &Tensor, bias: &Tensor) -> Tensor {
 /// as well and took six passes over the data.
 pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
     Tensor::batch_norm(x, Some(gamma), Some(beta), None::<&Tensor>, None::<&Tensor>, true, 0.0, BN_EPS, true)
+}
+
+/// Where a learner's batch-norm layers take their statistics from. Training always uses the
+/// batch being forwarded; scoring (meta-loss, test accuracy) can use either that batch too, or
+/// the statistics of the learner's last training batch, as a PyTorch module does in eval mode
+/// when its running statistics have momentum 0 (the reference's learners).
+pub enum Norm<'a> {
+    /// The batch being forwarded.
+    Batch,
+    /// The batch being forwarded, keeping each layer's statistics in layer order (mean-only
+    /// layers: the mean; full batch norm: the mean, then the biased variance it normalised with).
+    /// They keep their graph: a loss scored with them differentiates into the training batch.
+    Record(Vec<Tensor>),
+    /// Statistics recorded by [`Norm::Record`], consumed in the same order.
+    Given(std::slice::Iter<'a, Tensor>),
+}
+
+impl Norm<'_> {
+    /// [`bn_leaky_relu`] with this source of statistics.
+    pub fn bn_leaky_relu(&mut self, x: &Tensor, bias: &Tensor) -> Tensor {
+        match self {
+            Norm::Batch => bn_leaky_relu(x, bias),
+            Norm::Record(stats) => {
+                stats.push(x.mean_dim(channel_dims(x), false, None::<Kind>));
+                bn_leaky_relu(x, bias)
+            }
+            Norm::Given(stats) => {
+                let mean = next_stat(stats);
+                leaky_relu(&(x + per_channel(x, &(bias - mean))))
+            }
+        }
+    }
+
+    /// [`batch_norm`] with this source of statistics.
+    pub fn batch_norm(&mut self, x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
+        match self {
+            Norm::Batch => batch_norm(x, gamma, beta),
+            Norm::Record(stats) => {
+                let (var, mean) = x.var_mean_correction(channel_dims(x), 0, false);
+                stats.extend([mean, var]);
+                batch_norm(x, gamma, beta)
+            }
+            Norm::Given(stats) => {
+                let (mean, var) = (next_stat(stats), next_stat(stats));
+                let scale = gamma * (var + BN_EPS).rsqrt();
+                (x - per_channel(x, mean)) * per_channel(x, &scale) + per_channel(x, beta)
+            }
+        }
+    }
+}
+
+fn next_stat<'a>(stats: &mut std::slice::Iter<'a, Tensor>) -> &'a Tensor {
+    stats.next().expect("one recorded statistic per batch-norm layer of the same learner")
+}
+
+/// The dimensions batch statistics reduce over: all but the channels (dimension 1).
+fn channel_dims(x: &Tensor) -> Vec<i64> {
+    (0..x.dim() as i64).filter(|&d| d != 1).collect()
+}
+
+/// A per-channel vector shaped to broadcast against `x` (`[C]` -> `[1, C, 1, 1]` for images).
+fn per_channel(x: &Tensor, v: &Tensor) -> Tensor {
+    let mut shape = vec![1i64; x.dim()];
+    shape[1] = -1;
+    v.view(shape.as_slice())
 }
 
 /// Leaky ReLU with slope [`LEAKY_SLOPE`], as a C++ autograd function

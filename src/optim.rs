@@ -22,6 +22,8 @@ impl Adam {
 
     /// Updates `params` in place (outside the autograd graph) with gradients `grads`.
     pub fn step(&mut self, params: &[Tensor], grads: &[Tensor], lr: f64) {
+        let counts = [params.len(), grads.len(), self.m.len()];
+        assert!(counts.iter().all(|&n| n == counts[0]), "Adam: parameters, gradients, state: {counts:?}");
         self.steps += 1;
         let bias1 = 1.0 - self.beta1.powi(self.steps as i32);
         let bias2 = 1.0 - self.beta2.powi(self.steps as i32);

@@ -23,6 +23,8 @@ impl Progress {
                 .progress_chars("=> "),
         );
         bar.set_position(done as u64);
+        // Otherwise the estimator counts the resumed units as done in an instant (eta 0s).
+        bar.reset_eta();
         Progress { bar, visible }
     }
 

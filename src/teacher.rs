@@ -16,7 +16,10 @@ use crate::inner::{self, LearnerState};
 use crate::learner::Learner;
 use crate::nn;
 
-/// Scale of the initial soft-label logits: softmax gives ~0.9 to the sample's own class.
+/// Scale of the initial soft-label logits: softmax gives 0.943 to the sample's own class (0.006
+/// to each other of 10), slightly smoothed labels from the start. (The reference learns the
+/// one-hot targets themselves; logits large enough to start at one-hot would saturate the softmax,
+/// and their gradient would vanish.)
 const SOFT_LABEL_INIT: f64 = 5.0;
 
 /// What produces the synthetic images.
@@ -190,7 +193,7 @@ impl Teacher {
         plan: &[StepInput],
         steps: Range<usize>,
         create_graph: bool,
-        after_step: impl FnMut(usize, &[Tensor]),
+        after_step: impl FnMut(usize, &LearnerState),
     ) -> LearnerState {
         let (lrs, momenta) = self.schedule();
         let ((lrs, momenta), batches) = if create_graph {

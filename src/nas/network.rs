@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::arch::{Cell, Op};
-use crate::nn::{self, Init, ParamSpec};
+use crate::nn::{self, Init, Norm, ParamSpec};
 
 /// What the classifier reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -188,14 +188,14 @@ impl<'a> Params<'a> {
     }
 }
 
-fn conv1x1_bn(x: &Tensor, p: &mut Params, stride: i64) -> Tensor {
+fn conv1x1_bn(x: &Tensor, p: &mut Params, stride: i64, norm: &mut Norm) -> Tensor {
     let [w, gain, bias] = p.take();
     let y = nn::leaky_relu(x).conv2d(w, None::<Tensor>, [stride, stride], [0, 0], [1, 1], 1);
-    nn::batch_norm(&y, gain, bias)
+    norm.batch_norm(&y, gain, bias)
 }
 
 /// One op of a node at `stride` (1, or 2 on a reduction cell's inputs).
-pub fn apply_op(op: Op, x: &Tensor, stride: i64, p: &mut impl FnMut() -> [Tensor; 4]) -> Tensor {
+pub fn apply_op(op: Op, x: &Tensor, stride: i64, p: &mut impl FnMut() -> [Tensor; 4], norm: &mut Norm) -> Tensor {
     match op {
         Op::Identity if stride == 1 => x.shallow_clone(),
         // Parameter-free subsampling: the same output size as the strided pools and convs.
@@ -215,16 +215,17 @@ pub fn apply_op(op: Op, x: &Tensor, stride: i64, p: &mut impl FnMut() -> [Tensor
                 channels,
             );
             let y = y.conv2d(&pointwise, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
-            nn::batch_norm(&y, &gain, &bias)
+            norm.batch_norm(&y, &gain, &bias)
         }
     }
 }
 
-/// `x`: `[N, C, H, W]` -> logits; `params` as listed by [`specs`].
-pub fn forward(cell: &Cell, net: &NetConfig, params: &[Tensor], x: &Tensor) -> Tensor {
+/// `x`: `[N, C, H, W]` -> logits; `params` as listed by [`specs`]; batch norm's statistics as
+/// `norm` says.
+pub fn forward(cell: &Cell, net: &NetConfig, params: &[Tensor], x: &Tensor, norm: &mut Norm) -> Tensor {
     let mut p = Params { all: params, next: 0 };
     let [w, gain, bias] = p.take();
-    let stem = nn::batch_norm(&x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1), gain, bias);
+    let stem = norm.batch_norm(&x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1), gain, bias);
     let (mut s0, mut s1) = (stem.shallow_clone(), stem);
     let unused = cell.unused_nodes();
     for cp in plan(cell, net) {
@@ -237,14 +238,18 @@ pub fn forward(cell: &Cell, net: &NetConfig, params: &[Tensor], x: &Tensor) -> T
         for (state, input) in [(0, &s0), (1, &s1)] {
             let stride = if state == 0 && cp.older_strided { 2 } else { 1 };
             // An unread input needs no preprocessing; its slot is never indexed.
-            states.push(if cell.reads(state) { conv1x1_bn(input, &mut p, stride) } else { input.shallow_clone() });
+            states.push(if cell.reads(state) {
+                conv1x1_bn(input, &mut p, stride, norm)
+            } else {
+                input.shallow_clone()
+            });
         }
         for node in &cell.nodes {
             let mut sum: Option<Tensor> = None;
             for input in node.inputs {
                 let stride = if cp.reduce && input.from < 2 { 2 } else { 1 };
                 let mut take = || p.take::<4>().map(Tensor::shallow_clone);
-                let y = apply_op(input.op, &states[input.from as usize], stride, &mut take);
+                let y = apply_op(input.op, &states[input.from as usize], stride, &mut take, norm);
                 sum = Some(match sum {
                     Some(s) => s + y,
                     None => y,
@@ -261,7 +266,7 @@ pub fn forward(cell: &Cell, net: &NetConfig, params: &[Tensor], x: &Tensor) -> T
         Head::GlobalPool => last.mean_dim([2i64, 3].as_slice(), false, None::<Kind>),
         Head::Hidden => {
             let [w, gain, bias] = p.take();
-            nn::leaky_relu(&nn::batch_norm(&last.flatten(1, -1).matmul(&w.tr()), gain, bias))
+            nn::leaky_relu(&norm.batch_norm(&last.flatten(1, -1).matmul(&w.tr()), gain, bias))
         }
     };
     let [v, g, b] = p.take();
@@ -276,6 +281,10 @@ mod tests {
     use rand::{rngs::StdRng, SeedableRng};
     use tch::Device;
 
+    fn forward(cell: &Cell, net: &NetConfig, params: &[Tensor], x: &Tensor) -> Tensor {
+        super::forward(cell, net, params, x, &mut Norm::Batch)
+    }
+
     fn sep_params(c: i64, k: i64) -> [Tensor; 4] {
         let mut specs = vec![ParamSpec::new("dw", &[c, 1, k, k], Init::KaimingNormal)];
         specs.extend(conv_bn_specs("pw", &[c, c, 1, 1]));
@@ -289,9 +298,17 @@ mod tests {
             let x = leaf(&[2, 4, h, w], 1);
             for op in Op::ALL {
                 let k = op.sep_kernel().unwrap_or(3);
-                assert_eq!(apply_op(op, &x, 1, &mut || sep_params(4, k)).size(), [2, 4, h, w], "{op:?} {h}x{w}");
+                assert_eq!(
+                    apply_op(op, &x, 1, &mut || sep_params(4, k), &mut Norm::Batch).size(),
+                    [2, 4, h, w],
+                    "{op:?} {h}x{w}"
+                );
                 let half = [2, 4, (h + 1) / 2, (w + 1) / 2];
-                assert_eq!(apply_op(op, &x, 2, &mut || sep_params(4, k)).size(), half, "{op:?} {h}x{w} stride 2");
+                assert_eq!(
+                    apply_op(op, &x, 2, &mut || sep_params(4, k), &mut Norm::Batch).size(),
+                    half,
+                    "{op:?} {h}x{w} stride 2"
+                );
             }
         }
     }

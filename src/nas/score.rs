@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use rand::{rngs::StdRng, SeedableRng};
-use tch::{Device, Tensor};
+use tch::Device;
 
 use super::arch::Cell;
 use super::jsonl::{self, Appender, Record, Shard};
@@ -17,7 +17,7 @@ use crate::checkpoint;
 use crate::data::{BatchSampler, Dataset, DatasetName};
 use crate::eval;
 use crate::inner::{self, LearnerState};
-use crate::learner::{Arch, Learner};
+use crate::learner::{Arch, BnEval, Learner};
 
 /// What architectures are trained on before being scored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,8 +106,11 @@ fn net_label(net: &NetConfig) -> String {
 }
 
 /// What a record depends on besides its architecture, proxy, step count, dataset, seed and network.
-fn setting(opts: &ScoreOptions, valid_images: usize) -> String {
+fn setting(opts: &ScoreOptions, valid_images: usize, bn_eval: BnEval) -> String {
     let mut s = format!("{valid_images} validation images, eval on {}", opts.eval_images);
+    if bn_eval == BnEval::Train {
+        s += ", batch norm scored with training statistics";
+    }
     if opts.proxy == Proxy::Real {
         let RealTraining { batch, lr, momentum } = opts.real;
         s += &format!(", real batch {batch} lr {lr} momentum {momentum}");
@@ -160,7 +163,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     }
     let (valid, test) = (data.valid.first(opts.eval_images), data.test.first(opts.eval_images));
     let label = opts.proxy.label();
-    let (net, setting) = (net_label(&opts.net), setting(opts, data.valid.len()));
+    // A GTN proxy scores as its teacher was meta-trained to be scored.
+    let bn_eval = teacher.as_ref().map_or(BnEval::Batch, |t| t.config.bn_eval);
+    let (net, setting) = (net_label(&opts.net), setting(opts, data.valid.len(), bn_eval));
     let dataset = data.name.as_str();
     let (mut out, done) = Appender::open(&opts.out)?;
     let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || r.net != net || r.setting != setting;
@@ -190,18 +195,18 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             continue;
         }
         let (image, classes) = data.name.shape();
-        let learner = Learner::new(Arch::Nas { cell: *cell, net: opts.net }, image, classes)?;
+        let learner = Learner::new(Arch::Nas { cell: *cell, net: opts.net }, image, classes)?.scored_with(bn_eval);
         let mut rng = arch_rng(opts.seed, cell);
         let init = learner.init(&mut rng, device);
         let params: i64 = init.iter().map(|p| p.numel() as i64).sum();
         let mut records = Vec::new();
         let start = Instant::now();
         let mut eval_seconds = 0.0;
-        let after_step = |t: usize, p: &[Tensor]| {
+        let after_step = |t: usize, state: &LearnerState| {
             if missing.contains(&(t + 1)) {
                 let eval_start = Instant::now();
-                let valid_accuracy = eval::test_accuracy(&learner, p, &valid);
-                let test_accuracy = eval::test_accuracy(&learner, p, &test);
+                let valid_accuracy = eval::test_accuracy(&learner, state, &valid);
+                let test_accuracy = eval::test_accuracy(&learner, state, &test);
                 eval_seconds += eval_start.elapsed().as_secs_f64();
                 records.push(Record {
                     arch: arch.clone(),
@@ -249,7 +254,7 @@ fn train_real(
     real: RealTraining,
     steps: usize,
     seed: u64,
-    after_step: impl FnMut(usize, &[Tensor]),
+    after_step: impl FnMut(usize, &LearnerState),
 ) -> LearnerState {
     let device = data.train.device();
     let (lrs, momenta) = inner::constant_schedule(steps, real.lr, real.momentum, device);
