@@ -4,8 +4,9 @@
 #   cargo build --release && bash scripts/setup.sh   # binary and data/mnist in place
 # then on the device machine, carrying target/release/gtn and data/mnist:
 #   bash scripts/gpu-check.sh
-# Writes one JSON per configuration and the GPU's memory trace into $OUT (or ./gpu-check) and
-# prints the tables. Stops at once if libtorch does not see the GPU.
+# Writes one JSON per configuration and its GPU memory trace into $OUT (or ./gpu-check) and
+# prints one line per configuration: median seconds per meta-step and peak GPU memory in use.
+# Stops at once if libtorch does not see the GPU.
 set -euo pipefail
 out=${OUT:-gpu-check}
 mkdir -p "$out"
@@ -18,25 +19,31 @@ gtn=target/release/gtn
 data=data/mnist
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-# Memory in use on the GPU every 100 ms: the caching allocator's peak, which RSS does not show.
-nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader -lms 100 >"$out/gpu-memory.csv" &
-poll=$!
-trap 'kill $poll 2>/dev/null || true' EXIT
+poll=
+trap '[[ -n $poll ]] && kill $poll 2>/dev/null; true' EXIT
 
+# One configuration, with the GPU's memory in use polled every 100 ms while it runs: the caching
+# allocator's peak, which the bench's RSS does not show.
 bench() {
     local name=$1
     shift
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$out/$name-gpu-memory.csv" &
+    poll=$!
     "$gtn" bench --data-dir "$data" "$@" --json >"$out/$name.json"
+    kill $poll 2>/dev/null || true
+    wait $poll 2>/dev/null || true
+    poll=
     if ! grep -q '"device": *"Cuda' "$out/$name.json"; then
         echo "gpu-check: $name ran on $(grep -o '"device": *"[^"]*"' "$out/$name.json"), not on the GPU" >&2
         exit 1
     fi
-    echo "$name: $(tr -d '\n' <"$out/$name.json" | grep -o '"seconds_per_meta_step_median": *[0-9.e+-]*')"
+    local median peak
+    median=$(tr -d '\n' <"$out/$name.json" | grep -o '"seconds_per_meta_step_median": *[0-9.e+-]*' | grep -o '[0-9.e+-]*$')
+    peak=$(tr -dc '0-9\n' <"$out/$name-gpu-memory.csv" | sort -n | tail -1)
+    echo "$name: ${median} s per meta-step (median), peak GPU memory in use ${peak} MiB"
 }
 
 bench paper --preset paper --meta-iters 10
 bench paper-mlp --preset paper --learner mlp --meta-iters 10
 bench paper-t128 --preset paper --steps 128 --meta-iters 3
 bench paper-t128-ckpt8 --preset paper --steps 128 --checkpoint-every 8 --meta-iters 3
-kill $poll
-echo "peak GPU memory in use (MiB): $(cut -d, -f2 "$out/gpu-memory.csv" | tr -dc '0-9\n' | sort -n | tail -1)"
