@@ -38,9 +38,9 @@ bench() {
         exit 1
     fi
     local median peak
-    median=$(tr -d '\n' <"$out/$name.json" | grep -o '"seconds_per_meta_step_median": *[0-9.e+-]*' | grep -o '[0-9.e+-]*$')
+    median=$(tr -d '\n' <"$out/$name.json" | grep -o '"seconds_per_meta_step_median": *[0-9.e+-]*' | grep -o '[0-9.e+-]*$') || median='?'
     peak=$(tr -dc '0-9\n' <"$out/$name-gpu-memory.csv" | sort -n | tail -1)
-    echo "$name: ${median} s per meta-step (median), peak GPU memory in use ${peak} MiB"
+    echo "$name: ${median} s per meta-step (median), peak GPU memory in use ${peak:-?} MiB"
 }
 
 bench paper --preset paper --meta-iters 10

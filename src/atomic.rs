@@ -1,18 +1,22 @@
 //! Replacing files so that a reader (or a crash) never sees a half-written one: write a
 //! temporary file in the same folder, flush it to disk, rename it over the target, and flush
 //! the folder so the rename itself survives a power loss. A process killed mid-write leaves its
-//! temporary file behind (named after the target); the next write of that target removes it.
+//! temporary file behind (named after the target); a later write of that target removes it.
 
 use std::io::Write;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
 /// Creates or replaces `path` with whatever `write` puts at the temporary path it is given.
 pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let prefix = format!(".{}.tmp-", path.file_name().map_or("".into(), |n| n.to_string_lossy()));
-    remove_leftovers(parent, &prefix);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let prefix = format!(".{name}.tmp-");
+    if !name.is_empty() {
+        remove_leftovers(parent, &prefix);
+    }
     let tmp = tempfile::Builder::new()
         .prefix(&prefix)
         .tempfile_in(parent)
@@ -33,12 +37,21 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     Ok(())
 }
 
-/// Removes the files in `folder` whose names start with `prefix`: temporary files of writes that
-/// were killed before their rename. Best effort.
+/// How old a temporary file must be to be taken for a killed write's: writing the largest file
+/// gtn writes, a paper-sized checkpoint, takes seconds, and a younger one may be another
+/// process's write in progress.
+const LEFTOVER_AGE: Duration = Duration::from_secs(600);
+
+/// Removes the files in `folder` whose names start with `prefix` and that were last modified
+/// over [`LEFTOVER_AGE`] ago: temporary files of writes killed before their rename. Best effort.
 fn remove_leftovers(folder: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(folder) else { return };
+    let old = |entry: &std::fs::DirEntry| {
+        let modified = entry.metadata().and_then(|m| m.modified());
+        modified.is_ok_and(|t| SystemTime::now().duration_since(t).is_ok_and(|age| age > LEFTOVER_AGE))
+    };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(prefix) {
+        if entry.file_name().to_string_lossy().starts_with(prefix) && old(&entry) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -66,16 +79,24 @@ mod tests {
         let err = replace_with(&path, |_| anyhow::bail!("writer failed")).unwrap_err();
         assert_eq!(err.to_string(), "writer failed");
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
-        // No temporary files are left behind, and one a killed write left is removed.
+        // No temporary files are left behind, and an old one a killed write left is removed; a
+        // recent one (a write in progress) and another target's are not.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        std::fs::write(dir.path().join(".f.txt.tmp-killed"), b"half").unwrap();
-        std::fs::write(dir.path().join(".g.txt.tmp-other"), b"another target's").unwrap();
+        let leftover = |name: &str, age: u64| {
+            let file = std::fs::File::create(dir.path().join(name)).unwrap();
+            file.set_modified(SystemTime::now() - Duration::from_secs(age)).unwrap();
+        };
+        leftover(".f.txt.tmp-killed", 3600);
+        leftover(".f.txt.tmp-writing", 5);
+        leftover(".g.txt.tmp-other", 3600);
         write(&path, b"third").unwrap();
         let mut names: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
         names.sort();
-        assert_eq!(names, [".g.txt.tmp-other", "f.txt"]);
-        std::fs::remove_file(dir.path().join(".g.txt.tmp-other")).unwrap();
+        assert_eq!(names, [".f.txt.tmp-writing", ".g.txt.tmp-other", "f.txt"]);
+        for name in [".f.txt.tmp-writing", ".g.txt.tmp-other"] {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
         let err = write(&dir.path().join("no/such/dir/f"), b"x").unwrap_err().to_string();
         assert!(err.contains("cannot create a temporary file"), "{err}");
         std::fs::create_dir(dir.path().join("folder")).unwrap();

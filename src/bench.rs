@@ -10,7 +10,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::Config;
-use crate::learner::{Arch, CIFAR_STRIDES};
+use crate::learner::{Arch, BnEval, CIFAR_STRIDES};
 use crate::meta::{self, Trainer};
 use crate::profile::{self, OpTime};
 use crate::teacher::TeacherKind;
@@ -28,6 +28,7 @@ pub struct BenchReport {
     pub checkpoint_every: usize,
     /// Real images in the meta-loss batch.
     pub meta_batch: usize,
+    pub bn_eval: BnEval,
     /// Whether the learner's convolutions took Winograd's forms (`--no-winograd`: libtorch's).
     pub winograd: bool,
     pub meta_iters: usize,
@@ -49,6 +50,8 @@ pub struct BenchReport {
     pub baseline_rss_mib: f64,
     /// Mean over the timed meta-steps' learners (random learners differ from step to step).
     pub estimated_gflop_per_meta_step: f64,
+    /// All timed steps' estimated FLOPs over their total time (a mean rate, where the time
+    /// column is a median).
     pub achieved_gflops: f64,
     pub matmul_gflops: f64,
     pub fraction_of_matmul_rate: f64,
@@ -81,7 +84,7 @@ impl BenchReport {
         let summary = format!(
             "| configuration | s / meta-step (median, min-max) | generator fwd s | unroll fwd s | meta-backward s | peak RSS MiB | GFLOP/s (est.) | matmul GFLOP/s | % of matmul |\n\
              |---|---|---|---|---|---|---|---|---|\n\
-             | {} {} {} T={} B={} {} ckpt={} meta batch {}{} on {} ({} threads) | {:.2} ({:.2}-{:.2}) | {:.2} | {} | {} | {:.0}{} | {:.1} | {:.1} | {:.0}% |",
+             | {} {} {} T={} B={} {} ckpt={} meta batch {}{}{} on {} ({} threads) | {:.2} ({:.2}-{:.2}) | {:.2} | {} | {} | {:.0}{} | {:.1} | {:.1} | {:.0}% |",
             self.dataset,
             self.teacher,
             self.learner,
@@ -90,6 +93,7 @@ impl BenchReport {
             self.curriculum,
             self.checkpoint_every,
             self.meta_batch,
+            if self.bn_eval == BnEval::Train { ", scored with training statistics" } else { "" },
             if self.winograd { "" } else { ", no Winograd" },
             self.device,
             self.threads,
@@ -289,6 +293,7 @@ pub fn run(
         curriculum: config.curriculum.as_str().to_owned(),
         checkpoint_every: config.checkpoint_every,
         meta_batch: config.meta_batch,
+        bn_eval: config.bn_eval,
         winograd,
         meta_iters: iters,
         seconds_per_meta_step_median: median,

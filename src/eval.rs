@@ -22,6 +22,8 @@ pub const EVAL_CHUNK: i64 = 1000;
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub learner: LearnerKind,
+    /// Which batch-norm statistics scored the learners.
+    pub bn_eval: BnEval,
     pub learners: usize,
     pub steps: usize,
     pub test_accuracy_mean: f64,
@@ -32,10 +34,11 @@ pub struct EvalReport {
 }
 
 impl EvalReport {
-    pub fn from_accuracies(learner: LearnerKind, steps: usize, accs: Vec<f64>) -> EvalReport {
+    pub fn from_accuracies(learner: LearnerKind, bn_eval: BnEval, steps: usize, accs: Vec<f64>) -> EvalReport {
         let (mean, std) = mean_std(&accs);
         EvalReport {
             learner,
+            bn_eval,
             learners: accs.len(),
             steps,
             test_accuracy_mean: mean,
@@ -48,8 +51,12 @@ impl EvalReport {
 
     pub fn table(&self) -> String {
         format!(
-            "| learner | learners | steps | test accuracy mean | std | min | max |\n|---|---|---|---|---|---|---|\n| {:?} | {} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2}% |",
+            "| learner | batch norm scored with | learners | steps | test accuracy mean | std | min | max |\n|---|---|---|---|---|---|---|---|\n| {:?} | {} | {} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2}% |",
             self.learner,
+            match self.bn_eval {
+                BnEval::Batch => "test batch's statistics",
+                BnEval::Train => "last training batch's",
+            },
             self.learners,
             self.steps,
             100.0 * self.test_accuracy_mean,
@@ -128,7 +135,7 @@ pub fn evaluate_teacher(
     }
     let cohort = Cohort { data, kind, bn_eval: teacher.config.bn_eval, learners, seed };
     let curves = teacher_curves(teacher, &cohort, &[steps], &data.test)?;
-    Ok(EvalReport::from_accuracies(kind, steps, curves.into_iter().map(|c| c[0]).collect()))
+    Ok(EvalReport::from_accuracies(kind, cohort.bn_eval, steps, curves.into_iter().map(|c| c[0]).collect()))
 }
 
 /// Accuracy on `test` of fresh learners trained on the teacher's data, after each step count in

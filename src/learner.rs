@@ -41,10 +41,12 @@ pub enum BnEval {
     /// The scored batch's own: the meta-loss batch, each test chunk of up to 1,000 images.
     #[default]
     Batch,
-    /// Those of the learner's last training batch, at the weights it trained with: the
-    /// reference's learners, scored in eval mode with running statistics of momentum 0. A
-    /// prediction then depends on its image alone, and the meta-gradient sees any mismatch
-    /// between synthetic and real activations' means.
+    /// Those of the learner's last training batch, at the weights it trained with (before its
+    /// first step: mean 0, variance 1): the reference's learners, scored in eval mode with running
+    /// statistics updated with momentum 0 (its `fBatchNorm`'s `lerp` all the way to each batch's).
+    /// A prediction then depends on its image alone, and the meta-gradient sees any mismatch
+    /// between synthetic and real activations' means. (The reference normalises full batch norm
+    /// by the unbiased variance; gtn, in training and so in scoring, by the biased one.)
     Train,
 }
 
@@ -183,12 +185,22 @@ impl Learner {
     }
 
     /// Logits of a trained learner as [`BnEval`] says: `stats` are its last training batch's
-    /// from [`Learner::train_forward`] (empty before its first step, when the batch's own are used).
+    /// from [`Learner::train_forward`] (empty before its first step).
     pub fn score(&self, params: &[Tensor], stats: &[Tensor], x: &Tensor) -> Tensor {
-        if stats.is_empty() {
-            self.forward(params, x)
-        } else {
-            self.forward_with(params, x, &mut Norm::Given(stats.iter()))
+        match self.bn_eval {
+            BnEval::Batch => self.forward(params, x),
+            BnEval::Train if stats.is_empty() => self.forward_with(params, x, &mut Norm::Init),
+            BnEval::Train => {
+                let mut norm = Norm::Given(stats.iter());
+                let logits = self.forward_with(params, x, &mut norm);
+                let Norm::Given(mut rest) = norm else { unreachable!("given statistics stay given") };
+                assert!(
+                    rest.next().is_none(),
+                    "learner: {} batch-norm statistics, more than its layers take",
+                    stats.len()
+                );
+                logits
+            }
         }
     }
 
@@ -275,11 +287,21 @@ mod tests {
             assert!(logits.allclose(&batch, 1e-5, 1e-5, false), "{kind:?}: recording changed the forward");
             assert!(l.score(&p, &stats, &x).allclose(&batch, 1e-4, 1e-4, false), "{kind:?}: own statistics");
             let other = leaf(&[6, 1, 28, 28], 6).to_kind(Kind::Float);
-            let together = l.score(&p, &stats, &other);
-            let alone =
-                Tensor::cat(&(0..6).map(|i| l.score(&p, &stats, &other.narrow(0, i, 1))).collect::<Vec<_>>(), 0);
-            assert!(together.allclose(&alone, 1e-4, 1e-4, false), "{kind:?}: a prediction depends on its batch");
-            assert!(!together.allclose(&l.forward(&p, &other), 1e-3, 1e-3, false), "{kind:?}: batch statistics");
+            // With the recorded statistics, and before any (mean 0, variance 1).
+            for stats in [&stats[..], &[]] {
+                let together = l.score(&p, stats, &other);
+                let alone =
+                    Tensor::cat(&(0..6).map(|i| l.score(&p, stats, &other.narrow(0, i, 1))).collect::<Vec<_>>(), 0);
+                let n = stats.len();
+                assert!(
+                    together.allclose(&alone, 1e-4, 1e-4, false),
+                    "{kind:?} {n}: a prediction depends on its batch"
+                );
+                assert!(
+                    !together.allclose(&l.forward(&p, &other), 1e-3, 1e-3, false),
+                    "{kind:?} {n}: batch statistics"
+                );
+            }
         }
         let batch_scored = Learner::new(LearnerKind::Mlp.sample(&mut rng), [1, 28, 28], 10).unwrap();
         let p = batch_scored.init(&mut rng, Device::Cpu);

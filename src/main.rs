@@ -552,7 +552,7 @@ fn run(cli: Cli) -> Result<()> {
                         println!("lr {lr}, momentum {momentum}: {:.2}% ± {:.2}%", 100.0 * mean, 100.0 * std);
                     }
                 })?;
-            let report = EvalReport::from_accuracies(learner, steps, accuracies);
+            let report = EvalReport::from_accuracies(learner, bn_eval, steps, accuracies);
             let what = format!("real {} data, best lr {lr}, momentum {momentum}, batch {batch_size}", dataset.as_str());
             if json {
                 let mut value = serde_json::to_value(&report)?;

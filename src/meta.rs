@@ -500,6 +500,7 @@ mod tests {
     /// is scored with its last training batch's statistics (recorded inside the last block).
     #[test]
     fn checkpointed_unroll_gives_the_full_meta_gradient() {
+        let mut full_losses = Vec::new();
         for (curriculum, bn_eval) in [
             (CurriculumKind::Full, BnEval::Batch),
             (CurriculumKind::AllShuffled, BnEval::Batch),
@@ -530,6 +531,7 @@ mod tests {
                 meta_gradient(&t, &learner, start, &real, &plan)
             };
             let full = run(0);
+            full_losses.push(full.loss);
             // k = 2: the loss after step 2 sits at the start of block [2, 4); k = 1, 3, and 4 (a
             // last block of one step) too. (k >= T is the full unroll's own code.)
             for k in [1, 2, 3, 4] {
@@ -546,17 +548,22 @@ mod tests {
                 }
             }
         }
+        // The same teacher, learner and batches scored with the last training batch's statistics.
+        assert!((full_losses[0] - full_losses[2]).abs() > 1e-6, "bn_eval changed nothing: {full_losses:?}");
     }
 
-    /// The bench counts each timed step's FLOPs on the architecture that step trains.
+    /// The bench counts each timed step's FLOPs on the architecture that step trains; the
+    /// learner is scored as the config says.
     #[test]
     fn iteration_arch_is_the_iterations_learner() {
-        let config = Config { learner: crate::learner::LearnerKind::Random, ..fixture_config() };
+        let config =
+            Config { learner: crate::learner::LearnerKind::Random, bn_eval: BnEval::Train, ..fixture_config() };
         let dir = tempfile::tempdir().unwrap();
         let trainer = Trainer::create(&config, dir.path(), Device::Cpu).unwrap();
         let archs: Vec<Arch> = (0..4).map(|i| iteration_arch(&config, i)).collect();
         for (i, arch) in archs.iter().enumerate() {
-            assert_eq!(trainer.iteration_inputs(i).learner.arch, *arch, "iteration {i}");
+            let learner = trainer.iteration_inputs(i).learner;
+            assert_eq!((learner.arch, learner.bn_eval), (*arch, BnEval::Train), "iteration {i}");
         }
         assert!(archs.iter().any(|a| *a != archs[0]), "random learners vary");
     }

@@ -206,8 +206,9 @@ pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
 
 /// Where a learner's batch-norm layers take their statistics from. Training always uses the
 /// batch being forwarded; scoring (meta-loss, test accuracy) can use either that batch too, or
-/// the statistics of the learner's last training batch, as a PyTorch module does in eval mode
-/// when its running statistics have momentum 0 (the reference's learners).
+/// the statistics of the learner's last training batch, as the reference's learners are scored:
+/// in eval mode, their running statistics updated with momentum 0 (a `lerp` all the way to each
+/// batch's), so holding the last training batch's.
 pub enum Norm<'a> {
     /// The batch being forwarded.
     Batch,
@@ -217,6 +218,9 @@ pub enum Norm<'a> {
     Record(Vec<Tensor>),
     /// Statistics recorded by [`Norm::Record`], consumed in the same order.
     Given(std::slice::Iter<'a, Tensor>),
+    /// No statistics yet (a learner scored before its first training step): the reference's
+    /// initial running statistics, mean 0 and variance 1.
+    Init,
 }
 
 impl Norm<'_> {
@@ -232,6 +236,7 @@ impl Norm<'_> {
                 let mean = next_stat(stats);
                 leaky_relu(&(x + per_channel(x, &(bias - mean))))
             }
+            Norm::Init => leaky_relu(&(x + per_channel(x, bias))),
         }
     }
 
@@ -249,6 +254,7 @@ impl Norm<'_> {
                 let scale = gamma * (var + BN_EPS).rsqrt();
                 (x - per_channel(x, mean)) * per_channel(x, &scale) + per_channel(x, beta)
             }
+            Norm::Init => x * per_channel(x, &(gamma / (1.0 + BN_EPS).sqrt())) + per_channel(x, beta),
         }
     }
 }

@@ -32,6 +32,11 @@ fn train_eval_samples_export() {
     let mean = report["test_accuracy_mean"].as_f64().unwrap();
     assert!((0.15..=1.0).contains(&mean), "tiny teacher should beat chance (10%), got {mean}");
     assert!(report["test_accuracy_std"].as_f64().unwrap() >= 0.0);
+    assert_eq!(report["bn_eval"], "batch", "the run's own mode");
+    let out = gtn(&["eval", run.to_str().unwrap(), "--learners", "3", "--json", "--bn-eval", "train"]);
+    let train: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(train["bn_eval"], "train");
+    assert_ne!(train["test_accuracies"], report["test_accuracies"], "scored with other statistics");
     // One libtorch thread: the same evaluation up to float rounding.
     let out = gtn(&["eval", run.to_str().unwrap(), "--learners", "3", "--json", "--threads", "1"]);
     let one: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();

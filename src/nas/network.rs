@@ -411,24 +411,31 @@ mod tests {
         assert!(mean(&flatten) > 5.0 * mean(&hidden), "flatten {flatten:?} vs hidden {hidden:?}");
     }
 
-    /// Two differentiable SGD steps (lr 0.1) on `images[0]` then `images[1]`.
+    /// Two differentiable SGD steps (lr 0.1) on `images[0]` then `images[1]`, and the second
+    /// step's batch statistics.
     fn two_sgd_steps(
         cell: &Cell,
         net: &NetConfig,
         mut params: Vec<Tensor>,
         images: &Tensor,
         labels: &Tensor,
-    ) -> Vec<Tensor> {
+    ) -> (Vec<Tensor>, Vec<Tensor>) {
+        let mut stats = Vec::new();
         for t in 0..2 {
-            let loss = nn::cross_entropy(&forward(cell, net, &params, &images.get(t)), labels);
+            let mut norm = Norm::Record(Vec::new());
+            let loss = nn::cross_entropy(&super::forward(cell, net, &params, &images.get(t), &mut norm), labels);
             let grads = Tensor::run_backward(&[loss], &params, true, true);
             params = params.iter().zip(&grads).map(|(w, g)| w - g * 0.1).collect();
+            let Norm::Record(recorded) = norm else { unreachable!() };
+            stats = recorded;
         }
-        params
+        (params, stats)
     }
 
     /// Second-order: the meta-gradient of a loss after two differentiable SGD steps of a tiny
-    /// cell network, with respect to the training images, matches finite differences (f64).
+    /// cell network, with respect to the training images, matches finite differences (f64),
+    /// scored with the real batch's statistics and with the last training batch's (full batch
+    /// norm's recorded mean and variance, every layer of the cell and the hidden head).
     #[test]
     fn gradcheck_cell_network_through_unroll() {
         let cell: Cell = "0:sep3,1:max3/0:avg3,2:id/1:sep5,3:id/2:sep3,4:avg3/0:id,5:max3".parse().unwrap();
@@ -440,14 +447,17 @@ mod tests {
             .collect();
         let labels = Tensor::from_slice(&[0i64, 1, 2, 0]);
         let real = leaf(&[4, 1, 6, 6], 9).detach();
-        let f = |p: &[Tensor]| {
-            let params = theta0.iter().map(|t| t.copy().set_requires_grad(true)).collect();
-            let params = two_sgd_steps(&cell, &net, params, &p[0], &labels);
-            project(&forward(&cell, &net, &params, &real))
-        };
-        let images = leaf(&[2, 4, 1, 6, 6], 1);
-        let err = max_rel_error(&[images], &f, 12);
-        assert!(err < 1e-4, "cell network meta-gradient finite-difference relative error {err:e}");
+        for training_stats in [false, true] {
+            let f = |p: &[Tensor]| {
+                let params = theta0.iter().map(|t| t.copy().set_requires_grad(true)).collect();
+                let (params, stats) = two_sgd_steps(&cell, &net, params, &p[0], &labels);
+                let mut norm = if training_stats { Norm::Given(stats.iter()) } else { Norm::Batch };
+                project(&super::forward(&cell, &net, &params, &real, &mut norm))
+            };
+            let images = leaf(&[2, 4, 1, 6, 6], 1);
+            let err = max_rel_error(&[images], &f, 12);
+            assert!(err < 1e-4, "training statistics {training_stats}: finite-difference relative error {err:e}");
+        }
         let direct = |p: &[Tensor]| project(&forward(&cell, &net, &p[..p.len() - 1], &p[p.len() - 1]));
         let mut inputs = nn::init_params(&specs, &mut StdRng::seed_from_u64(4), Kind::Double, Device::Cpu);
         inputs.push(leaf(&[4, 1, 6, 6], 5));
@@ -468,7 +478,7 @@ mod tests {
         let meta_gradient = |kind: Kind| {
             let images = leaf(&[2, 16, 1, 28, 28], 1).to_kind(kind).detach().set_requires_grad(true);
             let params = theta0.iter().map(|t| t.to_kind(kind).detach().set_requires_grad(true)).collect();
-            let params = two_sgd_steps(&cell, &NetConfig::CPU, params, &images, &labels);
+            let (params, _) = two_sgd_steps(&cell, &NetConfig::CPU, params, &images, &labels);
             let real = leaf(&[16, 1, 28, 28], 9).to_kind(kind);
             let loss = nn::cross_entropy(&forward(&cell, &NetConfig::CPU, &params, &real), &labels);
             Tensor::run_backward(&[loss], &[&images], false, false)[0].to_kind(Kind::Double)
