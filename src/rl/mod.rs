@@ -135,8 +135,7 @@ pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
     let trials = teacher::trials(&c, &mut rng, c.eval_policies, c.eval_episodes);
     let theta = Vec::<f32>::try_from(&theta).expect("a float vector");
     let (mean, std) = mean_std(&real_returns(&teacher, &theta, &trials, threads));
-    let (_, theta0) = EnvTeacher::new(&c);
-    let (untrained_mean, untrained_std) = mean_std(&real_returns(&teacher, &theta0, &trials, threads));
+    let (untrained_mean, untrained_std) = mean_std(&real_returns(&teacher, &teacher.initial, &trials, threads));
     let baseline = ReinforceConfig::default();
     let steps = es::evaluate_parallel(c.baseline_seeds, threads, |s| {
         reinforce::steps_to_reach(&reinforce::train(&baseline, seed + s as u64, c.baseline_budget, mean).0, mean)

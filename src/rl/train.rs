@@ -1,6 +1,7 @@
 //! ES meta-training of a training-environment teacher, with checkpoints: `config.toml` (written
-//! once), `checkpoint.safetensors` (parameter vector, Adam state, generation; replaced
-//! atomically) and `log.csv` (one row per generation).
+//! once), `checkpoint.safetensors` (parameter vector, the teacher's fixed noise and initial
+//! parameters, Adam state, generation; replaced atomically) and `log.csv` (one row per
+//! generation).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,9 +68,14 @@ pub struct Checkpoint {
     pub generation: usize,
 }
 
-pub fn save(dir: &Path, theta: &Tensor, adam: &Adam, generation: usize) -> Result<()> {
+/// Tensors that checkpoints of older builds lack, so a missing one says more than "missing".
+const ADDED_LATER: [&str; 2] = ["noise", "theta.initial"];
+
+pub fn save(dir: &Path, teacher: &EnvTeacher, theta: &Tensor, adam: &Adam, generation: usize) -> Result<()> {
     let tensors = [
         ("theta", theta.detach().copy()),
+        ("theta.initial", Tensor::from_slice(&teacher.initial)),
+        ("noise", teacher.noise()),
         ("adam.m", adam.m[0].detach().copy()),
         ("adam.v", adam.v[0].detach().copy()),
         ("adam.steps", Tensor::from_slice(&[adam.steps])),
@@ -81,7 +87,9 @@ pub fn save(dir: &Path, theta: &Tensor, adam: &Adam, generation: usize) -> Resul
     })
 }
 
-/// Loads `dir`, checking every tensor against what its config implies.
+/// Loads `dir`, checking every tensor against what its config implies. The teacher's noise and
+/// initial parameters come from the checkpoint, not from `seed`, so an edited config.toml cannot
+/// pair the saved parameters with other noise.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let config = read_config(dir)?;
     let path = dir.join(CHECKPOINT_FILE);
@@ -89,9 +97,16 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         .map_err(|e| anyhow::anyhow!("{}: missing, corrupt or not a safetensors file: {e}", path.display()))?
         .into_iter()
         .collect();
-    let (teacher, _) = EnvTeacher::new(&config);
     let take = |name: &str, shape: &[i64], kind: Kind| -> Result<Tensor> {
-        let t = stored.get(name).with_context(|| format!("{}: tensor `{name}` missing", path.display()))?;
+        let Some(t) = stored.get(name) else {
+            if ADDED_LATER.contains(&name) {
+                bail!(
+                    "{}: tensor `{name}` missing: the checkpoint is from an older gtn that did not store it, and it cannot be rebuilt from {CONFIG_FILE}; start the run again",
+                    path.display()
+                );
+            }
+            bail!("{}: tensor `{name}` missing", path.display());
+        };
         if t.size() != shape || t.kind() != kind {
             bail!(
                 "{}: tensor `{name}` is {:?} {:?}, the config in {CONFIG_FILE} implies {shape:?} {kind:?}; the checkpoint is from another config",
@@ -102,8 +117,10 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         }
         Ok(t.shallow_clone())
     };
-    let dim = [teacher.dim() as i64];
+    let dim = [teacher::param_dim(&config) as i64];
     let theta = take("theta", &dim, Kind::Float)?;
+    let noise = take("noise", &EnvTeacher::noise_shape(&config), Kind::Float)?;
+    let initial = take("theta.initial", &dim, Kind::Float)?;
     let (m, v) = (take("adam.m", &dim, Kind::Float)?, take("adam.v", &dim, Kind::Float)?);
     let steps = take("adam.steps", &[1], Kind::Int64)?.int64_value(&[0]);
     let generation = take("generation", &[1], Kind::Int64)?.int64_value(&[0]);
@@ -117,6 +134,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     if !crate::nn::all_finite(&theta) {
         bail!("{}: the parameter vector is not finite", path.display());
     }
+    let teacher = EnvTeacher::from_parts(&config, &noise, &initial);
     let adam = Adam { m: vec![m], v: vec![v], steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
     Ok(Checkpoint { teacher, theta, adam, generation: generation as usize })
 }
@@ -272,7 +290,7 @@ impl EsTrainer {
     }
 
     pub fn save(&mut self) -> Result<()> {
-        save(&self.dir, &self.theta, &self.adam, self.generation)?;
+        save(&self.dir, &self.teacher, &self.theta, &self.adam, self.generation)?;
         self.last_saved = self.generation;
         Ok(())
     }
@@ -368,6 +386,36 @@ mod tests {
         assert_eq!(trainer.generation, 0);
         assert_eq!(read_config(dir.path()).unwrap(), tiny(4));
         assert_eq!(load(dir.path()).unwrap().generation, 0);
+    }
+
+    /// The teacher's noise and initial parameters come from the checkpoint: an edited `seed`
+    /// keeps them, an edited size they depend on is refused, and so is a checkpoint of an older
+    /// build that lacks them.
+    #[test]
+    fn the_checkpoint_holds_the_teachers_noise() {
+        let dir = tempfile::tempdir().unwrap();
+        let trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        let config_file = dir.path().join(CONFIG_FILE);
+        let reseeded = RlConfig { seed: 5, ..tiny(4) };
+        assert!(!EnvTeacher::new(&reseeded).0.noise().equal(&trainer.teacher.noise()), "another seed, other noise");
+        std::fs::write(&config_file, reseeded.to_toml().unwrap()).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        assert!(loaded.teacher.noise().equal(&trainer.teacher.noise()));
+        assert_eq!(loaded.teacher.initial, trainer.teacher.initial);
+        std::fs::write(&config_file, RlConfig { batch_size: 7, ..reseeded }.to_toml().unwrap()).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("tensor `noise` is [4, 16, 4] Float, the config in config.toml implies [4, 7, 4]"),
+            "{err}"
+        );
+
+        std::fs::write(&config_file, tiny(4).to_toml().unwrap()).unwrap();
+        let file = dir.path().join(CHECKPOINT_FILE);
+        let older: Vec<(String, Tensor)> =
+            Tensor::read_safetensors(&file).unwrap().into_iter().filter(|(name, _)| name != "noise").collect();
+        Tensor::write_safetensors(&older, &file).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("tensor `noise` missing: the checkpoint is from an older gtn"), "{err}");
     }
 
     #[test]
