@@ -128,6 +128,12 @@ impl EnvTeacher {
         (generator, log_lr.exp(), log_momentum.exp())
     }
 
+    /// The inner learning rates `[T]` and momenta `[T]` of a parameter vector `[dim]`.
+    pub fn schedule(&self, theta: &Tensor) -> (Tensor, Tensor) {
+        let (_, lrs, momenta) = self.unpack(theta);
+        (lrs, momenta)
+    }
+
     /// Step `t`'s synthetic observations `[B, 4]` and target action probabilities `[B, 2]`.
     fn batch(&self, generator: &[Tensor], t: usize) -> (Tensor, Tensor) {
         let per_step = self.config.batch_size * self.config.noise_dim;

@@ -131,10 +131,20 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             config.generations
         );
     }
-    if !crate::nn::all_finite(&theta) {
-        bail!("{}: the parameter vector is not finite", path.display());
-    }
     let teacher = EnvTeacher::from_parts(&config, &noise, &initial);
+    let (lrs, momenta) = teacher.schedule(&theta);
+    let floats = [
+        ("tensor `theta`", &theta),
+        ("the inner learning rates of tensor `theta`", &lrs),
+        ("the inner momenta of tensor `theta`", &momenta),
+        ("tensor `theta.initial`", &initial),
+        ("tensor `noise`", &noise),
+        ("tensor `adam.m`", &m),
+        ("tensor `adam.v`", &v),
+    ];
+    if let Some(k) = crate::nn::first_non_finite(&floats.map(|(_, t)| t.shallow_clone())) {
+        bail!("{}: NaN or infinite values in {}", path.display(), floats[k].0);
+    }
     let adam = Adam { m: vec![m], v: vec![v], steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
     Ok(Checkpoint { teacher, theta, adam, generation: generation as usize })
 }
@@ -229,9 +239,10 @@ impl EsTrainer {
         Vec::<f32>::try_from(&self.theta).expect("a float vector")
     }
 
-    /// One generation: a descent direction for the teacher, then one Adam step on it. A
-    /// non-finite gradient or update stops before anything is saved, so the last good
-    /// checkpoint stays.
+    /// One generation: a descent direction for the teacher, then one Adam step on it. The step
+    /// is taken on copies: if the gradient, the parameters, Adam's moments or the inner learning
+    /// rates or momenta they imply come out NaN or infinite, it stops before anything is logged
+    /// or saved and leaves the trainer as it was, so the last good checkpoint stays.
     pub fn step(&mut self) -> Result<GenerationStats> {
         let start = Instant::now();
         let g = self.generation;
@@ -245,20 +256,24 @@ impl EsTrainer {
             }
         };
         let grad_norm = descent.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
-        let updated = self.theta.detach().copy();
-        if grad_norm.is_finite() {
-            self.adam.step(&[updated.shallow_clone()], &[Tensor::from_slice(&descent)], c.outer_lr);
+        if !grad_norm.is_finite() {
+            return Err(self.diverged(g, &format!("the gradient norm is {grad_norm}")));
         }
-        if !grad_norm.is_finite() || !crate::nn::all_finite(&updated) {
-            let dir = self.dir.display();
-            bail!(
-                "generation {g}: gradient norm {grad_norm} or the updated teacher is not finite: training stopped; the last good checkpoint (generation {}) is kept in {dir}; lower outer_lr or sigma in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`",
-                self.last_saved
-            );
+        let theta = self.theta.detach().copy();
+        let copies = |moments: &[Tensor]| moments.iter().map(Tensor::copy).collect();
+        let mut adam = Adam { m: copies(&self.adam.m), v: copies(&self.adam.v), ..self.adam };
+        adam.step(&[theta.shallow_clone()], &[Tensor::from_slice(&descent)], c.outer_lr);
+        let (lrs, momenta) = self.teacher.schedule(&theta);
+        let state = [
+            ("the teacher's parameters", &theta),
+            ("Adam's first moment", &adam.m[0]),
+            ("Adam's second moment", &adam.v[0]),
+            ("the inner learning rates", &lrs),
+            ("the inner momenta", &momenta),
+        ];
+        if let Some(k) = crate::nn::first_non_finite(&state.map(|(_, t)| t.shallow_clone())) {
+            return Err(self.diverged(g, &format!("the update made {} NaN or infinite", state[k].0)));
         }
-        self.theta = updated;
-        self.generation += 1;
-        let (_, _, lrs, momenta) = self.teacher.teaching_set(&self.theta());
         let stats = GenerationStats {
             generation: g,
             fitness_mean: fitness.iter().sum::<f64>() / fitness.len() as f64,
@@ -269,8 +284,19 @@ impl EsTrainer {
             inner_momentum_mean: momenta.mean(None::<Kind>).double_value(&[]),
             seconds: start.elapsed().as_secs_f64(),
         };
+        self.theta = theta;
+        self.adam = adam;
+        self.generation += 1;
         crate::progress::append_row(&self.dir.join(LOG_FILE), &stats.csv_row())?;
         Ok(stats)
+    }
+
+    fn diverged(&self, generation: usize, what: &str) -> anyhow::Error {
+        let dir = self.dir.display();
+        anyhow::anyhow!(
+            "generation {generation}: {what}: training stopped; the last good checkpoint (generation {}) is kept in {dir}; lower outer_lr or sigma in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`",
+            self.last_saved
+        )
     }
 
     /// ES: score the antithetic population on common draws (the same policies and episodes for
@@ -368,12 +394,51 @@ mod tests {
         let mut trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
         trainer.theta = trainer.theta.full_like(f64::NAN);
         let err = trainer.step().unwrap_err().to_string();
-        assert!(err.contains("generation 0") && err.contains("not finite") && err.contains("--resume"), "{err}");
+        assert!(
+            err.starts_with("generation 0: the update made the teacher's parameters NaN or infinite")
+                && err.contains("--resume"),
+            "{err}"
+        );
         let saved = load(dir.path()).unwrap();
         assert_eq!(saved.generation, 0);
         assert_eq!(Vec::<f32>::try_from(&saved.theta).unwrap(), EnvTeacher::new(&tiny(4)).1);
         let again = EsTrainer::create(&tiny(4), dir.path(), 1).err().unwrap().to_string();
         assert!(again.contains("already holds a run"), "{again}");
+    }
+
+    /// Adam's second moment can overflow while the parameters stay finite (the update divides
+    /// by its root), and a finite log learning rate can overflow once exponentiated: either stops
+    /// the step before anything is logged or saved, with the trainer as it was.
+    #[test]
+    fn a_non_finite_optimiser_state_or_schedule_stops_the_step_and_leaves_the_trainer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        let files = || ["log.csv", "checkpoint.safetensors"].map(|f| std::fs::read(dir.path().join(f)).unwrap());
+        let before = files();
+        trainer.adam.v[0] = trainer.adam.v[0].full_like(f64::INFINITY);
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.starts_with("generation 0: the update made Adam's second moment NaN or infinite"), "{err}");
+        assert!(crate::nn::all_finite(&trainer.theta), "the parameters alone would not have shown it");
+        assert_eq!((trainer.generation, trainer.adam.steps), (0, 0));
+        assert!(trainer.adam.m[0].equal(&trainer.adam.m[0].zeros_like()), "Adam's first moment is as it was");
+        assert_eq!(files(), before, "nothing logged or saved");
+
+        let mut trainer = EsTrainer::resume(dir.path(), 1).unwrap();
+        let first_log_lr = (trainer.teacher.dim() - 2 * tiny(4).inner_steps) as i64;
+        let _ = trainer.theta.get(first_log_lr).fill_(100.0);
+        let theta = trainer.theta();
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.starts_with("generation 0: the update made the inner learning rates NaN or infinite"), "{err}");
+        assert_eq!((trainer.theta(), trainer.adam.steps), (theta, 0));
+        assert_eq!(files(), before);
+        trainer.save().unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.ends_with(
+                "checkpoint.safetensors: NaN or infinite values in the inner learning rates of tensor `theta`"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -428,5 +493,18 @@ mod tests {
             .unwrap();
         let err = load(dir.path()).err().unwrap().to_string();
         assert!(err.contains("checkpoint.safetensors: tensor `theta`") && err.contains("another config"), "{err}");
+        std::fs::write(dir.path().join(CONFIG_FILE), tiny(4).to_toml().unwrap()).unwrap();
+        let file = dir.path().join(CHECKPOINT_FILE);
+        let poisoned: Vec<(String, Tensor)> = Tensor::read_safetensors(&file)
+            .unwrap()
+            .into_iter()
+            .map(|(name, t)| match name.as_str() {
+                "adam.v" => (name, t.full_like(f64::INFINITY)),
+                _ => (name, t),
+            })
+            .collect();
+        Tensor::write_safetensors(&poisoned, &file).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.ends_with("checkpoint.safetensors: NaN or infinite values in tensor `adam.v`"), "{err}");
     }
 }
