@@ -84,6 +84,9 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
             r.real_steps,
             r.actions.size()[0]
         );
+        if let Some(warning) = r.warning(&c) {
+            eprintln!("{warning}");
+        }
     }
     let start = std::time::Instant::now();
     trainer.run(true)?;

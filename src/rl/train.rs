@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use tch::{Kind, Tensor};
 
+use super::cartpole::OBS_DIM;
 use super::config::{Objective, RlConfig};
 use super::es::{self, Shaping};
 use super::imitation::Reference;
@@ -60,19 +61,28 @@ pub fn read_config(dir: &Path) -> Result<RlConfig> {
     RlConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// A loaded run: its teacher, parameter vector, optimiser state and completed generations.
+/// A loaded run: its teacher, parameter vector, optimiser state, completed generations and,
+/// for the imitation objective, its reference.
 pub struct Checkpoint {
     pub teacher: EnvTeacher,
     pub theta: Tensor,
     pub adam: Adam,
     pub generation: usize,
+    pub reference: Option<Reference>,
 }
 
 /// Tensors that checkpoints of older builds lack, so a missing one says more than "missing".
 const ADDED_LATER: [&str; 2] = ["noise", "theta.initial"];
 
-pub fn save(dir: &Path, teacher: &EnvTeacher, theta: &Tensor, adam: &Adam, generation: usize) -> Result<()> {
-    let tensors = [
+pub fn save(
+    dir: &Path,
+    teacher: &EnvTeacher,
+    theta: &Tensor,
+    adam: &Adam,
+    generation: usize,
+    reference: Option<&Reference>,
+) -> Result<()> {
+    let mut tensors = vec![
         ("theta", theta.detach().copy()),
         ("theta.initial", Tensor::from_slice(&teacher.initial)),
         ("noise", teacher.noise()),
@@ -81,6 +91,14 @@ pub fn save(dir: &Path, teacher: &EnvTeacher, theta: &Tensor, adam: &Adam, gener
         ("adam.steps", Tensor::from_slice(&[adam.steps])),
         ("generation", Tensor::from_slice(&[generation as i64])),
     ];
+    if let Some(r) = reference {
+        tensors.extend([
+            ("reference.states", r.states.copy()),
+            ("reference.actions", r.actions.copy()),
+            ("reference.real_steps", Tensor::from_slice(&[r.real_steps as i64])),
+            ("reference.greedy_return", Tensor::from_slice(&[r.greedy_return])),
+        ]);
+    }
     let path = dir.join(CHECKPOINT_FILE);
     crate::atomic::replace_with(&path, |tmp| {
         Tensor::write_safetensors(&tensors, tmp).with_context(|| format!("{}: cannot write", path.display()))
@@ -97,7 +115,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         .map_err(|e| anyhow::anyhow!("{}: missing, corrupt or not a safetensors file: {e}", path.display()))?
         .into_iter()
         .collect();
-    let take = |name: &str, shape: &[i64], kind: Kind| -> Result<Tensor> {
+    let find = |name: &str| -> Result<&Tensor> {
         let Some(t) = stored.get(name) else {
             if ADDED_LATER.contains(&name) {
                 bail!(
@@ -105,8 +123,18 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
                     path.display()
                 );
             }
+            if name.starts_with("reference.") {
+                bail!(
+                    "{}: tensor `{name}` missing: objective = \"imitation\" in {CONFIG_FILE} needs the reference its run started with, which a run started with objective = \"es\" or by an older gtn does not have; start the run again",
+                    path.display()
+                );
+            }
             bail!("{}: tensor `{name}` missing", path.display());
         };
+        Ok(t)
+    };
+    let take = |name: &str, shape: &[i64], kind: Kind| -> Result<Tensor> {
+        let t = find(name)?;
         if t.size() != shape || t.kind() != kind {
             bail!(
                 "{}: tensor `{name}` is {:?} {:?}, the config in {CONFIG_FILE} implies {shape:?} {kind:?}; the checkpoint is from another config",
@@ -131,22 +159,52 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             config.generations
         );
     }
+    let reference = match config.objective {
+        Objective::Es => None,
+        Objective::Imitation => {
+            // The reference's episodes set the number of states; the config does not.
+            let actions = find("reference.actions")?;
+            let n = match actions.size()[..] {
+                [n] if n > 0 && actions.kind() == Kind::Int64 => n,
+                _ => bail!(
+                    "{}: tensor `reference.actions` is {:?} {:?}, expected [N] Int64 with N > 0",
+                    path.display(),
+                    actions.size(),
+                    actions.kind()
+                ),
+            };
+            if actions.eq(0).logical_or(&actions.eq(1)).all().int64_value(&[]) == 0 {
+                bail!("{}: tensor `reference.actions` holds values other than 0 and 1", path.display());
+            }
+            Some(Reference {
+                states: take("reference.states", &[n, OBS_DIM as i64], Kind::Float)?,
+                actions: actions.shallow_clone(),
+                real_steps: take("reference.real_steps", &[1], Kind::Int64)?.int64_value(&[0]).max(0) as usize,
+                greedy_return: take("reference.greedy_return", &[1], Kind::Double)?.double_value(&[0]),
+            })
+        }
+    };
     let teacher = EnvTeacher::from_parts(&config, &noise, &initial);
     let (lrs, momenta) = teacher.schedule(&theta);
-    let floats = [
-        ("tensor `theta`", &theta),
-        ("the inner learning rates of tensor `theta`", &lrs),
-        ("the inner momenta of tensor `theta`", &momenta),
-        ("tensor `theta.initial`", &initial),
-        ("tensor `noise`", &noise),
-        ("tensor `adam.m`", &m),
-        ("tensor `adam.v`", &v),
+    let mut floats = vec![
+        ("tensor `theta`", theta.shallow_clone()),
+        ("the inner learning rates of tensor `theta`", lrs),
+        ("the inner momenta of tensor `theta`", momenta),
+        ("tensor `theta.initial`", initial),
+        ("tensor `noise`", noise),
+        ("tensor `adam.m`", m.shallow_clone()),
+        ("tensor `adam.v`", v.shallow_clone()),
     ];
-    if let Some(k) = crate::nn::first_non_finite(&floats.map(|(_, t)| t.shallow_clone())) {
+    if let Some(r) = &reference {
+        floats.push(("tensor `reference.states`", r.states.shallow_clone()));
+        floats.push(("tensor `reference.greedy_return`", Tensor::from(r.greedy_return)));
+    }
+    let tensors: Vec<Tensor> = floats.iter().map(|(_, t)| t.shallow_clone()).collect();
+    if let Some(k) = crate::nn::first_non_finite(&tensors) {
         bail!("{}: NaN or infinite values in {}", path.display(), floats[k].0);
     }
     let adam = Adam { m: vec![m], v: vec![v], steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
-    Ok(Checkpoint { teacher, theta, adam, generation: generation as usize })
+    Ok(Checkpoint { teacher, theta, adam, generation: generation as usize, reference })
 }
 
 pub struct EsTrainer {
@@ -160,12 +218,10 @@ pub struct EsTrainer {
     dir: PathBuf,
     /// Worker threads for the population; the result does not depend on it.
     pub threads: usize,
-    /// The imitation objective's reference states and actions (rebuilt from the seed on resume).
+    /// The imitation objective's reference states and actions: learnt when the run starts, then
+    /// stored with its checkpoints, since REINFORCE's result depends on libtorch's thread count
+    /// and a resume must not relearn it.
     reference: Option<Reference>,
-}
-
-fn reference_for(config: &RlConfig) -> Option<Reference> {
-    (config.objective == Objective::Imitation).then(|| Reference::learn(config))
 }
 
 impl EsTrainer {
@@ -178,7 +234,7 @@ impl EsTrainer {
         let theta = Tensor::from_slice(&theta);
         let adam = Adam::new(&[theta.shallow_clone()], config.adam_beta1, config.adam_beta2);
         // The reference can take minutes of real episodes: learnt before any file is written.
-        let reference = reference_for(config);
+        let reference = (config.objective == Objective::Imitation).then(|| Reference::learn(config));
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
         crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
         crate::atomic::write(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
@@ -211,9 +267,8 @@ impl EsTrainer {
         if never_saved(dir) {
             return EsTrainer::create(&read_config(dir)?, dir, threads);
         }
-        let Checkpoint { teacher, theta, adam, generation } = load(dir)?;
+        let Checkpoint { teacher, theta, adam, generation, reference } = load(dir)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, generation)?;
-        let reference = reference_for(&teacher.config);
         Ok(EsTrainer {
             teacher,
             theta,
@@ -316,7 +371,7 @@ impl EsTrainer {
     }
 
     pub fn save(&mut self) -> Result<()> {
-        save(&self.dir, &self.teacher, &self.theta, &self.adam, self.generation)?;
+        save(&self.dir, &self.teacher, &self.theta, &self.adam, self.generation, self.reference.as_ref())?;
         self.last_saved = self.generation;
         Ok(())
     }
@@ -439,6 +494,46 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// The imitation reference is stored with the checkpoint and read back on resume, not
+    /// learnt again (another thread count could learn another one).
+    #[test]
+    fn the_imitation_reference_is_stored_and_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RlConfig { objective: Objective::Imitation, baseline_budget: 2_000, ..tiny(4) };
+        let mut trainer = EsTrainer::create(&config, dir.path(), 1).unwrap();
+        trainer.step().unwrap();
+        trainer.save().unwrap();
+        let learnt = trainer.reference().unwrap();
+        let file = dir.path().join(CHECKPOINT_FILE);
+        let stored = Tensor::read_safetensors(&file).unwrap();
+        let mirrored: Vec<(String, Tensor)> = stored
+            .iter()
+            .map(|(name, t)| match name.as_str() {
+                "reference.actions" => (name.clone(), t.ones_like() - t),
+                _ => (name.clone(), t.shallow_clone()),
+            })
+            .collect();
+        Tensor::write_safetensors(&mirrored, &file).unwrap();
+        let resumed = EsTrainer::resume(dir.path(), 2).unwrap();
+        let r = resumed.reference().unwrap();
+        assert!(
+            r.actions.equal(&(learnt.actions.ones_like() - &learnt.actions)),
+            "the stored actions, not relearnt ones"
+        );
+        assert!(r.states.equal(&learnt.states));
+        assert_eq!((r.real_steps, r.greedy_return), (learnt.real_steps, learnt.greedy_return));
+        assert_eq!(resumed.generation, 1);
+
+        let without: Vec<(String, Tensor)> =
+            stored.into_iter().filter(|(name, _)| name != "reference.states").collect();
+        Tensor::write_safetensors(&without, &file).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("tensor `reference.states` missing: objective = \"imitation\""), "{err}");
+        let es = RlConfig { objective: Objective::Es, ..config };
+        std::fs::write(dir.path().join(CONFIG_FILE), es.to_toml().unwrap()).unwrap();
+        assert!(load(dir.path()).unwrap().reference.is_none());
     }
 
     #[test]
