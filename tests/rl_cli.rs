@@ -43,3 +43,13 @@ fn rl_train_resume_eval() {
     let err = error_line(&gtn(&["rl", "eval", tmp.path().join("none").to_str().unwrap()]));
     assert!(err.contains("config.toml: cannot read"), "{err}");
 }
+
+/// `--threads` is bounded: 2^31 overflowed libtorch's i32 and 100,000 hung starting threads.
+#[test]
+fn threads_out_of_range_is_a_one_line_error() {
+    for value in ["0", "1025", "100000", "2147483648"] {
+        let err = error_line(&gtn(&["--threads", value, "rl", "eval", "no-such-run"]));
+        assert!(err.contains(&format!("invalid value '{value}' for '--threads <THREADS>'")), "{err}");
+        assert!(err.contains("1..=1024"), "{err}");
+    }
+}
