@@ -108,3 +108,36 @@ fn threads_out_of_range_is_a_one_line_error() {
         assert!(err.contains("1..=1024"), "{err}");
     }
 }
+
+/// Imitation's header names what its objective uses (no population, sigma or episodes), its
+/// log holds the meta-loss, and a reference REINFORCE could not bring to 500 within the budget
+/// is warned about on one line of stderr.
+#[test]
+fn rl_imitation_header_log_and_reference_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("im.toml");
+    std::fs::write(&config, "objective = \"imitation\"\ngenerations = 2\nbaseline_budget = 2000\n").unwrap();
+    let run = tmp.path().join("run");
+    let args = ["rl", "train", "--preset", "tiny", "--config", config.to_str().unwrap(), "--threads", "1", "--out"];
+    let out = gtn(&[&args[..], &[run.to_str().unwrap()]].concat());
+    let text = stdout(&out);
+    let header = text.lines().find(|l| l.starts_with("imitation on cartpole")).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        header.starts_with("imitation on cartpole: T=4 x B=16, ")
+            && header.ends_with(
+                " parameters, exact meta-gradient of the cross-entropy to the reference's actions over 4 fresh policies per generation, Adam 0.05, 2 generations, 1 threads"
+            ),
+        "{header}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("REINFORCE did not solve CartPole within baseline_budget = 2000"), "{stderr}");
+    let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
+    assert!(log.starts_with("generation,meta_loss,grad_norm,"), "{log}");
+    assert_eq!(log.lines().count(), 1 + 2);
+
+    let reference = |text: &str| text.lines().find(|l| l.starts_with("imitation reference:")).unwrap().to_string();
+    let resumed = stdout(&gtn(&["rl", "train", "--resume", run.to_str().unwrap(), "--threads", "2"]));
+    assert_eq!(reference(&resumed), reference(&text), "the stored reference, not a relearnt one");
+}

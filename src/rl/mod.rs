@@ -63,20 +63,25 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
         (None, None) => bail!("--out DIR or --resume DIR is required"),
     };
     let c = trainer.config().clone();
-    println!(
-        "{} on {}: T={} x B={}, {} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, {} generations, {threads} threads",
-        c.objective.as_str(),
-        c.env.as_str(),
-        c.inner_steps,
-        c.batch_size,
-        trainer.teacher.dim(),
-        2 * c.pairs,
-        c.pairs,
-        c.sigma,
-        c.policies_per_candidate,
-        c.episodes_per_policy,
-        c.generations
-    );
+    let (env, t, b, dim) = (c.env.as_str(), c.inner_steps, c.batch_size, trainer.teacher.dim());
+    match c.objective {
+        Objective::Es => println!(
+            "es on {env}: T={t} x B={b}, {dim} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, Adam {}, {} generations, {threads} threads",
+            2 * c.pairs,
+            c.pairs,
+            c.sigma,
+            c.policies_per_candidate,
+            c.episodes_per_policy,
+            c.outer_lr,
+            c.generations
+        ),
+        // The meta-loss is the cross-entropy on the reference's states: no population, sigma or
+        // real episodes, and log.csv's score column is that loss.
+        Objective::Imitation => println!(
+            "imitation on {env}: T={t} x B={b}, {dim} parameters, exact meta-gradient of the cross-entropy to the reference's actions over {} fresh policies per generation, Adam {}, {} generations, {threads} threads",
+            c.policies_per_candidate, c.outer_lr, c.generations
+        ),
+    }
     if let Some(r) = trainer.reference() {
         println!(
             "imitation reference: REINFORCE, greedy return {:.1} after {} real steps; {} real states",

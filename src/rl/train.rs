@@ -22,16 +22,31 @@ use crate::optim::Adam;
 use crate::progress::Progress;
 
 pub use crate::checkpoint::LOG_FILE;
-const LOG_HEADER: &str =
-    "generation,fitness_mean,fitness_max,fitness_min,grad_norm,inner_lr_mean,inner_momentum_mean,seconds";
+
+/// `log.csv`'s columns: ES logs its population's fitness, imitation its meta-loss.
+fn log_header(objective: Objective) -> &'static str {
+    match objective {
+        Objective::Es => {
+            "generation,fitness_mean,fitness_max,fitness_min,grad_norm,inner_lr_mean,inner_momentum_mean,seconds"
+        }
+        Objective::Imitation => "generation,meta_loss,grad_norm,inner_lr_mean,inner_momentum_mean,seconds",
+    }
+}
+
+/// What a generation scored its teacher by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Score {
+    /// ES: mean, best and worst fitness (mean real return) of the population's candidates.
+    Fitness { mean: f64, max: f64, min: f64 },
+    /// Imitation: the cross-entropy of the trained policies against the reference's actions.
+    MetaLoss(f64),
+}
 
 /// What one generation measured.
 #[derive(Debug, Clone, Copy)]
 pub struct GenerationStats {
     pub generation: usize,
-    pub fitness_mean: f64,
-    pub fitness_max: f64,
-    pub fitness_min: f64,
+    pub score: Score,
     pub grad_norm: f64,
     pub inner_lr_mean: f64,
     pub inner_momentum_mean: f64,
@@ -40,17 +55,21 @@ pub struct GenerationStats {
 
 impl GenerationStats {
     fn csv_row(&self) -> String {
+        let score = match self.score {
+            Score::Fitness { mean, max, min } => format!("{mean:.3},{max:.3},{min:.3}"),
+            Score::MetaLoss(loss) => format!("{loss:.6}"),
+        };
         format!(
-            "{},{:.3},{:.3},{:.3},{:.6},{:.6},{:.6},{:.3}",
-            self.generation,
-            self.fitness_mean,
-            self.fitness_max,
-            self.fitness_min,
-            self.grad_norm,
-            self.inner_lr_mean,
-            self.inner_momentum_mean,
-            self.seconds
+            "{},{score},{:.6},{:.6},{:.6},{:.3}",
+            self.generation, self.grad_norm, self.inner_lr_mean, self.inner_momentum_mean, self.seconds
         )
+    }
+
+    fn message(&self) -> String {
+        match self.score {
+            Score::Fitness { mean, max, .. } => format!("fitness mean {mean:.1} max {max:.1}"),
+            Score::MetaLoss(loss) => format!("meta-loss {loss:.4}"),
+        }
     }
 }
 
@@ -125,7 +144,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             }
             if name.starts_with("reference.") {
                 bail!(
-                    "{}: tensor `{name}` missing: objective = \"imitation\" in {CONFIG_FILE} needs the reference its run started with, which a run started with objective = \"es\" or by an older gtn does not have; start the run again",
+                    "{}: tensor `{name}` missing: objective = \"imitation\" in {CONFIG_FILE} needs the reference its run started with, which a run started with objective = \"es\" or by an older gtn does not have; a run cannot change its objective: start a new one",
                     path.display()
                 );
             }
@@ -160,6 +179,10 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         );
     }
     let reference = match config.objective {
+        Objective::Es if stored.contains_key("reference.actions") => bail!(
+            "{}: holds an imitation reference (tensor `reference.actions`) but {CONFIG_FILE} says objective = \"es\"; a run cannot change its objective: start a new one",
+            path.display()
+        ),
         Objective::Es => None,
         Objective::Imitation => {
             // The reference's episodes set the number of states; the config does not.
@@ -237,7 +260,7 @@ impl EsTrainer {
         let reference = (config.objective == Objective::Imitation).then(|| Reference::learn(config));
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
         crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
-        crate::atomic::write(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
+        crate::atomic::write(&dir.join(LOG_FILE), format!("{}\n", log_header(config.objective)).as_bytes())?;
         let mut trainer = EsTrainer {
             teacher,
             theta,
@@ -268,7 +291,7 @@ impl EsTrainer {
             return EsTrainer::create(&read_config(dir)?, dir, threads);
         }
         let Checkpoint { teacher, theta, adam, generation, reference } = load(dir)?;
-        crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, generation)?;
+        crate::progress::truncate_log(&dir.join(LOG_FILE), log_header(teacher.config.objective), generation)?;
         Ok(EsTrainer {
             teacher,
             theta,
@@ -303,16 +326,26 @@ impl EsTrainer {
         let g = self.generation;
         let c = self.config().clone();
         let mut rng = iteration_rng(c.seed, g);
-        let (fitness, descent) = match &self.reference {
-            None => self.es_direction(&mut rng),
+        let (score, descent) = match &self.reference {
+            None => {
+                let (fitness, descent) = self.es_direction(&mut rng);
+                let mean = fitness.iter().sum::<f64>() / fitness.len() as f64;
+                let max = fitness.iter().copied().fold(f64::MIN, f64::max);
+                let min = fitness.iter().copied().fold(f64::MAX, f64::min);
+                (Score::Fitness { mean, max, min }, descent)
+            }
             Some(reference) => {
                 let (loss, grad) = reference.meta_gradient(&self.teacher, &self.theta, &mut rng);
-                (vec![-loss], Vec::<f32>::try_from(grad).expect("a float vector"))
+                (Score::MetaLoss(loss), Vec::<f32>::try_from(grad).expect("a float vector"))
             }
         };
         let grad_norm = descent.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
-        if !grad_norm.is_finite() {
-            return Err(self.diverged(g, &format!("the gradient norm is {grad_norm}")));
+        match score {
+            Score::MetaLoss(loss) if !loss.is_finite() => {
+                return Err(self.diverged(g, &format!("the meta-loss is {loss}")));
+            }
+            _ if !grad_norm.is_finite() => return Err(self.diverged(g, &format!("the gradient norm is {grad_norm}"))),
+            _ => {}
         }
         let theta = self.theta.detach().copy();
         let copies = |moments: &[Tensor]| moments.iter().map(Tensor::copy).collect();
@@ -331,9 +364,7 @@ impl EsTrainer {
         }
         let stats = GenerationStats {
             generation: g,
-            fitness_mean: fitness.iter().sum::<f64>() / fitness.len() as f64,
-            fitness_max: fitness.iter().copied().fold(f64::MIN, f64::max),
-            fitness_min: fitness.iter().copied().fold(f64::MAX, f64::min),
+            score,
             grad_norm,
             inner_lr_mean: lrs.mean(None::<Kind>).double_value(&[]),
             inner_momentum_mean: momenta.mean(None::<Kind>).double_value(&[]),
@@ -382,8 +413,7 @@ impl EsTrainer {
         let bar = Progress::new(total, self.generation, progress);
         while self.generation < total {
             let stats = self.step()?;
-            let message = format!("fitness mean {:.1} max {:.1}", stats.fitness_mean, stats.fitness_max);
-            bar.advance(stats.generation, self.generation == total, message, || stats.csv_row());
+            bar.advance(stats.generation, self.generation == total, stats.message(), || stats.csv_row());
             if self.generation.is_multiple_of(self.config().save_every) || self.generation == total {
                 self.save()?;
             }
@@ -503,8 +533,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = RlConfig { objective: Objective::Imitation, baseline_budget: 2_000, ..tiny(4) };
         let mut trainer = EsTrainer::create(&config, dir.path(), 1).unwrap();
-        trainer.step().unwrap();
+        let stats = trainer.step().unwrap();
         trainer.save().unwrap();
+        let Score::MetaLoss(loss) = stats.score else { panic!("{stats:?}") };
+        let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        let rows: Vec<&str> = log.lines().collect();
+        assert_eq!(rows[0], "generation,meta_loss,grad_norm,inner_lr_mean,inner_momentum_mean,seconds");
+        assert!(rows[1].starts_with(&format!("0,{loss:.6},")) && loss > 0.0, "{log}");
         let learnt = trainer.reference().unwrap();
         let file = dir.path().join(CHECKPOINT_FILE);
         let stored = Tensor::read_safetensors(&file).unwrap();
@@ -533,7 +568,13 @@ mod tests {
         assert!(err.contains("tensor `reference.states` missing: objective = \"imitation\""), "{err}");
         let es = RlConfig { objective: Objective::Es, ..config };
         std::fs::write(dir.path().join(CONFIG_FILE), es.to_toml().unwrap()).unwrap();
-        assert!(load(dir.path()).unwrap().reference.is_none());
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains(
+                "holds an imitation reference (tensor `reference.actions`) but config.toml says objective = \"es\""
+            ),
+            "{err}"
+        );
     }
 
     #[test]
