@@ -146,15 +146,6 @@ impl EnvTeacher {
         (obs, probs)
     }
 
-    /// The whole teaching set: observations `[T, B, 4]`, target probabilities `[T, B, 2]`,
-    /// learning rates `[T]` and momenta `[T]`.
-    pub fn teaching_set(&self, theta: &[f32]) -> (Tensor, Tensor, Tensor, Tensor) {
-        let (generator, lrs, momenta) = self.unpack(&Tensor::from_slice(theta));
-        let (obs, probs): (Vec<Tensor>, Vec<Tensor>) =
-            (0..self.config.inner_steps).map(|t| self.batch(&generator, t)).unzip();
-        (Tensor::stack(&obs, 0), Tensor::stack(&probs, 0), lrs, momenta)
-    }
-
     /// Trains a fresh policy for T supervised steps on the teacher's data. ES needs no graph:
     /// its meta-objective (real return) is not differentiable, so it only needs the result. With
     /// `create_graph` the trained parameters are differentiable with respect to `theta`.
@@ -196,12 +187,21 @@ impl EnvTeacher {
 mod tests {
     use super::*;
 
+    /// The whole teaching set: observations `[T, B, 4]`, target probabilities `[T, B, 2]`,
+    /// learning rates `[T]` and momenta `[T]`.
+    fn teaching_set(teacher: &EnvTeacher, theta: &[f32]) -> (Tensor, Tensor, Tensor, Tensor) {
+        let (generator, lrs, momenta) = teacher.unpack(&Tensor::from_slice(theta));
+        let (obs, probs): (Vec<Tensor>, Vec<Tensor>) =
+            (0..teacher.config.inner_steps).map(|t| teacher.batch(&generator, t)).unzip();
+        (Tensor::stack(&obs, 0), Tensor::stack(&probs, 0), lrs, momenta)
+    }
+
     #[test]
     fn parameter_vector_round_trips_and_sets_the_schedule() {
         let config = RlConfig::tiny();
         let (teacher, theta) = EnvTeacher::new(&config);
         assert_eq!(theta.len(), teacher.dim());
-        let (obs, probs, lrs, momenta) = teacher.teaching_set(&theta);
+        let (obs, probs, lrs, momenta) = teaching_set(&teacher, &theta);
         let (t, b) = (config.inner_steps as i64, config.batch_size as i64);
         assert_eq!((obs.size(), probs.size()), (vec![t, b, 4], vec![t, b, 2]));
         assert!(probs.sum_dim_intlist(-1, false, None::<Kind>).allclose(
@@ -221,7 +221,7 @@ mod tests {
     fn policy_training_fits_the_targets() {
         let config = RlConfig { init_lr: 0.5, inner_steps: 16, ..RlConfig::tiny() };
         let (teacher, theta) = EnvTeacher::new(&config);
-        let (obs, probs, _, _) = teacher.teaching_set(&theta);
+        let (obs, probs, _, _) = teaching_set(&teacher, &theta);
         let (obs, probs) = (obs.view([-1, 4]), probs.view([-1, 2]));
         let init = Policy::new(16).init(&mut StdRng::seed_from_u64(0));
         let loss = |p: &[Tensor]| f64::try_from(nn::cross_entropy(&Policy::forward(p, &obs), &probs)).unwrap();
