@@ -63,10 +63,11 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
         (None, None) => bail!("--out DIR or --resume DIR is required"),
     };
     let c = trainer.config().clone();
-    let (env, t, b, dim) = (c.env.as_str(), c.inner_steps, c.batch_size, trainer.teacher.dim());
+    let (objective, env) = (c.objective.as_str(), c.env.as_str());
+    let (t, b, dim) = (c.inner_steps, c.batch_size, trainer.teacher.dim());
     match c.objective {
         Objective::Es => println!(
-            "es on {env}: T={t} x B={b}, {dim} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, Adam {}, {} generations, {threads} threads",
+            "{objective} on {env}: T={t} x B={b}, {dim} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, Adam {}, {} generations, {threads} threads",
             2 * c.pairs,
             c.pairs,
             c.sigma,
@@ -78,7 +79,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
         // The meta-loss is the cross-entropy on the reference's states: no population, sigma or
         // real episodes, and log.csv's score column is that loss.
         Objective::Imitation => println!(
-            "imitation on {env}: T={t} x B={b}, {dim} parameters, exact meta-gradient of the cross-entropy to the reference's actions over {} fresh policies per generation, Adam {}, {} generations, {threads} threads",
+            "{objective} on {env}: T={t} x B={b}, {dim} parameters, exact meta-gradient of the cross-entropy to the reference's actions over {} fresh policies per generation, Adam {}, {} generations, {threads} threads",
             c.policies_per_candidate, c.outer_lr, c.generations
         ),
     }

@@ -1,7 +1,7 @@
 //! ES meta-training of a training-environment teacher, with checkpoints: `config.toml` (written
 //! once), `checkpoint.safetensors` (parameter vector, the teacher's fixed noise and initial
-//! parameters, Adam state, generation; replaced atomically) and `log.csv` (one row per
-//! generation).
+//! parameters, Adam state, generation and, for the imitation objective, the reference policy's
+//! states and actions; replaced atomically) and `log.csv` (one row per generation).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -239,7 +239,7 @@ pub struct EsTrainer {
     pub generation: usize,
     last_saved: usize,
     dir: PathBuf,
-    /// Worker threads for the population; the result does not depend on it.
+    /// Worker threads for the ES population; the ES result does not depend on it.
     pub threads: usize,
     /// The imitation objective's reference states and actions: learnt when the run starts, then
     /// stored with its checkpoints, since REINFORCE's result depends on libtorch's thread count
@@ -379,8 +379,12 @@ impl EsTrainer {
 
     fn diverged(&self, generation: usize, what: &str) -> anyhow::Error {
         let dir = self.dir.display();
+        let keys = match self.config().objective {
+            Objective::Es => "outer_lr or sigma",
+            Objective::Imitation => "outer_lr",
+        };
         anyhow::anyhow!(
-            "generation {generation}: {what}: training stopped; the last good checkpoint (generation {}) is kept in {dir}; lower outer_lr or sigma in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`",
+            "generation {generation}: {what}: training stopped; the last good checkpoint (generation {}) is kept in {dir}; lower {keys} in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`",
             self.last_saved
         )
     }
