@@ -27,10 +27,11 @@ use gtn::teacher::TeacherKind;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Cores to use: libtorch's threads, and the worker threads of `rl` (default: all). Results
-    /// depend on it only through float rounding; on a shared machine, fewer threads than free
-    /// cores avoid oversubscription.
-    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Cores to use, 1 to 1024: libtorch's threads, and the worker threads of `rl` (default:
+    /// all). Results depend on it only through float rounding; on a shared machine, fewer
+    /// threads than free cores avoid oversubscription.
+    // Bounded because libtorch takes an i32 (2^31 panicked) and starting 100,000 threads hung.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
     threads: Option<u64>,
 }
 

@@ -85,6 +85,14 @@ pub struct RlConfig {
 
 pub const PRESETS: [&str; 2] = ["cpu", "tiny"];
 
+/// The widest layer a config may ask for: the noise, the generator's hidden layer, a policy's.
+pub const MAX_WIDTH: usize = 4096;
+
+/// The most values one tensor of a generation may hold (64 MiB of floats): the teacher's noise
+/// `[T, B, noise_dim]` and the hidden activations of the generator and of a policy over the T
+/// steps. An unbounded size would try to allocate whatever it is given, silently.
+pub const MAX_VALUES: usize = 1 << 24;
+
 impl RlConfig {
     /// About five minutes on 2 CPU cores (see the README for the measured run).
     pub fn cpu() -> RlConfig {
@@ -161,12 +169,6 @@ impl RlConfig {
         Ok(config)
     }
 
-    pub fn with_overrides_str(self, text: &str) -> Result<RlConfig> {
-        let config = crate::config::apply_overrides(&self, text)?;
-        config.validate()?;
-        Ok(config)
-    }
-
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("inner_steps", self.inner_steps),
@@ -199,6 +201,9 @@ impl RlConfig {
                 bail!("config key `{key}` is {value}, expected a positive number");
             }
         }
+        if self.init_momentum >= 1.0 {
+            bail!("config key `init_momentum` is {}, expected a value in (0, 1)", self.init_momentum);
+        }
         for (key, beta) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
             if !(0.0..1.0).contains(&beta) {
                 bail!("config key `{key}` is {beta}, expected a value in [0, 1)");
@@ -209,6 +214,25 @@ impl RlConfig {
                 "config keys `policy_width_min` = {} and `policy_width_max` = {}: expected 0 < min < max",
                 self.policy_width_min,
                 self.policy_width_max
+            );
+        }
+        let widths = [
+            ("noise_dim", self.noise_dim),
+            ("generator_hidden", self.generator_hidden),
+            ("policy_width_max", self.policy_width_max as usize),
+        ];
+        for (key, width) in widths {
+            if width > MAX_WIDTH {
+                bail!("config key `{key}` is {width}, expected at most {MAX_WIDTH}");
+            }
+        }
+        let (key, width) = widths.into_iter().max_by_key(|&(_, w)| w).expect("three widths");
+        let values = self.inner_steps.checked_mul(self.batch_size).and_then(|n| n.checked_mul(width));
+        if values.is_none_or(|n| n > MAX_VALUES) {
+            bail!(
+                "config keys `inner_steps` x `batch_size` x `{key}` = {} x {} x {width}: the teacher's noise or a layer's activations over the T steps would hold more than {MAX_VALUES} values, expected at most that",
+                self.inner_steps,
+                self.batch_size
             );
         }
         if self.seed > i64::MAX as u64 {
@@ -222,6 +246,13 @@ impl RlConfig {
 mod tests {
     use super::*;
 
+    /// `tiny` with the keys of `text`, through a file as `--config` reads them.
+    fn overridden(text: &str) -> Result<RlConfig> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        RlConfig::tiny().with_overrides(file.path())
+    }
+
     #[test]
     fn presets_round_trip_and_bad_keys_are_named() {
         for name in PRESETS {
@@ -230,17 +261,47 @@ mod tests {
         }
         let err = RlConfig::preset("paper").unwrap_err().to_string();
         assert_eq!(err, "--preset paper: unknown preset for `gtn rl`, expected one of cpu, tiny");
-        let c = RlConfig::tiny().with_overrides_str("pairs = 3\nsigma = 0.1").unwrap();
+        let c = overridden("pairs = 3\nsigma = 0.1").unwrap();
         assert_eq!((c.pairs, c.sigma), (3, 0.1));
-        let err = RlConfig::tiny().with_overrides_str("paris = 3").unwrap_err().to_string();
+        let err = overridden("paris = 3").unwrap_err().to_string();
         assert!(err.contains("unknown field `paris`"), "{err}");
-        let err = RlConfig::tiny().with_overrides_str("env = \"pendulum\"").unwrap_err().to_string();
+        let err = overridden("env = \"pendulum\"").unwrap_err().to_string();
         assert!(err.contains("pendulum"), "{err}");
-        let c = RlConfig::tiny().with_overrides_str("objective = \"imitation\"").unwrap();
+        let c = overridden("objective = \"imitation\"").unwrap();
         assert_eq!(c.objective, Objective::Imitation);
-        let err = RlConfig::tiny().with_overrides_str("sigma = 0.0").unwrap_err().to_string();
-        assert_eq!(err, "config key `sigma` is 0, expected a positive number");
-        let err = RlConfig::tiny().with_overrides_str("policy_width_max = 8").unwrap_err().to_string();
+        let err = overridden("sigma = 0.0").unwrap_err().to_string();
+        assert!(err.ends_with(": config key `sigma` is 0, expected a positive number"), "{err}");
+        let err = overridden("policy_width_max = 8").unwrap_err().to_string();
         assert!(err.contains("`policy_width_min` = 8 and `policy_width_max` = 8"), "{err}");
+    }
+
+    /// Momentum at or above 1 makes the inner SGD diverge, and sizes have an upper bound, so a
+    /// typo is an error naming the key rather than an attempt to allocate gigabytes.
+    #[test]
+    fn momentum_below_one_and_bounded_sizes() {
+        let err = |c: RlConfig| c.validate().unwrap_err().to_string();
+        assert_eq!(
+            err(RlConfig { init_momentum: 1.5, ..RlConfig::cpu() }),
+            "config key `init_momentum` is 1.5, expected a value in (0, 1)"
+        );
+        assert!(RlConfig { init_momentum: 0.99, ..RlConfig::cpu() }.validate().is_ok());
+        assert_eq!(
+            err(RlConfig { batch_size: 4_000_000_000, ..RlConfig::cpu() }),
+            "config keys `inner_steps` x `batch_size` x `policy_width_max` = 8 x 4000000000 x 128: the teacher's noise or a layer's activations over the T steps would hold more than 16777216 values, expected at most that"
+        );
+        let wide_noise = RlConfig { inner_steps: 64, batch_size: 256, noise_dim: 1025, ..RlConfig::cpu() };
+        assert!(err(wide_noise).contains("`inner_steps` x `batch_size` x `noise_dim` = 64 x 256 x 1025"));
+        let at_the_cap = RlConfig { inner_steps: 64, batch_size: 256, noise_dim: 1024, ..RlConfig::cpu() };
+        assert!(at_the_cap.validate().is_ok(), "64 x 256 x 1024 = 2^24");
+        let overflowing = RlConfig { inner_steps: usize::MAX, batch_size: usize::MAX, ..RlConfig::cpu() };
+        assert!(err(overflowing).contains("would hold more than 16777216 values"));
+        for (key, config) in [
+            ("policy_width_max", RlConfig { policy_width_max: 4097, ..RlConfig::cpu() }),
+            ("generator_hidden", RlConfig { generator_hidden: 4097, ..RlConfig::cpu() }),
+            ("noise_dim", RlConfig { noise_dim: 4097, batch_size: 1, ..RlConfig::cpu() }),
+        ] {
+            assert_eq!(err(config), format!("config key `{key}` is 4097, expected at most 4096"));
+        }
+        assert!(RlConfig { policy_width_max: 4096, batch_size: 16, ..RlConfig::cpu() }.validate().is_ok());
     }
 }

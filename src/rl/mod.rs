@@ -63,20 +63,26 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
         (None, None) => bail!("--out DIR or --resume DIR is required"),
     };
     let c = trainer.config().clone();
-    println!(
-        "{} on {}: T={} x B={}, {} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, {} generations, {threads} threads",
-        c.objective.as_str(),
-        c.env.as_str(),
-        c.inner_steps,
-        c.batch_size,
-        trainer.teacher.dim(),
-        2 * c.pairs,
-        c.pairs,
-        c.sigma,
-        c.policies_per_candidate,
-        c.episodes_per_policy,
-        c.generations
-    );
+    let (objective, env) = (c.objective.as_str(), c.env.as_str());
+    let (t, b, dim) = (c.inner_steps, c.batch_size, trainer.teacher.dim());
+    match c.objective {
+        Objective::Es => println!(
+            "{objective} on {env}: T={t} x B={b}, {dim} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, Adam {}, {} generations, {threads} threads",
+            2 * c.pairs,
+            c.pairs,
+            c.sigma,
+            c.policies_per_candidate,
+            c.episodes_per_policy,
+            c.outer_lr,
+            c.generations
+        ),
+        // The meta-loss is the cross-entropy on the reference's states: no population, sigma or
+        // real episodes, and log.csv's score column is that loss.
+        Objective::Imitation => println!(
+            "{objective} on {env}: T={t} x B={b}, {dim} parameters, exact meta-gradient of the cross-entropy to the reference's actions over {} fresh policies per generation, Adam {}, {} generations, {threads} threads",
+            c.policies_per_candidate, c.outer_lr, c.generations
+        ),
+    }
     if let Some(r) = trainer.reference() {
         println!(
             "imitation reference: REINFORCE, greedy return {:.1} after {} real steps; {} real states",
@@ -84,6 +90,9 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
             r.real_steps,
             r.actions.size()[0]
         );
+        if let Some(warning) = r.warning(&c) {
+            eprintln!("{warning}");
+        }
     }
     let start = std::time::Instant::now();
     trainer.run(true)?;
@@ -135,8 +144,7 @@ pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
     let trials = teacher::trials(&c, &mut rng, c.eval_policies, c.eval_episodes);
     let theta = Vec::<f32>::try_from(&theta).expect("a float vector");
     let (mean, std) = mean_std(&real_returns(&teacher, &theta, &trials, threads));
-    let (_, theta0) = EnvTeacher::new(&c);
-    let (untrained_mean, untrained_std) = mean_std(&real_returns(&teacher, &theta0, &trials, threads));
+    let (untrained_mean, untrained_std) = mean_std(&real_returns(&teacher, &teacher.initial, &trials, threads));
     let baseline = ReinforceConfig::default();
     let steps = es::evaluate_parallel(c.baseline_seeds, threads, |s| {
         reinforce::steps_to_reach(&reinforce::train(&baseline, seed + s as u64, c.baseline_budget, mean).0, mean)

@@ -27,12 +27,6 @@ impl Policy {
         Policy { hidden, specs }
     }
 
-    /// A policy whose hidden width is drawn from `widths`, like the image GTN's random learners:
-    /// the teacher must teach any of them, not one architecture.
-    pub fn sample(widths: std::ops::Range<i64>, rng: &mut StdRng) -> Policy {
-        Policy::new(rng.gen_range(widths))
-    }
-
     pub fn specs(&self) -> &[ParamSpec] {
         &self.specs
     }
@@ -109,7 +103,7 @@ mod tests {
     #[test]
     fn fast_forward_matches_torch() {
         let mut rng = StdRng::seed_from_u64(3);
-        let policy = Policy::sample(5..40, &mut rng);
+        let policy = Policy::new(rng.gen_range(5..40));
         let params = policy.init(&mut rng);
         // Non-zero biases and gains away from the init so every parameter matters.
         let params: Vec<Tensor> = params

@@ -21,10 +21,14 @@ const OBS_SCALE: [f32; OBS_DIM] = [1.0, 1.0, 0.2, 1.0];
 pub struct EnvTeacher {
     pub config: RlConfig,
     specs: Vec<ParamSpec>,
-    /// `[T, B, noise_dim]`, drawn from the run's seed and fixed: learning it too would multiply
-    /// the dimension ES has to search, for what the generator's weights can already express.
-    /// Plain floats rather than a tensor so the teacher can be shared by the ES worker threads.
+    /// `[T, B, noise_dim]`, drawn from the run's seed when it starts, then fixed and stored with
+    /// its checkpoints (the parameters mean nothing with other noise). Not learned: that would
+    /// multiply the dimension ES has to search, for what the generator's weights can already
+    /// express. Plain floats rather than a tensor so the ES worker threads can share the teacher.
     noise: Vec<f32>,
+    /// The parameter vector the run started from: stored, so `gtn rl eval` scores this run's
+    /// untrained teacher even if `seed` in its config.toml was edited since.
+    pub initial: Vec<f32>,
 }
 
 /// One fresh policy of a fitness or evaluation draw and the real episodes it is scored on.
@@ -46,31 +50,65 @@ pub fn trials(config: &RlConfig, rng: &mut StdRng, policies: usize, episodes: us
         .collect()
 }
 
+fn generator_specs(config: &RlConfig) -> Vec<ParamSpec> {
+    let (z, h) = (config.noise_dim as i64, config.generator_hidden as i64);
+    [nn::wn_specs("fc1", &[h, z], true), nn::wn_specs("fc2", &[(OBS_DIM + ACTIONS) as i64, h], true)].concat()
+}
+
+fn dim(specs: &[ParamSpec], config: &RlConfig) -> usize {
+    specs.iter().map(|s| s.shape.iter().product::<i64>() as usize).sum::<usize>() + 2 * config.inner_steps
+}
+
+/// Length of the parameter vector of the teacher of `config`.
+pub fn param_dim(config: &RlConfig) -> usize {
+    dim(&generator_specs(config), config)
+}
+
 impl EnvTeacher {
-    /// The teacher of a run and its initial parameter vector, both drawn from `config.seed`.
+    /// The teacher of a new run and its initial parameter vector, both drawn from `config.seed`.
     pub fn new(config: &RlConfig) -> (EnvTeacher, Vec<f32>) {
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let (t, b, z, h) = (
-            config.inner_steps as i64,
-            config.batch_size as i64,
-            config.noise_dim as i64,
-            config.generator_hidden as i64,
-        );
-        let noise = Vec::<f32>::try_from(nn::randn(&mut rng, &[t * b * z], Kind::Float, Device::Cpu)).expect("floats");
-        let specs =
-            [nn::wn_specs("fc1", &[h, z], true), nn::wn_specs("fc2", &[(OBS_DIM + ACTIONS) as i64, h], true)].concat();
+        let shape = Self::noise_shape(config);
+        let noise = Vec::<f32>::try_from(nn::randn(&mut rng, &[shape.iter().product()], Kind::Float, Device::Cpu))
+            .expect("floats");
+        let specs = generator_specs(config);
         let mut theta: Vec<f32> = nn::init_params(&specs, &mut rng, Kind::Float, Device::Cpu)
             .iter()
             .flat_map(|p| Vec::<f32>::try_from(p.detach().reshape([-1])).expect("float parameters"))
             .collect();
         theta.extend(std::iter::repeat_n(config.init_lr.ln() as f32, config.inner_steps));
         theta.extend(std::iter::repeat_n(config.init_momentum.ln() as f32, config.inner_steps));
-        (EnvTeacher { config: config.clone(), specs, noise }, theta)
+        (EnvTeacher { config: config.clone(), specs, noise, initial: theta.clone() }, theta)
+    }
+
+    /// The teacher of a saved run from its stored noise `[T, B, noise_dim]` and initial
+    /// parameter vector `[dim]`; the caller checks both shapes against the config.
+    pub fn from_parts(config: &RlConfig, noise: &Tensor, initial: &Tensor) -> EnvTeacher {
+        let floats = |t: &Tensor| Vec::<f32>::try_from(t.reshape([-1])).expect("a float tensor");
+        let teacher = EnvTeacher {
+            config: config.clone(),
+            specs: generator_specs(config),
+            noise: floats(noise),
+            initial: floats(initial),
+        };
+        assert_eq!(noise.size(), Self::noise_shape(config), "teacher: noise of the wrong shape");
+        assert_eq!(teacher.initial.len(), teacher.dim(), "teacher: initial parameter vector of the wrong length");
+        teacher
+    }
+
+    /// `[T, B, noise_dim]`: the shape of the fixed noise of `config`.
+    pub fn noise_shape(config: &RlConfig) -> [i64; 3] {
+        [config.inner_steps as i64, config.batch_size as i64, config.noise_dim as i64]
+    }
+
+    /// The fixed noise `[T, B, noise_dim]`, as a checkpoint stores it.
+    pub fn noise(&self) -> Tensor {
+        Tensor::from_slice(&self.noise).view(Self::noise_shape(&self.config))
     }
 
     /// Length of the parameter vector.
     pub fn dim(&self) -> usize {
-        self.specs.iter().map(|s| s.shape.iter().product::<i64>() as usize).sum::<usize>() + 2 * self.config.inner_steps
+        dim(&self.specs, &self.config)
     }
 
     /// Generator tensors, learning rates `[T]` and momenta `[T]` from a parameter vector
@@ -90,6 +128,12 @@ impl EnvTeacher {
         (generator, log_lr.exp(), log_momentum.exp())
     }
 
+    /// The inner learning rates `[T]` and momenta `[T]` of a parameter vector `[dim]`.
+    pub fn schedule(&self, theta: &Tensor) -> (Tensor, Tensor) {
+        let (_, lrs, momenta) = self.unpack(theta);
+        (lrs, momenta)
+    }
+
     /// Step `t`'s synthetic observations `[B, 4]` and target action probabilities `[B, 2]`.
     fn batch(&self, generator: &[Tensor], t: usize) -> (Tensor, Tensor) {
         let per_step = self.config.batch_size * self.config.noise_dim;
@@ -100,15 +144,6 @@ impl EnvTeacher {
         let obs = out.narrow(1, 0, OBS_DIM as i64) * Tensor::from_slice(&OBS_SCALE).view([1, -1]);
         let probs = out.narrow(1, OBS_DIM as i64, ACTIONS as i64).softmax(-1, None::<Kind>);
         (obs, probs)
-    }
-
-    /// The whole teaching set: observations `[T, B, 4]`, target probabilities `[T, B, 2]`,
-    /// learning rates `[T]` and momenta `[T]`.
-    pub fn teaching_set(&self, theta: &[f32]) -> (Tensor, Tensor, Tensor, Tensor) {
-        let (generator, lrs, momenta) = self.unpack(&Tensor::from_slice(theta));
-        let (obs, probs): (Vec<Tensor>, Vec<Tensor>) =
-            (0..self.config.inner_steps).map(|t| self.batch(&generator, t)).unzip();
-        (Tensor::stack(&obs, 0), Tensor::stack(&probs, 0), lrs, momenta)
     }
 
     /// Trains a fresh policy for T supervised steps on the teacher's data. ES needs no graph:
@@ -152,12 +187,21 @@ impl EnvTeacher {
 mod tests {
     use super::*;
 
+    /// The whole teaching set: observations `[T, B, 4]`, target probabilities `[T, B, 2]`,
+    /// learning rates `[T]` and momenta `[T]`.
+    fn teaching_set(teacher: &EnvTeacher, theta: &[f32]) -> (Tensor, Tensor, Tensor, Tensor) {
+        let (generator, lrs, momenta) = teacher.unpack(&Tensor::from_slice(theta));
+        let (obs, probs): (Vec<Tensor>, Vec<Tensor>) =
+            (0..teacher.config.inner_steps).map(|t| teacher.batch(&generator, t)).unzip();
+        (Tensor::stack(&obs, 0), Tensor::stack(&probs, 0), lrs, momenta)
+    }
+
     #[test]
     fn parameter_vector_round_trips_and_sets_the_schedule() {
         let config = RlConfig::tiny();
         let (teacher, theta) = EnvTeacher::new(&config);
         assert_eq!(theta.len(), teacher.dim());
-        let (obs, probs, lrs, momenta) = teacher.teaching_set(&theta);
+        let (obs, probs, lrs, momenta) = teaching_set(&teacher, &theta);
         let (t, b) = (config.inner_steps as i64, config.batch_size as i64);
         assert_eq!((obs.size(), probs.size()), (vec![t, b, 4], vec![t, b, 2]));
         assert!(probs.sum_dim_intlist(-1, false, None::<Kind>).allclose(
@@ -177,7 +221,7 @@ mod tests {
     fn policy_training_fits_the_targets() {
         let config = RlConfig { init_lr: 0.5, inner_steps: 16, ..RlConfig::tiny() };
         let (teacher, theta) = EnvTeacher::new(&config);
-        let (obs, probs, _, _) = teacher.teaching_set(&theta);
+        let (obs, probs, _, _) = teaching_set(&teacher, &theta);
         let (obs, probs) = (obs.view([-1, 4]), probs.view([-1, 2]));
         let init = Policy::new(16).init(&mut StdRng::seed_from_u64(0));
         let loss = |p: &[Tensor]| f64::try_from(nn::cross_entropy(&Policy::forward(p, &obs), &probs)).unwrap();

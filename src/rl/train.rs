@@ -1,6 +1,7 @@
 //! ES meta-training of a training-environment teacher, with checkpoints: `config.toml` (written
-//! once), `checkpoint.safetensors` (parameter vector, Adam state, generation; replaced
-//! atomically) and `log.csv` (one row per generation).
+//! once), `checkpoint.safetensors` (parameter vector, the teacher's fixed noise and initial
+//! parameters, Adam state, generation and, for the imitation objective, the reference policy's
+//! states and actions; replaced atomically) and `log.csv` (one row per generation).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use tch::{Kind, Tensor};
 
+use super::cartpole::OBS_DIM;
 use super::config::{Objective, RlConfig};
 use super::es::{self, Shaping};
 use super::imitation::Reference;
@@ -20,16 +22,31 @@ use crate::optim::Adam;
 use crate::progress::Progress;
 
 pub use crate::checkpoint::LOG_FILE;
-const LOG_HEADER: &str =
-    "generation,fitness_mean,fitness_max,fitness_min,grad_norm,inner_lr_mean,inner_momentum_mean,seconds";
+
+/// `log.csv`'s columns: ES logs its population's fitness, imitation its meta-loss.
+fn log_header(objective: Objective) -> &'static str {
+    match objective {
+        Objective::Es => {
+            "generation,fitness_mean,fitness_max,fitness_min,grad_norm,inner_lr_mean,inner_momentum_mean,seconds"
+        }
+        Objective::Imitation => "generation,meta_loss,grad_norm,inner_lr_mean,inner_momentum_mean,seconds",
+    }
+}
+
+/// What a generation scored its teacher by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Score {
+    /// ES: mean, best and worst fitness (mean real return) of the population's candidates.
+    Fitness { mean: f64, max: f64, min: f64 },
+    /// Imitation: the cross-entropy of the trained policies against the reference's actions.
+    MetaLoss(f64),
+}
 
 /// What one generation measured.
 #[derive(Debug, Clone, Copy)]
 pub struct GenerationStats {
     pub generation: usize,
-    pub fitness_mean: f64,
-    pub fitness_max: f64,
-    pub fitness_min: f64,
+    pub score: Score,
     pub grad_norm: f64,
     pub inner_lr_mean: f64,
     pub inner_momentum_mean: f64,
@@ -38,17 +55,21 @@ pub struct GenerationStats {
 
 impl GenerationStats {
     fn csv_row(&self) -> String {
+        let score = match self.score {
+            Score::Fitness { mean, max, min } => format!("{mean:.3},{max:.3},{min:.3}"),
+            Score::MetaLoss(loss) => format!("{loss:.6}"),
+        };
         format!(
-            "{},{:.3},{:.3},{:.3},{:.6},{:.6},{:.6},{:.3}",
-            self.generation,
-            self.fitness_mean,
-            self.fitness_max,
-            self.fitness_min,
-            self.grad_norm,
-            self.inner_lr_mean,
-            self.inner_momentum_mean,
-            self.seconds
+            "{},{score},{:.6},{:.6},{:.6},{:.3}",
+            self.generation, self.grad_norm, self.inner_lr_mean, self.inner_momentum_mean, self.seconds
         )
+    }
+
+    fn message(&self) -> String {
+        match self.score {
+            Score::Fitness { mean, max, .. } => format!("fitness mean {mean:.1} max {max:.1}"),
+            Score::MetaLoss(loss) => format!("meta-loss {loss:.4}"),
+        }
     }
 }
 
@@ -59,29 +80,53 @@ pub fn read_config(dir: &Path) -> Result<RlConfig> {
     RlConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// A loaded run: its teacher, parameter vector, optimiser state and completed generations.
+/// A loaded run: its teacher, parameter vector, optimiser state, completed generations and,
+/// for the imitation objective, its reference.
 pub struct Checkpoint {
     pub teacher: EnvTeacher,
     pub theta: Tensor,
     pub adam: Adam,
     pub generation: usize,
+    pub reference: Option<Reference>,
 }
 
-pub fn save(dir: &Path, theta: &Tensor, adam: &Adam, generation: usize) -> Result<()> {
-    let tensors = [
+/// Tensors that checkpoints of older builds lack, so a missing one says more than "missing".
+const ADDED_LATER: [&str; 2] = ["noise", "theta.initial"];
+
+pub fn save(
+    dir: &Path,
+    teacher: &EnvTeacher,
+    theta: &Tensor,
+    adam: &Adam,
+    generation: usize,
+    reference: Option<&Reference>,
+) -> Result<()> {
+    let mut tensors = vec![
         ("theta", theta.detach().copy()),
+        ("theta.initial", Tensor::from_slice(&teacher.initial)),
+        ("noise", teacher.noise()),
         ("adam.m", adam.m[0].detach().copy()),
         ("adam.v", adam.v[0].detach().copy()),
         ("adam.steps", Tensor::from_slice(&[adam.steps])),
         ("generation", Tensor::from_slice(&[generation as i64])),
     ];
+    if let Some(r) = reference {
+        tensors.extend([
+            ("reference.states", r.states.copy()),
+            ("reference.actions", r.actions.copy()),
+            ("reference.real_steps", Tensor::from_slice(&[r.real_steps as i64])),
+            ("reference.greedy_return", Tensor::from_slice(&[r.greedy_return])),
+        ]);
+    }
     let path = dir.join(CHECKPOINT_FILE);
     crate::atomic::replace_with(&path, |tmp| {
         Tensor::write_safetensors(&tensors, tmp).with_context(|| format!("{}: cannot write", path.display()))
     })
 }
 
-/// Loads `dir`, checking every tensor against what its config implies.
+/// Loads `dir`, checking every tensor against what its config implies. The teacher's noise and
+/// initial parameters come from the checkpoint, not from `seed`, so an edited config.toml cannot
+/// pair the saved parameters with other noise.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let config = read_config(dir)?;
     let path = dir.join(CHECKPOINT_FILE);
@@ -89,9 +134,26 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         .map_err(|e| anyhow::anyhow!("{}: missing, corrupt or not a safetensors file: {e}", path.display()))?
         .into_iter()
         .collect();
-    let (teacher, _) = EnvTeacher::new(&config);
+    let find = |name: &str| -> Result<&Tensor> {
+        let Some(t) = stored.get(name) else {
+            if ADDED_LATER.contains(&name) {
+                bail!(
+                    "{}: tensor `{name}` missing: the checkpoint is from an older gtn that did not store it, and it cannot be rebuilt from {CONFIG_FILE}; start the run again",
+                    path.display()
+                );
+            }
+            if name.starts_with("reference.") {
+                bail!(
+                    "{}: tensor `{name}` missing: objective = \"imitation\" in {CONFIG_FILE} needs the reference its run started with, which a run started with objective = \"es\" or by an older gtn does not have; a run cannot change its objective: start a new one",
+                    path.display()
+                );
+            }
+            bail!("{}: tensor `{name}` missing", path.display());
+        };
+        Ok(t)
+    };
     let take = |name: &str, shape: &[i64], kind: Kind| -> Result<Tensor> {
-        let t = stored.get(name).with_context(|| format!("{}: tensor `{name}` missing", path.display()))?;
+        let t = find(name)?;
         if t.size() != shape || t.kind() != kind {
             bail!(
                 "{}: tensor `{name}` is {:?} {:?}, the config in {CONFIG_FILE} implies {shape:?} {kind:?}; the checkpoint is from another config",
@@ -102,8 +164,10 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         }
         Ok(t.shallow_clone())
     };
-    let dim = [teacher.dim() as i64];
+    let dim = [teacher::param_dim(&config) as i64];
     let theta = take("theta", &dim, Kind::Float)?;
+    let noise = take("noise", &EnvTeacher::noise_shape(&config), Kind::Float)?;
+    let initial = take("theta.initial", &dim, Kind::Float)?;
     let (m, v) = (take("adam.m", &dim, Kind::Float)?, take("adam.v", &dim, Kind::Float)?);
     let steps = take("adam.steps", &[1], Kind::Int64)?.int64_value(&[0]);
     let generation = take("generation", &[1], Kind::Int64)?.int64_value(&[0]);
@@ -114,11 +178,56 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             config.generations
         );
     }
-    if !crate::nn::all_finite(&theta) {
-        bail!("{}: the parameter vector is not finite", path.display());
+    let reference = match config.objective {
+        Objective::Es if stored.contains_key("reference.actions") => bail!(
+            "{}: holds an imitation reference (tensor `reference.actions`) but {CONFIG_FILE} says objective = \"es\"; a run cannot change its objective: start a new one",
+            path.display()
+        ),
+        Objective::Es => None,
+        Objective::Imitation => {
+            // The reference's episodes set the number of states; the config does not.
+            let actions = find("reference.actions")?;
+            let n = match actions.size()[..] {
+                [n] if n > 0 && actions.kind() == Kind::Int64 => n,
+                _ => bail!(
+                    "{}: tensor `reference.actions` is {:?} {:?}, expected [N] Int64 with N > 0",
+                    path.display(),
+                    actions.size(),
+                    actions.kind()
+                ),
+            };
+            if actions.eq(0).logical_or(&actions.eq(1)).all().int64_value(&[]) == 0 {
+                bail!("{}: tensor `reference.actions` holds values other than 0 and 1", path.display());
+            }
+            Some(Reference {
+                states: take("reference.states", &[n, OBS_DIM as i64], Kind::Float)?,
+                actions: actions.shallow_clone(),
+                real_steps: take("reference.real_steps", &[1], Kind::Int64)?.int64_value(&[0]).max(0) as usize,
+                greedy_return: take("reference.greedy_return", &[1], Kind::Double)?.double_value(&[0]),
+            })
+        }
+    };
+    let teacher = EnvTeacher::from_parts(&config, &noise, &initial);
+    let (lrs, momenta) = teacher.schedule(&theta);
+    let mut floats = vec![
+        ("tensor `theta`", theta.shallow_clone()),
+        ("the inner learning rates of tensor `theta`", lrs),
+        ("the inner momenta of tensor `theta`", momenta),
+        ("tensor `theta.initial`", initial),
+        ("tensor `noise`", noise),
+        ("tensor `adam.m`", m.shallow_clone()),
+        ("tensor `adam.v`", v.shallow_clone()),
+    ];
+    if let Some(r) = &reference {
+        floats.push(("tensor `reference.states`", r.states.shallow_clone()));
+        floats.push(("tensor `reference.greedy_return`", Tensor::from(r.greedy_return)));
+    }
+    let tensors: Vec<Tensor> = floats.iter().map(|(_, t)| t.shallow_clone()).collect();
+    if let Some(k) = crate::nn::first_non_finite(&tensors) {
+        bail!("{}: NaN or infinite values in {}", path.display(), floats[k].0);
     }
     let adam = Adam { m: vec![m], v: vec![v], steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
-    Ok(Checkpoint { teacher, theta, adam, generation: generation as usize })
+    Ok(Checkpoint { teacher, theta, adam, generation: generation as usize, reference })
 }
 
 pub struct EsTrainer {
@@ -130,14 +239,12 @@ pub struct EsTrainer {
     pub generation: usize,
     last_saved: usize,
     dir: PathBuf,
-    /// Worker threads for the population; the result does not depend on it.
+    /// Worker threads for the ES population; the ES result does not depend on it.
     pub threads: usize,
-    /// The imitation objective's reference states and actions (rebuilt from the seed on resume).
+    /// The imitation objective's reference states and actions: learnt when the run starts, then
+    /// stored with its checkpoints, since REINFORCE's result depends on libtorch's thread count
+    /// and a resume must not relearn it.
     reference: Option<Reference>,
-}
-
-fn reference_for(config: &RlConfig) -> Option<Reference> {
-    (config.objective == Objective::Imitation).then(|| Reference::learn(config))
 }
 
 impl EsTrainer {
@@ -150,10 +257,10 @@ impl EsTrainer {
         let theta = Tensor::from_slice(&theta);
         let adam = Adam::new(&[theta.shallow_clone()], config.adam_beta1, config.adam_beta2);
         // The reference can take minutes of real episodes: learnt before any file is written.
-        let reference = reference_for(config);
+        let reference = (config.objective == Objective::Imitation).then(|| Reference::learn(config));
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
         crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
-        crate::atomic::write(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
+        crate::atomic::write(&dir.join(LOG_FILE), format!("{}\n", log_header(config.objective)).as_bytes())?;
         let mut trainer = EsTrainer {
             teacher,
             theta,
@@ -183,9 +290,8 @@ impl EsTrainer {
         if never_saved(dir) {
             return EsTrainer::create(&read_config(dir)?, dir, threads);
         }
-        let Checkpoint { teacher, theta, adam, generation } = load(dir)?;
-        crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, generation)?;
-        let reference = reference_for(&teacher.config);
+        let Checkpoint { teacher, theta, adam, generation, reference } = load(dir)?;
+        crate::progress::truncate_log(&dir.join(LOG_FILE), log_header(teacher.config.objective), generation)?;
         Ok(EsTrainer {
             teacher,
             theta,
@@ -211,48 +317,76 @@ impl EsTrainer {
         Vec::<f32>::try_from(&self.theta).expect("a float vector")
     }
 
-    /// One generation: a descent direction for the teacher, then one Adam step on it. A
-    /// non-finite gradient or update stops before anything is saved, so the last good
-    /// checkpoint stays.
+    /// One generation: a descent direction for the teacher, then one Adam step on it. The step
+    /// is taken on copies: if the gradient, the parameters, Adam's moments or the inner learning
+    /// rates or momenta they imply come out NaN or infinite, it stops before anything is logged
+    /// or saved and leaves the trainer as it was, so the last good checkpoint stays.
     pub fn step(&mut self) -> Result<GenerationStats> {
         let start = Instant::now();
         let g = self.generation;
         let c = self.config().clone();
         let mut rng = iteration_rng(c.seed, g);
-        let (fitness, descent) = match &self.reference {
-            None => self.es_direction(&mut rng),
+        let (score, descent) = match &self.reference {
+            None => {
+                let (fitness, descent) = self.es_direction(&mut rng);
+                let mean = fitness.iter().sum::<f64>() / fitness.len() as f64;
+                let max = fitness.iter().copied().fold(f64::MIN, f64::max);
+                let min = fitness.iter().copied().fold(f64::MAX, f64::min);
+                (Score::Fitness { mean, max, min }, descent)
+            }
             Some(reference) => {
                 let (loss, grad) = reference.meta_gradient(&self.teacher, &self.theta, &mut rng);
-                (vec![-loss], Vec::<f32>::try_from(grad).expect("a float vector"))
+                (Score::MetaLoss(loss), Vec::<f32>::try_from(grad).expect("a float vector"))
             }
         };
         let grad_norm = descent.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
-        let updated = self.theta.detach().copy();
-        if grad_norm.is_finite() {
-            self.adam.step(&[updated.shallow_clone()], &[Tensor::from_slice(&descent)], c.outer_lr);
+        match score {
+            Score::MetaLoss(loss) if !loss.is_finite() => {
+                return Err(self.diverged(g, &format!("the meta-loss is {loss}")));
+            }
+            _ if !grad_norm.is_finite() => return Err(self.diverged(g, &format!("the gradient norm is {grad_norm}"))),
+            _ => {}
         }
-        if !grad_norm.is_finite() || !crate::nn::all_finite(&updated) {
-            let dir = self.dir.display();
-            bail!(
-                "generation {g}: gradient norm {grad_norm} or the updated teacher is not finite: training stopped; the last good checkpoint (generation {}) is kept in {dir}; lower outer_lr or sigma in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`",
-                self.last_saved
-            );
+        let theta = self.theta.detach().copy();
+        let copies = |moments: &[Tensor]| moments.iter().map(Tensor::copy).collect();
+        let mut adam = Adam { m: copies(&self.adam.m), v: copies(&self.adam.v), ..self.adam };
+        adam.step(&[theta.shallow_clone()], &[Tensor::from_slice(&descent)], c.outer_lr);
+        let (lrs, momenta) = self.teacher.schedule(&theta);
+        let state = [
+            ("the teacher's parameters", &theta),
+            ("Adam's first moment", &adam.m[0]),
+            ("Adam's second moment", &adam.v[0]),
+            ("the inner learning rates", &lrs),
+            ("the inner momenta", &momenta),
+        ];
+        if let Some(k) = crate::nn::first_non_finite(&state.map(|(_, t)| t.shallow_clone())) {
+            return Err(self.diverged(g, &format!("the update made {} NaN or infinite", state[k].0)));
         }
-        self.theta = updated;
-        self.generation += 1;
-        let (_, _, lrs, momenta) = self.teacher.teaching_set(&self.theta());
         let stats = GenerationStats {
             generation: g,
-            fitness_mean: fitness.iter().sum::<f64>() / fitness.len() as f64,
-            fitness_max: fitness.iter().copied().fold(f64::MIN, f64::max),
-            fitness_min: fitness.iter().copied().fold(f64::MAX, f64::min),
+            score,
             grad_norm,
             inner_lr_mean: lrs.mean(None::<Kind>).double_value(&[]),
             inner_momentum_mean: momenta.mean(None::<Kind>).double_value(&[]),
             seconds: start.elapsed().as_secs_f64(),
         };
+        self.theta = theta;
+        self.adam = adam;
+        self.generation += 1;
         crate::progress::append_row(&self.dir.join(LOG_FILE), &stats.csv_row())?;
         Ok(stats)
+    }
+
+    fn diverged(&self, generation: usize, what: &str) -> anyhow::Error {
+        let dir = self.dir.display();
+        let keys = match self.config().objective {
+            Objective::Es => "outer_lr or sigma",
+            Objective::Imitation => "outer_lr",
+        };
+        anyhow::anyhow!(
+            "generation {generation}: {what}: training stopped; the last good checkpoint (generation {}) is kept in {dir}; lower {keys} in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`",
+            self.last_saved
+        )
     }
 
     /// ES: score the antithetic population on common draws (the same policies and episodes for
@@ -272,7 +406,7 @@ impl EsTrainer {
     }
 
     pub fn save(&mut self) -> Result<()> {
-        save(&self.dir, &self.theta, &self.adam, self.generation)?;
+        save(&self.dir, &self.teacher, &self.theta, &self.adam, self.generation, self.reference.as_ref())?;
         self.last_saved = self.generation;
         Ok(())
     }
@@ -283,8 +417,7 @@ impl EsTrainer {
         let bar = Progress::new(total, self.generation, progress);
         while self.generation < total {
             let stats = self.step()?;
-            let message = format!("fitness mean {:.1} max {:.1}", stats.fitness_mean, stats.fitness_max);
-            bar.advance(stats.generation, self.generation == total, message, || stats.csv_row());
+            bar.advance(stats.generation, self.generation == total, stats.message(), || stats.csv_row());
             if self.generation.is_multiple_of(self.config().save_every) || self.generation == total {
                 self.save()?;
             }
@@ -350,12 +483,102 @@ mod tests {
         let mut trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
         trainer.theta = trainer.theta.full_like(f64::NAN);
         let err = trainer.step().unwrap_err().to_string();
-        assert!(err.contains("generation 0") && err.contains("not finite") && err.contains("--resume"), "{err}");
+        assert!(
+            err.starts_with("generation 0: the update made the teacher's parameters NaN or infinite")
+                && err.contains("--resume"),
+            "{err}"
+        );
         let saved = load(dir.path()).unwrap();
         assert_eq!(saved.generation, 0);
         assert_eq!(Vec::<f32>::try_from(&saved.theta).unwrap(), EnvTeacher::new(&tiny(4)).1);
         let again = EsTrainer::create(&tiny(4), dir.path(), 1).err().unwrap().to_string();
         assert!(again.contains("already holds a run"), "{again}");
+    }
+
+    /// Adam's second moment can overflow while the parameters stay finite (the update divides
+    /// by its root), and a finite log learning rate can overflow once exponentiated: either stops
+    /// the step before anything is logged or saved, with the trainer as it was.
+    #[test]
+    fn a_non_finite_optimiser_state_or_schedule_stops_the_step_and_leaves_the_trainer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        let files = || ["log.csv", "checkpoint.safetensors"].map(|f| std::fs::read(dir.path().join(f)).unwrap());
+        let before = files();
+        trainer.adam.v[0] = trainer.adam.v[0].full_like(f64::INFINITY);
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.starts_with("generation 0: the update made Adam's second moment NaN or infinite"), "{err}");
+        assert!(crate::nn::all_finite(&trainer.theta), "the parameters alone would not have shown it");
+        assert_eq!((trainer.generation, trainer.adam.steps), (0, 0));
+        assert!(trainer.adam.m[0].equal(&trainer.adam.m[0].zeros_like()), "Adam's first moment is as it was");
+        assert_eq!(files(), before, "nothing logged or saved");
+
+        let mut trainer = EsTrainer::resume(dir.path(), 1).unwrap();
+        let first_log_lr = (trainer.teacher.dim() - 2 * tiny(4).inner_steps) as i64;
+        let _ = trainer.theta.get(first_log_lr).fill_(100.0);
+        let theta = trainer.theta();
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.starts_with("generation 0: the update made the inner learning rates NaN or infinite"), "{err}");
+        assert_eq!((trainer.theta(), trainer.adam.steps), (theta, 0));
+        assert_eq!(files(), before);
+        trainer.save().unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.ends_with(
+                "checkpoint.safetensors: NaN or infinite values in the inner learning rates of tensor `theta`"
+            ),
+            "{err}"
+        );
+    }
+
+    /// The imitation reference is stored with the checkpoint and read back on resume, not
+    /// learnt again (another thread count could learn another one).
+    #[test]
+    fn the_imitation_reference_is_stored_and_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RlConfig { objective: Objective::Imitation, baseline_budget: 2_000, ..tiny(4) };
+        let mut trainer = EsTrainer::create(&config, dir.path(), 1).unwrap();
+        let stats = trainer.step().unwrap();
+        trainer.save().unwrap();
+        let Score::MetaLoss(loss) = stats.score else { panic!("{stats:?}") };
+        let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        let rows: Vec<&str> = log.lines().collect();
+        assert_eq!(rows[0], "generation,meta_loss,grad_norm,inner_lr_mean,inner_momentum_mean,seconds");
+        assert!(rows[1].starts_with(&format!("0,{loss:.6},")) && loss > 0.0, "{log}");
+        let learnt = trainer.reference().unwrap();
+        let file = dir.path().join(CHECKPOINT_FILE);
+        let stored = Tensor::read_safetensors(&file).unwrap();
+        let mirrored: Vec<(String, Tensor)> = stored
+            .iter()
+            .map(|(name, t)| match name.as_str() {
+                "reference.actions" => (name.clone(), t.ones_like() - t),
+                _ => (name.clone(), t.shallow_clone()),
+            })
+            .collect();
+        Tensor::write_safetensors(&mirrored, &file).unwrap();
+        let resumed = EsTrainer::resume(dir.path(), 2).unwrap();
+        let r = resumed.reference().unwrap();
+        assert!(
+            r.actions.equal(&(learnt.actions.ones_like() - &learnt.actions)),
+            "the stored actions, not relearnt ones"
+        );
+        assert!(r.states.equal(&learnt.states));
+        assert_eq!((r.real_steps, r.greedy_return), (learnt.real_steps, learnt.greedy_return));
+        assert_eq!(resumed.generation, 1);
+
+        let without: Vec<(String, Tensor)> =
+            stored.into_iter().filter(|(name, _)| name != "reference.states").collect();
+        Tensor::write_safetensors(&without, &file).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("tensor `reference.states` missing: objective = \"imitation\""), "{err}");
+        let es = RlConfig { objective: Objective::Es, ..config };
+        std::fs::write(dir.path().join(CONFIG_FILE), es.to_toml().unwrap()).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains(
+                "holds an imitation reference (tensor `reference.actions`) but config.toml says objective = \"es\""
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -370,6 +593,36 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap().generation, 0);
     }
 
+    /// The teacher's noise and initial parameters come from the checkpoint: an edited `seed`
+    /// keeps them, an edited size they depend on is refused, and so is a checkpoint of an older
+    /// build that lacks them.
+    #[test]
+    fn the_checkpoint_holds_the_teachers_noise() {
+        let dir = tempfile::tempdir().unwrap();
+        let trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        let config_file = dir.path().join(CONFIG_FILE);
+        let reseeded = RlConfig { seed: 5, ..tiny(4) };
+        assert!(!EnvTeacher::new(&reseeded).0.noise().equal(&trainer.teacher.noise()), "another seed, other noise");
+        std::fs::write(&config_file, reseeded.to_toml().unwrap()).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        assert!(loaded.teacher.noise().equal(&trainer.teacher.noise()));
+        assert_eq!(loaded.teacher.initial, trainer.teacher.initial);
+        std::fs::write(&config_file, RlConfig { batch_size: 7, ..reseeded }.to_toml().unwrap()).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("tensor `noise` is [4, 16, 4] Float, the config in config.toml implies [4, 7, 4]"),
+            "{err}"
+        );
+
+        std::fs::write(&config_file, tiny(4).to_toml().unwrap()).unwrap();
+        let file = dir.path().join(CHECKPOINT_FILE);
+        let older: Vec<(String, Tensor)> =
+            Tensor::read_safetensors(&file).unwrap().into_iter().filter(|(name, _)| name != "noise").collect();
+        Tensor::write_safetensors(&older, &file).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("tensor `noise` missing: the checkpoint is from an older gtn"), "{err}");
+    }
+
     #[test]
     fn load_names_the_file_and_the_problem() {
         let dir = tempfile::tempdir().unwrap();
@@ -380,5 +633,18 @@ mod tests {
             .unwrap();
         let err = load(dir.path()).err().unwrap().to_string();
         assert!(err.contains("checkpoint.safetensors: tensor `theta`") && err.contains("another config"), "{err}");
+        std::fs::write(dir.path().join(CONFIG_FILE), tiny(4).to_toml().unwrap()).unwrap();
+        let file = dir.path().join(CHECKPOINT_FILE);
+        let poisoned: Vec<(String, Tensor)> = Tensor::read_safetensors(&file)
+            .unwrap()
+            .into_iter()
+            .map(|(name, t)| match name.as_str() {
+                "adam.v" => (name, t.full_like(f64::INFINITY)),
+                _ => (name, t),
+            })
+            .collect();
+        Tensor::write_safetensors(&poisoned, &file).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.ends_with("checkpoint.safetensors: NaN or infinite values in tensor `adam.v`"), "{err}");
     }
 }
