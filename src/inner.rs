@@ -74,25 +74,12 @@ pub fn unroll(
     batch: impl FnMut(usize) -> (Tensor, Tensor),
     after_step: impl FnMut(usize, &LearnerState),
 ) -> LearnerState {
-    unroll_recording(|p, x| learner.train_forward(p, x), state, schedule, steps, create_graph, batch, after_step)
+    unroll_with(|p, x| learner.train_forward(p, x), state, schedule, steps, create_graph, batch, after_step)
 }
 
-/// [`unroll`] for any network given as `forward(params, inputs) -> logits` (e.g. the
-/// reinforcement-learning policy, which is not a [`Learner`] and has no batch statistics).
+/// [`unroll`] for any network given as `forward(params, inputs) -> (logits, batch statistics
+/// to keep)` (e.g. the reinforcement-learning policy, which is not a [`Learner`] and keeps none).
 pub fn unroll_with(
-    forward: impl Fn(&[Tensor], &Tensor) -> Tensor,
-    state: LearnerState,
-    schedule: (&Tensor, &Tensor),
-    steps: Range<usize>,
-    create_graph: bool,
-    batch: impl FnMut(usize) -> (Tensor, Tensor),
-    after_step: impl FnMut(usize, &LearnerState),
-) -> LearnerState {
-    unroll_recording(|p, x| (forward(p, x), Vec::new()), state, schedule, steps, create_graph, batch, after_step)
-}
-
-/// The unroll, for `forward(params, inputs) -> (logits, batch statistics to keep)`.
-fn unroll_recording(
     forward: impl Fn(&[Tensor], &Tensor) -> (Tensor, Vec<Tensor>),
     mut state: LearnerState,
     (lrs, momenta): (&Tensor, &Tensor),

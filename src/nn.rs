@@ -549,21 +549,9 @@ mod tests {
         check(&flat, &f);
     }
 
-    /// Dimensions a batch statistic is taken over: all but the channels' (dimension 1).
-    fn stat_dims(x: &Tensor) -> Vec<i64> {
-        (0..x.dim() as i64).filter(|&d| d != 1).collect()
-    }
-
-    /// A per-channel vector `p` shaped to broadcast against `x`.
-    fn per_channel(p: &Tensor, x: &Tensor) -> Tensor {
-        let mut shape = vec![1i64; x.dim()];
-        shape[1] = -1;
-        p.view(shape.as_slice())
-    }
-
     /// Mean-only batch norm then leaky ReLU in libtorch's ops.
     fn composite_bn_leaky_relu(x: &Tensor, bias: &Tensor) -> Tensor {
-        let centred = x - x.mean_dim(stat_dims(x).as_slice(), true, None::<Kind>) + per_channel(bias, x);
+        let centred = x - x.mean_dim(channel_dims(x).as_slice(), true, None::<Kind>) + per_channel(x, bias);
         centred.maximum(&(&centred * LEAKY_SLOPE))
     }
 
@@ -620,10 +608,10 @@ mod tests {
 
     /// Batch norm written out: biased batch variance, as the fused op normalises with.
     fn composite_batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
-        let dims = stat_dims(x);
+        let dims = channel_dims(x);
         let centred = x - x.mean_dim(dims.as_slice(), true, None::<Kind>);
         let var = centred.square().mean_dim(dims.as_slice(), true, None::<Kind>);
-        centred / (var + BN_EPS).sqrt() * per_channel(gamma, x) + per_channel(beta, x)
+        centred / (var + BN_EPS).sqrt() * per_channel(x, gamma) + per_channel(x, beta)
     }
 
     #[test]

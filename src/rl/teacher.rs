@@ -154,12 +154,14 @@ impl EnvTeacher {
         let steps = 0..self.config.inner_steps;
         let state = LearnerState::new(init);
         let schedule = (&lrs, &momenta);
+        // The policy has no batch norm: no statistics to keep.
+        let forward = |p: &[Tensor], x: &Tensor| (Policy::forward(p, x), Vec::new());
         if create_graph {
             let batch = |t: usize| self.batch(&generator, t);
-            inner::unroll_with(Policy::forward, state, schedule, steps, true, batch, |_, _| {}).params
+            inner::unroll_with(forward, state, schedule, steps, true, batch, |_, _| {}).params
         } else {
             let batch = |t: usize| tch::no_grad(|| self.batch(&generator, t));
-            inner::unroll_with(Policy::forward, state, schedule, steps, false, batch, |_, _| {}).params
+            inner::unroll_with(forward, state, schedule, steps, false, batch, |_, _| {}).params
         }
     }
 
