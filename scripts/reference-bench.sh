@@ -28,11 +28,14 @@ fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+# The reference script scores its meta-loss with the real batch's own batch-norm statistics.
+printf 'bn_eval = "batch"\n' >"$out/batch.toml"
 for round in $(seq "$rounds"); do
     for learner in base-fc mlp; do
         echo "round $round/$rounds: $learner: gtn, then the reference" >&2
         pause
-        target/release/gtn bench --preset paper --learner "$learner" --meta-iters 3 --threads "$threads" --json \
+        target/release/gtn bench --preset paper --config "$out/batch.toml" --learner "$learner" --meta-iters 3 \
+            --threads "$threads" --json \
             >>"$out/gtn-$learner.jsonl"
         pause
         # PyTorch warns that NumPy is missing (it is not needed); its messages go to a log shown on failure.

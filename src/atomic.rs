@@ -1,7 +1,8 @@
 //! Replacing files so that a reader (or a crash) never sees a half-written one: write a
 //! temporary file in the same folder, flush it to disk, rename it over the target, and flush
 //! the folder so the rename itself survives a power loss. A process killed mid-write leaves its
-//! temporary file behind (named after the target); a later write of that target removes it.
+//! temporary file behind (named after the target); a later write of that target removes it once
+//! it is over 10 minutes old (a younger one may be another process's write in progress).
 
 use std::io::Write;
 use std::path::Path;

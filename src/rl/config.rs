@@ -20,7 +20,8 @@ pub enum Objective {
     /// The real return of the trained policies, by evolution strategies.
     Es,
     /// Cross-entropy against a REINFORCE-trained reference policy's actions on real states, by
-    /// the exact meta-gradient through the inner training (one fresh policy per generation).
+    /// the exact meta-gradient through the inner training (averaged over
+    /// `policies_per_candidate` fresh policies per generation).
     Imitation,
 }
 
