@@ -283,8 +283,8 @@ struct TrainArgs {
     /// --resume: the meta-gradient is the same.
     #[arg(long)]
     checkpoint_every: Option<usize>,
-    /// Meta-training time budget: the first meta-iteration's time sets `meta_iters` to what it
-    /// affords (recorded in config.toml).
+    /// Meta-training time budget: the first meta-iteration's time (after a discarded warm-up
+    /// one) sets `meta_iters` to what it affords (recorded in config.toml).
     #[arg(long, conflicts_with = "resume", value_parser = parse_minutes)]
     budget_minutes: Option<Duration>,
     /// After training, evaluate this many fresh learners (0: skip).
@@ -372,7 +372,8 @@ struct CompareArgs {
     /// Meta-iterations per teacher (default: the preset's).
     #[arg(long, value_parser = parse_positive)]
     meta_iters: Option<usize>,
-    /// Meta-training time per teacher: the first meta-iteration's time caps the meta-iterations.
+    /// Meta-training time per teacher: the first meta-iteration's time (after a discarded
+    /// warm-up one) caps the meta-iterations.
     #[arg(long, value_parser = parse_minutes)]
     budget_minutes: Option<Duration>,
     /// Gradient checkpointing: keep the learner state every k inner steps (0: off); same result,

@@ -256,12 +256,20 @@ impl Trainer {
     pub fn run(&mut self, progress: bool, budget: Option<Duration>) -> Result<()> {
         let mut total = self.config().meta_iters;
         let bar = Progress::new(total, self.iteration, progress);
+        // Once per run: a run resumed at iteration 0 (stopped before its first save) keeps the
+        // length its budget chose, and the count asked for.
+        let fresh = self.iteration == 0 && self.config().meta_iters_requested.is_none();
+        let mut sizing = budget.filter(|_| fresh).map(|budget| {
+            // The first meta-gradient pays one-off costs (allocations, kernel set-up; 1.4x a
+            // later iteration's time at the cpu preset, 3x at the tiny one): timing a discarded
+            // one first lets iteration 0 stand for the rest.
+            let warm_up = Instant::now();
+            self.meta_gradient(0);
+            budget.saturating_sub(warm_up.elapsed())
+        });
         while self.iteration < total {
             let stats = self.step()?;
-            // Once per run: a run resumed at iteration 0 (stopped before its first save) keeps
-            // the length its budget chose, and the count asked for.
-            let fresh = stats.iteration == 0 && self.config().meta_iters_requested.is_none();
-            if let Some(budget) = budget.filter(|_| fresh) {
+            if let Some(budget) = sizing.take() {
                 let affordable = ((budget.as_secs_f64() / stats.seconds) as usize).max(1);
                 if affordable < total {
                     self.teacher.config.meta_iters_requested = Some(total);
