@@ -175,12 +175,7 @@ impl Learner {
     pub fn train_forward(&self, params: &[Tensor], x: &Tensor) -> (Tensor, Vec<Tensor>) {
         match self.bn_eval {
             BnEval::Batch => (self.forward(params, x), Vec::new()),
-            BnEval::Train => {
-                let mut norm = Norm::Record(Vec::new());
-                let logits = self.forward_with(params, x, &mut norm);
-                let Norm::Record(stats) = norm else { unreachable!("a recording stays a recording") };
-                (logits, stats)
-            }
+            BnEval::Train => Norm::recorded(|norm| self.forward_with(params, x, norm)),
         }
     }
 
@@ -190,17 +185,7 @@ impl Learner {
         match self.bn_eval {
             BnEval::Batch => self.forward(params, x),
             BnEval::Train if stats.is_empty() => self.forward_with(params, x, &mut Norm::Init),
-            BnEval::Train => {
-                let mut norm = Norm::Given(stats.iter());
-                let logits = self.forward_with(params, x, &mut norm);
-                let Norm::Given(mut rest) = norm else { unreachable!("given statistics stay given") };
-                assert!(
-                    rest.next().is_none(),
-                    "learner: {} batch-norm statistics, more than its layers take",
-                    stats.len()
-                );
-                logits
-            }
+            BnEval::Train => Norm::given(stats, |norm| self.forward_with(params, x, norm)),
         }
     }
 

@@ -224,6 +224,24 @@ pub enum Norm<'a> {
 }
 
 impl Norm<'_> {
+    /// `forward` run with [`Norm::Record`]: its result and the statistics it recorded.
+    pub fn recorded<T>(forward: impl FnOnce(&mut Norm) -> T) -> (T, Vec<Tensor>) {
+        let mut norm = Norm::Record(Vec::new());
+        let out = forward(&mut norm);
+        let Norm::Record(stats) = norm else { unreachable!("a recording stays a recording") };
+        (out, stats)
+    }
+
+    /// `forward` run with [`Norm::Given`] `stats`, which it must consume to the last: statistics
+    /// left over were recorded by another network.
+    pub fn given<T>(stats: &[Tensor], forward: impl FnOnce(&mut Norm) -> T) -> T {
+        let mut norm = Norm::Given(stats.iter());
+        let out = forward(&mut norm);
+        let Norm::Given(mut rest) = norm else { unreachable!("given statistics stay given") };
+        assert!(rest.next().is_none(), "{} batch-norm statistics, more than the network's layers take", stats.len());
+        out
+    }
+
     /// [`bn_leaky_relu`] with this source of statistics.
     pub fn bn_leaky_relu(&mut self, x: &Tensor, bias: &Tensor) -> Tensor {
         match self {

@@ -422,11 +422,9 @@ mod tests {
     ) -> (Vec<Tensor>, Vec<Tensor>) {
         let mut stats = Vec::new();
         for t in 0..2 {
-            let mut norm = Norm::Record(Vec::new());
-            let loss = nn::cross_entropy(&super::forward(cell, net, &params, &images.get(t), &mut norm), labels);
-            let grads = Tensor::run_backward(&[loss], &params, true, true);
+            let (logits, recorded) = Norm::recorded(|norm| super::forward(cell, net, &params, &images.get(t), norm));
+            let grads = Tensor::run_backward(&[nn::cross_entropy(&logits, labels)], &params, true, true);
             params = params.iter().zip(&grads).map(|(w, g)| w - g * 0.1).collect();
-            let Norm::Record(recorded) = norm else { unreachable!() };
             stats = recorded;
         }
         (params, stats)
@@ -451,8 +449,8 @@ mod tests {
             let f = |p: &[Tensor]| {
                 let params = theta0.iter().map(|t| t.copy().set_requires_grad(true)).collect();
                 let (params, stats) = two_sgd_steps(&cell, &net, params, &p[0], &labels);
-                let mut norm = if training_stats { Norm::Given(stats.iter()) } else { Norm::Batch };
-                project(&super::forward(&cell, &net, &params, &real, &mut norm))
+                let scored = |norm: &mut Norm| super::forward(&cell, &net, &params, &real, norm);
+                project(&if training_stats { Norm::given(&stats, scored) } else { scored(&mut Norm::Batch) })
             };
             let images = leaf(&[2, 4, 1, 6, 6], 1);
             let err = max_rel_error(&[images], &f, 12);
