@@ -94,6 +94,10 @@ pub const MAX_WIDTH: usize = 4096;
 /// steps. An unbounded size would try to allocate whatever it is given, silently.
 pub const MAX_VALUES: usize = 1 << 24;
 
+/// The most values a generation's perturbation directions may hold (`pairs` x the teacher's
+/// parameters, 4 GiB of floats), drawn before any candidate is evaluated.
+pub const MAX_DIRECTION_VALUES: usize = 1 << 30;
+
 impl RlConfig {
     /// About five minutes on 2 CPU cores (see the README for the measured run).
     pub fn cpu() -> RlConfig {
@@ -236,6 +240,14 @@ impl RlConfig {
                 self.batch_size
             );
         }
+        let dim = super::teacher::param_dim(self);
+        if self.pairs.checked_mul(dim).is_none_or(|n| n > MAX_DIRECTION_VALUES) {
+            bail!(
+                "config key `pairs` is {}, expected at most {} (a generation holds one direction over the teacher's {dim} parameters per pair, at most {MAX_DIRECTION_VALUES} values)",
+                self.pairs,
+                MAX_DIRECTION_VALUES / dim
+            );
+        }
         if self.seed > i64::MAX as u64 {
             bail!("config key `seed` is {}, expected at most {}", self.seed, i64::MAX);
         }
@@ -304,5 +316,13 @@ mod tests {
             assert_eq!(err(config), format!("config key `{key}` is 4097, expected at most 4096"));
         }
         assert!(RlConfig { policy_width_max: 4096, batch_size: 16, ..RlConfig::cpu() }.validate().is_ok());
+        let most_pairs = MAX_DIRECTION_VALUES / crate::rl::teacher::param_dim(&RlConfig::cpu());
+        assert!(RlConfig { pairs: most_pairs, ..RlConfig::cpu() }.validate().is_ok());
+        let too_many = err(RlConfig { pairs: most_pairs + 1, ..RlConfig::cpu() });
+        assert!(
+            too_many.starts_with(&format!("config key `pairs` is {}, expected at most {most_pairs} (", most_pairs + 1)),
+            "{too_many}"
+        );
+        assert!(err(RlConfig { pairs: usize::MAX, ..RlConfig::cpu() }).starts_with("config key `pairs`"));
     }
 }
