@@ -274,6 +274,8 @@ fn nas_score_truth_merge_report() {
     assert!(out.contains("scored 4 architectures, skipped 0"), "{out}");
     let out = nas(&["score", "--proxy", &teacher, "--steps", "2,4", "--out", &p("gtn.jsonl")]);
     assert!(out.contains("scored 0 architectures, skipped 4"), "{out}");
+    let scored = std::fs::read_to_string(p("gtn.jsonl")).unwrap();
+    assert!(scored.lines().all(|l| l.contains("teacher at meta-iteration 8")), "the tiny teacher's 8: {scored}");
     for shard in ["0/2", "1/2"] {
         let file = p(&format!("real-{}.jsonl", &shard[..1]));
         let out = nas(&["score", "--proxy", "real", "--steps", "2,4", "--shard", shard, "--out", &file]);
@@ -318,6 +320,10 @@ fn nas_score_truth_merge_report() {
     too_many[at + 1] = "9";
     let err = error_line(&gtn(&too_many));
     assert!(err.contains("--proxy-steps 9: the teacher in") && err.contains("expected 1..=4"), "{err}");
+    let mut other_dataset = search.clone();
+    other_dataset.extend_from_slice(&["--dataset", "fashion-mnist"]);
+    let err = error_line(&gtn(&other_dataset));
+    assert!(err.contains("--dataset fashion-mnist: the teacher in") && err.contains("on mnist;"), "{err}");
 
     // Rejected by the argument parser, which adds its usual hint line.
     let out =

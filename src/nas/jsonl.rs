@@ -73,6 +73,7 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
 /// An output file opened for appending, after dropping a torn last line.
 pub struct Appender {
     file: std::fs::File,
+    path: std::path::PathBuf,
 }
 
 impl Appender {
@@ -93,13 +94,14 @@ impl Appender {
             .append(true)
             .open(path)
             .with_context(|| format!("{}: cannot open for appending", path.display()))?;
-        Ok((Appender { file }, done))
+        Ok((Appender { file, path: path.to_path_buf() }, done))
     }
 
     pub fn append(&mut self, record: &Record) -> Result<()> {
         let line = format!("{}\n", serde_json::to_string(record)?);
-        self.file.write_all(line.as_bytes()).context("cannot append a result")?;
-        self.file.sync_data().context("cannot flush a result to disk")
+        let path = self.path.display();
+        self.file.write_all(line.as_bytes()).with_context(|| format!("{path}: cannot append a result"))?;
+        self.file.sync_data().with_context(|| format!("{path}: cannot flush a result to disk"))
     }
 }
 

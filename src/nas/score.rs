@@ -106,8 +106,13 @@ fn net_label(net: &NetConfig) -> String {
 }
 
 /// What a record depends on besides its architecture, proxy, step count, dataset, seed and network.
-fn setting(opts: &ScoreOptions, valid_images: usize, bn_eval: BnEval) -> String {
+/// A GTN proxy's records name the teacher's meta-iteration: a teacher still training, or trained
+/// again in the same folder, is another setting.
+fn setting(opts: &ScoreOptions, valid_images: usize, bn_eval: BnEval, teacher_iteration: Option<usize>) -> String {
     let mut s = format!("{valid_images} validation images, eval on {}", opts.eval_images);
+    if let Some(iteration) = teacher_iteration {
+        s += &format!(", teacher at meta-iteration {iteration}");
+    }
     if bn_eval == BnEval::Train {
         s += ", batch norm scored with training statistics";
     }
@@ -129,9 +134,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         bail!("--steps: step counts must be positive");
     }
     opts.net.validate()?;
-    let teacher = match &opts.proxy {
+    let (teacher, teacher_iteration) = match &opts.proxy {
         Proxy::Gtn(dir) => {
-            let teacher = checkpoint::load(dir, device)?.teacher;
+            let checkpoint::Checkpoint { teacher, iteration, .. } = checkpoint::load(dir, device)?;
             let t = teacher.config.inner_steps;
             if max_steps > t {
                 bail!(
@@ -139,9 +144,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     dir.display()
                 );
             }
-            Some(teacher)
+            (Some(teacher), Some(iteration))
         }
-        Proxy::Real => None,
+        Proxy::Real => (None, None),
     };
     let data = match &teacher {
         // The teacher's own split, so validation images are ones meta-training never saw.
@@ -165,7 +170,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     let label = opts.proxy.label();
     // A GTN proxy scores as its teacher was meta-trained to be scored.
     let bn_eval = teacher.as_ref().map_or(BnEval::Batch, |t| t.config.bn_eval);
-    let (net, setting) = (net_label(&opts.net), setting(opts, data.valid.len(), bn_eval));
+    let (net, setting) = (net_label(&opts.net), setting(opts, data.valid.len(), bn_eval, teacher_iteration));
     let dataset = data.name.as_str();
     let (mut out, done) = Appender::open(&opts.out)?;
     let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || r.net != net || r.setting != setting;
@@ -180,7 +185,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             opts.seed
         );
     }
-    let done = jsonl::done_keys(&done);
+    let mut done = jsonl::done_keys(&done);
     let mut summary = ScoreSummary { scored: 0, skipped: 0, other_shards: 0 };
     for (index, cell) in opts.archs.iter().enumerate() {
         if !opts.shard.takes(index) {
@@ -240,6 +245,8 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         for r in &records {
             out.append(r)?;
             progress(r);
+            // The same architecture listed twice in `archs` is scored once.
+            done.insert(r.key());
         }
         summary.scored += 1;
     }
@@ -323,6 +330,17 @@ mod tests {
             .to_string();
         assert!(err.starts_with("--valid-size 0: expected at least 1"), "{err}");
         assert!(!out.exists());
+    }
+
+    #[test]
+    fn an_architecture_listed_twice_is_scored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.jsonl");
+        let cell = sample_distinct(1, 1)[0];
+        let opts = ScoreOptions { archs: vec![cell, cell], steps: vec![1], ..options(&out, Shard::ALL) };
+        let summary = score(&opts, Device::Cpu, |_| {}).unwrap();
+        assert_eq!((summary.scored, summary.skipped), (1, 1));
+        assert_eq!(jsonl::read(&out).unwrap().len(), 1);
     }
 
     #[test]

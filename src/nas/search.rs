@@ -57,7 +57,18 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     if opts.budget == 0 || opts.top_k == 0 {
         bail!("--budget and --top-k must be positive");
     }
-    let t = crate::checkpoint::read_config(&opts.teacher)?.inner_steps;
+    let teacher = crate::checkpoint::read_config(&opts.teacher)?;
+    let t = teacher.inner_steps;
+    // The finalists train on `--dataset`: the candidates were ranked on the teacher's.
+    if opts.base.dataset != teacher.dataset {
+        bail!(
+            "--dataset {}: the teacher in {} was meta-trained on {}; expected the same (`--dataset {}`), as the finalists train on it",
+            opts.base.dataset.as_str(),
+            opts.teacher.display(),
+            teacher.dataset.as_str(),
+            teacher.dataset.as_str()
+        );
+    }
     if opts.proxy_steps == 0 || opts.proxy_steps > t {
         bail!(
             "--proxy-steps {}: the teacher in {} was trained for {t} inner steps; expected 1..={t}",
