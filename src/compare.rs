@@ -139,16 +139,31 @@ fn teacher_config(base: &Config, teacher: TeacherKind, curriculum: CurriculumKin
 
 /// Trains the teacher in `dir`, or continues / reuses the run already there (same config).
 fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device: Device) -> Result<Trainer> {
-    let mut trainer = Trainer::open(config, dir, device, budget.is_some(), None)?;
+    // A teacher whose config was edited to get past a divergence would no longer be the
+    // comparison's: every teacher must change with it.
+    let advice =
+        "lower outer_lr or grad_clip for every teacher (`--config F.toml`) and compare again with another --out";
+    let mut trainer =
+        Trainer::open(config, dir, device, budget.is_some(), None)?.with_divergence_advice(advice.to_owned());
     trainer.run(true, budget)?;
     Ok(trainer)
 }
 
+/// Raised whenever evaluation changes what a stored key's measurement would give, so curves
+/// measured by an older gtn are measured again rather than reused (files without it: 0).
+const MEASUREMENT_VERSION: u32 = 1;
+
 /// Everything a teacher's curves depend on besides its config (which `train_or_reuse` checked).
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct CurvesKey {
+    #[serde(default)]
+    version: u32,
     data_dir: PathBuf,
     meta_iteration: usize,
+    /// The checkpoint's sha256: a teacher copied over another of the same config and length
+    /// (another build, device or thread count) is another teacher.
+    #[serde(default)]
+    checkpoint_sha256: String,
     learner: LearnerKind,
     #[serde(default)]
     bn_eval: BnEval,
@@ -162,6 +177,8 @@ struct CurvesKey {
 /// (chosen at T).
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct RealKey {
+    #[serde(default)]
+    version: u32,
     inner_steps: usize,
     dataset: DatasetName,
     data_dir: PathBuf,
@@ -228,9 +245,13 @@ fn teacher_curves(
     test: &Split,
     data_dir: PathBuf,
 ) -> Result<Vec<Vec<f64>>> {
+    let checkpoint = crate::checkpoint::checkpoint_path(dir);
+    let bytes = std::fs::read(&checkpoint).with_context(|| format!("{}: cannot read", checkpoint.display()))?;
     let key = CurvesKey {
+        version: MEASUREMENT_VERSION,
         data_dir,
         meta_iteration: trainer.iteration,
+        checkpoint_sha256: crate::data::fetch::sha256_hex(&bytes),
         learner: cohort.kind,
         bn_eval: cohort.bn_eval,
         learners: cohort.learners,
@@ -323,6 +344,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     }
 
     let key = RealKey {
+        version: MEASUREMENT_VERSION,
         inner_steps: t,
         dataset: base.dataset,
         data_dir: base.data_dir(),
@@ -510,7 +532,7 @@ mod tests {
 
         // A re-run reuses the stored curves of a method measured with the same key (planted here
         // as 12.5%), and measures again where the key differs (another meta-iteration, another
-        // data folder).
+        // data folder, another checkpoint, an older gtn's measurement).
         let plant = |name: &str, change: &dyn Fn(&mut CurvesKey)| {
             let path = out.join(name).join(CURVES_JSON);
             let mut stored: Stored<CurvesKey, PerLearner> =
@@ -522,6 +544,8 @@ mod tests {
         plant("gtn-full", &|_| {});
         plant("gtn-none", &|key| key.meta_iteration += 1);
         plant("distill", &|key| key.data_dir.push("elsewhere"));
+        plant("gtn-batch-shuffled", &|key| key.checkpoint_sha256.replace_range(..1, "x"));
+        plant("gtn-all-shuffled", &|key| key.version = 0);
         let real_path = out.join(REAL).join(CURVES_JSON);
         let mut real: Stored<RealKey, RealCurves> =
             serde_json::from_slice(&std::fs::read(&real_path).unwrap()).unwrap();
@@ -533,7 +557,9 @@ mod tests {
         assert_eq!(accuracy(&again, "gtn-full"), 0.125);
         assert_eq!(accuracy(&again, REAL), 0.125);
         assert_eq!(accuracy(&again, "gtn-none"), accuracy(&summary, "gtn-none"));
-        assert_eq!(accuracy(&again, "distill"), accuracy(&summary, "distill"));
+        for name in ["distill", "gtn-batch-shuffled", "gtn-all-shuffled"] {
+            assert_eq!(accuracy(&again, name), accuracy(&summary, name), "{name}");
+        }
         // Real data's flat planted curve first reaches its own value at step 0; its row is T, 1x.
         let real_row = again.methods.iter().find(|m| m.method == REAL).unwrap();
         assert_eq!((real_row.real_steps_to_match, real_row.speedup), (Some(4.0), Some(1.0)));

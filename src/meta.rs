@@ -84,6 +84,8 @@ pub struct Trainer {
     last_saved: Option<usize>,
     dir: PathBuf,
     data: Dataset,
+    /// What a diverged run's error says to do (default: edit its config and resume it).
+    divergence_advice: Option<String>,
 }
 
 impl Trainer {
@@ -97,7 +99,15 @@ impl Trainer {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
         checkpoint::write_config(dir, config)?;
         crate::atomic::write(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
-        let mut trainer = Trainer { teacher, adam, iteration: 0, last_saved: None, dir: dir.to_path_buf(), data };
+        let mut trainer = Trainer {
+            teacher,
+            adam,
+            iteration: 0,
+            last_saved: None,
+            dir: dir.to_path_buf(),
+            data,
+            divergence_advice: None,
+        };
         trainer.save()?;
         Ok(trainer)
     }
@@ -146,7 +156,15 @@ impl Trainer {
         teacher.config.validate()?;
         let data = load_data(&teacher.config, device)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, iteration)?;
-        Ok(Trainer { teacher, adam, iteration, last_saved: Some(iteration), dir: dir.to_path_buf(), data })
+        Ok(Trainer {
+            teacher,
+            adam,
+            iteration,
+            last_saved: Some(iteration),
+            dir: dir.to_path_buf(),
+            data,
+            divergence_advice: None,
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -234,12 +252,23 @@ impl Trainer {
         })
     }
 
+    /// Replaces the advice of a diverged run's error, for callers whose runs are not resumed with
+    /// `gtn train --resume`.
+    pub fn with_divergence_advice(self, advice: String) -> Trainer {
+        Trainer { divergence_advice: Some(advice), ..self }
+    }
+
     fn diverged(&self, what: &str) -> anyhow::Error {
         let (i, dir) = (self.iteration, self.dir.display());
         let last = self.last_saved.expect("a run saves a checkpoint when it is created");
+        let advice = self.divergence_advice.clone().unwrap_or_else(|| {
+            format!(
+                "lower outer_lr or grad_clip in {dir}/{} and run `gtn train --resume {dir}`",
+                checkpoint::CONFIG_FILE
+            )
+        });
         anyhow::anyhow!(
-            "meta-iteration {i}: {what}: training diverged and stopped; the last good checkpoint (iteration {last}) is kept in {dir}; lower outer_lr or grad_clip in {dir}/{} and run `gtn train --resume {dir}`",
-            checkpoint::CONFIG_FILE
+            "meta-iteration {i}: {what}: training diverged and stopped; the last good checkpoint (iteration {last}) is kept in {dir}; {advice}"
         )
     }
 
@@ -653,6 +682,8 @@ mod tests {
         assert!(err.contains("last good checkpoint (iteration 1)") && err.contains("gtn train --resume"), "{err}");
         assert_eq!(trainer.iteration, 1);
         assert_eq!(std::fs::read(checkpoint::checkpoint_path(dir.path())).unwrap(), saved);
+        let err = trainer.with_divergence_advice("start again".into()).step().unwrap_err().to_string();
+        assert!(err.ends_with("; start again") && !err.contains("--resume"), "{err}");
     }
 
     #[test]
