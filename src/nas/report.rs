@@ -32,6 +32,9 @@ pub struct Row {
     pub spearman_params: f64,
     /// Mean training seconds per architecture on this proxy.
     pub seconds: f64,
+    /// The architectures, sorted: correlations over different sets do not compare.
+    #[serde(skip)]
+    pub archs: Vec<String>,
 }
 
 /// The row of the zero-cost baseline: architectures ranked by parameter count, untrained.
@@ -103,6 +106,8 @@ fn row(proxy: String, steps: usize, mut points: Vec<Point>) -> Row {
     let (valid, truth) = (column(&points, |p| p.valid), column(&points, |p| p.truth));
     let (test, params) = (column(&points, |p| p.test), column(&points, |p| p.params));
     let seconds = points.iter().map(|p| p.seconds).sum::<f64>() / points.len() as f64;
+    let mut archs: Vec<String> = points.iter().map(|p| p.arch.to_owned()).collect();
+    archs.sort_unstable();
     // Ties at the cut go by name, so the top half does not depend on the order of the files.
     points.sort_by(|a, b| b.truth.total_cmp(&a.truth).then_with(|| a.arch.cmp(b.arch)));
     let n_top = points.len().div_ceil(2);
@@ -119,6 +124,7 @@ fn row(proxy: String, steps: usize, mut points: Vec<Point>) -> Row {
         spearman_valid_test: spearman(&valid, &test),
         spearman_params: spearman(&valid, &params),
         seconds,
+        archs,
     }
 }
 
@@ -198,6 +204,9 @@ pub struct Match {
     pub real_steps: Option<f64>,
     /// The fewest real steps measured already reach it: `real_steps` is an upper bound.
     pub at_most: bool,
+    /// Real step counts left out because they were measured on other architectures than the
+    /// GTN row (e.g. a shard still running).
+    pub left_out: Vec<usize>,
 }
 
 type Pick = fn(&Row) -> f64;
@@ -206,10 +215,12 @@ type Pick = fn(&Row) -> f64;
 const SUBSETS: [(&str, Pick); 2] = [("all", |r| r.spearman), ("top 50%", |r| r.spearman_top)];
 
 pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
-    let mut real: Vec<&Row> = rows.iter().filter(|r| r.proxy == "real").collect();
-    real.sort_by_key(|r| r.steps);
+    let mut all_real: Vec<&Row> = rows.iter().filter(|r| r.proxy == "real").collect();
+    all_real.sort_by_key(|r| r.steps);
     let mut out = Vec::new();
     for g in rows.iter().filter(|r| r.is_gtn()) {
+        let (real, other): (Vec<&Row>, Vec<&Row>) = all_real.iter().partition(|r| r.archs == g.archs);
+        let left_out: Vec<usize> = other.iter().map(|r| r.steps).collect();
         // NaN: the proxy scored every architecture alike; there is no ranking to match.
         for (subset, pick) in SUBSETS.into_iter().filter(|&(_, pick)| !pick(g).is_nan()) {
             let target = pick(g);
@@ -235,6 +246,7 @@ pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
                 gtn_spearman: target,
                 real_steps,
                 at_most,
+                left_out: left_out.clone(),
             });
         }
     }
@@ -276,8 +288,15 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
             Some(steps) => format!("≈ {steps:.0} real-data steps"),
             None => "more real-data steps than were measured".into(),
         };
+        let left_out = match m.left_out.as_slice() {
+            [] => String::new(),
+            steps => format!(
+                " (real data at {} steps left out: measured on other architectures)",
+                steps.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        };
         s += &format!(
-            "\n{} steps of {} (Spearman {} on {}) match {real}.",
+            "\n{} steps of {} (Spearman {} on {}) match {real}{left_out}.",
             m.gtn_steps,
             m.gtn_proxy,
             fmt_corr(m.gtn_spearman),
@@ -456,6 +475,15 @@ mod tests {
         assert_eq!((m[0].real_steps, m[1].real_steps), (Some(25.0), Some(25.0)));
         let unreachable = [rows[0].clone(), rows[1].clone()];
         assert_eq!(steps_to_match(&unreachable)[0].real_steps, None);
+        // Real data at 40 steps measured on five of the six architectures (a shard still
+        // running): its correlation is over another set, so it is left out, and said to be.
+        let partial: Vec<Record> = proxy.iter().filter(|r| !(r.steps == 40 && r.arch == "a5")).cloned().collect();
+        let partial_rows = correlations(&partial, &truth).unwrap();
+        let m = steps_to_match(&partial_rows);
+        assert_eq!((m[0].real_steps, m[0].left_out.as_slice()), (None, [40].as_slice()));
+        assert!(
+            markdown(&partial_rows, &m).contains("(real data at 40 steps left out: measured on other architectures)")
+        );
         // A proxy that scored every architecture alike (NaN) has no ranking to match.
         let flat = [Row { spearman: f64::NAN, ..rows[0].clone() }, rows[1].clone(), rows[2].clone()];
         let m = steps_to_match(&flat);
