@@ -3,7 +3,7 @@
 //! writers never interleave within a line and a crash loses at most the line being written; a
 //! torn last line is dropped when the file is next opened for appending.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
@@ -113,17 +113,40 @@ pub fn done_keys(records: &[Record]) -> HashSet<(String, String, usize)> {
 /// Concatenates shard files into one, keeping the first record of each key (an architecture
 /// listed twice, or at another position in another list, is one architecture), ordered by
 /// proxy, step count and architecture index; written atomically. Returns the number of records.
+/// A key repeated with another dataset, seed, network or setting is an error: keeping either
+/// would hide that the files measured different things.
 pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
     let mut merged: BTreeMap<(String, usize, usize, String), Record> = BTreeMap::new();
-    let mut seen = HashSet::new();
-    for path in inputs {
+    let mut seen: HashMap<(String, String, usize), (Record, &Path)> = HashMap::new();
+    let measured = |r: &Record| (r.dataset.clone(), r.seed, r.net.clone(), r.setting.clone());
+    for &path in inputs {
         if !path.is_file() {
             bail!("{}: no such results file", path.display());
         }
         for r in read(path)? {
-            if seen.insert(r.key()) {
-                merged.insert((r.proxy.clone(), r.steps, r.index, r.arch.clone()), r);
+            if let Some((first, first_path)) = seen.get(&r.key()) {
+                if measured(first) != measured(&r) {
+                    bail!(
+                        "{} ({}, {} steps) is in {} (dataset {}, seed {}, {} {}) and in {} (dataset {}, seed {}, {} {}); expected one measurement",
+                        r.arch,
+                        r.proxy,
+                        r.steps,
+                        first_path.display(),
+                        first.dataset,
+                        first.seed,
+                        first.net,
+                        first.setting,
+                        path.display(),
+                        r.dataset,
+                        r.seed,
+                        r.net,
+                        r.setting
+                    );
+                }
+                continue;
             }
+            seen.insert(r.key(), (r.clone(), path));
+            merged.insert((r.proxy.clone(), r.steps, r.index, r.arch.clone()), r);
         }
     }
     let text: String =
@@ -234,5 +257,12 @@ mod tests {
         let merged: Vec<(String, usize)> = read(&out).unwrap().into_iter().map(|r| (r.arch, r.steps)).collect();
         assert_eq!(merged, [("z".into(), 2), ("y".into(), 4), ("z".into(), 4), ("x".into(), 4)]);
         assert!(merge(&[&dir.path().join("none")], &out).is_err());
+        // The same architecture measured on another dataset is not silently dropped.
+        let c = dir.path().join("c");
+        std::fs::write(&c, line(&Record { dataset: "fashion-mnist".into(), ..record("y", 0, 4) })).unwrap();
+        let err = merge(&[&a, &c], &out).unwrap_err().to_string();
+        assert!(err.starts_with("y (real, 4 steps) is in ") && err.contains("(dataset fashion-mnist, seed 0"), "{err}");
+        assert!(err.ends_with("expected one measurement"), "{err}");
+        assert_eq!(read(&out).unwrap().len(), 4, "the earlier merge is left as it was");
     }
 }
