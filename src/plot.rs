@@ -407,17 +407,21 @@ mod tests {
         chart.write_png(&path).unwrap();
         let image = image::open(&path).unwrap().to_rgb8();
         assert_eq!(image.dimensions(), (WIDTH, HEIGHT));
-        // Something other than the white background was drawn: lines, text, bands.
-        let non_white = |image: &image::RgbImage| image.pixels().filter(|p| p.0 != [255, 255, 255]).count();
-        assert!(non_white(&image) > 5_000, "{} non-white pixels", non_white(&image));
+        // Both series' lines are drawn, each in its own colour.
+        let in_color = |image: &image::RgbImage, k: usize| {
+            let RGBColor(r, g, b) = COLORS[k];
+            image.pixels().filter(|p| p.0 == [r, g, b]).count()
+        };
+        for k in 0..2 {
+            assert!(in_color(&image, k) > 300, "series {k}: {} pixels of its colour", in_color(&image, k));
+        }
 
         Chart { zoom_from: Some(0.5), ..chart }.write_png(&path).unwrap();
         let zoomed = image::open(&path).unwrap().to_rgb8();
         assert_eq!(zoomed.dimensions(), (WIDTH, HEIGHT + ZOOM_HEIGHT));
         // The first series' line is drawn in the zoomed panel, in its own colour.
-        let color = COLORS[0];
         let lower = image::imageops::crop_imm(&zoomed, 0, HEIGHT, WIDTH, ZOOM_HEIGHT).to_image();
-        let line = lower.pixels().filter(|p| p.0 == [color.0, color.1, color.2]).count();
+        let line = in_color(&lower, 0);
         assert!(line > 500, "zoomed panel: {line} pixels of the first series' colour");
         // A zoom floor at or above every point shows nothing: no panel.
         Chart { zoom_from: Some(1.0), ..chart }.write_png(&path).unwrap();
