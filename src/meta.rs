@@ -290,7 +290,7 @@ impl Trainer {
         let fresh = self.iteration == 0 && self.config().meta_iters_requested.is_none();
         let mut sizing = budget.filter(|_| fresh).map(|budget| {
             // The first meta-gradient pays one-off costs (allocations, kernel set-up; 1.4x a
-            // later iteration's time at the cpu preset, 3x at the tiny one): timing a discarded
+            // later iteration's time at the cpu preset, 15x at the tiny one): timing a discarded
             // one first lets iteration 0 stand for the rest.
             let warm_up = Instant::now();
             self.meta_gradient(0);
