@@ -306,9 +306,8 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     }
     let teachers = chosen_teachers(&options.methods)?;
     let mut base = Config::from_preset(&options.preset, options.config.as_deref())?;
-    if let Some(dataset) = options.dataset.filter(|&d| d != base.dataset) {
-        base.dataset = dataset;
-        base.valid_size = dataset.default_valid_size();
+    if let Some(dataset) = options.dataset {
+        base.set_dataset(dataset);
     }
     base.learner = options.learner.unwrap_or(base.learner);
     base.meta_iters = options.meta_iters.unwrap_or(base.meta_iters);

@@ -200,6 +200,15 @@ impl Config {
         Ok(config)
     }
 
+    /// Switches to `dataset`, with its default validation split unless `valid_size` was set to
+    /// something other than the current dataset's default (by a config file).
+    pub fn set_dataset(&mut self, dataset: DatasetName) {
+        if self.valid_size == self.dataset.default_valid_size() {
+            self.valid_size = dataset.default_valid_size();
+        }
+        self.dataset = dataset;
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| self.dataset.default_dir())
     }
@@ -252,6 +261,7 @@ impl Config {
                 bail!("config key `generator.{key}` is {value}, expected a positive integer");
             }
         }
+        self.check_sizes()?;
         if self.teacher == TeacherKind::Pixels && self.curriculum == CurriculumKind::None {
             bail!(
                 "config key `curriculum` is \"none\" (fresh noise each step) with `teacher = \"pixels\"`, which has no noise: expected \"full\", \"batch-shuffled\" or \"all-shuffled\""
@@ -262,6 +272,53 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.final_lr_fraction) {
             bail!("config key `final_lr_fraction` is {}, expected a value in [0, 1]", self.final_lr_fraction);
+        }
+        Ok(())
+    }
+}
+
+/// The most values one tensor a config asks for may hold (8 GiB of floats; the `paper-cifar10`
+/// preset's largest, the generator's second layer over all T batches, is 2^28). An unbounded size
+/// would abort on an allocation, or fill the machine's memory, far from the key that caused it.
+pub const MAX_VALUES: usize = 1 << 31;
+
+impl Config {
+    /// Every size a config multiplies into one tensor, against [`MAX_VALUES`]: the curriculum's
+    /// noise, the T synthetic batches, the generator's activations over all T batches and its
+    /// weights, the real meta-loss batch. Widths must already be positive.
+    fn check_sizes(&self) -> Result<()> {
+        let ([c, h, w], classes) = self.dataset.shape();
+        let g = &self.generator;
+        let (t, b) = (self.inner_steps as u128, self.batch_size as u128);
+        let [c, h, w, classes] = [c, h, w, classes].map(|v| v as u128);
+        let [z, fc, c1, c2] = [g.noise_dim, g.fc_width, g.conv1_channels, g.conv2_channels].map(|v| v as u128);
+        let image = ("the image's values", c * h * w);
+        let (steps, batch) = (("`inner_steps`", t), ("`batch_size`", b));
+        let low_res = ("`generator.conv1_channels` x H/4 x W/4", c1 * (h / 4) * (w / 4));
+        let mid_res = ("`generator.conv2_channels` x H/2 x W/2", c2 * (h / 2) * (w / 2));
+        let fc_width = ("`generator.fc_width`", fc);
+        let sizes: [&[(&str, u128)]; 8] = [
+            &[steps, batch, ("`generator.noise_dim`", z)],
+            &[steps, batch, image],
+            &[steps, batch, fc_width],
+            &[steps, batch, low_res],
+            &[steps, batch, mid_res],
+            &[fc_width, ("`generator.noise_dim` + classes", z + classes)],
+            &[fc_width, low_res],
+            &[("`meta_batch`", self.meta_batch as u128), image],
+        ];
+        for factors in sizes {
+            // Three factors below 2^64 can overflow 128 bits: saturate.
+            let values = factors.iter().fold(1u128, |p, &(_, v)| p.saturating_mul(v));
+            if values > MAX_VALUES as u128 {
+                let names: Vec<&str> = factors.iter().map(|&(name, _)| name).collect();
+                let counts: Vec<String> = factors.iter().map(|&(_, v)| v.to_string()).collect();
+                bail!(
+                    "config keys {} = {}: one tensor of more than {MAX_VALUES} values, expected at most that",
+                    names.join(" x "),
+                    counts.join(" x ")
+                );
+            }
         }
         Ok(())
     }
@@ -335,7 +392,7 @@ pub fn same_run<C: Serialize>(
     let file = dir.join(crate::checkpoint::CONFIG_FILE);
     let stored = stored.map_err(|e| {
         anyhow::anyhow!(
-            "{}: holds a run this command cannot read ({e}); remove the folder or choose another --out",
+            "{}: holds a run this command cannot read ({e:#}); remove the folder or choose another --out",
             dir.display()
         )
     })?;
@@ -465,6 +522,41 @@ mod tests {
         assert!(err.contains("`curriculum` is \"none\" (fresh noise each step) with `teacher = \"pixels\"`"), "{err}");
         let err = Config { seed: u64::MAX, ..Config::tiny() }.validate().unwrap_err().to_string();
         assert!(err.contains("`seed` is 18446744073709551615"), "{err}");
+    }
+
+    #[test]
+    fn another_dataset_keeps_a_validation_size_set_by_a_file() {
+        let mut preset = Config::cpu();
+        preset.set_dataset(DatasetName::Cifar10);
+        assert_eq!(preset.valid_size, DatasetName::Cifar10.default_valid_size());
+        let mut from_file = Config { valid_size: 1_000, ..Config::cpu() };
+        from_file.set_dataset(DatasetName::Cifar10);
+        assert_eq!((from_file.dataset, from_file.valid_size), (DatasetName::Cifar10, 1_000));
+    }
+
+    /// A size typo is an error naming the keys, not an allocation abort or a wrapped shape.
+    #[test]
+    fn sizes_are_bounded() {
+        let err = |c: Config| c.validate().unwrap_err().to_string();
+        assert_eq!(
+            err(Config { batch_size: 1 << 40, ..Config::tiny() }),
+            format!(
+                "config keys `inner_steps` x `batch_size` x `generator.noise_dim` = 4 x {} x 16: one tensor of more than {MAX_VALUES} values, expected at most that",
+                1u64 << 40
+            )
+        );
+        let wrapping = Config { inner_steps: usize::MAX, batch_size: 2, ..Config::tiny() };
+        assert!(err(wrapping).starts_with("config keys `inner_steps` x `batch_size` x "));
+        let wide = Config {
+            generator: GeneratorConfig { fc_width: 1 << 30, ..GeneratorConfig::REFERENCE },
+            ..Config::paper()
+        };
+        assert!(err(wide).contains("`generator.fc_width`"));
+        let meta = err(Config { meta_batch: 1 << 22, ..Config::paper() });
+        assert!(meta.starts_with("config keys `meta_batch` x the image's values = 4194304 x 784:"), "{meta}");
+        // The largest preset is well inside.
+        let cifar = Config::paper_cifar10();
+        assert!(Config { batch_size: cifar.batch_size * 4, ..cifar }.validate().is_ok());
     }
 
     #[test]

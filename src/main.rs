@@ -724,9 +724,8 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
         (None, Some(out)) => {
             let mut config = Config::from_preset(&args.preset, args.config.as_deref())?;
             config.teacher = teacher.unwrap_or(config.teacher);
-            if let Some(dataset) = args.dataset.filter(|&d| d != config.dataset) {
-                config.dataset = dataset;
-                config.valid_size = dataset.default_valid_size();
+            if let Some(dataset) = args.dataset {
+                config.set_dataset(dataset);
             }
             config.meta_iters = args.meta_iters.unwrap_or(config.meta_iters);
             config.seed = args.seed.unwrap_or(config.seed);

@@ -11,7 +11,7 @@ const UBYTE: u8 = 0x08;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdxError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not an IDX file: {reason}")]
     Format { path: PathBuf, reason: String },
@@ -62,7 +62,10 @@ pub fn parse(bytes: &[u8], ndims: usize) -> Result<Idx, String> {
     }
     let dims: Vec<usize> =
         bytes[4..header].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
-    let expected: usize = dims.iter().product();
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("header dimensions {dims:?} hold more bytes than this machine can address"))?;
     let payload = bytes.len() - header;
     if payload != expected {
         return Err(format!(
@@ -129,6 +132,16 @@ mod tests {
     }
 
     #[test]
+    fn rejects_dimensions_whose_product_overflows() {
+        let mut b = vec![0, 0, 8, 3];
+        for _ in 0..3 {
+            b.extend_from_slice(&u32::MAX.to_be_bytes());
+        }
+        let err = parse(&b, 3).unwrap_err();
+        assert!(err.contains("hold more bytes than this machine can address"), "{err}");
+    }
+
+    #[test]
     fn rejects_short_header() {
         assert!(parse(&[0, 0, 8], 3).unwrap_err().contains("shorter than the 4-byte header"));
         assert!(parse(&[0, 0, 8, 3, 0, 0], 3).unwrap_err().contains("16-byte header"));
@@ -148,7 +161,11 @@ mod tests {
         assert_eq!(read(&gz, 3).unwrap(), sample());
 
         let missing = dir.path().join("missing");
-        assert!(read(&missing, 3).unwrap_err().to_string().contains("missing: cannot read"));
+        let err = anyhow::Error::from(read(&missing, 3).unwrap_err());
+        assert_eq!(
+            format!("{err:#}"),
+            format!("{}: cannot read: No such file or directory (os error 2)", missing.display())
+        );
         let bad_gz = dir.path().join("bad.gz");
         std::fs::write(&bad_gz, [0x1f, 0x8b, 1, 2, 3]).unwrap();
         assert!(read(&bad_gz, 3).unwrap_err().to_string().starts_with(&bad_gz.display().to_string()));

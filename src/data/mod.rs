@@ -230,6 +230,9 @@ fn load_split(name: DatasetName, dir: &Path, prefix: &str, device: Device) -> Re
     if images.dims[1..] != [28, 28] {
         bail!("{}: images are {:?}, expected 28x28", images_path.display(), &images.dims[1..]);
     }
+    if images.dims[0] == 0 {
+        bail!("{}: 0 images, expected at least 1", images_path.display());
+    }
     if images.dims[0] != labels.dims[0] {
         bail!(
             "{}: {} labels for {} images in {}",
@@ -366,6 +369,8 @@ mod tests {
         assert!(load().contains("expected 28x28"), "{}", load());
         write_split(dir.path(), 4, 28, 4, 12);
         assert!(load().contains("label 12 outside 0..=9"), "{}", load());
+        write_split(dir.path(), 0, 28, 0, 1);
+        assert!(load().contains("train-images-idx3-ubyte: 0 images, expected at least 1"), "{}", load());
         std::fs::write(dir.path().join("train-images-idx3-ubyte"), [0u8, 0, 8]).unwrap();
         assert!(load().contains("train-images-idx3-ubyte: not an IDX file"), "{}", load());
     }
