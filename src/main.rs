@@ -93,7 +93,7 @@ enum RlCommand {
         /// config continues it (as --resume does); one with another config is an error.
         #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
         out: Option<PathBuf>,
-        /// Named config: cpu (~5 min on 2 cores), tiny (seconds).
+        /// Named config: cpu (~2 min on 2 cores), tiny (seconds).
         #[arg(long, default_value = "cpu", conflicts_with = "resume")]
         preset: String,
         /// TOML file whose keys override the preset.

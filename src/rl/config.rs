@@ -99,7 +99,7 @@ pub const MAX_VALUES: usize = 1 << 24;
 pub const MAX_DIRECTION_VALUES: usize = 1 << 30;
 
 impl RlConfig {
-    /// About five minutes on 2 CPU cores (see the README for the measured run).
+    /// About two minutes on 2 CPU cores (see the README for the measured run).
     pub fn cpu() -> RlConfig {
         RlConfig {
             env: EnvName::Cartpole,
