@@ -204,16 +204,18 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         let mut rng = arch_rng(opts.seed, cell);
         let init = learner.init(&mut rng, device);
         let params: i64 = init.iter().map(|p| p.numel() as i64).sum();
-        let mut records = Vec::new();
+        // Each record is appended as soon as it is measured, so a run killed on the way to the
+        // longest step count keeps the shorter ones; the first failed append stops the run.
+        let mut failed = None;
         let start = Instant::now();
         let mut eval_seconds = 0.0;
         let after_step = |t: usize, state: &LearnerState| {
-            if missing.contains(&(t + 1)) {
+            if failed.is_none() && missing.contains(&(t + 1)) {
                 let eval_start = Instant::now();
                 let valid_accuracy = eval::test_accuracy(&learner, state, &valid);
                 let test_accuracy = eval::test_accuracy(&learner, state, &test);
                 eval_seconds += eval_start.elapsed().as_secs_f64();
-                records.push(Record {
+                let record = Record {
                     arch: arch.clone(),
                     index,
                     proxy: label.clone(),
@@ -226,7 +228,15 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     seed: opts.seed,
                     net: net.clone(),
                     setting: setting.clone(),
-                });
+                };
+                match out.append(&record) {
+                    Ok(()) => {
+                        progress(&record);
+                        // The same architecture listed twice in `archs` is scored once.
+                        done.insert(record.key());
+                    }
+                    Err(e) => failed = Some(e),
+                }
             }
         };
         let state = LearnerState::new(init);
@@ -242,11 +252,8 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                 train_real(&learner, state, &data, opts.real, until, opts.seed ^ fnv1a(&arch), after_step);
             }
         }
-        for r in &records {
-            out.append(r)?;
-            progress(r);
-            // The same architecture listed twice in `archs` is scored once.
-            done.insert(r.key());
+        if let Some(e) = failed {
+            return Err(e);
         }
         summary.scored += 1;
     }
@@ -341,6 +348,18 @@ mod tests {
         let summary = score(&opts, Device::Cpu, |_| {}).unwrap();
         assert_eq!((summary.scored, summary.skipped), (1, 1));
         assert_eq!(jsonl::read(&out).unwrap().len(), 1);
+    }
+
+    /// A record is on disk as soon as its step count is measured, before the longer runs of the
+    /// same architecture: a killed run keeps what it measured.
+    #[test]
+    fn each_step_count_is_appended_when_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.jsonl");
+        let opts = ScoreOptions { archs: sample_distinct(1, 1), steps: vec![1, 3], ..options(&out, Shard::ALL) };
+        let mut on_disk = Vec::new();
+        score(&opts, Device::Cpu, |r| on_disk.push((r.steps, jsonl::read(&out).unwrap().len()))).unwrap();
+        assert_eq!(on_disk, [(1, 1), (3, 2)]);
     }
 
     #[test]
