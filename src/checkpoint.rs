@@ -24,6 +24,14 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join(CHECKPOINT_FILE)
 }
 
+/// The sha256 of `dir`'s checkpoint file: what identifies a teacher beyond its config (two runs
+/// of one config on other devices, builds or thread counts differ).
+pub fn checkpoint_sha256(dir: &Path) -> Result<String> {
+    let file = checkpoint_path(dir);
+    let bytes = std::fs::read(&file).with_context(|| format!("{}: cannot read", file.display()))?;
+    Ok(crate::data::fetch::sha256_hex(&bytes))
+}
+
 /// Whether `dir` holds a run to continue or keep: a checkpoint, or a log with rows (a run whose
 /// checkpoint was lost). A config with at most a log header is what a start interrupted before
 /// its first save leaves (starting writes them and saves at once): nothing to keep, so a new

@@ -245,13 +245,11 @@ fn teacher_curves(
     test: &Split,
     data_dir: PathBuf,
 ) -> Result<Vec<Vec<f64>>> {
-    let checkpoint = crate::checkpoint::checkpoint_path(dir);
-    let bytes = std::fs::read(&checkpoint).with_context(|| format!("{}: cannot read", checkpoint.display()))?;
     let key = CurvesKey {
         version: MEASUREMENT_VERSION,
         data_dir,
         meta_iteration: trainer.iteration,
-        checkpoint_sha256: crate::data::fetch::sha256_hex(&bytes),
+        checkpoint_sha256: crate::checkpoint::checkpoint_sha256(dir)?,
         learner: cohort.kind,
         bn_eval: cohort.bn_eval,
         learners: cohort.learners,

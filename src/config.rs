@@ -200,8 +200,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Switches to `dataset`, with its default validation split unless `valid_size` was set to
-    /// something other than the current dataset's default (by a config file).
+    /// Switches to `dataset`, with its default validation split unless `valid_size` is something
+    /// other than the current dataset's default (set by a config file, or the `tiny` preset's).
     pub fn set_dataset(&mut self, dataset: DatasetName) {
         if self.valid_size == self.dataset.default_valid_size() {
             self.valid_size = dataset.default_valid_size();
@@ -277,36 +277,45 @@ impl Config {
     }
 }
 
-/// The most values one tensor a config asks for may hold (8 GiB of floats; the `paper-cifar10`
-/// preset's largest, the generator's second layer over all T batches, is 2^28). An unbounded size
-/// would abort on an allocation, or fill the machine's memory, far from the key that caused it.
+/// The most values one tensor, or one layer's activations over the T inner steps, may hold
+/// (8 GiB of floats; the presets' largest, `paper-cifar10`'s second FC layer's output over its
+/// 128 steps, is 2^27). An unbounded size would abort on an allocation, or fill the
+/// machine's memory, far from the key that caused it.
 pub const MAX_VALUES: usize = 1 << 31;
 
 impl Config {
-    /// Every size a config multiplies into one tensor, against [`MAX_VALUES`]: the curriculum's
-    /// noise, the T synthetic batches, the generator's activations over all T batches and its
-    /// weights, the real meta-loss batch. Widths must already be positive.
+    /// Every size a config multiplies into one tensor or one layer's activations over the T steps,
+    /// against [`MAX_VALUES`]: the synthetic images, the real meta-loss batch and, for a
+    /// generator, its noise, weights and activations (its FC layers run on all T batches at
+    /// once, its convolutions a batch at a time). Widths must already be positive.
     fn check_sizes(&self) -> Result<()> {
         let ([c, h, w], classes) = self.dataset.shape();
         let g = &self.generator;
         let (t, b) = (self.inner_steps as u128, self.batch_size as u128);
         let [c, h, w, classes] = [c, h, w, classes].map(|v| v as u128);
         let [z, fc, c1, c2] = [g.noise_dim, g.fc_width, g.conv1_channels, g.conv2_channels].map(|v| v as u128);
-        let image = ("the image's values", c * h * w);
         let (steps, batch) = (("`inner_steps`", t), ("`batch_size`", b));
+        let image = ("the image's values", c * h * w);
+        // Augmentation crops from 4-pixel-padded images.
+        let pad = if self.augment { 8 } else { 0 };
+        let real_image = ("the (padded) image's values", c * (h + pad) * (w + pad));
+        let fc_in = ("`generator.noise_dim` + classes", z + classes);
+        let fc_width = ("`generator.fc_width`", fc);
         let low_res = ("`generator.conv1_channels` x H/4 x W/4", c1 * (h / 4) * (w / 4));
         let mid_res = ("`generator.conv2_channels` x H/2 x W/2", c2 * (h / 2) * (w / 2));
-        let fc_width = ("`generator.fc_width`", fc);
-        let sizes: [&[(&str, u128)]; 8] = [
-            &[steps, batch, ("`generator.noise_dim`", z)],
-            &[steps, batch, image],
-            &[steps, batch, fc_width],
-            &[steps, batch, low_res],
-            &[steps, batch, mid_res],
-            &[fc_width, ("`generator.noise_dim` + classes", z + classes)],
-            &[fc_width, low_res],
-            &[("`meta_batch`", self.meta_batch as u128), image],
-        ];
+        let meta_batch = ("`meta_batch`", self.meta_batch as u128);
+        let mut sizes = vec![vec![steps, batch, image], vec![meta_batch, real_image]];
+        if self.teacher == TeacherKind::Generator {
+            sizes.extend([
+                vec![steps, batch, ("`generator.noise_dim`", z)],
+                vec![steps, batch, fc_in],
+                vec![steps, batch, fc_width],
+                vec![steps, batch, low_res],
+                vec![batch, mid_res],
+                vec![fc_width, fc_in],
+                vec![fc_width, low_res],
+            ]);
+        }
         for factors in sizes {
             // Three factors below 2^64 can overflow 128 bits: saturate.
             let values = factors.iter().fold(1u128, |p, &(_, v)| p.saturating_mul(v));
@@ -314,7 +323,7 @@ impl Config {
                 let names: Vec<&str> = factors.iter().map(|&(name, _)| name).collect();
                 let counts: Vec<String> = factors.iter().map(|&(_, v)| v.to_string()).collect();
                 bail!(
-                    "config keys {} = {}: one tensor of more than {MAX_VALUES} values, expected at most that",
+                    "config keys {} = {}: more than {MAX_VALUES} values in one tensor or one layer over the T steps, expected at most that",
                     names.join(" x "),
                     counts.join(" x ")
                 );
@@ -541,7 +550,7 @@ mod tests {
         assert_eq!(
             err(Config { batch_size: 1 << 40, ..Config::tiny() }),
             format!(
-                "config keys `inner_steps` x `batch_size` x `generator.noise_dim` = 4 x {} x 16: one tensor of more than {MAX_VALUES} values, expected at most that",
+                "config keys `inner_steps` x `batch_size` x the image's values = 4 x {} x 784: more than {MAX_VALUES} values in one tensor or one layer over the T steps, expected at most that",
                 1u64 << 40
             )
         );
@@ -553,7 +562,11 @@ mod tests {
         };
         assert!(err(wide).contains("`generator.fc_width`"));
         let meta = err(Config { meta_batch: 1 << 22, ..Config::paper() });
-        assert!(meta.starts_with("config keys `meta_batch` x the image's values = 4194304 x 784:"), "{meta}");
+        assert!(meta.starts_with("config keys `meta_batch` x the (padded) image's values = 4194304 x 784:"), "{meta}");
+        // Dataset distillation has no generator: its unused generator keys do not bound it.
+        let pixels = Config { teacher: TeacherKind::Pixels, ..Config::paper() };
+        let wide = GeneratorConfig { fc_width: 1 << 30, ..GeneratorConfig::REFERENCE };
+        assert!(Config { generator: wide, ..pixels }.validate().is_ok());
         // The largest preset is well inside.
         let cifar = Config::paper_cifar10();
         assert!(Config { batch_size: cifar.batch_size * 4, ..cifar }.validate().is_ok());

@@ -199,11 +199,14 @@ pub struct Match {
     /// `all` or `top 50%`.
     pub subset: &'static str,
     pub gtn_spearman: f64,
-    /// Linearly interpolated between the real step counts measured; `None` when no real step
-    /// count measured reaches it.
+    /// Linearly interpolated between the real step counts measured on the same architectures;
+    /// `None` when none of them reaches it, or there are none (`left_out` then says which
+    /// were measured on others).
     pub real_steps: Option<f64>,
     /// The fewest real steps measured already reach it: `real_steps` is an upper bound.
     pub at_most: bool,
+    /// Real step counts measured on the same architectures as the GTN row.
+    pub compared: usize,
     /// Real step counts left out because they were measured on other architectures than the
     /// GTN row (e.g. a shard still running).
     pub left_out: Vec<usize>,
@@ -230,7 +233,8 @@ pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
             for r in &real {
                 let (s, v) = (r.steps as f64, pick(r));
                 if v >= target {
-                    at_most = prev.is_none();
+                    // An upper bound only if nothing fewer was measured, here or on others.
+                    at_most = prev.is_none() && left_out.iter().all(|&l| l > r.steps);
                     real_steps = Some(match prev {
                         Some((ps, pv)) if v > pv => ps + (s - ps) * (target - pv) / (v - pv),
                         _ => s,
@@ -246,6 +250,7 @@ pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
                 gtn_spearman: target,
                 real_steps,
                 at_most,
+                compared: real.len(),
                 left_out: left_out.clone(),
             });
         }
@@ -286,6 +291,7 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
         let real = match m.real_steps {
             Some(steps) if m.at_most => format!("at most {steps:.0} real-data steps (the fewest measured)"),
             Some(steps) => format!("≈ {steps:.0} real-data steps"),
+            None if m.compared == 0 => "no real-data row: none was measured on the same architectures".into(),
             None => "more real-data steps than were measured".into(),
         };
         let left_out = match m.left_out.as_slice() {
@@ -481,9 +487,21 @@ mod tests {
         let partial_rows = correlations(&partial, &truth).unwrap();
         let m = steps_to_match(&partial_rows);
         assert_eq!((m[0].real_steps, m[0].left_out.as_slice()), (None, [40].as_slice()));
-        assert!(
-            markdown(&partial_rows, &m).contains("(real data at 40 steps left out: measured on other architectures)")
-        );
+        let md = markdown(&partial_rows, &m);
+        let expected =
+            "more real-data steps than were measured (real data at 40 steps left out: measured on other architectures)";
+        assert!(md.contains(expected), "{md}");
+        // With both real step counts on other architectures, nothing is compared, and it says so.
+        let other_set: Vec<Record> = proxy.iter().filter(|r| !(r.proxy == "real" && r.arch == "a5")).cloned().collect();
+        let other_rows = correlations(&other_set, &truth).unwrap();
+        let m = steps_to_match(&other_rows);
+        assert_eq!((m[0].real_steps, m[0].compared), (None, 0));
+        let md = markdown(&other_rows, &m);
+        assert!(md.contains("match no real-data row: none was measured on the same architectures (real data at 10, 40 steps left out"), "{md}");
+        // A real count reached first is no upper bound when a fewer one was measured on others.
+        let early: Vec<Record> = proxy.iter().filter(|r| !(r.steps == 10 && r.arch == "a5")).cloned().collect();
+        let m = steps_to_match(&correlations(&early, &truth).unwrap());
+        assert_eq!((m[0].real_steps, m[0].at_most), (Some(40.0), false));
         // A proxy that scored every architecture alike (NaN) has no ranking to match.
         let flat = [Row { spearman: f64::NAN, ..rows[0].clone() }, rows[1].clone(), rows[2].clone()];
         let m = steps_to_match(&flat);

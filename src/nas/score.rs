@@ -106,12 +106,12 @@ fn net_label(net: &NetConfig) -> String {
 }
 
 /// What a record depends on besides its architecture, proxy, step count, dataset, seed and network.
-/// A GTN proxy's records name the teacher's meta-iteration: a teacher still training, or trained
-/// again in the same folder, is another setting.
-fn setting(opts: &ScoreOptions, valid_images: usize, bn_eval: BnEval, teacher_iteration: Option<usize>) -> String {
+/// A GTN proxy's records name the teacher's meta-iteration and checkpoint: a teacher still
+/// training, or trained again in the same folder, is another setting.
+fn setting(opts: &ScoreOptions, valid_images: usize, bn_eval: BnEval, teacher: Option<&str>) -> String {
     let mut s = format!("{valid_images} validation images, eval on {}", opts.eval_images);
-    if let Some(iteration) = teacher_iteration {
-        s += &format!(", teacher at meta-iteration {iteration}");
+    if let Some(teacher) = teacher {
+        s += &format!(", teacher {teacher}");
     }
     if bn_eval == BnEval::Train {
         s += ", batch norm scored with training statistics";
@@ -134,9 +134,11 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         bail!("--steps: step counts must be positive");
     }
     opts.net.validate()?;
-    let (teacher, teacher_iteration) = match &opts.proxy {
+    let (teacher, teacher_version) = match &opts.proxy {
         Proxy::Gtn(dir) => {
             let checkpoint::Checkpoint { teacher, iteration, .. } = checkpoint::load(dir, device)?;
+            let sha = checkpoint::checkpoint_sha256(dir)?;
+            let version = format!("at meta-iteration {iteration}, checkpoint sha256 {}", &sha[..12]);
             let t = teacher.config.inner_steps;
             if max_steps > t {
                 bail!(
@@ -144,7 +146,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     dir.display()
                 );
             }
-            (Some(teacher), Some(iteration))
+            (Some(teacher), Some(version))
         }
         Proxy::Real => (None, None),
     };
@@ -170,7 +172,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     let label = opts.proxy.label();
     // A GTN proxy scores as its teacher was meta-trained to be scored.
     let bn_eval = teacher.as_ref().map_or(BnEval::Batch, |t| t.config.bn_eval);
-    let (net, setting) = (net_label(&opts.net), setting(opts, data.valid.len(), bn_eval, teacher_iteration));
+    let (net, setting) = (net_label(&opts.net), setting(opts, data.valid.len(), bn_eval, teacher_version.as_deref()));
     let dataset = data.name.as_str();
     let (mut out, done) = Appender::open(&opts.out)?;
     let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || r.net != net || r.setting != setting;
@@ -205,16 +207,17 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         let init = learner.init(&mut rng, device);
         let params: i64 = init.iter().map(|p| p.numel() as i64).sum();
         // Each record is appended as soon as it is measured, so a run killed on the way to the
-        // longest step count keeps the shorter ones; the first failed append stops the run.
+        // longest step count keeps the shorter ones. The unroll cannot be stopped from here: a
+        // failed append is returned once this architecture's training ends.
         let mut failed = None;
         let start = Instant::now();
-        let mut eval_seconds = 0.0;
+        // Evaluation, appending and progress: not training time.
+        let mut other_seconds = 0.0;
         let after_step = |t: usize, state: &LearnerState| {
             if failed.is_none() && missing.contains(&(t + 1)) {
                 let eval_start = Instant::now();
                 let valid_accuracy = eval::test_accuracy(&learner, state, &valid);
                 let test_accuracy = eval::test_accuracy(&learner, state, &test);
-                eval_seconds += eval_start.elapsed().as_secs_f64();
                 let record = Record {
                     arch: arch.clone(),
                     index,
@@ -223,7 +226,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     dataset: dataset.into(),
                     valid_accuracy,
                     test_accuracy,
-                    seconds: start.elapsed().as_secs_f64() - eval_seconds,
+                    seconds: eval_start.duration_since(start).as_secs_f64() - other_seconds,
                     params,
                     seed: opts.seed,
                     net: net.clone(),
@@ -237,6 +240,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     }
                     Err(e) => failed = Some(e),
                 }
+                other_seconds += eval_start.elapsed().as_secs_f64();
             }
         };
         let state = LearnerState::new(init);
