@@ -628,6 +628,11 @@ mod tests {
         assert_eq!((resumed.iteration, resumed.config().meta_iters), (1, 1));
         let logged = logged_seconds(dir.path()).unwrap();
         assert!(logged > 0.0 && logged < 60.0, "{logged}");
+        // The discarded warm-up meta-gradient changes nothing: the same run without a budget.
+        let plain = tempfile::tempdir().unwrap();
+        let config = Config { meta_iters: 1, ..fixture_config() };
+        Trainer::create(&config, plain.path(), Device::Cpu).unwrap().run(false, None).unwrap();
+        assert_eq!(checkpoint_tensors(dir.path()), checkpoint_tensors(plain.path()));
     }
 
     fn checkpoint_tensors(dir: &Path) -> Vec<(String, Tensor)> {
