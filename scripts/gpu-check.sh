@@ -2,45 +2,65 @@
 # The performance issue's GPU checks as one command, for a session that is lent a GPU machine
 # with a CUDA PyTorch 2.11 installed (README, "Design", Device). From the repository root here:
 #   cargo build --release && bash scripts/setup.sh   # binary and data/mnist in place
-# then on the device machine, carrying target/release/gtn and data/mnist:
+# then on the device machine, carrying target/release/gtn and data/mnist (run's timeout_s ~540):
 #   bash scripts/gpu-check.sh
-# Writes one JSON per configuration and its GPU memory trace into $OUT (or ./gpu-check) and
-# prints one line per configuration: median seconds per meta-step and peak GPU memory in use.
-# Stops at once if libtorch does not see the GPU.
+# Writes into $OUT (or ./gpu-check) six files at most, within what the device tool brings back:
+# summary.txt (the GPU, then one line per configuration: median seconds per meta-step and peak
+# GPU memory in use), one JSON per configuration, and stderr.txt. Stops at once if libtorch does
+# not see the GPU; a configuration that fails or outlasts its time is reported and skipped.
 set -euo pipefail
 out=${OUT:-gpu-check}
 mkdir -p "$out"
+traces=$(mktemp -d)
 
-# Our build links the CPU libtorch; the machine's CUDA libtorch of the same version replaces it,
-# and the preload registers its CUDA kernels, which nothing in our link pulls in.
+# Our build links the CPU libtorch; the machine's CUDA libtorch of the same version replaces it
+# (prepended: the driver's own library path stays), and the preload, on gtn alone, registers its
+# CUDA kernels, which nothing in our link pulls in.
 lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-export LD_LIBRARY_PATH=$lib LD_PRELOAD=$lib/libtorch_cuda.so
+export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 gtn=target/release/gtn
 data=data/mnist
+# Each run stops after 170 s: a hang must not take the whole device call.
+run_gtn() { timeout 170 env LD_PRELOAD="$lib/libtorch_cuda.so" "$gtn" "$@" 2> >(tee -a "$out/stderr.txt" >&2); }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/summary.txt"
+if ldd "$gtn" | grep 'not found'; then
+    echo "gpu-check: $gtn is missing libraries (above)" | tee -a "$out/summary.txt" >&2
+    exit 1
+fi
+# Seconds, before the real configurations: does libtorch see the GPU at all?
+tiny=$(run_gtn bench --preset tiny --meta-iters 1 --data-dir "$data" --json) || true
+if ! grep -q '"device": *"Cuda' <<<"$tiny"; then
+    echo "gpu-check: libtorch does not see the GPU (the tiny bench ran elsewhere)" | tee -a "$out/summary.txt" >&2
+    exit 1
+fi
+
 poll=
-trap '[[ -n $poll ]] && kill $poll 2>/dev/null; true' EXIT
+trap '[[ -n $poll ]] && kill $poll 2>/dev/null; rm -rf "$traces"; true' EXIT
 
 # One configuration, with the GPU's memory in use polled every 100 ms while it runs: the caching
-# allocator's peak, which the bench's RSS does not show.
+# allocator's reserve plus the CUDA context, which the bench's RSS (host memory) does not show.
 bench() {
-    local name=$1
+    local name=$1 status=0
     shift
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$out/$name-gpu-memory.csv" &
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 -f "$traces/$name.csv" &
     poll=$!
-    "$gtn" bench --data-dir "$data" "$@" --json >"$out/$name.json"
+    run_gtn bench --data-dir "$data" "$@" --json >"$out/$name.json" || status=$?
     kill $poll 2>/dev/null || true
     wait $poll 2>/dev/null || true
     poll=
-    if ! grep -q '"device": *"Cuda' "$out/$name.json"; then
-        echo "gpu-check: $name ran on $(grep -o '"device": *"[^"]*"' "$out/$name.json"), not on the GPU" >&2
-        exit 1
-    fi
     local median peak
+    peak=$(tr -dc '0-9\n' <"$traces/$name.csv" 2>/dev/null | sort -n | tail -1) || peak=
+    if ((status != 0)); then
+        echo "$name: failed (exit $status; 124: over 170 s), peak GPU memory in use ${peak:-?} MiB" | tee -a "$out/summary.txt"
+        return 0
+    fi
+    if ! grep -q '"device": *"Cuda' "$out/$name.json"; then
+        echo "$name: ran on $(grep -o '"device": *"[^"]*"' "$out/$name.json"), not on the GPU" | tee -a "$out/summary.txt"
+        return 0
+    fi
     median=$(tr -d '\n' <"$out/$name.json" | grep -o '"seconds_per_meta_step_median": *[0-9.e+-]*' | grep -o '[0-9.e+-]*$') || median='?'
-    peak=$(tr -dc '0-9\n' <"$out/$name-gpu-memory.csv" | sort -n | tail -1)
-    echo "$name: ${median} s per meta-step (median), peak GPU memory in use ${peak:-?} MiB"
+    echo "$name: ${median} s per meta-step (median), peak GPU memory in use ${peak:-?} MiB" | tee -a "$out/summary.txt"
 }
 
 bench paper --preset paper --meta-iters 10
