@@ -150,22 +150,20 @@ fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device:
 }
 
 /// Raised whenever evaluation changes what a stored key's measurement would give, so curves
-/// measured by an older gtn are measured again rather than reused (files without it: 0).
+/// measured by an older gtn are measured again rather than reused. (A file whose key lacks a
+/// field, from before it was added, does not parse: it is measured again too.)
 const MEASUREMENT_VERSION: u32 = 1;
 
 /// Everything a teacher's curves depend on besides its config (which `train_or_reuse` checked).
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct CurvesKey {
-    #[serde(default)]
     version: u32,
     data_dir: PathBuf,
     meta_iteration: usize,
     /// The checkpoint's sha256: a teacher copied over another of the same config and length
     /// (another build, device or thread count) is another teacher.
-    #[serde(default)]
     checkpoint_sha256: String,
     learner: LearnerKind,
-    #[serde(default)]
     bn_eval: BnEval,
     learners: usize,
     seed: u64,
@@ -177,7 +175,6 @@ struct CurvesKey {
 /// (chosen at T).
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct RealKey {
-    #[serde(default)]
     version: u32,
     inner_steps: usize,
     dataset: DatasetName,
@@ -186,7 +183,6 @@ struct RealKey {
     split_seed: u64,
     batch_size: usize,
     learner: LearnerKind,
-    #[serde(default)]
     bn_eval: BnEval,
     learners: usize,
     seed: u64,
