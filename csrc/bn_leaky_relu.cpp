@@ -1,5 +1,7 @@
 #include "bn_leaky_relu.h"
 
+#include "cpu_kernels.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -13,7 +15,7 @@ bool channels_last(const at::Tensor &t) { return t.dim() == 4 && t.is_contiguous
 
 bool kernels_apply(const at::Tensor &t) {
     auto kind = t.scalar_type();
-    return t.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && (t.dim() == 2 || t.dim() == 4) &&
+    return cpu_kernels::take(t) && (kind == at::kFloat || kind == at::kDouble) && (t.dim() == 2 || t.dim() == 4) &&
            (t.is_contiguous() || channels_last(t));
 }
 

@@ -7,6 +7,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "bn_leaky_relu.h"
+#include "cpu_kernels.h"
 #include "maxpool.h"
 #include "momentum.h"
 #include "pointwise_kernels.h"
@@ -23,6 +24,20 @@
 #include <string>
 #include <tuple>
 #include <vector>
+
+namespace cpu_kernels {
+
+namespace {
+thread_local bool on = true;
+}  // namespace
+
+bool take(const at::Tensor &t) { return on && t.device().is_cpu(); }
+
+void set_enabled(bool enabled) { on = enabled; }
+
+bool enabled() { return on; }
+
+}  // namespace cpu_kernels
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -558,6 +573,10 @@ void gtn_conv_paths_taken(int64_t *out) {
 }
 
 void gtn_set_winograd(bool enabled) { winograd_enabled = enabled; }
+
+void gtn_set_cpu_kernels(bool enabled) { cpu_kernels::set_enabled(enabled); }
+
+bool gtn_cpu_kernels_enabled() { return cpu_kernels::enabled(); }
 
 // How many threads ATen's parallel_for, as compiled into our kernels, spreads `items` over: it
 // runs serially unless this file is built with OpenMP (build.rs). Called by a test.

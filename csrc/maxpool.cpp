@@ -1,5 +1,7 @@
 #include "maxpool.h"
 
+#include "cpu_kernels.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -40,7 +42,7 @@ void stream(T *dst, const T *src, int64_t n) {
 
 bool applies(const at::Tensor &t, const at::Tensor &index) {
     auto kind = t.scalar_type();
-    return t.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && index.scalar_type() == at::kInt &&
+    return cpu_kernels::take(t) && (kind == at::kFloat || kind == at::kDouble) && index.scalar_type() == at::kInt &&
            nhwc(t) && nhwc(index);
 }
 

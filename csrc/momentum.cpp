@@ -1,5 +1,7 @@
 #include "momentum.h"
 
+#include "cpu_kernels.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -47,7 +49,7 @@ void backward_range(int64_t lo, int64_t hi, const T *gp, const T *gm, const T *m
 bool applies(const at::Tensor &p, const at::Tensor &m, const at::Tensor &g, const at::Tensor &lr,
              const at::Tensor &mu) {
     auto kind = p.scalar_type();
-    return (kind == at::kFloat || kind == at::kDouble) && same_dense(p, p) && same_dense(m, p) && same_dense(g, p) &&
+    return cpu_kernels::take(p) && (kind == at::kFloat || kind == at::kDouble) && same_dense(p, p) && same_dense(m, p) && same_dense(g, p) &&
            lr.numel() == 1 && mu.numel() == 1 && lr.scalar_type() == kind && mu.scalar_type() == kind &&
            lr.device().is_cpu() && mu.device().is_cpu();
 }

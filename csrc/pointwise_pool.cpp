@@ -1,5 +1,6 @@
 #include "pointwise_pool.h"
 
+#include "cpu_kernels.h"
 #include "pointwise_kernels.h"
 
 #include <ATen/Dispatch.h>
@@ -199,7 +200,7 @@ void for_each_image(int64_t n, int64_t size, F f) {
 
 bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, int64_t padding) {
     auto kind = input.scalar_type();
-    if (!(input.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
+    if (!(cpu_kernels::take(input) && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
           input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) && stride == 1 &&
           input.size(2) * input.size(3) <= std::numeric_limits<int32_t>::max()))
         return false;

@@ -1,5 +1,7 @@
 #include "upsample.h"
 
+#include "cpu_kernels.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -39,7 +41,7 @@ struct Gather {
 
 bool kernel_applies(const at::Tensor &t) {
     auto kind = t.scalar_type();
-    return t.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble);
+    return cpu_kernels::take(t) && (kind == at::kFloat || kind == at::kDouble);
 }
 
 // Whether `t` is channels-last. Then per pixel a tap's K channels are adjacent in the grid, as they

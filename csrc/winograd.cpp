@@ -1,5 +1,6 @@
 #include "winograd.h"
 
+#include "cpu_kernels.h"
 #include "maxpool.h"
 #include "pointwise_kernels.h"
 
@@ -282,7 +283,7 @@ at::Tensor transformed(const at::Tensor &nhwc, int64_t first, int64_t images, bo
 
 bool applies(const at::Tensor &input, const at::Tensor &weight, int64_t stride, int64_t padding) {
     auto kind = input.scalar_type();
-    return input.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
+    return cpu_kernels::take(input) && (kind == at::kFloat || kind == at::kDouble) && weight.scalar_type() == kind &&
            input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) == 3 &&
            weight.size(3) == 3 && stride == 1 && padding == 1 && input.size(1) >= kMinChannels &&
            weight.size(0) >= kMinChannels;
@@ -582,7 +583,7 @@ std::vector<int64_t> pad_conv_sizes(const at::Tensor &input, const at::Tensor &w
 
 bool pad_conv_applies(const at::Tensor &input, const at::Tensor &weight) {
     auto kind = input.scalar_type();
-    return input.device().is_cpu() && weight.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) &&
+    return cpu_kernels::take(input) && weight.device().is_cpu() && (kind == at::kFloat || kind == at::kDouble) &&
            weight.scalar_type() == kind && input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1) &&
            weight.size(2) == 2 &&
            weight.size(3) == 2 && (input.size(2) + 1) % 4 == 0 && (input.size(3) + 1) % 4 == 0 &&

@@ -2,7 +2,11 @@
 # The performance issue's GPU checks as one command, for a session that is lent a GPU machine
 # with a CUDA PyTorch 2.11 installed (README, "Design", Device). From the repository root here:
 #   cargo build --release && bash scripts/setup.sh   # binary and data/mnist in place
-# then on the device machine, carrying target/release/gtn and data/mnist (run's timeout_s ~540):
+#   cp "$(cargo test --release --lib --no-run 2>&1 | grep -o 'target/release/deps/gtn-[0-9a-f]*')" \
+#      target/release/gtn-lib-tests                    # the library's tests, for the GPU's
+#                                                      # meta-gradient against the CPU kernels'
+# then on the device machine, carrying target/release/gtn, target/release/gtn-lib-tests and
+# data/mnist (run's timeout_s ~540):
 #   bash scripts/gpu-check.sh
 # Writes into $OUT (or ./gpu-check) six files at most, within what the device tool brings back:
 # summary.txt (the GPU, then one line per configuration: median seconds per meta-step and peak
@@ -33,6 +37,18 @@ tiny=$(run_gtn bench --preset tiny --meta-iters 1 --data-dir "$data" --json) || 
 if ! grep -q '"device": *"Cuda' <<<"$tiny"; then
     echo "gpu-check: libtorch does not see the GPU (the tiny bench ran elsewhere)" | tee -a "$out/summary.txt" >&2
     exit 1
+fi
+
+# The meta-gradient on the GPU against the CPU kernels' (f64, so no TF32), when the library's
+# test binary was carried: the CUDA paths of csrc/custom.cpp, which no test here reaches.
+tests=target/release/gtn-lib-tests
+if [[ -x $tests ]]; then
+    test=custom::tests::the_devices_ops_give_the_cpu_kernels_meta_gradient
+    if timeout 120 env LD_PRELOAD="$lib/libtorch_cuda.so" "$tests" --exact "$test" >>"$out/stderr.txt" 2>&1; then
+        echo "meta-gradient on the GPU: the CPU kernels' (f64, $test)"
+    else
+        echo "meta-gradient on the GPU: FAILED, see stderr.txt ($test)"
+    fi | tee -a "$out/summary.txt"
 fi
 
 poll=

@@ -5,7 +5,7 @@
 use std::ffi::CStr;
 use std::os::raw::c_char;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 use torch_sys::C_tensor;
 
 extern "C" {
@@ -15,6 +15,9 @@ extern "C" {
     fn gtn_bn_leaky_relu(x: *const C_tensor, bias: *const C_tensor, slope: f64) -> *mut C_tensor;
     fn gtn_row_norm(v: *const C_tensor) -> *mut C_tensor;
     fn gtn_set_winograd(enabled: bool);
+    #[cfg(test)]
+    fn gtn_set_cpu_kernels(enabled: bool);
+    fn gtn_cpu_kernels_enabled() -> bool;
     fn gtn_replicate_pad1(x: *const C_tensor) -> *mut C_tensor;
     fn gtn_parity_gather(grid: *const C_tensor, taps: i64, h: i64, w: i64) -> *mut C_tensor;
     fn gtn_pad_conv_gather(x: *const C_tensor, weight: *const C_tensor) -> *mut C_tensor;
@@ -115,11 +118,41 @@ pub fn set_winograd(enabled: bool) {
     unsafe { gtn_set_winograd(enabled) }
 }
 
+/// Whether our CPU kernels take tensors on `device` on this thread: on the CPU, unless
+/// [`LibtorchOps`] has turned them off. Elsewhere (a GPU) every function here runs libtorch's ops.
+pub fn cpu_kernels_take(device: Device) -> bool {
+    // SAFETY: reads a thread-local flag.
+    device == Device::Cpu && unsafe { gtn_cpu_kernels_enabled() }
+}
+
+/// While alive, this thread's calls run the libtorch ops a GPU runs instead of our CPU kernels,
+/// so that path, which no GPU-less test would reach otherwise, is held to the kernels' results.
+/// Per thread: the tests run side by side, and a CPU graph's backward runs on the calling thread.
+#[cfg(test)]
+pub struct LibtorchOps(());
+
+#[cfg(test)]
+impl LibtorchOps {
+    pub fn begin() -> LibtorchOps {
+        // SAFETY: sets a thread-local flag.
+        unsafe { gtn_set_cpu_kernels(false) };
+        LibtorchOps(())
+    }
+}
+
+#[cfg(test)]
+impl Drop for LibtorchOps {
+    fn drop(&mut self) {
+        // SAFETY: sets a thread-local flag.
+        unsafe { gtn_set_cpu_kernels(true) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nn::gradcheck::{leaf, value_and_grads};
-    use tch::{Device, Kind};
+    use tch::Kind;
 
     /// First and second derivatives of `f` and `reference` agree, in f64: the gradient of a
     /// loss, and the gradient of a function of that gradient (as the meta-gradient takes it).
@@ -216,6 +249,74 @@ mod tests {
         {
             assert!(after[0] > before[0], "{pass}: Winograd's form not taken");
             assert!(after[1] > before[1], "{pass}: the fused first layer not taken");
+        }
+    }
+
+    /// The meta-gradient on the device a run takes (`Device::cuda_if_available()`) equals the CPU
+    /// kernels' one: on a machine without a GPU, what a GPU runs, libtorch's ops in place of every
+    /// kernel (the fused first layer through im2col), on the CPU. A 3-step unroll in f64 (no TF32)
+    /// of a generator and a base_fc learner wide enough for Winograd's forms, with soft labels, an
+    /// intermediate loss and scoring with the last training batch's statistics; random "real"
+    /// images, so the test binary runs on a GPU machine without the data (scripts/gpu-check.sh).
+    #[test]
+    fn the_devices_ops_give_the_cpu_kernels_meta_gradient() {
+        use crate::config::Config;
+        use crate::generator::GeneratorConfig;
+        use crate::learner::{Arch, BnEval, Learner};
+        use crate::teacher::Teacher;
+        use rand::{rngs::StdRng, SeedableRng};
+        let config = Config {
+            inner_steps: 3,
+            batch_size: 4,
+            soft_labels: true,
+            intermediate_loss_every: 2,
+            bn_eval: BnEval::Train,
+            generator: GeneratorConfig { noise_dim: 4, fc_width: 8, conv1_channels: 16, conv2_channels: 16 },
+            ..Config::tiny()
+        };
+        let learner = Learner::new(Arch::Cnn { conv1: 16, conv2: 16, fc: 8 }, [1, 28, 28], 10)
+            .unwrap()
+            .scored_with(BnEval::Train);
+        let real_x = crate::nn::randn(&mut StdRng::seed_from_u64(4), &[8, 1, 28, 28], Kind::Double, Device::Cpu);
+        let real_y = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(10);
+        let run = |device: Device| {
+            let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(1), device).unwrap();
+            let params: Vec<Tensor> =
+                teacher.params().iter().map(|p| p.detach().to_kind(Kind::Double).set_requires_grad(true)).collect();
+            let teacher = teacher.with_params(&params);
+            let start = learner
+                .init(&mut StdRng::seed_from_u64(2), device)
+                .iter()
+                .map(|p| p.detach().to_kind(Kind::Double).set_requires_grad(true))
+                .collect();
+            let real = (real_x.to_device(device), real_y.to_device(device));
+            let plan = teacher.curriculum.plan(&mut StdRng::seed_from_u64(3), device);
+            let result = crate::meta::meta_gradient(&teacher, &learner, start, &real, &plan);
+            let names = teacher.named_params().into_iter().map(|(name, _)| name);
+            (result.loss, names.zip(result.grads.iter().map(|g| g.to_device(Device::Cpu))).collect::<Vec<_>>())
+        };
+        // SAFETY: reads a thread-local counter.
+        let kernel_paths = || (taken(), unsafe { gtn_momentum_kernel_backwards() });
+        let before = kernel_paths();
+        let kernels = run(Device::Cpu);
+        let between = kernel_paths();
+        let device = Device::cuda_if_available();
+        let other = if device == Device::Cpu {
+            let _ops = LibtorchOps::begin();
+            run(Device::Cpu)
+        } else {
+            run(device)
+        };
+        let after = kernel_paths();
+        assert!(between.0.iter().zip(&before.0).all(|(b, a)| b > a), "kernels not all taken: {before:?} {between:?}");
+        assert!(between.1 > before.1, "the update's backward kernels not taken");
+        assert_eq!(after, between, "a CPU kernel ran on {device:?} or under LibtorchOps");
+        assert!((kernels.0 - other.0).abs() < 1e-12, "{device:?}: meta-loss {} vs {}", other.0, kernels.0);
+        for ((name, a), (_, b)) in kernels.1.iter().zip(&other.1) {
+            let scale = a.abs().max().double_value(&[]).max(1e-12);
+            let diff = (a - b).abs().max().double_value(&[]);
+            // Sums in another order, some cancelling: ~1e-10 of a small gradient.
+            assert!(diff / scale < 1e-9, "{device:?}: {name}'s meta-gradient differs by {diff:e} (scale {scale:e})");
         }
     }
 

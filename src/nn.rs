@@ -154,7 +154,7 @@ pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride
 pub fn wn_conv3x3_max_pool(x: &Tensor, v: &Tensor, g: &Tensor) -> Tensor {
     // Elsewhere (a GPU) the im2col form below: libtorch's direct one-channel convolution is the
     // slow reduction that form avoids on the CPU, where the fused kernels take the image itself.
-    if x.size()[1] == 1 && x.device() == tch::Device::Cpu {
+    if x.size()[1] == 1 && crate::custom::cpu_kernels_take(x.device()) {
         return crate::custom::conv_max_pool(x, &weight_norm(v, g), 1, 1);
     }
     let (input, weight, stride, padding) = conv3x3_operands(x, &weight_norm(v, g), 1);
