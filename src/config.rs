@@ -9,6 +9,7 @@ use crate::curriculum::CurriculumKind;
 use crate::data::DatasetName;
 use crate::generator::GeneratorConfig;
 use crate::learner::{BnEval, LearnerKind};
+use crate::meta::IntermediateLossForm;
 use crate::teacher::TeacherKind;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +58,10 @@ pub struct Config {
     pub augment: bool,
     /// Add a real-data loss every k inner steps to the meta-loss (0: final loss only).
     pub intermediate_loss_every: usize,
+    /// How those losses enter it: `mean-shared-batch` (averaged with the final loss, on its real
+    /// batch) or `sum-fresh-batches` (summed, each on a fresh real batch: the reference's form).
+    #[serde(default)]
+    pub intermediate_loss_form: IntermediateLossForm,
     /// Save `checkpoint.safetensors` every this many meta-iterations.
     pub save_every: usize,
     /// Gradient checkpointing of the unroll: keep the learner state every k inner steps and
@@ -95,6 +100,7 @@ impl Config {
             meta_batch: 128,
             augment: false,
             intermediate_loss_every: 0,
+            intermediate_loss_form: IntermediateLossForm::MeanSharedBatch,
             save_every: 50,
             checkpoint_every: 0,
             seed: crate::data::DEFAULT_SPLIT_SEED,
@@ -305,6 +311,10 @@ impl Config {
         let mid_res = ("`generator.conv2_channels` x H/2 x W/2", c2 * (h / 2) * (w / 2));
         let meta_batch = ("`meta_batch`", self.meta_batch as u128);
         let mut sizes = vec![vec![steps, batch, image], vec![meta_batch, real_image]];
+        if self.intermediate_loss_form == IntermediateLossForm::SumFreshBatches {
+            let losses = crate::meta::intermediate_losses(self) as u128;
+            sizes.push(vec![("the intermediate losses' fresh batches", losses), meta_batch, real_image]);
+        }
         if self.teacher == TeacherKind::Generator {
             sizes.extend([
                 vec![steps, batch, ("`generator.noise_dim`", z)],
@@ -458,6 +468,10 @@ mod tests {
         let old = Config::cpu().to_toml().unwrap().replace("bn_eval = \"batch\"\n", "");
         assert!(!old.contains("bn_eval"));
         assert_eq!(Config::from_toml(&old).unwrap(), Config::cpu());
+        // One from before intermediate_loss_form reads as the form it was trained with.
+        let old = Config::cpu().to_toml().unwrap().replace("intermediate_loss_form = \"mean-shared-batch\"\n", "");
+        assert!(!old.contains("intermediate_loss_form"));
+        assert_eq!(Config::from_toml(&old).unwrap(), Config::cpu());
     }
 
     #[test]
@@ -481,9 +495,13 @@ mod tests {
     #[test]
     fn overrides_apply_including_nested_keys() {
         let c = Config::tiny()
-            .with_overrides_str("inner_steps = 7\ncurriculum = \"batch-shuffled\"\n[generator]\nfc_width = 33\n")
+            .with_overrides_str(
+                "inner_steps = 7\ncurriculum = \"batch-shuffled\"\nintermediate_loss_form = \"sum-fresh-batches\"\n\
+                 [generator]\nfc_width = 33\n",
+            )
             .unwrap();
         assert_eq!(c.inner_steps, 7);
+        assert_eq!(c.intermediate_loss_form, IntermediateLossForm::SumFreshBatches);
         assert_eq!(c.curriculum, CurriculumKind::BatchShuffled);
         assert_eq!(c.generator.fc_width, 33);
         assert_eq!(c.generator.noise_dim, Config::tiny().generator.noise_dim);
@@ -563,6 +581,12 @@ mod tests {
         assert!(err(wide).contains("`generator.fc_width`"));
         let meta = err(Config { meta_batch: 1 << 22, ..Config::paper() });
         assert!(meta.starts_with("config keys `meta_batch` x the (padded) image's values = 4194304 x 784:"), "{meta}");
+        // Fresh batches for 31 intermediate losses, though each is inside.
+        let many = Config { meta_batch: 1 << 20, intermediate_loss_every: 1, ..Config::paper() };
+        assert!(many.validate().is_ok());
+        let fresh = err(Config { intermediate_loss_form: IntermediateLossForm::SumFreshBatches, ..many });
+        assert!(fresh.starts_with("config keys the intermediate losses' fresh batches x `meta_batch` x "), "{fresh}");
+        assert!(fresh.contains("= 31 x 1048576 x 784:"), "{fresh}");
         // Dataset distillation has no generator: its unused generator keys do not bound it.
         let pixels = Config { teacher: TeacherKind::Pixels, ..Config::paper() };
         let wide = GeneratorConfig { fc_width: 1 << 30, ..GeneratorConfig::REFERENCE };

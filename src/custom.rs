@@ -289,7 +289,8 @@ mod tests {
                 .iter()
                 .map(|p| p.detach().to_kind(Kind::Double).set_requires_grad(true))
                 .collect();
-            let real = (real_x.to_device(device), real_y.to_device(device));
+            let last = (real_x.to_device(device), real_y.to_device(device));
+            let real = crate::meta::RealBatches { last, fresh: Vec::new() };
             let plan = teacher.curriculum.plan(&mut StdRng::seed_from_u64(3), device);
             let result = crate::meta::meta_gradient(&teacher, &learner, start, &real, &plan);
             let names = teacher.named_params().into_iter().map(|(name, _)| name);

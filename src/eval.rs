@@ -92,10 +92,8 @@ pub fn median(xs: &[f64]) -> f64 {
 pub fn test_accuracy(learner: &Learner, state: &LearnerState, split: &Split) -> f64 {
     let n = split.len() as i64;
     let logits = tch::no_grad(|| {
-        let chunks: Vec<tch::Tensor> = chunk_bounds(n)
-            .into_iter()
-            .map(|(start, len)| learner.score(&state.params, &state.stats, &split.images(start, len)))
-            .collect();
+        let chunks: Vec<tch::Tensor> =
+            chunk_bounds(n).into_iter().map(|(start, len)| state.score(learner, &split.images(start, len))).collect();
         tch::Tensor::cat(&chunks, 0)
     });
     nn::accuracy(&logits, &split.labels)

@@ -58,6 +58,12 @@ impl LearnerState {
         let shallow = |ts: &[Tensor]| ts.iter().map(Tensor::shallow_clone).collect();
         LearnerState { params: shallow(&self.params), momentum: shallow(&self.momentum), stats: shallow(&self.stats) }
     }
+
+    /// The learner's logits on `x` at this state, scored with the batch-norm statistics it was
+    /// built to score with (its last training batch's, recorded here, or `x`'s own).
+    pub fn score(&self, learner: &Learner, x: &Tensor) -> Tensor {
+        learner.score(&self.params, &self.stats, x)
+    }
 }
 
 /// Trains `state` through inner steps `steps` (indices into the `[T]` learning rates and
@@ -167,7 +173,7 @@ mod tests {
                 |_, _| {},
             );
             assert_eq!(trained.stats.is_empty(), bn_eval == BnEval::Batch);
-            nn::cross_entropy(&learner.score(&trained.params, &trained.stats, &real), &labels)
+            nn::cross_entropy(&trained.score(&learner, &real), &labels)
         };
         let err = max_rel_error(&inputs, &f, 10);
         assert!(err < 1e-5, "{bn_eval:?}: unroll meta-gradient finite-difference relative error {err:e}");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::checkpoint::{self, Checkpoint};
@@ -172,7 +173,9 @@ impl Trainer {
     }
 
     /// What meta-iteration `iteration` draws: its learner and initial parameters, its real
-    /// batch (augmented if configured) and its curriculum plan.
+    /// batch (augmented if configured), its curriculum plan and, in the `sum-fresh-batches`
+    /// form, a real batch per intermediate loss (drawn last, so the others are the same draws in
+    /// either form).
     pub fn iteration_inputs(&self, iteration: usize) -> IterationInputs {
         let config = self.config();
         let device = self.data.train.device();
@@ -183,12 +186,17 @@ impl Trainer {
             .scored_with(config.bn_eval);
         let init = learner.init(&mut rng, device);
         let mut sampler = BatchSampler::new(self.data.train.len(), rand::Rng::gen(&mut rng));
-        let (mut real_x, real_y) = self.data.train.batch(&sampler.indices(config.meta_batch, device));
-        if config.augment {
-            real_x = crate::data::augment::crop_and_flip(&real_x, &mut rng);
-        }
+        let mut draw = |rng: &mut StdRng| {
+            let (x, y) = self.data.train.batch(&sampler.indices(config.meta_batch, device));
+            (if config.augment { crate::data::augment::crop_and_flip(&x, rng) } else { x }, y)
+        };
+        let last = draw(&mut rng);
         let plan = self.teacher.curriculum.plan(&mut rng, device);
-        IterationInputs { learner, init, real: (real_x, real_y), plan }
+        let fresh = match config.intermediate_loss_form {
+            IntermediateLossForm::MeanSharedBatch => Vec::new(),
+            IntermediateLossForm::SumFreshBatches => (0..intermediate_losses(config)).map(|_| draw(&mut rng)).collect(),
+        };
+        IterationInputs { learner, init, real: RealBatches { last, fresh }, plan }
     }
 
     /// The meta-loss of one iteration, the meta-accuracy, and the meta-gradient with respect to
@@ -196,7 +204,7 @@ impl Trainer {
     pub fn meta_gradient(&self, iteration: usize) -> (f64, f64, Vec<Tensor>) {
         let IterationInputs { learner, init, real, plan } = self.iteration_inputs(iteration);
         let result = meta_gradient(&self.teacher, &learner, init, &real, &plan);
-        (result.loss, nn::accuracy(&result.logits, &real.1), result.grads)
+        (result.loss, nn::accuracy(&result.logits, &real.last.1), result.grads)
     }
 
     /// One meta-iteration, logged to `log.csv`. A NaN or infinite meta-loss or gradient stops
@@ -347,8 +355,29 @@ pub fn iteration_arch(config: &Config, iteration: usize) -> Arch {
 pub struct IterationInputs {
     pub learner: Learner,
     pub init: Vec<Tensor>,
-    pub real: (Tensor, Tensor),
+    pub real: RealBatches,
     pub plan: Vec<StepInput>,
+}
+
+/// The real batches (images, labels) a meta-iteration scores its learner on.
+pub struct RealBatches {
+    /// After the last inner step; in the `mean-shared-batch` form, after the intermediate ones too.
+    pub last: (Tensor, Tensor),
+    /// In the `sum-fresh-batches` form, one per intermediate loss in step order; else empty.
+    pub fresh: Vec<(Tensor, Tensor)>,
+}
+
+/// How intermediate real-data losses (`intermediate_loss_every`) enter the meta-loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IntermediateLossForm {
+    /// Averaged with the final loss, all on the iteration's one real batch: the meta-loss stays
+    /// on the final loss's scale, whatever their number.
+    #[default]
+    MeanSharedBatch,
+    /// Summed with the final loss, each on a fresh real batch of `meta_batch` images: the
+    /// reference's form (`use_intermediate_losses` in its `train_cgtn.py`, on in `cgtn.json`).
+    SumFreshBatches,
 }
 
 /// Whether the meta-loss includes a real-data loss after inner step `t`.
@@ -357,26 +386,73 @@ fn has_intermediate_loss(config: &Config, t: usize) -> bool {
     every > 0 && (t + 1).is_multiple_of(every) && t + 1 < config.inner_steps
 }
 
+/// How many intermediate losses one meta-iteration takes.
+pub fn intermediate_losses(config: &Config) -> usize {
+    // The multiples of k below T (not counted one by one: the config's sizes are checked with it).
+    config.inner_steps.saturating_sub(1).checked_div(config.intermediate_loss_every).unwrap_or(0)
+}
+
+/// The meta-loss's terms: a trained learner's cross-entropy on real data, each weighted as
+/// `intermediate_loss_form` says.
+struct MetaLossTerms<'a> {
+    config: &'a Config,
+    learner: &'a Learner,
+    real: &'a RealBatches,
+    weight: f64,
+}
+
+impl<'a> MetaLossTerms<'a> {
+    fn new(config: &'a Config, learner: &'a Learner, real: &'a RealBatches) -> MetaLossTerms<'a> {
+        let count = intermediate_losses(config);
+        let weight = match config.intermediate_loss_form {
+            IntermediateLossForm::MeanSharedBatch => 1.0 / (count + 1) as f64,
+            IntermediateLossForm::SumFreshBatches => {
+                assert_eq!(real.fresh.len(), count, "a fresh real batch per intermediate loss");
+                1.0
+            }
+        };
+        MetaLossTerms { config, learner, real, weight }
+    }
+
+    /// The term after inner step `t`, if an intermediate loss is taken there.
+    fn intermediate(&self, t: usize, state: &LearnerState) -> Option<Tensor> {
+        if !has_intermediate_loss(self.config, t) {
+            return None;
+        }
+        let (x, y) = match self.real.fresh.is_empty() {
+            true => &self.real.last,
+            false => &self.real.fresh[(t + 1) / self.config.intermediate_loss_every - 1],
+        };
+        Some(nn::cross_entropy(&state.score(self.learner, x), y) * self.weight)
+    }
+
+    /// The final term, and the trained learner's logits on the last real batch.
+    fn last(&self, trained: &LearnerState) -> (Tensor, Tensor) {
+        let (x, y) = &self.real.last;
+        let logits = trained.score(self.learner, x);
+        (nn::cross_entropy(&logits, y) * self.weight, logits)
+    }
+}
+
 /// Trains `init` on the teacher's data following `plan` with the graph kept, then scores it on
-/// the real batch (plus, if configured, every k inner steps). Returns the meta-loss, still
+/// the last real batch (plus, if configured, every k inner steps). Returns the meta-loss, still
 /// differentiable w.r.t. every teacher parameter, and the trained learner's logits.
 pub fn meta_loss(
     teacher: &Teacher,
     learner: &Learner,
     init: Vec<Tensor>,
-    (real_x, real_y): &(Tensor, Tensor),
+    real: &RealBatches,
     plan: &[StepInput],
 ) -> (Tensor, Tensor) {
     let config = &teacher.config;
+    let terms = MetaLossTerms::new(config, learner, real);
     let mut losses = Vec::new();
     let trained = teacher.teach(learner, LearnerState::new(init), plan, 0..config.inner_steps, true, |t, state| {
-        if has_intermediate_loss(config, t) {
-            losses.push(nn::cross_entropy(&learner.score(&state.params, &state.stats, real_x), real_y));
-        }
+        losses.extend(terms.intermediate(t, state));
     });
-    let logits = learner.score(&trained.params, &trained.stats, real_x);
-    losses.push(nn::cross_entropy(&logits, real_y));
-    (Tensor::stack(&losses, 0).mean(None::<tch::Kind>), logits)
+    let (last, logits) = terms.last(&trained);
+    losses.push(last);
+    (Tensor::stack(&losses, 0).sum(None::<tch::Kind>), logits)
 }
 
 /// A meta-loss value, the trained learner's logits on the real batch, and the meta-gradient.
@@ -398,7 +474,7 @@ pub fn meta_gradient(
     teacher: &Teacher,
     learner: &Learner,
     init: Vec<Tensor>,
-    real: &(Tensor, Tensor),
+    real: &RealBatches,
     plan: &[StepInput],
 ) -> MetaGradient {
     let config = &teacher.config;
@@ -409,18 +485,13 @@ pub fn meta_gradient(
         let grads = Tensor::run_backward(&[&loss], &teacher_params, false, false);
         return MetaGradient { loss: loss.double_value(&[]), logits: logits.detach(), grads };
     }
-    let (real_x, real_y) = real;
-    let terms = 1 + (0..t_max).filter(|&t| has_intermediate_loss(config, t)).count();
-    let scored =
-        |s: &LearnerState| nn::cross_entropy(&learner.score(&s.params, &s.stats, real_x), real_y) / terms as f64;
+    let terms = MetaLossTerms::new(config, learner, real);
     // Trains one block from `start` with its graph; returns the end state and the block's
     // intermediate losses.
     let block_with_graph = |start: &LearnerState, block: Range<usize>| {
         let mut inside = Vec::new();
         let end = teacher.teach(learner, start.shallow_clone(), plan, block, true, |t, state| {
-            if has_intermediate_loss(config, t) {
-                inside.push(scored(state));
-            }
+            inside.extend(terms.intermediate(t, state));
         });
         (end, inside)
     };
@@ -444,15 +515,15 @@ pub fn meta_gradient(
     for block in &blocks {
         starts.push(state.detached_leaves());
         state = teacher.teach(learner, state, plan, block.clone(), false, |t, state| {
-            if has_intermediate_loss(config, t) {
-                loss += tch::no_grad(|| scored(state)).double_value(&[]);
+            if let Some(term) = tch::no_grad(|| terms.intermediate(t, state)) {
+                loss += term.double_value(&[]);
             }
         });
     }
     let start = state.detached_leaves();
     let (end, mut inside) = block_with_graph(&start, last);
-    let logits = learner.score(&end.params, &end.stats, real_x);
-    inside.push(nn::cross_entropy(&logits, real_y) / terms as f64);
+    let (last, logits) = terms.last(&end);
+    inside.push(last);
     loss += inside.iter().map(|l| l.double_value(&[])).sum::<f64>();
     let (mut adjoint_params, mut adjoint_momentum, mut grads) = pull_back(total(inside), &start);
 
@@ -489,18 +560,42 @@ mod tests {
         Config { data_dir: Some(fixture_dir()), ..Config::tiny() }
     }
 
+    /// `n` real training images from the fixture, from `first` on, in f64.
+    fn real_batch(data: &Dataset, first: i64, n: i64) -> (Tensor, Tensor) {
+        let (x, y) = data.train.batch(&Tensor::arange_start(first, first + n, (Kind::Int64, Device::Cpu)));
+        (x.to_kind(Kind::Double), y)
+    }
+
+    /// Real batches for `config`: the last one of images 0..16, and in the sum-fresh-batches
+    /// form a fresh one per intermediate loss, each of the next 16.
+    fn real_batches(config: &Config, data: &Dataset) -> RealBatches {
+        let fresh = match config.intermediate_loss_form {
+            IntermediateLossForm::MeanSharedBatch => Vec::new(),
+            IntermediateLossForm::SumFreshBatches => {
+                (1..=intermediate_losses(config) as i64).map(|i| real_batch(data, 16 * i, 16)).collect()
+            }
+        };
+        RealBatches { last: real_batch(data, 0, 16), fresh }
+    }
+
     /// The full meta-gradient through a 3-step unroll against central finite differences in f64:
     /// for GTN (generator weights, curriculum noise) and for dataset distillation (pixels), each
-    /// with per-step learning rates and momenta, soft labels and an intermediate loss.
+    /// with per-step learning rates and momenta, soft labels and an intermediate loss (for GTN in
+    /// both forms).
     #[test]
     fn gradcheck_full_meta_gradient() {
-        for teacher in [TeacherKind::Generator, TeacherKind::Pixels] {
+        for (teacher, intermediate_loss_form) in [
+            (TeacherKind::Generator, IntermediateLossForm::MeanSharedBatch),
+            (TeacherKind::Generator, IntermediateLossForm::SumFreshBatches),
+            (TeacherKind::Pixels, IntermediateLossForm::MeanSharedBatch),
+        ] {
             let config = Config {
                 inner_steps: 3,
                 batch_size: 6,
                 teacher,
                 soft_labels: true,
                 intermediate_loss_every: 2,
+                intermediate_loss_form,
                 generator: GeneratorConfig { noise_dim: 3, fc_width: 4, conv1_channels: 2, conv2_channels: 2 },
                 ..fixture_config()
             };
@@ -514,9 +609,7 @@ mod tests {
                 .iter()
                 .map(|p| p.detach().to_kind(Kind::Double))
                 .collect();
-            let idx = Tensor::arange(16, (Kind::Int64, Device::Cpu));
-            let (x, y) = data.train.batch(&idx);
-            let real = (x.to_kind(Kind::Double), y);
+            let real = real_batches(&config, &data);
             let f = |p: &[Tensor]| {
                 let start = init.iter().map(|t| t.copy().set_requires_grad(true)).collect();
                 let teacher = teacher.with_params(p);
@@ -526,29 +619,34 @@ mod tests {
             let err = max_rel_error(&inputs, &f, 4);
             assert!(
                 err < 1e-5,
-                "{:?}: meta-gradient finite-difference relative error {err:e} exceeds 1e-5",
-                config.teacher
+                "{:?} {:?}: meta-gradient finite-difference relative error {err:e} exceeds 1e-5",
+                config.teacher,
+                config.intermediate_loss_form
             );
         }
     }
 
     /// Gradient checkpointing (blocks of 2 and a remainder of 1 over T = 5, intermediate losses
     /// inside blocks) gives the full unroll's meta-loss and meta-gradient, also when the learner
-    /// is scored with its last training batch's statistics (recorded inside the last block).
+    /// is scored with its last training batch's statistics (recorded inside the last block), and
+    /// with intermediate losses each on its own real batch (after steps 1 and 3).
     #[test]
     fn checkpointed_unroll_gives_the_full_meta_gradient() {
+        use IntermediateLossForm::{MeanSharedBatch, SumFreshBatches};
         let mut full_losses = Vec::new();
-        for (curriculum, bn_eval) in [
-            (CurriculumKind::Full, BnEval::Batch),
-            (CurriculumKind::AllShuffled, BnEval::Batch),
-            (CurriculumKind::Full, BnEval::Train),
+        for (curriculum, bn_eval, intermediate_loss_form, every) in [
+            (CurriculumKind::Full, BnEval::Batch, MeanSharedBatch, 3),
+            (CurriculumKind::AllShuffled, BnEval::Batch, MeanSharedBatch, 3),
+            (CurriculumKind::Full, BnEval::Train, MeanSharedBatch, 3),
+            (CurriculumKind::Full, BnEval::Train, SumFreshBatches, 2),
         ] {
             let config = Config {
                 inner_steps: 5,
                 curriculum,
                 bn_eval,
                 soft_labels: true,
-                intermediate_loss_every: 3,
+                intermediate_loss_every: every,
+                intermediate_loss_form,
                 ..fixture_config()
             };
             let data = load_data(&config, Device::Cpu).unwrap();
@@ -558,8 +656,7 @@ mod tests {
             let learner =
                 Learner::new(Arch::Cnn { conv1: 3, conv2: 4, fc: 5 }, [1, 28, 28], 10).unwrap().scored_with(bn_eval);
             let init = learner.init(&mut StdRng::seed_from_u64(2), Device::Cpu);
-            let (x, y) = data.train.batch(&Tensor::arange(16, (Kind::Int64, Device::Cpu)));
-            let real = (x.to_kind(Kind::Double), y);
+            let real = real_batches(&config, &data);
             let run = |k: usize| {
                 let mut t = teacher.with_params(&params);
                 t.config.checkpoint_every = k;
@@ -580,13 +677,83 @@ mod tests {
                     let diff = (a - b).abs().max().double_value(&[]);
                     assert!(
                         diff / scale < 1e-10,
-                        "{curriculum:?} {bn_eval:?} k={k} {name}: gradient differs by {diff:e} (scale {scale:e})"
+                        "{curriculum:?} {bn_eval:?} {intermediate_loss_form:?} k={k} {name}: gradient differs by {diff:e} (scale {scale:e})"
                     );
                 }
             }
         }
         // The same teacher, learner and batches scored with the last training batch's statistics.
         assert!((full_losses[0] - full_losses[2]).abs() > 1e-6, "bn_eval changed nothing: {full_losses:?}");
+    }
+
+    #[test]
+    fn intermediate_losses_are_counted_as_taken() {
+        for (inner_steps, intermediate_loss_every) in [(5, 0), (5, 1), (5, 2), (6, 2), (4, 4), (9, 3), (1, 1)] {
+            let config = Config { inner_steps, intermediate_loss_every, ..Config::tiny() };
+            let taken = (0..inner_steps).filter(|&t| has_intermediate_loss(&config, t)).count();
+            assert_eq!(intermediate_losses(&config), taken, "T = {inner_steps}, every {intermediate_loss_every}");
+        }
+        let huge = Config { inner_steps: usize::MAX, intermediate_loss_every: 2, ..Config::tiny() };
+        assert_eq!(intermediate_losses(&huge), (usize::MAX - 1) / 2);
+    }
+
+    /// The sum-fresh-batches form sums its terms where the other averages them (with every fresh
+    /// batch the last one, it is their number times the mean), and scores each intermediate
+    /// loss on its own batch (replacing one changes the loss).
+    #[test]
+    fn fresh_batch_intermediate_losses_are_summed_each_on_its_batch() {
+        let config = Config { inner_steps: 5, intermediate_loss_every: 2, ..fixture_config() };
+        let data = load_data(&config, Device::Cpu).unwrap();
+        let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(1), Device::Cpu).unwrap();
+        let learner = Learner::new(Arch::Mlp { hidden1: 5, hidden2: 4 }, [1, 28, 28], 10).unwrap();
+        let init = learner.init(&mut StdRng::seed_from_u64(2), Device::Cpu);
+        let params: Vec<Tensor> = teacher.params().iter().map(|p| p.detach().to_kind(Kind::Double)).collect();
+        let loss = |form, real: &RealBatches| {
+            let mut t = teacher.with_params(&params);
+            t.config.intermediate_loss_form = form;
+            let plan = t.curriculum.plan(&mut StdRng::seed_from_u64(3), Device::Cpu);
+            let start = init.iter().map(|p| p.detach().to_kind(Kind::Double).set_requires_grad(true)).collect();
+            meta_loss(&t, &learner, start, real, &plan).0.double_value(&[])
+        };
+        // Fresh batches of images 0..16 each (the last batch's), but the one at `other` (16..32).
+        let batches = |other: Option<usize>| RealBatches {
+            last: real_batch(&data, 0, 16),
+            fresh: (0..2).map(|i| real_batch(&data, if other == Some(i) { 16 } else { 0 }, 16)).collect(),
+        };
+        let mean = loss(IntermediateLossForm::MeanSharedBatch, &RealBatches { fresh: Vec::new(), ..batches(None) });
+        let sum = loss(IntermediateLossForm::SumFreshBatches, &batches(None));
+        assert!((sum - 3.0 * mean).abs() < 1e-12 * sum.abs(), "sum {sum} vs 3 x mean {mean}");
+        for i in 0..2 {
+            let changed = loss(IntermediateLossForm::SumFreshBatches, &batches(Some(i)));
+            assert!((changed - sum).abs() > 1e-6, "the intermediate loss after step {} ignored its batch", 2 * i + 1);
+        }
+    }
+
+    /// A meta-iteration in the sum-fresh-batches form draws one real batch per intermediate loss,
+    /// each new, after the draws both forms share, which stay the same.
+    #[test]
+    fn fresh_batches_are_drawn_after_the_shared_draws() {
+        let draws = |intermediate_loss_form| {
+            let config =
+                Config { inner_steps: 5, intermediate_loss_every: 2, intermediate_loss_form, ..fixture_config() };
+            let dir = tempfile::tempdir().unwrap();
+            Trainer::create(&config, &dir.path().join("run"), Device::Cpu).unwrap().iteration_inputs(3)
+        };
+        let (shared, fresh) =
+            (draws(IntermediateLossForm::MeanSharedBatch), draws(IntermediateLossForm::SumFreshBatches));
+        assert!(shared.real.fresh.is_empty());
+        assert!(shared.real.last.0.equal(&fresh.real.last.0) && shared.real.last.1.equal(&fresh.real.last.1));
+        assert!(shared.init.iter().zip(&fresh.init).all(|(a, b)| a.equal(b)), "the learner's draw changed");
+        assert!(shared.plan.iter().zip(&fresh.plan).all(|(a, b)| a.ids.equal(&b.ids)), "the plan changed");
+        assert_eq!(fresh.real.fresh.len(), 2);
+        let batches: Vec<&Tensor> =
+            std::iter::once(&fresh.real.last.0).chain(fresh.real.fresh.iter().map(|b| &b.0)).collect();
+        for (i, a) in batches.iter().enumerate() {
+            assert_eq!(a.size()[0], Config::tiny().meta_batch as i64, "batch {i}");
+            for b in &batches[i + 1..] {
+                assert!(!a.equal(b), "a fresh batch repeats another");
+            }
+        }
     }
 
     /// The bench counts each timed step's FLOPs on the architecture that step trains; the
