@@ -15,4 +15,7 @@ void set_enabled(bool enabled);
 
 bool enabled();
 
+// How many times `take` said yes on this thread.
+int64_t taken_count();
+
 }  // namespace cpu_kernels

@@ -29,13 +29,22 @@ namespace cpu_kernels {
 
 namespace {
 thread_local bool on = true;
+// How often this thread's gates let a kernel take its tensor, for the test that none does while
+// the kernels are off.
+thread_local int64_t taken = 0;
 }  // namespace
 
-bool take(const at::Tensor &t) { return on && t.device().is_cpu(); }
+bool take(const at::Tensor &t) {
+    bool yes = on && t.device().is_cpu();
+    taken += yes;
+    return yes;
+}
 
 void set_enabled(bool enabled) { on = enabled; }
 
 bool enabled() { return on; }
+
+int64_t taken_count() { return taken; }
 
 }  // namespace cpu_kernels
 
@@ -577,6 +586,8 @@ void gtn_set_winograd(bool enabled) { winograd_enabled = enabled; }
 void gtn_set_cpu_kernels(bool enabled) { cpu_kernels::set_enabled(enabled); }
 
 bool gtn_cpu_kernels_enabled() { return cpu_kernels::enabled(); }
+
+int64_t gtn_cpu_kernels_taken() { return cpu_kernels::taken_count(); }
 
 // How many threads ATen's parallel_for, as compiled into our kernels, spreads `items` over: it
 // runs serially unless this file is built with OpenMP (build.rs). Called by a test.

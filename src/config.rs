@@ -59,7 +59,8 @@ pub struct Config {
     /// Add a real-data loss every k inner steps to the meta-loss (0: final loss only).
     pub intermediate_loss_every: usize,
     /// How those losses enter it: `mean-shared-batch` (averaged with the final loss, on its real
-    /// batch) or `sum-fresh-batches` (summed, each on a fresh real batch: the reference's form).
+    /// batch) or `sum-fresh-batches` (summed, each on a fresh real batch: the reference's form;
+    /// the meta-loss logged and its gradient then grow with the number of terms).
     #[serde(default)]
     pub intermediate_loss_form: IntermediateLossForm,
     /// Save `checkpoint.safetensors` every this many meta-iterations.

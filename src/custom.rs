@@ -129,14 +129,18 @@ pub fn cpu_kernels_take(device: Device) -> bool {
 /// so that path, which no GPU-less test would reach otherwise, is held to the kernels' results.
 /// Per thread: the tests run side by side, and a CPU graph's backward runs on the calling thread.
 #[cfg(test)]
-pub struct LibtorchOps(());
+pub struct LibtorchOps {
+    /// The setting to restore.
+    was_enabled: bool,
+}
 
 #[cfg(test)]
 impl LibtorchOps {
     pub fn begin() -> LibtorchOps {
-        // SAFETY: sets a thread-local flag.
+        // SAFETY: reads, then sets, a thread-local flag.
+        let was_enabled = unsafe { gtn_cpu_kernels_enabled() };
         unsafe { gtn_set_cpu_kernels(false) };
-        LibtorchOps(())
+        LibtorchOps { was_enabled }
     }
 }
 
@@ -144,7 +148,7 @@ impl LibtorchOps {
 impl Drop for LibtorchOps {
     fn drop(&mut self) {
         // SAFETY: sets a thread-local flag.
-        unsafe { gtn_set_cpu_kernels(true) };
+        unsafe { gtn_set_cpu_kernels(self.was_enabled) };
     }
 }
 
@@ -195,6 +199,7 @@ mod tests {
     extern "C" {
         fn gtn_momentum_kernel_backwards() -> i64;
         fn gtn_conv_paths_taken(out: *mut i64);
+        fn gtn_cpu_kernels_taken() -> i64;
     }
 
     fn taken() -> [i64; 3] {
@@ -296,8 +301,8 @@ mod tests {
             let names = teacher.named_params().into_iter().map(|(name, _)| name);
             (result.loss, names.zip(result.grads.iter().map(|g| g.to_device(Device::Cpu))).collect::<Vec<_>>())
         };
-        // SAFETY: reads a thread-local counter.
-        let kernel_paths = || (taken(), unsafe { gtn_momentum_kernel_backwards() });
+        // SAFETY: reads thread-local counters.
+        let kernel_paths = || (taken(), unsafe { gtn_momentum_kernel_backwards() }, unsafe { gtn_cpu_kernels_taken() });
         let before = kernel_paths();
         let kernels = run(Device::Cpu);
         let between = kernel_paths();
@@ -311,7 +316,7 @@ mod tests {
         let after = kernel_paths();
         assert!(between.0.iter().zip(&before.0).all(|(b, a)| b > a), "kernels not all taken: {before:?} {between:?}");
         assert!(between.1 > before.1, "the update's backward kernels not taken");
-        assert_eq!(after, between, "a CPU kernel ran on {device:?} or under LibtorchOps");
+        assert_eq!(after, between, "a CPU kernel (or its gate's yes) on {device:?} or under LibtorchOps");
         assert!((kernels.0 - other.0).abs() < 1e-12, "{device:?}: meta-loss {} vs {}", other.0, kernels.0);
         for ((name, a), (_, b)) in kernels.1.iter().zip(&other.1) {
             let scale = a.abs().max().double_value(&[]).max(1e-12);
@@ -319,6 +324,19 @@ mod tests {
             // Sums in another order, some cancelling: ~1e-10 of a small gradient.
             assert!(diff / scale < 1e-9, "{device:?}: {name}'s meta-gradient differs by {diff:e} (scale {scale:e})");
         }
+    }
+
+    #[test]
+    fn libtorch_ops_restore_the_setting_they_found() {
+        assert!(cpu_kernels_take(Device::Cpu));
+        {
+            let _outer = LibtorchOps::begin();
+            {
+                let _inner = LibtorchOps::begin();
+            }
+            assert!(!cpu_kernels_take(Device::Cpu), "the inner guard turned the kernels on");
+        }
+        assert!(cpu_kernels_take(Device::Cpu));
     }
 
     /// `(p, m, g, lr, mu) -> (p', m')`.

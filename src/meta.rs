@@ -398,20 +398,23 @@ struct MetaLossTerms<'a> {
     config: &'a Config,
     learner: &'a Learner,
     real: &'a RealBatches,
-    weight: f64,
+    /// What each cross-entropy is divided by: the number of terms, or 1 for their sum.
+    divisor: f64,
 }
 
 impl<'a> MetaLossTerms<'a> {
     fn new(config: &'a Config, learner: &'a Learner, real: &'a RealBatches) -> MetaLossTerms<'a> {
-        let count = intermediate_losses(config);
-        let weight = match config.intermediate_loss_form {
-            IntermediateLossForm::MeanSharedBatch => 1.0 / (count + 1) as f64,
-            IntermediateLossForm::SumFreshBatches => {
-                assert_eq!(real.fresh.len(), count, "a fresh real batch per intermediate loss");
-                1.0
-            }
+        let (count, form) = (intermediate_losses(config), config.intermediate_loss_form);
+        let fresh = match form {
+            IntermediateLossForm::MeanSharedBatch => 0,
+            IntermediateLossForm::SumFreshBatches => count,
         };
-        MetaLossTerms { config, learner, real, weight }
+        assert_eq!(real.fresh.len(), fresh, "{form:?}: fresh real batches");
+        let divisor = match form {
+            IntermediateLossForm::MeanSharedBatch => (count + 1) as f64,
+            IntermediateLossForm::SumFreshBatches => 1.0,
+        };
+        MetaLossTerms { config, learner, real, divisor }
     }
 
     /// The term after inner step `t`, if an intermediate loss is taken there.
@@ -419,18 +422,20 @@ impl<'a> MetaLossTerms<'a> {
         if !has_intermediate_loss(self.config, t) {
             return None;
         }
-        let (x, y) = match self.real.fresh.is_empty() {
-            true => &self.real.last,
-            false => &self.real.fresh[(t + 1) / self.config.intermediate_loss_every - 1],
+        let (x, y) = match self.config.intermediate_loss_form {
+            IntermediateLossForm::MeanSharedBatch => &self.real.last,
+            IntermediateLossForm::SumFreshBatches => {
+                &self.real.fresh[(t + 1) / self.config.intermediate_loss_every - 1]
+            }
         };
-        Some(nn::cross_entropy(&state.score(self.learner, x), y) * self.weight)
+        Some(nn::cross_entropy(&state.score(self.learner, x), y) / self.divisor)
     }
 
     /// The final term, and the trained learner's logits on the last real batch.
     fn last(&self, trained: &LearnerState) -> (Tensor, Tensor) {
         let (x, y) = &self.real.last;
         let logits = trained.score(self.learner, x);
-        (nn::cross_entropy(&logits, y) * self.weight, logits)
+        (nn::cross_entropy(&logits, y) / self.divisor, logits)
     }
 }
 

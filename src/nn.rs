@@ -54,26 +54,28 @@ pub fn randn(rng: &mut StdRng, shape: &[i64], kind: Kind, device: Device) -> Ten
     Tensor::from_slice(&values).view(shape).to_kind(kind).to_device(device)
 }
 
-/// Draws fresh parameters; the tensors are leaves that require gradients.
+/// Draws fresh parameters; the tensors are leaves that require gradients. Computed on the CPU,
+/// then moved to `device`: the same draws give the same values on every device (a GPU sums a
+/// gain's norm in another order).
 pub fn init_params(specs: &[ParamSpec], rng: &mut StdRng, kind: Kind, device: Device) -> Vec<Tensor> {
     let mut out: Vec<Tensor> = Vec::with_capacity(specs.len());
     for spec in specs {
         let t = match spec.init {
             Init::KaimingNormal => {
                 let fan_in: i64 = spec.shape[1..].iter().product();
-                randn(rng, &spec.shape, kind, device) * (2.0 / fan_in as f64).sqrt()
+                randn(rng, &spec.shape, kind, Device::Cpu) * (2.0 / fan_in as f64).sqrt()
             }
             Init::GainOfPrevious => {
                 let v = out.last().expect("a gain follows its direction tensor");
                 row_norm(v).view([-1])
             }
-            Init::Zeros => Tensor::zeros(spec.shape.as_slice(), (kind, device)),
-            Init::Ones => Tensor::ones(spec.shape.as_slice(), (kind, device)),
+            Init::Zeros => Tensor::zeros(spec.shape.as_slice(), (kind, Device::Cpu)),
+            Init::Ones => Tensor::ones(spec.shape.as_slice(), (kind, Device::Cpu)),
         };
         assert_eq!(t.size(), spec.shape, "{}: init produced a wrong shape", spec.name);
-        out.push(t.detach().set_requires_grad(true));
+        out.push(t.detach());
     }
-    out
+    out.into_iter().map(|t| t.to_device(device).set_requires_grad(true)).collect()
 }
 
 /// Norm of each output unit's weights (dimension 0), keeping dimensions for broadcasting.
