@@ -321,6 +321,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         data: &data,
         kind: base.learner,
         bn_eval: base.bn_eval,
+        before_last_update: false,
         learners: options.learners,
         seed: options.seed,
     };

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use std::ops::Range;
 
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::data::{BatchSampler, Dataset, Split};
 use crate::inner::{self, LearnerState};
@@ -24,6 +24,8 @@ pub struct EvalReport {
     pub learner: LearnerKind,
     /// Which batch-norm statistics scored the learners.
     pub bn_eval: BnEval,
+    /// Scored before their last update, as the reference logs its test accuracy ([`Cohort`]).
+    pub before_last_update: bool,
     pub learners: usize,
     pub steps: usize,
     pub test_accuracy_mean: f64,
@@ -34,11 +36,12 @@ pub struct EvalReport {
 }
 
 impl EvalReport {
-    pub fn from_accuracies(learner: LearnerKind, bn_eval: BnEval, steps: usize, accs: Vec<f64>) -> EvalReport {
+    pub fn from_accuracies(cohort: &Cohort, steps: usize, accs: Vec<f64>) -> EvalReport {
         let (mean, std) = mean_std(&accs);
         EvalReport {
-            learner,
-            bn_eval,
+            learner: cohort.kind,
+            bn_eval: cohort.bn_eval,
+            before_last_update: cohort.before_last_update,
             learners: accs.len(),
             steps,
             test_accuracy_mean: mean,
@@ -53,9 +56,10 @@ impl EvalReport {
         format!(
             "| learner | batch norm scored with | learners | steps | test accuracy mean | std | min | max |\n|---|---|---|---|---|---|---|---|\n| {:?} | {} | {} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2}% |",
             self.learner,
-            match self.bn_eval {
-                BnEval::Batch => "test batch's statistics",
-                BnEval::Train => "last training batch's",
+            match (self.bn_eval, self.before_last_update) {
+                (BnEval::Batch, _) => "test batch's statistics",
+                (BnEval::Train, false) => "last training batch's",
+                (BnEval::Train, true) => "last training batch's, before its update",
             },
             self.learners,
             self.steps,
@@ -92,9 +96,9 @@ pub fn median(xs: &[f64]) -> f64 {
 pub fn test_accuracy(learner: &Learner, state: &LearnerState, split: &Split) -> f64 {
     let n = split.len() as i64;
     let logits = tch::no_grad(|| {
-        let chunks: Vec<tch::Tensor> =
+        let chunks: Vec<Tensor> =
             chunk_bounds(n).into_iter().map(|(start, len)| state.score(learner, &split.images(start, len))).collect();
-        tch::Tensor::cat(&chunks, 0)
+        Tensor::cat(&chunks, 0)
     });
     nn::accuracy(&logits, &split.labels)
 }
@@ -118,11 +122,13 @@ fn learner_seed(seed: u64, k: usize) -> rand::rngs::StdRng {
     iteration_rng(seed ^ 0x005E_ED0F_E7A1, k)
 }
 
-/// Trains `learners` fresh learners of `kind` for `steps` steps on the teacher's data.
+/// Trains `learners` fresh learners of `kind` for `steps` steps on the teacher's data, scored
+/// as the teacher's `bn_eval` says (and [`Cohort::before_last_update`]).
 pub fn evaluate_teacher(
     teacher: &Teacher,
     data: &Dataset,
     kind: LearnerKind,
+    before_last_update: bool,
     learners: usize,
     steps: usize,
     seed: u64,
@@ -131,9 +137,9 @@ pub fn evaluate_teacher(
     if steps == 0 || steps > t {
         bail!("--steps {steps}: the teacher was trained for {t} inner steps; expected 1..={t}");
     }
-    let cohort = Cohort { data, kind, bn_eval: teacher.config.bn_eval, learners, seed };
+    let cohort = Cohort { data, kind, bn_eval: teacher.config.bn_eval, before_last_update, learners, seed };
     let curves = teacher_curves(teacher, &cohort, &[steps], &data.test)?;
-    Ok(EvalReport::from_accuracies(kind, cohort.bn_eval, steps, curves.into_iter().map(|c| c[0]).collect()))
+    Ok(EvalReport::from_accuracies(&cohort, steps, curves.into_iter().map(|c| c[0]).collect()))
 }
 
 /// Accuracy on `test` of fresh learners trained on the teacher's data, after each step count in
@@ -214,6 +220,12 @@ pub struct Cohort<'a> {
     pub data: &'a Dataset,
     pub kind: LearnerKind,
     pub bn_eval: BnEval,
+    /// With `bn_eval = train`, score "after s steps" as the reference logs its test accuracy
+    /// (`step_by_step_validation`): the weights before step s's update, with the statistics of
+    /// step s's batch at those weights, i.e. after s - 1 updates. Otherwise after s updates,
+    /// with the statistics of the last batch at the weights before its update (as the reference
+    /// scores its meta-loss).
+    pub before_last_update: bool,
     pub learners: usize,
     pub seed: u64,
 }
@@ -238,6 +250,12 @@ impl Cohort<'_> {
         if grid.is_empty() || grid.windows(2).any(|w| w[0] >= w[1]) {
             bail!("evaluation steps {grid:?}: expected a non-empty ascending list");
         }
+        if self.before_last_update && self.bn_eval != BnEval::Train {
+            bail!(
+                "scoring before the last update: batch norm scored with {:?} statistics, expected train",
+                self.bn_eval
+            );
+        }
         let (image, classes) = self.data.name.shape();
         let device = test.device();
         (0..self.learners)
@@ -249,10 +267,20 @@ impl Cohort<'_> {
                 if grid[0] == 0 {
                     curve.push(test_accuracy(&learner, &start, test));
                 }
+                // The weights step `t` started from (updates make new tensors: these stay valid).
+                let mut before: Vec<Tensor> = start.params.iter().map(Tensor::shallow_clone).collect();
                 let mut record = |t: usize, state: &LearnerState| {
                     if grid.binary_search(&(t + 1)).is_ok() {
-                        curve.push(test_accuracy(&learner, state, test));
+                        let accuracy = if self.before_last_update {
+                            let params = before.iter().map(Tensor::shallow_clone).collect();
+                            let stats = state.stats.iter().map(Tensor::shallow_clone).collect();
+                            test_accuracy(&learner, &LearnerState { params, momentum: Vec::new(), stats }, test)
+                        } else {
+                            test_accuracy(&learner, state, test)
+                        };
+                        curve.push(accuracy);
                     }
+                    before = state.params.iter().map(Tensor::shallow_clone).collect();
                 };
                 let last = *grid.last().expect("checked non-empty");
                 train(&learner, start, &mut rng, k, 0..last, &mut record);
@@ -292,11 +320,67 @@ mod tests {
         assert_eq!(chunk_bounds(1001), [(0, 501), (501, 500)]);
     }
 
+    /// Scored before the last update, "after s steps" is the learner after s - 1 updates with
+    /// the statistics of step s's batch at those weights; otherwise after s updates with the
+    /// statistics of step s's batch at the weights before its update. Each computed here by hand.
+    #[test]
+    fn scoring_before_the_last_update_is_the_references_logged_accuracy() {
+        let data =
+            Dataset::load(crate::data::DatasetName::Mnist, &crate::data::fixture_dir(), 112, 0, Device::Cpu).unwrap();
+        let (lr, momentum, batch, seed) = (0.1, 0.5, 32, 7);
+        let cohort = |before_last_update| Cohort {
+            data: &data,
+            kind: LearnerKind::Mlp,
+            bn_eval: BnEval::Train,
+            before_last_update,
+            learners: 1,
+            seed,
+        };
+        let measured =
+            |before| real_curves(&cohort(before), &[1, 3], batch, (lr, momentum), &data.test).unwrap()[0].clone();
+
+        let mut rng = learner_seed(seed, 0);
+        let learner =
+            Learner::new(LearnerKind::Mlp.sample(&mut rng), [1, 28, 28], 10).unwrap().scored_with(BnEval::Train);
+        let init = learner.init(&mut rng, Device::Cpu);
+        let mut sampler = BatchSampler::new(data.train.len(), seed);
+        let batches: Vec<(Tensor, Tensor)> =
+            (0..3).map(|_| data.train.batch(&sampler.indices(batch, Device::Cpu))).collect();
+        let schedule = inner::constant_schedule(3, lr, momentum, Device::Cpu);
+        // The learner after `updates` updates, with the statistics of the last one's batch at the
+        // weights before it (as training leaves them).
+        let trained = |updates: usize| {
+            let start = LearnerState::new(init.iter().map(|p| p.detach().set_requires_grad(true)).collect());
+            let batch_of = |t: usize| (batches[t].0.shallow_clone(), batches[t].1.shallow_clone());
+            inner::unroll(&learner, start, (&schedule.0, &schedule.1), 0..updates, false, batch_of, |_, _| {})
+        };
+        // After `updates` updates, with the statistics of the next batch at its weights.
+        let before_update = |updates: usize| {
+            let state = trained(updates);
+            let stats = tch::no_grad(|| learner.train_forward(&state.params, &batches[updates].0).1);
+            LearnerState { stats, ..state }
+        };
+        let accuracy = |state: LearnerState| test_accuracy(&learner, &state, &data.test);
+        assert_eq!(measured(true), [accuracy(before_update(0)), accuracy(before_update(2))]);
+        assert_eq!(measured(false), [accuracy(trained(1)), accuracy(trained(3))]);
+        assert_ne!(measured(true), measured(false), "the two protocols agree here: the test shows nothing");
+        let err = Cohort { bn_eval: BnEval::Batch, ..cohort(true) };
+        let err = real_curves(&err, &[1], batch, (lr, momentum), &data.test).unwrap_err().to_string();
+        assert_eq!(err, "scoring before the last update: batch norm scored with Batch statistics, expected train");
+    }
+
     #[test]
     fn the_real_data_sweep_keeps_the_best_pair_and_names_an_empty_flag() {
         let data =
             Dataset::load(crate::data::DatasetName::Mnist, &crate::data::fixture_dir(), 112, 0, Device::Cpu).unwrap();
-        let cohort = Cohort { data: &data, kind: LearnerKind::Mlp, bn_eval: BnEval::Batch, learners: 2, seed: 0 };
+        let cohort = Cohort {
+            data: &data,
+            kind: LearnerKind::Mlp,
+            bn_eval: BnEval::Batch,
+            before_last_update: false,
+            learners: 2,
+            seed: 0,
+        };
         let mut seen = Vec::new();
         // A learning rate of 1e-6 leaves the learners where they started (near chance).
         let sweep = (&[1e-6, 0.1][..], &[0.5][..]);

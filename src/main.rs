@@ -342,6 +342,10 @@ struct EvalArgs {
     /// own) or `train` (their last training batch's); default: the run's config `bn_eval`.
     #[arg(long, value_enum)]
     bn_eval: Option<BnEval>,
+    /// With `train` statistics, score as the reference logs its test accuracy: the weights
+    /// before the last step's update, with that step's batch statistics (after T - 1 updates).
+    #[arg(long)]
+    before_last_update: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print one JSON object instead of a table.
@@ -432,6 +436,9 @@ enum BaselineCommand {
         /// chunk's own) or `train` (their last training batch's).
         #[arg(long, value_enum, default_value = "batch")]
         bn_eval: BnEval,
+        /// With `train` statistics, score before the last step's update, as `gtn eval` does.
+        #[arg(long)]
+        before_last_update: bool,
         /// Training images held out for validation (default: the dataset's standard split).
         #[arg(long)]
         valid_size: Option<usize>,
@@ -494,7 +501,8 @@ fn run(cli: Cli) -> Result<()> {
             let kind = args.learner.unwrap_or(config.learner);
             config.bn_eval = args.bn_eval.unwrap_or(config.bn_eval);
             let steps = args.steps.unwrap_or(config.inner_steps);
-            let report = eval::evaluate_teacher(&ckpt.teacher, &data, kind, args.learners as usize, steps, args.seed)?;
+            let (learners, before) = (args.learners as usize, args.before_last_update);
+            let report = eval::evaluate_teacher(&ckpt.teacher, &data, kind, before, learners, steps, args.seed)?;
             print_report(&report, args.json, &format!("{} (meta-iteration {})", args.dir.display(), ckpt.iteration));
             Ok(())
         }
@@ -538,6 +546,7 @@ fn run(cli: Cli) -> Result<()> {
                     momenta,
                     learners,
                     bn_eval,
+                    before_last_update,
                     valid_size,
                     seed,
                     json,
@@ -546,7 +555,8 @@ fn run(cli: Cli) -> Result<()> {
             let dir = data_dir.unwrap_or_else(|| dataset.default_dir());
             let valid_size = valid_size.unwrap_or(dataset.default_valid_size());
             let data = Dataset::load(dataset, &dir, valid_size, gtn::data::DEFAULT_SPLIT_SEED, device)?;
-            let cohort = eval::Cohort { data: &data, kind: learner, bn_eval, learners: learners as usize, seed };
+            let learners = learners as usize;
+            let cohort = eval::Cohort { data: &data, kind: learner, bn_eval, before_last_update, learners, seed };
             let (steps, batch) = (steps as usize, batch_size as usize);
             let ((lr, momentum), accuracies) =
                 eval::sweep_real(&cohort, steps, batch, (&lrs, &momenta), &data.test, |(lr, momentum), accuracies| {
@@ -555,7 +565,7 @@ fn run(cli: Cli) -> Result<()> {
                         println!("lr {lr}, momentum {momentum}: {:.2}% ± {:.2}%", 100.0 * mean, 100.0 * std);
                     }
                 })?;
-            let report = EvalReport::from_accuracies(learner, bn_eval, steps, accuracies);
+            let report = EvalReport::from_accuracies(&cohort, steps, accuracies);
             let what = format!("real {} data, best lr {lr}, momentum {momentum}, batch {batch_size}", dataset.as_str());
             if json {
                 let mut value = serde_json::to_value(&report)?;
@@ -757,7 +767,8 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
     println!("meta-training done in {:.1} min; checkpoint in {}", start.elapsed().as_secs_f64() / 60.0, dir.display());
     if args.eval_learners > 0 {
         let data = meta::load_data(&c, device)?;
-        let report = eval::evaluate_teacher(&trainer.teacher, &data, c.learner, args.eval_learners, c.inner_steps, 0)?;
+        let report =
+            eval::evaluate_teacher(&trainer.teacher, &data, c.learner, false, args.eval_learners, c.inner_steps, 0)?;
         print_report(&report, false, &format!("{} after {} meta-iterations", dir.display(), trainer.iteration));
     }
     Ok(())
