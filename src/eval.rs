@@ -251,10 +251,7 @@ impl Cohort<'_> {
             bail!("evaluation steps {grid:?}: expected a non-empty ascending list");
         }
         if self.before_last_update && self.bn_eval != BnEval::Train {
-            bail!(
-                "scoring before the last update: batch norm scored with {:?} statistics, expected train",
-                self.bn_eval
-            );
+            bail!("--before-last-update: the learners' batch norm is scored with each test batch's statistics; expected --bn-eval train");
         }
         let (image, classes) = self.data.name.shape();
         let device = test.device();
@@ -337,7 +334,7 @@ mod tests {
             seed,
         };
         let measured =
-            |before| real_curves(&cohort(before), &[1, 3], batch, (lr, momentum), &data.test).unwrap()[0].clone();
+            |before| real_curves(&cohort(before), &[0, 1, 2, 3], batch, (lr, momentum), &data.test).unwrap()[0].clone();
 
         let mut rng = learner_seed(seed, 0);
         let learner =
@@ -361,12 +358,18 @@ mod tests {
             LearnerState { stats, ..state }
         };
         let accuracy = |state: LearnerState| test_accuracy(&learner, &state, &data.test);
-        assert_eq!(measured(true), [accuracy(before_update(0)), accuracy(before_update(2))]);
-        assert_eq!(measured(false), [accuracy(trained(1)), accuracy(trained(3))]);
+        // Step 0 is the untrained learner either way (statistics mean 0, variance 1).
+        let untrained = accuracy(trained(0));
+        let before = [untrained, accuracy(before_update(0)), accuracy(before_update(1)), accuracy(before_update(2))];
+        assert_eq!(measured(true), before);
+        assert_eq!(measured(false), [untrained, accuracy(trained(1)), accuracy(trained(2)), accuracy(trained(3))]);
         assert_ne!(measured(true), measured(false), "the two protocols agree here: the test shows nothing");
         let err = Cohort { bn_eval: BnEval::Batch, ..cohort(true) };
         let err = real_curves(&err, &[1], batch, (lr, momentum), &data.test).unwrap_err().to_string();
-        assert_eq!(err, "scoring before the last update: batch norm scored with Batch statistics, expected train");
+        assert_eq!(
+            err,
+            "--before-last-update: the learners' batch norm is scored with each test batch's statistics; expected --bn-eval train"
+        );
     }
 
     #[test]

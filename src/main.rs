@@ -778,7 +778,8 @@ fn print_report(report: &EvalReport, json: bool, what: &str) {
     if json {
         println!("{}", serde_json::to_string(report).expect("a report serialises"));
     } else {
-        println!("{what}: real test accuracy after {} steps\n{}", report.steps, report.table());
+        let before = if report.before_last_update { " (scored before the last update)" } else { "" };
+        println!("{what}: real test accuracy after {} steps{before}\n{}", report.steps, report.table());
     }
 }
 
