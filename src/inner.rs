@@ -98,6 +98,8 @@ pub fn unroll_with(
         let (x, target) = batch(t);
         let (logits, stats) = forward(&state.params, &x);
         let loss = nn::cross_entropy(&logits, &target);
+        // libtorch's engine crashes, rather than erring, on a root with no graph.
+        assert!(loss.requires_grad(), "inner step {t}: the loss has no graph (parameters not leaves that require gradients, or run under no_grad)");
         let grads = Tensor::run_backward(&[loss], &state.params, create_graph, create_graph);
         let (lr, mu) = (lrs.get(t as i64), momenta.get(t as i64));
         let (params, momentum) = sgd_momentum_step(&state.params, &grads, &state.momentum, &lr, &mu);
@@ -133,6 +135,18 @@ mod tests {
         assert_eq!(Vec::<f64>::try_from(&m1[0]).unwrap(), [0.6, -0.9]);
         let p1 = Vec::<f64>::try_from(&p1[0]).unwrap();
         assert!((p1[0] - 0.94).abs() < 1e-12 && (p1[1] - 2.09).abs() < 1e-12);
+    }
+
+    #[test]
+    #[should_panic(expected = "inner step 0: the loss has no graph")]
+    fn an_unroll_without_a_graph_is_a_panic_not_a_crash() {
+        let learner = Learner::new(Arch::Mlp { hidden1: 5, hidden2: 4 }, [1, 28, 28], 10).unwrap();
+        let params = learner.init(&mut StdRng::seed_from_u64(0), Device::Cpu);
+        let schedule = constant_schedule(1, 0.1, 0.5, Device::Cpu);
+        let batch = |_| (Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu)), Tensor::from_slice(&[0i64, 1]));
+        tch::no_grad(|| {
+            unroll(&learner, LearnerState::new(params), (&schedule.0, &schedule.1), 0..1, true, batch, |_, _| {})
+        });
     }
 
     /// The meta-gradient through a 3-step unroll w.r.t. the training images, the learning
