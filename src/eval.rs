@@ -277,7 +277,9 @@ impl Cohort<'_> {
                         };
                         curve.push(accuracy);
                     }
-                    before = state.params.iter().map(Tensor::shallow_clone).collect();
+                    if self.before_last_update {
+                        before = state.params.iter().map(Tensor::shallow_clone).collect();
+                    }
                 };
                 let last = *grid.last().expect("checked non-empty");
                 train(&learner, start, &mut rng, k, 0..last, &mut record);

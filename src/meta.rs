@@ -405,15 +405,11 @@ struct MetaLossTerms<'a> {
 impl<'a> MetaLossTerms<'a> {
     fn new(config: &'a Config, learner: &'a Learner, real: &'a RealBatches) -> MetaLossTerms<'a> {
         let (count, form) = (intermediate_losses(config), config.intermediate_loss_form);
-        let fresh = match form {
-            IntermediateLossForm::MeanSharedBatch => 0,
-            IntermediateLossForm::SumFreshBatches => count,
+        let (fresh, divisor) = match form {
+            IntermediateLossForm::MeanSharedBatch => (0, (count + 1) as f64),
+            IntermediateLossForm::SumFreshBatches => (count, 1.0),
         };
         assert_eq!(real.fresh.len(), fresh, "{form:?}: fresh real batches");
-        let divisor = match form {
-            IntermediateLossForm::MeanSharedBatch => (count + 1) as f64,
-            IntermediateLossForm::SumFreshBatches => 1.0,
-        };
         MetaLossTerms { config, learner, real, divisor }
     }
 
