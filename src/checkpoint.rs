@@ -118,6 +118,9 @@ pub struct Checkpoint {
     pub teacher: Teacher,
     pub adam: Adam,
     pub iteration: usize,
+    /// Of the bytes these were loaded from, read once: a run saving to the folder meanwhile cannot
+    /// pair one save's weights with another save's hash.
+    pub sha256: String,
 }
 
 /// Loads `dir`, checking that every tensor has the name and shape its config implies.
@@ -127,10 +130,15 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     if !path.is_file() {
         bail!("{}: missing; expected the checkpoint of the run in {}", path.display(), dir.display());
     }
-    let stored: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
-        .map_err(|e| anyhow::anyhow!("{}: corrupt or not a safetensors file: {e}", path.display()))?
+    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let corrupt =
+        |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: corrupt or not a safetensors file: {e}", path.display());
+    let stored: HashMap<String, Tensor> = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| corrupt(&e))?
+        .tensors()
         .into_iter()
-        .collect();
+        .map(|(name, view)| Ok((name, Tensor::try_from(view).map_err(|e| corrupt(&e))?)))
+        .collect::<Result<_>>()?;
     // Shapes come from a freshly built teacher; its random values are then overwritten.
     let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(0), device)?;
     let named = teacher.named_params();
@@ -188,5 +196,5 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
         );
     }
     let adam = Adam { m, v, steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
-    Ok(Checkpoint { teacher, adam, iteration: iteration as usize })
+    Ok(Checkpoint { teacher, adam, iteration: iteration as usize, sha256: crate::data::fetch::sha256_hex(&bytes) })
 }

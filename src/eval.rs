@@ -122,24 +122,15 @@ fn learner_seed(seed: u64, k: usize) -> rand::rngs::StdRng {
     iteration_rng(seed ^ 0x005E_ED0F_E7A1, k)
 }
 
-/// Trains `learners` fresh learners of `kind` for `steps` steps on the teacher's data, scored
-/// as the teacher's `bn_eval` says (and [`Cohort::before_last_update`]).
-pub fn evaluate_teacher(
-    teacher: &Teacher,
-    data: &Dataset,
-    kind: LearnerKind,
-    before_last_update: bool,
-    learners: usize,
-    steps: usize,
-    seed: u64,
-) -> Result<EvalReport> {
+/// Trains the cohort's learners for `steps` steps on the teacher's data and scores them on the
+/// test set.
+pub fn evaluate_teacher(teacher: &Teacher, cohort: &Cohort, steps: usize) -> Result<EvalReport> {
     let t = teacher.config.inner_steps;
     if steps == 0 || steps > t {
         bail!("--steps {steps}: the teacher was trained for {t} inner steps; expected 1..={t}");
     }
-    let cohort = Cohort { data, kind, bn_eval: teacher.config.bn_eval, before_last_update, learners, seed };
-    let curves = teacher_curves(teacher, &cohort, &[steps], &data.test)?;
-    Ok(EvalReport::from_accuracies(&cohort, steps, curves.into_iter().map(|c| c[0]).collect()))
+    let curves = teacher_curves(teacher, cohort, &[steps], &cohort.data.test)?;
+    Ok(EvalReport::from_accuracies(cohort, steps, curves.into_iter().map(|c| c[0]).collect()))
 }
 
 /// Accuracy on `test` of fresh learners trained on the teacher's data, after each step count in

@@ -498,11 +498,16 @@ fn run(cli: Cli) -> Result<()> {
             let config = &mut ckpt.teacher.config;
             config.data_dir = args.data_dir.or(config.data_dir.take());
             let data = meta::load_data(config, device)?;
-            let kind = args.learner.unwrap_or(config.learner);
-            config.bn_eval = args.bn_eval.unwrap_or(config.bn_eval);
+            let cohort = eval::Cohort {
+                data: &data,
+                kind: args.learner.unwrap_or(config.learner),
+                bn_eval: args.bn_eval.unwrap_or(config.bn_eval),
+                before_last_update: args.before_last_update,
+                learners: args.learners as usize,
+                seed: args.seed,
+            };
             let steps = args.steps.unwrap_or(config.inner_steps);
-            let (learners, before) = (args.learners as usize, args.before_last_update);
-            let report = eval::evaluate_teacher(&ckpt.teacher, &data, kind, before, learners, steps, args.seed)?;
+            let report = eval::evaluate_teacher(&ckpt.teacher, &cohort, steps)?;
             print_report(&report, args.json, &format!("{} (meta-iteration {})", args.dir.display(), ckpt.iteration));
             Ok(())
         }
@@ -767,8 +772,15 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
     println!("meta-training done in {:.1} min; checkpoint in {}", start.elapsed().as_secs_f64() / 60.0, dir.display());
     if args.eval_learners > 0 {
         let data = meta::load_data(&c, device)?;
-        let report =
-            eval::evaluate_teacher(&trainer.teacher, &data, c.learner, false, args.eval_learners, c.inner_steps, 0)?;
+        let cohort = eval::Cohort {
+            data: &data,
+            kind: c.learner,
+            bn_eval: c.bn_eval,
+            before_last_update: false,
+            learners: args.eval_learners,
+            seed: 0,
+        };
+        let report = eval::evaluate_teacher(&trainer.teacher, &cohort, c.inner_steps)?;
         print_report(&report, false, &format!("{} after {} meta-iterations", dir.display(), trainer.iteration));
     }
     Ok(())

@@ -152,7 +152,7 @@ impl Trainer {
             settings.apply(&mut config);
             return Trainer::create(&config, dir, device);
         }
-        let Checkpoint { mut teacher, adam, iteration } = checkpoint::load(dir, device)?;
+        let Checkpoint { mut teacher, adam, iteration, .. } = checkpoint::load(dir, device)?;
         settings.apply(&mut teacher.config);
         teacher.config.validate()?;
         let data = load_data(&teacher.config, device)?;
@@ -1030,6 +1030,7 @@ mod tests {
         trainer.save().unwrap();
         let loaded = checkpoint::load(dir.path(), Device::Cpu).unwrap();
         assert_eq!(loaded.iteration, 1);
+        assert_eq!(loaded.sha256, checkpoint::checkpoint_sha256(dir.path()).unwrap());
         for ((n, a), (_, b)) in loaded.teacher.named_params().iter().zip(trainer.teacher.named_params()) {
             assert!(a.equal(&b), "{n} differs after reload");
         }

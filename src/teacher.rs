@@ -195,12 +195,28 @@ impl Teacher {
         create_graph: bool,
         after_step: impl FnMut(usize, &LearnerState),
     ) -> LearnerState {
-        let (lrs, momenta) = self.schedule();
-        let ((lrs, momenta), batches) = if create_graph {
-            ((lrs, momenta), self.synthesize_steps(&plan[steps.clone()]))
+        let batches = if create_graph {
+            self.synthesize_steps(&plan[steps.clone()])
         } else {
-            ((lrs.detach(), momenta.detach()), tch::no_grad(|| self.synthesize_steps(&plan[steps.clone()])))
+            tch::no_grad(|| self.synthesize_steps(&plan[steps.clone()]))
         };
+        self.teach_on(learner, state, batches, steps, create_graph, after_step)
+    }
+
+    /// [`Teacher::teach`] on the steps' batches already synthesized (for a caller that times
+    /// the synthesis apart): the schedule is cut from the graph unless `create_graph`.
+    pub fn teach_on(
+        &self,
+        learner: &Learner,
+        state: LearnerState,
+        batches: Vec<(Tensor, Tensor)>,
+        steps: Range<usize>,
+        create_graph: bool,
+        after_step: impl FnMut(usize, &LearnerState),
+    ) -> LearnerState {
+        assert_eq!(batches.len(), steps.len(), "teacher: one batch per step of {steps:?}");
+        let (lrs, momenta) = self.schedule();
+        let (lrs, momenta) = if create_graph { (lrs, momenta) } else { (lrs.detach(), momenta.detach()) };
         let mut batches = batches.into_iter();
         let next = |_| batches.next().expect("one batch per step");
         inner::unroll(learner, state, (&lrs, &momenta), steps, create_graph, next, after_step)

@@ -113,40 +113,43 @@ pub fn done_keys(records: &[Record]) -> HashSet<(String, String, usize)> {
 /// Concatenates shard files into one, keeping the first record of each key (an architecture
 /// listed twice, or at another position in another list, is one architecture), ordered by
 /// proxy, step count and architecture index; written atomically. Returns the number of records.
-/// A key repeated with another dataset, seed, network or setting is an error: keeping either
-/// would hide that the files measured different things.
+/// A proxy measured with two datasets, seeds, networks or settings (shards run with other flags)
+/// is an error naming both files: keeping them together would hide that the files measured
+/// different things.
 pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
     let mut merged: BTreeMap<(String, usize, usize, String), Record> = BTreeMap::new();
-    let mut seen: HashMap<(String, String, usize), (Record, &Path)> = HashMap::new();
+    let mut keys = HashSet::new();
+    let mut first_of_proxy: HashMap<String, (Record, &Path)> = HashMap::new();
     let measured = |r: &Record| (r.dataset.clone(), r.seed, r.net.clone(), r.setting.clone());
     for &path in inputs {
         if !path.is_file() {
             bail!("{}: no such results file", path.display());
         }
         for r in read(path)? {
-            if let Some((first, first_path)) = seen.get(&r.key()) {
-                if measured(first) != measured(&r) {
-                    bail!(
-                        "{} ({}, {} steps) is in {} (dataset {}, seed {}, {} {}) and in {} (dataset {}, seed {}, {} {}); expected one measurement",
-                        r.arch,
-                        r.proxy,
-                        r.steps,
-                        first_path.display(),
-                        first.dataset,
-                        first.seed,
-                        first.net,
-                        first.setting,
-                        path.display(),
-                        r.dataset,
-                        r.seed,
-                        r.net,
-                        r.setting
-                    );
-                }
-                continue;
+            let (first, first_path) = first_of_proxy.entry(r.proxy.clone()).or_insert_with(|| (r.clone(), path));
+            if measured(first) != measured(&r) {
+                bail!(
+                    "{}: {} ({} steps) in {} is measured with dataset {}, seed {}, {} {}; {} ({} steps) in {} with dataset {}, seed {}, {} {}; expected one measurement",
+                    r.proxy,
+                    first.arch,
+                    first.steps,
+                    first_path.display(),
+                    first.dataset,
+                    first.seed,
+                    first.net,
+                    first.setting,
+                    r.arch,
+                    r.steps,
+                    path.display(),
+                    r.dataset,
+                    r.seed,
+                    r.net,
+                    r.setting
+                );
             }
-            seen.insert(r.key(), (r.clone(), path));
-            merged.insert((r.proxy.clone(), r.steps, r.index, r.arch.clone()), r);
+            if keys.insert(r.key()) {
+                merged.insert((r.proxy.clone(), r.steps, r.index, r.arch.clone()), r);
+            }
         }
     }
     let text: String =
@@ -261,8 +264,13 @@ mod tests {
         let c = dir.path().join("c");
         std::fs::write(&c, line(&Record { dataset: "fashion-mnist".into(), ..record("y", 0, 4) })).unwrap();
         let err = merge(&[&a, &c], &out).unwrap_err().to_string();
-        assert!(err.starts_with("y (real, 4 steps) is in ") && err.contains("(dataset fashion-mnist, seed 0"), "{err}");
+        assert!(err.starts_with("real: x (4 steps) in ") && err.contains("; y (4 steps) in "), "{err}");
+        assert!(err.contains("c with dataset fashion-mnist, seed 0"), "{err}");
         assert!(err.ends_with("expected one measurement"), "{err}");
         assert_eq!(read(&out).unwrap().len(), 4, "the earlier merge is left as it was");
+        // Nor is a shard run with another setting, though it repeats no architecture.
+        std::fs::write(&c, line(&Record { setting: "lr 0.3".into(), ..record("w", 7, 4) })).unwrap();
+        let err = merge(&[&a, &c], &out).unwrap_err().to_string();
+        assert!(err.contains("; w (4 steps) in ") && err.contains("lr 0.3; expected one measurement"), "{err}");
     }
 }

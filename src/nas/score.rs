@@ -136,8 +136,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     opts.net.validate()?;
     let (teacher, teacher_version) = match &opts.proxy {
         Proxy::Gtn(dir) => {
-            let checkpoint::Checkpoint { teacher, iteration, .. } = checkpoint::load(dir, device)?;
-            let sha = checkpoint::checkpoint_sha256(dir)?;
+            let checkpoint::Checkpoint { teacher, iteration, sha256: sha, .. } = checkpoint::load(dir, device)?;
             let version = format!("at meta-iteration {iteration}, checkpoint sha256 {}", &sha[..12]);
             let t = teacher.config.inner_steps;
             if max_steps > t {
@@ -210,6 +209,17 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         // longest step count keeps the shorter ones. The unroll cannot be stopped from here: a
         // failed append is returned once this architecture's training ends.
         let mut failed = None;
+        // Only as far as the largest count missing: a step count added below the ones done
+        // costs its own steps, not a re-run of the longest.
+        let until = *missing.last().expect("checked non-empty");
+        // A GTN proxy's batches are synthesized in one pass before training: each record is
+        // charged its own steps' share, the time a proxy of that many steps would take.
+        let synthesis = Instant::now();
+        let lesson = teacher.as_ref().map(|teacher| {
+            let plan = teacher.curriculum.plan(&mut rng, device);
+            (teacher, tch::no_grad(|| teacher.synthesize_steps(&plan[..until])))
+        });
+        let synthesis_per_step = synthesis.elapsed().as_secs_f64() / until as f64;
         let start = Instant::now();
         // Evaluation, appending and progress: not training time.
         let mut other_seconds = 0.0;
@@ -226,7 +236,8 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     dataset: dataset.into(),
                     valid_accuracy,
                     test_accuracy,
-                    seconds: eval_start.duration_since(start).as_secs_f64() - other_seconds,
+                    seconds: eval_start.duration_since(start).as_secs_f64() - other_seconds
+                        + synthesis_per_step * (t + 1) as f64,
                     params,
                     seed: opts.seed,
                     net: net.clone(),
@@ -244,13 +255,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             }
         };
         let state = LearnerState::new(init);
-        // Only as far as the largest count missing: a step count added below the ones done
-        // costs its own steps, not a re-run of the longest.
-        let until = *missing.last().expect("checked non-empty");
-        match &teacher {
-            Some(teacher) => {
-                let plan = teacher.curriculum.plan(&mut rng, device);
-                teacher.teach(&learner, state, &plan, 0..until, false, after_step);
+        match lesson {
+            Some((teacher, batches)) => {
+                teacher.teach_on(&learner, state, batches, 0..until, false, after_step);
             }
             None => {
                 train_real(&learner, state, &data, opts.real, until, opts.seed ^ fnv1a(&arch), after_step);
