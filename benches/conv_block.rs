@@ -22,11 +22,11 @@ fn conv_block(c: &mut Criterion) {
     let step = || {
         let y = nn::wn_conv3x3_max_pool(&x, &v, &g);
         // The input's gradient too: the earlier block's weights' gradients go through it.
-        let inner = Tensor::run_backward(&[(&y * &probe).sum(Kind::Float)], &[&x, &v, &g], true, true);
+        let inner = gtn::nn::grads(&[(&y * &probe).sum(Kind::Float)], &[&x, &v, &g], true, true);
         let meta = (&inner[0] * &x_probe).sum(Kind::Float)
             + (&inner[1] * &meta_probe).sum(Kind::Float)
             + inner[2].sum(Kind::Float);
-        Tensor::run_backward(&[meta], &[&x, &v, &g], false, false)
+        gtn::nn::grads(&[meta], &[&x, &v, &g], false, false)
     };
     let mut group = c.benchmark_group("base_fc_conv2_block");
     for (name, winograd) in [("libtorch", false), ("winograd", true), ("libtorch again", false)] {

@@ -274,7 +274,7 @@ pub fn run(
     let full_unroll = config.checkpoint_every == 0 || config.checkpoint_every >= config.inner_steps;
     let (unroll_forward_seconds, meta_backward_seconds) = if full_unroll {
         let ((loss, _), forward) = timed(device, || meta::meta_loss(teacher, &learner, init, &real, &plan));
-        let backward = timed(device, || Tensor::run_backward(&[loss], &teacher.params(), false, false)).1;
+        let backward = timed(device, || crate::nn::grads(&[loss], &teacher.params(), false, false)).1;
         (Some(forward), Some(backward))
     } else {
         (None, None)

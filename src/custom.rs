@@ -164,13 +164,13 @@ mod tests {
         let probe = leaf(&f(x).size(), 7).detach();
         let twice = |g: &dyn Fn(&Tensor) -> Tensor| {
             let y = g(x);
-            let first = Tensor::run_backward(
+            let first = crate::nn::grads(
                 &[(&y * &probe).sum(Kind::Double) + y.square().sum(Kind::Double)],
                 &[x],
                 true,
                 true,
             );
-            let second = Tensor::run_backward(&[first[0].square().sum(Kind::Double)], &[x], false, false);
+            let second = crate::nn::grads(&[first[0].square().sum(Kind::Double)], &[x], false, false);
             (y.detach(), first[0].detach(), second[0].detach())
         };
         let (a, b) = (twice(&f), twice(&reference));
@@ -221,7 +221,7 @@ mod tests {
         let start = taken();
         let (images, _) = teacher.synthesize(&plan[0]);
         let forward = taken();
-        Tensor::run_backward(&[images.square().sum(Kind::Float)], &teacher.params(), false, false);
+        crate::nn::grads(&[images.square().sum(Kind::Float)], &teacher.params(), false, false);
         let backward = taken();
         assert!(forward[2] > start[2] && backward[2] > forward[2], "{start:?} {forward:?} {backward:?}");
     }
@@ -244,10 +244,10 @@ mod tests {
         let start = taken();
         let loss = crate::nn::cross_entropy(&learner.forward(&params, &x), &labels);
         let forward = taken();
-        let grads = Tensor::run_backward(&[loss], &params, true, true);
+        let grads = crate::nn::grads(&[loss], &params, true, true);
         let inner = taken();
         let meta = grads.iter().map(|g| g.square().sum(Kind::Float)).reduce(|a, b| a + b).unwrap();
-        Tensor::run_backward(&[meta], &[&x], false, false);
+        crate::nn::grads(&[meta], &[&x], false, false);
         let outer = taken();
         for (pass, before, after) in
             [("forward", start, forward), ("inner backward", forward, inner), ("meta-backward", inner, outer)]
@@ -389,10 +389,10 @@ mod tests {
             let zero_if_unreached = |grads: Vec<Tensor>| -> Vec<Tensor> {
                 grads.into_iter().zip(&inputs).map(|(t, x)| if t.defined() { t } else { x.zeros_like() }).collect()
             };
-            let first = |f: &Update, graph| zero_if_unreached(Tensor::run_backward(&[loss(f)], &inputs, graph, graph));
+            let first = |f: &Update, graph| zero_if_unreached(crate::nn::grads(&[loss(f)], &inputs, graph, graph));
             let second = |f: &Update| {
                 let sum = first(f, true).iter().map(|t| t.square().sum(kind)).reduce(|a, b| a + b).unwrap();
-                zero_if_unreached(Tensor::run_backward(&[sum], &inputs, false, false))
+                zero_if_unreached(crate::nn::grads(&[sum], &inputs, false, false))
             };
             // SAFETY: reads a thread-local counter.
             let kernel_runs = || unsafe { gtn_momentum_kernel_backwards() };
@@ -573,7 +573,7 @@ mod tests {
                 .set_requires_grad(true);
             let before = crate::allocator::live_bytes_on_this_thread();
             let y = f(&x, &w);
-            let grad = Tensor::run_backward(&[y.square().sum(Kind::Float)], &[&w], true, true);
+            let grad = crate::nn::grads(&[y.square().sum(Kind::Float)], &[&w], true, true);
             drop(y);
             let kept = crate::allocator::live_bytes_on_this_thread() - before;
             drop(grad);
@@ -899,10 +899,10 @@ mod tests {
             let pad = size / 2;
             let third = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
                 let y = f(&x, &weight);
-                let inner = Tensor::run_backward(&[(&y * &y).sum(Kind::Double)], &[&weight], true, true);
-                let meta = Tensor::run_backward(&[inner[0].square().sum(Kind::Double)], &[&x, &weight], true, true);
+                let inner = crate::nn::grads(&[(&y * &y).sum(Kind::Double)], &[&weight], true, true);
+                let meta = crate::nn::grads(&[inner[0].square().sum(Kind::Double)], &[&x, &weight], true, true);
                 let loss = meta[0].square().sum(Kind::Double) + meta[1].square().sum(Kind::Double);
-                Tensor::run_backward(&[loss], &[&x, &weight], false, false)
+                crate::nn::grads(&[loss], &[&x, &weight], false, false)
             };
             let ours = third(&|x, w| conv_max_pool(x, w, 1, pad));
             let theirs = third(&|x, w| {

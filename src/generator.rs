@@ -195,7 +195,7 @@ mod tests {
         let inputs: Vec<&Tensor> = p.iter().chain(&zs).collect();
         let grads = |images: &[Tensor]| {
             let loss = images.iter().map(project).fold(Tensor::from(0.0f64), |acc, l| acc + l);
-            Tensor::run_backward(&[loss], &inputs, true, false)
+            nn::grads(&[loss], &inputs, true, false)
         };
         for (a, b) in together.iter().zip(&alone) {
             assert!(a.allclose(b, 1e-12, 1e-12, false), "images differ");

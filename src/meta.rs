@@ -483,7 +483,7 @@ pub fn meta_gradient(
     let teacher_params = teacher.params();
     if k == 0 || k >= t_max {
         let (loss, logits) = meta_loss(teacher, learner, init, real, plan);
-        let grads = Tensor::run_backward(&[&loss], &teacher_params, false, false);
+        let grads = nn::grads(&[&loss], &teacher_params, false, false);
         return MetaGradient { loss: loss.double_value(&[]), logits: logits.detach(), grads };
     }
     let terms = MetaLossTerms::new(config, learner, real);
@@ -500,7 +500,7 @@ pub fn meta_gradient(
     let pull_back = |surrogate: Tensor, start: &LearnerState| {
         let n = start.params.len();
         let inputs: Vec<&Tensor> = start.params.iter().chain(&start.momentum).chain(&teacher_params).collect();
-        let mut g = Tensor::run_backward(&[surrogate], &inputs, false, false);
+        let mut g = nn::grads(&[surrogate], &inputs, false, false);
         let teacher_grads = g.split_off(2 * n);
         let momentum = g.split_off(n);
         (g, momentum, teacher_grads)

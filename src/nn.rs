@@ -448,6 +448,23 @@ pub fn first_non_finite(tensors: &[Tensor]) -> Option<usize> {
     flags.iter().position(|&finite| !finite)
 }
 
+/// The gradients of the sum of `roots` w.r.t. `inputs` (`Tensor::run_backward`), refusing a root
+/// with no graph: libtorch's engine crashes the process on one instead of erring.
+pub fn grads<R: std::borrow::Borrow<Tensor>, I: std::borrow::Borrow<Tensor>>(
+    roots: &[R],
+    inputs: &[I],
+    keep_graph: bool,
+    create_graph: bool,
+) -> Vec<Tensor> {
+    if let Some(k) = roots.iter().position(|r| !r.borrow().requires_grad()) {
+        panic!(
+            "backward: root {k} of {} has no graph (computed under no_grad, or from tensors that require no gradient)",
+            roots.len()
+        );
+    }
+    Tensor::run_backward(roots, inputs, keep_graph, create_graph)
+}
+
 /// Fraction of rows whose arg-max equals the label.
 pub fn accuracy(logits: &Tensor, labels: &Tensor) -> f64 {
     logits.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Double).mean(None::<Kind>).double_value(&[])
@@ -462,7 +479,7 @@ pub(crate) mod gradcheck {
     /// and a central finite difference, over `probes` random coordinates per input.
     pub fn max_rel_error(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor, probes: usize) -> f64 {
         let loss = f(inputs);
-        let grads = Tensor::run_backward(&[loss], inputs, false, false);
+        let grads = crate::nn::grads(&[loss], inputs, false, false);
         let h = 1e-5;
         let mut worst: f64 = 0.0;
         for (i, (x, g)) in inputs.iter().zip(&grads).enumerate() {
@@ -494,7 +511,7 @@ pub(crate) mod gradcheck {
 
     /// `y` and the gradients of `sum(y · probe)` (in `y`'s kind) with respect to two inputs.
     pub fn value_and_grads(y: &Tensor, probe: &Tensor, inputs: [&Tensor; 2]) -> [Tensor; 3] {
-        let grads = Tensor::run_backward(&[(y * probe).sum(y.kind())], &inputs, false, false);
+        let grads = crate::nn::grads(&[(y * probe).sum(y.kind())], &inputs, false, false);
         [y.detach(), grads[0].shallow_clone(), grads[1].shallow_clone()]
     }
 
@@ -592,7 +609,7 @@ mod tests {
                 let mut out = vec![y.detach()];
                 let mut loss = (&y * &probe).sum(Kind::Double) + y.square().sum(Kind::Double);
                 for order in 1..=3 {
-                    let grads = Tensor::run_backward(&[&loss], &inputs, true, order < 3);
+                    let grads = crate::nn::grads(&[&loss], &inputs, true, order < 3);
                     loss = grads.iter().map(|g| g.square().sum(Kind::Double)).sum::<Tensor>();
                     out.extend(grads.iter().map(Tensor::detach));
                 }
@@ -647,10 +664,10 @@ mod tests {
             // The learners of the NAS search space differentiate it twice.
             let probe = leaf(shape, 4);
             let second = |y: &Tensor| {
-                let grads = Tensor::run_backward(&[project(y)], &inputs, true, true);
+                let grads = crate::nn::grads(&[project(y)], &inputs, true, true);
                 let again: Tensor = grads.iter().map(|g| (g * g).sum(None::<Kind>)).sum::<Tensor>()
                     + (&grads[0] * &probe).sum(None::<Kind>);
-                (grads, Tensor::run_backward(&[again], &inputs, false, false))
+                (grads, crate::nn::grads(&[again], &inputs, false, false))
             };
             let ((g_fused, h_fused), (g_plain, h_plain)) = (second(&fused), second(&plain));
             // An undefined gradient is libtorch's zero (beta enters linearly).
@@ -687,9 +704,9 @@ mod tests {
     ) {
         let derivatives = |f: &dyn Fn(&[Tensor]) -> Tensor| {
             let y = f(inputs);
-            let grads = Tensor::run_backward(&[project(&y)], inputs, true, true);
+            let grads = crate::nn::grads(&[project(&y)], inputs, true, true);
             let again: Tensor = grads.iter().map(|g| (g * g).sum(None::<Kind>)).sum();
-            let second = Tensor::run_backward(&[again], inputs, false, false);
+            let second = crate::nn::grads(&[again], inputs, false, false);
             (y, grads, second)
         };
         let ((y1, g1, h1), (y2, g2, h2)) = (derivatives(fast), derivatives(plain));
@@ -780,13 +797,13 @@ mod tests {
             for block in [UpsampleConv::split(&w, Some(&b)), UpsampleConv::taps(&w, Some(&b))] {
                 let (inside, before) = (block.apply_activated(&x, leaky_relu), block.apply(&leaky_relu(&x)));
                 assert!(inside.allclose(&before, 1e-12, 1e-12, false), "{out} outputs: values differ");
-                let grads = |y: &Tensor| Tensor::run_backward(&[project(y)], &[&x, &w], true, true);
+                let grads = |y: &Tensor| crate::nn::grads(&[project(y)], &[&x, &w], true, true);
                 let (g_inside, g_before) = (grads(&inside), grads(&before));
                 for (gi, gb) in g_inside.iter().zip(&g_before) {
                     assert!(gi.allclose(gb, 1e-12, 1e-12, false), "{out} outputs: gradients differ");
                 }
                 let second =
-                    |g: &[Tensor]| Tensor::run_backward(&[(&g[1] * &g[1]).sum(None::<Kind>)], &[&x], false, false);
+                    |g: &[Tensor]| crate::nn::grads(&[(&g[1] * &g[1]).sum(None::<Kind>)], &[&x], false, false);
                 assert!(
                     second(&g_inside)[0].allclose(&second(&g_before)[0], 1e-12, 1e-12, false),
                     "{out}: second order"
@@ -829,10 +846,10 @@ mod tests {
                 let second = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor| {
                     let y = f(&x, &v, &g);
                     let loss = (&y * &probe).sum(None::<Kind>) + y.square().sum(None::<Kind>);
-                    let first = Tensor::run_backward(&[loss], &inner, true, true);
+                    let first = crate::nn::grads(&[loss], &inner, true, true);
                     let meta =
                         first.iter().map(|t| t.square().sum(None::<Kind>)).fold(y.sum(None::<Kind>), |a, b| a + b);
-                    (first, Tensor::run_backward(&[meta], &[&x, &v, &g], false, false))
+                    (first, crate::nn::grads(&[meta], &[&x, &v, &g], false, false))
                 };
                 let ((first_ours, second_ours), (first_theirs, second_theirs)) =
                     (second(&wn_conv3x3_max_pool), second(&native));

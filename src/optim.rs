@@ -75,7 +75,7 @@ mod tests {
         let mut adam = Adam::new(&[p.shallow_clone()], 0.9, 0.999);
         for _ in 0..500 {
             let loss = (&p - Tensor::from_slice(&[1.0f64, 2.0])).square().sum(Kind::Double);
-            let g = Tensor::run_backward(&[loss], &[&p], false, false);
+            let g = crate::nn::grads(&[loss], &[&p], false, false);
             adam.step(&[p.shallow_clone()], &g, 0.05);
         }
         assert!(p.detach().allclose(&Tensor::from_slice(&[1.0f64, 2.0]), 1e-2, 1e-2, false), "{p}");

@@ -375,7 +375,7 @@ mod tests {
                 let (specs, _) = specs(&cell, &net, [1, 8, 8], 3).unwrap();
                 let params = nn::init_params(&specs, &mut StdRng::seed_from_u64(1), Kind::Double, Device::Cpu);
                 let y = forward(&cell, &net, &params, &leaf(&[4, 1, 8, 8], 2));
-                let grads = Tensor::run_backward(&[project(&y)], &params, false, true);
+                let grads = nn::grads(&[project(&y)], &params, false, true);
                 for (s, g) in specs.iter().zip(&grads) {
                     assert!(g.defined(), "{cell} {net:?}: {} gets no gradient", s.name);
                 }
@@ -390,7 +390,7 @@ mod tests {
         let x = leaf(&[32, 1, 28, 28], 1).to_kind(Kind::Float).detach();
         let labels = Tensor::arange(32, (Kind::Int64, Device::Cpu)).remainder(10);
         let before = forward(cell, net, &params, &x);
-        let grads = Tensor::run_backward(&[nn::cross_entropy(&before, &labels)], &params, false, false);
+        let grads = nn::grads(&[nn::cross_entropy(&before, &labels)], &params, false, false);
         let stepped: Vec<Tensor> = params.iter().zip(&grads).map(|(w, g)| (w - g * 0.02).detach()).collect();
         (forward(cell, net, &stepped, &x) - before).abs().max().double_value(&[])
     }
@@ -423,7 +423,7 @@ mod tests {
         let mut stats = Vec::new();
         for t in 0..2 {
             let (logits, recorded) = Norm::recorded(|norm| super::forward(cell, net, &params, &images.get(t), norm));
-            let grads = Tensor::run_backward(&[nn::cross_entropy(&logits, labels)], &params, true, true);
+            let grads = nn::grads(&[nn::cross_entropy(&logits, labels)], &params, true, true);
             params = params.iter().zip(&grads).map(|(w, g)| w - g * 0.1).collect();
             stats = recorded;
         }
@@ -479,7 +479,7 @@ mod tests {
             let (params, _) = two_sgd_steps(&cell, &NetConfig::CPU, params, &images, &labels);
             let real = leaf(&[16, 1, 28, 28], 9).to_kind(kind);
             let loss = nn::cross_entropy(&forward(&cell, &NetConfig::CPU, &params, &real), &labels);
-            Tensor::run_backward(&[loss], &[&images], false, false)[0].to_kind(Kind::Double)
+            nn::grads(&[loss], &[&images], false, false)[0].to_kind(Kind::Double)
         };
         let (g32, g64) = (meta_gradient(Kind::Float), meta_gradient(Kind::Double));
         let norm = g64.norm().double_value(&[]);

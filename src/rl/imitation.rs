@@ -90,7 +90,7 @@ impl Reference {
             })
             .collect();
         let loss = Tensor::stack(&losses, 0).mean(None::<Kind>);
-        let grad = Tensor::run_backward(&[&loss], &[&theta], false, false).remove(0);
+        let grad = nn::grads(&[&loss], &[&theta], false, false).remove(0);
         (loss.double_value(&[]), grad.to_kind(Kind::Float))
     }
 }

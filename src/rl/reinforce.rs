@@ -85,7 +85,7 @@ pub fn train(config: &ReinforceConfig, seed: u64, budget: usize, target: f64) ->
         let logp = Policy::forward(&params, &obs).log_softmax(-1, None::<Kind>);
         let chosen = logp.gather(1, &Tensor::from_slice(&actions).view([-1, 1]), false).view([-1]);
         let loss = -(chosen * Tensor::from_slice(&weights)).mean(None::<Kind>);
-        let grads = Tensor::run_backward(&[loss], &params, false, false);
+        let grads = crate::nn::grads(&[loss], &params, false, false);
         adam.step(&params, &grads, config.lr);
 
         let greedy = FastPolicy::new(&params);
