@@ -50,6 +50,28 @@ pub fn never_saved(dir: &Path) -> bool {
     !holds_run(dir) && dir.join(CONFIG_FILE).is_file()
 }
 
+/// An exclusive lock on a run folder, held while a trainer writes it: a second process training
+/// in the same folder would interleave its log rows and checkpoints with the first's. Released
+/// when dropped, or when the process ends, however it ends.
+#[derive(Debug)]
+pub struct RunLock {
+    _folder: std::fs::File,
+}
+
+/// Locks the run folder `dir`, which must exist, for this process.
+pub fn lock_run(dir: &Path) -> Result<RunLock> {
+    let folder = std::fs::File::open(dir)
+        .with_context(|| format!("{}: cannot open; is it a gtn training folder?", dir.display()))?;
+    match folder.try_lock() {
+        Ok(()) => Ok(RunLock { _folder: folder }),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{}: another gtn process is training in this folder; wait for it to end, or choose another --out",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => bail!("{}: cannot lock the folder ({e})", dir.display()),
+    }
+}
+
 /// Refuses to start a run in `dir` over files it must not replace: another run's, or a
 /// `config.toml` that is not a `C` (someone else's file). What a start interrupted before its
 /// first save left (its own config, at most a log header) may be replaced.

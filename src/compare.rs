@@ -169,6 +169,8 @@ struct CurvesKey {
     seed: u64,
     test_images: usize,
     grid: Vec<usize>,
+    /// Where the learners trained: a GPU's kernels round otherwise than the CPU's.
+    device: String,
 }
 
 /// Everything the real-data sweep and curve depend on: the data split, the learners, the sweep
@@ -190,6 +192,8 @@ struct RealKey {
     lrs: Vec<f64>,
     momenta: Vec<f64>,
     grid: Vec<usize>,
+    /// As [`CurvesKey::device`].
+    device: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -205,6 +209,11 @@ struct RealCurves {
     per_learner: Vec<Vec<f64>>,
 }
 
+/// Whether `per_learner` holds a curve of `points` values for each of `learners` learners.
+fn one_curve_each(per_learner: &[Vec<f64>], learners: usize, points: usize) -> bool {
+    per_learner.len() == learners && per_learner.iter().all(|c| c.len() == points)
+}
+
 #[derive(Serialize, Deserialize)]
 struct Stored<K, V> {
     key: K,
@@ -213,14 +222,14 @@ struct Stored<K, V> {
 }
 
 /// `measure()`, or what an earlier call with the same key stored at `path`. An unreadable or
-/// stale file is measured over, never trusted.
-fn measured_once<K, V>(path: &Path, key: K, measure: impl FnOnce() -> Result<V>) -> Result<V>
+/// stale file, or a value that does not `fit` (edited by hand), is measured over, never trusted.
+fn measured_once<K, V>(path: &Path, key: K, fits: impl Fn(&V) -> bool, measure: impl FnOnce() -> Result<V>) -> Result<V>
 where
     K: PartialEq + Serialize + DeserializeOwned,
     V: Serialize + DeserializeOwned,
 {
     let stored = std::fs::read(path).ok().and_then(|bytes| serde_json::from_slice::<Stored<K, V>>(&bytes).ok());
-    if let Some(stored) = stored.filter(|s| s.key == key) {
+    if let Some(stored) = stored.filter(|s| s.key == key && fits(&s.value)) {
         return Ok(stored.value);
     }
     let stored = Stored { key, value: measure()? };
@@ -252,9 +261,11 @@ fn teacher_curves(
         seed: cohort.seed,
         test_images: test.len(),
         grid: grid.to_vec(),
+        device: format!("{:?}", test.device()),
     };
     let measure = || Ok(PerLearner { per_learner: eval::teacher_curves(&trainer.teacher, cohort, grid, test)? });
-    Ok(measured_once(&dir.join(CURVES_JSON), key, measure)?.per_learner)
+    let fits = |v: &PerLearner| one_curve_each(&v.per_learner, cohort.learners, grid.len());
+    Ok(measured_once(&dir.join(CURVES_JSON), key, fits, measure)?.per_learner)
 }
 
 /// The real-data baseline: the lr x momentum pair of the sweep with the best mean accuracy at
@@ -353,9 +364,12 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         lrs: options.lrs.clone(),
         momenta: options.momenta.clone(),
         grid: real_grid.clone(),
+        device: format!("{:?}", test.device()),
     };
     let measure = || real_curves(options, &cohort, t, &real_grid, base.batch_size, &test);
-    let RealCurves { lr, momentum, per_learner } = measured_once(&out.join(REAL).join(CURVES_JSON), key, measure)?;
+    let fits = |v: &RealCurves| one_curve_each(&v.per_learner, cohort.learners, real_grid.len());
+    let RealCurves { lr, momentum, per_learner } =
+        measured_once(&out.join(REAL).join(CURVES_JSON), key, fits, measure)?;
     let real = Curve::new(REAL, &real_grid, &per_learner);
 
     let methods = curves
@@ -557,6 +571,12 @@ mod tests {
         // Real data's flat planted curve first reaches its own value at step 0; its row is T, 1x.
         let real_row = again.methods.iter().find(|m| m.method == REAL).unwrap();
         assert_eq!((real_row.real_steps_to_match, real_row.speedup), (Some(4.0), Some(1.0)));
+        // A stored curve of the wrong length (edited by hand) is measured again, not read past its end.
+        let path = out.join("gtn-full").join(CURVES_JSON);
+        let mut stored: Stored<CurvesKey, PerLearner> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        stored.value.per_learner[0].pop();
+        std::fs::write(&path, serde_json::to_string(&stored).unwrap()).unwrap();
+        assert_eq!(accuracy(&run(&options, &out, Device::Cpu).unwrap(), "gtn-full"), accuracy(&summary, "gtn-full"));
         let other_sweep = CompareOptions { lrs: vec![0.05, 0.1], ..options.clone() };
         let swept = run(&other_sweep, &out, Device::Cpu).unwrap();
         assert!(swept.real_lr == 0.05 || swept.real_lr == 0.1);

@@ -164,12 +164,8 @@ mod tests {
         let probe = leaf(&f(x).size(), 7).detach();
         let twice = |g: &dyn Fn(&Tensor) -> Tensor| {
             let y = g(x);
-            let first = crate::nn::grads(
-                &[(&y * &probe).sum(Kind::Double) + y.square().sum(Kind::Double)],
-                &[x],
-                true,
-                true,
-            );
+            let first =
+                crate::nn::grads(&[(&y * &probe).sum(Kind::Double) + y.square().sum(Kind::Double)], &[x], true, true);
             let second = crate::nn::grads(&[first[0].square().sum(Kind::Double)], &[x], false, false);
             (y.detach(), first[0].detach(), second[0].detach())
         };

@@ -686,7 +686,7 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
         NasCommand::Truth { steps, common } => nas_score(common, nas::score::Proxy::Real, steps, device),
         NasCommand::Report { proxy, truth, plot, markdown, json } => {
             let files: Vec<&std::path::Path> = proxy.iter().map(PathBuf::as_path).collect();
-            let (rows, table) = nas::report::report(&files, &truth, plot.as_deref())?;
+            let (rows, table) = nas::report::report(&files, &truth)?;
             if let Some(path) = &markdown {
                 gtn::atomic::write(path, table.as_bytes())?;
             }
@@ -695,7 +695,8 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
             } else {
                 print!("{table}");
             }
-            Ok(())
+            // Last: a plot that cannot be drawn (no finite correlation yet) costs no table.
+            plot.map_or(Ok(()), |path| nas::report::plot(&rows, &path))
         }
         NasCommand::Search { teacher, budget, top_k, proxy_steps, truth_steps, out, common } => {
             let opts = nas::search::SearchOptions {

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
@@ -87,6 +87,8 @@ pub struct Trainer {
     data: Dataset,
     /// What a diverged run's error says to do (default: edit its config and resume it).
     divergence_advice: Option<String>,
+    /// One process trains in `dir` at a time.
+    _lock: checkpoint::RunLock,
 }
 
 impl Trainer {
@@ -94,10 +96,13 @@ impl Trainer {
     /// it; see [`checkpoint::holds_run`]).
     pub fn create(config: &Config, dir: &Path, device: Device) -> Result<Trainer> {
         checkpoint::check_startable::<Config>(dir)?;
-        let data = load_data(config, device)?;
+        let data = training_data(config, device)?;
         let teacher = Teacher::new(config, &mut StdRng::seed_from_u64(config.seed), device)?;
         let adam = Adam::new(&teacher.params(), config.adam_beta1, config.adam_beta2);
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        let lock = checkpoint::lock_run(dir)?;
+        // Again, under the lock: another process may have started a run here meanwhile.
+        checkpoint::check_startable::<Config>(dir)?;
         checkpoint::write_config(dir, config)?;
         crate::atomic::write(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
         let mut trainer = Trainer {
@@ -108,6 +113,7 @@ impl Trainer {
             dir: dir.to_path_buf(),
             data,
             divergence_advice: None,
+            _lock: lock,
         };
         trainer.save()?;
         Ok(trainer)
@@ -152,10 +158,11 @@ impl Trainer {
             settings.apply(&mut config);
             return Trainer::create(&config, dir, device);
         }
+        let lock = checkpoint::lock_run(dir)?;
         let Checkpoint { mut teacher, adam, iteration, .. } = checkpoint::load(dir, device)?;
         settings.apply(&mut teacher.config);
         teacher.config.validate()?;
-        let data = load_data(&teacher.config, device)?;
+        let data = training_data(&teacher.config, device)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, iteration)?;
         Ok(Trainer {
             teacher,
@@ -165,6 +172,7 @@ impl Trainer {
             dir: dir.to_path_buf(),
             data,
             divergence_advice: None,
+            _lock: lock,
         })
     }
 
@@ -546,6 +554,22 @@ pub fn load_data(config: &Config, device: Device) -> Result<Dataset> {
     Dataset::load(config.dataset, &config.data_dir(), config.valid_size, config.seed, device)
 }
 
+/// [`load_data`] for meta-training, whose real batches are drawn without replacement.
+fn training_data(config: &Config, device: Device) -> Result<Dataset> {
+    let data = load_data(config, device)?;
+    if config.meta_batch > data.train.len() {
+        bail!(
+            "config key `meta_batch` is {}, more than the {} training images of {} (after {} held out for validation); expected at most {}",
+            config.meta_batch,
+            data.train.len(),
+            config.data_dir().display(),
+            config.valid_size,
+            data.train.len()
+        );
+    }
+    Ok(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -792,6 +816,7 @@ mod tests {
         trainer.run(false, Some(Duration::from_nanos(1))).unwrap();
         assert_eq!(trainer.iteration, 1);
         assert_eq!(checkpoint::read_config(dir.path()).unwrap().meta_iters, 1);
+        drop(trainer);
         let resumed = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).unwrap();
         assert_eq!((resumed.iteration, resumed.config().meta_iters), (1, 1));
         let logged = logged_seconds(dir.path()).unwrap();
@@ -928,6 +953,7 @@ mod tests {
         std::fs::write(dir.path().join(LOG_FILE), format!("{LOG_HEADER}\n")).unwrap();
         let resumed = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).unwrap();
         assert_eq!((resumed.iteration, resumed.config()), (0, &other), "--resume starts it as configured");
+        drop(resumed);
         std::fs::remove_file(checkpoint::checkpoint_path(dir.path())).unwrap();
         let trainer = Trainer::open(&fixture_config(), dir.path(), Device::Cpu, false, Some("gtn train")).unwrap();
         assert_eq!(trainer.iteration, 0);
@@ -940,6 +966,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
         trainer.run(false, None).unwrap();
+        drop(trainer);
         std::fs::remove_file(checkpoint::checkpoint_path(dir.path())).unwrap();
         let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         for err in [
@@ -959,6 +986,7 @@ mod tests {
         let mut first = Trainer::open(&config, dir.path(), Device::Cpu, false, Some("gtn train")).unwrap();
         first.step().unwrap();
         first.save().unwrap();
+        drop(first);
         let again = Trainer::open(
             &Config { checkpoint_every: 2, ..config.clone() },
             dir.path(),
@@ -983,6 +1011,7 @@ mod tests {
         let mut first = Trainer::create(&config, dir.path(), Device::Cpu).unwrap();
         first.step().unwrap();
         first.save().unwrap();
+        drop(first);
         let settings = RunSettings { data_dir: None, checkpoint_every: Some(3) };
         let resumed = Trainer::resume(dir.path(), Device::Cpu, &settings).unwrap();
         assert_eq!(resumed.config().checkpoint_every, 3);
@@ -999,6 +1028,7 @@ mod tests {
         first.run(false, Some(Duration::from_nanos(1))).unwrap();
         let stored = checkpoint::read_config(dir.path()).unwrap();
         assert_eq!((stored.meta_iters, stored.meta_iters_requested), (1, Some(6)));
+        drop(first);
         let again = Trainer::open(&config, dir.path(), Device::Cpu, true, Some("gtn train")).unwrap();
         assert_eq!((again.iteration, again.config().meta_iters), (1, 1));
         let other = Config { meta_iters: 7, ..config.clone() };
@@ -1020,6 +1050,35 @@ mod tests {
         again.run(false, Some(Duration::from_nanos(1))).unwrap();
         let stored = checkpoint::read_config(dir.path()).unwrap();
         assert_eq!((again.iteration, stored.meta_iters, stored.meta_iters_requested), (3, 3, Some(6)));
+    }
+
+    /// A second trainer on a folder another one is writing is refused (their log rows and
+    /// checkpoints would interleave); once the first is gone, the run continues.
+    #[test]
+    fn one_trainer_per_run_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let first = Trainer::create(&fixture_config(), &run, Device::Cpu).unwrap();
+        let settings = RunSettings { data_dir: None, checkpoint_every: None };
+        let busy = format!("{}: another gtn process is training in this folder", run.display());
+        let err = Trainer::resume(&run, Device::Cpu, &settings).err().expect("refused").to_string();
+        assert!(err.starts_with(&busy), "{err}");
+        let err = Trainer::open(&fixture_config(), &run, Device::Cpu, false, None).err().expect("refused").to_string();
+        assert!(err.starts_with(&busy), "{err}");
+        drop(first);
+        assert_eq!(Trainer::resume(&run, Device::Cpu, &settings).unwrap().iteration, 0);
+        let err = Trainer::resume(&dir.path().join("none"), Device::Cpu, &settings).err().unwrap().to_string();
+        assert!(err.contains("none: cannot open; is it a gtn training folder?"), "{err}");
+    }
+
+    #[test]
+    fn a_meta_batch_larger_than_the_training_split_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { meta_batch: 401, ..fixture_config() };
+        let err = Trainer::create(&config, &dir.path().join("run"), Device::Cpu).err().unwrap().to_string();
+        assert!(err.starts_with("config key `meta_batch` is 401, more than the 400 training images of "), "{err}");
+        assert!(err.ends_with("(after 112 held out for validation); expected at most 400"), "{err}");
+        assert!(Trainer::create(&Config { meta_batch: 400, ..config }, &dir.path().join("run"), Device::Cpu).is_ok());
     }
 
     #[test]

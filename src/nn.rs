@@ -802,8 +802,7 @@ mod tests {
                 for (gi, gb) in g_inside.iter().zip(&g_before) {
                     assert!(gi.allclose(gb, 1e-12, 1e-12, false), "{out} outputs: gradients differ");
                 }
-                let second =
-                    |g: &[Tensor]| crate::nn::grads(&[(&g[1] * &g[1]).sum(None::<Kind>)], &[&x], false, false);
+                let second = |g: &[Tensor]| crate::nn::grads(&[(&g[1] * &g[1]).sum(None::<Kind>)], &[&x], false, false);
                 assert!(
                     second(&g_inside)[0].allclose(&second(&g_before)[0], 1e-12, 1e-12, false),
                     "{out}: second order"

@@ -1,7 +1,7 @@
 //! Results as JSON lines: one record per (architecture, proxy, step count). Each record is one
-//! `write` of a whole line to a file opened for appending, then flushed to disk, so concurrent
-//! writers never interleave within a line and a crash loses at most the line being written; a
-//! torn last line is dropped when the file is next opened for appending.
+//! `write` of a whole line to a file opened for appending, then flushed to disk, so a crash loses
+//! at most the line being written; a torn last line is dropped when the file is next opened for
+//! appending. One process appends to a file at a time (shards each write their own).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -46,11 +46,15 @@ impl Record {
 /// All complete records of `path` (none if it does not exist). Only the last line may be
 /// malformed (a torn write); anything else is an error naming the line.
 pub fn read(path: &Path) -> Result<Vec<Record>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
-    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(path, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    }
+}
+
+/// The complete records of `text`, the content of `path`.
+fn parse(path: &Path, text: &str) -> Result<Vec<Record>> {
     let complete = text.ends_with('\n');
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::with_capacity(lines.len());
@@ -70,7 +74,8 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// An output file opened for appending, after dropping a torn last line.
+/// An output file opened for appending, after dropping a torn last line; locked, so a second
+/// process appending to it is refused.
 pub struct Appender {
     file: std::fs::File,
     path: std::path::PathBuf,
@@ -78,22 +83,33 @@ pub struct Appender {
 
 impl Appender {
     pub fn open(path: &Path) -> Result<(Appender, Vec<Record>)> {
-        let done = read(path)?;
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if !text.is_empty() && !text.ends_with('\n') {
-                let kept: String =
-                    done.iter().map(|r| format!("{}\n", serde_json::to_string(r).expect("serialises"))).collect();
-                crate::atomic::write(path, kept.as_bytes())?;
-            }
-        }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create folder", parent.display()))?;
         }
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)
             .with_context(|| format!("{}: cannot open for appending", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{}: another gtn process is writing this file; give each process (shard) its own --out",
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => bail!("{}: cannot lock ({e})", path.display()),
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let done = parse(path, &text)?;
+        if !text.ends_with('\n') {
+            // In place, so the file stays the one locked (a rename would swap in another).
+            let complete = text.rfind('\n').map_or(0, |i| i + 1);
+            file.set_len(complete as u64)
+                .with_context(|| format!("{}: cannot drop a torn last line", path.display()))?;
+        }
         Ok((Appender { file, path: path.to_path_buf() }, done))
     }
 
@@ -235,6 +251,11 @@ mod tests {
         assert_eq!(read(&path).unwrap().len(), 2);
         let (mut app, done) = Appender::open(&path).unwrap();
         assert_eq!(done.len(), 2);
+        let err = Appender::open(&path).err().expect("a second writer is refused").to_string();
+        assert!(
+            err.ends_with("r.jsonl: another gtn process is writing this file; give each process (shard) its own --out"),
+            "{err}"
+        );
         app.append(&record("c", 2, 4)).unwrap();
         assert_eq!(read(&path).unwrap().iter().map(|r| r.arch.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
         let old_spelling = Record { proxy: "gtn:./runs/t/".into(), ..record("d", 3, 4) };

@@ -51,8 +51,21 @@ impl Row {
 /// would rank the step counts, not the architectures), measured with one setting.
 fn truth_by_arch(truth: &[Record]) -> Result<HashMap<&str, &Record>> {
     let steps = truth.iter().map(|r| r.steps).max().unwrap_or(0);
-    let by_arch: HashMap<&str, &Record> =
-        truth.iter().filter(|r| r.steps == steps).map(|r| (r.arch.as_str(), r)).collect();
+    let mut by_arch: HashMap<&str, &Record> = HashMap::new();
+    let records = || truth.iter().filter(|r| r.steps == steps);
+    for r in records() {
+        if let Some(first) = records().next().filter(|f| f.proxy != r.proxy) {
+            bail!(
+                "the truth holds {} ({steps} steps) of {} and {} of {}; expected one proxy's results (a `gtn nas truth` file)",
+                first.arch,
+                first.proxy,
+                r.arch,
+                r.proxy
+            );
+        }
+        // The first record of an architecture listed twice, as for the proxies.
+        by_arch.entry(r.arch.as_str()).or_insert(r);
+    }
     let mut short: Vec<&str> = truth.iter().map(|r| r.arch.as_str()).filter(|a| !by_arch.contains_key(a)).collect();
     short.sort_unstable();
     short.dedup();
@@ -315,6 +328,12 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
 /// Spearman correlation vs proxy steps (doubling, so on a log axis): one colour per proxy, solid
 /// for all architectures, dashed for the top 50%.
 pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
+    if !rows.iter().any(|r| r.proxy != PARAMS && r.spearman.is_finite()) {
+        bail!(
+            "{}: no correlation to plot yet (each needs at least two architectures measured by a proxy and the truth)",
+            path.display()
+        );
+    }
     let (untrained, trained): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.proxy == PARAMS);
     let mut by_proxy: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
     for &r in &trained {
@@ -355,11 +374,11 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
     .write_png(path)
 }
 
-/// Reads both files, writes the plot and returns the markdown table. Every file must hold
+/// Reads both files and returns the rows and their markdown table ([`plot`] draws them). Every file must hold
 /// results of one dataset, one network (records that predate `net` match any network) and one
 /// seed: the seed draws the architectures and their initial weights, so a proxy and a truth of
 /// different seeds would rank other networks than they name.
-pub fn report(proxy_files: &[&Path], truth_file: &Path, plot_path: Option<&Path>) -> Result<(Vec<Row>, String)> {
+pub fn report(proxy_files: &[&Path], truth_file: &Path) -> Result<(Vec<Row>, String)> {
     let mut files = Vec::new();
     for (flag, path) in proxy_files.iter().map(|p| ("--proxy", *p)).chain([("--truth", truth_file)]) {
         if !path.is_file() {
@@ -393,10 +412,8 @@ pub fn report(proxy_files: &[&Path], truth_file: &Path, plot_path: Option<&Path>
     let proxy: Vec<Record> = files.into_iter().flat_map(|(_, records)| records).collect();
     let rows = correlations(&proxy, &truth)?;
     let matches = steps_to_match(&rows);
-    if let Some(path) = plot_path {
-        plot(&rows, path)?;
-    }
-    Ok((rows.clone(), markdown(&rows, &matches)))
+    let table = markdown(&rows, &matches);
+    Ok((rows, table))
 }
 
 #[cfg(test)]
@@ -430,6 +447,14 @@ mod tests {
         truth.extend((2..4).map(|k| rec(k, "real", 1000, 10.0 - k as f64)));
         let rows = correlations(&proxy, &truth).unwrap();
         assert_eq!(rows[0].spearman, -1.0, "ranked by the 1000-step truth alone");
+        // An architecture repeated keeps its first record (as in a proxy); another proxy's
+        // results in the truth file are refused.
+        let mut twice = truth.clone();
+        twice.push(rec(0, "real", 1000, 0.0));
+        assert_eq!(correlations(&proxy, &twice).unwrap()[0].spearman, -1.0);
+        twice.push(rec(1, "gtn:t", 1000, 0.0));
+        let err = correlations(&proxy, &twice).unwrap_err().to_string();
+        assert_eq!(err, "the truth holds a0 (1000 steps) of real and a1 of gtn:t; expected one proxy's results (a `gtn nas truth` file)");
 
         let shard = |k, setting: &str| Record { setting: setting.into(), ..rec(k, "real", 8, k as f64) };
         let mixed = vec![shard(0, "lr 0.1"), shard(1, "lr 0.1"), shard(2, "lr 0.3"), shard(3, "lr 0.3")];
@@ -515,6 +540,9 @@ mod tests {
         plot(&rows, &png).unwrap();
         let img = image::open(&png).unwrap();
         assert!(img.width() > 500 && img.height() > 300);
+        let unranked: Vec<Row> = rows.iter().map(|r| Row { spearman: f64::NAN, ..r.clone() }).collect();
+        let err = plot(&unranked, &dir.path().join("none.png")).unwrap_err().to_string();
+        assert!(err.ends_with("none.png: no correlation to plot yet (each needs at least two architectures measured by a proxy and the truth)"), "{err}");
         assert!(correlations(&proxy, &[]).is_err());
     }
 
@@ -567,32 +595,32 @@ mod tests {
         let same = write("same.jsonl", "real", 4, "head Hidden");
         let old = write("old.jsonl", "gtn:t", 4, "");
         let other = write("other.jsonl", "gtn:t", 4, "head Flatten");
-        let (rows, _) = report(&[&same, &old], &truth, None).unwrap();
+        let (rows, _) = report(&[&same, &old], &truth).unwrap();
         assert_eq!(rows.len(), 3, "two proxies and the parameter-count baseline");
-        let err = report(&[&same, &other], &truth, None).unwrap_err().to_string();
+        let err = report(&[&same, &other], &truth).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}: results of network (head Flatten)", other.display())), "{err}");
         assert!(err.contains("same.jsonl has network (head Hidden)"), "{err}");
         let fashion = dir.path().join("fashion.jsonl");
         let (mut out, _) = super::super::jsonl::Appender::open(&fashion).unwrap();
         out.append(&Record { dataset: "fashion-mnist".into(), ..rec(0, "gtn:f", 4, 0.5) }).unwrap();
-        let err = report(&[&same, &fashion], &truth, None).unwrap_err().to_string();
+        let err = report(&[&same, &fashion], &truth).unwrap_err().to_string();
         assert!(err.contains("results of dataset fashion-mnist, but") && err.contains("has dataset mnist"), "{err}");
         let seed1 = dir.path().join("seed1.jsonl");
         let (mut out, _) = super::super::jsonl::Appender::open(&seed1).unwrap();
         out.append(&Record { seed: 1, ..rec(0, "gtn:s", 4, 0.5) }).unwrap();
-        let err = report(&[&same, &seed1], &truth, None).unwrap_err().to_string();
+        let err = report(&[&same, &seed1], &truth).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}: results of seed 1, but", seed1.display())), "{err}");
         assert!(err.contains("has seed 0; expected the same for all proxies and the truth"), "{err}");
         let missing = dir.path().join("missing.jsonl");
-        let err = report(&[&same], &missing, None).unwrap_err().to_string();
+        let err = report(&[&same], &missing).unwrap_err().to_string();
         assert_eq!(err, format!("--truth {}: no such results file", missing.display()));
-        let twice = report(&[&same, &same], &truth, None).unwrap().0;
+        let twice = report(&[&same, &same], &truth).unwrap().0;
         assert_eq!(twice[0].n, 4, "a file given twice counts each architecture once");
         let elsewhere = dir.path().join("elsewhere.jsonl");
         let (mut out, _) = super::super::jsonl::Appender::open(&elsewhere).unwrap();
         let setting = "10000 validation images".to_string();
         out.append(&Record { net: "head Hidden".into(), setting, ..rec(0, "real", 4, 0.7) }).unwrap();
-        let err = report(&[&same, &elsewhere], &truth, None).unwrap_err().to_string();
+        let err = report(&[&same, &elsewhere], &truth).unwrap_err().to_string();
         assert!(err.starts_with("a0 (real, 4 steps) is recorded twice with different settings"), "{err}");
     }
 }

@@ -150,8 +150,13 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         Proxy::Real => (None, None),
     };
     let data = match &teacher {
-        // The teacher's own split, so validation images are ones meta-training never saw.
-        Some(t) => crate::meta::load_data(&t.config, device)?,
+        // The teacher's own split, so validation images are ones meta-training never saw; read
+        // from `--data-dir` when given (a run folder copied to another machine).
+        Some(t) => {
+            let c = &t.config;
+            let dir = opts.data_dir.clone().unwrap_or_else(|| c.data_dir());
+            Dataset::load(c.dataset, &dir, c.valid_size, c.seed, device)?
+        }
         None => {
             let dir = opts.data_dir.clone().unwrap_or_else(|| opts.dataset.default_dir());
             let valid_size = opts.valid_size.unwrap_or(opts.dataset.default_valid_size());
@@ -371,6 +376,26 @@ mod tests {
         let mut on_disk = Vec::new();
         score(&opts, Device::Cpu, |r| on_disk.push((r.steps, jsonl::read(&out).unwrap().len()))).unwrap();
         assert_eq!(on_disk, [(1, 1), (3, 2)]);
+    }
+
+    /// A `gtn:` proxy reads its teacher's dataset from `--data-dir` when given (a run folder
+    /// copied to another machine names a data folder that is not there), else from its config.
+    #[test]
+    fn a_teachers_data_is_read_from_data_dir_when_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let config = crate::config::Config { data_dir: Some(fixture_dir()), ..crate::config::Config::tiny() };
+        crate::meta::Trainer::create(&config, &run, Device::Cpu).unwrap().save().unwrap();
+        let stored = run.join(checkpoint::CONFIG_FILE);
+        let text = std::fs::read_to_string(&stored).unwrap();
+        let fixtures = fixture_dir().display().to_string();
+        assert!(text.contains(&fixtures), "{text}");
+        std::fs::write(&stored, text.replace(&fixtures, "/nonexistent/mnist")).unwrap();
+        let out = dir.path().join("r.jsonl");
+        let opts = ScoreOptions { proxy: Proxy::Gtn(run), archs: sample_distinct(1, 1), ..options(&out, Shard::ALL) };
+        let err = score(&ScoreOptions { data_dir: None, ..opts.clone() }, Device::Cpu, |_| {}).unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/mnist: data folder not found"), "{err}");
+        assert_eq!(score(&opts, Device::Cpu, |_| {}).unwrap().scored, 1);
     }
 
     #[test]

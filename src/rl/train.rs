@@ -245,6 +245,8 @@ pub struct EsTrainer {
     /// stored with its checkpoints, since REINFORCE's result depends on libtorch's thread count
     /// and a resume must not relearn it.
     reference: Option<Reference>,
+    /// One process trains in `dir` at a time.
+    _lock: crate::checkpoint::RunLock,
 }
 
 impl EsTrainer {
@@ -259,6 +261,9 @@ impl EsTrainer {
         // The reference can take minutes of real episodes: learnt before any file is written.
         let reference = (config.objective == Objective::Imitation).then(|| Reference::learn(config));
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        let lock = crate::checkpoint::lock_run(dir)?;
+        // Again, under the lock: another process may have started a run here meanwhile.
+        crate::checkpoint::check_startable::<RlConfig>(dir)?;
         crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
         crate::atomic::write(&dir.join(LOG_FILE), format!("{}\n", log_header(config.objective)).as_bytes())?;
         let mut trainer = EsTrainer {
@@ -270,6 +275,7 @@ impl EsTrainer {
             dir: dir.to_path_buf(),
             threads,
             reference,
+            _lock: lock,
         };
         trainer.save()?;
         Ok(trainer)
@@ -290,6 +296,7 @@ impl EsTrainer {
         if never_saved(dir) {
             return EsTrainer::create(&read_config(dir)?, dir, threads);
         }
+        let lock = crate::checkpoint::lock_run(dir)?;
         let Checkpoint { teacher, theta, adam, generation, reference } = load(dir)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), log_header(teacher.config.objective), generation)?;
         Ok(EsTrainer {
@@ -301,6 +308,7 @@ impl EsTrainer {
             dir: dir.to_path_buf(),
             threads,
             reference,
+            _lock: lock,
         })
     }
 
@@ -512,6 +520,7 @@ mod tests {
         assert!(trainer.adam.m[0].equal(&trainer.adam.m[0].zeros_like()), "Adam's first moment is as it was");
         assert_eq!(files(), before, "nothing logged or saved");
 
+        drop(trainer);
         let mut trainer = EsTrainer::resume(dir.path(), 1).unwrap();
         let first_log_lr = (trainer.teacher.dim() - 2 * tiny(4).inner_steps) as i64;
         let _ = trainer.theta.get(first_log_lr).fill_(100.0);
@@ -545,6 +554,8 @@ mod tests {
         assert_eq!(rows[0], "generation,meta_loss,grad_norm,inner_lr_mean,inner_momentum_mean,seconds");
         assert!(rows[1].starts_with(&format!("0,{loss:.6},")) && loss > 0.0, "{log}");
         let learnt = trainer.reference().unwrap();
+        let learnt = Reference { states: learnt.states.copy(), actions: learnt.actions.copy(), ..*learnt };
+        drop(trainer);
         let file = dir.path().join(CHECKPOINT_FILE);
         let stored = Tensor::read_safetensors(&file).unwrap();
         let mirrored: Vec<(String, Tensor)> = stored
