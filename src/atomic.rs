@@ -2,13 +2,28 @@
 //! temporary file in the same folder, flush it to disk, rename it over the target, and flush
 //! the folder so the rename itself survives a power loss. A process killed mid-write leaves its
 //! temporary file behind (named after the target); a later write of that target removes it once
-//! it is over 10 minutes old (a younger one may be another process's write in progress).
+//! it is over 10 minutes old (a younger one may be another process's write in progress). Files
+//! written in place over time (a run folder's, a results file) are locked by their writer.
 
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
+
+/// Takes an exclusive lock on the open `file` (at `path`) for as long as it stays open, so a
+/// second process that would write it too is refused with `busy` (after the path). Where the
+/// file system cannot lock (some network mounts), the work goes on unprotected, with a warning.
+pub fn lock_exclusive(file: &std::fs::File, path: &Path, busy: &str) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!("{}: {busy}", path.display()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!("{}: cannot lock ({e}); nothing stops a second process writing it", path.display());
+            Ok(())
+        }
+    }
+}
 
 /// Creates or replaces `path` with whatever `write` puts at the temporary path it is given.
 pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {

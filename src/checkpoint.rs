@@ -62,14 +62,9 @@ pub struct RunLock {
 pub fn lock_run(dir: &Path) -> Result<RunLock> {
     let folder = std::fs::File::open(dir)
         .with_context(|| format!("{}: cannot open; is it a gtn training folder?", dir.display()))?;
-    match folder.try_lock() {
-        Ok(()) => Ok(RunLock { _folder: folder }),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "{}: another gtn process is training in this folder; wait for it to end, or choose another --out",
-            dir.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => bail!("{}: cannot lock the folder ({e})", dir.display()),
-    }
+    let busy = "another gtn process is training in this folder; wait for it to end, or choose another --out";
+    crate::atomic::lock_exclusive(&folder, dir, busy)?;
+    Ok(RunLock { _folder: folder })
 }
 
 /// Refuses to start a run in `dir` over files it must not replace: another run's, or a

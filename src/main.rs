@@ -452,7 +452,11 @@ enum BaselineCommand {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    // Warnings show unless RUST_LOG says otherwise.
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
+        .from_env_lossy();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     // Help (asked for, or shown for a bare `gtn` or `gtn nas`) and --version print in full.
     let cli = Cli::try_parse().unwrap_or_else(|e| {
         let shown_help = e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;

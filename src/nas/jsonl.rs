@@ -92,14 +92,8 @@ impl Appender {
             .append(true)
             .open(path)
             .with_context(|| format!("{}: cannot open for appending", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "{}: another gtn process is writing this file; give each process (shard) its own --out",
-                path.display()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => bail!("{}: cannot lock ({e})", path.display()),
-        }
+        let busy = "another gtn process is writing this file; give each process (shard) its own --out";
+        crate::atomic::lock_exclusive(&file, path, busy)?;
         let mut text = String::new();
         std::io::Read::read_to_string(&mut file, &mut text)
             .with_context(|| format!("{}: cannot read", path.display()))?;
