@@ -208,18 +208,20 @@ fn meta_step_flops(config: &Config, arch: Arch) -> f64 {
     config.inner_steps as f64 * (3.0 * generator + 9.0 * learner)
 }
 
-/// Runs `f` and returns its result and its wall time, the device's queued work included: CUDA
-/// runs kernels asynchronously, so the clock is read only after waiting for them.
-fn timed<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
-    let synchronize = || {
-        if let Device::Cuda(index) = device {
-            tch::Cuda::synchronize(index as i64);
-        }
-    };
-    synchronize();
+/// Waits for the work queued on `device`: CUDA runs kernels asynchronously, so a clock read
+/// without waiting times their launch.
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
+}
+
+/// Runs `f` and returns its result and its wall time, the device's queued work included.
+pub fn timed<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
+    synchronize(device);
     let start = Instant::now();
     let out = f();
-    synchronize();
+    synchronize(device);
     (out, start.elapsed().as_secs_f64())
 }
 

@@ -96,7 +96,8 @@ impl Trainer {
     /// it; see [`checkpoint::holds_run`]).
     pub fn create(config: &Config, dir: &Path, device: Device) -> Result<Trainer> {
         checkpoint::check_startable::<Config>(dir)?;
-        let data = training_data(config, device)?;
+        let data = load_data(config, device)?;
+        check_new_run(config, &data)?;
         let teacher = Teacher::new(config, &mut StdRng::seed_from_u64(config.seed), device)?;
         let adam = Adam::new(&teacher.params(), config.adam_beta1, config.adam_beta2);
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
@@ -162,7 +163,7 @@ impl Trainer {
         let Checkpoint { mut teacher, adam, iteration, .. } = checkpoint::load(dir, device)?;
         settings.apply(&mut teacher.config);
         teacher.config.validate()?;
-        let data = training_data(&teacher.config, device)?;
+        let data = load_data(&teacher.config, device)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, iteration)?;
         Ok(Trainer {
             teacher,
@@ -554,9 +555,16 @@ pub fn load_data(config: &Config, device: Device) -> Result<Dataset> {
     Dataset::load(config.dataset, &config.data_dir(), config.valid_size, config.seed, device)
 }
 
-/// [`load_data`] for meta-training, whose real batches are drawn without replacement.
-fn training_data(config: &Config, device: Device) -> Result<Dataset> {
-    let data = load_data(config, device)?;
+/// What a new run's config must also hold, beyond [`Config::validate`] (a stored run's config is
+/// read as it was written): every key it sets takes effect.
+fn check_new_run(config: &Config, data: &Dataset) -> Result<()> {
+    let (every, steps) = (config.intermediate_loss_every, config.inner_steps);
+    if every >= steps {
+        bail!(
+            "config key `intermediate_loss_every` is {every}, which adds no intermediate loss with `inner_steps` = {steps} (one after every k-th step before the last); expected 0 (none) or less than {steps}"
+        );
+    }
+    // Real batches are drawn without replacement.
     if config.meta_batch > data.train.len() {
         bail!(
             "config key `meta_batch` is {}, more than the {} training images of {} (after {} held out for validation); expected at most {}",
@@ -567,7 +575,7 @@ fn training_data(config: &Config, device: Device) -> Result<Dataset> {
             data.train.len()
         );
     }
-    Ok(data)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1072,13 +1080,33 @@ mod tests {
     }
 
     #[test]
-    fn a_meta_batch_larger_than_the_training_split_is_refused() {
+    fn a_new_run_sets_no_key_without_effect() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config { meta_batch: 401, ..fixture_config() };
         let err = Trainer::create(&config, &dir.path().join("run"), Device::Cpu).err().unwrap().to_string();
         assert!(err.starts_with("config key `meta_batch` is 401, more than the 400 training images of "), "{err}");
         assert!(err.ends_with("(after 112 held out for validation); expected at most 400"), "{err}");
-        assert!(Trainer::create(&Config { meta_batch: 400, ..config }, &dir.path().join("run"), Device::Cpu).is_ok());
+        let config = Config { meta_batch: 400, ..config };
+        let err = Trainer::create(
+            &Config { intermediate_loss_every: 4, ..config.clone() },
+            &dir.path().join("run"),
+            Device::Cpu,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "config key `intermediate_loss_every` is 4, which adds no intermediate loss with `inner_steps` = 4"
+            ),
+            "{err}"
+        );
+        assert!(Trainer::create(
+            &Config { intermediate_loss_every: 3, ..config },
+            &dir.path().join("run"),
+            Device::Cpu
+        )
+        .is_ok());
     }
 
     #[test]

@@ -98,9 +98,13 @@ impl Appender {
         std::io::Read::read_to_string(&mut file, &mut text)
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let done = parse(path, &text)?;
-        if !text.ends_with('\n') {
-            // In place, so the file stays the one locked (a rename would swap in another).
-            let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        // In place, so the file stays the one locked (a rename would swap in another).
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        let last = &text[complete..];
+        if serde_json::from_str::<Record>(last).is_ok() {
+            // A whole record with no newline after it (a file written by hand) is kept.
+            file.write_all(b"\n").with_context(|| format!("{}: cannot end its last line", path.display()))?;
+        } else if !last.trim().is_empty() {
             file.set_len(complete as u64)
                 .with_context(|| format!("{}: cannot drop a torn last line", path.display()))?;
         }
@@ -252,6 +256,14 @@ mod tests {
         );
         app.append(&record("c", 2, 4)).unwrap();
         assert_eq!(read(&path).unwrap().iter().map(|r| r.arch.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        drop(app);
+        // A whole last record without its newline is kept, and the next one goes on a line of its own.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.trim_end()).unwrap();
+        let (mut app, done) = Appender::open(&path).unwrap();
+        assert_eq!(done.len(), 3);
+        app.append(&record("e", 4, 4)).unwrap();
+        assert_eq!(read(&path).unwrap().len(), 4);
         let old_spelling = Record { proxy: "gtn:./runs/t/".into(), ..record("d", 3, 4) };
         std::fs::write(&path, format!("{}\n", serde_json::to_string(&old_spelling).unwrap())).unwrap();
         assert_eq!(read(&path).unwrap()[0].proxy, "gtn:runs/t", "labels are read normalised");

@@ -154,6 +154,15 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         // from `--data-dir` when given (a run folder copied to another machine).
         Some(t) => {
             let c = &t.config;
+            if opts.data_dir.is_some() && opts.dataset != c.dataset {
+                bail!(
+                    "--dataset {}: the teacher {} was meta-trained on {}; with --data-dir, expected `--dataset {}` (the folder's dataset)",
+                    opts.dataset.as_str(),
+                    opts.proxy.label(),
+                    c.dataset.as_str(),
+                    c.dataset.as_str()
+                );
+            }
             let dir = opts.data_dir.clone().unwrap_or_else(|| c.data_dir());
             Dataset::load(c.dataset, &dir, c.valid_size, c.seed, device)?
         }
@@ -219,17 +228,20 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         let until = *missing.last().expect("checked non-empty");
         // A GTN proxy's batches are synthesized in one pass before training: each record is
         // charged its own steps' share, the time a proxy of that many steps would take.
-        let synthesis = Instant::now();
-        let lesson = teacher.as_ref().map(|teacher| {
-            let plan = teacher.curriculum.plan(&mut rng, device);
-            (teacher, tch::no_grad(|| teacher.synthesize_steps(&plan[..until])))
+        let (lesson, synthesis) = crate::bench::timed(device, || {
+            teacher.as_ref().map(|teacher| {
+                let plan = teacher.curriculum.plan(&mut rng, device);
+                (teacher, tch::no_grad(|| teacher.synthesize_steps(&plan[..until])))
+            })
         });
-        let synthesis_per_step = synthesis.elapsed().as_secs_f64() / until as f64;
+        let synthesis_per_step = if lesson.is_some() { synthesis / until as f64 } else { 0.0 };
         let start = Instant::now();
         // Evaluation, appending and progress: not training time.
         let mut other_seconds = 0.0;
         let after_step = |t: usize, state: &LearnerState| {
             if failed.is_none() && missing.contains(&(t + 1)) {
+                // The training steps queued on a GPU are training time, not evaluation's.
+                crate::bench::synchronize(device);
                 let eval_start = Instant::now();
                 let valid_accuracy = eval::test_accuracy(&learner, state, &valid);
                 let test_accuracy = eval::test_accuracy(&learner, state, &test);
@@ -395,6 +407,15 @@ mod tests {
         let opts = ScoreOptions { proxy: Proxy::Gtn(run), archs: sample_distinct(1, 1), ..options(&out, Shard::ALL) };
         let err = score(&ScoreOptions { data_dir: None, ..opts.clone() }, Device::Cpu, |_| {}).unwrap_err();
         assert!(err.to_string().starts_with("/nonexistent/mnist: data folder not found"), "{err}");
+        let fashion = ScoreOptions { dataset: DatasetName::FashionMnist, ..opts.clone() };
+        let err = score(&fashion, Device::Cpu, |_| {}).unwrap_err().to_string();
+        assert!(err.starts_with("--dataset fashion-mnist: the teacher gtn:"), "{err}");
+        assert!(
+            err.ends_with(
+                "was meta-trained on mnist; with --data-dir, expected `--dataset mnist` (the folder's dataset)"
+            ),
+            "{err}"
+        );
         assert_eq!(score(&opts, Device::Cpu, |_| {}).unwrap().scored, 1);
     }
 
