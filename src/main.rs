@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use tch::Device;
 
@@ -729,7 +729,12 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
 
 /// `--data-dir` made absolute, so eval and resume find the data from any folder.
 fn absolute_data_dir(args: &TrainArgs) -> Result<Option<PathBuf>> {
-    Ok(args.data_dir.as_deref().map(std::path::absolute).transpose()?)
+    args.data_dir.as_deref().map(|dir| absolute(dir, "--data-dir")).transpose()
+}
+
+/// `dir` (given as `what`) from the current folder.
+fn absolute(dir: &std::path::Path, what: &str) -> Result<PathBuf> {
+    std::path::absolute(dir).with_context(|| format!("{what} {:?}: expected a folder path", dir.display().to_string()))
 }
 
 /// Meta-trains; `teacher` overrides the config's teacher kind (dataset distillation).
@@ -749,7 +754,9 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
             }
             config.meta_iters = args.meta_iters.unwrap_or(config.meta_iters);
             config.seed = args.seed.unwrap_or(config.seed);
-            config.data_dir = absolute_data_dir(&args)?.or(config.data_dir);
+            // A config file's `data_dir`, like the flag, is from the current folder.
+            let from_file = config.data_dir.as_deref().map(|dir| absolute(dir, "config key `data_dir`")).transpose()?;
+            config.data_dir = absolute_data_dir(&args)?.or(from_file);
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
             let t = Trainer::open(&config, out, device, args.budget_minutes.is_some(), Some("gtn train"))?;

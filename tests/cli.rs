@@ -102,6 +102,13 @@ fn resume_of_a_finished_run_does_no_more_work() {
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     let stored = format!("data_dir = \"{}\"", fixtures().display());
     assert!(config.contains(&stored), "{config}");
+    // So is a config file's relative `data_dir`.
+    let (file, other) = (run.with_file_name("relative.toml"), run.with_file_name("from-file"));
+    std::fs::write(&file, "data_dir = \"tests/fixtures/mnist\"\nmeta_iters = 1\n").unwrap();
+    let (file_arg, other_arg) = (file.to_str().unwrap(), other.to_str().unwrap());
+    stdout(&gtn(&["train", "--preset", "tiny", "--config", file_arg, "--out", other_arg, "--eval-learners", "0"]));
+    let config = std::fs::read_to_string(other.join("config.toml")).unwrap();
+    assert!(config.contains(&stored), "{config}");
 }
 
 #[test]
@@ -142,6 +149,10 @@ fn bad_input_gives_one_line_errors() {
     let err =
         error_line(&gtn(&["train", "--preset", "tiny", "--data-dir", "/nonexistent", "--out", out.to_str().unwrap()]));
     assert!(err.contains("/nonexistent: data folder not found"), "{err}");
+    let empty = tmp.path().join("empty.toml");
+    std::fs::write(&empty, "data_dir = \"\"\n").unwrap();
+    let err = error_line(&gtn(&["train", "--config", empty.to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    assert!(err.contains("config key `data_dir` \"\": expected a folder path"), "{err}");
 
     let err = error_line(&gtn(&["eval", tmp.path().to_str().unwrap()]));
     assert!(err.contains("config.toml: cannot read"), "{err}");
