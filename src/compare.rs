@@ -64,6 +64,8 @@ pub struct CompareOptions {
     pub test_images: usize,
     /// The real-data curve runs to this many times T, to find where it catches up.
     pub real_steps_factor: usize,
+    /// Every curve scored as the reference logs its test accuracy ([`eval::Cohort`]).
+    pub before_last_update: bool,
     pub seed: u64,
 }
 
@@ -123,6 +125,8 @@ pub struct MethodSummary {
 pub struct CompareSummary {
     pub dataset: String,
     pub learner: String,
+    pub bn_eval: BnEval,
+    pub before_last_update: bool,
     pub inner_steps: usize,
     pub learners: usize,
     pub test_images: usize,
@@ -165,6 +169,9 @@ struct CurvesKey {
     checkpoint_sha256: String,
     learner: LearnerKind,
     bn_eval: BnEval,
+    /// Files from before the flag were measured without it.
+    #[serde(default)]
+    before_last_update: bool,
     learners: usize,
     seed: u64,
     test_images: usize,
@@ -186,6 +193,8 @@ struct RealKey {
     batch_size: usize,
     learner: LearnerKind,
     bn_eval: BnEval,
+    #[serde(default)]
+    before_last_update: bool,
     learners: usize,
     seed: u64,
     test_images: usize,
@@ -257,6 +266,7 @@ fn teacher_curves(
         checkpoint_sha256: crate::checkpoint::checkpoint_sha256(dir)?,
         learner: cohort.kind,
         bn_eval: cohort.bn_eval,
+        before_last_update: cohort.before_last_update,
         learners: cohort.learners,
         seed: cohort.seed,
         test_images: test.len(),
@@ -319,6 +329,9 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     base.checkpoint_every = options.checkpoint_every.unwrap_or(base.checkpoint_every);
     base.data_dir = options.data_dir.as_deref().map(std::path::absolute).transpose()?.or(base.data_dir);
     base.validate()?;
+    if options.before_last_update && base.bn_eval != BnEval::Train {
+        bail!("--before-last-update: the config scores batch norm with each test batch's statistics; expected `bn_eval = \"train\"` (--config)");
+    }
 
     let t = base.inner_steps;
     let stride = (t / 8).max(1);
@@ -332,7 +345,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         data: &data,
         kind: base.learner,
         bn_eval: base.bn_eval,
-        before_last_update: false,
+        before_last_update: options.before_last_update,
         learners: options.learners,
         seed: options.seed,
     };
@@ -358,6 +371,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         batch_size: base.batch_size,
         learner: base.learner,
         bn_eval: base.bn_eval,
+        before_last_update: options.before_last_update,
         learners: options.learners,
         seed: options.seed,
         test_images: test.len(),
@@ -399,6 +413,8 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     let summary = CompareSummary {
         dataset: base.dataset.as_str().into(),
         learner: format!("{:?}", base.learner),
+        bn_eval: base.bn_eval,
+        before_last_update: options.before_last_update,
         inner_steps: t,
         learners: options.learners,
         test_images: test.len(),
@@ -453,10 +469,17 @@ impl CompareSummary {
     /// Markdown: accuracy at T and the speed-up over real data per method.
     pub fn table(&self) -> String {
         let mut md = format!(
-            "{} with the {} learner, T = {} inner steps, {} learners, first {} test images; real data: lr {}, momentum {} (best of the sweep)\n\n\
+            "{} with the {} learner, T = {} inner steps, {} learners, first {} test images, batch norm scored with the {}; real data: lr {}, momentum {} (best of the sweep)\n\n\
              | method | meta-iterations | meta-training min | accuracy at T | real steps to match | speed-up |\n\
              |---|---|---|---|---|---|\n",
-            self.dataset, self.learner, self.inner_steps, self.learners, self.test_images, self.real_lr, self.real_momentum
+            self.dataset,
+            self.learner,
+            self.inner_steps,
+            self.learners,
+            self.test_images,
+            eval::scoring(self.bn_eval, self.before_last_update),
+            self.real_lr,
+            self.real_momentum
         );
         for m in &self.methods {
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
@@ -525,6 +548,7 @@ mod tests {
             momenta: vec![0.9],
             test_images: 0,
             real_steps_factor: 2,
+            before_last_update: false,
             seed: 0,
         };
         let out = work.path().join("compare");
@@ -587,9 +611,23 @@ mod tests {
         let some = run(&subset, &out, Device::Cpu).unwrap();
         let names: Vec<&str> = some.methods.iter().map(|m| m.method.as_str()).collect();
         assert_eq!(names, ["gtn-full", "distill", REAL]);
-        let typo = CompareOptions { methods: vec!["gtn-ful".into()], ..options };
+        let typo = CompareOptions { methods: vec!["gtn-ful".into()], ..options.clone() };
         let error = run(&typo, &out, Device::Cpu).unwrap_err().to_string();
         assert!(error.starts_with("--methods gtn-ful: unknown method, expected some of gtn-none,"), "{error}");
+
+        // Scored as the reference logs, with a `train` teacher; refused before any training
+        // with test-batch statistics.
+        let logged = CompareOptions { before_last_update: true, ..subset };
+        let error = run(&logged, &work.path().join("refused"), Device::Cpu).unwrap_err().to_string();
+        assert!(error.starts_with("--before-last-update: the config scores batch norm with each test"), "{error}");
+        assert!(!work.path().join("refused").exists());
+        let train = work.path().join("train.toml");
+        std::fs::write(&train, format!("{overrides}bn_eval = \"train\"\n")).unwrap();
+        let logged = CompareOptions { config: Some(train), ..logged };
+        let summary = run(&logged, &work.path().join("logged"), Device::Cpu).unwrap();
+        assert!(summary.before_last_update && summary.table().contains("last training batch's, before its update"));
+        let stored = std::fs::read_to_string(work.path().join("logged").join(REAL).join(CURVES_JSON)).unwrap();
+        assert!(stored.contains("\"before_last_update\":true"), "{stored}");
     }
 
     #[test]

@@ -56,11 +56,7 @@ impl EvalReport {
         format!(
             "| learner | batch norm scored with | learners | steps | test accuracy mean | std | min | max |\n|---|---|---|---|---|---|---|---|\n| {:?} | {} | {} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2}% |",
             self.learner,
-            match (self.bn_eval, self.before_last_update) {
-                (BnEval::Batch, _) => "test batch's statistics",
-                (BnEval::Train, false) => "last training batch's",
-                (BnEval::Train, true) => "last training batch's, before its update",
-            },
+            scoring(self.bn_eval, self.before_last_update),
             self.learners,
             self.steps,
             100.0 * self.test_accuracy_mean,
@@ -68,6 +64,15 @@ impl EvalReport {
             100.0 * self.test_accuracy_min,
             100.0 * self.test_accuracy_max
         )
+    }
+}
+
+/// Which statistics a learner's batch norm was scored with, in words.
+pub fn scoring(bn_eval: BnEval, before_last_update: bool) -> &'static str {
+    match (bn_eval, before_last_update) {
+        (BnEval::Batch, _) => "test batch's statistics",
+        (BnEval::Train, false) => "last training batch's",
+        (BnEval::Train, true) => "last training batch's, before its update",
     }
 }
 

@@ -402,6 +402,10 @@ struct CompareArgs {
     /// teachers and the train/validation split follow the config's `seed`).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// With the config's `bn_eval = "train"`, score every curve as the reference logs its test
+    /// accuracy: step s's weights before its update, with its batch statistics.
+    #[arg(long)]
+    before_last_update: bool,
     /// Print the JSON summary instead of the table.
     #[arg(long)]
     json: bool,
@@ -531,6 +535,7 @@ fn run(cli: Cli) -> Result<()> {
                 momenta: args.momenta,
                 test_images: args.test_images,
                 real_steps_factor: args.real_steps_factor,
+                before_last_update: args.before_last_update,
                 seed: args.seed,
             };
             let summary = compare::run(&options, &args.out, device)?;
