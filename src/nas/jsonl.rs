@@ -168,6 +168,11 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
     }
     let text: String =
         merged.values().map(|r| format!("{}\n", serde_json::to_string(r).expect("serialises"))).collect();
+    // Not over a file a scoring process is appending to: its later records would go to the
+    // replaced file.
+    if let Ok(held) = std::fs::File::open(output) {
+        crate::atomic::lock_exclusive(&held, output, "a gtn process is appending to it; merge into another --out")?;
+    }
     crate::atomic::write(output, text.as_bytes())?;
     Ok(merged.len())
 }
@@ -295,6 +300,10 @@ mod tests {
         assert!(err.contains("c with dataset fashion-mnist, seed 0"), "{err}");
         assert!(err.ends_with("expected one measurement"), "{err}");
         assert_eq!(read(&out).unwrap().len(), 4, "the earlier merge is left as it was");
+        let appending = Appender::open(&out).unwrap();
+        let err = merge(&[&a], &out).unwrap_err().to_string();
+        assert!(err.ends_with("m.jsonl: a gtn process is appending to it; merge into another --out"), "{err}");
+        drop(appending);
         // Nor is a shard run with another setting, though it repeats no architecture.
         std::fs::write(&c, line(&Record { setting: "lr 0.3".into(), ..record("w", 7, 4) })).unwrap();
         let err = merge(&[&a, &c], &out).unwrap_err().to_string();
