@@ -167,10 +167,11 @@ impl FromStr for Cell {
 /// same whatever `n` is, so lists of different lengths share a prefix).
 pub fn sample_distinct(n: usize, seed: u64) -> Vec<Cell> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut out: Vec<Cell> = Vec::with_capacity(n);
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<Cell> = Vec::new();
     while out.len() < n {
         let cell = Cell::sample(&mut rng);
-        if !out.contains(&cell) {
+        if seen.insert(cell) {
             out.push(cell);
         }
     }

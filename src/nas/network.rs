@@ -64,6 +64,15 @@ impl NetConfig {
         if self.cells == 0 && self.reductions == 0 {
             bail!("network: cells and reductions are both 0, so there is no cell");
         }
+        // Each reduction doubles the width: the widest stage must be a tensor size.
+        let widest = (self.reductions <= 20).then(|| self.channels.checked_mul(1 << self.reductions)).flatten();
+        if widest.is_none_or(|c| c > 1 << 20) {
+            bail!(
+                "network: channels {} doubled at each of {} reductions is over 2^20 channels; expected fewer reductions",
+                self.channels,
+                self.reductions
+            );
+        }
         Ok(())
     }
 
@@ -356,6 +365,15 @@ mod tests {
         assert!(specs.len() < super::specs(&chain, &normal, [1, 28, 28], 10).unwrap().0.len());
         check_forward(&chain, &NetConfig::CPU, [1, 28, 28]);
         assert!(NetConfig { cells: 0, channels: 4, reductions: 0, ..NetConfig::CPU }.validate().is_err());
+        let wide = |channels, reductions| NetConfig { channels, reductions, ..NetConfig::CPU }.validate();
+        assert!(wide(1 << 10, 10).is_ok());
+        for (channels, reductions) in [(1 << 10, 11), (8, 61), (1, 21), (i64::MAX, 1)] {
+            let err = wide(channels, reductions).unwrap_err().to_string();
+            assert!(
+                err.ends_with("is over 2^20 channels; expected fewer reductions"),
+                "{channels} {reductions}: {err}"
+            );
+        }
     }
 
     #[test]
