@@ -1067,7 +1067,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
         let first = Trainer::create(&fixture_config(), &run, Device::Cpu).unwrap();
-        let settings = RunSettings { data_dir: None, checkpoint_every: None };
+        let settings = RunSettings::default();
         let busy = format!("{}: another gtn process is training in this folder", run.display());
         let err = Trainer::resume(&run, Device::Cpu, &settings).err().expect("refused").to_string();
         assert!(err.starts_with(&busy), "{err}");

@@ -53,8 +53,9 @@ fn truth_by_arch(truth: &[Record]) -> Result<HashMap<&str, &Record>> {
     let steps = truth.iter().map(|r| r.steps).max().unwrap_or(0);
     let mut by_arch: HashMap<&str, &Record> = HashMap::new();
     let records = || truth.iter().filter(|r| r.steps == steps);
+    let first = records().next();
     for r in records() {
-        if let Some(first) = records().next().filter(|f| f.proxy != r.proxy) {
+        if let Some(first) = first.filter(|f| f.proxy != r.proxy) {
             bail!(
                 "the truth holds {} ({steps} steps) of {} and {} of {}; expected one proxy's results (a `gtn nas truth` file)",
                 first.arch,
