@@ -1,14 +1,15 @@
 //! Checkpoints: `config.toml` (the full config: written at the start, and again only when a
 //! time budget lowers `meta_iters`) and `checkpoint.safetensors`
-//! (teacher parameters, outer-optimiser state and the iteration count), each replaced
-//! atomically so an interrupted write never destroys the last good one.
+//! (teacher parameters, outer-optimiser state and the iteration count, with the config they were
+//! saved under as metadata), each replaced atomically so an interrupted write never destroys the
+//! last good one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rand::{rngs::StdRng, SeedableRng};
-use serde::de::DeserializeOwned;
+use serde::{de::DeserializeOwned, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::Config;
@@ -87,6 +88,94 @@ pub fn check_startable<C: DeserializeOwned>(dir: &Path) -> Result<()> {
     }
 }
 
+/// The metadata key under which a checkpoint file keeps the config (TOML) it was saved under.
+const SAVED_CONFIG: &str = "config";
+
+/// Writes `tensors` (moved to the CPU) to the checkpoint file `path` atomically, with `config`
+/// (TOML) as its metadata: what the run was when these were saved, so that a `config.toml`
+/// edited since can be told from it.
+pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) -> Result<()> {
+    let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: cannot write: {e}", path.display());
+    let host: Vec<(&str, Tensor)> =
+        tensors.iter().map(|(name, t)| (name.as_str(), t.detach().to_device(Device::Cpu).contiguous())).collect();
+    let bytes: Vec<Vec<u8>> = host
+        .iter()
+        .map(|(_, t)| {
+            let mut data = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+            t.f_copy_data_u8(&mut data, t.numel()).map(|()| data)
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| cannot(&e))?;
+    let views = host
+        .iter()
+        .zip(&bytes)
+        .map(|((name, t), data)| {
+            let dtype = t.kind().try_into().map_err(|e| cannot(&e))?;
+            let shape = t.size().iter().map(|&d| d as usize).collect();
+            Ok((*name, safetensors::tensor::TensorView::new(dtype, shape, data).map_err(|e| cannot(&e))?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = Some(HashMap::from([(SAVED_CONFIG.to_string(), config.to_string())]));
+    let serialized = safetensors::tensor::serialize(views, &metadata).map_err(|e| cannot(&e))?;
+    crate::atomic::write(path, &serialized)
+}
+
+/// A checkpoint file as read: its tensors (on the CPU), the config it was saved under (absent
+/// from the checkpoints of builds before it was stored) and the sha256 of its bytes.
+pub struct StoredTensors {
+    pub tensors: HashMap<String, Tensor>,
+    pub saved_config: Option<String>,
+    pub sha256: String,
+}
+
+/// Reads the checkpoint file `path`, naming it in any error.
+pub fn read_tensors(path: &Path) -> Result<StoredTensors> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let corrupt =
+        |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: corrupt or not a safetensors file: {e}", path.display());
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&e))?;
+    let tensors = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| Ok((name, Tensor::try_from(view).map_err(|e| corrupt(&e))?)))
+        .collect::<Result<_>>()?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(&e))?;
+    let saved_config = metadata.metadata().as_ref().and_then(|m| m.get(SAVED_CONFIG).cloned());
+    Ok(StoredTensors { tensors, saved_config, sha256: crate::data::fetch::sha256_hex(&bytes) })
+}
+
+/// Refuses a run whose `config.toml` (`current`) was edited, since its checkpoint was saved, in
+/// a key outside `editable`: the saved parameters belong to the config they were trained under
+/// (another seed redraws the validation split and every later iteration's draws; another shape
+/// would be caught, another learning rate schedule or batch would not). Checkpoints that do not
+/// store their config are read as they are.
+pub fn check_edits<C: Serialize + DeserializeOwned>(
+    dir: &Path,
+    stored: &StoredTensors,
+    current: &C,
+    editable: &[&str],
+) -> Result<()> {
+    let Some(saved) = &stored.saved_config else { return Ok(()) };
+    let file = dir.join(CONFIG_FILE);
+    let saved: C = crate::config::parse_toml(saved).map_err(|e| {
+        anyhow::anyhow!("{}: the config stored in it cannot be read ({e})", checkpoint_path(dir).display())
+    })?;
+    let edited: Vec<String> = crate::config::differences(&saved, current)?
+        .into_iter()
+        .filter(|(key, _, _)| !editable.contains(&key.as_str()))
+        .map(|(key, then, now)| format!("{key} {then} when its checkpoint was saved, {now} now"))
+        .collect();
+    if !edited.is_empty() {
+        bail!(
+            "{}: edited in keys a run cannot change while it goes on ({}); put them back, or start a new run in another folder (a run may change only {})",
+            file.display(),
+            edited.join("; "),
+            editable.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Refuses to write `output` (given as `-o`) over one of the run's own files in `dir`.
 pub fn check_output_outside_run(dir: &Path, output: &Path) -> Result<()> {
     let folder = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -121,12 +210,7 @@ pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize) -> Res
     }
     tensors.push(("adam.steps".into(), Tensor::from_slice(&[adam.steps])));
     tensors.push(("iteration".into(), Tensor::from_slice(&[iteration as i64])));
-    let tensors: Vec<(String, Tensor)> =
-        tensors.into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu))).collect();
-    let path = checkpoint_path(dir);
-    crate::atomic::replace_with(&path, |tmp| {
-        Tensor::write_safetensors(&tensors, tmp).with_context(|| format!("{}: cannot write", path.display()))
-    })
+    write_tensors(&checkpoint_path(dir), &tensors, &teacher.config.to_toml()?)
 }
 
 /// A loaded run: its teacher, outer-optimiser state and completed iterations.
@@ -147,15 +231,9 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     if !path.is_file() {
         bail!("{}: missing; expected the checkpoint of the run in {}", path.display(), dir.display());
     }
-    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let corrupt =
-        |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: corrupt or not a safetensors file: {e}", path.display());
-    let stored: HashMap<String, Tensor> = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| corrupt(&e))?
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| Ok((name, Tensor::try_from(view).map_err(|e| corrupt(&e))?)))
-        .collect::<Result<_>>()?;
+    let file = read_tensors(&path)?;
+    check_edits(dir, &file, &config, &Config::EDITABLE_IN_A_RUN)?;
+    let stored = &file.tensors;
     // Shapes come from a freshly built teacher; its random values are then overwritten.
     let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(0), device)?;
     let named = teacher.named_params();
@@ -213,5 +291,41 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
         );
     }
     let adam = Adam { m, v, steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
-    Ok(Checkpoint { teacher, adam, iteration: iteration as usize, sha256: crate::data::fetch::sha256_hex(&bytes) })
+    Ok(Checkpoint { teacher, adam, iteration: iteration as usize, sha256: file.sha256 })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Rewrites the checkpoint file `path` without the config it was saved under, as builds
+    /// before it stored one wrote it.
+    pub(crate) fn drop_saved_config(path: &Path) {
+        let tensors = Tensor::read_safetensors(path).unwrap();
+        Tensor::write_safetensors(&tensors, path).unwrap();
+        assert_eq!(read_tensors(path).unwrap().saved_config, None);
+    }
+
+    #[test]
+    fn tensors_and_the_saved_config_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHECKPOINT_FILE);
+        let written = [
+            ("w".to_string(), Tensor::from_slice(&[1.5f32, -2.0, 3.25, 0.0, 1e-30, 7.0]).view([2, 3]).transpose(0, 1)),
+            ("steps".to_string(), Tensor::from_slice(&[7i64])),
+            ("return".to_string(), Tensor::from_slice(&[0.1f64])),
+        ];
+        write_tensors(&path, &written, "seed = 3\n").unwrap();
+        let read = read_tensors(&path).unwrap();
+        assert_eq!(read.saved_config.as_deref(), Some("seed = 3\n"));
+        assert_eq!(read.tensors.len(), written.len());
+        for (name, t) in &written {
+            let back = &read.tensors[name];
+            assert_eq!((back.kind(), back.size()), (t.kind(), t.size()), "{name}");
+            assert!(back.equal(t), "{name}: {back} read back, {t} written");
+        }
+        assert_eq!(read.sha256, crate::data::fetch::sha256_hex(&std::fs::read(&path).unwrap()));
+        let err = read_tensors(&dir.path().join("none.safetensors")).err().unwrap().to_string();
+        assert!(err.ends_with("none.safetensors: cannot read"), "{err}");
+    }
 }

@@ -205,6 +205,22 @@ impl Config {
         Ok(config)
     }
 
+    /// Keys a run's `config.toml` may change between its sessions: how the outer optimiser goes
+    /// on from here (what a diverged run's error advises), how long the run is, and settings that
+    /// do not change what a meta-iteration computes. Loading its checkpoint refuses any other edit.
+    pub const EDITABLE_IN_A_RUN: [&'static str; 10] = [
+        "outer_lr",
+        "final_lr_fraction",
+        "adam_beta1",
+        "adam_beta2",
+        "grad_clip",
+        "meta_iters",
+        "meta_iters_requested",
+        "save_every",
+        "checkpoint_every",
+        "data_dir",
+    ];
+
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self).context("config cannot be written as TOML")
     }
@@ -401,7 +417,7 @@ fn merge(base: &mut toml::Table, overrides: toml::Table) {
 
 /// The keys whose values differ between two configs of one type, each with both values as
 /// TOML (nested keys dotted), so an error can say what separates two runs.
-fn differences<C: Serialize>(a: &C, b: &C) -> Result<Vec<(String, String, String)>> {
+pub fn differences<C: Serialize>(a: &C, b: &C) -> Result<Vec<(String, String, String)>> {
     let table = |c: &C| toml::Table::try_from(c).context("config cannot be written as TOML");
     let mut out = Vec::new();
     diff_tables("", &table(a)?, &table(b)?, &mut out);

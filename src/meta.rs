@@ -1110,6 +1110,32 @@ mod tests {
     }
 
     #[test]
+    fn an_edited_config_is_refused_outside_the_keys_a_run_may_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = fixture_config();
+        let mut trainer = Trainer::create(&config, dir.path(), Device::Cpu).unwrap();
+        trainer.step().unwrap();
+        trainer.save().unwrap();
+        drop(trainer);
+        let lowered = Config { outer_lr: config.outer_lr / 2.0, grad_clip: 1.0, meta_iters: 3, ..config.clone() };
+        checkpoint::write_config(dir.path(), &lowered).unwrap();
+        let resumed = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).unwrap();
+        assert_eq!((resumed.iteration, resumed.config()), (1, &lowered));
+        drop(resumed);
+        let other = Config { seed: config.seed + 1, valid_size: config.valid_size + 1, ..lowered };
+        checkpoint::write_config(dir.path(), &other).unwrap();
+        let err = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).err().unwrap().to_string();
+        let expected = format!(
+            "config.toml: edited in keys a run cannot change while it goes on (seed {} when its checkpoint was saved, {} now; valid_size {} when its checkpoint was saved, {} now); put them back, or start a new run in another folder (a run may change only outer_lr, final_lr_fraction,",
+            config.seed,
+            other.seed,
+            config.valid_size,
+            other.valid_size
+        );
+        assert!(err.contains(&expected), "{err}");
+    }
+
+    #[test]
     fn checkpoint_from_another_architecture_or_corrupt_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
@@ -1124,6 +1150,10 @@ mod tests {
         let config_path = dir.path().join(checkpoint::CONFIG_FILE);
         let original = std::fs::read_to_string(&config_path).unwrap();
         std::fs::write(&config_path, original.replace("fc_width = 64", "fc_width = 65")).unwrap();
+        let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("(generator.fc_width 64 when its checkpoint was saved, 65 now)"), "{err}");
+        // A checkpoint of an older build does not store its config: its shapes are still checked.
+        checkpoint::tests::drop_saved_config(&checkpoint::checkpoint_path(dir.path()));
         let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("checkpoint.safetensors: tensor `generator.fc1.v` has shape [64, 26]"), "{err}");
         assert!(err.contains("from another architecture"), "{err}");

@@ -73,15 +73,32 @@ pub fn check_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads the five training batches and the test batch of `dir`.
+/// Reads the five training batches and the test batch of `dir`, refusing a file that repeats
+/// another: no registry ships CIFAR-10, so nothing checks the files' checksums, and a test batch
+/// that is a copy of a training batch would score learners on images they were trained on.
 pub fn read_dir(dir: &Path) -> Result<(Records, Records)> {
     check_dir(dir)?;
-    let mut train = Records::default();
-    for file in TRAIN_FILES {
-        read_batch(&dir.join(file), &mut train)?;
+    let (mut train, mut test) = (Records::default(), Records::default());
+    let mut read: Vec<(&str, bool, std::ops::Range<usize>)> = Vec::new();
+    for file in TRAIN_FILES.iter().chain([&TEST_FILE]) {
+        let is_test = *file == TEST_FILE;
+        let into = if is_test { &mut test } else { &mut train };
+        let start = into.len();
+        read_batch(&dir.join(file), into)?;
+        read.push((file, is_test, start..into.len()));
     }
-    let mut test = Records::default();
-    read_batch(&dir.join(TEST_FILE), &mut test)?;
+    let records = |is_test: bool, range: &std::ops::Range<usize>| {
+        let r = if is_test { &test } else { &train };
+        (&r.labels[range.clone()], &r.pixels[range.start * (RECORD - 1)..range.end * (RECORD - 1)])
+    };
+    for (i, (file, is_test, range)) in read.iter().enumerate() {
+        if let Some((first, ..)) = read[..i].iter().find(|(_, t, r)| records(*t, r) == records(*is_test, range)) {
+            bail!(
+                "{}: holds the same records as {first}; the six CIFAR-10 files (from {SOURCE}) each hold other images",
+                dir.join(file).display()
+            );
+        }
+    }
     Ok((train, test))
 }
 
@@ -99,11 +116,15 @@ pub fn fixture_file() -> PathBuf {
 pub(crate) mod tests {
     use super::*;
 
-    /// A complete CIFAR-10 folder whose six files are copies of the 20-image fixture.
+    /// A complete CIFAR-10 folder whose six files hold the 20-image fixture: the test file as it
+    /// is, each training file rotated by its own number of records (files must not repeat one
+    /// another).
     pub fn fixture_folder() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        for file in TRAIN_FILES.iter().chain([&TEST_FILE]) {
-            std::fs::copy(fixture_file(), dir.path().join(file)).unwrap();
+        let bytes = std::fs::read(fixture_file()).unwrap();
+        for (k, file) in [&TEST_FILE].into_iter().chain(TRAIN_FILES.iter()).enumerate() {
+            let (head, tail) = bytes.split_at(k * RECORD);
+            std::fs::write(dir.path().join(file), [tail, head].concat()).unwrap();
         }
         dir
     }
@@ -132,6 +153,17 @@ pub(crate) mod tests {
         std::fs::write(&short, &bad).unwrap();
         let err = read_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("test_batch.bin: record 1 has label 10, expected 0..=9"), "{err}");
+    }
+
+    #[test]
+    fn a_file_repeating_another_is_refused() {
+        let dir = fixture_folder();
+        std::fs::copy(dir.path().join("data_batch_2.bin"), dir.path().join(TEST_FILE)).unwrap();
+        let err = read_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("test_batch.bin: holds the same records as data_batch_2.bin;"), "{err}");
+        std::fs::copy(dir.path().join("data_batch_1.bin"), dir.path().join("data_batch_4.bin")).unwrap();
+        let err = read_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("data_batch_4.bin: holds the same records as data_batch_1.bin;"), "{err}");
     }
 
     #[test]

@@ -157,6 +157,23 @@ impl RlConfig {
         }
     }
 
+    /// Keys a run's `config.toml` may change between its sessions: how the outer optimiser goes
+    /// on from here (what a diverged run's error advises), how long the run is, and settings that
+    /// do not change the teacher (evaluation, the baseline, how often it is saved). Loading its
+    /// checkpoint refuses any other edit.
+    pub const EDITABLE_IN_A_RUN: [&'static str; 10] = [
+        "outer_lr",
+        "sigma",
+        "adam_beta1",
+        "adam_beta2",
+        "generations",
+        "save_every",
+        "eval_policies",
+        "eval_episodes",
+        "baseline_seeds",
+        "baseline_budget",
+    ];
+
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self).context("config cannot be written as TOML")
     }

@@ -3,7 +3,6 @@
 //! parameters, Adam state, generation and, for the imitation objective, the reference policy's
 //! states and actions; replaced atomically) and `log.csv` (one row per generation).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -118,22 +117,21 @@ pub fn save(
             ("reference.greedy_return", Tensor::from_slice(&[r.greedy_return])),
         ]);
     }
-    let path = dir.join(CHECKPOINT_FILE);
-    crate::atomic::replace_with(&path, |tmp| {
-        Tensor::write_safetensors(&tensors, tmp).with_context(|| format!("{}: cannot write", path.display()))
-    })
+    let tensors: Vec<(String, Tensor)> = tensors.into_iter().map(|(name, t)| (name.to_string(), t)).collect();
+    crate::checkpoint::write_tensors(&dir.join(CHECKPOINT_FILE), &tensors, &teacher.config.to_toml()?)
 }
 
-/// Loads `dir`, checking every tensor against what its config implies. The teacher's noise and
-/// initial parameters come from the checkpoint, not from `seed`, so an edited config.toml cannot
-/// pair the saved parameters with other noise.
+/// Loads `dir`, checking its config.toml against the config the checkpoint was saved under (see
+/// [`RlConfig::EDITABLE_IN_A_RUN`]) and every tensor against what the config implies. The
+/// teacher's noise and initial parameters come from the checkpoint, not from `seed`, so even a
+/// checkpoint of an older build, which does not store its config, cannot be paired with other
+/// noise by an edited config.toml.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let config = read_config(dir)?;
     let path = dir.join(CHECKPOINT_FILE);
-    let stored: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
-        .map_err(|e| anyhow::anyhow!("{}: missing, corrupt or not a safetensors file: {e}", path.display()))?
-        .into_iter()
-        .collect();
+    let file = crate::checkpoint::read_tensors(&path)?;
+    crate::checkpoint::check_edits(dir, &file, &config, &RlConfig::EDITABLE_IN_A_RUN)?;
+    let stored = &file.tensors;
     let find = |name: &str| -> Result<&Tensor> {
         let Some(t) = stored.get(name) else {
             if ADDED_LATER.contains(&name) {
@@ -604,13 +602,31 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap().generation, 0);
     }
 
+    /// A config edited since the checkpoint was saved may change only what the run allows.
+    #[test]
+    fn an_edited_config_is_refused_outside_the_keys_a_run_may_change() {
+        let dir = tempfile::tempdir().unwrap();
+        EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        let config_file = dir.path().join(CONFIG_FILE);
+        let lowered = RlConfig { outer_lr: 0.01, sigma: 0.05, generations: 9, ..tiny(4) };
+        std::fs::write(&config_file, lowered.to_toml().unwrap()).unwrap();
+        assert_eq!(load(dir.path()).unwrap().teacher.config, lowered);
+        std::fs::write(&config_file, RlConfig { seed: 5, ..lowered }.to_toml().unwrap()).unwrap();
+        let err = EsTrainer::resume(dir.path(), 1).err().unwrap().to_string();
+        assert!(
+            err.contains("config.toml: edited in keys a run cannot change while it goes on (seed 0 when its checkpoint was saved, 5 now); put them back"),
+            "{err}"
+        );
+    }
+
     /// The teacher's noise and initial parameters come from the checkpoint: an edited `seed`
-    /// keeps them, an edited size they depend on is refused, and so is a checkpoint of an older
-    /// build that lacks them.
+    /// keeps them in a checkpoint of an older build that does not store its config, an edited
+    /// size they depend on is refused, and so is a checkpoint of an older build that lacks them.
     #[test]
     fn the_checkpoint_holds_the_teachers_noise() {
         let dir = tempfile::tempdir().unwrap();
         let trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        crate::checkpoint::tests::drop_saved_config(&dir.path().join(CHECKPOINT_FILE));
         let config_file = dir.path().join(CONFIG_FILE);
         let reseeded = RlConfig { seed: 5, ..tiny(4) };
         assert!(!EnvTeacher::new(&reseeded).0.noise().equal(&trainer.teacher.noise()), "another seed, other noise");
@@ -642,6 +658,9 @@ mod tests {
         EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
         std::fs::write(dir.path().join(CONFIG_FILE), RlConfig { generator_hidden: 5, ..tiny(4) }.to_toml().unwrap())
             .unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("(generator_hidden 16 when its checkpoint was saved, 5 now)"), "{err}");
+        crate::checkpoint::tests::drop_saved_config(&dir.path().join(CHECKPOINT_FILE));
         let err = load(dir.path()).err().unwrap().to_string();
         assert!(err.contains("checkpoint.safetensors: tensor `theta`") && err.contains("another config"), "{err}");
         std::fs::write(dir.path().join(CONFIG_FILE), tiny(4).to_toml().unwrap()).unwrap();
