@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+use crate::clock::timed;
 use crate::config::Config;
 use crate::learner::{Arch, BnEval, CIFAR_STRIDES};
 use crate::meta::{self, Trainer};
@@ -206,23 +207,6 @@ pub fn forward_flops(config: &Config, arch: Arch) -> (f64, f64) {
 fn meta_step_flops(config: &Config, arch: Arch) -> f64 {
     let (generator, learner) = forward_flops(config, arch);
     config.inner_steps as f64 * (3.0 * generator + 9.0 * learner)
-}
-
-/// Waits for the work queued on `device`: CUDA runs kernels asynchronously, so a clock read
-/// without waiting times their launch.
-pub fn synchronize(device: Device) {
-    if let Device::Cuda(index) = device {
-        tch::Cuda::synchronize(index as i64);
-    }
-}
-
-/// Runs `f` and returns its result and its wall time, the device's queued work included.
-pub fn timed<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
-    synchronize(device);
-    let start = Instant::now();
-    let out = f();
-    synchronize(device);
-    (out, start.elapsed().as_secs_f64())
 }
 
 /// Times `iters` meta-steps after one warm-up step, in a scratch folder, the learner's

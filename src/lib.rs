@@ -5,6 +5,7 @@ mod allocator;
 pub mod atomic;
 pub mod bench;
 pub mod checkpoint;
+pub mod clock;
 pub mod compare;
 pub mod config;
 pub mod curriculum;

@@ -228,7 +228,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         let until = *missing.last().expect("checked non-empty");
         // A GTN proxy's batches are synthesized in one pass before training: each record is
         // charged its own steps' share, the time a proxy of that many steps would take.
-        let (lesson, synthesis) = crate::bench::timed(device, || {
+        let (lesson, synthesis) = crate::clock::timed(device, || {
             teacher.as_ref().map(|teacher| {
                 let plan = teacher.curriculum.plan(&mut rng, device);
                 (teacher, tch::no_grad(|| teacher.synthesize_steps(&plan[..until])))
@@ -241,7 +241,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         let after_step = |t: usize, state: &LearnerState| {
             if failed.is_none() && missing.contains(&(t + 1)) {
                 // The training steps queued on a GPU are training time, not evaluation's.
-                crate::bench::synchronize(device);
+                crate::clock::synchronize(device);
                 let eval_start = Instant::now();
                 let valid_accuracy = eval::test_accuracy(&learner, state, &valid);
                 let test_accuracy = eval::test_accuracy(&learner, state, &test);
