@@ -25,14 +25,6 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join(CHECKPOINT_FILE)
 }
 
-/// The sha256 of `dir`'s checkpoint file: what identifies a teacher beyond its config (two runs
-/// of one config on other devices, builds or thread counts differ).
-pub fn checkpoint_sha256(dir: &Path) -> Result<String> {
-    let file = checkpoint_path(dir);
-    let bytes = std::fs::read(&file).with_context(|| format!("{}: cannot read", file.display()))?;
-    Ok(crate::data::fetch::sha256_hex(&bytes))
-}
-
 /// Whether `dir` holds a run to continue or keep: a checkpoint, or a log with rows (a run whose
 /// checkpoint was lost). A config with at most a log header is what a start interrupted before
 /// its first save leaves (starting writes them and saves at once): nothing to keep, so a new
@@ -93,8 +85,8 @@ const SAVED_CONFIG: &str = "config";
 
 /// Writes `tensors` (moved to the CPU) to the checkpoint file `path` atomically, with `config`
 /// (TOML) as its metadata: what the run was when these were saved, so that a `config.toml`
-/// edited since can be told from it.
-pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) -> Result<()> {
+/// edited since can be told from it. Returns the sha256 of the file written.
+pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) -> Result<String> {
     let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: cannot write: {e}", path.display());
     let host: Vec<(&str, Tensor)> =
         tensors.iter().map(|(name, t)| (name.as_str(), t.detach().to_device(Device::Cpu).contiguous())).collect();
@@ -117,7 +109,8 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) ->
         .collect::<Result<Vec<_>>>()?;
     let metadata = Some(HashMap::from([(SAVED_CONFIG.to_string(), config.to_string())]));
     let serialized = safetensors::tensor::serialize(views, &metadata).map_err(|e| cannot(&e))?;
-    crate::atomic::write(path, &serialized)
+    crate::atomic::write(path, &serialized)?;
+    Ok(crate::data::fetch::sha256_hex(&serialized))
 }
 
 /// A checkpoint file as read: its tensors (on the CPU), the config it was saved under (absent
@@ -200,7 +193,9 @@ pub fn read_config(dir: &Path) -> Result<Config> {
     Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize) -> Result<()> {
+/// Saves the run in `dir`; returns the checkpoint's sha256, what identifies a teacher beyond its
+/// config (two runs of one config on other devices, builds or thread counts differ).
+pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize) -> Result<String> {
     let named = teacher.named_params();
     let mut tensors = Vec::with_capacity(3 * named.len() + 2);
     for ((name, param), (m, v)) in named.into_iter().zip(adam.m.iter().zip(&adam.v)) {
@@ -315,7 +310,7 @@ pub(crate) mod tests {
             ("steps".to_string(), Tensor::from_slice(&[7i64])),
             ("return".to_string(), Tensor::from_slice(&[0.1f64])),
         ];
-        write_tensors(&path, &written, "seed = 3\n").unwrap();
+        let sha256 = write_tensors(&path, &written, "seed = 3\n").unwrap();
         let read = read_tensors(&path).unwrap();
         assert_eq!(read.saved_config.as_deref(), Some("seed = 3\n"));
         assert_eq!(read.tensors.len(), written.len());
@@ -325,6 +320,7 @@ pub(crate) mod tests {
             assert!(back.equal(t), "{name}: {back} read back, {t} written");
         }
         assert_eq!(read.sha256, crate::data::fetch::sha256_hex(&std::fs::read(&path).unwrap()));
+        assert_eq!(read.sha256, sha256);
         let err = read_tensors(&dir.path().join("none.safetensors")).err().unwrap().to_string();
         assert!(err.ends_with("none.safetensors: cannot read"), "{err}");
     }

@@ -263,7 +263,7 @@ fn teacher_curves(
         version: MEASUREMENT_VERSION,
         data_dir,
         meta_iteration: trainer.iteration,
-        checkpoint_sha256: crate::checkpoint::checkpoint_sha256(dir)?,
+        checkpoint_sha256: trainer.checkpoint_sha256()?.to_string(),
         learner: cohort.kind,
         bn_eval: cohort.bn_eval,
         before_last_update: cohort.before_last_update,

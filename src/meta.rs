@@ -81,8 +81,8 @@ pub struct Trainer {
     adam: Adam,
     /// Meta-iterations completed.
     pub iteration: usize,
-    /// Iteration of the checkpoint on disk, if any.
-    last_saved: Option<usize>,
+    /// Iteration and sha256 of the checkpoint on disk, if any.
+    last_saved: Option<(usize, String)>,
     dir: PathBuf,
     data: Dataset,
     /// What a diverged run's error says to do (default: edit its config and resume it).
@@ -160,7 +160,7 @@ impl Trainer {
             return Trainer::create(&config, dir, device);
         }
         let lock = checkpoint::lock_run(dir)?;
-        let Checkpoint { mut teacher, adam, iteration, .. } = checkpoint::load(dir, device)?;
+        let Checkpoint { mut teacher, adam, iteration, sha256 } = checkpoint::load(dir, device)?;
         settings.apply(&mut teacher.config);
         teacher.config.validate()?;
         let data = load_data(&teacher.config, device)?;
@@ -169,7 +169,7 @@ impl Trainer {
             teacher,
             adam,
             iteration,
-            last_saved: Some(iteration),
+            last_saved: Some((iteration, sha256)),
             dir: dir.to_path_buf(),
             data,
             divergence_advice: None,
@@ -277,7 +277,7 @@ impl Trainer {
 
     fn diverged(&self, what: &str) -> anyhow::Error {
         let (i, dir) = (self.iteration, self.dir.display());
-        let last = self.last_saved.expect("a run saves a checkpoint when it is created");
+        let (last, _) = self.last_saved.as_ref().expect("a run saves a checkpoint when it is created");
         let advice = self.divergence_advice.clone().unwrap_or_else(|| {
             format!(
                 "lower outer_lr or grad_clip in {dir}/{} and run `gtn train --resume {dir}`",
@@ -290,9 +290,22 @@ impl Trainer {
     }
 
     pub fn save(&mut self) -> Result<()> {
-        checkpoint::save(&self.dir, &self.teacher, &self.adam, self.iteration)?;
-        self.last_saved = Some(self.iteration);
+        let sha256 = checkpoint::save(&self.dir, &self.teacher, &self.adam, self.iteration)?;
+        self.last_saved = Some((self.iteration, sha256));
         Ok(())
+    }
+
+    /// The sha256 of the checkpoint holding the teacher as it is now: what identifies it beyond
+    /// its config. An error if the current state is not saved.
+    pub fn checkpoint_sha256(&self) -> Result<&str> {
+        match &self.last_saved {
+            Some((iteration, sha256)) if *iteration == self.iteration => Ok(sha256),
+            _ => bail!(
+                "{}: the teacher at meta-iteration {} is not saved yet",
+                checkpoint::checkpoint_path(&self.dir).display(),
+                self.iteration
+            ),
+        }
     }
 
     /// Runs until `meta_iters`, logging every iteration and checkpointing every `save_every`
@@ -1140,10 +1153,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
         trainer.step().unwrap();
+        let err = trainer.checkpoint_sha256().unwrap_err().to_string();
+        assert!(err.ends_with("checkpoint.safetensors: the teacher at meta-iteration 1 is not saved yet"), "{err}");
         trainer.save().unwrap();
         let loaded = checkpoint::load(dir.path(), Device::Cpu).unwrap();
         assert_eq!(loaded.iteration, 1);
-        assert_eq!(loaded.sha256, checkpoint::checkpoint_sha256(dir.path()).unwrap());
+        let on_disk = crate::data::fetch::sha256_hex(&std::fs::read(checkpoint::checkpoint_path(dir.path())).unwrap());
+        assert_eq!(
+            (loaded.sha256.as_str(), trainer.checkpoint_sha256().unwrap()),
+            (on_disk.as_str(), on_disk.as_str())
+        );
         for ((n, a), (_, b)) in loaded.teacher.named_params().iter().zip(trainer.teacher.named_params()) {
             assert!(a.equal(&b), "{n} differs after reload");
         }
