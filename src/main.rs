@@ -290,6 +290,10 @@ struct TrainArgs {
     /// After training, evaluate this many fresh learners (0: skip).
     #[arg(long, default_value_t = 0)]
     eval_learners: usize,
+    /// Score those learners as the reference logs its test accuracy: the weights before the last
+    /// step's update, with that step's batch statistics (a run with `bn_eval = "train"`).
+    #[arg(long, requires = "eval_learners")]
+    before_last_update: bool,
 }
 
 #[derive(Args)]
@@ -748,6 +752,7 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
         (Some(dir), _) => {
             let settings = RunSettings { data_dir: absolute_data_dir(&args)?, checkpoint_every: args.checkpoint_every };
             let t = Trainer::resume(dir, device, &settings)?;
+            check_before_last_update(args.before_last_update, t.config())?;
             println!("resuming {} at meta-iteration {}", dir.display(), t.iteration);
             t
         }
@@ -764,6 +769,7 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
             config.data_dir = absolute_data_dir(&args)?.or(from_file);
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
+            check_before_last_update(args.before_last_update, &config)?;
             let t = Trainer::open(&config, out, device, args.budget_minutes.is_some(), Some("gtn train"))?;
             gtn::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
             t
@@ -793,12 +799,21 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
             data: &data,
             kind: c.learner,
             bn_eval: c.bn_eval,
-            before_last_update: false,
+            before_last_update: args.before_last_update,
             learners: args.eval_learners,
             seed: 0,
         };
         let report = eval::evaluate_teacher(&trainer.teacher, &cohort, c.inner_steps)?;
         print_report(&report, false, &format!("{} after {} meta-iterations", dir.display(), trainer.iteration));
+    }
+    Ok(())
+}
+
+/// Before any training: `--before-last-update` scores with the last training batch's statistics,
+/// which a run scored with each test batch's does not record.
+fn check_before_last_update(before_last_update: bool, config: &Config) -> Result<()> {
+    if before_last_update && config.bn_eval != BnEval::Train {
+        bail!("--before-last-update: the run scores batch norm with each test batch's statistics (`bn_eval = \"batch\"`); expected a run with `bn_eval = \"train\"` (--config)");
     }
     Ok(())
 }

@@ -109,6 +109,31 @@ fn resume_of_a_finished_run_does_no_more_work() {
     stdout(&gtn(&["train", "--preset", "tiny", "--config", file_arg, "--out", other_arg, "--eval-learners", "0"]));
     let config = std::fs::read_to_string(other.join("config.toml")).unwrap();
     assert!(config.contains(&stored), "{config}");
+
+    // Learners scored as the reference logs: refused before any training for a run that does not
+    // record the last training batch's statistics, and only with learners to score.
+    let scored = run.with_file_name("scored");
+    let scored_arg = scored.to_str().unwrap();
+    let before = ["--eval-learners", "2", "--before-last-update"];
+    let err =
+        error_line(&gtn(
+            &[&["train", "--preset", "tiny", "--config", file_arg, "--out", scored_arg], &before[..]].concat()
+        ));
+    assert!(
+        err.contains("error: --before-last-update: the run scores batch norm with each test batch's statistics"),
+        "{err}"
+    );
+    assert!(!scored.exists(), "refused before the run was started");
+    let err = error_line(&gtn(&[&["train", "--resume", other_arg], &before[..]].concat()));
+    assert!(err.contains("error: --before-last-update: the run scores batch norm"), "{err}");
+    let out = gtn(&["train", "--resume", other_arg, "--before-last-update"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--eval-learners"), "{err}");
+    std::fs::write(&file, "data_dir = \"tests/fixtures/mnist\"\nmeta_iters = 1\nbn_eval = \"train\"\n").unwrap();
+    let out = stdout(&gtn(
+        &[&["train", "--preset", "tiny", "--config", file_arg, "--out", scored_arg], &before[..]].concat()
+    ));
+    assert!(out.contains("real test accuracy after 4 steps (scored before the last update)"), "{out}");
 }
 
 #[test]
