@@ -188,7 +188,7 @@ struct NasArgs {
     /// One architecture per line (canonical encoding; `#` comments).
     #[arg(long, conflicts_with = "sample", required_unless_present = "sample")]
     archs: Option<PathBuf>,
-    /// N distinct random architectures drawn from --seed.
+    /// N distinct random architectures drawn from --seed (distinct as text).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     sample: Option<u64>,
     /// This process takes architectures k with k % n == i (job arrays).

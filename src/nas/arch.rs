@@ -97,7 +97,9 @@ impl Cell {
         Ok(Cell { nodes })
     }
 
-    /// A uniformly random cell: each input's state and op drawn independently.
+    /// A random cell: each input's state and op drawn uniformly and independently, as ENAS's
+    /// sampler does. Not uniform over canonical encodings: once a node's inputs are sorted, two
+    /// different inputs are twice as likely as the same input twice.
     pub fn sample(rng: &mut StdRng) -> Cell {
         let nodes = std::array::from_fn(|j| Node {
             inputs: std::array::from_fn(|_| Input {
