@@ -149,6 +149,9 @@ fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device:
         "lower outer_lr or grad_clip for every teacher (`--config F.toml`) and compare again with another --out";
     let mut trainer =
         Trainer::open(config, dir, device, budget.is_some(), None)?.with_divergence_advice(advice.to_owned());
+    if let Some(note) = trainer.budget_note().filter(|_| budget.is_some()) {
+        eprintln!("{note}");
+    }
     trainer.run(true, budget)?;
     Ok(trainer)
 }

@@ -772,6 +772,9 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
             check_before_last_update(args.before_last_update, &config)?;
             let t = Trainer::open(&config, out, device, args.budget_minutes.is_some(), Some("gtn train"))?;
             gtn::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
+            if let Some(note) = t.budget_note().filter(|_| args.budget_minutes.is_some()) {
+                println!("{note}");
+            }
             t
         }
         (None, None) => bail!("--out DIR or --resume DIR is required"),

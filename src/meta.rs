@@ -269,6 +269,20 @@ impl Trainer {
         })
     }
 
+    /// When a time budget given at the start shortened this run below the meta-iterations asked
+    /// for, what a later, larger budget does not change (a run keeps its length, so its cosine
+    /// decay completes): for a repeated budgeted command that continues or reuses the run.
+    pub fn budget_note(&self) -> Option<String> {
+        let c = self.config();
+        c.meta_iters_requested.filter(|&asked| asked > c.meta_iters).map(|asked| {
+            format!(
+                "{}: {} of the {asked} meta-iterations asked for, as the time budget given when the run started chose; another budget does not change a run's length (remove the folder, or use another --out, to train under it)",
+                self.dir.display(),
+                c.meta_iters
+            )
+        })
+    }
+
     /// Replaces the advice of a diverged run's error, for callers whose runs are not resumed with
     /// `gtn train --resume`.
     pub fn with_divergence_advice(self, advice: String) -> Trainer {
@@ -1046,12 +1060,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config { meta_iters: 6, ..fixture_config() };
         let mut first = Trainer::open(&config, dir.path(), Device::Cpu, true, Some("gtn train")).unwrap();
+        assert_eq!(first.budget_note(), None, "not before the budget chose");
         first.run(false, Some(Duration::from_nanos(1))).unwrap();
         let stored = checkpoint::read_config(dir.path()).unwrap();
         assert_eq!((stored.meta_iters, stored.meta_iters_requested), (1, Some(6)));
         drop(first);
         let again = Trainer::open(&config, dir.path(), Device::Cpu, true, Some("gtn train")).unwrap();
         assert_eq!((again.iteration, again.config().meta_iters), (1, 1));
+        let note = again.budget_note().unwrap();
+        assert!(note.ends_with(": 1 of the 6 meta-iterations asked for, as the time budget given when the run started chose; another budget does not change a run's length (remove the folder, or use another --out, to train under it)"), "{note}");
         let other = Config { meta_iters: 7, ..config.clone() };
         let err = Trainer::open(&other, dir.path(), Device::Cpu, true, None).err().unwrap().to_string();
         assert!(err.contains("(meta_iters 6 there, 7 here)"), "{err}");
