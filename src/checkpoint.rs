@@ -151,7 +151,10 @@ pub fn check_edits<C: Serialize + DeserializeOwned>(
     let Some(saved) = &stored.saved_config else { return Ok(()) };
     let file = dir.join(CONFIG_FILE);
     let saved: C = crate::config::parse_toml(saved).map_err(|e| {
-        anyhow::anyhow!("{}: the config stored in it cannot be read ({e})", checkpoint_path(dir).display())
+        anyhow::anyhow!(
+            "{}: the config stored in it is not this command's ({e}); the checkpoint is another kind of run's, or a newer gtn's",
+            checkpoint_path(dir).display()
+        )
     })?;
     let edited: Vec<String> = crate::config::differences(&saved, current)?
         .into_iter()
@@ -205,7 +208,7 @@ pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize) -> Res
     }
     tensors.push(("adam.steps".into(), Tensor::from_slice(&[adam.steps])));
     tensors.push(("iteration".into(), Tensor::from_slice(&[iteration as i64])));
-    write_tensors(&checkpoint_path(dir), &tensors, &teacher.config.to_toml()?)
+    write_tensors(&checkpoint_path(dir), &tensors, &teacher.config.without_session_settings().to_toml()?)
 }
 
 /// A loaded run: its teacher, outer-optimiser state and completed iterations.
@@ -278,10 +281,16 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     }
     let scalar = |name: &str| -> Result<i64> { Ok(take(name, &[1])?.to_kind(Kind::Int64).int64_value(&[0])) };
     let (steps, iteration) = (scalar("adam.steps")?, scalar("iteration")?);
-    if iteration < 0 || iteration as usize > config.meta_iters || steps != iteration {
+    if iteration < 0 || steps != iteration {
         bail!(
-            "{}: iteration {iteration} with {steps} optimiser steps is inconsistent with meta_iters = {} in {CONFIG_FILE}; the checkpoint is corrupt or from another run",
-            path.display(),
+            "{}: iteration {iteration} with {steps} optimiser steps is inconsistent; the checkpoint is corrupt",
+            path.display()
+        );
+    }
+    if iteration as usize > config.meta_iters {
+        bail!(
+            "{}: meta_iters = {} is below the {iteration} meta-iterations the run's checkpoint has done; expected at least {iteration}",
+            dir.join(CONFIG_FILE).display(),
             config.meta_iters
         );
     }

@@ -221,6 +221,13 @@ impl Config {
         "data_dir",
     ];
 
+    /// Without the settings of one session (where the data is read from, gradient checkpointing):
+    /// what identifies a run, and what its checkpoints store, so that a teacher's bytes do not
+    /// depend on them.
+    pub fn without_session_settings(&self) -> Config {
+        Config { data_dir: None, checkpoint_every: 0, ..self.clone() }
+    }
+
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self).context("config cannot be written as TOML")
     }

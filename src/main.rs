@@ -292,7 +292,7 @@ struct TrainArgs {
     eval_learners: usize,
     /// Score those learners as the reference logs its test accuracy: the weights before the last
     /// step's update, with that step's batch statistics (a run with `bn_eval = "train"`).
-    #[arg(long, requires = "eval_learners")]
+    #[arg(long)]
     before_last_update: bool,
 }
 
@@ -751,8 +751,8 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
     let mut trainer = match (&args.resume, &args.out) {
         (Some(dir), _) => {
             let settings = RunSettings { data_dir: absolute_data_dir(&args)?, checkpoint_every: args.checkpoint_every };
+            check_before_last_update(&args, &checkpoint::read_config(dir)?)?;
             let t = Trainer::resume(dir, device, &settings)?;
-            check_before_last_update(args.before_last_update, t.config())?;
             println!("resuming {} at meta-iteration {}", dir.display(), t.iteration);
             t
         }
@@ -769,7 +769,7 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
             config.data_dir = absolute_data_dir(&args)?.or(from_file);
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
-            check_before_last_update(args.before_last_update, &config)?;
+            check_before_last_update(&args, &config)?;
             let t = Trainer::open(&config, out, device, args.budget_minutes.is_some(), Some("gtn train"))?;
             gtn::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
             if let Some(note) = t.budget_note().filter(|_| args.budget_minutes.is_some()) {
@@ -814,8 +814,14 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
 
 /// Before any training: `--before-last-update` scores with the last training batch's statistics,
 /// which a run scored with each test batch's does not record.
-fn check_before_last_update(before_last_update: bool, config: &Config) -> Result<()> {
-    if before_last_update && config.bn_eval != BnEval::Train {
+fn check_before_last_update(args: &TrainArgs, config: &Config) -> Result<()> {
+    if !args.before_last_update {
+        return Ok(());
+    }
+    if args.eval_learners == 0 {
+        bail!("--before-last-update: scores the learners --eval-learners K trains after meta-training; expected K of 1 or more");
+    }
+    if config.bn_eval != BnEval::Train {
         bail!("--before-last-update: the run scores batch norm with each test batch's statistics (`bn_eval = \"batch\"`); expected a run with `bn_eval = \"train\"` (--config)");
     }
     Ok(())

@@ -140,9 +140,7 @@ impl Trainer {
         let comparable = |c: &Config| Config {
             meta_iters: c.meta_iters_requested.filter(|_| budgeted).unwrap_or(c.meta_iters),
             meta_iters_requested: None,
-            data_dir: None,
-            checkpoint_every: 0,
-            ..c.clone()
+            ..c.without_session_settings()
         };
         crate::config::same_run(dir, stored.map(|s| comparable(&s)), &comparable(config), resume_command)?;
         let settings =
@@ -1145,12 +1143,25 @@ mod tests {
         let config = fixture_config();
         let mut trainer = Trainer::create(&config, dir.path(), Device::Cpu).unwrap();
         trainer.step().unwrap();
+        trainer.step().unwrap();
         trainer.save().unwrap();
         drop(trainer);
-        let lowered = Config { outer_lr: config.outer_lr / 2.0, grad_clip: 1.0, meta_iters: 3, ..config.clone() };
+        let lowered = Config { outer_lr: config.outer_lr / 2.0, grad_clip: 1.0, meta_iters: 1, ..config.clone() };
         checkpoint::write_config(dir.path(), &lowered).unwrap();
+        let err = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).err().unwrap().to_string();
+        assert!(err.ends_with("config.toml: meta_iters = 1 is below the 2 meta-iterations the run's checkpoint has done; expected at least 2"), "{err}");
+        let lowered = Config { meta_iters: 3, ..lowered };
+        checkpoint::write_config(dir.path(), &lowered).unwrap();
+        // Session settings are not stored with the teacher: saving under them changes no byte.
+        let saved = |settings: &RunSettings| {
+            Trainer::resume(dir.path(), Device::Cpu, settings).unwrap().save().unwrap();
+            std::fs::read(checkpoint::checkpoint_path(dir.path())).unwrap()
+        };
+        let plain = saved(&RunSettings::default());
+        let elsewhere = RunSettings { data_dir: Some(fixture_dir().join(".")), checkpoint_every: Some(1) };
+        assert!(saved(&elsewhere) == plain, "the same teacher, saved with other session settings, differs");
         let resumed = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).unwrap();
-        assert_eq!((resumed.iteration, resumed.config()), (1, &lowered));
+        assert_eq!((resumed.iteration, resumed.config()), (2, &lowered));
         drop(resumed);
         let other = Config { seed: config.seed + 1, valid_size: config.valid_size + 1, ..lowered };
         checkpoint::write_config(dir.path(), &other).unwrap();
@@ -1163,6 +1174,15 @@ mod tests {
             other.valid_size
         );
         assert!(err.contains(&expected), "{err}");
+        checkpoint::write_config(dir.path(), &config).unwrap();
+        let theta = [("theta".to_string(), Tensor::zeros([3], (tch::Kind::Float, Device::Cpu)))];
+        checkpoint::write_tensors(&checkpoint::checkpoint_path(dir.path()), &theta, "env = \"cartpole\"").unwrap();
+        let err = checkpoint::load(dir.path(), Device::Cpu).err().unwrap().to_string();
+        assert!(
+            err.contains("checkpoint.safetensors: the config stored in it is not this command's (")
+                && err.contains("unknown field `env`"),
+            "{err}"
+        );
     }
 
     #[test]

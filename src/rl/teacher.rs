@@ -27,7 +27,8 @@ pub struct EnvTeacher {
     /// express. Plain floats rather than a tensor so the ES worker threads can share the teacher.
     noise: Vec<f32>,
     /// The parameter vector the run started from: stored, so `gtn rl eval` scores this run's
-    /// untrained teacher even if `seed` in its config.toml was edited since.
+    /// untrained teacher even from a checkpoint of an older build (which does not store its
+    /// config, so an edited `seed` in config.toml goes unrefused).
     pub initial: Vec<f32>,
 }
 

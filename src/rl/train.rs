@@ -169,10 +169,16 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let (m, v) = (take("adam.m", &dim, Kind::Float)?, take("adam.v", &dim, Kind::Float)?);
     let steps = take("adam.steps", &[1], Kind::Int64)?.int64_value(&[0]);
     let generation = take("generation", &[1], Kind::Int64)?.int64_value(&[0]);
-    if generation < 0 || generation as usize > config.generations || steps != generation {
+    if generation < 0 || steps != generation {
         bail!(
-            "{}: generation {generation} with {steps} optimiser steps is inconsistent with generations = {} in {CONFIG_FILE}",
-            path.display(),
+            "{}: generation {generation} with {steps} optimiser steps is inconsistent; the checkpoint is corrupt",
+            path.display()
+        );
+    }
+    if generation as usize > config.generations {
+        bail!(
+            "{}: generations = {} is below the {generation} generations the run's checkpoint has done; expected at least {generation}",
+            dir.join(CONFIG_FILE).display(),
             config.generations
         );
     }
@@ -606,8 +612,15 @@ mod tests {
     #[test]
     fn an_edited_config_is_refused_outside_the_keys_a_run_may_change() {
         let dir = tempfile::tempdir().unwrap();
-        EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        let mut trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        trainer.step().unwrap();
+        trainer.step().unwrap();
+        trainer.save().unwrap();
+        drop(trainer);
         let config_file = dir.path().join(CONFIG_FILE);
+        std::fs::write(&config_file, RlConfig { generations: 1, ..tiny(4) }.to_toml().unwrap()).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.ends_with("config.toml: generations = 1 is below the 2 generations the run's checkpoint has done; expected at least 2"), "{err}");
         let lowered = RlConfig { outer_lr: 0.01, sigma: 0.05, generations: 9, ..tiny(4) };
         std::fs::write(&config_file, lowered.to_toml().unwrap()).unwrap();
         assert_eq!(load(dir.path()).unwrap().teacher.config, lowered);
