@@ -280,22 +280,30 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
         );
     }
     let scalar = |name: &str| -> Result<i64> { Ok(take(name, &[1])?.to_kind(Kind::Int64).int64_value(&[0])) };
-    let (steps, iteration) = (scalar("adam.steps")?, scalar("iteration")?);
-    if iteration < 0 || steps != iteration {
-        bail!(
-            "{}: iteration {iteration} with {steps} optimiser steps is inconsistent; the checkpoint is corrupt",
-            path.display()
-        );
-    }
-    if iteration as usize > config.meta_iters {
-        bail!(
-            "{}: meta_iters = {} is below the {iteration} meta-iterations the run's checkpoint has done; expected at least {iteration}",
-            dir.join(CONFIG_FILE).display(),
-            config.meta_iters
-        );
-    }
+    let steps = scalar("adam.steps")?;
+    let iteration =
+        check_progress(dir, scalar("iteration")?, steps, ("meta_iters", config.meta_iters), "meta-iteration")?;
     let adam = Adam { m, v, steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
-    Ok(Checkpoint { teacher, adam, iteration: iteration as usize, sha256: file.sha256 })
+    Ok(Checkpoint { teacher, adam, iteration, sha256: file.sha256 })
+}
+
+/// The `unit`s a run's checkpoint in `dir` has done (`done`), checked against its optimiser's
+/// `steps` (one per unit) and against the run's length, the config key `length`.
+pub fn check_progress(dir: &Path, done: i64, steps: i64, length: (&str, usize), unit: &str) -> Result<usize> {
+    if done < 0 || steps != done {
+        bail!(
+            "{}: {unit} {done} with {steps} optimiser steps is inconsistent; the checkpoint is corrupt",
+            checkpoint_path(dir).display()
+        );
+    }
+    let (key, length) = length;
+    if done as usize > length {
+        bail!(
+            "{}: {key} = {length} is below the {done} {unit}s the run's checkpoint has done; expected at least {done}",
+            dir.join(CONFIG_FILE).display()
+        );
+    }
+    Ok(done as usize)
 }
 
 #[cfg(test)]
@@ -308,6 +316,18 @@ pub(crate) mod tests {
         let tensors = Tensor::read_safetensors(path).unwrap();
         Tensor::write_safetensors(&tensors, path).unwrap();
         assert_eq!(read_tensors(path).unwrap().saved_config, None);
+    }
+
+    #[test]
+    fn progress_is_checked_against_the_optimiser_and_the_runs_length() {
+        let dir = Path::new("run");
+        let check = |done, steps, length| check_progress(dir, done, steps, ("meta_iters", length), "meta-iteration");
+        assert_eq!(check(2, 2, 2).unwrap(), 2);
+        let err = check(3, 2, 5).unwrap_err().to_string();
+        assert_eq!(err, "run/checkpoint.safetensors: meta-iteration 3 with 2 optimiser steps is inconsistent; the checkpoint is corrupt");
+        assert!(check(-1, -1, 5).unwrap_err().to_string().contains("meta-iteration -1 with -1 optimiser steps"));
+        let err = check(2, 2, 1).unwrap_err().to_string();
+        assert_eq!(err, "run/config.toml: meta_iters = 1 is below the 2 meta-iterations the run's checkpoint has done; expected at least 2");
     }
 
     #[test]

@@ -169,19 +169,8 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let (m, v) = (take("adam.m", &dim, Kind::Float)?, take("adam.v", &dim, Kind::Float)?);
     let steps = take("adam.steps", &[1], Kind::Int64)?.int64_value(&[0]);
     let generation = take("generation", &[1], Kind::Int64)?.int64_value(&[0]);
-    if generation < 0 || steps != generation {
-        bail!(
-            "{}: generation {generation} with {steps} optimiser steps is inconsistent; the checkpoint is corrupt",
-            path.display()
-        );
-    }
-    if generation as usize > config.generations {
-        bail!(
-            "{}: generations = {} is below the {generation} generations the run's checkpoint has done; expected at least {generation}",
-            dir.join(CONFIG_FILE).display(),
-            config.generations
-        );
-    }
+    let generation =
+        crate::checkpoint::check_progress(dir, generation, steps, ("generations", config.generations), "generation")?;
     let reference = match config.objective {
         Objective::Es if stored.contains_key("reference.actions") => bail!(
             "{}: holds an imitation reference (tensor `reference.actions`) but {CONFIG_FILE} says objective = \"es\"; a run cannot change its objective: start a new one",
@@ -231,7 +220,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         bail!("{}: NaN or infinite values in {}", path.display(), floats[k].0);
     }
     let adam = Adam { m: vec![m], v: vec![v], steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
-    Ok(Checkpoint { teacher, theta, adam, generation: generation as usize, reference })
+    Ok(Checkpoint { teacher, theta, adam, generation, reference })
 }
 
 pub struct EsTrainer {
