@@ -171,6 +171,10 @@ mod tests {
         let x = g.forward(&p, &z, &Tensor::from_slice(&[0i64, 1, 2, 3, 4]));
         assert_eq!(x.size(), [5, 1, 28, 28]);
         assert!(x.abs().max().double_value(&[]) <= 2.0);
+        // Not collapsed: the images use the range and differ from one another.
+        assert!(x.abs().max().double_value(&[]) > 0.5);
+        let spread = x.std_dim([0i64].as_slice(), true, false).mean(None::<Kind>).double_value(&[]);
+        assert!(spread > 0.05, "images barely differ: mean per-pixel std {spread}");
     }
 
     #[test]

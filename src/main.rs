@@ -224,8 +224,9 @@ struct NasTrainArgs {
     /// state read directly (flatten), or its global average (global-pool, as in ENAS).
     #[arg(long, value_enum, default_value_t = nas::network::NetConfig::CPU.head)]
     head: nas::network::Head,
-    /// Real-data batch size, learning rate and momentum.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Real-data batch size (at least 2: batch norm over one image is constant), learning rate
+    /// and momentum.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
     batch_size: u64,
     #[arg(long, default_value_t = 0.1, value_parser = parse_lr)]
     lr: f64,
@@ -431,7 +432,8 @@ enum BaselineCommand {
         steps: u64,
         #[arg(long, value_enum, default_value = "base-fc")]
         learner: LearnerKind,
-        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+        /// At least 2: batch norm over one image is constant.
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
         batch_size: u64,
         /// Learning rates and momenta to sweep; the best mean test accuracy is reported.
         #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05,0.1,0.2", value_parser = parse_lr)]

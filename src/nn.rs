@@ -218,8 +218,8 @@ pub enum Norm<'a> {
     /// layers: the mean; full batch norm: the mean, then the biased variance it normalised with).
     /// They keep their graph: a loss scored with them differentiates into the training batch.
     Record(Vec<Tensor>),
-    /// Statistics recorded by [`Norm::Record`], consumed in the same order.
-    Given(std::slice::Iter<'a, Tensor>),
+    /// Statistics recorded by [`Norm::Record`], consumed in the same order (`used` so far).
+    Given { stats: &'a [Tensor], used: usize },
     /// No statistics yet (a learner scored before its first training step): the reference's
     /// initial running statistics, mean 0 and variance 1.
     Init,
@@ -237,10 +237,10 @@ impl Norm<'_> {
     /// `forward` run with [`Norm::Given`] `stats`, which it must consume to the last: statistics
     /// left over were recorded by another network.
     pub fn given<T>(stats: &[Tensor], forward: impl FnOnce(&mut Norm) -> T) -> T {
-        let mut norm = Norm::Given(stats.iter());
+        let mut norm = Norm::Given { stats, used: 0 };
         let out = forward(&mut norm);
-        let Norm::Given(mut rest) = norm else { unreachable!("given statistics stay given") };
-        assert!(rest.next().is_none(), "{} batch-norm statistics, more than the network's layers take", stats.len());
+        let Norm::Given { used, .. } = norm else { unreachable!("given statistics stay given") };
+        assert_eq!(used, stats.len(), "batch-norm statistics given, more than the network's layers took");
         out
     }
 
@@ -252,8 +252,8 @@ impl Norm<'_> {
                 stats.push(x.mean_dim(channel_dims(x), false, None::<Kind>));
                 bn_leaky_relu(x, bias)
             }
-            Norm::Given(stats) => {
-                let mean = next_stat(stats);
+            Norm::Given { stats, used } => {
+                let mean = next_stat(stats, used);
                 leaky_relu(&(x + per_channel(x, &(bias - mean))))
             }
             Norm::Init => leaky_relu(&(x + per_channel(x, bias))),
@@ -269,8 +269,8 @@ impl Norm<'_> {
                 stats.extend([mean, var]);
                 batch_norm(x, gamma, beta)
             }
-            Norm::Given(stats) => {
-                let (mean, var) = (next_stat(stats), next_stat(stats));
+            Norm::Given { stats, used } => {
+                let (mean, var) = (next_stat(stats, used), next_stat(stats, used));
                 let scale = gamma * (var + BN_EPS).rsqrt();
                 (x - per_channel(x, mean)) * per_channel(x, &scale) + per_channel(x, beta)
             }
@@ -279,8 +279,13 @@ impl Norm<'_> {
     }
 }
 
-fn next_stat<'a>(stats: &mut std::slice::Iter<'a, Tensor>) -> &'a Tensor {
-    stats.next().expect("one recorded statistic per batch-norm layer of the same learner")
+/// The next of the given statistics, which must have been recorded by the same network.
+fn next_stat<'a>(stats: &'a [Tensor], used: &mut usize) -> &'a Tensor {
+    let stat = stats.get(*used).unwrap_or_else(|| {
+        panic!("the network's batch-norm layers take more than the {} statistics given", stats.len())
+    });
+    *used += 1;
+    stat
 }
 
 /// The dimensions batch statistics reduce over: all but the channels (dimension 1).
@@ -554,8 +559,37 @@ mod tests {
         let p = init_params(&specs, &mut rand::SeedableRng::seed_from_u64(0), Kind::Double, Device::Cpu);
         assert!(weight_norm(&p[0], &p[1]).allclose(&p[0], 1e-12, 1e-12, false));
         assert_eq!(p[2].size(), [4]);
+        // Kaiming's std for fan-in 200 is sqrt(2 / 200) = 0.1; 51,200 draws pin it to about 0.3%.
+        let p = init_params(
+            &wn_specs("l", &[256, 200], true),
+            &mut rand::SeedableRng::seed_from_u64(0),
+            Kind::Double,
+            Device::Cpu,
+        );
         let std = f64::try_from(p[0].std(true)).unwrap();
-        assert!((0.2..1.2).contains(&std), "kaiming std for fan_in 6 is 0.58, got {std}");
+        assert!((std - 0.1).abs() < 0.002, "kaiming std for fan-in 200 is 0.1, got {std}");
+    }
+
+    #[test]
+    fn given_statistics_must_be_the_networks_own() {
+        let x = leaf(&[4, 3], 1);
+        let bias = Tensor::zeros([3], (Kind::Double, Device::Cpu));
+        let (_, stats) = Norm::recorded(|norm| norm.bn_leaky_relu(&x, &bias));
+        assert_eq!(stats.len(), 1);
+        Norm::given(&stats, |norm| norm.bn_leaky_relu(&x, &bias));
+        let too_few = std::panic::catch_unwind(|| Norm::given(&[], |norm| norm.bn_leaky_relu(&x, &bias)));
+        let message = *too_few.unwrap_err().downcast::<String>().unwrap();
+        assert_eq!(message, "the network's batch-norm layers take more than the 0 statistics given");
+        let too_many = std::panic::catch_unwind(|| {
+            Norm::given(&[stats[0].shallow_clone(), stats[0].shallow_clone()], |norm| norm.bn_leaky_relu(&x, &bias))
+        });
+        let message = *too_many.unwrap_err().downcast::<String>().unwrap();
+        assert!(
+            message.starts_with(
+                "assertion `left == right` failed: batch-norm statistics given, more than the network's layers took"
+            ),
+            "{message}"
+        );
     }
 
     #[test]
@@ -691,8 +725,14 @@ mod tests {
         // Only a per-channel shift: y - x is constant within each channel.
         let spread = (&y - &x).std_dim([0i64, 2, 3].as_slice(), true, false).max().double_value(&[]);
         assert!(spread < 1e-12, "{spread}");
-        let negative = bn_leaky_relu(&x, &(bias * -10.0));
-        assert!(negative.max().double_value(&[]) < 0.0, "the activation's slope below zero");
+        // Below zero the activation is LEAKY_SLOPE times its input (the centred input plus the bias).
+        let low = &bias * -10.0;
+        let centred = &x - x.mean_dim([0i64, 2, 3].as_slice(), true, None::<Kind>) + low.view([1, 3, 1, 1]);
+        assert!(centred.max().double_value(&[]) < 0.0);
+        assert!(
+            bn_leaky_relu(&x, &low).allclose(&(centred * LEAKY_SLOPE), 1e-12, 1e-12, false),
+            "the slope below zero"
+        );
     }
 
     /// Asserts that `fast` and `plain` agree on `inputs` in values, first derivatives (kept in the
