@@ -576,7 +576,7 @@ mod tests {
         let bias = Tensor::zeros([3], (Kind::Double, Device::Cpu));
         let (_, stats) = Norm::recorded(|norm| norm.bn_leaky_relu(&x, &bias));
         assert_eq!(stats.len(), 1);
-        Norm::given(&stats, |norm| norm.bn_leaky_relu(&x, &bias));
+        let _ = Norm::given(&stats, |norm| norm.bn_leaky_relu(&x, &bias));
         let too_few = std::panic::catch_unwind(|| Norm::given(&[], |norm| norm.bn_leaky_relu(&x, &bias)));
         let message = *too_few.unwrap_err().downcast::<String>().unwrap();
         assert_eq!(message, "the network's batch-norm layers take more than the 0 statistics given");
