@@ -22,6 +22,10 @@ int guarded(F f) {
     } catch (const std::exception &e) {
         last_error = e.what();
         return -1;
+    } catch (...) {
+        // Nothing may unwind into Rust.
+        last_error = "a C++ exception that is not a std::exception";
+        return -1;
     }
 }
 }  // namespace

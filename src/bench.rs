@@ -225,6 +225,12 @@ pub fn run(
         if !folder.is_dir() {
             bail!("--profile {}: folder {} does not exist", trace.display(), folder.display());
         }
+        if trace.is_dir() {
+            bail!("--profile {}: is a folder, expected the path of the trace file to write", trace.display());
+        }
+        tempfile::tempfile_in(folder).map_err(|e| {
+            anyhow::anyhow!("--profile {}: cannot write in {} ({e})", trace.display(), folder.display())
+        })?;
     }
     crate::custom::set_winograd(winograd);
     let scratch = tempfile::tempdir()?;

@@ -57,7 +57,7 @@ enum Command {
     /// Write a PNG grid of the teacher's images, one row per inner step.
     Samples {
         dir: PathBuf,
-        #[arg(short, long)]
+        #[arg(short, long, value_parser = parse_png)]
         output: PathBuf,
         /// Images per row (the first ones of each step's batch).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
@@ -143,8 +143,8 @@ enum NasCommand {
         proxy: Vec<PathBuf>,
         #[arg(long)]
         truth: PathBuf,
-        /// Plot of Spearman correlation vs proxy steps.
-        #[arg(long)]
+        /// Plot of Spearman correlation vs proxy steps (a PNG).
+        #[arg(long, value_parser = parse_png)]
         plot: Option<PathBuf>,
         /// Also write the markdown table here.
         #[arg(long)]
@@ -835,6 +835,15 @@ fn print_report(report: &EvalReport, json: bool, what: &str) {
     } else {
         let before = if report.before_last_update { " (scored before the last update)" } else { "" };
         println!("{what}: real test accuracy after {} steps{before}\n{}", report.steps, report.table());
+    }
+}
+
+/// A path for a PNG image, the only format gtn writes: another extension would name a PNG wrongly.
+fn parse_png(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("png") => Ok(path),
+        _ => Err(format!("`{text}`: gtn writes PNG images; expected a path ending in .png")),
     }
 }
 

@@ -46,6 +46,12 @@ fn train_eval_samples_export() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("'--threads <THREADS>'"), "{err}");
 
+    let out = gtn(&["samples", run.to_str().unwrap(), "-o", tmp.path().join("samples.jpg").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("samples.jpg`: gtn writes PNG images; expected a path ending in .png"),
+        "{err}"
+    );
     let png = tmp.path().join("samples.png");
     stdout(&gtn(&["samples", run.to_str().unwrap(), "-o", png.to_str().unwrap(), "--per-step", "10"]));
     let img = image::open(&png).unwrap();
@@ -190,7 +196,7 @@ fn real_data_baseline_takes_a_validation_size() {
     let data = fixtures();
     let args = ["baseline", "real", "--data-dir", data.to_str().unwrap(), "--steps", "3", "--learners", "2"];
     let err = error_line(&gtn(&args));
-    assert!(err.contains("valid_size 10000 (validation images) leaves no training images"), "{err}");
+    assert!(err.contains("valid_size 10000 (validation images: config key `valid_size` or --valid-size, 10000 by default for mnist) leaves no training images"), "{err}");
     let sweep = ["--valid-size", "112", "--lrs", "0.05,0.1", "--momenta", "0.5", "--json"];
     let report: serde_json::Value = serde_json::from_str(stdout(&gtn(&[&args[..], &sweep].concat())).trim()).unwrap();
     assert_eq!((report["steps"].as_u64(), report["learners"].as_u64()), (Some(3), Some(2)));
@@ -379,17 +385,19 @@ fn bench_runs_base_fc_convolutions_by_winograd_unless_told_not_to() {
     let trace = tmp.path().join("trace.json");
     let fixtures = fixtures();
     let args = ["bench", "--preset", "tiny", "--learner", "base-fc", "--steps", "2", "--meta-iters", "1", "--json"];
+    // Every op the profiled meta-step ran, from its trace.
     let ops = |flags: &[&str]| -> Vec<String> {
         let more = ["--data-dir", fixtures.to_str().unwrap(), "--profile", trace.to_str().unwrap()];
-        let report: serde_json::Value =
-            serde_json::from_str(stdout(&gtn(&[&args[..], &more, flags].concat())).trim()).unwrap();
-        let ops = report["profile"]["top_ops"].as_array().unwrap();
-        ops.iter().map(|op| op["name"].as_str().unwrap().to_owned()).collect()
+        stdout(&gtn(&[&args[..], &more, flags].concat()));
+        let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+        let events = trace["traceEvents"].as_array().unwrap();
+        events.iter().filter_map(|e| e["name"].as_str()).map(str::to_owned).collect()
     };
     // Winograd's form multiplies transformed tiles in batched matrix products.
     let winograd = ops(&[]);
     assert!(winograd.iter().any(|op| op == "aten::bmm"), "{winograd:?}");
     let libtorch = ops(&["--no-winograd"]);
+    assert!(libtorch.iter().any(|op| op == "aten::convolution_backward"), "{libtorch:?}");
     assert!(!libtorch.iter().any(|op| op == "aten::bmm"), "{libtorch:?}");
 }
 
@@ -415,4 +423,6 @@ fn bench_reports_time_memory_and_a_profile() {
     assert!(table.contains("| s / meta-step") && !table.contains("own s"), "{table}");
     let err = error_line(&gtn(&[&args[..], &["--profile", "/nonexistent/trace.json"]].concat()));
     assert!(err.contains("/nonexistent"), "{err}");
+    let err = error_line(&gtn(&[&args[..], &["--profile", tmp.path().to_str().unwrap()]].concat()));
+    assert!(err.ends_with(": is a folder, expected the path of the trace file to write"), "{err}");
 }
