@@ -231,6 +231,9 @@ pub fn run(
         tempfile::tempfile_in(folder).map_err(|e| {
             anyhow::anyhow!("--profile {}: cannot write in {} ({e})", trace.display(), folder.display())
         })?;
+        if std::fs::metadata(trace).is_ok_and(|m| m.permissions().readonly()) {
+            bail!("--profile {}: is read-only; expected a file gtn may replace", trace.display());
+        }
     }
     crate::custom::set_winograd(winograd);
     let scratch = tempfile::tempdir()?;

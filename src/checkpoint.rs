@@ -152,7 +152,7 @@ pub fn check_edits<C: Serialize + DeserializeOwned>(
     let file = dir.join(CONFIG_FILE);
     let saved: C = crate::config::parse_toml(saved).map_err(|e| {
         anyhow::anyhow!(
-            "{}: the config stored in it is not this command's ({e}); the checkpoint is another kind of run's, or a newer gtn's",
+            "{}: the config stored in it is not this command's ({e}); the checkpoint is another kind of run's, or another gtn version's",
             checkpoint_path(dir).display()
         )
     })?;

@@ -264,13 +264,6 @@ impl Config {
                 bail!("config key `{key}` is 0, expected a positive integer");
             }
         }
-        // Batch norm over one sample is constant: it would output its bias whatever the input.
-        if self.batch_size < 2 {
-            bail!("config key `batch_size` is 1, expected at least 2: batch norm over one sample is constant, so neither the generator's images nor a learner's outputs would depend on their inputs");
-        }
-        if self.meta_batch < 2 && self.bn_eval == BnEval::Batch {
-            bail!("config key `meta_batch` is 1, expected at least 2 with `bn_eval = \"batch\"`: batch norm over the one scored image is constant, so the meta-loss would not depend on it");
-        }
         if let Some(requested) = self.meta_iters_requested.filter(|&r| r <= self.meta_iters) {
             bail!(
                 "config key `meta_iters_requested` is {requested}, expected more than `meta_iters` ({}): it records the count a time budget lowered",
@@ -568,10 +561,6 @@ mod tests {
         assert!(err.contains("unknown field `width`"), "{err}");
         let err = Config::tiny().with_overrides_str("curriculum = \"sorted\"").unwrap_err().to_string();
         assert!(err.contains("sorted"), "{err}");
-        assert!(
-            Config::tiny().with_overrides_str("meta_batch = 1\nbn_eval = \"train\"").is_ok(),
-            "scored with training statistics"
-        );
         let err = Config::tiny().with_overrides_str("inner_steps = 0").unwrap_err().to_string();
         assert_eq!(err, "config key `inner_steps` is 0, expected a positive integer");
         let err = Config::tiny().with_overrides_str("init_lr = -1.0").unwrap_err().to_string();
@@ -581,8 +570,6 @@ mod tests {
             ("init_momentum = 1.0", "`init_momentum` is 1, expected a value in (0, 1)"),
             ("adam_beta2 = 1.0", "`adam_beta2` is 1"),
             ("[generator]\nnoise_dim = 0", "`generator.noise_dim` is 0"),
-            ("batch_size = 1", "`batch_size` is 1, expected at least 2: batch norm over one sample is constant"),
-            ("meta_batch = 1", "`meta_batch` is 1, expected at least 2 with `bn_eval = \"batch\"`"),
         ] {
             let err = Config::tiny().with_overrides_str(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

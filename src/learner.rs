@@ -33,6 +33,19 @@ pub enum LearnerKind {
     NasRandom,
 }
 
+impl LearnerKind {
+    /// Whether some batch-norm layer averages over the batch alone (a fully connected layer's):
+    /// over a batch of one it outputs its bias whatever the input, so the learner's outputs would
+    /// not depend on its inputs. The CIFAR learners' average over positions too and pool after.
+    pub fn normalises_over_the_batch_alone(self) -> bool {
+        match self {
+            LearnerKind::BaseFc | LearnerKind::Random | LearnerKind::Mlp => true,
+            LearnerKind::NasRandom => crate::nas::network::NetConfig::CPU.head == crate::nas::network::Head::Hidden,
+            LearnerKind::CifarCnn | LearnerKind::CifarRandom => false,
+        }
+    }
+}
+
 /// Which statistics a trained learner's batch-norm layers use when it is scored (the meta-loss,
 /// intermediate losses, test accuracy). Training always uses each training batch's own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

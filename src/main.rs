@@ -224,9 +224,8 @@ struct NasTrainArgs {
     /// state read directly (flatten), or its global average (global-pool, as in ENAS).
     #[arg(long, value_enum, default_value_t = nas::network::NetConfig::CPU.head)]
     head: nas::network::Head,
-    /// Real-data batch size (at least 2: batch norm over one image is constant), learning rate
-    /// and momentum.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
+    /// Real-data batch size, learning rate and momentum.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
     #[arg(long, default_value_t = 0.1, value_parser = parse_lr)]
     lr: f64,
@@ -432,8 +431,7 @@ enum BaselineCommand {
         steps: u64,
         #[arg(long, value_enum, default_value = "base-fc")]
         learner: LearnerKind,
-        /// At least 2: batch norm over one image is constant.
-        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
         batch_size: u64,
         /// Learning rates and momenta to sweep; the best mean test accuracy is reported.
         #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05,0.1,0.2", value_parser = parse_lr)]
@@ -572,6 +570,9 @@ fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         } => {
+            if batch_size < 2 && learner.normalises_over_the_batch_alone() {
+                bail!("--batch-size {batch_size}: the {learner:?} learner's batch norm over one image is constant; expected at least 2");
+            }
             let dir = data_dir.unwrap_or_else(|| dataset.default_dir());
             let valid_size = valid_size.unwrap_or(dataset.default_valid_size());
             let data = Dataset::load(dataset, &dir, valid_size, gtn::data::DEFAULT_SPLIT_SEED, device)?;

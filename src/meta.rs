@@ -16,11 +16,11 @@ use crate::config::Config;
 use crate::curriculum::StepInput;
 use crate::data::{BatchSampler, Dataset};
 use crate::inner::LearnerState;
-use crate::learner::{Arch, Learner};
+use crate::learner::{Arch, BnEval, Learner};
 use crate::nn;
 use crate::optim::{self, Adam};
 use crate::progress::Progress;
-use crate::teacher::Teacher;
+use crate::teacher::{Teacher, TeacherKind};
 
 pub use crate::checkpoint::LOG_FILE;
 const LOG_HEADER: &str =
@@ -589,6 +589,23 @@ fn check_new_run(config: &Config, data: &Dataset) -> Result<()> {
             "config key `intermediate_loss_every` is {every}, which adds no intermediate loss with `inner_steps` = {steps} (one after every k-th step before the last); expected 0 (none) or less than {steps}"
         );
     }
+    // Batch norm over one sample is constant (see `normalises_over_the_batch_alone`); the
+    // generator's first layer normalises over the batch alone too.
+    let alone = config.learner.normalises_over_the_batch_alone();
+    if config.batch_size < 2 && (alone || config.teacher == TeacherKind::Generator) {
+        bail!(
+            "config key `batch_size` is {}, expected at least 2: batch norm over one sample is constant, so the generator's images would not depend on their noise and label, nor the {:?} learner's outputs on its inputs",
+            config.batch_size,
+            config.learner
+        );
+    }
+    if config.meta_batch < 2 && alone && config.bn_eval == BnEval::Batch {
+        bail!(
+            "config key `meta_batch` is {}, expected at least 2 with `bn_eval = \"batch\"` and the {:?} learner: batch norm over the one scored image is constant, so the meta-loss would not depend on it",
+            config.meta_batch,
+            config.learner
+        );
+    }
     // Real batches are drawn without replacement.
     if config.meta_batch > data.train.len() {
         bail!(
@@ -609,7 +626,6 @@ mod tests {
     use crate::curriculum::CurriculumKind;
     use crate::data::fixture_dir;
     use crate::generator::GeneratorConfig;
-    use crate::learner::BnEval;
     use crate::nn::gradcheck::max_rel_error;
     use crate::teacher::TeacherKind;
     use tch::Kind;
@@ -1135,6 +1151,33 @@ mod tests {
             Device::Cpu
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_new_run_refuses_batch_norm_over_one_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let create = |config: Config, name: &str| Trainer::create(&config, &dir.path().join(name), Device::Cpu);
+        let err = create(Config { batch_size: 1, ..fixture_config() }, "a").err().unwrap().to_string();
+        assert!(
+            err.starts_with("config key `batch_size` is 1, expected at least 2: batch norm over one sample"),
+            "{err}"
+        );
+        let err = create(Config { meta_batch: 1, ..fixture_config() }, "b").err().unwrap().to_string();
+        assert!(
+            err.starts_with(
+                "config key `meta_batch` is 1, expected at least 2 with `bn_eval = \"batch\"` and the Mlp learner"
+            ),
+            "{err}"
+        );
+        assert!(
+            create(Config { meta_batch: 1, bn_eval: BnEval::Train, ..fixture_config() }, "c").is_ok(),
+            "scored with training statistics"
+        );
+        // A stored run is read as written.
+        let stored = Config { batch_size: 1, ..fixture_config() };
+        crate::atomic::write(&dir.path().join("c").join(checkpoint::CONFIG_FILE), stored.to_toml().unwrap().as_bytes())
+            .unwrap();
+        assert_eq!(checkpoint::read_config(&dir.path().join("c")).unwrap(), stored);
     }
 
     #[test]

@@ -153,6 +153,16 @@ fn bad_input_gives_one_line_errors() {
         "error: --preset huge: unknown preset, expected one of paper, cpu, tiny, paper-cifar10, cpu-cifar10"
     );
 
+    // Batch norm over one image is constant: refused where a learner has such a layer.
+    let err = error_line(&gtn(&["baseline", "real", "--batch-size", "1"]));
+    assert_eq!(
+        err,
+        "error: --batch-size 1: the BaseFc learner's batch norm over one image is constant; expected at least 2"
+    );
+    let nas = ["nas", "score", "--proxy", "real", "--sample", "1", "--steps", "1", "--batch-size", "1", "--out"];
+    let err = error_line(&gtn(&[&nas[..], &[out.to_str().unwrap()]].concat()));
+    assert!(err.contains("--batch-size 1: the hidden head's batch norm over one image is constant"), "{err}");
+
     // clap's errors too are one line, naming the flag.
     let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", out.to_str().unwrap(), "--meta-iters", "0"]));
     assert_eq!(err, "error: invalid value '0' for '--meta-iters <META_ITERS>': expected a positive integer");
@@ -196,7 +206,7 @@ fn real_data_baseline_takes_a_validation_size() {
     let data = fixtures();
     let args = ["baseline", "real", "--data-dir", data.to_str().unwrap(), "--steps", "3", "--learners", "2"];
     let err = error_line(&gtn(&args));
-    assert!(err.contains("valid_size 10000 (validation images: config key `valid_size` or --valid-size, 10000 by default for mnist) leaves no training images"), "{err}");
+    assert!(err.contains("valid_size 10000 (validation images held out of the training set: config key `valid_size`, or `--valid-size` of `baseline real` and `nas`) leaves no training images"), "{err}");
     let sweep = ["--valid-size", "112", "--lrs", "0.05,0.1", "--momenta", "0.5", "--json"];
     let report: serde_json::Value = serde_json::from_str(stdout(&gtn(&[&args[..], &sweep].concat())).trim()).unwrap();
     assert_eq!((report["steps"].as_u64(), report["learners"].as_u64()), (Some(3), Some(2)));
@@ -425,4 +435,11 @@ fn bench_reports_time_memory_and_a_profile() {
     assert!(err.contains("/nonexistent"), "{err}");
     let err = error_line(&gtn(&[&args[..], &["--profile", tmp.path().to_str().unwrap()]].concat()));
     assert!(err.ends_with(": is a folder, expected the path of the trace file to write"), "{err}");
+    let locked = tmp.path().join("locked.json");
+    std::fs::write(&locked, "").unwrap();
+    let mut permissions = std::fs::metadata(&locked).unwrap().permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(&locked, permissions).unwrap();
+    let err = error_line(&gtn(&[&args[..], &["--profile", locked.to_str().unwrap()]].concat()));
+    assert!(err.ends_with("locked.json: is read-only; expected a file gtn may replace"), "{err}");
 }

@@ -157,9 +157,7 @@ impl Dataset {
         let n = full_train.len();
         if valid_size >= n {
             bail!(
-                "valid_size {valid_size} (validation images: config key `valid_size` or --valid-size, {} by default for {}) leaves no training images in {} ({n} images); expected fewer than {n}",
-                name.default_valid_size(),
-                name.as_str(),
+                "valid_size {valid_size} (validation images held out of the training set: config key `valid_size`, or `--valid-size` of `baseline real` and `nas`) leaves no training images in {} ({n} images); expected fewer than {n}",
                 dir.display()
             );
         }
@@ -349,7 +347,7 @@ mod tests {
     #[test]
     fn rejects_oversized_validation_split() {
         let err = Dataset::load(DatasetName::Mnist, &fixture_dir(), 512, 0, Device::Cpu).unwrap_err();
-        assert!(err.to_string().contains("valid_size 512 (validation images: config key `valid_size` or --valid-size, 10000 by default for mnist) leaves no training images"), "{err}");
+        assert!(err.to_string().contains("valid_size 512 (validation images held out of the training set: config key `valid_size`, or `--valid-size` of `baseline real` and `nas`) leaves no training images"), "{err}");
     }
 
     fn write_split(dir: &Path, n_img: usize, side: usize, n_lab: usize, label: u8) {

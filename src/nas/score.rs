@@ -134,6 +134,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         bail!("--steps: step counts must be positive");
     }
     opts.net.validate()?;
+    if opts.proxy == Proxy::Real && opts.real.batch < 2 && opts.net.head == crate::nas::network::Head::Hidden {
+        bail!("--batch-size {}: the hidden head's batch norm over one image is constant; expected at least 2 (or another --head)", opts.real.batch);
+    }
     let (teacher, teacher_version) = match &opts.proxy {
         Proxy::Gtn(dir) => {
             let checkpoint::Checkpoint { teacher, iteration, sha256: sha, .. } = checkpoint::load(dir, device)?;
