@@ -754,7 +754,9 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
     let mut trainer = match (&args.resume, &args.out) {
         (Some(dir), _) => {
             let settings = RunSettings { data_dir: absolute_data_dir(&args)?, checkpoint_every: args.checkpoint_every };
-            check_before_last_update(&args, &checkpoint::read_config(dir)?)?;
+            if args.before_last_update {
+                check_before_last_update(&args, &checkpoint::read_config(dir)?)?;
+            }
             let t = Trainer::resume(dir, device, &settings)?;
             println!("resuming {} at meta-iteration {}", dir.display(), t.iteration);
             t
