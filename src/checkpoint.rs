@@ -83,34 +83,54 @@ pub fn check_startable<C: DeserializeOwned>(dir: &Path) -> Result<()> {
 /// The metadata key under which a checkpoint file keeps the config (TOML) it was saved under.
 const SAVED_CONFIG: &str = "config";
 
-/// Writes `tensors` (moved to the CPU) to the checkpoint file `path` atomically, with `config`
-/// (TOML) as its metadata: what the run was when these were saved, so that a `config.toml`
-/// edited since can be told from it. Returns the sha256 of the file written.
+/// Writes `tensors` to the checkpoint file `path` atomically, with `config` (TOML) as its
+/// metadata: what the run was when these were saved, so that a `config.toml` edited since can be
+/// told from it. Each tensor is copied to bytes only as it is written. Returns the sha256 of the
+/// file written.
 pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) -> Result<String> {
     let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: cannot write: {e}", path.display());
-    let host: Vec<(&str, Tensor)> =
-        tensors.iter().map(|(name, t)| (name.as_str(), t.detach().to_device(Device::Cpu).contiguous())).collect();
-    let bytes: Vec<Vec<u8>> = host
+    let views = tensors
         .iter()
-        .map(|(_, t)| {
-            let mut data = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
-            t.f_copy_data_u8(&mut data, t.numel()).map(|()| data)
-        })
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| cannot(&e))?;
-    let views = host
-        .iter()
-        .zip(&bytes)
-        .map(|((name, t), data)| {
+        .map(|(name, t)| {
+            let t = t.detach().to_device(Device::Cpu).contiguous();
             let dtype = t.kind().try_into().map_err(|e| cannot(&e))?;
             let shape = t.size().iter().map(|&d| d as usize).collect();
-            Ok((*name, safetensors::tensor::TensorView::new(dtype, shape, data).map_err(|e| cannot(&e))?))
+            Ok((name.as_str(), HostTensor { t, dtype, shape }))
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = Some(HashMap::from([(SAVED_CONFIG.to_string(), config.to_string())]));
-    let serialized = safetensors::tensor::serialize(views, &metadata).map_err(|e| cannot(&e))?;
-    crate::atomic::write(path, &serialized)?;
-    Ok(crate::data::fetch::sha256_hex(&serialized))
+    crate::atomic::replace_with(path, |tmp| {
+        safetensors::tensor::serialize_to_file(views, &metadata, tmp).map_err(|e| cannot(&e))
+    })?;
+    let written = std::fs::read(path).with_context(|| format!("{}: cannot read back", path.display()))?;
+    Ok(crate::data::fetch::sha256_hex(&written))
+}
+
+/// A contiguous CPU tensor as safetensors writes it: its bytes are copied out when written.
+struct HostTensor {
+    t: Tensor,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+}
+
+impl safetensors::View for HostTensor {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let mut bytes = vec![0u8; self.data_len()];
+        self.t.copy_data_u8(&mut bytes, self.t.numel());
+        bytes.into()
+    }
+
+    fn data_len(&self) -> usize {
+        self.t.numel() * self.t.kind().elt_size_in_bytes()
+    }
 }
 
 /// A checkpoint file as read: its tensors (on the CPU), the config it was saved under (absent
