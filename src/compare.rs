@@ -335,6 +335,12 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     if options.before_last_update && base.bn_eval != BnEval::Train {
         bail!("--before-last-update: the config scores batch norm with each test batch's statistics; expected `bn_eval = \"train\"` (--config)");
     }
+    if options.test_images == 1 && base.bn_eval == BnEval::Batch && base.learner.normalises_over_the_batch_alone() {
+        bail!(
+            "--test-images 1: scored with the test batch's statistics, the {:?} learner's batch norm over one image is constant; expected at least 2 (0: all)",
+            base.learner
+        );
+    }
 
     let t = base.inner_steps;
     let stride = (t / 8).max(1);

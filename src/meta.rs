@@ -592,11 +592,19 @@ fn check_new_run(config: &Config, data: &Dataset) -> Result<()> {
     // Batch norm over one sample is constant (see `normalises_over_the_batch_alone`); the
     // generator's first layer normalises over the batch alone too.
     let alone = config.learner.normalises_over_the_batch_alone();
-    if config.batch_size < 2 && (alone || config.teacher == TeacherKind::Generator) {
+    let generator = config.teacher == TeacherKind::Generator;
+    if config.batch_size < 2 && (alone || generator) {
+        let constant = match (generator, alone) {
+            (true, true) => format!(
+                "the generator's images would not depend on their noise and label, nor the {:?} learner's outputs on its inputs",
+                config.learner
+            ),
+            (true, false) => "the generator's images would not depend on their noise and label".into(),
+            _ => format!("the {:?} learner's outputs would not depend on its inputs", config.learner),
+        };
         bail!(
-            "config key `batch_size` is {}, expected at least 2: batch norm over one sample is constant, so the generator's images would not depend on their noise and label, nor the {:?} learner's outputs on its inputs",
-            config.batch_size,
-            config.learner
+            "config key `batch_size` is {}, expected at least 2: batch norm over one sample is constant, so {constant}",
+            config.batch_size
         );
     }
     if config.meta_batch < 2 && alone && config.bn_eval == BnEval::Batch {
@@ -1162,6 +1170,10 @@ mod tests {
             err.starts_with("config key `batch_size` is 1, expected at least 2: batch norm over one sample"),
             "{err}"
         );
+        assert!(err.ends_with("noise and label, nor the Mlp learner's outputs on its inputs"), "{err}");
+        let pixels = Config { batch_size: 1, teacher: TeacherKind::Pixels, ..fixture_config() };
+        let err = create(pixels, "p").err().unwrap().to_string();
+        assert!(err.ends_with("is constant, so the Mlp learner's outputs would not depend on its inputs"), "{err}");
         let err = create(Config { meta_batch: 1, ..fixture_config() }, "b").err().unwrap().to_string();
         assert!(
             err.starts_with(

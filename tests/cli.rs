@@ -162,6 +162,23 @@ fn bad_input_gives_one_line_errors() {
     let nas = ["nas", "score", "--proxy", "real", "--sample", "1", "--steps", "1", "--batch-size", "1", "--out"];
     let err = error_line(&gtn(&[&nas[..], &[out.to_str().unwrap()]].concat()));
     assert!(err.contains("--batch-size 1: the hidden head's batch norm over one image is constant"), "{err}");
+    let data = fixtures();
+    let nas_eval = ["nas", "score", "--proxy", "real", "--sample", "1", "--steps", "1", "--eval-images", "1"];
+    let paths = ["--valid-size", "16", "--data-dir", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let err = error_line(&gtn(&[&nas_eval[..], &paths[..]].concat()));
+    assert!(
+        err.contains(
+            "--eval-images 1: scored with the batch's statistics, the hidden head's batch norm over one image"
+        ),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let err = error_line(&gtn(&["compare", "--preset", "tiny", "--test-images", "1", "--out", out.to_str().unwrap()]));
+    assert!(
+        err.starts_with("error: --test-images 1: scored with the test batch's statistics, the Mlp learner's"),
+        "{err}"
+    );
+    assert!(!out.exists());
 
     // clap's errors too are one line, naming the flag.
     let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", out.to_str().unwrap(), "--meta-iters", "0"]));

@@ -188,6 +188,14 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     let label = opts.proxy.label();
     // A GTN proxy scores as its teacher was meta-trained to be scored.
     let bn_eval = teacher.as_ref().map_or(BnEval::Batch, |t| t.config.bn_eval);
+    if bn_eval == BnEval::Batch && opts.net.head == crate::nas::network::Head::Hidden && valid.len() < 2 {
+        let given = match &opts.proxy {
+            _ if opts.eval_images < 2 => "--eval-images 1",
+            Proxy::Real => "--valid-size 1",
+            Proxy::Gtn(_) => "the teacher's validation split (valid_size = 1)",
+        };
+        bail!("{given}: scored with the batch's statistics, the hidden head's batch norm over one image is constant; expected at least 2 (or another --head)");
+    }
     let (net, setting) = (net_label(&opts.net), setting(opts, data.valid.len(), bn_eval, teacher_version.as_deref()));
     let dataset = data.name.as_str();
     let (mut out, done) = Appender::open(&opts.out)?;
@@ -368,6 +376,26 @@ mod tests {
             .to_string();
         assert!(err.starts_with("--valid-size 0: expected at least 1"), "{err}");
         assert!(!out.exists());
+    }
+
+    /// The hidden head normalises over the batch alone, so one image scored with the batch's
+    /// statistics gets the same prediction whatever it shows.
+    #[test]
+    fn a_single_validation_image_scored_with_batch_statistics_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.jsonl");
+        assert_eq!(options(&out, Shard::ALL).net.head, Head::Hidden);
+        let err = score(&ScoreOptions { valid_size: Some(1), ..options(&out, Shard::ALL) }, Device::Cpu, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--valid-size 1: scored with the batch's statistics, the hidden head's"), "{err}");
+        assert!(!out.exists());
+        let pooled = NetConfig { head: Head::GlobalPool, ..options(&out, Shard::ALL).net };
+        let opts = ScoreOptions { valid_size: Some(1), net: pooled, steps: vec![1], ..options(&out, Shard::ALL) };
+        assert_eq!(
+            score(&ScoreOptions { archs: sample_distinct(1, 1), ..opts }, Device::Cpu, |_| {}).unwrap().scored,
+            1
+        );
     }
 
     #[test]
