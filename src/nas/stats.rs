@@ -48,6 +48,7 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
 pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> f64 {
     assert_eq!(x.len(), y.len(), "kendall: inputs differ in length");
     let n = x.len();
+    let sign = |d: f64| i64::from(d > 0.0) - i64::from(d < 0.0);
     let (mut concordant, mut discordant, mut tied_x, mut tied_y, mut pairs) = (0i64, 0i64, 0i64, 0i64, 0i64);
     for i in 0..n {
         for j in i + 1..n {
@@ -59,14 +60,15 @@ pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> f64 {
             if dy == 0.0 {
                 tied_y += 1;
             }
-            if dx * dy > 0.0 {
-                concordant += 1;
-            } else if dx * dy < 0.0 {
-                discordant += 1;
+            // By signs, not `dx * dy`, which underflows to 0 for tiny differences.
+            match sign(dx) * sign(dy) {
+                1 => concordant += 1,
+                -1 => discordant += 1,
+                _ => {}
             }
         }
     }
-    let denominator = (((pairs - tied_x) * (pairs - tied_y)) as f64).sqrt();
+    let denominator = ((pairs - tied_x) as f64 * (pairs - tied_y) as f64).sqrt();
     if denominator == 0.0 {
         return f64::NAN;
     }
@@ -109,6 +111,7 @@ mod tests {
         let tau = kendall_tau_b(&[12.0, 2.0, 1.0, 12.0, 2.0], &[1.0, 4.0, 7.0, 1.0, 0.0]);
         assert!(close(tau, -0.47140452079103173), "{tau}");
         assert!(close(tau, -4.0 / 72f64.sqrt()));
+        assert_eq!(kendall_tau_b(&[0.0, 1e-200, 2e-200], &[0.0, 1e-200, 3e-200]), 1.0, "no underflow");
         assert!(close(kendall_tau_b(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0]), 4.0 / 6.0));
         assert!(close(kendall_tau_b(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), -1.0));
         assert!(kendall_tau_b(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]).is_nan());

@@ -98,6 +98,11 @@ pub const MAX_VALUES: usize = 1 << 24;
 /// parameters, 4 GiB of floats), drawn before any candidate is evaluated.
 pub const MAX_DIRECTION_VALUES: usize = 1 << 30;
 
+/// The most real episodes a generation's candidate or an evaluation may draw, and the most
+/// baseline runs: each gets its seeds before any runs, so an unbounded count would try to
+/// allocate them all at once.
+pub const MAX_TRIALS: usize = 1 << 20;
+
 impl RlConfig {
     /// About two minutes on 2 CPU cores (see the README for the measured run).
     pub fn cpu() -> RlConfig {
@@ -257,6 +262,31 @@ impl RlConfig {
                 self.batch_size
             );
         }
+        let draws = [
+            ("policies_per_candidate", self.policies_per_candidate, "episodes_per_policy", self.episodes_per_policy),
+            ("eval_policies", self.eval_policies, "eval_episodes", self.eval_episodes),
+        ];
+        for (policies_key, policies, episodes_key, episodes) in draws {
+            if policies.checked_mul(episodes).is_none_or(|n| n > MAX_TRIALS) {
+                bail!(
+                    "config keys `{policies_key}` x `{episodes_key}` = {policies} x {episodes}: more than {MAX_TRIALS} real episodes, expected at most that"
+                );
+            }
+        }
+        if self.baseline_seeds > MAX_TRIALS {
+            bail!("config key `baseline_seeds` is {}, expected at most {MAX_TRIALS}", self.baseline_seeds);
+        }
+        // Imitation keeps every fresh policy's unrolled graph until the meta-gradient is taken.
+        let held = self.policies_per_candidate.checked_mul(self.inner_steps * self.batch_size * width);
+        if self.objective == Objective::Imitation && held.is_none_or(|n| n > MAX_VALUES) {
+            bail!(
+                "config key `policies_per_candidate` is {}, expected at most {} with `objective = \"imitation\"` (each policy's unroll holds {} x {} x {width} activations until the meta-gradient, at most {MAX_VALUES} values in all)",
+                self.policies_per_candidate,
+                MAX_VALUES / (self.inner_steps * self.batch_size * width),
+                self.inner_steps,
+                self.batch_size
+            );
+        }
         let dim = super::teacher::param_dim(self);
         if self.pairs.checked_mul(dim).is_none_or(|n| n > MAX_DIRECTION_VALUES) {
             bail!(
@@ -341,5 +371,28 @@ mod tests {
             "{too_many}"
         );
         assert!(err(RlConfig { pairs: usize::MAX, ..RlConfig::cpu() }).starts_with("config key `pairs`"));
+
+        assert_eq!(
+            err(RlConfig { eval_policies: 1 << 20, eval_episodes: 2, ..RlConfig::cpu() }),
+            "config keys `eval_policies` x `eval_episodes` = 1048576 x 2: more than 1048576 real episodes, expected at most that"
+        );
+        assert!(RlConfig { eval_policies: 1 << 20, eval_episodes: 1, ..RlConfig::cpu() }.validate().is_ok());
+        let overflowing = RlConfig { policies_per_candidate: usize::MAX, episodes_per_policy: 2, ..RlConfig::cpu() };
+        assert!(err(overflowing).starts_with("config keys `policies_per_candidate` x `episodes_per_policy` ="));
+        assert_eq!(
+            err(RlConfig { baseline_seeds: 1_000_000_000_000, ..RlConfig::cpu() }),
+            "config key `baseline_seeds` is 1000000000000, expected at most 1048576"
+        );
+        // cpu: each fresh policy's unroll holds 8 x 32 x 128 activations, 512 of them 2^24.
+        let imitation = RlConfig { objective: Objective::Imitation, episodes_per_policy: 1, ..RlConfig::cpu() };
+        assert!(RlConfig { policies_per_candidate: 512, ..imitation.clone() }.validate().is_ok());
+        let too_many = err(RlConfig { policies_per_candidate: 513, ..imitation });
+        assert!(
+            too_many.starts_with(
+                "config key `policies_per_candidate` is 513, expected at most 512 with `objective = \"imitation\"`"
+            ),
+            "{too_many}"
+        );
+        assert!(RlConfig { policies_per_candidate: 513, episodes_per_policy: 1, ..RlConfig::cpu() }.validate().is_ok());
     }
 }

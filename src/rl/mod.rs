@@ -90,7 +90,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
             r.real_steps,
             r.actions.size()[0]
         );
-        if let Some(warning) = r.warning(&c) {
+        if let Some(warning) = r.warning() {
             eprintln!("{warning}");
         }
     }

@@ -12,7 +12,6 @@ use crate::nn::{self, ParamSpec};
 
 #[derive(Debug, Clone)]
 pub struct Policy {
-    pub hidden: i64,
     specs: Vec<ParamSpec>,
 }
 
@@ -24,7 +23,7 @@ impl Policy {
             nn::wn_specs("fc2", &[ACTIONS as i64, hidden], true),
         ]
         .concat();
-        Policy { hidden, specs }
+        Policy { specs }
     }
 
     pub fn specs(&self) -> &[ParamSpec] {

@@ -4,7 +4,6 @@
 //! on fresh episodes, so we can say how many real environment steps it needed to reach a return.
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use super::cartpole::{self, CartPole, Obs, OBS_DIM};
@@ -30,7 +29,7 @@ impl Default for ReinforceConfig {
 }
 
 /// Greedy return after a number of real environment steps of training.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CurvePoint {
     pub steps: usize,
     pub greedy_return: f64,
