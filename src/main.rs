@@ -158,8 +158,8 @@ enum NasCommand {
         #[arg(long)]
         teacher: PathBuf,
         /// Candidates to score on GTN data.
-        #[arg(long, default_value_t = 20)]
-        budget: usize,
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=nas::arch::MAX_SAMPLE))]
+        budget: u64,
         #[arg(long, default_value_t = 3)]
         top_k: usize,
         /// Steps on GTN data (at most the teacher's T).
@@ -189,7 +189,7 @@ struct NasArgs {
     #[arg(long, conflicts_with = "sample", required_unless_present = "sample")]
     archs: Option<PathBuf>,
     /// N distinct random architectures drawn from --seed (distinct as text).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=nas::arch::MAX_SAMPLE))]
     sample: Option<u64>,
     /// This process takes architectures k with k % n == i (job arrays).
     #[arg(long, default_value = "0/1")]
@@ -719,7 +719,7 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
             let opts = nas::search::SearchOptions {
                 base: nas_options(common),
                 teacher,
-                budget,
+                budget: budget as usize,
                 top_k,
                 proxy_steps,
                 truth_steps,

@@ -181,6 +181,8 @@ fn bad_input_gives_one_line_errors() {
     assert!(!out.exists());
 
     // clap's errors too are one line, naming the flag.
+    let err = error_line(&gtn(&["nas", "score", "--proxy", "real", "--sample", "1000001", "--out", "x.jsonl"]));
+    assert!(err.starts_with("error: invalid value '1000001' for '--sample <SAMPLE>': "), "{err}");
     let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", out.to_str().unwrap(), "--meta-iters", "0"]));
     assert_eq!(err, "error: invalid value '0' for '--meta-iters <META_ITERS>': expected a positive integer");
     let err = error_line(&gtn(&["train", "--preset", "tiny"]));

@@ -57,6 +57,9 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     if opts.budget == 0 || opts.top_k == 0 {
         bail!("--budget and --top-k must be positive");
     }
+    if opts.budget as u64 > arch::MAX_SAMPLE {
+        bail!("--budget {}: expected at most {}", opts.budget, arch::MAX_SAMPLE);
+    }
     let teacher = crate::checkpoint::read_config(&opts.teacher)?;
     let t = teacher.inner_steps;
     // The finalists train on `--dataset`: the candidates were ranked on the teacher's.
