@@ -69,8 +69,11 @@ pub struct CompareOptions {
     pub seed: u64,
 }
 
+/// How far past T the real-data curve may be asked to run (`--real-steps-factor`).
+pub const MAX_REAL_STEPS_FACTOR: usize = 100;
+
 /// Accuracy curve of one method over learners: `(step, mean, std)`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Curve {
     pub method: String,
     pub points: Vec<(usize, f64, f64)>,
@@ -130,6 +133,11 @@ pub struct CompareSummary {
     pub inner_steps: usize,
     pub learners: usize,
     pub test_images: usize,
+    /// The evaluation's seed (the learners' initial weights, the real-data batches).
+    pub seed: u64,
+    /// The real-data sweep, and its best pair at T.
+    pub real_lrs: Vec<f64>,
+    pub real_momenta: Vec<f64>,
     pub real_lr: f64,
     pub real_momentum: f64,
     pub real_steps_max: usize,
@@ -179,7 +187,9 @@ struct CurvesKey {
     seed: u64,
     test_images: usize,
     grid: Vec<usize>,
-    /// Where the learners trained: a GPU's kernels round otherwise than the CPU's.
+    /// Where the learners trained: a GPU's kernels round otherwise than the CPU's. Only the
+    /// device's kind and index: other thread counts or GPU models, which change the last bits
+    /// of a learner's weights and so the curves by float rounding, reuse the measurement.
     device: String,
 }
 
@@ -319,8 +329,8 @@ fn grid(stride: usize, last: usize, t: usize) -> Vec<usize> {
 pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<CompareSummary> {
     // Before hours of meta-training, not after.
     eval::check_sweep(options.learners, (&options.lrs, &options.momenta))?;
-    if options.real_steps_factor == 0 {
-        bail!("--real-steps-factor 0: expected at least 1");
+    if !(1..=MAX_REAL_STEPS_FACTOR).contains(&options.real_steps_factor) {
+        bail!("--real-steps-factor {}: expected 1 to {MAX_REAL_STEPS_FACTOR}", options.real_steps_factor);
     }
     let teachers = chosen_teachers(&options.methods)?;
     let mut base = Config::from_preset(&options.preset, options.config.as_deref())?;
@@ -330,7 +340,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     base.learner = options.learner.unwrap_or(base.learner);
     base.meta_iters = options.meta_iters.unwrap_or(base.meta_iters);
     base.checkpoint_every = options.checkpoint_every.unwrap_or(base.checkpoint_every);
-    base.data_dir = options.data_dir.as_deref().map(std::path::absolute).transpose()?.or(base.data_dir);
+    base.set_data_dir(options.data_dir.as_deref())?;
     base.validate()?;
     if options.before_last_update && base.bn_eval != BnEval::Train {
         bail!("--before-last-update: the config scores batch norm with each test batch's statistics; expected `bn_eval = \"train\"` (--config)");
@@ -347,6 +357,8 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     let teacher_grid = grid(stride, t, t);
     let real_grid = grid(stride, options.real_steps_factor * t, t);
     let data = meta::load_data(&base, device)?;
+    // Measurements are kept by where their data came from, spelled one way.
+    let data_dir = crate::config::absolute(&base.data_dir(), "the data folder")?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let test = data.test.first(if options.test_images == 0 { usize::MAX } else { options.test_images });
 
@@ -365,7 +377,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         eprintln!("{name}: meta-training in {}", dir.display());
         let trainer = train_or_reuse(&teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
         eprintln!("{name}: evaluating {} learners", options.learners);
-        let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
+        let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, data_dir.clone())?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
         trained.push((trainer.config().meta_iters, meta::logged_seconds(&dir)? / 60.0));
     }
@@ -374,7 +386,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         version: MEASUREMENT_VERSION,
         inner_steps: t,
         dataset: base.dataset,
-        data_dir: base.data_dir(),
+        data_dir,
         valid_size: base.valid_size,
         split_seed: base.seed,
         batch_size: base.batch_size,
@@ -427,6 +439,9 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         inner_steps: t,
         learners: options.learners,
         test_images: test.len(),
+        seed: options.seed,
+        real_lrs: options.lrs.clone(),
+        real_momenta: options.momenta.clone(),
         real_lr: lr,
         real_momentum: momentum,
         real_steps_max: *real_grid.last().expect("grid is not empty"),
@@ -478,17 +493,20 @@ impl CompareSummary {
     /// Markdown: accuracy at T and the speed-up over real data per method.
     pub fn table(&self) -> String {
         let mut md = format!(
-            "{} with the {} learner, T = {} inner steps, {} learners, first {} test images, batch norm scored with the {}; real data: lr {}, momentum {} (best of the sweep)\n\n\
+            "{} with the {} learner, T = {} inner steps, {} learners (seed {}), first {} test images, batch norm scored with the {}; real data: lr {}, momentum {} (best of lr {:?} x momentum {:?})\n\n\
              | method | meta-iterations | meta-training min | accuracy at T | real steps to match | speed-up |\n\
              |---|---|---|---|---|---|\n",
             self.dataset,
             self.learner,
             self.inner_steps,
             self.learners,
+            self.seed,
             self.test_images,
             eval::scoring(self.bn_eval, self.before_last_update),
             self.real_lr,
-            self.real_momentum
+            self.real_momentum,
+            self.real_lrs,
+            self.real_momenta
         );
         for m in &self.methods {
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
@@ -563,6 +581,9 @@ mod tests {
         let out = work.path().join("compare");
         let summary = run(&options, &out, Device::Cpu).unwrap();
         assert_eq!((summary.dataset.as_str(), summary.test_images, summary.methods.len()), ("cifar10", 20, 6));
+        assert_eq!((summary.seed, &summary.real_lrs, &summary.real_momenta), (0, &vec![0.05], &vec![0.9]));
+        assert!(summary.table().contains("1 learners (seed 0), first 20 test images"), "{}", summary.table());
+        assert!(summary.table().contains("(best of lr [0.05] x momentum [0.9])"), "{}", summary.table());
         assert!(summary.methods.iter().all(|m| (0.0..=1.0).contains(&m.accuracy_mean)));
         let teacher = checkpoint::load(&out.join("gtn-full"), Device::Cpu).unwrap().teacher;
         let plan = teacher.curriculum.plan(&mut rand::SeedableRng::seed_from_u64(0), Device::Cpu);
@@ -604,6 +625,11 @@ mod tests {
         // Real data's flat planted curve first reaches its own value at step 0; its row is T, 1x.
         let real_row = again.methods.iter().find(|m| m.method == REAL).unwrap();
         assert_eq!((real_row.real_steps_to_match, real_row.speedup), (Some(4.0), Some(1.0)));
+        // A teacher above the flat planted real curve is never matched within it: "> 2T".
+        let above: Vec<&MethodSummary> = again.methods.iter().filter(|m| m.accuracy_mean > 0.125).collect();
+        assert!(!above.is_empty(), "{:?}", again.methods);
+        assert!(above.iter().all(|m| (m.real_steps_to_match, m.speedup) == (None, None)), "{above:?}");
+        assert!(again.table().contains("| > 8 | > 2.0x |"), "{}", again.table());
         // A stored curve of the wrong length (edited by hand) is measured again, not read past its end.
         let path = out.join("gtn-full").join(CURVES_JSON);
         let mut stored: Stored<CurvesKey, PerLearner> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -612,7 +638,6 @@ mod tests {
         assert_eq!(accuracy(&run(&options, &out, Device::Cpu).unwrap(), "gtn-full"), accuracy(&summary, "gtn-full"));
         let other_sweep = CompareOptions { lrs: vec![0.05, 0.1], ..options.clone() };
         let swept = run(&other_sweep, &out, Device::Cpu).unwrap();
-        assert!(swept.real_lr == 0.05 || swept.real_lr == 0.1);
         assert_ne!(accuracy(&swept, REAL), 0.125, "a sweep with other values measures again");
 
         // A subset of the teachers, named in any order, runs in the table's order beside real data.

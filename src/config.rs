@@ -251,6 +251,16 @@ impl Config {
         self.data_dir.clone().unwrap_or_else(|| self.dataset.default_dir())
     }
 
+    /// Sets the data folder to `flag` (`--data-dir`) if given, else keeps the config's own; made
+    /// absolute from the current folder either way, so eval and resume find it from any folder.
+    pub fn set_data_dir(&mut self, flag: Option<&Path>) -> Result<()> {
+        self.data_dir = match flag {
+            Some(dir) => Some(absolute(dir, "--data-dir")?),
+            None => self.data_dir.as_deref().map(|dir| absolute(dir, "config key `data_dir`")).transpose()?,
+        };
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("inner_steps", self.inner_steps),
@@ -377,6 +387,11 @@ impl Config {
 
 /// `base` with the keys of the TOML `text` applied (nested tables merged key by key); an unknown
 /// key is an error. Shared by every config type of the project.
+/// `dir` (given as `what`, a flag or key) from the current folder.
+pub fn absolute(dir: &Path, what: &str) -> Result<PathBuf> {
+    std::path::absolute(dir).with_context(|| format!("{what} {:?}: expected a folder path", dir.display().to_string()))
+}
+
 pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) -> Result<C> {
     let overrides: toml::Table = parse_toml(text)?;
     let mut table = toml::Table::try_from(base).context("config cannot be written as TOML")?;
@@ -591,6 +606,26 @@ mod tests {
         let mut from_file = Config { valid_size: 1_000, ..Config::cpu() };
         from_file.set_dataset(DatasetName::Cifar10);
         assert_eq!((from_file.dataset, from_file.valid_size), (DatasetName::Cifar10, 1_000));
+    }
+
+    /// The flag wins over a config file's `data_dir`; either is made absolute from the current
+    /// folder (so a run's stored config finds its data from any folder); a bad one is named.
+    #[test]
+    fn the_data_folder_is_the_flag_else_the_files_made_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        let mut from_file = Config { data_dir: Some("data/x".into()), ..Config::tiny() };
+        from_file.set_data_dir(None).unwrap();
+        assert_eq!(from_file.data_dir, Some(cwd.join("data/x")));
+        from_file.set_data_dir(Some(Path::new("y"))).unwrap();
+        assert_eq!(from_file.data_dir, Some(cwd.join("y")));
+        let mut default = Config::tiny();
+        default.set_data_dir(None).unwrap();
+        assert_eq!(default.data_dir, None, "the dataset's default folder stays the default");
+        let err = default.set_data_dir(Some(Path::new(""))).unwrap_err();
+        assert_eq!(format!("{err:#}").split(':').next(), Some("--data-dir \"\""), "{err:#}");
+        let mut empty_key = Config { data_dir: Some("".into()), ..Config::tiny() };
+        let err = empty_key.set_data_dir(None).unwrap_err().to_string();
+        assert_eq!(err, "config key `data_dir` \"\": expected a folder path");
     }
 
     /// A size typo is an error naming the keys, not an allocation abort or a wrapped shape.

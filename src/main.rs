@@ -401,8 +401,8 @@ struct CompareArgs {
     #[arg(long, default_value_t = 0)]
     test_images: usize,
     /// The real-data curve runs to this many times T, to find where it matches each teacher.
-    #[arg(long, default_value_t = 8)]
-    real_steps_factor: usize,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=compare::MAX_REAL_STEPS_FACTOR as u64))]
+    real_steps_factor: u64,
     /// Seeds the evaluation: the fresh learners' initial weights and the real-data batches (the
     /// teachers and the train/validation split follow the config's `seed`).
     #[arg(long, default_value_t = 0)]
@@ -539,7 +539,7 @@ fn run(cli: Cli) -> Result<()> {
                 lrs: args.lrs,
                 momenta: args.momenta,
                 test_images: args.test_images,
-                real_steps_factor: args.real_steps_factor,
+                real_steps_factor: args.real_steps_factor as usize,
                 before_last_update: args.before_last_update,
                 seed: args.seed,
             };
@@ -740,21 +740,13 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
     }
 }
 
-/// `--data-dir` made absolute, so eval and resume find the data from any folder.
-fn absolute_data_dir(args: &TrainArgs) -> Result<Option<PathBuf>> {
-    args.data_dir.as_deref().map(|dir| absolute(dir, "--data-dir")).transpose()
-}
-
-/// `dir` (given as `what`) from the current folder.
-fn absolute(dir: &std::path::Path, what: &str) -> Result<PathBuf> {
-    std::path::absolute(dir).with_context(|| format!("{what} {:?}: expected a folder path", dir.display().to_string()))
-}
-
 /// Meta-trains; `teacher` overrides the config's teacher kind (dataset distillation).
 fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Result<()> {
     let mut trainer = match (&args.resume, &args.out) {
         (Some(dir), _) => {
-            let settings = RunSettings { data_dir: absolute_data_dir(&args)?, checkpoint_every: args.checkpoint_every };
+            // Made absolute, so eval and later resumes find the data from any folder.
+            let data_dir = args.data_dir.as_deref().map(|dir| gtn::config::absolute(dir, "--data-dir")).transpose()?;
+            let settings = RunSettings { data_dir, checkpoint_every: args.checkpoint_every };
             if args.before_last_update {
                 check_before_last_update(&args, &checkpoint::read_config(dir)?)?;
             }
@@ -770,9 +762,7 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
             }
             config.meta_iters = args.meta_iters.unwrap_or(config.meta_iters);
             config.seed = args.seed.unwrap_or(config.seed);
-            // A config file's `data_dir`, like the flag, is from the current folder.
-            let from_file = config.data_dir.as_deref().map(|dir| absolute(dir, "config key `data_dir`")).transpose()?;
-            config.data_dir = absolute_data_dir(&args)?.or(from_file);
+            config.set_data_dir(args.data_dir.as_deref())?;
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
             check_before_last_update(&args, &config)?;
@@ -872,9 +862,12 @@ fn parse_positive(text: &str) -> Result<usize, String> {
     }
 }
 
+const MAX_MINUTES: f64 = 525_600.0;
+
 fn parse_minutes(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
-        Ok(m) if m > 0.0 && m.is_finite() => Ok(Duration::from_secs_f64(60.0 * m)),
-        _ => Err("expected a positive number of minutes".into()),
+        // A year is far more than any run, and far less than a Duration holds.
+        Ok(m) if m > 0.0 && m <= MAX_MINUTES => Ok(Duration::from_secs_f64(60.0 * m)),
+        _ => Err(format!("expected a positive number of minutes, at most {MAX_MINUTES}")),
     }
 }

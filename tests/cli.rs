@@ -181,6 +181,10 @@ fn bad_input_gives_one_line_errors() {
     assert!(!out.exists());
 
     // clap's errors too are one line, naming the flag.
+    let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", "x", "--budget-minutes", "1e18"]));
+    assert!(err.ends_with("expected a positive number of minutes, at most 525600"), "{err}");
+    let err = error_line(&gtn(&["compare", "--out", "x", "--real-steps-factor", "101"]));
+    assert!(err.starts_with("error: invalid value '101' for '--real-steps-factor <REAL_STEPS_FACTOR>': "), "{err}");
     let err = error_line(&gtn(&["nas", "score", "--proxy", "real", "--sample", "1000001", "--out", "x.jsonl"]));
     assert!(err.starts_with("error: invalid value '1000001' for '--sample <SAMPLE>': "), "{err}");
     let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", out.to_str().unwrap(), "--meta-iters", "0"]));
@@ -313,15 +317,18 @@ fn tiny_compare_writes_curves_table_and_plot() {
     let png = image::open(dir.join("curves.png")).unwrap();
     assert!(png.width() > 500 && png.height() > 300);
 
-    // A second run, of two teachers named in any order, reuses them: their checkpoints are not
-    // rewritten, and the summary holds those two, in the table's order, and real data.
-    let before = std::fs::read(dir.join("gtn-full/checkpoint.safetensors")).unwrap();
+    // A second run, of two teachers named in any order, reuses them: their checkpoints and
+    // measured curves are not rewritten, and the summary holds those two, in the table's order,
+    // and real data.
+    let stored = ["gtn-full/checkpoint.safetensors", "gtn-full/compare-curves.json", "real/compare-curves.json"];
+    let read = |file: &str| std::fs::read(dir.join(file)).unwrap();
+    let before: Vec<Vec<u8>> = stored.iter().map(|f| read(f)).collect();
     let subset = [&args[..], &["--methods", "distill,gtn-full"]].concat();
     let summary: serde_json::Value = serde_json::from_str(stdout(&gtn(&subset)).trim()).unwrap();
     let methods: Vec<&str> =
         summary["methods"].as_array().unwrap().iter().map(|m| m["method"].as_str().unwrap()).collect();
     assert_eq!(methods, ["gtn-full", "distill", "real"]);
-    assert_eq!(std::fs::read(dir.join("gtn-full/checkpoint.safetensors")).unwrap(), before);
+    assert_eq!(stored.iter().map(|f| read(f)).collect::<Vec<_>>(), before, "reused, not measured again");
 }
 
 /// GTN-NAS on the fixtures: score sampled cells on a tiny teacher's data and on real data in two
