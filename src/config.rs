@@ -188,7 +188,8 @@ impl Config {
     /// A run's own `config.toml` given as the file (to repeat the run) must not carry the count
     /// a time budget lowered: a new run with it would skip its own `--budget-minutes`.
     pub fn with_overrides(self, path: &Path) -> Result<Config> {
-        let config = read_overrides(&self, path)?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+        let config = self.overridden(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if config.meta_iters_requested.is_some() {
             bail!(
                 "{}: key `meta_iters_requested` is what a time budget wrote into a run's config.toml; remove it (`meta_iters` is the count to run, `--budget-minutes` a budget)",
@@ -199,10 +200,25 @@ impl Config {
         Ok(config)
     }
 
+    #[cfg(test)]
     pub fn with_overrides_str(self, text: &str) -> Result<Config> {
-        let config = apply_overrides(&self, text)?;
+        let config = self.overridden(text)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// This config with the keys of the TOML `text` applied. Text that sets `dataset` but not
+    /// `valid_size` holds out that dataset's default, as `--dataset` does.
+    fn overridden(&self, text: &str) -> Result<Config> {
+        let keys: toml::Table = parse_toml(text)?;
+        let mut base = self.clone();
+        if !keys.contains_key("valid_size") {
+            // A name that is not a dataset is left to `apply_overrides` to report.
+            if let Some(Ok(dataset)) = keys.get("dataset").map(|name| name.clone().try_into::<DatasetName>()) {
+                base.set_dataset(dataset);
+            }
+        }
+        apply_overrides(&base, text)
     }
 
     /// Keys a run's `config.toml` may change between its sessions: how the outer optimiser goes
@@ -385,13 +401,13 @@ impl Config {
     }
 }
 
-/// `base` with the keys of the TOML `text` applied (nested tables merged key by key); an unknown
-/// key is an error. Shared by every config type of the project.
 /// `dir` (given as `what`, a flag or key) from the current folder.
 pub fn absolute(dir: &Path, what: &str) -> Result<PathBuf> {
     std::path::absolute(dir).with_context(|| format!("{what} {:?}: expected a folder path", dir.display().to_string()))
 }
 
+/// `base` with the keys of the TOML `text` applied (nested tables merged key by key); an unknown
+/// key is an error. Shared by every config type of the project.
 pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) -> Result<C> {
     let overrides: toml::Table = parse_toml(text)?;
     let mut table = toml::Table::try_from(base).context("config cannot be written as TOML")?;
@@ -457,10 +473,16 @@ pub fn same_run<C: Serialize>(
 ) -> Result<()> {
     let file = dir.join(crate::checkpoint::CONFIG_FILE);
     let stored = stored.map_err(|e| {
-        anyhow::anyhow!(
-            "{}: holds a run this command cannot read ({e:#}); remove the folder or choose another --out",
-            dir.display()
-        )
+        // A saved run's config file is often one edited by hand (what a diverged run's error
+        // advises): removing the folder would lose the run.
+        let advice = match crate::checkpoint::checkpoint_path(dir).exists() {
+            true => format!(
+                "if it is this command's run, fix {} (its checkpoint is kept); else choose another --out",
+                file.display()
+            ),
+            false => "remove the folder or choose another --out".to_owned(),
+        };
+        anyhow::anyhow!("{}: holds a run this command cannot read ({e:#}); {advice}", dir.display())
     })?;
     let listed: Vec<String> = differences(&stored, requested)?
         .into_iter()
@@ -606,6 +628,14 @@ mod tests {
         let mut from_file = Config { valid_size: 1_000, ..Config::cpu() };
         from_file.set_dataset(DatasetName::Cifar10);
         assert_eq!((from_file.dataset, from_file.valid_size), (DatasetName::Cifar10, 1_000));
+        // The key in a file, like the flag: that dataset's default split unless the file sets one.
+        let keyed = Config::cpu().with_overrides_str("dataset = \"cifar10\"").unwrap();
+        assert_eq!(keyed.valid_size, DatasetName::Cifar10.default_valid_size());
+        assert_ne!(DatasetName::Cifar10.default_valid_size(), DatasetName::Mnist.default_valid_size());
+        let both = Config::cpu().with_overrides_str("dataset = \"cifar10\"\nvalid_size = 10000").unwrap();
+        assert_eq!(both.valid_size, 10_000);
+        let err = Config::cpu().with_overrides_str("dataset = \"svhn\"").unwrap_err().to_string();
+        assert!(err.contains("svhn"), "{err}");
     }
 
     /// The flag wins over a config file's `data_dir`; either is made absolute from the current
@@ -626,6 +656,21 @@ mod tests {
         let mut empty_key = Config { data_dir: Some("".into()), ..Config::tiny() };
         let err = empty_key.set_data_dir(None).unwrap_err().to_string();
         assert_eq!(err, "config key `data_dir` \"\": expected a folder path");
+    }
+
+    /// A saved run whose config file cannot be read (a hand edit gone wrong) is not to be removed.
+    #[test]
+    fn an_unreadable_config_is_fixed_not_removed_once_a_run_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |dir: &Path| {
+            let unreadable: Result<Config> = Err(anyhow::anyhow!("line 1, key `outer_lr`: expected a value"));
+            same_run(dir, unreadable, &Config::tiny(), None).unwrap_err().to_string()
+        };
+        assert!(err(dir.path())
+            .ends_with("(line 1, key `outer_lr`: expected a value); remove the folder or choose another --out"));
+        std::fs::write(crate::checkpoint::checkpoint_path(dir.path()), b"saved").unwrap();
+        let saved = err(dir.path());
+        assert!(saved.contains("; if it is this command's run, fix ") && !saved.contains("remove"), "{saved}");
     }
 
     /// A size typo is an error naming the keys, not an allocation abort or a wrapped shape.

@@ -160,7 +160,6 @@ impl Trainer {
         let lock = checkpoint::lock_run(dir)?;
         let Checkpoint { mut teacher, adam, iteration, sha256 } = checkpoint::load(dir, device)?;
         settings.apply(&mut teacher.config);
-        teacher.config.validate()?;
         let data = load_data(&teacher.config, device)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, iteration)?;
         Ok(Trainer {
@@ -343,10 +342,14 @@ impl Trainer {
             if let Some(budget) = sizing.take() {
                 let affordable = ((budget.as_secs_f64() / stats.seconds) as usize).max(1);
                 if affordable < total {
-                    self.teacher.config.meta_iters_requested = Some(total);
+                    // Into the stored config as it is: it keeps its own session settings.
+                    let mut stored = checkpoint::read_config(&self.dir)?;
+                    for config in [&mut self.teacher.config, &mut stored] {
+                        config.meta_iters_requested = Some(total);
+                        config.meta_iters = affordable;
+                    }
+                    checkpoint::write_config(&self.dir, &stored)?;
                     total = affordable;
-                    self.teacher.config.meta_iters = total;
-                    checkpoint::write_config(&self.dir, self.config())?;
                     bar.set_length(total);
                 }
             }
@@ -816,8 +819,14 @@ mod tests {
     #[test]
     fn fresh_batches_are_drawn_after_the_shared_draws() {
         let draws = |intermediate_loss_form| {
-            let config =
-                Config { inner_steps: 5, intermediate_loss_every: 2, intermediate_loss_form, ..fixture_config() };
+            // A shuffled curriculum's plan draws from the stream too (the full one's does not).
+            let config = Config {
+                inner_steps: 5,
+                intermediate_loss_every: 2,
+                intermediate_loss_form,
+                curriculum: CurriculumKind::AllShuffled,
+                ..fixture_config()
+            };
             let dir = tempfile::tempdir().unwrap();
             Trainer::create(&config, &dir.path().join("run"), Device::Cpu).unwrap().iteration_inputs(3)
         };
@@ -1026,12 +1035,19 @@ mod tests {
         drop(trainer);
         std::fs::remove_file(checkpoint::checkpoint_path(dir.path())).unwrap();
         let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
-        for err in [
-            Trainer::open(&fixture_config(), dir.path(), Device::Cpu, false, None).err().unwrap().to_string(),
-            Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).err().unwrap().to_string(),
-            Trainer::create(&fixture_config(), dir.path(), Device::Cpu).err().unwrap().to_string(),
+        for (err, says) in [
+            (
+                Trainer::open(&fixture_config(), dir.path(), Device::Cpu, false, None).err(),
+                "checkpoint.safetensors: missing",
+            ),
+            (
+                Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).err(),
+                "checkpoint.safetensors: missing",
+            ),
+            (Trainer::create(&fixture_config(), dir.path(), Device::Cpu).err(), "already holds a run"),
         ] {
-            assert!(err.contains("checkpoint.safetensors: missing") || err.contains("already holds a run"), "{err}");
+            let err = err.unwrap().to_string();
+            assert!(err.contains(says), "{err}");
         }
         assert_eq!(std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap(), log);
     }
@@ -1110,6 +1126,21 @@ mod tests {
         again.run(false, Some(Duration::from_nanos(1))).unwrap();
         let stored = checkpoint::read_config(dir.path()).unwrap();
         assert_eq!((again.iteration, stored.meta_iters, stored.meta_iters_requested), (3, 3, Some(6)));
+    }
+
+    /// A budgeted command repeated on a run saved before its budget was measured lowers the
+    /// stored `meta_iters`, and nothing else: this session's settings stay this session's.
+    #[test]
+    fn the_budget_writes_the_length_alone_into_the_stored_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { meta_iters: 6, ..fixture_config() };
+        drop(Trainer::create(&config, dir.path(), Device::Cpu).unwrap());
+        let session = Config { checkpoint_every: 2, ..config.clone() };
+        let mut again = Trainer::open(&session, dir.path(), Device::Cpu, true, None).unwrap();
+        again.run(false, Some(Duration::from_nanos(1))).unwrap();
+        let stored = checkpoint::read_config(dir.path()).unwrap();
+        assert_eq!(stored, Config { meta_iters: 1, meta_iters_requested: Some(6), ..config });
+        assert_eq!((again.config().meta_iters, again.config().checkpoint_every), (1, 2));
     }
 
     /// A second trainer on a folder another one is writing is refused (their log rows and

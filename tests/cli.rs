@@ -99,6 +99,8 @@ fn resume_of_a_finished_run_does_no_more_work() {
     let err =
         error_line(&gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", run.to_str().unwrap()]));
     assert!(err.contains("holds a run this command cannot read (") && err.contains("unknown field `dataset`"), "{err}");
+    assert!(err.contains("; if it is this command's run, fix "), "{err}");
+    assert!(err.ends_with("config.toml (its checkpoint is kept); else choose another --out"), "{err}");
 
     // A start that never saved, resumed with a relative --data-dir (the tests run in the crate
     // root): started again with the folder made absolute, as --out does.
