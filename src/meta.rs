@@ -592,6 +592,17 @@ fn check_new_run(config: &Config, data: &Dataset) -> Result<()> {
             "config key `intermediate_loss_every` is {every}, which adds no intermediate loss with `inner_steps` = {steps} (one after every k-th step before the last); expected 0 (none) or less than {steps}"
         );
     }
+    if every == 0 && config.intermediate_loss_form == IntermediateLossForm::SumFreshBatches {
+        bail!(
+            "config key `intermediate_loss_form` is \"sum-fresh-batches\", which changes nothing without intermediate losses; expected `intermediate_loss_every` > 0 with it"
+        );
+    }
+    if config.augment && config.dataset != crate::data::DatasetName::Cifar10 {
+        bail!(
+            "config key `augment` is true with {}: its horizontal flips mirror digits and garments, which the test set does not hold; expected false (augmentation is CIFAR-10's)",
+            config.dataset.as_str()
+        );
+    }
     // Batch norm over one sample is constant (see `normalises_over_the_batch_alone`); the
     // generator's first layer normalises over the batch alone too.
     let alone = config.learner.normalises_over_the_batch_alone();
@@ -1182,6 +1193,21 @@ mod tests {
             err.starts_with(
                 "config key `intermediate_loss_every` is 4, which adds no intermediate loss with `inner_steps` = 4"
             ),
+            "{err}"
+        );
+        let create =
+            |config: Config| Trainer::create(&config, &dir.path().join("run"), Device::Cpu).err().unwrap().to_string();
+        let fresh = Config { intermediate_loss_form: IntermediateLossForm::SumFreshBatches, ..config.clone() };
+        let err = create(fresh);
+        assert!(
+            err.ends_with(
+                "which changes nothing without intermediate losses; expected `intermediate_loss_every` > 0 with it"
+            ),
+            "{err}"
+        );
+        let err = create(Config { augment: true, ..config.clone() });
+        assert!(
+            err.starts_with("config key `augment` is true with mnist: its horizontal flips mirror digits"),
             "{err}"
         );
         assert!(Trainer::create(
