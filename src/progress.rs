@@ -48,18 +48,21 @@ impl Progress {
 }
 
 /// Appends one row to a run's CSV log (one write, so a crash leaves whole rows; resuming drops
-/// rows past the checkpoint).
+/// rows past the checkpoint), flushed to disk as the checkpoints are, so a power loss cannot
+/// keep a checkpoint and lose the rows before it.
 pub fn append_row(log: &Path, row: &str) -> Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(log)
         .with_context(|| format!("{}: cannot open log", log.display()))?;
-    file.write_all(format!("{row}\n").as_bytes()).with_context(|| format!("{}: cannot write", log.display()))
+    file.write_all(format!("{row}\n").as_bytes()).with_context(|| format!("{}: cannot write", log.display()))?;
+    file.sync_data().with_context(|| format!("{}: cannot flush to disk", log.display()))
 }
 
 /// Rewrites a run's CSV log (header `header`) for a resume at step `done`: the header and the
-/// complete rows of the steps before it stay, anything a crash or a later step left goes. A
-/// missing log becomes the header alone; an unreadable one is an error, never overwritten.
+/// complete rows of the steps before it stay, anything a crash or a later step left goes (a
+/// header torn or lost is written again). A missing log becomes the header alone; an
+/// unreadable one is an error, never overwritten.
 pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
     let text = match std::fs::read_to_string(log) {
         Ok(text) => text,
@@ -71,8 +74,7 @@ pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
         line.split(',').count() == columns
             && line.split(',').next().and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i < done)
     };
-    let kept: Vec<&str> =
-        text.lines().enumerate().filter(|(i, l)| *i == 0 || complete_row_before(l)).map(|(_, l)| l).collect();
+    let kept: Vec<&str> = std::iter::once(header).chain(text.lines().filter(|l| complete_row_before(l))).collect();
     crate::atomic::write(log, format!("{}\n", kept.join("\n")).as_bytes())
 }
 
@@ -103,6 +105,12 @@ mod tests {
         std::fs::remove_file(&log).unwrap();
         truncate_log(&log, "step,loss", 3).unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n");
+        for torn in ["", "ste", "\n0,2.5\n"] {
+            std::fs::write(&log, torn).unwrap();
+            truncate_log(&log, "step,loss", 3).unwrap();
+            let kept = if torn.contains("0,2.5") { "step,loss\n0,2.5\n" } else { "step,loss\n" };
+            assert_eq!(std::fs::read_to_string(&log).unwrap(), kept, "{torn:?}");
+        }
         let bytes = b"step,loss\n0,\xff\n";
         std::fs::write(&log, bytes).unwrap();
         let err = truncate_log(&log, "step,loss", 1).unwrap_err().to_string();
