@@ -4,10 +4,11 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::ops::Range;
+use std::path::PathBuf;
 
 use tch::{Device, Tensor};
 
-use crate::data::{BatchSampler, Dataset, Split};
+use crate::data::{BatchSampler, Dataset, DatasetName, Split};
 use crate::inner::{self, LearnerState};
 use crate::learner::{BnEval, Learner, LearnerKind};
 use crate::meta::iteration_rng;
@@ -163,6 +164,65 @@ pub fn check_sweep(learners: usize, (lrs, momenta): (&[f64], &[f64])) -> Result<
         }
     }
     Ok(())
+}
+
+/// `gtn baseline real`: fresh learners trained on real data with each pair of a learning-rate x
+/// momentum sweep.
+#[derive(Debug, Clone)]
+pub struct RealBaseline {
+    pub dataset: DatasetName,
+    /// Default: the dataset's folder.
+    pub data_dir: Option<PathBuf>,
+    /// Training images held out for validation (not trained on); default: the dataset's.
+    pub valid_size: Option<usize>,
+    pub learner: LearnerKind,
+    pub bn_eval: BnEval,
+    pub before_last_update: bool,
+    pub learners: usize,
+    pub seed: u64,
+    pub steps: usize,
+    pub batch: usize,
+    pub lrs: Vec<f64>,
+    pub momenta: Vec<f64>,
+}
+
+/// The sweep's best pair and its learners' test accuracies.
+#[derive(Debug, Clone, Serialize)]
+pub struct RealBaselineReport {
+    #[serde(flatten)]
+    pub report: EvalReport,
+    pub lr: f64,
+    pub momentum: f64,
+}
+
+/// Runs the real-data baseline; `each` sees every pair's accuracies as they are measured.
+pub fn baseline_real(
+    opts: &RealBaseline,
+    device: Device,
+    each: impl FnMut((f64, f64), &[f64]),
+) -> Result<RealBaselineReport> {
+    if opts.batch < 2 && opts.learner.normalises_over_the_batch_alone() {
+        bail!(
+            "--batch-size {}: the {:?} learner's batch norm over one image is constant; expected at least 2",
+            opts.batch,
+            opts.learner
+        );
+    }
+    check_sweep(opts.learners, (&opts.lrs, &opts.momenta))?;
+    let dir = opts.data_dir.clone().unwrap_or_else(|| opts.dataset.default_dir());
+    let valid_size = opts.valid_size.unwrap_or(opts.dataset.default_valid_size());
+    let data = Dataset::load(opts.dataset, &dir, valid_size, crate::data::DEFAULT_SPLIT_SEED, device)?;
+    let cohort = Cohort {
+        data: &data,
+        kind: opts.learner,
+        bn_eval: opts.bn_eval,
+        before_last_update: opts.before_last_update,
+        learners: opts.learners,
+        seed: opts.seed,
+    };
+    let sweep = (opts.lrs.as_slice(), opts.momenta.as_slice());
+    let ((lr, momentum), accuracies) = sweep_real(&cohort, opts.steps, opts.batch, sweep, &data.test, each)?;
+    Ok(RealBaselineReport { report: EvalReport::from_accuracies(&cohort, opts.steps, accuracies), lr, momentum })
 }
 
 /// The learning rate and momentum of the grid `lrs` x `momenta` whose learners reach the best
@@ -395,5 +455,36 @@ mod tests {
         assert_eq!(message(0, &[0.1], &[0.5]), "--learners 0: expected at least 1");
         assert_eq!(message(2, &[], &[0.5]), "--lrs: no values, expected at least one");
         assert_eq!(message(2, &[0.1], &[]), "--momenta: no values, expected at least one");
+    }
+
+    #[test]
+    fn the_real_data_baseline_reports_the_best_pair_and_refuses_batch_norm_over_one_image() {
+        let opts = RealBaseline {
+            dataset: crate::data::DatasetName::Mnist,
+            data_dir: Some(crate::data::fixture_dir()),
+            valid_size: Some(112),
+            learner: LearnerKind::Mlp,
+            bn_eval: BnEval::Batch,
+            before_last_update: false,
+            learners: 2,
+            seed: 0,
+            steps: 8,
+            batch: 32,
+            lrs: vec![1e-6, 0.1],
+            momenta: vec![0.5],
+        };
+        let mut pairs = Vec::new();
+        let best = baseline_real(&opts, Device::Cpu, |pair, _| pairs.push(pair)).unwrap();
+        assert_eq!((best.lr, best.momentum, pairs.len()), (0.1, 0.5, 2));
+        assert_eq!((best.report.learners, best.report.steps), (2, 8));
+        let json = serde_json::to_value(&best).unwrap();
+        assert_eq!(
+            (json["lr"].as_f64(), json["test_accuracy_mean"].as_f64()),
+            (Some(0.1), Some(best.report.test_accuracy_mean))
+        );
+        // Refused before the data is read (the folder does not exist).
+        let one = RealBaseline { batch: 1, data_dir: Some("/nonexistent".into()), ..opts };
+        let err = baseline_real(&one, Device::Cpu, |_, _| {}).unwrap_err().to_string();
+        assert_eq!(err, "--batch-size 1: the Mlp learner's batch norm over one image is constant; expected at least 2");
     }
 }

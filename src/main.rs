@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use tch::Device;
 
 use gtn::checkpoint;
 use gtn::compare::{self, CompareOptions};
 use gtn::config::Config;
-use gtn::data::{fetch, Dataset, DatasetName};
+use gtn::data::{fetch, DatasetName};
 use gtn::eval::{self, EvalReport};
 use gtn::learner::{BnEval, LearnerKind};
 use gtn::meta::{self, RunSettings, Trainer};
@@ -571,31 +571,33 @@ fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         } => {
-            if batch_size < 2 && learner.normalises_over_the_batch_alone() {
-                bail!("--batch-size {batch_size}: the {learner:?} learner's batch norm over one image is constant; expected at least 2");
-            }
-            let dir = data_dir.unwrap_or_else(|| dataset.default_dir());
-            let valid_size = valid_size.unwrap_or(dataset.default_valid_size());
-            let data = Dataset::load(dataset, &dir, valid_size, gtn::data::DEFAULT_SPLIT_SEED, device)?;
-            let learners = learners as usize;
-            let cohort = eval::Cohort { data: &data, kind: learner, bn_eval, before_last_update, learners, seed };
-            let (steps, batch) = (steps as usize, batch_size as usize);
-            let ((lr, momentum), accuracies) =
-                eval::sweep_real(&cohort, steps, batch, (&lrs, &momenta), &data.test, |(lr, momentum), accuracies| {
-                    if !json {
-                        let (mean, std) = eval::mean_std(accuracies);
-                        println!("lr {lr}, momentum {momentum}: {:.2}% ± {:.2}%", 100.0 * mean, 100.0 * std);
-                    }
-                })?;
-            let report = EvalReport::from_accuracies(&cohort, steps, accuracies);
-            let what = format!("real {} data, best lr {lr}, momentum {momentum}, batch {batch_size}", dataset.as_str());
+            let opts = eval::RealBaseline {
+                dataset,
+                data_dir,
+                valid_size,
+                learner,
+                bn_eval,
+                before_last_update,
+                learners: learners as usize,
+                seed,
+                steps: steps as usize,
+                batch: batch_size as usize,
+                lrs,
+                momenta,
+            };
+            let best = eval::baseline_real(&opts, device, |(lr, momentum), accuracies| {
+                if !json {
+                    let (mean, std) = eval::mean_std(accuracies);
+                    println!("lr {lr}, momentum {momentum}: {:.2}% ± {:.2}%", 100.0 * mean, 100.0 * std);
+                }
+            })?;
             if json {
-                let mut value = serde_json::to_value(&report)?;
-                value["lr"] = lr.into();
-                value["momentum"] = momentum.into();
-                println!("{value}");
+                println!("{}", serde_json::to_string(&best)?);
             } else {
-                print_report(&report, false, &what);
+                let (lr, momentum) = (best.lr, best.momentum);
+                let what =
+                    format!("real {} data, best lr {lr}, momentum {momentum}, batch {batch_size}", dataset.as_str());
+                print_report(&best.report, false, &what);
             }
             Ok(())
         }
