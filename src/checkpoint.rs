@@ -83,11 +83,15 @@ pub fn check_startable<C: DeserializeOwned>(dir: &Path) -> Result<()> {
 /// The metadata key under which a checkpoint file keeps the config (TOML) it was saved under.
 const SAVED_CONFIG: &str = "config";
 
+/// The metadata key under which an image run's checkpoint keeps the sizes of the data it was
+/// meta-trained on ([`crate::data::Dataset::sizes`]).
+const SAVED_DATA: &str = "data";
+
 /// Writes `tensors` to the checkpoint file `path` atomically, with `config` (TOML) as its
 /// metadata: what the run was when these were saved, so that a `config.toml` edited since can be
-/// told from it. Each tensor is copied to bytes only as it is written. Returns the sha256 of the
-/// file written.
-pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) -> Result<String> {
+/// told from it; and `data`, the sizes of the data it trains on, where there is some. Each
+/// tensor is copied to bytes only as it is written. Returns the sha256 of the file written.
+pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str, data: Option<&str>) -> Result<String> {
     let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: cannot write: {e}", path.display());
     let views = tensors
         .iter()
@@ -98,7 +102,9 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) ->
             Ok((name.as_str(), HostTensor { t, dtype, shape }))
         })
         .collect::<Result<Vec<_>>>()?;
-    let metadata = Some(HashMap::from([(SAVED_CONFIG.to_string(), config.to_string())]));
+    let mut metadata = HashMap::from([(SAVED_CONFIG.to_string(), config.to_string())]);
+    metadata.extend(data.map(|d| (SAVED_DATA.to_string(), d.to_string())));
+    let metadata = Some(metadata);
     crate::atomic::replace_with(path, |tmp| {
         safetensors::tensor::serialize_to_file(views, &metadata, tmp).map_err(|e| cannot(&e))
     })?;
@@ -133,11 +139,13 @@ impl safetensors::View for HostTensor {
     }
 }
 
-/// A checkpoint file as read: its tensors (on the CPU), the config it was saved under (absent
-/// from the checkpoints of builds before it was stored) and the sha256 of its bytes.
+/// A checkpoint file as read: its tensors (on the CPU), the config it was saved under and the
+/// sizes of its data (each absent from the checkpoints of builds before it was stored) and the
+/// sha256 of its bytes.
 pub struct StoredTensors {
     pub tensors: HashMap<String, Tensor>,
     pub saved_config: Option<String>,
+    pub saved_data: Option<String>,
     pub sha256: String,
 }
 
@@ -153,8 +161,9 @@ pub fn read_tensors(path: &Path) -> Result<StoredTensors> {
         .map(|(name, view)| Ok((name, Tensor::try_from(view).map_err(|e| corrupt(&e))?)))
         .collect::<Result<_>>()?;
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(&e))?;
-    let saved_config = metadata.metadata().as_ref().and_then(|m| m.get(SAVED_CONFIG).cloned());
-    Ok(StoredTensors { tensors, saved_config, sha256: crate::data::fetch::sha256_hex(&bytes) })
+    let saved = |key: &str| metadata.metadata().as_ref().and_then(|m| m.get(key).cloned());
+    let (saved_config, saved_data) = (saved(SAVED_CONFIG), saved(SAVED_DATA));
+    Ok(StoredTensors { tensors, saved_config, saved_data, sha256: crate::data::fetch::sha256_hex(&bytes) })
 }
 
 /// Refuses a run whose `config.toml` (`current`) was edited, since its checkpoint was saved, in
@@ -218,7 +227,8 @@ pub fn read_config(dir: &Path) -> Result<Config> {
 
 /// Saves the run in `dir`; returns the checkpoint's sha256, what identifies a teacher beyond its
 /// config (two runs of one config on other devices, builds or thread counts differ).
-pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize) -> Result<String> {
+/// `data`: the sizes of the data the run trains on ([`crate::data::Dataset::sizes`]).
+pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize, data: &str) -> Result<String> {
     let named = teacher.named_params();
     let mut tensors = Vec::with_capacity(3 * named.len() + 2);
     for ((name, param), (m, v)) in named.into_iter().zip(adam.m.iter().zip(&adam.v)) {
@@ -228,7 +238,7 @@ pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize) -> Res
     }
     tensors.push(("adam.steps".into(), Tensor::from_slice(&[adam.steps])));
     tensors.push(("iteration".into(), Tensor::from_slice(&[iteration as i64])));
-    write_tensors(&checkpoint_path(dir), &tensors, &teacher.config.without_session_settings().to_toml()?)
+    write_tensors(&checkpoint_path(dir), &tensors, &teacher.config.without_session_settings().to_toml()?, Some(data))
 }
 
 /// A loaded run: its teacher, outer-optimiser state and completed iterations.
@@ -237,6 +247,9 @@ pub struct Checkpoint {
     pub teacher: Teacher,
     pub adam: Adam,
     pub iteration: usize,
+    /// The sizes of the data the run was saved with ([`crate::data::Dataset::sizes`]); none in
+    /// the checkpoints of builds before they were stored.
+    pub data: Option<String>,
     /// Of the bytes these were loaded from, read once: a run saving to the folder meanwhile cannot
     /// pair one save's weights with another save's hash.
     pub sha256: String,
@@ -304,7 +317,7 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     let iteration =
         check_progress(dir, scalar("iteration")?, steps, ("meta_iters", config.meta_iters), "meta-iteration")?;
     let adam = Adam { m, v, steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
-    Ok(Checkpoint { teacher, adam, iteration, sha256: file.sha256 })
+    Ok(Checkpoint { teacher, adam, iteration, sha256: file.sha256, data: file.saved_data })
 }
 
 /// The `unit`s a run's checkpoint in `dir` has done (`done`), checked against its optimiser's
@@ -359,9 +372,9 @@ pub(crate) mod tests {
             ("steps".to_string(), Tensor::from_slice(&[7i64])),
             ("return".to_string(), Tensor::from_slice(&[0.1f64])),
         ];
-        let sha256 = write_tensors(&path, &written, "seed = 3\n").unwrap();
+        let sha256 = write_tensors(&path, &written, "seed = 3\n", Some("4 images")).unwrap();
         let read = read_tensors(&path).unwrap();
-        assert_eq!(read.saved_config.as_deref(), Some("seed = 3\n"));
+        assert_eq!((read.saved_config.as_deref(), read.saved_data.as_deref()), (Some("seed = 3\n"), Some("4 images")));
         assert_eq!(read.tensors.len(), written.len());
         for (name, t) in &written {
             let back = &read.tensors[name];

@@ -158,9 +158,18 @@ impl Trainer {
             return Trainer::create(&config, dir, device);
         }
         let lock = checkpoint::lock_run(dir)?;
-        let Checkpoint { mut teacher, adam, iteration, sha256 } = checkpoint::load(dir, device)?;
+        let Checkpoint { mut teacher, adam, iteration, sha256, data: saved } = checkpoint::load(dir, device)?;
         settings.apply(&mut teacher.config);
         let data = load_data(&teacher.config, device)?;
+        // Other data (a slice, another copy) would redraw the split and go on as another run.
+        if let Some(saved) = saved.filter(|saved| *saved != data.sizes()) {
+            bail!(
+                "{}: holds {}; the run in {} was meta-trained on {saved}; expected its data (--data-dir)",
+                teacher.config.data_dir().display(),
+                data.sizes(),
+                dir.display()
+            );
+        }
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, iteration)?;
         Ok(Trainer {
             teacher,
@@ -301,7 +310,7 @@ impl Trainer {
     }
 
     pub fn save(&mut self) -> Result<()> {
-        let sha256 = checkpoint::save(&self.dir, &self.teacher, &self.adam, self.iteration)?;
+        let sha256 = checkpoint::save(&self.dir, &self.teacher, &self.adam, self.iteration, &self.data.sizes())?;
         self.last_saved = Some((self.iteration, sha256));
         Ok(())
     }
@@ -1173,6 +1182,47 @@ mod tests {
         assert!(err.contains("none: cannot open; is it a gtn training folder?"), "{err}");
     }
 
+    /// A run resumed on other data (here the fixture cut to 300 training images, which redraws
+    /// the split) is refused, naming both; the same data in another folder is the same run.
+    #[test]
+    fn a_run_resumed_on_other_data_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        drop(Trainer::create(&fixture_config(), &run, Device::Cpu).unwrap());
+        let (slice, copy) = (dir.path().join("slice"), dir.path().join("copy"));
+        for folder in [&slice, &copy] {
+            std::fs::create_dir_all(folder).unwrap();
+        }
+        for (file, ndims) in [
+            ("train-images-idx3-ubyte", 3),
+            ("train-labels-idx1-ubyte", 1),
+            ("t10k-images-idx3-ubyte", 3),
+            ("t10k-labels-idx1-ubyte", 1),
+        ] {
+            let from = fixture_dir().join(format!("{file}.gz"));
+            std::fs::copy(&from, copy.join(format!("{file}.gz"))).unwrap();
+            let mut idx = crate::data::idx::read(&from, ndims).unwrap();
+            if file.starts_with("train") {
+                let per_item: usize = idx.dims[1..].iter().product();
+                idx.dims[0] = 300;
+                idx.data.truncate(300 * per_item);
+            }
+            std::fs::write(slice.join(file), crate::data::idx::encode(&idx)).unwrap();
+        }
+        let resume = |data_dir: &Path| {
+            let settings = RunSettings { data_dir: Some(data_dir.to_path_buf()), checkpoint_every: None };
+            Trainer::resume(&run, Device::Cpu, &settings)
+        };
+        let err = resume(&slice).err().unwrap().to_string();
+        assert!(
+            err.starts_with(&format!("{}: holds mnist, 188 training, 112 validation and ", slice.display())),
+            "{err}"
+        );
+        assert!(err.contains("was meta-trained on mnist, 400 training, 112 validation and "), "{err}");
+        assert!(err.ends_with("expected its data (--data-dir)"), "{err}");
+        assert_eq!(resume(&copy).unwrap().iteration, 0);
+    }
+
     #[test]
     fn a_new_run_sets_no_key_without_effect() {
         let dir = tempfile::tempdir().unwrap();
@@ -1288,7 +1338,8 @@ mod tests {
         assert!(err.contains(&expected), "{err}");
         checkpoint::write_config(dir.path(), &config).unwrap();
         let theta = [("theta".to_string(), Tensor::zeros([3], (tch::Kind::Float, Device::Cpu)))];
-        checkpoint::write_tensors(&checkpoint::checkpoint_path(dir.path()), &theta, "env = \"cartpole\"").unwrap();
+        checkpoint::write_tensors(&checkpoint::checkpoint_path(dir.path()), &theta, "env = \"cartpole\"", None)
+            .unwrap();
         let err = checkpoint::load(dir.path(), Device::Cpu).err().unwrap().to_string();
         assert!(
             err.contains("checkpoint.safetensors: the config stored in it is not this command's (")

@@ -147,6 +147,18 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Its name and split sizes, as a run's checkpoint records them: a run resumed on other data
+    /// is refused.
+    pub fn sizes(&self) -> String {
+        format!(
+            "{}, {} training, {} validation and {} test images",
+            self.name.as_str(),
+            self.train.len(),
+            self.valid.len(),
+            self.test.len()
+        )
+    }
+
     /// Loads the four IDX files (plain or `.gz`) from `dir` and holds out `valid_size` training
     /// images, chosen by a permutation seeded with `split_seed`, for validation.
     pub fn load(name: DatasetName, dir: &Path, valid_size: usize, split_seed: u64, device: Device) -> Result<Dataset> {
