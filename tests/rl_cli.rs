@@ -66,6 +66,15 @@ fn rl_train_resume_eval() {
     assert!(table.contains(&format!("real return (greedy)       {mean:.1} ± {std:.1}\n")), "{table}\n{report}");
     assert!(table.contains(&format!("untrained teacher          {untrained:.1} ± {untrained_std:.1}\n")), "{table}");
     assert!(table.contains("REINFORCE to match it"));
+    // What the teacher cost: every step of its candidates' episodes, 16 pairs x 4 policies x 2
+    // episodes a generation; CartPole pays 1 per step, so each logged mean fitness x 256.
+    let cost: u64 = log_rows(&run)[1..]
+        .iter()
+        .map(|row| (row.split(',').nth(1).unwrap().parse::<f64>().unwrap() * 256.0).round() as u64)
+        .sum();
+    assert!(cost >= 15 * 256, "at least one step an episode: {cost}");
+    assert_eq!(report["teacher_real_steps"].as_u64(), Some(cost), "{report}");
+    assert!(table.contains(&format!("the teacher's own cost     {cost} real steps in all")), "{table}");
 
     // The checkpoint keeps the config it was saved under: an edited outer_lr changes nothing
     // that `rl eval` reports, an edited seed is refused.

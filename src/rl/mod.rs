@@ -127,6 +127,10 @@ pub struct RlEvalReport {
     pub baseline_steps_to_match_median: Option<f64>,
     pub baseline_reached: usize,
     pub baseline_budget_steps: usize,
+    /// Real environment steps the teacher cost (ES: meta-training's episodes; imitation: its
+    /// reference's), which its policies' 0 real steps each amortise; null for a checkpoint of a
+    /// build before they were counted.
+    pub teacher_real_steps: Option<u64>,
 }
 
 /// Greedy real returns of the policies of `trials` trained on `theta`, in parallel.
@@ -137,7 +141,7 @@ pub fn real_returns(teacher: &EnvTeacher, theta: &[f32], trials: &[Trial], threa
 /// Scores the teacher in `dir` on fresh draws (independent of the ones it was trained on), then
 /// runs the REINFORCE baseline until it matches that return.
 pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
-    let train::Checkpoint { teacher, theta, generation, .. } = train::load(dir)?;
+    let train::Checkpoint { teacher, theta, generation, real_steps, .. } = train::load(dir)?;
     let c = teacher.config.clone();
     // Training draws come from `meta::iteration_rng(config.seed, g)`; this stream is separate.
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED_E7A1_0000_0000);
@@ -167,6 +171,7 @@ pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
         baseline_reached: reached.len(),
         baseline_steps_to_match: steps,
         baseline_budget_steps: c.baseline_budget,
+        teacher_real_steps: real_steps,
     })
 }
 
@@ -185,11 +190,15 @@ impl RlEvalReport {
                 self.baseline_steps_to_match.len()
             ),
         };
+        let cost = self.teacher_real_steps.map_or("not counted (a checkpoint of an older gtn)".into(), |n| {
+            format!("{n} real steps in all (0 per policy it then trains)")
+        });
         format!(
             "teacher after {} generations: {} fresh policies x {} episodes, trained {} steps on {} synthetic observations\n\
              real return (greedy)       {:.1} ± {:.1}\n\
              untrained teacher          {:.1} ± {:.1}\n\
-             REINFORCE to match it      {baseline}",
+             REINFORCE to match it      {baseline}\n\
+             the teacher's own cost     {cost}",
             self.generation,
             self.policies,
             self.episodes_per_policy,

@@ -87,6 +87,9 @@ pub struct Checkpoint {
     pub adam: Adam,
     pub generation: usize,
     pub reference: Option<Reference>,
+    /// Real environment steps the teacher has cost so far ([`EsTrainer::real_steps`]); none in
+    /// the checkpoints of builds before they were counted.
+    pub real_steps: Option<u64>,
 }
 
 /// Tensors that checkpoints of older builds lack, so a missing one says more than "missing".
@@ -99,6 +102,7 @@ pub fn save(
     adam: &Adam,
     generation: usize,
     reference: Option<&Reference>,
+    real_steps: Option<u64>,
 ) -> Result<()> {
     let mut tensors = vec![
         ("theta", theta.detach().copy()),
@@ -109,6 +113,7 @@ pub fn save(
         ("adam.steps", Tensor::from_slice(&[adam.steps])),
         ("generation", Tensor::from_slice(&[generation as i64])),
     ];
+    tensors.extend(real_steps.map(|n| ("real_steps", Tensor::from_slice(&[n as i64]))));
     if let Some(r) = reference {
         tensors.extend([
             ("reference.states", r.states.copy()),
@@ -219,8 +224,15 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     if let Some(k) = crate::nn::first_non_finite(&tensors) {
         bail!("{}: NaN or infinite values in {}", path.display(), floats[k].0);
     }
+    let real_steps = match stored.get("real_steps") {
+        None => None,
+        Some(_) => match take("real_steps", &[1], Kind::Int64)?.int64_value(&[0]) {
+            n if n >= 0 => Some(n as u64),
+            n => bail!("{}: tensor `real_steps` is {n}, expected a count (at least 0)", path.display()),
+        },
+    };
     let adam = Adam { m: vec![m], v: vec![v], steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
-    Ok(Checkpoint { teacher, theta, adam, generation, reference })
+    Ok(Checkpoint { teacher, theta, adam, generation, reference, real_steps })
 }
 
 pub struct EsTrainer {
@@ -230,6 +242,11 @@ pub struct EsTrainer {
     adam: Adam,
     /// Generations completed.
     pub generation: usize,
+    /// Real environment steps the teacher has cost: ES, every step of every candidate's
+    /// episodes; imitation, its reference's (REINFORCE's training and the episodes recording its
+    /// states), as meta-training itself takes none. None for a run resumed from a checkpoint of
+    /// a build before they were counted.
+    pub real_steps: Option<u64>,
     last_saved: usize,
     dir: PathBuf,
     /// Worker threads for the ES population; the ES result does not depend on it.
@@ -259,11 +276,13 @@ impl EsTrainer {
         crate::checkpoint::check_startable::<RlConfig>(dir)?;
         crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
         crate::atomic::write(&dir.join(LOG_FILE), format!("{}\n", log_header(config.objective)).as_bytes())?;
+        let real_steps = reference.as_ref().map_or(0, |r| (r.real_steps + r.actions.size()[0] as usize) as u64);
         let mut trainer = EsTrainer {
             teacher,
             theta,
             adam,
             generation: 0,
+            real_steps: Some(real_steps),
             last_saved: 0,
             dir: dir.to_path_buf(),
             threads,
@@ -290,13 +309,14 @@ impl EsTrainer {
             return EsTrainer::create(&read_config(dir)?, dir, threads);
         }
         let lock = crate::checkpoint::lock_run(dir)?;
-        let Checkpoint { teacher, theta, adam, generation, reference } = load(dir)?;
+        let Checkpoint { teacher, theta, adam, generation, reference, real_steps } = load(dir)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), log_header(teacher.config.objective), generation)?;
         Ok(EsTrainer {
             teacher,
             theta,
             adam,
             generation,
+            real_steps,
             last_saved: generation,
             dir: dir.to_path_buf(),
             threads,
@@ -327,17 +347,21 @@ impl EsTrainer {
         let g = self.generation;
         let c = self.config().clone();
         let mut rng = iteration_rng(c.seed, g);
-        let (score, descent) = match &self.reference {
+        let (score, descent, steps) = match &self.reference {
             None => {
                 let (fitness, descent) = self.es_direction(&mut rng);
+                // CartPole pays 1 per step: a candidate's mean return times its episodes is the
+                // steps they took.
+                let episodes = (c.policies_per_candidate * c.episodes_per_policy) as f64;
+                let steps = fitness.iter().map(|f| (f * episodes).round() as u64).sum::<u64>();
                 let mean = fitness.iter().sum::<f64>() / fitness.len() as f64;
                 let max = fitness.iter().copied().fold(f64::MIN, f64::max);
                 let min = fitness.iter().copied().fold(f64::MAX, f64::min);
-                (Score::Fitness { mean, max, min }, descent)
+                (Score::Fitness { mean, max, min }, descent, steps)
             }
             Some(reference) => {
                 let (loss, grad) = reference.meta_gradient(&self.teacher, &self.theta, &mut rng);
-                (Score::MetaLoss(loss), Vec::<f32>::try_from(grad).expect("a float vector"))
+                (Score::MetaLoss(loss), Vec::<f32>::try_from(grad).expect("a float vector"), 0)
             }
         };
         let grad_norm = descent.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
@@ -374,6 +398,7 @@ impl EsTrainer {
         self.theta = theta;
         self.adam = adam;
         self.generation += 1;
+        self.real_steps = self.real_steps.map(|n| n + steps);
         crate::progress::append_row(&self.dir.join(LOG_FILE), &stats.csv_row())?;
         Ok(stats)
     }
@@ -407,7 +432,8 @@ impl EsTrainer {
     }
 
     pub fn save(&mut self) -> Result<()> {
-        save(&self.dir, &self.teacher, &self.theta, &self.adam, self.generation, self.reference.as_ref())?;
+        let reference = self.reference.as_ref();
+        save(&self.dir, &self.teacher, &self.theta, &self.adam, self.generation, reference, self.real_steps)?;
         self.last_saved = self.generation;
         Ok(())
     }
@@ -476,6 +502,16 @@ mod tests {
         };
         assert_eq!(rows(b.path()), rows(a.path()), "logs differ apart from timings");
         assert_eq!(load(a.path()).unwrap().generation, 4);
+        // The real steps counted across the interruption are the uninterrupted run's; at least
+        // one per episode of a generation (16 pairs' 32 candidates x 4 policies x 2 episodes).
+        assert_eq!((resumed.real_steps, load(b.path()).unwrap().real_steps), (whole.real_steps, whole.real_steps));
+        assert!(whole.real_steps.unwrap() >= 4 * 256, "{:?}", whole.real_steps);
+        // A checkpoint of a build before they were counted: not counted from then on.
+        let file = b.path().join(CHECKPOINT_FILE);
+        let older: Vec<(String, Tensor)> =
+            Tensor::read_safetensors(&file).unwrap().into_iter().filter(|(name, _)| name != "real_steps").collect();
+        Tensor::write_safetensors(&older, &file).unwrap();
+        assert_eq!(load(b.path()).unwrap().real_steps, None);
     }
 
     #[test]
@@ -568,6 +604,9 @@ mod tests {
         assert!(r.states.equal(&learnt.states));
         assert_eq!((r.real_steps, r.greedy_return), (learnt.real_steps, learnt.greedy_return));
         assert_eq!(resumed.generation, 1);
+        // Meta-training takes no real step: the teacher cost its reference's.
+        let recorded = learnt.actions.size()[0] as u64;
+        assert_eq!(resumed.real_steps, Some(learnt.real_steps as u64 + recorded));
 
         let without: Vec<(String, Tensor)> =
             stored.into_iter().filter(|(name, _)| name != "reference.states").collect();
