@@ -357,8 +357,6 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     let teacher_grid = grid(stride, t, t);
     let real_grid = grid(stride, options.real_steps_factor * t, t);
     let data = meta::load_data(&base, device)?;
-    // Measurements are kept by where their data came from, spelled one way.
-    let data_dir = crate::config::absolute(&base.data_dir(), "the data folder")?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let test = data.test.first(if options.test_images == 0 { usize::MAX } else { options.test_images });
 
@@ -377,7 +375,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         eprintln!("{name}: meta-training in {}", dir.display());
         let trainer = train_or_reuse(&teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
         eprintln!("{name}: evaluating {} learners", options.learners);
-        let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, data_dir.clone())?;
+        let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
         trained.push((trainer.config().meta_iters, meta::logged_seconds(&dir)? / 60.0));
     }
@@ -386,7 +384,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         version: MEASUREMENT_VERSION,
         inner_steps: t,
         dataset: base.dataset,
-        data_dir,
+        data_dir: base.data_dir(),
         valid_size: base.valid_size,
         split_seed: base.seed,
         batch_size: base.batch_size,

@@ -255,10 +255,14 @@ impl Config {
     }
 
     /// Switches to `dataset`, with its default validation split unless `valid_size` is something
-    /// other than the current dataset's default (set by a config file, or the `tiny` preset's).
+    /// other than the current dataset's default (set by a config file, or the `tiny` preset's),
+    /// and without CIFAR-10's augmentation when leaving it (its flips would mirror digits).
     pub fn set_dataset(&mut self, dataset: DatasetName) {
         if self.valid_size == self.dataset.default_valid_size() {
             self.valid_size = dataset.default_valid_size();
+        }
+        if self.dataset == DatasetName::Cifar10 && dataset != DatasetName::Cifar10 {
+            self.augment = false;
         }
         self.dataset = dataset;
     }
@@ -629,6 +633,10 @@ mod tests {
         from_file.set_dataset(DatasetName::Cifar10);
         assert_eq!((from_file.dataset, from_file.valid_size), (DatasetName::Cifar10, 1_000));
         // The key in a file, like the flag: that dataset's default split unless the file sets one.
+        let mut leaving = Config::cpu_cifar10();
+        assert!(leaving.augment);
+        leaving.set_dataset(DatasetName::Mnist);
+        assert!(!leaving.augment, "CIFAR-10's flips are not MNIST's");
         let keyed = Config::cpu().with_overrides_str("dataset = \"cifar10\"").unwrap();
         assert_eq!(keyed.valid_size, DatasetName::Cifar10.default_valid_size());
         assert_ne!(DatasetName::Cifar10.default_valid_size(), DatasetName::Mnist.default_valid_size());

@@ -165,12 +165,12 @@ impl FromStr for Cell {
     }
 }
 
-/// `n` distinct random cells from `seed`, in the order drawn (architecture `k` of a list is the
-/// same whatever `n` is, so lists of different lengths share a prefix).
 /// The most architectures `sample_distinct` is asked for: far more than a search can score, and
 /// far fewer than the space holds (about 2e11 cells), so drawing them ends.
 pub const MAX_SAMPLE: u64 = 1_000_000;
 
+/// `n` distinct random cells from `seed`, in the order drawn (architecture `k` of a list is the
+/// same whatever `n` is, so lists of different lengths share a prefix).
 pub fn sample_distinct(n: usize, seed: u64) -> Vec<Cell> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut seen = std::collections::HashSet::new();

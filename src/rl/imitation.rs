@@ -67,6 +67,12 @@ impl Reference {
     /// A one-line warning when REINFORCE stopped short of a solved task (its budget ran out):
     /// the teacher then learns to imitate a weaker policy. Not an error, since the run may still
     /// be worth having and its real steps are already spent.
+    /// Real environment steps the reference cost: REINFORCE's training (its greedy evaluation
+    /// episodes not counted, as for the baseline) and the episodes that recorded its states.
+    pub fn real_cost(&self) -> u64 {
+        (self.real_steps + self.actions.size()[0] as usize) as u64
+    }
+
     pub fn warning(&self) -> Option<String> {
         (self.greedy_return < REFERENCE_TARGET).then(|| {
             format!(

@@ -225,7 +225,8 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         bail!("{}: NaN or infinite values in {}", path.display(), floats[k].0);
     }
     let real_steps = match stored.get("real_steps") {
-        None => None,
+        // An imitation run's is its reference's, stored in older checkpoints too.
+        None => reference.as_ref().map(Reference::real_cost),
         Some(_) => match take("real_steps", &[1], Kind::Int64)?.int64_value(&[0]) {
             n if n >= 0 => Some(n as u64),
             n => bail!("{}: tensor `real_steps` is {n}, expected a count (at least 0)", path.display()),
@@ -276,7 +277,7 @@ impl EsTrainer {
         crate::checkpoint::check_startable::<RlConfig>(dir)?;
         crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
         crate::atomic::write(&dir.join(LOG_FILE), format!("{}\n", log_header(config.objective)).as_bytes())?;
-        let real_steps = reference.as_ref().map_or(0, |r| (r.real_steps + r.actions.size()[0] as usize) as u64);
+        let real_steps = reference.as_ref().map_or(0, Reference::real_cost);
         let mut trainer = EsTrainer {
             teacher,
             theta,
@@ -607,6 +608,13 @@ mod tests {
         // Meta-training takes no real step: the teacher cost its reference's.
         let recorded = learnt.actions.size()[0] as u64;
         assert_eq!(resumed.real_steps, Some(learnt.real_steps as u64 + recorded));
+        let older: Vec<(String, Tensor)> = mirrored
+            .iter()
+            .filter(|(name, _)| name != "real_steps")
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        Tensor::write_safetensors(&older, &file).unwrap();
+        assert_eq!(load(dir.path()).unwrap().real_steps, resumed.real_steps, "recovered from the reference");
 
         let without: Vec<(String, Tensor)> =
             stored.into_iter().filter(|(name, _)| name != "reference.states").collect();
