@@ -320,6 +320,21 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     Ok(Checkpoint { teacher, adam, iteration, sha256: file.sha256, data: file.saved_data })
 }
 
+/// Refuses data other than a run's (`saved`, [`crate::data::Dataset::sizes`] as its checkpoint
+/// recorded them; none in older builds' checkpoints): read from `data_dir` for the run `run`,
+/// other split sizes (a slice) would redraw the validation split, so the run would go on as
+/// another, or be scored on images its meta-training saw.
+pub fn check_data(saved: Option<&str>, data: &crate::data::Dataset, data_dir: &Path, run: &str) -> Result<()> {
+    match saved {
+        Some(saved) if saved != data.sizes() => bail!(
+            "{}: holds {}; the run {run} was meta-trained on {saved}; expected its data (--data-dir)",
+            data_dir.display(),
+            data.sizes()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The `unit`s a run's checkpoint in `dir` has done (`done`), checked against its optimiser's
 /// `steps` (one per unit) and against the run's length, the config key `length`.
 pub fn check_progress(dir: &Path, done: i64, steps: i64, length: (&str, usize), unit: &str) -> Result<usize> {

@@ -161,15 +161,7 @@ impl Trainer {
         let Checkpoint { mut teacher, adam, iteration, sha256, data: saved } = checkpoint::load(dir, device)?;
         settings.apply(&mut teacher.config);
         let data = load_data(&teacher.config, device)?;
-        // Other data (a slice, another copy) would redraw the split and go on as another run.
-        if let Some(saved) = saved.filter(|saved| *saved != data.sizes()) {
-            bail!(
-                "{}: holds {}; the run in {} was meta-trained on {saved}; expected its data (--data-dir)",
-                teacher.config.data_dir().display(),
-                data.sizes(),
-                dir.display()
-            );
-        }
+        checkpoint::check_data(saved.as_deref(), &data, &teacher.config.data_dir(), &format!("in {}", dir.display()))?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, iteration)?;
         Ok(Trainer {
             teacher,
@@ -1189,31 +1181,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
         drop(Trainer::create(&fixture_config(), &run, Device::Cpu).unwrap());
-        let (slice, copy) = (dir.path().join("slice"), dir.path().join("copy"));
-        for folder in [&slice, &copy] {
-            std::fs::create_dir_all(folder).unwrap();
-        }
-        for (file, ndims) in [
-            ("train-images-idx3-ubyte", 3),
-            ("train-labels-idx1-ubyte", 1),
-            ("t10k-images-idx3-ubyte", 3),
-            ("t10k-labels-idx1-ubyte", 1),
-        ] {
-            let from = fixture_dir().join(format!("{file}.gz"));
-            std::fs::copy(&from, copy.join(format!("{file}.gz"))).unwrap();
-            let mut idx = crate::data::idx::read(&from, ndims).unwrap();
-            if file.starts_with("train") {
-                let per_item: usize = idx.dims[1..].iter().product();
-                idx.dims[0] = 300;
-                idx.data.truncate(300 * per_item);
-            }
-            std::fs::write(slice.join(file), crate::data::idx::encode(&idx)).unwrap();
+        let slice = crate::data::fixture_slice(300);
+        let slice = slice.path();
+        let copy = dir.path().join("copy");
+        std::fs::create_dir_all(&copy).unwrap();
+        for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+            let from = entry.unwrap().path();
+            std::fs::copy(&from, copy.join(from.file_name().unwrap())).unwrap();
         }
         let resume = |data_dir: &Path| {
             let settings = RunSettings { data_dir: Some(data_dir.to_path_buf()), checkpoint_every: None };
             Trainer::resume(&run, Device::Cpu, &settings)
         };
-        let err = resume(&slice).err().unwrap().to_string();
+        let err = resume(slice).err().unwrap().to_string();
         assert!(
             err.starts_with(&format!("{}: holds mnist, 188 training, 112 validation and ", slice.display())),
             "{err}"

@@ -288,6 +288,27 @@ pub fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist")
 }
 
+/// The fixture, in a new folder, with its training set cut to its first `n` images.
+#[cfg(test)]
+pub fn fixture_slice(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, ndims) in [
+        ("train-images-idx3-ubyte", 3),
+        ("train-labels-idx1-ubyte", 1),
+        ("t10k-images-idx3-ubyte", 3),
+        ("t10k-labels-idx1-ubyte", 1),
+    ] {
+        let mut idx = idx::read(&fixture_dir().join(format!("{file}.gz")), ndims).unwrap();
+        if file.starts_with("train") {
+            let per_item: usize = idx.dims[1..].iter().product();
+            idx.dims[0] = n;
+            idx.data.truncate(n * per_item);
+        }
+        std::fs::write(dir.path().join(file), idx::encode(&idx)).unwrap();
+    }
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -137,9 +137,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     if opts.proxy == Proxy::Real && opts.real.batch < 2 && opts.net.head == crate::nas::network::Head::Hidden {
         bail!("--batch-size {}: the hidden head's batch norm over one image is constant; expected at least 2 (or another --head)", opts.real.batch);
     }
-    let (teacher, teacher_version) = match &opts.proxy {
+    let (teacher, teacher_version, teacher_data) = match &opts.proxy {
         Proxy::Gtn(dir) => {
-            let checkpoint::Checkpoint { teacher, iteration, sha256: sha, .. } = checkpoint::load(dir, device)?;
+            let checkpoint::Checkpoint { teacher, iteration, sha256: sha, data, .. } = checkpoint::load(dir, device)?;
             let version = format!("at meta-iteration {iteration}, checkpoint sha256 {}", &sha[..12]);
             let t = teacher.config.inner_steps;
             if max_steps > t {
@@ -148,9 +148,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     dir.display()
                 );
             }
-            (Some(teacher), Some(version))
+            (Some(teacher), Some(version), data)
         }
-        Proxy::Real => (None, None),
+        Proxy::Real => (None, None, None),
     };
     let data = match &teacher {
         // The teacher's own split, so validation images are ones meta-training never saw; read
@@ -167,7 +167,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                 );
             }
             let dir = opts.data_dir.clone().unwrap_or_else(|| c.data_dir());
-            Dataset::load(c.dataset, &dir, c.valid_size, c.seed, device)?
+            let data = Dataset::load(c.dataset, &dir, c.valid_size, c.seed, device)?;
+            checkpoint::check_data(teacher_data.as_deref(), &data, &dir, &opts.proxy.label())?;
+            data
         }
         None => {
             let dir = opts.data_dir.clone().unwrap_or_else(|| opts.dataset.default_dir());
@@ -438,6 +440,12 @@ mod tests {
         let opts = ScoreOptions { proxy: Proxy::Gtn(run), archs: sample_distinct(1, 1), ..options(&out, Shard::ALL) };
         let err = score(&ScoreOptions { data_dir: None, ..opts.clone() }, Device::Cpu, |_| {}).unwrap_err();
         assert!(err.to_string().starts_with("/nonexistent/mnist: data folder not found"), "{err}");
+        // Other data would redraw the teacher's split: validation images it was meta-trained on.
+        let slice = crate::data::fixture_slice(300);
+        let sliced = ScoreOptions { data_dir: Some(slice.path().to_path_buf()), ..opts.clone() };
+        let err = score(&sliced, Device::Cpu, |_| {}).unwrap_err().to_string();
+        assert!(err.contains(": holds mnist, 188 training, 112 validation and 256 test images; the run gtn:"), "{err}");
+        assert!(!out.exists());
         let fashion = ScoreOptions { dataset: DatasetName::FashionMnist, ..opts.clone() };
         let err = score(&fashion, Device::Cpu, |_| {}).unwrap_err().to_string();
         assert!(err.starts_with("--dataset fashion-mnist: the teacher gtn:"), "{err}");
