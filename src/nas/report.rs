@@ -143,14 +143,14 @@ fn row(proxy: String, steps: usize, mut points: Vec<Point>) -> Row {
 }
 
 /// One row per (proxy, step count), over the architectures both files have, ranked by
-/// validation accuracy; last, the parameter-count baseline over every architecture scored.
+/// validation accuracy; last, the parameter-count baseline over each set of architectures they
+/// rank (one set when every row ranks the same architectures).
 pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
     if truth.is_empty() {
         bail!("the truth file has no records");
     }
     let truth = truth_by_arch(truth)?;
     let mut groups: BTreeMap<(String, usize), Vec<Point>> = BTreeMap::new();
-    let mut scored: BTreeMap<&str, &Record> = BTreeMap::new();
     // A file given twice, or a shard beside the merged file, must not weigh an architecture
     // twice; a repeat measured differently is an error rather than a silent choice.
     let mut seen: HashMap<_, &Record> = HashMap::new();
@@ -179,7 +179,6 @@ pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
                 truth: t.valid_accuracy,
             };
             groups.entry((r.proxy.clone(), r.steps)).or_default().push(point);
-            scored.insert(t.arch.as_str(), t);
         }
     }
     if groups.is_empty() {
@@ -193,15 +192,26 @@ pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
         one_setting(label, records)?;
     }
     let mut rows: Vec<Row> = groups.into_iter().map(|((proxy, steps), points)| row(proxy, steps, points)).collect();
-    let by_size = scored.values().map(|t| {
-        let params = t.params as f64;
-        Point { arch: &t.arch, valid: params, test: params, params, seconds: 0.0, truth: t.valid_accuracy }
-    });
-    rows.push(Row {
-        spearman_valid_test: f64::NAN,
-        spearman_params: f64::NAN,
-        ..row(PARAMS.into(), 0, by_size.collect())
-    });
+    // One baseline per set of architectures the rows rank (a shard still running leaves some
+    // rows over fewer): correlations over different sets do not compare.
+    let mut sets: Vec<Vec<String>> = Vec::new();
+    for r in &rows {
+        if !sets.contains(&r.archs) {
+            sets.push(r.archs.clone());
+        }
+    }
+    for set in sets {
+        let by_size = set.iter().map(|arch| {
+            let t = truth[arch.as_str()];
+            let params = t.params as f64;
+            Point { arch: &t.arch, valid: params, test: params, params, seconds: 0.0, truth: t.valid_accuracy }
+        });
+        rows.push(Row {
+            spearman_valid_test: f64::NAN,
+            spearman_params: f64::NAN,
+            ..row(PARAMS.into(), 0, by_size.collect())
+        });
+    }
     Ok(rows)
 }
 
@@ -349,18 +359,23 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
     let last = trained.iter().map(|r| r.steps).max().unwrap_or(1);
     let axis = crate::plot::x_axis(first as f64, last as f64, true);
     let (first, last) = (axis.start as usize, axis.end as usize);
-    let level: Vec<Row> =
-        untrained.iter().flat_map(|&r| [Row { steps: first, ..r.clone() }, Row { steps: last, ..r.clone() }]).collect();
-    if !level.is_empty() {
-        lines.push((PARAMS, level.iter().collect()));
-    }
+    let levels: Vec<[Row; 2]> =
+        untrained.iter().map(|&r| [Row { steps: first, ..r.clone() }, Row { steps: last, ..r.clone() }]).collect();
+    lines.extend(levels.iter().map(|level| (PARAMS, level.iter().collect())));
     let mut series = Vec::new();
-    for (color, (proxy, rows)) in lines.into_iter().enumerate() {
+    let mut names: Vec<&str> = Vec::new();
+    for (proxy, rows) in lines {
+        // A colour per proxy; the baselines over several sets of architectures share one.
+        let color = names.iter().position(|&n| n == proxy).unwrap_or_else(|| {
+            names.push(proxy);
+            names.len() - 1
+        });
+        let named = !series.iter().any(|s: &Series| s.color == color);
         for (dashed, (_, pick)) in [false, true].into_iter().zip(SUBSETS) {
             let points: Vec<(f64, f64, f64)> =
                 rows.iter().map(|r| (r.steps as f64, pick(r), 0.0)).filter(|p| p.1.is_finite()).collect();
             // One legend entry per proxy; the x label says which line is which subset.
-            let name = if dashed { String::new() } else { proxy.to_owned() };
+            let name = if dashed || !named { String::new() } else { proxy.to_owned() };
             series.push(Series { name, points, color, dashed });
         }
     }
@@ -474,6 +489,29 @@ mod tests {
             assert_eq!(correlations(&proxy, &truth).unwrap()[0].spearman_top, -1.0, "top half a0, a1");
             proxy.reverse();
         }
+    }
+
+    /// A proxy over fewer architectures (a shard still running) gets its own baseline, over the
+    /// same architectures; both are drawn in the baseline's one colour.
+    #[test]
+    fn each_set_of_architectures_gets_its_own_parameter_count_baseline() {
+        let truth: Vec<Record> = (0..6).map(|k| Record { params: k as i64, ..rec(k, "real", 100, k as f64) }).collect();
+        let mut proxy: Vec<Record> = (0..6).map(|k| rec(k, "gtn:t", 8, k as f64)).collect();
+        // Parameter count ranks the three it shares with the real proxy in reverse of the truth.
+        proxy.extend((0..3).map(|k| rec(k, "real", 10, k as f64)));
+        let truth: Vec<Record> =
+            truth.into_iter().map(|t| if t.index < 3 { Record { params: 10 - t.params, ..t } } else { t }).collect();
+        let rows = correlations(&proxy, &truth).unwrap();
+        let baselines: Vec<(usize, f64)> =
+            rows.iter().filter(|r| r.proxy == PARAMS).map(|r| (r.n, r.spearman)).collect();
+        assert_eq!(baselines.len(), 2, "{rows:?}");
+        assert_eq!(baselines[1], (3, -1.0), "over the real proxy's three: {rows:?}");
+        assert_eq!(baselines[0].0, 6);
+        let real = rows.iter().find(|r| r.proxy == "real").unwrap();
+        let params = rows.iter().find(|r| r.proxy == PARAMS && r.archs == real.archs).unwrap();
+        assert_eq!(params.n, real.n);
+        let dir = tempfile::tempdir().unwrap();
+        plot(&rows, &dir.path().join("c.png")).unwrap();
     }
 
     #[test]
