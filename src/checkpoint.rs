@@ -83,15 +83,17 @@ pub fn check_startable<C: DeserializeOwned>(dir: &Path) -> Result<()> {
 /// The metadata key under which a checkpoint file keeps the config (TOML) it was saved under.
 const SAVED_CONFIG: &str = "config";
 
-/// The metadata key under which an image run's checkpoint keeps the sizes of the data it was
-/// meta-trained on ([`crate::data::Dataset::sizes`]).
-const SAVED_DATA: &str = "data";
+/// The tensor in which an image run's checkpoint keeps the sizes of its data's training,
+/// validation and test splits ([`crate::data::Dataset::sizes`]). A tensor, not metadata:
+/// safetensors writes its metadata map in no fixed order, so a second key would make the same
+/// run's checkpoint bytes (its identity) vary between saves.
+const DATA_SIZES: &str = "data.sizes";
 
 /// Writes `tensors` to the checkpoint file `path` atomically, with `config` (TOML) as its
 /// metadata: what the run was when these were saved, so that a `config.toml` edited since can be
-/// told from it; and `data`, the sizes of the data it trains on, where there is some. Each
-/// tensor is copied to bytes only as it is written. Returns the sha256 of the file written.
-pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str, data: Option<&str>) -> Result<String> {
+/// told from it. Each tensor is copied to bytes only as it is written. Returns the sha256 of the
+/// file written.
+pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) -> Result<String> {
     let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: cannot write: {e}", path.display());
     let views = tensors
         .iter()
@@ -102,9 +104,7 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str, da
             Ok((name.as_str(), HostTensor { t, dtype, shape }))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut metadata = HashMap::from([(SAVED_CONFIG.to_string(), config.to_string())]);
-    metadata.extend(data.map(|d| (SAVED_DATA.to_string(), d.to_string())));
-    let metadata = Some(metadata);
+    let metadata = Some(HashMap::from([(SAVED_CONFIG.to_string(), config.to_string())]));
     crate::atomic::replace_with(path, |tmp| {
         safetensors::tensor::serialize_to_file(views, &metadata, tmp).map_err(|e| cannot(&e))
     })?;
@@ -139,13 +139,11 @@ impl safetensors::View for HostTensor {
     }
 }
 
-/// A checkpoint file as read: its tensors (on the CPU), the config it was saved under and the
-/// sizes of its data (each absent from the checkpoints of builds before it was stored) and the
-/// sha256 of its bytes.
+/// A checkpoint file as read: its tensors (on the CPU), the config it was saved under (absent
+/// from the checkpoints of builds before it was stored) and the sha256 of its bytes.
 pub struct StoredTensors {
     pub tensors: HashMap<String, Tensor>,
     pub saved_config: Option<String>,
-    pub saved_data: Option<String>,
     pub sha256: String,
 }
 
@@ -161,9 +159,8 @@ pub fn read_tensors(path: &Path) -> Result<StoredTensors> {
         .map(|(name, view)| Ok((name, Tensor::try_from(view).map_err(|e| corrupt(&e))?)))
         .collect::<Result<_>>()?;
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(&e))?;
-    let saved = |key: &str| metadata.metadata().as_ref().and_then(|m| m.get(key).cloned());
-    let (saved_config, saved_data) = (saved(SAVED_CONFIG), saved(SAVED_DATA));
-    Ok(StoredTensors { tensors, saved_config, saved_data, sha256: crate::data::fetch::sha256_hex(&bytes) })
+    let saved_config = metadata.metadata().as_ref().and_then(|m| m.get(SAVED_CONFIG).cloned());
+    Ok(StoredTensors { tensors, saved_config, sha256: crate::data::fetch::sha256_hex(&bytes) })
 }
 
 /// Refuses a run whose `config.toml` (`current`) was edited, since its checkpoint was saved, in
@@ -228,7 +225,7 @@ pub fn read_config(dir: &Path) -> Result<Config> {
 /// Saves the run in `dir`; returns the checkpoint's sha256, what identifies a teacher beyond its
 /// config (two runs of one config on other devices, builds or thread counts differ).
 /// `data`: the sizes of the data the run trains on ([`crate::data::Dataset::sizes`]).
-pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize, data: &str) -> Result<String> {
+pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize, data: [i64; 3]) -> Result<String> {
     let named = teacher.named_params();
     let mut tensors = Vec::with_capacity(3 * named.len() + 2);
     for ((name, param), (m, v)) in named.into_iter().zip(adam.m.iter().zip(&adam.v)) {
@@ -238,7 +235,8 @@ pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize, data: 
     }
     tensors.push(("adam.steps".into(), Tensor::from_slice(&[adam.steps])));
     tensors.push(("iteration".into(), Tensor::from_slice(&[iteration as i64])));
-    write_tensors(&checkpoint_path(dir), &tensors, &teacher.config.without_session_settings().to_toml()?, Some(data))
+    tensors.push((DATA_SIZES.into(), Tensor::from_slice(&data)));
+    write_tensors(&checkpoint_path(dir), &tensors, &teacher.config.without_session_settings().to_toml()?)
 }
 
 /// A loaded run: its teacher, outer-optimiser state and completed iterations.
@@ -249,7 +247,7 @@ pub struct Checkpoint {
     pub iteration: usize,
     /// The sizes of the data the run was saved with ([`crate::data::Dataset::sizes`]); none in
     /// the checkpoints of builds before they were stored.
-    pub data: Option<String>,
+    pub data: Option<[i64; 3]>,
     /// Of the bytes these were loaded from, read once: a run saving to the folder meanwhile cannot
     /// pair one save's weights with another save's hash.
     pub sha256: String,
@@ -304,7 +302,20 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
         }
         Ok(())
     })?;
-    let expected = 3 * named.len() + 2;
+    // Older builds' checkpoints do not record their data's sizes.
+    let data = match stored.get(DATA_SIZES) {
+        None => None,
+        Some(t) if t.size() == [3] && t.kind() == Kind::Int64 => {
+            Some(<[i64; 3]>::try_from(Vec::<i64>::try_from(t)?).expect("three sizes"))
+        }
+        Some(t) => bail!(
+            "{}: tensor `{DATA_SIZES}` has shape {:?} ({:?}), expected [3] (Int64); the checkpoint is corrupt",
+            path.display(),
+            t.size(),
+            t.kind()
+        ),
+    };
+    let expected = 3 * named.len() + 2 + usize::from(data.is_some());
     if stored.len() != expected {
         bail!(
             "{}: {} tensors, the config expects {expected}; the checkpoint is from another config",
@@ -317,19 +328,22 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     let iteration =
         check_progress(dir, scalar("iteration")?, steps, ("meta_iters", config.meta_iters), "meta-iteration")?;
     let adam = Adam { m, v, steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
-    Ok(Checkpoint { teacher, adam, iteration, sha256: file.sha256, data: file.saved_data })
+    Ok(Checkpoint { teacher, adam, iteration, sha256: file.sha256, data })
 }
 
 /// Refuses data other than a run's (`saved`, [`crate::data::Dataset::sizes`] as its checkpoint
 /// recorded them; none in older builds' checkpoints): read from `data_dir` for the run `run`,
 /// other split sizes (a slice) would redraw the validation split, so the run would go on as
 /// another, or be scored on images its meta-training saw.
-pub fn check_data(saved: Option<&str>, data: &crate::data::Dataset, data_dir: &Path, run: &str) -> Result<()> {
+pub fn check_data(saved: Option<[i64; 3]>, data: &crate::data::Dataset, data_dir: &Path, run: &str) -> Result<()> {
+    let words = |[train, valid, test]: [i64; 3]| format!("{train} training, {valid} validation and {test} test images");
     match saved {
         Some(saved) if saved != data.sizes() => bail!(
-            "{}: holds {}; the run {run} was meta-trained on {saved}; expected its data (--data-dir)",
+            "{}: holds {} of {}; the run {run} was meta-trained on {}; expected its data (--data-dir)",
             data_dir.display(),
-            data.sizes()
+            words(data.sizes()),
+            data.name.as_str(),
+            words(saved)
         ),
         _ => Ok(()),
     }
@@ -387,9 +401,9 @@ pub(crate) mod tests {
             ("steps".to_string(), Tensor::from_slice(&[7i64])),
             ("return".to_string(), Tensor::from_slice(&[0.1f64])),
         ];
-        let sha256 = write_tensors(&path, &written, "seed = 3\n", Some("4 images")).unwrap();
+        let sha256 = write_tensors(&path, &written, "seed = 3\n").unwrap();
         let read = read_tensors(&path).unwrap();
-        assert_eq!((read.saved_config.as_deref(), read.saved_data.as_deref()), (Some("seed = 3\n"), Some("4 images")));
+        assert_eq!(read.saved_config.as_deref(), Some("seed = 3\n"));
         assert_eq!(read.tensors.len(), written.len());
         for (name, t) in &written {
             let back = &read.tensors[name];

@@ -147,16 +147,10 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Its name and split sizes, as a run's checkpoint records them: a run resumed on other data
-    /// is refused.
-    pub fn sizes(&self) -> String {
-        format!(
-            "{}, {} training, {} validation and {} test images",
-            self.name.as_str(),
-            self.train.len(),
-            self.valid.len(),
-            self.test.len()
-        )
+    /// Its training, validation and test split sizes, as a run's checkpoint records them: a run
+    /// resumed on other data is refused.
+    pub fn sizes(&self) -> [i64; 3] {
+        [self.train.len(), self.valid.len(), self.test.len()].map(|n| n as i64)
     }
 
     /// Loads the four IDX files (plain or `.gz`) from `dir` and holds out `valid_size` training

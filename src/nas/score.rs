@@ -168,7 +168,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             }
             let dir = opts.data_dir.clone().unwrap_or_else(|| c.data_dir());
             let data = Dataset::load(c.dataset, &dir, c.valid_size, c.seed, device)?;
-            checkpoint::check_data(teacher_data.as_deref(), &data, &dir, &opts.proxy.label())?;
+            checkpoint::check_data(teacher_data, &data, &dir, &opts.proxy.label())?;
             data
         }
         None => {
@@ -444,7 +444,10 @@ mod tests {
         let slice = crate::data::fixture_slice(300);
         let sliced = ScoreOptions { data_dir: Some(slice.path().to_path_buf()), ..opts.clone() };
         let err = score(&sliced, Device::Cpu, |_| {}).unwrap_err().to_string();
-        assert!(err.contains(": holds mnist, 188 training, 112 validation and 256 test images; the run gtn:"), "{err}");
+        assert!(
+            err.contains(": holds 188 training, 112 validation and 256 test images of mnist; the run gtn:"),
+            "{err}"
+        );
         assert!(!out.exists());
         let fashion = ScoreOptions { dataset: DatasetName::FashionMnist, ..opts.clone() };
         let err = score(&fashion, Device::Cpu, |_| {}).unwrap_err().to_string();

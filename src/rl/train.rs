@@ -123,7 +123,7 @@ pub fn save(
         ]);
     }
     let tensors: Vec<(String, Tensor)> = tensors.into_iter().map(|(name, t)| (name.to_string(), t)).collect();
-    crate::checkpoint::write_tensors(&dir.join(CHECKPOINT_FILE), &tensors, &teacher.config.to_toml()?, None).map(drop)
+    crate::checkpoint::write_tensors(&dir.join(CHECKPOINT_FILE), &tensors, &teacher.config.to_toml()?).map(drop)
 }
 
 /// Loads `dir`, checking its config.toml against the config the checkpoint was saved under (see
