@@ -208,6 +208,7 @@ pub fn baseline_real(
             opts.learner
         );
     }
+    // Before the data is read (`sweep_real` checks it again, for its other callers).
     check_sweep(opts.learners, (&opts.lrs, &opts.momenta))?;
     let dir = opts.data_dir.clone().unwrap_or_else(|| opts.dataset.default_dir());
     let valid_size = opts.valid_size.unwrap_or(opts.dataset.default_valid_size());

@@ -40,7 +40,7 @@ impl LearnerKind {
     pub fn normalises_over_the_batch_alone(self) -> bool {
         match self {
             LearnerKind::BaseFc | LearnerKind::Random | LearnerKind::Mlp => true,
-            LearnerKind::NasRandom => crate::nas::network::NetConfig::CPU.head == crate::nas::network::Head::Hidden,
+            LearnerKind::NasRandom => crate::nas::network::NetConfig::CPU.head.normalises_over_the_batch_alone(),
             LearnerKind::CifarCnn | LearnerKind::CifarRandom => false,
         }
     }

@@ -36,6 +36,14 @@ pub enum Head {
     GlobalPool,
 }
 
+impl Head {
+    /// Whether the head's batch norm averages over the batch alone (the hidden layer's): over
+    /// one image it is constant, so the network's outputs would not depend on its input.
+    pub fn normalises_over_the_batch_alone(self) -> bool {
+        self == Head::Hidden
+    }
+}
+
 /// Width of `Head::Hidden`'s hidden layer (base_fc's).
 pub const HIDDEN: i64 = 256;
 

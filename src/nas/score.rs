@@ -134,7 +134,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         bail!("--steps: step counts must be positive");
     }
     opts.net.validate()?;
-    if opts.proxy == Proxy::Real && opts.real.batch < 2 && opts.net.head == crate::nas::network::Head::Hidden {
+    if opts.proxy == Proxy::Real && opts.real.batch < 2 && opts.net.head.normalises_over_the_batch_alone() {
         bail!("--batch-size {}: the hidden head's batch norm over one image is constant; expected at least 2 (or another --head)", opts.real.batch);
     }
     let (teacher, teacher_version, teacher_data) = match &opts.proxy {
@@ -190,7 +190,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     let label = opts.proxy.label();
     // A GTN proxy scores as its teacher was meta-trained to be scored.
     let bn_eval = teacher.as_ref().map_or(BnEval::Batch, |t| t.config.bn_eval);
-    if bn_eval == BnEval::Batch && opts.net.head == crate::nas::network::Head::Hidden && valid.len() < 2 {
+    if bn_eval == BnEval::Batch && opts.net.head.normalises_over_the_batch_alone() && valid.len() < 2 {
         let given = match &opts.proxy {
             _ if opts.eval_images < 2 => "--eval-images 1",
             Proxy::Real => "--valid-size 1",
