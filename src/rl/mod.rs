@@ -16,7 +16,7 @@ pub mod train;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use rand::{rngs::StdRng, SeedableRng};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 
 pub use config::{EnvName, Objective, RlConfig};
@@ -25,6 +25,26 @@ pub use train::EsTrainer;
 use crate::eval::{mean_std, median};
 use reinforce::ReinforceConfig;
 use teacher::{EnvTeacher, Trial};
+
+/// What a random stream of an RL run is drawn for. Each use of a seed gets its own stream (and
+/// the generations theirs, `meta::iteration_rng`), so no two of them share draws: with
+/// `StdRng::seed_from_u64(seed)` for the teacher, seed 0's teacher noise was generation 0's ES
+/// directions, and evaluations at seeds S and S + 1 shared all but one baseline run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stream {
+    Teacher = 1,
+    Reference = 2,
+    Eval = 3,
+}
+
+/// The stream of `seed` for `purpose`: a ChaCha key of the seed and the purpose, distinct for
+/// every pair (the keys `seed_from_u64` makes are pseudo-random, never this shape in practice).
+pub(crate) fn stream(seed: u64, purpose: Stream) -> StdRng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&(purpose as u64).to_le_bytes());
+    StdRng::from_seed(key)
+}
 
 /// Options of `gtn rl train`.
 #[derive(Debug, Clone)]
@@ -133,6 +153,14 @@ pub struct RlEvalReport {
     pub teacher_real_steps: Option<u64>,
 }
 
+/// What `gtn rl eval --seed seed` draws: the fresh policies and episodes that score the teacher,
+/// and one seed per REINFORCE baseline run.
+fn eval_draws(c: &RlConfig, seed: u64) -> (Vec<Trial>, Vec<u64>) {
+    let mut rng = stream(seed, Stream::Eval);
+    let trials = teacher::trials(c, &mut rng, c.eval_policies, c.eval_episodes);
+    (trials, (0..c.baseline_seeds).map(|_| rng.gen()).collect())
+}
+
 /// Greedy real returns of the policies of `trials` trained on `theta`, in parallel.
 pub fn real_returns(teacher: &EnvTeacher, theta: &[f32], trials: &[Trial], threads: usize) -> Vec<f64> {
     es::evaluate_parallel(trials.len(), threads, |i| teacher.returns(theta, &trials[i..=i])).concat()
@@ -143,15 +171,13 @@ pub fn real_returns(teacher: &EnvTeacher, theta: &[f32], trials: &[Trial], threa
 pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
     let train::Checkpoint { teacher, theta, generation, real_steps, .. } = train::load(dir)?;
     let c = teacher.config.clone();
-    // Training draws come from `meta::iteration_rng(config.seed, g)`; this stream is separate.
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED_E7A1_0000_0000);
-    let trials = teacher::trials(&c, &mut rng, c.eval_policies, c.eval_episodes);
+    let (trials, baseline_seeds) = eval_draws(&c, seed);
     let theta = Vec::<f32>::try_from(&theta).expect("a float vector");
     let (mean, std) = mean_std(&real_returns(&teacher, &theta, &trials, threads));
     let (untrained_mean, untrained_std) = mean_std(&real_returns(&teacher, &teacher.initial, &trials, threads));
     let baseline = ReinforceConfig::default();
     let steps = es::evaluate_parallel(c.baseline_seeds, threads, |s| {
-        reinforce::steps_to_reach(&reinforce::train(&baseline, seed + s as u64, c.baseline_budget, mean).0, mean)
+        reinforce::steps_to_reach(&reinforce::train(&baseline, baseline_seeds[s], c.baseline_budget, mean).0, mean)
     });
     let reached: Vec<f64> = steps.iter().flatten().map(|&s| s as f64).collect();
     Ok(RlEvalReport {
@@ -221,4 +247,32 @@ pub fn eval_command(dir: &Path, seed: u64, threads: Option<usize>, json: bool) -
         println!("{}\n{}", dir.display(), report.table());
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluations_at_two_seeds_share_no_draws() {
+        let c = RlConfig::cpu();
+        let (trials0, seeds0) = eval_draws(&c, 0);
+        let (trials1, seeds1) = eval_draws(&c, 1);
+        assert_eq!((trials0.len(), seeds0.len()), (c.eval_policies, c.baseline_seeds));
+        assert_eq!(eval_draws(&c, 0), (trials0.clone(), seeds0.clone()), "deterministic in the seed");
+        assert!(seeds0.iter().all(|s| !seeds1.contains(s)), "baseline seeds {seeds0:?} and {seeds1:?}");
+        let inits = |t: &[Trial]| t.iter().map(|t| t.init_seed).collect::<Vec<_>>();
+        assert!(inits(&trials0).iter().all(|s| !inits(&trials1).contains(s)));
+    }
+
+    #[test]
+    fn each_use_of_a_seed_has_its_own_stream() {
+        let first = |mut rng: StdRng| (0..4).map(|_| rng.gen::<u64>()).collect::<Vec<_>>();
+        let uses = [Stream::Teacher, Stream::Reference, Stream::Eval];
+        let mut draws: Vec<Vec<u64>> = [0, 1].iter().flat_map(|&s| uses.map(|u| first(stream(s, u)))).collect();
+        draws.extend((0..3).map(|g| first(crate::meta::iteration_rng(0, g))));
+        for (i, a) in draws.iter().enumerate() {
+            assert!(draws[i + 1..].iter().all(|b| a != b), "stream {i} repeats another");
+        }
+    }
 }

@@ -68,7 +68,7 @@ pub fn param_dim(config: &RlConfig) -> usize {
 impl EnvTeacher {
     /// The teacher of a new run and its initial parameter vector, both drawn from `config.seed`.
     pub fn new(config: &RlConfig) -> (EnvTeacher, Vec<f32>) {
-        let mut rng = StdRng::seed_from_u64(config.seed);
+        let mut rng = super::stream(config.seed, super::Stream::Teacher);
         let shape = Self::noise_shape(config);
         let noise = Vec::<f32>::try_from(nn::randn(&mut rng, &[shape.iter().product()], Kind::Float, Device::Cpu))
             .expect("floats");
@@ -135,25 +135,29 @@ impl EnvTeacher {
         (lrs, momenta)
     }
 
-    /// Step `t`'s synthetic observations `[B, 4]` and target action probabilities `[B, 2]`.
+    /// Step `t`'s synthetic observations `[B, 4]` and target action probabilities `[B, 2]`, in
+    /// the generator's float kind.
     fn batch(&self, generator: &[Tensor], t: usize) -> (Tensor, Tensor) {
         let per_step = self.config.batch_size * self.config.noise_dim;
-        let z =
-            Tensor::from_slice(&self.noise[t * per_step..(t + 1) * per_step]).view([-1, self.config.noise_dim as i64]);
+        let kind = generator[0].kind();
+        let z = Tensor::from_slice(&self.noise[t * per_step..(t + 1) * per_step])
+            .view([-1, self.config.noise_dim as i64])
+            .to_kind(kind);
         let h = nn::leaky_relu(&nn::wn_linear(&z, &generator[0], &generator[1], Some(&generator[2])));
         let out = nn::wn_linear(&h, &generator[3], &generator[4], Some(&generator[5]));
-        let obs = out.narrow(1, 0, OBS_DIM as i64) * Tensor::from_slice(&OBS_SCALE).view([1, -1]);
+        let obs = out.narrow(1, 0, OBS_DIM as i64) * Tensor::from_slice(&OBS_SCALE).view([1, -1]).to_kind(kind);
         let probs = out.narrow(1, OBS_DIM as i64, ACTIONS as i64).softmax(-1, None::<Kind>);
         (obs, probs)
     }
 
     /// Trains a fresh policy for T supervised steps on the teacher's data. ES needs no graph:
     /// its meta-objective (real return) is not differentiable, so it only needs the result. With
-    /// `create_graph` the trained parameters are differentiable with respect to `theta`.
+    /// `create_graph` the trained parameters are differentiable with respect to `theta`. Trains
+    /// in `theta`'s float kind (f64 for gradient checks).
     pub fn train_policy(&self, theta: &Tensor, init: Vec<Tensor>, create_graph: bool) -> Vec<Tensor> {
         let (generator, lrs, momenta) = self.unpack(theta);
         let steps = 0..self.config.inner_steps;
-        let state = LearnerState::new(init);
+        let state = LearnerState::new(init.into_iter().map(|p| p.to_kind(theta.kind())).collect());
         let schedule = (&lrs, &momenta);
         // The policy has no batch norm: no statistics to keep.
         let forward = |p: &[Tensor], x: &Tensor| (Policy::forward(p, x), Vec::new());
@@ -197,6 +201,13 @@ mod tests {
         let (obs, probs): (Vec<Tensor>, Vec<Tensor>) =
             (0..teacher.config.inner_steps).map(|t| teacher.batch(&generator, t)).unzip();
         (Tensor::stack(&obs, 0), Tensor::stack(&probs, 0), lrs, momenta)
+    }
+
+    #[test]
+    fn the_noise_is_not_generation_zeros_directions() {
+        let (teacher, _) = EnvTeacher::new(&RlConfig { seed: 0, ..RlConfig::tiny() });
+        let directions = super::super::es::directions(&mut crate::meta::iteration_rng(0, 0), teacher.noise.len(), 1);
+        assert_ne!(teacher.noise[..4], directions[0][..4]);
     }
 
     #[test]
