@@ -33,17 +33,22 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     if !name.is_empty() {
         remove_leftovers(parent, &prefix);
     }
+    // As a file created in place would be: the mode the target has, or the umask's for a new one
+    // (temporary files are otherwise created private).
+    let existing = std::fs::metadata(path).ok().map(|m| m.permissions());
     let tmp = tempfile::Builder::new()
         .prefix(&prefix)
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(parent)
         .with_context(|| format!("{}: cannot create a temporary file", parent.display()))?
         .into_temp_path();
     write(&tmp)?;
     let file = std::fs::File::open(&tmp).with_context(|| format!("{}: cannot reopen", tmp.display()))?;
     file.sync_all().with_context(|| format!("{}: cannot flush to disk", tmp.display()))?;
-    // Temporary files are created private; the result should read like any other file.
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .with_context(|| format!("{}: cannot set permissions", tmp.display()))?;
+    if let Some(permissions) = existing {
+        std::fs::set_permissions(&tmp, permissions)
+            .with_context(|| format!("{}: cannot set permissions", tmp.display()))?;
+    }
     // The io error alone: `PathPersistError` prints it and gives it again as its source.
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("{}: cannot rename into place", path.display()))?;
     if let Ok(dir) = std::fs::File::open(parent) {
@@ -58,9 +63,10 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
 /// process's write in progress.
 const LEFTOVER_AGE: Duration = Duration::from_secs(600);
 
-/// Removes the files in `folder` whose names start with `prefix` and that were last modified
-/// over [`LEFTOVER_AGE`] ago: temporary files of writes killed before their rename. Best effort.
-fn remove_leftovers(folder: &Path, prefix: &str) {
+/// Removes the files and folders in `folder` whose names start with `prefix` and that were last
+/// modified over [`LEFTOVER_AGE`] ago: temporary files of writes killed before their rename (or
+/// a killed download's staging folder). Best effort.
+pub fn remove_leftovers(folder: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(folder) else { return };
     let old = |entry: &std::fs::DirEntry| {
         let modified = entry.metadata().and_then(|m| m.modified());
@@ -68,7 +74,10 @@ fn remove_leftovers(folder: &Path, prefix: &str) {
     };
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(prefix) && old(&entry) {
-            let _ = std::fs::remove_file(entry.path());
+            let _ = match entry.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(entry.path()),
+                _ => std::fs::remove_file(entry.path()),
+            };
         }
     }
 }
@@ -84,6 +93,21 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_files_get_the_mode_a_file_created_in_place_would() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+        std::fs::File::create(dir.path().join("plain")).unwrap();
+        write(&dir.path().join("new"), b"x").unwrap();
+        assert_eq!(mode("new"), mode("plain"), "the umask's mode");
+        let private = dir.path().join("private");
+        std::fs::write(&private, b"x").unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write(&private, b"y").unwrap();
+        assert_eq!(mode("private"), 0o600, "the target's own mode");
+    }
 
     #[test]
     fn replaces_whole_files_and_keeps_the_old_one_on_failure() {
@@ -105,6 +129,10 @@ mod tests {
         leftover(".f.txt.tmp-killed", 3600);
         leftover(".f.txt.tmp-writing", 5);
         leftover(".g.txt.tmp-other", 3600);
+        let staged = dir.path().join(".f.txt.tmp-folder");
+        std::fs::create_dir(&staged).unwrap();
+        std::fs::write(staged.join("part"), b"x").unwrap();
+        std::fs::File::open(&staged).unwrap().set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
         write(&path, b"third").unwrap();
         let mut names: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();

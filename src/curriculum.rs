@@ -16,7 +16,8 @@ use crate::nn;
 pub enum CurriculumKind {
     /// Fresh random noise every step; nothing learned.
     None,
-    /// A learned pool of T*B noise vectors; each step draws B of them at random.
+    /// A learned pool of T*B noise vectors, shuffled each unroll and dealt out B per step: each
+    /// vector is used once per unroll (the reference samples with replacement).
     AllShuffled,
     /// T learned batches of noise, used in a random order.
     BatchShuffled,

@@ -146,6 +146,14 @@ pub fn teacher_curves(teacher: &Teacher, cohort: &Cohort, grid: &[usize], test: 
     if let Some(&bad) = grid.iter().find(|&&s| s > t) {
         bail!("evaluation at step {bad}: the teacher was trained for {t} inner steps; expected at most {t}");
     }
+    // Meta-training refuses such a pair; `--learner` can make one from a convolutional teacher's.
+    let b = teacher.config.batch_size;
+    if b < 2 && cohort.kind.normalises_over_the_batch_alone() {
+        bail!(
+            "learner {:?}: the teacher's batches hold {b} image, and this learner's batch norm over one image is constant, so it would learn nothing from them; expected a learner whose batch norm also averages over positions (--learner)",
+            cohort.kind
+        );
+    }
     let device = test.device();
     cohort.train(grid, test, |learner, state, rng, _, steps, after_step| {
         let plan = teacher.curriculum.plan(rng, device);
@@ -429,6 +437,30 @@ mod tests {
             err,
             "--before-last-update: the learners' batch norm is scored with each test batch's statistics; expected --bn-eval train"
         );
+    }
+
+    #[test]
+    fn a_teacher_of_one_image_batches_refuses_a_learner_that_normalises_over_the_batch_alone() {
+        let data =
+            Dataset::load(crate::data::DatasetName::Mnist, &crate::data::fixture_dir(), 112, 0, Device::Cpu).unwrap();
+        let config = crate::config::Config {
+            teacher: crate::teacher::TeacherKind::Pixels,
+            batch_size: 1,
+            learner: LearnerKind::CifarCnn,
+            ..crate::config::Config::tiny()
+        };
+        let teacher = Teacher::new(&config, &mut rand::SeedableRng::seed_from_u64(0), Device::Cpu).unwrap();
+        let cohort = |kind| Cohort {
+            data: &data,
+            kind,
+            bn_eval: BnEval::Batch,
+            before_last_update: false,
+            learners: 1,
+            seed: 0,
+        };
+        let err = teacher_curves(&teacher, &cohort(LearnerKind::Mlp), &[1], &data.test).unwrap_err().to_string();
+        assert!(err.starts_with("learner Mlp: the teacher's batches hold 1 image"), "{err}");
+        assert_eq!(teacher_curves(&teacher, &cohort(LearnerKind::CifarCnn), &[1], &data.test).unwrap().len(), 1);
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub enum LearnerKind {
     BaseFc,
     /// base_fc with widths drawn afresh each time: conv1 in [32,128), conv2 in [64,256), FC in [64,256).
     Random,
-    /// A small MLP 784-256-128-10 for fast CPU runs.
+    /// A small MLP, input-256-128-10 (784-256-128-10 on MNIST), for fast CPU runs.
     Mlp,
     /// The reference CIFAR-10 CNN: conv 64, 128 (stride 2), 128, 256 (stride 2), 256, global
     /// average pool, FC.

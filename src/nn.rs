@@ -138,17 +138,21 @@ pub fn wn_conv3x3(x: &Tensor, v: &Tensor, g: &Tensor, b: Option<&Tensor>, stride
 /// which halves the spatial size (rounding up), as one C++ autograd function
 /// ([`crate::custom::conv_max_pool`]) whose graph keeps neither the convolution's output nor, in
 /// a differentiated inner gradient, the gradient with respect to it: per base_fc inner step of
-/// 128 images, 38 MB (both convolutions' outputs, which libtorch's gather or max-pool keeps for a
-/// backward that reads only their shape) and 29 MB (the gradients, four times the pooled ones,
-/// which the convolution's double backward reads; the pooled gradient is kept and scattered again
-/// when the meta-backward needs it), and the arg-max as int32 instead of int64 (9.6 MB).
+/// 128 images, 38 MB of convolution outputs (both layers', which libtorch's gather or max-pool
+/// keeps for a backward that reads only their shape) and 38 MB of gradients with respect to them
+/// (four times the pooled ones, which the convolution's double backward reads; the pooled
+/// gradient is kept and scattered again when the meta-backward needs it), and the arg-max as
+/// int32 instead of int64 (9.6 MB).
 ///
 /// On a one-channel input, the convolution, the pool and their gradients run fused, an image at
 /// a time in cache (csrc/pointwise_pool.h), the image's nine shifted copies built there too: the
 /// convolution's output and its gradient, 25.7 MB each per base_fc batch of 128, never go
 /// through memory, and neither do the copies (libtorch's im2col and col2im, below, ran serially
-/// and the graph kept the copies, 3.6 MB per inner step). Elsewhere the arg-max comes from
-/// libtorch's channels-last max-pool kernel (~10x faster than its NCHW one), and the values are
+/// and the graph kept the copies, 3.6 MB per inner step). On a channels-last input with at least
+/// 16 channels in and out (base_fc's second layer), Winograd's kernels (csrc/winograd.h) compute
+/// the convolution and pool it with their own int32 arg-max. Elsewhere (fewer channels, NCHW, a
+/// GPU) the arg-max comes from libtorch's channels-last max-pool kernel (~10x faster than its
+/// NCHW one), and the values are
 /// gathered at it along `[N, H·W, C]` rows of a channels-last tensor: gathering along the spatial
 /// dimension of that layout, or converting layouts, cost more than the layout saves in the
 /// convolutions. Forward, backward and double backward of a gather took
@@ -313,7 +317,9 @@ pub fn leaky_relu(x: &Tensor) -> Tensor {
 }
 
 /// Nearest upsampling x2, reflection padding 1, then a 3x3 convolution (no padding): the
-/// generator's upsampling block, computed without the upsampled image.
+/// generator's upsampling block, computed without the upsampled image. Its kernels are derived
+/// from the 3x3 weight once ([`UpsampleConv::new`]) and applied to many batches (the generator's
+/// T batches of a meta-step), so the derivation and its gradient are not repeated per batch.
 ///
 /// Each output pixel of a given row/column parity sees only 2x2 distinct low-resolution pixels,
 /// so the block equals four 2x2 convolutions on the input with replicate padding 1 (reflection of
@@ -329,13 +335,6 @@ pub fn leaky_relu(x: &Tensor) -> Tensor {
 /// the four kernels embedded in 3x3 ones as one convolution (used before; itself 3x faster than
 /// four thin convolutions), CIFAR's 64 -> 3 0.54 -> 0.40-0.43 s; the wide 128 -> 64 layer stays
 /// with the 2x2 kernels (as one convolution, [`UpsampleConv::Split`]), 2x faster there.
-pub fn upsample2_conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    UpsampleConv::new(weight, bias).apply(x)
-}
-
-/// The kernels of an upsampling block ([`upsample2_conv3x3`]), derived from its 3x3 weight once
-/// to be applied to many batches (the generator's T batches of a meta-step), so the derivation
-/// and its gradient are not repeated per batch.
 #[derive(Debug)]
 pub enum UpsampleConv {
     /// The four parities' 2x2 kernels stacked (parity `2 * row + col` is output group `parity`)
@@ -813,7 +812,7 @@ mod tests {
         let fast: [Block; 3] = [
             |x, w, b| UpsampleConv::split(w, b).apply(x),
             |x, w, b| UpsampleConv::taps(w, b).apply(x),
-            upsample2_conv3x3,
+            |x, w, b| UpsampleConv::new(w, b).apply(x),
         ];
         for (h, w, out) in [(7, 7, 4), (4, 6, 12), (1, 3, 1)] {
             let inputs = [leaf(&[2, 3, h, w], 1), leaf(&[out, 3, 3, 3], 2), leaf(&[out], 3)];
@@ -862,8 +861,9 @@ mod tests {
                 false,
             )
         };
-        // Up to 16 channels in, the first layer's fused kernels; Winograd's form (csrc/winograd.h)
-        // needs 16 out as well, so 5 take libtorch's convolution.
+        // One channel takes the fused kernels (csrc/pointwise_pool.h); the others libtorch's
+        // convolution and pool (Winograd's form, csrc/winograd.h, needs 16 channels out as well;
+        // custom.rs tests it).
         let layouts = [(1, false), (4, false), (4, true), (16, true)];
         for ((h, w), (c, nhwc)) in [(28, 28), (7, 5), (1, 2)].into_iter().flat_map(|s| layouts.map(|l| (s, l))) {
             let x = leaf(&[3, c, h, w], 1);

@@ -62,13 +62,28 @@ pub fn append_row(log: &Path, row: &str) -> Result<()> {
 /// Rewrites a run's CSV log (header `header`) for a resume at step `done`: the header and the
 /// complete rows of the steps before it stay, anything a crash or a later step left goes (a
 /// header torn or lost is written again). A missing log becomes the header alone; an
-/// unreadable one is an error, never overwritten.
+/// unreadable one is an error, never overwritten; one with another header (columns of another
+/// gtn version) is kept beside it, renamed, and a new log starts.
 pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
-    let text = match std::fs::read_to_string(log) {
+    let mut text = match std::fs::read_to_string(log) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("{header}\n"),
         Err(e) => anyhow::bail!("{}: cannot read: {e}", log.display()),
     };
+    let first = text.lines().next().unwrap_or_default();
+    let torn_header = header.starts_with(first) && text.lines().count() == 1;
+    let is_row = first.split(',').next().is_some_and(|f| f.parse::<usize>().is_ok());
+    if first != header && !first.is_empty() && !torn_header && !is_row {
+        let kept = unused_sibling(log, "old");
+        std::fs::rename(log, &kept)
+            .with_context(|| format!("{}: cannot rename to {}", log.display(), kept.display()))?;
+        tracing::warn!(
+            "{}: columns `{first}`, not `{header}` (another gtn version); kept as {}, a new log starts",
+            log.display(),
+            kept.display()
+        );
+        text = format!("{header}\n");
+    }
     let columns = header.split(',').count();
     let complete_row_before = |line: &str| {
         line.split(',').count() == columns
@@ -76,6 +91,20 @@ pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
     };
     let kept: Vec<&str> = std::iter::once(header).chain(text.lines().filter(|l| complete_row_before(l))).collect();
     crate::atomic::write(log, format!("{}\n", kept.join("\n")).as_bytes())
+}
+
+/// `dir/name.tag.ext` (`log.old.csv` for `log.csv`), or with `-2`, `-3`, ... after the tag,
+/// the first such path that does not exist.
+fn unused_sibling(path: &Path, tag: &str) -> std::path::PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    (1..)
+        .map(|n| {
+            let suffix = if n == 1 { String::new() } else { format!("-{n}") };
+            path.with_file_name(format!("{stem}.{tag}{suffix}{ext}"))
+        })
+        .find(|p| !p.exists())
+        .expect("some number is free")
 }
 
 /// What a command tells the user on finding its run already in the `--out` folder: that it is
@@ -110,6 +139,13 @@ mod tests {
             truncate_log(&log, "step,loss", 3).unwrap();
             let kept = if torn.contains("0,2.5") { "step,loss\n0,2.5\n" } else { "step,loss\n" };
             assert_eq!(std::fs::read_to_string(&log).unwrap(), kept, "{torn:?}");
+        }
+        for (n, kept) in ["log.old.csv", "log.old-2.csv"].iter().enumerate() {
+            let older = format!("step,loss,acc\n0,2.5,0.{n}\n");
+            std::fs::write(&log, &older).unwrap();
+            truncate_log(&log, "step,loss", 3).unwrap();
+            assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n", "another version's columns");
+            assert_eq!(std::fs::read_to_string(dir.path().join(kept)).unwrap(), older, "kept beside it");
         }
         let bytes = b"step,loss\n0,\xff\n";
         std::fs::write(&log, bytes).unwrap();

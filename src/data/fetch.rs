@@ -74,6 +74,8 @@ struct Package {
 /// Nothing is written before every file is verified, so there is nothing to delete.
 const DOWNLOAD_REMEDY: &str = "the download is corrupt or truncated; fetch again";
 
+const STAGING_PREFIX: &str = ".fetch-";
+
 /// True when every file of the dataset is present in `dir` and matches its checksum.
 pub fn is_complete(name: DatasetName, dir: &Path) -> bool {
     expected_files(name).iter().all(|(file, sha)| {
@@ -95,8 +97,10 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    // A killed fetch's staging folder (a younger one may be another fetch's in progress).
+    crate::atomic::remove_leftovers(dir, STAGING_PREFIX);
     let staging = tempfile::Builder::new()
-        .prefix(".fetch-")
+        .prefix(STAGING_PREFIX)
         .tempdir_in(dir)
         .with_context(|| format!("{}: cannot create a staging folder", dir.display()))?;
     let package = match name {
