@@ -110,6 +110,39 @@ pub fn steps_to_reach(curve: &[(usize, f64, f64)], target: f64) -> Option<f64> {
     })
 }
 
+/// Resamples of [`speedup_interval`]'s bootstrap.
+const BOOTSTRAP_RESAMPLES: usize = 2000;
+
+/// 95% bootstrap interval of the speed-up of a method whose learners reach `at_t` after T
+/// steps: learners resampled with replacement, each index taking the method's learner and real
+/// data's learner `k` together (they start from the same weights), the real curve's mean over
+/// the resample crossing the method's mean. `(low, high)`; `None` for a bound past the real
+/// curve's end (more than 2.5% of the resamples never matched there). Seeded by `seed`.
+pub fn speedup_interval(
+    at_t: &[f64],
+    real: &[Vec<f64>],
+    grid: &[usize],
+    t: usize,
+    seed: u64,
+) -> (Option<f64>, Option<f64>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n = at_t.len();
+    let mut speedups: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| {
+            let picks: Vec<usize> = (0..n).map(|_| rng.gen_range(0..n)).collect();
+            let mean = |value: &dyn Fn(usize) -> f64| picks.iter().map(|&k| value(k)).sum::<f64>() / n as f64;
+            let curve: Vec<(usize, f64, f64)> =
+                grid.iter().enumerate().map(|(i, &step)| (step, mean(&|k| real[k][i]), 0.0)).collect();
+            steps_to_reach(&curve, mean(&|k| at_t[k])).map_or(f64::INFINITY, |s| s / t as f64)
+        })
+        .collect();
+    speedups.sort_by(f64::total_cmp);
+    let bound =
+        |q: f64| Some(speedups[(q * (BOOTSTRAP_RESAMPLES - 1) as f64).round() as usize]).filter(|x| x.is_finite());
+    (bound(0.025), bound(0.975))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct MethodSummary {
     pub method: String,
@@ -122,6 +155,10 @@ pub struct MethodSummary {
     /// the real-data curve never got there.
     pub real_steps_to_match: Option<f64>,
     pub speedup: Option<f64>,
+    /// 95% bootstrap interval of the speed-up over the learners ([`speedup_interval`]); `None`
+    /// for real data, and for a bound past the real curve's end.
+    pub speedup_low: Option<f64>,
+    pub speedup_high: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -369,6 +406,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         seed: options.seed,
     };
     let mut curves = Vec::new();
+    let mut at_t = Vec::new();
     let mut trained = Vec::new();
     for (name, teacher, curriculum) in teachers {
         let dir = out.join(name);
@@ -377,6 +415,8 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         eprintln!("{name}: evaluating {} learners", options.learners);
         let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
+        let t_index = teacher_grid.iter().position(|&s| s == t).expect("T is on every grid");
+        at_t.push(per_learner.iter().map(|c| c[t_index]).collect::<Vec<f64>>());
         trained.push((trainer.config().meta_iters, meta::logged_seconds(&dir)? / 60.0));
     }
 
@@ -407,9 +447,9 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
 
     let methods = curves
         .iter()
-        .zip(trained.iter().map(|&(i, m)| (Some(i), Some(m))))
-        .chain([(&real, (None, None))])
-        .map(|(curve, (meta_iters, meta_training_minutes))| {
+        .zip(trained.iter().zip(&at_t).map(|(&(i, m), at_t)| (Some(i), Some(m), Some(at_t))))
+        .chain([(&real, (None, None, None))])
+        .map(|(curve, (meta_iters, meta_training_minutes, at_t))| {
             let (accuracy_mean, accuracy_std) = curve.at(t);
             // Real data matches itself at T by definition; a noisy curve's first crossing of its
             // own value at T may come earlier.
@@ -417,6 +457,8 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
                 None => Some(t as f64),
                 Some(_) => steps_to_reach(&real.points, accuracy_mean),
             };
+            let (speedup_low, speedup_high) =
+                at_t.map_or((None, None), |at_t| speedup_interval(at_t, &per_learner, &real_grid, t, options.seed));
             MethodSummary {
                 method: curve.method.clone(),
                 accuracy_mean,
@@ -425,6 +467,8 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
                 meta_training_minutes,
                 real_steps_to_match,
                 speedup: real_steps_to_match.map(|s| s / t as f64),
+                speedup_low,
+                speedup_high,
             }
         })
         .collect();
@@ -492,7 +536,7 @@ impl CompareSummary {
     pub fn table(&self) -> String {
         let mut md = format!(
             "{} with the {} learner, T = {} inner steps, {} learners (seed {}), first {} test images, batch norm scored with the {}; real data: lr {}, momentum {} (best of lr {:?} x momentum {:?})\n\n\
-             | method | meta-iterations | meta-training min | accuracy at T | real steps to match | speed-up |\n\
+             | method | meta-iterations | meta-training min | accuracy at T | real steps to match | speed-up (95% interval) |\n\
              |---|---|---|---|---|---|\n",
             self.dataset,
             self.learner,
@@ -506,15 +550,18 @@ impl CompareSummary {
             self.real_lrs,
             self.real_momenta
         );
+        let beyond = format!("> {:.1}x", self.real_steps_max as f64 / self.inner_steps as f64);
         for m in &self.methods {
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-            let (steps, speedup) = match (m.real_steps_to_match, m.speedup) {
+            let (steps, mut speedup) = match (m.real_steps_to_match, m.speedup) {
                 (Some(s), Some(x)) => (format!("{s:.1}"), format!("{x:.2}x")),
-                _ => (
-                    format!("> {}", self.real_steps_max),
-                    format!("> {:.1}x", self.real_steps_max as f64 / self.inner_steps as f64),
-                ),
+                _ => (format!("> {}", self.real_steps_max), beyond.clone()),
             };
+            if m.meta_iters.is_some() {
+                let bound = |b: Option<f64>| b.map_or(beyond.clone(), |x| format!("{x:.2}x"));
+                write!(speedup, " ({} to {})", bound(m.speedup_low), bound(m.speedup_high))
+                    .expect("writing to a String");
+            }
             writeln!(
                 md,
                 "| {} | {} | {} | {:.2}% ± {:.2}% | {steps} | {speedup} |",
@@ -549,6 +596,25 @@ mod tests {
         // GTN at 32 steps = real data at 128 steps: the paper's 4x.
         let real: Vec<(usize, f64, f64)> = (0..=16).map(|i| (16 * i, i as f64 / 16.0, 0.0)).collect();
         assert!((steps_to_reach(&real, 0.5).unwrap() / 32.0 - 4.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_speedup_interval_comes_from_the_learners_spread() {
+        // Real data gains 1 point per step from 50%; learner k runs 2k points above the mean.
+        let grid: Vec<usize> = (0..=40).step_by(4).collect();
+        let real: Vec<Vec<f64>> =
+            (0..5).map(|k| grid.iter().map(|&s| 0.5 + 0.01 * s as f64 + 0.02 * (k as f64 - 2.0)).collect()).collect();
+        // The same learners, all as good as real data's mean at 16 steps after T = 8: 2x.
+        let (low, high) = speedup_interval(&[0.66; 5], &real, &grid, 8, 0);
+        let (low, high) = (low.unwrap(), high.unwrap());
+        assert!(low < 2.0 && 2.0 < high && high - low > 0.5, "{low} to {high}");
+        assert_eq!(speedup_interval(&[0.66; 5], &real, &grid, 8, 0), (Some(low), Some(high)), "seeded");
+        // Without spread on either side, the interval is the point.
+        let flat: Vec<Vec<f64>> = vec![grid.iter().map(|&s| 0.5 + 0.01 * s as f64).collect(); 5];
+        let (low, high) = speedup_interval(&[0.66; 5], &flat, &grid, 8, 0);
+        assert!((low.unwrap() - 2.0).abs() < 1e-9 && (high.unwrap() - 2.0).abs() < 1e-9, "{low:?} {high:?}");
+        // Above the curve's end (90%) in every resample: both bounds past it.
+        assert_eq!(speedup_interval(&[0.99; 5], &real, &grid, 8, 0), (None, None));
     }
 
     #[test]
@@ -627,7 +693,7 @@ mod tests {
         let above: Vec<&MethodSummary> = again.methods.iter().filter(|m| m.accuracy_mean > 0.125).collect();
         assert!(!above.is_empty(), "{:?}", again.methods);
         assert!(above.iter().all(|m| (m.real_steps_to_match, m.speedup) == (None, None)), "{above:?}");
-        assert!(again.table().contains("| > 8 | > 2.0x |"), "{}", again.table());
+        assert!(again.table().contains("| > 8 | > 2.0x (> 2.0x to > 2.0x) |"), "{}", again.table());
         // A stored curve of the wrong length (edited by hand) is measured again, not read past its end.
         let path = out.join("gtn-full").join(CURVES_JSON);
         let mut stored: Stored<CurvesKey, PerLearner> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();

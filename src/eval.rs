@@ -66,6 +66,16 @@ impl EvalReport {
             100.0 * self.test_accuracy_max
         )
     }
+
+    /// Prints the report as one JSON object, or as `what` and a table.
+    pub fn print(&self, json: bool, what: &str) {
+        if json {
+            println!("{}", serde_json::to_string(self).expect("a report serialises"));
+        } else {
+            let before = if self.before_last_update { " (scored before the last update)" } else { "" };
+            println!("{what}: real test accuracy after {} steps{before}\n{}", self.steps, self.table());
+        }
+    }
 }
 
 /// Which statistics a learner's batch norm was scored with, in words.

@@ -11,9 +11,9 @@ use gtn::checkpoint;
 use gtn::compare::{self, CompareOptions};
 use gtn::config::Config;
 use gtn::data::{fetch, DatasetName};
-use gtn::eval::{self, EvalReport};
+use gtn::eval;
 use gtn::learner::{BnEval, LearnerKind};
-use gtn::meta::{self, RunSettings, Trainer};
+use gtn::meta;
 use gtn::nas;
 use gtn::report;
 use gtn::teacher::TeacherKind;
@@ -521,7 +521,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let steps = args.steps.unwrap_or(config.inner_steps);
             let report = eval::evaluate_teacher(&ckpt.teacher, &cohort, steps)?;
-            print_report(&report, args.json, &format!("{} (meta-iteration {})", args.dir.display(), ckpt.iteration));
+            report.print(args.json, &format!("{} (meta-iteration {})", args.dir.display(), ckpt.iteration));
             Ok(())
         }
         Command::Compare(args) => {
@@ -597,7 +597,7 @@ fn run(cli: Cli) -> Result<()> {
                 let (lr, momentum) = (best.lr, best.momentum);
                 let what =
                     format!("real {} data, best lr {lr}, momentum {momentum}, batch {batch_size}", dataset.as_str());
-                print_report(&best.report, false, &what);
+                best.report.print(false, &what);
             }
             Ok(())
         }
@@ -744,94 +744,22 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
 
 /// Meta-trains; `teacher` overrides the config's teacher kind (dataset distillation).
 fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Result<()> {
-    let mut trainer = match (&args.resume, &args.out) {
-        (Some(dir), _) => {
-            // Made absolute, so eval and later resumes find the data from any folder.
-            let data_dir = args.data_dir.as_deref().map(|dir| gtn::config::absolute(dir, "--data-dir")).transpose()?;
-            let settings = RunSettings { data_dir, checkpoint_every: args.checkpoint_every };
-            if args.before_last_update {
-                check_before_last_update(&args, &checkpoint::read_config(dir)?)?;
-            }
-            let t = Trainer::resume(dir, device, &settings)?;
-            println!("resuming {} at meta-iteration {}", dir.display(), t.iteration);
-            t
-        }
-        (None, Some(out)) => {
-            let mut config = Config::from_preset(&args.preset, args.config.as_deref())?;
-            config.teacher = teacher.unwrap_or(config.teacher);
-            if let Some(dataset) = args.dataset {
-                config.set_dataset(dataset);
-            }
-            config.meta_iters = args.meta_iters.unwrap_or(config.meta_iters);
-            config.seed = args.seed.unwrap_or(config.seed);
-            config.set_data_dir(args.data_dir.as_deref())?;
-            config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
-            config.validate()?;
-            check_before_last_update(&args, &config)?;
-            let t = Trainer::open(&config, out, device, args.budget_minutes.is_some(), Some("gtn train"))?;
-            gtn::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
-            if let Some(note) = t.budget_note().filter(|_| args.budget_minutes.is_some()) {
-                println!("{note}");
-            }
-            t
-        }
-        (None, None) => bail!("--out DIR or --resume DIR is required"),
+    let options = meta::TrainOptions {
+        out: args.out,
+        resume: args.resume,
+        preset: args.preset,
+        config: args.config,
+        teacher,
+        dataset: args.dataset,
+        meta_iters: args.meta_iters,
+        seed: args.seed,
+        data_dir: args.data_dir,
+        checkpoint_every: args.checkpoint_every,
+        budget: args.budget_minutes,
+        eval_learners: args.eval_learners,
+        before_last_update: args.before_last_update,
     };
-    let dir = args.resume.or(args.out).expect("checked above");
-    let c = trainer.config().clone();
-    println!(
-        "meta-training on {} ({:?} device): {:?} teacher, learner {:?}, T={} x B={}, curriculum {}, {} meta-iterations -> {}",
-        c.dataset.as_str(),
-        device,
-        c.teacher,
-        c.learner,
-        c.inner_steps,
-        c.batch_size,
-        c.curriculum.as_str(),
-        c.meta_iters,
-        dir.display()
-    );
-    let start = std::time::Instant::now();
-    trainer.run(true, args.budget_minutes)?;
-    println!("meta-training done in {:.1} min; checkpoint in {}", start.elapsed().as_secs_f64() / 60.0, dir.display());
-    if args.eval_learners > 0 {
-        let data = meta::load_data(&c, device)?;
-        let cohort = eval::Cohort {
-            data: &data,
-            kind: c.learner,
-            bn_eval: c.bn_eval,
-            before_last_update: args.before_last_update,
-            learners: args.eval_learners,
-            seed: 0,
-        };
-        let report = eval::evaluate_teacher(&trainer.teacher, &cohort, c.inner_steps)?;
-        print_report(&report, false, &format!("{} after {} meta-iterations", dir.display(), trainer.iteration));
-    }
-    Ok(())
-}
-
-/// Before any training: `--before-last-update` scores with the last training batch's statistics,
-/// which a run scored with each test batch's does not record.
-fn check_before_last_update(args: &TrainArgs, config: &Config) -> Result<()> {
-    if !args.before_last_update {
-        return Ok(());
-    }
-    if args.eval_learners == 0 {
-        bail!("--before-last-update: scores the learners --eval-learners K trains after meta-training; expected K of 1 or more");
-    }
-    if config.bn_eval != BnEval::Train {
-        bail!("--before-last-update: the run scores batch norm with each test batch's statistics (`bn_eval = \"batch\"`); expected a run with `bn_eval = \"train\"` (--config)");
-    }
-    Ok(())
-}
-
-fn print_report(report: &EvalReport, json: bool, what: &str) {
-    if json {
-        println!("{}", serde_json::to_string(report).expect("a report serialises"));
-    } else {
-        let before = if report.before_last_update { " (scored before the last update)" } else { "" };
-        println!("{what}: real test accuracy after {} steps{before}\n{}", report.steps, report.table());
-    }
+    meta::train_command(&options, device)
 }
 
 /// A path for a PNG image, the only format gtn writes: another extension would name a PNG wrongly.

@@ -643,6 +643,113 @@ fn check_new_run(config: &Config, data: &Dataset) -> Result<()> {
     Ok(())
 }
 
+/// Options of `gtn train` (and `gtn baseline distill`, which sets `teacher`).
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// A new run (or the continuation of the same config's) in this folder, or `resume`'s.
+    pub out: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub preset: String,
+    /// A TOML file whose keys override the preset.
+    pub config: Option<PathBuf>,
+    pub teacher: Option<TeacherKind>,
+    pub dataset: Option<crate::data::DatasetName>,
+    pub meta_iters: Option<usize>,
+    pub seed: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub checkpoint_every: Option<usize>,
+    /// Meta-training time budget (sets `meta_iters` from the first timed iteration).
+    pub budget: Option<Duration>,
+    /// Fresh learners evaluated after meta-training (0: none).
+    pub eval_learners: usize,
+    pub before_last_update: bool,
+}
+
+/// `gtn train`: meta-trains a new run in `out` (or continues it, or `resume`), then evaluates
+/// `eval_learners` fresh learners on its teacher.
+pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
+    let mut trainer = match (&options.resume, &options.out) {
+        (Some(dir), _) => {
+            // Made absolute, so eval and later resumes find the data from any folder.
+            let data_dir =
+                options.data_dir.as_deref().map(|dir| crate::config::absolute(dir, "--data-dir")).transpose()?;
+            let settings = RunSettings { data_dir, checkpoint_every: options.checkpoint_every };
+            if options.before_last_update {
+                check_before_last_update(options, &checkpoint::read_config(dir)?)?;
+            }
+            let t = Trainer::resume(dir, device, &settings)?;
+            println!("resuming {} at meta-iteration {}", dir.display(), t.iteration);
+            t
+        }
+        (None, Some(out)) => {
+            let mut config = Config::from_preset(&options.preset, options.config.as_deref())?;
+            config.teacher = options.teacher.unwrap_or(config.teacher);
+            if let Some(dataset) = options.dataset {
+                config.set_dataset(dataset);
+            }
+            config.meta_iters = options.meta_iters.unwrap_or(config.meta_iters);
+            config.seed = options.seed.unwrap_or(config.seed);
+            config.set_data_dir(options.data_dir.as_deref())?;
+            config.checkpoint_every = options.checkpoint_every.unwrap_or(config.checkpoint_every);
+            config.validate()?;
+            check_before_last_update(options, &config)?;
+            let t = Trainer::open(&config, out, device, options.budget.is_some(), Some("gtn train"))?;
+            crate::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
+            if let Some(note) = t.budget_note().filter(|_| options.budget.is_some()) {
+                println!("{note}");
+            }
+            t
+        }
+        (None, None) => bail!("--out DIR or --resume DIR is required"),
+    };
+    let dir = options.resume.as_ref().or(options.out.as_ref()).expect("checked above");
+    let c = trainer.config().clone();
+    println!(
+        "meta-training on {} ({:?} device): {:?} teacher, learner {:?}, T={} x B={}, curriculum {}, {} meta-iterations -> {}",
+        c.dataset.as_str(),
+        device,
+        c.teacher,
+        c.learner,
+        c.inner_steps,
+        c.batch_size,
+        c.curriculum.as_str(),
+        c.meta_iters,
+        dir.display()
+    );
+    let start = Instant::now();
+    trainer.run(true, options.budget)?;
+    println!("meta-training done in {:.1} min; checkpoint in {}", start.elapsed().as_secs_f64() / 60.0, dir.display());
+    if options.eval_learners > 0 {
+        let data = load_data(&c, device)?;
+        let cohort = crate::eval::Cohort {
+            data: &data,
+            kind: c.learner,
+            bn_eval: c.bn_eval,
+            before_last_update: options.before_last_update,
+            learners: options.eval_learners,
+            seed: 0,
+        };
+        let report = crate::eval::evaluate_teacher(&trainer.teacher, &cohort, c.inner_steps)?;
+        report.print(false, &format!("{} after {} meta-iterations", dir.display(), trainer.iteration));
+    }
+    Ok(())
+}
+
+/// Before any training: `--before-last-update` scores with the last training batch's statistics,
+/// which a run scored with each test batch's does not record.
+fn check_before_last_update(options: &TrainOptions, config: &Config) -> Result<()> {
+    if !options.before_last_update {
+        return Ok(());
+    }
+    if options.eval_learners == 0 {
+        bail!("--before-last-update: scores the learners --eval-learners K trains after meta-training; expected K of 1 or more");
+    }
+    if config.bn_eval != BnEval::Train {
+        bail!("--before-last-update: the run scores batch norm with each test batch's statistics (`bn_eval = \"batch\"`); expected a run with `bn_eval = \"train\"` (--config)");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
