@@ -600,7 +600,7 @@ mod tests {
 
     #[test]
     fn the_speedup_interval_comes_from_the_learners_spread() {
-        // Real data gains 1 point per step from 50%; learner k runs 2k points above the mean.
+        // Real data gains 1 point per step from 50%; learner k runs 2(k - 2) points off the mean.
         let grid: Vec<usize> = (0..=40).step_by(4).collect();
         let real: Vec<Vec<f64>> =
             (0..5).map(|k| grid.iter().map(|&s| 0.5 + 0.01 * s as f64 + 0.02 * (k as f64 - 2.0)).collect()).collect();
