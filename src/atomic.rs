@@ -34,11 +34,13 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         remove_leftovers(parent, &prefix);
     }
     // As a file created in place would be: the mode the target has, or the umask's for a new one
-    // (temporary files are otherwise created private).
+    // (temporary files are otherwise created private). Created with it, so a private target's
+    // content is never readable by others while it is written.
     let existing = std::fs::metadata(path).ok().map(|m| m.permissions());
+    let mode = existing.clone().unwrap_or(std::os::unix::fs::PermissionsExt::from_mode(0o666));
     let tmp = tempfile::Builder::new()
         .prefix(&prefix)
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .permissions(mode)
         .tempfile_in(parent)
         .with_context(|| format!("{}: cannot create a temporary file", parent.display()))?
         .into_temp_path();
@@ -70,7 +72,13 @@ pub fn remove_leftovers(folder: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(folder) else { return };
     let old = |entry: &std::fs::DirEntry| {
         let modified = entry.metadata().and_then(|m| m.modified());
-        modified.is_ok_and(|t| SystemTime::now().duration_since(t).is_ok_and(|age| age > LEFTOVER_AGE))
+        let mut latest = modified.ok();
+        // A folder's own time moves only when entries come or go, not while one is written.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let inner = std::fs::read_dir(entry.path()).into_iter().flatten().flatten();
+            latest = inner.filter_map(|e| e.metadata().and_then(|m| m.modified()).ok()).chain(latest).max();
+        }
+        latest.is_some_and(|t| SystemTime::now().duration_since(t).is_ok_and(|age| age > LEFTOVER_AGE))
     };
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(prefix) && old(&entry) {
@@ -99,14 +107,23 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let mode = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+        // (Under the usual umask 022 this mode is what a fixed 0644 gave too; the others are not.)
         std::fs::File::create(dir.path().join("plain")).unwrap();
         write(&dir.path().join("new"), b"x").unwrap();
         assert_eq!(mode("new"), mode("plain"), "the umask's mode");
-        let private = dir.path().join("private");
-        std::fs::write(&private, b"x").unwrap();
-        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
-        write(&private, b"y").unwrap();
-        assert_eq!(mode("private"), 0o600, "the target's own mode");
+        for own in [0o600, 0o640, 0o604] {
+            let path = dir.path().join(format!("own-{own:o}"));
+            std::fs::write(&path, b"x").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(own)).unwrap();
+            let mut seen = None;
+            replace_with(&path, |tmp| {
+                seen = Some(std::fs::metadata(tmp).unwrap().permissions().mode() & 0o777);
+                std::fs::write(tmp, b"y").map_err(Into::into)
+            })
+            .unwrap();
+            assert_eq!(mode(&format!("own-{own:o}")), own, "the target's own mode");
+            assert_eq!(seen.unwrap() & !own, 0, "never more open while written");
+        }
     }
 
     #[test]
@@ -129,15 +146,23 @@ mod tests {
         leftover(".f.txt.tmp-killed", 3600);
         leftover(".f.txt.tmp-writing", 5);
         leftover(".g.txt.tmp-other", 3600);
-        let staged = dir.path().join(".f.txt.tmp-folder");
-        std::fs::create_dir(&staged).unwrap();
-        std::fs::write(staged.join("part"), b"x").unwrap();
-        std::fs::File::open(&staged).unwrap().set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+        // Folders too (a killed download's staging folder), by their newest entry's time: one
+        // whose file is still being written is kept.
+        let aged = |path: &Path| {
+            std::fs::File::open(path).unwrap().set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap()
+        };
+        for (name, part_age) in [(".f.txt.tmp-folder", 3600), (".f.txt.tmp-downloading", 5)] {
+            let staged = dir.path().join(name);
+            std::fs::create_dir(&staged).unwrap();
+            leftover(&format!("{name}/part"), part_age);
+            aged(&staged);
+        }
         write(&path, b"third").unwrap();
         let mut names: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
         names.sort();
-        assert_eq!(names, [".f.txt.tmp-writing", ".g.txt.tmp-other", "f.txt"]);
+        assert_eq!(names, [".f.txt.tmp-downloading", ".f.txt.tmp-writing", ".g.txt.tmp-other", "f.txt"]);
+        std::fs::remove_dir_all(dir.path().join(".f.txt.tmp-downloading")).unwrap();
         for name in [".f.txt.tmp-writing", ".g.txt.tmp-other"] {
             std::fs::remove_file(dir.path().join(name)).unwrap();
         }

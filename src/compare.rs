@@ -117,7 +117,9 @@ const BOOTSTRAP_RESAMPLES: usize = 2000;
 /// steps: learners resampled with replacement, each index taking the method's learner and real
 /// data's learner `k` together (they start from the same weights), the real curve's mean over
 /// the resample crossing the method's mean. `(low, high)`; `None` for a bound past the real
-/// curve's end (more than 2.5% of the resamples never matched there). Seeded by `seed`.
+/// curve's end (the high one when more than 2.5% of the resamples never matched there, the low
+/// one when more than 97.5% did not), and for both with fewer than 2 learners (no spread to
+/// resample). Seeded by `seed`.
 pub fn speedup_interval(
     at_t: &[f64],
     real: &[Vec<f64>],
@@ -128,6 +130,9 @@ pub fn speedup_interval(
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let n = at_t.len();
+    if n < 2 {
+        return (None, None);
+    }
     let mut speedups: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
         .map(|_| {
             let picks: Vec<usize> = (0..n).map(|_| rng.gen_range(0..n)).collect();
@@ -156,7 +161,7 @@ pub struct MethodSummary {
     pub real_steps_to_match: Option<f64>,
     pub speedup: Option<f64>,
     /// 95% bootstrap interval of the speed-up over the learners ([`speedup_interval`]); `None`
-    /// for real data, and for a bound past the real curve's end.
+    /// for real data, with one learner, and for a bound past the real curve's end.
     pub speedup_low: Option<f64>,
     pub speedup_high: Option<f64>,
 }
@@ -557,7 +562,7 @@ impl CompareSummary {
                 (Some(s), Some(x)) => (format!("{s:.1}"), format!("{x:.2}x")),
                 _ => (format!("> {}", self.real_steps_max), beyond.clone()),
             };
-            if m.meta_iters.is_some() {
+            if m.meta_iters.is_some() && self.learners > 1 {
                 let bound = |b: Option<f64>| b.map_or(beyond.clone(), |x| format!("{x:.2}x"));
                 write!(speedup, " ({} to {})", bound(m.speedup_low), bound(m.speedup_high))
                     .expect("writing to a String");
@@ -615,6 +620,7 @@ mod tests {
         assert!((low.unwrap() - 2.0).abs() < 1e-9 && (high.unwrap() - 2.0).abs() < 1e-9, "{low:?} {high:?}");
         // Above the curve's end (90%) in every resample: both bounds past it.
         assert_eq!(speedup_interval(&[0.99; 5], &real, &grid, 8, 0), (None, None));
+        assert_eq!(speedup_interval(&[0.66], &real[..1], &grid, 8, 0), (None, None), "one learner: no spread");
     }
 
     #[test]

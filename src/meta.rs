@@ -670,6 +670,17 @@ pub struct TrainOptions {
 pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
     let mut trainer = match (&options.resume, &options.out) {
         (Some(dir), _) => {
+            // The command line refuses these with --resume; a library caller is told too.
+            let new_run_only = [
+                ("--config", options.config.is_some()),
+                ("--dataset", options.dataset.is_some()),
+                ("--meta-iters", options.meta_iters.is_some()),
+                ("--seed", options.seed.is_some()),
+                ("--budget-minutes", options.budget.is_some()),
+            ];
+            if let Some((flag, _)) = new_run_only.iter().find(|(_, given)| *given) {
+                bail!("{flag} with --resume: a resumed run keeps its own config; expected one or the other");
+            }
             // Made absolute, so eval and later resumes find the data from any folder.
             let data_dir =
                 options.data_dir.as_deref().map(|dir| crate::config::absolute(dir, "--data-dir")).transpose()?;
@@ -753,6 +764,29 @@ fn check_before_last_update(options: &TrainOptions, config: &Config) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn train_command_refuses_a_new_runs_options_with_resume() {
+        let options = TrainOptions {
+            out: None,
+            resume: Some("/nonexistent/run".into()),
+            preset: "tiny".into(),
+            config: None,
+            teacher: None,
+            dataset: None,
+            meta_iters: Some(3),
+            seed: None,
+            data_dir: None,
+            checkpoint_every: None,
+            budget: None,
+            eval_learners: 0,
+            before_last_update: false,
+        };
+        let err = train_command(&options, Device::Cpu).unwrap_err().to_string();
+        assert_eq!(err, "--meta-iters with --resume: a resumed run keeps its own config; expected one or the other");
+        let err = train_command(&TrainOptions { meta_iters: None, ..options }, Device::Cpu).unwrap_err().to_string();
+        assert!(err.starts_with("/nonexistent/run"), "on to the resume: {err}");
+    }
     use crate::curriculum::CurriculumKind;
     use crate::data::fixture_dir;
     use crate::generator::GeneratorConfig;

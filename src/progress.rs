@@ -78,7 +78,7 @@ pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
         std::fs::rename(log, &kept)
             .with_context(|| format!("{}: cannot rename to {}", log.display(), kept.display()))?;
         tracing::warn!(
-            "{}: columns `{first}`, not `{header}` (another gtn version); kept as {}, a new log starts",
+            "{}: columns `{first}`, not `{header}` (another gtn version); kept as {}, a new log starts (times logged before it, e.g. compare's meta-training minutes, are not counted)",
             log.display(),
             kept.display()
         );
