@@ -764,6 +764,12 @@ fn check_before_last_update(options: &TrainOptions, config: &Config) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::curriculum::CurriculumKind;
+    use crate::data::fixture_dir;
+    use crate::generator::GeneratorConfig;
+    use crate::nn::gradcheck::max_rel_error;
+    use crate::teacher::TeacherKind;
+    use tch::Kind;
 
     #[test]
     fn train_command_refuses_a_new_runs_options_with_resume() {
@@ -787,12 +793,6 @@ mod tests {
         let err = train_command(&TrainOptions { meta_iters: None, ..options }, Device::Cpu).unwrap_err().to_string();
         assert!(err.starts_with("/nonexistent/run"), "on to the resume: {err}");
     }
-    use crate::curriculum::CurriculumKind;
-    use crate::data::fixture_dir;
-    use crate::generator::GeneratorConfig;
-    use crate::nn::gradcheck::max_rel_error;
-    use crate::teacher::TeacherKind;
-    use tch::Kind;
 
     fn fixture_config() -> Config {
         Config { data_dir: Some(fixture_dir()), ..Config::tiny() }
