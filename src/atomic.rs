@@ -35,12 +35,14 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     }
     // As a file created in place would be: the mode the target has, or the umask's for a new one
     // (temporary files are otherwise created private). Created with it, so a private target's
-    // content is never readable by others while it is written.
+    // content is never readable by others while it is written; writable by its owner until the
+    // rename, so a read-only target is replaced as a rename over it would be.
+    use std::os::unix::fs::PermissionsExt;
     let existing = std::fs::metadata(path).ok().map(|m| m.permissions());
-    let mode = existing.clone().unwrap_or(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mode = existing.as_ref().map_or(0o666, |p| p.mode() | 0o200);
     let tmp = tempfile::Builder::new()
         .prefix(&prefix)
-        .permissions(mode)
+        .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(parent)
         .with_context(|| format!("{}: cannot create a temporary file", parent.display()))?
         .into_temp_path();
@@ -111,7 +113,8 @@ mod tests {
         std::fs::File::create(dir.path().join("plain")).unwrap();
         write(&dir.path().join("new"), b"x").unwrap();
         assert_eq!(mode("new"), mode("plain"), "the umask's mode");
-        for own in [0o600, 0o640, 0o604] {
+        // A read-only target is replaced too (as `mv` over it), and stays read-only.
+        for own in [0o600, 0o640, 0o604, 0o444, 0o400] {
             let path = dir.path().join(format!("own-{own:o}"));
             std::fs::write(&path, b"x").unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(own)).unwrap();
@@ -122,7 +125,8 @@ mod tests {
             })
             .unwrap();
             assert_eq!(mode(&format!("own-{own:o}")), own, "the target's own mode");
-            assert_eq!(seen.unwrap() & !own, 0, "never more open while written");
+            assert_eq!(seen.unwrap() & !(own | 0o200), 0, "never more open while written");
+            assert_eq!(std::fs::read(&path).unwrap(), b"y");
         }
     }
 

@@ -208,7 +208,8 @@ fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device:
 
 /// Raised whenever evaluation changes what a stored key's measurement would give, so curves
 /// measured by an older gtn are measured again rather than reused. (A file whose key lacks a
-/// field, from before it was added, does not parse: it is measured again too.)
+/// field, from before it was added, does not parse: it is measured again too, except where the
+/// field has a default that is what the file was measured with, as `before_last_update`.)
 const MEASUREMENT_VERSION: u32 = 1;
 
 /// Everything a teacher's curves depend on besides its config (which `train_or_reuse` checked).

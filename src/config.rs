@@ -207,16 +207,15 @@ impl Config {
         Ok(config)
     }
 
-    /// This config with the keys of the TOML `text` applied. Text that sets `dataset` but not
-    /// `valid_size` holds out that dataset's default, as `--dataset` does.
+    /// This config with the keys of the TOML `text` applied. Text that sets `dataset` switches
+    /// as `--dataset` does (that dataset's default `valid_size`, CIFAR-10's augmentation off when
+    /// leaving it), then its own keys apply, `valid_size` and `augment` included.
     fn overridden(&self, text: &str) -> Result<Config> {
         let keys: toml::Table = parse_toml(text)?;
         let mut base = self.clone();
-        if !keys.contains_key("valid_size") {
-            // A name that is not a dataset is left to `apply_overrides` to report.
-            if let Some(Ok(dataset)) = keys.get("dataset").map(|name| name.clone().try_into::<DatasetName>()) {
-                base.set_dataset(dataset);
-            }
+        // A name that is not a dataset is left to `apply_overrides` to report.
+        if let Some(Ok(dataset)) = keys.get("dataset").map(|name| name.clone().try_into::<DatasetName>()) {
+            base.set_dataset(dataset);
         }
         apply_overrides(&base, text)
     }
@@ -642,6 +641,11 @@ mod tests {
         assert_ne!(DatasetName::Cifar10.default_valid_size(), DatasetName::Mnist.default_valid_size());
         let both = Config::cpu().with_overrides_str("dataset = \"cifar10\"\nvalid_size = 10000").unwrap();
         assert_eq!(both.valid_size, 10_000);
+        // A file that leaves CIFAR-10 and sets its own split still turns the flips off.
+        let left = Config::cpu_cifar10().with_overrides_str("dataset = \"mnist\"\nvalid_size = 5000").unwrap();
+        assert_eq!((left.dataset, left.valid_size, left.augment), (DatasetName::Mnist, 5_000, false));
+        let kept = Config::cpu_cifar10().with_overrides_str("dataset = \"cifar10\"\naugment = false").unwrap();
+        assert!(!kept.augment, "the file's own `augment` applies after the switch");
         let err = Config::cpu().with_overrides_str("dataset = \"svhn\"").unwrap_err().to_string();
         assert!(err.contains("svhn"), "{err}");
     }

@@ -138,6 +138,13 @@ fn learner_seed(seed: u64, k: usize) -> rand::rngs::StdRng {
     iteration_rng(seed ^ 0x005E_ED0F_E7A1, k)
 }
 
+/// The data a teacher of `config` is scored on: its dataset's test split, read from the run's
+/// data folder. The run's validation hold-out plays no part, so none is held out: a folder with
+/// fewer training images than the run held out (a slice, a test-only copy) serves too.
+pub fn load_test_data(config: &crate::config::Config, device: Device) -> Result<Dataset> {
+    Dataset::load(config.dataset, &config.data_dir(), 0, config.seed, device)
+}
+
 /// Trains the cohort's learners for `steps` steps on the teacher's data and scores them on the
 /// test set.
 pub fn evaluate_teacher(teacher: &Teacher, cohort: &Cohort, steps: usize) -> Result<EvalReport> {
@@ -392,6 +399,19 @@ mod tests {
             assert!(max - min <= 1 && *max <= EVAL_CHUNK, "{n}: {sizes:?}");
         }
         assert_eq!(chunk_bounds(1001), [(0, 501), (501, 500)]);
+    }
+
+    /// A run of the full MNIST (10,000 validation images held out) is scored on a data folder
+    /// with fewer training images than that: only its test split is read.
+    #[test]
+    fn a_teacher_is_scored_on_a_folder_smaller_than_its_runs_hold_out() {
+        let fixture = crate::data::fixture_dir();
+        let config = crate::config::Config { data_dir: Some(fixture.clone()), ..crate::config::Config::cpu() };
+        assert!(config.valid_size >= 10_000);
+        assert!(crate::meta::load_data(&config, Device::Cpu).is_err(), "the run's own split does not fit");
+        let data = load_test_data(&config, Device::Cpu).unwrap();
+        let whole = Dataset::load(config.dataset, &fixture, 1, 0, Device::Cpu).unwrap();
+        assert!(data.test.pixels.equal(&whole.test.pixels) && data.test.labels.equal(&whole.test.labels));
     }
 
     /// Scored before the last update, "after s steps" is the learner after s - 1 updates with

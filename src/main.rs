@@ -108,7 +108,7 @@ enum RlCommand {
     /// Real return of fresh policies trained on the teacher, and REINFORCE's real steps to match it.
     Eval {
         dir: PathBuf,
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64 / 2))]
+        #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Print one JSON object instead of a table.
         #[arg(long)]
@@ -517,7 +517,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut ckpt = checkpoint::load(&args.dir, device)?;
             let config = &mut ckpt.teacher.config;
             config.data_dir = args.data_dir.or(config.data_dir.take());
-            let data = meta::load_data(config, device)?;
+            let data = eval::load_test_data(config, device)?;
             let cohort = eval::Cohort {
                 data: &data,
                 kind: args.learner.unwrap_or(config.learner),

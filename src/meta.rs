@@ -685,8 +685,17 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             let data_dir =
                 options.data_dir.as_deref().map(|dir| crate::config::absolute(dir, "--data-dir")).transpose()?;
             let settings = RunSettings { data_dir, checkpoint_every: options.checkpoint_every };
+            let stored = checkpoint::read_config(dir)?;
+            if let Some(wanted) = options.teacher.filter(|&k| k != stored.teacher) {
+                bail!(
+                    "{}: holds a run of a {:?} teacher, expected a {wanted:?} teacher's; continue it with `gtn train --resume {}`",
+                    dir.display(),
+                    stored.teacher,
+                    dir.display()
+                );
+            }
             if options.before_last_update {
-                check_before_last_update(options, &checkpoint::read_config(dir)?)?;
+                check_before_last_update(options, &stored)?;
             }
             let t = Trainer::resume(dir, device, &settings)?;
             println!("resuming {} at meta-iteration {}", dir.display(), t.iteration);
@@ -790,8 +799,24 @@ mod tests {
         };
         let err = train_command(&options, Device::Cpu).unwrap_err().to_string();
         assert_eq!(err, "--meta-iters with --resume: a resumed run keeps its own config; expected one or the other");
-        let err = train_command(&TrainOptions { meta_iters: None, ..options }, Device::Cpu).unwrap_err().to_string();
+        let err =
+            train_command(&TrainOptions { meta_iters: None, ..options.clone() }, Device::Cpu).unwrap_err().to_string();
         assert!(err.starts_with("/nonexistent/run"), "on to the resume: {err}");
+        // `baseline distill --resume` (a pixels teacher) of a generator run.
+        let dir = tempfile::tempdir().unwrap();
+        Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap().save().unwrap();
+        let distill = TrainOptions {
+            resume: Some(dir.path().into()),
+            meta_iters: None,
+            teacher: Some(TeacherKind::Pixels),
+            ..options
+        };
+        let err = train_command(&distill, Device::Cpu).unwrap_err().to_string();
+        let d = dir.path().display();
+        assert_eq!(
+            err,
+            format!("{d}: holds a run of a Generator teacher, expected a Pixels teacher's; continue it with `gtn train --resume {d}`")
+        );
     }
 
     fn fixture_config() -> Config {

@@ -71,7 +71,8 @@ struct Package {
     remedy: &'static str,
 }
 
-/// Nothing is written before every file is verified, so there is nothing to delete.
+/// Each file is verified before it is written under its final name, so a failed fetch leaves
+/// only verified files (a second fetch replaces them): there is nothing to delete.
 const DOWNLOAD_REMEDY: &str = "the download is corrupt or truncated; fetch again";
 
 const STAGING_PREFIX: &str = ".fetch-";

@@ -153,7 +153,8 @@ impl Dataset {
         [self.train.len(), self.valid.len(), self.test.len()].map(|n| n as i64)
     }
 
-    /// Loads the four IDX files (plain or `.gz`) from `dir` and holds out `valid_size` training
+    /// Loads the dataset's training and test files from `dir` (MNIST's and Fashion-MNIST's four
+    /// IDX files, plain or `.gz`; CIFAR-10's binary batches) and holds out `valid_size` training
     /// images, chosen by a permutation seeded with `split_seed`, for validation.
     pub fn load(name: DatasetName, dir: &Path, valid_size: usize, split_seed: u64, device: Device) -> Result<Dataset> {
         let (full_train, test) = match name {

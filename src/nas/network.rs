@@ -60,6 +60,10 @@ pub struct NetConfig {
     pub head: Head,
 }
 
+/// The most normal cells per stage: a stack far deeper than any search space of the field (the
+/// paper's NAS uses a handful), and a bound that keeps a mistyped count from allocating forever.
+pub const MAX_CELLS: usize = 64;
+
 impl NetConfig {
     /// Sized for 2 shared CPU cores: stem at full resolution (width 8), then two reduction cells
     /// (16 wide at 14x14, 32 wide at 7x7). Normal cells (`cells > 0`) cost 2-3x more per step.
@@ -71,6 +75,9 @@ impl NetConfig {
         }
         if self.cells == 0 && self.reductions == 0 {
             bail!("network: cells and reductions are both 0, so there is no cell");
+        }
+        if self.cells > MAX_CELLS {
+            bail!("network: cells {} per stage (--cells), expected at most {MAX_CELLS}", self.cells);
         }
         // Each reduction doubles the width: the widest stage must be a tensor size.
         let widest = (self.reductions <= 20).then(|| self.channels.checked_mul(1 << self.reductions)).flatten();
@@ -373,6 +380,11 @@ mod tests {
         assert!(specs.len() < super::specs(&chain, &normal, [1, 28, 28], 10).unwrap().0.len());
         check_forward(&chain, &NetConfig::CPU, [1, 28, 28]);
         assert!(NetConfig { cells: 0, channels: 4, reductions: 0, ..NetConfig::CPU }.validate().is_err());
+        assert!(NetConfig { cells: MAX_CELLS, ..NetConfig::CPU }.validate().is_ok());
+        for cells in [MAX_CELLS + 1, usize::MAX] {
+            let err = NetConfig { cells, ..NetConfig::CPU }.validate().unwrap_err().to_string();
+            assert_eq!(err, format!("network: cells {cells} per stage (--cells), expected at most 64"));
+        }
         let wide = |channels, reductions| NetConfig { channels, reductions, ..NetConfig::CPU }.validate();
         assert!(wide(1 << 10, 10).is_ok());
         for (channels, reductions) in [(1 << 10, 11), (8, 61), (1, 21), (i64::MAX, 1)] {

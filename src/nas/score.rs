@@ -148,6 +148,15 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     dir.display()
                 );
             }
+            // Meta-training allows such a teacher for a learner whose batch norm also averages
+            // over positions; the hidden head's does not.
+            let b = teacher.config.batch_size;
+            if b < 2 && opts.net.head.normalises_over_the_batch_alone() {
+                bail!(
+                    "{}: the teacher's batches hold {b} image, and the hidden head's batch norm over one image is constant, so the networks would learn nothing from them; expected --head flatten or global-pool",
+                    dir.display()
+                );
+            }
             (Some(teacher), Some(version), data)
         }
         Proxy::Real => (None, None, None),
@@ -459,6 +468,68 @@ mod tests {
             "{err}"
         );
         assert_eq!(score(&opts, Device::Cpu, |_| {}).unwrap().scored, 1);
+    }
+
+    /// A `gtn:` results file belongs to one state of its teacher: scores of the same folder
+    /// after more meta-training are another teacher's, refused rather than ranked together.
+    #[test]
+    fn a_gtn_proxys_results_refuse_its_teacher_trained_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let config = crate::config::Config { data_dir: Some(fixture_dir()), ..crate::config::Config::tiny() };
+        let mut trainer = crate::meta::Trainer::create(&config, &run, Device::Cpu).unwrap();
+        trainer.save().unwrap();
+        let out = dir.path().join("r.jsonl");
+        let opts = ScoreOptions {
+            proxy: Proxy::Gtn(run.clone()),
+            archs: sample_distinct(1, 1),
+            steps: vec![1],
+            ..options(&out, Shard::ALL)
+        };
+        assert_eq!(score(&opts, Device::Cpu, |_| {}).unwrap().scored, 1);
+        let before = std::fs::read(&out).unwrap();
+        trainer.step().unwrap();
+        trainer.save().unwrap();
+        let err = score(&opts, Device::Cpu, |_| {}).unwrap_err().to_string();
+        assert!(err.contains("r.jsonl: holds gtn:"), "{err}");
+        assert!(err.contains("results of another setting"), "{err}");
+        assert!(err.contains("teacher at meta-iteration 1, checkpoint sha256"), "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), before, "the file is left as it was");
+    }
+
+    /// A teacher of one-image batches (allowed for a learner whose batch norm averages over
+    /// positions too) cannot train the hidden head: refused, and the other heads score.
+    #[test]
+    fn a_teacher_of_one_image_batches_needs_a_head_without_batch_norm_over_the_batch() {
+        let folder = crate::data::cifar::tests::fixture_folder();
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let config = crate::config::Config {
+            dataset: DatasetName::Cifar10,
+            data_dir: Some(folder.path().to_path_buf()),
+            valid_size: 20,
+            meta_batch: 16,
+            teacher: crate::teacher::TeacherKind::Pixels,
+            learner: crate::learner::LearnerKind::CifarCnn,
+            batch_size: 1,
+            ..crate::config::Config::tiny()
+        };
+        crate::meta::Trainer::create(&config, &run, Device::Cpu).unwrap().save().unwrap();
+        let out = dir.path().join("r.jsonl");
+        let opts = ScoreOptions {
+            proxy: Proxy::Gtn(run),
+            dataset: DatasetName::Cifar10,
+            data_dir: None,
+            archs: sample_distinct(1, 1),
+            steps: vec![1],
+            ..options(&out, Shard::ALL)
+        };
+        assert_eq!(opts.net.head, Head::Hidden);
+        let err = score(&opts, Device::Cpu, |_| {}).unwrap_err().to_string();
+        assert!(err.ends_with("run: the teacher's batches hold 1 image, and the hidden head's batch norm over one image is constant, so the networks would learn nothing from them; expected --head flatten or global-pool"), "{err}");
+        assert!(!out.exists());
+        let pooled = ScoreOptions { net: NetConfig { head: Head::GlobalPool, ..opts.net }, ..opts };
+        assert_eq!(score(&pooled, Device::Cpu, |_| {}).unwrap().scored, 1);
     }
 
     #[test]

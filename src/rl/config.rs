@@ -276,13 +276,16 @@ impl RlConfig {
         if self.baseline_seeds > MAX_TRIALS {
             bail!("config key `baseline_seeds` is {}, expected at most {MAX_TRIALS}", self.baseline_seeds);
         }
-        // Imitation keeps every fresh policy's unrolled graph until the meta-gradient is taken.
-        let held = self.policies_per_candidate.checked_mul(self.inner_steps * self.batch_size * width);
+        // Imitation keeps every fresh policy's graph, its unroll and its forward over the
+        // reference's states, until the meta-gradient is taken.
+        let states = super::imitation::MAX_REFERENCE_STATES;
+        let per_policy = (self.inner_steps * self.batch_size + states) * width;
+        let held = self.policies_per_candidate.checked_mul(per_policy);
         if self.objective == Objective::Imitation && held.is_none_or(|n| n > MAX_VALUES) {
             bail!(
-                "config key `policies_per_candidate` is {}, expected at most {} with `objective = \"imitation\"` (each policy's unroll holds {} x {} x {width} activations until the meta-gradient, at most {MAX_VALUES} values in all)",
+                "config key `policies_per_candidate` is {}, expected at most {} with `objective = \"imitation\"` (each policy holds ({} x {} + {states}) x {width} activations until the meta-gradient, its unroll's and its forward's over up to {states} reference states, at most {MAX_VALUES} values in all)",
                 self.policies_per_candidate,
-                MAX_VALUES / (self.inner_steps * self.batch_size * width),
+                MAX_VALUES / per_policy,
                 self.inner_steps,
                 self.batch_size
             );
@@ -383,16 +386,16 @@ mod tests {
             err(RlConfig { baseline_seeds: 1_000_000_000_000, ..RlConfig::cpu() }),
             "config key `baseline_seeds` is 1000000000000, expected at most 1048576"
         );
-        // cpu: each fresh policy's unroll holds 8 x 32 x 128 activations, 512 of them 2^24.
+        // cpu: each fresh policy holds (8 x 32 + 2000) x 128 activations, 58 of them under 2^24.
         let imitation = RlConfig { objective: Objective::Imitation, episodes_per_policy: 1, ..RlConfig::cpu() };
-        assert!(RlConfig { policies_per_candidate: 512, ..imitation.clone() }.validate().is_ok());
-        let too_many = err(RlConfig { policies_per_candidate: 513, ..imitation });
+        assert!(RlConfig { policies_per_candidate: 58, ..imitation.clone() }.validate().is_ok());
+        let too_many = err(RlConfig { policies_per_candidate: 59, ..imitation });
         assert!(
             too_many.starts_with(
-                "config key `policies_per_candidate` is 513, expected at most 512 with `objective = \"imitation\"`"
+                "config key `policies_per_candidate` is 59, expected at most 58 with `objective = \"imitation\"` (each policy holds (8 x 32 + 2000) x 128 activations"
             ),
             "{too_many}"
         );
-        assert!(RlConfig { policies_per_candidate: 513, episodes_per_policy: 1, ..RlConfig::cpu() }.validate().is_ok());
+        assert!(RlConfig { policies_per_candidate: 59, episodes_per_policy: 1, ..RlConfig::cpu() }.validate().is_ok());
     }
 }

@@ -17,6 +17,10 @@ use crate::nn;
 /// Episodes of the reference whose states form the meta-loss set.
 const REFERENCE_EPISODES: usize = 4;
 
+/// The most states the reference's episodes can record: each fresh policy's meta-loss forward
+/// over them is held until the meta-gradient, beside its unroll.
+pub const MAX_REFERENCE_STATES: usize = REFERENCE_EPISODES * super::cartpole::MAX_STEPS;
+
 /// The greedy return REINFORCE trains the reference to: CartPole's cap, a solved task.
 const REFERENCE_TARGET: f64 = 500.0;
 
@@ -62,15 +66,15 @@ impl Reference {
         }
     }
 
-    /// A one-line warning when REINFORCE stopped short of a solved task (its budget ran out):
-    /// the teacher then learns to imitate a weaker policy. Not an error, since the run may still
-    /// be worth having and its real steps are already spent.
     /// Real environment steps the reference cost: REINFORCE's training (its greedy evaluation
     /// episodes not counted, as for the baseline) and the episodes that recorded its states.
     pub fn real_cost(&self) -> u64 {
         (self.real_steps + self.actions.size()[0] as usize) as u64
     }
 
+    /// A one-line warning when REINFORCE stopped short of a solved task (its budget ran out):
+    /// the teacher then learns to imitate a weaker policy. Not an error, since the run may still
+    /// be worth having and its real steps are already spent.
     pub fn warning(&self) -> Option<String> {
         (self.greedy_return < REFERENCE_TARGET).then(|| {
             format!(

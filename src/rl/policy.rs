@@ -26,10 +26,6 @@ impl Policy {
         Policy { specs }
     }
 
-    pub fn specs(&self) -> &[ParamSpec] {
-        &self.specs
-    }
-
     pub fn init(&self, rng: &mut StdRng) -> Vec<Tensor> {
         nn::init_params(&self.specs, rng, Kind::Float, Device::Cpu)
     }

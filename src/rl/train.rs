@@ -167,6 +167,12 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         }
         Ok(t.shallow_clone())
     };
+    let count = |name: &str| -> Result<u64> {
+        match take(name, &[1], Kind::Int64)?.int64_value(&[0]) {
+            n if n >= 0 => Ok(n as u64),
+            n => bail!("{}: tensor `{name}` is {n}, expected a count (at least 0)", path.display()),
+        }
+    };
     let dim = [teacher::param_dim(&config) as i64];
     let theta = take("theta", &dim, Kind::Float)?;
     let noise = take("noise", &EnvTeacher::noise_shape(&config), Kind::Float)?;
@@ -200,7 +206,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             Some(Reference {
                 states: take("reference.states", &[n, OBS_DIM as i64], Kind::Float)?,
                 actions: actions.shallow_clone(),
-                real_steps: take("reference.real_steps", &[1], Kind::Int64)?.int64_value(&[0]).max(0) as usize,
+                real_steps: count("reference.real_steps")? as usize,
                 greedy_return: take("reference.greedy_return", &[1], Kind::Double)?.double_value(&[0]),
             })
         }
@@ -227,10 +233,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let real_steps = match stored.get("real_steps") {
         // An imitation run's is its reference's, stored in older checkpoints too.
         None => reference.as_ref().map(Reference::real_cost),
-        Some(_) => match take("real_steps", &[1], Kind::Int64)?.int64_value(&[0]) {
-            n if n >= 0 => Some(n as u64),
-            n => bail!("{}: tensor `real_steps` is {n}, expected a count (at least 0)", path.display()),
-        },
+        Some(_) => Some(count("real_steps")?),
     };
     let adam = Adam { m: vec![m], v: vec![v], steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
     Ok(Checkpoint { teacher, theta, adam, generation, reference, real_steps })
@@ -615,6 +618,37 @@ mod tests {
             .collect();
         Tensor::write_safetensors(&older, &file).unwrap();
         assert_eq!(load(dir.path()).unwrap().real_steps, resumed.real_steps, "recovered from the reference");
+
+        let corrupt = |name: &str, value: Tensor| {
+            let edited: Vec<(String, Tensor)> = stored
+                .iter()
+                .map(|(n, t)| (n.clone(), if n == name { value.shallow_clone() } else { t.shallow_clone() }))
+                .collect();
+            Tensor::write_safetensors(&edited, &file).unwrap();
+            load(dir.path()).err().unwrap().to_string()
+        };
+        let n = learnt.actions.size()[0];
+        for (name, value, expected) in [
+            (
+                "reference.real_steps",
+                Tensor::from_slice(&[-3i64]),
+                "tensor `reference.real_steps` is -3, expected a count",
+            ),
+            ("real_steps", Tensor::from_slice(&[-1i64]), "tensor `real_steps` is -1, expected a count"),
+            (
+                "reference.actions",
+                learnt.actions.ones_like() * 2,
+                "tensor `reference.actions` holds values other than 0 and 1",
+            ),
+            (
+                "reference.actions",
+                learnt.actions.view([n, 1]),
+                &format!("tensor `reference.actions` is [{n}, 1] Int64, expected [N] Int64"),
+            ),
+        ] {
+            let err = corrupt(name, value);
+            assert!(err.contains(expected), "{name}: {err}");
+        }
 
         let without: Vec<(String, Tensor)> =
             stored.into_iter().filter(|(name, _)| name != "reference.states").collect();
