@@ -91,8 +91,8 @@ const DATA_SIZES: &str = "data.sizes";
 
 /// Writes `tensors` to the checkpoint file `path` atomically, with `config` (TOML) as its
 /// metadata: what the run was when these were saved, so that a `config.toml` edited since can be
-/// told from it. Each tensor is copied to bytes only as it is written. Returns the sha256 of the
-/// file written.
+/// told from it. The file is put together in memory (a paper-sized checkpoint is tens of MB), so
+/// the sha256 it returns is of the very bytes written, with no second read.
 pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) -> Result<String> {
     let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: cannot write: {e}", path.display());
     let views = tensors
@@ -105,11 +105,9 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) ->
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = Some(HashMap::from([(SAVED_CONFIG.to_string(), config.to_string())]));
-    crate::atomic::replace_with(path, |tmp| {
-        safetensors::tensor::serialize_to_file(views, &metadata, tmp).map_err(|e| cannot(&e))
-    })?;
-    let written = std::fs::read(path).with_context(|| format!("{}: cannot read back", path.display()))?;
-    Ok(crate::data::fetch::sha256_hex(&written))
+    let bytes = safetensors::tensor::serialize(views, &metadata).map_err(|e| cannot(&e))?;
+    crate::atomic::write(path, &bytes)?;
+    Ok(crate::data::fetch::sha256_hex(&bytes))
 }
 
 /// A contiguous CPU tensor as safetensors writes it: its bytes are copied out when written.
