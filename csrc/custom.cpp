@@ -609,6 +609,10 @@ int64_t gtn_pointwise_levels() {
     return levels;
 }
 
+// The CPU's instruction set level as the kernels' builds count it (1 to 3), which a test holds
+// to the features Rust's standard library detects.
+int64_t gtn_cpu_level() { return pointwise_kernels::cpu_level(); }
+
 bool gtn_force_pointwise_level(int64_t level) {
     bool forced = false;
     caught([&] { forced = pointwise_kernels::force_level(static_cast<int>(level)); });

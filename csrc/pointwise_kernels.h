@@ -73,6 +73,9 @@ const Table<float> &table<float>();
 template <>
 const Table<double> &table<double>();
 
+// The CPU's instruction set level as the builds count it: 1 baseline, 2 AVX2 (x86-64-v3), 3 AVX-512 (v4).
+int cpu_level();
+
 // How many of the builds this CPU runs (1 to 3: the baseline, AVX2, AVX-512, as far as each was
 // built for its level), and, for the tests that hold each to libtorch, one of them (by its index
 // among those) to use instead of the best (-1: the best again; false if there is no such build).

@@ -26,6 +26,23 @@ GTN_KERNELS(avx512)
 #endif
 #undef GTN_KERNELS
 
+// The CPU's instruction set level, as the builds' `level` counts it. Asked feature by feature:
+// the level names ("x86-64-v3") are accepted from GCC 12 and clang 18 on only. The features
+// named are those older compilers know; a CPU with them has its level's others (F16C, LZCNT,
+// MOVBE: every one from Haswell and Zen on).
+int cpu_level() {
+#if defined(__x86_64__)
+    bool v3 = __builtin_cpu_supports("avx") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+              __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+    bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+              __builtin_cpu_supports("avx512vl");
+    return v4 ? 3 : v3 ? 2 : 1;
+#else
+    return 1;
+#endif
+}
+
 namespace {
 
 // The builds of csrc/pointwise_kernels.cpp by instruction set level: the baseline, then on x86-64
@@ -45,14 +62,6 @@ const Table<double> *const kDoubles[] = {
 #endif
 };
 
-// The CPU's instruction set level, as the builds' `level` counts it.
-int cpu_level() {
-#if defined(__x86_64__)
-    return __builtin_cpu_supports("x86-64-v4") ? 3 : __builtin_cpu_supports("x86-64-v3") ? 2 : 1;
-#else
-    return 1;
-#endif
-}
 
 // The builds this CPU runs, by index into kFloats and kDoubles, best last: those whose code needs
 // no more than the CPU has (a `-march` in CXXFLAGS can leave a build below or above the level

@@ -37,7 +37,8 @@ const char *gtn_profile_last_error() { return last_error.c_str(); }
 // Starts recording CPU ops with their input shapes. 0, or -1 with the error kept.
 int gtn_profile_start() {
     return guarded([] {
-        // Kineto logs at ERROR that a CPU-only build finds no GPU; a user's own setting wins.
+        // Kineto logs at ERROR that it finds no GPU in a process without libtorch_cuda (gtn does not
+        // link it); a user's own setting wins.
         setenv("KINETO_LOG_LEVEL", "5", /*overwrite=*/0);
         prof::ProfilerConfig config(prof::ProfilerState::KINETO, /*report_input_shapes=*/true);
         torch::autograd::profiler::prepareProfiler(config, cpu_only);

@@ -18,10 +18,18 @@ out=${OUT:-gpu-check}
 mkdir -p "$out"
 traces=$(mktemp -d)
 
-# Our build links the CPU libtorch; the machine's CUDA libtorch of the same version replaces it
-# (prepended: the driver's own library path stays), and the preload, on gtn alone, registers its
-# CUDA kernels, which nothing in our link pulls in.
-lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+# Our build does not link libtorch_cuda; the machine's libtorch of the same version replaces the
+# .libtorch/ it was linked against (prepended: the driver's own library path stays), and the
+# preload, on gtn alone, registers its CUDA kernels, which nothing in our link pulls in. Another
+# torch version would fail on missing symbols, which the checks below would report as no GPU.
+if ! read -r version lib < <(python3 -c 'import torch, os; print(torch.__version__, os.path.join(os.path.dirname(torch.__file__), "lib"))'); then
+    echo "gpu-check: python3 cannot import torch (above)" | tee -a "$out/summary.txt" >&2
+    exit 1
+fi
+if [[ $version != 2.11.* ]]; then
+    echo "gpu-check: this machine's torch is $version, expected 2.11 (gtn is built on libtorch 2.11)" | tee -a "$out/summary.txt" >&2
+    exit 1
+fi
 export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 gtn=target/release/gtn
 data=data/mnist

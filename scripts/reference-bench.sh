@@ -21,7 +21,7 @@ py=.reference-torch
 if ! PYTHONPATH=$py python3 -c 'import torch; assert torch.__version__.startswith("2.11.0")' 2>/dev/null; then
     echo "reference: installing torch==2.11.0 with its dependencies into $py (~4.6 GB, about a minute)"
     rm -rf "$py.partial"
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$py.partial" torch==2.11.0
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --target "$py.partial" torch==2.11.0
     rm -rf "$py" && mv "$py.partial" "$py"
 fi
 [ -x target/release/gtn ] || { echo "reference-bench: target/release/gtn missing: run scripts/setup.sh" >&2; exit 1; }

@@ -622,8 +622,37 @@ mod tests {
     }
 
     extern "C" {
+        fn gtn_cpu_level() -> i64;
         fn gtn_pointwise_levels() -> i64;
         fn gtn_force_pointwise_level(level: i64) -> bool;
+    }
+
+    /// The C++ side asks the CPU for a few of each level's features (what older compilers can
+    /// name): the level it finds is the one every feature of the level gives.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_cpu_level_is_the_one_its_features_give() {
+        use std::arch::is_x86_feature_detected as has;
+        let v3 = has!("avx")
+            && has!("avx2")
+            && has!("fma")
+            && has!("bmi1")
+            && has!("bmi2")
+            && has!("f16c")
+            && has!("lzcnt")
+            && has!("movbe");
+        let v4 = v3 && has!("avx512f") && has!("avx512bw") && has!("avx512cd") && has!("avx512dq") && has!("avx512vl");
+        // SAFETY: reads the CPU's features.
+        assert_eq!(
+            unsafe { gtn_cpu_level() },
+            if v4 {
+                3
+            } else if v3 {
+                2
+            } else {
+                1
+            }
+        );
     }
 
     /// Runs `f(level)` with the kernels of csrc/pointwise_kernels.h forced to each instruction set

@@ -151,10 +151,12 @@ impl Chart<'_> {
             .x_label_area_size(48)
             .y_label_area_size(72)
             .build_cartesian_2d(x, y)?;
+        let span = chart.x_range();
         chart
             .configure_mesh()
             .x_desc(self.x_label)
             .y_desc(y_label)
+            .x_labels(x_labels(span, self.log_x))
             .y_labels(Y_LABELS)
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|&y| tick_label(y, y_decimals))
@@ -169,6 +171,9 @@ impl Chart<'_> {
             chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.15).filled())))?;
             let line: Vec<(f64, f64)> = series.points.iter().map(|&(x, m, _)| (x, m)).collect();
             let pieces = clip_line(&line, floor);
+            // A line through one point draws nothing: such a piece is a dot.
+            let dots: Vec<(f64, f64)> = pieces.iter().filter(|p| p.len() == 1).map(|p| p[0]).collect();
+            chart.draw_series(dots.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
             let stroke = color.stroke_width(2);
             let drawn = if series.dashed {
                 chart.draw_series(pieces.into_iter().flat_map(|piece| DashedLineSeries::new(piece, 9, 6, stroke)))?
@@ -249,6 +254,16 @@ pub fn x_axis(x0: f64, x1: f64, log_x: bool) -> Range<f64> {
         x0..x1.max(4.0 * x0)
     } else {
         x0..x1.max(x0 + 1.0)
+    }
+}
+
+/// Most labelled ticks on the x axis: plotters' default, fewer on a short linear axis of steps,
+/// whose ticks would otherwise fall on half steps (printed as whole ones, twice each).
+fn x_labels(span: Range<f64>, log_x: bool) -> usize {
+    const MOST: usize = 10;
+    match log_x {
+        true => MOST,
+        false => ((span.end - span.start).floor() as usize + 1).clamp(2, MOST),
     }
 }
 
@@ -339,6 +354,17 @@ mod tests {
     }
 
     #[test]
+    fn a_short_axis_of_steps_has_ticks_on_whole_steps() {
+        for end in [1.0, 2.0, 4.0, 7.0, 9.5, 12.0, 256.0] {
+            let span = 0.0..end;
+            let ticks = RangedCoordf64::from(span.clone()).key_points(BoldPoints(x_labels(span, false)));
+            assert!(ticks.len() >= 2 && ticks.iter().all(|t| t.fract() == 0.0), "0..{end}: {ticks:?}");
+        }
+        let half = RangedCoordf64::from(0.0..4.0).key_points(BoldPoints(10));
+        assert!(half.iter().any(|t| t.fract() != 0.0), "plotters' default: {half:?}");
+    }
+
+    #[test]
     fn clipping_keeps_what_is_above_the_floor_and_cuts_at_it() {
         let line = [(0.0, 0.0), (1.0, 2.0), (2.0, 4.0), (3.0, 0.0), (4.0, 0.0), (5.0, 2.0)];
         let expected = vec![vec![(0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (2.75, 1.0)], vec![(4.5, 1.0), (5.0, 2.0)]];
@@ -395,6 +421,7 @@ mod tests {
                 dashed: false,
             },
             Series { name: "b".into(), points: vec![(0.0, 0.1, 0.0), (2.0, 0.6, 0.0)], color: 1, dashed: true },
+            Series { name: "one point".into(), points: vec![(1.0, 0.3, 0.0)], color: 2, dashed: true },
         ];
         let chart = Chart {
             title: "test",
@@ -415,6 +442,8 @@ mod tests {
         for k in 0..2 {
             assert!(in_color(&image, k) > 300, "series {k}: {} pixels of its colour", in_color(&image, k));
         }
+        // A series of one point is a dot (its legend entry is a line of some 40 pixels).
+        assert!(in_color(&image, 2) > 80, "{} pixels of the one point's colour", in_color(&image, 2));
 
         Chart { zoom_from: Some(0.5), ..chart }.write_png(&path).unwrap();
         let zoomed = image::open(&path).unwrap().to_rgb8();

@@ -610,13 +610,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let png = dir.path().join("c.png");
         let colour = |c: plotters::style::RGBColor| [c.0, c.1, c.2];
-        let pixels = |rows: &[Row]| {
+        let pixels = |rows: &[Row], k: usize| {
             plot(rows, &png).unwrap();
             let image = image::open(&png).unwrap().to_rgb8();
-            image.pixels().filter(|p| p.0 == colour(crate::plot::COLORS[1])).count()
+            image.pixels().filter(|p| p.0 == colour(crate::plot::COLORS[k])).count()
         };
-        assert!(pixels(&rows) > 1_000, "{} pixels of the baseline's colour", pixels(&rows));
-        assert_eq!(pixels(&rows[..1]), 0, "without the baseline row, no line of its colour");
+        assert!(pixels(&rows, 1) > 1_000, "{} pixels of the baseline's colour", pixels(&rows, 1));
+        assert_eq!(pixels(&rows[..1], 1), 0, "without the baseline row, no line of its colour");
+        // The proxy, measured at one step count, is a dot (some 70 pixels) beside its legend entry.
+        assert!(pixels(&rows, 0) > 120, "{} pixels of the proxy's colour", pixels(&rows, 0));
     }
 
     #[test]
