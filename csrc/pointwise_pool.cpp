@@ -62,7 +62,6 @@ const Table<double> *const kDoubles[] = {
 #endif
 };
 
-
 // The builds this CPU runs, by index into kFloats and kDoubles, best last: those whose code needs
 // no more than the CPU has (a `-march` in CXXFLAGS can leave a build below or above the level
 // build.rs asked for). The baseline alone if none qualifies.

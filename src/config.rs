@@ -208,8 +208,9 @@ impl Config {
     }
 
     /// This config with the keys of the TOML `text` applied. Text that sets `dataset` switches
-    /// as `--dataset` does (that dataset's default `valid_size`, CIFAR-10's augmentation off when
-    /// leaving it), then its own keys apply, `valid_size` and `augment` included.
+    /// as `--dataset` does ([`Config::set_dataset`]: that dataset's default `valid_size` in place
+    /// of the old one's default, CIFAR-10's augmentation off when leaving it), then its own keys
+    /// apply, `valid_size` and `augment` included.
     fn overridden(&self, text: &str) -> Result<Config> {
         let keys: toml::Table = parse_toml(text)?;
         let mut base = self.clone();

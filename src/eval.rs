@@ -140,7 +140,7 @@ fn learner_seed(seed: u64, k: usize) -> rand::rngs::StdRng {
 
 /// The data a teacher of `config` is scored on: its dataset's test split, read from the run's
 /// data folder. The run's validation hold-out plays no part, so none is held out: a folder with
-/// fewer training images than the run held out (a slice, a test-only copy) serves too.
+/// fewer training images than the run held out (a slice of the dataset) serves too.
 pub fn load_test_data(config: &crate::config::Config, device: Device) -> Result<Dataset> {
     Dataset::load(config.dataset, &config.data_dir(), 0, config.seed, device)
 }

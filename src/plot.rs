@@ -171,10 +171,11 @@ impl Chart<'_> {
             chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.15).filled())))?;
             let line: Vec<(f64, f64)> = series.points.iter().map(|&(x, m, _)| (x, m)).collect();
             let pieces = clip_line(&line, floor);
-            // A line through one point draws nothing: such a piece is a dot.
+            // A line through one point draws nothing: such a piece is a dot, a ring when dashed.
             let dots: Vec<(f64, f64)> = pieces.iter().filter(|p| p.len() == 1).map(|p| p[0]).collect();
-            chart.draw_series(dots.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
             let stroke = color.stroke_width(2);
+            let dot = if series.dashed { stroke } else { color.filled() };
+            chart.draw_series(dots.into_iter().map(|p| Circle::new(p, 5, dot)))?;
             let drawn = if series.dashed {
                 chart.draw_series(pieces.into_iter().flat_map(|piece| DashedLineSeries::new(piece, 9, 6, stroke)))?
             } else {

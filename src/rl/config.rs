@@ -196,6 +196,38 @@ impl RlConfig {
         Ok(config)
     }
 
+    /// What a new run's config must also hold, beyond [`RlConfig::validate`] (a stored run's
+    /// config is read as it was written: a run started under an earlier build's bound still
+    /// resumes and is evaluated). Imitation keeps every fresh policy's graph, its unroll and its
+    /// forward over the reference's states, until the meta-gradient is taken: bounded here.
+    pub fn check_new_run(&self) -> Result<()> {
+        self.validate()?;
+        if self.objective != Objective::Imitation {
+            return Ok(());
+        }
+        let widest = [self.noise_dim, self.generator_hidden, self.policy_width_max as usize].into_iter().max();
+        let width = widest.expect("three widths");
+        let (t, b, states) = (self.inner_steps, self.batch_size, super::imitation::MAX_REFERENCE_STATES);
+        // `validate` bounds t x b x width by MAX_VALUES and width by MAX_WIDTH: no overflow.
+        let per_policy = (t * b + states) * width;
+        let holds = format!(
+            "each policy holds ({t} x {b} + {states}) x {width} activations until the meta-gradient, its unroll's and its forward's over up to {states} reference states"
+        );
+        if per_policy > MAX_VALUES {
+            bail!(
+                "config keys `inner_steps` x `batch_size` = {t} x {b} with `objective = \"imitation\"`: {holds}, over {MAX_VALUES} values for one policy; expected fewer steps, a smaller batch or narrower widths"
+            );
+        }
+        if self.policies_per_candidate.checked_mul(per_policy).is_none_or(|n| n > MAX_VALUES) {
+            bail!(
+                "config key `policies_per_candidate` is {}, expected at most {} with `objective = \"imitation\"` ({holds}, at most {MAX_VALUES} values in all)",
+                self.policies_per_candidate,
+                MAX_VALUES / per_policy
+            );
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("inner_steps", self.inner_steps),
@@ -275,20 +307,6 @@ impl RlConfig {
         }
         if self.baseline_seeds > MAX_TRIALS {
             bail!("config key `baseline_seeds` is {}, expected at most {MAX_TRIALS}", self.baseline_seeds);
-        }
-        // Imitation keeps every fresh policy's graph, its unroll and its forward over the
-        // reference's states, until the meta-gradient is taken.
-        let states = super::imitation::MAX_REFERENCE_STATES;
-        let per_policy = (self.inner_steps * self.batch_size + states) * width;
-        let held = self.policies_per_candidate.checked_mul(per_policy);
-        if self.objective == Objective::Imitation && held.is_none_or(|n| n > MAX_VALUES) {
-            bail!(
-                "config key `policies_per_candidate` is {}, expected at most {} with `objective = \"imitation\"` (each policy holds ({} x {} + {states}) x {width} activations until the meta-gradient, its unroll's and its forward's over up to {states} reference states, at most {MAX_VALUES} values in all)",
-                self.policies_per_candidate,
-                MAX_VALUES / per_policy,
-                self.inner_steps,
-                self.batch_size
-            );
         }
         let dim = super::teacher::param_dim(self);
         if self.pairs.checked_mul(dim).is_none_or(|n| n > MAX_DIRECTION_VALUES) {
@@ -388,14 +406,26 @@ mod tests {
         );
         // cpu: each fresh policy holds (8 x 32 + 2000) x 128 activations, 58 of them under 2^24.
         let imitation = RlConfig { objective: Objective::Imitation, episodes_per_policy: 1, ..RlConfig::cpu() };
-        assert!(RlConfig { policies_per_candidate: 58, ..imitation.clone() }.validate().is_ok());
-        let too_many = err(RlConfig { policies_per_candidate: 59, ..imitation });
+        let new_run = |c: RlConfig| c.check_new_run().unwrap_err().to_string();
+        assert!(RlConfig { policies_per_candidate: 58, ..imitation.clone() }.check_new_run().is_ok());
+        let too_many = RlConfig { policies_per_candidate: 59, ..imitation.clone() };
         assert!(
-            too_many.starts_with(
+            new_run(too_many.clone()).starts_with(
                 "config key `policies_per_candidate` is 59, expected at most 58 with `objective = \"imitation\"` (each policy holds (8 x 32 + 2000) x 128 activations"
             ),
-            "{too_many}"
+            "{}",
+            new_run(too_many.clone())
         );
-        assert!(RlConfig { policies_per_candidate: 59, episodes_per_policy: 1, ..RlConfig::cpu() }.validate().is_ok());
+        // A stored run's config, started under an earlier bound, is still read.
+        assert!(too_many.validate().is_ok());
+        let es = RlConfig { policies_per_candidate: 59, episodes_per_policy: 1, ..RlConfig::cpu() };
+        assert!(es.check_new_run().is_ok());
+        // One policy alone over the bound: no count of policies would do, and the error says so.
+        let wide = RlConfig { policy_width_max: 4096, inner_steps: 1, batch_size: 4096, ..imitation };
+        assert!(wide.validate().is_ok(), "1 x 4096 x 4096 = 2^24");
+        assert_eq!(
+            new_run(wide),
+            "config keys `inner_steps` x `batch_size` = 1 x 4096 with `objective = \"imitation\"`: each policy holds (1 x 4096 + 2000) x 4096 activations until the meta-gradient, its unroll's and its forward's over up to 2000 reference states, over 16777216 values for one policy; expected fewer steps, a smaller batch or narrower widths"
+        );
     }
 }

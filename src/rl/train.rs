@@ -267,7 +267,7 @@ impl EsTrainer {
     /// Starts a new run in `dir`, which must not already hold one ([`EsTrainer::open`] continues it).
     /// See [`holds_run`] for what counts as one.
     pub fn create(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
-        config.validate()?;
+        config.check_new_run()?;
         crate::checkpoint::check_startable::<RlConfig>(dir)?;
         let (teacher, theta) = EnvTeacher::new(config);
         let theta = Tensor::from_slice(&theta);
