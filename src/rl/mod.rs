@@ -34,7 +34,11 @@ use teacher::{EnvTeacher, Trial};
 pub(crate) enum Stream {
     Teacher = 1,
     Reference = 2,
+    /// `rl eval`'s fresh policies and episodes.
     Eval = 3,
+    /// `rl eval`'s REINFORCE runs: apart from the policies', so that a run's edited
+    /// `eval_policies` or `eval_episodes` leave the baseline's runs as they were.
+    Baseline = 4,
 }
 
 /// The stream of `seed` for `purpose`: a ChaCha key of the seed and the purpose, distinct for
@@ -156,9 +160,9 @@ pub struct RlEvalReport {
 /// What `gtn rl eval --seed seed` draws: the fresh policies and episodes that score the teacher,
 /// and one seed per REINFORCE baseline run.
 fn eval_draws(c: &RlConfig, seed: u64) -> (Vec<Trial>, Vec<u64>) {
-    let mut rng = stream(seed, Stream::Eval);
-    let trials = teacher::trials(c, &mut rng, c.eval_policies, c.eval_episodes);
-    (trials, (0..c.baseline_seeds).map(|_| rng.gen()).collect())
+    let trials = teacher::trials(c, &mut stream(seed, Stream::Eval), c.eval_policies, c.eval_episodes);
+    let mut baseline = stream(seed, Stream::Baseline);
+    (trials, (0..c.baseline_seeds).map(|_| baseline.gen()).collect())
 }
 
 /// Greedy real returns of the policies of `trials` trained on `theta`, in parallel.
@@ -263,12 +267,15 @@ mod tests {
         assert!(seeds0.iter().all(|s| !seeds1.contains(s)), "baseline seeds {seeds0:?} and {seeds1:?}");
         let inits = |t: &[Trial]| t.iter().map(|t| t.init_seed).collect::<Vec<_>>();
         assert!(inits(&trials0).iter().all(|s| !inits(&trials1).contains(s)));
+        // The baseline's runs do not move with the number of policies and episodes scored.
+        let fewer = RlConfig { eval_policies: 3, eval_episodes: 1, ..c.clone() };
+        assert_eq!(eval_draws(&fewer, 0).1, seeds0);
     }
 
     #[test]
     fn each_use_of_a_seed_has_its_own_stream() {
         let first = |mut rng: StdRng| (0..4).map(|_| rng.gen::<u64>()).collect::<Vec<_>>();
-        let uses = [Stream::Teacher, Stream::Reference, Stream::Eval];
+        let uses = [Stream::Teacher, Stream::Reference, Stream::Eval, Stream::Baseline];
         let mut draws: Vec<Vec<u64>> = [0, 1].iter().flat_map(|&s| uses.map(|u| first(stream(s, u)))).collect();
         draws.extend((0..3).map(|g| first(crate::meta::iteration_rng(0, g))));
         for (i, a) in draws.iter().enumerate() {
