@@ -213,7 +213,33 @@ pub fn write_config(dir: &Path, config: &Config) -> Result<()> {
     crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())
 }
 
+/// The command that trains an image teacher's run folder, and the one that trains an RL run's.
+pub const IMAGE_RUN: &str = "gtn train";
+pub const RL_RUN: &str = "gtn rl train";
+
+/// Refuses `dir` when it holds the other kind of run than `command`'s ([`IMAGE_RUN`] or
+/// [`RL_RUN`]), told by its config's keys (an RL run's names its `env`, an image run's its
+/// `dataset`): one line naming the commands that read it, not the other config's parse error.
+pub fn check_run_kind(dir: &Path, command: &str) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(dir.join(CONFIG_FILE)) else { return Ok(()) };
+    let Ok(keys) = text.parse::<toml::Table>() else { return Ok(()) };
+    let other = match (keys.contains_key("env"), keys.contains_key("dataset")) {
+        (true, false) => RL_RUN,
+        (false, true) => IMAGE_RUN,
+        _ => return Ok(()),
+    };
+    if other != command {
+        let eval = if other == RL_RUN { "gtn rl eval" } else { "gtn eval" };
+        bail!(
+            "{}: holds a `{other}` run, not a `{command}` one (`{eval}` and `{other} --resume` read it); expected a `{command}` folder",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn read_config(dir: &Path) -> Result<Config> {
+    check_run_kind(dir, IMAGE_RUN)?;
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read; is {} a gtn training folder?", path.display(), dir.display()))?;

@@ -68,7 +68,7 @@ enum Command {
     /// Export the teaching set (images, labels, learning rates, momenta) as plain tensors.
     Export {
         dir: PathBuf,
-        #[arg(short, long)]
+        #[arg(short, long, value_parser = parse_safetensors)]
         output: PathBuf,
     },
     /// Training environments: a teacher for reinforcement learning (CartPole), learned with ES.
@@ -285,7 +285,8 @@ struct TrainArgs {
     #[arg(long)]
     checkpoint_every: Option<usize>,
     /// Meta-training time budget: the first meta-iteration's time (after a discarded warm-up
-    /// one) sets `meta_iters` to what it affords (recorded in config.toml).
+    /// one) caps `meta_iters` (the preset's, or --meta-iters) at what it affords (recorded in
+    /// config.toml).
     #[arg(long, conflicts_with = "resume", value_parser = parse_minutes)]
     budget_minutes: Option<Duration>,
     /// After training, evaluate this many fresh learners (0: skip).
@@ -771,10 +772,20 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
 
 /// A path for a PNG image, the only format gtn writes: another extension would name a PNG wrongly.
 fn parse_png(text: &str) -> Result<PathBuf, String> {
+    with_extension(text, "png", "PNG images")
+}
+
+/// A path for an exported teaching set: a safetensors file named otherwise (`.pt`) would invite
+/// `torch.load`, which cannot read it.
+fn parse_safetensors(text: &str) -> Result<PathBuf, String> {
+    with_extension(text, "safetensors", "the teaching set in the safetensors format")
+}
+
+fn with_extension(text: &str, extension: &str, writes: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(text);
     match path.extension().and_then(|e| e.to_str()) {
-        Some(e) if e.eq_ignore_ascii_case("png") => Ok(path),
-        _ => Err(format!("`{text}`: gtn writes PNG images; expected a path ending in .png")),
+        Some(e) if e.eq_ignore_ascii_case(extension) => Ok(path),
+        _ => Err(format!("`{text}`: gtn writes {writes}; expected a path ending in .{extension}")),
     }
 }
 

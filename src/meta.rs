@@ -136,6 +136,7 @@ impl Trainer {
         if !checkpoint::holds_run(dir) {
             return Trainer::create(config, dir, device);
         }
+        checkpoint::check_run_kind(dir, checkpoint::IMAGE_RUN)?;
         let stored = checkpoint::read_config(dir);
         let comparable = |c: &Config| Config {
             meta_iters: c.meta_iters_requested.filter(|_| budgeted).unwrap_or(c.meta_iters),
@@ -342,6 +343,13 @@ impl Trainer {
             let stats = self.step()?;
             if let Some(budget) = sizing.take() {
                 let affordable = ((budget.as_secs_f64() / stats.seconds) as usize).max(1);
+                let each = format!("{:.2} s per meta-iteration", stats.seconds);
+                bar.note(&match affordable < total {
+                    true => format!("time budget: {affordable} of the {total} meta-iterations asked for ({each})"),
+                    false => format!(
+                        "time budget: all {total} meta-iterations asked for fit ({each}); a budget caps `meta_iters`, it does not raise it"
+                    ),
+                });
                 if affordable < total {
                     // Into the stored config as it is: it keeps its own session settings.
                     let mut stored = checkpoint::read_config(&self.dir)?;
@@ -713,7 +721,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             config.checkpoint_every = options.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
             check_before_last_update(options, &config)?;
-            let t = Trainer::open(&config, out, device, options.budget.is_some(), Some("gtn train"))?;
+            let t = Trainer::open(&config, out, device, options.budget.is_some(), Some(checkpoint::IMAGE_RUN))?;
             crate::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
             if let Some(note) = t.budget_note().filter(|_| options.budget.is_some()) {
                 println!("{note}");

@@ -42,6 +42,11 @@ impl Progress {
         }
     }
 
+    /// Prints one line to stderr, above the bar when it is drawn.
+    pub fn note(&self, line: &str) {
+        self.bar.suspend(|| eprintln!("{line}"));
+    }
+
     pub fn finish(&self) {
         self.bar.finish();
     }

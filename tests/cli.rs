@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{error_line, gtn, stdout};
+use common::{error_line, gtn, gtn_in, stdout};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist")
@@ -58,6 +58,15 @@ fn train_eval_samples_export() {
     // 4 inner steps x 10 images of 28x28 with 1-pixel gaps.
     assert_eq!((img.width(), img.height()), (10 * 29 + 1, 4 * 29 + 1));
 
+    let pt = tmp.path().join("teaching.pt");
+    let out = gtn(&["export", run.to_str().unwrap(), "-o", pt.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("teaching.pt`: gtn writes the teaching set in the safetensors format; expected a path ending in .safetensors"),
+        "{err}"
+    );
+    assert!(!pt.exists());
     let st = tmp.path().join("teaching.safetensors");
     stdout(&gtn(&["export", run.to_str().unwrap(), "-o", st.to_str().unwrap()]));
     let tensors: std::collections::HashMap<String, tch::Tensor> =
@@ -225,6 +234,25 @@ fn bad_input_gives_one_line_errors() {
     assert!(err.contains("config.toml: cannot read"), "{err}");
 }
 
+/// A time budget says what it chose: a count below the one asked for, or all of it (a budget
+/// caps `meta_iters`, it does not raise it).
+#[test]
+fn a_time_budget_says_how_many_meta_iterations_it_affords() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixtures();
+    for (minutes, expected) in [
+        ("0.0001", "time budget: 1 of the 2 meta-iterations asked for ("),
+        ("60", "time budget: all 2 meta-iterations asked for fit ("),
+    ] {
+        let out = dir.path().join(minutes);
+        let args = ["--data-dir", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--meta-iters", "2"];
+        let run = gtn(&[&["train", "--preset", "tiny", "--budget-minutes", minutes], &args[..]].concat());
+        stdout(&run);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.lines().any(|l| l.starts_with(expected)), "{minutes} min: {stderr}");
+    }
+}
+
 /// `baseline real` on the 512-image fixtures needs a smaller validation split than MNIST's.
 #[test]
 fn real_data_baseline_takes_a_validation_size() {
@@ -386,11 +414,13 @@ fn nas_score_truth_merge_report() {
     assert!(err.contains("trained for 4 inner steps"), "{err}");
     let fixed = ["--cells", "0", "--reductions", "1", "--channels", "2", "--eval-images", "64", "--valid-size", "112"];
     let mut search = vec!["nas", "search", "--teacher", run.to_str().unwrap(), "--budget", "4", "--top-k", "2"];
-    search.extend_from_slice(&["--proxy-steps", "4", "--truth-steps", "8", "--data-dir", data.to_str().unwrap()]);
+    // No --data-dir: both phases read the teacher's data folder.
+    search.extend_from_slice(&["--proxy-steps", "4", "--truth-steps", "8"]);
     let search_dir = p("search");
     search.extend_from_slice(&["--batch-size", "16", "--out", &search_dir]);
     search.extend_from_slice(&fixed);
-    let out = stdout(&gtn(&search));
+    // From a folder with no data/mnist, so a phase that ignored the teacher's folder would fail.
+    let out = stdout(&gtn_in(tmp.path(), &search));
     assert!(out.contains("4 candidates scored on GTN data; top 2 trained on real data for 8 steps"), "{out}");
     assert!(out.contains("best: `"), "{out}");
     let truth = std::fs::read_to_string(tmp.path().join("search/truth.jsonl")).unwrap();

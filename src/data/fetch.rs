@@ -97,6 +97,22 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
         println!("{}: already in {}, checksums verified; skipping", name.as_str(), dir.display());
         return Ok(());
     }
+    // The two datasets' files share names: the other's, in a mistyped --dir, would be replaced.
+    for (file, _) in expected_files(name) {
+        let path = dir.join(format!("{file}.gz"));
+        let Ok(content) = super::idx::read_bytes(&path) else { continue };
+        let sha = sha256_hex(&content);
+        let mut others = [DatasetName::Mnist, DatasetName::FashionMnist].into_iter().filter(|&o| o != name);
+        if let Some(other) = others.find(|&o| expected_files(o).iter().any(|(_, s)| *s == sha)) {
+            bail!(
+                "{}: is {}'s, which fetching {} here would replace; expected another --dir (its default is {})",
+                path.display(),
+                other.as_str(),
+                name.as_str(),
+                name.default_dir().display()
+            );
+        }
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
     // A killed fetch's staging folder (a younger one may be another fetch's in progress).
     crate::atomic::remove_leftovers(dir, STAGING_PREFIX);
@@ -226,6 +242,23 @@ fn fashion_from_debian(staging: &Path) -> Result<Package> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fetching one dataset into the other's folder is refused before anything is downloaded.
+    #[test]
+    fn another_datasets_files_are_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = "t10k-labels-idx1-ubyte.gz";
+        let fashion = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fashion-mnist").join(labels);
+        std::fs::copy(&fashion, dir.path().join(labels)).unwrap();
+        let err = fetch(DatasetName::Mnist, dir.path()).unwrap_err().to_string();
+        let path = dir.path().join(labels);
+        assert_eq!(
+            err,
+            format!("{}: is fashion-mnist's, which fetching mnist here would replace; expected another --dir (its default is data/mnist)", path.display())
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&fashion).unwrap());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing else written");
+    }
 
     #[test]
     fn a_failing_tool_is_named_with_the_line_that_says_what_went_wrong() {

@@ -107,6 +107,8 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
         steps: vec![opts.truth_steps],
         shard: Shard::ALL,
         out: truth_out.clone(),
+        // The folder the candidates were ranked on, the teacher's, unless --data-dir names one.
+        data_dir: Some(opts.base.data_dir.clone().unwrap_or_else(|| teacher.data_dir())),
         ..opts.base.clone()
     };
     score::score(&phase2, device, |r| progress("truth", r))?;

@@ -73,6 +73,7 @@ impl GenerationStats {
 }
 
 pub fn read_config(dir: &Path) -> Result<RlConfig> {
+    crate::checkpoint::check_run_kind(dir, crate::checkpoint::RL_RUN)?;
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read; is {} a `gtn rl train` folder?", path.display(), dir.display()))?;
@@ -303,7 +304,8 @@ impl EsTrainer {
         if !holds_run(dir) {
             return EsTrainer::create(config, dir, threads);
         }
-        crate::config::same_run(dir, read_config(dir), config, Some("gtn rl train"))?;
+        crate::checkpoint::check_run_kind(dir, crate::checkpoint::RL_RUN)?;
+        crate::config::same_run(dir, read_config(dir), config, Some(crate::checkpoint::RL_RUN))?;
         EsTrainer::resume(dir, threads)
     }
 
@@ -664,6 +666,34 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// A folder of the other kind of run, given to either kind's commands, is named for what it
+    /// is, not refused by the other config's first unknown key.
+    #[test]
+    fn a_folder_of_the_other_kind_of_run_is_named() {
+        use crate::checkpoint::{self as ck, IMAGE_RUN, RL_RUN};
+        use tch::Device;
+        let dir = tempfile::tempdir().unwrap();
+        let (rl, image) = (dir.path().join("rl"), dir.path().join("image"));
+        EsTrainer::create(&tiny(4), &rl, 1).unwrap().save().unwrap();
+        let config =
+            crate::config::Config { data_dir: Some(crate::data::fixture_dir()), ..crate::config::Config::tiny() };
+        crate::meta::Trainer::create(&config, &image, Device::Cpu).unwrap().save().unwrap();
+        let named = |d: &Path, other: &str, eval: &str, command: &str| {
+            format!(
+                "{}: holds a `{other}` run, not a `{command}` one (`{eval}` and `{other} --resume` read it); expected a `{command}` folder",
+                d.display()
+            )
+        };
+        let rl_run = named(&rl, RL_RUN, "gtn rl eval", IMAGE_RUN);
+        assert_eq!(ck::load(&rl, Device::Cpu).err().unwrap().to_string(), rl_run);
+        let opened = crate::meta::Trainer::open(&config, &rl, Device::Cpu, false, Some(IMAGE_RUN));
+        assert_eq!(opened.err().unwrap().to_string(), rl_run);
+        let image_run = named(&image, IMAGE_RUN, "gtn eval", RL_RUN);
+        assert_eq!(read_config(&image).unwrap_err().to_string(), image_run);
+        assert_eq!(EsTrainer::open(&tiny(4), &image, 1).err().unwrap().to_string(), image_run);
+        assert!(ck::check_run_kind(&rl, RL_RUN).is_ok() && ck::check_run_kind(&image, IMAGE_RUN).is_ok());
     }
 
     #[test]

@@ -3,7 +3,12 @@
 use std::process::{Command, Output};
 
 pub fn gtn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gtn")).args(args).output().expect("the gtn binary runs")
+    gtn_in(std::path::Path::new("."), args)
+}
+
+/// `gtn` run from the folder `cwd`: where default paths (`data/mnist`) lead nowhere.
+pub fn gtn_in(cwd: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gtn")).current_dir(cwd).args(args).output().expect("the gtn binary runs")
 }
 
 pub fn stdout(out: &Output) -> String {
