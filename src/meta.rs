@@ -133,6 +133,7 @@ impl Trainer {
         budgeted: bool,
         resume_command: Option<&str>,
     ) -> Result<Trainer> {
+        checkpoint::check_not_a_file(dir, "--out")?;
         if !checkpoint::holds_run(dir) {
             return Trainer::create(config, dir, device);
         }
@@ -825,6 +826,20 @@ mod tests {
             err,
             format!("{d}: holds a run of a Generator teacher, expected a Pixels teacher's; continue it with `gtn train --resume {d}`")
         );
+    }
+
+    /// A file where a folder is expected is named as such, before any error about its content.
+    #[test]
+    fn a_file_given_for_a_folder_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Trainer::open(&fixture_config(), &file, Device::Cpu, false, None).err().unwrap().to_string();
+        assert_eq!(err, format!("{}: is a file; expected a folder (--out)", file.display()));
+        let config = Config { data_dir: Some(file.clone()), ..fixture_config() };
+        let err = load_data(&config, Device::Cpu).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: is a file; expected a folder (--data-dir)", file.display()));
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
     }
 
     fn fixture_config() -> Config {
