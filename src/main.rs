@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tch::Device;
 
 use gtn::checkpoint;
@@ -475,7 +475,7 @@ fn main() {
         .with_target(false)
         .init();
     // Help (asked for, or shown for a bare `gtn` or `gtn nas`) and --version print in full.
-    let cli = Cli::try_parse().unwrap_or_else(|e| {
+    let cli = command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)).unwrap_or_else(|e| {
         let shown_help = e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
         if !e.use_stderr() || shown_help {
             e.exit()
@@ -487,6 +487,15 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The command line, with negative numbers read as values: `--seed -3` is then refused by the
+/// flag's own parser, which names the flag, not taken for an unknown argument `-3`.
+fn command() -> clap::Command {
+    fn negatives(c: clap::Command) -> clap::Command {
+        c.allow_negative_numbers(true).mut_subcommands(negatives)
+    }
+    negatives(Cli::command())
 }
 
 /// clap's message for bad arguments on one line, like every other error here: its paragraphs

@@ -195,6 +195,11 @@ fn bad_input_gives_one_line_errors() {
     // clap's errors too are one line, naming the flag.
     let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", "x", "--budget-minutes", "1e18"]));
     assert!(err.ends_with("expected a positive number of minutes, at most 525600"), "{err}");
+    // A negative number is the flag's value, refused by its parser (not an unknown argument).
+    let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", "x", "--seed", "-1"]));
+    assert!(err.starts_with("error: invalid value '-1' for '--seed <SEED>'"), "{err}");
+    let err = error_line(&gtn(&["rl", "eval", "x", "--seed", "-3"]));
+    assert!(err.starts_with("error: invalid value '-3' for '--seed <SEED>'"), "{err}");
     let err = error_line(&gtn(&["compare", "--out", "x", "--real-steps-factor", "101"]));
     assert!(err.starts_with("error: invalid value '101' for '--real-steps-factor <REAL_STEPS_FACTOR>': "), "{err}");
     let err = error_line(&gtn(&["nas", "score", "--proxy", "real", "--sample", "1000001", "--out", "x.jsonl"]));
