@@ -2,7 +2,8 @@
 //! temporary file in the same folder, flush it to disk, rename it over the target, and flush
 //! the folder so the rename itself survives a power loss. A process killed mid-write leaves its
 //! temporary file behind (named after the target); a later write of that target removes it once
-//! it is over 10 minutes old (a younger one may be another process's write in progress). Files
+//! it is over 10 minutes old (a younger one may be another process's write in progress; a run's
+//! checkpoint and config, which only the run folder's lock holder writes, go when it locks). Files
 //! written in place over time (a run folder's, a results file) are locked by their writer.
 
 use std::io::Write;
@@ -14,13 +15,14 @@ use anyhow::{Context, Result};
 /// Takes an exclusive lock on the open `file` (at `path`) for as long as it stays open, so a
 /// second process that would write it too is refused with `busy` (after the path). Where the
 /// file system cannot lock (some network mounts), the work goes on unprotected, with a warning.
-pub fn lock_exclusive(file: &std::fs::File, path: &Path, busy: &str) -> Result<()> {
+/// Whether the lock is held.
+pub fn lock_exclusive(file: &std::fs::File, path: &Path, busy: &str) -> Result<bool> {
     match file.try_lock() {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!("{}: {busy}", path.display()),
         Err(std::fs::TryLockError::Error(e)) => {
             tracing::warn!("{}: cannot lock ({e}); nothing stops a second process writing it", path.display());
-            Ok(())
+            Ok(false)
         }
     }
 }
@@ -71,6 +73,16 @@ const LEFTOVER_AGE: Duration = Duration::from_secs(600);
 /// modified over [`LEFTOVER_AGE`] ago: temporary files of writes killed before their rename (or
 /// a killed download's staging folder). Best effort.
 pub fn remove_leftovers(folder: &Path, prefix: &str) {
+    remove_leftovers_older_than(folder, prefix, LEFTOVER_AGE);
+}
+
+/// [`remove_leftovers`] whatever their age, for a writer that knows no other process writes
+/// them (it holds the folder's lock): a run interrupted mid-save leaves none behind.
+pub fn remove_leftovers_now(folder: &Path, prefix: &str) {
+    remove_leftovers_older_than(folder, prefix, Duration::ZERO);
+}
+
+fn remove_leftovers_older_than(folder: &Path, prefix: &str, min_age: Duration) {
     let Ok(entries) = std::fs::read_dir(folder) else { return };
     let old = |entry: &std::fs::DirEntry| {
         let modified = entry.metadata().and_then(|m| m.modified());
@@ -80,7 +92,7 @@ pub fn remove_leftovers(folder: &Path, prefix: &str) {
             let inner = std::fs::read_dir(entry.path()).into_iter().flatten().flatten();
             latest = inner.filter_map(|e| e.metadata().and_then(|m| m.modified()).ok()).chain(latest).max();
         }
-        latest.is_some_and(|t| SystemTime::now().duration_since(t).is_ok_and(|age| age > LEFTOVER_AGE))
+        latest.is_some_and(|t| SystemTime::now().duration_since(t).map_or(min_age.is_zero(), |age| age >= min_age))
     };
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(prefix) && old(&entry) {

@@ -56,7 +56,12 @@ pub fn lock_run(dir: &Path) -> Result<RunLock> {
     let folder = std::fs::File::open(dir)
         .with_context(|| format!("{}: cannot open; is it a gtn training folder?", dir.display()))?;
     let busy = "another gtn process is training in this folder; wait for it to end, or choose another --out";
-    crate::atomic::lock_exclusive(&folder, dir, busy)?;
+    if crate::atomic::lock_exclusive(&folder, dir, busy)? {
+        // Only the lock's holder writes these: any temporary one is an interrupted save's.
+        for file in [CHECKPOINT_FILE, CONFIG_FILE] {
+            crate::atomic::remove_leftovers_now(dir, &format!(".{file}.tmp-"));
+        }
+    }
     Ok(RunLock { _folder: folder })
 }
 
@@ -411,6 +416,22 @@ pub(crate) mod tests {
         let tensors = Tensor::read_safetensors(path).unwrap();
         Tensor::write_safetensors(&tensors, path).unwrap();
         assert_eq!(read_tensors(path).unwrap().saved_config, None);
+    }
+
+    /// Locking a run folder removes what a save interrupted there left (however recent: only
+    /// the lock's holder writes a run's checkpoint and config), and nothing else.
+    #[test]
+    fn locking_a_run_removes_interrupted_saves() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [".checkpoint.safetensors.tmp-a", ".config.toml.tmp-b", ".log.csv.tmp-c", "checkpoint.safetensors"];
+        for name in names {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let _lock = lock_run(dir.path()).unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        left.sort();
+        assert_eq!(left, [".log.csv.tmp-c", "checkpoint.safetensors"]);
     }
 
     #[test]
