@@ -218,15 +218,6 @@ pub fn write_config(dir: &Path, config: &Config) -> Result<()> {
     crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())
 }
 
-/// Refuses a run folder `dir` (given as `flag`) that is a file: every later error would name a
-/// symptom (`Not a directory`, `File exists`) instead.
-pub fn check_not_a_file(dir: &Path, flag: &str) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        bail!("{}: is a file; expected a folder ({flag})", dir.display());
-    }
-    Ok(())
-}
-
 /// The command that trains an image teacher's run folder, and the one that trains an RL run's.
 pub const IMAGE_RUN: &str = "gtn train";
 pub const RL_RUN: &str = "gtn rl train";

@@ -371,7 +371,7 @@ fn grid(stride: usize, last: usize, t: usize) -> Vec<usize> {
 
 pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<CompareSummary> {
     // Before hours of meta-training, not after.
-    crate::checkpoint::check_not_a_file(out, "--out")?;
+    crate::config::check_not_a_file(out, "--out")?;
     eval::check_sweep(options.learners, (&options.lrs, &options.momenta))?;
     if !(1..=MAX_REAL_STEPS_FACTOR).contains(&options.real_steps_factor) {
         bail!("--real-steps-factor {}: expected 1 to {MAX_REAL_STEPS_FACTOR}", options.real_steps_factor);

@@ -410,6 +410,15 @@ pub fn absolute(dir: &Path, what: &str) -> Result<PathBuf> {
     std::path::absolute(dir).with_context(|| format!("{what} {:?}: expected a folder path", dir.display().to_string()))
 }
 
+/// Refuses a folder `dir` (given as `flag`) that is a file: every later error would name a
+/// symptom (`Not a directory`, `File exists`) instead.
+pub fn check_not_a_file(dir: &Path, flag: &str) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{}: is a file; expected a folder ({flag})", dir.display());
+    }
+    Ok(())
+}
+
 /// `base` with the keys of the TOML `text` applied (nested tables merged key by key); an unknown
 /// key is an error. Shared by every config type of the project.
 pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) -> Result<C> {

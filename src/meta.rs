@@ -133,7 +133,7 @@ impl Trainer {
         budgeted: bool,
         resume_command: Option<&str>,
     ) -> Result<Trainer> {
-        checkpoint::check_not_a_file(dir, "--out")?;
+        crate::config::check_not_a_file(dir, "--out")?;
         if !checkpoint::holds_run(dir) {
             return Trainer::create(config, dir, device);
         }

@@ -55,7 +55,7 @@ pub fn read_batch(path: &Path, into: &mut Records) -> Result<()> {
 /// Checks that the folder holds all six files before reading any of them.
 pub fn check_dir(dir: &Path) -> Result<()> {
     let layout = format!("{} and {TEST_FILE}", TRAIN_FILES.join(", "));
-    crate::checkpoint::check_not_a_file(dir, "--data-dir")?;
+    crate::config::check_not_a_file(dir, "--data-dir")?;
     if !dir.is_dir() {
         bail!(
             "{}: CIFAR-10 folder not found; download the binary version from {SOURCE}, unpack it, and pass its cifar-10-batches-bin folder with --data-dir (or set {DIR_ENV}); it must hold {layout}",

@@ -93,7 +93,7 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
             super::cifar::DIR_ENV
         );
     }
-    crate::checkpoint::check_not_a_file(dir, "--dir")?;
+    crate::config::check_not_a_file(dir, "--dir")?;
     if is_complete(name, dir) {
         println!("{}: already in {}, checksums verified; skipping", name.as_str(), dir.display());
         return Ok(());

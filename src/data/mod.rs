@@ -187,7 +187,7 @@ fn load_cifar(dir: &Path, device: Device) -> Result<(Split, Split)> {
 }
 
 fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Split)> {
-    crate::checkpoint::check_not_a_file(dir, "--data-dir")?;
+    crate::config::check_not_a_file(dir, "--data-dir")?;
     if !dir.is_dir() {
         bail!(
             "{}: data folder not found; run `gtn data fetch {} --dir {}` first, or point --data-dir at the folder",

@@ -301,7 +301,7 @@ impl EsTrainer {
     /// Starts a run of `config` in `dir`, or continues the one already there if it was started
     /// with the same config; another config is an error that names the keys.
     pub fn open(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
-        crate::checkpoint::check_not_a_file(dir, "--out")?;
+        crate::config::check_not_a_file(dir, "--out")?;
         if !holds_run(dir) {
             return EsTrainer::create(config, dir, threads);
         }
