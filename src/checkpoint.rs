@@ -222,33 +222,39 @@ pub fn write_config(dir: &Path, config: &Config) -> Result<()> {
 pub const IMAGE_RUN: &str = "gtn train";
 pub const RL_RUN: &str = "gtn rl train";
 
-/// Refuses `dir` when it holds the other kind of run than `command`'s ([`IMAGE_RUN`] or
-/// [`RL_RUN`]), told by its config's keys (an RL run's names its `env`, an image run's its
-/// `dataset`): one line naming the commands that read it, not the other config's parse error.
-pub fn check_run_kind(dir: &Path, command: &str) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(dir.join(CONFIG_FILE)) else { return Ok(()) };
-    let Ok(keys) = text.parse::<toml::Table>() else { return Ok(()) };
+/// The error for a run folder `dir` whose config, which `command`'s ([`IMAGE_RUN`] or
+/// [`RL_RUN`]) config type could not read, is the other kind of run's: one line naming the
+/// commands that read it, not the other config's first unknown key.
+#[derive(Debug, thiserror::Error)]
+#[error("{dir}: holds a `{other}` run, not a `{command}` one (`{eval}` and `{other} --resume` read it); expected a `{command}` folder")]
+pub struct OtherKindOfRun {
+    dir: String,
+    other: &'static str,
+    command: &'static str,
+    eval: &'static str,
+}
+
+/// [`OtherKindOfRun`] when the config `text` of `dir` is the other kind's than `command`'s, told
+/// by its keys (an RL run's names its `env`, an image run's its `dataset`).
+pub fn other_kind_of_run(dir: &Path, text: &str, command: &'static str) -> Option<OtherKindOfRun> {
+    let keys = text.parse::<toml::Table>().ok()?;
     let other = match (keys.contains_key("env"), keys.contains_key("dataset")) {
         (true, false) => RL_RUN,
         (false, true) => IMAGE_RUN,
-        _ => return Ok(()),
+        _ => return None,
     };
-    if other != command {
-        let eval = if other == RL_RUN { "gtn rl eval" } else { "gtn eval" };
-        bail!(
-            "{}: holds a `{other}` run, not a `{command}` one (`{eval}` and `{other} --resume` read it); expected a `{command}` folder",
-            dir.display()
-        );
-    }
-    Ok(())
+    let eval = if other == RL_RUN { "gtn rl eval" } else { "gtn eval" };
+    (other != command).then(|| OtherKindOfRun { dir: dir.display().to_string(), other, command, eval })
 }
 
 pub fn read_config(dir: &Path) -> Result<Config> {
-    check_run_kind(dir, IMAGE_RUN)?;
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read; is {} a gtn training folder?", path.display(), dir.display()))?;
-    Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    Config::from_toml(&text).map_err(|e| match other_kind_of_run(dir, &text, IMAGE_RUN) {
+        Some(other) => other.into(),
+        None => anyhow::anyhow!("{}: {e}", path.display()),
+    })
 }
 
 /// Saves the run in `dir`; returns the checkpoint's sha256, what identifies a teacher beyond its

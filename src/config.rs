@@ -486,6 +486,10 @@ pub fn same_run<C: Serialize>(
 ) -> Result<()> {
     let file = dir.join(crate::checkpoint::CONFIG_FILE);
     let stored = stored.map_err(|e| {
+        // Another kind of run's folder: its error already says what it holds.
+        if e.is::<crate::checkpoint::OtherKindOfRun>() {
+            return e;
+        }
         // A saved run's config file is often one edited by hand (what a diverged run's error
         // advises): removing the folder would lose the run.
         let advice = match crate::checkpoint::checkpoint_path(dir).exists() {

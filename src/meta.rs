@@ -137,7 +137,6 @@ impl Trainer {
         if !checkpoint::holds_run(dir) {
             return Trainer::create(config, dir, device);
         }
-        checkpoint::check_run_kind(dir, checkpoint::IMAGE_RUN)?;
         let stored = checkpoint::read_config(dir);
         let comparable = |c: &Config| Config {
             meta_iters: c.meta_iters_requested.filter(|_| budgeted).unwrap_or(c.meta_iters),

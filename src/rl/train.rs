@@ -15,7 +15,7 @@ use super::config::{Objective, RlConfig};
 use super::es::{self, Shaping};
 use super::imitation::Reference;
 use super::teacher::{self, EnvTeacher};
-use crate::checkpoint::{holds_run, never_saved, CHECKPOINT_FILE, CONFIG_FILE};
+use crate::checkpoint::{holds_run, never_saved, CHECKPOINT_FILE, CONFIG_FILE, RL_RUN};
 use crate::meta::iteration_rng;
 use crate::optim::Adam;
 use crate::progress::Progress;
@@ -73,11 +73,13 @@ impl GenerationStats {
 }
 
 pub fn read_config(dir: &Path) -> Result<RlConfig> {
-    crate::checkpoint::check_run_kind(dir, crate::checkpoint::RL_RUN)?;
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read; is {} a `gtn rl train` folder?", path.display(), dir.display()))?;
-    RlConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    RlConfig::from_toml(&text).map_err(|e| match crate::checkpoint::other_kind_of_run(dir, &text, RL_RUN) {
+        Some(other) => other.into(),
+        None => anyhow::anyhow!("{}: {e}", path.display()),
+    })
 }
 
 /// A loaded run: its teacher, parameter vector, optimiser state, completed generations and,
@@ -305,8 +307,7 @@ impl EsTrainer {
         if !holds_run(dir) {
             return EsTrainer::create(config, dir, threads);
         }
-        crate::checkpoint::check_run_kind(dir, crate::checkpoint::RL_RUN)?;
-        crate::config::same_run(dir, read_config(dir), config, Some(crate::checkpoint::RL_RUN))?;
+        crate::config::same_run(dir, read_config(dir), config, Some(RL_RUN))?;
         EsTrainer::resume(dir, threads)
     }
 
@@ -694,7 +695,7 @@ mod tests {
         let image_run = named(&image, IMAGE_RUN, "gtn eval", RL_RUN);
         assert_eq!(read_config(&image).unwrap_err().to_string(), image_run);
         assert_eq!(EsTrainer::open(&tiny(4), &image, 1).err().unwrap().to_string(), image_run);
-        assert!(ck::check_run_kind(&rl, RL_RUN).is_ok() && ck::check_run_kind(&image, IMAGE_RUN).is_ok());
+        assert!(read_config(&rl).is_ok() && ck::read_config(&image).is_ok());
     }
 
     #[test]
