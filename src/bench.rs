@@ -85,7 +85,7 @@ impl BenchReport {
         let summary = format!(
             "| configuration | s / meta-step (median, min-max) | generator fwd s | unroll fwd s | meta-backward s | peak RSS MiB | GFLOP/s (est.) | matmul GFLOP/s | % of matmul |\n\
              |---|---|---|---|---|---|---|---|---|\n\
-             | {} {} {} T={} B={} {} ckpt={} meta batch {}{}{} on {} ({} threads) | {:.2} ({:.2}-{:.2}) | {:.2} | {} | {} | {:.0}{} | {:.1} | {:.1} | {:.0}% |",
+             | {} {} {} T={} B={} {} ckpt={} meta batch {}{}{} on {} ({}) | {:.2} ({:.2}-{:.2}) | {:.2} | {} | {} | {:.0}{} | {:.1} | {:.1} | {:.0}% |",
             self.dataset,
             self.teacher,
             self.learner,
@@ -97,7 +97,7 @@ impl BenchReport {
             if self.bn_eval == BnEval::Train { ", scored with training statistics" } else { "" },
             if self.winograd { "" } else { ", no Winograd" },
             self.device,
-            self.threads,
+            crate::report::count(self.threads as usize, "thread"),
             self.seconds_per_meta_step_median,
             self.seconds_per_meta_step_min,
             self.seconds_per_meta_step_max,
@@ -281,8 +281,8 @@ pub fn run(
         device: format!("{device:?}"),
         threads: tch::get_num_threads(),
         dataset: config.dataset.as_str().to_owned(),
-        teacher: format!("{:?}", config.teacher),
-        learner: format!("{:?}", config.learner),
+        teacher: config.teacher.as_str().to_owned(),
+        learner: config.learner.as_str().to_owned(),
         inner_steps: config.inner_steps,
         batch_size: config.batch_size,
         curriculum: config.curriculum.as_str().to_owned(),

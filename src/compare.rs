@@ -18,6 +18,7 @@ use crate::eval;
 use crate::learner::{BnEval, LearnerKind};
 use crate::meta::{self, Trainer};
 use crate::plot::{Chart, Series};
+use crate::report;
 use crate::teacher::TeacherKind;
 
 pub const CURVES_CSV: &str = "curves.csv";
@@ -391,7 +392,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     }
     if options.test_images == 1 && base.bn_eval == BnEval::Batch && base.learner.normalises_over_the_batch_alone() {
         bail!(
-            "--test-images 1: scored with the test batch's statistics, the {:?} learner's batch norm over one image is constant; expected at least 2 (0: all)",
+            "--test-images 1: scored with the test batch's statistics, the {} learner's batch norm over one image is constant; expected at least 2 (0: all)",
             base.learner
         );
     }
@@ -419,7 +420,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         let dir = out.join(name);
         eprintln!("{name}: meta-training in {}", dir.display());
         let trainer = train_or_reuse(&teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
-        eprintln!("{name}: evaluating {} learners", options.learners);
+        eprintln!("{name}: evaluating {}", report::count(options.learners, "learner"));
         let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
         let t_index = teacher_grid.iter().position(|&s| s == t).expect("T is on every grid");
@@ -482,7 +483,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     curves.push(real);
     let summary = CompareSummary {
         dataset: base.dataset.as_str().into(),
-        learner: format!("{:?}", base.learner),
+        learner: base.learner.as_str().into(),
         bn_eval: base.bn_eval,
         before_last_update: options.before_last_update,
         inner_steps: t,
@@ -521,8 +522,10 @@ fn write_outputs(out: &Path, curves: &[Curve], summary: &CompareSummary) -> Resu
         })
         .collect();
     let title = format!(
-        "{}: {} learner, test accuracy (mean ± std over {} learners)",
-        summary.dataset, summary.learner, summary.learners
+        "{}: {} learner, test accuracy (mean ± std over {})",
+        summary.dataset,
+        summary.learner,
+        report::count(summary.learners, "learner")
     );
     // The methods end within a few points of each other near the top: a second panel zooms the
     // y axis onto that band (the x axis stays whole: real data may match them late).
@@ -542,13 +545,13 @@ impl CompareSummary {
     /// Markdown: accuracy at T and the speed-up over real data per method.
     pub fn table(&self) -> String {
         let mut md = format!(
-            "{} with the {} learner, T = {} inner steps, {} learners (seed {}), first {} test images, batch norm scored with the {}; real data: lr {}, momentum {} (best of lr {:?} x momentum {:?})\n\n\
+            "{} with the {} learner, T = {} inner steps, {} (seed {}), first {} test images, batch norm scored with the {}; real data: lr {}, momentum {} (best of lr {:?} x momentum {:?})\n\n\
              | method | meta-iterations | meta-training min | accuracy at T | real steps to match | speed-up (95% interval) |\n\
              |---|---|---|---|---|---|\n",
             self.dataset,
             self.learner,
             self.inner_steps,
-            self.learners,
+            report::count(self.learners, "learner"),
             self.seed,
             self.test_images,
             eval::scoring(self.bn_eval, self.before_last_update),
@@ -571,12 +574,11 @@ impl CompareSummary {
             }
             writeln!(
                 md,
-                "| {} | {} | {} | {:.2}% ± {:.2}% | {steps} | {speedup} |",
+                "| {} | {} | {} | {} | {steps} | {speedup} |",
                 m.method,
                 opt(m.meta_iters.map(|i| i.to_string())),
                 opt(m.meta_training_minutes.map(|x| format!("{x:.1}"))),
-                100.0 * m.accuracy_mean,
-                100.0 * m.accuracy_std,
+                eval::mean_pm_std(100.0 * m.accuracy_mean, 100.0 * m.accuracy_std, self.learners, 2, "%"),
             )
             .expect("writing to a String");
         }
@@ -654,7 +656,7 @@ mod tests {
         let summary = run(&options, &out, Device::Cpu).unwrap();
         assert_eq!((summary.dataset.as_str(), summary.test_images, summary.methods.len()), ("cifar10", 20, 6));
         assert_eq!((summary.seed, &summary.real_lrs, &summary.real_momenta), (0, &vec![0.05], &vec![0.9]));
-        assert!(summary.table().contains("1 learners (seed 0), first 20 test images"), "{}", summary.table());
+        assert!(summary.table().contains("1 learner (seed 0), first 20 test images"), "{}", summary.table());
         assert!(summary.table().contains("(best of lr [0.05] x momentum [0.9])"), "{}", summary.table());
         assert!(summary.methods.iter().all(|m| (0.0..=1.0).contains(&m.accuracy_mean)));
         let teacher = checkpoint::load(&out.join("gtn-full"), Device::Cpu).unwrap().teacher;

@@ -405,6 +405,19 @@ impl Config {
     }
 }
 
+/// Tables and messages name these kinds as their flags and config keys spell them (`base-fc`, not
+/// `BaseFc`), so a name can be copied from one to the other.
+macro_rules! display_as_str {
+    ($($kind:ty),*) => {$(
+        impl std::fmt::Display for $kind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(CurriculumKind, DatasetName, LearnerKind, TeacherKind);
+
 /// `dir` (given as `what`, a flag or key) from the current folder.
 pub fn absolute(dir: &Path, what: &str) -> Result<PathBuf> {
     std::path::absolute(dir).with_context(|| format!("{what} {:?}: expected a folder path", dir.display().to_string()))
@@ -536,6 +549,23 @@ fn diff_tables(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<(St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kind's name is its flag's and its config value's, variant by variant.
+    fn assert_named_as_flags<T: clap::ValueEnum + Serialize + std::fmt::Display>() {
+        for kind in T::value_variants() {
+            let flag = kind.to_possible_value().expect("no variant is skipped");
+            assert_eq!(kind.to_string(), flag.get_name());
+            assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{kind}\""));
+        }
+    }
+
+    #[test]
+    fn kinds_are_named_as_their_flags() {
+        assert_named_as_flags::<CurriculumKind>();
+        assert_named_as_flags::<DatasetName>();
+        assert_named_as_flags::<LearnerKind>();
+        assert_named_as_flags::<TeacherKind>();
+    }
 
     #[test]
     fn presets_are_valid_and_round_trip() {

@@ -55,13 +55,13 @@ impl EvalReport {
 
     pub fn table(&self) -> String {
         format!(
-            "| learner | batch norm scored with | learners | steps | test accuracy mean | std | min | max |\n|---|---|---|---|---|---|---|---|\n| {:?} | {} | {} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2}% |",
+            "| learner | batch norm scored with | learners | steps | test accuracy mean | std | min | max |\n|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {:.2}% | {} | {:.2}% | {:.2}% |",
             self.learner,
             scoring(self.bn_eval, self.before_last_update),
             self.learners,
             self.steps,
             100.0 * self.test_accuracy_mean,
-            100.0 * self.test_accuracy_std,
+            if self.learners > 1 { format!("{:.2}%", 100.0 * self.test_accuracy_std) } else { "-".into() },
             100.0 * self.test_accuracy_min,
             100.0 * self.test_accuracy_max
         )
@@ -93,6 +93,16 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     let mean = xs.iter().sum::<f64>() / n;
     let var = if xs.len() > 1 { xs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
     (mean, var.sqrt())
+}
+
+/// `mean ± std` of `n` values, in `unit`s with `decimals` places; the mean alone for one value,
+/// whose spread is undefined (`mean_std`'s 0 is a placeholder, not a measurement).
+pub fn mean_pm_std(mean: f64, std: f64, n: usize, decimals: usize, unit: &str) -> String {
+    if n > 1 {
+        format!("{mean:.decimals$}{unit} ± {std:.decimals$}{unit}")
+    } else {
+        format!("{mean:.decimals$}{unit}")
+    }
 }
 
 /// Median (the mean of the two middle values for an even count); NaN for none.
@@ -167,7 +177,7 @@ pub fn teacher_curves(teacher: &Teacher, cohort: &Cohort, grid: &[usize], test: 
     let b = teacher.config.batch_size;
     if b < 2 && cohort.kind.normalises_over_the_batch_alone() {
         bail!(
-            "learner {:?}: the teacher's batches hold {b} image, and this learner's batch norm over one image is constant, so it would learn nothing from them; expected a learner whose batch norm also averages over positions (--learner)",
+            "learner {}: the teacher's batches hold {b} image, and this learner's batch norm over one image is constant, so it would learn nothing from them; expected a learner whose batch norm also averages over positions (--learner)",
             cohort.kind
         );
     }
@@ -228,7 +238,7 @@ pub fn baseline_real(
 ) -> Result<RealBaselineReport> {
     if opts.batch < 2 && opts.learner.normalises_over_the_batch_alone() {
         bail!(
-            "--batch-size {}: the {:?} learner's batch norm over one image is constant; expected at least 2",
+            "--batch-size {}: the {} learner's batch norm over one image is constant; expected at least 2",
             opts.batch,
             opts.learner
         );
@@ -382,6 +392,31 @@ mod tests {
         assert!(median(&[]).is_nan());
     }
 
+    /// One learner has no spread: tables leave it out instead of printing 0.
+    #[test]
+    fn one_value_has_no_spread_in_tables() {
+        assert_eq!(mean_pm_std(93.456, 0.31, 5, 2, "%"), "93.46% ± 0.31%");
+        assert_eq!(mean_pm_std(93.456, 0.0, 1, 1, ""), "93.5");
+        let report = |accs: &[f64]| {
+            let (mean, std) = mean_std(accs);
+            EvalReport {
+                learner: LearnerKind::Mlp,
+                bn_eval: BnEval::Batch,
+                before_last_update: false,
+                learners: accs.len(),
+                steps: 32,
+                test_accuracy_mean: mean,
+                test_accuracy_std: std,
+                test_accuracy_min: mean,
+                test_accuracy_max: mean,
+                test_accuracies: accs.to_vec(),
+            }
+            .table()
+        };
+        assert!(report(&[0.9]).ends_with("| mlp | test batch's statistics | 1 | 32 | 90.00% | - | 90.00% | 90.00% |"));
+        assert!(report(&[0.9, 0.92]).contains("| 91.00% | 1.41% |"), "{}", report(&[0.9, 0.92]));
+    }
+
     #[test]
     fn evaluation_chunks_cover_the_split_in_nearly_equal_sizes() {
         // Multiples of 1,000 (the test sets, CIFAR-10's validation split) keep chunks of 1,000.
@@ -489,7 +524,7 @@ mod tests {
             seed: 0,
         };
         let err = teacher_curves(&teacher, &cohort(LearnerKind::Mlp), &[1], &data.test).unwrap_err().to_string();
-        assert!(err.starts_with("learner Mlp: the teacher's batches hold 1 image"), "{err}");
+        assert!(err.starts_with("learner mlp: the teacher's batches hold 1 image"), "{err}");
         assert_eq!(teacher_curves(&teacher, &cohort(LearnerKind::CifarCnn), &[1], &data.test).unwrap().len(), 1);
     }
 
@@ -548,6 +583,6 @@ mod tests {
         // Refused before the data is read (the folder does not exist).
         let one = RealBaseline { batch: 1, data_dir: Some("/nonexistent".into()), ..opts };
         let err = baseline_real(&one, Device::Cpu, |_, _| {}).unwrap_err().to_string();
-        assert_eq!(err, "--batch-size 1: the Mlp learner's batch norm over one image is constant; expected at least 2");
+        assert_eq!(err, "--batch-size 1: the mlp learner's batch norm over one image is constant; expected at least 2");
     }
 }

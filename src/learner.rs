@@ -19,7 +19,7 @@ pub enum LearnerKind {
     #[value(alias = "base_fc")]
     #[serde(alias = "base_fc")]
     BaseFc,
-    /// base_fc with widths drawn afresh each time: conv1 in [32,128), conv2 in [64,256), FC in [64,256).
+    /// base-fc with widths drawn afresh each time: conv1 in [32,128), conv2 in [64,256), FC in [64,256).
     Random,
     /// A small MLP, input-256-128-10 (784-256-128-10 on MNIST), for fast CPU runs.
     Mlp,
@@ -28,12 +28,25 @@ pub enum LearnerKind {
     CifarCnn,
     /// The CIFAR CNN with each width drawn afresh from [w/2, 3w/2).
     CifarRandom,
-    /// A random NAS cell architecture each time, stacked as `NetConfig::CPU`, so the teacher's
-    /// data teaches the whole search space.
+    /// A random NAS cell architecture each time, stacked as `gtn nas` stacks it by default, so
+    /// the teacher's data teaches the whole search space.
+    // Stacked as `NetConfig::CPU`.
     NasRandom,
 }
 
 impl LearnerKind {
+    /// The flag's spelling (`--learner base-fc`), as tables and messages name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LearnerKind::BaseFc => "base-fc",
+            LearnerKind::Random => "random",
+            LearnerKind::Mlp => "mlp",
+            LearnerKind::CifarCnn => "cifar-cnn",
+            LearnerKind::CifarRandom => "cifar-random",
+            LearnerKind::NasRandom => "nas-random",
+        }
+    }
+
     /// Whether some batch-norm layer averages over the batch alone (a fully connected layer's):
     /// over a batch of one it outputs its bias whatever the input, so the learner's outputs would
     /// not depend on its inputs. The CIFAR learners' average over positions too and pool after.
@@ -55,11 +68,12 @@ pub enum BnEval {
     #[default]
     Batch,
     /// Those of the learner's last training batch, at the weights it trained with (before its
-    /// first step: mean 0, variance 1): the reference's learners, scored in eval mode with running
-    /// statistics updated with momentum 0 (its `fBatchNorm`'s `lerp` all the way to each batch's).
-    /// A prediction then depends on its image alone, and the meta-gradient sees any mismatch
-    /// between synthetic and real activations' means. (The reference normalises full batch norm
-    /// by the unbiased variance; gtn, in training and so in scoring, by the biased one.)
+    /// first step: mean 0, variance 1), as the reference scores its learners. A prediction then
+    /// depends on its image alone, and the meta-gradient sees any mismatch between synthetic and
+    /// real activations' means.
+    // The reference scores in eval mode with running statistics updated with momentum 0 (its
+    // `fBatchNorm`'s `lerp` all the way to each batch's). It normalises full batch norm by the
+    // unbiased variance; gtn, in training and so in scoring, by the biased one.
     Train,
 }
 

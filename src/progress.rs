@@ -10,12 +10,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Progress {
     bar: ProgressBar,
     visible: bool,
+    /// The rows' CSV header, printed before the first row.
+    header: std::cell::Cell<Option<&'static str>>,
 }
 
 impl Progress {
     /// A bar over `total` units of which `done` are already done (a resumed run); hidden unless
-    /// `visible`.
-    pub fn new(total: usize, done: usize, visible: bool) -> Progress {
+    /// `visible`. Without a terminal, rows under the CSV `header` stand in for the bar.
+    pub fn new(total: usize, done: usize, visible: bool, header: &'static str) -> Progress {
         let bar = if visible { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
         bar.set_style(
             ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
@@ -25,7 +27,7 @@ impl Progress {
         bar.set_position(done as u64);
         // Otherwise the estimator counts the resumed units as done in an instant (eta 0s).
         bar.reset_eta();
-        Progress { bar, visible }
+        Progress { bar, visible, header: std::cell::Cell::new(Some(header)) }
     }
 
     pub fn set_length(&self, total: usize) {
@@ -38,6 +40,9 @@ impl Progress {
         self.bar.set_message(message);
         self.bar.inc(1);
         if self.visible && self.bar.is_hidden() && (index.is_multiple_of(10) || last) {
+            if let Some(header) = self.header.take() {
+                eprintln!("{header}");
+            }
             eprintln!("{}", row());
         }
     }
@@ -66,13 +71,22 @@ pub fn append_row(log: &Path, row: &str) -> Result<()> {
 
 /// Rewrites a run's CSV log (header `header`) for a resume at step `done`: the header and the
 /// complete rows of the steps before it stay, anything a crash or a later step left goes (a
-/// header torn or lost is written again). A missing log becomes the header alone; an
+/// header torn or lost is written again). A missing log becomes the header alone (with a warning
+/// past step 0); an
 /// unreadable one is an error, never overwritten; one with another header (columns of another
 /// gtn version) is kept beside it, renamed, and a new log starts.
 pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
     let mut text = match std::fs::read_to_string(log) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("{header}\n"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if done > 0 {
+                tracing::warn!(
+                    "{}: missing; a new log starts at row {done} (the rows before it are gone, and times logged in them, e.g. compare's meta-training minutes, are not counted)",
+                    log.display()
+                );
+            }
+            format!("{header}\n")
+        }
         Err(e) => anyhow::bail!("{}: cannot read: {e}", log.display()),
     };
     let first = text.lines().next().unwrap_or_default();
@@ -116,7 +130,7 @@ fn unused_sibling(path: &Path, tag: &str) -> std::path::PathBuf {
 /// complete, or where it resumes (`done` of `total` `unit`s); nothing for a new run.
 pub fn announce_reopened(dir: &Path, done: usize, total: usize, unit: &str) {
     if done == total {
-        println!("{} holds this run, already complete ({done} {unit}s)", dir.display());
+        println!("{} holds this run, already complete ({})", dir.display(), crate::report::count(done, unit));
     } else if done > 0 {
         println!("{} holds this run: resuming at {unit} {done}", dir.display());
     }
@@ -125,6 +139,43 @@ pub fn announce_reopened(dir: &Path, done: usize, total: usize, unit: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `f` logs as warnings, in plain text.
+    fn warnings_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().write(bytes)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_log_missing_on_resume_is_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.csv");
+        let warned = warnings_of(|| truncate_log(&log, "step,loss", 0).unwrap());
+        assert_eq!(warned, "", "a run that logged nothing yet");
+        std::fs::remove_file(&log).unwrap();
+        let warned = warnings_of(|| truncate_log(&log, "step,loss", 3).unwrap());
+        assert!(warned.contains("log.csv: missing; a new log starts at row 3"), "{warned}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n");
+        let warned = warnings_of(|| truncate_log(&log, "step,loss", 3).unwrap());
+        assert_eq!(warned, "", "present again");
+        std::fs::write(&log, "step,loss,acc\n0,2.5,0.1\n").unwrap();
+        let warned = warnings_of(|| truncate_log(&log, "step,loss", 3).unwrap());
+        assert!(warned.contains("columns `step,loss,acc`, not `step,loss`"), "{warned}");
+    }
 
     #[test]
     fn truncate_log_keeps_complete_rows_before_the_checkpoint_and_never_overwrites_an_unreadable_log() {

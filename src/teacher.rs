@@ -33,6 +33,16 @@ pub enum TeacherKind {
     Pixels,
 }
 
+impl TeacherKind {
+    /// The flag's spelling (`--teacher pixels`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TeacherKind::Generator => "generator",
+            TeacherKind::Pixels => "pixels",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Source {
     Generator {

@@ -134,7 +134,7 @@ fn rl_imitation_header_log_and_reference_warning() {
     assert!(
         header.starts_with("imitation on cartpole: T=4 x B=16, ")
             && header.ends_with(
-                " parameters, exact meta-gradient of the cross-entropy to the reference's actions over 4 fresh policies per generation, Adam 0.05, 2 generations, 1 threads"
+                " parameters, exact meta-gradient of the cross-entropy to the reference's actions over 4 fresh policies per generation, Adam 0.05, 2 generations, 1 thread"
             ),
         "{header}"
     );

@@ -13,6 +13,8 @@ const UBYTE: u8 = 0x08;
 pub enum IdxError {
     #[error("{path}: cannot read")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: corrupt or cut-short gzip data ({cause})")]
+    Gzip { path: PathBuf, cause: std::io::Error },
     #[error("{path}: not an IDX file: {reason}")]
     Format { path: PathBuf, reason: String },
 }
@@ -30,7 +32,9 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>, IdxError> {
     let raw = std::fs::read(path).map_err(io)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 4);
-        GzDecoder::new(raw.as_slice()).read_to_end(&mut out).map_err(io)?;
+        GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|cause| IdxError::Gzip { path: path.to_path_buf(), cause })?;
         Ok(out)
     } else {
         Ok(raw)

@@ -221,11 +221,16 @@ fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
 /// a dataset of one's own in the same format) is read as given.
 fn read_idx(name: DatasetName, dir: &Path, stem: &str, ndims: usize) -> Result<(PathBuf, idx::Idx)> {
     let path = find_file(name, dir, stem)?;
-    let data = idx::read(&path, ndims)?;
+    let fetch_again = format!("run `gtn data fetch {name} --dir {}` again", dir.display());
+    let data = match idx::read(&path, ndims) {
+        Err(e @ idx::IdxError::Io { .. }) => return Err(e.into()),
+        Err(corrupt) => bail!("{corrupt}; {fetch_again}"),
+        Ok(data) => data,
+    };
     if let Some((other, file)) = fetch::identify(&data).filter(|&found| found != (name, stem)) {
         let remedy = match other == name {
-            true => format!("run `gtn data fetch {} --dir {}` again", name.as_str(), dir.display()),
-            false => format!("point --data-dir at the {} folder", name.as_str()),
+            true => fetch_again,
+            false => format!("point --data-dir at the {name} folder"),
         };
         bail!("{}: is {}'s {file}, expected {}'s {stem}; {remedy}", path.display(), other.as_str(), name.as_str());
     }
@@ -402,6 +407,13 @@ mod tests {
         assert!(load().contains("train-images-idx3-ubyte: 0 images, expected at least 1"), "{}", load());
         std::fs::write(dir.path().join("train-images-idx3-ubyte"), [0u8, 0, 8]).unwrap();
         assert!(load().contains("train-images-idx3-ubyte: not an IDX file"), "{}", load());
+        assert!(load().ends_with(&format!("; run `gtn data fetch mnist --dir {}` again", dir.path().display())));
+        // A download cut short: the gzip stream ends early.
+        let whole = std::fs::read(fixture_dir().join("train-images-idx3-ubyte.gz")).unwrap();
+        std::fs::write(dir.path().join("train-images-idx3-ubyte.gz"), &whole[..whole.len() / 2]).unwrap();
+        let err = load();
+        assert!(err.contains("train-images-idx3-ubyte.gz: corrupt or cut-short gzip data ("), "{err}");
+        assert!(err.ends_with("again"), "{err}");
     }
 
     #[test]

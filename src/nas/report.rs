@@ -72,8 +72,8 @@ fn truth_by_arch(truth: &[Record]) -> Result<HashMap<&str, &Record>> {
     short.dedup();
     if let Some(first) = short.first() {
         bail!(
-            "the truth has {} architectures at {steps} steps and {} only at fewer ({first}, ...); finish them with the same `gtn nas truth` command, or give a truth of one step count",
-            by_arch.len(),
+            "the truth has {} at {steps} steps and {} only at fewer ({first}, ...); finish them with the same `gtn nas truth` command, or give a truth of one step count",
+            crate::report::count(by_arch.len(), "architecture"),
             short.len()
         );
     }
@@ -394,6 +394,26 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
 /// results of one dataset, one network (records that predate `net` match any network) and one
 /// seed: the seed draws the architectures and their initial weights, so a proxy and a truth of
 /// different seeds would rank other networks than they name.
+/// A truth file holds real-data training (`gtn nas truth`), longer than any real proxy's: a
+/// truth of GTN proxy results is refused; one trained less than a real proxy gets a warning (both
+/// look like `--proxy` and `--truth` given the other way round).
+fn check_not_swapped(proxies: &[(&Path, Vec<Record>)], truth_file: &Path, truth: &[Record]) -> Result<Option<String>> {
+    let truth_name = truth_file.display();
+    if let Some(r) = truth.iter().find(|r| r.proxy != "real") {
+        bail!("--truth {truth_name}: holds results of the {} proxy; expected real-data training (a `gtn nas truth` file): are --proxy and --truth the other way round?", r.proxy);
+    }
+    let truth_steps = truth.iter().map(|r| r.steps).max().unwrap_or(0);
+    let real = proxies.iter().flat_map(|(file, records)| records.iter().map(move |r| (*file, r)));
+    let longest = real.filter(|(_, r)| r.proxy == "real").max_by_key(|(_, r)| r.steps);
+    Ok(longest.filter(|(_, r)| r.steps > truth_steps).map(|(file, r)| {
+        format!(
+            "--truth {truth_name}: trained {truth_steps} steps, fewer than the real-data proxy's {} in --proxy {}; are --proxy and --truth the other way round?",
+            r.steps,
+            file.display()
+        )
+    }))
+}
+
 pub fn report(proxy_files: &[&Path], truth_file: &Path) -> Result<(Vec<Row>, String)> {
     let mut files = Vec::new();
     for (flag, path) in proxy_files.iter().map(|p| ("--proxy", *p)).chain([("--truth", truth_file)]) {
@@ -425,6 +445,9 @@ pub fn report(proxy_files: &[&Path], truth_file: &Path) -> Result<(Vec<Row>, Str
         }
     }
     let truth = files.pop().expect("the truth file was read").1;
+    if let Some(warning) = check_not_swapped(&files, truth_file, &truth)? {
+        tracing::warn!("{warning}");
+    }
     let proxy: Vec<Record> = files.into_iter().flat_map(|(_, records)| records).collect();
     let rows = correlations(&proxy, &truth)?;
     let matches = steps_to_match(&rows);
@@ -652,6 +675,14 @@ mod tests {
         let err = report(&[&same, &seed1], &truth).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}: results of seed 1, but", seed1.display())), "{err}");
         assert!(err.contains("has seed 0; expected the same for all proxies and the truth"), "{err}");
+        // The files the other way round: GTN results as the truth are refused, a truth trained
+        // less than a real proxy is warned of.
+        let err = report(&[&truth], &old).unwrap_err().to_string();
+        assert_eq!(err, format!("--truth {}: holds results of the gtn:t proxy; expected real-data training (a `gtn nas truth` file): are --proxy and --truth the other way round?", old.display()));
+        let read = |path: &Path| super::super::jsonl::read(path).unwrap();
+        let warning = check_not_swapped(&[(&truth, read(&truth))], &same, &read(&same)).unwrap().unwrap();
+        assert!(warning.contains("trained 4 steps, fewer than the real-data proxy's 300 in --proxy"), "{warning}");
+        assert_eq!(check_not_swapped(&[(&same, read(&same))], &truth, &read(&truth)).unwrap(), None);
         let missing = dir.path().join("missing.jsonl");
         let err = report(&[&same], &missing).unwrap_err().to_string();
         assert_eq!(err, format!("--truth {}: no such results file", missing.display()));

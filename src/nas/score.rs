@@ -85,7 +85,10 @@ pub struct ScoreOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScoreSummary {
     pub scored: usize,
+    /// Already in the output file when the run started.
     pub skipped: usize,
+    /// Listed again after an earlier position in this shard's list (scored there).
+    pub repeated: usize,
     pub other_shards: usize,
 }
 
@@ -223,13 +226,18 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         );
     }
     let mut done = jsonl::done_keys(&done);
-    let mut summary = ScoreSummary { scored: 0, skipped: 0, other_shards: 0 };
+    let mut summary = ScoreSummary { scored: 0, skipped: 0, repeated: 0, other_shards: 0 };
+    let mut listed = std::collections::HashSet::new();
     for (index, cell) in opts.archs.iter().enumerate() {
         if !opts.shard.takes(index) {
             summary.other_shards += 1;
             continue;
         }
         let arch = cell.to_string();
+        if !listed.insert(arch.clone()) {
+            summary.repeated += 1;
+            continue;
+        }
         let missing: Vec<usize> =
             steps.iter().copied().filter(|&s| !done.contains(&(arch.clone(), label.clone(), s))).collect();
         if missing.is_empty() {
@@ -416,7 +424,7 @@ mod tests {
         let cell = sample_distinct(1, 1)[0];
         let opts = ScoreOptions { archs: vec![cell, cell], steps: vec![1], ..options(&out, Shard::ALL) };
         let summary = score(&opts, Device::Cpu, |_| {}).unwrap();
-        assert_eq!((summary.scored, summary.skipped), (1, 1));
+        assert_eq!((summary.scored, summary.skipped, summary.repeated), (1, 0, 1));
         assert_eq!(jsonl::read(&out).unwrap().len(), 1);
     }
 

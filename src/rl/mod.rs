@@ -22,7 +22,8 @@ use serde::Serialize;
 pub use config::{EnvName, Objective, RlConfig};
 pub use train::EsTrainer;
 
-use crate::eval::{mean_std, median};
+use crate::eval::{mean_pm_std, mean_std, median};
+use crate::report::count;
 use reinforce::ReinforceConfig;
 use teacher::{EnvTeacher, Trial};
 
@@ -91,20 +92,24 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
     let (t, b, dim) = (c.inner_steps, c.batch_size, trainer.teacher.dim());
     match c.objective {
         Objective::Es => println!(
-            "{objective} on {env}: T={t} x B={b}, {dim} parameters, population {} ({} pairs, sigma {}), {} policies x {} episodes per candidate, Adam {}, {} generations, {threads} threads",
+            "{objective} on {env}: T={t} x B={b}, {dim} parameters, population {} ({} pairs, sigma {}), {} x {} per candidate, Adam {}, {}, {}",
             2 * c.pairs,
             c.pairs,
             c.sigma,
-            c.policies_per_candidate,
-            c.episodes_per_policy,
+            count(c.policies_per_candidate, "policy"),
+            count(c.episodes_per_policy, "episode"),
             c.outer_lr,
-            c.generations
+            count(c.generations, "generation"),
+            count(threads, "thread")
         ),
         // The meta-loss is the cross-entropy on the reference's states: no population, sigma or
         // real episodes, and log.csv's score column is that loss.
         Objective::Imitation => println!(
-            "{objective} on {env}: T={t} x B={b}, {dim} parameters, exact meta-gradient of the cross-entropy to the reference's actions over {} fresh policies per generation, Adam {}, {} generations, {threads} threads",
-            c.policies_per_candidate, c.outer_lr, c.generations
+            "{objective} on {env}: T={t} x B={b}, {dim} parameters, exact meta-gradient of the cross-entropy to the reference's actions over {} per generation, Adam {}, {}, {}",
+            count(c.policies_per_candidate, "fresh policy"),
+            c.outer_lr,
+            count(c.generations, "generation"),
+            count(threads, "thread")
         ),
     }
     if let Some(r) = trainer.reference() {
@@ -215,29 +220,28 @@ impl RlEvalReport {
                 self.baseline_budget_steps
             ),
             _ => format!(
-                "not reached within {} real steps by any of {} seeds",
+                "not reached within {} real steps by any of {}",
                 self.baseline_budget_steps,
-                self.baseline_steps_to_match.len()
+                count(self.baseline_steps_to_match.len(), "seed")
             ),
         };
         let cost = self.teacher_real_steps.map_or("not counted (a checkpoint of an older gtn)".into(), |n| {
             format!("{n} real steps in all (0 per policy it then trains)")
         });
+        let trials = self.policies * self.episodes_per_policy;
         format!(
-            "teacher after {} generations: {} fresh policies x {} episodes, trained {} steps on {} synthetic observations\n\
-             real return (greedy)       {:.1} ± {:.1}\n\
-             untrained teacher          {:.1} ± {:.1}\n\
+            "teacher after {}: {} x {}, trained {} steps on {} synthetic observations\n\
+             real return (greedy)       {}\n\
+             untrained teacher          {}\n\
              REINFORCE to match it      {baseline}\n\
              the teacher's own cost     {cost}",
-            self.generation,
-            self.policies,
-            self.episodes_per_policy,
+            count(self.generation, "generation"),
+            count(self.policies, "fresh policy"),
+            count(self.episodes_per_policy, "episode"),
             self.inner_steps,
             self.synthetic_samples,
-            self.real_return_mean,
-            self.real_return_std,
-            self.untrained_return_mean,
-            self.untrained_return_std
+            mean_pm_std(self.real_return_mean, self.real_return_std, trials, 1, ""),
+            mean_pm_std(self.untrained_return_mean, self.untrained_return_std, trials, 1, "")
         )
     }
 }

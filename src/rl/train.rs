@@ -449,7 +449,7 @@ impl EsTrainer {
     /// Runs until `generations`, checkpointing every `save_every` generations and at the end.
     pub fn run(&mut self, progress: bool) -> Result<()> {
         let total = self.config().generations;
-        let bar = Progress::new(total, self.generation, progress);
+        let bar = Progress::new(total, self.generation, progress, log_header(self.config().objective));
         while self.generation < total {
             let stats = self.step()?;
             bar.advance(stats.generation, self.generation == total, stats.message(), || stats.csv_row());
