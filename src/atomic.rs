@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// Takes an exclusive lock on the open `file` (at `path`) for as long as it stays open, so a
 /// second process that would write it too is refused with `busy` (after the path). Where the
@@ -31,6 +31,9 @@ pub fn lock_exclusive(file: &std::fs::File, path: &Path, busy: &str) -> Result<b
 pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !parent.is_dir() {
+        bail!("{}: folder {} does not exist; expected a path in an existing folder", path.display(), parent.display());
+    }
     let prefix = format!(".{name}.tmp-");
     if !name.is_empty() {
         remove_leftovers(parent, &prefix);
@@ -184,8 +187,10 @@ mod tests {
         for name in [".f.txt.tmp-writing", ".g.txt.tmp-other"] {
             std::fs::remove_file(dir.path().join(name)).unwrap();
         }
-        let err = write(&dir.path().join("no/such/dir/f"), b"x").unwrap_err().to_string();
-        assert!(err.contains("cannot create a temporary file"), "{err}");
+        let (folder, path) = (dir.path().join("no/such/dir"), dir.path().join("no/such/dir/f"));
+        let err = write(&path, b"x").unwrap_err().to_string();
+        let expected = format!("{}: folder {} does not exist", path.display(), folder.display());
+        assert_eq!(err, format!("{expected}; expected a path in an existing folder"), "not a temporary file's path");
         std::fs::create_dir(dir.path().join("folder")).unwrap();
         let err = format!("{:#}", write(&dir.path().join("folder"), b"x").unwrap_err());
         assert!(err.ends_with("folder: cannot rename into place: Is a directory (os error 21)"), "said once: {err}");

@@ -18,8 +18,8 @@ use crate::eval;
 use crate::learner::{BnEval, LearnerKind};
 use crate::meta::{self, Trainer};
 use crate::plot::{Chart, Series};
-use crate::report;
 use crate::teacher::TeacherKind;
+use crate::text;
 
 pub const CURVES_CSV: &str = "curves.csv";
 pub const CURVES_PNG: &str = "curves.png";
@@ -29,6 +29,9 @@ pub const SUMMARY_JSON: &str = "summary.json";
 /// sweep) so a re-run (after an interruption, with other methods, or to redraw the outputs) does
 /// not measure them again.
 pub const CURVES_JSON: &str = "compare-curves.json";
+/// The real-data sweep's winner, kept apart from its curve: a run stopped while the curve is
+/// measured, or one with another `--real-steps-factor`, sweeps no more.
+const SWEEP_JSON: &str = "compare-sweep.json";
 
 /// The meta-trained methods: a name (and sub-folder), the teacher and its curriculum.
 pub const TEACHERS: [(&str, TeacherKind, CurriculumKind); 5] = [
@@ -192,14 +195,26 @@ fn teacher_config(base: &Config, teacher: TeacherKind, curriculum: CurriculumKin
     Config { teacher, curriculum, ..base.clone() }
 }
 
-/// Trains the teacher in `dir`, or continues / reuses the run already there (same config).
-fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device: Device) -> Result<Trainer> {
+/// Trains the teacher `name` in `dir`, or continues / reuses the run already there (same config).
+fn train_or_reuse(
+    name: &str,
+    config: &Config,
+    dir: &Path,
+    budget: Option<Duration>,
+    device: Device,
+) -> Result<Trainer> {
     // A teacher whose config was edited to get past a divergence would no longer be the
     // comparison's: every teacher must change with it.
     let advice =
         "lower outer_lr or grad_clip for every teacher (`--config F.toml`) and compare again with another --out";
     let mut trainer =
         Trainer::open(config, dir, device, budget.is_some(), None)?.with_divergence_advice(advice.to_owned());
+    let (done, total, dir) = (trainer.iteration, trainer.config().meta_iters, dir.display());
+    match done {
+        0 => eprintln!("{name}: meta-training in {dir}"),
+        _ if done == total => eprintln!("{name}: the teacher in {dir} is trained already"),
+        _ => eprintln!("{name}: meta-training in {dir}, resumed at meta-iteration {done}"),
+    }
     if let Some(note) = trainer.budget_note().filter(|_| budget.is_some()) {
         eprintln!("{note}");
     }
@@ -213,11 +228,23 @@ fn train_or_reuse(config: &Config, dir: &Path, budget: Option<Duration>, device:
 /// field has a default that is what the file was measured with, as `before_last_update`.)
 const MEASUREMENT_VERSION: u32 = 1;
 
+/// A data folder, the same however it is spelled (`data/mnist`, its absolute path, a link to it);
+/// stored as given.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+struct Folder(PathBuf);
+
+impl PartialEq for Folder {
+    fn eq(&self, other: &Folder) -> bool {
+        self.0 == other.0 || matches!((self.0.canonicalize(), other.0.canonicalize()), (Ok(a), Ok(b)) if a == b)
+    }
+}
+
 /// Everything a teacher's curves depend on besides its config (which `train_or_reuse` checked).
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct CurvesKey {
     version: u32,
-    data_dir: PathBuf,
+    data_dir: Folder,
     meta_iteration: usize,
     /// The checkpoint's sha256: a teacher copied over another of the same config and length
     /// (another build, device or thread count) is another teacher.
@@ -238,13 +265,13 @@ struct CurvesKey {
 }
 
 /// Everything the real-data sweep and curve depend on: the data split, the learners, the sweep
-/// (chosen at T).
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+/// (chosen at T), the curve's steps (none for the sweep's own key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RealKey {
     version: u32,
     inner_steps: usize,
     dataset: DatasetName,
-    data_dir: PathBuf,
+    data_dir: Folder,
     valid_size: usize,
     split_seed: u64,
     batch_size: usize,
@@ -265,6 +292,13 @@ struct RealKey {
 #[derive(Serialize, Deserialize)]
 struct PerLearner {
     per_learner: Vec<Vec<f64>>,
+}
+
+/// The sweep's winner.
+#[derive(Serialize, Deserialize)]
+struct Sweep {
+    lr: f64,
+    momentum: f64,
 }
 
 /// The sweep's winner and its curves.
@@ -318,7 +352,7 @@ fn teacher_curves(
 ) -> Result<Vec<Vec<f64>>> {
     let key = CurvesKey {
         version: MEASUREMENT_VERSION,
-        data_dir,
+        data_dir: Folder(data_dir),
         meta_iteration: trainer.iteration,
         checkpoint_sha256: trainer.checkpoint_sha256()?.to_string(),
         learner: cohort.kind,
@@ -336,26 +370,33 @@ fn teacher_curves(
 }
 
 /// The real-data baseline: the lr x momentum pair of the sweep with the best mean accuracy at
-/// T, and its curves along `grid`.
+/// T (measured once per `key` in `dir`), and its curves along `key.grid`.
 fn real_curves(
     options: &CompareOptions,
     cohort: &eval::Cohort,
-    t: usize,
-    grid: &[usize],
+    key: &RealKey,
     batch: usize,
     test: &Split,
+    dir: &Path,
 ) -> Result<RealCurves> {
-    eprintln!("{REAL}: sweeping lr {:?} x momentum {:?}", options.lrs, options.momenta);
-    let sweep = (options.lrs.as_slice(), options.momenta.as_slice());
-    let ((lr, momentum), _) = eval::sweep_real(cohort, t, batch, sweep, test, |_, _| {})?;
+    let grid = &key.grid;
+    let sweep_key = RealKey { grid: Vec::new(), ..key.clone() };
+    let swept = |s: &Sweep| options.lrs.contains(&s.lr) && options.momenta.contains(&s.momentum);
+    let Sweep { lr, momentum } = measured_once(&dir.join(SWEEP_JSON), sweep_key, swept, || {
+        eprintln!("{REAL}: sweeping lr {:?} x momentum {:?}", options.lrs, options.momenta);
+        let sweep = (options.lrs.as_slice(), options.momenta.as_slice());
+        let ((lr, momentum), _) = eval::sweep_real(cohort, key.inner_steps, batch, sweep, test, |_, _| {})?;
+        Ok(Sweep { lr, momentum })
+    })?;
     eprintln!("{REAL}: curve to {} steps with lr {lr}, momentum {momentum}", grid.last().unwrap());
     let per_learner = eval::real_curves(cohort, grid, batch, (lr, momentum), test)?;
     Ok(RealCurves { lr, momentum, per_learner })
 }
 
-/// The entries of `TEACHERS` named in `methods` (all for none), in `TEACHERS`' order.
+/// The entries of `TEACHERS` named in `methods` (all for none), in `TEACHERS`' order. `real`, the
+/// table's last row, may be named too: it always runs.
 fn chosen_teachers(methods: &[String]) -> Result<Vec<(&'static str, TeacherKind, CurriculumKind)>> {
-    let names = TEACHERS.map(|(name, ..)| name);
+    let names: Vec<&str> = TEACHERS.iter().map(|(name, ..)| *name).chain([REAL]).collect();
     if let Some(unknown) = methods.iter().find(|m| !names.contains(&m.as_str())) {
         bail!("--methods {unknown}: unknown method, expected some of {}", names.join(", "));
     }
@@ -387,6 +428,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     base.checkpoint_every = options.checkpoint_every.unwrap_or(base.checkpoint_every);
     base.set_data_dir(options.data_dir.as_deref())?;
     base.validate()?;
+    base.check_new_run(options.config.as_deref())?;
     if options.before_last_update && base.bn_eval != BnEval::Train {
         bail!("--before-last-update: the config scores batch norm with each test batch's statistics; expected `bn_eval = \"train\"` (--config)");
     }
@@ -418,9 +460,8 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     let mut trained = Vec::new();
     for (name, teacher, curriculum) in teachers {
         let dir = out.join(name);
-        eprintln!("{name}: meta-training in {}", dir.display());
-        let trainer = train_or_reuse(&teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
-        eprintln!("{name}: evaluating {}", report::count(options.learners, "learner"));
+        let trainer = train_or_reuse(name, &teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
+        eprintln!("{name}: evaluating {}", text::count(options.learners, "learner"));
         let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
         let t_index = teacher_grid.iter().position(|&s| s == t).expect("T is on every grid");
@@ -432,7 +473,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         version: MEASUREMENT_VERSION,
         inner_steps: t,
         dataset: base.dataset,
-        data_dir: base.data_dir(),
+        data_dir: Folder(base.data_dir()),
         valid_size: base.valid_size,
         split_seed: base.seed,
         batch_size: base.batch_size,
@@ -447,10 +488,11 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         grid: real_grid.clone(),
         device: format!("{:?}", test.device()),
     };
-    let measure = || real_curves(options, &cohort, t, &real_grid, base.batch_size, &test);
+    let real_dir = out.join(REAL);
+    let measure = || real_curves(options, &cohort, &key, base.batch_size, &test, &real_dir);
     let fits = |v: &RealCurves| one_curve_each(&v.per_learner, cohort.learners, real_grid.len());
     let RealCurves { lr, momentum, per_learner } =
-        measured_once(&out.join(REAL).join(CURVES_JSON), key, fits, measure)?;
+        measured_once(&real_dir.join(CURVES_JSON), key.clone(), fits, measure)?;
     let real = Curve::new(REAL, &real_grid, &per_learner);
 
     let methods = curves
@@ -483,7 +525,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     curves.push(real);
     let summary = CompareSummary {
         dataset: base.dataset.as_str().into(),
-        learner: base.learner.as_str().into(),
+        learner: base.learner.to_string(),
         bn_eval: base.bn_eval,
         before_last_update: options.before_last_update,
         inner_steps: t,
@@ -521,12 +563,11 @@ fn write_outputs(out: &Path, curves: &[Curve], summary: &CompareSummary) -> Resu
             dashed: false,
         })
         .collect();
-    let title = format!(
-        "{}: {} learner, test accuracy (mean ± std over {})",
-        summary.dataset,
-        summary.learner,
-        report::count(summary.learners, "learner")
-    );
+    let over = match summary.learners {
+        1 => "1 learner".to_owned(),
+        n => format!("mean ± std over {n} learners"),
+    };
+    let title = format!("{}: {} learner, test accuracy ({over})", summary.dataset, summary.learner);
     // The methods end within a few points of each other near the top: a second panel zooms the
     // y axis onto that band (the x axis stays whole: real data may match them late).
     let lowest_end = summary.methods.iter().map(|m| 100.0 * m.accuracy_mean).fold(f64::INFINITY, f64::min);
@@ -545,13 +586,13 @@ impl CompareSummary {
     /// Markdown: accuracy at T and the speed-up over real data per method.
     pub fn table(&self) -> String {
         let mut md = format!(
-            "{} with the {} learner, T = {} inner steps, {} (seed {}), first {} test images, batch norm scored with the {}; real data: lr {}, momentum {} (best of lr {:?} x momentum {:?})\n\n\
+            "{} with the {} learner, T = {}, {} (seed {}), first {} test images, batch norm scored with the {}; real data: lr {}, momentum {} (best of lr {:?} x momentum {:?})\n\n\
              | method | meta-iterations | meta-training min | accuracy at T | real steps to match | speed-up (95% interval) |\n\
              |---|---|---|---|---|---|\n",
             self.dataset,
             self.learner,
-            self.inner_steps,
-            report::count(self.learners, "learner"),
+            text::count(self.inner_steps, "inner step"),
+            text::count(self.learners, "learner"),
             self.seed,
             self.test_images,
             eval::scoring(self.bn_eval, self.before_last_update),
@@ -578,7 +619,7 @@ impl CompareSummary {
                 m.method,
                 opt(m.meta_iters.map(|i| i.to_string())),
                 opt(m.meta_training_minutes.map(|x| format!("{x:.1}"))),
-                eval::mean_pm_std(100.0 * m.accuracy_mean, 100.0 * m.accuracy_std, self.learners, 2, "%"),
+                text::mean_pm_std(m.accuracy_mean, m.accuracy_std, self.learners, |x| format!("{:.2}%", 100.0 * x)),
             )
             .expect("writing to a String");
         }
@@ -677,9 +718,12 @@ mod tests {
             stored.value.per_learner.iter_mut().for_each(|c| c.fill(0.125));
             std::fs::write(&path, serde_json::to_string(&stored).unwrap()).unwrap();
         };
-        plant("gtn-full", &|_| {});
+        // The data folder as a link to it: the same folder.
+        let link = work.path().join("link");
+        std::os::unix::fs::symlink(folder.path(), &link).unwrap();
+        plant("gtn-full", &|key| key.data_dir = Folder(link.clone()));
         plant("gtn-none", &|key| key.meta_iteration += 1);
-        plant("distill", &|key| key.data_dir.push("elsewhere"));
+        plant("distill", &|key| key.data_dir.0.push("elsewhere"));
         plant("gtn-batch-shuffled", &|key| key.checkpoint_sha256.replace_range(..1, "x"));
         plant("gtn-all-shuffled", &|key| key.version = 0);
         let real_path = out.join(REAL).join(CURVES_JSON);
@@ -716,12 +760,29 @@ mod tests {
         let other_sweep = CompareOptions { lrs: vec![0.05, 0.1], ..options.clone() };
         let swept = run(&other_sweep, &out, Device::Cpu).unwrap();
         assert_ne!(accuracy(&swept, REAL), 0.125, "a sweep with other values measures again");
+        // The sweep's winner is kept apart from its curve: a longer curve (or one a stopped run
+        // never finished) reuses it (planted here as the other lr).
+        let sweep_path = out.join(REAL).join(SWEEP_JSON);
+        let mut sweep: Stored<RealKey, Sweep> = serde_json::from_slice(&std::fs::read(&sweep_path).unwrap()).unwrap();
+        sweep.value.lr = if swept.real_lr == 0.05 { 0.1 } else { 0.05 };
+        std::fs::write(&sweep_path, serde_json::to_string(&sweep).unwrap()).unwrap();
+        let longer = run(&CompareOptions { real_steps_factor: 3, ..other_sweep.clone() }, &out, Device::Cpu).unwrap();
+        assert_eq!(longer.real_lr, sweep.value.lr);
+        // A winner outside the sweep (edited by hand) is swept again.
+        sweep.value.lr = 0.3;
+        std::fs::write(&sweep_path, serde_json::to_string(&sweep).unwrap()).unwrap();
+        let again = run(&CompareOptions { real_steps_factor: 4, ..other_sweep.clone() }, &out, Device::Cpu).unwrap();
+        assert_eq!(again.real_lr, swept.real_lr);
 
         // A subset of the teachers, named in any order, runs in the table's order beside real data.
         let subset = CompareOptions { methods: vec!["distill".into(), "gtn-full".into()], ..options.clone() };
         let some = run(&subset, &out, Device::Cpu).unwrap();
         let names: Vec<&str> = some.methods.iter().map(|m| m.method.as_str()).collect();
         assert_eq!(names, ["gtn-full", "distill", REAL]);
+        let real_only = CompareOptions { methods: vec![REAL.into()], ..options.clone() };
+        let names: Vec<String> =
+            run(&real_only, &out, Device::Cpu).unwrap().methods.into_iter().map(|m| m.method).collect();
+        assert_eq!(names, [REAL]);
         let typo = CompareOptions { methods: vec!["gtn-ful".into()], ..options.clone() };
         let error = run(&typo, &out, Device::Cpu).unwrap_err().to_string();
         assert!(error.starts_with("--methods gtn-ful: unknown method, expected some of gtn-none,"), "{error}");

@@ -281,6 +281,62 @@ impl Config {
         Ok(())
     }
 
+    /// What a new run of this config must also be (a stored run that predates a check still
+    /// resumes): combinations that would train nothing or mislead. Errors name `file`, the
+    /// `--config` file, when given.
+    pub fn check_new_run(&self, file: Option<&Path>) -> Result<()> {
+        self.check_combinations().map_err(|e| match file {
+            Some(file) => anyhow::anyhow!("{}: {e}", file.display()),
+            None => e,
+        })
+    }
+
+    fn check_combinations(&self) -> Result<()> {
+        let (every, steps) = (self.intermediate_loss_every, self.inner_steps);
+        if every >= steps {
+            bail!(
+                "config key `intermediate_loss_every` is {every}, which adds no intermediate loss with `inner_steps` = {steps} (one after every k-th step before the last); expected 0 (none) or less than {steps}"
+            );
+        }
+        if every == 0 && self.intermediate_loss_form == IntermediateLossForm::SumFreshBatches {
+            bail!(
+                "config key `intermediate_loss_form` is \"sum-fresh-batches\", which changes nothing without intermediate losses; expected `intermediate_loss_every` > 0 with it"
+            );
+        }
+        if self.augment && self.dataset != DatasetName::Cifar10 {
+            bail!(
+                "config key `augment` is true with {}: its horizontal flips mirror digits and garments, which the test set does not hold; expected false (augmentation is CIFAR-10's)",
+                self.dataset
+            );
+        }
+        // Batch norm over one sample is constant (see `normalises_over_the_batch_alone`); the
+        // generator's first layer normalises over the batch alone too.
+        let alone = self.learner.normalises_over_the_batch_alone();
+        let generator = self.teacher == TeacherKind::Generator;
+        if self.batch_size < 2 && (alone || generator) {
+            let constant = match (generator, alone) {
+                (true, true) => format!(
+                    "the generator's images would not depend on their noise and label, nor the {} learner's outputs on its inputs",
+                    self.learner
+                ),
+                (true, false) => "the generator's images would not depend on their noise and label".into(),
+                _ => format!("the {} learner's outputs would not depend on its inputs", self.learner),
+            };
+            bail!(
+                "config key `batch_size` is {}, expected at least 2: batch norm over one sample is constant, so {constant}",
+                self.batch_size
+            );
+        }
+        if self.meta_batch < 2 && alone && self.bn_eval == BnEval::Batch {
+            bail!(
+                "config key `meta_batch` is {}, expected at least 2 with `bn_eval = \"batch\"` and the {} learner: batch norm over the one scored image is constant, so the meta-loss would not depend on it",
+                self.meta_batch,
+                self.learner
+            );
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("inner_steps", self.inner_steps),
@@ -405,19 +461,6 @@ impl Config {
     }
 }
 
-/// Tables and messages name these kinds as their flags and config keys spell them (`base-fc`, not
-/// `BaseFc`), so a name can be copied from one to the other.
-macro_rules! display_as_str {
-    ($($kind:ty),*) => {$(
-        impl std::fmt::Display for $kind {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    )*};
-}
-display_as_str!(CurriculumKind, DatasetName, LearnerKind, TeacherKind);
-
 /// `dir` (given as `what`, a flag or key) from the current folder.
 pub fn absolute(dir: &Path, what: &str) -> Result<PathBuf> {
     std::path::absolute(dir).with_context(|| format!("{what} {:?}: expected a folder path", dir.display().to_string()))
@@ -488,6 +531,9 @@ pub fn differences<C: Serialize>(a: &C, b: &C) -> Result<Vec<(String, String, St
     Ok(out)
 }
 
+/// The keys that set how long a run is: image runs' and RL runs'.
+const RUN_LENGTH_KEYS: [&str; 2] = ["meta_iters", "generations"];
+
 /// Ok when a new run of `requested` in `dir` is the run `stored` there (so it can be
 /// continued), else an error naming every key that differs and how to go on: with
 /// `resume_command` (e.g. `gtn train`), continuing the stored run is one of the ways.
@@ -514,12 +560,16 @@ pub fn same_run<C: Serialize>(
         };
         anyhow::anyhow!("{}: holds a run this command cannot read ({e:#}); {advice}", dir.display())
     })?;
-    let listed: Vec<String> = differences(&stored, requested)?
-        .into_iter()
-        .map(|(key, there, here)| format!("{key} {there} there, {here} here"))
-        .collect();
+    let differing = differences(&stored, requested)?;
+    let listed: Vec<String> =
+        differing.iter().map(|(key, there, here)| format!("{key} {there} there, {here} here")).collect();
     if !listed.is_empty() {
-        let resume = resume_command.map(|c| format!("continue it with `{c} --resume {}`, or ", dir.display()));
+        // A run's length is the one key a resume takes edited, and `--resume` takes no flag for it.
+        let length = differing.iter().find(|(key, ..)| RUN_LENGTH_KEYS.contains(&key.as_str()));
+        let lengthen =
+            length.map(|(key, ..)| format!(" (after editing `{key}` in {}, for its new length)", file.display()));
+        let resume = resume_command
+            .map(|c| format!("continue it with `{c} --resume {}`{}, or ", dir.display(), lengthen.unwrap_or_default()));
         bail!(
             "{}: holds a run with another config ({}); {}remove the folder, or choose another --out",
             file.display(),
@@ -549,23 +599,6 @@ fn diff_tables(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<(St
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A kind's name is its flag's and its config value's, variant by variant.
-    fn assert_named_as_flags<T: clap::ValueEnum + Serialize + std::fmt::Display>() {
-        for kind in T::value_variants() {
-            let flag = kind.to_possible_value().expect("no variant is skipped");
-            assert_eq!(kind.to_string(), flag.get_name());
-            assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{kind}\""));
-        }
-    }
-
-    #[test]
-    fn kinds_are_named_as_their_flags() {
-        assert_named_as_flags::<CurriculumKind>();
-        assert_named_as_flags::<DatasetName>();
-        assert_named_as_flags::<LearnerKind>();
-        assert_named_as_flags::<TeacherKind>();
-    }
 
     #[test]
     fn presets_are_valid_and_round_trip() {

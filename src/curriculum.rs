@@ -25,6 +25,8 @@ pub enum CurriculumKind {
     Full,
 }
 
+crate::text::display_as_flag!(CurriculumKind);
+
 impl CurriculumKind {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -14,6 +14,7 @@ use crate::learner::{BnEval, Learner, LearnerKind};
 use crate::meta::iteration_rng;
 use crate::nn;
 use crate::teacher::Teacher;
+use crate::text::spread;
 
 /// Test images per forward pass; batch norm uses each chunk's statistics unless the learner is
 /// scored with its training batch's ([`BnEval::Train`]).
@@ -61,7 +62,7 @@ impl EvalReport {
             self.learners,
             self.steps,
             100.0 * self.test_accuracy_mean,
-            if self.learners > 1 { format!("{:.2}%", 100.0 * self.test_accuracy_std) } else { "-".into() },
+            spread(self.test_accuracy_std, self.learners).map_or("-".into(), |std| format!("{:.2}%", 100.0 * std)),
             100.0 * self.test_accuracy_min,
             100.0 * self.test_accuracy_max
         )
@@ -73,7 +74,8 @@ impl EvalReport {
             println!("{}", serde_json::to_string(self).expect("a report serialises"));
         } else {
             let before = if self.before_last_update { " (scored before the last update)" } else { "" };
-            println!("{what}: real test accuracy after {} steps{before}\n{}", self.steps, self.table());
+            let steps = crate::text::count(self.steps, "step");
+            println!("{what}: real test accuracy after {steps}{before}\n{}", self.table());
         }
     }
 }
@@ -93,16 +95,6 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     let mean = xs.iter().sum::<f64>() / n;
     let var = if xs.len() > 1 { xs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
     (mean, var.sqrt())
-}
-
-/// `mean ± std` of `n` values, in `unit`s with `decimals` places; the mean alone for one value,
-/// whose spread is undefined (`mean_std`'s 0 is a placeholder, not a measurement).
-pub fn mean_pm_std(mean: f64, std: f64, n: usize, decimals: usize, unit: &str) -> String {
-    if n > 1 {
-        format!("{mean:.decimals$}{unit} ± {std:.decimals$}{unit}")
-    } else {
-        format!("{mean:.decimals$}{unit}")
-    }
 }
 
 /// Median (the mean of the two middle values for an even count); NaN for none.
@@ -395,8 +387,6 @@ mod tests {
     /// One learner has no spread: tables leave it out instead of printing 0.
     #[test]
     fn one_value_has_no_spread_in_tables() {
-        assert_eq!(mean_pm_std(93.456, 0.31, 5, 2, "%"), "93.46% ± 0.31%");
-        assert_eq!(mean_pm_std(93.456, 0.0, 1, 1, ""), "93.5");
         let report = |accs: &[f64]| {
             let (mean, std) = mean_std(accs);
             EvalReport {

@@ -34,19 +34,9 @@ pub enum LearnerKind {
     NasRandom,
 }
 
-impl LearnerKind {
-    /// The flag's spelling (`--learner base-fc`), as tables and messages name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LearnerKind::BaseFc => "base-fc",
-            LearnerKind::Random => "random",
-            LearnerKind::Mlp => "mlp",
-            LearnerKind::CifarCnn => "cifar-cnn",
-            LearnerKind::CifarRandom => "cifar-random",
-            LearnerKind::NasRandom => "nas-random",
-        }
-    }
+crate::text::display_as_flag!(LearnerKind);
 
+impl LearnerKind {
     /// Whether some batch-norm layer averages over the batch alone (a fully connected layer's):
     /// over a batch of one it outputs its bias whatever the input, so the learner's outputs would
     /// not depend on its inputs. The CIFAR learners' average over positions too and pool after.

@@ -26,3 +26,4 @@ pub mod progress;
 pub mod report;
 pub mod rl;
 pub mod teacher;
+pub mod text;

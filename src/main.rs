@@ -18,6 +18,11 @@ use gtn::nas;
 use gtn::report;
 use gtn::teacher::TeacherKind;
 
+/// Help texts shared by several commands' flags.
+const RUN_DIR_HELP: &str = "A training folder (with config.toml and checkpoint.safetensors)";
+const CONFIG_HELP: &str = "TOML file whose keys override the preset";
+const DATA_DIR_HELP: &str = "Folder with the dataset's files (default: the config's `data_dir`, else data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR, else data/cifar10)";
+
 #[derive(Parser)]
 #[command(
     name = "gtn",
@@ -56,20 +61,20 @@ enum Command {
     },
     /// Write a PNG grid of the teacher's images, one row per inner step.
     Samples {
-        /// A training folder (with config.toml and checkpoint.safetensors).
+        #[arg(help = RUN_DIR_HELP)]
         dir: PathBuf,
         /// The PNG file to write.
         #[arg(short, long, value_parser = parse_png)]
         output: PathBuf,
         /// Images per row (the first ones of each step's batch).
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
+        #[arg(long, default_value_t = 20, value_parser = parse_positive::<i64>)]
         per_step: i64,
     },
     /// Time meta-steps: median and spread, generator / unroll / meta-backward, peak memory, GFLOP/s.
     Bench(BenchArgs),
     /// Export the teaching set (images, labels, learning rates, momenta) as plain tensors.
     Export {
-        /// A training folder (with config.toml and checkpoint.safetensors).
+        #[arg(help = RUN_DIR_HELP)]
         dir: PathBuf,
         /// The safetensors file to write.
         #[arg(short, long, value_parser = parse_safetensors)]
@@ -101,11 +106,10 @@ enum RlCommand {
         /// Named config: cpu (~2 min on 2 cores), tiny (seconds).
         #[arg(long, default_value = "cpu", conflicts_with = "resume")]
         preset: String,
-        /// TOML file whose keys override the preset.
-        #[arg(long, conflicts_with = "resume")]
+        #[arg(long, help = CONFIG_HELP, conflicts_with = "resume")]
         config: Option<PathBuf>,
         /// Seed of the teacher's initialisation and of every generation's draws (default: the
-        /// preset's).
+        /// preset's or --config's).
         #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
         seed: Option<u64>,
         /// Continue the run in this folder from its last checkpoint.
@@ -157,8 +161,8 @@ enum NasCommand {
         /// Plot of Spearman correlation vs proxy steps (a PNG).
         #[arg(long, value_parser = parse_png)]
         plot: Option<PathBuf>,
-        /// Also write the markdown table here.
-        #[arg(long)]
+        /// Also write the markdown table here (a .md file).
+        #[arg(long, value_parser = parse_markdown)]
         markdown: Option<PathBuf>,
         /// Print the rows as one JSON array instead of the table.
         #[arg(long)]
@@ -200,9 +204,10 @@ enum NasCommand {
 
 /// Which architectures, which part of them, and where results go.
 #[derive(Args)]
+#[group(id = "architectures", required = true, args = ["archs", "sample"])]
 struct NasArgs {
     /// One architecture per line (canonical encoding; `#` comments).
-    #[arg(long, conflicts_with = "sample", required_unless_present = "sample")]
+    #[arg(long, conflicts_with = "sample")]
     archs: Option<PathBuf>,
     /// N distinct random architectures drawn from --seed (distinct as text).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=nas::arch::MAX_SAMPLE))]
@@ -235,7 +240,7 @@ struct NasTrainArgs {
     #[arg(long, default_value_t = nas::network::NetConfig::CPU.cells)]
     cells: usize,
     /// Channels of the first stage (doubled at each reduction).
-    #[arg(long, default_value_t = nas::network::NetConfig::CPU.channels, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = nas::network::NetConfig::CPU.channels, value_parser = parse_positive::<i64>)]
     channels: i64,
     /// Reduction cells (each halves the resolution).
     #[arg(long, default_value_t = nas::network::NetConfig::CPU.reductions)]
@@ -245,7 +250,7 @@ struct NasTrainArgs {
     #[arg(long, value_enum, default_value_t = nas::network::NetConfig::CPU.head)]
     head: nas::network::Head,
     /// Real-data batch size (the real proxy and the truth).
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 128, value_parser = parse_positive::<u64>)]
     batch_size: u64,
     /// Real-data learning rate.
     #[arg(long, default_value_t = 0.1, value_parser = parse_lr)]
@@ -255,7 +260,7 @@ struct NasTrainArgs {
     momentum: f64,
     /// Validation (and test) images accuracy is measured on: the first N of each split (MNIST's
     /// first 5,000 test images are its easier half, so test accuracies read high).
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 2000, value_parser = parse_positive::<u64>)]
     eval_images: u64,
     /// Seeds the architecture sample and every architecture's initial weights.
     #[arg(long, default_value_t = 0)]
@@ -280,7 +285,7 @@ struct TrainArgs {
     /// Named config: paper (GPU scale), cpu (~30 min on 2 cores), tiny (seconds), paper-cifar10, cpu-cifar10.
     #[arg(long, default_value = "cpu", conflicts_with = "resume")]
     preset: String,
-    /// Dataset (default: the preset's).
+    /// Dataset (default: the preset's or --config's).
     #[arg(long, value_enum, conflicts_with = "resume")]
     dataset: Option<DatasetName>,
     /// Output folder for config, log and checkpoints. A folder holding a run with the same
@@ -290,17 +295,17 @@ struct TrainArgs {
     /// Continue the run in this folder from its last checkpoint.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// TOML file whose keys override the preset.
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, help = CONFIG_HELP, conflicts_with = "resume")]
     config: Option<PathBuf>,
-    /// Meta-iterations (default: the preset's).
-    #[arg(long, conflicts_with = "resume", value_parser = parse_positive)]
+    /// Meta-iterations (default: the preset's or --config's).
+    #[arg(long, conflicts_with = "resume", value_parser = parse_positive::<usize>)]
     meta_iters: Option<usize>,
-    /// Seed of the teacher's initialisation and of every meta-iteration's draws (default: the preset's).
+    /// Seed of the teacher's initialisation and of every meta-iteration's draws (default: the preset's or --config's).
     #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
     seed: Option<u64>,
-    /// Folder with the dataset's files (default data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
-    /// Allowed with --resume: it does not change the result.
+    /// Folder with the dataset's files (default: the config's `data_dir`, else data/<dataset>;
+    /// CIFAR-10: $GTN_CIFAR10_DIR, else data/cifar10). Allowed with --resume: it does not change
+    /// the result.
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Gradient checkpointing: keep the learner state every k inner steps (0: off). Allowed with
@@ -308,7 +313,7 @@ struct TrainArgs {
     #[arg(long)]
     checkpoint_every: Option<usize>,
     /// Meta-training time budget: the first meta-iteration's time (after a discarded warm-up
-    /// one) caps `meta_iters` (the preset's, or --meta-iters) at what it affords (recorded in
+    /// one) caps `meta_iters` (the preset's or --config's, or --meta-iters) at what it affords (recorded in
     /// config.toml).
     #[arg(long, conflicts_with = "resume", value_parser = parse_minutes)]
     budget_minutes: Option<Duration>,
@@ -326,30 +331,28 @@ struct BenchArgs {
     /// Named config timed: paper, cpu, tiny, paper-cifar10, cpu-cifar10.
     #[arg(long, default_value = "paper")]
     preset: String,
-    /// Learner (default: the preset's).
+    /// Learner (default: the preset's or --config's).
     #[arg(long, value_enum)]
     learner: Option<LearnerKind>,
     /// Inner steps T.
-    #[arg(long, value_parser = parse_positive)]
+    #[arg(long, value_parser = parse_positive::<usize>)]
     steps: Option<usize>,
     /// Timed meta-steps (after one warm-up step).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = parse_positive::<u64>)]
     meta_iters: u64,
     /// Gradient checkpointing: keep the learner state every k inner steps (0: off).
     #[arg(long)]
     checkpoint_every: Option<usize>,
-    /// TOML file whose keys override the preset.
-    #[arg(long)]
+    #[arg(long, help = CONFIG_HELP)]
     config: Option<PathBuf>,
-    /// Folder with the dataset's files (default data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
-    #[arg(long)]
+    #[arg(long, help = DATA_DIR_HELP, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
     /// Then profile one more meta-step: write its Chrome trace (chrome://tracing, ui.perfetto.dev)
     /// here and list the ops that took the time (CPU ops only: on a GPU, their launch times).
-    #[arg(long, value_name = "TRACE.json")]
+    #[arg(long, value_name = "TRACE.json", value_parser = parse_trace)]
     profile: Option<PathBuf>,
     /// Run the learners' 3x3 convolutions and the generator's wide layer by libtorch's kernels,
     /// not Winograd's forms (to compare the two with one binary).
@@ -359,16 +362,16 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// A training folder (with config.toml and checkpoint.safetensors).
+    #[arg(help = RUN_DIR_HELP)]
     dir: PathBuf,
     /// Fresh learners trained and scored.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 5, value_parser = parse_positive::<u64>)]
     learners: u64,
     /// Folder with the dataset's files, if not where the run was trained.
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Inner steps (default: the teacher's T).
-    #[arg(long, value_parser = parse_positive)]
+    #[arg(long, value_parser = parse_positive::<usize>)]
     steps: Option<usize>,
     /// Learner to train (default: the one meta-trained with).
     #[arg(long, value_enum)]
@@ -399,24 +402,22 @@ struct CompareArgs {
     /// Config shared by every teacher (the curriculum and teacher kind vary).
     #[arg(long, default_value = "cpu")]
     preset: String,
-    /// Dataset (default: the preset's).
+    /// Dataset (default: the preset's or --config's).
     #[arg(long, value_enum)]
     dataset: Option<DatasetName>,
-    /// Learner meta-trained with and evaluated (default: the preset's).
+    /// Learner meta-trained with and evaluated (default: the preset's or --config's).
     #[arg(long, value_enum)]
     learner: Option<LearnerKind>,
-    /// TOML file whose keys override the preset.
-    #[arg(long)]
+    #[arg(long, help = CONFIG_HELP)]
     config: Option<PathBuf>,
-    /// Folder with the dataset's files (default data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
-    #[arg(long, alias = "cifar-dir")]
+    #[arg(long, help = DATA_DIR_HELP, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Teachers to meta-train and evaluate, comma-separated, by their names in the table (default:
     /// all; an unknown name lists them). The real-data baseline always runs.
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
-    /// Meta-iterations per teacher (default: the preset's).
-    #[arg(long, value_parser = parse_positive)]
+    /// Meta-iterations per teacher (default: the preset's or --config's).
+    #[arg(long, value_parser = parse_positive::<usize>)]
     meta_iters: Option<usize>,
     /// Meta-training time per teacher: the first meta-iteration's time (after a discarded
     /// warm-up one) caps the meta-iterations.
@@ -427,7 +428,7 @@ struct CompareArgs {
     #[arg(long)]
     checkpoint_every: Option<usize>,
     /// Fresh learners per curve (the same initial weights for every method).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 5, value_parser = parse_positive::<u64>)]
     learners: u64,
     /// Real-data baseline: learning rates swept, comma-separated; with --momenta, the best
     /// accuracy at T is used.
@@ -464,20 +465,21 @@ enum BaselineCommand {
     Distill(TrainArgs),
     /// The same learners trained on real data, best learning rate of a sweep.
     Real {
-        /// Dataset.
+        /// Dataset trained and tested on.
         #[arg(long, value_enum, default_value = "mnist")]
         dataset: DatasetName,
-        /// Folder with the dataset's files (default data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
+        /// Folder with the dataset's files (default: data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR,
+        /// else data/cifar10).
         #[arg(long, alias = "cifar-dir")]
         data_dir: Option<PathBuf>,
         /// Training steps (SGD with momentum, one real batch each).
-        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 32, value_parser = parse_positive::<u64>)]
         steps: u64,
-        /// Learner trained.
+        /// Learner trained (fresh ones per setting, the same initial weights for each).
         #[arg(long, value_enum, default_value = "base-fc")]
         learner: LearnerKind,
         /// Real images per step.
-        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 128, value_parser = parse_positive::<u64>)]
         batch_size: u64,
         /// Learning rates to sweep, comma-separated; with --momenta, the best mean test accuracy
         /// is reported.
@@ -487,7 +489,7 @@ enum BaselineCommand {
         #[arg(long, alias = "momentum", value_delimiter = ',', default_value = "0.5,0.9", value_parser = parse_momentum)]
         momenta: Vec<f64>,
         /// Fresh learners per setting.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 5, value_parser = parse_positive::<u64>)]
         learners: u64,
         /// Batch-norm statistics the trained learners are scored with: `batch` (each test
         /// chunk's own) or `train` (their last training batch's).
@@ -503,7 +505,7 @@ enum BaselineCommand {
         /// train/validation split is the presets' (seed 0), so this row matches `gtn compare`'s.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Print the best setting's report as one JSON object instead of tables.
+        /// Print the best setting's report as one JSON object instead of the sweep and its table.
         #[arg(long)]
         json: bool,
     },
@@ -653,7 +655,8 @@ fn run(cli: Cli) -> Result<()> {
             let best = eval::baseline_real(&opts, device, |(lr, momentum), accuracies| {
                 if !json {
                     let (mean, std) = eval::mean_std(accuracies);
-                    let accuracy = eval::mean_pm_std(100.0 * mean, 100.0 * std, accuracies.len(), 2, "%");
+                    let accuracy =
+                        gtn::text::mean_pm_std(mean, std, accuracies.len(), |x| format!("{:.2}%", 100.0 * x));
                     println!("lr {lr}, momentum {momentum}: {accuracy}");
                 }
             })?;
@@ -681,6 +684,7 @@ fn run(cli: Cli) -> Result<()> {
             config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.data_dir = args.data_dir.or(config.data_dir);
             config.validate()?;
+            config.check_new_run(args.config.as_deref())?;
             let report =
                 gtn::bench::run(&config, args.meta_iters as usize, device, !args.no_winograd, args.profile.as_deref())?;
             if args.json {
@@ -757,11 +761,11 @@ fn nas_score(common: NasArgs, proxy: nas::score::Proxy, steps: Vec<usize>, devic
     })?;
     let repeated = match summary.repeated {
         0 => String::new(),
-        n => format!(", {} listed again (scored once)", gtn::report::count(n, "architecture")),
+        n => format!(", {} listed again (counted once)", gtn::text::count(n, "architecture")),
     };
     println!(
         "scored {}, skipped {} already done{repeated}, left {} to other shards -> {}",
-        gtn::report::count(summary.scored, "architecture"),
+        gtn::text::count(summary.scored, "architecture"),
         summary.skipped,
         summary.other_shards,
         opts.out.display()
@@ -806,7 +810,7 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
         NasCommand::Merge { inputs, out } => {
             let files: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
             let n = nas::jsonl::merge(&files, &out)?;
-            println!("merged {n} records from {} files -> {}", files.len(), out.display());
+            println!("merged {n} records from {} -> {}", gtn::text::count(files.len(), "file"), out.display());
             Ok(())
         }
     }
@@ -843,6 +847,16 @@ fn parse_safetensors(text: &str) -> Result<PathBuf, String> {
     with_extension(text, "safetensors", "the teaching set in the safetensors format")
 }
 
+/// A path for a markdown table: any other name could be a results file given beside it.
+fn parse_markdown(text: &str) -> Result<PathBuf, String> {
+    with_extension(text, "md", "the table as markdown")
+}
+
+/// A path for the profiler's Chrome trace: any other name could be a file of a run's.
+fn parse_trace(text: &str) -> Result<PathBuf, String> {
+    with_extension(text, "json", "the profile as a Chrome trace (JSON)")
+}
+
 fn with_extension(text: &str, extension: &str, writes: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(text);
     match path.extension().and_then(|e| e.to_str()) {
@@ -865,9 +879,10 @@ fn parse_momentum(text: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_positive(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
+/// A count: clap's own range check would print the type's bound (`not in 1..18446744073709551615`).
+fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T, String> {
+    match text.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
         _ => Err("expected a positive integer".into()),
     }
 }

@@ -224,7 +224,7 @@ impl Trainer {
         let (meta_loss, meta_accuracy, mut grads) = self.meta_gradient(i);
         let grad_norm = optim::clip_grad_norm(&mut grads, self.config().grad_clip);
         if !meta_loss.is_finite() || !grad_norm.is_finite() {
-            return Err(self.diverged(&format!("meta-loss {meta_loss}, gradient norm {grad_norm}")));
+            return Err(self.diverged(&format!("meta-loss {meta_loss}, gradient norm {grad_norm}"), i == 0));
         }
         let c = self.config();
         let outer_lr = optim::cosine_lr(c.outer_lr, c.final_lr_fraction, i, c.meta_iters);
@@ -236,7 +236,9 @@ impl Trainer {
                 .then(|| format!("the inner lr (mean {inner_lr_mean}) or momentum (mean {inner_momentum_mean})"))
         });
         if let Some(what) = broken {
-            return Err(self.diverged(&format!("the update (outer lr {outer_lr:e}) made {what} NaN or infinite")));
+            return Err(
+                self.diverged(&format!("the update (outer lr {outer_lr:e}) made {what} NaN or infinite"), false)
+            );
         }
         self.iteration += 1;
         let stats = StepStats {
@@ -275,7 +277,7 @@ impl Trainer {
         let c = self.config();
         c.meta_iters_requested.filter(|&asked| asked > c.meta_iters).map(|asked| {
             format!(
-                "{}: {} of the {asked} meta-iterations asked for, as the time budget given when the run started chose; another budget does not change a run's length (remove the folder, or use another --out, to train under it)",
+                "{}: {} of the {asked} meta-iterations asked for, as the time budget given when the run started chose; the budget given now does not change a run's length (remove the folder, or use another --out, to train under a new one)",
                 self.dir.display(),
                 c.meta_iters
             )
@@ -288,15 +290,19 @@ impl Trainer {
         Trainer { divergence_advice: Some(advice), ..self }
     }
 
-    fn diverged(&self, what: &str) -> anyhow::Error {
+    /// The error of a run stopped by a NaN or infinity; `as_initialised`: the teacher as it was
+    /// initialised gave it, which no key a run may edit (outer lr, clipping) can change.
+    fn diverged(&self, what: &str, as_initialised: bool) -> anyhow::Error {
         let (i, dir) = (self.iteration, self.dir.display());
         let (last, _) = self.last_saved.as_ref().expect("a run saves a checkpoint when it is created");
-        let advice = self.divergence_advice.clone().unwrap_or_else(|| {
-            format!(
+        let advice = match (as_initialised, &self.divergence_advice) {
+            (true, _) => "the teacher as initialised diverges, before any update: start a new run (another --out) with a smaller `init_lr`, `init_momentum` or `inner_steps` (--config)".to_owned(),
+            (false, Some(advice)) => advice.clone(),
+            (false, None) => format!(
                 "lower outer_lr or grad_clip in {dir}/{} and run `gtn train --resume {dir}`",
                 checkpoint::CONFIG_FILE
-            )
-        });
+            ),
+        };
         anyhow::anyhow!(
             "meta-iteration {i}: {what}: training diverged and stopped; the last good checkpoint (iteration {last}) is kept in {dir}; {advice}"
         )
@@ -347,7 +353,11 @@ impl Trainer {
                 bar.note(&match affordable < total {
                     true => format!("time budget: {affordable} of the {total} meta-iterations asked for ({each})"),
                     false => format!(
-                        "time budget: all {total} meta-iterations asked for fit ({each}); a budget caps `meta_iters`, it does not raise it"
+                        "time budget: {} ({each}); a budget caps `meta_iters`, it does not raise it",
+                        match total {
+                            1 => "the 1 meta-iteration asked for fits".to_owned(),
+                            n => format!("all {n} meta-iterations asked for fit"),
+                        }
                     ),
                 });
                 if affordable < total {
@@ -592,51 +602,10 @@ pub fn load_data(config: &Config, device: Device) -> Result<Dataset> {
     Dataset::load(config.dataset, &config.data_dir(), config.valid_size, config.seed, device)
 }
 
-/// What a new run's config must also hold, beyond [`Config::validate`] (a stored run's config is
-/// read as it was written): every key it sets takes effect.
+/// What a new run's config must also hold: [`Config::check_new_run`], and a meta-loss batch
+/// the training images can fill.
 fn check_new_run(config: &Config, data: &Dataset) -> Result<()> {
-    let (every, steps) = (config.intermediate_loss_every, config.inner_steps);
-    if every >= steps {
-        bail!(
-            "config key `intermediate_loss_every` is {every}, which adds no intermediate loss with `inner_steps` = {steps} (one after every k-th step before the last); expected 0 (none) or less than {steps}"
-        );
-    }
-    if every == 0 && config.intermediate_loss_form == IntermediateLossForm::SumFreshBatches {
-        bail!(
-            "config key `intermediate_loss_form` is \"sum-fresh-batches\", which changes nothing without intermediate losses; expected `intermediate_loss_every` > 0 with it"
-        );
-    }
-    if config.augment && config.dataset != crate::data::DatasetName::Cifar10 {
-        bail!(
-            "config key `augment` is true with {}: its horizontal flips mirror digits and garments, which the test set does not hold; expected false (augmentation is CIFAR-10's)",
-            config.dataset.as_str()
-        );
-    }
-    // Batch norm over one sample is constant (see `normalises_over_the_batch_alone`); the
-    // generator's first layer normalises over the batch alone too.
-    let alone = config.learner.normalises_over_the_batch_alone();
-    let generator = config.teacher == TeacherKind::Generator;
-    if config.batch_size < 2 && (alone || generator) {
-        let constant = match (generator, alone) {
-            (true, true) => format!(
-                "the generator's images would not depend on their noise and label, nor the {} learner's outputs on its inputs",
-                config.learner
-            ),
-            (true, false) => "the generator's images would not depend on their noise and label".into(),
-            _ => format!("the {} learner's outputs would not depend on its inputs", config.learner),
-        };
-        bail!(
-            "config key `batch_size` is {}, expected at least 2: batch norm over one sample is constant, so {constant}",
-            config.batch_size
-        );
-    }
-    if config.meta_batch < 2 && alone && config.bn_eval == BnEval::Batch {
-        bail!(
-            "config key `meta_batch` is {}, expected at least 2 with `bn_eval = \"batch\"` and the {} learner: batch norm over the one scored image is constant, so the meta-loss would not depend on it",
-            config.meta_batch,
-            config.learner
-        );
-    }
+    config.check_new_run(None)?;
     // Real batches are drawn without replacement.
     if config.meta_batch > data.train.len() {
         bail!(
@@ -706,7 +675,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
                 check_before_last_update(options, &stored)?;
             }
             let t = Trainer::resume(dir, device, &settings)?;
-            println!("resuming {} at meta-iteration {}", dir.display(), t.iteration);
+            crate::progress::announce_resumed(dir, t.iteration, t.config().meta_iters, "meta-iteration");
             t
         }
         (None, Some(out)) => {
@@ -720,6 +689,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             config.set_data_dir(options.data_dir.as_deref())?;
             config.checkpoint_every = options.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
+            config.check_new_run(options.config.as_deref())?;
             check_before_last_update(options, &config)?;
             let t = Trainer::open(&config, out, device, options.budget.is_some(), Some(checkpoint::IMAGE_RUN))?;
             crate::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
@@ -733,15 +703,15 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
     let dir = options.resume.as_ref().or(options.out.as_ref()).expect("checked above");
     let c = trainer.config().clone();
     println!(
-        "meta-training on {} ({:?} device): {} teacher, learner {}, T={} x B={}, curriculum {}, {} -> {}",
+        "meta-training on {} ({}): {} teacher, learner {}, T={} x B={}, curriculum {}, {} -> {}",
         c.dataset,
-        device,
+        crate::text::device(device),
         c.teacher,
         c.learner,
         c.inner_steps,
         c.batch_size,
         c.curriculum,
-        crate::report::count(c.meta_iters, "meta-iteration"),
+        crate::text::count(c.meta_iters, "meta-iteration"),
         dir.display()
     );
     let start = Instant::now();
@@ -760,7 +730,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
         let report = crate::eval::evaluate_teacher(&trainer.teacher, &cohort, c.inner_steps)?;
         report.print(
             false,
-            &format!("{} after {}", dir.display(), crate::report::count(trainer.iteration, "meta-iteration")),
+            &format!("{} after {}", dir.display(), crate::text::count(trainer.iteration, "meta-iteration")),
         );
     }
     Ok(())
@@ -1151,6 +1121,13 @@ mod tests {
         assert_eq!(std::fs::read(checkpoint::checkpoint_path(dir.path())).unwrap(), saved);
         let err = trainer.with_divergence_advice("start again".into()).step().unwrap_err().to_string();
         assert!(err.ends_with("; start again") && !err.contains("--resume"), "{err}");
+        // Diverging before any update: no edit of the run helps, a new run with other values may.
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
+        let _ = tch::no_grad(|| trainer.teacher.log_lr.shallow_clone().fill_(f64::NAN));
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.starts_with("meta-iteration 0: meta-loss NaN"), "{err}");
+        assert!(err.ends_with("before any update: start a new run (another --out) with a smaller `init_lr`, `init_momentum` or `inner_steps` (--config)"), "{err}");
     }
 
     #[test]
@@ -1309,7 +1286,7 @@ mod tests {
         let again = Trainer::open(&config, dir.path(), Device::Cpu, true, Some("gtn train")).unwrap();
         assert_eq!((again.iteration, again.config().meta_iters), (1, 1));
         let note = again.budget_note().unwrap();
-        assert!(note.ends_with(": 1 of the 6 meta-iterations asked for, as the time budget given when the run started chose; another budget does not change a run's length (remove the folder, or use another --out, to train under it)"), "{note}");
+        assert!(note.ends_with(": 1 of the 6 meta-iterations asked for, as the time budget given when the run started chose; the budget given now does not change a run's length (remove the folder, or use another --out, to train under a new one)"), "{note}");
         let other = Config { meta_iters: 7, ..config.clone() };
         let err = Trainer::open(&other, dir.path(), Device::Cpu, true, None).err().unwrap().to_string();
         assert!(err.contains("(meta_iters 6 there, 7 here)"), "{err}");

@@ -71,19 +71,28 @@ pub fn append_row(log: &Path, row: &str) -> Result<()> {
 
 /// Rewrites a run's CSV log (header `header`) for a resume at step `done`: the header and the
 /// complete rows of the steps before it stay, anything a crash or a later step left goes (a
-/// header torn or lost is written again). A missing log becomes the header alone (with a warning
-/// past step 0); an
-/// unreadable one is an error, never overwritten; one with another header (columns of another
-/// gtn version) is kept beside it, renamed, and a new log starts.
+/// header torn or lost is written again). A missing log becomes the header alone; an unreadable
+/// one is an error, never overwritten; one with another header (columns of another gtn version)
+/// is kept beside it, renamed, and a new log starts. Rows lost are warned of.
 pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
+    if let Some(warning) = rewrite_log(log, header, done)? {
+        tracing::warn!("{warning}");
+    }
+    Ok(())
+}
+
+/// `truncate_log`'s work; returns its warning.
+fn rewrite_log(log: &Path, header: &str, done: usize) -> Result<Option<String>> {
+    // Times logged in rows no longer there are not counted (compare's meta-training minutes).
+    let mut warning = None;
     let mut text = match std::fs::read_to_string(log) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if done > 0 {
-                tracing::warn!(
-                    "{}: missing; a new log starts at row {done} (the rows before it are gone, and times logged in them, e.g. compare's meta-training minutes, are not counted)",
+                warning = Some(format!(
+                    "{}: missing; a new log starts at row {done} (the rows before it, and the time they logged, are gone)",
                     log.display()
-                );
+                ));
             }
             format!("{header}\n")
         }
@@ -96,11 +105,11 @@ pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
         let kept = unused_sibling(log, "old");
         std::fs::rename(log, &kept)
             .with_context(|| format!("{}: cannot rename to {}", log.display(), kept.display()))?;
-        tracing::warn!(
-            "{}: columns `{first}`, not `{header}` (another gtn version); kept as {}, a new log starts (times logged before it, e.g. compare's meta-training minutes, are not counted)",
+        warning = Some(format!(
+            "{}: columns `{first}`, not `{header}` (another gtn version); kept as {}, a new log starts (the time logged before it is not counted)",
             log.display(),
             kept.display()
-        );
+        ));
         text = format!("{header}\n");
     }
     let columns = header.split(',').count();
@@ -109,7 +118,8 @@ pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
             && line.split(',').next().and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i < done)
     };
     let kept: Vec<&str> = std::iter::once(header).chain(text.lines().filter(|l| complete_row_before(l))).collect();
-    crate::atomic::write(log, format!("{}\n", kept.join("\n")).as_bytes())
+    crate::atomic::write(log, format!("{}\n", kept.join("\n")).as_bytes())?;
+    Ok(warning)
 }
 
 /// `dir/name.tag.ext` (`log.old.csv` for `log.csv`), or with `-2`, `-3`, ... after the tag,
@@ -130,9 +140,17 @@ fn unused_sibling(path: &Path, tag: &str) -> std::path::PathBuf {
 /// complete, or where it resumes (`done` of `total` `unit`s); nothing for a new run.
 pub fn announce_reopened(dir: &Path, done: usize, total: usize, unit: &str) {
     if done == total {
-        println!("{} holds this run, already complete ({})", dir.display(), crate::report::count(done, unit));
+        println!("{} holds this run, already complete ({})", dir.display(), crate::text::count(done, unit));
     } else if done > 0 {
         println!("{} holds this run: resuming at {unit} {done}", dir.display());
+    }
+}
+
+/// What `--resume` tells the user: where the run resumes, or that it is complete.
+pub fn announce_resumed(dir: &Path, done: usize, total: usize, unit: &str) {
+    match done == total {
+        true => println!("{}: already complete ({})", dir.display(), crate::text::count(done, unit)),
+        false => println!("resuming {} at {unit} {done}", dir.display()),
     }
 }
 
@@ -140,41 +158,27 @@ pub fn announce_reopened(dir: &Path, done: usize, total: usize, unit: &str) {
 mod tests {
     use super::*;
 
-    /// What `f` logs as warnings, in plain text.
-    fn warnings_of(f: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl Write for Captured {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().write(bytes)
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let bytes = captured.0.lock().unwrap().clone();
-        String::from_utf8(bytes).unwrap()
-    }
-
     #[test]
-    fn a_log_missing_on_resume_is_warned_of() {
+    fn rows_lost_on_resume_are_warned_of() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log.csv");
-        let warned = warnings_of(|| truncate_log(&log, "step,loss", 0).unwrap());
-        assert_eq!(warned, "", "a run that logged nothing yet");
+        assert_eq!(rewrite_log(&log, "step,loss", 0).unwrap(), None, "a run that logged nothing yet");
         std::fs::remove_file(&log).unwrap();
-        let warned = warnings_of(|| truncate_log(&log, "step,loss", 3).unwrap());
-        assert!(warned.contains("log.csv: missing; a new log starts at row 3"), "{warned}");
+        let warning = rewrite_log(&log, "step,loss", 3).unwrap().unwrap();
+        assert!(
+            warning.ends_with(
+                "log.csv: missing; a new log starts at row 3 (the rows before it, and the time they logged, are gone)"
+            ),
+            "{warning}"
+        );
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n");
-        let warned = warnings_of(|| truncate_log(&log, "step,loss", 3).unwrap());
-        assert_eq!(warned, "", "present again");
+        assert_eq!(rewrite_log(&log, "step,loss", 3).unwrap(), None, "present again");
         std::fs::write(&log, "step,loss,acc\n0,2.5,0.1\n").unwrap();
-        let warned = warnings_of(|| truncate_log(&log, "step,loss", 3).unwrap());
-        assert!(warned.contains("columns `step,loss,acc`, not `step,loss`"), "{warned}");
+        let warning = rewrite_log(&log, "step,loss", 3).unwrap().unwrap();
+        assert!(
+            warning.contains("log.csv: columns `step,loss,acc`, not `step,loss` (another gtn version); kept as"),
+            "{warning}"
+        );
     }
 
     #[test]

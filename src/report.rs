@@ -69,15 +69,6 @@ pub fn write_sample_grid(teacher: &Teacher, per_step: i64, output: &Path) -> Res
     })
 }
 
-/// `n` of `noun` in words: `1 learner`, `5 learners`, `2 policies`.
-pub fn count(n: usize, noun: &str) -> String {
-    match noun.strip_suffix('y') {
-        _ if n == 1 => format!("1 {noun}"),
-        Some(stem) => format!("{n} {stem}ies"),
-        None => format!("{n} {noun}s"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -88,15 +79,6 @@ mod tests {
     use crate::config::Config;
     use crate::inner::{self, LearnerState};
     use crate::learner::{Arch, Learner};
-
-    #[test]
-    fn counts_are_worded_in_the_singular_for_one() {
-        assert_eq!(count(1, "learner"), "1 learner");
-        assert_eq!(count(0, "learner"), "0 learners");
-        assert_eq!(count(5, "architecture"), "5 architectures");
-        assert_eq!(count(1, "policy"), "1 policy");
-        assert_eq!(count(2, "policy"), "2 policies");
-    }
 
     /// What a user of the exported file does (one SGD-with-momentum step per batch, at its lr
     /// and momentum) ends where the teacher's own training of the same learner ends.

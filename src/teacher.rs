@@ -33,15 +33,7 @@ pub enum TeacherKind {
     Pixels,
 }
 
-impl TeacherKind {
-    /// The flag's spelling (`--teacher pixels`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TeacherKind::Generator => "generator",
-            TeacherKind::Pixels => "pixels",
-        }
-    }
-}
+crate::text::display_as_flag!(TeacherKind);
 
 #[derive(Debug)]
 pub enum Source {

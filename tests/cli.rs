@@ -100,7 +100,7 @@ fn resume_of_a_finished_run_does_no_more_work() {
     train_tiny(&run);
     let before = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
     let out = stdout(&gtn(&["train", "--resume", run.to_str().unwrap()]));
-    assert!(out.contains("resuming") && out.contains("at meta-iteration 8"), "{out}");
+    assert!(out.contains(&format!("{}: already complete (8 meta-iterations)", run.display())), "{out}");
     assert_eq!(std::fs::read(run.join("checkpoint.safetensors")).unwrap(), before);
 
     // The command that made the run, repeated, continues it; with another config it is refused.
@@ -111,6 +111,7 @@ fn resume_of_a_finished_run_does_no_more_work() {
     assert_eq!(std::fs::read(run.join("checkpoint.safetensors")).unwrap(), before);
     let err = error_line(&gtn(&[&train[..], &["--meta-iters", "9"]].concat()));
     assert!(err.contains("holds a run with another config (meta_iters 8 there, 9 here); continue it with"), "{err}");
+    assert!(err.contains("--resume") && err.contains("(after editing `meta_iters` in "), "how to lengthen it: {err}");
     let err =
         error_line(&gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", run.to_str().unwrap()]));
     assert!(
@@ -170,6 +171,23 @@ fn bad_input_gives_one_line_errors() {
         err,
         "error: --preset huge: unknown preset, expected one of paper, cpu, tiny, paper-cifar10, cpu-cifar10"
     );
+
+    let run = gtn(&["nas", "score", "--proxy", "real", "--steps", "2", "--out", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("not provided: <--archs <ARCHS>|--sample <SAMPLE>>"), "one or the other: {err}");
+    // A combination a new run refuses names the --config file that set it.
+    let flips = tmp.path().join("flips.toml");
+    std::fs::write(&flips, "augment = true\n").unwrap();
+    for command in
+        [&["train", "--preset", "tiny"][..], &["compare", "--preset", "tiny"], &["bench", "--preset", "tiny"]]
+    {
+        let args = [command, &["--config", flips.to_str().unwrap(), "--out", out.to_str().unwrap()]].concat();
+        let args = if command[0] == "bench" { args[..args.len() - 2].to_vec() } else { args };
+        let err = error_line(&gtn(&args));
+        let expected = format!("error: {}: config key `augment` is true with mnist:", flips.display());
+        assert!(err.starts_with(&expected), "{command:?}: {err}");
+    }
+    assert!(!out.exists());
 
     // Batch norm over one image is constant: refused where a learner has such a layer.
     let err = error_line(&gtn(&["baseline", "real", "--batch-size", "1"]));
@@ -421,6 +439,10 @@ fn nas_score_truth_merge_report() {
     assert!(out.contains("| real | 4 | 4 |") && out.contains(&format!("| {teacher} | 2 | 4 |")), "{out}");
     assert!(out.contains("| params (untrained) | 0 | 4 |"), "the zero-cost baseline: {out}");
     assert!(image::open(&png).is_ok());
+    // The table written over a results file given beside it is refused by its name.
+    let (real, truth) = (p("real.jsonl"), p("truth.jsonl"));
+    let err = error_line(&gtn(&["nas", "report", "--proxy", &real, "--truth", &truth, "--markdown", &truth]));
+    assert!(err.contains("gtn writes the table as markdown; expected a path ending in .md"), "{err}");
     let err =
         error_line(&gtn(&["nas", "score", "--proxy", &teacher, "--steps", "9", "--sample", "1", "--out", &p("x")]));
     assert!(err.contains("trained for 4 inner steps"), "{err}");
@@ -503,8 +525,13 @@ fn bench_reports_time_memory_and_a_profile() {
     assert!(table.contains("| s / meta-step") && !table.contains("own s"), "{table}");
     let err = error_line(&gtn(&[&args[..], &["--profile", "/nonexistent/trace.json"]].concat()));
     assert!(err.contains("/nonexistent"), "{err}");
-    let err = error_line(&gtn(&[&args[..], &["--profile", tmp.path().to_str().unwrap()]].concat()));
+    let folder = tmp.path().join("folder.json");
+    std::fs::create_dir(&folder).unwrap();
+    let err = error_line(&gtn(&[&args[..], &["--profile", folder.to_str().unwrap()]].concat()));
     assert!(err.ends_with(": is a folder, expected the path of the trace file to write"), "{err}");
+    // A run's checkpoint is not a trace's name.
+    let err = error_line(&gtn(&[&args[..], &["--profile", "run/checkpoint.safetensors"]].concat()));
+    assert!(err.contains("gtn writes the profile as a Chrome trace (JSON); expected a path ending in .json"), "{err}");
     let locked = tmp.path().join("locked.json");
     std::fs::write(&locked, "").unwrap();
     let mut permissions = std::fs::metadata(&locked).unwrap().permissions();

@@ -23,6 +23,8 @@ pub enum DatasetName {
     Cifar10,
 }
 
+crate::text::display_as_flag!(DatasetName);
+
 impl DatasetName {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -223,16 +225,19 @@ fn read_idx(name: DatasetName, dir: &Path, stem: &str, ndims: usize) -> Result<(
     let path = find_file(name, dir, stem)?;
     let fetch_again = format!("run `gtn data fetch {name} --dir {}` again", dir.display());
     let data = match idx::read(&path, ndims) {
-        Err(e @ idx::IdxError::Io { .. }) => return Err(e.into()),
-        Err(corrupt) => bail!("{corrupt}; {fetch_again}"),
         Ok(data) => data,
+        Err(e @ idx::IdxError::Io { .. }) => return Err(e.into()),
+        // A folder of one's own may hold such a file too: fetching would replace it.
+        Err(corrupt @ (idx::IdxError::Gzip { .. } | idx::IdxError::Format { .. })) => {
+            bail!("{corrupt}; if `gtn data fetch` wrote it, {fetch_again}")
+        }
     };
     if let Some((other, file)) = fetch::identify(&data).filter(|&found| found != (name, stem)) {
         let remedy = match other == name {
             true => fetch_again,
             false => format!("point --data-dir at the {name} folder"),
         };
-        bail!("{}: is {}'s {file}, expected {}'s {stem}; {remedy}", path.display(), other.as_str(), name.as_str());
+        bail!("{}: is {other}'s {file}, expected {name}'s {stem}; {remedy}", path.display());
     }
     Ok((path, data))
 }
@@ -407,13 +412,15 @@ mod tests {
         assert!(load().contains("train-images-idx3-ubyte: 0 images, expected at least 1"), "{}", load());
         std::fs::write(dir.path().join("train-images-idx3-ubyte"), [0u8, 0, 8]).unwrap();
         assert!(load().contains("train-images-idx3-ubyte: not an IDX file"), "{}", load());
-        assert!(load().ends_with(&format!("; run `gtn data fetch mnist --dir {}` again", dir.path().display())));
+        let fetch_again =
+            format!("; if `gtn data fetch` wrote it, run `gtn data fetch mnist --dir {}` again", dir.path().display());
+        assert!(load().ends_with(&fetch_again), "{}", load());
         // A download cut short: the gzip stream ends early.
         let whole = std::fs::read(fixture_dir().join("train-images-idx3-ubyte.gz")).unwrap();
         std::fs::write(dir.path().join("train-images-idx3-ubyte.gz"), &whole[..whole.len() / 2]).unwrap();
         let err = load();
         assert!(err.contains("train-images-idx3-ubyte.gz: corrupt or cut-short gzip data ("), "{err}");
-        assert!(err.ends_with("again"), "{err}");
+        assert!(err.ends_with(&fetch_again), "{err}");
     }
 
     #[test]

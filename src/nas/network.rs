@@ -22,8 +22,9 @@ use crate::nn::{self, Init, Norm, ParamSpec};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Head {
-    /// The last state flattened, then a hidden layer of 256 units with batch norm, as in
-    /// base-fc: fastest to learn in a few steps, and teachable (README, GTN-NAS).
+    /// The last state flattened (faster to learn in a few steps than global pooling), then a
+    /// hidden layer of 256 units with batch norm, as in base-fc, which keeps a teacher's unrolled
+    /// learners stable (README, GTN-NAS).
     // Flattening learns several times faster in the first hundred steps than global pooling,
     // which is what a few-step proxy needs; the hidden layer (`HIDDEN` units) is what lets a
     // teacher teach it: a classifier reading 1,568-6,272 features directly moved the logits by

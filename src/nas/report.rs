@@ -48,7 +48,8 @@ impl Row {
 
 /// Per architecture, its truth: the record at the file's largest step count, which every
 /// architecture in the file must have (a truth ranked partly at 1,000 steps and partly at 300
-/// would rank the step counts, not the architectures), measured with one setting.
+/// would rank the step counts, not the architectures), measured with one setting, by one proxy
+/// (`report` has refused GTN results as the truth already; this guards `correlations` alone).
 fn truth_by_arch(truth: &[Record]) -> Result<HashMap<&str, &Record>> {
     let steps = truth.iter().map(|r| r.steps).max().unwrap_or(0);
     let mut by_arch: HashMap<&str, &Record> = HashMap::new();
@@ -73,7 +74,7 @@ fn truth_by_arch(truth: &[Record]) -> Result<HashMap<&str, &Record>> {
     if let Some(first) = short.first() {
         bail!(
             "the truth has {} at {steps} steps and {} only at fewer ({first}, ...); finish them with the same `gtn nas truth` command, or give a truth of one step count",
-            crate::report::count(by_arch.len(), "architecture"),
+            crate::text::count(by_arch.len(), "architecture"),
             short.len()
         );
     }
@@ -390,10 +391,6 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
     .write_png(path)
 }
 
-/// Reads both files and returns the rows and their markdown table ([`plot`] draws them). Every file must hold
-/// results of one dataset, one network (records that predate `net` match any network) and one
-/// seed: the seed draws the architectures and their initial weights, so a proxy and a truth of
-/// different seeds would rank other networks than they name.
 /// A truth file holds real-data training (`gtn nas truth`), longer than any real proxy's: a
 /// truth of GTN proxy results is refused; one trained less than a real proxy gets a warning (both
 /// look like `--proxy` and `--truth` given the other way round).
@@ -414,6 +411,10 @@ fn check_not_swapped(proxies: &[(&Path, Vec<Record>)], truth_file: &Path, truth:
     }))
 }
 
+/// Reads both files and returns the rows and their markdown table ([`plot`] draws them). Every file must hold
+/// results of one dataset, one network (records that predate `net` match any network) and one
+/// seed: the seed draws the architectures and their initial weights, so a proxy and a truth of
+/// different seeds would rank other networks than they name.
 pub fn report(proxy_files: &[&Path], truth_file: &Path) -> Result<(Vec<Row>, String)> {
     let mut files = Vec::new();
     for (flag, path) in proxy_files.iter().map(|p| ("--proxy", *p)).chain([("--truth", truth_file)]) {

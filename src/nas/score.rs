@@ -87,7 +87,7 @@ pub struct ScoreSummary {
     pub scored: usize,
     /// Already in the output file when the run started.
     pub skipped: usize,
-    /// Listed again after an earlier position in this shard's list (scored there).
+    /// Listed again after an earlier position in this shard's list (counted there).
     pub repeated: usize,
     pub other_shards: usize,
 }
@@ -102,7 +102,14 @@ pub fn arch_rng(seed: u64, cell: &Cell) -> StdRng {
     StdRng::seed_from_u64(fnv1a(&cell.to_string()) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// How the cell is stacked, as recorded.
+/// Whether the proxy label `label` (as recorded) names the teacher folder `dir`.
+fn same_teacher(label: &str, dir: &Path) -> bool {
+    let recorded = label.strip_prefix("gtn:").map(Path::new);
+    matches!((recorded.map(Path::canonicalize), dir.canonicalize()), (Some(Ok(a)), Ok(b)) if a == b)
+}
+
+/// How the cell is stacked, as recorded. Records are matched by this text, so the head keeps
+/// the spelling older records have (`Hidden`, not the flag's `hidden`).
 fn net_label(net: &NetConfig) -> String {
     let NetConfig { cells, channels, reductions, head } = net;
     format!("cells {cells}, channels {channels}, reductions {reductions}, head {head:?}")
@@ -111,8 +118,16 @@ fn net_label(net: &NetConfig) -> String {
 /// What a record depends on besides its architecture, proxy, step count, dataset, seed and network.
 /// A GTN proxy's records name the teacher's meta-iteration and checkpoint: a teacher still
 /// training, or trained again in the same folder, is another setting.
-fn setting(opts: &ScoreOptions, valid_images: usize, bn_eval: BnEval, teacher: Option<&str>) -> String {
-    let mut s = format!("{valid_images} validation images, eval on {}", opts.eval_images);
+/// `evaluated`: the validation images accuracy is measured on (`--eval-images`, or all of a
+/// smaller split).
+fn setting(
+    opts: &ScoreOptions,
+    valid_images: usize,
+    evaluated: usize,
+    bn_eval: BnEval,
+    teacher: Option<&str>,
+) -> String {
+    let mut s = format!("{valid_images} validation images, eval on {evaluated}");
     if let Some(teacher) = teacher {
         s += &format!(", teacher {teacher}");
     }
@@ -134,7 +149,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     steps.dedup();
     let Some(&max_steps) = steps.last() else { bail!("--steps: expected at least one step count") };
     if steps[0] == 0 {
-        bail!("--steps: step counts must be positive");
+        bail!("--steps 0: step counts must be positive");
     }
     opts.net.validate()?;
     if opts.proxy == Proxy::Real && opts.real.batch < 2 && opts.net.head.normalises_over_the_batch_alone() {
@@ -210,9 +225,16 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         };
         bail!("{given}: scored with the batch's statistics, the hidden head's batch norm over one image is constant; expected at least 2 (or another --head)");
     }
-    let (net, setting) = (net_label(&opts.net), setting(opts, data.valid.len(), bn_eval, teacher_version.as_deref()));
+    let (net, setting) =
+        (net_label(&opts.net), setting(opts, data.valid.len(), valid.len(), bn_eval, teacher_version.as_deref()));
     let dataset = data.name.as_str();
     let (mut out, done) = Appender::open(&opts.out)?;
+    // The same teacher folder spelled another way (relative, absolute, a link) takes the file's
+    // spelling: its records are found done, and a report shows one proxy, not two.
+    let label = match &opts.proxy {
+        Proxy::Gtn(dir) => done.iter().map(|r| &r.proxy).find(|l| same_teacher(l, dir)).cloned().unwrap_or(label),
+        Proxy::Real => label,
+    };
     let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || r.net != net || r.setting != setting;
     if let Some(r) = done.iter().filter(|r| r.proxy == label).find(differs) {
         let recorded =
@@ -384,6 +406,8 @@ mod tests {
         let records = jsonl::read(&out).unwrap();
         assert_eq!(records.len(), 4);
         assert!(records.iter().all(|r| r.dataset == "cifar10" && (0.0..=1.0).contains(&r.valid_accuracy)));
+        // --eval-images 64 of a 20-image validation split: the record says what was measured.
+        assert!(records.iter().all(|r| r.setting.starts_with("20 validation images, eval on 20")), "{records:?}");
     }
 
     #[test]
@@ -426,6 +450,8 @@ mod tests {
         let summary = score(&opts, Device::Cpu, |_| {}).unwrap();
         assert_eq!((summary.scored, summary.skipped, summary.repeated), (1, 0, 1));
         assert_eq!(jsonl::read(&out).unwrap().len(), 1);
+        let again = score(&opts, Device::Cpu, |_| {}).unwrap();
+        assert_eq!((again.scored, again.skipped, again.repeated), (0, 1, 1), "done once, listed again");
     }
 
     /// A record is on disk as soon as its step count is measured, before the longer runs of the
@@ -496,6 +522,11 @@ mod tests {
         };
         assert_eq!(score(&opts, Device::Cpu, |_| {}).unwrap().scored, 1);
         let before = std::fs::read(&out).unwrap();
+        // The same folder spelled otherwise is the same teacher: nothing to do.
+        let spelled = Proxy::Gtn(dir.path().join("run/../run"));
+        let again = score(&ScoreOptions { proxy: spelled, ..opts.clone() }, Device::Cpu, |_| {}).unwrap();
+        assert_eq!((again.scored, again.skipped), (0, 1));
+        assert_eq!(std::fs::read(&out).unwrap(), before);
         trainer.step().unwrap();
         trainer.save().unwrap();
         let err = score(&opts, Device::Cpu, |_| {}).unwrap_err().to_string();

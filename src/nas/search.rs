@@ -34,11 +34,11 @@ pub struct SearchReport {
 impl SearchReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "{} candidates scored on GTN data; top {} trained on real data for {} steps:\n\n\
+            "{} scored on GTN data; top {} trained on real data for {}:\n\n\
              | rank | architecture | valid accuracy | test accuracy |\n|---|---|---|---|\n",
-            self.candidates,
+            crate::text::count(self.candidates, "candidate"),
             self.top_k.len(),
-            self.best.steps
+            crate::text::count(self.best.steps, "step")
         );
         for (k, r) in self.top_k.iter().enumerate() {
             s += &format!(

@@ -22,8 +22,8 @@ use serde::Serialize;
 pub use config::{EnvName, Objective, RlConfig};
 pub use train::EsTrainer;
 
-use crate::eval::{mean_pm_std, mean_std, median};
-use crate::report::count;
+use crate::eval::{mean_std, median};
+use crate::text::{count, mean_pm_std};
 use reinforce::ReinforceConfig;
 use teacher::{EnvTeacher, Trial};
 
@@ -70,7 +70,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
     let mut trainer = match (&options.resume, &options.out) {
         (Some(dir), _) => {
             let t = EsTrainer::resume(dir, threads)?;
-            println!("resuming {} at generation {}", dir.display(), t.generation);
+            crate::progress::announce_resumed(dir, t.generation, t.config().generations, "generation");
             t
         }
         (None, Some(out)) => {
@@ -92,9 +92,9 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
     let (t, b, dim) = (c.inner_steps, c.batch_size, trainer.teacher.dim());
     match c.objective {
         Objective::Es => println!(
-            "{objective} on {env}: T={t} x B={b}, {dim} parameters, population {} ({} pairs, sigma {}), {} x {} per candidate, Adam {}, {}, {}",
+            "{objective} on {env}: T={t} x B={b}, {dim} parameters, population {} ({}, sigma {}), {} x {} per candidate, Adam {}, {}, {}",
             2 * c.pairs,
-            c.pairs,
+            count(c.pairs, "pair"),
             c.sigma,
             count(c.policies_per_candidate, "policy"),
             count(c.episodes_per_policy, "episode"),
@@ -213,12 +213,14 @@ pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
 impl RlEvalReport {
     pub fn table(&self) -> String {
         let baseline = match (self.baseline_steps_to_match_mean, self.baseline_steps_to_match_median) {
-            (Some(m), Some(median)) => format!(
-                "{m:.0} real steps (mean; median {median:.0}; of the {} of {} seeds that reached it within {})",
-                self.baseline_reached,
-                self.baseline_steps_to_match.len(),
-                self.baseline_budget_steps
-            ),
+            (Some(m), Some(median)) => {
+                let seeds = count(self.baseline_steps_to_match.len(), "seed");
+                let within = self.baseline_budget_steps;
+                match self.baseline_reached {
+                    1 => format!("{m:.0} real steps (the one of {seeds} that reached it within {within})"),
+                    n => format!("{m:.0} real steps (mean; median {median:.0}; of the {n} of {seeds} that reached it within {within})"),
+                }
+            }
             _ => format!(
                 "not reached within {} real steps by any of {}",
                 self.baseline_budget_steps,
@@ -240,8 +242,8 @@ impl RlEvalReport {
             count(self.episodes_per_policy, "episode"),
             self.inner_steps,
             self.synthetic_samples,
-            mean_pm_std(self.real_return_mean, self.real_return_std, trials, 1, ""),
-            mean_pm_std(self.untrained_return_mean, self.untrained_return_std, trials, 1, "")
+            mean_pm_std(self.real_return_mean, self.real_return_std, trials, |x| format!("{x:.1}")),
+            mean_pm_std(self.untrained_return_mean, self.untrained_return_std, trials, |x| format!("{x:.1}"))
         )
     }
 }
