@@ -31,8 +31,15 @@ pub fn lock_exclusive(file: &std::fs::File, path: &Path, busy: &str) -> Result<b
 pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if !parent.is_dir() {
-        bail!("{}: folder {} does not exist; expected a path in an existing folder", path.display(), parent.display());
+    // Named here: the temporary file's error would name its own path.
+    let (shown, folder) = (path.display(), parent.display());
+    match std::fs::metadata(parent) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => bail!("{shown}: {folder} is a file; expected a path in a folder"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{shown}: folder {folder} does not exist; expected a path in an existing folder")
+        }
+        Err(e) => bail!("{shown}: cannot reach folder {folder}: {e}"),
     }
     let prefix = format!(".{name}.tmp-");
     if !name.is_empty() {
@@ -191,6 +198,9 @@ mod tests {
         let err = write(&path, b"x").unwrap_err().to_string();
         let expected = format!("{}: folder {} does not exist", path.display(), folder.display());
         assert_eq!(err, format!("{expected}; expected a path in an existing folder"), "not a temporary file's path");
+        let (file, inside) = (dir.path().join("f.txt"), dir.path().join("f.txt/g"));
+        let err = write(&inside, b"x").unwrap_err().to_string();
+        assert_eq!(err, format!("{}: {} is a file; expected a path in a folder", inside.display(), file.display()));
         std::fs::create_dir(dir.path().join("folder")).unwrap();
         let err = format!("{:#}", write(&dir.path().join("folder"), b"x").unwrap_err());
         assert!(err.ends_with("folder: cannot rename into place: Is a directory (os error 21)"), "said once: {err}");

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tch::Device;
 
+use crate::checkpoint;
 use crate::config::Config;
 use crate::curriculum::CurriculumKind;
 use crate::data::{DatasetName, Split};
@@ -52,7 +53,8 @@ pub struct CompareOptions {
     pub learner: Option<LearnerKind>,
     pub data_dir: Option<PathBuf>,
     /// The teachers to meta-train and evaluate, by name (`TEACHERS`; empty: all of them). The
-    /// real-data baseline always runs: the speed-ups are measured against it.
+    /// real-data baseline always runs: the speed-ups are measured against it (`real` alone: it
+    /// alone).
     pub methods: Vec<String>,
     /// Meta-iterations per teacher (default: the preset's), or a time budget per teacher that
     /// lowers them further.
@@ -228,11 +230,18 @@ fn train_or_reuse(
 /// field has a default that is what the file was measured with, as `before_last_update`.)
 const MEASUREMENT_VERSION: u32 = 1;
 
-/// A data folder, the same however it is spelled (`data/mnist`, its absolute path, a link to it);
-/// stored as given.
+/// A data folder, the same however it is spelled (`data/mnist`, its absolute path, a link to it):
+/// keys hold its canonical path. Keys stored by an older gtn hold it as given, so a comparison
+/// resolves both (relative to the current folder, as that gtn read them).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
 struct Folder(PathBuf);
+
+impl Folder {
+    fn new(path: PathBuf) -> Folder {
+        Folder(path.canonicalize().unwrap_or(path))
+    }
+}
 
 impl PartialEq for Folder {
     fn eq(&self, other: &Folder) -> bool {
@@ -322,7 +331,8 @@ struct Stored<K, V> {
 }
 
 /// `measure()`, or what an earlier call with the same key stored at `path`. An unreadable or
-/// stale file, or a value that does not `fit` (edited by hand), is measured over, never trusted.
+/// stale file, or a value that does not `fit` (edited by hand into what it cannot be), is
+/// measured over.
 fn measured_once<K, V>(path: &Path, key: K, fits: impl Fn(&V) -> bool, measure: impl FnOnce() -> Result<V>) -> Result<V>
 where
     K: PartialEq + Serialize + DeserializeOwned,
@@ -352,7 +362,7 @@ fn teacher_curves(
 ) -> Result<Vec<Vec<f64>>> {
     let key = CurvesKey {
         version: MEASUREMENT_VERSION,
-        data_dir: Folder(data_dir),
+        data_dir: Folder::new(data_dir),
         meta_iteration: trainer.iteration,
         checkpoint_sha256: trainer.checkpoint_sha256()?.to_string(),
         learner: cohort.kind,
@@ -370,7 +380,7 @@ fn teacher_curves(
 }
 
 /// The real-data baseline: the lr x momentum pair of the sweep with the best mean accuracy at
-/// T (measured once per `key` in `dir`), and its curves along `key.grid`.
+/// T (measured once per `key` without its grid, in `dir`), and its curves along `key.grid`.
 fn real_curves(
     options: &CompareOptions,
     cohort: &eval::Cohort,
@@ -428,7 +438,13 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     base.checkpoint_every = options.checkpoint_every.unwrap_or(base.checkpoint_every);
     base.set_data_dir(options.data_dir.as_deref())?;
     base.validate()?;
-    base.check_new_run(options.config.as_deref())?;
+    // Every teacher to start, before any trains, naming the --config file (`Trainer::create`
+    // checks again, for its other callers); a stored one is not held to checks newer than it.
+    for (name, teacher, curriculum) in &teachers {
+        if !checkpoint::holds_run(&out.join(name)) {
+            teacher_config(&base, *teacher, *curriculum).check_new_run(options.config.as_deref())?;
+        }
+    }
     if options.before_last_update && base.bn_eval != BnEval::Train {
         bail!("--before-last-update: the config scores batch norm with each test batch's statistics; expected `bn_eval = \"train\"` (--config)");
     }
@@ -473,7 +489,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         version: MEASUREMENT_VERSION,
         inner_steps: t,
         dataset: base.dataset,
-        data_dir: Folder(base.data_dir()),
+        data_dir: Folder::new(base.data_dir()),
         valid_size: base.valid_size,
         split_seed: base.seed,
         batch_size: base.batch_size,

@@ -564,10 +564,13 @@ pub fn same_run<C: Serialize>(
     let listed: Vec<String> =
         differing.iter().map(|(key, there, here)| format!("{key} {there} there, {here} here")).collect();
     if !listed.is_empty() {
-        // A run's length is the one key a resume takes edited, and `--resume` takes no flag for it.
-        let length = differing.iter().find(|(key, ..)| RUN_LENGTH_KEYS.contains(&key.as_str()));
-        let lengthen =
-            length.map(|(key, ..)| format!(" (after editing `{key}` in {}, for its new length)", file.display()));
+        // Another length alone: a resume takes that key edited, and `--resume` has no flag for it.
+        let lengthen = match differing.as_slice() {
+            [(key, ..)] if RUN_LENGTH_KEYS.contains(&key.as_str()) => {
+                Some(format!(" (after editing `{key}` in {}, for its new length)", file.display()))
+            }
+            _ => None,
+        };
         let resume = resume_command
             .map(|c| format!("continue it with `{c} --resume {}`{}, or ", dir.display(), lengthen.unwrap_or_default()));
         bail!(

@@ -189,6 +189,11 @@ pub fn check_sweep(learners: usize, (lrs, momenta): (&[f64], &[f64])) -> Result<
         if values.is_empty() {
             bail!("{flag}: no values, expected at least one");
         }
+        // Each setting would be trained once per listing, and ties go to the first.
+        if let Some(twice) = values.iter().enumerate().find_map(|(k, v)| values[..k].contains(v).then_some(v)) {
+            let listed: Vec<String> = values.iter().map(f64::to_string).collect();
+            bail!("{flag} {}: {twice} is listed twice; expected distinct values", listed.join(","));
+        }
     }
     Ok(())
 }
@@ -543,6 +548,10 @@ mod tests {
         assert_eq!(message(0, &[0.1], &[0.5]), "--learners 0: expected at least 1");
         assert_eq!(message(2, &[], &[0.5]), "--lrs: no values, expected at least one");
         assert_eq!(message(2, &[0.1], &[]), "--momenta: no values, expected at least one");
+        assert_eq!(
+            message(2, &[0.1], &[0.5, 0.9, 0.5]),
+            "--momenta 0.5,0.9,0.5: 0.5 is listed twice; expected distinct values"
+        );
     }
 
     #[test]

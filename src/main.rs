@@ -413,7 +413,7 @@ struct CompareArgs {
     #[arg(long, help = DATA_DIR_HELP, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Teachers to meta-train and evaluate, comma-separated, by their names in the table (default:
-    /// all; an unknown name lists them). The real-data baseline always runs.
+    /// all; an unknown name lists them). The real-data baseline always runs (`real`: it alone).
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
     /// Meta-iterations per teacher (default: the preset's or --config's).
@@ -852,7 +852,7 @@ fn parse_markdown(text: &str) -> Result<PathBuf, String> {
     with_extension(text, "md", "the table as markdown")
 }
 
-/// A path for the profiler's Chrome trace: any other name could be a file of a run's.
+/// A path for the profiler's Chrome trace: a .json name, never a run's checkpoint, config or log.
 fn parse_trace(text: &str) -> Result<PathBuf, String> {
     with_extension(text, "json", "the profile as a Chrome trace (JSON)")
 }

@@ -97,7 +97,7 @@ impl Trainer {
     pub fn create(config: &Config, dir: &Path, device: Device) -> Result<Trainer> {
         checkpoint::check_startable::<Config>(dir)?;
         let data = load_data(config, device)?;
-        check_new_run(config, &data)?;
+        check_fits_data(config, &data)?;
         let teacher = Teacher::new(config, &mut StdRng::seed_from_u64(config.seed), device)?;
         let adam = Adam::new(&teacher.params(), config.adam_beta1, config.adam_beta2);
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
@@ -604,7 +604,7 @@ pub fn load_data(config: &Config, device: Device) -> Result<Dataset> {
 
 /// What a new run's config must also hold: [`Config::check_new_run`], and a meta-loss batch
 /// the training images can fill.
-fn check_new_run(config: &Config, data: &Dataset) -> Result<()> {
+fn check_fits_data(config: &Config, data: &Dataset) -> Result<()> {
     config.check_new_run(None)?;
     // Real batches are drawn without replacement.
     if config.meta_batch > data.train.len() {
@@ -689,7 +689,11 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             config.set_data_dir(options.data_dir.as_deref())?;
             config.checkpoint_every = options.checkpoint_every.unwrap_or(config.checkpoint_every);
             config.validate()?;
-            config.check_new_run(options.config.as_deref())?;
+            // Here, not only in `Trainer::create`, to name the --config file; a stored run is not
+            // held to checks newer than it.
+            if !checkpoint::holds_run(out) {
+                config.check_new_run(options.config.as_deref())?;
+            }
             check_before_last_update(options, &config)?;
             let t = Trainer::open(&config, out, device, options.budget.is_some(), Some(checkpoint::IMAGE_RUN))?;
             crate::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
@@ -728,10 +732,8 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             seed: 0,
         };
         let report = crate::eval::evaluate_teacher(&trainer.teacher, &cohort, c.inner_steps)?;
-        report.print(
-            false,
-            &format!("{} after {}", dir.display(), crate::text::count(trainer.iteration, "meta-iteration")),
-        );
+        // Headed as `gtn eval` heads the same report.
+        report.print(false, &format!("{} (meta-iteration {})", dir.display(), trainer.iteration));
     }
     Ok(())
 }

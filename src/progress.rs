@@ -159,7 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rows_lost_on_resume_are_warned_of() {
+    fn rewriting_a_log_returns_a_warning_for_rows_lost() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log.csv");
         assert_eq!(rewrite_log(&log, "step,loss", 0).unwrap(), None, "a run that logged nothing yet");

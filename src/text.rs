@@ -64,11 +64,9 @@ mod tests {
         assert_eq!(count(2, "key"), "2 keys");
     }
 
-    /// A kind's name is its flag's and its config value's, variant by variant.
+    /// A kind's name (its flag's, by construction) is its config value's, variant by variant.
     fn assert_named_as_flags<T: clap::ValueEnum + serde::Serialize + std::fmt::Display>() {
         for kind in T::value_variants() {
-            let flag = kind.to_possible_value().expect("no variant is skipped");
-            assert_eq!(kind.to_string(), flag.get_name());
             assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{kind}\""));
         }
     }

@@ -373,11 +373,15 @@ impl EsTrainer {
             }
         };
         let grad_norm = descent.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
+        // Imitation's first meta-gradient is the initial teacher's own (ES's depends on sigma).
+        let as_initialised = g == 0 && c.objective == Objective::Imitation;
         match score {
             Score::MetaLoss(loss) if !loss.is_finite() => {
-                return Err(self.diverged(g, &format!("the meta-loss is {loss}")));
+                return Err(self.diverged(g, &format!("the meta-loss is {loss}"), as_initialised));
             }
-            _ if !grad_norm.is_finite() => return Err(self.diverged(g, &format!("the gradient norm is {grad_norm}"))),
+            _ if !grad_norm.is_finite() => {
+                return Err(self.diverged(g, &format!("the gradient norm is {grad_norm}"), as_initialised))
+            }
             _ => {}
         }
         let theta = self.theta.detach().copy();
@@ -393,7 +397,7 @@ impl EsTrainer {
             ("the inner momenta", &momenta),
         ];
         if let Some(k) = crate::nn::first_non_finite(&state.map(|(_, t)| t.shallow_clone())) {
-            return Err(self.diverged(g, &format!("the update made {} NaN or infinite", state[k].0)));
+            return Err(self.diverged(g, &format!("the update made {} NaN or infinite", state[k].0), false));
         }
         let stats = GenerationStats {
             generation: g,
@@ -411,14 +415,20 @@ impl EsTrainer {
         Ok(stats)
     }
 
-    fn diverged(&self, generation: usize, what: &str) -> anyhow::Error {
+    /// The error of a run stopped by a NaN or infinity; `as_initialised`: the teacher as it was
+    /// initialised gave it, which no key a run may edit can change.
+    fn diverged(&self, generation: usize, what: &str, as_initialised: bool) -> anyhow::Error {
         let dir = self.dir.display();
         let keys = match self.config().objective {
             Objective::Es => "outer_lr or sigma",
             Objective::Imitation => "outer_lr",
         };
+        let advice = match as_initialised {
+            true => "the teacher as initialised diverges, before any update: start a new run (another --out) with a smaller `init_lr`, `init_momentum` or `inner_steps` (--config)".to_owned(),
+            false => format!("lower {keys} in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`"),
+        };
         anyhow::anyhow!(
-            "generation {generation}: {what}: training stopped; the last good checkpoint (generation {}) is kept in {dir}; lower {keys} in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`",
+            "generation {generation}: {what}: training stopped; the last good checkpoint (generation {}) is kept in {dir}; {advice}",
             self.last_saved
         )
     }
@@ -583,6 +593,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = RlConfig { objective: Objective::Imitation, baseline_budget: 2_000, ..tiny(4) };
         let mut trainer = EsTrainer::create(&config, dir.path(), 1).unwrap();
+        // A teacher that diverges as initialised: no edit of the run helps, a new run may.
+        let theta = trainer.theta.copy();
+        trainer.theta = theta.full_like(f64::NAN);
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.starts_with("generation 0: the ") && !err.contains("--resume"), "{err}");
+        assert!(err.ends_with("before any update: start a new run (another --out) with a smaller `init_lr`, `init_momentum` or `inner_steps` (--config)"), "{err}");
+        trainer.theta = theta;
         let stats = trainer.step().unwrap();
         trainer.save().unwrap();
         let Score::MetaLoss(loss) = stats.score else { panic!("{stats:?}") };
