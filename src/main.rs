@@ -673,8 +673,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Samples { dir, output, per_step } => {
             checkpoint::check_output_outside_run(&dir, &output)?;
             let ckpt = checkpoint::load(&dir, device)?;
-            report::write_sample_grid(&ckpt.teacher, per_step, &output)?;
-            println!("wrote {}", output.display());
+            let (steps, shown) = report::write_sample_grid(&ckpt.teacher, per_step, &output)?;
+            let whole = if shown < per_step { " (each step's whole batch)" } else { "" };
+            println!(
+                "wrote {}: {} x {}{whole}",
+                output.display(),
+                gtn::text::count(steps as usize, "step"),
+                gtn::text::count(shown as usize, "image")
+            );
             Ok(())
         }
         Command::Bench(args) => {

@@ -37,8 +37,9 @@ pub fn export_teaching_set(teacher: &Teacher, output: &Path) -> Result<()> {
     })
 }
 
-/// A PNG grid: one row per inner step, the first `per_step` images of its batch, 1 px gaps.
-pub fn write_sample_grid(teacher: &Teacher, per_step: i64, output: &Path) -> Result<()> {
+/// A PNG grid: one row per inner step, the first `per_step` images of its batch (all of a
+/// smaller one), 1 px gaps. Returns its rows and columns.
+pub fn write_sample_grid(teacher: &Teacher, per_step: i64, output: &Path) -> Result<(i64, i64)> {
     let (images, _, _, _) = teaching_set(teacher);
     let [t, b, c, h, w] = images.size()[..] else { unreachable!("teaching set images are 5-d") };
     let cols = per_step.min(b);
@@ -66,7 +67,8 @@ pub fn write_sample_grid(teacher: &Teacher, per_step: i64, output: &Path) -> Res
     crate::atomic::replace_with(output, |tmp| {
         grid.save_with_format(tmp, image::ImageFormat::Png)
             .with_context(|| format!("{}: cannot write", output.display()))
-    })
+    })?;
+    Ok((t, cols))
 }
 
 #[cfg(test)]

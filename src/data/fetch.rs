@@ -114,7 +114,18 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
             );
         }
     }
+    let created = !dir.exists();
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let fetched = fetch_into(name, dir);
+    if fetched.is_err() && created {
+        // Only if empty: a failed fetch leaves no folder it made for nothing.
+        let _ = std::fs::remove_dir(dir);
+    }
+    fetched
+}
+
+/// `fetch`'s download, verification and writing, into the existing folder `dir`.
+fn fetch_into(name: DatasetName, dir: &Path) -> Result<()> {
     // A killed fetch's staging folder (a younger one may be another fetch's in progress).
     crate::atomic::remove_leftovers(dir, STAGING_PREFIX);
     let staging = tempfile::Builder::new()

@@ -51,6 +51,14 @@ impl DatasetName {
         }
     }
 
+    /// Training images (validation included) and test images of the published dataset.
+    pub fn published_sizes(self) -> (usize, usize) {
+        match self {
+            DatasetName::Mnist | DatasetName::FashionMnist => (60_000, 10_000),
+            DatasetName::Cifar10 => (50_000, 10_000),
+        }
+    }
+
     /// Training images held out for validation in the standard splits (50k/10k, 45k/5k).
     pub fn default_valid_size(self) -> usize {
         match self {
@@ -191,10 +199,15 @@ fn load_cifar(dir: &Path, device: Device) -> Result<(Split, Split)> {
 fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Split)> {
     crate::config::check_not_a_file(dir, "--data-dir")?;
     if !dir.is_dir() {
+        // A relative folder (the default `data/<name>`) is looked for from the current folder: a
+        // run trained elsewhere finds its data from the folder it was trained in.
+        let from = match dir.is_relative() {
+            true => std::env::current_dir().map(|cwd| format!(" (from {})", cwd.display())).unwrap_or_default(),
+            false => String::new(),
+        };
         bail!(
-            "{}: data folder not found; run `gtn data fetch {} --dir {}` first, or point --data-dir at the folder",
+            "{}: data folder not found{from}; point --data-dir at the folder, or run `gtn data fetch {name} --dir {}` first",
             dir.display(),
-            name.as_str(),
             dir.display()
         );
     }
@@ -354,7 +367,11 @@ mod tests {
     #[test]
     fn missing_folder_and_file_errors_name_them() {
         let err = Dataset::load(DatasetName::Mnist, Path::new("/nonexistent/mnist"), 10, 0, Device::Cpu).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/mnist: data folder not found"), "{err}");
+        assert!(err.to_string().starts_with("/nonexistent/mnist: data folder not found; point --data-dir"), "{err}");
+        // A relative one says where it was looked for.
+        let err = Dataset::load(DatasetName::Mnist, Path::new("no/mnist"), 10, 0, Device::Cpu).unwrap_err();
+        let cwd = std::env::current_dir().unwrap();
+        assert!(err.to_string().starts_with(&format!("no/mnist: data folder not found (from {})", cwd.display())));
         let dir = tempfile::tempdir().unwrap();
         let err = Dataset::load(DatasetName::Mnist, dir.path(), 10, 0, Device::Cpu).unwrap_err();
         assert!(err.to_string().contains("train-images-idx3-ubyte.gz: missing"), "{err}");

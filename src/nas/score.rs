@@ -117,9 +117,15 @@ fn net_label(net: &NetConfig) -> String {
 
 /// What a record depends on besides its architecture, proxy, step count, dataset, seed and network.
 /// A GTN proxy's records name the teacher's meta-iteration and checkpoint: a teacher still
-/// training, or trained again in the same folder, is another setting.
-fn setting(opts: &ScoreOptions, valid_images: usize, bn_eval: BnEval, teacher: Option<&str>) -> String {
-    let mut s = format!("{valid_images} validation images, eval on {}", opts.eval_images);
+/// training, or trained again in the same folder, is another setting. Data of other sizes than
+/// the published dataset's (a slice, a dataset of one's own) is named by its sizes, so its results
+/// are not mixed with the whole dataset's (the published sizes add nothing, as before).
+fn setting(opts: &ScoreOptions, data: &Dataset, bn_eval: BnEval, teacher: Option<&str>) -> String {
+    let mut s = format!("{} validation images, eval on {}", data.valid.len(), opts.eval_images);
+    let (train, test) = (data.train.len() + data.valid.len(), data.test.len());
+    if (train, test) != data.name.published_sizes() {
+        s += &format!(", data of {train} training and {test} test images");
+    }
     if let Some(teacher) = teacher {
         s += &format!(", teacher {teacher}");
     }
@@ -217,7 +223,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         };
         bail!("{given}: scored with the batch's statistics, the hidden head's batch norm over one image is constant; expected at least 2 (or another --head)");
     }
-    let (net, setting) = (net_label(&opts.net), setting(opts, data.valid.len(), bn_eval, teacher_version.as_deref()));
+    let (net, setting) = (net_label(&opts.net), setting(opts, &data, bn_eval, teacher_version.as_deref()));
     let dataset = data.name.as_str();
     let (mut out, done) = Appender::open(&opts.out)?;
     // The same teacher folder spelled another way (relative, absolute, a link) takes the file's
@@ -442,6 +448,11 @@ mod tests {
         let opts = ScoreOptions { archs: vec![cell, cell], steps: vec![1], ..options(&out, Shard::ALL) };
         let summary = score(&opts, Device::Cpu, |_| {}).unwrap();
         assert_eq!((summary.scored, summary.skipped, summary.repeated), (1, 0, 1));
+        // The fixture is a slice of MNIST: its records say so, apart from the whole dataset's.
+        let data = Dataset::load(DatasetName::Mnist, &fixture_dir(), 112, 0, Device::Cpu).unwrap();
+        let (train, test) = (data.train.len() + data.valid.len(), data.test.len());
+        let sizes = format!(", data of {train} training and {test} test images");
+        assert!(jsonl::read(&out).unwrap()[0].setting.contains(&sizes), "{sizes}");
         assert_eq!(jsonl::read(&out).unwrap().len(), 1);
         let again = score(&opts, Device::Cpu, |_| {}).unwrap();
         assert_eq!((again.scored, again.skipped, again.repeated), (0, 1, 1), "done once, listed again");
