@@ -188,11 +188,12 @@ pub fn check_edits<C: Serialize + DeserializeOwned>(
     let edited: Vec<String> = crate::config::differences(&saved, current)?
         .into_iter()
         .filter(|(key, _, _)| !editable.contains(&key.as_str()))
-        .map(|(key, then, now)| format!("{key} {then} when its checkpoint was saved, {now} now"))
+        .map(|(key, then, now)| format!("{key} {then} in its checkpoint, {now} here"))
         .collect();
+    // Either file may be the one changed: config.toml edited, or another run's checkpoint copied in.
     if !edited.is_empty() {
         bail!(
-            "{}: edited in keys a run cannot change while it goes on ({}); put them back, or start a new run in another folder (a run may change only {})",
+            "{}: differs from the config its checkpoint was saved with in keys a run cannot change ({}); put them back (or the run's own checkpoint), or start a new run in another folder (a run may change only {})",
             file.display(),
             edited.join("; "),
             editable.join(", ")

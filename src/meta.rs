@@ -1480,7 +1480,7 @@ mod tests {
         checkpoint::write_config(dir.path(), &other).unwrap();
         let err = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).err().unwrap().to_string();
         let expected = format!(
-            "config.toml: edited in keys a run cannot change while it goes on (seed {} when its checkpoint was saved, {} now; valid_size {} when its checkpoint was saved, {} now); put them back, or start a new run in another folder (a run may change only outer_lr, final_lr_fraction,",
+            "config.toml: differs from the config its checkpoint was saved with in keys a run cannot change (seed {} in its checkpoint, {} here; valid_size {} in its checkpoint, {} here); put them back (or the run's own checkpoint), or start a new run in another folder (a run may change only outer_lr, final_lr_fraction,",
             config.seed,
             other.seed,
             config.valid_size,
@@ -1520,7 +1520,7 @@ mod tests {
         let original = std::fs::read_to_string(&config_path).unwrap();
         std::fs::write(&config_path, original.replace("fc_width = 64", "fc_width = 65")).unwrap();
         let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("(generator.fc_width 64 when its checkpoint was saved, 65 now)"), "{err}");
+        assert!(err.contains("(generator.fc_width 64 in its checkpoint, 65 here)"), "{err}");
         // A checkpoint of an older build does not store its config: its shapes are still checked.
         checkpoint::tests::drop_saved_config(&checkpoint::checkpoint_path(dir.path()));
         let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();

@@ -92,7 +92,7 @@ fn rl_train_resume_eval() {
     assert_eq!(again, report);
     std::fs::write(copy.join("config.toml"), lowered.replace("\nseed = 0\n", "\nseed = 5\n")).unwrap();
     let err = error_line(&gtn(&["rl", "eval", copy.to_str().unwrap()]));
-    assert!(err.contains("config.toml: edited in keys a run cannot change while it goes on (seed 0 when"), "{err}");
+    assert!(err.contains("config.toml: differs from the config its checkpoint was saved with in keys a run cannot change (seed 0 in its checkpoint"), "{err}");
 
     // The command that made the run, repeated, continues it; with another config it is refused.
     let again = gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", dir, "--threads", "2"]);

@@ -746,7 +746,7 @@ mod tests {
         std::fs::write(&config_file, RlConfig { seed: 5, ..lowered }.to_toml().unwrap()).unwrap();
         let err = EsTrainer::resume(dir.path(), 1).err().unwrap().to_string();
         assert!(
-            err.contains("config.toml: edited in keys a run cannot change while it goes on (seed 0 when its checkpoint was saved, 5 now); put them back"),
+            err.contains("config.toml: differs from the config its checkpoint was saved with in keys a run cannot change (seed 0 in its checkpoint, 5 here); put them back"),
             "{err}"
         );
     }
@@ -791,7 +791,7 @@ mod tests {
         std::fs::write(dir.path().join(CONFIG_FILE), RlConfig { generator_hidden: 5, ..tiny(4) }.to_toml().unwrap())
             .unwrap();
         let err = load(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("(generator_hidden 16 when its checkpoint was saved, 5 now)"), "{err}");
+        assert!(err.contains("(generator_hidden 16 in its checkpoint, 5 here)"), "{err}");
         crate::checkpoint::tests::drop_saved_config(&dir.path().join(CHECKPOINT_FILE));
         let err = load(dir.path()).err().unwrap().to_string();
         assert!(err.contains("checkpoint.safetensors: tensor `theta`") && err.contains("another config"), "{err}");
