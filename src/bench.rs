@@ -83,7 +83,7 @@ impl BenchReport {
             )
         });
         let summary = format!(
-            "| configuration | s / meta-step (median, min-max) | generator fwd s | unroll fwd s | meta-backward s | peak RSS MiB | GFLOP/s (est.) | matmul GFLOP/s | % of matmul |\n\
+            "| configuration | s / meta-step (median, min-max) | generator fwd s (alone, no graph) | unroll fwd s (generator included) | meta-backward s | peak RSS MiB | GFLOP/s (est.) | matmul GFLOP/s | % of matmul |\n\
              |---|---|---|---|---|---|---|---|---|\n\
              | {} {} {} T={} B={} {} ckpt={} meta batch {}{}{} on {} ({}) | {:.2} ({:.2}-{:.2}) | {:.2} | {} | {} | {:.0}{} | {:.1} | {:.1} | {:.0}% |",
             self.dataset,

@@ -374,7 +374,12 @@ fn teacher_curves(
         grid: grid.to_vec(),
         device: format!("{:?}", test.device()),
     };
-    let measure = || Ok(PerLearner { per_learner: eval::teacher_curves(&trainer.teacher, cohort, grid, test)? });
+    let measure = || {
+        // Said only when measured: stored curves are reused in silence, as the real-data ones.
+        let name = dir.file_name().unwrap_or(dir.as_os_str()).to_string_lossy();
+        eprintln!("{name}: evaluating {}", text::count(cohort.learners, "learner"));
+        Ok(PerLearner { per_learner: eval::teacher_curves(&trainer.teacher, cohort, grid, test)? })
+    };
     let fits = |v: &PerLearner| one_curve_each(&v.per_learner, cohort.learners, grid.len());
     Ok(measured_once(&dir.join(CURVES_JSON), key, fits, measure)?.per_learner)
 }
@@ -477,7 +482,6 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     for (name, teacher, curriculum) in teachers {
         let dir = out.join(name);
         let trainer = train_or_reuse(name, &teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
-        eprintln!("{name}: evaluating {}", text::count(options.learners, "learner"));
         let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
         let t_index = teacher_grid.iter().position(|&s| s == t).expect("T is on every grid");

@@ -188,8 +188,11 @@ impl Config {
     /// A run's own `config.toml` given as the file (to repeat the run) must not carry the count
     /// a time budget lowered: a new run with it would skip its own `--budget-minutes`.
     pub fn with_overrides(self, path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
-        let config = self.overridden(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = read_config_file(path)?;
+        let config = self.overridden(&text).map_err(|e| {
+            let rl = apply_overrides(&crate::rl::RlConfig::cpu(), &text).is_ok();
+            overrides_error(path, e, rl, crate::checkpoint::RL_RUN)
+        })?;
         if config.meta_iters_requested.is_some() {
             bail!(
                 "{}: key `meta_iters_requested` is what a time budget wrote into a run's config.toml; remove it (`meta_iters` is the count to run, `--budget-minutes` a budget)",
@@ -504,10 +507,22 @@ fn toml_error(text: Option<&str>, e: serde_path_to_error::Error<toml::de::Error>
     }
 }
 
-/// [`apply_overrides`] with the keys of the TOML file `path`; errors name the file.
-pub fn read_overrides<C: Serialize + DeserializeOwned>(base: &C, path: &Path) -> Result<C> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
-    apply_overrides(base, &text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+/// The error `e` of the config file `path`, unless the other command's config takes all its keys
+/// (`theirs`): then the file is named as that command's (`other_command`), not by the first key
+/// this command does not know.
+pub fn overrides_error(path: &Path, e: anyhow::Error, theirs: bool, other_command: &str) -> anyhow::Error {
+    match theirs {
+        true => anyhow::anyhow!(
+            "{}: holds `{other_command}` keys, not this command's; give it to `{other_command} --config`",
+            path.display()
+        ),
+        false => anyhow::anyhow!("{}: {e}", path.display()),
+    }
+}
+
+/// The text of the config file `path`.
+pub fn read_config_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))
 }
 
 /// Recursive merge so a file can override one field of a nested table (e.g. `[generator]`).
@@ -812,5 +827,14 @@ mod tests {
         std::fs::write(&path, "meta_iters = 3\nmeta_iters_requested = 2").unwrap();
         let err = Config::tiny().with_overrides(&path).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}: key `meta_iters_requested`", path.display())), "{err}");
+        // A file of the other command's keys is named as that command's.
+        std::fs::write(&path, "objective = \"imitation\"\ngenerations = 3\n").unwrap();
+        let err = Config::tiny().with_overrides(&path).unwrap_err().to_string();
+        let rl = "holds `gtn rl train` keys, not this command's; give it to `gtn rl train --config`";
+        assert_eq!(err, format!("{}: {rl}", path.display()));
+        std::fs::write(&path, "meta_iters = 3\n").unwrap();
+        let err = crate::rl::RlConfig::tiny().with_overrides(&path).unwrap_err().to_string();
+        let image = "holds `gtn train` keys, not this command's; give it to `gtn train --config`";
+        assert_eq!(err, format!("{}: {image}", path.display()));
     }
 }

@@ -316,6 +316,9 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
         let real = match m.real_steps {
             Some(steps) if m.at_most => format!("at most {steps:.0} real-data steps (the fewest measured)"),
             Some(steps) => format!("≈ {steps:.0} real-data steps"),
+            None if m.compared == 0 && m.left_out.is_empty() => {
+                "no real-data row: no real-data proxy was given (a `gtn nas score --proxy real` file as --proxy)".into()
+            }
             None if m.compared == 0 => "no real-data row: none was measured on the same architectures".into(),
             None => "more real-data steps than were measured".into(),
         };
@@ -586,6 +589,11 @@ mod tests {
         assert_eq!((m[0].real_steps, m[0].compared), (None, 0));
         let md = markdown(&other_rows, &m);
         assert!(md.contains("match no real-data row: none was measured on the same architectures (real data at 10, 40 steps left out"), "{md}");
+        // Without any real-data proxy, it says that instead.
+        let gtn_only: Vec<Record> = proxy.iter().filter(|r| r.proxy != "real").cloned().collect();
+        let gtn_rows = correlations(&gtn_only, &truth).unwrap();
+        let md = markdown(&gtn_rows, &steps_to_match(&gtn_rows));
+        assert!(md.contains("match no real-data row: no real-data proxy was given (a `gtn nas score --proxy real` file as --proxy)."), "{md}");
         // A real count reached first is no upper bound when a fewer one was measured on others.
         let early: Vec<Record> = proxy.iter().filter(|r| !(r.steps == 10 && r.arch == "a5")).cloned().collect();
         let m = steps_to_match(&correlations(&early, &truth).unwrap());

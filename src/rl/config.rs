@@ -191,7 +191,11 @@ impl RlConfig {
 
     /// Applies the keys of a TOML file on top of this config; an unknown key is an error.
     pub fn with_overrides(self, path: &Path) -> Result<RlConfig> {
-        let config = crate::config::read_overrides(&self, path)?;
+        let text = crate::config::read_config_file(path)?;
+        let config = crate::config::apply_overrides(&self, &text).map_err(|e| {
+            let image = crate::config::apply_overrides(&crate::config::Config::cpu(), &text).is_ok();
+            crate::config::overrides_error(path, e, image, crate::checkpoint::IMAGE_RUN)
+        })?;
         config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(config)
     }
