@@ -231,8 +231,8 @@ fn train_or_reuse(
 const MEASUREMENT_VERSION: u32 = 1;
 
 /// A data folder, the same however it is spelled (`data/mnist`, its absolute path, a link to it):
-/// keys hold its canonical path. Keys stored by an older gtn hold it as given, so a comparison
-/// resolves both (relative to the current folder, as that gtn read them).
+/// keys hold its canonical path. A key stored by an older gtn may hold a relative one, read from
+/// a current folder unknown now: it matches nothing, and is measured again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
 struct Folder(PathBuf);
@@ -245,7 +245,8 @@ impl Folder {
 
 impl PartialEq for Folder {
     fn eq(&self, other: &Folder) -> bool {
-        self.0 == other.0 || matches!((self.0.canonicalize(), other.0.canonicalize()), (Ok(a), Ok(b)) if a == b)
+        let resolved = |f: &Folder| f.0.is_absolute().then(|| f.0.canonicalize().unwrap_or_else(|_| f.0.clone()));
+        matches!((resolved(self), resolved(other)), (Some(a), Some(b)) if a == b)
     }
 }
 
@@ -650,7 +651,21 @@ impl CompareSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint;
+
+    /// A data folder is one however it is spelled; a relative one an older gtn stored matches
+    /// nothing (the folder it was read from is unknown).
+    #[test]
+    fn data_folders_compare_by_where_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        assert_eq!(Folder::new(dir.path().to_path_buf()), Folder::new(link.clone()));
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert_eq!(Folder::new(dir.path().to_path_buf()), Folder(dir.path().join("sub/..")));
+        assert_ne!(Folder::new(dir.path().to_path_buf()), Folder(dir.path().join("other")));
+        let cwd = std::env::current_dir().unwrap();
+        assert_ne!(Folder(PathBuf::from("tests")), Folder::new(cwd.join("tests")), "stored relative");
+    }
 
     #[test]
     fn steps_to_reach_interpolates_the_first_crossing() {
@@ -803,6 +818,16 @@ mod tests {
         let names: Vec<String> =
             run(&real_only, &out, Device::Cpu).unwrap().methods.into_iter().map(|m| m.method).collect();
         assert_eq!(names, [REAL]);
+        // Each teacher is checked as it will train: distillation with one-image batches suits a
+        // CIFAR learner (its batch norm averages over positions too), a generator's would not.
+        let single = work.path().join("single.toml");
+        std::fs::write(&single, format!("{overrides}batch_size = 1\nlearner = \"cifar-cnn\"\n")).unwrap();
+        let distill =
+            CompareOptions { methods: vec!["distill".into()], config: Some(single.clone()), ..options.clone() };
+        assert!(run(&distill, &work.path().join("single"), Device::Cpu).is_ok());
+        let generator = CompareOptions { methods: vec!["gtn-full".into()], config: Some(single), ..options.clone() };
+        let err = run(&generator, &work.path().join("single-gtn"), Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("single.toml: config key `batch_size` is 1"), "{err}");
         let typo = CompareOptions { methods: vec!["gtn-ful".into()], ..options.clone() };
         let error = run(&typo, &out, Device::Cpu).unwrap_err().to_string();
         assert!(error.starts_with("--methods gtn-ful: unknown method, expected some of gtn-none,"), "{error}");

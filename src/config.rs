@@ -507,13 +507,13 @@ fn toml_error(text: Option<&str>, e: serde_path_to_error::Error<toml::de::Error>
     }
 }
 
-/// The error `e` of the config file `path`, unless the other command's config takes all its keys
-/// (`theirs`): then the file is named as that command's (`other_command`), not by the first key
-/// this command does not know.
+/// The error `e` of the config file `path`; when the other command's config takes all its keys
+/// (`theirs`), it may be that command's file, and the error says so too (`e` stays: a key both
+/// configs know, misplaced, such as a top-level `noise_dim`, looks the same).
 pub fn overrides_error(path: &Path, e: anyhow::Error, theirs: bool, other_command: &str) -> anyhow::Error {
     match theirs {
         true => anyhow::anyhow!(
-            "{}: holds `{other_command}` keys, not this command's; give it to `{other_command} --config`",
+            "{}: {e} (all its keys are `{other_command}`'s: is it that command's config, for `{other_command} --config`?)",
             path.display()
         ),
         false => anyhow::anyhow!("{}: {e}", path.display()),
@@ -830,11 +830,20 @@ mod tests {
         // A file of the other command's keys is named as that command's.
         std::fs::write(&path, "objective = \"imitation\"\ngenerations = 3\n").unwrap();
         let err = Config::tiny().with_overrides(&path).unwrap_err().to_string();
-        let rl = "holds `gtn rl train` keys, not this command's; give it to `gtn rl train --config`";
-        assert_eq!(err, format!("{}: {rl}", path.display()));
+        let rl = "(all its keys are `gtn rl train`'s: is it that command's config, for `gtn rl train --config`?)";
+        assert!(
+            err.starts_with(&format!("{}: key `", path.display()))
+                && err.contains("unknown field")
+                && err.ends_with(rl),
+            "{err}"
+        );
         std::fs::write(&path, "meta_iters = 3\n").unwrap();
         let err = crate::rl::RlConfig::tiny().with_overrides(&path).unwrap_err().to_string();
-        let image = "holds `gtn train` keys, not this command's; give it to `gtn train --config`";
-        assert_eq!(err, format!("{}: {image}", path.display()));
+        let image = "(all its keys are `gtn train`'s: is it that command's config, for `gtn train --config`?)";
+        assert!(err.contains("meta_iters") && err.ends_with(image), "{err}");
+        // An image key misplaced at the top level (`noise_dim` is `[generator]`'s) keeps its error.
+        std::fs::write(&path, "noise_dim = 64\n").unwrap();
+        let err = Config::tiny().with_overrides(&path).unwrap_err().to_string();
+        assert!(err.contains("noise_dim"), "{err}");
     }
 }

@@ -858,7 +858,8 @@ fn parse_markdown(text: &str) -> Result<PathBuf, String> {
     with_extension(text, "md", "the table as markdown")
 }
 
-/// A path for the profiler's Chrome trace: a .json name, never a run's checkpoint, config or log.
+/// A path for the profiler's Chrome trace: a .json name, so never a run's checkpoint, config or log
+/// given there by mistake (it would be replaced).
 fn parse_trace(text: &str) -> Result<PathBuf, String> {
     with_extension(text, "json", "the profile as a Chrome trace (JSON)")
 }

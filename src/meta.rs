@@ -296,7 +296,7 @@ impl Trainer {
         let (i, dir) = (self.iteration, self.dir.display());
         let (last, _) = self.last_saved.as_ref().expect("a run saves a checkpoint when it is created");
         let advice = match (as_initialised, &self.divergence_advice) {
-            (true, _) => "the teacher as initialised diverges, before any update: start a new run (another --out) with a smaller `init_lr`, `init_momentum` or `inner_steps` (--config)".to_owned(),
+            (true, _) => DIVERGED_AS_INITIALISED.to_owned(),
             (false, Some(advice)) => advice.clone(),
             (false, None) => format!(
                 "lower outer_lr or grad_clip in {dir}/{} and run `gtn train --resume {dir}`",
@@ -601,6 +601,10 @@ pub fn meta_gradient(
 pub fn load_data(config: &Config, device: Device) -> Result<Dataset> {
     Dataset::load(config.dataset, &config.data_dir(), config.valid_size, config.seed, device)
 }
+
+/// What to do about a teacher that diverges as initialised, before any update: no key a run may
+/// edit (outer lr, clipping, sigma) changes that (image and RL runs alike).
+pub const DIVERGED_AS_INITIALISED: &str = "the teacher as initialised diverges, before any update: start a new run (another --out) with a smaller `init_lr`, `init_momentum` or `inner_steps` (--config)";
 
 /// What a new run's config must also hold: [`Config::check_new_run`], and a meta-loss batch
 /// the training images can fill.

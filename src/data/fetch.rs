@@ -114,12 +114,18 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
             );
         }
     }
-    let created = !dir.exists();
+    // The folders this fetch creates, `dir` first, then each missing parent (a fresh checkout's
+    // `data/` for `data/mnist`).
+    let created: Vec<&Path> = dir.ancestors().take_while(|p| !p.as_os_str().is_empty() && !p.exists()).collect();
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
     let fetched = fetch_into(name, dir);
-    if fetched.is_err() && created {
-        // Only if empty: a failed fetch leaves no folder it made for nothing.
-        let _ = std::fs::remove_dir(dir);
+    if fetched.is_err() {
+        // Only while empty: a failed fetch leaves no folder it made for nothing.
+        for folder in created {
+            if std::fs::remove_dir(folder).is_err() {
+                break;
+            }
+        }
     }
     fetched
 }

@@ -196,18 +196,23 @@ fn load_cifar(dir: &Path, device: Device) -> Result<(Split, Split)> {
     Ok((split(train), split(test)))
 }
 
+/// Where a relative folder was looked for from, for an error that it is not there: a run's
+/// default `data/<name>` was found from the folder it was trained from, and from another the
+/// same path leads elsewhere.
+pub(crate) fn looked_from(dir: &Path) -> String {
+    match dir.is_relative() {
+        true => std::env::current_dir().map(|cwd| format!(" (from {})", cwd.display())).unwrap_or_default(),
+        false => String::new(),
+    }
+}
+
 fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Split)> {
     crate::config::check_not_a_file(dir, "--data-dir")?;
     if !dir.is_dir() {
-        // A relative folder (the default `data/<name>`) is looked for from the current folder: a
-        // run trained elsewhere finds its data from the folder it was trained in.
-        let from = match dir.is_relative() {
-            true => std::env::current_dir().map(|cwd| format!(" (from {})", cwd.display())).unwrap_or_default(),
-            false => String::new(),
-        };
         bail!(
-            "{}: data folder not found{from}; point --data-dir at the folder, or run `gtn data fetch {name} --dir {}` first",
+            "{}: data folder not found{}; point --data-dir at the folder, or run `gtn data fetch {name} --dir {}` first",
             dir.display(),
+            looked_from(dir),
             dir.display()
         );
     }

@@ -102,6 +102,15 @@ pub fn arch_rng(seed: u64, cell: &Cell) -> StdRng {
     StdRng::seed_from_u64(fnv1a(&cell.to_string()) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
+/// `train` (validation included) and `test` images of `name`, in a setting: nothing for the
+/// published dataset's sizes, so the settings of its records stay as gtn has always written them.
+fn other_sizes(name: DatasetName, train: usize, test: usize) -> String {
+    match (train, test) == name.published_sizes() {
+        true => String::new(),
+        false => format!(", data of {train} training and {test} test images"),
+    }
+}
+
 /// Whether the proxy label `label` (as recorded) names the teacher folder `folder` (canonical).
 fn same_teacher(label: &str, folder: Option<&Path>) -> bool {
     let recorded = label.strip_prefix("gtn:").map(|dir| Path::new(dir).canonicalize());
@@ -118,14 +127,11 @@ fn net_label(net: &NetConfig) -> String {
 /// What a record depends on besides its architecture, proxy, step count, dataset, seed and network.
 /// A GTN proxy's records name the teacher's meta-iteration and checkpoint: a teacher still
 /// training, or trained again in the same folder, is another setting. Data of other sizes than
-/// the published dataset's (a slice, a dataset of one's own) is named by its sizes, so its results
-/// are not mixed with the whole dataset's (the published sizes add nothing, as before).
+/// the published dataset's (a slice; a dataset of one's own of other sizes) is named by its
+/// sizes, so its results are not mixed with the whole dataset's.
 fn setting(opts: &ScoreOptions, data: &Dataset, bn_eval: BnEval, teacher: Option<&str>) -> String {
     let mut s = format!("{} validation images, eval on {}", data.valid.len(), opts.eval_images);
-    let (train, test) = (data.train.len() + data.valid.len(), data.test.len());
-    if (train, test) != data.name.published_sizes() {
-        s += &format!(", data of {train} training and {test} test images");
-    }
+    s += &other_sizes(data.name, data.train.len() + data.valid.len(), data.test.len());
     if let Some(teacher) = teacher {
         s += &format!(", teacher {teacher}");
     }
@@ -407,6 +413,16 @@ mod tests {
         let records = jsonl::read(&out).unwrap();
         assert_eq!(records.len(), 4);
         assert!(records.iter().all(|r| r.dataset == "cifar10" && (0.0..=1.0).contains(&r.valid_accuracy)));
+        let setting = "20 validation images, eval on 64, data of 100 training and 20 test images";
+        assert!(records.iter().all(|r| r.setting.starts_with(setting)), "{records:?}");
+        // The published datasets' sizes add nothing: their records' settings stay as they were.
+        for name in [DatasetName::Mnist, DatasetName::FashionMnist, DatasetName::Cifar10] {
+            let (train, test) = name.published_sizes();
+            assert_eq!(other_sizes(name, train, test), "", "{name}");
+            assert_ne!(other_sizes(name, train - 1, test), "", "{name}");
+        }
+        assert_eq!((DatasetName::Mnist.published_sizes()), (60_000, 10_000));
+        assert_eq!((DatasetName::Cifar10.published_sizes()), (50_000, 10_000));
     }
 
     #[test]

@@ -424,7 +424,7 @@ impl EsTrainer {
             Objective::Imitation => "outer_lr",
         };
         let advice = match as_initialised {
-            true => "the teacher as initialised diverges, before any update: start a new run (another --out) with a smaller `init_lr`, `init_momentum` or `inner_steps` (--config)".to_owned(),
+            true => crate::meta::DIVERGED_AS_INITIALISED.to_owned(),
             false => format!("lower {keys} in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`"),
         };
         anyhow::anyhow!(
