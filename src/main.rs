@@ -204,6 +204,7 @@ enum NasCommand {
 
 /// Which architectures, which part of them, and where results go.
 #[derive(Args)]
+// Named explicitly: a derived group would hold every field (`out`, `shard`) and always be given.
 #[group(id = "architectures", required = true, args = ["archs", "sample"])]
 struct NasArgs {
     /// One architecture per line (canonical encoding; `#` comments).
@@ -229,7 +230,7 @@ struct NasTrainArgs {
     #[arg(long, value_enum, default_value = "mnist")]
     dataset: DatasetName,
     /// Folder with the dataset's files (default: the teacher's for a GTN proxy and `nas search`,
-    /// else data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR).
+    /// else data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR, else data/cifar10).
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Training images held out for validation by the real proxy and the truth (default: the
