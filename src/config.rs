@@ -188,11 +188,8 @@ impl Config {
     /// A run's own `config.toml` given as the file (to repeat the run) must not carry the count
     /// a time budget lowered: a new run with it would skip its own `--budget-minutes`.
     pub fn with_overrides(self, path: &Path) -> Result<Config> {
-        let text = read_config_file(path)?;
-        let config = self.overridden(&text).map_err(|e| {
-            let rl = apply_overrides(&crate::rl::RlConfig::cpu(), &text).is_ok();
-            overrides_error(path, e, rl, crate::checkpoint::RL_RUN)
-        })?;
+        let rl = |text: &str| apply_overrides(&crate::rl::RlConfig::cpu(), text).is_ok();
+        let config = from_file(path, |text| self.overridden(text), rl, crate::checkpoint::RL_RUN)?;
         if config.meta_iters_requested.is_some() {
             bail!(
                 "{}: key `meta_iters_requested` is what a time budget wrote into a run's config.toml; remove it (`meta_iters` is the count to run, `--budget-minutes` a budget)",
@@ -507,22 +504,24 @@ fn toml_error(text: Option<&str>, e: serde_path_to_error::Error<toml::de::Error>
     }
 }
 
-/// The error `e` of the config file `path`; when the other command's config takes all its keys
-/// (`theirs`), it may be that command's file, and the error says so too (`e` stays: a key both
-/// configs know, misplaced, such as a top-level `noise_dim`, looks the same).
-pub fn overrides_error(path: &Path, e: anyhow::Error, theirs: bool, other_command: &str) -> anyhow::Error {
-    match theirs {
+/// The config `apply` makes of the text of the file `path` (a `--config` file over a preset).
+/// Errors name the file; when the other command's config takes all its keys (`theirs`), they say
+/// it may be that command's (`other_command`) file, keeping the error itself: a key both configs
+/// know, misplaced (a top-level `noise_dim`), looks the same.
+pub fn from_file<C>(
+    path: &Path,
+    apply: impl FnOnce(&str) -> Result<C>,
+    theirs: impl FnOnce(&str) -> bool,
+    other_command: &str,
+) -> Result<C> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+    apply(&text).map_err(|e| match theirs(&text) {
         true => anyhow::anyhow!(
             "{}: {e} (all its keys are `{other_command}`'s: is it that command's config, for `{other_command} --config`?)",
             path.display()
         ),
         false => anyhow::anyhow!("{}: {e}", path.display()),
-    }
-}
-
-/// The text of the config file `path`.
-pub fn read_config_file(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))
+    })
 }
 
 /// Recursive merge so a file can override one field of a nested table (e.g. `[generator]`).

@@ -191,11 +191,9 @@ impl RlConfig {
 
     /// Applies the keys of a TOML file on top of this config; an unknown key is an error.
     pub fn with_overrides(self, path: &Path) -> Result<RlConfig> {
-        let text = crate::config::read_config_file(path)?;
-        let config = crate::config::apply_overrides(&self, &text).map_err(|e| {
-            let image = crate::config::apply_overrides(&crate::config::Config::cpu(), &text).is_ok();
-            crate::config::overrides_error(path, e, image, crate::checkpoint::IMAGE_RUN)
-        })?;
+        use crate::config::{apply_overrides, from_file, Config};
+        let image = |text: &str| apply_overrides(&Config::cpu(), text).is_ok();
+        let config = from_file(path, |text| apply_overrides(&self, text), image, crate::checkpoint::IMAGE_RUN)?;
         config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(config)
     }
