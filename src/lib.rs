@@ -14,6 +14,7 @@ pub mod data;
 pub mod eval;
 pub mod generator;
 pub mod inner;
+pub mod interrupt;
 pub mod learner;
 pub mod meta;
 mod mkl;

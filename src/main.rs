@@ -535,6 +535,11 @@ fn main() {
         std::process::exit(e.exit_code());
     });
     if let Err(e) = run(cli) {
+        // A stop the user asked for is no error, but ends as the signal would have.
+        if let Some(stopped) = e.chain().find_map(|e| e.downcast_ref::<gtn::interrupt::Interrupted>()) {
+            eprintln!("{e:#}");
+            std::process::exit(128 + stopped.signal);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -377,9 +377,9 @@ impl Trainer {
                 stats.meta_loss, stats.meta_accuracy, stats.inner_lr_mean
             );
             bar.advance(stats.iteration, self.iteration == total, message, || stats.csv_row());
-            if self.iteration.is_multiple_of(self.config().save_every) || self.iteration == total {
-                self.save()?;
-            }
+            let due = self.iteration.is_multiple_of(self.config().save_every) || self.iteration == total;
+            let dir = self.dir.clone();
+            crate::interrupt::end_iteration(&dir, "meta-iteration", self.iteration, total, due, || self.save())?;
         }
         bar.finish();
         Ok(())
@@ -723,7 +723,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
         dir.display()
     );
     let start = Instant::now();
-    trainer.run(true, options.budget)?;
+    crate::interrupt::graceful(|| trainer.run(true, options.budget))?;
     println!("meta-training done in {:.1} min; checkpoint in {}", start.elapsed().as_secs_f64() / 60.0, dir.display());
     if options.eval_learners > 0 {
         let data = load_data(&c, device)?;

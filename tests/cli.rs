@@ -97,6 +97,71 @@ fn train_eval_samples_export() {
     assert_eq!(std::fs::read(run.join("checkpoint.safetensors")).unwrap(), before, "the run is kept");
 }
 
+/// Ctrl-C while meta-training stops once the current meta-iteration is done, saved; a second
+/// one ends the process at once. `kill -INT` stands in for the key.
+#[test]
+fn ctrl_c_saves_the_iteration_it_stops_at() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixtures();
+    // Runs `gtn train` in `run` until it has logged more than `past_rows` meta-iterations.
+    let spawn = |run: &Path, more: &[&str], past_rows: usize| {
+        let train = ["train", "--preset", "tiny", "--meta-iters", "100000", "--data-dir", data.to_str().unwrap()];
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gtn"))
+            .args([&train[..], &["--out", run.to_str().unwrap()], more].concat())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logged = || std::fs::read_to_string(run.join("log.csv")).is_ok_and(|l| l.lines().count() > 1 + past_rows);
+        while !logged() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child
+    };
+    let interrupt = |child: &std::process::Child| {
+        // SAFETY: a plain syscall on the child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    };
+    let stopped_at = |out: &std::process::Output, run: &Path| -> usize {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{stderr}");
+        assert!(stderr.contains("stopping once this iteration is done"), "{stderr}");
+        let last = stderr.lines().last().unwrap();
+        last.strip_prefix(&format!("stopped: {} saved at meta-iteration ", run.display()))
+            .and_then(|rest| rest.strip_suffix(" of 100000; the same command continues it"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{stderr}"))
+    };
+
+    // Past iterations no periodic save (every 4) covers.
+    let run = tmp.path().join("run");
+    let child = spawn(&run, &[], 5);
+    interrupt(&child);
+    let done = stopped_at(&child.wait_with_output().unwrap(), &run);
+    let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
+    assert!(done > 5 && log.lines().count() == 1 + done, "{done} saved:\n{log}");
+    // The same command continues from there, every logged row kept.
+    let child = spawn(&run, &[], done + 1);
+    interrupt(&child);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("holds this run: resuming at meta-iteration {done}\n")), "{stdout}");
+    assert!(stopped_at(&out, &run) > done);
+    assert!(std::fs::read_to_string(run.join("log.csv")).unwrap().starts_with(&log));
+
+    // A second Ctrl-C, within a meta-iteration long enough to tell, ends the run at once.
+    let (slow, config) = (tmp.path().join("slow"), tmp.path().join("slow.toml"));
+    std::fs::write(&config, "inner_steps = 64\nbatch_size = 128\n").unwrap();
+    let child = spawn(&slow, &["--config", config.to_str().unwrap()], 0);
+    interrupt(&child);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    interrupt(&child);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(libc::SIGINT), "{stderr}");
+    assert_eq!(std::fs::read_to_string(slow.join("log.csv")).unwrap().lines().count(), 2, "nothing more logged");
+}
+
 #[test]
 fn resume_of_a_finished_run_does_no_more_work() {
     let tmp = tempfile::tempdir().unwrap();

@@ -124,7 +124,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
         }
     }
     let start = std::time::Instant::now();
-    trainer.run(true)?;
+    crate::interrupt::graceful(|| trainer.run(true))?;
     println!("done in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
     Ok(trainer)
 }

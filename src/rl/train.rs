@@ -463,9 +463,9 @@ impl EsTrainer {
         while self.generation < total {
             let stats = self.step()?;
             bar.advance(stats.generation, self.generation == total, stats.message(), || stats.csv_row());
-            if self.generation.is_multiple_of(self.config().save_every) || self.generation == total {
-                self.save()?;
-            }
+            let due = self.generation.is_multiple_of(self.config().save_every) || self.generation == total;
+            let dir = self.dir.clone();
+            crate::interrupt::end_iteration(&dir, "generation", self.generation, total, due, || self.save())?;
         }
         bar.finish();
         Ok(())
