@@ -43,7 +43,7 @@ if ldd "$gtn" | grep 'not found'; then
 fi
 # Seconds, before the real configurations: does libtorch see the GPU at all?
 tiny=$(run_gtn bench --preset tiny --meta-iters 1 --data-dir "$data" --json) || true
-if ! grep -q '"device": *"Cuda' <<<"$tiny"; then
+if ! grep -q '"device": *"cuda' <<<"$tiny"; then
     echo "gpu-check: libtorch does not see the GPU (the tiny bench ran elsewhere)" | tee -a "$out/summary.txt" >&2
     exit 1
 fi
@@ -83,7 +83,7 @@ bench() {
         echo "$name: failed (exit $status; 124: over 170 s), peak GPU memory in use ${peak:-?} MiB" | tee -a "$out/summary.txt"
         return 0
     fi
-    if ! grep -q '"device": *"Cuda' "$out/$name.json"; then
+    if ! grep -q '"device": *"cuda' "$out/$name.json"; then
         echo "$name: ran on $(grep -o '"device": *"[^"]*"' "$out/$name.json"), not on the GPU" | tee -a "$out/summary.txt"
         return 0
     fi

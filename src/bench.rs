@@ -18,6 +18,7 @@ use crate::teacher::TeacherKind;
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
+    /// `cpu`, or `cuda:N`.
     pub device: String,
     pub threads: i32,
     pub dataset: String,
@@ -46,6 +47,7 @@ pub struct BenchReport {
     /// Peak resident memory over the timed meta-steps (data included; since the process
     /// started where the kernel cannot reset the peak, see `peak_since_start`).
     pub peak_rss_mib: f64,
+    /// Whether `peak_rss_mib` is the whole process's peak, the kernel's counter not resettable.
     pub peak_since_start: bool,
     /// Resident memory before the first meta-step: libtorch, the data, the teacher.
     pub baseline_rss_mib: f64,
@@ -278,7 +280,7 @@ pub fn run(
     let matmul = matmul_gflops(device);
     let achieved = flops.iter().sum::<f64>() / times.iter().sum::<f64>() / 1e9;
     Ok(BenchReport {
-        device: format!("{device:?}"),
+        device: crate::text::device(device),
         threads: tch::get_num_threads(),
         dataset: config.dataset.as_str().to_owned(),
         teacher: config.teacher.to_string(),

@@ -601,6 +601,8 @@ fn bench_reports_time_memory_and_a_profile() {
     assert!(trace["traceEvents"].as_array().unwrap().len() > ops.len());
     let table = stdout(&gtn(&args));
     assert!(table.contains("| s / meta-step") && !table.contains("own s"), "{table}");
+    // The device spelled as every other message spells it, in the table and the JSON.
+    assert!(table.contains(" on cpu (") && report["device"] == "cpu", "{table}");
     let err = error_line(&gtn(&[&args[..], &["--profile", "/nonexistent/trace.json"]].concat()));
     assert!(err.contains("/nonexistent"), "{err}");
     let folder = tmp.path().join("folder.json");
