@@ -3,7 +3,7 @@
 //! trained iteration is lost; a second, or one outside a training loop, ends the process at once
 //! as it always would.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::OnceLock;
 
@@ -22,7 +22,11 @@ pub fn graceful<T>(train: impl FnOnce() -> Result<T>) -> Result<T> {
     ARMED.store(true, Ordering::SeqCst);
     let result = train();
     ARMED.store(false, Ordering::SeqCst);
-    result
+    match (result, requested()) {
+        // Caught after the loop's last look: its run is complete, saved, and the stop still due.
+        (Ok(_), Some(signal)) => Err(Interrupted { signal, what: "the run is complete and saved".to_owned() }.into()),
+        (result, _) => result,
+    }
 }
 
 /// The signal that asked the current run to stop, if one has.
@@ -75,22 +79,20 @@ pub fn end_iteration(
         save()?;
     }
     match stop {
-        Some(signal) => Err(Interrupted { dir: dir.to_owned(), unit, done, total, signal }.into()),
+        Some(signal) => {
+            let next = if done < total { "the same command continues it" } else { "the run is complete" };
+            Err(Interrupted { signal, what: format!("{} saved at {unit} {done} of {total}; {next}", dir.display()) }
+                .into())
+        }
         None => Ok(()),
     }
 }
 
-/// A run stopped at a [`requested`] signal, its checkpoint saved at `done` of `total` `unit`s.
+/// A run stopped at a [`requested`] signal, once saved.
 #[derive(Debug, thiserror::Error)]
-#[error("stopped: {} saved at {unit} {done} of {total}; {}", dir.display(), match done < total {
-    true => "the same command continues it",
-    false => "training is complete",
-})]
+#[error("stopped: {what}")]
 pub struct Interrupted {
-    pub dir: PathBuf,
-    pub unit: &'static str,
-    pub done: usize,
-    pub total: usize,
     /// For the exit status: 128 + the signal, as if it had ended the process.
     pub signal: i32,
+    what: String,
 }
