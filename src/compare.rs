@@ -220,7 +220,7 @@ fn train_or_reuse(
     if let Some(note) = trainer.budget_note().filter(|_| budget.is_some()) {
         eprintln!("{note}");
     }
-    crate::interrupt::graceful(|| trainer.run(true, budget))?;
+    crate::interrupt::graceful(crate::interrupt::Unit::MetaIteration, || trainer.run(true, budget))?;
     Ok(trainer)
 }
 

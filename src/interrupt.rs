@@ -1,30 +1,51 @@
 //! Ctrl-C (or SIGTERM, as schedulers send before they kill) during meta-training: the first asks
 //! the run to stop once its current iteration is done, save a checkpoint there and exit, so no
 //! trained iteration is lost; a second, or one outside a training loop, ends the process at once
-//! as it always would.
+//! as it always would. A signal the process was started ignoring (a background job of a script)
+//! stays ignored.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use anyhow::Result;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-/// Whether a training loop is running that looks at [`requested`].
-static ARMED: AtomicBool = AtomicBool::new(false);
+/// What a training loop counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    MetaIteration = 1,
+    Generation = 2,
+}
+
+impl Unit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::MetaIteration => "meta-iteration",
+            Unit::Generation => "generation",
+        }
+    }
+}
+
+/// The [`Unit`] of the training loop running, which looks at [`requested`]; 0 while none is.
+static ARMED: AtomicU8 = AtomicU8::new(0);
 /// The signal that asked for a stop; 0 while none has.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-/// Runs `train` (a loop that checks [`requested`] between iterations) with the first Ctrl-C or
-/// SIGTERM turned into a request to stop; before and after it, they end the process as usual.
-pub fn graceful<T>(train: impl FnOnce() -> Result<T>) -> Result<T> {
+/// Runs `train` (a loop over `unit`s that calls [`save_point`] after each) with the first Ctrl-C
+/// or SIGTERM turned into a request to stop; before and after it, they end the process as usual.
+pub fn graceful<T>(unit: Unit, train: impl FnOnce() -> Result<T>) -> Result<T> {
     install()?;
-    ARMED.store(true, Ordering::SeqCst);
+    ARMED.store(unit as u8, Ordering::SeqCst);
     let result = train();
-    ARMED.store(false, Ordering::SeqCst);
+    ARMED.store(0, Ordering::SeqCst);
     match (result, requested()) {
-        // Caught after the loop's last look: its run is complete, saved, and the stop still due.
-        (Ok(_), Some(signal)) => Err(Interrupted { signal, what: "the run is complete and saved".to_owned() }.into()),
+        // Caught after the loop's last look: its run is complete and saved; the stop still holds.
+        (Ok(_), Some(signal)) => Err(Interrupted {
+            signal,
+            what: "the run is complete and saved; the same command continues from there".to_owned(),
+        }
+        .into()),
         (result, _) => result,
     }
 }
@@ -37,55 +58,30 @@ pub fn requested() -> Option<i32> {
     }
 }
 
-fn install() -> Result<()> {
-    static INSTALLED: OnceLock<std::io::Result<()>> = OnceLock::new();
-    let installed = INSTALLED.get_or_init(|| {
-        for signal in [SIGINT, SIGTERM] {
-            // SAFETY: the handler only touches atomics, write(2) and the default action, all
-            // async-signal-safe.
-            unsafe { signal_hook::low_level::register(signal, move || on_signal(signal)) }?;
-        }
-        Ok(())
-    });
-    installed.as_ref().map(|_| ()).map_err(|e| anyhow::anyhow!("cannot catch Ctrl-C: {e}"))
-}
-
-fn on_signal(signal: i32) {
-    let first = SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst).is_ok();
-    if ARMED.load(Ordering::SeqCst) && first {
-        let note = b"\nstopping once this iteration is done, to save a checkpoint there (Ctrl-C again quits at once, losing it)\n";
-        // SAFETY: a valid buffer of that length; write(2) is async-signal-safe (formatting and
-        // eprintln!, which locks, are not).
-        unsafe { libc::write(libc::STDERR_FILENO, note.as_ptr().cast(), note.len()) };
-    } else {
-        // Terminates (by the signal, as if never caught); an error would be an unknown signal.
-        let _ = signal_hook::low_level::emulate_default_handler(signal);
-    }
-}
-
-/// Ends iteration `done` of `total` `unit`s of the run in `dir`: `save`s it when `due` or when a
-/// stop was requested, then stops with [`Interrupted`] if one was.
-pub fn end_iteration(
+/// Ends `done` of `total` `unit`s of the run in `dir`: `save`s it when `due` or when a stop was
+/// requested, and returns that stop, to be raised once the iteration is reported (saving first:
+/// reporting can fail, e.g. into a pipe whose reader the same Ctrl-C ended).
+pub fn save_point(
     dir: &Path,
-    unit: &'static str,
+    unit: Unit,
     done: usize,
     total: usize,
     due: bool,
     save: impl FnOnce() -> Result<()>,
-) -> Result<()> {
+) -> Result<Option<Interrupted>> {
     // Read once: a signal arriving after the save must not claim an unsaved iteration.
     let stop = requested();
     if due || stop.is_some() {
         save()?;
     }
-    match stop {
-        Some(signal) => {
-            let next = if done < total { "the same command continues it" } else { "the run is complete" };
-            Err(Interrupted { signal, what: format!("{} saved at {unit} {done} of {total}; {next}", dir.display()) }
-                .into())
-        }
-        None => Ok(()),
-    }
+    Ok(stop.map(|signal| Interrupted {
+        signal,
+        what: format!(
+            "{} saved after {done} of {}; the same command continues from there",
+            dir.display(),
+            crate::text::count(total, unit.name())
+        ),
+    }))
 }
 
 /// A run stopped at a [`requested`] signal, once saved.
@@ -95,4 +91,49 @@ pub struct Interrupted {
     /// For the exit status: 128 + the signal, as if it had ended the process.
     pub signal: i32,
     what: String,
+}
+
+fn install() -> Result<()> {
+    static INSTALLED: OnceLock<std::io::Result<()>> = OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        for signal in [SIGINT, SIGTERM].into_iter().filter(|&s| !ignored(s)) {
+            // SAFETY: the handler only touches atomics, write(2) and the default action, all
+            // async-signal-safe.
+            unsafe { signal_hook::low_level::register(signal, move || on_signal(signal)) }?;
+        }
+        Ok(())
+    });
+    installed.as_ref().map(|_| ()).map_err(|e| anyhow::anyhow!("cannot catch Ctrl-C: {e}"))
+}
+
+/// Whether the process was started with `signal` ignored.
+fn ignored(signal: i32) -> bool {
+    // SAFETY: reads the current action into a zeroed struct of the right type; changes nothing.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut current) == 0 && current.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+fn on_signal(signal: i32) {
+    let first = SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+    let armed = ARMED.load(Ordering::SeqCst);
+    // Short enough for one line of an 80-column terminal, which the progress bar redraws below.
+    let note: &[u8] = match (armed, first, signal == SIGTERM) {
+        (0, _, _) => b"",
+        (_, false, _) => b"\nquitting: the run keeps its last saved checkpoint\n",
+        (1, true, false) => b"\nstopping after this meta-iteration to save it; Ctrl-C again quits unsaved\n",
+        (1, true, true) => b"\nSIGTERM: stopping after this meta-iteration to save it; another quits unsaved\n",
+        (_, true, false) => b"\nstopping after this generation to save it; Ctrl-C again quits unsaved\n",
+        (_, true, true) => b"\nSIGTERM: stopping after this generation to save it; another quits unsaved\n",
+    };
+    if !note.is_empty() {
+        // SAFETY: a valid buffer of that length; write(2) is async-signal-safe (formatting and
+        // eprintln!, which locks, are not).
+        unsafe { libc::write(libc::STDERR_FILENO, note.as_ptr().cast(), note.len()) };
+    }
+    if armed == 0 || !first {
+        // Terminates (by the signal, as if never caught); an error would be an unknown signal.
+        let _ = signal_hook::low_level::emulate_default_handler(signal);
+    }
 }

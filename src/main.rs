@@ -537,7 +537,7 @@ fn main() {
     if let Err(e) = run(cli) {
         // A stop the user asked for is no error, but ends as the signal would have.
         if let Some(stopped) = e.chain().find_map(|e| e.downcast_ref::<gtn::interrupt::Interrupted>()) {
-            eprintln!("{e:#}");
+            gtn::progress::print_err(&format!("{e:#}"));
             std::process::exit(128 + stopped.signal);
         }
         eprintln!("error: {e:#}");
@@ -594,7 +594,10 @@ fn run(cli: Cli) -> Result<()> {
             };
             let steps = args.steps.unwrap_or(config.inner_steps);
             let report = eval::evaluate_teacher(&ckpt.teacher, &cohort, steps)?;
-            report.print(args.json, &format!("{} (meta-iteration {})", args.dir.display(), ckpt.iteration));
+            let (done, total) = (ckpt.iteration, ckpt.teacher.config.meta_iters);
+            let unfinished =
+                if done < total { format!(" of {total}, meta-training unfinished") } else { String::new() };
+            report.print(args.json, &format!("{} (meta-iteration {done}{unfinished})", args.dir.display()));
             Ok(())
         }
         Command::Compare(args) => {

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::curriculum::StepInput;
 use crate::data::{BatchSampler, Dataset};
 use crate::inner::LearnerState;
+use crate::interrupt::{self, Unit};
 use crate::learner::{Arch, BnEval, Learner};
 use crate::nn;
 use crate::optim::{self, Adam};
@@ -345,6 +346,13 @@ impl Trainer {
             self.meta_gradient(0);
             budget.saturating_sub(warm_up.elapsed())
         });
+        // A stop asked for before the first step (during the budget's warm-up) need not wait for it.
+        let dir = self.dir.clone();
+        if let Some(stop) =
+            interrupt::save_point(&dir, Unit::MetaIteration, self.iteration, total, false, || self.save())?
+        {
+            return Err(stop.into());
+        }
         while self.iteration < total {
             let stats = self.step()?;
             if let Some(budget) = sizing.take() {
@@ -376,10 +384,13 @@ impl Trainer {
                 "meta-loss {:.3} meta-acc {:.3} inner lr {:.4}",
                 stats.meta_loss, stats.meta_accuracy, stats.inner_lr_mean
             );
-            bar.advance(stats.iteration, self.iteration == total, message, || stats.csv_row());
             let due = self.iteration.is_multiple_of(self.config().save_every) || self.iteration == total;
             let dir = self.dir.clone();
-            crate::interrupt::end_iteration(&dir, "meta-iteration", self.iteration, total, due, || self.save())?;
+            let stop = interrupt::save_point(&dir, Unit::MetaIteration, self.iteration, total, due, || self.save())?;
+            bar.advance(stats.iteration, self.iteration == total, message, || stats.csv_row());
+            if let Some(stop) = stop {
+                return Err(stop.into());
+            }
         }
         bar.finish();
         Ok(())
@@ -722,9 +733,12 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
         crate::text::count(c.meta_iters, "meta-iteration"),
         dir.display()
     );
-    let start = Instant::now();
-    crate::interrupt::graceful(|| trainer.run(true, options.budget))?;
-    println!("meta-training done in {:.1} min; checkpoint in {}", start.elapsed().as_secs_f64() / 60.0, dir.display());
+    let (start, before) = (Instant::now(), trainer.iteration);
+    interrupt::graceful(Unit::MetaIteration, || trainer.run(true, options.budget))?;
+    if trainer.iteration > before {
+        let minutes = start.elapsed().as_secs_f64() / 60.0;
+        println!("meta-training done in {minutes:.1} min; checkpoint in {}", dir.display());
+    }
     if options.eval_learners > 0 {
         let data = load_data(&c, device)?;
         let cohort = crate::eval::Cohort {

@@ -41,20 +41,26 @@ impl Progress {
         self.bar.inc(1);
         if self.visible && self.bar.is_hidden() && (index.is_multiple_of(10) || last) {
             if let Some(header) = self.header.take() {
-                eprintln!("{header}");
+                print_err(header);
             }
-            eprintln!("{}", row());
+            print_err(&row());
         }
     }
 
     /// Prints one line to stderr, above the bar when it is drawn.
     pub fn note(&self, line: &str) {
-        self.bar.suspend(|| eprintln!("{line}"));
+        self.bar.suspend(|| print_err(line));
     }
 
     pub fn finish(&self) {
         self.bar.finish();
     }
+}
+
+/// Prints a line to stderr, ignoring a failure (unlike `eprintln!`, which panics): progress must
+/// not end a run whose stderr went away, e.g. a pipe into `tee` that Ctrl-C ended first.
+pub fn print_err(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Appends one row to a run's CSV log (one write, so a crash leaves whole rows; resuming drops

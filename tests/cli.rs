@@ -101,65 +101,100 @@ fn train_eval_samples_export() {
 /// one ends the process at once. `kill -INT` stands in for the key.
 #[test]
 fn ctrl_c_saves_the_iteration_it_stops_at() {
+    use std::process::{Command, Stdio};
     let tmp = tempfile::tempdir().unwrap();
     let data = fixtures();
-    // Runs `gtn train` in `run` until it has logged more than `past_rows` meta-iterations.
-    let spawn = |run: &Path, more: &[&str], past_rows: usize| {
+    // Starts `gtn train` in `run` and waits until it has logged more than `past_rows` meta-iterations.
+    let spawn = |run: &Path, more: &[&str], past_rows: usize, mut command: Command| {
         let train = ["train", "--preset", "tiny", "--meta-iters", "100000", "--data-dir", data.to_str().unwrap()];
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gtn"))
-            .args([&train[..], &["--out", run.to_str().unwrap()], more].concat())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let command = command.args([&train[..], &["--out", run.to_str().unwrap()], more].concat());
+        let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let logged = || std::fs::read_to_string(run.join("log.csv")).is_ok_and(|l| l.lines().count() > 1 + past_rows);
         while !logged() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         child
     };
-    let interrupt = |child: &std::process::Child| {
+    let gtn = || Command::new(env!("CARGO_BIN_EXE_gtn"));
+    let signal = |child: &std::process::Child, signal: i32| {
         // SAFETY: a plain syscall on the child's pid.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
     };
+    let interrupt = |child: &std::process::Child| signal(child, libc::SIGINT);
     let stopped_at = |out: &std::process::Output, run: &Path| -> usize {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(130), "{stderr}");
-        assert!(stderr.contains("stopping once this iteration is done"), "{stderr}");
+        assert!(
+            stderr.contains("\nstopping after this meta-iteration to save it; Ctrl-C again quits unsaved\n"),
+            "{stderr}"
+        );
         let last = stderr.lines().last().unwrap();
-        last.strip_prefix(&format!("stopped: {} saved at meta-iteration ", run.display()))
-            .and_then(|rest| rest.strip_suffix(" of 100000; the same command continues it"))
+        last.strip_prefix(&format!("stopped: {} saved after ", run.display()))
+            .and_then(|rest| rest.strip_suffix(" of 100000 meta-iterations; the same command continues from there"))
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("{stderr}"))
     };
+    let resumed_at = |out: &std::process::Output| {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let at = stdout.split_once("holds this run: resuming at meta-iteration ").map(|(_, rest)| rest);
+        at.and_then(|rest| rest.lines().next()?.parse::<usize>().ok()).unwrap_or_else(|| panic!("{stdout}"))
+    };
+    let rows = |run: &Path| std::fs::read_to_string(run.join("log.csv")).unwrap().lines().count() - 1;
 
     // Past iterations no periodic save (every 4) covers.
     let run = tmp.path().join("run");
-    let child = spawn(&run, &[], 5);
+    let child = spawn(&run, &[], 5, gtn());
     interrupt(&child);
     let done = stopped_at(&child.wait_with_output().unwrap(), &run);
     let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
-    assert!(done > 5 && log.lines().count() == 1 + done, "{done} saved:\n{log}");
-    // The same command continues from there, every logged row kept.
-    let child = spawn(&run, &[], done + 1);
+    assert!(done > 5 && rows(&run) == done, "{done} saved:\n{log}");
+    let eval = stdout(&gtn_in(Path::new("."), &["eval", run.to_str().unwrap(), "--learners", "1"]));
+    assert!(eval.contains(&format!("(meta-iteration {done} of 100000, meta-training unfinished)")), "{eval}");
+
+    // The same command continues from there, every logged row kept; with its stderr a pipe
+    // nobody reads any more (`| tee` that the same Ctrl-C ended), it still saves and stops.
+    let mut child = spawn(&run, &[], done + 1, gtn());
+    drop(child.stderr.take());
     interrupt(&child);
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("holds this run: resuming at meta-iteration {done}\n")), "{stdout}");
-    assert!(stopped_at(&out, &run) > done);
+    assert_eq!((resumed_at(&out), out.status.code()), (done, Some(130)));
     assert!(std::fs::read_to_string(run.join("log.csv")).unwrap().starts_with(&log));
+    let stopped = rows(&run);
+    // SIGTERM (a scheduler's) stops it the same way, while a SIGINT it was started ignoring (a
+    // script's background job) stays ignored.
+    let mut ignoring = gtn();
+    // SAFETY: only signal(2), async-signal-safe, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut ignoring, || {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        })
+    };
+    let child = spawn(&run, &[], stopped + 1, ignoring);
+    interrupt(&child);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((resumed_at(&out), out.status.code()), (stopped, Some(143)), "{stderr}");
+    assert!(
+        stderr.contains("\nSIGTERM: stopping after this meta-iteration to save it; another quits unsaved\n"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Ctrl-C"), "the ignored SIGINT did nothing: {stderr}");
 
     // A second Ctrl-C, within a meta-iteration long enough to tell, ends the run at once.
     let (slow, config) = (tmp.path().join("slow"), tmp.path().join("slow.toml"));
     std::fs::write(&config, "inner_steps = 64\nbatch_size = 128\n").unwrap();
-    let child = spawn(&slow, &["--config", config.to_str().unwrap()], 0);
+    let child = spawn(&slow, &["--config", config.to_str().unwrap()], 0, gtn());
     interrupt(&child);
     std::thread::sleep(std::time::Duration::from_millis(100));
     interrupt(&child);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(libc::SIGINT), "{stderr}");
-    assert_eq!(std::fs::read_to_string(slow.join("log.csv")).unwrap().lines().count(), 2, "nothing more logged");
+    assert!(stderr.ends_with("\nquitting: the run keeps its last saved checkpoint\n"), "{stderr}");
+    assert_eq!(rows(&slow), 1, "nothing more logged");
 }
 
 #[test]

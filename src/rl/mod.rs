@@ -123,9 +123,11 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
             eprintln!("{warning}");
         }
     }
-    let start = std::time::Instant::now();
-    crate::interrupt::graceful(|| trainer.run(true))?;
-    println!("done in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
+    let (start, before) = (std::time::Instant::now(), trainer.generation);
+    crate::interrupt::graceful(crate::interrupt::Unit::Generation, || trainer.run(true))?;
+    if trainer.generation > before {
+        println!("done in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
+    }
     Ok(trainer)
 }
 

@@ -16,6 +16,7 @@ use super::es::{self, Shaping};
 use super::imitation::Reference;
 use super::teacher::{self, EnvTeacher};
 use crate::checkpoint::{holds_run, never_saved, CHECKPOINT_FILE, CONFIG_FILE, RL_RUN};
+use crate::interrupt::{self, Unit};
 use crate::meta::iteration_rng;
 use crate::optim::Adam;
 use crate::progress::Progress;
@@ -462,10 +463,13 @@ impl EsTrainer {
         let bar = Progress::new(total, self.generation, progress, log_header(self.config().objective));
         while self.generation < total {
             let stats = self.step()?;
-            bar.advance(stats.generation, self.generation == total, stats.message(), || stats.csv_row());
             let due = self.generation.is_multiple_of(self.config().save_every) || self.generation == total;
             let dir = self.dir.clone();
-            crate::interrupt::end_iteration(&dir, "generation", self.generation, total, due, || self.save())?;
+            let stop = interrupt::save_point(&dir, Unit::Generation, self.generation, total, due, || self.save())?;
+            bar.advance(stats.generation, self.generation == total, stats.message(), || stats.csv_row());
+            if let Some(stop) = stop {
+                return Err(stop.into());
+            }
         }
         bar.finish();
         Ok(())
