@@ -96,11 +96,15 @@ pub struct Interrupted {
 fn install() -> Result<()> {
     static INSTALLED: OnceLock<std::io::Result<()>> = OnceLock::new();
     let installed = INSTALLED.get_or_init(|| {
-        for signal in [SIGINT, SIGTERM].into_iter().filter(|&s| !ignored(s)) {
-            // SAFETY: the handler only touches atomics, write(2) and the default action, all
-            // async-signal-safe.
-            unsafe { signal_hook::low_level::register(signal, move || on_signal(signal)) }?;
-        }
+        let caught: Vec<i32> = [SIGINT, SIGTERM].into_iter().filter(|&s| !ignored(s)).collect();
+        // Signals are handled on a thread of their own, where (unlike in a signal handler) the
+        // notice can be printed through the progress bar, which would otherwise draw over it.
+        let mut signals = signal_hook::iterator::Signals::new(caught)?;
+        std::thread::Builder::new().name("signals".to_owned()).spawn(move || {
+            for signal in signals.forever() {
+                on_signal(signal);
+            }
+        })?;
         Ok(())
     });
     installed.as_ref().map(|_| ()).map_err(|e| anyhow::anyhow!("cannot catch Ctrl-C: {e}"))
@@ -117,23 +121,24 @@ fn ignored(signal: i32) -> bool {
 
 fn on_signal(signal: i32) {
     let first = SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst).is_ok();
-    let armed = ARMED.load(Ordering::SeqCst);
-    // Short enough for one line of an 80-column terminal, which the progress bar redraws below.
-    let note: &[u8] = match (armed, first, signal == SIGTERM) {
-        (0, _, _) => b"",
-        (_, false, _) => b"\nquitting: the run keeps its last saved checkpoint\n",
-        (1, true, false) => b"\nstopping after this meta-iteration to save it; Ctrl-C again quits unsaved\n",
-        (1, true, true) => b"\nSIGTERM: stopping after this meta-iteration to save it; another quits unsaved\n",
-        (_, true, false) => b"\nstopping after this generation to save it; Ctrl-C again quits unsaved\n",
-        (_, true, true) => b"\nSIGTERM: stopping after this generation to save it; another quits unsaved\n",
+    let unit = match ARMED.load(Ordering::SeqCst) {
+        0 => None,
+        1 => Some(Unit::MetaIteration),
+        _ => Some(Unit::Generation),
     };
-    if !note.is_empty() {
-        // SAFETY: a valid buffer of that length; write(2) is async-signal-safe (formatting and
-        // eprintln!, which locks, are not).
-        unsafe { libc::write(libc::STDERR_FILENO, note.as_ptr().cast(), note.len()) };
+    match (unit, first) {
+        (Some(unit), true) => {
+            // Short enough for one line of an 80-column terminal.
+            let (name, again) = match signal {
+                SIGTERM => ("SIGTERM: stopping", "another quits unsaved"),
+                _ => ("stopping", "Ctrl-C again quits unsaved"),
+            };
+            crate::progress::print_above_bar(&format!("{name} after this {} to save it; {again}", unit.name()));
+            return;
+        }
+        (Some(_), false) => crate::progress::print_above_bar("quitting: the run keeps its last saved checkpoint"),
+        (None, _) => {}
     }
-    if armed == 0 || !first {
-        // Terminates (by the signal, as if never caught); an error would be an unknown signal.
-        let _ = signal_hook::low_level::emulate_default_handler(signal);
-    }
+    // Ends the process by the signal, as if it were never caught (an error: an unknown signal).
+    let _ = signal_hook::low_level::emulate_default_handler(signal);
 }

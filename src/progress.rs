@@ -27,6 +27,9 @@ impl Progress {
         bar.set_position(done as u64);
         // Otherwise the estimator counts the resumed units as done in an instant (eta 0s).
         bar.reset_eta();
+        if visible && !bar.is_hidden() {
+            *DRAWN.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
+        }
         Progress { bar, visible, header: std::cell::Cell::new(Some(header)) }
     }
 
@@ -54,6 +57,30 @@ impl Progress {
 
     pub fn finish(&self) {
         self.bar.finish();
+    }
+}
+
+impl Drop for Progress {
+    /// A run stopped early (Ctrl-C, an error) leaves the bar drawn where it stopped: draws are
+    /// rate-limited, so the last units may not be shown yet.
+    fn drop(&mut self) {
+        if !self.bar.is_finished() {
+            self.bar.abandon();
+        }
+        DRAWN.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// The bar drawn on the terminal, if one is, for [`print_above_bar`].
+static DRAWN: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
+
+/// Prints a line to stderr from any thread (Ctrl-C's notice): above the progress bar when one is
+/// drawn, which would otherwise draw over it.
+pub fn print_above_bar(line: &str) {
+    let drawn = DRAWN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match drawn {
+        Some(bar) => bar.suspend(|| print_err(line)),
+        None => print_err(line),
     }
 }
 
