@@ -104,18 +104,31 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
     use std::process::{Command, Stdio};
     let tmp = tempfile::tempdir().unwrap();
     let data = fixtures();
-    // Starts `gtn train` in `run` and waits until it has logged more than `past_rows` meta-iterations.
-    let spawn = |run: &Path, more: &[&str], past_rows: usize, mut command: Command| {
+    // Starts `gtn train` in `run`, with SIGINT ignored or not (whatever the test runner's is: a
+    // background job's is ignored), and waits until it has logged more than `past_rows`
+    // meta-iterations.
+    let spawn = |run: &Path, more: &[&str], past_rows: usize, ignore_sigint: bool| {
         let train = ["train", "--preset", "tiny", "--meta-iters", "100000", "--data-dir", data.to_str().unwrap()];
-        let command = command.args([&train[..], &["--out", run.to_str().unwrap()], more].concat());
-        let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gtn"));
+        command.args([&train[..], &["--out", run.to_str().unwrap()], more].concat());
+        let action = if ignore_sigint { libc::SIG_IGN } else { libc::SIG_DFL };
+        // SAFETY: only signal(2), async-signal-safe, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                libc::signal(libc::SIGINT, action);
+                Ok(())
+            })
+        };
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let logged = || std::fs::read_to_string(run.join("log.csv")).is_ok_and(|l| l.lines().count() > 1 + past_rows);
         while !logged() {
+            if child.try_wait().unwrap().is_some() {
+                panic!("gtn ended early: {:?}", child.wait_with_output().unwrap());
+            }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         child
     };
-    let gtn = || Command::new(env!("CARGO_BIN_EXE_gtn"));
     let signal = |child: &std::process::Child, signal: i32| {
         // SAFETY: a plain syscall on the child's pid.
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
@@ -143,7 +156,7 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
 
     // Past iterations no periodic save (every 4) covers.
     let run = tmp.path().join("run");
-    let child = spawn(&run, &[], 5, gtn());
+    let child = spawn(&run, &[], 5, false);
     interrupt(&child);
     let done = stopped_at(&child.wait_with_output().unwrap(), &run);
     let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
@@ -153,7 +166,7 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
 
     // The same command continues from there, every logged row kept; with its stderr a pipe
     // nobody reads any more (`| tee` that the same Ctrl-C ended), it still saves and stops.
-    let mut child = spawn(&run, &[], done + 1, gtn());
+    let mut child = spawn(&run, &[], done + 1, false);
     drop(child.stderr.take());
     interrupt(&child);
     let out = child.wait_with_output().unwrap();
@@ -162,15 +175,7 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
     let stopped = rows(&run);
     // SIGTERM (a scheduler's) stops it the same way, while a SIGINT it was started ignoring (a
     // script's background job) stays ignored.
-    let mut ignoring = gtn();
-    // SAFETY: only signal(2), async-signal-safe, between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut ignoring, || {
-            libc::signal(libc::SIGINT, libc::SIG_IGN);
-            Ok(())
-        })
-    };
-    let child = spawn(&run, &[], stopped + 1, ignoring);
+    let child = spawn(&run, &[], stopped + 1, true);
     interrupt(&child);
     std::thread::sleep(std::time::Duration::from_millis(200));
     signal(&child, libc::SIGTERM);
@@ -186,7 +191,7 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
     // A second Ctrl-C, within a meta-iteration long enough to tell, ends the run at once.
     let (slow, config) = (tmp.path().join("slow"), tmp.path().join("slow.toml"));
     std::fs::write(&config, "inner_steps = 64\nbatch_size = 128\n").unwrap();
-    let child = spawn(&slow, &["--config", config.to_str().unwrap()], 0, gtn());
+    let child = spawn(&slow, &["--config", config.to_str().unwrap()], 0, false);
     interrupt(&child);
     std::thread::sleep(std::time::Duration::from_millis(100));
     interrupt(&child);
