@@ -1,15 +1,17 @@
-//! Ctrl-C (or SIGTERM, as schedulers send before they kill) during meta-training: the first asks
-//! the run to stop once its current iteration is done, save a checkpoint there and exit, so no
-//! trained iteration is lost; a second, or one outside a training loop, ends the process at once
-//! as it always would. A signal the process was started ignoring (a background job of a script)
-//! stays ignored.
+//! Ctrl-C during training (meta-iterations, ES generations), and SIGTERM (a scheduler's, before
+//! it kills) or SIGHUP (the terminal closed): the first asks the run to stop once its current
+//! iteration is done, save a checkpoint there and exit, so no trained iteration is lost; a second,
+//! or one outside a training loop, ends the process at once as it always would. A signal the
+//! process was started ignoring (`nohup`'s SIGHUP, a script's background job's Ctrl-C) stays
+//! ignored.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 /// What a training loop counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,15 +33,34 @@ impl Unit {
 static ARMED: AtomicU8 = AtomicU8::new(0);
 /// The signal that asked for a stop; 0 while none has.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Whether the stop's notice is printed (it comes from another thread).
+static NOTICED: AtomicBool = AtomicBool::new(false);
 
-/// Runs `train` (a loop over `unit`s that calls [`save_point`] after each) with the first Ctrl-C
-/// or SIGTERM turned into a request to stop; before and after it, they end the process as usual.
+/// A signal repeated within this time of the first is the same request: `timeout` sends its
+/// signal twice (to the process, then to its group), and a person who reads the notice and
+/// presses again takes longer.
+const REPEAT: Duration = Duration::from_millis(500);
+
+/// Runs `train` (a loop over `unit`s that calls [`save_point`] after each) with the first Ctrl-C,
+/// SIGTERM or SIGHUP turned into a request to stop; before and after it, they end the process as
+/// usual. Where signals cannot be caught, it warns and trains without.
 pub fn graceful<T>(unit: Unit, train: impl FnOnce() -> Result<T>) -> Result<T> {
-    install()?;
+    if let Err(e) = install() {
+        tracing::warn!("cannot catch Ctrl-C ({e}): it will end training at once, back to the last checkpoint");
+    }
+    struct Armed;
+    impl Drop for Armed {
+        fn drop(&mut self) {
+            ARMED.store(0, Ordering::SeqCst);
+        }
+    }
+    let armed = Armed;
     ARMED.store(unit as u8, Ordering::SeqCst);
     let result = train();
-    ARMED.store(0, Ordering::SeqCst);
-    match (result, requested()) {
+    // Disarmed before the flag is read, as `on_signal` sets the flag before it reads `ARMED`:
+    // a signal is then either seen here or ends the process.
+    drop(armed);
+    let result = match (result, requested()) {
         // Caught after the loop's last look: its run is complete and saved; the stop still holds.
         (Ok(_), Some(signal)) => Err(Interrupted {
             signal,
@@ -47,7 +68,15 @@ pub fn graceful<T>(unit: Unit, train: impl FnOnce() -> Result<T>) -> Result<T> {
         }
         .into()),
         (result, _) => result,
+    };
+    if requested().is_some() {
+        // The notice first, then the message saying where the run stopped.
+        let start = Instant::now();
+        while !NOTICED.load(Ordering::SeqCst) && start.elapsed() < Duration::from_millis(200) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
+    result
 }
 
 /// The signal that asked the current run to stop, if one has.
@@ -58,30 +87,16 @@ pub fn requested() -> Option<i32> {
     }
 }
 
-/// Ends `done` of `total` `unit`s of the run in `dir`: `save`s it when `due` or when a stop was
-/// requested, and returns that stop, to be raised once the iteration is reported (saving first:
-/// reporting can fail, e.g. into a pipe whose reader the same Ctrl-C ended).
-pub fn save_point(
-    dir: &Path,
-    unit: Unit,
-    done: usize,
-    total: usize,
-    due: bool,
-    save: impl FnOnce() -> Result<()>,
-) -> Result<Option<Interrupted>> {
+/// Ends an iteration: `save`s it when `due` or when a stop was requested, and returns that stop's
+/// signal, to be raised (as [`Interrupted::at`]) once the iteration is reported: saving first, as
+/// a report can block on a terminal or pipe nobody reads.
+pub fn save_point(due: bool, save: impl FnOnce() -> Result<()>) -> Result<Option<i32>> {
     // Read once: a signal arriving after the save must not claim an unsaved iteration.
     let stop = requested();
     if due || stop.is_some() {
         save()?;
     }
-    Ok(stop.map(|signal| Interrupted {
-        signal,
-        what: format!(
-            "{} saved after {done} of {}; the same command continues from there",
-            dir.display(),
-            crate::text::count(total, unit.name())
-        ),
-    }))
+    Ok(stop)
 }
 
 /// A run stopped at a [`requested`] signal, once saved.
@@ -93,21 +108,35 @@ pub struct Interrupted {
     what: String,
 }
 
-fn install() -> Result<()> {
+impl Interrupted {
+    /// The run in `dir` stopped by `signal` after `done` of `total` `unit`s, saved there.
+    pub fn at(dir: &Path, unit: Unit, done: usize, total: usize, signal: i32) -> Interrupted {
+        let total = crate::text::count(total, unit.name());
+        let what = format!("{} saved after {done} of {total}; the same command continues from there", dir.display());
+        Interrupted { signal, what }
+    }
+}
+
+fn install() -> std::result::Result<(), &'static std::io::Error> {
     static INSTALLED: OnceLock<std::io::Result<()>> = OnceLock::new();
     let installed = INSTALLED.get_or_init(|| {
-        let caught: Vec<i32> = [SIGINT, SIGTERM].into_iter().filter(|&s| !ignored(s)).collect();
-        // Signals are handled on a thread of their own, where (unlike in a signal handler) the
-        // notice can be printed through the progress bar, which would otherwise draw over it.
+        let caught: Vec<i32> = [SIGINT, SIGTERM, SIGHUP].into_iter().filter(|&s| !ignored(s)).collect();
+        // Handled on a thread of their own, where (unlike in a signal handler) the notice can be
+        // printed through the progress bar, which would otherwise draw over it.
         let mut signals = signal_hook::iterator::Signals::new(caught)?;
         std::thread::Builder::new().name("signals".to_owned()).spawn(move || {
+            let mut first: Option<Instant> = None;
             for signal in signals.forever() {
+                if first.is_some_and(|at| at.elapsed() < REPEAT) {
+                    continue;
+                }
+                first = first.or(Some(Instant::now()));
                 on_signal(signal);
             }
         })?;
         Ok(())
     });
-    installed.as_ref().map(|_| ()).map_err(|e| anyhow::anyhow!("cannot catch Ctrl-C: {e}"))
+    installed.as_ref().map(|_| ())
 }
 
 /// Whether the process was started with `signal` ignored.
@@ -120,23 +149,38 @@ fn ignored(signal: i32) -> bool {
 }
 
 fn on_signal(signal: i32) {
+    // The flag before `ARMED` is read: the order `graceful` relies on.
     let first = SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst).is_ok();
     let unit = match ARMED.load(Ordering::SeqCst) {
-        0 => None,
         1 => Some(Unit::MetaIteration),
-        _ => Some(Unit::Generation),
+        2 => Some(Unit::Generation),
+        _ => None,
     };
     match (unit, first) {
         (Some(unit), true) => {
             // Short enough for one line of an 80-column terminal.
             let (name, again) = match signal {
+                SIGINT => ("stopping", "Ctrl-C again quits unsaved"),
                 SIGTERM => ("SIGTERM: stopping", "another quits unsaved"),
-                _ => ("stopping", "Ctrl-C again quits unsaved"),
+                _ => ("SIGHUP: stopping", "another quits unsaved"),
             };
-            crate::progress::print_above_bar(&format!("{name} after this {} to save it; {again}", unit.name()));
+            let notice = format!("{name} after this {} to save it; {again}", unit.name());
+            // From a thread of its own: a terminal or pipe nobody reads would block this one,
+            // and with it every later Ctrl-C.
+            std::thread::spawn(move || {
+                crate::progress::print_above_bar(&notice);
+                NOTICED.store(true, Ordering::SeqCst);
+            });
             return;
         }
-        (Some(_), false) => crate::progress::print_above_bar("quitting: the run keeps its last saved checkpoint"),
+        (Some(_), false) => {
+            let (done, printed) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                crate::progress::print_above_bar("quitting: the run keeps its last saved checkpoint");
+                let _ = done.send(());
+            });
+            let _ = printed.recv_timeout(Duration::from_millis(200));
+        }
         (None, _) => {}
     }
     // Ends the process by the signal, as if it were never caught (an error: an unknown signal).

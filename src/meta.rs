@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::curriculum::StepInput;
 use crate::data::{BatchSampler, Dataset};
 use crate::inner::LearnerState;
-use crate::interrupt::{self, Unit};
+use crate::interrupt::{self, Interrupted, Unit};
 use crate::learner::{Arch, BnEval, Learner};
 use crate::nn;
 use crate::optim::{self, Adam};
@@ -346,12 +346,10 @@ impl Trainer {
             self.meta_gradient(0);
             budget.saturating_sub(warm_up.elapsed())
         });
-        // A stop asked for before the first step (during the budget's warm-up) need not wait for it.
-        let dir = self.dir.clone();
-        if let Some(stop) =
-            interrupt::save_point(&dir, Unit::MetaIteration, self.iteration, total, false, || self.save())?
-        {
-            return Err(stop.into());
+        if let (Some(_), Some(signal)) = (&sizing, interrupt::requested()) {
+            // A stop asked for during the warm-up need not wait for iteration 0: the run's start
+            // is saved (a new run saves it, and only one at iteration 0 sizes itself).
+            return Err(Interrupted::at(&self.dir, Unit::MetaIteration, self.iteration, total, signal).into());
         }
         while self.iteration < total {
             let stats = self.step()?;
@@ -385,11 +383,10 @@ impl Trainer {
                 stats.meta_loss, stats.meta_accuracy, stats.inner_lr_mean
             );
             let due = self.iteration.is_multiple_of(self.config().save_every) || self.iteration == total;
-            let dir = self.dir.clone();
-            let stop = interrupt::save_point(&dir, Unit::MetaIteration, self.iteration, total, due, || self.save())?;
-            bar.advance(stats.iteration, self.iteration == total, message, || stats.csv_row());
-            if let Some(stop) = stop {
-                return Err(stop.into());
+            let stop = interrupt::save_point(due, || self.save())?;
+            bar.advance(stats.iteration, self.iteration == total || stop.is_some(), message, || stats.csv_row());
+            if let Some(signal) = stop {
+                return Err(Interrupted::at(&self.dir, Unit::MetaIteration, self.iteration, total, signal).into());
             }
         }
         bar.finish();

@@ -10,6 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Progress {
     bar: ProgressBar,
     visible: bool,
+    /// Whether the bar is on a terminal, registered for [`print_above_bar`].
+    drawn: bool,
     /// The rows' CSV header, printed before the first row.
     header: std::cell::Cell<Option<&'static str>>,
 }
@@ -27,10 +29,11 @@ impl Progress {
         bar.set_position(done as u64);
         // Otherwise the estimator counts the resumed units as done in an instant (eta 0s).
         bar.reset_eta();
-        if visible && !bar.is_hidden() {
+        let drawn = !bar.is_hidden();
+        if drawn {
             *DRAWN.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
         }
-        Progress { bar, visible, header: std::cell::Cell::new(Some(header)) }
+        Progress { bar, visible, drawn, header: std::cell::Cell::new(Some(header)) }
     }
 
     pub fn set_length(&self, total: usize) {
@@ -61,13 +64,15 @@ impl Progress {
 }
 
 impl Drop for Progress {
-    /// A run stopped early (Ctrl-C, an error) leaves the bar drawn where it stopped: draws are
-    /// rate-limited, so the last units may not be shown yet.
+    /// A run stopped early (Ctrl-C, an error) leaves the bar drawn where it stopped: dropped
+    /// unfinished, indicatif would draw it full.
     fn drop(&mut self) {
         if !self.bar.is_finished() {
             self.bar.abandon();
         }
-        DRAWN.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if self.drawn {
+            DRAWN.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
     }
 }
 
@@ -85,7 +90,8 @@ pub fn print_above_bar(line: &str) {
 }
 
 /// Prints a line to stderr, ignoring a failure (unlike `eprintln!`, which panics): progress must
-/// not end a run whose stderr went away, e.g. a pipe into `tee` that Ctrl-C ended first.
+/// not end a run whose stderr went away, e.g. a pipe into `tee` that Ctrl-C ended first, or a
+/// terminal closed.
 pub fn print_err(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }

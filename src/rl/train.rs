@@ -16,7 +16,7 @@ use super::es::{self, Shaping};
 use super::imitation::Reference;
 use super::teacher::{self, EnvTeacher};
 use crate::checkpoint::{holds_run, never_saved, CHECKPOINT_FILE, CONFIG_FILE, RL_RUN};
-use crate::interrupt::{self, Unit};
+use crate::interrupt::{self, Interrupted, Unit};
 use crate::meta::iteration_rng;
 use crate::optim::Adam;
 use crate::progress::Progress;
@@ -464,11 +464,12 @@ impl EsTrainer {
         while self.generation < total {
             let stats = self.step()?;
             let due = self.generation.is_multiple_of(self.config().save_every) || self.generation == total;
-            let dir = self.dir.clone();
-            let stop = interrupt::save_point(&dir, Unit::Generation, self.generation, total, due, || self.save())?;
-            bar.advance(stats.generation, self.generation == total, stats.message(), || stats.csv_row());
-            if let Some(stop) = stop {
-                return Err(stop.into());
+            let stop = interrupt::save_point(due, || self.save())?;
+            bar.advance(stats.generation, self.generation == total || stop.is_some(), stats.message(), || {
+                stats.csv_row()
+            });
+            if let Some(signal) = stop {
+                return Err(Interrupted::at(&self.dir, Unit::Generation, self.generation, total, signal).into());
             }
         }
         bar.finish();
