@@ -27,6 +27,8 @@ pub struct BenchReport {
     pub inner_steps: usize,
     pub batch_size: usize,
     pub curriculum: String,
+    /// The unroll's checkpoint spacing: 0 where the whole unroll is kept (asked for as 0, or as
+    /// a block no shorter than the unroll).
     pub checkpoint_every: usize,
     /// Real images in the meta-loss batch.
     pub meta_batch: usize,
@@ -94,7 +96,10 @@ impl BenchReport {
             self.inner_steps,
             self.batch_size,
             self.curriculum,
-            self.checkpoint_every,
+            match self.checkpoint_every {
+                0 => "off".to_owned(),
+                k => k.to_string(),
+            },
             self.meta_batch,
             if self.bn_eval == BnEval::Train { ", scored with training statistics" } else { "" },
             if self.winograd { "" } else { ", no Winograd" },
@@ -268,8 +273,7 @@ pub fn run(
     let meta::IterationInputs { learner, init, real, plan } = trainer.iteration_inputs(trainer.iteration);
     let teacher = &trainer.teacher;
     let generator_forward_seconds = timed(device, || tch::no_grad(|| teacher.synthesize_steps(&plan))).1;
-    let full_unroll = config.checkpoint_every == 0 || config.checkpoint_every >= config.inner_steps;
-    let (unroll_forward_seconds, meta_backward_seconds) = if full_unroll {
+    let (unroll_forward_seconds, meta_backward_seconds) = if !config.checkpoints_unroll() {
         let ((loss, _), forward) = timed(device, || meta::meta_loss(teacher, &learner, init, &real, &plan));
         let backward = timed(device, || crate::nn::grads(&[loss], &teacher.params(), false, false)).1;
         (Some(forward), Some(backward))
@@ -288,7 +292,7 @@ pub fn run(
         inner_steps: config.inner_steps,
         batch_size: config.batch_size,
         curriculum: config.curriculum.as_str().to_owned(),
-        checkpoint_every: config.checkpoint_every,
+        checkpoint_every: if config.checkpoints_unroll() { config.checkpoint_every } else { 0 },
         meta_batch: config.meta_batch,
         bn_eval: config.bn_eval,
         winograd,

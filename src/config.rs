@@ -66,7 +66,8 @@ pub struct Config {
     /// Save `checkpoint.safetensors` every this many meta-iterations.
     pub save_every: usize,
     /// Gradient checkpointing of the unroll: keep the learner state every k inner steps and
-    /// recompute each block during the meta-backward (0: keep the whole unroll in memory).
+    /// recompute each block during the meta-backward (0, or k >= T: keep the whole unroll in
+    /// memory; see [`Config::checkpoints_unroll`]).
     pub checkpoint_every: usize,
     pub seed: u64,
     pub generator: GeneratorConfig,
@@ -279,6 +280,11 @@ impl Config {
             None => self.data_dir.as_deref().map(|dir| absolute(dir, "config key `data_dir`")).transpose()?,
         };
         Ok(())
+    }
+
+    /// Whether the unroll is checkpointed: a block of `checkpoint_every` steps shorter than it.
+    pub fn checkpoints_unroll(&self) -> bool {
+        (1..self.inner_steps).contains(&self.checkpoint_every)
     }
 
     /// What a new run of this config must also be (a stored run that predates a check still
@@ -616,6 +622,12 @@ fn diff_tables(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<(St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_no_shorter_than_the_unroll_checkpoints_nothing() {
+        let at = |k| Config { inner_steps: 32, checkpoint_every: k, ..Config::tiny() }.checkpoints_unroll();
+        assert_eq!([0, 1, 16, 31, 32, 64].map(at), [false, true, true, true, false, false]);
+    }
 
     #[test]
     fn presets_are_valid_and_round_trip() {

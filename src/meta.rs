@@ -545,7 +545,7 @@ pub fn meta_gradient(
     let config = &teacher.config;
     let (t_max, k) = (config.inner_steps, config.checkpoint_every);
     let teacher_params = teacher.params();
-    if k == 0 || k >= t_max {
+    if !config.checkpoints_unroll() {
         let (loss, logits) = meta_loss(teacher, learner, init, real, plan);
         let grads = nn::grads(&[&loss], &teacher_params, false, false);
         return MetaGradient { loss: loss.double_value(&[]), logits: logits.detach(), grads };
