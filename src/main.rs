@@ -309,8 +309,8 @@ struct TrainArgs {
     /// the result.
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
-    /// Gradient checkpointing: keep the learner state every k inner steps (0, or k >= T: off, the whole unroll kept). Allowed with
-    /// --resume: the meta-gradient is the same.
+    /// Gradient checkpointing: keep the learner state every k inner steps (0, or k >= T: off,
+    /// the whole unroll kept). Allowed with --resume: the meta-gradient is the same.
     #[arg(long)]
     checkpoint_every: Option<usize>,
     /// Meta-training time budget: the first meta-iteration's time (after a discarded warm-up
@@ -341,7 +341,8 @@ struct BenchArgs {
     /// Timed meta-steps (after one warm-up step).
     #[arg(long, default_value_t = 3, value_parser = parse_positive::<u64>)]
     meta_iters: u64,
-    /// Gradient checkpointing: keep the learner state every k inner steps (0, or k >= T: off, the whole unroll kept).
+    /// Gradient checkpointing: keep the learner state every k inner steps (0, or k >= T: off,
+    /// the whole unroll kept).
     #[arg(long)]
     checkpoint_every: Option<usize>,
     #[arg(long, help = CONFIG_HELP)]
@@ -424,8 +425,8 @@ struct CompareArgs {
     /// warm-up one) caps the meta-iterations.
     #[arg(long, value_parser = parse_minutes)]
     budget_minutes: Option<Duration>,
-    /// Gradient checkpointing: keep the learner state every k inner steps (0, or k >= T: off, the whole unroll kept); same result,
-    /// a fraction of the memory.
+    /// Gradient checkpointing: keep the learner state every k inner steps (0, or k >= T: off,
+    /// the whole unroll kept); same result, a fraction of the memory.
     #[arg(long)]
     checkpoint_every: Option<usize>,
     /// Fresh learners per curve (the same initial weights for every method).
