@@ -23,6 +23,14 @@ pub const EVAL_CHUNK: i64 = 1000;
 /// Accuracy of several independently trained learners.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
+    /// The checkpoint whose data taught the learners (none for real data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<TeacherRef>,
+    pub dataset: DatasetName,
+    /// Real test images the learners were scored on.
+    pub test_images: usize,
+    /// Seed of the learners' initial weights (learner k: stream seed + k).
+    pub seed: u64,
     pub learner: LearnerKind,
     /// Which batch-norm statistics scored the learners.
     pub bn_eval: BnEval,
@@ -37,10 +45,37 @@ pub struct EvalReport {
     pub test_accuracies: Vec<f64>,
 }
 
+/// Which teacher an evaluation scored: a run folder's checkpoint, at some meta-iteration.
+#[derive(Debug, Clone, Serialize)]
+pub struct TeacherRef {
+    pub dir: PathBuf,
+    pub meta_iteration: usize,
+    /// The run's length: more than `meta_iteration` for a run stopped early or still training.
+    pub meta_iters: usize,
+    pub checkpoint_sha256: String,
+}
+
+impl TeacherRef {
+    pub fn heading(&self) -> String {
+        teacher_heading(&self.dir, self.meta_iteration, self.meta_iters)
+    }
+}
+
+/// A teacher's report heading: its folder and meta-iteration `done`, and whether meta-training
+/// finished (`total`).
+pub fn teacher_heading(dir: &std::path::Path, done: usize, total: usize) -> String {
+    let unfinished = if done < total { format!(" of {total}, meta-training unfinished") } else { String::new() };
+    format!("{} (meta-iteration {done}{unfinished})", dir.display())
+}
+
 impl EvalReport {
     pub fn from_accuracies(cohort: &Cohort, steps: usize, accs: Vec<f64>) -> EvalReport {
         let (mean, std) = mean_std(&accs);
         EvalReport {
+            teacher: None,
+            dataset: cohort.data.name,
+            test_images: cohort.data.test.len(),
+            seed: cohort.seed,
             learner: cohort.kind,
             bn_eval: cohort.bn_eval,
             before_last_update: cohort.before_last_update,
@@ -75,7 +110,8 @@ impl EvalReport {
         } else {
             let before = if self.before_last_update { " (scored before the last update)" } else { "" };
             let steps = crate::text::count(self.steps, "step");
-            println!("{what}: real test accuracy after {steps}{before}\n{}", self.table());
+            let images = crate::text::count(self.test_images, &format!("{} test image", self.dataset));
+            println!("{what}: real test accuracy after {steps}{before}, on {images}\n{}", self.table());
         }
     }
 }
@@ -145,6 +181,28 @@ fn learner_seed(seed: u64, k: usize) -> rand::rngs::StdRng {
 /// fewer training images than the run held out (a slice of the dataset) serves too.
 pub fn load_test_data(config: &crate::config::Config, device: Device) -> Result<Dataset> {
     Dataset::load(config.dataset, &config.data_dir(), 0, config.seed, device)
+}
+
+/// A warning when `data` (loaded whole, as [`load_test_data`] does, from `data_dir`) is not of the
+/// sizes the teacher in `dir` was meta-trained with (`saved`, as its checkpoint recorded them):
+/// a slice, or other files. Its test images are then other ones than the run's.
+pub fn other_data_warning(
+    saved: Option<[i64; 3]>,
+    data: &Dataset,
+    data_dir: &std::path::Path,
+    dir: &std::path::Path,
+) -> Option<String> {
+    let [train, valid, test] = saved?;
+    let (here_train, here_test) = (data.train.len() as i64, data.test.len() as i64);
+    (here_train != train + valid || here_test != test).then(|| {
+        format!(
+            "{}: holds {here_train} training and {here_test} test images of {}; the teacher in {} was meta-trained on {} training and {test} test images: its accuracy here is on other test images than its run's",
+            data_dir.display(),
+            data.name,
+            dir.display(),
+            train + valid
+        )
+    })
 }
 
 /// Trains the cohort's learners for `steps` steps on the teacher's data and scores them on the
@@ -395,6 +453,10 @@ mod tests {
         let report = |accs: &[f64]| {
             let (mean, std) = mean_std(accs);
             EvalReport {
+                teacher: None,
+                dataset: DatasetName::Mnist,
+                test_images: 10_000,
+                seed: 0,
                 learner: LearnerKind::Mlp,
                 bn_eval: BnEval::Batch,
                 before_last_update: false,
@@ -583,5 +645,22 @@ mod tests {
         let one = RealBaseline { batch: 1, data_dir: Some("/nonexistent".into()), ..opts };
         let err = baseline_real(&one, Device::Cpu, |_, _| {}).unwrap_err().to_string();
         assert_eq!(err, "--batch-size 1: the mlp learner's batch norm over one image is constant; expected at least 2");
+    }
+
+    #[test]
+    fn data_of_other_sizes_than_the_runs_is_warned_of() {
+        let dir = crate::data::fixture_dir();
+        let data = Dataset::load(DatasetName::Mnist, &dir, 0, 0, Device::Cpu).unwrap();
+        let [train, _, test] = data.sizes();
+        let run = std::path::Path::new("runs/t");
+        assert_eq!(other_data_warning(None, &data, &dir, run), None, "an older checkpoint records no sizes");
+        assert_eq!(other_data_warning(Some([train - 112, 112, test]), &data, &dir, run), None);
+        let warning = other_data_warning(Some([50_000, 10_000, 10_000]), &data, &dir, run).unwrap();
+        assert!(
+            warning.ends_with(&format!(
+                ": holds {train} training and {test} test images of mnist; the teacher in runs/t was meta-trained on 60000 training and 10000 test images: its accuracy here is on other test images than its run's"
+            )),
+            "{warning}"
+        );
     }
 }

@@ -585,6 +585,9 @@ fn run(cli: Cli) -> Result<()> {
             let config = &mut ckpt.teacher.config;
             config.data_dir = args.data_dir.or(config.data_dir.take());
             let data = eval::load_test_data(config, device)?;
+            if let Some(warning) = eval::other_data_warning(ckpt.data, &data, &config.data_dir(), &args.dir) {
+                tracing::warn!("{warning}");
+            }
             let cohort = eval::Cohort {
                 data: &data,
                 kind: args.learner.unwrap_or(config.learner),
@@ -594,11 +597,16 @@ fn run(cli: Cli) -> Result<()> {
                 seed: args.seed,
             };
             let steps = args.steps.unwrap_or(config.inner_steps);
-            let report = eval::evaluate_teacher(&ckpt.teacher, &cohort, steps)?;
-            let (done, total) = (ckpt.iteration, ckpt.teacher.config.meta_iters);
-            let unfinished =
-                if done < total { format!(" of {total}, meta-training unfinished") } else { String::new() };
-            report.print(args.json, &format!("{} (meta-iteration {done}{unfinished})", args.dir.display()));
+            let teacher = eval::TeacherRef {
+                dir: args.dir.clone(),
+                meta_iteration: ckpt.iteration,
+                meta_iters: ckpt.teacher.config.meta_iters,
+                checkpoint_sha256: ckpt.sha256.clone(),
+            };
+            let heading = teacher.heading();
+            let report =
+                eval::EvalReport { teacher: Some(teacher), ..eval::evaluate_teacher(&ckpt.teacher, &cohort, steps)? };
+            report.print(args.json, &heading);
             Ok(())
         }
         Command::Compare(args) => {

@@ -748,7 +748,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
         };
         let report = crate::eval::evaluate_teacher(&trainer.teacher, &cohort, c.inner_steps)?;
         // Headed as `gtn eval` heads the same report.
-        report.print(false, &format!("{} (meta-iteration {})", dir.display(), trainer.iteration));
+        report.print(false, &crate::eval::teacher_heading(dir, trainer.iteration, c.meta_iters));
     }
     Ok(())
 }

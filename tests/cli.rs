@@ -39,6 +39,17 @@ fn train_eval_samples_export() {
     assert!((0.15..=1.0).contains(&mean), "tiny teacher should beat chance (10%), got {mean}");
     assert!(report["test_accuracy_std"].as_f64().unwrap() >= 0.0);
     assert_eq!(report["bn_eval"], "batch", "the run's own mode");
+    // Which checkpoint and which data: enough to tell two evaluations apart from the JSON alone.
+    assert_eq!((&report["teacher"]["meta_iteration"], &report["teacher"]["meta_iters"]), (&8.into(), &8.into()));
+    assert_eq!(report["teacher"]["checkpoint_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        (&report["dataset"], &report["test_images"], &report["seed"]),
+        (&"mnist".into(), &256.into(), &0.into())
+    );
+    let out = gtn(&["eval", run.to_str().unwrap(), "--learners", "1"]);
+    let heading =
+        format!("{} (meta-iteration 8): real test accuracy after 4 steps, on 256 mnist test images", run.display());
+    assert!(stdout(&out).starts_with(&heading), "{}", stdout(&out));
     let out = gtn(&["eval", run.to_str().unwrap(), "--learners", "3", "--json", "--bn-eval", "train"]);
     let train: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(train["bn_eval"], "train");
