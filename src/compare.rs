@@ -430,6 +430,14 @@ fn grid(stride: usize, last: usize, t: usize) -> Vec<usize> {
 pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<CompareSummary> {
     // Before hours of meta-training, not after.
     crate::config::check_not_a_file(out, "--out")?;
+    // Its teachers are in sub-folders: a run folder is some other command's (outputs written
+    // beside its checkpoint would mix the two).
+    if checkpoint::holds_run(out) || out.join(checkpoint::CONFIG_FILE).is_file() {
+        bail!(
+            "--out {}: holds a training run (`gtn train` or `gtn rl train`); expected a `gtn compare` folder, new or one it wrote",
+            out.display()
+        );
+    }
     eval::check_sweep(options.learners, (&options.lrs, &options.momenta))?;
     if !(1..=MAX_REAL_STEPS_FACTOR).contains(&options.real_steps_factor) {
         bail!("--real-steps-factor {}: expected 1 to {MAX_REAL_STEPS_FACTOR}", options.real_steps_factor);
@@ -828,6 +836,8 @@ mod tests {
         let generator = CompareOptions { methods: vec!["gtn-full".into()], config: Some(single), ..options.clone() };
         let err = run(&generator, &work.path().join("single-gtn"), Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("single.toml: config key `batch_size` is 1"), "{err}");
+        let err = run(&options, &out.join("gtn-full"), Device::Cpu).unwrap_err().to_string();
+        assert!(err.ends_with("gtn-full: holds a training run (`gtn train` or `gtn rl train`); expected a `gtn compare` folder, new or one it wrote"), "{err}");
         let typo = CompareOptions { methods: vec!["gtn-ful".into()], ..options.clone() };
         let error = run(&typo, &out, Device::Cpu).unwrap_err().to_string();
         assert!(error.starts_with("--methods gtn-ful: unknown method, expected some of gtn-none,"), "{error}");

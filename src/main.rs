@@ -504,7 +504,9 @@ enum BaselineCommand {
         #[arg(long)]
         valid_size: Option<usize>,
         /// Seeds the fresh learners' initial weights and the real-data batches. The
-        /// train/validation split is the presets' (seed 0), so this row matches `gtn compare`'s.
+        /// train/validation split is drawn with the presets' seed 0, so with the same learner,
+        /// steps, batch size, sweep and validation size (`tiny`'s 112 included), this row is
+        /// `gtn compare`'s `real`.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Print the best setting's report as one JSON object instead of the sweep and its table.
