@@ -226,9 +226,10 @@ struct NasArgs {
 /// How architectures are built, trained and evaluated.
 #[derive(Args)]
 struct NasTrainArgs {
-    /// Dataset of the real proxy and the truth (a GTN proxy uses its teacher's).
-    #[arg(long, value_enum, default_value = "mnist")]
-    dataset: DatasetName,
+    /// Dataset scored on (default: a GTN proxy's or `nas search`'s teacher's, else mnist; a
+    /// GTN proxy scores on its teacher's only).
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetName>,
     /// Folder with the dataset's files (default: the teacher's for a GTN proxy and `nas search`,
     /// else data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR, else data/cifar10).
     #[arg(long, alias = "cifar-dir")]
@@ -739,14 +740,21 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn nas_options(train: NasTrainArgs) -> nas::score::ScoreOptions {
-    nas::score::ScoreOptions {
+/// The options `train` gives, on the dataset of `teacher` (a GTN proxy's, or `nas search`'s)
+/// unless --dataset names one.
+fn nas_options(train: NasTrainArgs, teacher: Option<&std::path::Path>) -> Result<nas::score::ScoreOptions> {
+    let dataset = match (train.dataset, teacher) {
+        (Some(dataset), _) => dataset,
+        (None, Some(dir)) => checkpoint::read_config(dir)?.dataset,
+        (None, None) => DatasetName::Mnist,
+    };
+    Ok(nas::score::ScoreOptions {
         archs: Vec::new(),
         proxy: nas::score::Proxy::Real,
         steps: Vec::new(),
         shard: nas::jsonl::Shard::ALL,
         out: PathBuf::new(),
-        dataset: train.dataset,
+        dataset,
         data_dir: train.data_dir,
         valid_size: train.valid_size,
         net: nas::network::NetConfig {
@@ -758,7 +766,7 @@ fn nas_options(train: NasTrainArgs) -> nas::score::ScoreOptions {
         real: nas::score::RealTraining { batch: train.batch_size as usize, lr: train.lr, momentum: train.momentum },
         eval_images: train.eval_images as usize,
         seed: train.seed,
-    }
+    })
 }
 
 fn nas_score(common: NasArgs, proxy: nas::score::Proxy, steps: Vec<usize>, device: Device) -> Result<()> {
@@ -767,14 +775,12 @@ fn nas_score(common: NasArgs, proxy: nas::score::Proxy, steps: Vec<usize>, devic
         (None, Some(n)) => nas::arch::sample_distinct(n as usize, common.train.seed),
         (None, None) => bail!("--archs FILE or --sample N is required"),
     };
-    let opts = nas::score::ScoreOptions {
-        archs,
-        proxy,
-        steps,
-        shard: common.shard,
-        out: common.out,
-        ..nas_options(common.train)
+    let teacher = match &proxy {
+        nas::score::Proxy::Gtn(dir) => Some(dir.as_path()),
+        nas::score::Proxy::Real => None,
     };
+    let base = nas_options(common.train, teacher)?;
+    let opts = nas::score::ScoreOptions { archs, proxy, steps, shard: common.shard, out: common.out, ..base };
     let summary = nas::score::score(&opts, device, |r| {
         println!(
             "{:>4} {} {:>5} steps: valid {:.2}% ({:.1} s)",
@@ -819,7 +825,7 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
         }
         NasCommand::Search { teacher, budget, top_k, proxy_steps, truth_steps, out, common } => {
             let opts = nas::search::SearchOptions {
-                base: nas_options(common),
+                base: nas_options(common, Some(&teacher))?,
                 teacher,
                 budget: budget as usize,
                 top_k,

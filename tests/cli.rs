@@ -587,9 +587,19 @@ fn nas_score_truth_merge_report() {
     let err =
         error_line(&gtn(&["nas", "score", "--proxy", &teacher, "--steps", "9", "--sample", "1", "--out", &p("x")]));
     assert!(err.contains("trained for 4 inner steps"), "{err}");
-    let fixed = ["--cells", "0", "--reductions", "1", "--channels", "2", "--eval-images", "64", "--valid-size", "112"];
+    // A GTN proxy scores on its teacher's dataset only.
+    let x = p("x");
+    let other = ["nas", "score", "--proxy", &teacher, "--dataset", "fashion-mnist", "--steps", "1", "--sample", "1"];
+    let other = [&other[..], &["--out", &x]].concat();
+    let err = error_line(&gtn(&other));
+    assert!(
+        err.ends_with("expected `--dataset mnist`, or none (a GTN proxy scores on its teacher's dataset)"),
+        "{err}"
+    );
+    let fixed = ["--cells", "0", "--reductions", "1", "--channels", "2", "--eval-images", "64"];
     let mut search = vec!["nas", "search", "--teacher", run.to_str().unwrap(), "--budget", "4", "--top-k", "2"];
-    // No --data-dir: both phases read the teacher's data folder.
+    // No --data-dir: both phases read the teacher's data folder, the truth with the teacher's
+    // validation size (the slice holds fewer images than MNIST's standard 10,000).
     search.extend_from_slice(&["--proxy-steps", "4", "--truth-steps", "8"]);
     let search_dir = p("search");
     search.extend_from_slice(&["--batch-size", "16", "--out", &search_dir]);

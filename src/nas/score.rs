@@ -188,9 +188,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         // from `--data-dir` when given (a run folder copied to another machine).
         Some(t) => {
             let c = &t.config;
-            if opts.data_dir.is_some() && opts.dataset != c.dataset {
+            if opts.dataset != c.dataset {
                 bail!(
-                    "--dataset {}: the teacher {} was meta-trained on {}; with --data-dir, expected `--dataset {}` (the folder's dataset)",
+                    "--dataset {}: the teacher {} was meta-trained on {}; expected `--dataset {}`, or none (a GTN proxy scores on its teacher's dataset)",
                     opts.dataset.as_str(),
                     opts.proxy.label(),
                     c.dataset.as_str(),
@@ -517,7 +517,7 @@ mod tests {
         assert!(err.starts_with("--dataset fashion-mnist: the teacher gtn:"), "{err}");
         assert!(
             err.ends_with(
-                "was meta-trained on mnist; with --data-dir, expected `--dataset mnist` (the folder's dataset)"
+                "was meta-trained on mnist; expected `--dataset mnist`, or none (a GTN proxy scores on its teacher's dataset)"
             ),
             "{err}"
         );
