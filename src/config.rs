@@ -486,8 +486,20 @@ pub fn check_not_a_file(dir: &Path, flag: &str) -> Result<()> {
 pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) -> Result<C> {
     let overrides: toml::Table = parse_toml(text)?;
     let mut table = toml::Table::try_from(base).context("config cannot be written as TOML")?;
+    let top_level: Vec<String> = table.keys().cloned().collect();
     merge(&mut table, overrides);
-    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| toml_error(None, e))
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        // A top-level key written below a `[table]` line belongs to that table in TOML.
+        let path = e.path().to_string();
+        let misplaced = path.split_once('.').filter(|(_, key)| top_level.iter().any(|k| k == key));
+        let error = toml_error(None, e);
+        match misplaced {
+            Some((table, key)) => anyhow::anyhow!(
+                "{error} (`{key}` is a top-level key: in TOML, keys below a `[{table}]` line belong to that table; put it above the line)"
+            ),
+            None => error,
+        }
+    })
 }
 
 /// `C` read from TOML `text`; an error is one line that names the line and the key.
@@ -704,7 +716,14 @@ mod tests {
         let err = Config::tiny().with_overrides_str("inner_stpes = 7").unwrap_err().to_string();
         assert!(err.contains("unknown field `inner_stpes`"), "{err}");
         let err = Config::tiny().with_overrides_str("[generator]\nwidth = 3").unwrap_err().to_string();
-        assert!(err.contains("unknown field `width`"), "{err}");
+        assert!(err.contains("unknown field `width`") && !err.contains("top-level"), "{err}");
+        let err =
+            Config::tiny().with_overrides_str("[generator]\nfc_width = 3\nvalid_size = 5").unwrap_err().to_string();
+        assert!(
+            err.starts_with("key `generator.valid_size`: unknown field `valid_size`")
+                && err.ends_with("(`valid_size` is a top-level key: in TOML, keys below a `[generator]` line belong to that table; put it above the line)"),
+            "{err}"
+        );
         let err = Config::tiny().with_overrides_str("curriculum = \"sorted\"").unwrap_err().to_string();
         assert!(err.contains("sorted"), "{err}");
         let err = Config::tiny().with_overrides_str("inner_steps = 0").unwrap_err().to_string();

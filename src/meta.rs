@@ -719,7 +719,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
     let dir = options.resume.as_ref().or(options.out.as_ref()).expect("checked above");
     let c = trainer.config().clone();
     println!(
-        "meta-training on {} ({}): {} teacher, learner {}, T={} x B={}, curriculum {}, {} -> {}",
+        "meta-training on {} (device {}): {} teacher, learner {}, T={} x B={}, curriculum {}, {} -> {}",
         c.dataset,
         crate::text::device(device),
         c.teacher,
