@@ -99,6 +99,17 @@ const DATA_SIZES: &str = "data.sizes";
 /// told from it. The file is put together in memory (a paper-sized checkpoint is tens of MB), so
 /// the sha256 it returns is of the very bytes written, with no second read.
 pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) -> Result<String> {
+    write_tensors_with(path, tensors, (SAVED_CONFIG, config))
+}
+
+/// Writes `tensors` to `path` atomically (as safetensors, on the CPU) with one metadata entry,
+/// `(key, value)`: one, as safetensors writes a map of several in no fixed order. Returns the
+/// file's sha256.
+pub fn write_tensors_with<N: AsRef<str>>(
+    path: &Path,
+    tensors: &[(N, Tensor)],
+    metadata: (&str, &str),
+) -> Result<String> {
     let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: cannot write: {e}", path.display());
     let views = tensors
         .iter()
@@ -106,10 +117,10 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], config: &str) ->
             let t = t.detach().to_device(Device::Cpu).contiguous();
             let dtype = t.kind().try_into().map_err(|e| cannot(&e))?;
             let shape = t.size().iter().map(|&d| d as usize).collect();
-            Ok((name.as_str(), HostTensor { t, dtype, shape }))
+            Ok((name.as_ref(), HostTensor { t, dtype, shape }))
         })
         .collect::<Result<Vec<_>>>()?;
-    let metadata = Some(HashMap::from([(SAVED_CONFIG.to_string(), config.to_string())]));
+    let metadata = Some(HashMap::from([(metadata.0.to_string(), metadata.1.to_string())]));
     let bytes = safetensors::tensor::serialize(views, &metadata).map_err(|e| cannot(&e))?;
     crate::atomic::write(path, &bytes)?;
     Ok(crate::data::fetch::sha256_hex(&bytes))

@@ -724,7 +724,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export { dir, output } => {
             checkpoint::check_output_outside_run(&dir, &output)?;
             let ckpt = checkpoint::load(&dir, device)?;
-            report::export_teaching_set(&ckpt.teacher, &output)?;
+            let run = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+            let source = report::ExportSource { run, meta_iteration: ckpt.iteration, checkpoint_sha256: ckpt.sha256 };
+            report::export_teaching_set(&ckpt.teacher, &source, &output)?;
             println!("wrote {}", output.display());
             Ok(())
         }

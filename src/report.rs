@@ -19,7 +19,21 @@ pub fn teaching_set(teacher: &Teacher) -> (Tensor, Tensor, Tensor, Tensor) {
     })
 }
 
-pub fn export_teaching_set(teacher: &Teacher, output: &Path) -> Result<()> {
+/// Where an exported teaching set came from, kept in its file's metadata (key [`EXPORT_METADATA`],
+/// a JSON object with the teacher's config too): the set alone says what it is and how to use
+/// it (its dataset, `bn_eval`), and which checkpoint made it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportSource {
+    pub run: std::path::PathBuf,
+    pub meta_iteration: usize,
+    pub checkpoint_sha256: String,
+}
+
+/// The exported file's one metadata key.
+pub const EXPORT_METADATA: &str = "gtn";
+
+/// Writes the teaching set (see [`teaching_set`]) and the dataset's normalisation to `output`.
+pub fn export_teaching_set(teacher: &Teacher, source: &ExportSource, output: &Path) -> Result<()> {
     let (images, labels, lr, momentum) = teaching_set(teacher);
     let (mean, std) = teacher.config.dataset.mean_std();
     let tensors = [
@@ -30,11 +44,13 @@ pub fn export_teaching_set(teacher: &Teacher, output: &Path) -> Result<()> {
         ("normalisation_mean", Tensor::from_slice(mean).to_kind(Kind::Float)),
         ("normalisation_std", Tensor::from_slice(std).to_kind(Kind::Float)),
     ];
-    let tensors: Vec<(&str, Tensor)> =
-        tensors.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
-    crate::atomic::replace_with(output, |tmp| {
-        Tensor::write_safetensors(&tensors, tmp).with_context(|| format!("{}: cannot write", output.display()))
-    })
+    let metadata = serde_json::json!({
+        "run": source.run,
+        "meta_iteration": source.meta_iteration,
+        "checkpoint_sha256": source.checkpoint_sha256,
+        "config": teacher.config,
+    });
+    crate::checkpoint::write_tensors_with(output, &tensors, (EXPORT_METADATA, &metadata.to_string())).map(|_| ())
 }
 
 /// A PNG grid: one row per inner step, the first `per_step` images of its batch (all of a
@@ -91,8 +107,18 @@ mod tests {
             let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(3), Device::Cpu).unwrap();
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("set.safetensors");
-            export_teaching_set(&teacher, &path).unwrap();
+            let source = ExportSource { run: "runs/t".into(), meta_iteration: 9, checkpoint_sha256: "ab".into() };
+            export_teaching_set(&teacher, &source, &path).unwrap();
             let set: HashMap<String, Tensor> = Tensor::read_safetensors(&path).unwrap().into_iter().collect();
+            let bytes = std::fs::read(&path).unwrap();
+            let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+            let metadata: serde_json::Value =
+                serde_json::from_str(&header.metadata().as_ref().unwrap()[EXPORT_METADATA]).unwrap();
+            assert_eq!((&metadata["run"], &metadata["meta_iteration"]), (&"runs/t".into(), &9.into()));
+            assert_eq!(
+                (&metadata["config"]["dataset"], &metadata["config"]["bn_eval"]),
+                (&"mnist".into(), &"batch".into())
+            );
 
             let learner = Learner::new(Arch::Mlp { hidden1: 6, hidden2: 5 }, [1, 28, 28], 10).unwrap();
             let init = || LearnerState::new(learner.init(&mut StdRng::seed_from_u64(7), Device::Cpu));
