@@ -432,9 +432,9 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     crate::config::check_not_a_file(out, "--out")?;
     // Its teachers are in sub-folders: a run folder is some other command's (outputs written
     // beside its checkpoint would mix the two).
-    if checkpoint::holds_run(out) || out.join(checkpoint::CONFIG_FILE).is_file() {
+    if checkpoint::holds_run(out) {
         bail!(
-            "--out {}: holds a training run (`gtn train` or `gtn rl train`); expected a `gtn compare` folder, new or one it wrote",
+            "--out {}: holds a training run (a checkpoint, or logged iterations); expected a `gtn compare` folder, new or one it wrote",
             out.display()
         );
     }
@@ -837,7 +837,7 @@ mod tests {
         let err = run(&generator, &work.path().join("single-gtn"), Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("single.toml: config key `batch_size` is 1"), "{err}");
         let err = run(&options, &out.join("gtn-full"), Device::Cpu).unwrap_err().to_string();
-        assert!(err.ends_with("gtn-full: holds a training run (`gtn train` or `gtn rl train`); expected a `gtn compare` folder, new or one it wrote"), "{err}");
+        assert!(err.ends_with("gtn-full: holds a training run (a checkpoint, or logged iterations); expected a `gtn compare` folder, new or one it wrote"), "{err}");
         let typo = CompareOptions { methods: vec!["gtn-ful".into()], ..options.clone() };
         let error = run(&typo, &out, Device::Cpu).unwrap_err().to_string();
         assert!(error.starts_with("--methods gtn-ful: unknown method, expected some of gtn-none,"), "{error}");

@@ -491,7 +491,8 @@ pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) ->
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         // A top-level key written below a `[table]` line belongs to that table in TOML.
         let path = e.path().to_string();
-        let misplaced = path.split_once('.').filter(|(_, key)| top_level.iter().any(|k| k == key));
+        let unknown = e.inner().message().starts_with("unknown field");
+        let misplaced = path.split_once('.').filter(|(_, key)| unknown && top_level.iter().any(|k| k == key));
         let error = toml_error(None, e);
         match misplaced {
             Some((table, key)) => anyhow::anyhow!(

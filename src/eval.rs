@@ -48,7 +48,8 @@ pub struct EvalReport {
 /// Which teacher an evaluation scored: a run folder's checkpoint, at some meta-iteration.
 #[derive(Debug, Clone, Serialize)]
 pub struct TeacherRef {
-    pub dir: PathBuf,
+    /// The run folder as given (displayed: a path need not be UTF-8, JSON must).
+    pub dir: String,
     pub meta_iteration: usize,
     /// The run's length: more than `meta_iteration` for a run stopped early or still training.
     pub meta_iters: usize,
@@ -57,7 +58,7 @@ pub struct TeacherRef {
 
 impl TeacherRef {
     pub fn heading(&self) -> String {
-        teacher_heading(&self.dir, self.meta_iteration, self.meta_iters)
+        teacher_heading(std::path::Path::new(&self.dir), self.meta_iteration, self.meta_iters)
     }
 }
 
@@ -183,24 +184,23 @@ pub fn load_test_data(config: &crate::config::Config, device: Device) -> Result<
     Dataset::load(config.dataset, &config.data_dir(), 0, config.seed, device)
 }
 
-/// A warning when `data` (loaded whole, as [`load_test_data`] does, from `data_dir`) is not of the
-/// sizes the teacher in `dir` was meta-trained with (`saved`, as its checkpoint recorded them):
-/// a slice, or other files. Its test images are then other ones than the run's.
+/// A warning when the test images of `data` (read from `data_dir`) are not as many as those of
+/// the data the teacher in `dir` was meta-trained with (`saved`, its checkpoint's
+/// [`Dataset::sizes`]): other files, or a slice. Its learners are then scored on other images.
 pub fn other_data_warning(
     saved: Option<[i64; 3]>,
     data: &Dataset,
     data_dir: &std::path::Path,
     dir: &std::path::Path,
 ) -> Option<String> {
-    let [train, valid, test] = saved?;
-    let (here_train, here_test) = (data.train.len() as i64, data.test.len() as i64);
-    (here_train != train + valid || here_test != test).then(|| {
+    let [_, _, test] = saved?;
+    let here = data.test.len() as i64;
+    (here != test).then(|| {
         format!(
-            "{}: holds {here_train} training and {here_test} test images of {}; the teacher in {} was meta-trained on {} training and {test} test images: its accuracy here is on other test images than its run's",
+            "{}: holds {here} test images of {}; the data the run in {} was meta-trained with held {test}: the learners are scored on other test images than its run's",
             data_dir.display(),
             data.name,
-            dir.display(),
-            train + valid
+            dir.display()
         )
     })
 }
@@ -655,10 +655,12 @@ mod tests {
         let run = std::path::Path::new("runs/t");
         assert_eq!(other_data_warning(None, &data, &dir, run), None, "an older checkpoint records no sizes");
         assert_eq!(other_data_warning(Some([train - 112, 112, test]), &data, &dir, run), None);
+        // Other training images alone change nothing eval scores on.
+        assert_eq!(other_data_warning(Some([50_000, 10_000, test]), &data, &dir, run), None);
         let warning = other_data_warning(Some([50_000, 10_000, 10_000]), &data, &dir, run).unwrap();
         assert!(
             warning.ends_with(&format!(
-                ": holds {train} training and {test} test images of mnist; the teacher in runs/t was meta-trained on 60000 training and 10000 test images: its accuracy here is on other test images than its run's"
+                ": holds {test} test images of mnist; the data the run in runs/t was meta-trained with held 10000: the learners are scored on other test images than its run's"
             )),
             "{warning}"
         );

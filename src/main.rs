@@ -235,7 +235,7 @@ struct NasTrainArgs {
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Training images held out for validation by the real proxy and the truth (default: the
-    /// dataset's standard split).
+    /// dataset's standard split; `nas search`'s truth: its teacher's).
     #[arg(long)]
     valid_size: Option<usize>,
     /// Normal cells per stage.
@@ -601,7 +601,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let steps = args.steps.unwrap_or(config.inner_steps);
             let teacher = eval::TeacherRef {
-                dir: args.dir.clone(),
+                dir: args.dir.display().to_string(),
                 meta_iteration: ckpt.iteration,
                 meta_iters: ckpt.teacher.config.meta_iters,
                 checkpoint_sha256: ckpt.sha256.clone(),
@@ -724,7 +724,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export { dir, output } => {
             checkpoint::check_output_outside_run(&dir, &output)?;
             let ckpt = checkpoint::load(&dir, device)?;
-            let run = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+            let run = dir.display().to_string();
             let source = report::ExportSource { run, meta_iteration: ckpt.iteration, checkpoint_sha256: ckpt.sha256 };
             report::export_teaching_set(&ckpt.teacher, &source, &output)?;
             println!("wrote {}", output.display());

@@ -22,9 +22,10 @@ pub fn teaching_set(teacher: &Teacher) -> (Tensor, Tensor, Tensor, Tensor) {
 /// Where an exported teaching set came from, kept in its file's metadata (key [`EXPORT_METADATA`],
 /// a JSON object with the teacher's config too): the set alone says what it is and how to use
 /// it (its dataset, `bn_eval`), and which checkpoint made it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct ExportSource {
-    pub run: std::path::PathBuf,
+    /// The run folder as given (displayed: a path need not be UTF-8, JSON must).
+    pub run: String,
     pub meta_iteration: usize,
     pub checkpoint_sha256: String,
 }
@@ -48,7 +49,9 @@ pub fn export_teaching_set(teacher: &Teacher, source: &ExportSource, output: &Pa
         "run": source.run,
         "meta_iteration": source.meta_iteration,
         "checkpoint_sha256": source.checkpoint_sha256,
-        "config": teacher.config,
+        // As its checkpoint stores it: the same teacher exports the same bytes wherever its
+        // data lies and however its unroll is computed.
+        "config": teacher.config.without_session_settings(),
     });
     crate::checkpoint::write_tensors_with(output, &tensors, (EXPORT_METADATA, &metadata.to_string())).map(|_| ())
 }

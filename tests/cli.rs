@@ -620,6 +620,23 @@ fn nas_score_truth_merge_report() {
     other_dataset.extend_from_slice(&["--dataset", "fashion-mnist"]);
     let err = error_line(&gtn(&other_dataset));
     assert!(err.contains("--dataset fashion-mnist: the teacher in") && err.contains("on mnist;"), "{err}");
+    // Its data named by --data-dir: the same sizes, so the truth takes the teacher's split too.
+    let mut elsewhere = search.clone();
+    let (at, again) = (elsewhere.iter().position(|a| *a == "--out").unwrap(), p("search-elsewhere"));
+    elsewhere[at + 1] = &again;
+    elsewhere.extend_from_slice(&["--data-dir", data.to_str().unwrap()]);
+    assert!(stdout(&gtn(&elsewhere)).contains("best: `"));
+    // Without --dataset, a search takes its teacher's: a Fashion-MNIST teacher's folder (here
+    // without a checkpoint) gets as far as reading its checkpoint.
+    let fashion = tmp.path().join("fashion");
+    std::fs::create_dir(&fashion).unwrap();
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    std::fs::write(fashion.join("config.toml"), config.replace("dataset = \"mnist\"", "dataset = \"fashion-mnist\""))
+        .unwrap();
+    let mut teacherless = search.clone();
+    teacherless[3] = fashion.to_str().unwrap();
+    let err = error_line(&gtn(&teacherless));
+    assert!(!err.contains("--dataset") && err.contains("checkpoint"), "{err}");
 
     // Rejected by the argument parser, which adds its usual hint line.
     let out =

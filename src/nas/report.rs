@@ -127,15 +127,21 @@ fn row(proxy: String, steps: usize, mut points: Vec<Point>) -> Row {
     points.sort_by(|a, b| b.truth.total_cmp(&a.truth).then_with(|| a.arch.cmp(b.arch)));
     let n_top = points.len().div_ceil(2);
     let (valid_top, truth_top) = (column(&points[..n_top], |p| p.valid), column(&points[..n_top], |p| p.truth));
+    // Two points are ranked alike or opposite whatever they are: a correlation of fewer than
+    // three says nothing, and is left out (n/a) rather than shown as a perfect 1 or -1.
+    let informative = |x: &[f64], y: &[f64], f: fn(&[f64], &[f64]) -> f64| match x.len() {
+        0..=2 => f64::NAN,
+        _ => f(x, y),
+    };
     Row {
         proxy,
         steps,
         n: valid.len(),
-        spearman: spearman(&valid, &truth),
-        kendall: kendall_tau_b(&valid, &truth),
+        spearman: informative(&valid, &truth, spearman),
+        kendall: informative(&valid, &truth, kendall_tau_b),
         n_top,
-        spearman_top: spearman(&valid_top, &truth_top),
-        kendall_top: kendall_tau_b(&valid_top, &truth_top),
+        spearman_top: informative(&valid_top, &truth_top, spearman),
+        kendall_top: informative(&valid_top, &truth_top, kendall_tau_b),
         spearman_valid_test: spearman(&valid, &test),
         spearman_params: spearman(&valid, &params),
         seconds,
@@ -507,15 +513,18 @@ mod tests {
 
     #[test]
     fn the_top_half_does_not_depend_on_record_order() {
-        // a1 and a2 tie at the cut of the top half: a1 goes in by name, whatever the order.
+        // a2 and a3 tie at the cut of the top half: a2 goes in by name, whatever the order.
         let truth: Vec<Record> =
-            [3.0, 2.0, 2.0, 1.0].iter().enumerate().map(|(k, &t)| rec(k, "real", 100, t)).collect();
+            [5.0, 4.0, 3.0, 3.0, 1.0, 0.0].iter().enumerate().map(|(k, &t)| rec(k, "real", 100, t)).collect();
         let mut proxy: Vec<Record> =
-            [0.0, 1.0, -1.0, 5.0].iter().enumerate().map(|(k, &v)| rec(k, "real", 8, v)).collect();
+            [0.0, 1.0, 2.0, -5.0, 9.0, 9.0].iter().enumerate().map(|(k, &v)| rec(k, "real", 8, v)).collect();
         for _ in 0..2 {
-            assert_eq!(correlations(&proxy, &truth).unwrap()[0].spearman_top, -1.0, "top half a0, a1");
+            assert_eq!(correlations(&proxy, &truth).unwrap()[0].spearman_top, -1.0, "top half a0, a1, a2");
             proxy.reverse();
         }
+        // A top half of two says nothing.
+        let row = &correlations(&proxy[..4], &truth[..4]).unwrap()[0];
+        assert!(row.n_top == 2 && row.spearman_top.is_nan() && row.kendall_top.is_nan(), "{row:?}");
     }
 
     /// A proxy over fewer architectures (a shard still running) gets its own baseline, over the

@@ -70,7 +70,7 @@ pub struct ScoreOptions {
     pub steps: Vec<usize>,
     pub shard: Shard,
     pub out: PathBuf,
-    /// Dataset for the real proxy (the teacher's own for a GTN proxy).
+    /// Dataset scored on: for a GTN proxy, its teacher's (another is refused).
     pub dataset: DatasetName,
     pub data_dir: Option<PathBuf>,
     /// Training images held out for validation (the dataset's default when `None`).

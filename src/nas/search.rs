@@ -65,7 +65,7 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     // The finalists train on `--dataset`: the candidates were ranked on the teacher's.
     if opts.base.dataset != teacher.dataset {
         bail!(
-            "--dataset {}: the teacher in {} was meta-trained on {}; expected the same (`--dataset {}`), as the finalists train on it",
+            "--dataset {}: the teacher in {} was meta-trained on {}; expected `--dataset {}`, or none, as the finalists train on it",
             opts.base.dataset.as_str(),
             opts.teacher.display(),
             teacher.dataset.as_str(),
@@ -107,11 +107,12 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
         steps: vec![opts.truth_steps],
         shard: Shard::ALL,
         out: truth_out.clone(),
-        // The folder the candidates were ranked on, the teacher's, unless --data-dir names one;
-        // in it, the teacher's validation size, unless --valid-size gives one (a teacher of a
-        // slice holds out fewer than the dataset's standard split, which the slice may not hold).
+        // The folder the candidates were ranked on, the teacher's, unless --data-dir names one
+        // (of the same sizes: the proxy phase checked), with the teacher's validation size unless
+        // --valid-size gives one (a teacher of a slice holds out fewer than the dataset's
+        // standard split, which the slice may not hold).
         data_dir: Some(opts.base.data_dir.clone().unwrap_or_else(|| teacher.data_dir())),
-        valid_size: opts.base.valid_size.or(opts.base.data_dir.is_none().then_some(teacher.valid_size)),
+        valid_size: opts.base.valid_size.or(Some(teacher.valid_size)),
         ..opts.base.clone()
     };
     score::score(&phase2, device, |r| progress("truth", r))?;
