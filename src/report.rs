@@ -49,8 +49,8 @@ pub fn export_teaching_set(teacher: &Teacher, source: &ExportSource, output: &Pa
         "run": source.run,
         "meta_iteration": source.meta_iteration,
         "checkpoint_sha256": source.checkpoint_sha256,
-        // As its checkpoint stores it: the same teacher exports the same bytes wherever its
-        // data lies and however its unroll is computed.
+        // As its checkpoint stores it: a teacher's config does not depend on where its data
+        // lies or how its unroll is computed.
         "config": teacher.config.without_session_settings(),
     });
     crate::checkpoint::write_tensors_with(output, &tensors, (EXPORT_METADATA, &metadata.to_string())).map(|_| ())
