@@ -165,6 +165,9 @@ impl Trainer {
         let data = load_data(&teacher.config, device)?;
         checkpoint::check_data(saved, &data, &teacher.config.data_dir(), &format!("in {}", dir.display()))?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, iteration)?;
+        if let Some(warning) = lr_jump_warning(dir, &teacher.config, iteration) {
+            tracing::warn!("{warning}");
+        }
         Ok(Trainer {
             teacher,
             adam,
@@ -392,6 +395,27 @@ impl Trainer {
         bar.finish();
         Ok(())
     }
+}
+
+/// A warning when the outer lr of meta-iteration `iteration` under `config` is above the one
+/// logged for the iteration before it in `dir`'s log.csv: an edited `meta_iters`, `outer_lr` or
+/// `final_lr_fraction` recomputed the cosine decay, which then restarts higher instead of going
+/// on down (lengthening a run does that unless `outer_lr` is lowered with it).
+fn lr_jump_warning(dir: &Path, config: &Config, iteration: usize) -> Option<String> {
+    let log = std::fs::read_to_string(dir.join(LOG_FILE)).ok()?;
+    // The header is line 0, so iteration - 1's row is line `iteration`.
+    let last: f64 = log.lines().nth(iteration)?.split(',').nth(4)?.parse().ok()?;
+    let next = optim::cosine_lr(config.outer_lr, config.final_lr_fraction, iteration, config.meta_iters);
+    (next > last * (1.0 + 1e-3)).then(|| {
+        format!(
+            "{}: the outer lr rises from {last:.3e} (meta-iteration {}) to {next:.3e}: its cosine decay, recomputed over config.toml's edited schedule (outer_lr {}, final_lr_fraction {}, meta_iters {}), restarts higher; lower outer_lr with it to go on decaying",
+            dir.display(),
+            iteration - 1,
+            config.outer_lr,
+            config.final_lr_fraction,
+            config.meta_iters
+        )
+    })
 }
 
 /// Seconds of meta-training logged in `dir`'s log.csv (all sessions of a resumed run).
@@ -1088,6 +1112,23 @@ mod tests {
         let mut t = Tensor::read_safetensors(checkpoint::checkpoint_path(dir)).unwrap();
         t.sort_by(|a, b| a.0.cmp(&b.0));
         t
+    }
+
+    #[test]
+    fn a_lengthened_schedule_that_raises_the_outer_lr_is_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { meta_iters: 4, ..fixture_config() };
+        let mut trainer = Trainer::create(&config, dir.path(), Device::Cpu).unwrap();
+        for _ in 0..2 {
+            trainer.step().unwrap();
+        }
+        assert_eq!(lr_jump_warning(dir.path(), &config, 2), None, "the same schedule goes on down");
+        assert_eq!(lr_jump_warning(dir.path(), &config, 0), None, "nothing logged before");
+        let longer = Config { meta_iters: 40, ..config.clone() };
+        let warning = lr_jump_warning(dir.path(), &longer, 2).unwrap();
+        assert!(warning.contains(": the outer lr rises from 1.736e-2 (meta-iteration 1) to 1.989e-2:"), "{warning}");
+        let lowered = Config { outer_lr: config.outer_lr / 2.0, ..longer };
+        assert_eq!(lr_jump_warning(dir.path(), &lowered, 2), None);
     }
 
     #[test]
