@@ -400,8 +400,11 @@ struct EvalArgs {
 struct CompareArgs {
     /// Output folder: one training folder per teacher, curves, table and summary. A re-run
     /// reuses the teachers it holds.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Not an option here (`train`'s habit): the error says to repeat the command instead.
+    #[arg(long, hide = true)]
+    resume: Option<PathBuf>,
     /// Config shared by every teacher (the curriculum and teacher kind vary).
     #[arg(long, default_value = "cpu")]
     preset: String,
@@ -613,6 +616,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Compare(args) => {
+            if let Some(dir) = args.resume {
+                let dir = dir.display();
+                bail!("--resume {dir}: compare has no --resume; run the same `gtn compare ... --out {dir}` command again: it reuses the teachers it trained and resumes the ones it did not finish");
+            }
+            let out = args.out.expect("clap requires --out without --resume");
             let options = CompareOptions {
                 preset: args.preset,
                 config: args.config,
@@ -631,12 +639,12 @@ fn run(cli: Cli) -> Result<()> {
                 before_last_update: args.before_last_update,
                 seed: args.seed,
             };
-            let summary = compare::run(&options, &args.out, device)?;
+            let summary = compare::run(&options, &out, device)?;
             if args.json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
                 println!("{}", summary.table());
-                println!("wrote {}", args.out.display());
+                println!("wrote {}", out.display());
             }
             Ok(())
         }

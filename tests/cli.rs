@@ -303,6 +303,11 @@ fn bad_input_gives_one_line_errors() {
         err,
         "error: --preset huge: unknown preset, expected one of paper, cpu, tiny, paper-cifar10, cpu-cifar10"
     );
+    // `train`'s habit, refused before anything runs, with --out too.
+    let err = error_line(&gtn(&["compare", "--resume", out.to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    let o = out.display();
+    assert_eq!(err, format!("error: --resume {o}: compare has no --resume; run the same `gtn compare ... --out {o}` command again: it reuses the teachers it trained and resumes the ones it did not finish"));
+    assert!(!out.exists());
 
     // A fetch that cannot start (no npm on the PATH) leaves no folder it made.
     let fetch = std::process::Command::new(env!("CARGO_BIN_EXE_gtn"))
