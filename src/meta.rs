@@ -555,10 +555,11 @@ pub struct MetaGradient {
 /// The exact meta-gradient. With `checkpoint_every = k`, 0 < k < T (gradient checkpointing,
 /// [`Config::checkpoints_unroll`]), only the learner state at every k-th inner step is kept: a
 /// first pass trains without a graph, then the backward pass recomputes one block of k steps at
-/// a time with its graph and pulls the incoming adjoint through it. The last block keeps its graph from the first pass, since the
-/// backward starts there, so only the other blocks are recomputed. Memory holds one block's
-/// graph instead of T steps'; the cost is one more forward pass over all steps but the last
-/// block's. Same gradient as the full unroll up to float rounding (tested).
+/// a time with its graph and pulls the incoming adjoint through it. The last block keeps its
+/// graph from the first pass, since the backward starts there, so only the other blocks are
+/// recomputed. Memory holds one block's graph instead of T steps'; the cost is one more forward
+/// pass over all steps but the last block's. Same gradient as the full unroll up to float
+/// rounding (tested).
 pub fn meta_gradient(
     teacher: &Teacher,
     learner: &Learner,
