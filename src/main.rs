@@ -302,7 +302,8 @@ struct TrainArgs {
     /// Meta-iterations (default: the preset's or --config's).
     #[arg(long, conflicts_with = "resume", value_parser = parse_positive::<usize>)]
     meta_iters: Option<usize>,
-    /// Seed of the teacher's initialisation and of every meta-iteration's draws (default: the preset's or --config's).
+    /// Seed of the teacher's initialisation and of every meta-iteration's draws (default: the
+    /// preset's or --config's).
     #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
     seed: Option<u64>,
     /// Folder with the dataset's files (default: the config's `data_dir`, else data/<dataset>;
