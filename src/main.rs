@@ -110,7 +110,7 @@ enum RlCommand {
         config: Option<PathBuf>,
         /// Seed of the teacher's initialisation and of every generation's draws (default: the
         /// preset's or --config's).
-        #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
+        #[arg(long, conflicts_with = "resume", value_parser = parse_seed)]
         seed: Option<u64>,
         /// Continue the run in this folder from its last checkpoint.
         #[arg(long)]
@@ -121,7 +121,7 @@ enum RlCommand {
         /// A folder of `gtn rl train`.
         dir: PathBuf,
         /// Seeds the fresh policies, their episodes and the REINFORCE runs.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = parse_seed)]
         seed: u64,
         /// Print one JSON object instead of a table.
         #[arg(long)]
@@ -265,7 +265,7 @@ struct NasTrainArgs {
     #[arg(long, default_value_t = 2000, value_parser = parse_positive::<u64>)]
     eval_images: u64,
     /// Seeds the architecture sample and every architecture's initial weights.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = parse_seed)]
     seed: u64,
 }
 
@@ -304,7 +304,7 @@ struct TrainArgs {
     meta_iters: Option<usize>,
     /// Seed of the teacher's initialisation and of every meta-iteration's draws (default: the
     /// preset's or --config's).
-    #[arg(long, conflicts_with = "resume", value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
+    #[arg(long, conflicts_with = "resume", value_parser = parse_seed)]
     seed: Option<u64>,
     /// Folder with the dataset's files (default: the config's `data_dir`, else data/<dataset>;
     /// CIFAR-10: $GTN_CIFAR10_DIR, else data/cifar10). Allowed with --resume: it does not change
@@ -390,7 +390,7 @@ struct EvalArgs {
     before_last_update: bool,
     /// Seeds the fresh learners (drawn widths, initial weights) and the teacher's draws for
     /// them (noise, batch order).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = parse_seed)]
     seed: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -453,7 +453,7 @@ struct CompareArgs {
     real_steps_factor: u64,
     /// Seeds the evaluation: the fresh learners' initial weights and the real-data batches (the
     /// teachers and the train/validation split follow the config's `seed`).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = parse_seed)]
     seed: u64,
     /// With the config's `bn_eval = "train"`, score every curve as the reference logs its test
     /// accuracy: step s's weights before its update, with its batch statistics.
@@ -512,7 +512,7 @@ enum BaselineCommand {
         /// train/validation split is drawn with the presets' seed 0, so with the same learner,
         /// steps, batch size, sweep and validation size (`tiny`'s 112 included), this row is
         /// `gtn compare`'s `real`.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = parse_seed)]
         seed: u64,
         /// Print the best setting's report as one JSON object instead of the sweep and its table.
         #[arg(long)]
@@ -924,10 +924,24 @@ fn parse_momentum(text: &str) -> Result<f64, String> {
 }
 
 /// A count: clap's own range check would print the type's bound (`not in 1..18446744073709551615`).
-fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T, String> {
+fn parse_positive<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr<Err = std::num::ParseIntError> + PartialOrd + Default,
+{
     match text.parse::<T>() {
         Ok(n) if n > T::default() => Ok(n),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+            Err("expected a positive integer, and this one is too large".into())
+        }
         _ => Err("expected a positive integer".into()),
+    }
+}
+
+/// Seeds are stored in TOML configs and checkpoints, whose integers are signed 64-bit.
+fn parse_seed(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(seed) if seed <= i64::MAX as u64 => Ok(seed),
+        _ => Err(format!("expected a seed, a whole number from 0 to {}", i64::MAX)),
     }
 }
 

@@ -367,15 +367,18 @@ fn bad_input_gives_one_line_errors() {
     assert!(err.ends_with("expected a positive number of minutes, at most 525600"), "{err}");
     // A negative number is the flag's value, refused by its parser (not an unknown argument).
     let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", "x", "--seed", "-1"]));
-    assert!(err.starts_with("error: invalid value '-1' for '--seed <SEED>'"), "{err}");
+    let seed_range = "expected a seed, a whole number from 0 to 9223372036854775807";
+    assert_eq!(err, format!("error: invalid value '-1' for '--seed <SEED>': {seed_range}"));
     let err = error_line(&gtn(&["rl", "eval", "x", "--seed", "-3"]));
-    assert!(err.starts_with("error: invalid value '-3' for '--seed <SEED>'"), "{err}");
+    assert_eq!(err, format!("error: invalid value '-3' for '--seed <SEED>': {seed_range}"));
     let err = error_line(&gtn(&["compare", "--out", "x", "--real-steps-factor", "101"]));
     assert!(err.starts_with("error: invalid value '101' for '--real-steps-factor <REAL_STEPS_FACTOR>': "), "{err}");
     let err = error_line(&gtn(&["nas", "score", "--proxy", "real", "--sample", "1000001", "--out", "x.jsonl"]));
     assert!(err.starts_with("error: invalid value '1000001' for '--sample <SAMPLE>': "), "{err}");
     let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", out.to_str().unwrap(), "--meta-iters", "0"]));
     assert_eq!(err, "error: invalid value '0' for '--meta-iters <META_ITERS>': expected a positive integer");
+    let err = error_line(&gtn(&["eval", "--learners", "99999999999999999999", "x"]));
+    assert!(err.ends_with("': expected a positive integer, and this one is too large"), "{err}");
     let err = error_line(&gtn(&["train", "--preset", "tiny"]));
     assert_eq!(err, "error: the following required arguments were not provided: --out <OUT>");
     let err = error_line(&gtn(&["eval", "--learnrs", "3", out.to_str().unwrap()]));
@@ -642,6 +645,18 @@ fn nas_score_truth_merge_report() {
     teacherless[3] = fashion.to_str().unwrap();
     let err = error_line(&gtn(&teacherless));
     assert!(!err.contains("--dataset") && err.contains("checkpoint"), "{err}");
+
+    // More evaluation images than the splits hold are scored on what they hold, and said so.
+    let data_dir = data.to_str().unwrap();
+    let (big, one) = (p("big.jsonl"), ["--sample", "1", "--cells", "0", "--reductions", "1", "--channels", "2"]);
+    let rest =
+        ["--eval-images", "100000", "--steps", "1", "--data-dir", data_dir, "--valid-size", "112", "--out", &big];
+    let out = gtn(&[&["nas", "truth"][..], &one, &rest].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("--eval-images 100000: the validation split holds 112 images"),
+        "{stderr}"
+    );
 
     // Rejected by the argument parser, which adds its usual hint line.
     let out =

@@ -218,6 +218,14 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         }
     }
     let (valid, test) = (data.valid.first(opts.eval_images), data.test.first(opts.eval_images));
+    if valid.len() < opts.eval_images || test.len() < opts.eval_images {
+        tracing::warn!(
+            "--eval-images {}: the validation split holds {} images and the test split {}; each is scored on at most that many",
+            opts.eval_images,
+            data.valid.len(),
+            data.test.len()
+        );
+    }
     let label = opts.proxy.label();
     // A GTN proxy scores as its teacher was meta-trained to be scored.
     let bn_eval = teacher.as_ref().map_or(BnEval::Batch, |t| t.config.bn_eval);
