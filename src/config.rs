@@ -486,13 +486,23 @@ pub fn check_not_a_file(dir: &Path, flag: &str) -> Result<()> {
 pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) -> Result<C> {
     let overrides: toml::Table = parse_toml(text)?;
     let mut table = toml::Table::try_from(base).context("config cannot be written as TOML")?;
-    let top_level: Vec<String> = table.keys().cloned().collect();
     merge(&mut table, overrides);
-    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        // A top-level key written below a `[table]` line belongs to that table in TOML.
+    let deserialize = |table: toml::Table| serde_path_to_error::deserialize::<_, C>(toml::Value::Table(table));
+    deserialize(table.clone()).map_err(|e| {
+        // A top-level key written below a `[table]` line belongs to that table in TOML: one the
+        // top level would take (asked of serde, as optional keys left unset are not in `base`'s
+        // table) is named as misplaced.
         let path = e.path().to_string();
         let unknown = e.inner().message().starts_with("unknown field");
-        let misplaced = path.split_once('.').filter(|(_, key)| unknown && top_level.iter().any(|k| k == key));
+        let misplaced = path.split_once('.').filter(|&(parent, key)| {
+            let mut moved = table.clone();
+            let value = moved.get_mut(parent).and_then(|t| t.as_table_mut()).and_then(|t| t.remove(key));
+            unknown
+                && value.is_some_and(|value| {
+                    moved.insert(key.to_owned(), value);
+                    deserialize(moved).map_or_else(|e| e.path().to_string() != key, |_| true)
+                })
+        });
         let error = toml_error(None, e);
         match misplaced {
             Some((table, key)) => anyhow::anyhow!(
@@ -725,6 +735,9 @@ mod tests {
                 && err.ends_with("(`valid_size` is a top-level key: in TOML, keys below a `[generator]` line belong to that table; put it above the line)"),
             "{err}"
         );
+        // Also a key left out of the preset's table (an unset option).
+        let err = Config::tiny().with_overrides_str("[generator]\ndata_dir = \"d\"").unwrap_err().to_string();
+        assert!(err.ends_with("(`data_dir` is a top-level key: in TOML, keys below a `[generator]` line belong to that table; put it above the line)"), "{err}");
         let err = Config::tiny().with_overrides_str("curriculum = \"sorted\"").unwrap_err().to_string();
         assert!(err.contains("sorted"), "{err}");
         let err = Config::tiny().with_overrides_str("inner_steps = 0").unwrap_err().to_string();
