@@ -773,7 +773,9 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
         };
         let report = crate::eval::evaluate_teacher(&trainer.teacher, &cohort, c.inner_steps)?;
         // Headed as `gtn eval` heads the same report.
-        report.print(false, &crate::eval::teacher_heading(dir, trainer.iteration, c.meta_iters));
+        // The config's length, which a time budget may have lowered.
+        let heading = crate::eval::teacher_heading(dir, trainer.iteration, trainer.config().meta_iters);
+        report.print(false, &heading);
     }
     Ok(())
 }

@@ -425,10 +425,13 @@ fn a_time_budget_says_how_many_meta_iterations_it_affords() {
     ] {
         let out = dir.path().join(minutes);
         let args = ["--data-dir", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--meta-iters", "2"];
-        let run = gtn(&[&["train", "--preset", "tiny", "--budget-minutes", minutes], &args[..]].concat());
-        stdout(&run);
+        let budget = ["train", "--preset", "tiny", "--budget-minutes", minutes, "--eval-learners", "1"];
+        let run = gtn(&[&budget[..], &args[..]].concat());
+        let stdout = stdout(&run);
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(stderr.lines().any(|l| l.starts_with(expected)), "{minutes} min: {stderr}");
+        // The run the budget sized is complete: the evaluation's heading says so.
+        assert!(stdout.contains("(meta-iteration ") && !stdout.contains("unfinished"), "{stdout}");
     }
 }
 
