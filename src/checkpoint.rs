@@ -225,7 +225,7 @@ pub fn check_output_outside_run(dir: &Path, output: &Path) -> Result<()> {
     }
 }
 
-/// Writes the config of a new run.
+/// Writes a run's config: a new run's, and one whose length a time budget lowered.
 pub fn write_config(dir: &Path, config: &Config) -> Result<()> {
     crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())
 }

@@ -27,7 +27,7 @@ pub const CURVES_PNG: &str = "curves.png";
 pub const TABLE_MD: &str = "table.md";
 pub const SUMMARY_JSON: &str = "summary.json";
 /// A method's measured curves, kept in its folder (`DIR/<method>/`, `DIR/real/` for the real-data
-/// sweep) so a re-run (after an interruption, with other methods, or to redraw the outputs) does
+/// curve) so a re-run (after an interruption, with other methods, or to redraw the outputs) does
 /// not measure them again.
 pub const CURVES_JSON: &str = "compare-curves.json";
 /// The real-data sweep's winner, kept apart from its curve: a run stopped while the curve is

@@ -29,7 +29,7 @@ pub struct EvalReport {
     pub dataset: DatasetName,
     /// Real test images the learners were scored on.
     pub test_images: usize,
-    /// Seed of the learners' initial weights (learner k: stream seed + k).
+    /// Seed of the learners' initial weights and of the teacher's or real data's batches for them.
     pub seed: u64,
     pub learner: LearnerKind,
     /// Which batch-norm statistics scored the learners.

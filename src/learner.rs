@@ -1,6 +1,6 @@
 //! Learners: the networks trained in the inner loop, as pure functions of an explicit parameter
-//! list. Every layer is weight-normalised and followed by mean-only batch norm (NAS cell networks:
-//! see `nas::network`).
+//! list. Every layer is weight-normalised, and every hidden one followed by mean-only batch norm
+//! (NAS cell networks: see `nas::network`).
 
 use anyhow::{bail, Result};
 use rand::{rngs::StdRng, Rng};

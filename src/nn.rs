@@ -307,11 +307,9 @@ fn per_channel(x: &Tensor, v: &Tensor) -> Tensor {
 /// Leaky ReLU with slope [`LEAKY_SLOPE`], as a C++ autograd function
 /// ([`crate::custom::leaky_relu`]) that keeps its output for the backward, where libtorch's ops
 /// keep their input: every leaky ReLU of the project but the CIFAR learner's last feeds a layer
-/// that keeps that output anyway, so one tensor per activation is kept instead of two. (Before:
-/// libtorch's leaky-ReLU *backward* applied to `x` itself, `leaky_relu_backward(x, x)`, since
-/// tch exposes `leaky_relu` only with PyTorch's default slope 0.01; one pass where
-/// `a·x + (1 - a)·relu(x)` took four, but its backward also sent a zero gradient back through
-/// the second `x`. A select on `x > 0` took 3x as long.)
+/// that keeps that output anyway, so one tensor per activation is kept instead of two. Written
+/// with tch's ops instead, it costs more: tch's `leaky_relu` has only PyTorch's default slope
+/// 0.01, `a·x + (1 - a)·relu(x)` takes four passes, a select on `x > 0` 3x as long.
 pub fn leaky_relu(x: &Tensor) -> Tensor {
     crate::custom::leaky_relu(x, LEAKY_SLOPE)
 }
@@ -332,8 +330,8 @@ pub fn leaky_relu(x: &Tensor) -> Tensor {
 /// input's channels to a group of `out` channels per (parity, kernel tap), a plain matrix product
 /// with 16x the outputs, then each parity's four taps summed at their offsets. Forward and
 /// backward of 32 batches on 2 CPU cores: MNIST's 64 -> 1 layer 0.42-0.45 -> 0.15-0.19 s against
-/// the four kernels embedded in 3x3 ones as one convolution (used before; itself 3x faster than
-/// four thin convolutions), CIFAR's 64 -> 3 0.54 -> 0.40-0.43 s; the wide 128 -> 64 layer stays
+/// the four kernels embedded in 3x3 ones as one convolution (itself 3x faster than four thin
+/// convolutions), CIFAR's 64 -> 3 0.54 -> 0.40-0.43 s; the wide 128 -> 64 layer stays
 /// with the 2x2 kernels (as one convolution, [`UpsampleConv::Split`]), 2x faster there.
 #[derive(Debug)]
 pub enum UpsampleConv {
@@ -392,7 +390,7 @@ impl UpsampleConv {
                 // no window is copied to be convolved, forward or backward, and one convolution
                 // runs where four did: the wide 128 -> 64 layer's 32 batches, forward and
                 // backward, 1.91-2.48 -> 1.79 s on 2 cores with oneDNN's kernels. On the CPU the
-                // convolution now takes Winograd's F(4x4, 2x2) (csrc/winograd.h), which writes the
+                // convolution takes Winograd's F(4x4, 2x2) (csrc/winograd.h), which writes the
                 // gathered output without the grid. Channels-last from here on (the gather keeps
                 // the layout, and the batch norm, activation and image layer after it follow):
                 // Winograd's transforms read that layout without a copy, oneDNN's convolutions
