@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tch::Device;
 
 use crate::checkpoint;
-use crate::config::Config;
+use crate::config::{Config, Flags};
 use crate::curriculum::CurriculumKind;
 use crate::data::{DatasetName, Split};
 use crate::eval;
@@ -353,7 +353,7 @@ where
 
 /// The teacher's per-learner curves, measured once per key in its folder; `data_dir` is where
 /// `test` comes from (this comparison's, which a reused run's stored folder may not be).
-fn teacher_curves(
+fn stored_teacher_curves(
     trainer: &Trainer,
     dir: &Path,
     cohort: &eval::Cohort,
@@ -387,7 +387,7 @@ fn teacher_curves(
 
 /// The real-data baseline: the lr x momentum pair of the sweep with the best mean accuracy at
 /// T (measured once per `key` without its grid, in `dir`), and its curves along `key.grid`.
-fn real_curves(
+fn swept_real_curves(
     options: &CompareOptions,
     cohort: &eval::Cohort,
     key: &RealKey,
@@ -443,15 +443,14 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         bail!("--real-steps-factor {}: expected 1 to {MAX_REAL_STEPS_FACTOR}", options.real_steps_factor);
     }
     let teachers = chosen_teachers(&options.methods)?;
-    let mut base = Config::from_preset(&options.preset, options.config.as_deref())?;
-    if let Some(dataset) = options.dataset {
-        base.set_dataset(dataset);
-    }
-    base.learner = options.learner.unwrap_or(base.learner);
-    base.meta_iters = options.meta_iters.unwrap_or(base.meta_iters);
-    base.checkpoint_every = options.checkpoint_every.unwrap_or(base.checkpoint_every);
-    base.set_data_dir(options.data_dir.as_deref())?;
-    base.validate()?;
+    let base = Config::from_preset(&options.preset, options.config.as_deref())?.with_flags(&Flags {
+        dataset: options.dataset,
+        learner: options.learner,
+        meta_iters: options.meta_iters,
+        checkpoint_every: options.checkpoint_every,
+        data_dir: options.data_dir.as_deref(),
+        ..Flags::default()
+    })?;
     // Every teacher to start, before any trains, naming the --config file (`Trainer::create`
     // checks again, for its other callers); a stored one is not held to checks newer than it.
     for (name, teacher, curriculum) in &teachers {
@@ -491,7 +490,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     for (name, teacher, curriculum) in teachers {
         let dir = out.join(name);
         let trainer = train_or_reuse(name, &teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
-        let per_learner = teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
+        let per_learner = stored_teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
         let t_index = teacher_grid.iter().position(|&s| s == t).expect("T is on every grid");
         at_t.push(per_learner.iter().map(|c| c[t_index]).collect::<Vec<f64>>());
@@ -518,7 +517,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         device: format!("{:?}", test.device()),
     };
     let real_dir = out.join(REAL);
-    let measure = || real_curves(options, &cohort, &key, base.batch_size, &test, &real_dir);
+    let measure = || swept_real_curves(options, &cohort, &key, base.batch_size, &test, &real_dir);
     let fits = |v: &RealCurves| one_curve_each(&v.per_learner, cohort.learners, real_grid.len());
     let RealCurves { lr, momentum, per_learner } =
         measured_once(&real_dir.join(CURVES_JSON), key.clone(), fits, measure)?;

@@ -12,6 +12,20 @@ use crate::learner::{BnEval, LearnerKind};
 use crate::meta::IntermediateLossForm;
 use crate::teacher::TeacherKind;
 
+/// The flags of the commands that build a config from a preset (`train`, `compare`, `bench`):
+/// each given one replaces its key; `None` keeps the preset's or `--config` file's.
+#[derive(Debug, Default)]
+pub struct Flags<'a> {
+    pub teacher: Option<TeacherKind>,
+    pub dataset: Option<DatasetName>,
+    pub learner: Option<LearnerKind>,
+    pub meta_iters: Option<usize>,
+    pub inner_steps: Option<usize>,
+    pub seed: Option<u64>,
+    pub checkpoint_every: Option<usize>,
+    pub data_dir: Option<&'a Path>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -183,6 +197,22 @@ impl Config {
             Some(path) => config.with_overrides(path),
             None => Ok(config),
         }
+    }
+
+    /// This config with the command line's `flags` applied, validated.
+    pub fn with_flags(mut self, flags: &Flags) -> Result<Config> {
+        self.teacher = flags.teacher.unwrap_or(self.teacher);
+        if let Some(dataset) = flags.dataset {
+            self.set_dataset(dataset);
+        }
+        self.learner = flags.learner.unwrap_or(self.learner);
+        self.meta_iters = flags.meta_iters.unwrap_or(self.meta_iters);
+        self.inner_steps = flags.inner_steps.unwrap_or(self.inner_steps);
+        self.seed = flags.seed.unwrap_or(self.seed);
+        self.checkpoint_every = flags.checkpoint_every.unwrap_or(self.checkpoint_every);
+        self.set_data_dir(flags.data_dir)?;
+        self.validate()?;
+        Ok(self)
     }
 
     /// Applies the keys of a TOML file on top of this config; an unknown key is an error.
@@ -720,6 +750,26 @@ mod tests {
         let err = Config::from_toml(&stored).unwrap_err().to_string();
         let line = stored.lines().position(|l| l.starts_with("inner_steps")).unwrap() + 1;
         assert_eq!(err, format!("line {line}, key `inner_steps`: invalid value: integer `-4`, expected usize"));
+    }
+
+    #[test]
+    fn flags_replace_only_their_keys() {
+        let flags = Flags {
+            dataset: Some(DatasetName::FashionMnist),
+            seed: Some(7),
+            data_dir: Some(Path::new("d")),
+            ..Flags::default()
+        };
+        let config = Config::cpu().with_flags(&flags).unwrap();
+        let dir = std::path::absolute("d").unwrap();
+        let expected = Config { seed: 7, data_dir: Some(dir), ..Config::cpu() };
+        let mut expected_fashion = expected.clone();
+        expected_fashion.set_dataset(DatasetName::FashionMnist);
+        assert_eq!(config, expected_fashion);
+        assert_eq!(Config::cpu().with_flags(&Flags::default()).unwrap(), Config::cpu());
+        let zero = Flags { meta_iters: Some(0), ..Flags::default() };
+        let err = Config::cpu().with_flags(&zero).unwrap_err().to_string();
+        assert!(err.contains("meta_iters"), "validated: {err}");
     }
 
     #[test]

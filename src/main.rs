@@ -9,7 +9,7 @@ use tch::Device;
 
 use gtn::checkpoint;
 use gtn::compare::{self, CompareOptions};
-use gtn::config::Config;
+use gtn::config::{Config, Flags};
 use gtn::data::{fetch, DatasetName};
 use gtn::eval;
 use gtn::learner::{BnEval, LearnerKind};
@@ -714,12 +714,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
-            let mut config = Config::from_preset(&args.preset, args.config.as_deref())?;
-            config.learner = args.learner.unwrap_or(config.learner);
-            config.inner_steps = args.steps.unwrap_or(config.inner_steps);
-            config.checkpoint_every = args.checkpoint_every.unwrap_or(config.checkpoint_every);
-            config.data_dir = args.data_dir.or(config.data_dir);
-            config.validate()?;
+            let config = Config::from_preset(&args.preset, args.config.as_deref())?.with_flags(&Flags {
+                learner: args.learner,
+                inner_steps: args.steps,
+                checkpoint_every: args.checkpoint_every,
+                data_dir: args.data_dir.as_deref(),
+                ..Flags::default()
+            })?;
             config.check_new_run(args.config.as_deref())?;
             let report =
                 gtn::bench::run(&config, args.meta_iters as usize, device, !args.no_winograd, args.profile.as_deref())?;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::Config;
+use crate::config::{Config, Flags};
 use crate::curriculum::StepInput;
 use crate::data::{BatchSampler, Dataset};
 use crate::inner::LearnerState;
@@ -23,7 +23,7 @@ use crate::optim::{self, Adam};
 use crate::progress::Progress;
 use crate::teacher::{Teacher, TeacherKind};
 
-pub use crate::checkpoint::LOG_FILE;
+use crate::checkpoint::LOG_FILE;
 const LOG_HEADER: &str =
     "iteration,meta_loss,meta_accuracy,grad_norm,outer_lr,inner_lr_mean,inner_momentum_mean,seconds";
 
@@ -213,7 +213,7 @@ impl Trainer {
 
     /// The meta-loss of one iteration, the meta-accuracy, and the meta-gradient with respect to
     /// every teacher parameter.
-    pub fn meta_gradient(&self, iteration: usize) -> (f64, f64, Vec<Tensor>) {
+    pub fn iteration_gradient(&self, iteration: usize) -> (f64, f64, Vec<Tensor>) {
         let IterationInputs { learner, init, real, plan } = self.iteration_inputs(iteration);
         let result = meta_gradient(&self.teacher, &learner, init, &real, &plan);
         (result.loss, nn::accuracy(&result.logits, &real.last.1), result.grads)
@@ -225,7 +225,7 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepStats> {
         let start = Instant::now();
         let i = self.iteration;
-        let (meta_loss, meta_accuracy, mut grads) = self.meta_gradient(i);
+        let (meta_loss, meta_accuracy, mut grads) = self.iteration_gradient(i);
         let grad_norm = optim::clip_grad_norm(&mut grads, self.config().grad_clip);
         if !meta_loss.is_finite() || !grad_norm.is_finite() {
             return Err(self.diverged(&format!("meta-loss {meta_loss}, gradient norm {grad_norm}"), i == 0));
@@ -346,7 +346,7 @@ impl Trainer {
             // later iteration's time at the cpu preset, 15x at the tiny one): timing a discarded
             // one first lets iteration 0 stand for the rest.
             let warm_up = Instant::now();
-            self.meta_gradient(0);
+            self.iteration_gradient(0);
             budget.saturating_sub(warm_up.elapsed())
         });
         if let (Some(_), Some(signal)) = (&sizing, interrupt::requested()) {
@@ -404,7 +404,8 @@ impl Trainer {
 fn lr_jump_warning(dir: &Path, config: &Config, iteration: usize) -> Option<String> {
     let log = std::fs::read_to_string(dir.join(LOG_FILE)).ok()?;
     // The header is line 0, so iteration - 1's row is line `iteration`.
-    let last: f64 = log.lines().nth(iteration)?.split(',').nth(4)?.parse().ok()?;
+    let column = LOG_HEADER.split(',').position(|name| name == "outer_lr")?;
+    let last: f64 = log.lines().nth(iteration)?.split(',').nth(column)?.parse().ok()?;
     let next = optim::cosine_lr(config.outer_lr, config.final_lr_fraction, iteration, config.meta_iters);
     (next > last * (1.0 + 1e-3)).then(|| {
         format!(
@@ -716,16 +717,15 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             t
         }
         (None, Some(out)) => {
-            let mut config = Config::from_preset(&options.preset, options.config.as_deref())?;
-            config.teacher = options.teacher.unwrap_or(config.teacher);
-            if let Some(dataset) = options.dataset {
-                config.set_dataset(dataset);
-            }
-            config.meta_iters = options.meta_iters.unwrap_or(config.meta_iters);
-            config.seed = options.seed.unwrap_or(config.seed);
-            config.set_data_dir(options.data_dir.as_deref())?;
-            config.checkpoint_every = options.checkpoint_every.unwrap_or(config.checkpoint_every);
-            config.validate()?;
+            let config = Config::from_preset(&options.preset, options.config.as_deref())?.with_flags(&Flags {
+                teacher: options.teacher,
+                dataset: options.dataset,
+                meta_iters: options.meta_iters,
+                seed: options.seed,
+                checkpoint_every: options.checkpoint_every,
+                data_dir: options.data_dir.as_deref(),
+                ..Flags::default()
+            })?;
             // Here, not only in `Trainer::create`, to name the --config file; a stored run is not
             // held to checks newer than it.
             if !checkpoint::holds_run(out) {
@@ -1084,9 +1084,9 @@ mod tests {
     fn short_meta_training_lowers_the_meta_loss() {
         let dir = tempfile::tempdir().unwrap();
         let mut trainer = Trainer::create(&fixture_config(), dir.path(), Device::Cpu).unwrap();
-        let before = trainer.meta_gradient(0).0;
+        let before = trainer.iteration_gradient(0).0;
         trainer.run(false, None).unwrap();
-        let after = trainer.meta_gradient(0).0;
+        let after = trainer.iteration_gradient(0).0;
         assert!(after < before * 0.8, "meta-loss on the same learner and batch: {before} before, {after} after");
         let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         assert_eq!(log.lines().count(), 1 + trainer.config().meta_iters);
@@ -1226,9 +1226,9 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let mut trainer = Trainer::create(&config, dir.path(), Device::Cpu).unwrap();
-        let before = trainer.meta_gradient(0).0;
+        let before = trainer.iteration_gradient(0).0;
         trainer.run(false, None).unwrap();
-        let after = trainer.meta_gradient(0).0;
+        let after = trainer.iteration_gradient(0).0;
         assert!(after < before, "CIFAR meta-loss on the same learner and batch: {before} before, {after} after");
         let (images, _) =
             trainer.teacher.synthesize(&trainer.teacher.curriculum.plan(&mut StdRng::seed_from_u64(0), Device::Cpu)[0]);

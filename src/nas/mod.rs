@@ -30,7 +30,7 @@ mod tests {
         let arch = |i| trainer.iteration_inputs(i).learner.arch;
         assert!(matches!(arch(0), Arch::Nas { .. }));
         assert_ne!(arch(0), arch(1), "a fresh cell each meta-iteration");
-        let (loss, _, grads) = trainer.meta_gradient(0);
+        let (loss, _, grads) = trainer.iteration_gradient(0);
         assert!(loss.is_finite());
         let norm = |i: usize| grads[i].to_kind(Kind::Double).norm().double_value(&[]);
         assert!(norm(0).is_finite() && norm(0) > 0.0, "generator's first weight gets no meta-gradient");

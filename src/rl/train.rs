@@ -21,7 +21,7 @@ use crate::meta::iteration_rng;
 use crate::optim::Adam;
 use crate::progress::Progress;
 
-pub use crate::checkpoint::LOG_FILE;
+use crate::checkpoint::LOG_FILE;
 
 /// `log.csv`'s columns: ES logs its population's fitness, imitation its meta-loss.
 fn log_header(objective: Objective) -> &'static str {
