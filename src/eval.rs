@@ -205,6 +205,49 @@ pub fn other_data_warning(
     })
 }
 
+/// What `gtn eval` scores: the teacher saved in `dir`, and the flags that change how.
+#[derive(Debug)]
+pub struct RunEval {
+    pub dir: PathBuf,
+    /// The dataset's folder, if not where the run was trained.
+    pub data_dir: Option<PathBuf>,
+    /// `None`: the run's own (learner, batch-norm statistics, T).
+    pub learner: Option<LearnerKind>,
+    pub bn_eval: Option<BnEval>,
+    pub steps: Option<usize>,
+    pub before_last_update: bool,
+    pub learners: usize,
+    pub seed: u64,
+}
+
+/// Scores the teacher of the run in `options.dir` on fresh learners; the report names it.
+pub fn evaluate_run(options: &RunEval, device: Device) -> Result<EvalReport> {
+    let mut ckpt = crate::checkpoint::load(&options.dir, device)?;
+    let config = &mut ckpt.teacher.config;
+    config.data_dir = options.data_dir.clone().or(config.data_dir.take());
+    let data = load_test_data(config, device)?;
+    if let Some(warning) = other_data_warning(ckpt.data, &data, &config.data_dir(), &options.dir) {
+        tracing::warn!("{warning}");
+    }
+    let cohort = Cohort {
+        data: &data,
+        kind: options.learner.unwrap_or(config.learner),
+        bn_eval: options.bn_eval.unwrap_or(config.bn_eval),
+        before_last_update: options.before_last_update,
+        learners: options.learners,
+        seed: options.seed,
+    };
+    let steps = options.steps.unwrap_or(config.inner_steps);
+    let report = evaluate_teacher(&ckpt.teacher, &cohort, steps)?;
+    let teacher = TeacherRef {
+        dir: options.dir.display().to_string(),
+        meta_iteration: ckpt.iteration,
+        meta_iters: ckpt.teacher.config.meta_iters,
+        checkpoint_sha256: ckpt.sha256,
+    };
+    Ok(EvalReport { teacher: Some(teacher), ..report })
+}
+
 /// Trains the cohort's learners for `steps` steps on the teacher's data and scores them on the
 /// test set.
 pub fn evaluate_teacher(teacher: &Teacher, cohort: &Cohort, steps: usize) -> Result<EvalReport> {

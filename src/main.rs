@@ -588,31 +588,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(args) => train(args, device, None),
         Command::Eval(args) => {
-            let mut ckpt = checkpoint::load(&args.dir, device)?;
-            let config = &mut ckpt.teacher.config;
-            config.data_dir = args.data_dir.or(config.data_dir.take());
-            let data = eval::load_test_data(config, device)?;
-            if let Some(warning) = eval::other_data_warning(ckpt.data, &data, &config.data_dir(), &args.dir) {
-                tracing::warn!("{warning}");
-            }
-            let cohort = eval::Cohort {
-                data: &data,
-                kind: args.learner.unwrap_or(config.learner),
-                bn_eval: args.bn_eval.unwrap_or(config.bn_eval),
+            let run = eval::RunEval {
+                dir: args.dir,
+                data_dir: args.data_dir,
+                learner: args.learner,
+                bn_eval: args.bn_eval,
+                steps: args.steps,
                 before_last_update: args.before_last_update,
                 learners: args.learners as usize,
                 seed: args.seed,
             };
-            let steps = args.steps.unwrap_or(config.inner_steps);
-            let teacher = eval::TeacherRef {
-                dir: args.dir.display().to_string(),
-                meta_iteration: ckpt.iteration,
-                meta_iters: ckpt.teacher.config.meta_iters,
-                checkpoint_sha256: ckpt.sha256.clone(),
-            };
-            let heading = teacher.heading();
-            let report =
-                eval::EvalReport { teacher: Some(teacher), ..eval::evaluate_teacher(&ckpt.teacher, &cohort, steps)? };
+            let report = eval::evaluate_run(&run, device)?;
+            let heading = report.teacher.as_ref().map(eval::TeacherRef::heading).unwrap_or_default();
             report.print(args.json, &heading);
             Ok(())
         }
