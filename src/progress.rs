@@ -21,7 +21,7 @@ impl Progress {
     /// `visible`. Without a terminal, rows under the CSV `header` stand in for the bar.
     pub fn new(total: usize, done: usize, visible: bool, header: &'static str) -> Progress {
         let bar = if visible { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
-        // The message is cut at the terminal's edge: a line that wraps is redrawn as two.
+        // The message is cut at the terminal's edge, to keep the bar one line at 80 columns.
         bar.set_style(
             ProgressStyle::with_template("{elapsed_precise} [{bar:20}] {pos}/{len} eta {eta} {wide_msg}")
                 .expect("valid template")
