@@ -475,6 +475,9 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     let data = meta::load_data(&base, device)?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let test = data.test.first(if options.test_images == 0 { usize::MAX } else { options.test_images });
+    if options.test_images > test.len() {
+        tracing::warn!("--test-images {}: the test split holds {}; all are scored", options.test_images, test.len());
+    }
 
     let cohort = eval::Cohort {
         data: &data,

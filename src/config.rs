@@ -302,13 +302,15 @@ impl Config {
         self.data_dir.clone().unwrap_or_else(|| self.dataset.default_dir())
     }
 
-    /// Sets the data folder to `flag` (`--data-dir`) if given, else keeps the config's own; made
-    /// absolute from the current folder either way, so eval and resume find it from any folder.
+    /// Sets the data folder to `flag` (`--data-dir`) if given, else the config's own, else the
+    /// dataset's default; made absolute from the current folder in every case, so a run's stored
+    /// config finds its data from any folder (eval, resume, a NAS proxy).
     pub fn set_data_dir(&mut self, flag: Option<&Path>) -> Result<()> {
-        self.data_dir = match flag {
-            Some(dir) => Some(absolute(dir, "--data-dir")?),
-            None => self.data_dir.as_deref().map(|dir| absolute(dir, "config key `data_dir`")).transpose()?,
-        };
+        self.data_dir = Some(match (flag, &self.data_dir) {
+            (Some(dir), _) => absolute(dir, "--data-dir")?,
+            (None, Some(dir)) => absolute(dir, "config key `data_dir`")?,
+            (None, None) => absolute(&self.dataset.default_dir(), "the default data folder")?,
+        });
         Ok(())
     }
 
@@ -766,7 +768,9 @@ mod tests {
         let mut expected_fashion = expected.clone();
         expected_fashion.set_dataset(DatasetName::FashionMnist);
         assert_eq!(config, expected_fashion);
-        assert_eq!(Config::cpu().with_flags(&Flags::default()).unwrap(), Config::cpu());
+        let default_dir = std::path::absolute("data/mnist").unwrap();
+        let unchanged = Config { data_dir: Some(default_dir), ..Config::cpu() };
+        assert_eq!(Config::cpu().with_flags(&Flags::default()).unwrap(), unchanged);
         let zero = Flags { meta_iters: Some(0), ..Flags::default() };
         let err = Config::cpu().with_flags(&zero).unwrap_err().to_string();
         assert!(err.contains("meta_iters"), "validated: {err}");
@@ -851,7 +855,7 @@ mod tests {
         assert_eq!(from_file.data_dir, Some(cwd.join("y")));
         let mut default = Config::tiny();
         default.set_data_dir(None).unwrap();
-        assert_eq!(default.data_dir, None, "the dataset's default folder stays the default");
+        assert_eq!(default.data_dir, Some(cwd.join("data/mnist")), "the dataset's default folder");
         let err = default.set_data_dir(Some(Path::new(""))).unwrap_err();
         assert_eq!(format!("{err:#}").split(':').next(), Some("--data-dir \"\""), "{err:#}");
         let mut empty_key = Config { data_dir: Some("".into()), ..Config::tiny() };

@@ -261,7 +261,7 @@ struct NasTrainArgs {
     #[arg(long, default_value_t = 0.5, value_parser = parse_momentum)]
     momentum: f64,
     /// Validation (and test) images accuracy is measured on: the first N of each split (MNIST's
-    /// first 5,000 test images are its easier half, so test accuracies read high).
+    /// first 5,000 test images are its harder half, so test accuracies read low).
     #[arg(long, default_value_t = 2000, value_parser = parse_positive::<u64>)]
     eval_images: u64,
     /// Seeds the architecture sample and every architecture's initial weights.
@@ -445,7 +445,7 @@ struct CompareArgs {
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.9", value_parser = parse_momentum)]
     momenta: Vec<f64>,
     /// Test images the curves are measured on (the first N; 0: all 10,000; MNIST's first 5,000
-    /// are its easier half, so absolute accuracies read high).
+    /// are its harder half, so absolute accuracies read low).
     #[arg(long, default_value_t = 0)]
     test_images: usize,
     /// The real-data curve runs to this many times T, to find where it matches each teacher.

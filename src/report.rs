@@ -45,13 +45,17 @@ pub fn export_teaching_set(teacher: &Teacher, source: &ExportSource, output: &Pa
         ("normalisation_mean", Tensor::from_slice(mean).to_kind(Kind::Float)),
         ("normalisation_std", Tensor::from_slice(std).to_kind(Kind::Float)),
     ];
+    // As its checkpoint stores it: a teacher's config does not depend on where its data lies or
+    // how its unroll is computed. The checkpoint's `checkpoint_every = 0` would read as the run's.
+    let mut config = serde_json::to_value(teacher.config.without_session_settings())?;
+    if let Some(keys) = config.as_object_mut() {
+        keys.remove("checkpoint_every");
+    }
     let metadata = serde_json::json!({
         "run": source.run,
         "meta_iteration": source.meta_iteration,
         "checkpoint_sha256": source.checkpoint_sha256,
-        // As its checkpoint stores it: a teacher's config does not depend on where its data
-        // lies or how its unroll is computed.
-        "config": teacher.config.without_session_settings(),
+        "config": config,
     });
     crate::checkpoint::write_tensors_with(output, &tensors, (EXPORT_METADATA, &metadata.to_string())).map(|_| ())
 }
@@ -122,6 +126,8 @@ mod tests {
                 (&metadata["config"]["dataset"], &metadata["config"]["bn_eval"]),
                 (&"mnist".into(), &"batch".into())
             );
+            let keys = metadata["config"].as_object().unwrap();
+            assert!(!keys.contains_key("checkpoint_every") && !keys.contains_key("data_dir"), "{keys:?}");
 
             let learner = Learner::new(Arch::Mlp { hidden1: 6, hidden2: 5 }, [1, 28, 28], 10).unwrap();
             let init = || LearnerState::new(learner.init(&mut StdRng::seed_from_u64(7), Device::Cpu));

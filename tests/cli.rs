@@ -435,6 +435,21 @@ fn a_time_budget_says_how_many_meta_iterations_it_affords() {
     }
 }
 
+/// A run trained on the default data folder (`data/mnist` under the current folder) finds it from
+/// any other: its config stores that folder made absolute.
+#[test]
+fn a_run_finds_its_default_data_folder_from_another_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, elsewhere) = (tmp.path().join("home"), tmp.path().join("elsewhere"));
+    std::fs::create_dir_all(home.join("data")).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(fixtures(), home.join("data/mnist")).unwrap();
+    stdout(&gtn_in(&home, &["train", "--preset", "tiny", "--meta-iters", "2", "--out", "run"]));
+    let run = home.join("run");
+    let out = stdout(&gtn_in(&elsewhere, &["eval", run.to_str().unwrap(), "--learners", "1"]));
+    assert!(out.contains("(meta-iteration 2)"), "{out}");
+}
+
 /// `baseline real` on the 512-image fixtures needs a smaller validation split than MNIST's.
 #[test]
 fn real_data_baseline_takes_a_validation_size() {

@@ -130,7 +130,9 @@ fn net_label(net: &NetConfig) -> String {
 /// the published dataset's (a slice; a dataset of one's own of other sizes) is named by its
 /// sizes, so its results are not mixed with the whole dataset's.
 fn setting(opts: &ScoreOptions, data: &Dataset, bn_eval: BnEval, teacher: Option<&str>) -> String {
-    let mut s = format!("{} validation images, eval on {}", data.valid.len(), opts.eval_images);
+    // The count in effect: more than both splits hold scores what they hold, as their size does.
+    let eval_images = opts.eval_images.min(data.valid.len().max(data.test.len()));
+    let mut s = format!("{} validation images, eval on {eval_images}", data.valid.len());
     s += &other_sizes(data.name, data.train.len() + data.valid.len(), data.test.len());
     if let Some(teacher) = teacher {
         s += &format!(", teacher {teacher}");
