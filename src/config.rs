@@ -424,6 +424,16 @@ impl Config {
             }
         }
         self.check_sizes()?;
+        // Here, not only where the data is read, to name the config file; a slice of the dataset
+        // with fewer images is caught there.
+        let (train_images, _) = self.dataset.published_sizes();
+        if self.valid_size >= train_images {
+            bail!(
+                "config key `valid_size` is {}, expected fewer than {}'s {train_images} training images (the validation split is held out of them)",
+                self.valid_size,
+                self.dataset
+            );
+        }
         if self.teacher == TeacherKind::Pixels && self.curriculum == CurriculumKind::None {
             bail!(
                 "config key `curriculum` is \"none\" (fresh noise each step) with `teacher = \"pixels\"`, which has no noise: expected \"full\", \"batch-shuffled\" or \"all-shuffled\""
@@ -800,6 +810,7 @@ mod tests {
         assert!(err.contains("`init_lr` is -1"), "{err}");
         for (text, key) in [
             ("grad_clip = 0.0", "`grad_clip` is 0"),
+            ("valid_size = 60000", "`valid_size` is 60000, expected fewer than mnist's 60000 training images"),
             ("init_momentum = 1.0", "`init_momentum` is 1, expected a value in (0, 1)"),
             ("adam_beta2 = 1.0", "`adam_beta2` is 1"),
             ("[generator]\nnoise_dim = 0", "`generator.noise_dim` is 0"),

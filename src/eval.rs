@@ -39,7 +39,8 @@ pub struct EvalReport {
     pub learners: usize,
     pub steps: usize,
     pub test_accuracy_mean: f64,
-    pub test_accuracy_std: f64,
+    /// `None` (JSON null) for one learner: it has no spread.
+    pub test_accuracy_std: Option<f64>,
     pub test_accuracy_min: f64,
     pub test_accuracy_max: f64,
     pub test_accuracies: Vec<f64>,
@@ -83,7 +84,7 @@ impl EvalReport {
             learners: accs.len(),
             steps,
             test_accuracy_mean: mean,
-            test_accuracy_std: std,
+            test_accuracy_std: spread(std, accs.len()),
             test_accuracy_min: accs.iter().copied().fold(f64::INFINITY, f64::min),
             test_accuracy_max: accs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             test_accuracies: accs,
@@ -98,7 +99,7 @@ impl EvalReport {
             self.learners,
             self.steps,
             100.0 * self.test_accuracy_mean,
-            spread(self.test_accuracy_std, self.learners).map_or("-".into(), |std| format!("{:.2}%", 100.0 * std)),
+            self.test_accuracy_std.map_or("-".into(), |std| format!("{:.2}%", 100.0 * std)),
             100.0 * self.test_accuracy_min,
             100.0 * self.test_accuracy_max
         )
@@ -490,31 +491,28 @@ mod tests {
         assert!(median(&[]).is_nan());
     }
 
-    /// One learner has no spread: tables leave it out instead of printing 0.
+    /// One learner has no spread: tables leave it out and JSON says null, instead of 0.
     #[test]
-    fn one_value_has_no_spread_in_tables() {
-        let report = |accs: &[f64]| {
-            let (mean, std) = mean_std(accs);
-            EvalReport {
-                teacher: None,
-                dataset: DatasetName::Mnist,
-                test_images: 10_000,
-                seed: 0,
-                learner: LearnerKind::Mlp,
-                bn_eval: BnEval::Batch,
-                before_last_update: false,
-                learners: accs.len(),
-                steps: 32,
-                test_accuracy_mean: mean,
-                test_accuracy_std: std,
-                test_accuracy_min: mean,
-                test_accuracy_max: mean,
-                test_accuracies: accs.to_vec(),
-            }
-            .table()
+    fn one_value_has_no_spread() {
+        let data = Dataset::load(DatasetName::Mnist, &crate::data::fixture_dir(), 0, 0, Device::Cpu).unwrap();
+        let cohort = Cohort {
+            data: &data,
+            kind: LearnerKind::Mlp,
+            bn_eval: BnEval::Batch,
+            before_last_update: false,
+            learners: 1,
+            seed: 0,
         };
-        assert!(report(&[0.9]).ends_with("| mlp | test batch's statistics | 1 | 32 | 90.00% | - | 90.00% | 90.00% |"));
-        assert!(report(&[0.9, 0.92]).contains("| 91.00% | 1.41% |"), "{}", report(&[0.9, 0.92]));
+        let report = |accs: &[f64]| EvalReport::from_accuracies(&cohort, 32, accs.to_vec());
+        let table = report(&[0.9]).table();
+        assert!(
+            table.ends_with("| mlp | test batch's statistics | 1 | 32 | 90.00% | - | 90.00% | 90.00% |"),
+            "{table}"
+        );
+        let json = serde_json::to_value(report(&[0.9])).unwrap();
+        assert!(json["test_accuracy_std"].is_null(), "{json}");
+        let table = report(&[0.9, 0.92]).table();
+        assert!(table.contains("| 91.00% | 1.41% | 90.00% | 92.00% |"), "{table}");
     }
 
     #[test]

@@ -743,18 +743,21 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
     };
     let dir = options.resume.as_ref().or(options.out.as_ref()).expect("checked above");
     let c = trainer.config().clone();
-    println!(
-        "meta-training on {} (device {}): {} teacher, learner {}, T={} x B={}, curriculum {}, {} -> {}",
-        c.dataset,
-        crate::text::device(device),
-        c.teacher,
-        c.learner,
-        c.inner_steps,
-        c.batch_size,
-        c.curriculum,
-        crate::text::count(c.meta_iters, "meta-iteration"),
-        dir.display()
-    );
+    // Not for a complete run, which the line above said is complete: nothing trains.
+    if trainer.iteration < c.meta_iters {
+        println!(
+            "meta-training on {} (device {}): {} teacher, learner {}, T={} x B={}, curriculum {}, {} -> {}",
+            c.dataset,
+            crate::text::device(device),
+            c.teacher,
+            c.learner,
+            c.inner_steps,
+            c.batch_size,
+            c.curriculum,
+            crate::text::count(c.meta_iters, "meta-iteration"),
+            dir.display()
+        );
+    }
     let (start, before) = (Instant::now(), trainer.iteration);
     interrupt::graceful(Unit::MetaIteration, || trainer.run(true, options.budget))?;
     if trainer.iteration > before {

@@ -240,6 +240,7 @@ fn resume_of_a_finished_run_does_no_more_work() {
     let train = ["train", "--preset", "tiny", "--data-dir", data.to_str().unwrap(), "--out", run.to_str().unwrap()];
     let out = stdout(&gtn(&train));
     assert!(out.contains("holds this run, already complete (8 meta-iterations)"), "{out}");
+    assert!(!out.contains("meta-training on"), "nothing trains: {out}");
     assert_eq!(std::fs::read(run.join("checkpoint.safetensors")).unwrap(), before);
     let err = error_line(&gtn(&[&train[..], &["--meta-iters", "9"]].concat()));
     assert!(err.contains("holds a run with another config (meta_iters 8 there, 9 here); continue it with"), "{err}");

@@ -155,7 +155,7 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
             let (first, first_path) = first_of_proxy.entry(r.proxy.clone()).or_insert_with(|| (r.clone(), path));
             if measured(first) != measured(&r) {
                 bail!(
-                    "{}: {} ({} steps) in {} is measured with dataset {}, seed {}, {} {}; {} ({} steps) in {} with dataset {}, seed {}, {} {}; expected one measurement",
+                    "{}: {} ({} steps) in {} is measured with dataset {}, seed {}, {}, {}; {} ({} steps) in {} with dataset {}, seed {}, {}, {}; expected one measurement",
                     r.proxy,
                     first.arch,
                     first.steps,
@@ -335,8 +335,12 @@ mod tests {
         assert!(err.ends_with("m.jsonl: a gtn process is appending to it; merge into another --out"), "{err}");
         drop(appending);
         // Nor is a shard run with another setting, though it repeats no architecture.
-        std::fs::write(&c, line(&Record { setting: "lr 0.3".into(), ..record("w", 7, 4) })).unwrap();
+        let other = Record { net: "cells 1".into(), setting: "lr 0.3".into(), ..record("w", 7, 4) };
+        std::fs::write(&c, line(&other)).unwrap();
         let err = merge(&[&a, &c], &out).unwrap_err().to_string();
-        assert!(err.contains("; w (4 steps) in ") && err.contains("lr 0.3; expected one measurement"), "{err}");
+        assert!(
+            err.contains("; w (4 steps) in ") && err.contains("cells 1, lr 0.3; expected one measurement"),
+            "{err}"
+        );
     }
 }
