@@ -158,7 +158,8 @@ pub fn speedup_interval(
 pub struct MethodSummary {
     pub method: String,
     pub accuracy_mean: f64,
-    pub accuracy_std: f64,
+    /// `None` (JSON null) for one learner: it has no spread.
+    pub accuracy_std: Option<f64>,
     /// Meta-iterations and logged meta-training minutes (none for real data).
     pub meta_iters: Option<usize>,
     pub meta_training_minutes: Option<f64>,
@@ -543,7 +544,7 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
             MethodSummary {
                 method: curve.method.clone(),
                 accuracy_mean,
-                accuracy_std,
+                accuracy_std: text::spread(accuracy_std, options.learners),
                 meta_iters,
                 meta_training_minutes,
                 real_steps_to_match,
@@ -650,7 +651,10 @@ impl CompareSummary {
                 m.method,
                 opt(m.meta_iters.map(|i| i.to_string())),
                 opt(m.meta_training_minutes.map(|x| format!("{x:.1}"))),
-                text::mean_pm_std(m.accuracy_mean, m.accuracy_std, self.learners, |x| format!("{:.2}%", 100.0 * x)),
+                text::mean_pm_std(m.accuracy_mean, m.accuracy_std.unwrap_or(0.0), self.learners, |x| format!(
+                    "{:.2}%",
+                    100.0 * x
+                )),
             )
             .expect("writing to a String");
         }
@@ -745,6 +749,7 @@ mod tests {
         assert!(summary.table().contains("1 learner (seed 0), first 20 test images"), "{}", summary.table());
         assert!(summary.table().contains("(best of lr [0.05] x momentum [0.9])"), "{}", summary.table());
         assert!(summary.methods.iter().all(|m| (0.0..=1.0).contains(&m.accuracy_mean)));
+        assert!(summary.methods.iter().all(|m| m.accuracy_std.is_none()), "one learner has no spread");
         let teacher = checkpoint::load(&out.join("gtn-full"), Device::Cpu).unwrap().teacher;
         let plan = teacher.curriculum.plan(&mut rand::SeedableRng::seed_from_u64(0), Device::Cpu);
         assert_eq!(teacher.synthesize(&plan[0]).0.size(), [20, 3, 32, 32]);

@@ -302,15 +302,14 @@ impl Config {
         self.data_dir.clone().unwrap_or_else(|| self.dataset.default_dir())
     }
 
-    /// Sets the data folder to `flag` (`--data-dir`) if given, else the config's own, else the
-    /// dataset's default; made absolute from the current folder in every case, so a run's stored
-    /// config finds its data from any folder (eval, resume, a NAS proxy).
+    /// Sets the data folder to `flag` (`--data-dir`) if given, else keeps the config's own; made
+    /// absolute from the current folder either way, so eval and resume find it from any folder.
+    /// None stays none: a run continued without `--data-dir` reads the folder its config stores.
     pub fn set_data_dir(&mut self, flag: Option<&Path>) -> Result<()> {
-        self.data_dir = Some(match (flag, &self.data_dir) {
-            (Some(dir), _) => absolute(dir, "--data-dir")?,
-            (None, Some(dir)) => absolute(dir, "config key `data_dir`")?,
-            (None, None) => absolute(&self.dataset.default_dir(), "the default data folder")?,
-        });
+        self.data_dir = match flag {
+            Some(dir) => Some(absolute(dir, "--data-dir")?),
+            None => self.data_dir.as_deref().map(|dir| absolute(dir, "config key `data_dir`")).transpose()?,
+        };
         Ok(())
     }
 
@@ -424,16 +423,6 @@ impl Config {
             }
         }
         self.check_sizes()?;
-        // Here, not only where the data is read, to name the config file; a slice of the dataset
-        // with fewer images is caught there.
-        let (train_images, _) = self.dataset.published_sizes();
-        if self.valid_size >= train_images {
-            bail!(
-                "config key `valid_size` is {}, expected fewer than {}'s {train_images} training images (the validation split is held out of them)",
-                self.valid_size,
-                self.dataset
-            );
-        }
         if self.teacher == TeacherKind::Pixels && self.curriculum == CurriculumKind::None {
             bail!(
                 "config key `curriculum` is \"none\" (fresh noise each step) with `teacher = \"pixels\"`, which has no noise: expected \"full\", \"batch-shuffled\" or \"all-shuffled\""
@@ -527,22 +516,23 @@ pub fn check_not_a_file(dir: &Path, flag: &str) -> Result<()> {
 /// key is an error. Shared by every config type of the project.
 pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) -> Result<C> {
     let overrides: toml::Table = parse_toml(text)?;
-    let mut table = toml::Table::try_from(base).context("config cannot be written as TOML")?;
+    let base = toml::Table::try_from(base).context("config cannot be written as TOML")?;
+    let mut table = base.clone();
     merge(&mut table, overrides);
     let deserialize = |table: toml::Table| serde_path_to_error::deserialize::<_, C>(toml::Value::Table(table));
     deserialize(table.clone()).map_err(|e| {
         // A top-level key written below a `[table]` line belongs to that table in TOML: one the
-        // top level would take (asked of serde, as optional keys left unset are not in `base`'s
-        // table) is named as misplaced.
+        // top level takes is named as misplaced. Asked of serde, with the key moved up in `base`
+        // (valid, so nothing else can fail): optional keys left unset are not in its table.
         let path = e.path().to_string();
         let unknown = e.inner().message().starts_with("unknown field");
         let misplaced = path.split_once('.').filter(|&(parent, key)| {
-            let mut moved = table.clone();
-            let value = moved.get_mut(parent).and_then(|t| t.as_table_mut()).and_then(|t| t.remove(key));
+            let value = table.get(parent).and_then(|t| t.get(key));
             unknown
                 && value.is_some_and(|value| {
-                    moved.insert(key.to_owned(), value);
-                    deserialize(moved).map_or_else(|e| e.path().to_string() != key, |_| true)
+                    let mut moved = base.clone();
+                    moved.insert(key.to_owned(), value.clone());
+                    deserialize(moved).is_ok()
                 })
         });
         let error = toml_error(None, e);
@@ -778,9 +768,7 @@ mod tests {
         let mut expected_fashion = expected.clone();
         expected_fashion.set_dataset(DatasetName::FashionMnist);
         assert_eq!(config, expected_fashion);
-        let default_dir = std::path::absolute("data/mnist").unwrap();
-        let unchanged = Config { data_dir: Some(default_dir), ..Config::cpu() };
-        assert_eq!(Config::cpu().with_flags(&Flags::default()).unwrap(), unchanged);
+        assert_eq!(Config::cpu().with_flags(&Flags::default()).unwrap(), Config::cpu());
         let zero = Flags { meta_iters: Some(0), ..Flags::default() };
         let err = Config::cpu().with_flags(&zero).unwrap_err().to_string();
         assert!(err.contains("meta_iters"), "validated: {err}");
@@ -799,6 +787,9 @@ mod tests {
                 && err.ends_with("(`valid_size` is a top-level key: in TOML, keys below a `[generator]` line belong to that table; put it above the line)"),
             "{err}"
         );
+        // Not a key the top level does not know, whatever else the file gets wrong.
+        let err = Config::tiny().with_overrides_str("[generator]\nnoise_dimm = 3\nzz = 1").unwrap_err().to_string();
+        assert!(!err.contains("top-level"), "{err}");
         // Also a key left out of the preset's table (an unset option).
         let err = Config::tiny().with_overrides_str("[generator]\ndata_dir = \"d\"").unwrap_err().to_string();
         assert!(err.ends_with("(`data_dir` is a top-level key: in TOML, keys below a `[generator]` line belong to that table; put it above the line)"), "{err}");
@@ -810,7 +801,6 @@ mod tests {
         assert!(err.contains("`init_lr` is -1"), "{err}");
         for (text, key) in [
             ("grad_clip = 0.0", "`grad_clip` is 0"),
-            ("valid_size = 60000", "`valid_size` is 60000, expected fewer than mnist's 60000 training images"),
             ("init_momentum = 1.0", "`init_momentum` is 1, expected a value in (0, 1)"),
             ("adam_beta2 = 1.0", "`adam_beta2` is 1"),
             ("[generator]\nnoise_dim = 0", "`generator.noise_dim` is 0"),
@@ -866,7 +856,7 @@ mod tests {
         assert_eq!(from_file.data_dir, Some(cwd.join("y")));
         let mut default = Config::tiny();
         default.set_data_dir(None).unwrap();
-        assert_eq!(default.data_dir, Some(cwd.join("data/mnist")), "the dataset's default folder");
+        assert_eq!(default.data_dir, None, "the dataset's default folder stays the default");
         let err = default.set_data_dir(Some(Path::new(""))).unwrap_err();
         assert_eq!(format!("{err:#}").split(':').next(), Some("--data-dir \"\""), "{err:#}");
         let mut empty_key = Config { data_dir: Some("".into()), ..Config::tiny() };

@@ -925,7 +925,7 @@ where
     }
 }
 
-/// Seeds are stored in TOML configs and checkpoints, whose integers are signed 64-bit.
+/// One range for every seed flag: the seeds a run's config stores are TOML integers, signed 64-bit.
 fn parse_seed(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
         Ok(seed) if seed <= i64::MAX as u64 => Ok(seed),

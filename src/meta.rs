@@ -96,6 +96,10 @@ impl Trainer {
     /// Starts a new run in `dir`, which must not already hold one ([`Trainer::open`] continues
     /// it; see [`checkpoint::holds_run`]).
     pub fn create(config: &Config, dir: &Path, device: Device) -> Result<Trainer> {
+        // Its data folder stored made absolute, the dataset's default included, so that eval,
+        // resume and a NAS proxy find it from any folder.
+        let data_dir = crate::config::absolute(&config.data_dir(), "the data folder")?;
+        let config = &Config { data_dir: Some(data_dir), ..config.clone() };
         checkpoint::check_startable::<Config>(dir)?;
         let data = load_data(config, device)?;
         check_fits_data(config, &data)?;

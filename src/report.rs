@@ -45,8 +45,9 @@ pub fn export_teaching_set(teacher: &Teacher, source: &ExportSource, output: &Pa
         ("normalisation_mean", Tensor::from_slice(mean).to_kind(Kind::Float)),
         ("normalisation_std", Tensor::from_slice(std).to_kind(Kind::Float)),
     ];
-    // As its checkpoint stores it: a teacher's config does not depend on where its data lies or
-    // how its unroll is computed. The checkpoint's `checkpoint_every = 0` would read as the run's.
+    // Without one session's settings, as its checkpoint stores it (a teacher's config does not
+    // depend on where its data lies or how its unroll is computed), and without the
+    // `checkpoint_every = 0` that stands for them there, which would read as the run's.
     let mut config = serde_json::to_value(teacher.config.without_session_settings())?;
     if let Some(keys) = config.as_object_mut() {
         keys.remove("checkpoint_every");

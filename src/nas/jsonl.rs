@@ -41,6 +41,16 @@ impl Record {
     pub fn key(&self) -> (String, String, usize) {
         (self.arch.clone(), self.proxy.clone(), self.steps)
     }
+
+    /// What the record was measured with, for messages: dataset, seed, network and setting.
+    pub fn measurement(&self) -> String {
+        match self.net.is_empty() {
+            true => {
+                format!("dataset {}, seed {}, network and setting not recorded (an older gtn)", self.dataset, self.seed)
+            }
+            false => format!("dataset {}, seed {}, {}, {}", self.dataset, self.seed, self.net, self.setting),
+        }
+    }
 }
 
 /// All complete records of `path` (none if it does not exist). Only the last line may be
@@ -155,22 +165,16 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
             let (first, first_path) = first_of_proxy.entry(r.proxy.clone()).or_insert_with(|| (r.clone(), path));
             if measured(first) != measured(&r) {
                 bail!(
-                    "{}: {} ({} steps) in {} is measured with dataset {}, seed {}, {}, {}; {} ({} steps) in {} with dataset {}, seed {}, {}, {}; expected one measurement",
+                    "{}: {} ({} steps) in {} is measured with {}; {} ({} steps) in {} with {}; expected one measurement",
                     r.proxy,
                     first.arch,
                     first.steps,
                     first_path.display(),
-                    first.dataset,
-                    first.seed,
-                    first.net,
-                    first.setting,
+                    first.measurement(),
                     r.arch,
                     r.steps,
                     path.display(),
-                    r.dataset,
-                    r.seed,
-                    r.net,
-                    r.setting
+                    r.measurement()
                 );
             }
             if keys.insert(r.key()) {

@@ -130,9 +130,7 @@ fn net_label(net: &NetConfig) -> String {
 /// the published dataset's (a slice; a dataset of one's own of other sizes) is named by its
 /// sizes, so its results are not mixed with the whole dataset's.
 fn setting(opts: &ScoreOptions, data: &Dataset, bn_eval: BnEval, teacher: Option<&str>) -> String {
-    // The count in effect: more than both splits hold scores what they hold, as their size does.
-    let eval_images = opts.eval_images.min(data.valid.len().max(data.test.len()));
-    let mut s = format!("{} validation images, eval on {eval_images}", data.valid.len());
+    let mut s = format!("{} validation images, eval on {}", data.valid.len(), opts.eval_images);
     s += &other_sizes(data.name, data.train.len() + data.valid.len(), data.test.len());
     if let Some(teacher) = teacher {
         s += &format!(", teacher {teacher}");
@@ -254,13 +252,10 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     };
     let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || r.net != net || r.setting != setting;
     if let Some(r) = done.iter().filter(|r| r.proxy == label).find(differs) {
-        let recorded =
-            if r.net.is_empty() { "not recorded (an older gtn)".into() } else { format!("{}, {}", r.net, r.setting) };
         bail!(
-            "{}: holds {label} results of another setting (dataset {}, seed {}, {recorded}; this run: dataset {dataset}, seed {}, {net}, {setting}); expected the same, or use another --out",
+            "{}: holds {label} results of another setting ({}; this run: dataset {dataset}, seed {}, {net}, {setting}); expected the same, or use another --out",
             opts.out.display(),
-            r.dataset,
-            r.seed,
+            r.measurement(),
             opts.seed
         );
     }
