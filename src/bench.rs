@@ -291,7 +291,7 @@ pub fn run(
         learner: config.learner.to_string(),
         inner_steps: config.inner_steps,
         batch_size: config.batch_size,
-        curriculum: config.curriculum.as_str().to_owned(),
+        curriculum: config.curriculum.to_string(),
         checkpoint_every: if config.checkpoints_unroll() { config.checkpoint_every } else { 0 },
         meta_batch: config.meta_batch,
         bn_eval: config.bn_eval,

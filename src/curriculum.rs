@@ -27,16 +27,6 @@ pub enum CurriculumKind {
 
 crate::text::display_as_flag!(CurriculumKind);
 
-impl CurriculumKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CurriculumKind::None => "none",
-            CurriculumKind::AllShuffled => "all-shuffled",
-            CurriculumKind::BatchShuffled => "batch-shuffled",
-            CurriculumKind::Full => "full",
-        }
-    }
-}
 
 /// The sample ids of one inner step and the generator's noise for them (none when the images
 /// themselves are learned).
@@ -179,7 +169,7 @@ mod tests {
 
     #[test]
     fn without_noise_plans_only_ids() {
-        for kind in [CurriculumKind::None, CurriculumKind::Full, CurriculumKind::AllShuffled] {
+        for &kind in <CurriculumKind as clap::ValueEnum>::value_variants() {
             let c = Curriculum::new(kind, 4, 10, None, &mut StdRng::seed_from_u64(0), Device::Cpu).unwrap();
             assert!(c.z.is_none());
             let plan = c.plan(&mut StdRng::seed_from_u64(1), Device::Cpu);

@@ -251,14 +251,7 @@ mod tests {
     #[test]
     fn shapes_for_every_kind() {
         let mut rng = StdRng::seed_from_u64(0);
-        for kind in [
-            LearnerKind::BaseFc,
-            LearnerKind::Random,
-            LearnerKind::Mlp,
-            LearnerKind::CifarCnn,
-            LearnerKind::CifarRandom,
-            LearnerKind::NasRandom,
-        ] {
+        for &kind in <LearnerKind as clap::ValueEnum>::value_variants() {
             let l = Learner::new(kind.sample(&mut rng), [1, 28, 28], 10).unwrap();
             let p = l.init(&mut rng, Device::Cpu);
             let x = leaf(&[3, 1, 28, 28], 1).to_kind(Kind::Float);
