@@ -27,7 +27,6 @@ pub enum CurriculumKind {
 
 crate::text::display_as_flag!(CurriculumKind);
 
-
 /// The sample ids of one inner step and the generator's noise for them (none when the images
 /// themselves are learned).
 #[derive(Debug)]

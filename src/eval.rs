@@ -108,12 +108,12 @@ impl EvalReport {
     /// Prints the report as one JSON object, or as `what` and a table.
     pub fn print(&self, json: bool, what: &str) {
         if json {
-            println!("{}", serde_json::to_string(self).expect("a report serialises"));
+            crate::outln!("{}", serde_json::to_string(self).expect("a report serialises"));
         } else {
             let before = if self.before_last_update { " (scored before the last update)" } else { "" };
             let steps = crate::text::count(self.steps, "step");
             let images = crate::text::count(self.test_images, &format!("{} test image", self.dataset));
-            println!("{what}: real test accuracy after {steps}{before}, on {images}\n{}", self.table());
+            crate::outln!("{what}: real test accuracy after {steps}{before}, on {images}\n{}", self.table());
         }
     }
 }

@@ -629,10 +629,10 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary = compare::run(&options, &out, device)?;
             if args.json {
-                println!("{}", serde_json::to_string(&summary)?);
+                gtn::outln!("{}", serde_json::to_string(&summary)?);
             } else {
-                println!("{}", summary.table());
-                println!("wrote {}", out.display());
+                gtn::outln!("{}", summary.table());
+                gtn::outln!("wrote {}", out.display());
             }
             Ok(())
         }
@@ -674,11 +674,11 @@ fn run(cli: Cli) -> Result<()> {
                     let (mean, std) = eval::mean_std(accuracies);
                     let accuracy =
                         gtn::text::mean_pm_std(mean, std, accuracies.len(), |x| format!("{:.2}%", 100.0 * x));
-                    println!("lr {lr}, momentum {momentum}: {accuracy}");
+                    gtn::outln!("lr {lr}, momentum {momentum}: {accuracy}");
                 }
             })?;
             if json {
-                println!("{}", serde_json::to_string(&best)?);
+                gtn::outln!("{}", serde_json::to_string(&best)?);
             } else {
                 let (lr, momentum) = (best.lr, best.momentum);
                 let what =
@@ -692,7 +692,7 @@ fn run(cli: Cli) -> Result<()> {
             let ckpt = checkpoint::load(&dir, device)?;
             let (steps, shown) = report::write_sample_grid(&ckpt.teacher, per_step, &output)?;
             let whole = if shown < per_step { " (each step's whole batch)" } else { "" };
-            println!(
+            gtn::outln!(
                 "wrote {}: {} x {}{whole}",
                 output.display(),
                 gtn::text::count(steps as usize, "step"),
@@ -712,9 +712,9 @@ fn run(cli: Cli) -> Result<()> {
             let report =
                 gtn::bench::run(&config, args.meta_iters as usize, device, !args.no_winograd, args.profile.as_deref())?;
             if args.json {
-                println!("{}", serde_json::to_string(&report)?);
+                gtn::outln!("{}", serde_json::to_string(&report)?);
             } else {
-                println!("{}", report.table());
+                gtn::outln!("{}", report.table());
             }
             Ok(())
         }
@@ -724,7 +724,7 @@ fn run(cli: Cli) -> Result<()> {
             let run = dir.display().to_string();
             let source = report::ExportSource { run, meta_iteration: ckpt.iteration, checkpoint_sha256: ckpt.sha256 };
             report::export_teaching_set(&ckpt.teacher, &source, &output)?;
-            println!("wrote {}", output.display());
+            gtn::outln!("wrote {}", output.display());
             Ok(())
         }
         Command::Rl { command: RlCommand::Train { env, out, preset, config, seed, resume } } => {
@@ -781,7 +781,7 @@ fn nas_score(common: NasArgs, proxy: nas::score::Proxy, steps: Vec<usize>, devic
     let base = nas_options(common.train, teacher)?;
     let opts = nas::score::ScoreOptions { archs, proxy, steps, shard: common.shard, out: common.out, ..base };
     let summary = nas::score::score(&opts, device, |r| {
-        println!(
+        gtn::outln!(
             "{:>4} {} {:>5} steps: valid {:.2}% ({:.1} s)",
             r.index,
             r.arch,
@@ -794,7 +794,7 @@ fn nas_score(common: NasArgs, proxy: nas::score::Proxy, steps: Vec<usize>, devic
         0 => String::new(),
         n => format!(", {} listed again (counted once)", gtn::text::count(n, "architecture")),
     };
-    println!(
+    gtn::outln!(
         "scored {}, skipped {} already done{repeated}, left {} to other shards -> {}",
         gtn::text::count(summary.scored, "architecture"),
         summary.skipped,
@@ -815,9 +815,9 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
                 gtn::atomic::write(path, table.as_bytes())?;
             }
             if json {
-                println!("{}", serde_json::to_string(&rows)?);
+                gtn::outln!("{}", serde_json::to_string(&rows)?);
             } else {
-                print!("{table}");
+                gtn::progress::print_out(&table);
             }
             // Last: a plot that cannot be drawn (no finite correlation yet) costs no table.
             plot.map_or(Ok(()), |path| nas::report::plot(&rows, &path))
@@ -833,15 +833,15 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
                 out,
             };
             let report = nas::search::search(&opts, device, |phase, r| {
-                println!("{phase} {:>4} {}: valid {:.2}%", r.index, r.arch, 100.0 * r.valid_accuracy)
+                gtn::outln!("{phase} {:>4} {}: valid {:.2}%", r.index, r.arch, 100.0 * r.valid_accuracy)
             })?;
-            print!("{}", report.markdown());
+            gtn::progress::print_out(&report.markdown());
             Ok(())
         }
         NasCommand::Merge { inputs, out } => {
             let files: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
             let n = nas::jsonl::merge(&files, &out)?;
-            println!("merged {n} records from {} -> {}", gtn::text::count(files.len(), "file"), out.display());
+            gtn::outln!("merged {n} records from {} -> {}", gtn::text::count(files.len(), "file"), out.display());
             Ok(())
         }
     }

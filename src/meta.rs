@@ -739,7 +739,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             let t = Trainer::open(&config, out, device, options.budget.is_some(), Some(checkpoint::IMAGE_RUN))?;
             crate::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
             if let Some(note) = t.budget_note().filter(|_| options.budget.is_some()) {
-                println!("{note}");
+                crate::outln!("{note}");
             }
             t
         }
@@ -749,7 +749,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
     let c = trainer.config().clone();
     // Not for a complete run, which the line above said is complete: nothing trains.
     if trainer.iteration < c.meta_iters {
-        println!(
+        crate::outln!(
             "meta-training on {} (device {}): {} teacher, learner {}, T={} x B={}, curriculum {}, {} -> {}",
             c.dataset,
             crate::text::device(device),
@@ -766,7 +766,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
     interrupt::graceful(Unit::MetaIteration, || trainer.run(true, options.budget))?;
     if trainer.iteration > before {
         let minutes = start.elapsed().as_secs_f64() / 60.0;
-        println!("meta-training done in {minutes:.1} min; checkpoint in {}", dir.display());
+        crate::outln!("meta-training done in {minutes:.1} min; checkpoint in {}", dir.display());
     }
     if options.eval_learners > 0 {
         let data = load_data(&c, device)?;

@@ -97,6 +97,20 @@ pub fn print_err(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// `text` to stdout, whose reader may be gone (`| head`): `print!` would panic there, midway
+/// through work that writes its results to files anyway.
+pub fn print_out(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// `println!` that never panics: see [`print_out`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::progress::print_out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 /// Appends one row to a run's CSV log (one write, so a crash leaves whole rows; resuming drops
 /// rows past the checkpoint), flushed to disk as the checkpoints are, so a power loss cannot
 /// keep a checkpoint and lose the rows before it.
@@ -180,17 +194,17 @@ fn unused_sibling(path: &Path, tag: &str) -> std::path::PathBuf {
 /// complete, or where it resumes (`done` of `total` `unit`s); nothing for a new run.
 pub fn announce_reopened(dir: &Path, done: usize, total: usize, unit: &str) {
     if done == total {
-        println!("{} holds this run, already complete ({})", dir.display(), crate::text::count(done, unit));
+        crate::outln!("{} holds this run, already complete ({})", dir.display(), crate::text::count(done, unit));
     } else if done > 0 {
-        println!("{} holds this run: resuming at {unit} {done}", dir.display());
+        crate::outln!("{} holds this run: resuming at {unit} {done}", dir.display());
     }
 }
 
 /// What `--resume` tells the user: where the run resumes, or that it is complete.
 pub fn announce_resumed(dir: &Path, done: usize, total: usize, unit: &str) {
     match done == total {
-        true => println!("{}: already complete ({})", dir.display(), crate::text::count(done, unit)),
-        false => println!("resuming {} at {unit} {done}", dir.display()),
+        true => crate::outln!("{}: already complete ({})", dir.display(), crate::text::count(done, unit)),
+        false => crate::outln!("resuming {} at {unit} {done}", dir.display()),
     }
 }
 

@@ -50,6 +50,16 @@ fn train_eval_samples_export() {
     let heading =
         format!("{} (meta-iteration 8): real test accuracy after 4 steps, on 256 mnist test images", run.display());
     assert!(stdout(&out).starts_with(&heading), "{}", stdout(&out));
+    // A reader gone before the table (`| head`) does not make gtn panic.
+    let mut eval = std::process::Command::new(env!("CARGO_BIN_EXE_gtn"))
+        .args(["eval", run.to_str().unwrap(), "--learners", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(eval.stdout.take());
+    let out = eval.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = gtn(&["eval", run.to_str().unwrap(), "--learners", "3", "--json", "--bn-eval", "train"]);
     let train: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(train["bn_eval"], "train");

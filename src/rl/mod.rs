@@ -91,7 +91,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
     let (objective, env) = (c.objective.as_str(), c.env.as_str());
     let (t, b, dim) = (c.inner_steps, c.batch_size, trainer.teacher.dim());
     match c.objective {
-        Objective::Es => println!(
+        Objective::Es => crate::outln!(
             "{objective} on {env}: T={t} x B={b}, {dim} parameters, population {} ({}, sigma {}), {} x {} per candidate, Adam {}, {}, {}",
             2 * c.pairs,
             count(c.pairs, "pair"),
@@ -104,7 +104,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
         ),
         // The meta-loss is the cross-entropy on the reference's states: no population, sigma or
         // real episodes, and log.csv's score column is that loss.
-        Objective::Imitation => println!(
+        Objective::Imitation => crate::outln!(
             "{objective} on {env}: T={t} x B={b}, {dim} parameters, exact meta-gradient of the cross-entropy to the reference's actions over {} per generation, Adam {}, {}, {}",
             count(c.policies_per_candidate, "fresh policy"),
             c.outer_lr,
@@ -113,7 +113,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
         ),
     }
     if let Some(r) = trainer.reference() {
-        println!(
+        crate::outln!(
             "imitation reference: REINFORCE, greedy return {:.1} after {} real steps; {} real states",
             r.greedy_return,
             r.real_steps,
@@ -126,7 +126,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
     let (start, before) = (std::time::Instant::now(), trainer.generation);
     crate::interrupt::graceful(crate::interrupt::Unit::Generation, || trainer.run(true))?;
     if trainer.generation > before {
-        println!("done in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
+        crate::outln!("done in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
     }
     Ok(trainer)
 }
@@ -254,9 +254,9 @@ impl RlEvalReport {
 pub fn eval_command(dir: &Path, seed: u64, threads: Option<usize>, json: bool) -> Result<RlEvalReport> {
     let report = evaluate(dir, seed, threads.unwrap_or_else(es::default_threads).max(1))?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::outln!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("{}\n{}", dir.display(), report.table());
+        crate::outln!("{}\n{}", dir.display(), report.table());
     }
     Ok(report)
 }
