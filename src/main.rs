@@ -177,13 +177,13 @@ enum NasCommand {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=nas::arch::MAX_SAMPLE))]
         budget: u64,
         /// Best-scored candidates then trained on real data.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = parse_positive::<usize>)]
         top_k: usize,
         /// Steps on GTN data (at most the teacher's T).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_positive::<usize>)]
         proxy_steps: usize,
         /// Real-data steps each of those is trained.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = parse_positive::<usize>)]
         truth_steps: usize,
         /// Folder for proxy.jsonl and truth.jsonl.
         #[arg(long)]

@@ -633,6 +633,13 @@ fn nas_score_truth_merge_report() {
         err.ends_with("expected `--dataset mnist`, or none (a GTN proxy scores on its teacher's dataset)"),
         "{err}"
     );
+    // And on its teacher's validation split.
+    let other = ["nas", "score", "--proxy", &teacher, "--valid-size", "100", "--steps", "1", "--sample", "1"];
+    let err = error_line(&gtn(&[&other[..], &["--out", &x]].concat()));
+    assert!(
+        err.contains("--valid-size 100: the teacher") && err.contains("expected `--valid-size 112`, or none"),
+        "{err}"
+    );
     let fixed = ["--cells", "0", "--reductions", "1", "--channels", "2", "--eval-images", "64"];
     let mut search = vec!["nas", "search", "--teacher", run.to_str().unwrap(), "--budget", "4", "--top-k", "2"];
     // No --data-dir: both phases read the teacher's data folder, the truth with the teacher's
@@ -653,6 +660,11 @@ fn nas_score_truth_merge_report() {
     too_many[at + 1] = "9";
     let err = error_line(&gtn(&too_many));
     assert!(err.contains("--proxy-steps 9: the teacher in") && err.contains("expected 1..=4"), "{err}");
+    let mut into_the_run = search.clone();
+    let at = into_the_run.iter().position(|a| *a == "--out").unwrap();
+    into_the_run[at + 1] = run.to_str().unwrap();
+    let err = error_line(&gtn(&into_the_run));
+    assert!(err.ends_with("holds a training run; expected a `gtn nas search` folder, new or one it wrote"), "{err}");
     let mut other_dataset = search.clone();
     other_dataset.extend_from_slice(&["--dataset", "fashion-mnist"]);
     let err = error_line(&gtn(&other_dataset));

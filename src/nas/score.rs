@@ -197,6 +197,14 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     c.dataset.as_str()
                 );
             }
+            if let Some(v) = opts.valid_size.filter(|&v| v != c.valid_size) {
+                bail!(
+                    "--valid-size {v}: the teacher {} holds out its own validation split (valid_size = {}); expected `--valid-size {}`, or none (a GTN proxy ranks on the images its meta-training never saw)",
+                    opts.proxy.label(),
+                    c.valid_size,
+                    c.valid_size
+                );
+            }
             let dir = opts.data_dir.clone().unwrap_or_else(|| c.data_dir());
             let data = Dataset::load(c.dataset, &dir, c.valid_size, c.seed, device)?;
             checkpoint::check_data(teacher_data, &data, &dir, &opts.proxy.label())?;

@@ -55,7 +55,15 @@ impl SearchReport {
 
 pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&str, &Record)) -> Result<SearchReport> {
     if opts.budget == 0 || opts.top_k == 0 {
-        bail!("--budget and --top-k must be positive");
+        bail!("--budget {} --top-k {}: expected both positive", opts.budget, opts.top_k);
+    }
+    // Its two results files would land among a run's own, as if they were the run's.
+    crate::config::check_not_a_file(&opts.out, "--out")?;
+    if crate::checkpoint::holds_run(&opts.out) || opts.out.join(crate::checkpoint::CONFIG_FILE).exists() {
+        bail!(
+            "--out {}: holds a training run; expected a `gtn nas search` folder, new or one it wrote",
+            opts.out.display()
+        );
     }
     if opts.budget as u64 > arch::MAX_SAMPLE {
         bail!("--budget {}: expected at most {}", opts.budget, arch::MAX_SAMPLE);
@@ -90,6 +98,8 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
         steps: vec![opts.proxy_steps],
         shard: Shard::ALL,
         out: proxy_out.clone(),
+        // --valid-size is the finalists' (below): the candidates rank on the teacher's own split.
+        valid_size: None,
         ..opts.base.clone()
     };
     score::score(&phase1, device, |r| progress("proxy", r))?;
