@@ -55,7 +55,7 @@ fn rl_train_resume_eval() {
     assert!(mean > untrained + 20.0, "{report}");
     // 8 policies x 2 episodes of whole-step returns: the mean is a multiple of 1/16.
     assert_eq!((mean * 16.0).fract(), 0.0, "{report}");
-    assert_eq!(report["generation"], 15);
+    assert_eq!((&report["generation"], &report["generations"]), (&15.into(), &15.into()));
     let steps = report["baseline_steps_to_match"].as_array().unwrap();
     assert_eq!(steps.len(), 2);
     let reached: Vec<f64> = steps.iter().filter_map(|s| s.as_f64()).collect();
@@ -90,13 +90,32 @@ fn rl_train_resume_eval() {
     let again: serde_json::Value =
         serde_json::from_str(stdout(&gtn(&["rl", "eval", copy.to_str().unwrap(), "--json"])).trim()).unwrap();
     assert_eq!(again, report);
+    // A run to be trained further is said to be unfinished; one policy's one episode has no spread.
+    let longer = lowered.replace("\ngenerations = 15\n", "\ngenerations = 20\n");
+    let one = longer
+        .replace("\neval_policies = 8\n", "\neval_policies = 1\n")
+        .replace("\neval_episodes = 2\n", "\neval_episodes = 1\n");
+    assert!(longer != lowered && one != longer, "{config}");
+    std::fs::write(copy.join("config.toml"), &one).unwrap();
+    let table = stdout(&gtn(&["rl", "eval", copy.to_str().unwrap()]));
+    assert!(
+        table.contains("teacher after 15 of 20 generations (training unfinished): 1 fresh policy x 1 episode"),
+        "{table}"
+    );
+    let single: serde_json::Value =
+        serde_json::from_str(stdout(&gtn(&["rl", "eval", copy.to_str().unwrap(), "--json"])).trim()).unwrap();
+    assert!(single["real_return_std"].is_null() && single["untrained_return_std"].is_null(), "{single}");
     std::fs::write(copy.join("config.toml"), lowered.replace("\nseed = 0\n", "\nseed = 5\n")).unwrap();
     let err = error_line(&gtn(&["rl", "eval", copy.to_str().unwrap()]));
     assert!(err.contains("config.toml: differs from the config its checkpoint was saved with in keys a run cannot change (seed 0 in its checkpoint"), "{err}");
 
     // The command that made the run, repeated, continues it; with another config it is refused.
     let again = gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", dir, "--threads", "2"]);
-    assert!(stdout(&again).contains("holds this run, already complete (15 generations)"));
+    let again = stdout(&again);
+    assert!(
+        again.contains("holds this run, already complete (15 generations)") && !again.contains("es on cartpole"),
+        "{again}"
+    );
     let err = error_line(&gtn(&["rl", "train", "--preset", "tiny", "--seed", "7", "--out", dir]));
     assert!(
         err.contains("holds a run with another config (seed 0 there, 7 here); continue it with `gtn rl train --resume"),
@@ -151,14 +170,19 @@ fn rl_imitation_header_log_and_reference_warning() {
 
     let reference = |text: &str| text.lines().find(|l| l.starts_with("imitation reference:")).unwrap().to_string();
     // `baseline_budget` may be edited in a run (it sizes `rl eval`'s baseline); the reference
-    // stays the one learnt at the start, and so does its warning.
+    // stays the one learnt at the start, and so does its warning, when the run, lengthened, goes on.
     let stored = run.join("config.toml");
-    let edited =
-        std::fs::read_to_string(&stored).unwrap().replace("baseline_budget = 2000", "baseline_budget = 300000");
-    assert!(edited.contains("baseline_budget = 300000"), "{edited}");
+    let edited = std::fs::read_to_string(&stored)
+        .unwrap()
+        .replace("baseline_budget = 2000", "baseline_budget = 300000")
+        .replace("\ngenerations = 2\n", "\ngenerations = 3\n");
+    assert!(edited.contains("baseline_budget = 300000") && edited.contains("\ngenerations = 3\n"), "{edited}");
     std::fs::write(&stored, edited).unwrap();
     let again = gtn(&["rl", "train", "--resume", run.to_str().unwrap(), "--threads", "2"]);
     assert_eq!(reference(&stdout(&again)), reference(&text), "the stored reference, not a relearnt one");
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert_eq!(stderr.lines().filter(|l| l.starts_with("warning:")).collect::<Vec<_>>(), warnings, "{stderr}");
+    // Complete, the run trains nothing and says no more than that.
+    let complete = stdout(&gtn(&["rl", "train", "--resume", run.to_str().unwrap(), "--threads", "2"]));
+    assert!(complete.contains("already complete (3 generations)") && !complete.contains("imitation"), "{complete}");
 }

@@ -23,7 +23,7 @@ pub use config::{EnvName, Objective, RlConfig};
 pub use train::EsTrainer;
 
 use crate::eval::{mean_std, median};
-use crate::text::{count, mean_pm_std};
+use crate::text::{count, mean_pm_std, spread};
 use reinforce::ReinforceConfig;
 use teacher::{EnvTeacher, Trial};
 
@@ -90,7 +90,10 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
     let c = trainer.config().clone();
     let (objective, env) = (c.objective.as_str(), c.env.as_str());
     let (t, b, dim) = (c.inner_steps, c.batch_size, trainer.teacher.dim());
+    // Not for a complete run, which the line above said is complete: nothing trains.
+    let training = trainer.generation < c.generations;
     match c.objective {
+        _ if !training => {}
         Objective::Es => crate::outln!(
             "{objective} on {env}: T={t} x B={b}, {dim} parameters, population {} ({}, sigma {}), {} x {} per candidate, Adam {}, {}, {}",
             2 * c.pairs,
@@ -112,7 +115,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
             count(threads, "thread")
         ),
     }
-    if let Some(r) = trainer.reference() {
+    if let Some(r) = trainer.reference().filter(|_| training) {
         crate::outln!(
             "imitation reference: REINFORCE, greedy return {:.1} after {} real steps; {} real states",
             r.greedy_return,
@@ -136,18 +139,21 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
 pub struct RlEvalReport {
     pub env: EnvName,
     pub generation: usize,
+    /// The run's length: more than `generation` for a run stopped early or still training.
+    pub generations: usize,
     pub inner_steps: usize,
     /// Synthetic observations a policy is trained on (T x B).
     pub synthetic_samples: usize,
     pub policies: usize,
     pub episodes_per_policy: usize,
     /// Greedy real return of fresh random-width policies trained only on the teacher's data:
-    /// mean and sample standard deviation (n - 1, as everywhere in gtn) over all policies and episodes.
+    /// mean and sample standard deviation (n - 1, as everywhere in gtn) over all policies and
+    /// episodes; `None` (JSON null) for one: it has no spread.
     pub real_return_mean: f64,
-    pub real_return_std: f64,
+    pub real_return_std: Option<f64>,
     /// The same for the teacher the run started from.
     pub untrained_return_mean: f64,
-    pub untrained_return_std: f64,
+    pub untrained_return_std: Option<f64>,
     pub baseline: &'static str,
     /// Real environment steps each REINFORCE seed needed for a greedy return of at least
     /// `real_return_mean` (null: not within `baseline_budget_steps`).
@@ -194,14 +200,15 @@ pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
     Ok(RlEvalReport {
         env: c.env,
         generation,
+        generations: c.generations,
         inner_steps: c.inner_steps,
         synthetic_samples: c.inner_steps * c.batch_size,
         policies: c.eval_policies,
         episodes_per_policy: c.eval_episodes,
         real_return_mean: mean,
-        real_return_std: std,
+        real_return_std: spread(std, trials.len()),
         untrained_return_mean: untrained_mean,
-        untrained_return_std: untrained_std,
+        untrained_return_std: spread(untrained_std, trials.len()),
         baseline: "reinforce",
         baseline_steps_to_match_mean: (!reached.is_empty()).then(|| mean_std(&reached).0),
         baseline_steps_to_match_median: (!reached.is_empty()).then(|| median(&reached)),
@@ -233,19 +240,24 @@ impl RlEvalReport {
             format!("{n} real steps in all (0 per policy it then trains)")
         });
         let trials = self.policies * self.episodes_per_policy;
+        let after = match self.generation < self.generations {
+            true => format!("{} of {} (training unfinished)", self.generation, count(self.generations, "generation")),
+            false => count(self.generation, "generation"),
+        };
+        let returns =
+            |mean: f64, std: Option<f64>| mean_pm_std(mean, std.unwrap_or(0.0), trials, |x| format!("{x:.1}"));
         format!(
-            "teacher after {}: {} x {}, trained {} steps on {} synthetic observations\n\
+            "teacher after {after}: {} x {}, trained {} steps on {} synthetic observations\n\
              real return (greedy)       {}\n\
              untrained teacher          {}\n\
              REINFORCE to match it      {baseline}\n\
              the teacher's own cost     {cost}",
-            count(self.generation, "generation"),
             count(self.policies, "fresh policy"),
             count(self.episodes_per_policy, "episode"),
             self.inner_steps,
             self.synthetic_samples,
-            mean_pm_std(self.real_return_mean, self.real_return_std, trials, |x| format!("{x:.1}")),
-            mean_pm_std(self.untrained_return_mean, self.untrained_return_std, trials, |x| format!("{x:.1}"))
+            returns(self.real_return_mean, self.real_return_std),
+            returns(self.untrained_return_mean, self.untrained_return_std)
         )
     }
 }
