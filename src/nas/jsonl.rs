@@ -42,15 +42,33 @@ impl Record {
         (self.arch.clone(), self.proxy.clone(), self.steps)
     }
 
-    /// What the record was measured with, for messages: dataset, seed, network and setting.
-    pub fn measurement(&self) -> String {
-        match self.net.is_empty() {
-            true => {
-                format!("dataset {}, seed {}, network and setting not recorded (an older gtn)", self.dataset, self.seed)
-            }
-            false => format!("dataset {}, seed {}, {}, {}", self.dataset, self.seed, self.net, self.setting),
-        }
+    /// What the record was measured with: dataset, seed, network and setting, one part each.
+    fn measurement(&self) -> Vec<String> {
+        let (dataset, seed) = (format!("dataset {}", self.dataset), format!("seed {}", self.seed));
+        let recorded: Vec<String> =
+            self.net.split(", ").chain(self.setting.split(", ")).filter(|p| !p.is_empty()).map(str::to_owned).collect();
+        let recorded = match recorded.is_empty() {
+            true => vec!["network and setting not recorded (an older gtn)".to_owned()],
+            false => recorded,
+        };
+        [dataset, seed].into_iter().chain(recorded).collect()
     }
+}
+
+/// How `a` and `b` were measured differently, for messages: the parts of each measurement the
+/// other lacks (`eval on 200` vs `eval on 100`; `none` where it has none the other lacks), not two
+/// settings of a dozen parts to compare by eye.
+pub fn measured_differently(a: &Record, b: &Record) -> (String, String) {
+    let (a, b) = (a.measurement(), b.measurement());
+    let only = |x: &[String], y: &[String]| {
+        let parts: Vec<&str> = x.iter().filter(|p| !y.contains(p)).map(String::as_str).collect();
+        if parts.is_empty() {
+            "none".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    };
+    (only(&a, &b), only(&b, &a))
 }
 
 /// All complete records of `path` (none if it does not exist). Only the last line may be
@@ -164,17 +182,16 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
         for r in read(path)? {
             let (first, first_path) = first_of_proxy.entry(r.proxy.clone()).or_insert_with(|| (r.clone(), path));
             if measured(first) != measured(&r) {
+                let (theirs, this) = measured_differently(first, &r);
                 bail!(
-                    "{}: {} ({} steps) in {} is measured with {}; {} ({} steps) in {} with {}; expected one measurement",
+                    "{}: {} ({} steps) in {} and {} ({} steps) in {} are measured differently ({theirs} vs {this}); expected one measurement",
                     r.proxy,
                     first.arch,
                     first.steps,
                     first_path.display(),
-                    first.measurement(),
                     r.arch,
                     r.steps,
-                    path.display(),
-                    r.measurement()
+                    path.display()
                 );
             }
             if keys.insert(r.key()) {
@@ -330,8 +347,14 @@ mod tests {
         let c = dir.path().join("c");
         std::fs::write(&c, line(&Record { dataset: "fashion-mnist".into(), ..record("y", 0, 4) })).unwrap();
         let err = merge(&[&a, &c], &out).unwrap_err().to_string();
-        assert!(err.starts_with("real: x (4 steps) in ") && err.contains("; y (4 steps) in "), "{err}");
-        assert!(err.contains("c with dataset fashion-mnist, seed 0"), "{err}");
+        assert!(err.starts_with("real: x (4 steps) in ") && err.contains(" and y (4 steps) in "), "{err}");
+        // Only what differs is named: the dataset, not the seed both share.
+        assert!(
+            err.ends_with(
+                "c are measured differently (dataset mnist vs dataset fashion-mnist); expected one measurement"
+            ),
+            "{err}"
+        );
         assert!(err.ends_with("expected one measurement"), "{err}");
         assert_eq!(read(&out).unwrap().len(), 4, "the earlier merge is left as it was");
         let appending = Appender::open(&out).unwrap();
@@ -343,7 +366,10 @@ mod tests {
         std::fs::write(&c, line(&other)).unwrap();
         let err = merge(&[&a, &c], &out).unwrap_err().to_string();
         assert!(
-            err.contains("; w (4 steps) in ") && err.contains("cells 1, lr 0.3; expected one measurement"),
+            err.contains(" and w (4 steps) in ")
+                && err.ends_with(
+                    "(network and setting not recorded (an older gtn) vs cells 1, lr 0.3); expected one measurement"
+                ),
             "{err}"
         );
     }

@@ -89,15 +89,16 @@ fn one_setting<'a>(what: &str, records: impl IntoIterator<Item = &'a Record>) ->
     for r in records.into_iter().filter(|r| !r.setting.is_empty()) {
         match first {
             None => first = Some(r),
-            Some(f) if f.setting != r.setting => bail!(
-                "{what}: {} ({} steps) measured with {}, {} ({} steps) with {}; expected one setting",
-                f.arch,
-                f.steps,
-                f.setting,
-                r.arch,
-                r.steps,
-                r.setting
-            ),
+            Some(f) if f.setting != r.setting => {
+                let (first, this) = crate::nas::jsonl::measured_differently(f, r);
+                bail!(
+                    "{what}: {} ({} steps) and {} ({} steps) are measured differently ({first} vs {this}); expected one setting",
+                    f.arch,
+                    f.steps,
+                    r.arch,
+                    r.steps
+                )
+            }
             Some(_) => {}
         }
     }
@@ -164,13 +165,12 @@ pub fn correlations(proxy: &[Record], truth: &[Record]) -> Result<Vec<Row>> {
     for r in proxy {
         if let Some(first) = seen.get(&r.key()) {
             if (&first.dataset, &first.net, &first.setting) != (&r.dataset, &r.net, &r.setting) {
+                let (one, other) = crate::nas::jsonl::measured_differently(first, r);
                 bail!(
-                    "{} ({}, {} steps) is recorded twice with different settings ({}; {}); expected one",
+                    "{} ({}, {} steps) is recorded twice, measured differently ({one} vs {other}); expected one",
                     r.arch,
                     r.proxy,
-                    r.steps,
-                    first.setting,
-                    r.setting
+                    r.steps
                 );
             }
             continue;
@@ -508,7 +508,10 @@ mod tests {
         let shard = |k, setting: &str| Record { setting: setting.into(), ..rec(k, "real", 8, k as f64) };
         let mixed = vec![shard(0, "lr 0.1"), shard(1, "lr 0.1"), shard(2, "lr 0.3"), shard(3, "lr 0.3")];
         let err = correlations(&mixed, &truth).unwrap_err().to_string();
-        assert_eq!(err, "real: a0 (8 steps) measured with lr 0.1, a2 (8 steps) with lr 0.3; expected one setting");
+        assert_eq!(
+            err,
+            "real: a0 (8 steps) and a2 (8 steps) are measured differently (lr 0.1 vs lr 0.3); expected one setting"
+        );
     }
 
     #[test]
@@ -711,6 +714,7 @@ mod tests {
         let setting = "10000 validation images".to_string();
         out.append(&Record { net: "head Hidden".into(), setting, ..rec(0, "real", 4, 0.7) }).unwrap();
         let err = report(&[&same, &elsewhere], &truth).unwrap_err().to_string();
-        assert!(err.starts_with("a0 (real, 4 steps) is recorded twice with different settings"), "{err}");
+        assert!(err.starts_with("a0 (real, 4 steps) is recorded twice, measured differently ("), "{err}");
+        assert!(err.ends_with(" vs 10000 validation images); expected one"), "{err}");
     }
 }

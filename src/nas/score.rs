@@ -260,11 +260,17 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     };
     let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || r.net != net || r.setting != setting;
     if let Some(r) = done.iter().filter(|r| r.proxy == label).find(differs) {
+        let here = Record {
+            dataset: dataset.into(),
+            seed: opts.seed,
+            net: net.clone(),
+            setting: setting.clone(),
+            ..r.clone()
+        };
+        let (there, here) = jsonl::measured_differently(r, &here);
         bail!(
-            "{}: holds {label} results of another setting ({}; this run: dataset {dataset}, seed {}, {net}, {setting}); expected the same, or use another --out",
-            opts.out.display(),
-            r.measurement(),
-            opts.seed
+            "{}: holds {label} results of another setting ({there} there vs {here} in this run); expected the same, or use another --out",
+            opts.out.display()
         );
     }
     let mut done = jsonl::done_keys(&done);
@@ -592,6 +598,7 @@ mod tests {
             proxy: Proxy::Gtn(run),
             dataset: DatasetName::Cifar10,
             data_dir: None,
+            valid_size: None,
             archs: sample_distinct(1, 1),
             steps: vec![1],
             ..options(&out, Shard::ALL)
