@@ -260,6 +260,7 @@ pub fn other_kind_of_run(dir: &Path, text: &str, command: &'static str) -> Optio
 }
 
 pub fn read_config(dir: &Path) -> Result<Config> {
+    crate::config::check_not_a_file(dir, "a `gtn train` run's")?;
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read; is {} a gtn training folder?", path.display(), dir.display()))?;

@@ -309,6 +309,10 @@ fn resume_of_a_finished_run_does_no_more_work() {
 fn bad_input_gives_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x");
+    let file = tmp.path().join("log.csv");
+    std::fs::write(&file, "").unwrap();
+    let err = error_line(&gtn(&["eval", file.to_str().unwrap()]));
+    assert!(err.ends_with("log.csv: is a file; expected a folder (a `gtn train` run's)"), "{err}");
     let err = error_line(&gtn(&["train", "--preset", "huge", "--out", out.to_str().unwrap()]));
     assert_eq!(
         err,

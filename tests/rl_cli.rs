@@ -125,6 +125,12 @@ fn rl_train_resume_eval() {
     assert!(err.contains("--preset huge"), "{err}");
     let err = error_line(&gtn(&["rl", "eval", tmp.path().join("none").to_str().unwrap()]));
     assert!(err.contains("config.toml: cannot read"), "{err}");
+    let err = error_line(&gtn(&["rl", "eval", run.join("log.csv").to_str().unwrap()]));
+    assert!(err.ends_with("log.csv: is a file; expected a folder (a `gtn rl train` run's)"), "{err}");
+    std::fs::remove_file(copy.join("checkpoint.safetensors")).unwrap();
+    let err = error_line(&gtn(&["rl", "eval", copy.to_str().unwrap()]));
+    let missing = format!("checkpoint.safetensors: missing; expected the checkpoint of the run in {}", copy.display());
+    assert!(err.ends_with(&missing), "{err}");
 }
 
 /// `--threads` is bounded: 2^31 overflowed libtorch's i32 and 100,000 hung starting threads.

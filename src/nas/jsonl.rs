@@ -71,6 +71,17 @@ pub fn measured_differently(a: &Record, b: &Record) -> (String, String) {
     (only(&a, &b), only(&b, &a))
 }
 
+/// Refuses a results file given as `flag` (or as an argument, for "") that is not one: missing,
+/// or a folder (a run's, given where its results were meant).
+pub fn check_results_file(path: &Path, flag: &str) -> Result<()> {
+    let given = if flag.is_empty() { path.display().to_string() } else { format!("{flag} {}", path.display()) };
+    match (path.is_file(), path.is_dir()) {
+        (true, _) => Ok(()),
+        (_, true) => bail!("{given}: is a folder; expected a results file (.jsonl) of `gtn nas score` or `nas truth`"),
+        _ => bail!("{given}: no such results file"),
+    }
+}
+
 /// All complete records of `path` (none if it does not exist). Only the last line may be
 /// malformed (a torn write); anything else is an error naming the line.
 pub fn read(path: &Path) -> Result<Vec<Record>> {
@@ -176,9 +187,7 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
     let mut first_of_proxy: HashMap<String, (Record, &Path)> = HashMap::new();
     let measured = |r: &Record| (r.dataset.clone(), r.seed, r.net.clone(), r.setting.clone());
     for &path in inputs {
-        if !path.is_file() {
-            bail!("{}: no such results file", path.display());
-        }
+        check_results_file(path, "")?;
         for r in read(path)? {
             let (first, first_path) = first_of_proxy.entry(r.proxy.clone()).or_insert_with(|| (r.clone(), path));
             if measured(first) != measured(&r) {

@@ -320,7 +320,9 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
     }
     for m in matches {
         let real = match m.real_steps {
-            Some(steps) if m.at_most => format!("at most {steps:.0} real-data steps (the fewest measured)"),
+            Some(steps) if m.at_most => {
+                format!("at most {} (the fewest measured)", crate::text::count(steps as usize, "real-data step"))
+            }
             Some(steps) => format!("≈ {steps:.0} real-data steps"),
             None if m.compared == 0 && m.left_out.is_empty() => {
                 "no real-data row: no real-data proxy was given (a `gtn nas score --proxy real` file as --proxy)".into()
@@ -336,8 +338,8 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
             ),
         };
         s += &format!(
-            "\n{} steps of {} (Spearman {} on {}) match {real}{left_out}.",
-            m.gtn_steps,
+            "\n{} of {} (Spearman {} on {}) match {real}{left_out}.",
+            crate::text::count(m.gtn_steps, "step"),
             m.gtn_proxy,
             fmt_corr(m.gtn_spearman),
             m.subset
@@ -427,9 +429,7 @@ fn check_not_swapped(proxies: &[(&Path, Vec<Record>)], truth_file: &Path, truth:
 pub fn report(proxy_files: &[&Path], truth_file: &Path) -> Result<(Vec<Row>, String)> {
     let mut files = Vec::new();
     for (flag, path) in proxy_files.iter().map(|p| ("--proxy", *p)).chain([("--truth", truth_file)]) {
-        if !path.is_file() {
-            bail!("{flag} {}: no such results file", path.display());
-        }
+        super::jsonl::check_results_file(path, flag)?;
         let records = super::jsonl::read(path)?;
         if records.is_empty() {
             bail!("{flag} {}: no records", path.display());
@@ -707,6 +707,9 @@ mod tests {
         let missing = dir.path().join("missing.jsonl");
         let err = report(&[&same], &missing).unwrap_err().to_string();
         assert_eq!(err, format!("--truth {}: no such results file", missing.display()));
+        let err = report(&[dir.path()], &truth).unwrap_err().to_string();
+        let folder = format!("--proxy {}: is a folder; expected a results file (.jsonl)", dir.path().display());
+        assert!(err.starts_with(&folder), "{err}");
         let twice = report(&[&same, &same], &truth).unwrap().0;
         assert_eq!(twice[0].n, 4, "a file given twice counts each architecture once");
         let elsewhere = dir.path().join("elsewhere.jsonl");

@@ -74,6 +74,7 @@ impl GenerationStats {
 }
 
 pub fn read_config(dir: &Path) -> Result<RlConfig> {
+    crate::config::check_not_a_file(dir, "a `gtn rl train` run's")?;
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read; is {} a `gtn rl train` folder?", path.display(), dir.display()))?;
@@ -138,6 +139,9 @@ pub fn save(
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let config = read_config(dir)?;
     let path = dir.join(CHECKPOINT_FILE);
+    if !path.is_file() {
+        bail!("{}: missing; expected the checkpoint of the run in {}", path.display(), dir.display());
+    }
     let file = crate::checkpoint::read_tensors(&path)?;
     crate::checkpoint::check_edits(dir, &file, &config, &RlConfig::EDITABLE_IN_A_RUN)?;
     let stored = &file.tensors;
