@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -170,6 +170,22 @@ impl Appender {
     }
 }
 
+/// Gives every record of one teacher the first spelling its folder has in `records`: shards run
+/// with it spelled otherwise (`gtn:runs/t`, `gtn:/home/u/runs/t`, from another folder) merge and
+/// report as one proxy when the spellings lead to the same folder from here.
+pub fn one_label_per_teacher(records: &mut [Record]) {
+    let mut folders: HashMap<String, Option<PathBuf>> = HashMap::new();
+    let mut first_label: HashMap<PathBuf, String> = HashMap::new();
+    for r in records {
+        let folder = folders
+            .entry(r.proxy.clone())
+            .or_insert_with(|| r.proxy.strip_prefix("gtn:").and_then(|dir| Path::new(dir).canonicalize().ok()));
+        if let Some(folder) = folder {
+            r.proxy = first_label.entry(folder.clone()).or_insert_with(|| r.proxy.clone()).clone();
+        }
+    }
+}
+
 /// Keys already present, for skipping finished work.
 pub fn done_keys(records: &[Record]) -> HashSet<(String, String, usize)> {
     records.iter().map(Record::key).collect()
@@ -186,13 +202,18 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
     let mut keys = HashSet::new();
     let mut first_of_proxy: HashMap<String, (Record, &Path)> = HashMap::new();
     let measured = |r: &Record| (r.dataset.clone(), r.seed, r.net.clone(), r.setting.clone());
+    let mut records = Vec::new();
     for &path in inputs {
         check_results_file(path, "")?;
-        for r in read(path)? {
-            let (first, first_path) = first_of_proxy.entry(r.proxy.clone()).or_insert_with(|| (r.clone(), path));
-            if measured(first) != measured(&r) {
-                let (theirs, this) = measured_differently(first, &r);
-                bail!(
+        records.extend(read(path)?.into_iter().map(|r| (path, r)));
+    }
+    let (paths, mut all): (Vec<&Path>, Vec<Record>) = records.into_iter().unzip();
+    one_label_per_teacher(&mut all);
+    for (path, r) in paths.into_iter().zip(all) {
+        let (first, first_path) = first_of_proxy.entry(r.proxy.clone()).or_insert_with(|| (r.clone(), path));
+        if measured(first) != measured(&r) {
+            let (theirs, this) = measured_differently(first, &r);
+            bail!(
                     "{}: {} ({} steps) in {} and {} ({} steps) in {} are measured differently ({theirs} vs {this}); expected one measurement",
                     r.proxy,
                     first.arch,
@@ -202,10 +223,9 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
                     r.steps,
                     path.display()
                 );
-            }
-            if keys.insert(r.key()) {
-                merged.insert((r.proxy.clone(), r.steps, r.index, r.arch.clone()), r);
-            }
+        }
+        if keys.insert(r.key()) {
+            merged.insert((r.proxy.clone(), r.steps, r.index, r.arch.clone()), r);
         }
     }
     let text: String =
@@ -334,6 +354,27 @@ mod tests {
             err.contains("r.jsonl: not UTF-8 text (") && err.ends_with("expected the JSON lines gtn writes"),
             "{err}"
         );
+    }
+
+    /// Shards that spelled their teacher's folder otherwise are one proxy once merged.
+    #[test]
+    fn merge_gives_a_teacher_one_label() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("t")).unwrap();
+        let (a, b, out) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("m.jsonl"));
+        let at = |folder: &str, arch: &str| {
+            let proxy = format!("gtn:{}", dir.path().join(folder).display());
+            format!("{}\n", serde_json::to_string(&Record { proxy, ..record(arch, 0, 4) }).unwrap())
+        };
+        std::fs::write(&a, at("t", "x")).unwrap();
+        std::fs::write(&b, at("t/../t", "y") + &at("elsewhere", "z")).unwrap();
+        assert_eq!(merge(&[&a, &b], &out).unwrap(), 3);
+        let labels: HashSet<String> = read(&out).unwrap().into_iter().map(|r| r.proxy).collect();
+        let expected = [
+            format!("gtn:{}", dir.path().join("t").display()),
+            format!("gtn:{}", dir.path().join("elsewhere").display()),
+        ];
+        assert_eq!(labels, expected.into_iter().collect(), "a folder that does not exist keeps its label");
     }
 
     #[test]

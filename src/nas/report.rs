@@ -458,7 +458,8 @@ pub fn report(proxy_files: &[&Path], truth_file: &Path) -> Result<(Vec<Row>, Str
     if let Some(warning) = check_not_swapped(&files, truth_file, &truth)? {
         tracing::warn!("{warning}");
     }
-    let proxy: Vec<Record> = files.into_iter().flat_map(|(_, records)| records).collect();
+    let mut proxy: Vec<Record> = files.into_iter().flat_map(|(_, records)| records).collect();
+    super::jsonl::one_label_per_teacher(&mut proxy);
     let rows = correlations(&proxy, &truth)?;
     let matches = steps_to_match(&rows);
     let table = markdown(&rows, &matches);
