@@ -623,6 +623,11 @@ fn nas_score_truth_merge_report() {
     assert!(image::open(&png).is_ok());
     // The table written over a results file given beside it is refused by its name.
     let (real, truth) = (p("real.jsonl"), p("truth.jsonl"));
+    // A GTN proxy's scores appended to the truth's file would read as a proxy of the truth's.
+    let data_dir = data.to_str().unwrap();
+    let into_truth = ["nas", "score", "--proxy", &teacher, "--steps", "2", "--out", &truth, "--data-dir", data_dir];
+    let err = error_line(&gtn(&[&into_truth[..], &small[..]].concat()));
+    assert!(err.contains("truth.jsonl: holds results of real (not gtn:"), "{err}");
     let err = error_line(&gtn(&["nas", "report", "--proxy", &real, "--truth", &truth, "--markdown", &truth]));
     assert!(err.contains("gtn writes the table as markdown; expected a path ending in .md"), "{err}");
     let err =

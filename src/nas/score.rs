@@ -258,6 +258,15 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         }
         _ => label,
     };
+    // A file of other proxies' results only is another experiment's (a truth given as a GTN
+    // proxy's --out): appended to, it would read as results of a proxy that never ran there.
+    if let Some(other) = done.first().filter(|_| !done.iter().any(|r| r.proxy == label)) {
+        bail!(
+            "{}: holds results of {} (not {label}); expected a file of {label}'s results, or a new one (--out)",
+            opts.out.display(),
+            other.proxy
+        );
+    }
     let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || r.net != net || r.setting != setting;
     if let Some(r) = done.iter().filter(|r| r.proxy == label).find(differs) {
         let here = Record {
