@@ -214,12 +214,12 @@ fn train_or_reuse(
         Trainer::open(config, dir, device, budget.is_some(), None)?.with_divergence_advice(advice.to_owned());
     let (done, total, dir) = (trainer.iteration, trainer.config().meta_iters, dir.display());
     match done {
-        0 => eprintln!("{name}: meta-training in {dir}"),
-        _ if done == total => eprintln!("{name}: the teacher in {dir} is trained already"),
-        _ => eprintln!("{name}: meta-training in {dir}, resumed at meta-iteration {done}"),
+        0 => crate::progress::print_err(&format!("{name}: meta-training in {dir}")),
+        _ if done == total => crate::progress::print_err(&format!("{name}: the teacher in {dir} is trained already")),
+        _ => crate::progress::print_err(&format!("{name}: meta-training in {dir}, resumed at meta-iteration {done}")),
     }
     if let Some(note) = trainer.budget_note().filter(|_| budget.is_some()) {
-        eprintln!("{note}");
+        crate::progress::print_err(&note);
     }
     crate::interrupt::graceful(crate::interrupt::Unit::MetaIteration, || trainer.run(true, budget))?;
     Ok(trainer)
@@ -379,7 +379,7 @@ fn stored_teacher_curves(
     let measure = || {
         // Said only when measured: stored curves are reused in silence, as the real-data ones.
         let name = dir.file_name().unwrap_or(dir.as_os_str()).to_string_lossy();
-        eprintln!("{name}: evaluating {}", text::count(cohort.learners, "learner"));
+        crate::progress::print_err(&format!("{name}: evaluating {}", text::count(cohort.learners, "learner")));
         Ok(PerLearner { per_learner: eval::teacher_curves(&trainer.teacher, cohort, grid, test)? })
     };
     let fits = |v: &PerLearner| one_curve_each(&v.per_learner, cohort.learners, grid.len());
@@ -400,12 +400,15 @@ fn swept_real_curves(
     let sweep_key = RealKey { grid: Vec::new(), ..key.clone() };
     let swept = |s: &Sweep| options.lrs.contains(&s.lr) && options.momenta.contains(&s.momentum);
     let Sweep { lr, momentum } = measured_once(&dir.join(SWEEP_JSON), sweep_key, swept, || {
-        eprintln!("{REAL}: sweeping lr {:?} x momentum {:?}", options.lrs, options.momenta);
+        crate::progress::print_err(&format!("{REAL}: sweeping lr {:?} x momentum {:?}", options.lrs, options.momenta));
         let sweep = (options.lrs.as_slice(), options.momenta.as_slice());
         let ((lr, momentum), _) = eval::sweep_real(cohort, key.inner_steps, batch, sweep, test, |_, _| {})?;
         Ok(Sweep { lr, momentum })
     })?;
-    eprintln!("{REAL}: curve to {} steps with lr {lr}, momentum {momentum}", grid.last().unwrap());
+    crate::progress::print_err(&format!(
+        "{REAL}: curve to {} steps with lr {lr}, momentum {momentum}",
+        grid.last().unwrap()
+    ));
     let per_learner = eval::real_curves(cohort, grid, batch, (lr, momentum), test)?;
     Ok(RealCurves { lr, momentum, per_learner })
 }

@@ -216,7 +216,8 @@ struct NasArgs {
     /// This process takes architectures k with k % n == i (job arrays).
     #[arg(long, default_value = "0/1")]
     shard: nas::jsonl::Shard,
-    /// Results file; a re-run skips what it already holds.
+    /// Results file; a re-run skips what it already holds (one of the other kind's results
+    /// only, real data's for a GTN proxy or the other way round, is refused).
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
@@ -235,7 +236,8 @@ struct NasTrainArgs {
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Training images held out for validation by the real proxy and the truth (default: the
-    /// dataset's standard split; `nas search`'s truth: its teacher's).
+    /// dataset's standard split; `nas search`'s truth: its teacher's). A GTN proxy ranks on its
+    /// teacher's own split: another size is refused.
     #[arg(long)]
     valid_size: Option<usize>,
     /// Normal cells per stage.
@@ -539,7 +541,7 @@ fn main() {
         if !e.use_stderr() || shown_help {
             e.exit()
         }
-        eprintln!("{}", one_line(&e.render().to_string()));
+        gtn::progress::print_err(&one_line(&e.render().to_string()));
         std::process::exit(e.exit_code());
     });
     if let Err(e) = run(cli) {
@@ -548,7 +550,7 @@ fn main() {
             gtn::progress::print_err(&format!("{e:#}"));
             std::process::exit(128 + stopped.signal);
         }
-        eprintln!("error: {e:#}");
+        gtn::progress::print_err(&format!("error: {e:#}"));
         std::process::exit(1);
     }
 }

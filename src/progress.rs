@@ -98,9 +98,14 @@ pub fn print_err(line: &str) {
 }
 
 /// `text` to stdout, whose reader may be gone (`| head`): `print!` would panic there, midway
-/// through work that writes its results to files anyway.
+/// through work that writes its results to files anyway. Any other failure (a full disk under
+/// `> file`) still ends the process, as `print!` would.
 pub fn print_out(text: &str) {
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            panic!("failed printing to stdout: {e}");
+        }
+    }
 }
 
 /// `println!` that never panics: see [`print_out`].

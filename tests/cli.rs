@@ -621,13 +621,13 @@ fn nas_score_truth_merge_report() {
     assert!(out.contains("| real | 4 | 4 |") && out.contains(&format!("| {teacher} | 2 | 4 |")), "{out}");
     assert!(out.contains("| params (untrained) | 0 | 4 |"), "the zero-cost baseline: {out}");
     assert!(image::open(&png).is_ok());
-    // The table written over a results file given beside it is refused by its name.
     let (real, truth) = (p("real.jsonl"), p("truth.jsonl"));
     // A GTN proxy's scores appended to the truth's file would read as a proxy of the truth's.
     let data_dir = data.to_str().unwrap();
     let into_truth = ["nas", "score", "--proxy", &teacher, "--steps", "2", "--out", &truth, "--data-dir", data_dir];
     let err = error_line(&gtn(&[&into_truth[..], &small[..]].concat()));
     assert!(err.contains("truth.jsonl: holds results of real (not gtn:"), "{err}");
+    // The table written over a results file given beside it is refused by its name.
     let err = error_line(&gtn(&["nas", "report", "--proxy", &real, "--truth", &truth, "--markdown", &truth]));
     assert!(err.contains("gtn writes the table as markdown; expected a path ending in .md"), "{err}");
     let err =
@@ -664,6 +664,12 @@ fn nas_score_truth_merge_report() {
     let truth = std::fs::read_to_string(tmp.path().join("search/truth.jsonl")).unwrap();
     assert_eq!(truth.lines().count(), 2, "only the top 2 are trained on real data");
     assert_eq!(std::fs::read_to_string(tmp.path().join("search/proxy.jsonl")).unwrap().lines().count(), 4);
+    // Resumed with the teacher spelled otherwise: nothing scored again, the same finalists.
+    let respelled_teacher = run.join("../run");
+    let mut respelled = search.clone();
+    respelled[3] = respelled_teacher.to_str().unwrap();
+    let again = stdout(&gtn_in(tmp.path(), &respelled));
+    assert!(again.contains("best: `") && !again.contains("proxy "), "{again}");
     let mut too_many = search.clone();
     let at = too_many.iter().position(|a| *a == "--proxy-steps").unwrap();
     too_many[at + 1] = "9";

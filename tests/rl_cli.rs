@@ -105,6 +105,11 @@ fn rl_train_resume_eval() {
     let single: serde_json::Value =
         serde_json::from_str(stdout(&gtn(&["rl", "eval", copy.to_str().unwrap(), "--json"])).trim()).unwrap();
     assert!(single["real_return_std"].is_null() && single["untrained_return_std"].is_null(), "{single}");
+    // One policy's two episodes do have a spread.
+    std::fs::write(copy.join("config.toml"), one.replace("\neval_episodes = 1\n", "\neval_episodes = 2\n")).unwrap();
+    let two: serde_json::Value =
+        serde_json::from_str(stdout(&gtn(&["rl", "eval", copy.to_str().unwrap(), "--json"])).trim()).unwrap();
+    assert!(two["real_return_std"].is_f64() && two["untrained_return_std"].is_f64(), "{two}");
     std::fs::write(copy.join("config.toml"), lowered.replace("\nseed = 0\n", "\nseed = 5\n")).unwrap();
     let err = error_line(&gtn(&["rl", "eval", copy.to_str().unwrap()]));
     assert!(err.contains("config.toml: differs from the config its checkpoint was saved with in keys a run cannot change (seed 0 in its checkpoint"), "{err}");

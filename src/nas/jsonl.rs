@@ -60,6 +60,11 @@ impl Record {
 /// settings of a dozen parts to compare by eye.
 pub fn measured_differently(a: &Record, b: &Record) -> (String, String) {
     let (a, b) = (a.measurement(), b.measurement());
+    // The same parts in another order (records of builds that wrote the network into the
+    // setting): the whole measurements, then.
+    if a.iter().all(|p| b.contains(p)) && b.iter().all(|p| a.contains(p)) {
+        return (a.join(", "), b.join(", "));
+    }
     let only = |x: &[String], y: &[String]| {
         let parts: Vec<&str> = x.iter().filter(|p| !y.contains(p)).map(String::as_str).collect();
         if parts.is_empty() {
@@ -172,16 +177,19 @@ impl Appender {
 
 /// Gives every record of one teacher the first spelling its folder has in `records`: shards run
 /// with it spelled otherwise (`gtn:runs/t`, `gtn:/home/u/runs/t`, from another folder) merge and
-/// report as one proxy when the spellings lead to the same folder from here.
+/// report as one proxy when the spellings lead to the same folder from here and the records name
+/// the same teacher checkpoint in their setting (a folder trained again, or a link pointed
+/// elsewhere since, keeps its labels apart; so do records of builds that recorded no setting).
 pub fn one_label_per_teacher(records: &mut [Record]) {
     let mut folders: HashMap<String, Option<PathBuf>> = HashMap::new();
-    let mut first_label: HashMap<PathBuf, String> = HashMap::new();
-    for r in records {
+    let mut first_label: HashMap<(PathBuf, String), String> = HashMap::new();
+    for r in records.iter_mut().filter(|r| !r.setting.is_empty()) {
         let folder = folders
             .entry(r.proxy.clone())
             .or_insert_with(|| r.proxy.strip_prefix("gtn:").and_then(|dir| Path::new(dir).canonicalize().ok()));
         if let Some(folder) = folder {
-            r.proxy = first_label.entry(folder.clone()).or_insert_with(|| r.proxy.clone()).clone();
+            let key = (folder.clone(), r.setting.clone());
+            r.proxy = first_label.entry(key).or_insert_with(|| r.proxy.clone()).clone();
         }
     }
 }
@@ -364,7 +372,8 @@ mod tests {
         let (a, b, out) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("m.jsonl"));
         let at = |folder: &str, arch: &str| {
             let proxy = format!("gtn:{}", dir.path().join(folder).display());
-            format!("{}\n", serde_json::to_string(&Record { proxy, ..record(arch, 0, 4) }).unwrap())
+            let setting = "teacher at meta-iteration 8, checkpoint sha256 ab".into();
+            format!("{}\n", serde_json::to_string(&Record { proxy, setting, ..record(arch, 0, 4) }).unwrap())
         };
         std::fs::write(&a, at("t", "x")).unwrap();
         std::fs::write(&b, at("t/../t", "y") + &at("elsewhere", "z")).unwrap();
@@ -375,6 +384,10 @@ mod tests {
             format!("gtn:{}", dir.path().join("elsewhere").display()),
         ];
         assert_eq!(labels, expected.into_iter().collect(), "a folder that does not exist keeps its label");
+        // The folder's teacher trained again since: another proxy, its label kept.
+        std::fs::write(&b, at("t/../t", "w").replace("sha256 ab", "sha256 cd")).unwrap();
+        merge(&[&a, &b], &out).unwrap();
+        assert_eq!(read(&out).unwrap().into_iter().map(|r| r.proxy).collect::<HashSet<_>>().len(), 2);
     }
 
     #[test]
@@ -411,6 +424,11 @@ mod tests {
         let err = merge(&[&a], &out).unwrap_err().to_string();
         assert!(err.ends_with("m.jsonl: a gtn process is appending to it; merge into another --out"), "{err}");
         drop(appending);
+        // Records of the same parts in another order are told apart by their whole measurements.
+        let one = Record { net: "a".into(), setting: "b".into(), ..record("v", 0, 4) };
+        let other = Record { net: "b".into(), setting: "a".into(), ..record("v", 0, 4) };
+        let whole = ("dataset mnist, seed 0, a, b".to_owned(), "dataset mnist, seed 0, b, a".to_owned());
+        assert_eq!(measured_differently(&one, &other), whole);
         // Nor is a shard run with another setting, though it repeats no architecture.
         let other = Record { net: "cells 1".into(), setting: "lr 0.3".into(), ..record("w", 7, 4) };
         std::fs::write(&c, line(&other)).unwrap();

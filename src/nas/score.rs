@@ -73,7 +73,8 @@ pub struct ScoreOptions {
     /// Dataset scored on: for a GTN proxy, its teacher's (another is refused).
     pub dataset: DatasetName,
     pub data_dir: Option<PathBuf>,
-    /// Training images held out for validation (the dataset's default when `None`).
+    /// Training images held out for validation (the dataset's default when `None`); for a GTN
+    /// proxy, its teacher's (another is refused).
     pub valid_size: Option<usize>,
     pub net: NetConfig,
     pub real: RealTraining,
@@ -82,7 +83,7 @@ pub struct ScoreOptions {
     pub seed: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScoreSummary {
     pub scored: usize,
     /// Already in the output file when the run started.
@@ -90,6 +91,9 @@ pub struct ScoreSummary {
     /// Listed again after an earlier position in this shard's list (counted there).
     pub repeated: usize,
     pub other_shards: usize,
+    /// The proxy's label in the output file: a teacher's folder spelled otherwise than there
+    /// takes the file's spelling.
+    pub label: String,
 }
 
 /// A stable 64-bit FNV-1a hash: the same architecture gets the same initial weights under every
@@ -258,9 +262,11 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         }
         _ => label,
     };
-    // A file of other proxies' results only is another experiment's (a truth given as a GTN
-    // proxy's --out): appended to, it would read as results of a proxy that never ran there.
-    if let Some(other) = done.first().filter(|_| !done.iter().any(|r| r.proxy == label)) {
+    // A file of the other kind's results only (real data's, a truth's, given as a GTN proxy's
+    // --out, or the other way round) is another experiment's: appended to, it would read as
+    // results of a proxy that never ran there. Another teacher's file (or one moved) is not.
+    let gtn = |proxy: &str| proxy.starts_with("gtn:");
+    if let Some(other) = done.first().filter(|_| done.iter().all(|r| gtn(&r.proxy) != gtn(&label))) {
         bail!(
             "{}: holds results of {} (not {label}); expected a file of {label}'s results, or a new one (--out)",
             opts.out.display(),
@@ -283,7 +289,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         );
     }
     let mut done = jsonl::done_keys(&done);
-    let mut summary = ScoreSummary { scored: 0, skipped: 0, repeated: 0, other_shards: 0 };
+    let mut summary = ScoreSummary { scored: 0, skipped: 0, repeated: 0, other_shards: 0, label: label.clone() };
     let mut listed = std::collections::HashSet::new();
     for (index, cell) in opts.archs.iter().enumerate() {
         if !opts.shard.takes(index) {

@@ -102,8 +102,9 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
         valid_size: None,
         ..opts.base.clone()
     };
-    score::score(&phase1, device, |r| progress("proxy", r))?;
-    let label = phase1.proxy.label();
+    // Its records' label: a --teacher spelled otherwise than when the search began takes the
+    // file's spelling.
+    let label = score::score(&phase1, device, |r| progress("proxy", r))?.label;
     let mut scored: Vec<Record> =
         jsonl::read(&proxy_out)?.into_iter().filter(|r| r.proxy == label && r.steps == opts.proxy_steps).collect();
     scored.retain(|r| candidates.iter().any(|c| c.to_string() == r.arch));

@@ -123,7 +123,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
             r.actions.size()[0]
         );
         if let Some(warning) = r.warning() {
-            eprintln!("{warning}");
+            crate::progress::print_err(&warning);
         }
     }
     let (start, before) = (std::time::Instant::now(), trainer.generation);
@@ -206,9 +206,9 @@ pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
         policies: c.eval_policies,
         episodes_per_policy: c.eval_episodes,
         real_return_mean: mean,
-        real_return_std: spread(std, trials.len()),
+        real_return_std: spread(std, c.eval_policies * c.eval_episodes),
         untrained_return_mean: untrained_mean,
-        untrained_return_std: spread(untrained_std, trials.len()),
+        untrained_return_std: spread(untrained_std, c.eval_policies * c.eval_episodes),
         baseline: "reinforce",
         baseline_steps_to_match_mean: (!reached.is_empty()).then(|| mean_std(&reached).0),
         baseline_steps_to_match_median: (!reached.is_empty()).then(|| median(&reached)),
