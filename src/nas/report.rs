@@ -32,6 +32,11 @@ pub struct Row {
     pub spearman_params: f64,
     /// Mean training seconds per architecture on this proxy.
     pub seconds: f64,
+    /// A GTN row's match among the real-data rows ([`steps_to_match`]): the real steps whose
+    /// Spearman equals its own, over all architectures and over the top 50% (an upper bound
+    /// where the fewest measured already reach it); null where none does, and on other rows.
+    pub real_steps_to_match: Option<f64>,
+    pub real_steps_to_match_top: Option<f64>,
     /// The architectures, sorted: correlations over different sets do not compare.
     #[serde(skip)]
     pub archs: Vec<String>,
@@ -146,6 +151,8 @@ fn row(proxy: String, steps: usize, mut points: Vec<Point>) -> Row {
         spearman_valid_test: spearman(&valid, &test),
         spearman_params: spearman(&valid, &params),
         seconds,
+        real_steps_to_match: None,
+        real_steps_to_match_top: None,
         archs,
     }
 }
@@ -460,8 +467,16 @@ pub fn report(proxy_files: &[&Path], truth_file: &Path) -> Result<(Vec<Row>, Str
     }
     let mut proxy: Vec<Record> = files.into_iter().flat_map(|(_, records)| records).collect();
     super::jsonl::one_label_per_teacher(&mut proxy);
-    let rows = correlations(&proxy, &truth)?;
+    let mut rows = correlations(&proxy, &truth)?;
     let matches = steps_to_match(&rows);
+    for m in &matches {
+        let row =
+            rows.iter_mut().find(|r| r.proxy == m.gtn_proxy && r.steps == m.gtn_steps).expect("a GTN row's match");
+        match m.subset {
+            "all" => row.real_steps_to_match = m.real_steps,
+            _ => row.real_steps_to_match_top = m.real_steps,
+        }
+    }
     let table = markdown(&rows, &matches);
     Ok((rows, table))
 }
@@ -683,6 +698,9 @@ mod tests {
         let other = write("other.jsonl", "gtn:t", 4, "head Flatten");
         let (rows, _) = report(&[&same, &old], &truth).unwrap();
         assert_eq!(rows.len(), 3, "two proxies and the parameter-count baseline");
+        // The GTN row carries its match for `--json`: real data's 4 steps rank as well.
+        let matched = |proxy: &str| rows.iter().find(|r| r.proxy == proxy).unwrap().real_steps_to_match;
+        assert_eq!((matched("gtn:t"), matched("real")), (Some(4.0), None));
         let err = report(&[&same, &other], &truth).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}: results of network (head Flatten)", other.display())), "{err}");
         assert!(err.contains("same.jsonl has network (head Hidden)"), "{err}");
