@@ -774,7 +774,7 @@ fn nas_score(common: NasArgs, proxy: nas::score::Proxy, steps: Vec<usize>, devic
     let archs = match (&common.archs, common.sample) {
         (Some(path), _) => nas::score::read_archs(path)?,
         (None, Some(n)) => nas::arch::sample_distinct(n as usize, common.train.seed),
-        (None, None) => bail!("--archs FILE or --sample N is required"),
+        (None, None) => unreachable!("clap requires --archs or --sample (group `architectures`)"),
     };
     let teacher = match &proxy {
         nas::score::Proxy::Gtn(dir) => Some(dir.as_path()),
