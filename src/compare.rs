@@ -654,10 +654,7 @@ impl CompareSummary {
                 m.method,
                 opt(m.meta_iters.map(|i| i.to_string())),
                 opt(m.meta_training_minutes.map(|x| format!("{x:.1}"))),
-                text::mean_pm_std(m.accuracy_mean, m.accuracy_std.unwrap_or(0.0), self.learners, |x| format!(
-                    "{:.2}%",
-                    100.0 * x
-                )),
+                text::mean_pm_std(m.accuracy_mean, m.accuracy_std, |x| format!("{:.2}%", 100.0 * x)),
             )
             .expect("writing to a String");
         }

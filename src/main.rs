@@ -674,8 +674,9 @@ fn run(cli: Cli) -> Result<()> {
             let best = eval::baseline_real(&opts, device, |(lr, momentum), accuracies| {
                 if !json {
                     let (mean, std) = eval::mean_std(accuracies);
-                    let accuracy =
-                        gtn::text::mean_pm_std(mean, std, accuracies.len(), |x| format!("{:.2}%", 100.0 * x));
+                    let accuracy = gtn::text::mean_pm_std(mean, gtn::text::spread(std, accuracies.len()), |x| {
+                        format!("{:.2}%", 100.0 * x)
+                    });
                     gtn::outln!("lr {lr}, momentum {momentum}: {accuracy}");
                 }
             })?;

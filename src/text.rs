@@ -19,9 +19,9 @@ pub fn spread(std: f64, n: usize) -> Option<f64> {
     (n > 1).then_some(std)
 }
 
-/// `mean ± std` of `n` values, each written by `write`; the mean alone for one value.
-pub fn mean_pm_std(mean: f64, std: f64, n: usize, write: impl Fn(f64) -> String) -> String {
-    match spread(std, n) {
+/// `mean ± std`, each written by `write`; the mean alone where there is no spread ([`spread`]).
+pub fn mean_pm_std(mean: f64, std: Option<f64>, write: impl Fn(f64) -> String) -> String {
+    match std {
         Some(std) => format!("{} ± {}", write(mean), write(std)),
         None => write(mean),
     }
@@ -89,8 +89,8 @@ mod tests {
     #[test]
     fn one_value_has_no_spread() {
         let percent = |x: f64| format!("{:.2}%", 100.0 * x);
-        assert_eq!(mean_pm_std(0.93456, 0.0031, 5, percent), "93.46% ± 0.31%");
-        assert_eq!(mean_pm_std(0.93456, 0.0, 1, percent), "93.46%");
+        assert_eq!(mean_pm_std(0.93456, spread(0.0031, 5), percent), "93.46% ± 0.31%");
+        assert_eq!(mean_pm_std(0.93456, spread(0.0, 1), percent), "93.46%");
         assert_eq!(spread(0.5, 2), Some(0.5));
         assert_eq!(spread(0.0, 1), None);
     }

@@ -239,13 +239,11 @@ impl RlEvalReport {
         let cost = self.teacher_real_steps.map_or("not counted (a checkpoint of an older gtn)".into(), |n| {
             format!("{n} real steps in all (0 per policy it then trains)")
         });
-        let trials = self.policies * self.episodes_per_policy;
         let after = match self.generation < self.generations {
             true => format!("{} of {} (training unfinished)", self.generation, count(self.generations, "generation")),
             false => count(self.generation, "generation"),
         };
-        let returns =
-            |mean: f64, std: Option<f64>| mean_pm_std(mean, std.unwrap_or(0.0), trials, |x| format!("{x:.1}"));
+        let returns = |mean: f64, std: Option<f64>| mean_pm_std(mean, std, |x| format!("{x:.1}"));
         format!(
             "teacher after {after}: {} x {}, trained {} steps on {} synthetic observations\n\
              real return (greedy)       {}\n\
