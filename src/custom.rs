@@ -454,6 +454,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "jemalloc")]
     #[test]
     fn padding_and_gather_keep_only_their_results() {
         const MIB: i64 = 1 << 20;
@@ -474,7 +475,7 @@ mod tests {
     }
 
     #[test]
-    fn pad_conv_gather_equals_padding_convolution_and_gather_and_keeps_the_activation_only() {
+    fn pad_conv_gather_equals_padding_convolution_and_gather() {
         let (x, w) = (leaf(&[2, 5, 4, 6], 1), leaf(&[12, 5, 2, 2], 2));
         assert_same_to_second_order(&x, |x| pad_conv_gather(x, &w), |x| plain_pad_conv_gather(x, &w));
         // With 16 channels and sizes one short of multiples of 4, Winograd's form (csrc/winograd.h)
@@ -489,6 +490,11 @@ mod tests {
             let err = (a - b).abs().max().double_value(&[]);
             assert!(err < 1e-11, "Winograd's pad_conv_gather: {what} differ by {err:e}");
         }
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn pad_conv_gather_keeps_the_activation_only() {
         const MIB: i64 = 1 << 20;
         let grid = |t: &Tensor| leaky_relu(&t.view([16, 16, 128, 128]), 0.1);
         let w = Tensor::ones([4, 16, 2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
@@ -546,6 +552,7 @@ mod tests {
         assert!(message.starts_with("parity_gather: ") && message.contains("too small"), "{message}");
     }
 
+    #[cfg(feature = "jemalloc")]
     /// Bytes that `op(&intermediate)` keeps alive, with its result, once the caller has dropped
     /// the 16 MiB intermediate it was applied to.
     fn kept_by(op: impl Fn(&Tensor) -> Tensor) -> i64 {
@@ -559,6 +566,7 @@ mod tests {
         kept
     }
 
+    #[cfg(feature = "jemalloc")]
     #[test]
     fn conv_max_pool_keeps_neither_the_convolution_output_nor_its_gradient() {
         // What the graph of an inner gradient keeps, once only that gradient is held.
@@ -721,6 +729,7 @@ mod tests {
         });
     }
 
+    #[cfg(feature = "jemalloc")]
     #[test]
     fn leaky_relu_keeps_only_its_output() {
         const MIB: i64 = 1 << 20;

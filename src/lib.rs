@@ -1,6 +1,7 @@
 //! Generative Teaching Networks: a generator learns synthetic training data such that a freshly
 //! initialised learner trained on it for a few steps does well on real data.
 
+#[cfg(feature = "jemalloc")]
 mod allocator;
 pub mod atomic;
 pub mod bench;
@@ -17,6 +18,7 @@ pub mod inner;
 pub mod interrupt;
 pub mod learner;
 pub mod meta;
+#[cfg(feature = "mkl-amd")]
 mod mkl;
 pub mod nas;
 pub mod nn;
