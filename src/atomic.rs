@@ -27,11 +27,12 @@ pub fn lock_exclusive(file: &std::fs::File, path: &Path, busy: &str) -> Result<b
     }
 }
 
-/// Creates or replaces `path` with whatever `write` puts at the temporary path it is given.
+/// Creates or replaces `path` with whatever `write` puts at the temporary path it is given; its
+/// errors should name `path`, as the temporary file is removed when they return.
 pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // Named here: the temporary file's error would name its own path.
+    // Named here: the temporary file's errors would name its own path, gone once they return.
     let (shown, folder) = (path.display(), parent.display());
     match std::fs::metadata(parent) {
         Ok(meta) if meta.is_dir() => {}
@@ -56,17 +57,18 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         .prefix(&prefix)
         .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(parent)
-        .with_context(|| format!("{}: cannot create a temporary file", parent.display()))?
+        .with_context(|| format!("{shown}: cannot create a temporary file in {folder}"))?
         .into_temp_path();
     write(&tmp)?;
-    let file = std::fs::File::open(&tmp).with_context(|| format!("{}: cannot reopen", tmp.display()))?;
-    file.sync_all().with_context(|| format!("{}: cannot flush to disk", tmp.display()))?;
+    // Errors name the target: the temporary file is gone once they return. Some file systems
+    // (network mounts, quotas) report a full disk only here.
+    let file = std::fs::File::open(&tmp).with_context(|| format!("{shown}: cannot reopen what was written"))?;
+    file.sync_all().with_context(|| format!("{shown}: cannot flush to disk"))?;
     if let Some(permissions) = existing {
-        std::fs::set_permissions(&tmp, permissions)
-            .with_context(|| format!("{}: cannot set permissions", tmp.display()))?;
+        std::fs::set_permissions(&tmp, permissions).with_context(|| format!("{shown}: cannot set permissions"))?;
     }
     // The io error alone: `PathPersistError` prints it and gives it again as its source.
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("{shown}: cannot rename into place"))?;
     if let Ok(dir) = std::fs::File::open(parent) {
         // Best effort: some file systems refuse to sync a directory.
         let _ = dir.sync_all();
@@ -117,7 +119,7 @@ fn remove_leftovers_older_than(folder: &Path, prefix: &str, min_age: Duration) {
 /// Creates or replaces `path` with `bytes`.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     replace_with(path, |tmp| {
-        let mut f = std::fs::File::create(tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        let mut f = std::fs::File::create(tmp).with_context(|| format!("{}: cannot create", path.display()))?;
         f.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))
     })
 }

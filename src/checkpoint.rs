@@ -55,7 +55,7 @@ pub struct RunLock {
 pub fn lock_run(dir: &Path) -> Result<RunLock> {
     let folder = std::fs::File::open(dir)
         .with_context(|| format!("{}: cannot open; is it a gtn training folder?", dir.display()))?;
-    let busy = "another gtn process is training in this folder; wait for it to end, or choose another --out";
+    let busy = "another gtn process is training in this folder; wait for it to end";
     if crate::atomic::lock_exclusive(&folder, dir, busy)? {
         // Only the lock's holder writes these: any temporary one is an interrupted save's.
         for file in [CHECKPOINT_FILE, CONFIG_FILE] {
@@ -314,15 +314,15 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     // Shapes come from a freshly built teacher; its random values are then overwritten.
     let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(0), device)?;
     let named = teacher.named_params();
+    let missing = |name: &str| {
+        anyhow::anyhow!(
+            "{}: tensor `{name}` missing; the checkpoint is from another architecture or config",
+            path.display()
+        )
+    };
     let take = |name: &str, shape: &[i64]| -> Result<Tensor> {
-        let t = stored.get(name).with_context(|| {
-            format!(
-                "{}: tensor `{name}` missing; the checkpoint is from another architecture or config",
-                path.display()
-            )
-        })?;
-        let counter = name == "adam.steps" || name == "iteration";
-        if t.size() != shape || (t.kind() != Kind::Float && !counter) {
+        let t = stored.get(name).ok_or_else(|| missing(name))?;
+        if t.size() != shape || t.kind() != Kind::Float {
             bail!(
                 "{}: tensor `{name}` has shape {:?} ({:?}), the config in {} expects {shape:?} (Float); the checkpoint is from another architecture",
                 path.display(),
@@ -331,7 +331,7 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
                 CONFIG_FILE
             );
         }
-        if !counter && !crate::nn::all_finite(t) {
+        if !crate::nn::all_finite(t) {
             bail!(
                 "{}: tensor `{name}` holds NaN or infinite values; the run diverged before this checkpoint was saved",
                 path.display()
@@ -350,19 +350,21 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
         }
         Ok(())
     })?;
-    // Older builds' checkpoints do not record their data's sizes.
-    let data = match stored.get(DATA_SIZES) {
-        None => None,
-        Some(t) if t.size() == [3] && t.kind() == Kind::Int64 => {
-            Some(<[i64; 3]>::try_from(Vec::<i64>::try_from(t)?).expect("three sizes"))
+    // Counts every checkpoint holds whatever its config: any other shape or type is damage.
+    let counts = |name: &str, len: i64| -> Result<Option<Vec<i64>>> {
+        match stored.get(name) {
+            None => Ok(None),
+            Some(t) if t.size() == [len] && t.kind() == Kind::Int64 => Ok(Some(Vec::<i64>::try_from(t)?)),
+            Some(t) => bail!(
+                "{}: tensor `{name}` has shape {:?} ({:?}), expected [{len}] (Int64); the checkpoint is corrupt",
+                path.display(),
+                t.size(),
+                t.kind()
+            ),
         }
-        Some(t) => bail!(
-            "{}: tensor `{DATA_SIZES}` has shape {:?} ({:?}), expected [3] (Int64); the checkpoint is corrupt",
-            path.display(),
-            t.size(),
-            t.kind()
-        ),
     };
+    // Older builds' checkpoints do not record their data's sizes.
+    let data = counts(DATA_SIZES, 3)?.map(|sizes| <[i64; 3]>::try_from(sizes).expect("three sizes"));
     let expected = 3 * named.len() + 2 + usize::from(data.is_some());
     if stored.len() != expected {
         bail!(
@@ -371,7 +373,7 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
             stored.len()
         );
     }
-    let scalar = |name: &str| -> Result<i64> { Ok(take(name, &[1])?.to_kind(Kind::Int64).int64_value(&[0])) };
+    let scalar = |name: &str| -> Result<i64> { Ok(counts(name, 1)?.ok_or_else(|| missing(name))?[0]) };
     let steps = scalar("adam.steps")?;
     let iteration =
         check_progress(dir, scalar("iteration")?, steps, ("meta_iters", config.meta_iters), "meta-iteration")?;

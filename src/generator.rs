@@ -24,7 +24,9 @@ impl GeneratorConfig {
         GeneratorConfig { noise_dim: 128, fc_width: 1024, conv1_channels: 128, conv2_channels: 64 };
 }
 
-/// Images are `[C, H, W]`; outputs are scaled to (-2, 2), roughly the normalised data range.
+/// Images are `[C, H, W]`; outputs are scaled to (-2, 2), the reference's range, which is not
+/// quite the normalised data's: MNIST's runs from -0.42 to 2.82, so a generated pixel never
+/// reaches the brightest quarter of its intensities (above 191/255).
 #[derive(Debug, Clone)]
 pub struct Generator {
     pub config: GeneratorConfig,

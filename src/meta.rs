@@ -1401,7 +1401,8 @@ mod tests {
         let settings = RunSettings::default();
         let busy = format!("{}: another gtn process is training in this folder", run.display());
         let err = Trainer::resume(&run, Device::Cpu, &settings).err().expect("refused").to_string();
-        assert!(err.starts_with(&busy), "{err}");
+        // No `--out` to choose under `--resume`.
+        assert_eq!(err, format!("{busy}; wait for it to end"));
         let err = Trainer::open(&fixture_config(), &run, Device::Cpu, false, None).err().expect("refused").to_string();
         assert!(err.starts_with(&busy), "{err}");
         drop(first);
@@ -1593,6 +1594,22 @@ mod tests {
         assert!(err.contains("checkpoint.safetensors: tensor `generator.fc1.v` has shape [64, 26]"), "{err}");
         assert!(err.contains("from another architecture"), "{err}");
         std::fs::write(&config_path, &original).unwrap();
+        // A counter of another shape or type is damage, whatever the config.
+        trainer.save().unwrap();
+        let file = checkpoint::checkpoint_path(dir.path());
+        let saved = checkpoint::read_tensors(&file).unwrap();
+        let mut tensors: Vec<(String, Tensor)> = saved.tensors.into_iter().collect();
+        for (name, t) in &mut tensors {
+            if name == "iteration" {
+                *t = Tensor::from_slice(&[1.9f32]);
+            }
+        }
+        checkpoint::write_tensors(&file, &tensors, saved.saved_config.as_deref().unwrap()).unwrap();
+        let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
+        assert!(
+            err.contains("checkpoint.safetensors: tensor `iteration` has shape [1] (Float), expected [1] (Int64); the checkpoint is corrupt"),
+            "{err}"
+        );
         let _ = tch::no_grad(|| trainer.teacher.log_momentum.shallow_clone().fill_(f64::INFINITY));
         trainer.save().unwrap();
         let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();

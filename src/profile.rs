@@ -31,7 +31,7 @@ pub fn record<T>(trace: &Path, f: impl FnOnce() -> T) -> Result<(T, Vec<OpTime>)
     let mut out = None;
     crate::atomic::replace_with(trace, |tmp| {
         let c_path = CString::new(tmp.as_os_str().as_encoded_bytes())
-            .with_context(|| format!("{}: a path with a NUL byte", tmp.display()))?;
+            .with_context(|| format!("{}: a path with a NUL byte", trace.display()))?;
         // SAFETY: no arguments; failure is reported by the return value.
         if unsafe { gtn_profile_start() } != 0 {
             bail!("{}: cannot start libtorch's profiler: {}", trace.display(), last_error());
@@ -41,7 +41,8 @@ pub fn record<T>(trace: &Path, f: impl FnOnce() -> T) -> Result<(T, Vec<OpTime>)
         if unsafe { gtn_profile_stop(c_path.as_ptr()) } != 0 {
             bail!("{}: cannot write the trace: {}", trace.display(), last_error());
         }
-        let text = std::fs::read_to_string(tmp).with_context(|| format!("{}: cannot read the trace", tmp.display()))?;
+        let text =
+            std::fs::read_to_string(tmp).with_context(|| format!("{}: cannot read the trace", trace.display()))?;
         out = Some((value, self_times(&text).with_context(|| format!("{}: not a trace", trace.display()))?));
         Ok(())
     })?;
