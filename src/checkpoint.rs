@@ -85,6 +85,19 @@ pub fn check_startable<C: DeserializeOwned>(dir: &Path) -> Result<()> {
     }
 }
 
+/// Makes `dir` a new run's folder, locked for this process: its config (`config_toml`, a `C`)
+/// and a log holding only `log_header`. The caller checked [`check_startable`] before its costly
+/// set-up; it is checked again here, under the lock, as another process may have started a run
+/// in `dir` meanwhile.
+pub fn start_run<C: DeserializeOwned>(dir: &Path, config_toml: &str, log_header: &str) -> Result<RunLock> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let lock = lock_run(dir)?;
+    check_startable::<C>(dir)?;
+    crate::atomic::write(&dir.join(CONFIG_FILE), config_toml.as_bytes())?;
+    crate::atomic::write(&dir.join(LOG_FILE), format!("{log_header}\n").as_bytes())?;
+    Ok(lock)
+}
+
 /// The metadata key under which a checkpoint file keeps the config (TOML) it was saved under.
 const SAVED_CONFIG: &str = "config";
 

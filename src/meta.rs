@@ -105,12 +105,7 @@ impl Trainer {
         check_fits_data(config, &data)?;
         let teacher = Teacher::new(config, &mut StdRng::seed_from_u64(config.seed), device)?;
         let adam = Adam::new(&teacher.params(), config.adam_beta1, config.adam_beta2);
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
-        let lock = checkpoint::lock_run(dir)?;
-        // Again, under the lock: another process may have started a run here meanwhile.
-        checkpoint::check_startable::<Config>(dir)?;
-        checkpoint::write_config(dir, config)?;
-        crate::atomic::write(&dir.join(LOG_FILE), format!("{LOG_HEADER}\n").as_bytes())?;
+        let lock = checkpoint::start_run::<Config>(dir, &config.to_toml()?, LOG_HEADER)?;
         let mut trainer = Trainer {
             teacher,
             adam,

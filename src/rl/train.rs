@@ -282,12 +282,7 @@ impl EsTrainer {
         let adam = Adam::new(&[theta.shallow_clone()], config.adam_beta1, config.adam_beta2);
         // The reference can take minutes of real episodes: learnt before any file is written.
         let reference = (config.objective == Objective::Imitation).then(|| Reference::learn(config));
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
-        let lock = crate::checkpoint::lock_run(dir)?;
-        // Again, under the lock: another process may have started a run here meanwhile.
-        crate::checkpoint::check_startable::<RlConfig>(dir)?;
-        crate::atomic::write(&dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
-        crate::atomic::write(&dir.join(LOG_FILE), format!("{}\n", log_header(config.objective)).as_bytes())?;
+        let lock = crate::checkpoint::start_run::<RlConfig>(dir, &config.to_toml()?, log_header(config.objective))?;
         let real_steps = reference.as_ref().map_or(0, Reference::real_cost);
         let mut trainer = EsTrainer {
             teacher,
