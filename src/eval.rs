@@ -347,6 +347,7 @@ pub fn baseline_real(
     let dir = opts.data_dir.clone().unwrap_or_else(|| opts.dataset.default_dir());
     let valid_size = opts.valid_size.unwrap_or(opts.dataset.default_valid_size());
     let data = Dataset::load(opts.dataset, &dir, valid_size, crate::data::DEFAULT_SPLIT_SEED, device)?;
+    data.check_batch(&format!("--batch-size {}", opts.batch), opts.batch, &dir)?;
     let cohort = Cohort {
         data: &data,
         kind: opts.learner,
@@ -686,6 +687,14 @@ mod tests {
         let one = RealBaseline { batch: 1, data_dir: Some("/nonexistent".into()), ..opts };
         let err = baseline_real(&one, Device::Cpu, |_, _| {}).unwrap_err().to_string();
         assert_eq!(err, "--batch-size 1: the mlp learner's batch norm over one image is constant; expected at least 2");
+        // Batches are drawn without replacement: no more than the training images (here 1).
+        let over = RealBaseline { batch: 8, valid_size: Some(511), data_dir: Some(crate::data::fixture_dir()), ..one };
+        let err = baseline_real(&over, Device::Cpu, |_, _| {}).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--batch-size 8: more than the 1 training images of ")
+                && err.ends_with("(after 511 held out for validation); expected at most 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub enum LearnerKind {
     /// The reference CIFAR-10 CNN: conv 64, 128 (stride 2), 128, 256 (stride 2), 256, global
     /// average pool, FC.
     CifarCnn,
-    /// The CIFAR CNN with each width drawn afresh from [w/2, 3w/2).
+    /// The CIFAR CNN with widths drawn afresh as the reference draws them: conv 1 in [32,128),
+    /// one width in [64,256) for convs 2 and 3, another in [64,256) for convs 4 and 5.
     CifarRandom,
     /// A random NAS cell architecture each time, stacked as `gtn nas` stacks it by default, so
     /// the teacher's data teaches the whole search space.
@@ -90,7 +91,8 @@ impl LearnerKind {
             LearnerKind::Mlp => Arch::Mlp { hidden1: 256, hidden2: 128 },
             LearnerKind::CifarCnn => Arch::CifarCnn { widths: CIFAR_WIDTHS },
             LearnerKind::CifarRandom => {
-                Arch::CifarCnn { widths: CIFAR_WIDTHS.map(|w| rng.gen_range(w / 2..w * 3 / 2)) }
+                let (conv1, pair1, pair2) = (rng.gen_range(32..128), rng.gen_range(64..256), rng.gen_range(64..256));
+                Arch::CifarCnn { widths: [conv1, pair1, pair1, pair2, pair2] }
             }
             LearnerKind::NasRandom => Arch::Nas { cell: Cell::sample(rng), net: NetConfig::CPU },
         }
@@ -310,6 +312,14 @@ mod tests {
         for a in &archs {
             let Arch::Cnn { conv1, conv2, fc } = *a else { panic!("random learners are CNNs") };
             assert!((32..128).contains(&conv1) && (64..256).contains(&conv2) && (64..256).contains(&fc));
+        }
+        assert!(archs.iter().any(|a| *a != archs[0]));
+        // The reference's random CIFAR learner: convs 2 and 3 share a width, as do 4 and 5.
+        let archs: Vec<Arch> = (0..50).map(|_| LearnerKind::CifarRandom.sample(&mut rng)).collect();
+        for a in &archs {
+            let Arch::CifarCnn { widths: [c1, c2, c3, c4, c5] } = *a else { panic!("CIFAR CNNs") };
+            assert!((32..128).contains(&c1) && (64..256).contains(&c2) && (64..256).contains(&c4), "{a:?}");
+            assert_eq!((c2, c4), (c3, c5), "{a:?}");
         }
         assert!(archs.iter().any(|a| *a != archs[0]));
     }

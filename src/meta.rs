@@ -199,7 +199,7 @@ impl Trainer {
         let mut sampler = BatchSampler::new(self.data.train.len(), rand::Rng::gen(&mut rng));
         let mut draw = |rng: &mut StdRng| {
             let (x, y) = self.data.train.batch(&sampler.indices(config.meta_batch, device));
-            (if config.augment { crate::data::augment::crop_and_flip(&x, rng) } else { x }, y)
+            (if config.augment { crate::data::augment::crop_and_flip(&x, config.dataset, rng) } else { x }, y)
         };
         let last = draw(&mut rng);
         let plan = self.teacher.curriculum.plan(&mut rng, device);
@@ -643,18 +643,11 @@ pub const DIVERGED_AS_INITIALISED: &str = "the teacher as initialised diverges, 
 /// the training images can fill.
 fn check_fits_data(config: &Config, data: &Dataset) -> Result<()> {
     config.check_new_run(None)?;
-    // Real batches are drawn without replacement.
-    if config.meta_batch > data.train.len() {
-        bail!(
-            "config key `meta_batch` is {}, more than the {} training images of {} (after {} held out for validation); expected at most {}",
-            config.meta_batch,
-            data.train.len(),
-            config.data_dir().display(),
-            config.valid_size,
-            data.train.len()
-        );
-    }
-    Ok(())
+    data.check_batch(
+        &format!("config key `meta_batch` is {}", config.meta_batch),
+        config.meta_batch,
+        &config.data_dir(),
+    )
 }
 
 /// Options of `gtn train` (and `gtn baseline distill`, which sets `teacher`).
@@ -1441,7 +1434,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config { meta_batch: 401, ..fixture_config() };
         let err = Trainer::create(&config, &dir.path().join("run"), Device::Cpu).err().unwrap().to_string();
-        assert!(err.starts_with("config key `meta_batch` is 401, more than the 400 training images of "), "{err}");
+        assert!(err.starts_with("config key `meta_batch` is 401: more than the 400 training images of "), "{err}");
         assert!(err.ends_with("(after 112 held out for validation); expected at most 400"), "{err}");
         let config = Config { meta_batch: 400, ..config };
         let err = Trainer::create(

@@ -163,6 +163,21 @@ impl Dataset {
         [self.train.len(), self.valid.len(), self.test.len()].map(|n| n as i64)
     }
 
+    /// Refuses real training batches of `batch` images, set by `what` (a flag or config key with
+    /// its value), that the training split read from `dir` cannot fill: batches are drawn
+    /// without replacement.
+    pub fn check_batch(&self, what: &str, batch: usize, dir: &Path) -> Result<()> {
+        let n = self.train.len();
+        if batch > n {
+            bail!(
+                "{what}: more than the {n} training images of {} (after {} held out for validation); expected at most {n}",
+                dir.display(),
+                self.valid.len()
+            );
+        }
+        Ok(())
+    }
+
     /// Loads the dataset's training and test files from `dir` (MNIST's and Fashion-MNIST's four
     /// IDX files, plain or `.gz`; CIFAR-10's binary batches) and holds out `valid_size` training
     /// images, chosen by a permutation seeded with `split_seed`, for validation.
@@ -271,7 +286,7 @@ fn load_split(name: DatasetName, dir: &Path, prefix: &str, device: Device) -> Re
     }
     if images.dims[0] != labels.dims[0] {
         bail!(
-            "{}: {} labels for {} images in {}",
+            "{}: {} labels for {} images in {}; expected one label per image",
             labels_path.display(),
             labels.dims[0],
             images.dims[0],
@@ -279,7 +294,7 @@ fn load_split(name: DatasetName, dir: &Path, prefix: &str, device: Device) -> Re
         );
     }
     if let Some(bad) = labels.data.iter().find(|&&l| l > 9) {
-        bail!("{}: label {bad} outside 0..=9", labels_path.display());
+        bail!("{}: label {bad} outside 0..=9; expected a class from 0 to 9", labels_path.display());
     }
     let n = images.dims[0] as i64;
     let pixels = Tensor::from_slice(&images.data).view([n, 1, 28, 28]).to_device(device);
@@ -300,9 +315,11 @@ impl BatchSampler {
         BatchSampler { rng: StdRng::seed_from_u64(seed), n }
     }
 
+    /// `batch` distinct indices; at most as many as there are images ([`Dataset::check_batch`]).
     pub fn indices(&mut self, batch: usize, device: Device) -> Tensor {
+        assert!(batch <= self.n, "a batch of {batch} from {} images", self.n);
         let idx: Vec<i64> =
-            rand::seq::index::sample(&mut self.rng, self.n, batch.min(self.n)).into_iter().map(|i| i as i64).collect();
+            rand::seq::index::sample(&mut self.rng, self.n, batch).into_iter().map(|i| i as i64).collect();
         Tensor::from_slice(&idx).to_device(device)
     }
 }
@@ -425,11 +442,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let load = || Dataset::load(DatasetName::Mnist, dir.path(), 1, 0, Device::Cpu).unwrap_err().to_string();
         write_split(dir.path(), 4, 28, 3, 1);
-        assert!(load().contains("3 labels for 4 images"), "{}", load());
+        assert!(
+            load().contains("3 labels for 4 images") && load().ends_with("; expected one label per image"),
+            "{}",
+            load()
+        );
         write_split(dir.path(), 4, 27, 4, 1);
         assert!(load().contains("expected 28x28"), "{}", load());
         write_split(dir.path(), 4, 28, 4, 12);
-        assert!(load().contains("label 12 outside 0..=9"), "{}", load());
+        assert!(load().ends_with("label 12 outside 0..=9; expected a class from 0 to 9"), "{}", load());
         write_split(dir.path(), 0, 28, 0, 1);
         assert!(load().contains("train-images-idx3-ubyte: 0 images, expected at least 1"), "{}", load());
         std::fs::write(dir.path().join("train-images-idx3-ubyte"), [0u8, 0, 8]).unwrap();

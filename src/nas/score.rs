@@ -217,7 +217,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         None => {
             let dir = opts.data_dir.clone().unwrap_or_else(|| opts.dataset.default_dir());
             let valid_size = opts.valid_size.unwrap_or(opts.dataset.default_valid_size());
-            Dataset::load(opts.dataset, &dir, valid_size, crate::data::DEFAULT_SPLIT_SEED, device)?
+            let data = Dataset::load(opts.dataset, &dir, valid_size, crate::data::DEFAULT_SPLIT_SEED, device)?;
+            data.check_batch(&format!("--batch-size {}", opts.real.batch), opts.real.batch, &dir)?;
+            data
         }
     };
     if data.valid.is_empty() {
@@ -467,6 +469,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("--valid-size 0: expected at least 1"), "{err}");
+        assert!(!out.exists());
+        // Nor a real batch larger than the training split (the fixture's 512, less 500 held out).
+        let real = RealTraining { batch: 13, ..options(&out, Shard::ALL).real };
+        let err =
+            score(&ScoreOptions { valid_size: Some(500), real, ..options(&out, Shard::ALL) }, Device::Cpu, |_| {})
+                .unwrap_err()
+                .to_string();
+        assert!(err.starts_with("--batch-size 13: more than the 12 training images of "), "{err}");
         assert!(!out.exists());
     }
 
