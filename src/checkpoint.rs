@@ -390,7 +390,7 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     let steps = scalar("adam.steps")?;
     let iteration =
         check_progress(dir, scalar("iteration")?, steps, ("meta_iters", config.meta_iters), "meta-iteration")?;
-    let adam = Adam { m, v, steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
+    let adam = Adam { m, v, steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2, config.adam_eps) };
     Ok(Checkpoint { teacher, adam, iteration, sha256: file.sha256, data })
 }
 

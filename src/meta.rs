@@ -104,7 +104,7 @@ impl Trainer {
         let data = load_data(config, device)?;
         check_fits_data(config, &data)?;
         let teacher = Teacher::new(config, &mut StdRng::seed_from_u64(config.seed), device)?;
-        let adam = Adam::new(&teacher.params(), config.adam_beta1, config.adam_beta2);
+        let adam = Adam::new(&teacher.params(), config.adam_beta1, config.adam_beta2, config.adam_eps);
         let lock = checkpoint::start_run::<Config>(dir, &config.to_toml()?, LOG_HEADER)?;
         let mut trainer = Trainer {
             teacher,

@@ -14,10 +14,13 @@ pub struct Adam {
     pub steps: i64,
 }
 
+/// PyTorch's default epsilon for Adam.
+pub const DEFAULT_EPS: f64 = 1e-8;
+
 impl Adam {
-    pub fn new(params: &[Tensor], beta1: f64, beta2: f64) -> Adam {
+    pub fn new(params: &[Tensor], beta1: f64, beta2: f64, eps: f64) -> Adam {
         let zeros = || params.iter().map(|p| p.zeros_like().detach()).collect();
-        Adam { beta1, beta2, eps: 1e-8, m: zeros(), v: zeros(), steps: 0 }
+        Adam { beta1, beta2, eps, m: zeros(), v: zeros(), steps: 0 }
     }
 
     /// Updates `params` in place (outside the autograd graph) with gradients `grads`.
@@ -63,7 +66,7 @@ mod tests {
     #[test]
     fn first_step_moves_by_lr_times_sign() {
         let p = Tensor::from_slice(&[1.0f64, -1.0]).set_requires_grad(true);
-        let mut adam = Adam::new(&[p.shallow_clone()], 0.9, 0.999);
+        let mut adam = Adam::new(&[p.shallow_clone()], 0.9, 0.999, DEFAULT_EPS);
         adam.step(&[p.shallow_clone()], &[Tensor::from_slice(&[3.0f64, -0.01])], 0.1);
         let got = Vec::<f64>::try_from(p.detach()).unwrap();
         assert!((got[0] - 0.9).abs() < 1e-6 && (got[1] + 0.9).abs() < 1e-4, "{got:?}");
@@ -72,7 +75,7 @@ mod tests {
     #[test]
     fn minimises_a_quadratic() {
         let p = Tensor::from_slice(&[5.0f64, -3.0]).set_requires_grad(true);
-        let mut adam = Adam::new(&[p.shallow_clone()], 0.9, 0.999);
+        let mut adam = Adam::new(&[p.shallow_clone()], 0.9, 0.999, DEFAULT_EPS);
         for _ in 0..500 {
             let loss = (&p - Tensor::from_slice(&[1.0f64, 2.0])).square().sum(Kind::Double);
             let g = crate::nn::grads(&[loss], &[&p], false, false);

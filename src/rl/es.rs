@@ -162,7 +162,7 @@ mod tests {
     fn es_with_adam_climbs_a_quadratic() {
         let a = [1.0f32, -2.0, 0.5];
         let theta = Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu));
-        let mut adam = Adam::new(&[theta.shallow_clone()], 0.9, 0.999);
+        let mut adam = Adam::new(&[theta.shallow_clone()], 0.9, 0.999, crate::optim::DEFAULT_EPS);
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..300 {
             let x = Vec::<f32>::try_from(&theta).unwrap();

@@ -53,7 +53,7 @@ pub fn train(config: &ReinforceConfig, seed: u64, budget: usize, target: f64) ->
     let mut rng = StdRng::seed_from_u64(seed);
     let policy = Policy::new(config.hidden);
     let params = policy.init(&mut rng);
-    let mut adam = Adam::new(&params, 0.9, 0.999);
+    let mut adam = Adam::new(&params, 0.9, 0.999, crate::optim::DEFAULT_EPS);
     let mut curve = Vec::new();
     let mut steps = 0;
     while steps < budget {

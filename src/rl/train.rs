@@ -243,7 +243,12 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         None => reference.as_ref().map(Reference::real_cost),
         Some(_) => Some(count("real_steps")?),
     };
-    let adam = Adam { m: vec![m], v: vec![v], steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2) };
+    let adam = Adam {
+        m: vec![m],
+        v: vec![v],
+        steps,
+        ..Adam::new(&[], config.adam_beta1, config.adam_beta2, crate::optim::DEFAULT_EPS)
+    };
     Ok(Checkpoint { teacher, theta, adam, generation, reference, real_steps })
 }
 
@@ -279,7 +284,7 @@ impl EsTrainer {
         crate::checkpoint::check_startable::<RlConfig>(dir)?;
         let (teacher, theta) = EnvTeacher::new(config);
         let theta = Tensor::from_slice(&theta);
-        let adam = Adam::new(&[theta.shallow_clone()], config.adam_beta1, config.adam_beta2);
+        let adam = Adam::new(&[theta.shallow_clone()], config.adam_beta1, config.adam_beta2, crate::optim::DEFAULT_EPS);
         // The reference can take minutes of real episodes: learnt before any file is written.
         let reference = (config.objective == Objective::Imitation).then(|| Reference::learn(config));
         let lock = crate::checkpoint::start_run::<RlConfig>(dir, &config.to_toml()?, log_header(config.objective))?;
