@@ -57,6 +57,7 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         .prefix(&prefix)
         .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(parent)
+        .map_err(without_path)
         .with_context(|| format!("{shown}: cannot create a temporary file in {folder}"))?
         .into_temp_path();
     write(&tmp)?;
@@ -74,6 +75,16 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+/// `tempfile`'s error without the temporary file's path it appends (a file never made): its
+/// cause alone, as the operating system words it.
+fn without_path(e: std::io::Error) -> anyhow::Error {
+    let text = e.to_string();
+    match text.rsplit_once(" at path ") {
+        Some((cause, _)) => anyhow::anyhow!(cause.to_owned()),
+        None => e.into(),
+    }
 }
 
 /// How old a temporary file must be to be taken for a killed write's: writing the largest file
@@ -206,5 +217,12 @@ mod tests {
         std::fs::create_dir(dir.path().join("folder")).unwrap();
         let err = format!("{:#}", write(&dir.path().join("folder"), b"x").unwrap_err());
         assert!(err.ends_with("folder: cannot rename into place: Is a directory (os error 21)"), "said once: {err}");
+        // sysfs takes no new files, root's included; the error names the target, not the
+        // temporary file that was never made.
+        let err = format!("{:#}", write(Path::new("/sys/gtn-test"), b"x").unwrap_err());
+        assert!(
+            err.starts_with("/sys/gtn-test: cannot create a temporary file in /sys: ") && !err.contains("tmp"),
+            "{err}"
+        );
     }
 }

@@ -226,15 +226,22 @@ pub fn check_edits<C: Serialize + DeserializeOwned>(
     Ok(())
 }
 
-/// Refuses to write `output` (given as `-o`) over one of the run's own files in `dir`.
+/// Refuses to write `output` (given as `-o`) over one of the run's own files in `dir`, or over
+/// a run file of another run (an export named `checkpoint.safetensors` into a run folder would
+/// replace its teacher).
 pub fn check_output_outside_run(dir: &Path, output: &Path) -> Result<()> {
     let folder = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let same_folder = matches!((dir.canonicalize(), folder.canonicalize()), (Ok(a), Ok(b)) if a == b);
-    let own =
+    let run_file =
         output.file_name().and_then(|n| n.to_str()).filter(|n| [CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE].contains(n));
-    match own.filter(|_| same_folder) {
-        Some(name) => bail!("-o {}: is the run's own {name}; choose another path", output.display()),
-        None => Ok(()),
+    match run_file {
+        Some(name) if same_folder => bail!("-o {}: is the run's own {name}; choose another path", output.display()),
+        Some(name) if holds_run(folder) || folder.join(CONFIG_FILE).is_file() => bail!(
+            "-o {}: would replace the {name} of the run in {}; choose another path",
+            output.display(),
+            folder.display()
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -457,6 +464,33 @@ pub(crate) mod tests {
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
         left.sort();
         assert_eq!(left, [".log.csv.tmp-c", "checkpoint.safetensors"]);
+    }
+
+    #[test]
+    fn outputs_never_replace_a_runs_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (run, other, plain) = (dir.path().join("run"), dir.path().join("other"), dir.path().join("plain"));
+        for folder in [&run, &other, &plain] {
+            std::fs::create_dir(folder).unwrap();
+        }
+        std::fs::write(other.join(CONFIG_FILE), "").unwrap();
+        let check = |output: &Path| check_output_outside_run(&run, output).map_err(|e| e.to_string());
+        let own = run.join(CHECKPOINT_FILE);
+        assert_eq!(
+            check(&own),
+            Err(format!("-o {}: is the run's own {CHECKPOINT_FILE}; choose another path", own.display()))
+        );
+        let theirs = other.join(CHECKPOINT_FILE);
+        assert_eq!(
+            check(&theirs),
+            Err(format!(
+                "-o {}: would replace the {CHECKPOINT_FILE} of the run in {}; choose another path",
+                theirs.display(),
+                other.display()
+            ))
+        );
+        assert!(check(&other.join("teaching.safetensors")).is_ok());
+        assert!(check(&plain.join(CHECKPOINT_FILE)).is_ok(), "a folder without a run");
     }
 
     #[test]

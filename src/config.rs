@@ -412,10 +412,16 @@ impl Config {
                 self.meta_iters
             );
         }
-        let rates = [("init_lr", self.init_lr), ("init_momentum", self.init_momentum), ("outer_lr", self.outer_lr)];
-        for (key, value) in rates {
+        // Learned as logarithms: 0 (plain SGD's momentum) has none.
+        let logs = " (the inner lr and momentum are learned as logarithms)";
+        let rates = [
+            ("init_lr", self.init_lr, logs),
+            ("init_momentum", self.init_momentum, logs),
+            ("outer_lr", self.outer_lr, ""),
+        ];
+        for (key, value, why) in rates {
             if !(value > 0.0 && value.is_finite()) {
-                bail!("config key `{key}` is {value}, expected a positive number");
+                bail!("config key `{key}` is {value}, expected a positive number{why}");
             }
         }
         if self.init_momentum >= 1.0 {
@@ -660,15 +666,23 @@ pub fn same_run<C: Serialize>(
     let listed: Vec<String> =
         differing.iter().map(|(key, there, here)| format!("{key} {there} there, {here} here")).collect();
     if !listed.is_empty() {
-        // Another length alone: a resume takes that key edited, and `--resume` has no flag for it.
+        // A longer run alone: a resume takes that key edited, and `--resume` has no flag for it
+        // (a shorter one may be below what the run has done, which a resume refuses).
+        let longer =
+            |there: &str, here: &str| matches!((there.parse::<u64>(), here.parse::<u64>()), (Ok(a), Ok(b)) if b > a);
         let lengthen = match differing.as_slice() {
-            [(key, ..)] if RUN_LENGTH_KEYS.contains(&key.as_str()) => {
+            [(key, there, here)] if RUN_LENGTH_KEYS.contains(&key.as_str()) && longer(there, here) => {
                 Some(format!(" (after editing `{key}` in {}, for its new length)", file.display()))
             }
             _ => None,
         };
-        let resume = resume_command
-            .map(|c| format!("continue it with `{c} --resume {}`{}, or ", dir.display(), lengthen.unwrap_or_default()));
+        let resume = resume_command.map(|c| {
+            format!(
+                "continue it with `{c} --resume {}`{}, or ",
+                crate::text::shell_word(dir),
+                lengthen.unwrap_or_default()
+            )
+        });
         bail!(
             "{}: holds a run with another config ({}); {}remove the folder, or choose another --out",
             file.display(),
@@ -831,6 +845,8 @@ mod tests {
         assert_eq!(err, "config key `inner_steps` is 0, expected a positive integer");
         let err = Config::tiny().with_overrides_str("init_lr = -1.0").unwrap_err().to_string();
         assert!(err.contains("`init_lr` is -1"), "{err}");
+        let err = Config::tiny().with_overrides_str("init_momentum = 0.0").unwrap_err().to_string();
+        assert_eq!(err, "config key `init_momentum` is 0, expected a positive number (the inner lr and momentum are learned as logarithms)");
         for (text, key) in [
             ("grad_clip = 0.0", "`grad_clip` is 0"),
             ("init_momentum = 1.0", "`init_momentum` is 1, expected a value in (0, 1)"),

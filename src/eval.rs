@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use serde::Serialize;
+use std::io::IsTerminal;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -447,7 +448,9 @@ impl Cohort<'_> {
         }
         let (image, classes) = self.data.name.shape();
         let device = test.device();
-        (0..self.learners)
+        // On a terminal only: a log has the command's own lines.
+        let bar = crate::progress::Progress::new(self.learners, 0, std::io::stderr().is_terminal(), "");
+        let curves = (0..self.learners)
             .map(|k| {
                 let mut rng = learner_seed(self.seed, k);
                 let learner = Learner::new(self.kind.sample(&mut rng), image, classes)?.scored_with(self.bn_eval);
@@ -475,9 +478,12 @@ impl Cohort<'_> {
                 };
                 let last = *grid.last().expect("checked non-empty");
                 train(&learner, start, &mut rng, k, 0..last, &mut record);
+                bar.advance(k, k + 1 == self.learners, format!("learners, {last} steps each"), String::new);
                 Ok(curve)
             })
-            .collect()
+            .collect();
+        bar.finish_and_clear();
+        curves
     }
 }
 

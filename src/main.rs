@@ -21,7 +21,7 @@ use gtn::teacher::TeacherKind;
 /// Help texts shared by several commands' flags.
 const RUN_DIR_HELP: &str = "A training folder (with config.toml and checkpoint.safetensors)";
 const CONFIG_HELP: &str = "TOML file whose keys override the preset";
-const DATA_DIR_HELP: &str = "Folder with the dataset's files (default: the config's `data_dir`, else data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR, else data/cifar10)";
+const DATA_DIR_HELP: &str = "Folder with the dataset's files (default: the config's `data_dir`, a relative one taken from the current folder, not the file's; else data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR, else data/cifar10)";
 
 #[derive(Parser)]
 #[command(
@@ -36,7 +36,7 @@ struct Cli {
     /// all). Results depend on it only through float rounding; on a shared machine, fewer
     /// threads than free cores avoid oversubscription.
     // Bounded because libtorch takes an i32 (2^31 panicked) and starting 100,000 threads hung.
-    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, global = true, value_parser = |s: &str| parse_up_to(s, 1024))]
     threads: Option<u64>,
 }
 
@@ -174,7 +174,7 @@ enum NasCommand {
         #[arg(long)]
         teacher: PathBuf,
         /// Candidates to score on GTN data.
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=nas::arch::MAX_SAMPLE))]
+        #[arg(long, default_value_t = 20, value_parser = |s: &str| parse_up_to(s, nas::arch::MAX_SAMPLE))]
         budget: u64,
         /// Best-scored candidates then trained on real data.
         #[arg(long, default_value_t = 3, value_parser = parse_positive::<usize>)]
@@ -211,7 +211,7 @@ struct NasArgs {
     #[arg(long, conflicts_with = "sample")]
     archs: Option<PathBuf>,
     /// N distinct random architectures drawn from --seed (distinct as text).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=nas::arch::MAX_SAMPLE))]
+    #[arg(long, value_parser = |s: &str| parse_up_to(s, nas::arch::MAX_SAMPLE))]
     sample: Option<u64>,
     /// This process takes architectures k with k % n == i (job arrays).
     #[arg(long, default_value = "0/1")]
@@ -238,16 +238,16 @@ struct NasTrainArgs {
     /// Training images held out for validation by the real proxy and the truth (default: the
     /// dataset's standard split; `nas search`'s truth: its teacher's). A GTN proxy ranks on its
     /// teacher's own split: another size is refused.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count)]
     valid_size: Option<usize>,
     /// Normal cells per stage.
-    #[arg(long, default_value_t = nas::network::NetConfig::CPU.cells)]
+    #[arg(long, default_value_t = nas::network::NetConfig::CPU.cells, value_parser = parse_count)]
     cells: usize,
     /// Channels of the first stage (doubled at each reduction).
     #[arg(long, default_value_t = nas::network::NetConfig::CPU.channels, value_parser = parse_positive::<i64>)]
     channels: i64,
     /// Reduction cells (each halves the resolution).
-    #[arg(long, default_value_t = nas::network::NetConfig::CPU.reductions)]
+    #[arg(long, default_value_t = nas::network::NetConfig::CPU.reductions, value_parser = parse_count)]
     reductions: usize,
     /// The head: flattened last state -> hidden 256 + BN -> classifier (hidden), the flattened
     /// state read directly (flatten), or its global average (global-pool, as in ENAS).
@@ -315,7 +315,7 @@ struct TrainArgs {
     data_dir: Option<PathBuf>,
     /// Gradient checkpointing: keep the learner state every k inner steps (0, or k >= T: off,
     /// the whole unroll kept). Allowed with --resume: the meta-gradient is the same.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count)]
     checkpoint_every: Option<usize>,
     /// Meta-training time budget: the first meta-iteration's time (after a discarded warm-up
     /// one) caps `meta_iters` (the preset's or --config's, or --meta-iters) at what it affords (recorded in
@@ -323,7 +323,7 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "resume", value_parser = parse_minutes)]
     budget_minutes: Option<Duration>,
     /// After training, evaluate this many fresh learners (0: skip).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = parse_count)]
     eval_learners: usize,
     /// Score those learners as the reference logs its test accuracy: the weights before the last
     /// step's update, with that step's batch statistics (a run with `bn_eval = "train"`).
@@ -347,7 +347,7 @@ struct BenchArgs {
     meta_iters: u64,
     /// Gradient checkpointing: keep the learner state every k inner steps (0, or k >= T: off,
     /// the whole unroll kept).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count)]
     checkpoint_every: Option<usize>,
     #[arg(long, help = CONFIG_HELP)]
     config: Option<PathBuf>,
@@ -434,7 +434,7 @@ struct CompareArgs {
     budget_minutes: Option<Duration>,
     /// Gradient checkpointing: keep the learner state every k inner steps (0, or k >= T: off,
     /// the whole unroll kept); same result, a fraction of the memory.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count)]
     checkpoint_every: Option<usize>,
     /// Fresh learners per curve (the same initial weights for every method).
     #[arg(long, default_value_t = 5, value_parser = parse_positive::<u64>)]
@@ -448,10 +448,10 @@ struct CompareArgs {
     momenta: Vec<f64>,
     /// Test images the curves are measured on (the first N; 0: all 10,000; MNIST's first 5,000
     /// are its harder half, so absolute accuracies read low).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = parse_count)]
     test_images: usize,
     /// The real-data curve runs to this many times T, to find where it matches each teacher.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=compare::MAX_REAL_STEPS_FACTOR as u64))]
+    #[arg(long, default_value_t = 8, value_parser = |s: &str| parse_up_to(s, compare::MAX_REAL_STEPS_FACTOR as u64))]
     real_steps_factor: u64,
     /// Seeds the evaluation: the fresh learners' initial weights and the real-data batches (the
     /// teachers and the train/validation split follow the config's `seed`).
@@ -508,7 +508,7 @@ enum BaselineCommand {
         #[arg(long)]
         before_last_update: bool,
         /// Training images held out for validation (default: the dataset's standard split).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_count)]
         valid_size: Option<usize>,
         /// Seeds the fresh learners' initial weights and the real-data batches. The
         /// train/validation split is drawn with the presets' seed 0, so with the same learner,
@@ -522,19 +522,34 @@ enum BaselineCommand {
     },
 }
 
+/// A log line as `level: message`, like clap's and gtn's `error: ...` lines: no clock, module
+/// path or padded level.
+struct PlainLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "{}: ", event.metadata().level().as_str().to_lowercase().replace("warn", "warning"))?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
 fn main() {
     // Warnings show unless RUST_LOG says otherwise.
     let filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
         .from_env_lossy();
-    // One plain line per warning: no clock or module path, colour only on a terminal.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
-        .with_target(false)
-        .init();
+    // One plain line per warning, worded as the errors are (`warning: ...`).
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).event_format(PlainLine).init();
     // Help (asked for, or shown for a bare `gtn` or `gtn nas`) and --version print in full.
     let cli = command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)).unwrap_or_else(|e| {
         let shown_help = e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
@@ -607,8 +622,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Compare(args) => {
             if let Some(dir) = args.resume {
-                let dir = dir.display();
-                bail!("--resume {dir}: compare has no --resume; run the same `gtn compare ... --out {dir}` command again: it reuses the teachers it trained and resumes the ones it did not finish");
+                bail!(
+                    "--resume {}: compare has no --resume; run the same `gtn compare ... --out {}` command again: it reuses the teachers it trained and resumes the ones it did not finish",
+                    dir.display(),
+                    gtn::text::shell_word(&dir)
+                );
             }
             let out = args.out.expect("clap requires --out without --resume");
             let options = CompareOptions {
@@ -696,10 +714,11 @@ fn run(cli: Cli) -> Result<()> {
             let (steps, shown) = report::write_sample_grid(&ckpt.teacher, per_step, &output)?;
             let whole = if shown < per_step { " (each step's whole batch)" } else { "" };
             gtn::outln!(
-                "wrote {}: {} x {}{whole}",
+                "wrote {}: {} x {}{whole}, from {}",
                 output.display(),
                 gtn::text::count(steps as usize, "step"),
-                gtn::text::count(shown as usize, "image")
+                gtn::text::count(shown as usize, "image"),
+                eval::teacher_heading(&dir, ckpt.iteration, ckpt.teacher.config.meta_iters)
             );
             Ok(())
         }
@@ -725,9 +744,10 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint::check_output_outside_run(&dir, &output)?;
             let ckpt = checkpoint::load(&dir, device)?;
             let run = dir.display().to_string();
+            let from = eval::teacher_heading(&dir, ckpt.iteration, ckpt.teacher.config.meta_iters);
             let source = report::ExportSource { run, meta_iteration: ckpt.iteration, checkpoint_sha256: ckpt.sha256 };
             report::export_teaching_set(&ckpt.teacher, &source, &output)?;
-            gtn::outln!("wrote {}", output.display());
+            gtn::outln!("wrote {}, from {from}", output.display());
             Ok(())
         }
         Command::Rl { command: RlCommand::Train { env, out, preset, config, seed, resume } } => {
@@ -915,16 +935,39 @@ fn parse_momentum(text: &str) -> Result<f64, String> {
 }
 
 /// A count: clap's own range check would print the type's bound (`not in 1..18446744073709551615`).
+/// At most `i64::MAX`, the largest a run's config.toml (TOML integers) holds.
 fn parse_positive<T>(text: &str) -> Result<T, String>
 where
     T: std::str::FromStr<Err = std::num::ParseIntError> + PartialOrd + Default,
 {
+    parse_count_from(text, true)
+}
+
+/// A count that may be 0 (an option's "off" or "all"); at most `i64::MAX`, as [`parse_positive`].
+fn parse_count(text: &str) -> Result<usize, String> {
+    parse_count_from(text, false)
+}
+
+/// A positive integer up to `max`, named with its range (clap's range check names the type's
+/// error for a fraction: "invalid digit found in string").
+fn parse_up_to(text: &str, max: u64) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected an integer from 1 to {max}")),
+    }
+}
+
+fn parse_count_from<T>(text: &str, positive: bool) -> Result<T, String>
+where
+    T: std::str::FromStr<Err = std::num::ParseIntError> + PartialOrd + Default,
+{
+    let expected = if positive { "expected a positive integer" } else { "expected a whole number, 0 or more" };
+    let too_large = || format!("{expected}, and this one is too large (at most {})", i64::MAX);
     match text.parse::<T>() {
-        Ok(n) if n > T::default() => Ok(n),
-        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
-            Err("expected a positive integer, and this one is too large".into())
-        }
-        _ => Err("expected a positive integer".into()),
+        Ok(_) if text.parse::<i64>().is_err() => Err(too_large()),
+        Ok(n) if n > T::default() || (!positive && n == T::default()) => Ok(n),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Err(too_large()),
+        _ => Err(expected.into()),
     }
 }
 

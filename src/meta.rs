@@ -302,8 +302,9 @@ impl Trainer {
             (true, _) => DIVERGED_AS_INITIALISED.to_owned(),
             (false, Some(advice)) => advice.clone(),
             (false, None) => format!(
-                "lower outer_lr or grad_clip in {dir}/{} and run `gtn train --resume {dir}`",
-                checkpoint::CONFIG_FILE
+                "lower outer_lr or grad_clip in {dir}/{} and run `gtn train --resume {}`",
+                checkpoint::CONFIG_FILE,
+                crate::text::shell_word(&self.dir)
             ),
         };
         anyhow::anyhow!(
@@ -698,7 +699,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
                     "{}: holds a run of a {} teacher, expected a {wanted} teacher's; continue it with `gtn train --resume {}`",
                     dir.display(),
                     stored.teacher,
-                    dir.display()
+                    crate::text::shell_word(dir)
                 );
             }
             if options.before_last_update {

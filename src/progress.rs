@@ -1,4 +1,4 @@
-//! Progress of long runs (meta-iterations, ES generations): bars with a plain-text fallback,
+//! Progress of long runs (meta-iterations, ES generations, evaluated learners): bars with a plain-text fallback,
 //! and CSV log rows.
 
 use std::io::Write;
@@ -61,6 +61,11 @@ impl Progress {
 
     pub fn finish(&self) {
         self.bar.finish();
+    }
+
+    /// Finishes with the bar removed, for a step whose result the command prints next.
+    pub fn finish_and_clear(&self) {
+        self.bar.finish_and_clear();
     }
 }
 

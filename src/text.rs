@@ -1,6 +1,17 @@
 //! How numbers and kinds read in messages and tables: counts in the singular for one, a spread
 //! only where there is one, kinds spelled as their flags.
 
+/// `path` as one shell word, to paste into a suggested command: quoted when it holds anything a
+/// shell would split or expand (a space, a quote, `$`, `*`).
+pub fn shell_word(path: &std::path::Path) -> String {
+    let text = path.display().to_string();
+    let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "_-./+,:=@%".contains(c));
+    match plain {
+        true => text,
+        false => format!("'{}'", text.replace('\'', r"'\''")),
+    }
+}
+
 /// `n` of `noun` in words: `1 learner`, `5 learners`, `2 policies`.
 pub fn count(n: usize, noun: &str) -> String {
     if n == 1 {
@@ -53,6 +64,15 @@ pub(crate) use display_as_flag;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_in_suggested_commands_paste_as_one_word() {
+        let word = |p: &str| shell_word(std::path::Path::new(p));
+        assert_eq!(word("runs/mnist-cpu"), "runs/mnist-cpu");
+        assert_eq!(word("/tmp/my runs/a"), "'/tmp/my runs/a'");
+        assert_eq!(word("it's $HOME*"), r"'it'\''s $HOME*'");
+        assert_eq!(word(""), "''");
+    }
 
     #[test]
     fn counts_are_worded_in_the_singular_for_one() {

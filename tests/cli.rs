@@ -81,13 +81,16 @@ fn train_eval_samples_export() {
     );
     let png = tmp.path().join("samples.png");
     let out = stdout(&gtn(&["samples", run.to_str().unwrap(), "-o", png.to_str().unwrap(), "--per-step", "10"]));
-    assert!(out.ends_with("samples.png: 4 steps x 10 images\n"), "{out}");
+    assert!(
+        out.ends_with(&format!("samples.png: 4 steps x 10 images, from {} (meta-iteration 8)\n", run.display())),
+        "{out}"
+    );
     let img = image::open(&png).unwrap();
     // 4 inner steps x 10 images of 28x28 with 1-pixel gaps.
     assert_eq!((img.width(), img.height()), (10 * 29 + 1, 4 * 29 + 1));
     // More than a batch holds: the whole batch, and the line says so.
     let out = stdout(&gtn(&["samples", run.to_str().unwrap(), "-o", png.to_str().unwrap(), "--per-step", "50"]));
-    assert!(out.ends_with("samples.png: 4 steps x 20 images (each step's whole batch)\n"), "{out}");
+    assert!(out.contains("samples.png: 4 steps x 20 images (each step's whole batch), from "), "{out}");
 
     let pt = tmp.path().join("teaching.pt");
     let out = gtn(&["export", run.to_str().unwrap(), "-o", pt.to_str().unwrap()]);
@@ -99,7 +102,8 @@ fn train_eval_samples_export() {
     );
     assert!(!pt.exists());
     let st = tmp.path().join("teaching.safetensors");
-    stdout(&gtn(&["export", run.to_str().unwrap(), "-o", st.to_str().unwrap()]));
+    let out = stdout(&gtn(&["export", run.to_str().unwrap(), "-o", st.to_str().unwrap()]));
+    assert!(out.ends_with(&format!("teaching.safetensors, from {} (meta-iteration 8)\n", run.display())), "{out}");
     let tensors: std::collections::HashMap<String, tch::Tensor> =
         tch::Tensor::read_safetensors(&st).unwrap().into_iter().collect();
     assert_eq!(tensors["images"].size(), [4, 20, 1, 28, 28]);
@@ -160,7 +164,7 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
         assert_eq!(out.status.code(), Some(130), "{stderr}");
         assert!(stderr
             .lines()
-            .any(|l| l == "stopping after this meta-iteration to save it; Ctrl-C again quits unsaved"));
+            .any(|l| l == "stopping after this meta-iteration to save it; Ctrl-C again quits, losing it"));
         let last = stderr.lines().last().unwrap();
         last.strip_prefix(&format!("stopped: {} saved after ", run.display()))
             .and_then(|rest| rest.strip_suffix(" of 100000 meta-iterations; the same command continues from there"))
@@ -205,7 +209,7 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!((resumed_at(&out), out.status.code()), (stopped, Some(143)), "{stderr}");
-    let notice = "SIGTERM: stopping after this meta-iteration to save it; another quits unsaved";
+    let notice = "SIGTERM: stopping after this meta-iteration to save it; another quits, losing it";
     assert!(stderr.lines().any(|l| l == notice), "{stderr}");
     assert!(!stderr.contains("Ctrl-C"), "the ignored SIGINT did nothing: {stderr}");
 
@@ -255,6 +259,9 @@ fn resume_of_a_finished_run_does_no_more_work() {
     let err = error_line(&gtn(&[&train[..], &["--meta-iters", "9"]].concat()));
     assert!(err.contains("holds a run with another config (meta_iters 8 there, 9 here); continue it with"), "{err}");
     assert!(err.contains("--resume") && err.contains("(after editing `meta_iters` in "), "how to lengthen it: {err}");
+    // Shorter than what the run has done: editing the key would be refused, so it is not advised.
+    let err = error_line(&gtn(&[&train[..], &["--meta-iters", "5"]].concat()));
+    assert!(err.contains("(meta_iters 8 there, 5 here); continue it with") && !err.contains("after editing"), "{err}");
     let err =
         error_line(&gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", run.to_str().unwrap()]));
     assert!(
@@ -370,6 +377,16 @@ fn bad_input_gives_one_line_errors() {
         "{err}"
     );
     assert!(!out.exists());
+    // Warnings are worded as the errors are: `warning: ...`, one line.
+    let warned = tmp.path().join("warned.jsonl");
+    let small =
+        ["--cells", "0", "--reductions", "1", "--channels", "2", "--batch-size", "16", "--eval-images", "100000"];
+    let paths = ["--valid-size", "16", "--data-dir", data.to_str().unwrap(), "--out", warned.to_str().unwrap()];
+    let run = gtn(&[&nas_eval[..8], &small[..], &paths[..]].concat());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let warning = "warning: --eval-images 100000: the validation split holds 16 images and the test split 256;";
+    assert!(stderr.lines().next().is_some_and(|l| l.starts_with(warning)), "{stderr}");
     let err = error_line(&gtn(&["compare", "--preset", "tiny", "--test-images", "1", "--out", out.to_str().unwrap()]));
     assert!(
         err.starts_with("error: --test-images 1: scored with the test batch's statistics, the mlp learner's"),
@@ -393,7 +410,20 @@ fn bad_input_gives_one_line_errors() {
     let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", out.to_str().unwrap(), "--meta-iters", "0"]));
     assert_eq!(err, "error: invalid value '0' for '--meta-iters <META_ITERS>': expected a positive integer");
     let err = error_line(&gtn(&["eval", "--learners", "99999999999999999999", "x"]));
-    assert!(err.ends_with("': expected a positive integer, and this one is too large"), "{err}");
+    assert!(
+        err.ends_with("': expected a positive integer, and this one is too large (at most 9223372036854775807)"),
+        "{err}"
+    );
+    // Counts a run's config.toml stores are TOML integers: at most i64::MAX.
+    let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", "x", "--meta-iters", "9223372036854775808"]));
+    assert!(
+        err.ends_with("expected a positive integer, and this one is too large (at most 9223372036854775807)"),
+        "{err}"
+    );
+    let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", "x", "--checkpoint-every", "-1"]));
+    assert!(err.ends_with("'--checkpoint-every <CHECKPOINT_EVERY>': expected a whole number, 0 or more"), "{err}");
+    let err = error_line(&gtn(&["compare", "--out", "x", "--real-steps-factor", "1.5"]));
+    assert!(err.ends_with("'--real-steps-factor <REAL_STEPS_FACTOR>': expected an integer from 1 to 100"), "{err}");
     let err = error_line(&gtn(&["train", "--preset", "tiny"]));
     assert_eq!(err, "error: the following required arguments were not provided: --out <OUT>");
     let err = error_line(&gtn(&["eval", "--learnrs", "3", out.to_str().unwrap()]));

@@ -144,7 +144,7 @@ fn threads_out_of_range_is_a_one_line_error() {
     for value in ["0", "1025", "100000", "2147483648"] {
         let err = error_line(&gtn(&["--threads", value, "rl", "eval", "no-such-run"]));
         assert!(err.contains(&format!("invalid value '{value}' for '--threads <THREADS>'")), "{err}");
-        assert!(err.contains("1..=1024"), "{err}");
+        assert!(err.ends_with("expected an integer from 1 to 1024"), "{err}");
     }
 }
 

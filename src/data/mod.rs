@@ -228,7 +228,7 @@ fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Spl
             "{}: data folder not found{}; point --data-dir at the folder, or run `gtn data fetch {name} --dir {}` first",
             dir.display(),
             looked_from(dir),
-            dir.display()
+            crate::text::shell_word(dir)
         );
     }
     Ok((load_split(name, dir, "train", device)?, load_split(name, dir, "t10k", device)?))
@@ -246,7 +246,7 @@ fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
             "{}: missing (also looked for {stem}); run `gtn data fetch {} --dir {}`",
             gz.display(),
             name.as_str(),
-            dir.display()
+            crate::text::shell_word(dir)
         )
     }
 }
@@ -256,7 +256,7 @@ fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
 /// a dataset of one's own in the same format) is read as given.
 fn read_idx(name: DatasetName, dir: &Path, stem: &str, ndims: usize) -> Result<(PathBuf, idx::Idx)> {
     let path = find_file(name, dir, stem)?;
-    let fetch_again = format!("run `gtn data fetch {name} --dir {}` again", dir.display());
+    let fetch_again = format!("run `gtn data fetch {name} --dir {}` again", crate::text::shell_word(dir));
     let data = match idx::read(&path, ndims) {
         Ok(data) => data,
         Err(e @ idx::IdxError::Io { .. }) => return Err(e.into()),

@@ -430,7 +430,10 @@ impl EsTrainer {
         };
         let advice = match as_initialised {
             true => crate::meta::DIVERGED_AS_INITIALISED.to_owned(),
-            false => format!("lower {keys} in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {dir}`"),
+            false => format!(
+                "lower {keys} in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {}`",
+                crate::text::shell_word(&self.dir)
+            ),
         };
         anyhow::anyhow!(
             "generation {generation}: {what}: training stopped; the last good checkpoint (generation {}) is kept in {dir}; {advice}",
