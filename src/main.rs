@@ -597,6 +597,12 @@ fn run(cli: Cli) -> Result<()> {
     let device = Device::cuda_if_available();
     let threads = cli.threads.map(|t| t as usize);
     if let Some(t) = threads {
+        let cores = std::thread::available_parallelism().map_or(t, usize::from);
+        if t > cores {
+            tracing::warn!(
+                "--threads {t}: more than the {cores} cores this process may use; libtorch's threads spin while they wait for each other, so the extra ones slow it down"
+            );
+        }
         tch::set_num_threads(t as i32);
     }
     match cli.command {

@@ -146,6 +146,10 @@ fn threads_out_of_range_is_a_one_line_error() {
         assert!(err.contains(&format!("invalid value '{value}' for '--threads <THREADS>'")), "{err}");
         assert!(err.ends_with("expected an integer from 1 to 1024"), "{err}");
     }
+    // More than the machine's cores is allowed, with a warning (no test machine has 1,024).
+    let out = gtn(&["--threads", "1024", "rl", "eval", "no-such-run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("warning: --threads 1024: more than the "), "{stderr}");
 }
 
 /// Imitation's header names what its objective uses (no population, sigma or episodes), its
