@@ -329,6 +329,13 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
         bail!("{}: missing; expected the checkpoint of the run in {}", path.display(), dir.display());
     }
     let file = read_tensors(&path)?;
+    if ["images", "labels", "lr", "momentum"].iter().all(|name| file.tensors.contains_key(*name)) {
+        bail!(
+            "{}: is a teaching set `gtn export` wrote (images, labels, lr, momentum), not a run's checkpoint; expected the checkpoint of the run in {}",
+            path.display(),
+            dir.display()
+        );
+    }
     check_edits(dir, &file, &config, &Config::EDITABLE_IN_A_RUN)?;
     let stored = &file.tensors;
     // Shapes come from a freshly built teacher; its random values are then overwritten.

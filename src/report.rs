@@ -146,4 +146,17 @@ mod tests {
             assert!(moved, "the teaching set trains the learner");
         }
     }
+
+    /// A teaching set put where a run's checkpoint belongs is named as what it is.
+    #[test]
+    fn a_teaching_set_is_not_read_as_a_checkpoint() {
+        let config = Config::tiny();
+        let teacher = Teacher::new(&config, &mut StdRng::seed_from_u64(3), Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let source = ExportSource { run: "runs/t".into(), meta_iteration: 0, checkpoint_sha256: "ab".into() };
+        crate::checkpoint::write_config(dir.path(), &config).unwrap();
+        export_teaching_set(&teacher, &source, &crate::checkpoint::checkpoint_path(dir.path())).unwrap();
+        let err = crate::checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("checkpoint.safetensors: is a teaching set `gtn export` wrote"), "{err}");
+    }
 }
