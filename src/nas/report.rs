@@ -37,6 +37,9 @@ pub struct Row {
     /// where the fewest measured already reach it); null where none does, and on other rows.
     pub real_steps_to_match: Option<f64>,
     pub real_steps_to_match_top: Option<f64>,
+    /// Whether each is only an upper bound: the fewest real-data steps measured already match.
+    pub real_steps_to_match_at_most: bool,
+    pub real_steps_to_match_top_at_most: bool,
     /// The architectures, sorted: correlations over different sets do not compare.
     #[serde(skip)]
     pub archs: Vec<String>,
@@ -148,11 +151,13 @@ fn row(proxy: String, steps: usize, mut points: Vec<Point>) -> Row {
         n_top,
         spearman_top: informative(&valid_top, &truth_top, spearman),
         kendall_top: informative(&valid_top, &truth_top, kendall_tau_b),
-        spearman_valid_test: spearman(&valid, &test),
-        spearman_params: spearman(&valid, &params),
+        spearman_valid_test: informative(&valid, &test, spearman),
+        spearman_params: informative(&valid, &params, spearman),
         seconds,
         real_steps_to_match: None,
         real_steps_to_match_top: None,
+        real_steps_to_match_at_most: false,
+        real_steps_to_match_top_at_most: false,
         archs,
     }
 }
@@ -473,8 +478,8 @@ pub fn report(proxy_files: &[&Path], truth_file: &Path) -> Result<(Vec<Row>, Str
         let row =
             rows.iter_mut().find(|r| r.proxy == m.gtn_proxy && r.steps == m.gtn_steps).expect("a GTN row's match");
         match m.subset {
-            "all" => row.real_steps_to_match = m.real_steps,
-            _ => row.real_steps_to_match_top = m.real_steps,
+            "all" => (row.real_steps_to_match, row.real_steps_to_match_at_most) = (m.real_steps, m.at_most),
+            _ => (row.real_steps_to_match_top, row.real_steps_to_match_top_at_most) = (m.real_steps, m.at_most),
         }
     }
     let table = markdown(&rows, &matches);
@@ -662,6 +667,9 @@ mod tests {
         let (gtn, params) = (&rows[0], &rows[1]);
         assert_eq!((gtn.spearman_valid_test, gtn.spearman_params), (-1.0, 1.0));
         assert_eq!(params.n, 6);
+        // Over two architectures they are n/a too, like the proxy's correlation with the truth.
+        let two = correlations(&proxy[..2], &truth).unwrap();
+        assert!(two[0].spearman_valid_test.is_nan() && two[0].spearman_params.is_nan(), "{:?}", two[0]);
         // Size ranks architectures 1-5 right and the worst as the best: rho = 1 - 6 * 30 / 210.
         assert_eq!(params.proxy, PARAMS);
         assert!((params.spearman - (1.0 - 6.0 * 30.0 / 210.0)).abs() < 1e-12, "{params:?}");
@@ -699,8 +707,12 @@ mod tests {
         let (rows, _) = report(&[&same, &old], &truth).unwrap();
         assert_eq!(rows.len(), 3, "two proxies and the parameter-count baseline");
         // The GTN row carries its match for `--json`: real data's 4 steps rank as well.
-        let matched = |proxy: &str| rows.iter().find(|r| r.proxy == proxy).unwrap().real_steps_to_match;
-        assert_eq!((matched("gtn:t"), matched("real")), (Some(4.0), None));
+        let matched = |proxy: &str| {
+            let row = rows.iter().find(|r| r.proxy == proxy).unwrap();
+            (row.real_steps_to_match, row.real_steps_to_match_at_most)
+        };
+        // An upper bound: 4 steps are the fewest real data was measured at.
+        assert_eq!((matched("gtn:t"), matched("real")), ((Some(4.0), true), (None, false)));
         let err = report(&[&same, &other], &truth).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}: results of network (head Flatten)", other.display())), "{err}");
         assert!(err.contains("same.jsonl has network (head Hidden)"), "{err}");

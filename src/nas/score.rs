@@ -275,31 +275,40 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             other.proxy
         );
     }
-    let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || r.net != net || r.setting != setting;
-    if let Some(r) = done.iter().filter(|r| r.proxy == label).find(differs) {
+    // One dataset, network and seed in a file, whatever the proxy (`nas report` compares a
+    // file's records as one experiment); one setting per proxy.
+    let same_setting = |r: &Record| r.proxy != label || r.setting == setting;
+    let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || r.net != net || !same_setting(r);
+    if let Some(r) = done.iter().find(differs) {
         let here = Record {
             dataset: dataset.into(),
             seed: opts.seed,
             net: net.clone(),
-            setting: setting.clone(),
+            setting: if r.proxy == label { setting.clone() } else { r.setting.clone() },
             ..r.clone()
         };
         let (there, here) = jsonl::measured_differently(r, &here);
         bail!(
-            "{}: holds {label} results of another setting ({there} there vs {here} in this run); expected the same, or use another --out",
-            opts.out.display()
+            "{}: holds {} results of another setting ({there} there vs {here} in this run); expected the same, or use another --out",
+            opts.out.display(),
+            r.proxy
         );
     }
     let mut done = jsonl::done_keys(&done);
     let mut summary = ScoreSummary { scored: 0, skipped: 0, repeated: 0, other_shards: 0, label: label.clone() };
-    let mut listed = std::collections::HashSet::new();
+    // An architecture listed twice is trained where it is first listed, by whichever shard
+    // takes that position.
+    let mut first_listed = std::collections::HashMap::new();
+    for (index, cell) in opts.archs.iter().enumerate() {
+        first_listed.entry(cell.to_string()).or_insert(index);
+    }
     for (index, cell) in opts.archs.iter().enumerate() {
         if !opts.shard.takes(index) {
             summary.other_shards += 1;
             continue;
         }
         let arch = cell.to_string();
-        if !listed.insert(arch.clone()) {
+        if first_listed[&arch] != index {
             summary.repeated += 1;
             continue;
         }
@@ -516,6 +525,36 @@ mod tests {
         assert_eq!(jsonl::read(&out).unwrap().len(), 1);
         let again = score(&opts, Device::Cpu, |_| {}).unwrap();
         assert_eq!((again.scored, again.skipped, again.repeated), (0, 1, 1), "done once, listed again");
+        // Sharded, only the shard taking its first position trains it.
+        let sharded = dir.path().join("s.jsonl");
+        let shard = |i| ScoreOptions { shard: Shard { index: i, count: 2 }, ..options(&sharded, Shard::ALL) };
+        let opts = |i| ScoreOptions { archs: vec![cell, cell], steps: vec![1], ..shard(i) };
+        let first = score(&opts(0), Device::Cpu, |_| {}).unwrap();
+        let second = score(&opts(1), Device::Cpu, |_| {}).unwrap();
+        assert_eq!((first.scored, first.repeated, second.scored, second.repeated), (1, 0, 0, 1));
+    }
+
+    /// A file holds one experiment: another proxy's records of another network, dataset or seed
+    /// are refused as its own would be (`nas report` would refuse the file).
+    #[test]
+    fn a_file_of_another_network_is_refused_whatever_its_proxy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, narrow) = (dir.path().join("r.jsonl"), dir.path().join("narrow.jsonl"));
+        let opts = ScoreOptions { archs: sample_distinct(1, 1), steps: vec![1], ..options(&out, Shard::ALL) };
+        let wide = ScoreOptions { net: NetConfig { channels: 3, ..opts.net }, ..opts.clone() };
+        score(&wide, Device::Cpu, |_| {}).unwrap();
+        score(&ScoreOptions { out: narrow.clone(), ..opts.clone() }, Device::Cpu, |_| {}).unwrap();
+        // Another proxy's narrower network, in the same file.
+        let mut records = jsonl::read(&out).unwrap();
+        records
+            .extend(jsonl::read(&narrow).unwrap().into_iter().map(|r| Record { proxy: "gtn:elsewhere".into(), ..r }));
+        let text: String = records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+        std::fs::write(&out, text).unwrap();
+        let err = score(&wide, Device::Cpu, |_| {}).unwrap_err().to_string();
+        assert!(
+            err.contains("holds gtn:elsewhere results of another setting (") && err.contains("channels 2"),
+            "{err}"
+        );
     }
 
     /// A record is on disk as soon as its step count is measured, before the longer runs of the

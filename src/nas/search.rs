@@ -107,7 +107,8 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     let label = score::score(&phase1, device, |r| progress("proxy", r))?.label;
     let mut scored: Vec<Record> =
         jsonl::read(&proxy_out)?.into_iter().filter(|r| r.proxy == label && r.steps == opts.proxy_steps).collect();
-    scored.retain(|r| candidates.iter().any(|c| c.to_string() == r.arch));
+    let candidates: std::collections::HashSet<String> = candidates.iter().map(Cell::to_string).collect();
+    scored.retain(|r| candidates.contains(&r.arch));
     scored.sort_by(|a, b| b.valid_accuracy.total_cmp(&a.valid_accuracy).then(a.index.cmp(&b.index)));
     scored.truncate(opts.top_k);
     let finalists: Vec<Cell> = scored.iter().map(|r| r.arch.parse()).collect::<Result<_>>()?;

@@ -100,7 +100,7 @@ pub fn evaluate_parallel<T: Send, F: Fn(usize) -> T + Sync>(n: usize, threads: u
             })
             .collect();
         for worker in workers {
-            for (i, value) in worker.join().expect("an ES worker thread panicked") {
+            for (i, value) in worker.join().expect("a worker thread panicked") {
                 results[i] = Some(value);
             }
         }
