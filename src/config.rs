@@ -273,11 +273,9 @@ impl Config {
     /// Keys a run's `config.toml` may change between its sessions: how the outer optimiser goes
     /// on from here (what a diverged run's error advises), how long the run is, and settings that
     /// do not change what a meta-iteration computes. Loading its checkpoint refuses any other edit.
-    pub const EDITABLE_IN_A_RUN: [&'static str; 11] = [
+    pub const EDITABLE_IN_A_RUN: [&'static str; 9] = [
         "outer_lr",
         "final_lr_fraction",
-        "adam_beta1",
-        "adam_beta2",
         "adam_eps",
         "grad_clip",
         "meta_iters",

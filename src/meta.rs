@@ -1543,6 +1543,10 @@ mod tests {
             other.valid_size
         );
         assert!(err.contains(&expected), "{err}");
+        // Adam's betas set its stored moments' averaging and bias correction: not a run's to change.
+        checkpoint::write_config(dir.path(), &Config { adam_beta2: 0.99, ..other.clone() }).unwrap();
+        let err = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).err().unwrap().to_string();
+        assert!(err.contains("adam_beta2 0.999 in its checkpoint, 0.99 here"), "{err}");
         checkpoint::write_config(dir.path(), &config).unwrap();
         let theta = [("theta".to_string(), Tensor::zeros([3], (tch::Kind::Float, Device::Cpu)))];
         checkpoint::write_tensors(&checkpoint::checkpoint_path(dir.path()), &theta, "env = \"cartpole\"").unwrap();

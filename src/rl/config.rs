@@ -166,11 +166,9 @@ impl RlConfig {
     /// on from here (what a diverged run's error advises), how long the run is, and settings that
     /// do not change the teacher (evaluation, the baseline, how often it is saved). Loading its
     /// checkpoint refuses any other edit.
-    pub const EDITABLE_IN_A_RUN: [&'static str; 10] = [
+    pub const EDITABLE_IN_A_RUN: [&'static str; 8] = [
         "outer_lr",
         "sigma",
-        "adam_beta1",
-        "adam_beta2",
         "generations",
         "save_every",
         "eval_policies",

@@ -243,6 +243,14 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         None => reference.as_ref().map(Reference::real_cost),
         Some(_) => Some(count("real_steps")?),
     };
+    // ES's gradient scales as 1 / sigma: a sigma edited since the save (what a diverged run's
+    // error advises) rescales Adam's moments to match, or its second moment would take about a
+    // thousand generations to forget the old scale, and the steps be larger meanwhile.
+    let saved_sigma = file.saved_config.as_deref().and_then(|text| RlConfig::from_toml(text).ok()).map(|c| c.sigma);
+    let (m, v) = match saved_sigma.filter(|&sigma| config.objective == Objective::Es && sigma != config.sigma) {
+        Some(sigma) => (m * (sigma / config.sigma), v * (sigma / config.sigma).powi(2)),
+        None => (m, v),
+    };
     let adam = Adam {
         m: vec![m],
         v: vec![v],
@@ -542,6 +550,24 @@ mod tests {
             Tensor::read_safetensors(&file).unwrap().into_iter().filter(|(name, _)| name != "real_steps").collect();
         Tensor::write_safetensors(&older, &file).unwrap();
         assert_eq!(load(b.path()).unwrap().real_steps, None);
+    }
+
+    /// Halving sigma doubles ES's gradients: Adam's moments are rescaled to match on loading.
+    #[test]
+    fn an_edited_sigma_rescales_adams_moments() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = tiny(4);
+        let mut trainer = EsTrainer::create(&config, dir.path(), 1).unwrap();
+        trainer.step().unwrap();
+        trainer.save().unwrap();
+        drop(trainer);
+        let before = load(dir.path()).unwrap().adam;
+        let halved = RlConfig { sigma: config.sigma / 2.0, ..config.clone() };
+        std::fs::write(dir.path().join(CONFIG_FILE), halved.to_toml().unwrap()).unwrap();
+        let after = load(dir.path()).unwrap().adam;
+        assert!(before.m[0].abs().sum(Kind::Double).double_value(&[]) > 0.0);
+        assert!(after.m[0].allclose(&(&before.m[0] * 2.0), 1e-6, 0.0, false));
+        assert!(after.v[0].allclose(&(&before.v[0] * 4.0), 1e-6, 0.0, false));
     }
 
     #[test]
