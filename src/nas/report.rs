@@ -457,6 +457,10 @@ pub fn report(proxy_files: &[&Path], truth_file: &Path) -> Result<(Vec<Row>, Str
             let Some(value) = what(r) else { continue };
             match &first {
                 None => first = Some((value, file)),
+                Some((seen, path)) if *seen != value && *path == file => bail!(
+                    "{}: mixes results of {seen} and of {value}; expected the same for all proxies and the truth",
+                    file.display()
+                ),
                 Some((seen, path)) if *seen != value => bail!(
                     "{}: results of {value}, but {} has {seen}; expected the same for all proxies and the truth",
                     file.display(),
@@ -721,6 +725,18 @@ mod tests {
         out.append(&Record { dataset: "fashion-mnist".into(), ..rec(0, "gtn:f", 4, 0.5) }).unwrap();
         let err = report(&[&same, &fashion], &truth).unwrap_err().to_string();
         assert!(err.contains("results of dataset fashion-mnist, but") && err.contains("has dataset mnist"), "{err}");
+        // Both in one file: said once, as a mix.
+        let mixed = dir.path().join("mixed.jsonl");
+        let text = std::fs::read_to_string(&same).unwrap() + &std::fs::read_to_string(&fashion).unwrap();
+        std::fs::write(&mixed, text).unwrap();
+        let err = report(&[&mixed], &truth).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: mixes results of dataset mnist and of dataset fashion-mnist; expected the same for all proxies and the truth",
+                mixed.display()
+            )
+        );
         let seed1 = dir.path().join("seed1.jsonl");
         let (mut out, _) = super::super::jsonl::Appender::open(&seed1).unwrap();
         out.append(&Record { seed: 1, ..rec(0, "gtn:s", 4, 0.5) }).unwrap();
