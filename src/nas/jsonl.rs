@@ -217,6 +217,7 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
     }
     let (paths, mut all): (Vec<&Path>, Vec<Record>) = records.into_iter().unzip();
     one_label_per_teacher(&mut all);
+    let mut first_of_file: Option<(Record, &Path)> = None;
     for (path, r) in paths.into_iter().zip(all) {
         let (first, first_path) = first_of_proxy.entry(r.proxy.clone()).or_insert_with(|| (r.clone(), path));
         if measured(first) != measured(&r) {
@@ -231,6 +232,21 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
                     r.steps,
                     path.display()
                 );
+        }
+        // One experiment per file, whatever the proxies (`nas report` reads it as one): records
+        // of builds before `net` match any network.
+        let (any, any_path) = first_of_file.get_or_insert_with(|| (r.clone(), path));
+        let net = if any.net.is_empty() || r.net.is_empty() { any.net.clone() } else { r.net.clone() };
+        let as_experiment = Record { proxy: any.proxy.clone(), setting: any.setting.clone(), net, ..r.clone() };
+        if measured(any) != measured(&as_experiment) {
+            let (theirs, this) = measured_differently(any, &as_experiment);
+            bail!(
+                "{} in {} and {} in {} are results of different experiments ({theirs} vs {this}); expected one dataset, network and seed in a merged file",
+                any.proxy,
+                any_path.display(),
+                r.proxy,
+                path.display()
+            );
         }
         if keys.insert(r.key()) {
             merged.insert((r.proxy.clone(), r.steps, r.index, r.arch.clone()), r);
@@ -419,6 +435,18 @@ mod tests {
             "{err}"
         );
         assert!(err.ends_with("expected one measurement"), "{err}");
+        // Another proxy's records of another dataset: `nas report` would refuse the merged file.
+        std::fs::write(
+            &c,
+            line(&Record { dataset: "fashion-mnist".into(), proxy: "gtn:t".into(), ..record("y", 0, 4) }),
+        )
+        .unwrap();
+        let err = merge(&[&a, &c], &out).unwrap_err().to_string();
+        assert!(
+            err.starts_with("real in ")
+                && err.ends_with("c are results of different experiments (dataset mnist vs dataset fashion-mnist); expected one dataset, network and seed in a merged file"),
+            "{err}"
+        );
         assert_eq!(read(&out).unwrap().len(), 4, "the earlier merge is left as it was");
         let appending = Appender::open(&out).unwrap();
         let err = merge(&[&a], &out).unwrap_err().to_string();
