@@ -217,11 +217,11 @@ mod tests {
         std::fs::create_dir(dir.path().join("folder")).unwrap();
         let err = format!("{:#}", write(&dir.path().join("folder"), b"x").unwrap_err());
         assert!(err.ends_with("folder: cannot rename into place: Is a directory (os error 21)"), "said once: {err}");
-        // sysfs takes no new files, root's included; the error names the target, not the
+        // procfs takes no new files, root's included; the error names the target, not the
         // temporary file that was never made.
-        let err = format!("{:#}", write(Path::new("/sys/gtn-test"), b"x").unwrap_err());
+        let err = format!("{:#}", write(Path::new("/proc/gtn-test"), b"x").unwrap_err());
         assert!(
-            err.starts_with("/sys/gtn-test: cannot create a temporary file in /sys: ") && !err.contains("tmp"),
+            err.starts_with("/proc/gtn-test: cannot create a temporary file in /proc: ") && !err.contains("tmp"),
             "{err}"
         );
     }

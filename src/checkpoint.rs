@@ -55,7 +55,8 @@ pub struct RunLock {
 pub fn lock_run(dir: &Path) -> Result<RunLock> {
     let folder = std::fs::File::open(dir)
         .with_context(|| format!("{}: cannot open; is it a gtn training folder?", dir.display()))?;
-    let busy = "another gtn process is training in this folder; wait for it to end";
+    // Said for `--out` and `--resume` alike: only a new run has somewhere else to go.
+    let busy = "another gtn process is training in this folder; wait for it to end (a new run can take another --out)";
     if crate::atomic::lock_exclusive(&folder, dir, busy)? {
         // Only the lock's holder writes these: any temporary one is an interrupted save's.
         for file in [CHECKPOINT_FILE, CONFIG_FILE] {
@@ -96,6 +97,11 @@ pub fn start_run<C: DeserializeOwned>(dir: &Path, config_toml: &str, log_header:
     crate::atomic::write(&dir.join(CONFIG_FILE), config_toml.as_bytes())?;
     crate::atomic::write(&dir.join(LOG_FILE), format!("{log_header}\n").as_bytes())?;
     Ok(lock)
+}
+
+/// Whether `file` holds the tensors of a teaching set `gtn export` writes.
+fn is_teaching_set(file: &StoredTensors) -> bool {
+    ["images", "labels", "lr", "momentum"].iter().all(|name| file.tensors.contains_key(*name))
 }
 
 /// The metadata key under which a checkpoint file keeps the config (TOML) it was saved under.
@@ -234,9 +240,16 @@ pub fn check_output_outside_run(dir: &Path, output: &Path) -> Result<()> {
     let same_folder = matches!((dir.canonicalize(), folder.canonicalize()), (Ok(a), Ok(b)) if a == b);
     let run_file =
         output.file_name().and_then(|n| n.to_str()).filter(|n| [CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE].contains(n));
+    // A gtn run's config (image or RL, told by its keys), or a file there that is not an
+    // earlier export: a teaching set exported to that name again may replace its own.
+    let gtn_config = std::fs::read_to_string(folder.join(CONFIG_FILE))
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|keys| keys.contains_key("dataset") || keys.contains_key("env"));
+    let not_an_export = output.is_file() && !read_tensors(output).is_ok_and(|f| is_teaching_set(&f));
     match run_file {
         Some(name) if same_folder => bail!("-o {}: is the run's own {name}; choose another path", output.display()),
-        Some(name) if holds_run(folder) || folder.join(CONFIG_FILE).is_file() => bail!(
+        Some(name) if gtn_config || not_an_export => bail!(
             "-o {}: would replace the {name} of the run in {}; choose another path",
             output.display(),
             folder.display()
@@ -329,7 +342,7 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
         bail!("{}: missing; expected the checkpoint of the run in {}", path.display(), dir.display());
     }
     let file = read_tensors(&path)?;
-    if ["images", "labels", "lr", "momentum"].iter().all(|name| file.tensors.contains_key(*name)) {
+    if is_teaching_set(&file) {
         bail!(
             "{}: is a teaching set `gtn export` wrote (images, labels, lr, momentum), not a run's checkpoint; expected the checkpoint of the run in {}",
             path.display(),
@@ -400,7 +413,10 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
             stored.len()
         );
     }
-    let scalar = |name: &str| -> Result<i64> { Ok(counts(name, 1)?.ok_or_else(|| missing(name))?[0]) };
+    let scalar = |name: &str| -> Result<i64> {
+        let corrupt = || anyhow::anyhow!("{}: tensor `{name}` missing; the checkpoint is corrupt", path.display());
+        Ok(counts(name, 1)?.ok_or_else(corrupt)?[0])
+    };
     let steps = scalar("adam.steps")?;
     let iteration =
         check_progress(dir, scalar("iteration")?, steps, ("meta_iters", config.meta_iters), "meta-iteration")?;
@@ -480,7 +496,9 @@ pub(crate) mod tests {
         for folder in [&run, &other, &plain] {
             std::fs::create_dir(folder).unwrap();
         }
-        std::fs::write(other.join(CONFIG_FILE), "").unwrap();
+        std::fs::write(other.join(CONFIG_FILE), "dataset = \"mnist\"\n").unwrap();
+        // Another tool's config.toml is not a run's.
+        std::fs::write(plain.join(CONFIG_FILE), "[tool]\nname = \"x\"\n").unwrap();
         let check = |output: &Path| check_output_outside_run(&run, output).map_err(|e| e.to_string());
         let own = run.join(CHECKPOINT_FILE);
         assert_eq!(
@@ -498,6 +516,13 @@ pub(crate) mod tests {
         );
         assert!(check(&other.join("teaching.safetensors")).is_ok());
         assert!(check(&plain.join(CHECKPOINT_FILE)).is_ok(), "a folder without a run");
+        // An earlier export to that name may be replaced; a checkpoint whose config is gone not.
+        let set = [("images", 0.0), ("labels", 0.0), ("lr", 0.02), ("momentum", 0.5)]
+            .map(|(name, v)| (name.to_string(), Tensor::from_slice(&[v as f32])));
+        write_tensors(&plain.join(CHECKPOINT_FILE), &set, "").unwrap();
+        assert!(check(&plain.join(CHECKPOINT_FILE)).is_ok(), "an earlier export");
+        write_tensors(&plain.join(CHECKPOINT_FILE), &set[..2], "").unwrap();
+        assert!(check(&plain.join(CHECKPOINT_FILE)).is_err(), "not an export");
     }
 
     #[test]

@@ -697,7 +697,7 @@ mod tests {
         let over = RealBaseline { batch: 8, valid_size: Some(511), data_dir: Some(crate::data::fixture_dir()), ..one };
         let err = baseline_real(&over, Device::Cpu, |_, _| {}).unwrap_err().to_string();
         assert!(
-            err.starts_with("--batch-size 8: more than the 1 training images of ")
+            err.starts_with("--batch-size 8: more than the 1 training image of ")
                 && err.ends_with("(after 511 held out for validation); expected at most 1"),
             "{err}"
         );

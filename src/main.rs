@@ -137,7 +137,7 @@ enum NasCommand {
         #[arg(long)]
         proxy: nas::score::Proxy,
         /// Step counts to record, comma-separated (one run to the largest).
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required = true, value_parser = parse_positive::<usize>)]
         steps: Vec<usize>,
         #[command(flatten)]
         common: NasArgs,
@@ -145,7 +145,7 @@ enum NasCommand {
     /// The true performance: each architecture trained long on real data (same format).
     Truth {
         /// Real-data training steps, comma-separated (the largest is the truth; one run to it).
-        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        #[arg(long, value_delimiter = ',', default_value = "1000", value_parser = parse_positive::<usize>)]
         steps: Vec<usize>,
         #[command(flatten)]
         common: NasArgs,
@@ -537,7 +537,14 @@ where
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        write!(writer, "{}: ", event.metadata().level().as_str().to_lowercase().replace("warn", "warning"))?;
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::TRACE => "trace",
+        };
+        write!(writer, "{level}: ")?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
@@ -549,7 +556,12 @@ fn main() {
         .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
         .from_env_lossy();
     // One plain line per warning, worded as the errors are (`warning: ...`).
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).event_format(PlainLine).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .event_format(PlainLine)
+        .init();
     // Help (asked for, or shown for a bare `gtn` or `gtn nas`) and --version print in full.
     let cli = command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)).unwrap_or_else(|e| {
         let shown_help = e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;

@@ -163,6 +163,8 @@ impl Trainer {
         settings.apply(&mut teacher.config);
         let data = load_data(&teacher.config, device)?;
         checkpoint::check_data(saved, &data, &teacher.config.data_dir(), &format!("in {}", dir.display()))?;
+        // Older checkpoints record no data sizes: a slice given as --data-dir is caught here.
+        check_meta_batch(&teacher.config, &data)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, iteration)?;
         if let Some(warning) = lr_jump_warning(dir, &teacher.config, iteration) {
             tracing::warn!("{warning}");
@@ -644,11 +646,14 @@ pub const DIVERGED_AS_INITIALISED: &str = "the teacher as initialised diverges, 
 /// the training images can fill.
 fn check_fits_data(config: &Config, data: &Dataset) -> Result<()> {
     config.check_new_run(None)?;
-    data.check_batch(
-        &format!("config key `meta_batch` is {}", config.meta_batch),
-        config.meta_batch,
-        &config.data_dir(),
-    )
+    check_meta_batch(config, data)
+}
+
+/// Refuses a meta-loss batch larger than the training split (batches are drawn without
+/// replacement).
+fn check_meta_batch(config: &Config, data: &Dataset) -> Result<()> {
+    let what = format!("config key `meta_batch` is {}", config.meta_batch);
+    data.check_batch(&what, config.meta_batch, &config.data_dir())
 }
 
 /// Options of `gtn train` (and `gtn baseline distill`, which sets `teacher`).
@@ -1390,8 +1395,7 @@ mod tests {
         let settings = RunSettings::default();
         let busy = format!("{}: another gtn process is training in this folder", run.display());
         let err = Trainer::resume(&run, Device::Cpu, &settings).err().expect("refused").to_string();
-        // No `--out` to choose under `--resume`.
-        assert_eq!(err, format!("{busy}; wait for it to end"));
+        assert_eq!(err, format!("{busy}; wait for it to end (a new run can take another --out)"));
         let err = Trainer::open(&fixture_config(), &run, Device::Cpu, false, None).err().expect("refused").to_string();
         assert!(err.starts_with(&busy), "{err}");
         drop(first);
@@ -1428,6 +1432,15 @@ mod tests {
         );
         assert!(err.ends_with("expected its data (--data-dir)"), "{err}");
         assert_eq!(resume(&copy).unwrap().iteration, 0);
+        // A checkpoint of a build before data sizes were recorded: a slice too small for the
+        // meta-batch is still refused in one line (a batch is drawn without replacement).
+        let file = checkpoint::checkpoint_path(&run);
+        let saved = checkpoint::read_tensors(&file).unwrap();
+        let older: Vec<(String, Tensor)> = saved.tensors.into_iter().filter(|(name, _)| name != "data.sizes").collect();
+        checkpoint::write_tensors(&file, &older, saved.saved_config.as_deref().unwrap()).unwrap();
+        let small = crate::data::fixture_slice(150);
+        let err = resume(small.path()).err().unwrap().to_string();
+        assert!(err.starts_with("config key `meta_batch` is 64: more than the 38 training images of "), "{err}");
     }
 
     #[test]

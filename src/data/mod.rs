@@ -170,7 +170,8 @@ impl Dataset {
         let n = self.train.len();
         if batch > n {
             bail!(
-                "{what}: more than the {n} training images of {} (after {} held out for validation); expected at most {n}",
+                "{what}: more than the {} of {} (after {} held out for validation); expected at most {n}",
+                crate::text::count(n, "training image"),
                 dir.display(),
                 self.valid.len()
             );

@@ -277,8 +277,10 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     }
     // One dataset, network and seed in a file, whatever the proxy (`nas report` compares a
     // file's records as one experiment); one setting per proxy.
+    // (Another proxy's records of builds before `net` match any network, as in `nas report`.)
     let same_setting = |r: &Record| r.proxy != label || r.setting == setting;
-    let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || r.net != net || !same_setting(r);
+    let other_net = |r: &Record| r.net != net && (r.proxy == label || !r.net.is_empty());
+    let differs = |r: &&Record| r.dataset != dataset || r.seed != opts.seed || other_net(r) || !same_setting(r);
     if let Some(r) = done.iter().find(differs) {
         let here = Record {
             dataset: dataset.into(),

@@ -78,7 +78,7 @@ impl Reference {
     pub fn warning(&self) -> Option<String> {
         (self.greedy_return < REFERENCE_TARGET).then(|| {
             format!(
-                "warning: the imitation reference's greedy return is {:.1} after {} real steps, below {REFERENCE_TARGET}: REINFORCE did not solve CartPole within the run's first `baseline_budget`, so the teacher imitates a weaker policy (the reference is learnt once, when the run starts: a new run with a larger budget learns another)",
+                "the imitation reference's greedy return is {:.1} after {} real steps, below {REFERENCE_TARGET}: REINFORCE did not solve CartPole within the run's first `baseline_budget`, so the teacher imitates a weaker policy (the reference is learnt once, when the run starts: a new run with a larger budget learns another)",
                 self.greedy_return, self.real_steps
             )
         })

@@ -123,7 +123,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
             r.actions.size()[0]
         );
         if let Some(warning) = r.warning() {
-            crate::progress::print_err(&warning);
+            tracing::warn!("{warning}");
         }
     }
     let (start, before) = (std::time::Instant::now(), trainer.generation);
