@@ -80,8 +80,9 @@ fn truth_by_arch(truth: &[Record]) -> Result<HashMap<&str, &Record>> {
     short.sort_unstable();
     short.dedup();
     if let Some(first) = short.first() {
+        let more = if short.len() > 1 { ", ..." } else { "" };
         bail!(
-            "the truth has {} at {steps} steps and {} only at fewer ({first}, ...); finish them with the same `gtn nas truth` command, or give a truth of one step count",
+            "the truth has {} at {steps} steps and {} only at fewer ({first}{more}); finish them with the same `gtn nas truth` command, or give a truth of one step count",
             crate::text::count(by_arch.len(), "architecture"),
             short.len()
         );
@@ -518,7 +519,10 @@ mod tests {
         truth.extend((0..2).map(|k| rec(k, "real", 1000, 10.0 - k as f64)));
         let err = correlations(&proxy, &truth).unwrap_err().to_string();
         assert!(err.starts_with("the truth has 2 architectures at 1000 steps and 2 only at fewer (a2, ...)"), "{err}");
-        truth.extend((2..4).map(|k| rec(k, "real", 1000, 10.0 - k as f64)));
+        truth.push(rec(2, "real", 1000, 8.0));
+        let err = correlations(&proxy, &truth).unwrap_err().to_string();
+        assert!(err.starts_with("the truth has 3 architectures at 1000 steps and 1 only at fewer (a3);"), "{err}");
+        truth.push(rec(3, "real", 1000, 7.0));
         let rows = correlations(&proxy, &truth).unwrap();
         assert_eq!(rows[0].spearman, -1.0, "ranked by the 1000-step truth alone");
         // An architecture repeated keeps its first record (as in a proxy); another proxy's
