@@ -34,10 +34,10 @@ pub struct Row {
     pub seconds: f64,
     /// A GTN row's match among the real-data rows ([`steps_to_match`]): the real steps whose
     /// Spearman equals its own, over all architectures and over the top 50% (an upper bound
-    /// where the fewest measured already reach it); null where none does, and on other rows.
+    /// where the fewest that rank already reach it); null where none does, and on other rows.
     pub real_steps_to_match: Option<f64>,
     pub real_steps_to_match_top: Option<f64>,
-    /// Whether each is only an upper bound: the fewest real-data steps measured already match.
+    /// Whether each is only an upper bound: the fewest real-data steps that rank already match.
     pub real_steps_to_match_at_most: bool,
     pub real_steps_to_match_top_at_most: bool,
     /// The architectures, sorted: correlations over different sets do not compare.
@@ -276,6 +276,10 @@ pub fn steps_to_match(rows: &[Row]) -> Vec<Match> {
             let mut prev: Option<(f64, f64)> = None;
             for r in &real {
                 let (s, v) = (r.steps as f64, pick(r));
+                // A real-data row that ranks nothing (n/a) says nothing of where the match lies.
+                if v.is_nan() {
+                    continue;
+                }
                 if v >= target {
                     // An upper bound only if nothing fewer was measured, here or on others.
                     at_most = prev.is_none() && left_out.iter().all(|&l| l > r.steps);
@@ -334,7 +338,7 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
     for m in matches {
         let real = match m.real_steps {
             Some(steps) if m.at_most => {
-                format!("at most {} (the fewest measured)", crate::text::count(steps as usize, "real-data step"))
+                format!("at most {} (the fewest that rank)", crate::text::count(steps as usize, "real-data step"))
             }
             Some(steps) => format!("≈ {steps:.0} real-data steps"),
             None if m.compared == 0 && m.left_out.is_empty() => {
@@ -611,6 +615,10 @@ mod tests {
         let half = [Row { spearman: 0.0, spearman_top: 0.0, ..rows[0].clone() }, rows[1].clone(), rows[2].clone()];
         let m = steps_to_match(&half);
         assert_eq!((m[0].real_steps, m[1].real_steps), (Some(25.0), Some(25.0)));
+        // Real data's 10 steps ranking nothing (n/a): 40 is an upper bound, not a match.
+        let unranked = [rows[0].clone(), Row { spearman: f64::NAN, ..rows[1].clone() }, rows[2].clone()];
+        let m = steps_to_match(&unranked);
+        assert_eq!((m[0].real_steps, m[0].at_most), (Some(40.0), true));
         let unreachable = [rows[0].clone(), rows[1].clone()];
         assert_eq!(steps_to_match(&unreachable)[0].real_steps, None);
         // Real data at 40 steps measured on five of the six architectures (a shard still
@@ -646,7 +654,7 @@ mod tests {
         let below = [Row { spearman: -1.0, ..rows[0].clone() }, rows[1].clone(), rows[2].clone()];
         let m = steps_to_match(&below);
         assert_eq!((m[0].real_steps, m[0].at_most, m[1].at_most), (Some(10.0), true, false));
-        assert!(markdown(&below, &m).contains("at most 10 real-data steps (the fewest measured)"));
+        assert!(markdown(&below, &m).contains("at most 10 real-data steps (the fewest that rank)"));
         let dir = tempfile::tempdir().unwrap();
         let png = dir.path().join("c.png");
         plot(&rows, &png).unwrap();
