@@ -160,9 +160,9 @@ fn on_signal(signal: i32) {
         (Some(unit), true) => {
             // Short enough for one line of an 80-column terminal.
             let (name, again) = match signal {
-                SIGINT => ("stopping", "Ctrl-C again quits, losing it"),
-                SIGTERM => ("SIGTERM: stopping", "another quits, losing it"),
-                _ => ("SIGHUP: stopping", "another quits, losing it"),
+                SIGINT => ("stopping", "Ctrl-C again: back to last save"),
+                SIGTERM => ("SIGTERM: stopping", "again: back to last save"),
+                _ => ("SIGHUP: stopping", "again: back to last save"),
             };
             let notice = format!("{name} after this {} to save it; {again}", unit.name());
             // From a thread of its own: a terminal or pipe nobody reads would block this one,

@@ -137,7 +137,7 @@ enum NasCommand {
         #[arg(long)]
         proxy: nas::score::Proxy,
         /// Step counts to record, comma-separated (one run to the largest).
-        #[arg(long, value_delimiter = ',', required = true, value_parser = parse_positive::<usize>)]
+        #[arg(long, value_delimiter = ',', required = true, value_parser = parse_steps)]
         steps: Vec<usize>,
         #[command(flatten)]
         common: NasArgs,
@@ -145,7 +145,7 @@ enum NasCommand {
     /// The true performance: each architecture trained long on real data (same format).
     Truth {
         /// Real-data training steps, comma-separated (the largest is the truth; one run to it).
-        #[arg(long, value_delimiter = ',', default_value = "1000", value_parser = parse_positive::<usize>)]
+        #[arg(long, value_delimiter = ',', default_value = "1000", value_parser = parse_steps)]
         steps: Vec<usize>,
         #[command(flatten)]
         common: NasArgs,
@@ -183,7 +183,7 @@ enum NasCommand {
         #[arg(long, value_parser = parse_positive::<usize>)]
         proxy_steps: usize,
         /// Real-data steps each of those is trained.
-        #[arg(long, default_value_t = 1000, value_parser = parse_positive::<usize>)]
+        #[arg(long, default_value_t = 1000, value_parser = parse_steps)]
         truth_steps: usize,
         /// Folder for proxy.jsonl and truth.jsonl.
         #[arg(long)]
@@ -482,8 +482,8 @@ enum BaselineCommand {
         #[arg(long, alias = "cifar-dir")]
         data_dir: Option<PathBuf>,
         /// Training steps (SGD with momentum, one real batch each).
-        #[arg(long, default_value_t = 32, value_parser = parse_positive::<u64>)]
-        steps: u64,
+        #[arg(long, default_value_t = 32, value_parser = parse_steps)]
+        steps: usize,
         /// Learner trained (fresh ones per setting, the same initial weights for each).
         #[arg(long, value_enum, default_value = "base-fc")]
         learner: LearnerKind,
@@ -612,7 +612,8 @@ fn run(cli: Cli) -> Result<()> {
         let cores = std::thread::available_parallelism().map_or(t, usize::from);
         if t > cores {
             tracing::warn!(
-                "--threads {t}: more than the {cores} cores this process may use; libtorch's threads spin while they wait for each other, so the extra ones slow it down"
+                "--threads {t}: more than the {} this process may use; libtorch's threads spin while they wait for each other, so the extra ones slow it down",
+                gtn::text::count(cores, "core")
             );
         }
         tch::set_num_threads(t as i32);
@@ -702,7 +703,7 @@ fn run(cli: Cli) -> Result<()> {
                 before_last_update,
                 learners: learners as usize,
                 seed,
-                steps: steps as usize,
+                steps,
                 batch: batch_size as usize,
                 lrs,
                 momenta,
@@ -964,6 +965,14 @@ where
 /// A count that may be 0 (an option's "off" or "all"); at most `i64::MAX`, as [`parse_positive`].
 fn parse_count(text: &str) -> Result<usize, String> {
     parse_count_from(text, false)
+}
+
+/// Real-data training steps: a schedule holds one learning rate per step, and ten million steps
+/// (days of training) are far more than any proxy or truth needs.
+const MAX_REAL_STEPS: u64 = 10_000_000;
+
+fn parse_steps(text: &str) -> Result<usize, String> {
+    parse_up_to(text, MAX_REAL_STEPS).map(|n| n as usize)
 }
 
 /// A positive integer up to `max`, named with its range (clap's range check names the type's

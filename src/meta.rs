@@ -137,13 +137,18 @@ impl Trainer {
         if !checkpoint::holds_run(dir) {
             return Trainer::create(config, dir, device);
         }
-        let stored = checkpoint::read_config(dir);
         let comparable = |c: &Config| Config {
             meta_iters: c.meta_iters_requested.filter(|_| budgeted).unwrap_or(c.meta_iters),
             meta_iters_requested: None,
             ..c.without_session_settings()
         };
-        crate::config::same_run(dir, stored.map(|s| comparable(&s)), &comparable(config), resume_command)?;
+        let stored = || checkpoint::read_config(dir).map(|s| comparable(&s));
+        if crate::config::same_run(dir, stored(), &comparable(config), None).is_err() {
+            // Continuing the stored run is advised only where it would load (its config.toml
+            // may have been edited in keys its checkpoint refuses).
+            let resumable = checkpoint::never_saved(dir) || checkpoint::load(dir, Device::Cpu).is_ok();
+            crate::config::same_run(dir, stored(), &comparable(config), resume_command.filter(|_| resumable))?;
+        }
         let settings =
             RunSettings { data_dir: config.data_dir.clone(), checkpoint_every: Some(config.checkpoint_every) };
         Trainer::resume(dir, device, &settings)

@@ -23,7 +23,7 @@ impl Progress {
         let bar = if visible { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
         // The message is cut at the terminal's edge, to keep the bar one line at 80 columns.
         bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:20}] {pos}/{len} eta {eta} {wide_msg}")
+            ProgressStyle::with_template("{elapsed_precise} [{bar:20}] {pos}/{len} {wide_msg} eta {eta}")
                 .expect("valid template")
                 .progress_chars("=> "),
         );

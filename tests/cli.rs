@@ -164,7 +164,7 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
         assert_eq!(out.status.code(), Some(130), "{stderr}");
         assert!(stderr
             .lines()
-            .any(|l| l == "stopping after this meta-iteration to save it; Ctrl-C again quits, losing it"));
+            .any(|l| l == "stopping after this meta-iteration to save it; Ctrl-C again: back to last save"));
         let last = stderr.lines().last().unwrap();
         last.strip_prefix(&format!("stopped: {} saved after ", run.display()))
             .and_then(|rest| rest.strip_suffix(" of 100000 meta-iterations; the same command continues from there"))
@@ -209,7 +209,7 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!((resumed_at(&out), out.status.code()), (stopped, Some(143)), "{stderr}");
-    let notice = "SIGTERM: stopping after this meta-iteration to save it; another quits, losing it";
+    let notice = "SIGTERM: stopping after this meta-iteration to save it; again: back to last save";
     assert!(stderr.lines().any(|l| l == notice), "{stderr}");
     assert!(!stderr.contains("Ctrl-C"), "the ignored SIGINT did nothing: {stderr}");
 
@@ -262,6 +262,16 @@ fn resume_of_a_finished_run_does_no_more_work() {
     // Shorter than what the run has done: editing the key would be refused, so it is not advised.
     let err = error_line(&gtn(&[&train[..], &["--meta-iters", "5"]].concat()));
     assert!(err.contains("(meta_iters 8 there, 5 here); continue it with") && !err.contains("after editing"), "{err}");
+    // A stored config edited in a key its checkpoint refuses: resuming it is not advised.
+    let config = run.join("config.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, original.replace("adam_beta2 = 0.999", "adam_beta2 = 0.99")).unwrap();
+    let err = error_line(&gtn(&train));
+    assert!(
+        err.contains("(adam_beta2 0.99 there, 0.999 here); remove the folder") && !err.contains("--resume"),
+        "{err}"
+    );
+    std::fs::write(&config, original).unwrap();
     let err =
         error_line(&gtn(&["rl", "train", "--env", "cartpole", "--preset", "tiny", "--out", run.to_str().unwrap()]));
     assert!(
@@ -422,6 +432,9 @@ fn bad_input_gives_one_line_errors() {
     );
     let err = error_line(&gtn(&["train", "--preset", "tiny", "--out", "x", "--checkpoint-every", "-1"]));
     assert!(err.ends_with("'--checkpoint-every <CHECKPOINT_EVERY>': expected a whole number, 0 or more"), "{err}");
+    // Real-data step counts are bounded: a schedule holds a learning rate per step.
+    let err = error_line(&gtn(&["baseline", "real", "--steps", "9223372036854775807"]));
+    assert!(err.ends_with("'--steps <STEPS>': expected an integer from 1 to 10000000"), "{err}");
     let err = error_line(&gtn(&["compare", "--out", "x", "--real-steps-factor", "1.5"]));
     assert!(err.ends_with("'--real-steps-factor <REAL_STEPS_FACTOR>': expected an integer from 1 to 100"), "{err}");
     let err = error_line(&gtn(&["train", "--preset", "tiny"]));
