@@ -146,7 +146,7 @@ impl Trainer {
         if crate::config::same_run(dir, stored(), &comparable(config), None).is_err() {
             // Continuing the stored run is advised only where it would load (its config.toml
             // may have been edited in keys its checkpoint refuses).
-            let resumable = checkpoint::never_saved(dir) || checkpoint::load(dir, Device::Cpu).is_ok();
+            let resumable = checkpoint::never_saved(dir) || checkpoint::load(dir, device).is_ok();
             crate::config::same_run(dir, stored(), &comparable(config), resume_command.filter(|_| resumable))?;
         }
         let settings =
