@@ -223,7 +223,7 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
         if measured(first) != measured(&r) {
             let (theirs, this) = measured_differently(first, &r);
             bail!(
-                    "{}: {} ({} steps) in {} and {} ({} steps) in {} are measured differently ({theirs} vs {this}); expected one measurement",
+                    "{}: its records of {} ({} steps) in {} and of {} ({} steps) in {} are measured differently ({theirs} vs {this}); expected one measurement per proxy",
                     r.proxy,
                     first.arch,
                     first.steps,
@@ -426,15 +426,18 @@ mod tests {
         let c = dir.path().join("c");
         std::fs::write(&c, line(&Record { dataset: "fashion-mnist".into(), ..record("y", 0, 4) })).unwrap();
         let err = merge(&[&a, &c], &out).unwrap_err().to_string();
-        assert!(err.starts_with("real: x (4 steps) in ") && err.contains(" and y (4 steps) in "), "{err}");
+        assert!(
+            err.starts_with("real: its records of x (4 steps) in ") && err.contains(" and of y (4 steps) in "),
+            "{err}"
+        );
         // Only what differs is named: the dataset, not the seed both share.
         assert!(
             err.ends_with(
-                "c are measured differently (dataset mnist vs dataset fashion-mnist); expected one measurement"
+                "c are measured differently (dataset mnist vs dataset fashion-mnist); expected one measurement per proxy"
             ),
             "{err}"
         );
-        assert!(err.ends_with("expected one measurement"), "{err}");
+        assert!(err.ends_with("expected one measurement per proxy"), "{err}");
         // Another proxy's records of another dataset: `nas report` would refuse the merged file.
         std::fs::write(
             &c,
@@ -462,9 +465,9 @@ mod tests {
         std::fs::write(&c, line(&other)).unwrap();
         let err = merge(&[&a, &c], &out).unwrap_err().to_string();
         assert!(
-            err.contains(" and w (4 steps) in ")
+            err.contains(" and of w (4 steps) in ")
                 && err.ends_with(
-                    "(network and setting not recorded (an older gtn) vs cells 1, lr 0.3); expected one measurement"
+                    "(network and setting not recorded (an older gtn) vs cells 1, lr 0.3); expected one measurement per proxy"
                 ),
             "{err}"
         );

@@ -101,7 +101,7 @@ fn one_setting<'a>(what: &str, records: impl IntoIterator<Item = &'a Record>) ->
             Some(f) if f.setting != r.setting => {
                 let (first, this) = crate::nas::jsonl::measured_differently(f, r);
                 bail!(
-                    "{what}: {} ({} steps) and {} ({} steps) are measured differently ({first} vs {this}); expected one setting",
+                    "{what}: its records of {} ({} steps) and of {} ({} steps) are measured differently ({first} vs {this}); expected one setting",
                     f.arch,
                     f.steps,
                     r.arch,
@@ -543,7 +543,7 @@ mod tests {
         let err = correlations(&mixed, &truth).unwrap_err().to_string();
         assert_eq!(
             err,
-            "real: a0 (8 steps) and a2 (8 steps) are measured differently (lr 0.1 vs lr 0.3); expected one setting"
+            "real: its records of a0 (8 steps) and of a2 (8 steps) are measured differently (lr 0.1 vs lr 0.3); expected one setting"
         );
     }
 
