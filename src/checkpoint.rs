@@ -240,16 +240,15 @@ pub fn check_output_outside_run(dir: &Path, output: &Path) -> Result<()> {
     let same_folder = matches!((dir.canonicalize(), folder.canonicalize()), (Ok(a), Ok(b)) if a == b);
     let run_file =
         output.file_name().and_then(|n| n.to_str()).filter(|n| [CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE].contains(n));
-    // A gtn run's config (image or RL, told by its keys), or a file there that is not an
-    // earlier export: a teaching set exported to that name again may replace its own.
-    let gtn_config = std::fs::read_to_string(folder.join(CONFIG_FILE))
-        .ok()
-        .and_then(|text| text.parse::<toml::Table>().ok())
-        .is_some_and(|keys| keys.contains_key("dataset") || keys.contains_key("env"));
-    let not_an_export = output.is_file() && !read_tensors(output).is_ok_and(|f| is_teaching_set(&f));
+    // Another run's folder holds a gtn config, or a file that is not an earlier export (which a
+    // teaching set exported to that name again may replace).
+    let another_runs = || {
+        let gtn_config = std::fs::read_to_string(folder.join(CONFIG_FILE)).is_ok_and(|t| run_command_of(&t).is_some());
+        gtn_config || (output.is_file() && !read_tensors(output).is_ok_and(|f| is_teaching_set(&f)))
+    };
     match run_file {
         Some(name) if same_folder => bail!("-o {}: is the run's own {name}; choose another path", output.display()),
-        Some(name) if gtn_config || not_an_export => bail!(
+        Some(name) if another_runs() => bail!(
             "-o {}: would replace the {name} of the run in {}; choose another path",
             output.display(),
             folder.display()
@@ -282,14 +281,20 @@ pub struct OtherKindOfRun {
 /// [`OtherKindOfRun`] when the config `text` of `dir` is the other kind's than `command`'s, told
 /// by its keys (an RL run's names its `env`, an image run's its `dataset`).
 pub fn other_kind_of_run(dir: &Path, text: &str, command: &'static str) -> Option<OtherKindOfRun> {
-    let keys = text.parse::<toml::Table>().ok()?;
-    let other = match (keys.contains_key("env"), keys.contains_key("dataset")) {
-        (true, false) => RL_RUN,
-        (false, true) => IMAGE_RUN,
-        _ => return None,
-    };
+    let other = run_command_of(text)?;
     let eval = if other == RL_RUN { "gtn rl eval" } else { "gtn eval" };
     (other != command).then(|| OtherKindOfRun { dir: dir.display().to_string(), other, command, eval })
+}
+
+/// The command whose run a config file's `text` is ([`IMAGE_RUN`] or [`RL_RUN`]), told by its
+/// keys (an RL run's names its `env`, an image run's its `dataset`); none for any other file.
+fn run_command_of(text: &str) -> Option<&'static str> {
+    let keys = text.parse::<toml::Table>().ok()?;
+    match (keys.contains_key("env"), keys.contains_key("dataset")) {
+        (true, false) => Some(RL_RUN),
+        (false, true) => Some(IMAGE_RUN),
+        _ => None,
+    }
 }
 
 pub fn read_config(dir: &Path) -> Result<Config> {

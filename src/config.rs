@@ -635,13 +635,14 @@ pub fn differences<C: Serialize>(a: &C, b: &C) -> Result<Vec<(String, String, St
 const RUN_LENGTH_KEYS: [&str; 2] = ["meta_iters", "generations"];
 
 /// Ok when a new run of `requested` in `dir` is the run `stored` there (so it can be
-/// continued), else an error naming every key that differs and how to go on: with
-/// `resume_command` (e.g. `gtn train`), continuing the stored run is one of the ways.
-pub fn same_run<C: Serialize>(
+/// continued), else an error naming every key that differs and how to go on: where
+/// `resume_command` gives one (e.g. `gtn train`, for a stored run that loads), continuing the
+/// stored run is one of the ways. It is asked only then, as answering may load the checkpoint.
+pub fn same_run<'a, C: Serialize>(
     dir: &Path,
     stored: Result<C>,
     requested: &C,
-    resume_command: Option<&str>,
+    resume_command: impl FnOnce() -> Option<&'a str>,
 ) -> Result<()> {
     let file = dir.join(crate::checkpoint::CONFIG_FILE);
     let stored = stored.map_err(|e| {
@@ -674,7 +675,7 @@ pub fn same_run<C: Serialize>(
             }
             _ => None,
         };
-        let resume = resume_command.map(|c| {
+        let resume = resume_command().map(|c| {
             format!(
                 "continue it with `{c} --resume {}`{}, or ",
                 crate::text::shell_word(dir),
@@ -917,7 +918,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = |dir: &Path| {
             let unreadable: Result<Config> = Err(anyhow::anyhow!("line 1, key `outer_lr`: expected a value"));
-            same_run(dir, unreadable, &Config::tiny(), None).unwrap_err().to_string()
+            same_run(dir, unreadable, &Config::tiny(), || None).unwrap_err().to_string()
         };
         assert!(err(dir.path())
             .ends_with("(line 1, key `outer_lr`: expected a value); remove the folder or choose another --out"));

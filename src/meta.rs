@@ -142,13 +142,11 @@ impl Trainer {
             meta_iters_requested: None,
             ..c.without_session_settings()
         };
-        let stored = || checkpoint::read_config(dir).map(|s| comparable(&s));
-        if crate::config::same_run(dir, stored(), &comparable(config), None).is_err() {
-            // Continuing the stored run is advised only where it would load (its config.toml
-            // may have been edited in keys its checkpoint refuses).
-            let resumable = checkpoint::never_saved(dir) || checkpoint::load(dir, device).is_ok();
-            crate::config::same_run(dir, stored(), &comparable(config), resume_command.filter(|_| resumable))?;
-        }
+        let stored = checkpoint::read_config(dir).map(|s| comparable(&s));
+        // Continuing the stored run is advised only where it would load (its config.toml may
+        // have been edited in keys its checkpoint refuses).
+        let resumable = || checkpoint::never_saved(dir) || checkpoint::load(dir, device).is_ok();
+        crate::config::same_run(dir, stored, &comparable(config), || resume_command.filter(|_| resumable()))?;
         let settings =
             RunSettings { data_dir: config.data_dir.clone(), checkpoint_every: Some(config.checkpoint_every) };
         Trainer::resume(dir, device, &settings)

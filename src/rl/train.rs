@@ -320,11 +320,9 @@ impl EsTrainer {
         if !holds_run(dir) {
             return EsTrainer::create(config, dir, threads);
         }
-        if crate::config::same_run(dir, read_config(dir), config, None).is_err() {
-            // Continuing the stored run is advised only where it would load.
-            let resumable = never_saved(dir) || load(dir).is_ok();
-            crate::config::same_run(dir, read_config(dir), config, Some(RL_RUN).filter(|_| resumable))?;
-        }
+        // Continuing the stored run is advised only where it would load.
+        let resumable = || never_saved(dir) || load(dir).is_ok();
+        crate::config::same_run(dir, read_config(dir), config, || Some(RL_RUN).filter(|_| resumable()))?;
         EsTrainer::resume(dir, threads)
     }
 
