@@ -66,7 +66,7 @@ else
         --only-binary=:all: --implementation cp --abi cp311 --python-version 3.11 --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_25_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --target .libtorch.partial $WHEELS ||
-        { echo "setup: pip could not install $WHEELS into .libtorch.partial (needs pip >= 20.3 and access to pypi.org); see pip's messages above" >&2; exit 1; }
+        { echo "setup: pip could not install $WHEELS into .libtorch.partial (needs pip >= 20.3, access to pypi.org and about 2.5 GB of free disk for the download and its unpacked copy); see pip's messages above" >&2; exit 1; }
     libtorch_ok .libtorch.partial || { echo "setup: .libtorch.partial: installed wheels fail their checksums" >&2; exit 1; }
     rm -rf .libtorch && mv .libtorch.partial .libtorch
     echo "libtorch: installed and verified"

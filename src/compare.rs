@@ -17,7 +17,7 @@ use crate::curriculum::CurriculumKind;
 use crate::data::{DatasetName, Split};
 use crate::eval;
 use crate::learner::{BnEval, LearnerKind};
-use crate::meta::{self, Trainer};
+use crate::meta::{self, RunSettings, Trainer};
 use crate::plot::{Chart, Series};
 use crate::teacher::TeacherKind;
 use crate::text;
@@ -203,6 +203,7 @@ fn train_or_reuse(
     name: &str,
     config: &Config,
     dir: &Path,
+    settings: &RunSettings,
     budget: Option<Duration>,
     device: Device,
 ) -> Result<Trainer> {
@@ -211,7 +212,7 @@ fn train_or_reuse(
     let advice =
         "lower outer_lr or grad_clip for every teacher (`--config F.toml`) and compare again with another --out";
     let mut trainer =
-        Trainer::open(config, dir, device, budget.is_some(), None)?.with_divergence_advice(advice.to_owned());
+        Trainer::open(config, dir, device, settings, budget.is_some(), None)?.with_divergence_advice(advice.to_owned());
     let (done, total, dir) = (trainer.iteration, trainer.config().meta_iters, dir.display());
     match done {
         0 => crate::progress::print_err(&format!("{name}: meta-training in {dir}")),
@@ -234,9 +235,17 @@ const MEASUREMENT_VERSION: u32 = 1;
 /// A data folder, the same however it is spelled (`data/mnist`, its absolute path, a link to it):
 /// keys hold its canonical path. A key stored by an older gtn may hold a relative one, read from
 /// a current folder unknown now: it matches nothing, and is measured again.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(transparent)]
 struct Folder(PathBuf);
+
+/// Written lossily: JSON cannot hold a name that is not UTF-8, whose key then matches nothing
+/// and is measured again, rather than its measurement failing to be stored.
+impl Serialize for Folder {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0.to_string_lossy())
+    }
+}
 
 impl Folder {
     fn new(path: PathBuf) -> Folder {
@@ -447,21 +456,25 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
         bail!("--real-steps-factor {}: expected 1 to {MAX_REAL_STEPS_FACTOR}", options.real_steps_factor);
     }
     let teachers = chosen_teachers(&options.methods)?;
-    let base = Config::from_preset(&options.preset, options.config.as_deref())?.with_flags(&Flags {
+    let flags = Flags {
+        config: options.config.as_deref(),
         dataset: options.dataset,
         learner: options.learner,
         meta_iters: options.meta_iters,
         checkpoint_every: options.checkpoint_every,
         data_dir: options.data_dir.as_deref(),
         ..Flags::default()
-    })?;
-    // Every teacher to start, before any trains, naming the --config file (`Trainer::create`
-    // checks again, for its other callers); a stored one is not held to checks newer than it.
+    };
+    let base = Config::from_flags(&options.preset, &flags)?;
+    // Every teacher to start, before any trains, naming the --config file and flags
+    // (`Trainer::create` checks again, for its other callers); a stored one is not held to
+    // checks newer than it.
     for (name, teacher, curriculum) in &teachers {
         if !checkpoint::holds_run(&out.join(name)) {
-            teacher_config(&base, *teacher, *curriculum).check_new_run(options.config.as_deref())?;
+            teacher_config(&base, *teacher, *curriculum).check_new_run(&flags)?;
         }
     }
+    let settings = RunSettings::from_flags(options.data_dir.as_deref(), options.checkpoint_every)?;
     if options.before_last_update && base.bn_eval != BnEval::Train {
         bail!("--before-last-update: the config scores batch norm with each test batch's statistics; expected `bn_eval = \"train\"` (--config)");
     }
@@ -498,7 +511,8 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     let mut trained = Vec::new();
     for (name, teacher, curriculum) in teachers {
         let dir = out.join(name);
-        let trainer = train_or_reuse(name, &teacher_config(&base, teacher, curriculum), &dir, options.budget, device)?;
+        let trainer =
+            train_or_reuse(name, &teacher_config(&base, teacher, curriculum), &dir, &settings, options.budget, device)?;
         let per_learner = stored_teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
         let t_index = teacher_grid.iter().position(|&s| s == t).expect("T is on every grid");
@@ -584,7 +598,9 @@ fn write_outputs(out: &Path, curves: &[Curve], summary: &CompareSummary) -> Resu
     let mut csv = String::from("method,step,accuracy_mean,accuracy_std\n");
     for curve in curves {
         for (step, mean, std) in &curve.points {
-            writeln!(csv, "{},{step},{mean:.6},{std:.6}", curve.method).expect("writing to a String");
+            // One learner has no spread: empty, not 0, as the table and JSON leave it out.
+            let std = if summary.learners > 1 { format!("{std:.6}") } else { String::new() };
+            writeln!(csv, "{},{step},{mean:.6},{std}", curve.method).expect("writing to a String");
         }
     }
     crate::atomic::write(&out.join(CURVES_CSV), csv.as_bytes())?;
@@ -681,6 +697,9 @@ mod tests {
         assert_ne!(Folder::new(dir.path().to_path_buf()), Folder(dir.path().join("other")));
         let cwd = std::env::current_dir().unwrap();
         assert_ne!(Folder(PathBuf::from("tests")), Folder::new(cwd.join("tests")), "stored relative");
+        // A name JSON cannot hold is stored, lossily.
+        let odd = Folder(PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"/d/mn\xffist")));
+        assert_eq!(serde_json::to_string(&odd).unwrap(), "\"/d/mn\u{fffd}ist\"");
     }
 
     #[test]
@@ -758,6 +777,8 @@ mod tests {
         for file in [CURVES_CSV, CURVES_PNG, TABLE_MD, SUMMARY_JSON] {
             assert!(out.join(file).is_file(), "{file} missing");
         }
+        let csv = std::fs::read_to_string(out.join(CURVES_CSV)).unwrap();
+        assert!(csv.lines().skip(1).all(|row| row.ends_with(',')), "one learner has no spread: {csv}");
 
         // A re-run reuses the stored curves of a method measured with the same key (planted here
         // as 12.5%), and measures again where the key differs (another meta-iteration, another
@@ -844,7 +865,7 @@ mod tests {
         assert!(run(&distill, &work.path().join("single"), Device::Cpu).is_ok());
         let generator = CompareOptions { methods: vec!["gtn-full".into()], config: Some(single), ..options.clone() };
         let err = run(&generator, &work.path().join("single-gtn"), Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("single.toml: config key `batch_size` is 1"), "{err}");
+        assert!(err.contains("single.toml with --dataset cifar10: config key `batch_size` is 1"), "{err}");
         let err = run(&options, &out.join("gtn-full"), Device::Cpu).unwrap_err().to_string();
         assert!(err.ends_with("gtn-full: holds a training run (a checkpoint, or logged iterations); expected a `gtn compare` folder, new or one it wrote"), "{err}");
         let typo = CompareOptions { methods: vec!["gtn-ful".into()], ..options.clone() };

@@ -13,9 +13,13 @@ use crate::meta::IntermediateLossForm;
 use crate::teacher::TeacherKind;
 
 /// The flags of the commands that build a config from a preset (`train`, `compare`, `bench`):
-/// each given one replaces its key; `None` keeps the preset's or `--config` file's.
+/// the `--config` file's keys replace the preset's, then each given flag replaces its key;
+/// `None` keeps the preset's or the file's.
 #[derive(Debug, Default)]
 pub struct Flags<'a> {
+    /// `--config`: a TOML file of keys.
+    pub config: Option<&'a Path>,
+    /// Not a flag: set by the command (`baseline distill` learns pixels).
     pub teacher: Option<TeacherKind>,
     pub dataset: Option<DatasetName>,
     pub learner: Option<LearnerKind>,
@@ -24,6 +28,29 @@ pub struct Flags<'a> {
     pub seed: Option<u64>,
     pub checkpoint_every: Option<usize>,
     pub data_dir: Option<&'a Path>,
+}
+
+impl Flags<'_> {
+    /// `error`, about the config these made, after what made it beyond the preset: the
+    /// `--config` file and the given flags a check can refuse, as typed (`f.toml with --steps 8`).
+    fn name_in(&self, error: anyhow::Error) -> anyhow::Error {
+        let given: Vec<String> = [
+            self.dataset.map(|d| format!("--dataset {d}")),
+            self.learner.map(|l| format!("--learner {l}")),
+            self.meta_iters.map(|n| format!("--meta-iters {n}")),
+            self.inner_steps.map(|n| format!("--steps {n}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let given = given.join(" ");
+        match (self.config, given.is_empty()) {
+            (None, true) => error,
+            (Some(file), true) => anyhow::anyhow!("{}: {error}", file.display()),
+            (None, false) => anyhow::anyhow!("{given}: {error}"),
+            (Some(file), false) => anyhow::anyhow!("{} with {given}: {error}", file.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,7 +244,14 @@ impl Config {
         }
     }
 
-    /// This config with the command line's `flags` applied, validated.
+    /// The preset `name` with the command line's `flags` applied (its `--config` file first),
+    /// validated.
+    pub fn from_flags(name: &str, flags: &Flags) -> Result<Config> {
+        Config::from_preset(name, flags.config)?.with_flags(flags)
+    }
+
+    /// This config with the command line's `flags` applied (but for `--config`), validated; an
+    /// error names the `--config` file and the flags, as the config is theirs.
     pub fn with_flags(mut self, flags: &Flags) -> Result<Config> {
         self.teacher = flags.teacher.unwrap_or(self.teacher);
         if let Some(dataset) = flags.dataset {
@@ -229,7 +263,7 @@ impl Config {
         self.seed = flags.seed.unwrap_or(self.seed);
         self.checkpoint_every = flags.checkpoint_every.unwrap_or(self.checkpoint_every);
         self.set_data_dir(flags.data_dir)?;
-        self.validate()?;
+        self.validate().map_err(|e| flags.name_in(e))?;
         Ok(self)
     }
 
@@ -297,7 +331,12 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config> {
-        let config: Config = parse_toml(text)?;
+        let mut config: Config = parse_toml(text)?;
+        // A budget-shortened run whose `meta_iters` was edited up to what was asked for (as a
+        // repeated command without the budget advises) is no longer shortened.
+        if config.meta_iters_requested.is_some_and(|asked| asked <= config.meta_iters) {
+            config.meta_iters_requested = None;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -336,13 +375,10 @@ impl Config {
     }
 
     /// What a new run of this config must also be (a stored run that predates a check still
-    /// resumes): combinations that would train nothing or mislead. Errors name `file`, the
-    /// `--config` file, when given.
-    pub fn check_new_run(&self, file: Option<&Path>) -> Result<()> {
-        self.check_combinations().map_err(|e| match file {
-            Some(file) => anyhow::anyhow!("{}: {e}", file.display()),
-            None => e,
-        })
+    /// resumes): combinations that would train nothing or mislead. Errors name the `--config`
+    /// file and flags of `flags`, which made the config.
+    pub fn check_new_run(&self, flags: &Flags) -> Result<()> {
+        self.check_combinations().map_err(|e| flags.name_in(e))
     }
 
     fn check_combinations(&self) -> Result<()> {
@@ -403,12 +439,6 @@ impl Config {
             if value == 0 {
                 bail!("config key `{key}` is 0, expected a positive integer");
             }
-        }
-        if let Some(requested) = self.meta_iters_requested.filter(|&r| r <= self.meta_iters) {
-            bail!(
-                "config key `meta_iters_requested` is {requested}, expected more than `meta_iters` ({}): it records the count a time budget lowered",
-                self.meta_iters
-            );
         }
         // Learned as logarithms: 0 (plain SGD's momentum) has none.
         let logs = " (the inner lr and momentum are learned as logarithms)";
@@ -723,7 +753,7 @@ mod tests {
         for name in PRESETS {
             let c = Config::preset(name).unwrap();
             c.validate().unwrap();
-            c.check_new_run(None).unwrap();
+            c.check_new_run(&Flags::default()).unwrap();
             assert_eq!(Config::from_toml(&c.to_toml().unwrap()).unwrap(), c, "{name}");
         }
         let err = Config::preset("huge").unwrap_err().to_string();
@@ -819,6 +849,31 @@ mod tests {
         assert!(err.contains("meta_iters"), "validated: {err}");
     }
 
+    /// A config refused after the flags applied names what made it: the `--config` file, the
+    /// flags, or both.
+    #[test]
+    fn errors_of_a_commands_config_name_its_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.toml");
+        std::fs::write(&file, "batch_size = 32\ncurriculum = \"none\"").unwrap();
+        let shown = file.display();
+        let distill = Flags { config: Some(&file), teacher: Some(TeacherKind::Pixels), ..Flags::default() };
+        let err = Config::from_flags("cpu", &distill).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{shown}: config key `curriculum` is \"none\"")), "{err}");
+        std::fs::write(&file, "batch_size = 32").unwrap();
+        let short = Flags { config: Some(&file), inner_steps: Some(8), ..Flags::default() };
+        let config = Config::from_flags("paper-cifar10", &short).unwrap();
+        let err = config.check_new_run(&short).unwrap_err().to_string();
+        let expected = format!("{shown} with --steps 8: config key `intermediate_loss_every` is 16");
+        assert!(err.starts_with(&expected), "{err}");
+        let err = config.check_new_run(&Flags { config: None, ..short }).unwrap_err().to_string();
+        assert!(err.starts_with("--steps 8: config key"), "{err}");
+        assert!(Config::from_flags("cpu", &Flags { meta_iters: Some(0), ..Flags::default() })
+            .unwrap_err()
+            .to_string()
+            .starts_with("--meta-iters 0: config key `meta_iters` is 0"));
+    }
+
     #[test]
     fn unknown_or_bad_keys_are_errors() {
         let err = Config::tiny().with_overrides_str("inner_stpes = 7").unwrap_err().to_string();
@@ -856,8 +911,11 @@ mod tests {
             let err = Config::tiny().with_overrides_str(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
-        let err = Config::tiny().with_overrides_str("meta_iters_requested = 8").unwrap_err().to_string();
-        assert!(err.contains("`meta_iters_requested` is 8, expected more than `meta_iters` (8)"), "{err}");
+        // A budget-shortened run's config.toml with `meta_iters` edited up to the count asked
+        // for is a run of that length.
+        let stored = |line: &str| Config::from_toml(&format!("{line}\n{}", Config::tiny().to_toml().unwrap())).unwrap();
+        assert_eq!(stored("meta_iters_requested = 8").meta_iters_requested, None);
+        assert_eq!(stored("meta_iters_requested = 9").meta_iters_requested, Some(9));
         let err =
             Config::tiny().with_overrides_str("teacher = \"pixels\"\ncurriculum = \"none\"").unwrap_err().to_string();
         assert!(err.contains("`curriculum` is \"none\" (fresh noise each step) with `teacher = \"pixels\"`"), "{err}");

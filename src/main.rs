@@ -308,13 +308,15 @@ struct TrainArgs {
     /// preset's or --config's).
     #[arg(long, conflicts_with = "resume", value_parser = parse_seed)]
     seed: Option<u64>,
-    /// Folder with the dataset's files (default: the config's `data_dir`, else data/<dataset>;
-    /// CIFAR-10: $GTN_CIFAR10_DIR, else data/cifar10). Allowed with --resume: it does not change
-    /// the result.
+    /// Folder with the dataset's files (default: a continued run's own; else the config's
+    /// `data_dir`, a relative one taken from the current folder, not the file's; else
+    /// data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR, else data/cifar10). Allowed with --resume: it
+    /// does not change the result.
     #[arg(long, alias = "cifar-dir")]
     data_dir: Option<PathBuf>,
     /// Gradient checkpointing: keep the learner state every k inner steps (0, or k >= T: off,
-    /// the whole unroll kept). Allowed with --resume: the meta-gradient is the same.
+    /// the whole unroll kept; default: a continued run's own, else the preset's or --config's).
+    /// Allowed with --resume: the meta-gradient is the same.
     #[arg(long, value_parser = parse_count)]
     checkpoint_every: Option<usize>,
     /// Meta-training time budget: the first meta-iteration's time (after a discarded warm-up
@@ -433,7 +435,8 @@ struct CompareArgs {
     #[arg(long, value_parser = parse_minutes)]
     budget_minutes: Option<Duration>,
     /// Gradient checkpointing: keep the learner state every k inner steps (0, or k >= T: off,
-    /// the whole unroll kept); same result, a fraction of the memory.
+    /// the whole unroll kept; default: a stored teacher's own, else the preset's or --config's);
+    /// same result, a fraction of the memory.
     #[arg(long, value_parser = parse_count)]
     checkpoint_every: Option<usize>,
     /// Fresh learners per curve (the same initial weights for every method).
@@ -742,14 +745,16 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
-            let config = Config::from_preset(&args.preset, args.config.as_deref())?.with_flags(&Flags {
+            let flags = Flags {
+                config: args.config.as_deref(),
                 learner: args.learner,
                 inner_steps: args.steps,
                 checkpoint_every: args.checkpoint_every,
                 data_dir: args.data_dir.as_deref(),
                 ..Flags::default()
-            })?;
-            config.check_new_run(args.config.as_deref())?;
+            };
+            let config = Config::from_flags(&args.preset, &flags)?;
+            config.check_new_run(&flags)?;
             let report =
                 gtn::bench::run(&config, args.meta_iters as usize, device, !args.no_winograd, args.profile.as_deref())?;
             if args.json {

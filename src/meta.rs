@@ -36,6 +36,13 @@ pub struct RunSettings {
 }
 
 impl RunSettings {
+    /// The settings given as `--data-dir` and `--checkpoint-every`.
+    pub fn from_flags(data_dir: Option<&Path>, checkpoint_every: Option<usize>) -> Result<RunSettings> {
+        // Made absolute, so eval and later resumes find the data from any folder.
+        let data_dir = data_dir.map(|dir| crate::config::absolute(dir, "--data-dir")).transpose()?;
+        Ok(RunSettings { data_dir, checkpoint_every })
+    }
+
     fn apply(&self, config: &mut Config) {
         config.data_dir = self.data_dir.clone().or(config.data_dir.take());
         config.checkpoint_every = self.checkpoint_every.unwrap_or(config.checkpoint_every);
@@ -122,14 +129,16 @@ impl Trainer {
 
     /// Starts a run of `config` in `dir`, or continues the one already there if it was started
     /// with the same config, so a repeated command picks up where it stopped. Settings that do
-    /// not change the result (where the data lives, gradient checkpointing) are taken from
-    /// `config`. With `budgeted`, a stored run whose time budget lowered its meta-iterations
-    /// from `config`'s is the same run. Any other difference is an error that names the keys
-    /// (and, given `resume_command`, says how to continue the stored run instead).
+    /// not change the result (where the data lives, gradient checkpointing) are the stored
+    /// run's, but for those `settings` (the command's flags) give. With `budgeted`, a stored run
+    /// whose time budget lowered its meta-iterations from `config`'s is the same run. Any other
+    /// difference is an error that names the keys (and, given `resume_command`, says how to
+    /// continue the stored run instead).
     pub fn open(
         config: &Config,
         dir: &Path,
         device: Device,
+        settings: &RunSettings,
         budgeted: bool,
         resume_command: Option<&str>,
     ) -> Result<Trainer> {
@@ -147,9 +156,7 @@ impl Trainer {
         // have been edited in keys its checkpoint refuses).
         let resumable = || checkpoint::never_saved(dir) || checkpoint::load(dir, device).is_ok();
         crate::config::same_run(dir, stored, &comparable(config), || resume_command.filter(|_| resumable()))?;
-        let settings =
-            RunSettings { data_dir: config.data_dir.clone(), checkpoint_every: Some(config.checkpoint_every) };
-        Trainer::resume(dir, device, &settings)
+        Trainer::resume(dir, device, settings)
     }
 
     /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
@@ -166,7 +173,8 @@ impl Trainer {
         settings.apply(&mut teacher.config);
         let data = load_data(&teacher.config, device)?;
         checkpoint::check_data(saved, &data, &teacher.config.data_dir(), &format!("in {}", dir.display()))?;
-        // Older checkpoints record no data sizes: a slice given as --data-dir is caught here.
+        // Older checkpoints record no data sizes: a slice given as --data-dir too small for the
+        // meta-batch is caught here.
         check_meta_batch(&teacher.config, &data)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), LOG_HEADER, iteration)?;
         if let Some(warning) = lr_jump_warning(dir, &teacher.config, iteration) {
@@ -186,6 +194,11 @@ impl Trainer {
 
     pub fn config(&self) -> &Config {
         &self.teacher.config
+    }
+
+    /// The dataset meta-training reads (its split into training and validation images).
+    pub fn data(&self) -> &Dataset {
+        &self.data
     }
 
     /// What meta-iteration `iteration` draws: its learner and initial parameters, its real
@@ -278,18 +291,29 @@ impl Trainer {
         })
     }
 
-    /// When a time budget given at the start shortened this run below the meta-iterations asked
-    /// for, what a later, larger budget does not change (a run keeps its length, so its cosine
-    /// decay completes): for a repeated budgeted command that continues or reuses the run.
+    /// Whether [`Trainer::run`] would size this run to a time budget: only before its first
+    /// meta-iteration, and once.
+    fn sizes_to_a_budget(&self) -> bool {
+        self.iteration == 0 && self.config().meta_iters_requested.is_none()
+    }
+
+    /// What a time budget given now does not change, for a budgeted command that continues or
+    /// reuses this run: a run keeps its length (so its cosine decay completes), whether a budget
+    /// given when it started shortened it or it is under way. None if the budget sizes it.
     pub fn budget_note(&self) -> Option<String> {
-        let c = self.config();
-        c.meta_iters_requested.filter(|&asked| asked > c.meta_iters).map(|asked| {
-            format!(
-                "{}: {} of the {asked} meta-iterations asked for, as the time budget given when the run started chose; the budget given now does not change a run's length (remove the folder, or use another --out, to train under a new one)",
-                self.dir.display(),
+        let (c, dir) = (self.config(), self.dir.display());
+        let unchanged = "the budget given now does not change a run's length (remove the folder, or use another --out, to train under a new one)";
+        match c.meta_iters_requested {
+            Some(asked) => Some(format!(
+                "{dir}: {} of the {asked} meta-iterations asked for, as a time budget given when the run started chose; {unchanged}",
                 c.meta_iters
-            )
-        })
+            )),
+            None if !self.sizes_to_a_budget() => Some(format!(
+                "{dir}: a run of {}, begun already; {unchanged}",
+                crate::text::count(c.meta_iters, "meta-iteration")
+            )),
+            None => None,
+        }
     }
 
     /// Replaces the advice of a diverged run's error, for callers whose runs are not resumed with
@@ -345,7 +369,7 @@ impl Trainer {
         let bar = Progress::new(total, self.iteration, progress, LOG_HEADER);
         // Once per run: a run resumed at iteration 0 (stopped before its first save) keeps the
         // length its budget chose, and the count asked for.
-        let fresh = self.iteration == 0 && self.config().meta_iters_requested.is_none();
+        let fresh = self.sizes_to_a_budget();
         let mut sizing = budget.filter(|_| fresh).map(|budget| {
             // The first meta-gradient pays one-off costs (allocations, kernel set-up; 1.4x a
             // later iteration's time at the cpu preset, 15x at the tiny one): timing a discarded
@@ -648,7 +672,7 @@ pub const DIVERGED_AS_INITIALISED: &str = "the teacher as initialised diverges, 
 /// What a new run's config must also hold: [`Config::check_new_run`], and a meta-loss batch
 /// the training images can fill.
 fn check_fits_data(config: &Config, data: &Dataset) -> Result<()> {
-    config.check_new_run(None)?;
+    config.check_new_run(&Flags::default())?;
     check_meta_batch(config, data)
 }
 
@@ -697,10 +721,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             if let Some((flag, _)) = new_run_only.iter().find(|(_, given)| *given) {
                 bail!("{flag} with --resume: a resumed run keeps its own config; expected one or the other");
             }
-            // Made absolute, so eval and later resumes find the data from any folder.
-            let data_dir =
-                options.data_dir.as_deref().map(|dir| crate::config::absolute(dir, "--data-dir")).transpose()?;
-            let settings = RunSettings { data_dir, checkpoint_every: options.checkpoint_every };
+            let settings = RunSettings::from_flags(options.data_dir.as_deref(), options.checkpoint_every)?;
             let stored = checkpoint::read_config(dir)?;
             if let Some(wanted) = options.teacher.filter(|&k| k != stored.teacher) {
                 bail!(
@@ -710,15 +731,14 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
                     crate::text::shell_word(dir)
                 );
             }
-            if options.before_last_update {
-                check_before_last_update(options, &stored)?;
-            }
+            check_before_last_update(options, &stored)?;
             let t = Trainer::resume(dir, device, &settings)?;
             crate::progress::announce_resumed(dir, t.iteration, t.config().meta_iters, "meta-iteration");
             t
         }
         (None, Some(out)) => {
-            let config = Config::from_preset(&options.preset, options.config.as_deref())?.with_flags(&Flags {
+            let flags = Flags {
+                config: options.config.as_deref(),
                 teacher: options.teacher,
                 dataset: options.dataset,
                 meta_iters: options.meta_iters,
@@ -726,14 +746,17 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
                 checkpoint_every: options.checkpoint_every,
                 data_dir: options.data_dir.as_deref(),
                 ..Flags::default()
-            })?;
-            // Here, not only in `Trainer::create`, to name the --config file; a stored run is not
-            // held to checks newer than it.
+            };
+            let config = Config::from_flags(&options.preset, &flags)?;
+            // Here, not only in `Trainer::create`, to name the --config file and flags; a stored
+            // run is not held to checks newer than it.
             if !checkpoint::holds_run(out) {
-                config.check_new_run(options.config.as_deref())?;
+                config.check_new_run(&flags)?;
             }
             check_before_last_update(options, &config)?;
-            let t = Trainer::open(&config, out, device, options.budget.is_some(), Some(checkpoint::IMAGE_RUN))?;
+            let settings = RunSettings::from_flags(options.data_dir.as_deref(), options.checkpoint_every)?;
+            let t =
+                Trainer::open(&config, out, device, &settings, options.budget.is_some(), Some(checkpoint::IMAGE_RUN))?;
             crate::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
             if let Some(note) = t.budget_note().filter(|_| options.budget.is_some()) {
                 crate::outln!("{note}");
@@ -766,9 +789,8 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
         crate::outln!("meta-training done in {minutes:.1} min; checkpoint in {}", dir.display());
     }
     if options.eval_learners > 0 {
-        let data = load_data(&c, device)?;
         let cohort = crate::eval::Cohort {
-            data: &data,
+            data: trainer.data(),
             kind: c.learner,
             bn_eval: c.bn_eval,
             before_last_update: options.before_last_update,
@@ -854,12 +876,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("afile");
         std::fs::write(&file, b"x").unwrap();
-        let err = Trainer::open(&fixture_config(), &file, Device::Cpu, false, None).err().unwrap().to_string();
+        let err = open(&fixture_config(), &file, false, None).err().unwrap().to_string();
         assert_eq!(err, format!("{}: is a file; expected a folder (--out)", file.display()));
         let config = Config { data_dir: Some(file.clone()), ..fixture_config() };
         let err = load_data(&config, Device::Cpu).unwrap_err().to_string();
         assert_eq!(err, format!("{}: is a file; expected a folder (--data-dir)", file.display()));
         assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    }
+
+    /// [`Trainer::open`] on the CPU, without session settings.
+    fn open(config: &Config, dir: &Path, budgeted: bool, resume_command: Option<&str>) -> Result<Trainer> {
+        Trainer::open(config, dir, Device::Cpu, &RunSettings::default(), budgeted, resume_command)
     }
 
     fn fixture_config() -> Config {
@@ -1248,7 +1275,7 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let theirs = other.path().join(checkpoint::CONFIG_FILE);
         std::fs::write(&theirs, "[server]\nport = 8080\n").unwrap();
-        let err = Trainer::open(&fixture_config(), other.path(), Device::Cpu, false, None).err().unwrap().to_string();
+        let err = open(&fixture_config(), other.path(), false, None).err().unwrap().to_string();
         assert!(
             err.contains("config.toml: not a config this command reads (line 1, key `server`: unknown field"),
             "{err}"
@@ -1266,7 +1293,7 @@ mod tests {
         assert_eq!((resumed.iteration, resumed.config()), (0, &other), "--resume starts it as configured");
         drop(resumed);
         std::fs::remove_file(checkpoint::checkpoint_path(dir.path())).unwrap();
-        let trainer = Trainer::open(&fixture_config(), dir.path(), Device::Cpu, false, Some("gtn train")).unwrap();
+        let trainer = open(&fixture_config(), dir.path(), false, Some("gtn train")).unwrap();
         assert_eq!(trainer.iteration, 0);
         assert_eq!(checkpoint::read_config(dir.path()).unwrap(), fixture_config());
         assert!(checkpoint::checkpoint_path(dir.path()).is_file());
@@ -1281,10 +1308,7 @@ mod tests {
         std::fs::remove_file(checkpoint::checkpoint_path(dir.path())).unwrap();
         let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         for (err, says) in [
-            (
-                Trainer::open(&fixture_config(), dir.path(), Device::Cpu, false, None).err(),
-                "checkpoint.safetensors: missing",
-            ),
+            (open(&fixture_config(), dir.path(), false, None).err(), "checkpoint.safetensors: missing"),
             (
                 Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).err(),
                 "checkpoint.safetensors: missing",
@@ -1301,24 +1325,24 @@ mod tests {
     fn open_continues_the_same_run_and_names_what_differs_in_another() {
         let dir = tempfile::tempdir().unwrap();
         let config = fixture_config();
-        let mut first = Trainer::open(&config, dir.path(), Device::Cpu, false, Some("gtn train")).unwrap();
+        let mut first = open(&config, dir.path(), false, Some("gtn train")).unwrap();
         first.step().unwrap();
         first.save().unwrap();
         drop(first);
-        let again = Trainer::open(
-            &Config { checkpoint_every: 2, ..config.clone() },
-            dir.path(),
-            Device::Cpu,
-            false,
-            Some("gtn train"),
-        );
-        let again = again.unwrap();
+        // The session's settings are the flags': a config's (a preset's) leave the run's own.
+        let preset = Config { checkpoint_every: 2, ..config.clone() };
+        let again = open(&preset, dir.path(), false, None).unwrap();
+        assert_eq!((again.iteration, again.config().checkpoint_every), (1, config.checkpoint_every));
+        drop(again);
+        let flag = RunSettings { data_dir: None, checkpoint_every: Some(2) };
+        let again = Trainer::open(&config, dir.path(), Device::Cpu, &flag, false, Some("gtn train")).unwrap();
         assert_eq!((again.iteration, again.config().checkpoint_every), (1, 2));
+        drop(again);
         let longer = Config { meta_iters: config.meta_iters + 5, ..config.clone() };
-        let err = Trainer::open(&longer, dir.path(), Device::Cpu, false, Some("gtn train")).err().unwrap().to_string();
+        let err = open(&longer, dir.path(), false, Some("gtn train")).err().unwrap().to_string();
         let expected = format!("(meta_iters {} there, {} here)", config.meta_iters, longer.meta_iters);
         assert!(err.contains(&expected) && err.contains("continue it with `gtn train --resume"), "{err}");
-        let err = Trainer::open(&longer, dir.path(), Device::Cpu, true, None).err().unwrap().to_string();
+        let err = open(&longer, dir.path(), true, None).err().unwrap().to_string();
         assert!(err.contains(&expected), "a budget does not make a shorter run without one the same: {err}");
     }
 
@@ -1342,21 +1366,29 @@ mod tests {
     fn a_budgeted_command_repeated_continues_the_run_its_budget_shortened() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config { meta_iters: 6, ..fixture_config() };
-        let mut first = Trainer::open(&config, dir.path(), Device::Cpu, true, Some("gtn train")).unwrap();
+        let mut first = open(&config, dir.path(), true, Some("gtn train")).unwrap();
         assert_eq!(first.budget_note(), None, "not before the budget chose");
         first.run(false, Some(Duration::from_nanos(1))).unwrap();
         let stored = checkpoint::read_config(dir.path()).unwrap();
         assert_eq!((stored.meta_iters, stored.meta_iters_requested), (1, Some(6)));
         drop(first);
-        let again = Trainer::open(&config, dir.path(), Device::Cpu, true, Some("gtn train")).unwrap();
+        let again = open(&config, dir.path(), true, Some("gtn train")).unwrap();
         assert_eq!((again.iteration, again.config().meta_iters), (1, 1));
         let note = again.budget_note().unwrap();
-        assert!(note.ends_with(": 1 of the 6 meta-iterations asked for, as the time budget given when the run started chose; the budget given now does not change a run's length (remove the folder, or use another --out, to train under a new one)"), "{note}");
+        assert!(note.ends_with(": 1 of the 6 meta-iterations asked for, as a time budget given when the run started chose; the budget given now does not change a run's length (remove the folder, or use another --out, to train under a new one)"), "{note}");
         let other = Config { meta_iters: 7, ..config.clone() };
-        let err = Trainer::open(&other, dir.path(), Device::Cpu, true, None).err().unwrap().to_string();
+        let err = open(&other, dir.path(), true, None).err().unwrap().to_string();
         assert!(err.contains("(meta_iters 6 there, 7 here)"), "{err}");
-        let err = Trainer::open(&config, dir.path(), Device::Cpu, false, None).err().unwrap().to_string();
+        let err = open(&config, dir.path(), false, None).err().unwrap().to_string();
         assert!(err.contains("(meta_iters 1 there, 6 here)"), "without a budget the run is 1 iteration long: {err}");
+        drop(again);
+        // Lengthened to the count asked for, as that error advises: no longer shortened.
+        let stored = checkpoint::read_config(dir.path()).unwrap();
+        checkpoint::write_config(dir.path(), &Config { meta_iters: 6, ..stored }).unwrap();
+        let lengthened = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).unwrap();
+        assert_eq!((lengthened.config().meta_iters, lengthened.config().meta_iters_requested), (6, None));
+        let note = lengthened.budget_note().unwrap();
+        assert!(note.ends_with(": a run of 6 meta-iterations, begun already; the budget given now does not change a run's length (remove the folder, or use another --out, to train under a new one)"), "{note}");
     }
 
     #[test]
@@ -1367,7 +1399,7 @@ mod tests {
         let config = Config { meta_iters: 6, ..fixture_config() };
         let shortened = Config { meta_iters: 3, meta_iters_requested: Some(6), ..config.clone() };
         Trainer::create(&shortened, dir.path(), Device::Cpu).unwrap();
-        let mut again = Trainer::open(&config, dir.path(), Device::Cpu, true, None).unwrap();
+        let mut again = open(&config, dir.path(), true, None).unwrap();
         again.run(false, Some(Duration::from_nanos(1))).unwrap();
         let stored = checkpoint::read_config(dir.path()).unwrap();
         assert_eq!((again.iteration, stored.meta_iters, stored.meta_iters_requested), (3, 3, Some(6)));
@@ -1380,8 +1412,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config { meta_iters: 6, ..fixture_config() };
         drop(Trainer::create(&config, dir.path(), Device::Cpu).unwrap());
-        let session = Config { checkpoint_every: 2, ..config.clone() };
-        let mut again = Trainer::open(&session, dir.path(), Device::Cpu, true, None).unwrap();
+        let session = RunSettings { data_dir: None, checkpoint_every: Some(2) };
+        let mut again = Trainer::open(&config, dir.path(), Device::Cpu, &session, true, None).unwrap();
         again.run(false, Some(Duration::from_nanos(1))).unwrap();
         let stored = checkpoint::read_config(dir.path()).unwrap();
         assert_eq!(stored, Config { meta_iters: 1, meta_iters_requested: Some(6), ..config });
@@ -1399,7 +1431,7 @@ mod tests {
         let busy = format!("{}: another gtn process is training in this folder", run.display());
         let err = Trainer::resume(&run, Device::Cpu, &settings).err().expect("refused").to_string();
         assert_eq!(err, format!("{busy}; wait for it to end (a new run can take another --out)"));
-        let err = Trainer::open(&fixture_config(), &run, Device::Cpu, false, None).err().expect("refused").to_string();
+        let err = open(&fixture_config(), &run, false, None).err().expect("refused").to_string();
         assert!(err.starts_with(&busy), "{err}");
         drop(first);
         assert_eq!(Trainer::resume(&run, Device::Cpu, &settings).unwrap().iteration, 0);

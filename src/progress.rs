@@ -137,7 +137,8 @@ pub fn append_row(log: &Path, row: &str) -> Result<()> {
 /// complete rows of the steps before it stay, anything a crash or a later step left goes (a
 /// header torn or lost is written again). A missing log becomes the header alone; an unreadable
 /// one is an error, never overwritten; one with another header (columns of another gtn version)
-/// is kept beside it, renamed, and a new log starts. Rows lost are warned of.
+/// is kept beside it, renamed, and a new log starts. Rows lost are warned of (those just before
+/// `done`: a log cut short).
 pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
     if let Some(warning) = rewrite_log(log, header, done)? {
         tracing::warn!("{warning}");
@@ -181,7 +182,22 @@ fn rewrite_log(log: &Path, header: &str, done: usize) -> Result<Option<String>> 
         line.split(',').count() == columns
             && line.split(',').next().and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i < done)
     };
-    let kept: Vec<&str> = std::iter::once(header).chain(text.lines().filter(|l| complete_row_before(l))).collect();
+    let rows: Vec<&str> = text.lines().filter(|l| complete_row_before(l)).collect();
+    // The rows before a checkpoint were written before it: ones missing just before it were
+    // lost since (a log cut short); older gaps were warned of when they were made.
+    let last = rows.iter().filter_map(|l| l.split(',').next()?.parse::<usize>().ok()).max();
+    let from = last.map_or(0, |l| l + 1);
+    if warning.is_none() && from < done {
+        let missing = match done - 1 {
+            last if last == from => format!("row {from} is"),
+            last => format!("rows {from} to {last} are"),
+        };
+        warning = Some(format!(
+            "{}: {missing} missing (the checkpoint is at {done}); the time they logged is not counted",
+            log.display()
+        ));
+    }
+    let kept: Vec<&str> = std::iter::once(header).chain(rows).collect();
     crate::atomic::write(log, format!("{}\n", kept.join("\n")).as_bytes())?;
     Ok(warning)
 }
@@ -236,7 +252,20 @@ mod tests {
             "{warning}"
         );
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n");
-        assert_eq!(rewrite_log(&log, "step,loss", 3).unwrap(), None, "present again");
+        std::fs::write(&log, "step,loss\n3,1.5\n4,1.4\n").unwrap();
+        assert_eq!(rewrite_log(&log, "step,loss", 5).unwrap(), None, "a gap warned of when it was made");
+        std::fs::write(&log, "step,loss\n0,2.5\n1").unwrap();
+        let warning = rewrite_log(&log, "step,loss", 3).unwrap().unwrap();
+        assert!(
+            warning.ends_with(
+                "log.csv: rows 1 to 2 are missing (the checkpoint is at 3); the time they logged is not counted"
+            ),
+            "{warning}"
+        );
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n0,2.5\n");
+        let warning = rewrite_log(&log, "step,loss", 2).unwrap().unwrap();
+        assert!(warning
+            .ends_with("log.csv: row 1 is missing (the checkpoint is at 2); the time they logged is not counted"));
         std::fs::write(&log, "step,loss,acc\n0,2.5,0.1\n").unwrap();
         let warning = rewrite_log(&log, "step,loss", 3).unwrap().unwrap();
         assert!(

@@ -747,7 +747,7 @@ mod tests {
         };
         let rl_run = named(&rl, RL_RUN, "gtn rl eval", IMAGE_RUN);
         assert_eq!(ck::load(&rl, Device::Cpu).err().unwrap().to_string(), rl_run);
-        let opened = crate::meta::Trainer::open(&config, &rl, Device::Cpu, false, Some(IMAGE_RUN));
+        let opened = crate::meta::Trainer::open(&config, &rl, Device::Cpu, &Default::default(), false, Some(IMAGE_RUN));
         assert_eq!(opened.err().unwrap().to_string(), rl_run);
         let image_run = named(&image, IMAGE_RUN, "gtn eval", RL_RUN);
         assert_eq!(read_config(&image).unwrap_err().to_string(), image_run);
