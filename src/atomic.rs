@@ -30,18 +30,10 @@ pub fn lock_exclusive(file: &std::fs::File, path: &Path, busy: &str) -> Result<b
 /// Creates or replaces `path` with whatever `write` puts at the temporary path it is given; its
 /// errors should name `path`, as the temporary file is removed when they return.
 pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = check_folder_of(path)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // Named here: the temporary file's errors would name its own path, gone once they return.
     let (shown, folder) = (path.display(), parent.display());
-    match std::fs::metadata(parent) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => bail!("{shown}: {folder} is a file; expected a path in a folder"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("{shown}: folder {folder} does not exist; expected a path in an existing folder")
-        }
-        Err(e) => bail!("{shown}: cannot reach folder {folder}: {e}"),
-    }
     let prefix = format!(".{name}.tmp-");
     if !name.is_empty() {
         remove_leftovers(parent, &prefix);
@@ -75,6 +67,21 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+/// The folder `path` would be written in (`.` for a bare name), an error unless it is one: for
+/// a command to refuse an output before its work rather than after.
+pub fn check_folder_of(path: &Path) -> Result<&Path> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (shown, folder) = (path.display(), parent.display());
+    match std::fs::metadata(parent) {
+        Ok(meta) if meta.is_dir() => Ok(parent),
+        Ok(_) => bail!("{shown}: {folder} is a file; expected a path in a folder"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{shown}: folder {folder} does not exist; expected a path in an existing folder")
+        }
+        Err(e) => bail!("{shown}: cannot reach folder {folder}: {e}"),
+    }
 }
 
 /// `tempfile`'s error without the temporary file's path it appends (a file never made): its

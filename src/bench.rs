@@ -229,10 +229,7 @@ pub fn run(
 ) -> Result<BenchReport> {
     if let Some(trace) = profile {
         // Before the timed steps, not after them.
-        let folder = trace.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !folder.is_dir() {
-            bail!("--profile {}: folder {} does not exist", trace.display(), folder.display());
-        }
+        let folder = crate::atomic::check_folder_of(trace).map_err(|e| anyhow::anyhow!("--profile {e}"))?;
         if trace.is_dir() {
             bail!("--profile {}: is a folder, expected the path of the trace file to write", trace.display());
         }

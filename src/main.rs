@@ -856,6 +856,10 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
         NasCommand::Score { proxy, steps, common } => nas_score(common, proxy, steps, device),
         NasCommand::Truth { steps, common } => nas_score(common, nas::score::Proxy::Real, steps, device),
         NasCommand::Report { proxy, truth, plot, markdown, json } => {
+            // Before the report: an output that cannot be written must not wait for the table.
+            for path in plot.iter().chain(&markdown) {
+                gtn::atomic::check_folder_of(path)?;
+            }
             let files: Vec<&std::path::Path> = proxy.iter().map(PathBuf::as_path).collect();
             let (rows, table) = nas::report::report(&files, &truth)?;
             if let Some(path) = &markdown {

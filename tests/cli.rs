@@ -673,6 +673,11 @@ fn nas_score_truth_merge_report() {
     // The table written over a results file given beside it is refused by its name.
     let err = error_line(&gtn(&["nas", "report", "--proxy", &real, "--truth", &truth, "--markdown", &truth]));
     assert!(err.contains("gtn writes the table as markdown; expected a path ending in .md"), "{err}");
+    // An output into a missing folder is refused before the table, not after it.
+    let nowhere = p("missing/corr.png");
+    let refused = gtn(&["nas", "report", "--proxy", &real, "--truth", &truth, "--plot", &nowhere]);
+    assert!(error_line(&refused).ends_with("missing does not exist; expected a path in an existing folder"));
+    assert!(refused.stdout.is_empty(), "{}", String::from_utf8_lossy(&refused.stdout));
     let err =
         error_line(&gtn(&["nas", "score", "--proxy", &teacher, "--steps", "9", "--sample", "1", "--out", &p("x")]));
     assert!(err.contains("trained for 4 inner steps"), "{err}");
