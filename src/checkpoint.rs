@@ -53,8 +53,10 @@ pub struct RunLock {
 
 /// Locks the run folder `dir`, which must exist, for this process.
 pub fn lock_run(dir: &Path) -> Result<RunLock> {
-    let folder = std::fs::File::open(dir)
-        .with_context(|| format!("{}: cannot open; is it a gtn training folder?", dir.display()))?;
+    let folder = std::fs::File::open(dir).map_err(|e| match dir.exists() {
+        false => anyhow::anyhow!("{}: no such folder; expected a gtn training folder", dir.display()),
+        true => anyhow::anyhow!("{}: cannot open: {e}", dir.display()),
+    })?;
     // Said for `--out` and `--resume` alike: only a new run has somewhere else to go.
     let busy = "another gtn process is training in this folder; wait for it to end (a new run can take another --out)";
     if crate::atomic::lock_exclusive(&folder, dir, busy)? {
@@ -299,13 +301,25 @@ fn run_command_of(text: &str) -> Option<&'static str> {
 
 pub fn read_config(dir: &Path) -> Result<Config> {
     crate::config::check_not_a_file(dir, "a `gtn train` run's")?;
-    let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read; is {} a gtn training folder?", path.display(), dir.display()))?;
+    let (path, text) = read_config_text(dir, "a gtn training folder")?;
     Config::from_toml(&text).map_err(|e| match other_kind_of_run(dir, &text, IMAGE_RUN) {
         Some(other) => other.into(),
         None => anyhow::anyhow!("{}: {e}", path.display()),
     })
+}
+
+/// The path and text of the run folder `dir`'s config.toml; errors say when `dir`, expected to
+/// be `what`, is no folder or holds none.
+pub fn read_config_text(dir: &Path, what: &str) -> Result<(PathBuf, String)> {
+    let path = dir.join(CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((path, text)),
+        Err(_) if !dir.exists() => bail!("{}: no such folder; expected {what}", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{}: holds no {CONFIG_FILE}; expected {what}", dir.display())
+        }
+        Err(e) => bail!("{}: cannot read: {e}", path.display()),
+    }
 }
 
 /// Saves the run in `dir`; returns the checkpoint's sha256, what identifies a teacher beyond its
@@ -437,7 +451,7 @@ pub fn check_data(saved: Option<[i64; 3]>, data: &crate::data::Dataset, data_dir
     let words = |[train, valid, test]: [i64; 3]| format!("{train} training, {valid} validation and {test} test images");
     match saved {
         Some(saved) if saved != data.sizes() => bail!(
-            "{}: holds {} of {}; the run {run} was meta-trained on {}; expected its data (--data-dir)",
+            "{}: holds {} of {}; the run {run} was meta-trained on {}; expected its data (--data-dir, or the run's `data_dir` in its config.toml)",
             data_dir.display(),
             words(data.sizes()),
             data.name.as_str(),

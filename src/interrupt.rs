@@ -160,9 +160,9 @@ fn on_signal(signal: i32) {
         (Some(unit), true) => {
             // Short enough for one line of an 80-column terminal.
             let (name, again) = match signal {
-                SIGINT => ("stopping", "Ctrl-C again: back to last save"),
-                SIGTERM => ("SIGTERM: stopping", "again: back to last save"),
-                _ => ("SIGHUP: stopping", "again: back to last save"),
+                SIGINT => ("stopping", "Ctrl-C again: quit now"),
+                SIGTERM => ("SIGTERM: stopping", "again: quit now"),
+                _ => ("SIGHUP: stopping", "again: quit now"),
             };
             let notice = format!("{name} after this {} to save it; {again}", unit.name());
             // From a thread of its own: a terminal or pipe nobody reads would block this one,

@@ -151,11 +151,31 @@ impl Trainer {
             meta_iters_requested: None,
             ..c.without_session_settings()
         };
-        let stored = checkpoint::read_config(dir).map(|s| comparable(&s));
+        let stored = checkpoint::read_config(dir);
         // Continuing the stored run is advised only where it would load (its config.toml may
         // have been edited in keys its checkpoint refuses).
         let resumable = || checkpoint::never_saved(dir) || checkpoint::load(dir, device).is_ok();
-        crate::config::same_run(dir, stored, &comparable(config), || resume_command.filter(|_| resumable()))?;
+        let resume_command = || resume_command.filter(|_| resumable());
+        // This run but for the time budget that cut it, which the command leaves out.
+        let cut = match &stored {
+            Ok(stored) if !budgeted && stored.meta_iters_requested == Some(config.meta_iters) => {
+                comparable(&Config { meta_iters: stored.meta_iters, ..config.clone() }) == comparable(stored)
+            }
+            _ => false,
+        };
+        if cut {
+            let stored = stored?;
+            let asked = config.meta_iters;
+            let resume = resume_command().map(|c| format!(", or `{c} --resume {}`", crate::text::shell_word(dir)));
+            bail!(
+                "{}: holds this run, cut by the time budget it started with to {} of the {asked} asked for; continue it with that --budget-minutes{}; to run all {asked}, set `meta_iters = {asked}` in {} first",
+                dir.display(),
+                stored.meta_iters,
+                resume.unwrap_or_default(),
+                dir.join(checkpoint::CONFIG_FILE).display()
+            );
+        }
+        crate::config::same_run(dir, stored.map(|s| comparable(&s)), &comparable(config), resume_command)?;
         Trainer::resume(dir, device, settings)
     }
 
@@ -302,16 +322,13 @@ impl Trainer {
     /// given when it started shortened it or it is under way. None if the budget sizes it.
     pub fn budget_note(&self) -> Option<String> {
         let (c, dir) = (self.config(), self.dir.display());
-        let unchanged = "the budget given now does not change a run's length (remove the folder, or use another --out, to train under a new one)";
+        let length = crate::text::count(c.meta_iters, "meta-iteration");
+        let unchanged = "a time budget sizes a run only when it starts (remove the folder, or use another --out, to train under a new one)";
         match c.meta_iters_requested {
-            Some(asked) => Some(format!(
-                "{dir}: {} of the {asked} meta-iterations asked for, as a time budget given when the run started chose; {unchanged}",
-                c.meta_iters
-            )),
-            None if !self.sizes_to_a_budget() => Some(format!(
-                "{dir}: a run of {}, begun already; {unchanged}",
-                crate::text::count(c.meta_iters, "meta-iteration")
-            )),
+            Some(asked) => {
+                Some(format!("{dir}: a run of {length}, cut by a time budget from the {asked} asked for; {unchanged}"))
+            }
+            None if !self.sizes_to_a_budget() => Some(format!("{dir}: a run of {length}; {unchanged}")),
             None => None,
         }
     }
@@ -370,7 +387,8 @@ impl Trainer {
         // Once per run: a run resumed at iteration 0 (stopped before its first save) keeps the
         // length its budget chose, and the count asked for.
         let fresh = self.sizes_to_a_budget();
-        let mut sizing = budget.filter(|_| fresh).map(|budget| {
+        let (start, sized) = (Instant::now(), budget.filter(|_| fresh));
+        let mut sizing = sized.map(|budget| {
             // The first meta-gradient pays one-off costs (allocations, kernel set-up; 1.4x a
             // later iteration's time at the cpu preset, 15x at the tiny one): timing a discarded
             // one first lets iteration 0 stand for the rest.
@@ -422,8 +440,23 @@ impl Trainer {
             }
         }
         bar.finish();
+        if let Some(warning) = sized.and_then(|budget| overrun_warning(start.elapsed(), budget)) {
+            tracing::warn!("{warning}");
+        }
         Ok(())
     }
+}
+
+/// A warning when meta-training sized to a time `budget` took over a fifth longer: the first
+/// meta-iteration, timed to size it, stood for the rest less well than it should.
+fn overrun_warning(took: Duration, budget: Duration) -> Option<String> {
+    (took.as_secs_f64() > 1.2 * budget.as_secs_f64()).then(|| {
+        format!(
+            "time budget: meta-training took {:.1} min of the {:.1} budgeted; its later meta-iterations were slower than the first, which sized it",
+            took.as_secs_f64() / 60.0,
+            budget.as_secs_f64() / 60.0
+        )
+    })
 }
 
 /// A warning when the outer lr of meta-iteration `iteration` under `config` is above the one
@@ -769,8 +802,13 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
     let c = trainer.config().clone();
     // Not for a complete run, which the line above said is complete: nothing trains.
     if trainer.iteration < c.meta_iters {
+        // This session's unroll: a continued run's own setting, or the flag's.
+        let unroll = match c.checkpoints_unroll() {
+            true => format!(", unroll checkpointed every {}", crate::text::count(c.checkpoint_every, "step")),
+            false => String::new(),
+        };
         crate::outln!(
-            "meta-training on {} (device {}): {} teacher, learner {}, T={} x B={}, curriculum {}, {} -> {}",
+            "meta-training on {} (device {}): {} teacher, learner {}, T={} x B={}, curriculum {}{unroll}, {} -> {}",
             c.dataset,
             crate::text::device(device),
             c.teacher,
@@ -1375,12 +1413,18 @@ mod tests {
         let again = open(&config, dir.path(), true, Some("gtn train")).unwrap();
         assert_eq!((again.iteration, again.config().meta_iters), (1, 1));
         let note = again.budget_note().unwrap();
-        assert!(note.ends_with(": 1 of the 6 meta-iterations asked for, as a time budget given when the run started chose; the budget given now does not change a run's length (remove the folder, or use another --out, to train under a new one)"), "{note}");
+        assert!(note.ends_with(": a run of 1 meta-iteration, cut by a time budget from the 6 asked for; a time budget sizes a run only when it starts (remove the folder, or use another --out, to train under a new one)"), "{note}");
         let other = Config { meta_iters: 7, ..config.clone() };
         let err = open(&other, dir.path(), true, None).err().unwrap().to_string();
         assert!(err.contains("(meta_iters 6 there, 7 here)"), "{err}");
-        let err = open(&config, dir.path(), false, None).err().unwrap().to_string();
-        assert!(err.contains("(meta_iters 1 there, 6 here)"), "without a budget the run is 1 iteration long: {err}");
+        let err = open(&config, dir.path(), false, Some("gtn train")).err().unwrap().to_string();
+        let cut = "holds this run, cut by the time budget it started with to 1 of the 6 asked for; continue it with that --budget-minutes, or `gtn train --resume ";
+        assert!(
+            err.contains(cut) && err.ends_with("config.toml first"),
+            "without a budget the run is 1 iteration long: {err}"
+        );
+        let err = open(&Config { seed: 9, ..config.clone() }, dir.path(), false, None).err().unwrap().to_string();
+        assert!(err.contains("(meta_iters 1 there, 6 here; seed 0 there, 9 here)"), "another run: {err}");
         drop(again);
         // Lengthened to the count asked for, as that error advises: no longer shortened.
         let stored = checkpoint::read_config(dir.path()).unwrap();
@@ -1388,7 +1432,15 @@ mod tests {
         let lengthened = Trainer::resume(dir.path(), Device::Cpu, &RunSettings::default()).unwrap();
         assert_eq!((lengthened.config().meta_iters, lengthened.config().meta_iters_requested), (6, None));
         let note = lengthened.budget_note().unwrap();
-        assert!(note.ends_with(": a run of 6 meta-iterations, begun already; the budget given now does not change a run's length (remove the folder, or use another --out, to train under a new one)"), "{note}");
+        assert!(note.ends_with(": a run of 6 meta-iterations; a time budget sizes a run only when it starts (remove the folder, or use another --out, to train under a new one)"), "{note}");
+    }
+
+    #[test]
+    fn a_budget_overrun_by_over_a_fifth_is_warned_of() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(overrun_warning(minute.mul_f64(1.1), minute), None);
+        let warning = overrun_warning(minute.mul_f64(1.5), minute).unwrap();
+        assert!(warning.starts_with("time budget: meta-training took 1.5 min of the 1.0 budgeted;"), "{warning}");
     }
 
     #[test]
@@ -1436,7 +1488,7 @@ mod tests {
         drop(first);
         assert_eq!(Trainer::resume(&run, Device::Cpu, &settings).unwrap().iteration, 0);
         let err = Trainer::resume(&dir.path().join("none"), Device::Cpu, &settings).err().unwrap().to_string();
-        assert!(err.contains("none: cannot open; is it a gtn training folder?"), "{err}");
+        assert!(err.ends_with("none: no such folder; expected a gtn training folder"), "{err}");
     }
 
     /// A run resumed on other data (here the fixture cut to 300 training images, which redraws
@@ -1465,7 +1517,7 @@ mod tests {
                 && err.contains("was meta-trained on 400 training, 112 validation and "),
             "{err}"
         );
-        assert!(err.ends_with("expected its data (--data-dir)"), "{err}");
+        assert!(err.ends_with("expected its data (--data-dir, or the run's `data_dir` in its config.toml)"), "{err}");
         assert_eq!(resume(&copy).unwrap().iteration, 0);
         // A checkpoint of a build before data sizes were recorded: a slice too small for the
         // meta-batch is still refused in one line (a batch is drawn without replacement).
@@ -1662,6 +1714,9 @@ mod tests {
         let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("checkpoint.safetensors: corrupt or not a safetensors file"), "{err}");
         let err = checkpoint::load(&dir.path().join("nope"), Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("config.toml: cannot read; is"), "{err}");
+        assert!(err.ends_with("nope: no such folder; expected a gtn training folder"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        let err = checkpoint::load(empty.path(), Device::Cpu).unwrap_err().to_string();
+        assert!(err.ends_with("holds no config.toml; expected a gtn training folder"), "{err}");
     }
 }

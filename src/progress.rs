@@ -188,12 +188,12 @@ fn rewrite_log(log: &Path, header: &str, done: usize) -> Result<Option<String>> 
     let last = rows.iter().filter_map(|l| l.split(',').next()?.parse::<usize>().ok()).max();
     let from = last.map_or(0, |l| l + 1);
     if warning.is_none() && from < done {
-        let missing = match done - 1 {
-            last if last == from => format!("row {from} is"),
-            last => format!("rows {from} to {last} are"),
+        let (missing, them) = match done - 1 {
+            last if last == from => (format!("row {from} is"), "it"),
+            last => (format!("rows {from} to {last} are"), "them"),
         };
         warning = Some(format!(
-            "{}: {missing} missing (the checkpoint is at {done}); the time they logged is not counted",
+            "{}: {missing} missing (the checkpoint is at {done}); the log goes on with a gap, and the time logged in {them} is left out where its times are summed (`gtn compare`'s meta-training minutes)",
             log.display()
         ));
     }
@@ -258,14 +258,13 @@ mod tests {
         let warning = rewrite_log(&log, "step,loss", 3).unwrap().unwrap();
         assert!(
             warning.ends_with(
-                "log.csv: rows 1 to 2 are missing (the checkpoint is at 3); the time they logged is not counted"
+                "log.csv: rows 1 to 2 are missing (the checkpoint is at 3); the log goes on with a gap, and the time logged in them is left out where its times are summed (`gtn compare`'s meta-training minutes)"
             ),
             "{warning}"
         );
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n0,2.5\n");
         let warning = rewrite_log(&log, "step,loss", 2).unwrap().unwrap();
-        assert!(warning
-            .ends_with("log.csv: row 1 is missing (the checkpoint is at 2); the time they logged is not counted"));
+        assert!(warning.contains("log.csv: row 1 is missing (the checkpoint is at 2); the log goes on with a gap, and the time logged in it is"));
         std::fs::write(&log, "step,loss,acc\n0,2.5,0.1\n").unwrap();
         let warning = rewrite_log(&log, "step,loss", 3).unwrap().unwrap();
         assert!(

@@ -162,9 +162,7 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
     let stopped_at = |out: &std::process::Output, run: &Path| -> usize {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(130), "{stderr}");
-        assert!(stderr
-            .lines()
-            .any(|l| l == "stopping after this meta-iteration to save it; Ctrl-C again: back to last save"));
+        assert!(stderr.lines().any(|l| l == "stopping after this meta-iteration to save it; Ctrl-C again: quit now"));
         let last = stderr.lines().last().unwrap();
         last.strip_prefix(&format!("stopped: {} saved after ", run.display()))
             .and_then(|rest| rest.strip_suffix(" of 100000 meta-iterations; the same command continues from there"))
@@ -201,7 +199,8 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
     let stopped = rows(&run);
     // SIGTERM (a scheduler's) stops it the same way, sent twice at once as `timeout` sends it,
     // while a SIGINT it was started ignoring (a script's background job) stays ignored.
-    let child = spawn(&run, &rarely, stopped + 1, true);
+    // With --checkpoint-every, a session setting: the same run, its header saying how it unrolls.
+    let child = spawn(&run, &[&rarely[..], &["--checkpoint-every", "2"]].concat(), stopped + 1, true);
     interrupt(&child);
     std::thread::sleep(std::time::Duration::from_millis(200));
     signal(&child, libc::SIGTERM);
@@ -209,9 +208,12 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!((resumed_at(&out), out.status.code()), (stopped, Some(143)), "{stderr}");
-    let notice = "SIGTERM: stopping after this meta-iteration to save it; again: back to last save";
+    let notice = "SIGTERM: stopping after this meta-iteration to save it; again: quit now";
     assert!(stderr.lines().any(|l| l == notice), "{stderr}");
     assert!(!stderr.contains("Ctrl-C"), "the ignored SIGINT did nothing: {stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("curriculum full, unroll checkpointed every 2 steps, "));
+    let stored = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(stored.contains("\ncheckpoint_every = 0\n"), "the stored run keeps its own: {stored}");
 
     // A second Ctrl-C, once the notice is shown, within a meta-iteration long enough to tell,
     // ends the run at once.
@@ -468,7 +470,7 @@ fn bad_input_gives_one_line_errors() {
     assert!(err.contains("config key `data_dir` \"\": expected a folder path"), "{err}");
 
     let err = error_line(&gtn(&["eval", tmp.path().to_str().unwrap()]));
-    assert!(err.contains("config.toml: cannot read"), "{err}");
+    assert!(err.ends_with(": holds no config.toml; expected a gtn training folder"), "{err}");
 }
 
 /// A time budget says what it chose: a count below the one asked for, or all of it (a budget

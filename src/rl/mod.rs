@@ -129,7 +129,8 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
     let (start, before) = (std::time::Instant::now(), trainer.generation);
     crate::interrupt::graceful(crate::interrupt::Unit::Generation, || trainer.run(true))?;
     if trainer.generation > before {
-        crate::outln!("done in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
+        let dir = options.resume.as_ref().or(options.out.as_ref()).expect("checked above");
+        crate::outln!("done in {:.1} min; checkpoint in {}", start.elapsed().as_secs_f64() / 60.0, dir.display());
     }
     Ok(trainer)
 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rand::rngs::StdRng;
 use tch::{Kind, Tensor};
 
@@ -75,9 +75,7 @@ impl GenerationStats {
 
 pub fn read_config(dir: &Path) -> Result<RlConfig> {
     crate::config::check_not_a_file(dir, "a `gtn rl train` run's")?;
-    let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read; is {} a `gtn rl train` folder?", path.display(), dir.display()))?;
+    let (path, text) = crate::checkpoint::read_config_text(dir, "a `gtn rl train` folder")?;
     RlConfig::from_toml(&text).map_err(|e| match crate::checkpoint::other_kind_of_run(dir, &text, RL_RUN) {
         Some(other) => other.into(),
         None => anyhow::anyhow!("{}: {e}", path.display()),
@@ -826,7 +824,7 @@ mod tests {
     fn load_names_the_file_and_the_problem() {
         let dir = tempfile::tempdir().unwrap();
         let err = load(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("config.toml: cannot read"), "{err}");
+        assert!(err.ends_with(": holds no config.toml; expected a `gtn rl train` folder"), "{err}");
         EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
         std::fs::write(dir.path().join(CONFIG_FILE), RlConfig { generator_hidden: 5, ..tiny(4) }.to_toml().unwrap())
             .unwrap();
