@@ -590,7 +590,7 @@ pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) ->
                     deserialize(moved).is_ok()
                 })
         });
-        let error = toml_error(None, e);
+        let error = toml_error(Some(text), e);
         match misplaced {
             Some((table, key)) => anyhow::anyhow!(
                 "{error} (`{key}` is a top-level key: in TOML, keys below a `[{table}]` line belong to that table; put it above the line)"
@@ -605,18 +605,70 @@ pub fn parse_toml<C: DeserializeOwned>(text: &str) -> Result<C> {
     serde_path_to_error::deserialize(toml::de::Deserializer::new(text)).map_err(|e| toml_error(Some(text), e))
 }
 
-/// `line 3, key `inner_steps`: invalid type: string "four", expected usize`: where it was
-/// (the line when the text is known, the key when there is one) and toml's message on one line.
+/// `line 3, key `inner_steps`: invalid type: string "four", expected a whole number, 0 or more`:
+/// where it was (the line when the text is known, the key when there is one) and toml's message
+/// on one line, in words rather than Rust's types, with the likely key for an unknown one.
 fn toml_error(text: Option<&str>, e: serde_path_to_error::Error<toml::de::Error>) -> anyhow::Error {
     let key = e.path().to_string();
     let e = e.into_inner();
-    let line = text.zip(e.span()).map(|(text, span)| format!("line {}", text[..span.start].matches('\n').count() + 1));
-    let key = (key != ".").then(|| format!("key `{key}`"));
-    let place: Vec<String> = line.into_iter().chain(key).collect();
-    let message: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    // A merged table (a file over a preset) has no spans: its key's line is looked up.
+    let line = match (text, e.span()) {
+        (Some(text), Some(span)) => Some(text[..span.start].matches('\n').count() + 1),
+        (Some(text), None) => line_of_key(text, &key),
+        (None, _) => None,
+    };
+    let place: Vec<String> =
+        line.map(|l| format!("line {l}")).into_iter().chain((key != ".").then(|| format!("key `{key}`"))).collect();
+    let lines: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let message = in_words(&lines.join("; "));
     match place.is_empty() {
-        true => anyhow::anyhow!("{}", message.join("; ")),
-        false => anyhow::anyhow!("{}: {}", place.join(", "), message.join("; ")),
+        true => anyhow::anyhow!("{message}"),
+        false => anyhow::anyhow!("{}: {message}", place.join(", ")),
+    }
+}
+
+/// The line (from 1) where the dotted `key` is set in the TOML `text`: `k = ...` at the top
+/// level, or under its `[table]` line. Keys in quotes or inline tables are not found.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let (table, name) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut current = "";
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header.split(']').next().unwrap_or_default().trim();
+        } else if current == table && line.split('=').next().map(str::trim) == Some(name) && line.contains('=') {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// serde's message in a user's words: the kind of value for Rust's type names, and for an
+/// unknown key the known one it most likely misspells, in place of the list of them all.
+fn in_words(message: &str) -> String {
+    let kinds = [
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+    ];
+    if let Some((_, words)) = kinds.iter().find(|(rust, _)| message.ends_with(rust)) {
+        return format!("{}{words}", &message[..message.rfind("expected").expect("found above")]);
+    }
+    let Some(rest) = message.strip_prefix("unknown field `") else { return message.to_owned() };
+    let Some((unknown, known)) = rest.split_once('`') else { return message.to_owned() };
+    let closest = known
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|name| (strsim::damerau_levenshtein(unknown, name), name))
+        .min()
+        .filter(|&(distance, name)| distance <= 2 && distance < name.len());
+    match closest {
+        Some((_, name)) => format!("unknown field `{unknown}`; did you mean `{name}`?"),
+        None => message.to_owned(),
     }
 }
 
@@ -818,15 +870,27 @@ mod tests {
     #[test]
     fn toml_errors_are_one_line_naming_the_line_and_the_key() {
         let err = Config::tiny().with_overrides_str("seed = 3\ninner_steps = \"four\"").unwrap_err().to_string();
-        assert_eq!(err, "key `inner_steps`: invalid type: string \"four\", expected usize");
+        assert_eq!(err, "line 2, key `inner_steps`: invalid type: string \"four\", expected a whole number, 0 or more");
         let err = Config::tiny().with_overrides_str("[generator]\nfc_width = 1.5").unwrap_err().to_string();
-        assert_eq!(err, "key `generator.fc_width`: invalid type: floating point `1.5`, expected i64");
+        assert_eq!(
+            err,
+            "line 2, key `generator.fc_width`: invalid type: floating point `1.5`, expected a whole number"
+        );
+        let err = Config::tiny().with_overrides_str("seed = 1\nmeta_iter = 3").unwrap_err().to_string();
+        assert_eq!(err, "line 2, key `meta_iter`: unknown field `meta_iter`; did you mean `meta_iters`?");
+        let err = Config::tiny().with_overrides_str("[generator]\nfc_widht = 3").unwrap_err().to_string();
+        assert_eq!(err, "line 2, key `generator.fc_widht`: unknown field `fc_widht`; did you mean `fc_width`?");
+        let err = Config::tiny().with_overrides_str("bogus = 1").unwrap_err().to_string();
+        assert!(err.starts_with("line 1, key `bogus`: unknown field `bogus`, expected one of `dataset`"), "{err}");
         let err = Config::tiny().with_overrides_str("seed = 1\ninner_steps = ").unwrap_err().to_string();
         assert!(err.starts_with("line 2: ") && !err.contains('\n'), "{err}");
         let stored = Config::tiny().to_toml().unwrap().replace("inner_steps = 4", "inner_steps = -4");
         let err = Config::from_toml(&stored).unwrap_err().to_string();
         let line = stored.lines().position(|l| l.starts_with("inner_steps")).unwrap() + 1;
-        assert_eq!(err, format!("line {line}, key `inner_steps`: invalid value: integer `-4`, expected usize"));
+        assert_eq!(
+            err,
+            format!("line {line}, key `inner_steps`: invalid value: integer `-4`, expected a whole number, 0 or more")
+        );
     }
 
     #[test]
@@ -883,7 +947,7 @@ mod tests {
         let err =
             Config::tiny().with_overrides_str("[generator]\nfc_width = 3\nvalid_size = 5").unwrap_err().to_string();
         assert!(
-            err.starts_with("key `generator.valid_size`: unknown field `valid_size`")
+            err.starts_with("line 3, key `generator.valid_size`: unknown field `valid_size`")
                 && err.ends_with("(`valid_size` is a top-level key: in TOML, keys below a `[generator]` line belong to that table; put it above the line)"),
             "{err}"
         );
@@ -1037,7 +1101,7 @@ mod tests {
         let err = Config::tiny().with_overrides(&path).unwrap_err().to_string();
         let rl = "(all its keys are `gtn rl train`'s: is it that command's config, for `gtn rl train --config`?)";
         assert!(
-            err.starts_with(&format!("{}: key `", path.display()))
+            err.starts_with(&format!("{}: line 2, key `generations`", path.display()))
                 && err.contains("unknown field")
                 && err.ends_with(rl),
             "{err}"
