@@ -640,7 +640,7 @@ impl CompareSummary {
     pub fn table(&self) -> String {
         let mut md = format!(
             "{} with the {} learner, T = {}, {} (seed {}), first {} test images, batch norm scored with the {}; real data: lr {}, momentum {} (best of lr {:?} x momentum {:?})\n\n\
-             | method | meta-iterations | meta-training min | accuracy at T | real steps to match | speed-up (95% interval) |\n\
+             | method | meta-iterations | meta-training min | accuracy at T | real steps to match | speed-up{} |\n\
              |---|---|---|---|---|---|\n",
             self.dataset,
             self.learner,
@@ -652,7 +652,9 @@ impl CompareSummary {
             self.real_lr,
             self.real_momentum,
             self.real_lrs,
-            self.real_momenta
+            self.real_momenta,
+            // One learner has no spread to draw an interval from.
+            if self.learners > 1 { " (95% interval)" } else { "" }
         );
         let beyond = format!("> {:.1}x", self.real_steps_max as f64 / self.inner_steps as f64);
         for m in &self.methods {
@@ -768,6 +770,7 @@ mod tests {
         assert_eq!((summary.dataset.as_str(), summary.test_images, summary.methods.len()), ("cifar10", 20, 6));
         assert_eq!((summary.seed, &summary.real_lrs, &summary.real_momenta), (0, &vec![0.05], &vec![0.9]));
         assert!(summary.table().contains("1 learner (seed 0), first 20 test images"), "{}", summary.table());
+        assert!(summary.table().contains("| real steps to match | speed-up |\n"), "no interval: {}", summary.table());
         assert!(summary.table().contains("(best of lr [0.05] x momentum [0.9])"), "{}", summary.table());
         assert!(summary.methods.iter().all(|m| (0.0..=1.0).contains(&m.accuracy_mean)));
         assert!(summary.methods.iter().all(|m| m.accuracy_std.is_none()), "one learner has no spread");

@@ -765,10 +765,11 @@ pub fn same_run<'a, C: Serialize>(
             )
         });
         bail!(
-            "{}: holds a run with another config ({}); {}remove the folder, or choose another --out",
+            "{}: holds a run with another config ({}); {}remove {}, or choose another --out",
             file.display(),
             listed.join("; "),
-            resume.unwrap_or_default()
+            resume.unwrap_or_default(),
+            dir.display()
         );
     }
     Ok(())

@@ -65,7 +65,7 @@ fn rl_train_resume_eval() {
     assert_eq!(report["baseline_steps_to_match_median"].as_f64(), median, "{report}");
     let table = stdout(&gtn(&["rl", "eval", dir]));
     assert!(table.contains(&format!("real return (greedy)       {mean:.1} ± {std:.1}\n")), "{table}\n{report}");
-    assert!(table.contains(&format!("untrained teacher          {untrained:.1} ± {untrained_std:.1}\n")), "{table}");
+    assert!(table.contains(&format!("same, untrained teacher    {untrained:.1} ± {untrained_std:.1}\n")), "{table}");
     assert!(table.contains("REINFORCE to match it"));
     // What the teacher cost: every step of its candidates' episodes, 16 pairs x 4 policies x 2
     // episodes a generation; CartPole pays 1 per step, so each logged mean fitness x 256.
@@ -75,7 +75,7 @@ fn rl_train_resume_eval() {
         .sum();
     assert!(cost >= 15 * 256, "at least one step an episode: {cost}");
     assert_eq!(report["teacher_real_steps"].as_u64(), Some(cost), "{report}");
-    assert!(table.contains(&format!("the teacher's own cost     {cost} real steps in all")), "{table}");
+    assert!(table.contains(&format!("meta-training's cost       {cost} real steps, once")), "{table}");
 
     // The checkpoint keeps the config it was saved under: an edited outer_lr changes nothing
     // that `rl eval` reports, an edited seed is refused.

@@ -238,7 +238,7 @@ impl RlEvalReport {
             ),
         };
         let cost = self.teacher_real_steps.map_or("not counted (a checkpoint of an older gtn)".into(), |n| {
-            format!("{n} real steps in all (0 per policy it then trains)")
+            format!("{n} real steps, once (a policy trained on its data takes none)")
         });
         let after = match self.generation < self.generations {
             true => format!("{} of {} (training unfinished)", self.generation, count(self.generations, "generation")),
@@ -248,9 +248,9 @@ impl RlEvalReport {
         format!(
             "teacher after {after}: {} x {}, trained {} steps on {} synthetic observations\n\
              real return (greedy)       {}\n\
-             untrained teacher          {}\n\
+             same, untrained teacher    {}\n\
              REINFORCE to match it      {baseline}\n\
-             the teacher's own cost     {cost}",
+             meta-training's cost       {cost}",
             count(self.policies, "fresh policy"),
             count(self.episodes_per_policy, "episode"),
             self.inner_steps,
