@@ -256,18 +256,21 @@ pub fn run(
         .collect::<Result<_>>()?;
     let median = crate::eval::median(&times);
     let peak_rss_mib = peak_rss_mib();
-    // A profile that fails costs the report its profile, not the timings measured.
-    let profile = profile.and_then(|trace| match profile::record(trace, || trainer.step()) {
-        Ok((Ok(_), mut ops)) => {
+    // A profiler that fails costs the report its profile, not the timings measured; a
+    // meta-step that fails (diverged) is an error, profiled or not.
+    let profile = match profile.map(|trace| profile::record(trace, || trainer.step())) {
+        Some(Ok((step, mut ops))) => {
+            step?;
             let op_seconds = ops.iter().map(|o| o.self_seconds).sum();
             ops.truncate(PROFILE_TOP);
             Some(ProfileReport { op_seconds, top_ops: ops })
         }
-        Ok((Err(e), _)) | Err(e) => {
+        Some(Err(e)) => {
             tracing::warn!("--profile: {e:#}; the report goes without a profile");
             None
         }
-    });
+        None => None,
+    };
 
     // The split, measured on the next iteration's draws.
     let meta::IterationInputs { learner, init, real, plan } = trainer.iteration_inputs(trainer.iteration);

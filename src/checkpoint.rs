@@ -54,7 +54,7 @@ pub struct RunLock {
 /// Locks the run folder `dir`, which must exist, for this process.
 pub fn lock_run(dir: &Path) -> Result<RunLock> {
     let folder = std::fs::File::open(dir).map_err(|e| match dir.exists() {
-        false => anyhow::anyhow!("{}: no such folder; expected a gtn training folder", dir.display()),
+        false => anyhow::anyhow!("{}: no such folder; expected a training run's folder", dir.display()),
         true => anyhow::anyhow!("{}: cannot open: {e}", dir.display()),
     })?;
     // Said for `--out` and `--resume` alike: only a new run has somewhere else to go.

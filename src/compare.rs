@@ -474,7 +474,8 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
             teacher_config(&base, *teacher, *curriculum).check_new_run(&flags)?;
         }
     }
-    let settings = RunSettings::from_flags(options.data_dir.as_deref(), options.checkpoint_every)?;
+    // The data folder of --data-dir or the --config file (`base`'s, made absolute).
+    let settings = RunSettings { data_dir: base.data_dir.clone(), checkpoint_every: options.checkpoint_every };
     if options.before_last_update && base.bn_eval != BnEval::Train {
         bail!("--before-last-update: the config scores batch norm with each test batch's statistics; expected `bn_eval = \"train\"` (--config)");
     }

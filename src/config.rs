@@ -657,6 +657,10 @@ fn in_words(message: &str) -> String {
     if let Some((_, words)) = kinds.iter().find(|(rust, _)| message.ends_with(rust)) {
         return format!("{}{words}", &message[..message.rfind("expected").expect("found above")]);
     }
+    // A nested config (`[generator]`) given a value.
+    if let Some((before, _)) = message.rsplit_once("expected struct ") {
+        return format!("{before}expected a table of keys");
+    }
     let Some(rest) = message.strip_prefix("unknown field `") else { return message.to_owned() };
     let Some((unknown, known)) = rest.split_once('`') else { return message.to_owned() };
     let closest = known
@@ -881,6 +885,8 @@ mod tests {
         assert_eq!(err, "line 2, key `meta_iter`: unknown field `meta_iter`; did you mean `meta_iters`?");
         let err = Config::tiny().with_overrides_str("[generator]\nfc_widht = 3").unwrap_err().to_string();
         assert_eq!(err, "line 2, key `generator.fc_widht`: unknown field `fc_widht`; did you mean `fc_width`?");
+        let err = Config::tiny().with_overrides_str("generator = 3").unwrap_err().to_string();
+        assert_eq!(err, "line 1, key `generator`: invalid type: integer `3`, expected a table of keys");
         let err = Config::tiny().with_overrides_str("bogus = 1").unwrap_err().to_string();
         assert!(err.starts_with("line 1, key `bogus`: unknown field `bogus`, expected one of `dataset`"), "{err}");
         let err = Config::tiny().with_overrides_str("seed = 1\ninner_steps = ").unwrap_err().to_string();

@@ -308,8 +308,8 @@ struct TrainArgs {
     /// preset's or --config's).
     #[arg(long, conflicts_with = "resume", value_parser = parse_seed)]
     seed: Option<u64>,
-    /// Folder with the dataset's files (default: a continued run's own; else the config's
-    /// `data_dir`, a relative one taken from the current folder, not the file's; else
+    /// Folder with the dataset's files (default: the --config file's `data_dir`, a relative one
+    /// taken from the current folder, not the file's; else a continued run's own; else
     /// data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR, else data/cifar10). Allowed with --resume: it
     /// does not change the result.
     #[arg(long, alias = "cifar-dir")]

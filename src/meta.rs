@@ -130,7 +130,7 @@ impl Trainer {
     /// Starts a run of `config` in `dir`, or continues the one already there if it was started
     /// with the same config, so a repeated command picks up where it stopped. Settings that do
     /// not change the result (where the data lives, gradient checkpointing) are the stored
-    /// run's, but for those `settings` (the command's flags) give. With `budgeted`, a stored run
+    /// run's, but for those `settings` (the command's) give. With `budgeted`, a stored run
     /// whose time budget lowered its meta-iterations from `config`'s is the same run. Any other
     /// difference is an error that names the keys (and, given `resume_command`, says how to
     /// continue the stored run instead).
@@ -164,15 +164,19 @@ impl Trainer {
             _ => false,
         };
         if cut {
-            let stored = stored?;
-            let asked = config.meta_iters;
-            let resume = resume_command().map(|c| format!(", or `{c} --resume {}`", crate::text::shell_word(dir)));
+            let (asked, done) = (config.meta_iters, stored?.meta_iters);
+            // Any budget: a run keeps its length. Lengthening is for a run of one's own (a
+            // comparison's teachers keep one budget), which `resume_command` stands for.
+            let longer = resume_command().map_or("or use another --out".to_owned(), |c| {
+                format!(
+                    "or `{c} --resume {}`; to run all {asked}, set `meta_iters = {asked}` in {} first",
+                    crate::text::shell_word(dir),
+                    dir.join(checkpoint::CONFIG_FILE).display()
+                )
+            });
             bail!(
-                "{}: holds this run, cut by the time budget it started with to {} of the {asked} asked for; continue it with that --budget-minutes{}; to run all {asked}, set `meta_iters = {asked}` in {} first",
-                dir.display(),
-                stored.meta_iters,
-                resume.unwrap_or_default(),
-                dir.join(checkpoint::CONFIG_FILE).display()
+                "{}: holds this run at {done} of the {asked} meta-iterations asked for, as a time budget cut it; repeat the command with --budget-minutes (any: a run keeps its length), {longer}",
+                dir.display()
             );
         }
         crate::config::same_run(dir, stored.map(|s| comparable(&s)), &comparable(config), resume_command)?;
@@ -388,6 +392,8 @@ impl Trainer {
         // length its budget chose, and the count asked for.
         let fresh = self.sizes_to_a_budget();
         let (start, sized) = (Instant::now(), budget.filter(|_| fresh));
+        // Meta-iterations the budget chose, once measured.
+        let mut chosen = None;
         let mut sizing = sized.map(|budget| {
             // The first meta-gradient pays one-off costs (allocations, kernel set-up; 1.4x a
             // later iteration's time at the cpu preset, 15x at the tiny one): timing a discarded
@@ -405,6 +411,7 @@ impl Trainer {
             let stats = self.step()?;
             if let Some(budget) = sizing.take() {
                 let affordable = ((budget.as_secs_f64() / stats.seconds) as usize).max(1);
+                chosen = Some(affordable.min(total));
                 let each = format!("{:.2} s per meta-iteration", stats.seconds);
                 bar.note(&match affordable < total {
                     true => format!("time budget: {affordable} of the {total} meta-iterations asked for ({each})"),
@@ -440,7 +447,9 @@ impl Trainer {
             }
         }
         bar.finish();
-        if let Some(warning) = sized.and_then(|budget| overrun_warning(start.elapsed(), budget)) {
+        // One meta-iteration is the least a budget chooses, however short it is.
+        let overrun = sized.filter(|_| chosen > Some(1)).and_then(|budget| overrun_warning(start.elapsed(), budget));
+        if let Some(warning) = overrun {
             tracing::warn!("{warning}");
         }
         Ok(())
@@ -450,11 +459,15 @@ impl Trainer {
 /// A warning when meta-training sized to a time `budget` took over a fifth longer: the first
 /// meta-iteration, timed to size it, stood for the rest less well than it should.
 fn overrun_warning(took: Duration, budget: Duration) -> Option<String> {
+    let time = |d: Duration| match d.as_secs_f64() {
+        s if s < 60.0 => format!("{s:.0} s"),
+        s => format!("{:.1} min", s / 60.0),
+    };
     (took.as_secs_f64() > 1.2 * budget.as_secs_f64()).then(|| {
         format!(
-            "time budget: meta-training took {:.1} min of the {:.1} budgeted; its later meta-iterations were slower than the first, which sized it",
-            took.as_secs_f64() / 60.0,
-            budget.as_secs_f64() / 60.0
+            "time budget: meta-training took {} of the {} budgeted; its later meta-iterations were slower than the first, which sized it",
+            time(took),
+            time(budget)
         )
     })
 }
@@ -787,7 +800,9 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
                 config.check_new_run(&flags)?;
             }
             check_before_last_update(options, &config)?;
-            let settings = RunSettings::from_flags(options.data_dir.as_deref(), options.checkpoint_every)?;
+            // The data folder of --data-dir or the --config file (`config`'s, made absolute).
+            let settings =
+                RunSettings { data_dir: config.data_dir.clone(), checkpoint_every: options.checkpoint_every };
             let t =
                 Trainer::open(&config, out, device, &settings, options.budget.is_some(), Some(checkpoint::IMAGE_RUN))?;
             crate::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
@@ -1418,11 +1433,13 @@ mod tests {
         let err = open(&other, dir.path(), true, None).err().unwrap().to_string();
         assert!(err.contains("(meta_iters 6 there, 7 here)"), "{err}");
         let err = open(&config, dir.path(), false, Some("gtn train")).err().unwrap().to_string();
-        let cut = "holds this run, cut by the time budget it started with to 1 of the 6 asked for; continue it with that --budget-minutes, or `gtn train --resume ";
+        let cut = "holds this run at 1 of the 6 meta-iterations asked for, as a time budget cut it; repeat the command with --budget-minutes (any: a run keeps its length), or `gtn train --resume ";
         assert!(
             err.contains(cut) && err.ends_with("config.toml first"),
             "without a budget the run is 1 iteration long: {err}"
         );
+        let err = open(&config, dir.path(), false, None).err().unwrap().to_string();
+        assert!(err.ends_with("(any: a run keeps its length), or use another --out"), "a comparison's: {err}");
         let err = open(&Config { seed: 9, ..config.clone() }, dir.path(), false, None).err().unwrap().to_string();
         assert!(err.contains("(meta_iters 1 there, 6 here; seed 0 there, 9 here)"), "another run: {err}");
         drop(again);
@@ -1440,7 +1457,9 @@ mod tests {
         let minute = Duration::from_secs(60);
         assert_eq!(overrun_warning(minute.mul_f64(1.1), minute), None);
         let warning = overrun_warning(minute.mul_f64(1.5), minute).unwrap();
-        assert!(warning.starts_with("time budget: meta-training took 1.5 min of the 1.0 budgeted;"), "{warning}");
+        assert!(warning.starts_with("time budget: meta-training took 1.5 min of the 1.0 min budgeted;"), "{warning}");
+        let warning = overrun_warning(Duration::from_secs(30), Duration::from_secs(20)).unwrap();
+        assert!(warning.starts_with("time budget: meta-training took 30 s of the 20 s budgeted;"), "{warning}");
     }
 
     #[test]
@@ -1488,7 +1507,7 @@ mod tests {
         drop(first);
         assert_eq!(Trainer::resume(&run, Device::Cpu, &settings).unwrap().iteration, 0);
         let err = Trainer::resume(&dir.path().join("none"), Device::Cpu, &settings).err().unwrap().to_string();
-        assert!(err.ends_with("none: no such folder; expected a gtn training folder"), "{err}");
+        assert!(err.ends_with("none: no such folder; expected a training run's folder"), "{err}");
     }
 
     /// A run resumed on other data (here the fixture cut to 300 training images, which redraws

@@ -188,12 +188,12 @@ fn rewrite_log(log: &Path, header: &str, done: usize) -> Result<Option<String>> 
     let last = rows.iter().filter_map(|l| l.split(',').next()?.parse::<usize>().ok()).max();
     let from = last.map_or(0, |l| l + 1);
     if warning.is_none() && from < done {
-        let (missing, them) = match done - 1 {
-            last if last == from => (format!("row {from} is"), "it"),
-            last => (format!("rows {from} to {last} are"), "them"),
+        let (missing, them, they) = match done - 1 {
+            last if last == from => (format!("row {from} is"), "it", "it"),
+            last => (format!("rows {from} to {last} are"), "them", "they"),
         };
         warning = Some(format!(
-            "{}: {missing} missing (the checkpoint is at {done}); the log goes on with a gap, and the time logged in {them} is left out where its times are summed (`gtn compare`'s meta-training minutes)",
+            "{}: {missing} missing (the checkpoint is at {done}); the log goes on without {them}, and the time {they} logged is lost",
             log.display()
         ));
     }
@@ -258,13 +258,13 @@ mod tests {
         let warning = rewrite_log(&log, "step,loss", 3).unwrap().unwrap();
         assert!(
             warning.ends_with(
-                "log.csv: rows 1 to 2 are missing (the checkpoint is at 3); the log goes on with a gap, and the time logged in them is left out where its times are summed (`gtn compare`'s meta-training minutes)"
+                "log.csv: rows 1 to 2 are missing (the checkpoint is at 3); the log goes on without them, and the time they logged is lost"
             ),
             "{warning}"
         );
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n0,2.5\n");
         let warning = rewrite_log(&log, "step,loss", 2).unwrap().unwrap();
-        assert!(warning.contains("log.csv: row 1 is missing (the checkpoint is at 2); the log goes on with a gap, and the time logged in it is"));
+        assert!(warning.ends_with("log.csv: row 1 is missing (the checkpoint is at 2); the log goes on without it, and the time it logged is lost"));
         std::fs::write(&log, "step,loss,acc\n0,2.5,0.1\n").unwrap();
         let warning = rewrite_log(&log, "step,loss", 3).unwrap().unwrap();
         assert!(

@@ -270,7 +270,8 @@ fn resume_of_a_finished_run_does_no_more_work() {
     std::fs::write(&config, original.replace("adam_beta2 = 0.999", "adam_beta2 = 0.99")).unwrap();
     let err = error_line(&gtn(&train));
     assert!(
-        err.contains("(adam_beta2 0.99 there, 0.999 here); remove the folder") && !err.contains("--resume"),
+        err.contains(&format!("(adam_beta2 0.99 there, 0.999 here); remove {}, or", run.display()))
+            && !err.contains("--resume"),
         "{err}"
     );
     std::fs::write(&config, original).unwrap();

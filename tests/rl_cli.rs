@@ -75,7 +75,7 @@ fn rl_train_resume_eval() {
         .sum();
     assert!(cost >= 15 * 256, "at least one step an episode: {cost}");
     assert_eq!(report["teacher_real_steps"].as_u64(), Some(cost), "{report}");
-    assert!(table.contains(&format!("meta-training's cost       {cost} real steps, once")), "{table}");
+    assert!(table.contains(&format!("the teacher's real cost    {cost} real steps, once")), "{table}");
 
     // The checkpoint keeps the config it was saved under: an edited outer_lr changes nothing
     // that `rl eval` reports, an edited seed is refused.

@@ -226,7 +226,7 @@ fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Spl
     crate::config::check_not_a_file(dir, "--data-dir")?;
     if !dir.is_dir() {
         bail!(
-            "{}: data folder not found{}; point --data-dir (or a config's `data_dir`) at the folder, or run `gtn data fetch {name} --dir {}` first",
+            "{}: data folder not found{}; point --data-dir at the folder, or run `gtn data fetch {name} --dir {}` first",
             dir.display(),
             looked_from(dir),
             crate::text::shell_word(dir)
@@ -269,7 +269,7 @@ fn read_idx(name: DatasetName, dir: &Path, stem: &str, ndims: usize) -> Result<(
     if let Some((other, file)) = fetch::identify(&data).filter(|&found| found != (name, stem)) {
         let remedy = match other == name {
             true => fetch_again,
-            false => format!("point --data-dir (or a config's `data_dir`) at the {name} folder"),
+            false => format!("point --data-dir at the {name} folder"),
         };
         bail!("{}: is {other}'s {file}, expected {name}'s {stem}; {remedy}", path.display());
     }
@@ -390,12 +390,7 @@ mod tests {
     #[test]
     fn missing_folder_and_file_errors_name_them() {
         let err = Dataset::load(DatasetName::Mnist, Path::new("/nonexistent/mnist"), 10, 0, Device::Cpu).unwrap_err();
-        assert!(
-            err.to_string().starts_with(
-                "/nonexistent/mnist: data folder not found; point --data-dir (or a config's `data_dir`) at"
-            ),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("/nonexistent/mnist: data folder not found; point --data-dir at"), "{err}");
         // A relative one says where it was looked for.
         let err = Dataset::load(DatasetName::Mnist, Path::new("no/mnist"), 10, 0, Device::Cpu).unwrap_err();
         let cwd = std::env::current_dir().unwrap();
@@ -417,7 +412,7 @@ mod tests {
         std::fs::copy(fashion.join(labels), dir.path().join(labels)).unwrap();
         let load = |name| Dataset::load(name, dir.path(), 10, 0, Device::Cpu).unwrap_err().to_string();
         let err = load(DatasetName::Mnist);
-        let expected = "t10k-labels-idx1-ubyte.gz: is fashion-mnist's t10k-labels-idx1-ubyte, expected mnist's t10k-labels-idx1-ubyte; point --data-dir (or a config's `data_dir`) at the mnist folder";
+        let expected = "t10k-labels-idx1-ubyte.gz: is fashion-mnist's t10k-labels-idx1-ubyte, expected mnist's t10k-labels-idx1-ubyte; point --data-dir at the mnist folder";
         assert!(err.ends_with(expected), "{err}");
         // In its place: the next check, the slice's images against 10,000 labels, speaks.
         let err = load(DatasetName::FashionMnist);

@@ -250,7 +250,7 @@ impl RlEvalReport {
              real return (greedy)       {}\n\
              same, untrained teacher    {}\n\
              REINFORCE to match it      {baseline}\n\
-             meta-training's cost       {cost}",
+             the teacher's real cost    {cost}",
             count(self.policies, "fresh policy"),
             count(self.episodes_per_policy, "episode"),
             self.inner_steps,
