@@ -95,6 +95,18 @@ pub fn print_above_bar(line: &str) {
     }
 }
 
+/// Warns `message` unless this process has already: a check each phase of one command repeats
+/// (`nas search`'s two scorings) says it once. Whether it warned.
+pub fn warn_once(message: &str) -> bool {
+    static SAID: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let new = SAID.lock().map_or(true, |mut said| said.insert(message.to_owned()));
+    if new {
+        tracing::warn!("{message}");
+    }
+    new
+}
+
 /// Prints a line to stderr, ignoring a failure (unlike `eprintln!`, which panics): progress must
 /// not end a run whose stderr went away, e.g. a pipe into `tee` that Ctrl-C ended first, or a
 /// terminal closed.
@@ -237,6 +249,15 @@ pub fn announce_resumed(dir: &Path, done: usize, total: usize, unit: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warning_repeated_is_given_once() {
+        let message = "progress::tests: said once";
+        assert_eq!(
+            (warn_once(message), warn_once(message), warn_once("progress::tests: another")),
+            (true, false, true)
+        );
+    }
 
     #[test]
     fn rewriting_a_log_returns_a_warning_for_rows_lost() {

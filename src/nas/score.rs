@@ -233,12 +233,12 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     }
     let (valid, test) = (data.valid.first(opts.eval_images), data.test.first(opts.eval_images));
     if valid.len() < opts.eval_images || test.len() < opts.eval_images {
-        tracing::warn!(
+        crate::progress::warn_once(&format!(
             "--eval-images {}: the validation split holds {} images and the test split {}; each is scored on at most that many",
             opts.eval_images,
             data.valid.len(),
             data.test.len()
-        );
+        ));
     }
     let label = opts.proxy.label();
     // A GTN proxy scores as its teacher was meta-trained to be scored.
