@@ -258,6 +258,14 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
     // replaced file.
     if let Ok(held) = std::fs::File::open(output) {
         crate::atomic::lock_exclusive(&held, output, "a gtn process is appending to it; merge into another --out")?;
+        // It is replaced: only a file whose records the merge keeps (an input) may be there.
+        let existing = output.canonicalize().ok();
+        if !inputs.iter().any(|input| input.canonicalize().ok() == existing) {
+            bail!(
+                "--out {}: exists and is not among the files merged, which would replace it; expected a new path, or one of them",
+                output.display()
+            );
+        }
     }
     crate::atomic::write(output, text.as_bytes())?;
     Ok(merged.len())
@@ -402,6 +410,7 @@ mod tests {
         assert_eq!(labels, expected.into_iter().collect(), "a folder that does not exist keeps its label");
         // The folder's teacher trained again since: another proxy, its label kept.
         std::fs::write(&b, at("t/../t", "w").replace("sha256 ab", "sha256 cd")).unwrap();
+        std::fs::remove_file(&out).unwrap();
         merge(&[&a, &b], &out).unwrap();
         assert_eq!(read(&out).unwrap().into_iter().map(|r| r.proxy).collect::<HashSet<_>>().len(), 2);
     }
@@ -421,6 +430,10 @@ mod tests {
         assert_eq!(merge(&[&a, &b], &out).unwrap(), 4);
         let merged: Vec<(String, usize)> = read(&out).unwrap().into_iter().map(|r| (r.arch, r.steps)).collect();
         assert_eq!(merged, [("z".into(), 2), ("y".into(), 4), ("z".into(), 4), ("x".into(), 4)]);
+        // A file there already is replaced only as one of the files merged: its records kept.
+        let err = merge(&[&a], &out).unwrap_err().to_string();
+        assert!(err.ends_with("m.jsonl: exists and is not among the files merged, which would replace it; expected a new path, or one of them"), "{err}");
+        assert_eq!(merge(&[&a, &out], &out).unwrap(), 4);
         assert!(merge(&[&dir.path().join("none")], &out).is_err());
         // The same architecture measured on another dataset is not silently dropped.
         let c = dir.path().join("c");
