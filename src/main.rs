@@ -237,7 +237,8 @@ struct NasTrainArgs {
     data_dir: Option<PathBuf>,
     /// Training images held out for validation by the real proxy and the truth (default: the
     /// dataset's standard split; `nas search`'s truth: its teacher's). A GTN proxy ranks on its
-    /// teacher's own split: another size is refused.
+    /// teacher's own split: `nas score` refuses another size, `nas search` gives it to its truth
+    /// alone.
     #[arg(long, value_parser = parse_count)]
     valid_size: Option<usize>,
     /// Normal cells per stage.

@@ -4,7 +4,7 @@
 //! good proxy from a lucky one: how well its ranking repeats on other evaluation images, how much
 //! of it is parameter count, and how well parameter count alone (no training) ranks the truth.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Result};
@@ -336,16 +336,20 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
         );
     }
     for m in matches {
+        // A proxy the fewest real-data steps already reach (even one ranking backwards) is worth
+        // at most those: it matches nothing measured.
         let real = match m.real_steps {
-            Some(steps) if m.at_most => {
-                format!("at most {} (the fewest that rank)", crate::text::count(steps as usize, "real-data step"))
-            }
-            Some(steps) => format!("≈ {steps:.0} real-data steps"),
+            Some(steps) if m.at_most => format!(
+                "rank no better than {}, the fewest that rank",
+                crate::text::count(steps as usize, "real-data step")
+            ),
+            Some(steps) => format!("match ≈ {steps:.0} real-data steps"),
             None if m.compared == 0 && m.left_out.is_empty() => {
-                "no real-data row: no real-data proxy was given (a `gtn nas score --proxy real` file as --proxy)".into()
+                "match no real-data row: no real-data proxy was given (a `gtn nas score --proxy real` file as --proxy)"
+                    .into()
             }
-            None if m.compared == 0 => "no real-data row: none was measured on the same architectures".into(),
-            None => "more real-data steps than were measured".into(),
+            None if m.compared == 0 => "match no real-data row: none was measured on the same architectures".into(),
+            None => "match more real-data steps than were measured".into(),
         };
         let left_out = match m.left_out.as_slice() {
             [] => String::new(),
@@ -355,7 +359,7 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
             ),
         };
         s += &format!(
-            "\n{} of {} (Spearman {} on {}) match {real}{left_out}.",
+            "\n{} of {} (Spearman {} on {}) {real}{left_out}.",
             crate::text::count(m.gtn_steps, "step"),
             m.gtn_proxy,
             fmt_corr(m.gtn_spearman),
@@ -419,6 +423,21 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
     .write_png(path)
 }
 
+/// A warning when the truth covers only some of the architectures the proxies scored: the rest
+/// are left out of every correlation (a truth's shards not merged yet, or another sample).
+fn coverage_warning(proxy: &[Record], truth_file: &Path, truth: &[Record]) -> Option<String> {
+    let scored: HashSet<&str> = proxy.iter().map(|r| r.arch.as_str()).collect();
+    let known: HashSet<&str> = truth.iter().map(|r| r.arch.as_str()).collect();
+    let covered = scored.intersection(&known).count();
+    (covered < scored.len()).then(|| {
+        format!(
+            "{}: holds the truth of {covered} of the {} architectures the proxies scored; the rest are left out of every correlation (a shard not merged yet?)",
+            truth_file.display(),
+            scored.len()
+        )
+    })
+}
+
 /// A truth file holds real-data training (`gtn nas truth`), longer than any real proxy's: a
 /// truth of GTN proxy results is refused; one trained less than a real proxy gets a warning (both
 /// look like `--proxy` and `--truth` given the other way round).
@@ -480,6 +499,9 @@ pub fn report(proxy_files: &[&Path], truth_file: &Path) -> Result<(Vec<Row>, Str
         tracing::warn!("{warning}");
     }
     let mut proxy: Vec<Record> = files.into_iter().flat_map(|(_, records)| records).collect();
+    if let Some(warning) = coverage_warning(&proxy, truth_file, &truth) {
+        tracing::warn!("{warning}");
+    }
     super::jsonl::one_label_per_teacher(&mut proxy);
     let mut rows = correlations(&proxy, &truth)?;
     let matches = steps_to_match(&rows);
@@ -654,7 +676,7 @@ mod tests {
         let below = [Row { spearman: -1.0, ..rows[0].clone() }, rows[1].clone(), rows[2].clone()];
         let m = steps_to_match(&below);
         assert_eq!((m[0].real_steps, m[0].at_most, m[1].at_most), (Some(10.0), true, false));
-        assert!(markdown(&below, &m).contains("at most 10 real-data steps (the fewest that rank)"));
+        assert!(markdown(&below, &m).contains(") rank no better than 10 real-data steps, the fewest that rank."));
         let dir = tempfile::tempdir().unwrap();
         let png = dir.path().join("c.png");
         plot(&rows, &png).unwrap();
@@ -763,6 +785,11 @@ mod tests {
         let warning = check_not_swapped(&[(&truth, read(&truth))], &same, &read(&same)).unwrap().unwrap();
         assert!(warning.contains("trained 4 steps, fewer than the real-data proxy's 300 in --proxy"), "{warning}");
         assert_eq!(check_not_swapped(&[(&same, read(&same))], &truth, &read(&truth)).unwrap(), None);
+        // A truth of some of the architectures scored is warned of.
+        let proxy = [rec(0, "real", 4, 0.5), rec(1, "real", 4, 0.6), rec(2, "real", 4, 0.7)];
+        let warning = coverage_warning(&proxy, &truth, &proxy[..2]).unwrap();
+        assert!(warning.ends_with(": holds the truth of 2 of the 3 architectures the proxies scored; the rest are left out of every correlation (a shard not merged yet?)"), "{warning}");
+        assert_eq!(coverage_warning(&proxy, &truth, &proxy), None);
         let missing = dir.path().join("missing.jsonl");
         let err = report(&[&same], &missing).unwrap_err().to_string();
         assert_eq!(err, format!("--truth {}: no such results file", missing.display()));

@@ -123,6 +123,31 @@ fn same_teacher(label: &str, folder: Option<&Path>) -> bool {
 
 /// How the cell is stacked, as recorded. Records are matched by this text, so the head keeps
 /// the spelling older records have (`Hidden`, not the flag's `hidden`).
+/// What makes a teacher a weak GTN proxy for the networks `net`, while it still scores them:
+/// data meta-trained for other learners, or other networks, or meta-training unfinished.
+fn teacher_warnings(config: &crate::config::Config, iteration: usize, net: &NetConfig) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.learner != crate::learner::LearnerKind::NasRandom {
+        warnings.push(format!(
+            "meta-trained for learner `{}`, not the NAS networks it scores (`learner = \"nas-random\"`); its data may rank them poorly",
+            config.learner
+        ));
+    } else if *net != NetConfig::CPU {
+        warnings.push(format!(
+            "meta-trained on networks of {}, scoring ones of {}; its data may rank them less well",
+            net_label(&NetConfig::CPU),
+            net_label(net)
+        ));
+    }
+    if iteration < config.meta_iters {
+        warnings.push(format!(
+            "meta-training unfinished (meta-iteration {iteration} of {}); its records name that iteration",
+            config.meta_iters
+        ));
+    }
+    warnings
+}
+
 fn net_label(net: &NetConfig) -> String {
     let NetConfig { cells, channels, reductions, head } = net;
     format!("cells {cells}, channels {channels}, reductions {reductions}, head {head:?}")
@@ -167,6 +192,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         Proxy::Gtn(dir) => {
             let checkpoint::Checkpoint { teacher, iteration, sha256: sha, data, .. } = checkpoint::load(dir, device)?;
             let version = format!("at meta-iteration {iteration}, checkpoint sha256 {}", &sha[..12]);
+            for warning in teacher_warnings(&teacher.config, iteration, &opts.net) {
+                crate::progress::warn_once(&format!("{}: {warning}", dir.display()));
+            }
             let t = teacher.config.inner_steps;
             if max_steps > t {
                 bail!(
@@ -443,6 +471,21 @@ mod tests {
             eval_images: 64,
             seed: 0,
         }
+    }
+
+    #[test]
+    fn a_weak_teacher_is_warned_of() {
+        use crate::config::Config;
+        use crate::learner::LearnerKind;
+        let nas = Config { learner: LearnerKind::NasRandom, ..Config::tiny() };
+        assert!(teacher_warnings(&nas, nas.meta_iters, &NetConfig::CPU).is_empty());
+        let other = NetConfig { channels: 2, ..NetConfig::CPU };
+        let warnings = teacher_warnings(&Config { learner: LearnerKind::Mlp, ..nas.clone() }, 3, &other);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("meta-trained for learner `mlp`, not the NAS networks"), "{warnings:?}");
+        assert_eq!(warnings[1], "meta-training unfinished (meta-iteration 3 of 8); its records name that iteration");
+        let warnings = teacher_warnings(&nas, nas.meta_iters, &other);
+        assert!(warnings[0].contains("scoring ones of cells 0, channels 2,"), "{warnings:?}");
     }
 
     #[test]
