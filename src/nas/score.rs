@@ -188,13 +188,14 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     if opts.proxy == Proxy::Real && opts.real.batch < 2 && opts.net.head.normalises_over_the_batch_alone() {
         bail!("--batch-size {}: the hidden head's batch norm over one image is constant; expected at least 2 (or another --head)", opts.real.batch);
     }
+    // Said once every refusal has passed, before the work.
+    let mut warnings = Vec::new();
     let (teacher, teacher_version, teacher_data) = match &opts.proxy {
         Proxy::Gtn(dir) => {
             let checkpoint::Checkpoint { teacher, iteration, sha256: sha, data, .. } = checkpoint::load(dir, device)?;
             let version = format!("at meta-iteration {iteration}, checkpoint sha256 {}", &sha[..12]);
-            for warning in teacher_warnings(&teacher.config, iteration, &opts.net) {
-                crate::progress::warn_once(&format!("{}: {warning}", dir.display()));
-            }
+            let weak = teacher_warnings(&teacher.config, iteration, &opts.net);
+            warnings.extend(weak.into_iter().map(|w| format!("{}: {w}", dir.display())));
             let t = teacher.config.inner_steps;
             if max_steps > t {
                 bail!(
@@ -261,7 +262,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     }
     let (valid, test) = (data.valid.first(opts.eval_images), data.test.first(opts.eval_images));
     if valid.len() < opts.eval_images || test.len() < opts.eval_images {
-        crate::progress::warn_once(&format!(
+        warnings.push(format!(
             "--eval-images {}: the validation split holds {} images and the test split {}; each is scored on at most that many",
             opts.eval_images,
             data.valid.len(),
@@ -323,6 +324,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             opts.out.display(),
             r.proxy
         );
+    }
+    for warning in &warnings {
+        crate::progress::warn_once(warning);
     }
     let mut done = jsonl::done_keys(&done);
     let mut summary = ScoreSummary { scored: 0, skipped: 0, repeated: 0, other_shards: 0, label: label.clone() };
