@@ -177,22 +177,30 @@ impl Appender {
 
 /// Gives every record of one teacher the first spelling its folder has in `records`: shards run
 /// with it spelled otherwise (`gtn:runs/t`, `gtn:/home/u/runs/t`, from another folder) merge and
-/// report as one proxy when the spellings lead to the same folder from here and the records name
-/// the same teacher checkpoint in their setting (a folder trained again, or a link pointed
-/// elsewhere since, keeps its labels apart; so do records of builds that recorded no setting).
+/// report as one proxy when the records name the same teacher checkpoint in their setting (its
+/// sha256), wherever the spellings lead from here (a folder trained again keeps its labels
+/// apart); records whose setting names no checkpoint, when the spellings lead to the same folder
+/// from here; records of builds that recorded no setting keep theirs.
 pub fn one_label_per_teacher(records: &mut [Record]) {
     let mut folders: HashMap<String, Option<PathBuf>> = HashMap::new();
-    let mut first_label: HashMap<(PathBuf, String), String> = HashMap::new();
+    let mut first_label: HashMap<(Option<PathBuf>, String), String> = HashMap::new();
     for r in records.iter_mut().filter(|r| !r.setting.is_empty()) {
-        let folder = folders
-            .entry(r.proxy.clone())
-            .or_insert_with(|| r.proxy.strip_prefix("gtn:").and_then(|dir| Path::new(dir).canonicalize().ok()));
-        if let Some(folder) = folder {
-            let key = (folder.clone(), r.setting.clone());
-            r.proxy = first_label.entry(key).or_insert_with(|| r.proxy.clone()).clone();
-        }
+        let Some(dir) = r.proxy.strip_prefix("gtn:") else { continue };
+        // A setting naming the teacher's checkpoint names the teacher, wherever its folder is
+        // and from wherever it was spelled; another, only with the folder it leads to from here.
+        let folder = match r.setting.contains(TEACHER_CHECKPOINT) {
+            true => None,
+            false => match folders.entry(dir.to_owned()).or_insert_with(|| Path::new(dir).canonicalize().ok()) {
+                Some(folder) => Some(folder.clone()),
+                None => continue,
+            },
+        };
+        r.proxy = first_label.entry((folder, r.setting.clone())).or_insert_with(|| r.proxy.clone()).clone();
     }
 }
+
+/// What a GTN proxy's setting says before the sha256 of its teacher's checkpoint.
+pub const TEACHER_CHECKPOINT: &str = "checkpoint sha256 ";
 
 /// Keys already present, for skipping finished work.
 pub fn done_keys(records: &[Record]) -> HashSet<(String, String, usize)> {
@@ -394,20 +402,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("t")).unwrap();
         let (a, b, out) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("m.jsonl"));
-        let at = |folder: &str, arch: &str| {
-            let proxy = format!("gtn:{}", dir.path().join(folder).display());
-            let setting = "teacher at meta-iteration 8, checkpoint sha256 ab".into();
+        let named = |folder: &str, arch: &str, setting: &str| {
+            let (proxy, setting) = (format!("gtn:{}", dir.path().join(folder).display()), setting.to_owned());
             format!("{}\n", serde_json::to_string(&Record { proxy, setting, ..record(arch, 0, 4) }).unwrap())
         };
+        let at = |folder: &str, arch: &str| {
+            named(folder, arch, &format!("teacher at meta-iteration 8, {TEACHER_CHECKPOINT}ab"))
+        };
+        // One teacher checkpoint, however spelled, even as a folder that does not lead to it
+        // from here (a relative one from another current folder, or one moved since).
         std::fs::write(&a, at("t", "x")).unwrap();
         std::fs::write(&b, at("t/../t", "y") + &at("elsewhere", "z")).unwrap();
         assert_eq!(merge(&[&a, &b], &out).unwrap(), 3);
         let labels: HashSet<String> = read(&out).unwrap().into_iter().map(|r| r.proxy).collect();
-        let expected = [
-            format!("gtn:{}", dir.path().join("t").display()),
-            format!("gtn:{}", dir.path().join("elsewhere").display()),
-        ];
-        assert_eq!(labels, expected.into_iter().collect(), "a folder that does not exist keeps its label");
+        assert_eq!(labels, HashSet::from([format!("gtn:{}", dir.path().join("t").display())]));
+        // A setting that names no checkpoint: one proxy only where the folders are one.
+        std::fs::write(&a, named("t", "x", "old")).unwrap();
+        std::fs::write(&b, named("t/../t", "y", "old") + &named("elsewhere", "z", "old")).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        merge(&[&a, &b], &out).unwrap();
+        assert_eq!(read(&out).unwrap().into_iter().map(|r| r.proxy).collect::<HashSet<_>>().len(), 2);
+        std::fs::write(&a, at("t", "x")).unwrap();
         // The folder's teacher trained again since: another proxy, its label kept.
         std::fs::write(&b, at("t/../t", "w").replace("sha256 ab", "sha256 cd")).unwrap();
         std::fs::remove_file(&out).unwrap();

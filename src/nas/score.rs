@@ -121,8 +121,6 @@ fn same_teacher(label: &str, folder: Option<&Path>) -> bool {
     matches!((recorded, folder), (Some(Ok(a)), Some(b)) if a == b)
 }
 
-/// How the cell is stacked, as recorded. Records are matched by this text, so the head keeps
-/// the spelling older records have (`Hidden`, not the flag's `hidden`).
 /// What makes a teacher a weak GTN proxy for the networks `net`, while it still scores them:
 /// data meta-trained for other learners, or other networks, or meta-training unfinished.
 fn teacher_warnings(config: &crate::config::Config, iteration: usize, net: &NetConfig) -> Vec<String> {
@@ -148,6 +146,8 @@ fn teacher_warnings(config: &crate::config::Config, iteration: usize, net: &NetC
     warnings
 }
 
+/// How the cell is stacked, as recorded. Records are matched by this text, so the head keeps
+/// the spelling older records have (`Hidden`, not the flag's `hidden`).
 fn net_label(net: &NetConfig) -> String {
     let NetConfig { cells, channels, reductions, head } = net;
     format!("cells {cells}, channels {channels}, reductions {reductions}, head {head:?}")
@@ -193,7 +193,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     let (teacher, teacher_version, teacher_data) = match &opts.proxy {
         Proxy::Gtn(dir) => {
             let checkpoint::Checkpoint { teacher, iteration, sha256: sha, data, .. } = checkpoint::load(dir, device)?;
-            let version = format!("at meta-iteration {iteration}, checkpoint sha256 {}", &sha[..12]);
+            let version = format!("at meta-iteration {iteration}, {}{}", jsonl::TEACHER_CHECKPOINT, &sha[..12]);
             let weak = teacher_warnings(&teacher.config, iteration, &opts.net);
             warnings.extend(weak.into_iter().map(|w| format!("{}: {w}", dir.display())));
             let t = teacher.config.inner_steps;
@@ -283,13 +283,16 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     let (net, setting) = (net_label(&opts.net), setting(opts, &data, bn_eval, teacher_version.as_deref()));
     let dataset = data.name.as_str();
     let (mut out, done) = Appender::open(&opts.out)?;
-    // The same teacher folder spelled another way (relative, absolute, a link) takes the file's
-    // spelling: its records are found done, and a report shows one proxy, not two.
+    // The same teacher spelled another way (relative, absolute, a link, or relative to another
+    // current folder, its records naming the same checkpoint) takes the file's spelling: its
+    // records are found done, and a report shows one proxy, not two.
     let label = match &opts.proxy {
         Proxy::Gtn(dir) if !done.iter().any(|r| r.proxy == label) => {
             let folder = dir.canonicalize().ok();
-            let same = |l: &&String| same_teacher(l, folder.as_deref());
-            done.iter().map(|r| &r.proxy).find(same).cloned().unwrap_or(label)
+            let same = |r: &&Record| {
+                same_teacher(&r.proxy, folder.as_deref()) || (r.proxy.starts_with("gtn:") && r.setting == setting)
+            };
+            done.iter().find(same).map_or(label, |r| r.proxy.clone())
         }
         _ => label,
     };
@@ -677,6 +680,16 @@ mod tests {
         // The same folder spelled otherwise is the same teacher: nothing to do.
         let spelled = Proxy::Gtn(dir.path().join("run/../run"));
         let again = score(&ScoreOptions { proxy: spelled, ..opts.clone() }, Device::Cpu, |_| {}).unwrap();
+        assert_eq!((again.scored, again.skipped), (0, 1));
+        assert_eq!(std::fs::read(&out).unwrap(), before);
+        // Its copy (as good as the folder named from another current folder): the records name
+        // its checkpoint.
+        let copy = dir.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        for file in [checkpoint::CONFIG_FILE, checkpoint::CHECKPOINT_FILE, checkpoint::LOG_FILE] {
+            std::fs::copy(run.join(file), copy.join(file)).unwrap();
+        }
+        let again = score(&ScoreOptions { proxy: Proxy::Gtn(copy), ..opts.clone() }, Device::Cpu, |_| {}).unwrap();
         assert_eq!((again.scored, again.skipped), (0, 1));
         assert_eq!(std::fs::read(&out).unwrap(), before);
         trainer.step().unwrap();
