@@ -1,4 +1,4 @@
-//! Ctrl-C during training (meta-iterations, ES generations), and SIGTERM (a scheduler's, before
+//! Ctrl-C during training (meta-iterations, ES generations, NAS architectures), and SIGTERM (a scheduler's, before
 //! it kills) or SIGHUP (the terminal closed): the first asks the run to stop once its current
 //! iteration is done, save a checkpoint there and exit, so no trained iteration is lost; a second,
 //! or one outside a training loop, ends the process at once as it always would. A signal the
@@ -18,6 +18,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 pub enum Unit {
     MetaIteration = 1,
     Generation = 2,
+    Architecture = 3,
 }
 
 impl Unit {
@@ -25,6 +26,7 @@ impl Unit {
         match self {
             Unit::MetaIteration => "meta-iteration",
             Unit::Generation => "generation",
+            Unit::Architecture => "architecture",
         }
     }
 }
@@ -154,6 +156,7 @@ fn on_signal(signal: i32) {
     let unit = match ARMED.load(Ordering::SeqCst) {
         1 => Some(Unit::MetaIteration),
         2 => Some(Unit::Generation),
+        3 => Some(Unit::Architecture),
         _ => None,
     };
     match (unit, first) {

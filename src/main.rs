@@ -828,15 +828,17 @@ fn nas_score(common: NasArgs, proxy: nas::score::Proxy, steps: Vec<usize>, devic
     };
     let base = nas_options(common.train, teacher)?;
     let opts = nas::score::ScoreOptions { archs, proxy, steps, shard: common.shard, out: common.out, ..base };
-    let summary = nas::score::score(&opts, device, |r| {
-        gtn::outln!(
-            "{:>4} {} {:>5} steps: valid {:.2}% ({:.1} s)",
-            r.index,
-            r.arch,
-            r.steps,
-            100.0 * r.valid_accuracy,
-            r.seconds
-        )
+    let summary = gtn::interrupt::graceful(gtn::interrupt::Unit::Architecture, || {
+        nas::score::score(&opts, device, |r| {
+            gtn::outln!(
+                "{:>4} {} {:>5} steps: valid {:.2}% ({:.1} s)",
+                r.index,
+                r.arch,
+                r.steps,
+                100.0 * r.valid_accuracy,
+                r.seconds
+            )
+        })
     })?;
     let repeated = match summary.repeated {
         0 => String::new(),
@@ -884,8 +886,10 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
                 truth_steps,
                 out,
             };
-            let report = nas::search::search(&opts, device, |phase, r| {
-                gtn::outln!("{phase} {:>4} {}: valid {:.2}%", r.index, r.arch, 100.0 * r.valid_accuracy)
+            let report = gtn::interrupt::graceful(gtn::interrupt::Unit::Architecture, || {
+                nas::search::search(&opts, device, |phase, r| {
+                    gtn::outln!("{phase} {:>4} {}: valid {:.2}%", r.index, r.arch, 100.0 * r.valid_accuracy)
+                })
             })?;
             gtn::progress::print_out(&report.markdown());
             Ok(())

@@ -619,6 +619,50 @@ fn tiny_compare_writes_curves_table_and_plot() {
     assert_eq!(stored.iter().map(|f| read(f)).collect::<Vec<_>>(), before, "reused, not measured again");
 }
 
+/// Ctrl-C while NAS scores stops once the architecture in training has its records written, and
+/// says how far the file got; the same command then goes on from there.
+#[test]
+fn ctrl_c_stops_nas_scoring_after_an_architecture() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("truth.jsonl");
+    let data = fixtures();
+    let small = "--sample 8 --steps 200 --cells 0 --reductions 1 --channels 2 --eval-images 64 --valid-size 112";
+    let (data, out_path) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let places = ["--batch-size", "16", "--data-dir", data, "--out", out_path];
+    let args: Vec<&str> = ["nas", "truth"].into_iter().chain(small.split(' ')).chain(places).collect();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gtn"));
+    command.args(&args);
+    // SAFETY: only signal(2), async-signal-safe, between fork and exec: SIGINT caught whatever
+    // the test runner's (a background job's is ignored).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        })
+    };
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let records = || std::fs::read_to_string(&out).map_or(0, |text| text.lines().count());
+    while records() == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: a plain syscall on the child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let stopped = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(130), "{stderr}");
+    assert!(stderr.lines().any(|l| l == "stopping after this architecture to save it; Ctrl-C again: quit now"));
+    let done = records();
+    let said = format!(
+        "stopped: {} saved after {done} of 8 architectures; the same command continues from there",
+        out.display()
+    );
+    assert_eq!(stderr.lines().last(), Some(said.as_str()), "{stderr}");
+    assert!(done < 8, "stopped early: {done}");
+    let again = stdout(&gtn(&args));
+    assert!(again.contains(&format!(", skipped {done} already done")) && records() == 8, "{again}");
+}
+
 /// GTN-NAS on the fixtures: score sampled cells on a tiny teacher's data and on real data in two
 /// shards, merge, compute the truth, report; a re-run skips done work.
 #[test]

@@ -17,6 +17,7 @@ use crate::checkpoint;
 use crate::data::{BatchSampler, Dataset, DatasetName};
 use crate::eval;
 use crate::inner::{self, LearnerState};
+use crate::interrupt::{Interrupted, Unit};
 use crate::learner::{Arch, BnEval, Learner};
 
 /// What architectures are trained on before being scored.
@@ -425,6 +426,12 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             return Err(e);
         }
         summary.scored += 1;
+        // Under `interrupt::graceful`, a stop asked for once this architecture's records are in.
+        if let Some(signal) = crate::interrupt::requested() {
+            let taken = (0..opts.archs.len()).filter(|&k| opts.shard.takes(k)).count();
+            let done = summary.scored + summary.skipped + summary.repeated;
+            return Err(Interrupted::at(&opts.out, Unit::Architecture, done, taken, signal).into());
+        }
     }
     Ok(summary)
 }
