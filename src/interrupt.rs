@@ -176,10 +176,13 @@ fn on_signal(signal: i32) {
             });
             return;
         }
-        (Some(_), false) => {
+        (Some(unit), false) => {
             let (done, printed) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                crate::progress::print_above_bar("quitting: the run keeps its last saved checkpoint");
+                crate::progress::print_above_bar(match unit {
+                    Unit::Architecture => "quitting: the results file keeps the records written",
+                    _ => "quitting: the run keeps its last saved checkpoint",
+                });
                 let _ = done.send(());
             });
             let _ = printed.recv_timeout(Duration::from_millis(200));

@@ -196,7 +196,8 @@ enum NasCommand {
         /// Shard result files.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
-        /// The merged results file.
+        /// The merged results file: a new one, one of those merged, or an earlier merge of them
+        /// (anything else there is refused, not replaced).
         #[arg(short, long)]
         out: PathBuf,
     },

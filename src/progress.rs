@@ -114,12 +114,13 @@ pub fn print_err(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// `text` to stdout, whose reader may be gone (`| head`): `print!` would panic there, midway
-/// through work that writes its results to files anyway. Any other failure (a full disk under
-/// `> file`) still ends the process, as `print!` would.
+/// `text` to stdout, whose reader may be gone (`| head`, or a terminal closed, whose SIGHUP asks
+/// the work to stop at its next save): `print!` would panic there, midway through work that
+/// writes its results to files anyway. Any other failure (a full disk under `> file`) still ends
+/// the process, as `print!` would.
 pub fn print_out(text: &str) {
     if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
+        if e.kind() != std::io::ErrorKind::BrokenPipe && crate::interrupt::requested().is_none() {
             panic!("failed printing to stdout: {e}");
         }
     }

@@ -641,9 +641,12 @@ fn ctrl_c_stops_nas_scoring_after_an_architecture() {
             Ok(())
         })
     };
-    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let records = || std::fs::read_to_string(&out).map_or(0, |text| text.lines().count());
     while records() == 0 {
+        if child.try_wait().unwrap().is_some() {
+            panic!("gtn ended before its first record: {:?}", child.wait_with_output().unwrap());
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // SAFETY: a plain syscall on the child's pid.

@@ -266,11 +266,13 @@ pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
     // replaced file.
     if let Ok(held) = std::fs::File::open(output) {
         crate::atomic::lock_exclusive(&held, output, "a gtn process is appending to it; merge into another --out")?;
-        // It is replaced: only a file whose records the merge keeps (an input) may be there.
+        // It is replaced: only a file whose records the merge keeps may be there (one of the
+        // files merged, or an earlier merge of them, as a re-run of the same command finds).
         let existing = output.canonicalize().ok();
-        if !inputs.iter().any(|input| input.canonicalize().ok() == existing) {
+        let merged_before = || read(output).is_ok_and(|records| records.iter().all(|r| keys.contains(&r.key())));
+        if !inputs.iter().any(|input| input.canonicalize().ok() == existing) && !merged_before() {
             bail!(
-                "--out {}: exists and is not among the files merged, which would replace it; expected a new path, or one of them",
+                "--out {}: exists, holding other than the records merged, which would replace it; expected a new path, one of the files merged, or an earlier merge of them",
                 output.display()
             );
         }
@@ -445,9 +447,11 @@ mod tests {
         assert_eq!(merge(&[&a, &b], &out).unwrap(), 4);
         let merged: Vec<(String, usize)> = read(&out).unwrap().into_iter().map(|r| (r.arch, r.steps)).collect();
         assert_eq!(merged, [("z".into(), 2), ("y".into(), 4), ("z".into(), 4), ("x".into(), 4)]);
-        // A file there already is replaced only as one of the files merged: its records kept.
+        // A file there already is replaced only as an earlier merge of the same records (the
+        // same command repeated) or one of the files merged: no record is lost.
+        assert_eq!(merge(&[&a, &b], &out).unwrap(), 4, "repeated");
         let err = merge(&[&a], &out).unwrap_err().to_string();
-        assert!(err.ends_with("m.jsonl: exists and is not among the files merged, which would replace it; expected a new path, or one of them"), "{err}");
+        assert!(err.ends_with("m.jsonl: exists, holding other than the records merged, which would replace it; expected a new path, one of the files merged, or an earlier merge of them"), "{err}");
         assert_eq!(merge(&[&a, &out], &out).unwrap(), 4);
         assert!(merge(&[&dir.path().join("none")], &out).is_err());
         // The same architecture measured on another dataset is not silently dropped.

@@ -499,11 +499,12 @@ pub fn report(proxy_files: &[&Path], truth_file: &Path) -> Result<(Vec<Row>, Str
         tracing::warn!("{warning}");
     }
     let mut proxy: Vec<Record> = files.into_iter().flat_map(|(_, records)| records).collect();
+    super::jsonl::one_label_per_teacher(&mut proxy);
+    let mut rows = correlations(&proxy, &truth)?;
+    // Once nothing refuses the files.
     if let Some(warning) = coverage_warning(&proxy, truth_file, &truth) {
         tracing::warn!("{warning}");
     }
-    super::jsonl::one_label_per_teacher(&mut proxy);
-    let mut rows = correlations(&proxy, &truth)?;
     let matches = steps_to_match(&rows);
     for m in &matches {
         let row =

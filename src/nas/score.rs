@@ -356,6 +356,8 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             summary.skipped += 1;
             continue;
         }
+        // Under `interrupt::graceful`, a stop asked for while none was in training.
+        stop_if_asked(opts, &summary)?;
         let (image, classes) = data.name.shape();
         let learner = Learner::new(Arch::Nas { cell: *cell, net: opts.net }, image, classes)?.scored_with(bn_eval);
         let mut rng = arch_rng(opts.seed, cell);
@@ -427,13 +429,22 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         }
         summary.scored += 1;
         // Under `interrupt::graceful`, a stop asked for once this architecture's records are in.
-        if let Some(signal) = crate::interrupt::requested() {
-            let taken = (0..opts.archs.len()).filter(|&k| opts.shard.takes(k)).count();
-            let done = summary.scored + summary.skipped + summary.repeated;
-            return Err(Interrupted::at(&opts.out, Unit::Architecture, done, taken, signal).into());
-        }
+        stop_if_asked(opts, &summary)?;
     }
     Ok(summary)
+}
+
+/// The stop a signal asked for (under [`crate::interrupt::graceful`]), naming how many of this
+/// shard's architectures the output file holds.
+fn stop_if_asked(opts: &ScoreOptions, summary: &ScoreSummary) -> Result<()> {
+    match crate::interrupt::requested() {
+        Some(signal) => {
+            let taken = (0..opts.archs.len()).filter(|&k| opts.shard.takes(k)).count();
+            let done = summary.scored + summary.skipped + summary.repeated;
+            Err(Interrupted::at(&opts.out, Unit::Architecture, done, taken, signal).into())
+        }
+        None => Ok(()),
+    }
 }
 
 /// SGD with momentum on real training batches at a constant learning rate.
