@@ -1,9 +1,9 @@
-//! Ctrl-C during training (meta-iterations, ES generations, NAS architectures), and SIGTERM (a scheduler's, before
-//! it kills) or SIGHUP (the terminal closed): the first asks the run to stop once its current
-//! iteration is done, save a checkpoint there and exit, so no trained iteration is lost; a second,
-//! or one outside a training loop, ends the process at once as it always would. A signal the
-//! process was started ignoring (`nohup`'s SIGHUP, a script's background job's Ctrl-C) stays
-//! ignored.
+//! Ctrl-C during training (meta-iterations, ES generations, NAS architectures), and SIGTERM (a
+//! scheduler's, before it kills) or SIGHUP (the terminal closed): the first asks the run to stop
+//! once its current iteration is done, save it there and exit, so no trained iteration is lost;
+//! a second, or one outside a training loop, ends the process at once as it always would. A
+//! signal the process was started ignoring (`nohup`'s SIGHUP, a script's background job's
+//! Ctrl-C) stays ignored.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
