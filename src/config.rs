@@ -246,8 +246,25 @@ impl Config {
 
     /// The preset `name` with the command line's `flags` applied (its `--config` file first),
     /// validated.
+    /// A command's own teacher (`baseline distill`'s pixels) is not silently put over a file's.
     pub fn from_flags(name: &str, flags: &Flags) -> Result<Config> {
-        Config::from_preset(name, flags.config)?.with_flags(flags)
+        let mut preset = Config::preset(name)?;
+        // The command's teacher before the file's keys, so that a file's own `teacher` shows.
+        preset.teacher = flags.teacher.unwrap_or(preset.teacher);
+        let config = match flags.config {
+            Some(file) => preset.with_overrides(file)?,
+            None => preset,
+        };
+        if let (Some(wanted), Some(file)) = (flags.teacher, flags.config) {
+            if config.teacher != wanted {
+                bail!(
+                    "{}: config key `teacher` is \"{}\", but this command trains a {wanted} teacher; expected \"{wanted}\" or no `teacher` key (`gtn train --config` trains the file's)",
+                    file.display(),
+                    config.teacher
+                );
+            }
+        }
+        config.with_flags(flags)
     }
 
     /// This config with the command line's `flags` applied (but for `--config`), validated; an
@@ -931,6 +948,14 @@ mod tests {
         let distill = Flags { config: Some(&file), teacher: Some(TeacherKind::Pixels), ..Flags::default() };
         let err = Config::from_flags("cpu", &distill).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{shown}: config key `curriculum` is \"none\"")), "{err}");
+        std::fs::write(&file, "teacher = \"generator\"").unwrap();
+        let err = Config::from_flags("cpu", &distill).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("{shown}: config key `teacher` is \"generator\", but this command trains a pixels teacher; expected \"pixels\" or no `teacher` key (`gtn train --config` trains the file's)")
+        );
+        std::fs::write(&file, "teacher = \"pixels\"").unwrap();
+        assert_eq!(Config::from_flags("cpu", &distill).unwrap().teacher, TeacherKind::Pixels);
         std::fs::write(&file, "batch_size = 32").unwrap();
         let short = Flags { config: Some(&file), inner_steps: Some(8), ..Flags::default() };
         let config = Config::from_flags("paper-cifar10", &short).unwrap();

@@ -801,6 +801,7 @@ fn nas_options(train: NasTrainArgs, teacher: Option<&std::path::Path>) -> Result
         proxy: nas::score::Proxy::Real,
         steps: Vec::new(),
         shard: nas::jsonl::Shard::ALL,
+        only: None,
         out: PathBuf::new(),
         dataset,
         data_dir: train.data_dir,

@@ -761,7 +761,18 @@ fn nas_score_truth_merge_report() {
     assert!(out.contains("best: `"), "{out}");
     let truth = std::fs::read_to_string(tmp.path().join("search/truth.jsonl")).unwrap();
     assert_eq!(truth.lines().count(), 2, "only the top 2 are trained on real data");
-    assert_eq!(std::fs::read_to_string(tmp.path().join("search/proxy.jsonl")).unwrap().lines().count(), 4);
+    let proxy = std::fs::read_to_string(tmp.path().join("search/proxy.jsonl")).unwrap();
+    assert_eq!(proxy.lines().count(), 4);
+    // Both files index the sample: a finalist keeps its position (not its rank).
+    let index_of = |text: &str| -> std::collections::HashMap<String, u64> {
+        let record = |line| serde_json::from_str::<serde_json::Value>(line).unwrap();
+        text.lines()
+            .map(record)
+            .map(|r| (r["arch"].as_str().unwrap().to_owned(), r["index"].as_u64().unwrap()))
+            .collect()
+    };
+    let (proxy_index, truth_index) = (index_of(&proxy), index_of(&truth));
+    assert!(truth_index.iter().all(|(arch, k)| proxy_index[arch] == *k), "{truth_index:?} vs {proxy_index:?}");
     // Resumed with the teacher spelled otherwise: nothing scored again, the same finalists.
     let respelled_teacher = run.join("../run");
     let mut respelled = search.clone();

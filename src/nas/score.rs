@@ -2,6 +2,7 @@
 //! or real data) and record its held-out accuracy after each requested step count. The "true"
 //! performance is the same measurement with real data and many steps.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
@@ -70,6 +71,9 @@ pub struct ScoreOptions {
     /// Step counts to record; one run per architecture to the largest.
     pub steps: Vec<usize>,
     pub shard: Shard,
+    /// Positions in `archs` to score, when not all: `nas search` trains its finalists under their
+    /// positions in the sample, so that its two files index one list.
+    pub only: Option<BTreeSet<usize>>,
     pub out: PathBuf,
     /// Dataset scored on: for a GTN proxy, its teacher's (another is refused).
     pub dataset: DatasetName,
@@ -84,6 +88,13 @@ pub struct ScoreOptions {
     pub seed: u64,
 }
 
+impl ScoreOptions {
+    /// Whether this run scores the architecture at `position` in `archs`.
+    fn takes(&self, position: usize) -> bool {
+        self.shard.takes(position) && self.only.as_ref().is_none_or(|only| only.contains(&position))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScoreSummary {
     pub scored: usize,
@@ -91,6 +102,7 @@ pub struct ScoreSummary {
     pub skipped: usize,
     /// Listed again after an earlier position in this shard's list (counted there).
     pub repeated: usize,
+    /// Left to other shards (or, with `only`, not asked for).
     pub other_shards: usize,
     /// The proxy's label in the output file: a teacher's folder spelled otherwise than there
     /// takes the file's spelling.
@@ -341,7 +353,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         first_listed.entry(cell.to_string()).or_insert(index);
     }
     for (index, cell) in opts.archs.iter().enumerate() {
-        if !opts.shard.takes(index) {
+        if !opts.takes(index) {
             summary.other_shards += 1;
             continue;
         }
@@ -439,7 +451,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
 fn stop_if_asked(opts: &ScoreOptions, summary: &ScoreSummary) -> Result<()> {
     match crate::interrupt::requested() {
         Some(signal) => {
-            let taken = (0..opts.archs.len()).filter(|&k| opts.shard.takes(k)).count();
+            let taken = (0..opts.archs.len()).filter(|&k| opts.takes(k)).count();
             let done = summary.scored + summary.skipped + summary.repeated;
             Err(Interrupted::at(&opts.out, Unit::Architecture, done, taken, signal).into())
         }
@@ -487,6 +499,7 @@ mod tests {
             proxy: Proxy::Real,
             steps: vec![2, 1],
             shard,
+            only: None,
             out: out.to_path_buf(),
             dataset: DatasetName::Mnist,
             data_dir: Some(fixture_dir()),

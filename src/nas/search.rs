@@ -2,13 +2,14 @@
 //! train the best `top_k` on real data, and report the best by validation accuracy together with
 //! its test accuracy. Both phases append to JSONL files in `out`, so an interrupted search resumes.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use serde::Serialize;
 use tch::Device;
 
-use super::arch::{self, Cell};
+use super::arch;
 use super::jsonl::{self, Record, Shard};
 use super::score::{self, Proxy, ScoreOptions};
 
@@ -90,13 +91,14 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     if opts.truth_steps == 0 {
         bail!("--truth-steps 0: expected at least 1");
     }
-    let candidates = arch::sample_distinct(opts.budget, opts.base.seed);
+    let sample = arch::sample_distinct(opts.budget, opts.base.seed);
     let proxy_out = opts.out.join("proxy.jsonl");
     let phase1 = ScoreOptions {
-        archs: candidates.clone(),
+        archs: sample.clone(),
         proxy: Proxy::Gtn(opts.teacher.clone()),
         steps: vec![opts.proxy_steps],
         shard: Shard::ALL,
+        only: None,
         out: proxy_out.clone(),
         // --valid-size is the finalists' (below): the candidates rank on the teacher's own split.
         valid_size: None,
@@ -107,17 +109,18 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     let label = score::score(&phase1, device, |r| progress("proxy", r))?.label;
     let mut scored: Vec<Record> =
         jsonl::read(&proxy_out)?.into_iter().filter(|r| r.proxy == label && r.steps == opts.proxy_steps).collect();
-    let candidates: std::collections::HashSet<String> = candidates.iter().map(Cell::to_string).collect();
-    scored.retain(|r| candidates.contains(&r.arch));
+    let position: HashMap<String, usize> = sample.iter().enumerate().map(|(k, c)| (c.to_string(), k)).collect();
+    scored.retain(|r| position.contains_key(&r.arch));
     scored.sort_by(|a, b| b.valid_accuracy.total_cmp(&a.valid_accuracy).then(a.index.cmp(&b.index)));
     scored.truncate(opts.top_k);
-    let finalists: Vec<Cell> = scored.iter().map(|r| r.arch.parse()).collect::<Result<_>>()?;
+    let finalists: Vec<String> = scored.into_iter().map(|r| r.arch).collect();
     let truth_out = opts.out.join("truth.jsonl");
     let phase2 = ScoreOptions {
-        archs: finalists.clone(),
+        archs: sample.clone(),
         proxy: Proxy::Real,
         steps: vec![opts.truth_steps],
         shard: Shard::ALL,
+        only: Some(finalists.iter().map(|arch| position[arch]).collect()),
         out: truth_out.clone(),
         // The folder the candidates were ranked on, the teacher's, unless --data-dir names one
         // (of the same sizes: the proxy phase checked), with the teacher's validation size unless
@@ -131,12 +134,10 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     let truth = jsonl::read(&truth_out)?;
     let mut top_k: Vec<Record> = finalists
         .iter()
-        .filter_map(|c| {
-            truth.iter().find(|r| r.arch == c.to_string() && r.steps == opts.truth_steps && r.proxy == "real")
-        })
+        .filter_map(|arch| truth.iter().find(|r| &r.arch == arch && r.steps == opts.truth_steps && r.proxy == "real"))
         .cloned()
         .collect();
     top_k.sort_by(|a, b| b.valid_accuracy.total_cmp(&a.valid_accuracy));
     let best = top_k.first().cloned().expect("every finalist was trained");
-    Ok(SearchReport { candidates: candidates.len(), top_k, best })
+    Ok(SearchReport { candidates: sample.len(), top_k, best })
 }
