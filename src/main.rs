@@ -893,6 +893,14 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
                     gtn::outln!("{phase} {:>4} {}: valid {:.2}%", r.index, r.arch, 100.0 * r.valid_accuracy)
                 })
             })?;
+            if report.scored_before + report.trained_before > 0 {
+                gtn::outln!(
+                    "kept from an earlier run in {}: {} scored on GTN data, {} trained on real data",
+                    opts.out.display(),
+                    gtn::text::count(report.scored_before, "candidate"),
+                    gtn::text::count(report.trained_before, "finalist")
+                );
+            }
             gtn::progress::print_out(&report.markdown());
             Ok(())
         }

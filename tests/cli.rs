@@ -779,6 +779,10 @@ fn nas_score_truth_merge_report() {
     respelled[3] = respelled_teacher.to_str().unwrap();
     let again = stdout(&gtn_in(tmp.path(), &respelled));
     assert!(again.contains("best: `") && !again.contains("proxy "), "{again}");
+    let kept =
+        format!("kept from an earlier run in {search_dir}: 4 candidates scored on GTN data, 2 finalists trained");
+    assert!(again.contains(&kept), "{again}");
+    assert!(!out.contains("kept from an earlier run"), "{out}");
     let mut too_many = search.clone();
     let at = too_many.iter().position(|a| *a == "--proxy-steps").unwrap();
     too_many[at + 1] = "9";

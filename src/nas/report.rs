@@ -414,13 +414,22 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
     }
     Chart {
         title: "Rank correlation with true performance",
-        x_label: "proxy training steps (solid: all architectures, dashed: the top 50% by truth)",
+        x_label: x_label(&series),
         y_label: "Spearman rho",
         series: &series,
         zoom_from: None,
         log_x: true,
     }
     .write_png(path)
+}
+
+/// The x label says which line is which subset, naming the dashed one only where one is drawn (a
+/// top half of fewer than two architectures has no correlation).
+fn x_label(series: &[Series]) -> &'static str {
+    match series.iter().any(|s| s.dashed && !s.points.is_empty()) {
+        true => "proxy training steps (solid: all architectures, dashed: the top 50% by truth)",
+        false => "proxy training steps (all architectures)",
+    }
 }
 
 /// A warning when the truth covers only some of the architectures the proxies scored: the rest
@@ -607,6 +616,21 @@ mod tests {
         assert_eq!(params.n, real.n);
         let dir = tempfile::tempdir().unwrap();
         plot(&rows, &dir.path().join("c.png")).unwrap();
+    }
+
+    #[test]
+    fn the_x_label_names_a_dashed_line_only_where_one_is_drawn() {
+        let line = |dashed, points: &[(f64, f64, f64)]| Series {
+            name: String::new(),
+            points: points.to_vec(),
+            color: 0,
+            dashed,
+        };
+        let all = line(false, &[(1.0, 0.5, 0.0), (2.0, 0.6, 0.0)]);
+        let drawn = [all.clone(), line(true, &[(1.0, 0.2, 0.0)])];
+        assert!(x_label(&drawn).contains("dashed: the top 50%"));
+        let none = [all, line(true, &[])];
+        assert_eq!(x_label(&none), "proxy training steps (all architectures)");
     }
 
     #[test]

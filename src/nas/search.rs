@@ -30,6 +30,9 @@ pub struct SearchReport {
     pub candidates: usize,
     pub top_k: Vec<Record>,
     pub best: Record,
+    /// Candidates scored and finalists trained by an earlier run into the same folder.
+    pub scored_before: usize,
+    pub trained_before: usize,
 }
 
 impl SearchReport {
@@ -106,7 +109,8 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     };
     // Its records' label: a --teacher spelled otherwise than when the search began takes the
     // file's spelling.
-    let label = score::score(&phase1, device, |r| progress("proxy", r))?.label;
+    let ranked = score::score(&phase1, device, |r| progress("proxy", r))?;
+    let label = ranked.label;
     let mut scored: Vec<Record> =
         jsonl::read(&proxy_out)?.into_iter().filter(|r| r.proxy == label && r.steps == opts.proxy_steps).collect();
     let position: HashMap<String, usize> = sample.iter().enumerate().map(|(k, c)| (c.to_string(), k)).collect();
@@ -130,7 +134,7 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
         valid_size: opts.base.valid_size.or(Some(teacher.valid_size)),
         ..opts.base.clone()
     };
-    score::score(&phase2, device, |r| progress("truth", r))?;
+    let trained = score::score(&phase2, device, |r| progress("truth", r))?;
     let truth = jsonl::read(&truth_out)?;
     let mut top_k: Vec<Record> = finalists
         .iter()
@@ -139,5 +143,11 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
         .collect();
     top_k.sort_by(|a, b| b.valid_accuracy.total_cmp(&a.valid_accuracy));
     let best = top_k.first().cloned().expect("every finalist was trained");
-    Ok(SearchReport { candidates: sample.len(), top_k, best })
+    Ok(SearchReport {
+        candidates: sample.len(),
+        top_k,
+        best,
+        scored_before: ranked.skipped,
+        trained_before: trained.skipped,
+    })
 }
