@@ -517,7 +517,7 @@ fn real_data_baseline_takes_a_validation_size() {
     let data = fixtures();
     let args = ["baseline", "real", "--data-dir", data.to_str().unwrap(), "--steps", "3", "--learners", "2"];
     let err = error_line(&gtn(&args));
-    assert!(err.contains("valid_size 10000 (validation images held out of the training set: config key `valid_size`, or `--valid-size` of `baseline real` and `nas`) leaves no training images"), "{err}");
+    assert!(err.contains("valid_size 10000 (mnist's default, validation images held out of the training set: config key `valid_size`, or `--valid-size` of `baseline real` and `nas`) leaves no training images"), "{err}");
     let sweep = ["--valid-size", "112", "--lrs", "0.05,0.1", "--momenta", "0.5", "--json"];
     let report: serde_json::Value = serde_json::from_str(stdout(&gtn(&[&args[..], &sweep].concat())).trim()).unwrap();
     assert_eq!((report["steps"].as_u64(), report["learners"].as_u64()), (Some(3), Some(2)));

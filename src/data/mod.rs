@@ -189,8 +189,13 @@ impl Dataset {
         };
         let n = full_train.len();
         if valid_size >= n {
+            // A slice of the dataset meets the full dataset's split unless told otherwise.
+            let default = match valid_size == name.default_valid_size() {
+                true => format!("{name}'s default, "),
+                false => String::new(),
+            };
             bail!(
-                "valid_size {valid_size} (validation images held out of the training set: config key `valid_size`, or `--valid-size` of `baseline real` and `nas`) leaves no training images in {} ({n} images); expected fewer than {n}",
+                "valid_size {valid_size} ({default}validation images held out of the training set: config key `valid_size`, or `--valid-size` of `baseline real` and `nas`) leaves no training images in {} ({n} images); expected fewer than {n}",
                 dir.display()
             );
         }
@@ -427,6 +432,8 @@ mod tests {
     fn rejects_oversized_validation_split() {
         let err = Dataset::load(DatasetName::Mnist, &fixture_dir(), 512, 0, Device::Cpu).unwrap_err();
         assert!(err.to_string().contains("valid_size 512 (validation images held out of the training set: config key `valid_size`, or `--valid-size` of `baseline real` and `nas`) leaves no training images"), "{err}");
+        let err = Dataset::load(DatasetName::Mnist, &fixture_dir(), 10_000, 0, Device::Cpu).unwrap_err();
+        assert!(err.to_string().starts_with("valid_size 10000 (mnist's default, validation images held out"), "{err}");
     }
 
     fn write_split(dir: &Path, n_img: usize, side: usize, n_lab: usize, label: u8) {
