@@ -465,9 +465,7 @@ impl Config {
             ("outer_lr", self.outer_lr, ""),
         ];
         for (key, value, why) in rates {
-            if !(value > 0.0 && value.is_finite()) {
-                bail!("config key `{key}` is {value}, expected a positive number{why}");
-            }
+            check_positive_f32(key, value, why)?;
         }
         if self.init_momentum >= 1.0 {
             bail!("config key `init_momentum` is {}, expected a value in (0, 1)", self.init_momentum);
@@ -711,6 +709,21 @@ pub fn from_file<C>(
         ),
         false => anyhow::anyhow!("{}: {e}", path.display()),
     })
+}
+
+/// A config's positive rate, `why` it is (the end of the message): the teachers hold their
+/// parameters and rates in float32, where a larger number is infinite and a smaller one 0 (or
+/// loses its precision): `init_lr = 1e60` would end the first step as NaN.
+pub(crate) fn check_positive_f32(key: &str, value: f64, why: &str) -> Result<()> {
+    if !(value > 0.0 && value.is_finite()) {
+        bail!("config key `{key}` is {value}, expected a positive number{why}");
+    }
+    if !(f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&value) {
+        bail!(
+            "config key `{key}` is {value:e}, expected a positive number from 1.2e-38 to 3.4e38 (float32's range){why}"
+        );
+    }
+    Ok(())
 }
 
 /// Recursive merge so a file can override one field of a nested table (e.g. `[generator]`).
@@ -995,6 +1008,14 @@ mod tests {
         assert_eq!(err, "config key `inner_steps` is 0, expected a positive integer");
         let err = Config::tiny().with_overrides_str("init_lr = -1.0").unwrap_err().to_string();
         assert!(err.contains("`init_lr` is -1"), "{err}");
+        let err = Config::tiny().with_overrides_str("init_lr = 1e60").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "`init_lr` is 1e60, expected a positive number from 1.2e-38 to 3.4e38 (float32's range) (the inner lr"
+            ),
+            "{err}"
+        );
+        assert!(Config::tiny().with_overrides_str("outer_lr = 1e-40").is_err());
         let err = Config::tiny().with_overrides_str("init_momentum = 0.0").unwrap_err().to_string();
         assert_eq!(err, "config key `init_momentum` is 0, expected a positive number (the inner lr and momentum are learned as logarithms)");
         for (text, key) in [

@@ -256,9 +256,7 @@ impl RlConfig {
             ("outer_lr", self.outer_lr),
         ];
         for (key, value) in rates {
-            if !(value > 0.0 && value.is_finite()) {
-                bail!("config key `{key}` is {value}, expected a positive number");
-            }
+            crate::config::check_positive_f32(key, value, "")?;
         }
         if self.init_momentum >= 1.0 {
             bail!("config key `init_momentum` is {}, expected a value in (0, 1)", self.init_momentum);
@@ -352,6 +350,12 @@ mod tests {
         assert_eq!(c.objective, Objective::Imitation);
         let err = overridden("sigma = 0.0").unwrap_err().to_string();
         assert!(err.ends_with(": config key `sigma` is 0, expected a positive number"), "{err}");
+        // Finite as f64, infinite in the float32 teacher: its first generation would be NaN.
+        let err = overridden("init_lr = 1e60").unwrap_err().to_string();
+        assert!(
+            err.ends_with("`init_lr` is 1e60, expected a positive number from 1.2e-38 to 3.4e38 (float32's range)"),
+            "{err}"
+        );
         let err = overridden("policy_width_max = 8").unwrap_err().to_string();
         assert!(err.contains("`policy_width_min` = 8 and `policy_width_max` = 8"), "{err}");
     }

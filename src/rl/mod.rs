@@ -20,7 +20,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 
 pub use config::{EnvName, Objective, RlConfig};
-pub use train::EsTrainer;
+pub use train::RlTrainer;
 
 use crate::eval::{mean_std, median};
 use crate::text::{count, mean_pm_std, spread};
@@ -65,11 +65,11 @@ pub struct TrainOptions {
 }
 
 /// `gtn rl train`: a new run in `out`, or the continuation of `resume`.
-pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
+pub fn train_command(options: &TrainOptions) -> Result<RlTrainer> {
     let threads = options.threads.unwrap_or_else(es::default_threads).max(1);
     let mut trainer = match (&options.resume, &options.out) {
         (Some(dir), _) => {
-            let t = EsTrainer::resume(dir, threads)?;
+            let t = RlTrainer::resume(dir, threads)?;
             crate::progress::announce_resumed(dir, t.generation, t.config().generations, "generation");
             t
         }
@@ -81,7 +81,7 @@ pub fn train_command(options: &TrainOptions) -> Result<EsTrainer> {
             config.env = options.env;
             config.seed = options.seed.unwrap_or(config.seed);
             config.validate()?;
-            let t = EsTrainer::open(&config, out, threads)?;
+            let t = RlTrainer::open(&config, out, threads)?;
             crate::progress::announce_reopened(out, t.generation, t.config().generations, "generation");
             t
         }

@@ -1,4 +1,5 @@
-//! ES meta-training of a training-environment teacher, with checkpoints: `config.toml` (written
+//! Meta-training of a training-environment teacher (by evolution strategies on the real return,
+//! or by the exact meta-gradient of the imitation objective), with checkpoints: `config.toml` (written
 //! once), `checkpoint.safetensors` (parameter vector, the teacher's fixed noise and initial
 //! parameters, Adam state, generation and, for the imitation objective, the reference policy's
 //! states and actions; replaced atomically) and `log.csv` (one row per generation).
@@ -90,7 +91,7 @@ pub struct Checkpoint {
     pub adam: Adam,
     pub generation: usize,
     pub reference: Option<Reference>,
-    /// Real environment steps the teacher has cost so far ([`EsTrainer::real_steps`]); none in
+    /// Real environment steps the teacher has cost so far ([`RlTrainer::real_steps`]); none in
     /// the checkpoints of builds before they were counted.
     pub real_steps: Option<u64>,
 }
@@ -258,7 +259,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     Ok(Checkpoint { teacher, theta, adam, generation, reference, real_steps })
 }
 
-pub struct EsTrainer {
+pub struct RlTrainer {
     pub teacher: EnvTeacher,
     /// The teacher's parameter vector `[dim]`, updated in place by Adam.
     pub theta: Tensor,
@@ -282,10 +283,10 @@ pub struct EsTrainer {
     _lock: crate::checkpoint::RunLock,
 }
 
-impl EsTrainer {
-    /// Starts a new run in `dir`, which must not already hold one ([`EsTrainer::open`] continues it).
+impl RlTrainer {
+    /// Starts a new run in `dir`, which must not already hold one ([`RlTrainer::open`] continues it).
     /// See [`holds_run`] for what counts as one.
-    pub fn create(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
+    pub fn create(config: &RlConfig, dir: &Path, threads: usize) -> Result<RlTrainer> {
         config.check_new_run()?;
         crate::checkpoint::check_startable::<RlConfig>(dir)?;
         let (teacher, theta) = EnvTeacher::new(config);
@@ -295,7 +296,7 @@ impl EsTrainer {
         let reference = (config.objective == Objective::Imitation).then(|| Reference::learn(config));
         let lock = crate::checkpoint::start_run::<RlConfig>(dir, &config.to_toml()?, log_header(config.objective))?;
         let real_steps = reference.as_ref().map_or(0, Reference::real_cost);
-        let mut trainer = EsTrainer {
+        let mut trainer = RlTrainer {
             teacher,
             theta,
             adam,
@@ -313,26 +314,26 @@ impl EsTrainer {
 
     /// Starts a run of `config` in `dir`, or continues the one already there if it was started
     /// with the same config; another config is an error that names the keys.
-    pub fn open(config: &RlConfig, dir: &Path, threads: usize) -> Result<EsTrainer> {
+    pub fn open(config: &RlConfig, dir: &Path, threads: usize) -> Result<RlTrainer> {
         crate::config::check_not_a_file(dir, "--out")?;
         if !holds_run(dir) {
-            return EsTrainer::create(config, dir, threads);
+            return RlTrainer::create(config, dir, threads);
         }
         // Continuing the stored run is advised only where it would load.
         let resumable = || never_saved(dir) || load(dir).is_ok();
         crate::config::same_run(dir, read_config(dir), config, || Some(RL_RUN).filter(|_| resumable()))?;
-        EsTrainer::resume(dir, threads)
+        RlTrainer::resume(dir, threads)
     }
 
     /// Continues the run in `dir` from its last checkpoint; log rows after it are dropped.
-    pub fn resume(dir: &Path, threads: usize) -> Result<EsTrainer> {
+    pub fn resume(dir: &Path, threads: usize) -> Result<RlTrainer> {
         if never_saved(dir) {
-            return EsTrainer::create(&read_config(dir)?, dir, threads);
+            return RlTrainer::create(&read_config(dir)?, dir, threads);
         }
         let lock = crate::checkpoint::lock_run(dir)?;
         let Checkpoint { teacher, theta, adam, generation, reference, real_steps } = load(dir)?;
         crate::progress::truncate_log(&dir.join(LOG_FILE), log_header(teacher.config.objective), generation)?;
-        Ok(EsTrainer {
+        Ok(RlTrainer {
             teacher,
             theta,
             adam,
@@ -505,7 +506,7 @@ mod tests {
     fn tiny_run_improves_the_real_return() {
         let dir = tempfile::tempdir().unwrap();
         let config = RlConfig::tiny();
-        let mut trainer = EsTrainer::create(&config, dir.path(), 2).unwrap();
+        let mut trainer = RlTrainer::create(&config, dir.path(), 2).unwrap();
         trainer.run(false).unwrap();
         // Held-out policies and episodes, not the ones ES scored.
         let trials = teacher::trials(&config, &mut StdRng::seed_from_u64(99), 8, 2);
@@ -521,16 +522,16 @@ mod tests {
     #[test]
     fn deterministic_and_resumable() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut whole = EsTrainer::create(&tiny(4), a.path(), 2).unwrap();
+        let mut whole = RlTrainer::create(&tiny(4), a.path(), 2).unwrap();
         whole.run(false).unwrap();
-        let mut part = EsTrainer::create(&tiny(4), b.path(), 1).unwrap();
+        let mut part = RlTrainer::create(&tiny(4), b.path(), 1).unwrap();
         part.step().unwrap();
         part.step().unwrap();
         part.save().unwrap();
         part.step().unwrap();
         // An interrupted run: the third generation's log row is dropped, its update lost.
         drop(part);
-        let mut resumed = EsTrainer::resume(b.path(), 1).unwrap();
+        let mut resumed = RlTrainer::resume(b.path(), 1).unwrap();
         assert_eq!(resumed.generation, 2);
         resumed.run(false).unwrap();
         assert_eq!(resumed.theta(), whole.theta());
@@ -557,7 +558,7 @@ mod tests {
     fn an_edited_sigma_rescales_adams_moments() {
         let dir = tempfile::tempdir().unwrap();
         let config = tiny(4);
-        let mut trainer = EsTrainer::create(&config, dir.path(), 1).unwrap();
+        let mut trainer = RlTrainer::create(&config, dir.path(), 1).unwrap();
         trainer.step().unwrap();
         trainer.save().unwrap();
         drop(trainer);
@@ -573,7 +574,7 @@ mod tests {
     #[test]
     fn non_finite_teacher_stops_and_keeps_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let mut trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        let mut trainer = RlTrainer::create(&tiny(4), dir.path(), 1).unwrap();
         trainer.theta = trainer.theta.full_like(f64::NAN);
         let err = trainer.step().unwrap_err().to_string();
         assert!(
@@ -584,7 +585,7 @@ mod tests {
         let saved = load(dir.path()).unwrap();
         assert_eq!(saved.generation, 0);
         assert_eq!(Vec::<f32>::try_from(&saved.theta).unwrap(), EnvTeacher::new(&tiny(4)).1);
-        let again = EsTrainer::create(&tiny(4), dir.path(), 1).err().unwrap().to_string();
+        let again = RlTrainer::create(&tiny(4), dir.path(), 1).err().unwrap().to_string();
         assert!(again.contains("already holds a run"), "{again}");
     }
 
@@ -594,7 +595,7 @@ mod tests {
     #[test]
     fn a_non_finite_optimiser_state_or_schedule_stops_the_step_and_leaves_the_trainer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        let mut trainer = RlTrainer::create(&tiny(4), dir.path(), 1).unwrap();
         let files = || ["log.csv", "checkpoint.safetensors"].map(|f| std::fs::read(dir.path().join(f)).unwrap());
         let before = files();
         trainer.adam.v[0] = trainer.adam.v[0].full_like(f64::INFINITY);
@@ -606,7 +607,7 @@ mod tests {
         assert_eq!(files(), before, "nothing logged or saved");
 
         drop(trainer);
-        let mut trainer = EsTrainer::resume(dir.path(), 1).unwrap();
+        let mut trainer = RlTrainer::resume(dir.path(), 1).unwrap();
         let first_log_lr = (trainer.teacher.dim() - 2 * tiny(4).inner_steps) as i64;
         let _ = trainer.theta.get(first_log_lr).fill_(100.0);
         let theta = trainer.theta();
@@ -630,7 +631,7 @@ mod tests {
     fn the_imitation_reference_is_stored_and_resumed() {
         let dir = tempfile::tempdir().unwrap();
         let config = RlConfig { objective: Objective::Imitation, baseline_budget: 2_000, ..tiny(4) };
-        let mut trainer = EsTrainer::create(&config, dir.path(), 1).unwrap();
+        let mut trainer = RlTrainer::create(&config, dir.path(), 1).unwrap();
         // A teacher that diverges as initialised: no edit of the run helps, a new run may.
         let theta = trainer.theta.copy();
         trainer.theta = theta.full_like(f64::NAN);
@@ -658,7 +659,7 @@ mod tests {
             })
             .collect();
         Tensor::write_safetensors(&mirrored, &file).unwrap();
-        let resumed = EsTrainer::resume(dir.path(), 2).unwrap();
+        let resumed = RlTrainer::resume(dir.path(), 2).unwrap();
         let r = resumed.reference().unwrap();
         assert!(
             r.actions.equal(&(learnt.actions.ones_like() - &learnt.actions)),
@@ -733,7 +734,7 @@ mod tests {
         use tch::Device;
         let dir = tempfile::tempdir().unwrap();
         let (rl, image) = (dir.path().join("rl"), dir.path().join("image"));
-        EsTrainer::create(&tiny(4), &rl, 1).unwrap().save().unwrap();
+        RlTrainer::create(&tiny(4), &rl, 1).unwrap().save().unwrap();
         let config =
             crate::config::Config { data_dir: Some(crate::data::fixture_dir()), ..crate::config::Config::tiny() };
         crate::meta::Trainer::create(&config, &image, Device::Cpu).unwrap().save().unwrap();
@@ -749,7 +750,7 @@ mod tests {
         assert_eq!(opened.err().unwrap().to_string(), rl_run);
         let image_run = named(&image, IMAGE_RUN, "gtn eval", RL_RUN);
         assert_eq!(read_config(&image).unwrap_err().to_string(), image_run);
-        assert_eq!(EsTrainer::open(&tiny(4), &image, 1).err().unwrap().to_string(), image_run);
+        assert_eq!(RlTrainer::open(&tiny(4), &image, 1).err().unwrap().to_string(), image_run);
         assert!(read_config(&rl).is_ok() && ck::read_config(&image).is_ok());
     }
 
@@ -757,9 +758,9 @@ mod tests {
     fn a_start_interrupted_before_its_first_checkpoint_is_started_again() {
         let dir = tempfile::tempdir().unwrap();
         crate::atomic::write(&dir.path().join(CONFIG_FILE), tiny(9).to_toml().unwrap().as_bytes()).unwrap();
-        assert_eq!(EsTrainer::resume(dir.path(), 1).unwrap().teacher.config, tiny(9), "--resume: as configured");
+        assert_eq!(RlTrainer::resume(dir.path(), 1).unwrap().teacher.config, tiny(9), "--resume: as configured");
         std::fs::remove_file(dir.path().join(CHECKPOINT_FILE)).unwrap();
-        let trainer = EsTrainer::open(&tiny(4), dir.path(), 1).unwrap();
+        let trainer = RlTrainer::open(&tiny(4), dir.path(), 1).unwrap();
         assert_eq!(trainer.generation, 0);
         assert_eq!(read_config(dir.path()).unwrap(), tiny(4));
         assert_eq!(load(dir.path()).unwrap().generation, 0);
@@ -769,7 +770,7 @@ mod tests {
     #[test]
     fn an_edited_config_is_refused_outside_the_keys_a_run_may_change() {
         let dir = tempfile::tempdir().unwrap();
-        let mut trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        let mut trainer = RlTrainer::create(&tiny(4), dir.path(), 1).unwrap();
         trainer.step().unwrap();
         trainer.step().unwrap();
         trainer.save().unwrap();
@@ -782,7 +783,7 @@ mod tests {
         std::fs::write(&config_file, lowered.to_toml().unwrap()).unwrap();
         assert_eq!(load(dir.path()).unwrap().teacher.config, lowered);
         std::fs::write(&config_file, RlConfig { seed: 5, ..lowered }.to_toml().unwrap()).unwrap();
-        let err = EsTrainer::resume(dir.path(), 1).err().unwrap().to_string();
+        let err = RlTrainer::resume(dir.path(), 1).err().unwrap().to_string();
         assert!(
             err.contains("config.toml: differs from the config its checkpoint was saved with in keys a run cannot change (seed 0 in its checkpoint, 5 here); put them back"),
             "{err}"
@@ -795,7 +796,7 @@ mod tests {
     #[test]
     fn the_checkpoint_holds_the_teachers_noise() {
         let dir = tempfile::tempdir().unwrap();
-        let trainer = EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        let trainer = RlTrainer::create(&tiny(4), dir.path(), 1).unwrap();
         crate::checkpoint::tests::drop_saved_config(&dir.path().join(CHECKPOINT_FILE));
         let config_file = dir.path().join(CONFIG_FILE);
         let reseeded = RlConfig { seed: 5, ..tiny(4) };
@@ -825,7 +826,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = load(dir.path()).err().unwrap().to_string();
         assert!(err.ends_with(": holds no config.toml; expected a `gtn rl train` folder"), "{err}");
-        EsTrainer::create(&tiny(4), dir.path(), 1).unwrap();
+        RlTrainer::create(&tiny(4), dir.path(), 1).unwrap();
         std::fs::write(dir.path().join(CONFIG_FILE), RlConfig { generator_hidden: 5, ..tiny(4) }.to_toml().unwrap())
             .unwrap();
         let err = load(dir.path()).err().unwrap().to_string();
