@@ -187,15 +187,33 @@ pub fn read_tensors(path: &Path) -> Result<StoredTensors> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let corrupt =
         |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: corrupt or not a safetensors file: {e}", path.display());
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&e))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&in_words(&e)))?;
     let tensors = file
         .tensors()
         .into_iter()
         .map(|(name, view)| Ok((name, Tensor::try_from(view).map_err(|e| corrupt(&e))?)))
         .collect::<Result<_>>()?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(&e))?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(&in_words(&e)))?;
     let saved_config = metadata.metadata().as_ref().and_then(|m| m.get(SAVED_CONFIG).cloned());
     Ok(StoredTensors { tensors, saved_config, sha256: crate::data::fetch::sha256_hex(&bytes) })
+}
+
+/// What is wrong with a file safetensors refuses, for a user (its own words are its variants'
+/// names, `MetadataIncompleteBuffer`).
+fn in_words(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall | E::InvalidHeaderLength | E::MetadataIncompleteBuffer => {
+            "its size is not the one its header gives (cut short, or bytes added)".into()
+        }
+        E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization | E::HeaderTooLarge => {
+            "it does not start with a safetensors header".into()
+        }
+        E::InvalidOffset(_) | E::TensorInvalidInfo | E::InvalidTensorView(..) | E::ValidationOverflow => {
+            "its header's tensors do not fit its data".into()
+        }
+        other => format!("{other:?}"),
+    }
 }
 
 /// Refuses a run whose `config.toml` (`current`) was edited, since its checkpoint was saved, in
@@ -358,7 +376,8 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     let config = read_config(dir)?;
     let path = checkpoint_path(dir);
     if !path.is_file() {
-        bail!("{}: missing; expected the checkpoint of the run in {}", path.display(), dir.display());
+        let what = if path.exists() { "not a file" } else { "missing" };
+        bail!("{}: {what}; expected the checkpoint of the run in {}", path.display(), dir.display());
     }
     let file = read_tensors(&path)?;
     if is_teaching_set(&file) {
@@ -392,7 +411,7 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
         }
         if !crate::nn::all_finite(t) {
             bail!(
-                "{}: tensor `{name}` holds NaN or infinite values; the run diverged before this checkpoint was saved",
+                "{}: tensor `{name}` holds NaN or infinite values; expected finite ones (a run that diverges stops before it saves: the file was damaged or written otherwise)",
                 path.display()
             );
         }
@@ -578,5 +597,22 @@ pub(crate) mod tests {
         assert_eq!(read.sha256, sha256);
         let err = read_tensors(&dir.path().join("none.safetensors")).err().unwrap().to_string();
         assert!(err.ends_with("none.safetensors: cannot read"), "{err}");
+        // Damage in words, not safetensors' variant names.
+        let bytes = std::fs::read(&path).unwrap();
+        let shown = path.display();
+        for (cut, words) in [
+            (4, "its size is not the one its header gives (cut short, or bytes added)"),
+            (bytes.len() - 1, "its size is not the one its header gives (cut short, or bytes added)"),
+        ] {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let err = read_tensors(&path).err().unwrap().to_string();
+            assert_eq!(err, format!("{shown}: corrupt or not a safetensors file: {words}"));
+        }
+        std::fs::write(&path, b"\x10\0\0\0\0\0\0\0not a header at all").unwrap();
+        let err = read_tensors(&path).err().unwrap().to_string();
+        assert!(
+            err.ends_with("corrupt or not a safetensors file: it does not start with a safetensors header"),
+            "{err}"
+        );
     }
 }

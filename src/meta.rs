@@ -1732,6 +1732,10 @@ mod tests {
         std::fs::write(checkpoint::checkpoint_path(dir.path()), b"garbage").unwrap();
         let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("checkpoint.safetensors: corrupt or not a safetensors file"), "{err}");
+        std::fs::remove_file(checkpoint::checkpoint_path(dir.path())).unwrap();
+        std::fs::create_dir(checkpoint::checkpoint_path(dir.path())).unwrap();
+        let err = checkpoint::load(dir.path(), Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("checkpoint.safetensors: not a file; expected the checkpoint of the run in"), "{err}");
         let err = checkpoint::load(&dir.path().join("nope"), Device::Cpu).unwrap_err().to_string();
         assert!(err.ends_with("nope: no such folder; expected a gtn training folder"), "{err}");
         let empty = tempfile::tempdir().unwrap();
