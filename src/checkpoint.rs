@@ -371,6 +371,13 @@ pub struct Checkpoint {
     pub sha256: String,
 }
 
+/// `error`, of reading the data folder that the `data_dir` key of the run in `dir` names (no
+/// `--data-dir` given), saying so: a moved folder's path is there, not on the command line.
+pub fn in_runs_data_dir(error: anyhow::Error, dir: &Path) -> anyhow::Error {
+    let file = dir.join(CONFIG_FILE);
+    anyhow::anyhow!("{error:#} (the folder of key `data_dir` in {}; --data-dir names another)", file.display())
+}
+
 /// Loads `dir`, checking that every tensor has the name and shape its config implies.
 pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     let config = read_config(dir)?;

@@ -770,7 +770,8 @@ pub fn same_run<'a, C: Serialize>(
         // advises): removing the folder would lose the run.
         let advice = match crate::checkpoint::checkpoint_path(dir).exists() {
             true => format!(
-                "if it is this command's run, fix {} (its checkpoint is kept); else choose another --out",
+                "if it is this command's run, {} {} (its checkpoint is kept); else choose another --out",
+                if file.exists() { "fix" } else { "restore" },
                 file.display()
             ),
             false => "remove the folder or choose another --out".to_owned(),
@@ -1098,6 +1099,9 @@ mod tests {
         assert!(err(dir.path())
             .ends_with("(line 1, key `outer_lr`: expected a value); remove the folder or choose another --out"));
         std::fs::write(crate::checkpoint::checkpoint_path(dir.path()), b"saved").unwrap();
+        let lost = err(dir.path());
+        assert!(lost.contains("; if it is this command's run, restore ") && !lost.contains("remove"), "{lost}");
+        std::fs::write(dir.path().join(crate::checkpoint::CONFIG_FILE), "outer_lr =").unwrap();
         let saved = err(dir.path());
         assert!(saved.contains("; if it is this command's run, fix ") && !saved.contains("remove"), "{saved}");
     }

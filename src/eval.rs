@@ -208,7 +208,7 @@ pub fn other_data_warning(
 }
 
 /// What `gtn eval` scores: the teacher saved in `dir`, and the flags that change how.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RunEval {
     pub dir: PathBuf,
     /// The dataset's folder, if not where the run was trained.
@@ -226,8 +226,15 @@ pub struct RunEval {
 pub fn evaluate_run(options: &RunEval, device: Device) -> Result<EvalReport> {
     let mut ckpt = crate::checkpoint::load(&options.dir, device)?;
     let config = &mut ckpt.teacher.config;
+    let runs_own = options.data_dir.is_none() && config.data_dir.is_some();
     config.data_dir = options.data_dir.clone().or(config.data_dir.take());
-    let data = load_test_data(config, device)?;
+    let data = load_test_data(config, device).map_err(|e| {
+        if runs_own {
+            crate::checkpoint::in_runs_data_dir(e, &options.dir)
+        } else {
+            e
+        }
+    })?;
     if let Some(warning) = other_data_warning(ckpt.data, &data, &config.data_dir(), &options.dir) {
         tracing::warn!("{warning}");
     }
@@ -552,6 +559,46 @@ mod tests {
         let data = load_test_data(&config, Device::Cpu).unwrap();
         let whole = Dataset::load(config.dataset, &fixture, 1, 0, Device::Cpu).unwrap();
         assert!(data.test.pixels.equal(&whole.test.pixels) && data.test.labels.equal(&whole.test.labels));
+    }
+
+    /// A run's data folder moved away: the error says the path is the run's `data_dir`, which
+    /// --data-dir replaces (and does not say so of a folder --data-dir gave).
+    #[test]
+    fn a_moved_data_folder_is_named_as_the_runs() {
+        let (run, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let moved = data.path().join("mnist");
+        std::fs::create_dir(&moved).unwrap();
+        for file in std::fs::read_dir(crate::data::fixture_dir()).unwrap() {
+            let file = file.unwrap();
+            std::fs::copy(file.path(), moved.join(file.file_name())).unwrap();
+        }
+        let config = crate::config::Config { data_dir: Some(moved.clone()), ..crate::config::Config::tiny() };
+        crate::meta::Trainer::create(&config, run.path(), Device::Cpu).unwrap().save().unwrap();
+        std::fs::remove_dir_all(&moved).unwrap();
+        let options = RunEval {
+            dir: run.path().to_path_buf(),
+            data_dir: None,
+            learner: None,
+            bn_eval: None,
+            steps: None,
+            before_last_update: false,
+            learners: 1,
+            seed: 0,
+        };
+        let err = format!("{:#}", evaluate_run(&options, Device::Cpu).unwrap_err());
+        let config_file = run.path().join(crate::checkpoint::CONFIG_FILE);
+        let note = format!("(the folder of key `data_dir` in {}; --data-dir names another)", config_file.display());
+        assert!(
+            err.starts_with(&format!("{}: data folder not found", moved.display())) && err.ends_with(&note),
+            "{err}"
+        );
+        let given = RunEval { data_dir: Some(moved.clone()), ..options.clone() };
+        let err = format!("{:#}", evaluate_run(&given, Device::Cpu).unwrap_err());
+        assert!(!err.contains("key `data_dir`"), "{err}");
+        let resumed = crate::meta::Trainer::resume(run.path(), Device::Cpu, &Default::default());
+        assert!(format!("{:#}", resumed.err().unwrap()).ends_with(&note));
+        let elsewhere = crate::meta::RunSettings { data_dir: Some(crate::data::fixture_dir()), checkpoint_every: None };
+        assert!(crate::meta::Trainer::resume(run.path(), Device::Cpu, &elsewhere).is_ok());
     }
 
     /// Scored before the last update, "after s steps" is the learner after s - 1 updates with

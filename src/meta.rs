@@ -194,8 +194,15 @@ impl Trainer {
         }
         let lock = checkpoint::lock_run(dir)?;
         let Checkpoint { mut teacher, adam, iteration, sha256, data: saved } = checkpoint::load(dir, device)?;
+        let runs_own = settings.data_dir.is_none() && teacher.config.data_dir.is_some();
         settings.apply(&mut teacher.config);
-        let data = load_data(&teacher.config, device)?;
+        let data = load_data(&teacher.config, device).map_err(|e| {
+            if runs_own {
+                checkpoint::in_runs_data_dir(e, dir)
+            } else {
+                e
+            }
+        })?;
         checkpoint::check_data(saved, &data, &teacher.config.data_dir(), &format!("in {}", dir.display()))?;
         // Older checkpoints record no data sizes: a slice given as --data-dir too small for the
         // meta-batch is caught here.
