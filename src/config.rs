@@ -33,7 +33,7 @@ pub struct Flags<'a> {
 impl Flags<'_> {
     /// `error`, about the config these made, after what made it beyond the preset: the
     /// `--config` file and the given flags a check can refuse, as typed (`f.toml with --steps 8`).
-    fn name_in(&self, error: anyhow::Error) -> anyhow::Error {
+    pub fn name_in(&self, error: anyhow::Error) -> anyhow::Error {
         let given: Vec<String> = [
             self.dataset.map(|d| format!("--dataset {d}")),
             self.learner.map(|l| format!("--learner {l}")),

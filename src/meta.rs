@@ -803,7 +803,8 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             let config = Config::from_flags(&options.preset, &flags)?;
             // Here, not only in `Trainer::create`, to name the --config file and flags; a stored
             // run is not held to checks newer than it.
-            if !checkpoint::holds_run(out) {
+            let new = !checkpoint::holds_run(out);
+            if new {
                 config.check_new_run(&flags)?;
             }
             check_before_last_update(options, &config)?;
@@ -811,7 +812,12 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             let settings =
                 RunSettings { data_dir: config.data_dir.clone(), checkpoint_every: options.checkpoint_every };
             let t =
-                Trainer::open(&config, out, device, &settings, options.budget.is_some(), Some(checkpoint::IMAGE_RUN))?;
+                Trainer::open(&config, out, device, &settings, options.budget.is_some(), Some(checkpoint::IMAGE_RUN))
+                    .map_err(|e| match new && e.is::<crate::data::TooFewImages>() {
+                    // Sizes the config asks of its data, named as its other errors are.
+                    true => flags.name_in(e),
+                    false => e,
+                })?;
             crate::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
             if let Some(note) = t.budget_note().filter(|_| options.budget.is_some()) {
                 crate::outln!("{note}");
@@ -928,6 +934,40 @@ mod tests {
             err,
             format!("{d}: holds a run of a generator teacher, expected a pixels teacher's; continue it with `gtn train --resume {d}`")
         );
+    }
+
+    /// Sizes a new run's config asks of its data (its meta-loss batch, its validation split)
+    /// are errors of the config, naming the --config file and flags as its other errors do.
+    #[test]
+    fn sizes_the_data_cannot_fill_name_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.toml");
+        let options = TrainOptions {
+            out: Some(dir.path().join("run")),
+            resume: None,
+            preset: "tiny".into(),
+            config: Some(file.clone()),
+            teacher: None,
+            dataset: None,
+            meta_iters: None,
+            seed: None,
+            data_dir: Some(fixture_dir()),
+            checkpoint_every: None,
+            budget: None,
+            eval_learners: 0,
+            before_last_update: false,
+        };
+        let shown = file.display();
+        std::fs::write(&file, "meta_batch = 1000").unwrap();
+        let err = format!("{:#}", train_command(&options, Device::Cpu).unwrap_err());
+        assert!(
+            err.starts_with(&format!("{shown}: config key `meta_batch` is 1000: more than the 400 training images")),
+            "{err}"
+        );
+        std::fs::write(&file, "valid_size = 512").unwrap();
+        let err = format!("{:#}", train_command(&options, Device::Cpu).unwrap_err());
+        assert!(err.starts_with(&format!("{shown}: valid_size 512 (validation images")), "{err}");
+        assert!(!dir.path().join("run").exists());
     }
 
     /// A file where a folder is expected is named as such, before any error about its content.
