@@ -69,11 +69,15 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     Ok(())
 }
 
-/// The folder `path` would be written in (`.` for a bare name), an error unless it is one: for
-/// a command to refuse an output before its work rather than after.
+/// The folder `path` would be written in (`.` for a bare name), an error unless it is one (or
+/// `path` is a folder itself): for a command to refuse an output before its work rather than
+/// after.
 pub fn check_folder_of(path: &Path) -> Result<&Path> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let (shown, folder) = (path.display(), parent.display());
+    if path.is_dir() {
+        bail!("{shown}: is a folder; expected the path of a file to write");
+    }
     match std::fs::metadata(parent) {
         Ok(meta) if meta.is_dir() => Ok(parent),
         Ok(_) => bail!("{shown}: {folder} is a file; expected a path in a folder"),

@@ -229,11 +229,18 @@ pub fn check_edits<C: Serialize + DeserializeOwned>(
 ) -> Result<()> {
     let Some(saved) = &stored.saved_config else { return Ok(()) };
     let file = dir.join(CONFIG_FILE);
-    let saved: C = crate::config::parse_toml(saved).map_err(|e| {
-        anyhow::anyhow!(
+    let this = toml::to_string(current).ok().and_then(|text| run_command_of(&text));
+    let saved: C = crate::config::parse_toml(saved).map_err(|e| match run_command_of(saved) {
+        // Named, not refused key by key: a copied checkpoint's keys are all another command's.
+        Some(other) if Some(other) != this => anyhow::anyhow!(
+            "{}: is a `{other}` run's checkpoint (the config stored in it is), not the checkpoint of the run {} describes; put that run's checkpoint back",
+            checkpoint_path(dir).display(),
+            file.display()
+        ),
+        _ => anyhow::anyhow!(
             "{}: the config stored in it is not this command's ({e}); the checkpoint is another kind of run's, or another gtn version's",
             checkpoint_path(dir).display()
-        )
+        ),
     })?;
     let edited: Vec<String> = crate::config::differences(&saved, current)?
         .into_iter()
@@ -256,7 +263,8 @@ pub fn check_edits<C: Serialize + DeserializeOwned>(
 /// a run file of another run (an export named `checkpoint.safetensors` into a run folder would
 /// replace its teacher).
 pub fn check_output_outside_run(dir: &Path, output: &Path) -> Result<()> {
-    let folder = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // Before the work, as the write after it would refuse.
+    let folder = crate::atomic::check_folder_of(output).map_err(|e| anyhow::anyhow!("-o {e}"))?;
     let same_folder = matches!((dir.canonicalize(), folder.canonicalize()), (Ok(a), Ok(b)) if a == b);
     let run_file =
         output.file_name().and_then(|n| n.to_str()).filter(|n| [CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE].contains(n));
@@ -568,6 +576,12 @@ pub(crate) mod tests {
         assert!(check(&plain.join(CHECKPOINT_FILE)).is_ok(), "an earlier export");
         write_tensors(&plain.join(CHECKPOINT_FILE), &set[..2], "").unwrap();
         assert!(check(&plain.join(CHECKPOINT_FILE)).is_err(), "not an export");
+        // Refused before the work: a folder, or a path in none.
+        assert_eq!(
+            check(&plain),
+            Err(format!("-o {}: is a folder; expected the path of a file to write", plain.display()))
+        );
+        assert!(check(&plain.join("no/t.safetensors")).unwrap_err().contains("does not exist"));
     }
 
     #[test]

@@ -466,15 +466,11 @@ impl Trainer {
 /// A warning when meta-training sized to a time `budget` took over a fifth longer: the first
 /// meta-iteration, timed to size it, stood for the rest less well than it should.
 fn overrun_warning(took: Duration, budget: Duration) -> Option<String> {
-    let time = |d: Duration| match d.as_secs_f64() {
-        s if s < 60.0 => format!("{s:.0} s"),
-        s => format!("{:.1} min", s / 60.0),
-    };
     (took.as_secs_f64() > 1.2 * budget.as_secs_f64()).then(|| {
         format!(
             "time budget: meta-training took {} of the {} budgeted; its later meta-iterations were slower than the first, which sized it",
-            time(took),
-            time(budget)
+            crate::text::duration(took),
+            crate::text::duration(budget)
         )
     })
 }
@@ -835,8 +831,13 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             true => format!(", unroll checkpointed every {}", crate::text::count(c.checkpoint_every, "step")),
             false => String::new(),
         };
+        // A count the time budget is about to lower is a bound, as its line below says.
+        let at_most = match options.budget.is_some() && trainer.sizes_to_a_budget() {
+            true => "at most ",
+            false => "",
+        };
         crate::outln!(
-            "meta-training on {} (device {}): {} teacher, learner {}, T={} x B={}, curriculum {}{unroll}, {} -> {}",
+            "meta-training on {} (device {}): {} teacher, learner {}, T={} x B={}, curriculum {}{unroll}, {at_most}{} -> {}",
             c.dataset,
             crate::text::device(device),
             c.teacher,
@@ -851,8 +852,8 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
     let (start, before) = (Instant::now(), trainer.iteration);
     interrupt::graceful(Unit::MetaIteration, || trainer.run(true, options.budget))?;
     if trainer.iteration > before {
-        let minutes = start.elapsed().as_secs_f64() / 60.0;
-        crate::outln!("meta-training done in {minutes:.1} min; checkpoint in {}", dir.display());
+        let took = crate::text::duration(start.elapsed());
+        crate::outln!("meta-training done in {took}; checkpoint in {}", dir.display());
     }
     if options.eval_learners > 0 {
         let cohort = crate::eval::Cohort {
@@ -882,7 +883,7 @@ fn check_before_last_update(options: &TrainOptions, config: &Config) -> Result<(
         bail!("--before-last-update: scores the learners --eval-learners K trains after meta-training; expected K of 1 or more");
     }
     if config.bn_eval != BnEval::Train {
-        bail!("--before-last-update: the run scores batch norm with each test batch's statistics (`bn_eval = \"batch\"`); expected a run with `bn_eval = \"train\"` (--config)");
+        bail!("--before-last-update: the run scores batch norm with each test batch's statistics (`bn_eval = \"batch\"`); expected a run with `bn_eval = \"train\"` (a new run's --config: a run keeps its own)");
     }
     Ok(())
 }
@@ -897,23 +898,28 @@ mod tests {
     use crate::teacher::TeacherKind;
     use tch::Kind;
 
-    #[test]
-    fn train_command_refuses_a_new_runs_options_with_resume() {
-        let options = TrainOptions {
+    /// `gtn train --preset tiny` with no other flag.
+    fn tiny_options() -> TrainOptions {
+        TrainOptions {
             out: None,
-            resume: Some("/nonexistent/run".into()),
+            resume: None,
             preset: "tiny".into(),
             config: None,
             teacher: None,
             dataset: None,
-            meta_iters: Some(3),
+            meta_iters: None,
             seed: None,
             data_dir: None,
             checkpoint_every: None,
             budget: None,
             eval_learners: 0,
             before_last_update: false,
-        };
+        }
+    }
+
+    #[test]
+    fn train_command_refuses_a_new_runs_options_with_resume() {
+        let options = TrainOptions { resume: Some("/nonexistent/run".into()), meta_iters: Some(3), ..tiny_options() };
         let err = train_command(&options, Device::Cpu).unwrap_err().to_string();
         assert_eq!(err, "--meta-iters with --resume: a resumed run keeps its own config; expected one or the other");
         let err =
@@ -936,6 +942,23 @@ mod tests {
         );
     }
 
+    /// --before-last-update scores as the reference does only a run of `bn_eval = "train"`,
+    /// which a run already begun cannot become.
+    #[test]
+    fn scoring_before_the_last_update_needs_a_run_of_training_statistics() {
+        let options = TrainOptions { eval_learners: 1, before_last_update: true, ..tiny_options() };
+        let train = Config { bn_eval: crate::learner::BnEval::Train, ..Config::tiny() };
+        assert!(check_before_last_update(&options, &train).is_ok());
+        let batch = Config { bn_eval: crate::learner::BnEval::Batch, ..train };
+        let err = check_before_last_update(&options, &batch).unwrap_err().to_string();
+        assert!(
+            err.ends_with("expected a run with `bn_eval = \"train\"` (a new run's --config: a run keeps its own)"),
+            "{err}"
+        );
+        let err = check_before_last_update(&TrainOptions { eval_learners: 0, ..options }, &batch).unwrap_err();
+        assert!(err.to_string().ends_with("expected K of 1 or more"), "{err}");
+    }
+
     /// Sizes a new run's config asks of its data (its meta-loss batch, its validation split)
     /// are errors of the config, naming the --config file and flags as its other errors do.
     #[test]
@@ -944,18 +967,9 @@ mod tests {
         let file = dir.path().join("f.toml");
         let options = TrainOptions {
             out: Some(dir.path().join("run")),
-            resume: None,
-            preset: "tiny".into(),
             config: Some(file.clone()),
-            teacher: None,
-            dataset: None,
-            meta_iters: None,
-            seed: None,
             data_dir: Some(fixture_dir()),
-            checkpoint_every: None,
-            budget: None,
-            eval_learners: 0,
-            before_last_update: false,
+            ..tiny_options()
         };
         let shown = file.display();
         std::fs::write(&file, "meta_batch = 1000").unwrap();
@@ -1506,7 +1520,7 @@ mod tests {
         let warning = overrun_warning(minute.mul_f64(1.5), minute).unwrap();
         assert!(warning.starts_with("time budget: meta-training took 1.5 min of the 1.0 min budgeted;"), "{warning}");
         let warning = overrun_warning(Duration::from_secs(30), Duration::from_secs(20)).unwrap();
-        assert!(warning.starts_with("time budget: meta-training took 30 s of the 20 s budgeted;"), "{warning}");
+        assert!(warning.starts_with("time budget: meta-training took 30.0 s of the 20.0 s budgeted;"), "{warning}");
     }
 
     #[test]
@@ -1717,11 +1731,15 @@ mod tests {
         let theta = [("theta".to_string(), Tensor::zeros([3], (tch::Kind::Float, Device::Cpu)))];
         checkpoint::write_tensors(&checkpoint::checkpoint_path(dir.path()), &theta, "env = \"cartpole\"").unwrap();
         let err = checkpoint::load(dir.path(), Device::Cpu).err().unwrap().to_string();
+        let config_file = dir.path().join(checkpoint::CONFIG_FILE);
         assert!(
-            err.contains("checkpoint.safetensors: the config stored in it is not this command's (")
-                && err.contains("unknown field `env`"),
+            err.ends_with(&format!("checkpoint.safetensors: is a `gtn rl train` run's checkpoint (the config stored in it is), not the checkpoint of the run {} describes; put that run's checkpoint back", config_file.display())),
             "{err}"
         );
+        // An image run's config this build cannot read: another version's, say.
+        checkpoint::write_tensors(&checkpoint::checkpoint_path(dir.path()), &theta, "dataset = 3").unwrap();
+        let err = checkpoint::load(dir.path(), Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("checkpoint.safetensors: the config stored in it is not this command's ("), "{err}");
     }
 
     #[test]

@@ -13,6 +13,15 @@ pub fn shell_word(path: &std::path::Path) -> String {
 }
 
 /// `n` of `noun` in words: `1 learner`, `5 learners`, `2 policies`.
+/// A wall-clock time as a person reads it: seconds under a minute (a tiny run's "0.0 min" says
+/// nothing), else minutes.
+pub fn duration(d: std::time::Duration) -> String {
+    match d.as_secs_f64() {
+        s if s < 60.0 => format!("{s:.1} s"),
+        s => format!("{:.1} min", s / 60.0),
+    }
+}
+
 pub fn count(n: usize, noun: &str) -> String {
     if n == 1 {
         return format!("1 {noun}");
@@ -72,6 +81,14 @@ mod tests {
         assert_eq!(word("/tmp/my runs/a"), "'/tmp/my runs/a'");
         assert_eq!(word("it's $HOME*"), r"'it'\''s $HOME*'");
         assert_eq!(word(""), "''");
+    }
+
+    #[test]
+    fn durations_are_in_seconds_under_a_minute() {
+        use std::time::Duration;
+        assert_eq!(duration(Duration::from_millis(2_340)), "2.3 s");
+        assert_eq!(duration(Duration::from_secs(59)), "59.0 s");
+        assert_eq!(duration(Duration::from_secs(90)), "1.5 min");
     }
 
     #[test]

@@ -491,6 +491,8 @@ fn a_time_budget_says_how_many_meta_iterations_it_affords() {
         let stdout = stdout(&run);
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(stderr.lines().any(|l| l.starts_with(expected)), "{minutes} min: {stderr}");
+        // Its header gives the count asked for as the bound it is.
+        assert!(stdout.contains(&format!("at most 2 meta-iterations -> {}", out.display())), "{stdout}");
         // The run the budget sized is complete: the evaluation's heading says so.
         assert!(stdout.contains("(meta-iteration ") && !stdout.contains("unfinished"), "{stdout}");
     }

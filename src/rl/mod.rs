@@ -130,7 +130,7 @@ pub fn train_command(options: &TrainOptions) -> Result<RlTrainer> {
     crate::interrupt::graceful(crate::interrupt::Unit::Generation, || trainer.run(true))?;
     if trainer.generation > before {
         let dir = options.resume.as_ref().or(options.out.as_ref()).expect("checked above");
-        crate::outln!("done in {:.1} min; checkpoint in {}", start.elapsed().as_secs_f64() / 60.0, dir.display());
+        crate::outln!("done in {}; checkpoint in {}", crate::text::duration(start.elapsed()), dir.display());
     }
     Ok(trainer)
 }
