@@ -230,9 +230,6 @@ pub fn run(
     if let Some(trace) = profile {
         // Before the timed steps, not after them.
         let folder = crate::atomic::check_folder_of(trace).map_err(|e| anyhow::anyhow!("--profile {e}"))?;
-        if trace.is_dir() {
-            bail!("--profile {}: is a folder, expected the path of the trace file to write", trace.display());
-        }
         tempfile::tempfile_in(folder).map_err(|e| {
             anyhow::anyhow!("--profile {}: cannot write in {} ({e})", trace.display(), folder.display())
         })?;

@@ -163,8 +163,9 @@ pub fn truncate_log(log: &Path, header: &str, done: usize) -> Result<()> {
 fn rewrite_log(log: &Path, header: &str, done: usize) -> Result<Option<String>> {
     // Times logged in rows no longer there are not counted (compare's meta-training minutes).
     let mut warning = None;
-    let mut text = match std::fs::read_to_string(log) {
-        Ok(text) => text,
+    let read = std::fs::read_to_string(log);
+    let mut text = match &read {
+        Ok(text) => text.clone(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if done > 0 {
                 warning = Some(format!(
@@ -176,6 +177,7 @@ fn rewrite_log(log: &Path, header: &str, done: usize) -> Result<Option<String>> 
         }
         Err(e) => anyhow::bail!("{}: cannot read: {e}", log.display()),
     };
+    let original = read.ok();
     let first = text.lines().next().unwrap_or_default();
     let torn_header = header.starts_with(first) && text.lines().count() == 1;
     let is_row = first.split(',').next().is_some_and(|f| f.parse::<usize>().is_ok());
@@ -211,7 +213,12 @@ fn rewrite_log(log: &Path, header: &str, done: usize) -> Result<Option<String>> 
         ));
     }
     let kept: Vec<&str> = std::iter::once(header).chain(rows).collect();
-    crate::atomic::write(log, format!("{}\n", kept.join("\n")).as_bytes())?;
+    let kept = format!("{}\n", kept.join("\n"));
+    // A log already as it should be is left alone: a complete run on a read-only mount resumes
+    // (to say it is complete) without writing.
+    if original.as_ref() != Some(&kept) || !log.exists() {
+        crate::atomic::write(log, kept.as_bytes())?;
+    }
     Ok(warning)
 }
 
@@ -285,6 +292,11 @@ mod tests {
             "{warning}"
         );
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "step,loss\n0,2.5\n");
+        // A log as it should be is not written again (a read-only run folder resumes).
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(&log).unwrap().ino();
+        assert_eq!(rewrite_log(&log, "step,loss", 1).unwrap(), None);
+        assert_eq!(std::fs::metadata(&log).unwrap().ino(), inode, "rewritten");
         let warning = rewrite_log(&log, "step,loss", 2).unwrap().unwrap();
         assert!(warning.ends_with("log.csv: row 1 is missing (the checkpoint is at 2); the log goes on without it, and the time it logged is lost"));
         std::fs::write(&log, "step,loss,acc\n0,2.5,0.1\n").unwrap();

@@ -891,7 +891,7 @@ fn bench_reports_time_memory_and_a_profile() {
     let folder = tmp.path().join("folder.json");
     std::fs::create_dir(&folder).unwrap();
     let err = error_line(&gtn(&[&args[..], &["--profile", folder.to_str().unwrap()]].concat()));
-    assert!(err.ends_with(": is a folder, expected the path of the trace file to write"), "{err}");
+    assert!(err.ends_with("folder.json: is a folder; expected the path of a file to write"), "{err}");
     // A run's checkpoint is not a trace's name.
     let err = error_line(&gtn(&[&args[..], &["--profile", "run/checkpoint.safetensors"]].concat()));
     assert!(err.contains("gtn writes the profile as a Chrome trace (JSON); expected a path ending in .json"), "{err}");

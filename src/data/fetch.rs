@@ -99,17 +99,25 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
         return Ok(());
     }
     // The two datasets' files share names: the other's, in a mistyped --dir, would be replaced.
-    for (file, _) in expected_files(name) {
-        let path = dir.join(format!("{file}.gz"));
-        let Ok(content) = super::idx::read_bytes(&path) else { continue };
-        let sha = sha256_hex(&content);
-        let mut others = [DatasetName::Mnist, DatasetName::FashionMnist].into_iter().filter(|&o| o != name);
-        if let Some(other) = others.find(|&o| expected_files(o).iter().any(|(_, s)| *s == sha)) {
+    // So would a slice, or a dataset of one's own in the same format, which the loader reads as
+    // readily (beside a plain one, the fetched `.gz` would be read in its place).
+    for &(file, published) in expected_files(name) {
+        for path in [dir.join(format!("{file}.gz")), dir.join(file)] {
+            let Ok(content) = super::idx::read_bytes(&path) else { continue };
+            let sha = sha256_hex(&content);
+            let mut others = [DatasetName::Mnist, DatasetName::FashionMnist].into_iter().filter(|&o| o != name);
+            let whose = match others.find(|&o| expected_files(o).iter().any(|(_, s)| *s == sha)) {
+                Some(other) => format!("is {}'s", other.as_str()),
+                // IDX's magic number: unsigned bytes, then the dimensions (1 for labels, 3 for images).
+                None if sha != published && content.starts_with(&[0, 0, 8]) => {
+                    format!("holds other data than the published {name} file (a slice, or a dataset of one's own)")
+                }
+                None => continue,
+            };
+            let verb = if path.extension().is_some_and(|e| e == "gz") { "replace" } else { "stand in for" };
             bail!(
-                "{}: is {}'s, which fetching {} here would replace; expected another --dir (its default is {})",
+                "{}: {whose}, which fetching {name} here would {verb}; expected another --dir (its default is {})",
                 path.display(),
-                other.as_str(),
-                name.as_str(),
                 name.default_dir().display()
             );
         }
@@ -276,6 +284,21 @@ mod tests {
         );
         assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&fashion).unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing else written");
+        // Nor a slice of the dataset itself (the fixture's), compressed or plain.
+        let own = tempfile::tempdir().unwrap();
+        let slice = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist").join(labels);
+        std::fs::copy(&slice, own.path().join(labels)).unwrap();
+        let err = fetch(DatasetName::Mnist, own.path()).unwrap_err().to_string();
+        let path = own.path().join(labels);
+        let expected = "holds other data than the published mnist file (a slice, or a dataset of one's own), which fetching mnist here would replace; expected another --dir (its default is data/mnist)";
+        assert_eq!(err, format!("{}: {expected}", path.display()));
+        std::fs::remove_file(&path).unwrap();
+        let plain = own.path().join("t10k-labels-idx1-ubyte");
+        std::fs::write(&plain, super::super::idx::read_bytes(&slice).unwrap()).unwrap();
+        let err = fetch(DatasetName::Mnist, own.path()).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: holds other data", plain.display())), "{err}");
+        assert!(err.contains("which fetching mnist here would stand in for;"), "{err}");
+        assert_eq!(std::fs::read_dir(own.path()).unwrap().count(), 1, "nothing else written");
     }
 
     #[test]
