@@ -69,9 +69,9 @@ pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     Ok(())
 }
 
-/// The folder `path` would be written in (`.` for a bare name), an error unless it is one (or
-/// `path` is a folder itself): for a command to refuse an output before its work rather than
-/// after.
+/// The folder `path` would be written in (`.` for a bare name); an error when there is no such
+/// folder, or when `path` is itself a folder: for a command to refuse an output before its work
+/// rather than after.
 pub fn check_folder_of(path: &Path) -> Result<&Path> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let (shown, folder) = (path.display(), parent.display());

@@ -379,11 +379,17 @@ pub struct Checkpoint {
     pub sha256: String,
 }
 
-/// `error`, of reading the data folder that the `data_dir` key of the run in `dir` names (no
-/// `--data-dir` given), saying so: a moved folder's path is there, not on the command line.
-pub fn in_runs_data_dir(error: anyhow::Error, dir: &Path) -> anyhow::Error {
-    let file = dir.join(CONFIG_FILE);
-    anyhow::anyhow!("{error:#} (the folder of key `data_dir` in {}; --data-dir names another)", file.display())
+/// `loaded`, the data of the run in `dir` read from `folder`; when that folder is gone and is
+/// the run's own (`runs_own`: its config's `data_dir`, no --data-dir given), the error says so:
+/// a moved folder's path is in the run's config.toml, not on the command line.
+pub fn runs_data<T>(loaded: Result<T>, dir: &Path, folder: &Path, runs_own: bool) -> Result<T> {
+    loaded.map_err(|e| match runs_own && !folder.exists() {
+        true => anyhow::anyhow!(
+            "{e:#} (the run's `data_dir` in {}; give --data-dir to read another folder)",
+            dir.join(CONFIG_FILE).display()
+        ),
+        false => e,
+    })
 }
 
 /// Loads `dir`, checking that every tensor has the name and shape its config implies.

@@ -33,7 +33,7 @@ pub struct Flags<'a> {
 impl Flags<'_> {
     /// `error`, about the config these made, after what made it beyond the preset: the
     /// `--config` file and the given flags a check can refuse, as typed (`f.toml with --steps 8`).
-    pub fn name_in(&self, error: anyhow::Error) -> anyhow::Error {
+    fn name_in(&self, error: anyhow::Error) -> anyhow::Error {
         let given: Vec<String> = [
             self.dataset.map(|d| format!("--dataset {d}")),
             self.learner.map(|l| format!("--learner {l}")),
@@ -471,9 +471,7 @@ impl Config {
             bail!("config key `init_momentum` is {}, expected a value in (0, 1)", self.init_momentum);
         }
         for (key, value) in [("grad_clip", self.grad_clip), ("adam_eps", self.adam_eps)] {
-            if !(value > 0.0 && value.is_finite()) {
-                bail!("config key `{key}` is {value}, expected a positive number");
-            }
+            check_positive_f32(key, value, "")?;
         }
         for (key, beta) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
             if !(0.0..1.0).contains(&beta) {
@@ -718,12 +716,17 @@ pub(crate) fn check_positive_f32(key: &str, value: f64, why: &str) -> Result<()>
     if !(value > 0.0 && value.is_finite()) {
         bail!("config key `{key}` is {value}, expected a positive number{why}");
     }
-    if !(f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&value) {
-        bail!(
-            "config key `{key}` is {value:e}, expected a positive number from 1.2e-38 to 3.4e38 (float32's range){why}"
-        );
+    let (least, most) = (f32::MIN_POSITIVE as f64, f32::MAX as f64);
+    if !(least..=most).contains(&value) {
+        bail!("config key `{key}` is {value:e}, expected a positive number from {least:.2e} to {most:.2e} (float32's range)");
     }
     Ok(())
+}
+
+/// Whether the TOML file at `path` sets the top-level `key` (false for a file it cannot read).
+pub(crate) fn sets_key(path: &Path, key: &str) -> bool {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.parse::<toml::Table>().is_ok_and(|table| table.contains_key(key))
 }
 
 /// Recursive merge so a file can override one field of a nested table (e.g. `[generator]`).
@@ -1011,12 +1014,13 @@ mod tests {
         assert!(err.contains("`init_lr` is -1"), "{err}");
         let err = Config::tiny().with_overrides_str("init_lr = 1e60").unwrap_err().to_string();
         assert!(
-            err.contains(
-                "`init_lr` is 1e60, expected a positive number from 1.2e-38 to 3.4e38 (float32's range) (the inner lr"
-            ),
+            err.ends_with("`init_lr` is 1e60, expected a positive number from 1.18e-38 to 3.40e38 (float32's range)"),
             "{err}"
         );
         assert!(Config::tiny().with_overrides_str("outer_lr = 1e-40").is_err());
+        // Adam's epsilon rounded to 0 in float32 would divide 0 by 0.
+        let err = Config::tiny().with_overrides_str("adam_eps = 1e-50").unwrap_err().to_string();
+        assert!(err.contains("`adam_eps` is 1e-50, expected a positive number from"), "{err}");
         let err = Config::tiny().with_overrides_str("init_momentum = 0.0").unwrap_err().to_string();
         assert_eq!(err, "config key `init_momentum` is 0, expected a positive number (the inner lr and momentum are learned as logarithms)");
         for (text, key) in [

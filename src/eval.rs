@@ -228,13 +228,8 @@ pub fn evaluate_run(options: &RunEval, device: Device) -> Result<EvalReport> {
     let config = &mut ckpt.teacher.config;
     let runs_own = options.data_dir.is_none() && config.data_dir.is_some();
     config.data_dir = options.data_dir.clone().or(config.data_dir.take());
-    let data = load_test_data(config, device).map_err(|e| {
-        if runs_own {
-            crate::checkpoint::in_runs_data_dir(e, &options.dir)
-        } else {
-            e
-        }
-    })?;
+    let data =
+        crate::checkpoint::runs_data(load_test_data(config, device), &options.dir, &config.data_dir(), runs_own)?;
     if let Some(warning) = other_data_warning(ckpt.data, &data, &config.data_dir(), &options.dir) {
         tracing::warn!("{warning}");
     }
@@ -587,16 +582,21 @@ mod tests {
         };
         let err = format!("{:#}", evaluate_run(&options, Device::Cpu).unwrap_err());
         let config_file = run.path().join(crate::checkpoint::CONFIG_FILE);
-        let note = format!("(the folder of key `data_dir` in {}; --data-dir names another)", config_file.display());
+        let note =
+            format!("(the run's `data_dir` in {}; give --data-dir to read another folder)", config_file.display());
         assert!(
             err.starts_with(&format!("{}: data folder not found", moved.display())) && err.ends_with(&note),
             "{err}"
         );
         let given = RunEval { data_dir: Some(moved.clone()), ..options.clone() };
         let err = format!("{:#}", evaluate_run(&given, Device::Cpu).unwrap_err());
-        assert!(!err.contains("key `data_dir`"), "{err}");
+        assert!(!err.contains("`data_dir`"), "{err}");
         let resumed = crate::meta::Trainer::resume(run.path(), Device::Cpu, &Default::default());
         assert!(format!("{:#}", resumed.err().unwrap()).ends_with(&note));
+        // A folder still there whose files are wrong: its own error says what is.
+        std::fs::create_dir(&moved).unwrap();
+        let err = format!("{:#}", evaluate_run(&options, Device::Cpu).unwrap_err());
+        assert!(err.contains("missing") && !err.contains("`data_dir`"), "{err}");
         let elsewhere = crate::meta::RunSettings { data_dir: Some(crate::data::fixture_dir()), checkpoint_every: None };
         assert!(crate::meta::Trainer::resume(run.path(), Device::Cpu, &elsewhere).is_ok());
     }

@@ -14,7 +14,7 @@ use tch::{Device, Tensor};
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Config, Flags};
 use crate::curriculum::StepInput;
-use crate::data::{BatchSampler, Dataset};
+use crate::data::{BatchSampler, Dataset, TooFewImages};
 use crate::inner::LearnerState;
 use crate::interrupt::{self, Interrupted, Unit};
 use crate::learner::{Arch, BnEval, Learner};
@@ -196,13 +196,8 @@ impl Trainer {
         let Checkpoint { mut teacher, adam, iteration, sha256, data: saved } = checkpoint::load(dir, device)?;
         let runs_own = settings.data_dir.is_none() && teacher.config.data_dir.is_some();
         settings.apply(&mut teacher.config);
-        let data = load_data(&teacher.config, device).map_err(|e| {
-            if runs_own {
-                checkpoint::in_runs_data_dir(e, dir)
-            } else {
-                e
-            }
-        })?;
+        let folder = teacher.config.data_dir();
+        let data = checkpoint::runs_data(load_data(&teacher.config, device), dir, &folder, runs_own)?;
         checkpoint::check_data(saved, &data, &teacher.config.data_dir(), &format!("in {}", dir.display()))?;
         // Older checkpoints record no data sizes: a slice given as --data-dir too small for the
         // meta-batch is caught here.
@@ -730,6 +725,7 @@ fn check_fits_data(config: &Config, data: &Dataset) -> Result<()> {
 fn check_meta_batch(config: &Config, data: &Dataset) -> Result<()> {
     let what = format!("config key `meta_batch` is {}", config.meta_batch);
     data.check_batch(&what, config.meta_batch, &config.data_dir())
+        .map_err(|e| TooFewImages { key: "meta_batch", message: e.to_string() }.into())
 }
 
 /// Options of `gtn train` (and `gtn baseline distill`, which sets `teacher`).
@@ -809,10 +805,12 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
                 RunSettings { data_dir: config.data_dir.clone(), checkpoint_every: options.checkpoint_every };
             let t =
                 Trainer::open(&config, out, device, &settings, options.budget.is_some(), Some(checkpoint::IMAGE_RUN))
-                    .map_err(|e| match new && e.is::<crate::data::TooFewImages>() {
-                    // Sizes the config asks of its data, named as its other errors are.
-                    true => flags.name_in(e),
-                    false => e,
+                    .map_err(|e| match (e.downcast_ref::<TooFewImages>(), flags.config) {
+                    // A size the --config file asks of the data, named as its other errors are.
+                    (Some(size), Some(file)) if new && crate::config::sets_key(file, size.key) => {
+                        anyhow::anyhow!("{}: {e}", file.display())
+                    }
+                    _ => e,
                 })?;
             crate::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
             if let Some(note) = t.budget_note().filter(|_| options.budget.is_some()) {
@@ -883,7 +881,9 @@ fn check_before_last_update(options: &TrainOptions, config: &Config) -> Result<(
         bail!("--before-last-update: scores the learners --eval-learners K trains after meta-training; expected K of 1 or more");
     }
     if config.bn_eval != BnEval::Train {
-        bail!("--before-last-update: the run scores batch norm with each test batch's statistics (`bn_eval = \"batch\"`); expected a run with `bn_eval = \"train\"` (a new run's --config: a run keeps its own)");
+        // A run keeps its `bn_eval`; `gtn eval` scores its teacher either way.
+        let dir = options.resume.as_ref().or(options.out.as_ref()).map_or("DIR".into(), |d| crate::text::shell_word(d));
+        bail!("--before-last-update: the run scores batch norm with each test batch's statistics (`bn_eval = \"batch\"`); expected a run with `bn_eval = \"train\"` (a new run's --config), or, after this one, `gtn eval {dir} --bn-eval train --before-last-update`");
     }
     Ok(())
 }
@@ -952,7 +952,7 @@ mod tests {
         let batch = Config { bn_eval: crate::learner::BnEval::Batch, ..train };
         let err = check_before_last_update(&options, &batch).unwrap_err().to_string();
         assert!(
-            err.ends_with("expected a run with `bn_eval = \"train\"` (a new run's --config: a run keeps its own)"),
+            err.ends_with("expected a run with `bn_eval = \"train\"` (a new run's --config), or, after this one, `gtn eval DIR --bn-eval train --before-last-update`"),
             "{err}"
         );
         let err = check_before_last_update(&TrainOptions { eval_learners: 0, ..options }, &batch).unwrap_err();
@@ -981,6 +981,11 @@ mod tests {
         std::fs::write(&file, "valid_size = 512").unwrap();
         let err = format!("{:#}", train_command(&options, Device::Cpu).unwrap_err());
         assert!(err.starts_with(&format!("{shown}: valid_size 512 (validation images")), "{err}");
+        // The preset's size, not the file's: the file is not blamed.
+        std::fs::write(&file, "outer_lr = 0.01").unwrap();
+        let cpu = TrainOptions { preset: "cpu".into(), ..options };
+        let err = format!("{:#}", train_command(&cpu, Device::Cpu).unwrap_err());
+        assert!(err.starts_with("valid_size 10000 (mnist's default, validation images"), "{err}");
         assert!(!dir.path().join("run").exists());
     }
 

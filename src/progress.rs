@@ -165,7 +165,7 @@ fn rewrite_log(log: &Path, header: &str, done: usize) -> Result<Option<String>> 
     let mut warning = None;
     let read = std::fs::read_to_string(log);
     let mut text = match &read {
-        Ok(text) => text.clone(),
+        Ok(text) => text.to_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if done > 0 {
                 warning = Some(format!(
@@ -216,7 +216,7 @@ fn rewrite_log(log: &Path, header: &str, done: usize) -> Result<Option<String>> 
     let kept = format!("{}\n", kept.join("\n"));
     // A log already as it should be is left alone: a complete run on a read-only mount resumes
     // (to say it is complete) without writing.
-    if original.as_ref() != Some(&kept) || !log.exists() {
+    if original.as_ref() != Some(&kept) {
         crate::atomic::write(log, kept.as_bytes())?;
     }
     Ok(warning)

@@ -12,7 +12,6 @@ pub fn shell_word(path: &std::path::Path) -> String {
     }
 }
 
-/// `n` of `noun` in words: `1 learner`, `5 learners`, `2 policies`.
 /// A wall-clock time as a person reads it: seconds under a minute (a tiny run's "0.0 min" says
 /// nothing), else minutes.
 pub fn duration(d: std::time::Duration) -> String {
@@ -22,6 +21,7 @@ pub fn duration(d: std::time::Duration) -> String {
     }
 }
 
+/// `n` of `noun` in words: `1 learner`, `5 learners`, `2 policies`.
 pub fn count(n: usize, noun: &str) -> String {
     if n == 1 {
         return format!("1 {noun}");

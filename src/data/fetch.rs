@@ -98,30 +98,7 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
         crate::outln!("{}: already in {}, checksums verified; skipping", name.as_str(), dir.display());
         return Ok(());
     }
-    // The two datasets' files share names: the other's, in a mistyped --dir, would be replaced.
-    // So would a slice, or a dataset of one's own in the same format, which the loader reads as
-    // readily (beside a plain one, the fetched `.gz` would be read in its place).
-    for &(file, published) in expected_files(name) {
-        for path in [dir.join(format!("{file}.gz")), dir.join(file)] {
-            let Ok(content) = super::idx::read_bytes(&path) else { continue };
-            let sha = sha256_hex(&content);
-            let mut others = [DatasetName::Mnist, DatasetName::FashionMnist].into_iter().filter(|&o| o != name);
-            let whose = match others.find(|&o| expected_files(o).iter().any(|(_, s)| *s == sha)) {
-                Some(other) => format!("is {}'s", other.as_str()),
-                // IDX's magic number: unsigned bytes, then the dimensions (1 for labels, 3 for images).
-                None if sha != published && content.starts_with(&[0, 0, 8]) => {
-                    format!("holds other data than the published {name} file (a slice, or a dataset of one's own)")
-                }
-                None => continue,
-            };
-            let verb = if path.extension().is_some_and(|e| e == "gz") { "replace" } else { "stand in for" };
-            bail!(
-                "{}: {whose}, which fetching {name} here would {verb}; expected another --dir (its default is {})",
-                path.display(),
-                name.default_dir().display()
-            );
-        }
-    }
+    check_replaceable(name, dir)?;
     // The folders this fetch creates, `dir` first, then each missing parent (a fresh checkout's
     // `data/` for `data/mnist`).
     let created: Vec<&Path> = dir.ancestors().take_while(|p| !p.as_os_str().is_empty() && !p.exists()).collect();
@@ -136,6 +113,40 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
         }
     }
     fetched
+}
+
+/// Refuses a fetch into `dir` over files it must not replace. The two datasets' files share
+/// names: the other's, in a mistyped --dir, would be replaced. So would a slice, or a dataset of
+/// one's own in the same format, which the loader reads as readily (beside a plain one, the
+/// fetched `.gz` would be read in its place).
+fn check_replaceable(name: DatasetName, dir: &Path) -> Result<()> {
+    let published = |dataset: DatasetName, sha: &str| expected_files(dataset).iter().any(|(_, s)| *s == sha);
+    let elsewhere = match dir == name.default_dir() {
+        true => String::new(),
+        false => format!(" (its default is {})", name.default_dir().display()),
+    };
+    for &(file, _) in expected_files(name) {
+        for path in [dir.join(format!("{file}.gz")), dir.join(file)] {
+            let Ok(content) = super::idx::read_bytes(&path) else { continue };
+            let sha = sha256_hex(&content);
+            let mut others = [DatasetName::Mnist, DatasetName::FashionMnist].into_iter().filter(|&o| o != name);
+            let whose = match others.find(|&o| published(o, &sha)) {
+                Some(other) => format!("is {}'s", other.as_str()),
+                // Any of this dataset's published files (one under another's name is replaced, as
+                // the loader advises) passes; IDX's magic number: unsigned bytes, then dimensions.
+                None if !published(name, &sha) && content.starts_with(&[0, 0, 8]) => {
+                    format!("holds other data than the published {name} file (a slice, or a dataset of one's own)")
+                }
+                None => continue,
+            };
+            let fate = match path.extension().is_some_and(|e| e == "gz") {
+                true => format!("which fetching {name} here would replace"),
+                false => format!("which gtn would no longer read once a fetch here put {file}.gz beside it"),
+            };
+            bail!("{}: {whose}, {fate}; move it away or fetch into another --dir{elsewhere}", path.display());
+        }
+    }
+    Ok(())
 }
 
 /// `fetch`'s download, verification and writing, into the existing folder `dir`.
@@ -280,7 +291,7 @@ mod tests {
         let path = dir.path().join(labels);
         assert_eq!(
             err,
-            format!("{}: is fashion-mnist's, which fetching mnist here would replace; expected another --dir (its default is data/mnist)", path.display())
+            format!("{}: is fashion-mnist's, which fetching mnist here would replace; move it away or fetch into another --dir (its default is data/mnist)", path.display())
         );
         assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&fashion).unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing else written");
@@ -290,15 +301,25 @@ mod tests {
         std::fs::copy(&slice, own.path().join(labels)).unwrap();
         let err = fetch(DatasetName::Mnist, own.path()).unwrap_err().to_string();
         let path = own.path().join(labels);
-        let expected = "holds other data than the published mnist file (a slice, or a dataset of one's own), which fetching mnist here would replace; expected another --dir (its default is data/mnist)";
+        let expected = "holds other data than the published mnist file (a slice, or a dataset of one's own), which fetching mnist here would replace; move it away or fetch into another --dir (its default is data/mnist)";
         assert_eq!(err, format!("{}: {expected}", path.display()));
         std::fs::remove_file(&path).unwrap();
         let plain = own.path().join("t10k-labels-idx1-ubyte");
         std::fs::write(&plain, super::super::idx::read_bytes(&slice).unwrap()).unwrap();
         let err = fetch(DatasetName::Mnist, own.path()).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}: holds other data", plain.display())), "{err}");
-        assert!(err.contains("which fetching mnist here would stand in for;"), "{err}");
+        assert!(
+            err.contains("which gtn would no longer read once a fetch here put t10k-labels-idx1-ubyte.gz beside it;"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_dir(own.path()).unwrap().count(), 1, "nothing else written");
+        // A published file under another of its names (which the loader says a fetch replaces),
+        // or under its own, is the fetch's to replace.
+        std::fs::remove_file(&plain).unwrap();
+        let published = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist-published").join(labels);
+        std::fs::copy(&published, own.path().join("train-labels-idx1-ubyte.gz")).unwrap();
+        std::fs::copy(&published, own.path().join(labels)).unwrap();
+        check_replaceable(DatasetName::Mnist, own.path()).unwrap();
     }
 
     #[test]

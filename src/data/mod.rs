@@ -156,11 +156,14 @@ pub struct Dataset {
     pub test: Split,
 }
 
-/// A size a config or flag asks of the data that its images cannot fill (a batch, or a
-/// validation split): an error of the config, which a command names as it names the others.
+/// A size a config key asks of the data that its images cannot fill (a batch, or a validation
+/// split): an error of the config, which a command names as it names the others.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TooFewImages(String);
+#[error("{message}")]
+pub struct TooFewImages {
+    pub key: &'static str,
+    pub message: String,
+}
 
 impl Dataset {
     /// Its training, validation and test split sizes, as a run's checkpoint records them: a run
@@ -175,13 +178,12 @@ impl Dataset {
     pub fn check_batch(&self, what: &str, batch: usize, dir: &Path) -> Result<()> {
         let n = self.train.len();
         if batch > n {
-            return Err(TooFewImages(format!(
+            bail!(
                 "{what}: more than the {} of {} (after {} held out for validation); expected at most {n}",
                 crate::text::count(n, "training image"),
                 dir.display(),
                 self.valid.len()
-            ))
-            .into());
+            );
         }
         Ok(())
     }
@@ -201,10 +203,13 @@ impl Dataset {
                 true => format!("{name}'s default, "),
                 false => String::new(),
             };
-            return Err(TooFewImages(format!(
+            return Err(TooFewImages {
+                key: "valid_size",
+                message: format!(
                 "valid_size {valid_size} ({default}validation images held out of the training set: config key `valid_size`, or `--valid-size` of `baseline real` and `nas`) leaves no training images in {} ({n} images); expected fewer than {n}",
                 dir.display()
-            ))
+            ),
+            }
             .into());
         }
         let mut order: Vec<i64> = (0..n as i64).collect();

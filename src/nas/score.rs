@@ -617,6 +617,21 @@ mod tests {
         assert_eq!((first.scored, first.repeated, second.scored, second.repeated), (1, 0, 0, 1));
     }
 
+    /// `only` scores the positions asked for, each recorded under its position in the list.
+    #[test]
+    fn only_the_positions_asked_for_are_scored_under_their_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.jsonl");
+        let only = Some([2, 0].into_iter().collect());
+        let opts = ScoreOptions { steps: vec![1], only, ..options(&out, Shard::ALL) };
+        let summary = score(&opts, Device::Cpu, |_| {}).unwrap();
+        assert_eq!((summary.scored, summary.other_shards), (2, 2));
+        let records = jsonl::read(&out).unwrap();
+        let archs = &opts.archs;
+        let recorded: Vec<(usize, &str)> = records.iter().map(|r| (r.index, r.arch.as_str())).collect();
+        assert_eq!(recorded, [(0, archs[0].to_string().as_str()), (2, archs[2].to_string().as_str())]);
+    }
+
     /// A file holds one experiment: another proxy's records of another network, dataset or seed
     /// are refused as its own would be (`nas report` would refuse the file).
     #[test]

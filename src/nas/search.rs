@@ -109,8 +109,8 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     };
     // Its records' label: a --teacher spelled otherwise than when the search began takes the
     // file's spelling.
-    let ranked = score::score(&phase1, device, |r| progress("proxy", r))?;
-    let label = ranked.label;
+    let proxy_phase = score::score(&phase1, device, |r| progress("proxy", r))?;
+    let label = proxy_phase.label;
     let mut scored: Vec<Record> =
         jsonl::read(&proxy_out)?.into_iter().filter(|r| r.proxy == label && r.steps == opts.proxy_steps).collect();
     let position: HashMap<String, usize> = sample.iter().enumerate().map(|(k, c)| (c.to_string(), k)).collect();
@@ -134,7 +134,7 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
         valid_size: opts.base.valid_size.or(Some(teacher.valid_size)),
         ..opts.base.clone()
     };
-    let trained = score::score(&phase2, device, |r| progress("truth", r))?;
+    let truth_phase = score::score(&phase2, device, |r| progress("truth", r))?;
     let truth = jsonl::read(&truth_out)?;
     let mut top_k: Vec<Record> = finalists
         .iter()
@@ -147,7 +147,7 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
         candidates: sample.len(),
         top_k,
         best,
-        scored_before: ranked.skipped,
-        trained_before: trained.skipped,
+        scored_before: proxy_phase.skipped,
+        trained_before: truth_phase.skipped,
     })
 }

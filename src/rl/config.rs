@@ -353,7 +353,7 @@ mod tests {
         // Finite as f64, infinite in the float32 teacher: its first generation would be NaN.
         let err = overridden("init_lr = 1e60").unwrap_err().to_string();
         assert!(
-            err.ends_with("`init_lr` is 1e60, expected a positive number from 1.2e-38 to 3.4e38 (float32's range)"),
+            err.ends_with("`init_lr` is 1e60, expected a positive number from 1.18e-38 to 3.40e38 (float32's range)"),
             "{err}"
         );
         let err = overridden("policy_width_max = 8").unwrap_err().to_string();
