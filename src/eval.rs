@@ -323,6 +323,47 @@ pub struct RealBaseline {
     pub momenta: Vec<f64>,
 }
 
+/// `baseline real`'s settings that a teacher's run fixes (`--like DIR`), so that the baseline
+/// compares with `gtn eval DIR`: its dataset, data folder, validation size, learner, steps (T),
+/// batch size and batch-norm scoring. Without a run, the paper's: base_fc on MNIST, 32 steps
+/// of 128 images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealDefaults {
+    pub dataset: DatasetName,
+    pub data_dir: Option<PathBuf>,
+    pub valid_size: Option<usize>,
+    pub learner: LearnerKind,
+    pub steps: usize,
+    pub batch: usize,
+    pub bn_eval: BnEval,
+}
+
+impl RealDefaults {
+    pub fn of(run: Option<&std::path::Path>) -> Result<RealDefaults> {
+        let Some(dir) = run else {
+            return Ok(RealDefaults {
+                dataset: DatasetName::Mnist,
+                data_dir: None,
+                valid_size: None,
+                learner: LearnerKind::BaseFc,
+                steps: 32,
+                batch: 128,
+                bn_eval: BnEval::Batch,
+            });
+        };
+        let c = crate::checkpoint::read_config(dir)?;
+        Ok(RealDefaults {
+            dataset: c.dataset,
+            data_dir: Some(c.data_dir()),
+            valid_size: Some(c.valid_size),
+            learner: c.learner,
+            steps: c.inner_steps,
+            batch: c.batch_size,
+            bn_eval: c.bn_eval,
+        })
+    }
+}
+
 /// The sweep's best pair and its learners' test accuracies.
 #[derive(Debug, Clone, Serialize)]
 pub struct RealBaselineReport {

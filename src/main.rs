@@ -479,22 +479,28 @@ enum BaselineCommand {
     Distill(TrainArgs),
     /// The same learners trained on real data, best learning rate of a sweep.
     Real {
-        /// Dataset trained and tested on.
-        #[arg(long, value_enum, default_value = "mnist")]
-        dataset: DatasetName,
+        /// A teacher's run folder whose dataset, data folder, validation size, learner, steps,
+        /// batch size and batch-norm scoring are the defaults here (the flags below override
+        /// them), so that the row compares with `gtn eval DIR`.
+        #[arg(long, value_name = "DIR", conflicts_with = "dataset")]
+        like: Option<PathBuf>,
+        /// Dataset trained and tested on [default: mnist].
+        #[arg(long, value_enum)]
+        dataset: Option<DatasetName>,
         /// Folder with the dataset's files (default: data/<dataset>; CIFAR-10: $GTN_CIFAR10_DIR,
         /// else data/cifar10).
         #[arg(long, alias = "cifar-dir")]
         data_dir: Option<PathBuf>,
-        /// Training steps (SGD with momentum, one real batch each).
-        #[arg(long, default_value_t = 32, value_parser = parse_steps)]
-        steps: usize,
-        /// Learner trained (fresh ones per setting, the same initial weights for each).
-        #[arg(long, value_enum, default_value = "base-fc")]
-        learner: LearnerKind,
-        /// Real images per step.
-        #[arg(long, default_value_t = 128, value_parser = parse_positive::<u64>)]
-        batch_size: u64,
+        /// Training steps (SGD with momentum, one real batch each) [default: 32].
+        #[arg(long, value_parser = parse_steps)]
+        steps: Option<usize>,
+        /// Learner trained (fresh ones per setting, the same initial weights for each)
+        /// [default: base-fc].
+        #[arg(long, value_enum)]
+        learner: Option<LearnerKind>,
+        /// Real images per step [default: 128].
+        #[arg(long, value_parser = parse_positive::<u64>)]
+        batch_size: Option<u64>,
         /// Learning rates to sweep, comma-separated; with --momenta, the best mean test accuracy
         /// is reported.
         #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05,0.1,0.2", value_parser = parse_lr)]
@@ -506,9 +512,9 @@ enum BaselineCommand {
         #[arg(long, default_value_t = 5, value_parser = parse_positive::<u64>)]
         learners: u64,
         /// Batch-norm statistics the trained learners are scored with: `batch` (each test
-        /// chunk's own) or `train` (their last training batch's).
-        #[arg(long, value_enum, default_value = "batch")]
-        bn_eval: BnEval,
+        /// chunk's own) or `train` (their last training batch's) [default: batch].
+        #[arg(long, value_enum)]
+        bn_eval: Option<BnEval>,
         /// With `train` statistics, score before the last step's update, as `gtn eval` does.
         #[arg(long)]
         before_last_update: bool,
@@ -684,6 +690,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Baseline {
             command:
                 BaselineCommand::Real {
+                    like,
                     dataset,
                     data_dir,
                     steps,
@@ -699,17 +706,19 @@ fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         } => {
+            let like = eval::RealDefaults::of(like.as_deref())?;
+            let (dataset, batch) = (dataset.unwrap_or(like.dataset), batch_size.map_or(like.batch, |b| b as usize));
             let opts = eval::RealBaseline {
                 dataset,
-                data_dir,
-                valid_size,
-                learner,
-                bn_eval,
+                data_dir: data_dir.or(like.data_dir),
+                valid_size: valid_size.or(like.valid_size),
+                learner: learner.unwrap_or(like.learner),
+                bn_eval: bn_eval.unwrap_or(like.bn_eval),
                 before_last_update,
                 learners: learners as usize,
                 seed,
-                steps,
-                batch: batch_size as usize,
+                steps: steps.unwrap_or(like.steps),
+                batch,
                 lrs,
                 momenta,
             };
@@ -726,8 +735,7 @@ fn run(cli: Cli) -> Result<()> {
                 gtn::outln!("{}", serde_json::to_string(&best)?);
             } else {
                 let (lr, momentum) = (best.lr, best.momentum);
-                let what =
-                    format!("real {} data, best lr {lr}, momentum {momentum}, batch {batch_size}", dataset.as_str());
+                let what = format!("real {} data, best lr {lr}, momentum {momentum}, batch {batch}", dataset.as_str());
                 best.report.print(false, &what);
             }
             Ok(())

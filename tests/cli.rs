@@ -557,6 +557,16 @@ fn distillation_baseline_is_a_teacher_eval_reads() {
         serde_json::from_str(stdout(&gtn(&["eval", run.to_str().unwrap(), "--learners", "2", "--json"])).trim())
             .unwrap();
     assert_eq!(report["learners"], 2);
+    // The real-data baseline of the same settings, from the run's folder (its 112 images held
+    // out of the slice, its learner, T and batch), with a flag overriding one of them.
+    let like = ["baseline", "real", "--like", run.to_str().unwrap(), "--learners", "1", "--lrs", "0.1"];
+    let real: serde_json::Value =
+        serde_json::from_str(stdout(&gtn(&[&like[..], &["--momenta", "0.5", "--json"]].concat())).trim()).unwrap();
+    assert_eq!((real["steps"].as_u64(), real["learner"].as_str()), (report["steps"].as_u64(), Some("mlp")));
+    let fewer = stdout(&gtn(&[&like[..], &["--momenta", "0.5", "--steps", "2"]].concat()));
+    assert!(fewer.contains("batch 20") && fewer.contains("2 steps"), "{fewer}");
+    let err = error_line(&gtn(&[&like[..], &["--dataset", "mnist"]].concat()));
+    assert!(err.contains("'--like <DIR>' cannot be used with '--dataset <DATASET>'"), "{err}");
 }
 
 #[test]
