@@ -470,9 +470,12 @@ impl Config {
         if self.init_momentum >= 1.0 {
             bail!("config key `init_momentum` is {}, expected a value in (0, 1)", self.init_momentum);
         }
-        for (key, value) in [("grad_clip", self.grad_clip), ("adam_eps", self.adam_eps)] {
-            check_positive_f32(key, value, "")?;
+        // A huge clip turns clipping off (the norm is compared in f64); an epsilon that float32
+        // rounds to 0 would divide 0 by 0 in Adam's update.
+        if !(self.grad_clip > 0.0 && self.grad_clip.is_finite()) {
+            bail!("config key `grad_clip` is {}, expected a positive number", self.grad_clip);
         }
+        check_positive_f32("adam_eps", self.adam_eps, "")?;
         for (key, beta) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
             if !(0.0..1.0).contains(&beta) {
                 bail!("config key `{key}` is {beta}, expected a value in [0, 1)");
@@ -709,9 +712,10 @@ pub fn from_file<C>(
     })
 }
 
-/// A config's positive rate, `why` it is (the end of the message): the teachers hold their
-/// parameters and rates in float32, where a larger number is infinite and a smaller one 0 (or
-/// loses its precision): `init_lr = 1e60` would end the first step as NaN.
+/// A config's positive number, `why` it must be positive (the end of that message): the
+/// teachers hold their parameters, rates and Adam's state in float32, where a larger number is
+/// infinite and a smaller one 0 (or loses its precision): `init_lr = 1e60` would end the first
+/// step as NaN.
 pub(crate) fn check_positive_f32(key: &str, value: f64, why: &str) -> Result<()> {
     if !(value > 0.0 && value.is_finite()) {
         bail!("config key `{key}` is {value}, expected a positive number{why}");
@@ -1021,6 +1025,8 @@ mod tests {
         // Adam's epsilon rounded to 0 in float32 would divide 0 by 0.
         let err = Config::tiny().with_overrides_str("adam_eps = 1e-50").unwrap_err().to_string();
         assert!(err.contains("`adam_eps` is 1e-50, expected a positive number from"), "{err}");
+        // A clip beyond float32's range turns clipping off (the norm is compared in f64).
+        assert_eq!(Config::tiny().with_overrides_str("grad_clip = 1e39").unwrap().grad_clip, 1e39);
         let err = Config::tiny().with_overrides_str("init_momentum = 0.0").unwrap_err().to_string();
         assert_eq!(err, "config key `init_momentum` is 0, expected a positive number (the inner lr and momentum are learned as logarithms)");
         for (text, key) in [

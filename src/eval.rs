@@ -321,13 +321,23 @@ pub struct RealBaseline {
     pub batch: usize,
     pub lrs: Vec<f64>,
     pub momenta: Vec<f64>,
+    /// The run `--like` named, if any, and which of the values above are its: errors about
+    /// them name its config.toml, not a flag that was not given.
+    pub like: Option<Like>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Like {
+    pub dir: PathBuf,
+    pub data_dir: bool,
+    pub batch: bool,
 }
 
 /// `baseline real`'s settings that a teacher's run fixes (`--like DIR`), so that the baseline
 /// compares with `gtn eval DIR`: its dataset, data folder, validation size, learner, steps (T),
 /// batch size and batch-norm scoring. Without a run, the paper's: base_fc on MNIST, 32 steps
 /// of 128 images.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RealDefaults {
     pub dataset: DatasetName,
     pub data_dir: Option<PathBuf>,
@@ -379,19 +389,29 @@ pub fn baseline_real(
     device: Device,
     each: impl FnMut((f64, f64), &[f64]),
 ) -> Result<RealBaselineReport> {
+    let batch = match &opts.like {
+        Some(like) if like.batch => {
+            format!(
+                "`batch_size` {} of {} (--like)",
+                opts.batch,
+                like.dir.join(crate::checkpoint::CONFIG_FILE).display()
+            )
+        }
+        _ => format!("--batch-size {}", opts.batch),
+    };
     if opts.batch < 2 && opts.learner.normalises_over_the_batch_alone() {
-        bail!(
-            "--batch-size {}: the {} learner's batch norm over one image is constant; expected at least 2",
-            opts.batch,
-            opts.learner
-        );
+        bail!("{batch}: the {} learner's batch norm over one image is constant; expected at least 2", opts.learner);
     }
     // Before the data is read (`sweep_real` checks it again, for its other callers).
     check_sweep(opts.learners, (&opts.lrs, &opts.momenta))?;
     let dir = opts.data_dir.clone().unwrap_or_else(|| opts.dataset.default_dir());
     let valid_size = opts.valid_size.unwrap_or(opts.dataset.default_valid_size());
-    let data = Dataset::load(opts.dataset, &dir, valid_size, crate::data::DEFAULT_SPLIT_SEED, device)?;
-    data.check_batch(&format!("--batch-size {}", opts.batch), opts.batch, &dir)?;
+    let loaded = Dataset::load(opts.dataset, &dir, valid_size, crate::data::DEFAULT_SPLIT_SEED, device);
+    let data = match &opts.like {
+        Some(like) => crate::checkpoint::runs_data(loaded, &like.dir, &dir, like.data_dir)?,
+        None => loaded?,
+    };
+    data.check_batch(&batch, opts.batch, &dir)?;
     let cohort = Cohort {
         data: &data,
         kind: opts.learner,
@@ -767,6 +787,7 @@ mod tests {
             batch: 32,
             lrs: vec![1e-6, 0.1],
             momenta: vec![0.5],
+            like: None,
         };
         let mut pairs = Vec::new();
         let best = baseline_real(&opts, Device::Cpu, |pair, _| pairs.push(pair)).unwrap();

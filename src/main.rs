@@ -480,8 +480,9 @@ enum BaselineCommand {
     /// The same learners trained on real data, best learning rate of a sweep.
     Real {
         /// A teacher's run folder whose dataset, data folder, validation size, learner, steps,
-        /// batch size and batch-norm scoring are the defaults here (the flags below override
-        /// them), so that the row compares with `gtn eval DIR`.
+        /// batch size and batch-norm scoring are the defaults here (the flags below but
+        /// --dataset override them), so that the row compares with `gtn eval DIR`. Its
+        /// validation split is drawn with seed 0, as for every real-data row.
         #[arg(long, value_name = "DIR", conflicts_with = "dataset")]
         like: Option<PathBuf>,
         /// Dataset trained and tested on [default: mnist].
@@ -706,21 +707,24 @@ fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         } => {
-            let like = eval::RealDefaults::of(like.as_deref())?;
-            let (dataset, batch) = (dataset.unwrap_or(like.dataset), batch_size.map_or(like.batch, |b| b as usize));
+            let defaults = eval::RealDefaults::of(like.as_deref())?;
+            let (dataset, batch) =
+                (dataset.unwrap_or(defaults.dataset), batch_size.map_or(defaults.batch, |b| b as usize));
+            let like = like.map(|dir| eval::Like { dir, data_dir: data_dir.is_none(), batch: batch_size.is_none() });
             let opts = eval::RealBaseline {
                 dataset,
-                data_dir: data_dir.or(like.data_dir),
-                valid_size: valid_size.or(like.valid_size),
-                learner: learner.unwrap_or(like.learner),
-                bn_eval: bn_eval.unwrap_or(like.bn_eval),
+                data_dir: data_dir.or(defaults.data_dir),
+                valid_size: valid_size.or(defaults.valid_size),
+                learner: learner.unwrap_or(defaults.learner),
+                bn_eval: bn_eval.unwrap_or(defaults.bn_eval),
                 before_last_update,
                 learners: learners as usize,
                 seed,
-                steps: steps.unwrap_or(like.steps),
+                steps: steps.unwrap_or(defaults.steps),
                 batch,
                 lrs,
                 momenta,
+                like,
             };
             let best = eval::baseline_real(&opts, device, |(lr, momentum), accuracies| {
                 if !json {

@@ -198,7 +198,7 @@ impl Trainer {
         settings.apply(&mut teacher.config);
         let folder = teacher.config.data_dir();
         let data = checkpoint::runs_data(load_data(&teacher.config, device), dir, &folder, runs_own)?;
-        checkpoint::check_data(saved, &data, &teacher.config.data_dir(), &format!("in {}", dir.display()))?;
+        checkpoint::check_data(saved, &data, &folder, &format!("in {}", dir.display()))?;
         // Older checkpoints record no data sizes: a slice given as --data-dir too small for the
         // meta-batch is caught here.
         check_meta_batch(&teacher.config, &data)?;
@@ -883,7 +883,7 @@ fn check_before_last_update(options: &TrainOptions, config: &Config) -> Result<(
     if config.bn_eval != BnEval::Train {
         // A run keeps its `bn_eval`; `gtn eval` scores its teacher either way.
         let dir = options.resume.as_ref().or(options.out.as_ref()).map_or("DIR".into(), |d| crate::text::shell_word(d));
-        bail!("--before-last-update: the run scores batch norm with each test batch's statistics (`bn_eval = \"batch\"`); expected a run with `bn_eval = \"train\"` (a new run's --config), or, after this one, `gtn eval {dir} --bn-eval train --before-last-update`");
+        bail!("--before-last-update: the run scores batch norm with each test batch's statistics (`bn_eval = \"batch\"`); expected a run with `bn_eval = \"train\"` (a new run's --config), or this command without it, then `gtn eval {dir} --bn-eval train --before-last-update`");
     }
     Ok(())
 }
@@ -952,7 +952,7 @@ mod tests {
         let batch = Config { bn_eval: crate::learner::BnEval::Batch, ..train };
         let err = check_before_last_update(&options, &batch).unwrap_err().to_string();
         assert!(
-            err.ends_with("expected a run with `bn_eval = \"train\"` (a new run's --config), or, after this one, `gtn eval DIR --bn-eval train --before-last-update`"),
+            err.ends_with("expected a run with `bn_eval = \"train\"` (a new run's --config), or this command without it, then `gtn eval DIR --bn-eval train --before-last-update`"),
             "{err}"
         );
         let err = check_before_last_update(&TrainOptions { eval_learners: 0, ..options }, &batch).unwrap_err();
@@ -960,7 +960,7 @@ mod tests {
     }
 
     /// Sizes a new run's config asks of its data (its meta-loss batch, its validation split)
-    /// are errors of the config, naming the --config file and flags as its other errors do.
+    /// are errors of the config, naming the --config file where the file sets that size.
     #[test]
     fn sizes_the_data_cannot_fill_name_the_config_file() {
         let dir = tempfile::tempdir().unwrap();

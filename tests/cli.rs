@@ -559,12 +559,21 @@ fn distillation_baseline_is_a_teacher_eval_reads() {
     assert_eq!(report["learners"], 2);
     // The real-data baseline of the same settings, from the run's folder (its 112 images held
     // out of the slice, its learner, T and batch), with a flag overriding one of them.
+    // From a folder with no data/mnist: the run's own folder is read.
     let like = ["baseline", "real", "--like", run.to_str().unwrap(), "--learners", "1", "--lrs", "0.1"];
-    let real: serde_json::Value =
-        serde_json::from_str(stdout(&gtn(&[&like[..], &["--momenta", "0.5", "--json"]].concat())).trim()).unwrap();
+    let real = stdout(&gtn_in(tmp.path(), &[&like[..], &["--momenta", "0.5", "--json"]].concat()));
+    let real: serde_json::Value = serde_json::from_str(real.trim()).unwrap();
     assert_eq!((real["steps"].as_u64(), real["learner"].as_str()), (report["steps"].as_u64(), Some("mlp")));
+    assert_eq!(real["test_images"], report["test_images"]);
     let fewer = stdout(&gtn(&[&like[..], &["--momenta", "0.5", "--steps", "2"]].concat()));
     assert!(fewer.contains("batch 20") && fewer.contains("2 steps"), "{fewer}");
+    // The run's batch of 20 does not fit 12 training images: its config.toml is named, no flag.
+    let err = error_line(&gtn(&[&like[..], &["--valid-size", "500"]].concat()));
+    let config = run.join("config.toml");
+    assert!(
+        err.starts_with(&format!("error: `batch_size` 20 of {} (--like): more than the 12", config.display())),
+        "{err}"
+    );
     let err = error_line(&gtn(&[&like[..], &["--dataset", "mnist"]].concat()));
     assert!(err.contains("'--like <DIR>' cannot be used with '--dataset <DATASET>'"), "{err}");
 }
