@@ -203,14 +203,11 @@ impl Dataset {
                 true => format!("{name}'s default, "),
                 false => String::new(),
             };
-            return Err(TooFewImages {
-                key: "valid_size",
-                message: format!(
+            let message = format!(
                 "valid_size {valid_size} ({default}validation images held out of the training set: config key `valid_size`, or `--valid-size` of `baseline real` and `nas`) leaves no training images in {} ({n} images); expected fewer than {n}",
                 dir.display()
-            ),
-            }
-            .into());
+            );
+            return Err(TooFewImages { key: "valid_size", message }.into());
         }
         let mut order: Vec<i64> = (0..n as i64).collect();
         order.shuffle(&mut StdRng::seed_from_u64(split_seed));
