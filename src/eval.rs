@@ -381,6 +381,11 @@ pub struct RealBaselineReport {
     pub report: EvalReport,
     pub lr: f64,
     pub momentum: f64,
+    /// Real images per step, and the run `--like` took its defaults from: the row's settings
+    /// beyond the report's.
+    pub batch: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub like: Option<PathBuf>,
 }
 
 /// Runs the real-data baseline; `each` sees every pair's accuracies as they are measured.
@@ -422,7 +427,13 @@ pub fn baseline_real(
     };
     let sweep = (opts.lrs.as_slice(), opts.momenta.as_slice());
     let ((lr, momentum), accuracies) = sweep_real(&cohort, opts.steps, opts.batch, sweep, &data.test, each)?;
-    Ok(RealBaselineReport { report: EvalReport::from_accuracies(&cohort, opts.steps, accuracies), lr, momentum })
+    Ok(RealBaselineReport {
+        report: EvalReport::from_accuracies(&cohort, opts.steps, accuracies),
+        lr,
+        momentum,
+        batch: opts.batch,
+        like: opts.like.as_ref().map(|like| like.dir.clone()),
+    })
 }
 
 /// The learning rate and momentum of the grid `lrs` x `momenta` whose learners reach the best
@@ -798,6 +809,7 @@ mod tests {
             (json["lr"].as_f64(), json["test_accuracy_mean"].as_f64()),
             (Some(0.1), Some(best.report.test_accuracy_mean))
         );
+        assert_eq!((json["batch"].as_u64(), json.get("like")), (Some(32), None), "no --like, no key");
         // Refused before the data is read (the folder does not exist).
         let one = RealBaseline { batch: 1, data_dir: Some("/nonexistent".into()), ..opts };
         let err = baseline_real(&one, Device::Cpu, |_, _| {}).unwrap_err().to_string();

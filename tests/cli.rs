@@ -565,6 +565,7 @@ fn distillation_baseline_is_a_teacher_eval_reads() {
     let real: serde_json::Value = serde_json::from_str(real.trim()).unwrap();
     assert_eq!((real["steps"].as_u64(), real["learner"].as_str()), (report["steps"].as_u64(), Some("mlp")));
     assert_eq!(real["test_images"], report["test_images"]);
+    assert_eq!((real["batch"].as_u64(), real["like"].as_str()), (Some(20), run.to_str()));
     let fewer = stdout(&gtn(&[&like[..], &["--momenta", "0.5", "--steps", "2"]].concat()));
     assert!(fewer.contains("batch 20") && fewer.contains("2 steps"), "{fewer}");
     // The run's batch of 20 does not fit 12 training images: its config.toml is named, no flag.
