@@ -229,10 +229,11 @@ pub fn check_edits<C: Serialize + DeserializeOwned>(
 ) -> Result<()> {
     let Some(saved) = &stored.saved_config else { return Ok(()) };
     let file = dir.join(CONFIG_FILE);
-    let this = toml::to_string(current).ok().and_then(|text| run_command_of(&text));
+    // Only on failure: whose run this is, told by the current config's keys.
+    let this = || toml::to_string(current).ok().and_then(|text| run_command_of(&text));
     let saved: C = crate::config::parse_toml(saved).map_err(|e| match run_command_of(saved) {
         // Named, not refused key by key: a copied checkpoint's keys are all another command's.
-        Some(other) if Some(other) != this => anyhow::anyhow!(
+        Some(other) if Some(other) != this() => anyhow::anyhow!(
             "{}: is a `{other}` run's checkpoint (the config stored in it is), not the checkpoint of the run {} describes; put that run's checkpoint back",
             checkpoint_path(dir).display(),
             file.display()

@@ -235,15 +235,6 @@ impl Config {
         }
     }
 
-    /// A preset with the keys of an optional TOML file applied on top.
-    pub fn from_preset(name: &str, overrides: Option<&Path>) -> Result<Config> {
-        let config = Config::preset(name)?;
-        match overrides {
-            Some(path) => config.with_overrides(path),
-            None => Ok(config),
-        }
-    }
-
     /// The preset `name` with the command line's `flags` applied (its `--config` file first),
     /// validated.
     /// A command's own teacher (`baseline distill`'s pixels) is not silently put over a file's.

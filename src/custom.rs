@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn the_generator_takes_the_winograd_wide_layer_in_both_passes() {
         use rand::SeedableRng;
-        let config = crate::config::Config::from_preset("paper", None).unwrap();
+        let config = crate::config::Config::paper();
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let teacher = crate::teacher::Teacher::new(&config, &mut rng, Device::Cpu).unwrap();
         let plan = teacher.curriculum.plan(&mut rng, Device::Cpu);
