@@ -25,7 +25,7 @@ pub use train::RlTrainer;
 use crate::eval::{mean_std, median};
 use crate::text::{count, mean_pm_std, spread};
 use reinforce::ReinforceConfig;
-use teacher::{EnvTeacher, Trial};
+use teacher::{EnvTeacher, Returns, Trial};
 
 /// What a random stream of an RL run is drawn for. Each use of a seed gets its own stream (and
 /// the generations theirs, `meta::iteration_rng`), so no two of them share draws: with
@@ -155,6 +155,10 @@ pub struct RlEvalReport {
     /// The same for the teacher the run started from.
     pub untrained_return_mean: f64,
     pub untrained_return_std: Option<f64>,
+    /// Policies whose training on the teacher's data (the untrained teacher's) came out NaN or
+    /// infinite; they are scored as they act, always pushing left.
+    pub diverged_policies: usize,
+    pub untrained_diverged_policies: usize,
     pub baseline: &'static str,
     /// Real environment steps each REINFORCE seed needed for a greedy return of at least
     /// `real_return_mean` (null: not within `baseline_budget_steps`).
@@ -180,8 +184,9 @@ fn eval_draws(c: &RlConfig, seed: u64) -> (Vec<Trial>, Vec<u64>) {
 }
 
 /// Greedy real returns of the policies of `trials` trained on `theta`, in parallel.
-pub fn real_returns(teacher: &EnvTeacher, theta: &[f32], trials: &[Trial], threads: usize) -> Vec<f64> {
-    es::evaluate_parallel(trials.len(), threads, |i| teacher.returns(theta, &trials[i..=i])).concat()
+pub fn real_returns(teacher: &EnvTeacher, theta: &[f32], trials: &[Trial], threads: usize) -> Returns {
+    let each = es::evaluate_parallel(trials.len(), threads, |i| teacher.returns(theta, &trials[i..=i]));
+    each.into_iter().fold(Returns::default(), Returns::join)
 }
 
 /// Scores the teacher in `dir` on fresh draws (independent of the ones it was trained on), then
@@ -191,8 +196,10 @@ pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
     let c = teacher.config.clone();
     let (trials, baseline_seeds) = eval_draws(&c, seed);
     let theta = Vec::<f32>::try_from(&theta).expect("a float vector");
-    let (mean, std) = mean_std(&real_returns(&teacher, &theta, &trials, threads));
-    let (untrained_mean, untrained_std) = mean_std(&real_returns(&teacher, &teacher.initial, &trials, threads));
+    let trained = real_returns(&teacher, &theta, &trials, threads);
+    let untrained = real_returns(&teacher, &teacher.initial, &trials, threads);
+    let (mean, std) = mean_std(&trained.episodes);
+    let (untrained_mean, untrained_std) = mean_std(&untrained.episodes);
     let baseline = ReinforceConfig::default();
     let steps = es::evaluate_parallel(c.baseline_seeds, threads, |s| {
         reinforce::steps_to_reach(&reinforce::train(&baseline, baseline_seeds[s], c.baseline_budget, mean).0, mean)
@@ -210,6 +217,8 @@ pub fn evaluate(dir: &Path, seed: u64, threads: usize) -> Result<RlEvalReport> {
         real_return_std: spread(std, c.eval_policies * c.eval_episodes),
         untrained_return_mean: untrained_mean,
         untrained_return_std: spread(untrained_std, c.eval_policies * c.eval_episodes),
+        diverged_policies: trained.diverged,
+        untrained_diverged_policies: untrained.diverged,
         baseline: "reinforce",
         baseline_steps_to_match_mean: (!reached.is_empty()).then(|| mean_std(&reached).0),
         baseline_steps_to_match_median: (!reached.is_empty()).then(|| median(&reached)),
@@ -245,12 +254,20 @@ impl RlEvalReport {
             false => count(self.generation, "generation"),
         };
         let returns = |mean: f64, std: Option<f64>| mean_pm_std(mean, std, |x| format!("{x:.1}"));
+        let diverged = match (self.diverged_policies, self.untrained_diverged_policies) {
+            (0, 0) => String::new(),
+            (n, untrained) => format!(
+                "\ndiverged in training       {n} of {} (untrained teacher: {untrained}): NaN or infinite, \
+                 each scored as it acts (always pushing left)",
+                count(self.policies, "fresh policy")
+            ),
+        };
         format!(
             "teacher after {after}: {} x {}, trained {} steps on {} synthetic observations\n\
              real return (greedy)       {}\n\
              same, untrained teacher    {}\n\
              REINFORCE to match it      {baseline}\n\
-             the teacher's real cost    {cost}",
+             the teacher's real cost    {cost}{diverged}",
             count(self.policies, "fresh policy"),
             count(self.episodes_per_policy, "episode"),
             self.inner_steps,
@@ -289,6 +306,26 @@ mod tests {
         // The baseline's runs do not move with the number of policies and episodes scored.
         let fewer = RlConfig { eval_policies: 3, eval_episodes: 1, ..c.clone() };
         assert_eq!(eval_draws(&fewer, 0).1, seeds0);
+    }
+
+    /// Policies trained to NaN are counted and named in the report; a teacher that trains
+    /// finite ones reports none and no such line.
+    #[test]
+    fn evaluation_counts_diverged_policies() {
+        let tiny =
+            RlConfig { generations: 1, eval_policies: 3, eval_episodes: 1, baseline_seeds: 1, ..RlConfig::tiny() };
+        let dir = tempfile::tempdir().unwrap();
+        train::RlTrainer::create(&RlConfig { init_lr: 1e30, ..tiny.clone() }, dir.path(), 2).unwrap();
+        let report = evaluate(dir.path(), 0, 2).unwrap();
+        assert_eq!((report.diverged_policies, report.untrained_diverged_policies), (3, 3));
+        let table = report.table();
+        assert!(table.ends_with("diverged in training       3 of 3 fresh policies (untrained teacher: 3): NaN or infinite, each scored as it acts (always pushing left)"), "{table}");
+
+        let dir = tempfile::tempdir().unwrap();
+        train::RlTrainer::create(&tiny, dir.path(), 2).unwrap();
+        let report = evaluate(dir.path(), 0, 2).unwrap();
+        assert_eq!((report.diverged_policies, report.untrained_diverged_policies), (0, 0));
+        assert!(!report.table().contains("diverged"), "{}", report.table());
     }
 
     #[test]

@@ -170,23 +170,46 @@ impl EnvTeacher {
         }
     }
 
-    /// Greedy real-environment return of every episode of every trial, policy by policy.
-    pub fn returns(&self, theta: &[f32], trials: &[Trial]) -> Vec<f64> {
+    /// Greedy real-environment return of every episode of every trial, policy by policy, and
+    /// how many of the policies training made NaN or infinite.
+    pub fn returns(&self, theta: &[f32], trials: &[Trial]) -> Returns {
         let theta = Tensor::from_slice(theta);
-        trials
-            .iter()
-            .flat_map(|trial| {
-                let init = Policy::new(trial.width).init(&mut StdRng::seed_from_u64(trial.init_seed));
-                let policy = FastPolicy::new(&self.train_policy(&theta, init, false));
-                trial.episode_seeds.iter().map(move |&s| cartpole::episode_return(s, |o| policy.greedy(o)))
-            })
-            .collect()
+        let mut returns = Returns::default();
+        for trial in trials {
+            let init = Policy::new(trial.width).init(&mut StdRng::seed_from_u64(trial.init_seed));
+            let trained = self.train_policy(&theta, init, false);
+            returns.diverged += usize::from(nn::first_non_finite(&trained).is_some());
+            let policy = FastPolicy::new(&trained);
+            returns
+                .episodes
+                .extend(trial.episode_seeds.iter().map(|&s| cartpole::episode_return(s, |o| policy.greedy(o))));
+        }
+        returns
+    }
+}
+
+/// What the policies of some trials did on the real environment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Returns {
+    /// Every episode's greedy return, policy by policy.
+    pub episodes: Vec<f64>,
+    /// Policies whose training came out NaN or infinite. They still act (always pushing left)
+    /// and score the few steps that earns, so a diverged candidate ranks low rather than
+    /// stopping ES; only a population whose every policy diverged stops it.
+    pub diverged: usize,
+}
+
+impl Returns {
+    /// The mean greedy return: the fitness ES maximises.
+    pub fn mean(&self) -> f64 {
+        self.episodes.iter().sum::<f64>() / self.episodes.len() as f64
     }
 
-    /// Mean greedy return over the trials: the fitness ES maximises.
-    pub fn fitness(&self, theta: &[f32], trials: &[Trial]) -> f64 {
-        let returns = self.returns(theta, trials);
-        returns.iter().sum::<f64>() / returns.len() as f64
+    /// Both draws' returns, `self`'s first.
+    pub fn join(mut self, other: Returns) -> Returns {
+        self.episodes.extend(other.episodes);
+        self.diverged += other.diverged;
+        self
     }
 }
 

@@ -15,7 +15,7 @@ use super::cartpole::OBS_DIM;
 use super::config::{Objective, RlConfig};
 use super::es::{self, Shaping};
 use super::imitation::Reference;
-use super::teacher::{self, EnvTeacher};
+use super::teacher::{self, EnvTeacher, Returns};
 use crate::checkpoint::{holds_run, never_saved, CHECKPOINT_FILE, CONFIG_FILE, RL_RUN};
 use crate::interrupt::{self, Interrupted, Unit};
 use crate::meta::iteration_rng;
@@ -367,20 +367,9 @@ impl RlTrainer {
     pub fn step(&mut self) -> Result<GenerationStats> {
         let start = Instant::now();
         let g = self.generation;
-        let c = self.config().clone();
-        let mut rng = iteration_rng(c.seed, g);
+        let mut rng = iteration_rng(self.config().seed, g);
         let (score, descent, steps) = match &self.reference {
-            None => {
-                let (fitness, descent) = self.es_direction(&mut rng);
-                // CartPole pays 1 per step: a candidate's mean return times its episodes is the
-                // steps they took.
-                let episodes = (c.policies_per_candidate * c.episodes_per_policy) as f64;
-                let steps = fitness.iter().map(|f| (f * episodes).round() as u64).sum::<u64>();
-                let mean = fitness.iter().sum::<f64>() / fitness.len() as f64;
-                let max = fitness.iter().copied().fold(f64::MIN, f64::max);
-                let min = fitness.iter().copied().fold(f64::MAX, f64::min);
-                (Score::Fitness { mean, max, min }, descent, steps)
-            }
+            None => self.es_direction(&mut rng)?,
             Some(reference) => {
                 let (loss, grad) = reference.meta_gradient(&self.teacher, &self.theta, &mut rng);
                 (Score::MetaLoss(loss), Vec::<f32>::try_from(grad).expect("a float vector"), 0)
@@ -388,7 +377,7 @@ impl RlTrainer {
         };
         let grad_norm = descent.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
         // Imitation's first meta-gradient is the initial teacher's own (ES's depends on sigma).
-        let as_initialised = g == 0 && c.objective == Objective::Imitation;
+        let as_initialised = g == 0 && self.config().objective == Objective::Imitation;
         match score {
             Score::MetaLoss(loss) if !loss.is_finite() => {
                 return Err(self.diverged(g, &format!("the meta-loss is {loss}"), as_initialised));
@@ -398,21 +387,7 @@ impl RlTrainer {
             }
             _ => {}
         }
-        let theta = self.theta.detach().copy();
-        let copies = |moments: &[Tensor]| moments.iter().map(Tensor::copy).collect();
-        let mut adam = Adam { m: copies(&self.adam.m), v: copies(&self.adam.v), ..self.adam };
-        adam.step(&[theta.shallow_clone()], &[Tensor::from_slice(&descent)], c.outer_lr);
-        let (lrs, momenta) = self.teacher.schedule(&theta);
-        let state = [
-            ("the teacher's parameters", &theta),
-            ("Adam's first moment", &adam.m[0]),
-            ("Adam's second moment", &adam.v[0]),
-            ("the inner learning rates", &lrs),
-            ("the inner momenta", &momenta),
-        ];
-        if let Some(k) = crate::nn::first_non_finite(&state.map(|(_, t)| t.shallow_clone())) {
-            return Err(self.diverged(g, &format!("the update made {} NaN or infinite", state[k].0), false));
-        }
+        let (theta, adam, lrs, momenta) = self.update(&descent)?;
         let stats = GenerationStats {
             generation: g,
             score,
@@ -427,6 +402,29 @@ impl RlTrainer {
         self.real_steps = self.real_steps.map(|n| n + steps);
         crate::progress::append_row(&self.dir.join(LOG_FILE), &stats.csv_row())?;
         Ok(stats)
+    }
+
+    /// Adam's step along `descent`, taken on copies of the parameters and moments: the new
+    /// parameters, Adam state and the inner learning rates and momenta they imply, or the
+    /// divergence error if any of them is NaN or infinite.
+    fn update(&self, descent: &[f32]) -> Result<(Tensor, Adam, Tensor, Tensor)> {
+        let theta = self.theta.detach().copy();
+        let copies = |moments: &[Tensor]| moments.iter().map(Tensor::copy).collect();
+        let mut adam = Adam { m: copies(&self.adam.m), v: copies(&self.adam.v), ..self.adam };
+        adam.step(&[theta.shallow_clone()], &[Tensor::from_slice(descent)], self.config().outer_lr);
+        let (lrs, momenta) = self.teacher.schedule(&theta);
+        let state = [
+            ("the teacher's parameters", &theta),
+            ("Adam's first moment", &adam.m[0]),
+            ("Adam's second moment", &adam.v[0]),
+            ("the inner learning rates", &lrs),
+            ("the inner momenta", &momenta),
+        ];
+        if let Some(k) = crate::nn::first_non_finite(&state.map(|(_, t)| t.shallow_clone())) {
+            let what = format!("the update made {} NaN or infinite", state[k].0);
+            return Err(self.diverged(self.generation, &what, false));
+        }
+        Ok((theta, adam, lrs, momenta))
     }
 
     /// The error of a run stopped by a NaN or infinity; `as_initialised`: the teacher as it was
@@ -451,19 +449,35 @@ impl RlTrainer {
     }
 
     /// ES: score the antithetic population on common draws (the same policies and episodes for
-    /// every candidate, so ranks compare teachers, not luck); the fitness of every candidate and
-    /// minus the rank-shaped ES gradient.
-    fn es_direction(&self, rng: &mut StdRng) -> (Vec<f64>, Vec<f32>) {
+    /// every candidate, so ranks compare teachers, not luck); the population's fitness, minus the
+    /// rank-shaped ES gradient, and the real steps its episodes took. A population whose every
+    /// policy diverged is an error: equal returns give a zero gradient, and ES would never move.
+    fn es_direction(&self, rng: &mut StdRng) -> Result<(Score, Vec<f32>, u64)> {
         let c = self.config();
         let theta = self.theta();
         let directions = es::directions(rng, theta.len(), c.pairs);
         let trials = teacher::trials(c, rng, c.policies_per_candidate, c.episodes_per_policy);
         let teacher = &self.teacher;
-        let fitness = es::evaluate_parallel(2 * c.pairs, self.threads, |i| {
-            teacher.fitness(&es::candidate(&theta, &directions, c.sigma, i), &trials)
+        let returns = es::evaluate_parallel(2 * c.pairs, self.threads, |i| {
+            teacher.returns(&es::candidate(&theta, &directions, c.sigma, i), &trials)
         });
-        let ascent = es::gradient(&directions, &fitness, c.sigma, Shaping::CentredRanks);
-        (fitness, ascent.iter().map(|&g| -g as f32).collect())
+        let policies = returns.len() * trials.len();
+        if returns.iter().map(|r| r.diverged).sum::<usize>() == policies {
+            // Diverging at the centre too, the first generation's teacher is the one initialised;
+            // otherwise sigma's perturbations (or the updates so far) took it there.
+            let centre = teacher.returns(&theta, &trials).diverged == trials.len();
+            let what = format!("training made all {policies} policies of the population NaN or infinite");
+            return Err(self.diverged(self.generation, &what, self.generation == 0 && centre));
+        }
+        let fitness: Vec<f64> = returns.iter().map(Returns::mean).collect();
+        let descent =
+            es::gradient(&directions, &fitness, c.sigma, Shaping::CentredRanks).iter().map(|&g| -g as f32).collect();
+        // CartPole pays 1 per step: the real steps are the episodes' returns.
+        let steps = returns.iter().flat_map(|r| &r.episodes).map(|&r| r.round() as u64).sum();
+        let mean = fitness.iter().sum::<f64>() / fitness.len() as f64;
+        let max = fitness.iter().copied().fold(f64::MIN, f64::max);
+        let min = fitness.iter().copied().fold(f64::MAX, f64::min);
+        Ok((Score::Fitness { mean, max, min }, descent, steps))
     }
 
     pub fn save(&mut self) -> Result<()> {
@@ -511,8 +525,8 @@ mod tests {
         // Held-out policies and episodes, not the ones ES scored.
         let trials = teacher::trials(&config, &mut StdRng::seed_from_u64(99), 8, 2);
         let (_, theta0) = EnvTeacher::new(&config);
-        let before = trainer.teacher.fitness(&theta0, &trials);
-        let after = trainer.teacher.fitness(&trainer.theta(), &trials);
+        let before = trainer.teacher.returns(&theta0, &trials).mean();
+        let after = trainer.teacher.returns(&trainer.theta(), &trials).mean();
         assert!(after > before + 20.0, "real return {before} before, {after} after {} generations", config.generations);
         let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         assert_eq!(log.lines().count(), 1 + config.generations);
@@ -577,6 +591,8 @@ mod tests {
         let mut trainer = RlTrainer::create(&tiny(4), dir.path(), 1).unwrap();
         trainer.theta = trainer.theta.full_like(f64::NAN);
         let err = trainer.step().unwrap_err().to_string();
+        assert!(err.starts_with("generation 0: training made all 128 policies of the population NaN"), "{err}");
+        let err = trainer.update(&vec![0.0; trainer.teacher.dim()]).unwrap_err().to_string();
         assert!(
             err.starts_with("generation 0: the update made the teacher's parameters NaN or infinite")
                 && err.contains("--resume"),
@@ -587,6 +603,42 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(&saved.theta).unwrap(), EnvTeacher::new(&tiny(4)).1);
         let again = RlTrainer::create(&tiny(4), dir.path(), 1).err().unwrap().to_string();
         assert!(again.contains("already holds a run"), "{again}");
+    }
+
+    /// A teacher whose every candidate trains NaN policies gives ES equal (always-left) returns
+    /// and so a zero gradient: it would "train" for ever without moving. It stops instead, before
+    /// anything is logged, while a population with some finite policies trains on (those rank
+    /// above the diverged ones).
+    #[test]
+    fn a_population_of_diverged_policies_stops_es() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RlConfig { init_lr: 1e30, ..tiny(4) };
+        let mut trainer = RlTrainer::create(&config, dir.path(), 2).unwrap();
+        let err = trainer.step().unwrap_err().to_string();
+        let policies = 2 * config.pairs * config.policies_per_candidate;
+        let want = format!("generation 0: training made all {policies} policies of the population NaN or infinite");
+        assert!(err.starts_with(&want) && err.ends_with(crate::meta::DIVERGED_AS_INITIALISED), "{err}");
+        assert_eq!(trainer.generation, 0);
+        assert_eq!(std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap().lines().count(), 1, "header only");
+        // Later, the updates took it there: lower their rate and resume.
+        trainer.generation = 1;
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.starts_with("generation 1: training made all") && err.contains("lower outer_lr or sigma"), "{err}");
+        // The centre trains finite policies, sigma's perturbations do not: sigma is the cause.
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = RlTrainer::create(&RlConfig { sigma: 1e30, ..tiny(4) }, dir.path(), 2).unwrap();
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.starts_with("generation 0: training made all") && err.contains("lower outer_lr or sigma"), "{err}");
+
+        let (_, theta) = EnvTeacher::new(&config);
+        let trials = teacher::trials(&config, &mut StdRng::seed_from_u64(3), 2, 1);
+        assert_eq!(trainer.teacher.returns(&theta, &trials).diverged, 2);
+        let (_, theta) = EnvTeacher::new(&tiny(4));
+        assert_eq!(
+            trainer.teacher.returns(&theta, &trials).diverged,
+            0,
+            "the tiny preset's rate trains finite policies"
+        );
     }
 
     /// Adam's second moment can overflow while the parameters stay finite (the update divides
@@ -611,7 +663,8 @@ mod tests {
         let first_log_lr = (trainer.teacher.dim() - 2 * tiny(4).inner_steps) as i64;
         let _ = trainer.theta.get(first_log_lr).fill_(100.0);
         let theta = trainer.theta();
-        let err = trainer.step().unwrap_err().to_string();
+        // Such a rate also trains every policy to NaN, which stops a step before its update.
+        let err = trainer.update(&vec![0.0; trainer.teacher.dim()]).unwrap_err().to_string();
         assert!(err.starts_with("generation 0: the update made the inner learning rates NaN or infinite"), "{err}");
         assert_eq!((trainer.theta(), trainer.adam.steps), (theta, 0));
         assert_eq!(files(), before);
