@@ -389,7 +389,7 @@ fn stored_teacher_curves(
         // Said only when measured: stored curves are reused in silence, as the real-data ones.
         let name = dir.file_name().unwrap_or(dir.as_os_str()).to_string_lossy();
         crate::progress::print_err(&format!("{name}: evaluating {}", text::count(cohort.learners, "learner")));
-        Ok(PerLearner { per_learner: eval::teacher_curves(&trainer.teacher, cohort, grid, test)? })
+        Ok(PerLearner { per_learner: eval::teacher_curves(&trainer.teacher, cohort, grid, test)?.per_learner })
     };
     let fits = |v: &PerLearner| one_curve_each(&v.per_learner, cohort.learners, grid.len());
     Ok(measured_once(&dir.join(CURVES_JSON), key, fits, measure)?.per_learner)
@@ -418,7 +418,7 @@ fn swept_real_curves(
         "{REAL}: curve to {} steps with lr {lr}, momentum {momentum}",
         grid.last().unwrap()
     ));
-    let per_learner = eval::real_curves(cohort, grid, batch, (lr, momentum), test)?;
+    let per_learner = eval::real_curves(cohort, grid, batch, (lr, momentum), test)?.per_learner;
     Ok(RealCurves { lr, momentum, per_learner })
 }
 

@@ -45,6 +45,9 @@ pub struct EvalReport {
     pub test_accuracy_min: f64,
     pub test_accuracy_max: f64,
     pub test_accuracies: Vec<f64>,
+    /// Learners whose weights training made NaN or infinite (scored as they predict: one class
+    /// for every image).
+    pub diverged_learners: usize,
 }
 
 /// Which teacher an evaluation scored: a run folder's checkpoint, at some meta-iteration.
@@ -72,7 +75,7 @@ pub fn teacher_heading(dir: &std::path::Path, done: usize, total: usize) -> Stri
 }
 
 impl EvalReport {
-    pub fn from_accuracies(cohort: &Cohort, steps: usize, accs: Vec<f64>) -> EvalReport {
+    pub fn from_accuracies(cohort: &Cohort, steps: usize, accs: Vec<f64>, diverged: usize) -> EvalReport {
         let (mean, std) = mean_std(&accs);
         EvalReport {
             teacher: None,
@@ -89,6 +92,7 @@ impl EvalReport {
             test_accuracy_min: accs.iter().copied().fold(f64::INFINITY, f64::min),
             test_accuracy_max: accs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             test_accuracies: accs,
+            diverged_learners: diverged,
         }
     }
 
@@ -115,8 +119,20 @@ impl EvalReport {
             let steps = crate::text::count(self.steps, "step");
             let images = crate::text::count(self.test_images, &format!("{} test image", self.dataset));
             crate::outln!("{what}: real test accuracy after {steps}{before}, on {images}\n{}", self.table());
+            if self.diverged_learners > 0 {
+                crate::outln!("{}", diverged_note(self.diverged_learners, self.learners));
+            }
         }
     }
+}
+
+/// Says that `diverged` of `learners` learners were trained to NaN or infinite weights.
+pub fn diverged_note(diverged: usize, learners: usize) -> String {
+    let verb = if diverged == 1 { "was" } else { "were" };
+    format!(
+        "{diverged} of {} {verb} trained to NaN or infinite weights, and scored as they predict (one class for every image)",
+        crate::text::count(learners, "learner")
+    )
 }
 
 /// Which statistics a learner's batch norm was scored with, in words.
@@ -260,12 +276,12 @@ pub fn evaluate_teacher(teacher: &Teacher, cohort: &Cohort, steps: usize) -> Res
         bail!("--steps {steps}: the teacher was trained for {t} inner steps; expected 1..={t}");
     }
     let curves = teacher_curves(teacher, cohort, &[steps], &cohort.data.test)?;
-    Ok(EvalReport::from_accuracies(cohort, steps, curves.into_iter().map(|c| c[0]).collect()))
+    Ok(EvalReport::from_accuracies(cohort, steps, curves.at(0), curves.diverged))
 }
 
 /// Accuracy on `test` of fresh learners trained on the teacher's data, after each step count in
 /// `grid` (ascending, at most T; 0 is the untrained learner): `[learner][grid point]`.
-pub fn teacher_curves(teacher: &Teacher, cohort: &Cohort, grid: &[usize], test: &Split) -> Result<Vec<Vec<f64>>> {
+pub fn teacher_curves(teacher: &Teacher, cohort: &Cohort, grid: &[usize], test: &Split) -> Result<Curves> {
     let t = teacher.config.inner_steps;
     if let Some(&bad) = grid.iter().find(|&&s| s > t) {
         bail!("evaluation at step {bad}: the teacher was trained for {t} inner steps; expected at most {t}");
@@ -388,11 +404,11 @@ pub struct RealBaselineReport {
     pub like: Option<PathBuf>,
 }
 
-/// Runs the real-data baseline; `each` sees every pair's accuracies as they are measured.
+/// Runs the real-data baseline; `each` sees every pair's learners as they are measured.
 pub fn baseline_real(
     opts: &RealBaseline,
     device: Device,
-    each: impl FnMut((f64, f64), &[f64]),
+    each: impl FnMut((f64, f64), &Curves),
 ) -> Result<RealBaselineReport> {
     let batch = match &opts.like {
         Some(like) if like.batch => {
@@ -426,9 +442,9 @@ pub fn baseline_real(
         seed: opts.seed,
     };
     let sweep = (opts.lrs.as_slice(), opts.momenta.as_slice());
-    let ((lr, momentum), accuracies) = sweep_real(&cohort, opts.steps, opts.batch, sweep, &data.test, each)?;
+    let ((lr, momentum), best) = sweep_real(&cohort, opts.steps, opts.batch, sweep, &data.test, each)?;
     Ok(RealBaselineReport {
-        report: EvalReport::from_accuracies(&cohort, opts.steps, accuracies),
+        report: EvalReport::from_accuracies(&cohort, opts.steps, best.at(0), best.diverged),
         lr,
         momentum,
         batch: opts.batch,
@@ -438,24 +454,23 @@ pub fn baseline_real(
 
 /// The learning rate and momentum of the grid `lrs` x `momenta` whose learners reach the best
 /// mean accuracy on `test` after `steps` steps of `batch` real training images, with their
-/// accuracies; `each` sees every pair's as it is measured.
+/// learners; `each` sees every pair's as it is measured.
 pub fn sweep_real(
     cohort: &Cohort,
     steps: usize,
     batch: usize,
     (lrs, momenta): (&[f64], &[f64]),
     test: &Split,
-    mut each: impl FnMut((f64, f64), &[f64]),
-) -> Result<((f64, f64), Vec<f64>)> {
+    mut each: impl FnMut((f64, f64), &Curves),
+) -> Result<((f64, f64), Curves)> {
     check_sweep(cohort.learners, (lrs, momenta))?;
-    let mut best: Option<((f64, f64), Vec<f64>)> = None;
+    let mut best: Option<((f64, f64), Curves)> = None;
     for &lr in lrs {
         for &momentum in momenta {
             let curves = real_curves(cohort, &[steps], batch, (lr, momentum), test)?;
-            let accuracies: Vec<f64> = curves.into_iter().map(|c| c[0]).collect();
-            each((lr, momentum), &accuracies);
-            if best.as_ref().is_none_or(|(_, b)| mean_std(&accuracies).0 > mean_std(b).0) {
-                best = Some(((lr, momentum), accuracies));
+            each((lr, momentum), &curves);
+            if best.as_ref().is_none_or(|(_, b)| mean_std(&b.at(0)).0 < mean_std(&curves.at(0)).0) {
+                best = Some(((lr, momentum), curves));
             }
         }
     }
@@ -470,7 +485,7 @@ pub fn real_curves(
     batch: usize,
     (lr, momentum): (f64, f64),
     test: &Split,
-) -> Result<Vec<Vec<f64>>> {
+) -> Result<Curves> {
     let (data, seed) = (cohort.data, cohort.seed);
     let device: Device = test.device();
     let (lrs, momenta) = inner::constant_schedule(grid.last().copied().unwrap_or(0), lr, momentum, device);
@@ -479,6 +494,23 @@ pub fn real_curves(
         let batches = |_| data.train.batch(&sampler.indices(batch, device));
         inner::unroll(learner, state, (&lrs, &momenta), steps, false, batches, after_step)
     })
+}
+
+/// Test accuracy curves of a cohort's learners: `per_learner[k][i]` is learner `k`'s after
+/// the `i`-th step count of the grid it was measured along.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Curves {
+    pub per_learner: Vec<Vec<f64>>,
+    /// Learners whose weights training made NaN or infinite by the grid's last step count: they
+    /// still predict (one class for every image) and are scored so.
+    pub diverged: usize,
+}
+
+impl Curves {
+    /// Every learner's accuracy at grid point `i`.
+    pub fn at(&self, i: usize) -> Vec<f64> {
+        self.per_learner.iter().map(|curve| curve[i]).collect()
+    }
 }
 
 /// The fresh learners an evaluation trains: `learners` of `kind`, learner `k` drawn from its own
@@ -500,7 +532,7 @@ pub struct Cohort<'a> {
 impl Cohort<'_> {
     /// Trains each learner through steps `0..max(grid)` with
     /// `train(learner, state, rng, k, steps, after_step)` and measures its accuracy on `test`
-    /// at every step count in `grid`: `[learner][grid point]`.
+    /// at every step count in `grid`.
     fn train(
         &self,
         grid: &[usize],
@@ -513,7 +545,7 @@ impl Cohort<'_> {
             Range<usize>,
             &mut dyn FnMut(usize, &LearnerState),
         ) -> LearnerState,
-    ) -> Result<Vec<Vec<f64>>> {
+    ) -> Result<Curves> {
         if grid.is_empty() || grid.windows(2).any(|w| w[0] >= w[1]) {
             bail!("evaluation steps {grid:?}: expected a non-empty ascending list");
         }
@@ -551,13 +583,14 @@ impl Cohort<'_> {
                     }
                 };
                 let last = *grid.last().expect("checked non-empty");
-                train(&learner, start, &mut rng, k, 0..last, &mut record);
+                let trained = train(&learner, start, &mut rng, k, 0..last, &mut record);
                 bar.advance(k, k + 1 == self.learners, format!("learners, {last} steps each"), String::new);
-                Ok(curve)
+                Ok((curve, nn::first_non_finite(&trained.params).is_some()))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>();
         bar.finish_and_clear();
-        curves
+        let (per_learner, diverged): (Vec<_>, Vec<bool>) = curves?.into_iter().unzip();
+        Ok(Curves { per_learner, diverged: diverged.iter().filter(|&&d| d).count() })
     }
 }
 
@@ -584,7 +617,7 @@ mod tests {
             learners: 1,
             seed: 0,
         };
-        let report = |accs: &[f64]| EvalReport::from_accuracies(&cohort, 32, accs.to_vec());
+        let report = |accs: &[f64]| EvalReport::from_accuracies(&cohort, 32, accs.to_vec(), 0);
         let table = report(&[0.9]).table();
         assert!(
             table.ends_with("| mlp | test batch's statistics | 1 | 32 | 90.00% | - | 90.00% | 90.00% |"),
@@ -689,8 +722,10 @@ mod tests {
             learners: 1,
             seed,
         };
-        let measured =
-            |before| real_curves(&cohort(before), &[0, 1, 2, 3], batch, (lr, momentum), &data.test).unwrap()[0].clone();
+        let measured = |before| {
+            real_curves(&cohort(before), &[0, 1, 2, 3], batch, (lr, momentum), &data.test).unwrap().per_learner[0]
+                .clone()
+        };
 
         let mut rng = learner_seed(seed, 0);
         let learner =
@@ -749,7 +784,10 @@ mod tests {
         };
         let err = teacher_curves(&teacher, &cohort(LearnerKind::Mlp), &[1], &data.test).unwrap_err().to_string();
         assert!(err.starts_with("learner mlp: the teacher's batches hold 1 image"), "{err}");
-        assert_eq!(teacher_curves(&teacher, &cohort(LearnerKind::CifarCnn), &[1], &data.test).unwrap().len(), 1);
+        assert_eq!(
+            teacher_curves(&teacher, &cohort(LearnerKind::CifarCnn), &[1], &data.test).unwrap().per_learner.len(),
+            1
+        );
     }
 
     #[test]
@@ -765,13 +803,19 @@ mod tests {
             seed: 0,
         };
         let mut seen = Vec::new();
-        // A learning rate of 1e-6 leaves the learners where they started (near chance).
-        let sweep = (&[1e-6, 0.1][..], &[0.5][..]);
-        let (best, accuracies) =
-            sweep_real(&cohort, 8, 32, sweep, &data.test, |pair, a| seen.push((pair, a.to_vec()))).unwrap();
-        assert_eq!((best, seen.len(), accuracies.len()), ((0.1, 0.5), 2, 2));
-        assert_eq!(seen[1].1, accuracies);
-        assert!(mean_std(&seen[0].1).0 < mean_std(&accuracies).0, "{seen:?}");
+        // A learning rate of 1e-6 leaves the learners where they started (near chance); one of
+        // 1e9 trains them to NaN, and they are counted.
+        let sweep = (&[1e-6, 0.1, 1e9][..], &[0.5][..]);
+        let (best, curves) =
+            sweep_real(&cohort, 8, 32, sweep, &data.test, |pair, c| seen.push((pair, c.clone()))).unwrap();
+        assert_eq!((best, seen.len(), curves.per_learner.len()), ((0.1, 0.5), 3, 2));
+        assert_eq!(seen[1].1, curves);
+        assert!(mean_std(&seen[0].1.at(0)).0 < mean_std(&curves.at(0)).0, "{seen:?}");
+        assert_eq!(seen.iter().map(|(_, c)| c.diverged).collect::<Vec<_>>(), [0, 0, 2]);
+        assert_eq!(
+            diverged_note(2, 2),
+            "2 of 2 learners were trained to NaN or infinite weights, and scored as they predict (one class for every image)"
+        );
         let message =
             |learners, lrs: &[f64], momenta: &[f64]| check_sweep(learners, (lrs, momenta)).unwrap_err().to_string();
         assert_eq!(message(0, &[0.1], &[0.5]), "--learners 0: expected at least 1");
