@@ -923,3 +923,35 @@ fn bench_reports_time_memory_and_a_profile() {
     let err = error_line(&gtn(&[&args[..], &["--profile", locked.to_str().unwrap()]].concat()));
     assert!(err.ends_with("locked.json: is read-only; expected a file gtn may replace"), "{err}");
 }
+
+/// `baseline real`'s defaults without `--like` live in `RealDefaults`, and are written again in
+/// its help and the README, which nothing else keeps in agreement with it.
+#[test]
+fn baseline_reals_defaults_are_the_ones_its_help_and_the_readme_state() {
+    use clap::ValueEnum;
+    let d = gtn::eval::RealDefaults::of(None).unwrap();
+    assert_eq!((d.data_dir, d.valid_size), (None, None), "the dataset's own");
+    let name = |value: Option<clap::builder::PossibleValue>| value.unwrap().get_name().to_owned();
+    let (dataset, learner, bn_eval) =
+        (name(d.dataset.to_possible_value()), name(d.learner.to_possible_value()), name(d.bn_eval.to_possible_value()));
+    let help = stdout(&gtn(&["baseline", "real", "--help"]));
+    for (flag, value) in [
+        ("--dataset", &dataset),
+        ("--steps", &d.steps.to_string()),
+        ("--learner", &learner),
+        ("--batch-size", &d.batch.to_string()),
+        ("--bn-eval", &bn_eval),
+    ] {
+        let entry = help.split("\n\n").find(|entry| entry.trim_start().starts_with(flag)).unwrap();
+        assert!(entry.contains(&format!("[default: {value}]")), "{flag}'s help says otherwise:\n{entry}");
+    }
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let row = readme.lines().find(|l| l.starts_with("| `gtn baseline real")).unwrap();
+    for said in [
+        format!("batch B, default {}", d.batch),
+        format!("defaults: T = {}, `{learner}`", d.steps),
+        format!("`--bn-eval {bn_eval}`"),
+    ] {
+        assert!(row.contains(&said), "the README's row does not say {said:?}");
+    }
+}
