@@ -76,6 +76,11 @@ impl StepStats {
             self.seconds
         )
     }
+
+    /// The progress bar's message: short enough to show whole on an 80-column terminal.
+    fn message(&self) -> String {
+        format!("loss {:.3} acc {:.1}% inner lr {:.4}", self.meta_loss, 100.0 * self.meta_accuracy, self.inner_lr_mean)
+    }
 }
 
 /// Independent random stream for iteration `i` of a run seeded with `seed`, so a resumed run
@@ -437,10 +442,7 @@ impl Trainer {
                     bar.set_length(total);
                 }
             }
-            let message = format!(
-                "meta-loss {:.3} meta-acc {:.3} inner lr {:.4}",
-                stats.meta_loss, stats.meta_accuracy, stats.inner_lr_mean
-            );
+            let message = stats.message();
             let due = self.iteration.is_multiple_of(self.config().save_every) || self.iteration == total;
             let stop = interrupt::save_point(due, || self.save())?;
             bar.advance(stats.iteration, self.iteration == total || stop.is_some(), message, || stats.csv_row());
@@ -915,6 +917,25 @@ mod tests {
             eval_learners: 0,
             before_last_update: false,
         }
+    }
+
+    /// The widest message a run shows (a diverging loss in the tens, full accuracy, an inner lr
+    /// above 1) fits the bar's room at 80 columns, so the inner lr is not cut off.
+    #[test]
+    fn the_bar_message_fits_an_80_column_terminal() {
+        let stats = StepStats {
+            iteration: 1999,
+            meta_loss: 12.3456,
+            meta_accuracy: 1.0,
+            grad_norm: 1.0,
+            outer_lr: 1e-3,
+            inner_lr_mean: 1.23456,
+            inner_momentum_mean: 0.5,
+            seconds: 1.0,
+        };
+        let message = stats.message();
+        assert_eq!(message, "loss 12.346 acc 100.0% inner lr 1.2346");
+        assert!(message.len() <= crate::progress::MESSAGE_COLUMNS, "{message}");
     }
 
     #[test]

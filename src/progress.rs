@@ -7,6 +7,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// The columns a bar leaves its message on an 80-column terminal, at 2000/2000 units and an
+/// eta of three characters ("59m"): 80 less the elapsed time (8), the bar and its brackets
+/// (14), the count (9), the spaces between them (3) and " eta 59m" (8). What is longer is cut.
+pub const MESSAGE_COLUMNS: usize = 38;
+
 pub struct Progress {
     bar: ProgressBar,
     visible: bool,
@@ -23,7 +28,7 @@ impl Progress {
         let bar = if visible { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
         // The message is cut at the terminal's edge, to keep the bar one line at 80 columns.
         bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:20}] {pos}/{len} {wide_msg} eta {eta}")
+            ProgressStyle::with_template("{elapsed_precise} [{bar:12}] {pos}/{len} {wide_msg} eta {eta}")
                 .expect("valid template")
                 .progress_chars("=> "),
         );
