@@ -58,20 +58,43 @@ pub struct TeacherRef {
     pub meta_iteration: usize,
     /// The run's length: more than `meta_iteration` for a run stopped early or still training.
     pub meta_iters: usize,
+    /// The length asked for, where a time budget shortened the run to `meta_iters`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta_iters_requested: Option<usize>,
     pub checkpoint_sha256: String,
 }
 
 impl TeacherRef {
     pub fn heading(&self) -> String {
-        teacher_heading(std::path::Path::new(&self.dir), self.meta_iteration, self.meta_iters)
+        let length = RunLength { total: self.meta_iters, requested: self.meta_iters_requested };
+        teacher_heading(std::path::Path::new(&self.dir), self.meta_iteration, length)
     }
 }
 
-/// A teacher's report heading: its folder and meta-iteration `done`, and whether meta-training
-/// finished (`total`).
-pub fn teacher_heading(dir: &std::path::Path, done: usize, total: usize) -> String {
+/// How long a run is, and how long it was asked to be where a time budget shortened it.
+#[derive(Debug, Clone, Copy)]
+pub struct RunLength {
+    pub total: usize,
+    pub requested: Option<usize>,
+}
+
+impl RunLength {
+    pub fn of(config: &crate::config::Config) -> RunLength {
+        RunLength { total: config.meta_iters, requested: config.meta_iters_requested }
+    }
+}
+
+/// A teacher's report heading: its folder and meta-iteration `done`, whether meta-training
+/// finished, and whether a time budget cut it short of the length asked for: a teacher of fewer
+/// meta-iterations than its command asked is not the one its preset promises.
+pub fn teacher_heading(dir: &std::path::Path, done: usize, length: RunLength) -> String {
+    let total = length.total;
     let unfinished = if done < total { format!(" of {total}, meta-training unfinished") } else { String::new() };
-    format!("{} (meta-iteration {done}{unfinished})", dir.display())
+    let budget = match length.requested {
+        Some(asked) => format!("; a time budget shortened the run from the {asked} asked for"),
+        None => String::new(),
+    };
+    format!("{} (meta-iteration {done}{unfinished}{budget})", dir.display())
 }
 
 impl EvalReport {
@@ -263,6 +286,7 @@ pub fn evaluate_run(options: &RunEval, device: Device) -> Result<EvalReport> {
         dir: options.dir.display().to_string(),
         meta_iteration: ckpt.iteration,
         meta_iters: ckpt.teacher.config.meta_iters,
+        meta_iters_requested: ckpt.teacher.config.meta_iters_requested,
         checkpoint_sha256: ckpt.sha256,
     };
     Ok(EvalReport { teacher: Some(teacher), ..report })

@@ -759,7 +759,7 @@ fn run(cli: Cli) -> Result<()> {
                 output.display(),
                 gtn::text::count(steps as usize, "step"),
                 gtn::text::count(shown as usize, "image"),
-                eval::teacher_heading(&dir, ckpt.iteration, ckpt.teacher.config.meta_iters)
+                eval::teacher_heading(&dir, ckpt.iteration, eval::RunLength::of(&ckpt.teacher.config))
             );
             Ok(())
         }
@@ -787,7 +787,7 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint::check_output_outside_run(&dir, &output)?;
             let ckpt = checkpoint::load(&dir, device)?;
             let run = dir.display().to_string();
-            let from = eval::teacher_heading(&dir, ckpt.iteration, ckpt.teacher.config.meta_iters);
+            let from = eval::teacher_heading(&dir, ckpt.iteration, eval::RunLength::of(&ckpt.teacher.config));
             let source = report::ExportSource { run, meta_iteration: ckpt.iteration, checkpoint_sha256: ckpt.sha256 };
             report::export_teaching_set(&ckpt.teacher, &source, &output)?;
             gtn::outln!("wrote {}, from {from}", output.display());

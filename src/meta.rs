@@ -867,7 +867,8 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
         let report = crate::eval::evaluate_teacher(&trainer.teacher, &cohort, c.inner_steps)?;
         // Headed as `gtn eval` heads the same report.
         // The config's length, which a time budget may have lowered.
-        let heading = crate::eval::teacher_heading(dir, trainer.iteration, trainer.config().meta_iters);
+        let heading =
+            crate::eval::teacher_heading(dir, trainer.iteration, crate::eval::RunLength::of(trainer.config()));
         report.print(false, &heading);
     }
     Ok(())

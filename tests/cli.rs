@@ -493,8 +493,15 @@ fn a_time_budget_says_how_many_meta_iterations_it_affords() {
         assert!(stderr.lines().any(|l| l.starts_with(expected)), "{minutes} min: {stderr}");
         // Its header gives the count asked for as the bound it is.
         assert!(stdout.contains(&format!("at most 2 meta-iterations -> {}", out.display())), "{stdout}");
-        // The run the budget sized is complete: the evaluation's heading says so.
+        // The run the budget sized is complete, and, where the budget cut it, shorter than asked:
+        // the evaluation's heading says both, as `gtn eval` does.
+        let shortened = "; a time budget shortened the run from the 2 asked for)";
         assert!(stdout.contains("(meta-iteration ") && !stdout.contains("unfinished"), "{stdout}");
+        assert_eq!(stdout.contains(shortened), minutes == "0.0001", "{stdout}");
+        let eval = common::stdout(&gtn(&["eval", out.to_str().unwrap(), "--learners", "1", "--json"]));
+        let teacher = &serde_json::from_str::<serde_json::Value>(&eval).unwrap()["teacher"];
+        let asked = if minutes == "0.0001" { serde_json::json!(2) } else { serde_json::Value::Null };
+        assert_eq!(teacher["meta_iters_requested"], asked, "{eval}");
     }
 }
 
