@@ -6,7 +6,7 @@
 //! Ctrl-C) stays ignored.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,9 @@ impl Unit {
 static ARMED: AtomicU8 = AtomicU8::new(0);
 /// The signal that asked for a stop; 0 while none has.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The units the running loop's checkpoint holds, for a second signal's notice; `usize::MAX`
+/// while no loop has said.
+static SAVED: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Whether the stop's notice is printed (it comes from another thread).
 static NOTICED: AtomicBool = AtomicBool::new(false);
 
@@ -99,6 +102,21 @@ pub fn save_point(due: bool, save: impl FnOnce() -> Result<()>) -> Result<Option
         save()?;
     }
     Ok(stop)
+}
+
+/// Records that the training loop's checkpoint now holds its first `done` units, so a second
+/// signal, which quits without saving, can say which the run keeps.
+pub fn saved(done: usize) {
+    SAVED.store(done, Ordering::SeqCst);
+}
+
+/// What a second signal, quitting at once, leaves of the `unit`s' loop.
+fn kept(unit: Unit) -> String {
+    match (unit, SAVED.load(Ordering::SeqCst)) {
+        (Unit::Architecture, _) => "quitting: the results file keeps the records written".to_owned(),
+        (_, usize::MAX) => "quitting: the run keeps its last saved checkpoint".to_owned(),
+        (unit, done) => format!("quitting: the run keeps its last checkpoint ({} {done})", unit.name()),
+    }
 }
 
 /// A run stopped at a [`requested`] signal, once saved.
@@ -179,10 +197,7 @@ fn on_signal(signal: i32) {
         (Some(unit), false) => {
             let (done, printed) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                crate::progress::print_above_bar(match unit {
-                    Unit::Architecture => "quitting: the results file keeps the records written",
-                    _ => "quitting: the run keeps its last saved checkpoint",
-                });
+                crate::progress::print_above_bar(&kept(unit));
                 let _ = done.send(());
             });
             let _ = printed.recv_timeout(Duration::from_millis(200));

@@ -372,6 +372,7 @@ impl Trainer {
     pub fn save(&mut self) -> Result<()> {
         let sha256 = checkpoint::save(&self.dir, &self.teacher, &self.adam, self.iteration, self.data.sizes())?;
         self.last_saved = Some((self.iteration, sha256));
+        interrupt::saved(self.iteration);
         Ok(())
     }
 
@@ -394,6 +395,9 @@ impl Trainer {
     /// affords, so the cosine decay completes and a resumed run does exactly the same.
     pub fn run(&mut self, progress: bool, budget: Option<Duration>) -> Result<()> {
         let mut total = self.config().meta_iters;
+        if let Some((saved, _)) = &self.last_saved {
+            interrupt::saved(*saved);
+        }
         let bar = Progress::new(total, self.iteration, progress, LOG_HEADER);
         // Once per run: a run resumed at iteration 0 (stopped before its first save) keeps the
         // length its budget chose, and the count asked for.

@@ -484,12 +484,14 @@ impl RlTrainer {
         let reference = self.reference.as_ref();
         save(&self.dir, &self.teacher, &self.theta, &self.adam, self.generation, reference, self.real_steps)?;
         self.last_saved = self.generation;
+        interrupt::saved(self.generation);
         Ok(())
     }
 
     /// Runs until `generations`, checkpointing every `save_every` generations and at the end.
     pub fn run(&mut self, progress: bool) -> Result<()> {
         let total = self.config().generations;
+        interrupt::saved(self.last_saved);
         let bar = Progress::new(total, self.generation, progress, log_header(self.config().objective));
         while self.generation < total {
             let stats = self.step()?;
