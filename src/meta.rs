@@ -1426,6 +1426,14 @@ mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "[server]\nport = 8080\n", "someone else's file is kept");
+        // A search's folder: its own resume refuses a run's files, so a run there would strand it.
+        let search = tempfile::tempdir().unwrap();
+        std::fs::write(search.path().join(crate::nas::search::TRUTH_FILE), "").unwrap();
+        let err = open(&fixture_config(), search.path(), false, None).err().unwrap().to_string();
+        assert!(err.ends_with("holds a `gtn nas search`'s results (truth.jsonl); choose another --out"), "{err}");
+        let err = crate::rl::train::RlTrainer::create(&crate::rl::RlConfig::tiny(), search.path(), 1).err().unwrap();
+        assert!(err.to_string().ends_with("(truth.jsonl); choose another --out"), "{err}");
+        assert_eq!(std::fs::read_dir(search.path()).unwrap().count(), 1, "nothing written");
     }
 
     #[test]

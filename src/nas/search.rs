@@ -57,6 +57,11 @@ impl SearchReport {
     }
 }
 
+/// The results files a search writes in its folder: every candidate's proxy score, and the
+/// finalists' real-data training.
+pub const PROXY_FILE: &str = "proxy.jsonl";
+pub const TRUTH_FILE: &str = "truth.jsonl";
+
 pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&str, &Record)) -> Result<SearchReport> {
     if opts.budget == 0 || opts.top_k == 0 {
         bail!("--budget {} --top-k {}: expected both positive", opts.budget, opts.top_k);
@@ -95,7 +100,7 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
         bail!("--truth-steps 0: expected at least 1");
     }
     let sample = arch::sample_distinct(opts.budget, opts.base.seed);
-    let proxy_out = opts.out.join("proxy.jsonl");
+    let proxy_out = opts.out.join(PROXY_FILE);
     let phase1 = ScoreOptions {
         archs: sample.clone(),
         proxy: Proxy::Gtn(opts.teacher.clone()),
@@ -118,7 +123,7 @@ pub fn search(opts: &SearchOptions, device: Device, mut progress: impl FnMut(&st
     scored.sort_by(|a, b| b.valid_accuracy.total_cmp(&a.valid_accuracy).then(a.index.cmp(&b.index)));
     scored.truncate(opts.top_k);
     let finalists: Vec<String> = scored.into_iter().map(|r| r.arch).collect();
-    let truth_out = opts.out.join("truth.jsonl");
+    let truth_out = opts.out.join(TRUTH_FILE);
     let phase2 = ScoreOptions {
         archs: sample.clone(),
         proxy: Proxy::Real,
