@@ -247,7 +247,17 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     // thousand generations to forget the old scale, and the steps be larger meanwhile.
     let saved_sigma = file.saved_config.as_deref().and_then(|text| RlConfig::from_toml(text).ok()).map(|c| c.sigma);
     let (m, v) = match saved_sigma.filter(|&sigma| config.objective == Objective::Es && sigma != config.sigma) {
-        Some(sigma) => (m * (sigma / config.sigma), v * (sigma / config.sigma).powi(2)),
+        Some(sigma) => {
+            // In f64: a factor beyond float32's range (sigma edited from 1e30 to 0.1) would make
+            // the zero moments of a run saved before its first update 0 x inf = NaN. Moments
+            // that do not fit float32 once rescaled keep its largest value.
+            let rescale = |t: Tensor, factor: f64| {
+                let max = f64::from(f32::MAX);
+                (t.to_kind(Kind::Double) * factor).clamp(-max, max).to_kind(Kind::Float)
+            };
+            let ratio = sigma / config.sigma;
+            (rescale(m, ratio), rescale(v, ratio.powi(2)))
+        }
         None => (m, v),
     };
     let adam = Adam {
@@ -585,6 +595,18 @@ mod tests {
         assert!(before.m[0].abs().sum(Kind::Double).double_value(&[]) > 0.0);
         assert!(after.m[0].allclose(&(&before.m[0] * 2.0), 1e-6, 0.0, false));
         assert!(after.v[0].allclose(&(&before.v[0] * 4.0), 1e-6, 0.0, false));
+
+        // What the divergence error advises after a huge sigma: edit it down and resume. The
+        // moments of a run saved before its first update are zero, and stay so.
+        let dir = tempfile::tempdir().unwrap();
+        let huge = RlConfig { sigma: 1e30, ..config.clone() };
+        let mut trainer = RlTrainer::create(&huge, dir.path(), 1).unwrap();
+        assert!(trainer.step().unwrap_err().to_string().contains("lower outer_lr or sigma"));
+        drop(trainer);
+        std::fs::write(dir.path().join(CONFIG_FILE), config.to_toml().unwrap()).unwrap();
+        let mut resumed = RlTrainer::resume(dir.path(), 1).unwrap();
+        assert!(resumed.adam.v[0].equal(&resumed.adam.v[0].zeros_like()), "{}", resumed.adam.v[0]);
+        resumed.step().unwrap();
     }
 
     #[test]
