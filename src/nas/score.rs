@@ -172,7 +172,10 @@ fn net_label(net: &NetConfig) -> String {
 /// the published dataset's (a slice; a dataset of one's own of other sizes) is named by its
 /// sizes, so its results are not mixed with the whole dataset's.
 fn setting(opts: &ScoreOptions, data: &Dataset, bn_eval: BnEval, teacher: Option<&str>) -> String {
-    let mut s = format!("{} validation images, eval on {}", data.valid.len(), opts.eval_images);
+    // The images scored, not the flag: a count past both splits scores them whole, as any other
+    // such count does, and its records are the same measurement.
+    let scored = opts.eval_images.min(data.valid.len().max(data.test.len()));
+    let mut s = format!("{} validation images, eval on {scored}", data.valid.len());
     s += &other_sizes(data.name, data.train.len() + data.valid.len(), data.test.len());
     if let Some(teacher) = teacher {
         s += &format!(", teacher {teacher}");
@@ -541,8 +544,12 @@ mod tests {
         let records = jsonl::read(&out).unwrap();
         assert_eq!(records.len(), 4);
         assert!(records.iter().all(|r| r.dataset == "cifar10" && (0.0..=1.0).contains(&r.valid_accuracy)));
-        let setting = "20 validation images, eval on 64, data of 100 training and 20 test images";
+        // --eval-images 64 scores the 20 images of each split: the records say 20, so a run
+        // asking any other count past them finds its work done.
+        let setting = "20 validation images, eval on 20, data of 100 training and 20 test images";
         assert!(records.iter().all(|r| r.setting.starts_with(setting)), "{records:?}");
+        let again = score(&ScoreOptions { eval_images: 100_000, ..opts.clone() }, Device::Cpu, |_| {}).unwrap();
+        assert_eq!((again.scored, again.skipped), (0, 2));
         // The published datasets' sizes add nothing: their records' settings stay as they were.
         for name in [DatasetName::Mnist, DatasetName::FashionMnist, DatasetName::Cifar10] {
             let (train, test) = name.published_sizes();
