@@ -205,3 +205,29 @@ fn rl_imitation_header_log_and_reference_warning() {
     let complete = stdout(&gtn(&["rl", "train", "--resume", run.to_str().unwrap(), "--threads", "2"]));
     assert!(complete.contains("already complete (3 generations)") && !complete.contains("imitation"), "{complete}");
 }
+
+/// A sigma so large that every candidate's policies train to NaN stops ES at its first
+/// generation (equal returns would give it a zero gradient for ever), with one line naming the
+/// cause; the header writes the rate as given, not in 31 digits.
+#[test]
+fn a_population_of_diverged_policies_stops_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("huge.toml");
+    std::fs::write(&config, "sigma = 1e30\n").unwrap();
+    let run = tmp.path().join("run");
+    let args = ["rl", "train", "--preset", "tiny", "--config", config.to_str().unwrap(), "--threads", "1", "--out"];
+    let out = gtn(&[&args[..], &[run.to_str().unwrap()]].concat());
+    let header = String::from_utf8_lossy(&out.stdout);
+    assert!(header.contains("(16 pairs, sigma 1e30), "), "{header}");
+    let err = error_line(&out);
+    assert!(
+        err.starts_with("error: generation 0: training made all 128 policies of the population NaN or infinite")
+            && err.ends_with(&format!(
+                "lower outer_lr or sigma in {}/config.toml and run `gtn rl train --resume {}`",
+                run.display(),
+                run.display()
+            )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(run.join("log.csv")).unwrap().lines().count(), 1, "nothing logged");
+}

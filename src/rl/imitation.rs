@@ -43,7 +43,7 @@ impl Reference {
         let mut rng = super::stream(config.seed, super::Stream::Reference);
         let (curve, params) =
             reinforce::train(&ReinforceConfig::default(), rng.gen(), config.baseline_budget, REFERENCE_TARGET);
-        let last = curve.last().expect("a budget of at least one step gives one update");
+        let last = curve.last().expect("the untrained policy is scored at least");
         let policy = FastPolicy::new(&params);
         let (mut states, mut actions) = (Vec::<f32>::new(), Vec::<i64>::new());
         for _ in 0..REFERENCE_EPISODES {

@@ -92,10 +92,11 @@ pub fn train_command(options: &TrainOptions) -> Result<RlTrainer> {
     let (t, b, dim) = (c.inner_steps, c.batch_size, trainer.teacher.dim());
     // Not for a complete run, which the line above said is complete: nothing trains.
     let training = trainer.generation < c.generations;
+    // Rates in Rust's debug form: 0.05 as written, 1e30 not spelt out in 31 digits.
     match c.objective {
         _ if !training => {}
         Objective::Es => crate::outln!(
-            "{objective} on {env}: T={t} x B={b}, {dim} parameters, population {} ({}, sigma {}), {} x {} per candidate, Adam {}, {}, {}",
+            "{objective} on {env}: T={t} x B={b}, {dim} parameters, population {} ({}, sigma {:?}), {} x {} per candidate, Adam {:?}, {}, {}",
             2 * c.pairs,
             count(c.pairs, "pair"),
             c.sigma,
@@ -108,7 +109,7 @@ pub fn train_command(options: &TrainOptions) -> Result<RlTrainer> {
         // The meta-loss is the cross-entropy on the reference's states: no population, sigma or
         // real episodes, and log.csv's score column is that loss.
         Objective::Imitation => crate::outln!(
-            "{objective} on {env}: T={t} x B={b}, {dim} parameters, exact meta-gradient of the cross-entropy to the reference's actions over {} per generation, Adam {}, {}, {}",
+            "{objective} on {env}: T={t} x B={b}, {dim} parameters, exact meta-gradient of the cross-entropy to the reference's actions over {} per generation, Adam {:?}, {}, {}",
             count(c.policies_per_candidate, "fresh policy"),
             c.outer_lr,
             count(c.generations, "generation"),

@@ -1,7 +1,8 @@
 //! The real-environment baseline: REINFORCE with a baseline (Williams 1992). Sampled episodes;
 //! the discounted return-to-go minus the batch mean, divided by the batch spread, weights each
-//! action's log-probability; Adam on the policy. After every update the greedy policy is scored
-//! on fresh episodes, so we can say how many real environment steps it needed to reach a return.
+//! action's log-probability; Adam on the policy. Before training and after every update the
+//! greedy policy is scored on fresh episodes, so we can say how many real environment steps it
+//! needed to reach a return (none, for a return the untrained policy already gets).
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tch::{Kind, Tensor};
@@ -46,15 +47,28 @@ fn returns_to_go(rewards: &[f64], gamma: f64) -> Vec<f64> {
     out
 }
 
+/// Mean greedy return of `params` over `episodes` episodes drawn from `rng`.
+fn greedy_return(params: &[Tensor], episodes: usize, rng: &mut StdRng) -> f64 {
+    let greedy = FastPolicy::new(params);
+    let total: f64 = (0..episodes).map(|_| cartpole::episode_return(rng.gen(), |o| greedy.greedy(o))).sum();
+    total / episodes as f64
+}
+
 /// Trains from scratch until the greedy return reaches `target` or `budget` training steps are
-/// used; returns the learning curve (one point per update) and the final parameters.
-/// Deterministic in `seed`.
+/// used; returns the learning curve (the untrained policy at 0 steps, then one point per update)
+/// and the final parameters. Deterministic in `seed`.
 pub fn train(config: &ReinforceConfig, seed: u64, budget: usize, target: f64) -> (Vec<CurvePoint>, Vec<Tensor>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let policy = Policy::new(config.hidden);
     let params = policy.init(&mut rng);
+    // The untrained policy's episodes come from a stream of their own: the training's draws
+    // stay what they were before it was scored.
+    let untrained = greedy_return(&params, config.eval_episodes, &mut crate::meta::iteration_rng(seed, usize::MAX));
+    let mut curve = vec![CurvePoint { steps: 0, greedy_return: untrained }];
+    if untrained >= target {
+        return (curve, params);
+    }
     let mut adam = Adam::new(&params, 0.9, 0.999, crate::optim::DEFAULT_EPS);
-    let mut curve = Vec::new();
     let mut steps = 0;
     while steps < budget {
         let (mut states, mut actions, mut advantages) = (Vec::<f32>::new(), Vec::<i64>::new(), Vec::<f64>::new());
@@ -87,10 +101,7 @@ pub fn train(config: &ReinforceConfig, seed: u64, budget: usize, target: f64) ->
         let grads = crate::nn::grads(&[loss], &params, false, false);
         adam.step(&params, &grads, config.lr);
 
-        let greedy = FastPolicy::new(&params);
-        let total: f64 =
-            (0..config.eval_episodes).map(|_| cartpole::episode_return(rng.gen(), |o| greedy.greedy(o))).sum();
-        let greedy_return = total / config.eval_episodes as f64;
+        let greedy_return = greedy_return(&params, config.eval_episodes, &mut rng);
         curve.push(CurvePoint { steps, greedy_return });
         if greedy_return >= target {
             break;
@@ -117,11 +128,18 @@ mod tests {
     #[test]
     fn learns_to_balance_and_is_deterministic() {
         let config = ReinforceConfig::default();
-        let (curve, params) = train(&config, 1, 60_000, 150.0);
+        let (curve, params) = train(&config, 2, 60_000, 150.0);
         let first = curve[0].greedy_return;
         let reached = steps_to_reach(&curve, 150.0);
         assert!(reached.is_some(), "REINFORCE did not reach 150 in 60k steps (started at {first}): {curve:?}");
         assert_eq!(params.len(), 6);
         assert_eq!(train(&config, 1, 3_000, 500.0).0, train(&config, 1, 3_000, 500.0).0);
+        // The untrained policy is scored first, then after each batch of at least 500 steps.
+        assert_eq!(curve[0].steps, 0);
+        assert!(first < 150.0 && curve[1].steps >= config.batch_steps, "{curve:?}");
+        // Seed 1's untrained policy already balances for 181 steps on average: 150 takes it no
+        // real step (the first check after a batch said 565).
+        let (lucky, _) = train(&config, 1, 60_000, 150.0);
+        assert_eq!((steps_to_reach(&lucky, 150.0), lucky.len()), (Some(0), 1), "{lucky:?}");
     }
 }
