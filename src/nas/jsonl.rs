@@ -214,6 +214,7 @@ pub fn done_keys(records: &[Record]) -> HashSet<(String, String, usize)> {
 /// is an error naming both files: keeping them together would hide that the files measured
 /// different things.
 pub fn merge(inputs: &[&Path], output: &Path) -> Result<usize> {
+    crate::atomic::check_folder_of(output).map_err(|e| anyhow::anyhow!("--out {e}"))?;
     let mut merged: BTreeMap<(String, usize, usize, String), Record> = BTreeMap::new();
     let mut keys = HashSet::new();
     let mut first_of_proxy: HashMap<String, (Record, &Path)> = HashMap::new();
@@ -454,6 +455,11 @@ mod tests {
         assert!(err.ends_with("m.jsonl: exists, holding other than the records merged, which would replace it; expected a new path, one of the files merged, or an earlier merge of them"), "{err}");
         assert_eq!(merge(&[&a, &out], &out).unwrap(), 4);
         assert!(merge(&[&dir.path().join("none")], &out).is_err());
+        let err = merge(&[&a], dir.path()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--out ") && err.ends_with(": is a folder; expected the path of a file to write"),
+            "{err}"
+        );
         // The same architecture measured on another dataset is not silently dropped.
         let c = dir.path().join("c");
         std::fs::write(&c, line(&Record { dataset: "fashion-mnist".into(), ..record("y", 0, 4) })).unwrap();
