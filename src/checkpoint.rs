@@ -75,11 +75,12 @@ pub fn check_startable<C: DeserializeOwned>(dir: &Path) -> Result<()> {
     if holds_run(dir) {
         bail!("{}: already holds a run's files; remove them or choose another --out", dir.display());
     }
-    // A run's files would then stop the search from resuming (it refuses a run's folder).
+    // A search's results (or `nas truth`'s, `nas merge`'s under its names): a run's files would
+    // stop the search from resuming, as it refuses a run's folder.
     if let Some(file) =
         [crate::nas::search::PROXY_FILE, crate::nas::search::TRUTH_FILE].iter().find(|f| dir.join(f).exists())
     {
-        bail!("{}: holds a `gtn nas search`'s results ({file}); choose another --out", dir.display());
+        bail!("{}: holds NAS results ({file}); choose another --out", dir.display());
     }
     let path = dir.join(CONFIG_FILE);
     match std::fs::read_to_string(&path) {

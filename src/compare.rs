@@ -389,7 +389,9 @@ fn stored_teacher_curves(
         // Said only when measured: stored curves are reused in silence, as the real-data ones.
         let name = dir.file_name().unwrap_or(dir.as_os_str()).to_string_lossy();
         crate::progress::print_err(&format!("{name}: evaluating {}", text::count(cohort.learners, "learner")));
-        Ok(PerLearner { per_learner: eval::teacher_curves(&trainer.teacher, cohort, grid, test)?.per_learner })
+        let curves = eval::teacher_curves(&trainer.teacher, cohort, grid, test)?;
+        note_diverged(&name, &curves);
+        Ok(PerLearner { per_learner: curves.per_learner })
     };
     let fits = |v: &PerLearner| one_curve_each(&v.per_learner, cohort.learners, grid.len());
     Ok(measured_once(&dir.join(CURVES_JSON), key, fits, measure)?.per_learner)
@@ -418,8 +420,18 @@ fn swept_real_curves(
         "{REAL}: curve to {} steps with lr {lr}, momentum {momentum}",
         grid.last().unwrap()
     ));
-    let per_learner = eval::real_curves(cohort, grid, batch, (lr, momentum), test)?.per_learner;
-    Ok(RealCurves { lr, momentum, per_learner })
+    let curves = eval::real_curves(cohort, grid, batch, (lr, momentum), test)?;
+    note_diverged(REAL, &curves);
+    Ok(RealCurves { lr, momentum, per_learner: curves.per_learner })
+}
+
+/// Says on stderr when some of a method's learners were trained to NaN or infinite weights:
+/// their accuracies are in its curve and row as measured, which only this line tells apart.
+fn note_diverged(method: &str, curves: &eval::Curves) {
+    if curves.diverged > 0 {
+        let note = eval::diverged_note(curves.diverged, curves.per_learner.len());
+        crate::progress::print_err(&format!("{method}: {note}"));
+    }
 }
 
 /// The entries of `TEACHERS` named in `methods` (all for none), in `TEACHERS`' order. `real`, the

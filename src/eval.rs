@@ -45,8 +45,7 @@ pub struct EvalReport {
     pub test_accuracy_min: f64,
     pub test_accuracy_max: f64,
     pub test_accuracies: Vec<f64>,
-    /// Learners whose weights training made NaN or infinite (scored as they predict: one class
-    /// for every image).
+    /// Learners whose weights training made NaN or infinite (scored on what those predict).
     pub diverged_learners: usize,
 }
 
@@ -153,7 +152,7 @@ impl EvalReport {
 pub fn diverged_note(diverged: usize, learners: usize) -> String {
     let verb = if diverged == 1 { "was" } else { "were" };
     format!(
-        "{diverged} of {} {verb} trained to NaN or infinite weights, and scored as they predict (one class for every image)",
+        "{diverged} of {} {verb} trained to NaN or infinite weights, and scored on what those weights predict",
         crate::text::count(learners, "learner")
     )
 }
@@ -525,8 +524,8 @@ pub fn real_curves(
 #[derive(Debug, Clone, PartialEq)]
 pub struct Curves {
     pub per_learner: Vec<Vec<f64>>,
-    /// Learners whose weights training made NaN or infinite by the grid's last step count: they
-    /// still predict (one class for every image) and are scored so.
+    /// Learners whose weights scored at the grid's last step count are NaN or infinite: they
+    /// still predict, and are scored on what they predict.
     pub diverged: usize,
 }
 
@@ -591,25 +590,31 @@ impl Cohort<'_> {
                 }
                 // The weights step `t` started from (updates make new tensors: these stay valid).
                 let mut before: Vec<Tensor> = start.params.iter().map(Tensor::shallow_clone).collect();
+                let last = *grid.last().expect("checked non-empty");
+                // Whether the weights scored at the last step count are NaN or infinite.
+                let mut diverged = false;
                 let mut record = |t: usize, state: &LearnerState| {
                     if grid.binary_search(&(t + 1)).is_ok() {
-                        let accuracy = if self.before_last_update {
-                            let params = before.iter().map(Tensor::shallow_clone).collect();
-                            let stats = state.stats.iter().map(Tensor::shallow_clone).collect();
-                            test_accuracy(&learner, &LearnerState { params, momentum: Vec::new(), stats }, test)
-                        } else {
-                            test_accuracy(&learner, state, test)
+                        let params = match self.before_last_update {
+                            true => &before,
+                            false => &state.params,
                         };
-                        curve.push(accuracy);
+                        let params: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
+                        diverged = t + 1 == last && nn::first_non_finite(&params).is_some();
+                        let stats = state.stats.iter().map(Tensor::shallow_clone).collect();
+                        curve.push(test_accuracy(
+                            &learner,
+                            &LearnerState { params, momentum: Vec::new(), stats },
+                            test,
+                        ));
                     }
                     if self.before_last_update {
                         before = state.params.iter().map(Tensor::shallow_clone).collect();
                     }
                 };
-                let last = *grid.last().expect("checked non-empty");
-                let trained = train(&learner, start, &mut rng, k, 0..last, &mut record);
+                train(&learner, start, &mut rng, k, 0..last, &mut record);
                 bar.advance(k, k + 1 == self.learners, format!("learners, {last} steps each"), String::new);
-                Ok((curve, nn::first_non_finite(&trained.params).is_some()))
+                Ok((curve, diverged))
             })
             .collect::<Result<Vec<_>>>();
         bar.finish_and_clear();
@@ -779,6 +784,11 @@ mod tests {
         assert_eq!(measured(true), before);
         assert_eq!(measured(false), [untrained, accuracy(trained(1)), accuracy(trained(2)), accuracy(trained(3))]);
         assert_ne!(measured(true), measured(false), "the two protocols agree here: the test shows nothing");
+        // A rate that blows the weights up within two updates: scored before the second, the
+        // learner's weights are still finite, and it is not counted as diverged.
+        let diverged =
+            |before| real_curves(&cohort(before), &[2], batch, (1e30, momentum), &data.test).unwrap().diverged;
+        assert_eq!((diverged(false), diverged(true)), (1, 0));
         let err = Cohort { bn_eval: BnEval::Batch, ..cohort(true) };
         let err = real_curves(&err, &[1], batch, (lr, momentum), &data.test).unwrap_err().to_string();
         assert_eq!(
@@ -838,7 +848,7 @@ mod tests {
         assert_eq!(seen.iter().map(|(_, c)| c.diverged).collect::<Vec<_>>(), [0, 0, 2]);
         assert_eq!(
             diverged_note(2, 2),
-            "2 of 2 learners were trained to NaN or infinite weights, and scored as they predict (one class for every image)"
+            "2 of 2 learners were trained to NaN or infinite weights, and scored on what those weights predict"
         );
         let message =
             |learners, lrs: &[f64], momenta: &[f64]| check_sweep(learners, (lrs, momenta)).unwrap_err().to_string();

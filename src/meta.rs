@@ -924,8 +924,8 @@ mod tests {
         }
     }
 
-    /// The widest message a run shows (a diverging loss in the tens, full accuracy, an inner lr
-    /// above 1) fits the bar's room at 80 columns, so the inner lr is not cut off.
+    /// The widest message a run shows (a loss in the tens, full accuracy, an inner lr above 1)
+    /// fits the bar's room at 80 columns, so the inner lr is not cut off.
     #[test]
     fn the_bar_message_fits_an_80_column_terminal() {
         let stats = StepStats {
@@ -1430,7 +1430,7 @@ mod tests {
         let search = tempfile::tempdir().unwrap();
         std::fs::write(search.path().join(crate::nas::search::TRUTH_FILE), "").unwrap();
         let err = open(&fixture_config(), search.path(), false, None).err().unwrap().to_string();
-        assert!(err.ends_with("holds a `gtn nas search`'s results (truth.jsonl); choose another --out"), "{err}");
+        assert!(err.ends_with("holds NAS results (truth.jsonl); choose another --out"), "{err}");
         let err = crate::rl::train::RlTrainer::create(&crate::rl::RlConfig::tiny(), search.path(), 1).err().unwrap();
         assert!(err.to_string().ends_with("(truth.jsonl); choose another --out"), "{err}");
         assert_eq!(std::fs::read_dir(search.path()).unwrap().count(), 1, "nothing written");

@@ -7,10 +7,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// The columns a bar leaves its message on an 80-column terminal, at 2000/2000 units and an
-/// eta of three characters ("59m"): 80 less the elapsed time (8), the bar and its brackets
-/// (14), the count (9), the spaces between them (3) and " eta 59m" (8). What is longer is cut.
-pub const MESSAGE_COLUMNS: usize = 38;
+/// The bar's own width, in characters between its brackets.
+const BAR_WIDTH: usize = 10;
+
+/// The columns a bar leaves its message on an 80-column terminal, at up to 10000/10000 units and
+/// an eta of three characters ("59m"): 80 less the elapsed time (8), the bar and its brackets,
+/// the count (11), the spaces between them (3) and " eta 59m" (8). What is longer is cut.
+pub const MESSAGE_COLUMNS: usize = 80 - 8 - (BAR_WIDTH + 2) - 11 - 3 - 8;
 
 pub struct Progress {
     bar: ProgressBar,
@@ -28,9 +31,11 @@ impl Progress {
         let bar = if visible { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
         // The message is cut at the terminal's edge, to keep the bar one line at 80 columns.
         bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:12}] {pos}/{len} {wide_msg} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(&format!(
+                "{{elapsed_precise}} [{{bar:{BAR_WIDTH}}}] {{pos}}/{{len}} {{wide_msg}} eta {{eta}}"
+            ))
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_position(done as u64);
         // Otherwise the estimator counts the resumed units as done in an instant (eta 0s).

@@ -223,7 +223,7 @@ fn a_population_of_diverged_policies_stops_the_run() {
     assert!(
         err.starts_with("error: generation 0: training made all 128 policies of the population NaN or infinite")
             && err.ends_with(&format!(
-                "lower outer_lr or sigma in {}/config.toml and run `gtn rl train --resume {}`",
+                "lower sigma in {}/config.toml and run `gtn rl train --resume {}`",
                 run.display(),
                 run.display()
             )),

@@ -157,7 +157,7 @@ pub struct RlEvalReport {
     pub untrained_return_mean: f64,
     pub untrained_return_std: Option<f64>,
     /// Policies whose training on the teacher's data (the untrained teacher's) came out NaN or
-    /// infinite; they are scored as they act, always pushing left.
+    /// infinite; they are scored as they act (a NaN policy always pushes left).
     pub diverged_policies: usize,
     pub untrained_diverged_policies: usize,
     pub baseline: &'static str,
@@ -259,7 +259,7 @@ impl RlEvalReport {
             (0, 0) => String::new(),
             (n, untrained) => format!(
                 "\ndiverged in training       {n} of {} (untrained teacher: {untrained}): NaN or infinite, \
-                 each scored as it acts (always pushing left)",
+                 each scored as it acts (a NaN policy always pushes left)",
                 count(self.policies, "fresh policy")
             ),
         };
@@ -320,7 +320,7 @@ mod tests {
         let report = evaluate(dir.path(), 0, 2).unwrap();
         assert_eq!((report.diverged_policies, report.untrained_diverged_policies), (3, 3));
         let table = report.table();
-        assert!(table.ends_with("diverged in training       3 of 3 fresh policies (untrained teacher: 3): NaN or infinite, each scored as it acts (always pushing left)"), "{table}");
+        assert!(table.ends_with("diverged in training       3 of 3 fresh policies (untrained teacher: 3): NaN or infinite, each scored as it acts (a NaN policy always pushes left)"), "{table}");
 
         let dir = tempfile::tempdir().unwrap();
         train::RlTrainer::create(&tiny, dir.path(), 2).unwrap();

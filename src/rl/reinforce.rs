@@ -18,7 +18,7 @@ pub struct ReinforceConfig {
     pub gamma: f64,
     /// Episodes are collected until a batch holds at least this many steps.
     pub batch_steps: usize,
-    /// Greedy episodes scored after every update.
+    /// Greedy episodes scored before training and after every update.
     pub eval_episodes: usize,
 }
 

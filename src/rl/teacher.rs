@@ -193,8 +193,8 @@ impl EnvTeacher {
 pub struct Returns {
     /// Every episode's greedy return, policy by policy.
     pub episodes: Vec<f64>,
-    /// Policies whose training came out NaN or infinite. They still act (always pushing left)
-    /// and score the few steps that earns, so a diverged candidate ranks low rather than
+    /// Policies whose training came out NaN or infinite. They still act (a NaN policy always
+    /// pushes left) and score the few steps that earns, so a diverged candidate ranks low rather than
     /// stopping ES; only a population whose every policy diverged stops it.
     pub diverged: usize,
 }

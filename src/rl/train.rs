@@ -246,19 +246,20 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     // error advises) rescales Adam's moments to match, or its second moment would take about a
     // thousand generations to forget the old scale, and the steps be larger meanwhile.
     let saved_sigma = file.saved_config.as_deref().and_then(|text| RlConfig::from_toml(text).ok()).map(|c| c.sigma);
-    let (m, v) = match saved_sigma.filter(|&sigma| config.objective == Objective::Es && sigma != config.sigma) {
+    let edited = saved_sigma.filter(|&sigma| config.objective == Objective::Es && sigma != config.sigma);
+    // Moments of a run never updated are zeros, whatever the scale.
+    let (m, v, steps) = match edited.filter(|_| steps > 0) {
         Some(sigma) => {
-            // In f64: a factor beyond float32's range (sigma edited from 1e30 to 0.1) would make
-            // the zero moments of a run saved before its first update 0 x inf = NaN. Moments
-            // that do not fit float32 once rescaled keep its largest value.
-            let rescale = |t: Tensor, factor: f64| {
-                let max = f64::from(f32::MAX);
-                (t.to_kind(Kind::Double) * factor).clamp(-max, max).to_kind(Kind::Float)
-            };
             let ratio = sigma / config.sigma;
-            (rescale(m, ratio), rescale(v, ratio.powi(2)))
+            let (m, v) = (m * ratio, v * ratio.powi(2));
+            // Beyond float32 (a sigma edited by twenty orders of magnitude), the old moments
+            // say nothing of the new scale: Adam starts afresh.
+            match crate::nn::all_finite(&m) && crate::nn::all_finite(&v) {
+                true => (m, v, steps),
+                false => (m.zeros_like(), v.zeros_like(), 0),
+            }
         }
-        None => (m, v),
+        None => (m, v, steps),
     };
     let adam = Adam {
         m: vec![m],
@@ -267,6 +268,17 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         ..Adam::new(&[], config.adam_beta1, config.adam_beta2, crate::optim::DEFAULT_EPS)
     };
     Ok(Checkpoint { teacher, theta, adam, generation, reference, real_steps })
+}
+
+/// What the user of a run stopped by a NaN or infinity can do.
+#[derive(Debug, Clone, Copy)]
+enum Remedy {
+    /// The teacher as initialised diverges: no key a run may edit changes that.
+    NewRun,
+    /// The saved teacher itself diverges, so a resume would load it again.
+    NewRunFromSaved,
+    /// Lower these keys of the run's config and resume from the last checkpoint.
+    Lower(&'static str),
 }
 
 pub struct RlTrainer {
@@ -387,13 +399,16 @@ impl RlTrainer {
         };
         let grad_norm = descent.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
         // Imitation's first meta-gradient is the initial teacher's own (ES's depends on sigma).
-        let as_initialised = g == 0 && self.config().objective == Objective::Imitation;
+        let remedy = match g == 0 && self.config().objective == Objective::Imitation {
+            true => Remedy::NewRun,
+            false => Remedy::Lower(self.update_keys()),
+        };
         match score {
             Score::MetaLoss(loss) if !loss.is_finite() => {
-                return Err(self.diverged(g, &format!("the meta-loss is {loss}"), as_initialised));
+                return Err(self.diverged(g, &format!("the meta-loss is {loss}"), remedy));
             }
             _ if !grad_norm.is_finite() => {
-                return Err(self.diverged(g, &format!("the gradient norm is {grad_norm}"), as_initialised))
+                return Err(self.diverged(g, &format!("the gradient norm is {grad_norm}"), remedy))
             }
             _ => {}
         }
@@ -432,22 +447,20 @@ impl RlTrainer {
         ];
         if let Some(k) = crate::nn::first_non_finite(&state.map(|(_, t)| t.shallow_clone())) {
             let what = format!("the update made {} NaN or infinite", state[k].0);
-            return Err(self.diverged(self.generation, &what, false));
+            return Err(self.diverged(self.generation, &what, Remedy::Lower(self.update_keys())));
         }
         Ok((theta, adam, lrs, momenta))
     }
 
-    /// The error of a run stopped by a NaN or infinity; `as_initialised`: the teacher as it was
-    /// initialised gave it, which no key a run may edit can change.
-    fn diverged(&self, generation: usize, what: &str, as_initialised: bool) -> anyhow::Error {
+    /// The error of a run stopped by a NaN or infinity, with what to do about it.
+    fn diverged(&self, generation: usize, what: &str, remedy: Remedy) -> anyhow::Error {
         let dir = self.dir.display();
-        let keys = match self.config().objective {
-            Objective::Es => "outer_lr or sigma",
-            Objective::Imitation => "outer_lr",
-        };
-        let advice = match as_initialised {
-            true => crate::meta::DIVERGED_AS_INITIALISED.to_owned(),
-            false => format!(
+        let advice = match remedy {
+            Remedy::NewRun => crate::meta::DIVERGED_AS_INITIALISED.to_owned(),
+            Remedy::NewRunFromSaved => format!(
+                "the teacher saved at generation {generation} itself trains every policy to NaN or infinity, and a resume loads it again: start a new run (another --out) with a smaller `outer_lr` or `sigma` (--config)"
+            ),
+            Remedy::Lower(keys) => format!(
                 "lower {keys} in {dir}/{CONFIG_FILE} and run `gtn rl train --resume {}`",
                 crate::text::shell_word(&self.dir)
             ),
@@ -458,10 +471,19 @@ impl RlTrainer {
         )
     }
 
+    /// What an update gone NaN or infinite asks to lower: the outer step, and ES's perturbations.
+    fn update_keys(&self) -> &'static str {
+        match self.config().objective {
+            Objective::Es => "outer_lr or sigma",
+            Objective::Imitation => "outer_lr",
+        }
+    }
+
     /// ES: score the antithetic population on common draws (the same policies and episodes for
     /// every candidate, so ranks compare teachers, not luck); the population's fitness, minus the
     /// rank-shaped ES gradient, and the real steps its episodes took. A population whose every
-    /// policy diverged is an error: equal returns give a zero gradient, and ES would never move.
+    /// policy diverged is an error: equal returns give a zero gradient, leaving the teacher to
+    /// Adam's momentum, which fades without bringing it back.
     fn es_direction(&self, rng: &mut StdRng) -> Result<(Score, Vec<f32>, u64)> {
         let c = self.config();
         let theta = self.theta();
@@ -473,11 +495,17 @@ impl RlTrainer {
         });
         let policies = returns.len() * trials.len();
         if returns.iter().map(|r| r.diverged).sum::<usize>() == policies {
-            // Diverging at the centre too, the first generation's teacher is the one initialised;
-            // otherwise sigma's perturbations (or the updates so far) took it there.
-            let centre = teacher.returns(&theta, &trials).diverged == trials.len();
+            // The teacher itself diverging: as initialised, as saved, or taken there by the
+            // updates since the save. Otherwise sigma's perturbations alone do it.
+            let g = self.generation;
+            let remedy = match teacher.returns(&theta, &trials).diverged == trials.len() {
+                true if g == 0 => Remedy::NewRun,
+                true if self.last_saved == g => Remedy::NewRunFromSaved,
+                true => Remedy::Lower("outer_lr"),
+                false => Remedy::Lower("sigma"),
+            };
             let what = format!("training made all {policies} policies of the population NaN or infinite");
-            return Err(self.diverged(self.generation, &what, self.generation == 0 && centre));
+            return Err(self.diverged(g, &what, remedy));
         }
         let fitness: Vec<f64> = returns.iter().map(Returns::mean).collect();
         let descent =
@@ -601,12 +629,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let huge = RlConfig { sigma: 1e30, ..config.clone() };
         let mut trainer = RlTrainer::create(&huge, dir.path(), 1).unwrap();
-        assert!(trainer.step().unwrap_err().to_string().contains("lower outer_lr or sigma"));
+        assert!(trainer.step().unwrap_err().to_string().contains("; lower sigma in "));
         drop(trainer);
         std::fs::write(dir.path().join(CONFIG_FILE), config.to_toml().unwrap()).unwrap();
         let mut resumed = RlTrainer::resume(dir.path(), 1).unwrap();
         assert!(resumed.adam.v[0].equal(&resumed.adam.v[0].zeros_like()), "{}", resumed.adam.v[0]);
         resumed.step().unwrap();
+        resumed.save().unwrap();
+        drop(resumed);
+        // A factor whose square leaves float32 (0.1 / 1e-30): the moments start afresh.
+        let tiny_sigma = RlConfig { sigma: 1e-30, ..config.clone() };
+        std::fs::write(dir.path().join(CONFIG_FILE), tiny_sigma.to_toml().unwrap()).unwrap();
+        let adam = load(dir.path()).unwrap().adam;
+        assert_eq!(adam.steps, 0);
+        assert!(adam.m[0].equal(&adam.m[0].zeros_like()) && adam.v[0].equal(&adam.v[0].zeros_like()));
     }
 
     #[test]
@@ -630,9 +666,9 @@ mod tests {
     }
 
     /// A teacher whose every candidate trains NaN policies gives ES equal (always-left) returns
-    /// and so a zero gradient: it would "train" for ever without moving. It stops instead, before
-    /// anything is logged, while a population with some finite policies trains on (those rank
-    /// above the diverged ones).
+    /// and so a zero gradient: it would "train" on without coming back. It stops instead, before
+    /// anything is logged, with advice by cause: the initial teacher, the saved one, the updates
+    /// since the save, or sigma.
     #[test]
     fn a_population_of_diverged_policies_stops_es() {
         let dir = tempfile::tempdir().unwrap();
@@ -644,15 +680,19 @@ mod tests {
         assert!(err.starts_with(&want) && err.ends_with(crate::meta::DIVERGED_AS_INITIALISED), "{err}");
         assert_eq!(trainer.generation, 0);
         assert_eq!(std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap().lines().count(), 1, "header only");
-        // Later, the updates took it there: lower their rate and resume.
+        // Later, the updates since the last save took it there: lower their rate and resume.
         trainer.generation = 1;
         let err = trainer.step().unwrap_err().to_string();
-        assert!(err.starts_with("generation 1: training made all") && err.contains("lower outer_lr or sigma"), "{err}");
+        assert!(err.starts_with("generation 1: training made all") && err.contains("; lower outer_lr in "), "{err}");
+        // The saved teacher itself: a resume would load it again.
+        trainer.last_saved = 1;
+        let err = trainer.step().unwrap_err().to_string();
+        assert!(err.contains("the teacher saved at generation 1 itself trains every policy to NaN"), "{err}");
         // The centre trains finite policies, sigma's perturbations do not: sigma is the cause.
         let dir = tempfile::tempdir().unwrap();
         let mut trainer = RlTrainer::create(&RlConfig { sigma: 1e30, ..tiny(4) }, dir.path(), 2).unwrap();
         let err = trainer.step().unwrap_err().to_string();
-        assert!(err.starts_with("generation 0: training made all") && err.contains("lower outer_lr or sigma"), "{err}");
+        assert!(err.starts_with("generation 0: training made all") && err.contains("; lower sigma in "), "{err}");
 
         let (_, theta) = EnvTeacher::new(&config);
         let trials = teacher::trials(&config, &mut StdRng::seed_from_u64(3), 2, 1);
