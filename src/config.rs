@@ -624,6 +624,18 @@ fn toml_error(text: Option<&str>, e: serde_path_to_error::Error<toml::de::Error>
         (Some(text), None) => line_of_key(text, &key),
         (None, _) => None,
     };
+    // An error of the TOML itself (a number past its 64-bit integers) has no key: the one its
+    // line sets, if it sets one, is named all the same.
+    let key = match (key.as_str(), text.zip(line)) {
+        (".", Some((text, line))) => text
+            .lines()
+            .nth(line - 1)
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim().to_owned())
+            .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+            .unwrap_or(key),
+        _ => key,
+    };
     let place: Vec<String> =
         line.map(|l| format!("line {l}")).into_iter().chain((key != ".").then(|| format!("key `{key}`"))).collect();
     let lines: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
@@ -661,6 +673,9 @@ fn in_words(message: &str) -> String {
         ("expected f64", "expected a number"),
         ("expected f32", "expected a number"),
     ];
+    if message == "number too large to fit in target type" {
+        return format!("{message}; expected at most {} (TOML's integers are 64-bit)", i64::MAX);
+    }
     if let Some((_, words)) = kinds.iter().find(|(rust, _)| message.ends_with(rust)) {
         return format!("{}{words}", &message[..message.rfind("expected").expect("found above")]);
     }
@@ -918,8 +933,16 @@ mod tests {
         assert_eq!(err, "line 1, key `generator`: invalid type: integer `3`, expected a table of keys");
         let err = Config::tiny().with_overrides_str("bogus = 1").unwrap_err().to_string();
         assert!(err.starts_with("line 1, key `bogus`: unknown field `bogus`, expected one of `dataset`"), "{err}");
+        // Errors of the TOML itself name the key their line sets too.
         let err = Config::tiny().with_overrides_str("seed = 1\ninner_steps = ").unwrap_err().to_string();
-        assert!(err.starts_with("line 2: ") && !err.contains('\n'), "{err}");
+        assert!(err.starts_with("line 2, key `inner_steps`: ") && !err.contains('\n'), "{err}");
+        let err = Config::tiny().with_overrides_str("seed = 1\nmeta_iters = 99999999999999999999").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 2, key `meta_iters`: number too large to fit in target type; expected at most 9223372036854775807 (TOML's integers are 64-bit)"
+        );
+        let err = Config::tiny().with_overrides_str("seed = 1\n= 3").unwrap_err().to_string();
+        assert!(err.starts_with("line 2: "), "no key on that line: {err}");
         let stored = Config::tiny().to_toml().unwrap().replace("inner_steps = 4", "inner_steps = -4");
         let err = Config::from_toml(&stored).unwrap_err().to_string();
         let line = stored.lines().position(|l| l.starts_with("inner_steps")).unwrap() + 1;
