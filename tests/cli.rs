@@ -251,6 +251,15 @@ fn resume_of_a_finished_run_does_no_more_work() {
     let out = stdout(&gtn(&["train", "--resume", run.to_str().unwrap()]));
     assert!(out.contains(&format!("{}: already complete (8 meta-iterations)", run.display())), "{out}");
     assert_eq!(std::fs::read(run.join("checkpoint.safetensors")).unwrap(), before);
+    // Its data is not read for that: a data folder gone since does not stop it.
+    let config = run.join("config.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let stored_data = format!("data_dir = \"{}\"", fixtures().display());
+    assert!(original.contains(&stored_data), "{original}");
+    std::fs::write(&config, original.replace(&stored_data, "data_dir = \"/gtn-no-such-folder\"")).unwrap();
+    let out = stdout(&gtn(&["train", "--resume", run.to_str().unwrap()]));
+    assert!(out.contains("already complete (8 meta-iterations)"), "{out}");
+    std::fs::write(&config, &original).unwrap();
 
     // The command that made the run, repeated, continues it; with another config it is refused.
     let data = fixtures();
