@@ -303,7 +303,7 @@ pub fn evaluate_teacher(teacher: &Teacher, cohort: &Cohort, steps: usize) -> Res
 }
 
 /// Accuracy on `test` of fresh learners trained on the teacher's data, after each step count in
-/// `grid` (ascending, at most T; 0 is the untrained learner): `[learner][grid point]`.
+/// `grid` (ascending, at most T; 0 is the untrained learner).
 pub fn teacher_curves(teacher: &Teacher, cohort: &Cohort, grid: &[usize], test: &Split) -> Result<Curves> {
     let t = teacher.config.inner_steps;
     if let Some(&bad) = grid.iter().find(|&&s| s > t) {
