@@ -678,7 +678,8 @@ fn run(cli: Cli) -> Result<()> {
                 before_last_update: args.before_last_update,
                 seed: args.seed,
             };
-            let summary = compare::run(&options, &out, device)?;
+            let summary = compare::run(&options, &out, device)
+                .map_err(|e| gtn::meta::in_config_file(e, options.config.as_deref()))?;
             if args.json {
                 gtn::outln!("{}", serde_json::to_string(&summary)?);
             } else {
@@ -775,7 +776,8 @@ fn run(cli: Cli) -> Result<()> {
             let config = Config::from_flags(&args.preset, &flags)?;
             config.check_new_run(&flags)?;
             let report =
-                gtn::bench::run(&config, args.meta_iters as usize, device, !args.no_winograd, args.profile.as_deref())?;
+                gtn::bench::run(&config, args.meta_iters as usize, device, !args.no_winograd, args.profile.as_deref())
+                    .map_err(|e| gtn::meta::in_config_file(e, args.config.as_deref()))?;
             if args.json {
                 gtn::outln!("{}", serde_json::to_string(&report)?);
             } else {

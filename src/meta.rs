@@ -719,6 +719,17 @@ pub fn load_data(config: &Config, device: Device) -> Result<Dataset> {
 /// edit (outer lr, clipping, sigma) changes that (image and RL runs alike).
 pub const DIVERGED_AS_INITIALISED: &str = "the teacher as initialised diverges, before any update: start a new run (another --out) with a smaller `init_lr`, `init_momentum` or `inner_steps` (--config)";
 
+/// `e` naming the `--config` file `config` where it is a size the data cannot fill
+/// ([`TooFewImages`]) of a key the file sets, as the file's other errors are named.
+pub fn in_config_file(e: anyhow::Error, config: Option<&Path>) -> anyhow::Error {
+    match (e.downcast_ref::<TooFewImages>(), config) {
+        (Some(size), Some(file)) if crate::config::sets_key(file, size.key) => {
+            anyhow::anyhow!("{}: {e:#}", file.display())
+        }
+        _ => e,
+    }
+}
+
 /// What a new run's config must also hold: [`Config::check_new_run`], and a meta-loss batch
 /// the training images can fill.
 fn check_fits_data(config: &Config, data: &Dataset) -> Result<()> {
@@ -820,13 +831,7 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
                 RunSettings { data_dir: config.data_dir.clone(), checkpoint_every: options.checkpoint_every };
             let t =
                 Trainer::open(&config, out, device, &settings, options.budget.is_some(), Some(checkpoint::IMAGE_RUN))
-                    .map_err(|e| match (e.downcast_ref::<TooFewImages>(), flags.config) {
-                    // A size the --config file asks of the data, named as its other errors are.
-                    (Some(size), Some(file)) if new && crate::config::sets_key(file, size.key) => {
-                        anyhow::anyhow!("{}: {e}", file.display())
-                    }
-                    _ => e,
-                })?;
+                    .map_err(|e| if new { in_config_file(e, flags.config) } else { e })?;
             crate::progress::announce_reopened(out, t.iteration, t.config().meta_iters, "meta-iteration");
             if let Some(note) = t.budget_note().filter(|_| options.budget.is_some()) {
                 crate::outln!("{note}");

@@ -348,6 +348,16 @@ fn bad_input_gives_one_line_errors() {
         err,
         "error: --preset huge: unknown preset, expected one of paper, cpu, tiny, paper-cifar10, cpu-cifar10"
     );
+    // A size the data cannot fill names the --config file setting it, for bench and compare as
+    // for train.
+    let big = tmp.path().join("big.toml");
+    std::fs::write(&big, "meta_batch = 100000\n").unwrap();
+    let data = fixtures();
+    let sized = ["--preset", "tiny", "--config", big.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
+    for command in [&["bench"][..], &["compare", "--out", tmp.path().join("cmp").to_str().unwrap()]] {
+        let err = error_line(&gtn(&[command, &sized[..]].concat()));
+        assert!(err.starts_with(&format!("error: {}: config key `meta_batch` is 100000: ", big.display())), "{err}");
+    }
     // `train`'s habit, refused before anything runs, with --out too.
     let err = error_line(&gtn(&["compare", "--resume", out.to_str().unwrap(), "--out", out.to_str().unwrap()]));
     let o = out.display();
