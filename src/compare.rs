@@ -453,6 +453,17 @@ fn grid(stride: usize, last: usize, t: usize) -> Vec<usize> {
 }
 
 pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<CompareSummary> {
+    let existed = out.exists();
+    let result = run_in(options, out, device);
+    if result.is_err() && !existed {
+        // A comparison refused before it wrote anything (a teacher's config its data cannot
+        // fill) leaves no empty folder behind; `remove_dir` takes only an empty one.
+        let _ = std::fs::remove_dir(out);
+    }
+    result
+}
+
+fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<CompareSummary> {
     // Before hours of meta-training, not after.
     crate::config::check_not_a_file(out, "--out")?;
     // Its teachers are in sub-folders: a run folder is some other command's (outputs written

@@ -358,6 +358,7 @@ fn bad_input_gives_one_line_errors() {
         let err = error_line(&gtn(&[command, &sized[..]].concat()));
         assert!(err.starts_with(&format!("error: {}: config key `meta_batch` is 100000: ", big.display())), "{err}");
     }
+    assert!(!tmp.path().join("cmp").exists(), "a refused comparison leaves no empty folder");
     // `train`'s habit, refused before anything runs, with --out too.
     let err = error_line(&gtn(&["compare", "--resume", out.to_str().unwrap(), "--out", out.to_str().unwrap()]));
     let o = out.display();
