@@ -580,7 +580,7 @@ fn main() {
         if !e.use_stderr() || shown_help {
             e.exit()
         }
-        gtn::progress::print_err(&one_line(&e.render().to_string()));
+        gtn::progress::print_err(&no_output_file(&e).unwrap_or_else(|| one_line(&e.render().to_string())));
         std::process::exit(e.exit_code());
     });
     if let Err(e) = run(cli) {
@@ -605,6 +605,26 @@ fn command() -> clap::Command {
 
 /// clap's message for bad arguments on one line, like every other error here: its paragraphs
 /// joined, the usage and the pointer to --help left out.
+/// For `--out`/`-o` given to a command that prints its report and writes no file (`eval`,
+/// `baseline real`, `rl eval`, `bench`), how to save the report: clap's own tip, to pass it as a
+/// value after `--`, would not help.
+fn no_output_file(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else { return None };
+    let flag = arg.split('=').next().unwrap_or(arg);
+    // The command, as its usage line names it (`Usage: gtn rl eval [OPTIONS] <DIR>`).
+    let rendered = e.render().to_string();
+    let usage = rendered.lines().find_map(|l| l.strip_prefix("Usage: "))?;
+    let command: Vec<&str> = usage.split_whitespace().take_while(|w| !w.starts_with(['[', '<', '-'])).collect();
+    let prints = [&["gtn", "eval"][..], &["gtn", "baseline", "real"], &["gtn", "rl", "eval"], &["gtn", "bench"]];
+    (e.kind() == ErrorKind::UnknownArgument && ["--out", "-o"].contains(&flag) && prints.contains(&&command[..])).then(|| {
+        format!(
+            "error: unexpected argument '{flag}' found; `{}` writes no file: it prints its report (--json: as one JSON object), which a shell redirect saves (`> report.json`)",
+            command.join(" ")
+        )
+    })
+}
+
 fn one_line(message: &str) -> String {
     let kept = message.lines().take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"));
     let paragraphs: Vec<String> = kept

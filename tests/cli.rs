@@ -359,6 +359,14 @@ fn bad_input_gives_one_line_errors() {
         assert!(err.starts_with(&format!("error: {}: config key `meta_batch` is 100000: ", big.display())), "{err}");
     }
     assert!(!tmp.path().join("cmp").exists(), "a refused comparison leaves no empty folder");
+    // Commands that print their report are told so for an output file, not clap's `-- --out`.
+    for args in [&["eval", "run", "--out", "r.json"][..], &["rl", "eval", "run", "-o", "r.json"]] {
+        let err = error_line(&gtn(args));
+        let command = format!("`gtn {}` writes no file: it prints its report", args[..args.len() - 3].join(" "));
+        assert!(err.contains(&command) && err.ends_with("a shell redirect saves (`> report.json`)"), "{err}");
+    }
+    let err = error_line(&gtn(&["samples", "run", "--out", "s.png"]));
+    assert!(err.ends_with("tip: a similar argument exists: '--output'"), "{err}");
     // `train`'s habit, refused before anything runs, with --out too.
     let err = error_line(&gtn(&["compare", "--resume", out.to_str().unwrap(), "--out", out.to_str().unwrap()]));
     let o = out.display();
