@@ -627,13 +627,7 @@ fn toml_error(text: Option<&str>, e: serde_path_to_error::Error<toml::de::Error>
     // An error of the TOML itself (a number past its 64-bit integers) has no key: the one its
     // line sets, if it sets one, is named all the same.
     let key = match (key.as_str(), text.zip(line)) {
-        (".", Some((text, line))) => text
-            .lines()
-            .nth(line - 1)
-            .and_then(|l| l.split_once('='))
-            .map(|(k, _)| k.trim().to_owned())
-            .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
-            .unwrap_or(key),
+        (".", Some((text, line))) => key_set_on(text, line).unwrap_or(key),
         _ => key,
     };
     let place: Vec<String> =
@@ -644,6 +638,25 @@ fn toml_error(text: Option<&str>, e: serde_path_to_error::Error<toml::de::Error>
         true => anyhow::anyhow!("{message}"),
         false => anyhow::anyhow!("{}: {message}", place.join(", ")),
     }
+}
+
+/// The dotted key that line `line` (from 1) of the TOML `text` sets, if it starts a key/value
+/// pair: the text before it must be whole TOML (a line inside an unclosed array or string sets
+/// nothing), and a bare key there is under the last `[table]` above it.
+fn key_set_on(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let before = lines.get(..line - 1)?;
+    toml::from_str::<toml::Table>(&before.join("\n")).ok()?;
+    let (name, _) = lines.get(line - 1)?.split_once('=')?;
+    let name = name.trim();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        return None;
+    }
+    let table = before.iter().rev().find_map(|l| l.trim().strip_prefix('[')).map(|h| h.trim_matches(['[', ']', ' ']));
+    Some(match table {
+        Some(table) if !table.is_empty() => format!("{table}.{name}"),
+        _ => name.to_owned(),
+    })
 }
 
 /// The line (from 1) where the dotted `key` is set in the TOML `text`: `k = ...` at the top
@@ -673,8 +686,14 @@ fn in_words(message: &str) -> String {
         ("expected f64", "expected a number"),
         ("expected f32", "expected a number"),
     ];
-    if message == "number too large to fit in target type" {
-        return format!("{message}; expected at most {} (TOML's integers are 64-bit)", i64::MAX);
+    match message {
+        "number too large to fit in target type" => {
+            return format!("{message}; expected at most {} (TOML's integers are 64-bit)", i64::MAX)
+        }
+        "number too small to fit in target type" => {
+            return format!("{message}; expected at least {} (TOML's integers are 64-bit)", i64::MIN)
+        }
+        _ => {}
     }
     if let Some((_, words)) = kinds.iter().find(|(rust, _)| message.ends_with(rust)) {
         return format!("{}{words}", &message[..message.rfind("expected").expect("found above")]);
@@ -943,6 +962,13 @@ mod tests {
         );
         let err = Config::tiny().with_overrides_str("seed = 1\n= 3").unwrap_err().to_string();
         assert!(err.starts_with("line 2: "), "no key on that line: {err}");
+        let err = Config::tiny().with_overrides_str("[generator]\nfc_width = 99999999999999999999").unwrap_err();
+        assert!(err.to_string().starts_with("line 2, key `generator.fc_width`: number too large"), "{err}");
+        let err = Config::tiny().with_overrides_str("seed = -99999999999999999999").unwrap_err().to_string();
+        assert!(err.ends_with("expected at least -9223372036854775808 (TOML's integers are 64-bit)"), "{err}");
+        // A line inside an unclosed array sets no key: none is named.
+        let err = Config::tiny().with_overrides_str("lrs = [0.1,\nseed = 3").unwrap_err().to_string();
+        assert!(err.starts_with("line 2: "), "{err}");
         let stored = Config::tiny().to_toml().unwrap().replace("inner_steps = 4", "inner_steps = -4");
         let err = Config::from_toml(&stored).unwrap_err().to_string();
         let line = stored.lines().position(|l| l.starts_with("inner_steps")).unwrap() + 1;

@@ -603,8 +603,6 @@ fn command() -> clap::Command {
     negatives(Cli::command())
 }
 
-/// clap's message for bad arguments on one line, like every other error here: its paragraphs
-/// joined, the usage and the pointer to --help left out.
 /// For `--out`/`-o` given to a command that prints its report and writes no file (`eval`,
 /// `baseline real`, `rl eval`, `bench`), how to save the report: clap's own tip, to pass it as a
 /// value after `--`, would not help.
@@ -612,19 +610,24 @@ fn no_output_file(e: &clap::Error) -> Option<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else { return None };
     let flag = arg.split('=').next().unwrap_or(arg);
-    // The command, as its usage line names it (`Usage: gtn rl eval [OPTIONS] <DIR>`).
+    // The command, as its usage line names it after the binary's name (`Usage: gtn rl eval
+    // [OPTIONS] <DIR>`, or `gtn.exe`, or a link's name).
     let rendered = e.render().to_string();
     let usage = rendered.lines().find_map(|l| l.strip_prefix("Usage: "))?;
-    let command: Vec<&str> = usage.split_whitespace().take_while(|w| !w.starts_with(['[', '<', '-'])).collect();
-    let prints = [&["gtn", "eval"][..], &["gtn", "baseline", "real"], &["gtn", "rl", "eval"], &["gtn", "bench"]];
-    (e.kind() == ErrorKind::UnknownArgument && ["--out", "-o"].contains(&flag) && prints.contains(&&command[..])).then(|| {
+    let words: Vec<&str> = usage.split_whitespace().take_while(|w| !w.starts_with(['[', '<', '-'])).collect();
+    let command = words.get(1..)?;
+    let prints = [&["eval"][..], &["baseline", "real"], &["rl", "eval"], &["bench"]];
+    let profile = if command == ["bench"] { "; `--profile FILE` writes a profiler trace" } else { "" };
+    (e.kind() == ErrorKind::UnknownArgument && ["--out", "-o"].contains(&flag) && prints.contains(&command)).then(|| {
         format!(
-            "error: unexpected argument '{flag}' found; `{}` writes no file: it prints its report (--json: as one JSON object), which a shell redirect saves (`> report.json`)",
+            "error: unexpected argument '{flag}' found; `gtn {}` writes no file: it prints its report (--json: as one JSON object), which a shell redirect saves (`> report.json`){profile}",
             command.join(" ")
         )
     })
 }
 
+/// clap's message for bad arguments on one line, like every other error here: its paragraphs
+/// joined, the usage and the pointer to --help left out.
 fn one_line(message: &str) -> String {
     let kept = message.lines().take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"));
     let paragraphs: Vec<String> = kept

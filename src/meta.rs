@@ -796,7 +796,8 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
             check_before_last_update(options, &stored)?;
             // A complete run trains nothing: said without reading its data, which may be gone.
             if options.eval_learners == 0 && !checkpoint::never_saved(dir) {
-                if let Ok(done) = checkpoint::load(dir, device).map(|c| c.iteration) {
+                // On the CPU: only its iteration is wanted here.
+                if let Ok(done) = checkpoint::load(dir, Device::Cpu).map(|c| c.iteration) {
                     if done >= stored.meta_iters {
                         crate::progress::announce_resumed(dir, done, stored.meta_iters, "meta-iteration");
                         return Ok(());

@@ -365,6 +365,11 @@ fn bad_input_gives_one_line_errors() {
         let command = format!("`gtn {}` writes no file: it prints its report", args[..args.len() - 3].join(" "));
         assert!(err.contains(&command) && err.ends_with("a shell redirect saves (`> report.json`)"), "{err}");
     }
+    let err = error_line(&gtn(&["bench", "--out=r.json"]));
+    assert!(
+        err.contains("`gtn bench` writes no file") && err.ends_with("`--profile FILE` writes a profiler trace"),
+        "{err}"
+    );
     let err = error_line(&gtn(&["samples", "run", "--out", "s.png"]));
     assert!(err.ends_with("tip: a similar argument exists: '--output'"), "{err}");
     // `train`'s habit, refused before anything runs, with --out too.
