@@ -387,15 +387,42 @@ pub struct Checkpoint {
     pub sha256: String,
 }
 
-/// `loaded`, the data of the run in `dir` read from `folder`; when that folder is gone and is
-/// the run's own (`runs_own`: its config's `data_dir`, no --data-dir given), the error says so:
-/// a moved folder's path is in the run's config.toml, not on the command line.
-pub fn runs_data<T>(loaded: Result<T>, dir: &Path, folder: &Path, runs_own: bool) -> Result<T> {
-    loaded.map_err(|e| match runs_own && !folder.exists() {
-        true => anyhow::anyhow!(
-            "{e:#} (the run's `data_dir` in {}; give --data-dir to read another folder)",
-            dir.join(CONFIG_FILE).display()
-        ),
+/// Where a run's data comes from, for [`runs_data`]'s error.
+pub struct RunsData<'a> {
+    /// The run's folder.
+    pub dir: &'a Path,
+    /// The folder the data is read from.
+    pub folder: &'a Path,
+    /// Whether that is the run's own `data_dir` (no --data-dir given).
+    pub runs_own: bool,
+    /// The run's dataset, and the sizes its checkpoint records ([`crate::data::Dataset::sizes`]).
+    pub dataset: crate::data::DatasetName,
+    pub saved: Option<[i64; 3]>,
+}
+
+/// `loaded`, the data of a run read as `from` says; when the folder is gone and is the run's
+/// own, the error says so (a moved folder's path is in the run's config.toml, not on the
+/// command line), and, for a run trained on other sizes than the published dataset's (a slice),
+/// that fetching the dataset would not bring its data back.
+pub fn runs_data<T>(loaded: Result<T>, from: &RunsData) -> Result<T> {
+    loaded.map_err(|e| match from.runs_own && !from.folder.exists() {
+        true => {
+            let published = from.dataset.published_sizes();
+            let slice = match from.saved {
+                Some([train, valid, test]) if ((train + valid) as usize, test as usize) != published => format!(
+                    "; it held {} training and {test} test images, not {}'s published {} and {}, which `gtn data fetch` would bring",
+                    train + valid,
+                    from.dataset,
+                    published.0,
+                    published.1
+                ),
+                _ => String::new(),
+            };
+            anyhow::anyhow!(
+                "{e:#} (the run's `data_dir` in {}{slice}; give --data-dir to read another folder)",
+                from.dir.join(CONFIG_FILE).display()
+            )
+        }
         false => e,
     })
 }
@@ -542,6 +569,32 @@ pub(crate) mod tests {
 
     /// Locking a run folder removes what a save interrupted there left (however recent: only
     /// the lock's holder writes a run's checkpoint and config), and nothing else.
+    /// A run's own data folder gone: the error names the run's `data_dir`, and says fetching
+    /// would not help a run trained on other sizes than the published dataset's.
+    #[test]
+    fn a_gone_data_folder_is_the_runs_and_a_slice_is_not_fetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let from = |saved| RunsData {
+            dir: dir.path(),
+            folder: &gone,
+            runs_own: true,
+            dataset: crate::data::DatasetName::Mnist,
+            saved,
+        };
+        let err = |from: &RunsData| runs_data::<()>(Err(anyhow::anyhow!("not found")), from).unwrap_err().to_string();
+        let config = dir.path().join(CONFIG_FILE);
+        let plain = format!("not found (the run's `data_dir` in {}; give --data-dir", config.display());
+        assert!(err(&from(Some([50_000, 10_000, 10_000]))).starts_with(&plain));
+        assert!(err(&from(None)).starts_with(&plain), "an older checkpoint records no sizes");
+        let slice = err(&from(Some([400, 112, 256])));
+        assert!(
+            slice.contains("; it held 512 training and 256 test images, not mnist's published 60000 and 10000"),
+            "{slice}"
+        );
+        assert_eq!(err(&RunsData { runs_own: false, ..from(None) }), "not found", "a folder --data-dir gave");
+    }
+
     #[test]
     fn locking_a_run_removes_interrupted_saves() {
         let dir = tempfile::tempdir().unwrap();

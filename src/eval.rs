@@ -266,8 +266,14 @@ pub fn evaluate_run(options: &RunEval, device: Device) -> Result<EvalReport> {
     let config = &mut ckpt.teacher.config;
     let runs_own = options.data_dir.is_none() && config.data_dir.is_some();
     config.data_dir = options.data_dir.clone().or(config.data_dir.take());
-    let data =
-        crate::checkpoint::runs_data(load_test_data(config, device), &options.dir, &config.data_dir(), runs_own)?;
+    let from = crate::checkpoint::RunsData {
+        dir: &options.dir,
+        folder: &config.data_dir(),
+        runs_own,
+        dataset: config.dataset,
+        saved: ckpt.data,
+    };
+    let data = crate::checkpoint::runs_data(load_test_data(config, device), &from)?;
     if let Some(warning) = other_data_warning(ckpt.data, &data, &config.data_dir(), &options.dir) {
         tracing::warn!("{warning}");
     }
@@ -452,7 +458,17 @@ pub fn baseline_real(
     let valid_size = opts.valid_size.unwrap_or(opts.dataset.default_valid_size());
     let loaded = Dataset::load(opts.dataset, &dir, valid_size, crate::data::DEFAULT_SPLIT_SEED, device);
     let data = match &opts.like {
-        Some(like) => crate::checkpoint::runs_data(loaded, &like.dir, &dir, like.data_dir)?,
+        Some(like) => {
+            // Its data's sizes are in its checkpoint, which --like does not read.
+            let from = crate::checkpoint::RunsData {
+                dir: &like.dir,
+                folder: &dir,
+                runs_own: like.data_dir,
+                dataset: opts.dataset,
+                saved: None,
+            };
+            crate::checkpoint::runs_data(loaded, &from)?
+        }
         None => loaded?,
     };
     data.check_batch(&batch, opts.batch, &dir)?;
@@ -716,8 +732,11 @@ mod tests {
         };
         let err = format!("{:#}", evaluate_run(&options, Device::Cpu).unwrap_err());
         let config_file = run.path().join(crate::checkpoint::CONFIG_FILE);
-        let note =
-            format!("(the run's `data_dir` in {}; give --data-dir to read another folder)", config_file.display());
+        // The fixture is a slice of MNIST: fetching MNIST would not bring it back.
+        let note = format!(
+            "(the run's `data_dir` in {}; it held 512 training and 256 test images, not mnist's published 60000 and 10000, which `gtn data fetch` would bring; give --data-dir to read another folder)",
+            config_file.display()
+        );
         assert!(
             err.starts_with(&format!("{}: data folder not found", moved.display())) && err.ends_with(&note),
             "{err}"

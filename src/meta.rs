@@ -202,7 +202,8 @@ impl Trainer {
         let runs_own = settings.data_dir.is_none() && teacher.config.data_dir.is_some();
         settings.apply(&mut teacher.config);
         let folder = teacher.config.data_dir();
-        let data = checkpoint::runs_data(load_data(&teacher.config, device), dir, &folder, runs_own)?;
+        let from = checkpoint::RunsData { dir, folder: &folder, runs_own, dataset: teacher.config.dataset, saved };
+        let data = checkpoint::runs_data(load_data(&teacher.config, device), &from)?;
         checkpoint::check_data(saved, &data, &folder, &format!("in {}", dir.display()))?;
         // Older checkpoints record no data sizes: a slice given as --data-dir too small for the
         // meta-batch is caught here.
