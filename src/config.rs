@@ -69,8 +69,10 @@ pub struct Config {
     #[serde(default)]
     pub bn_eval: BnEval,
     /// T: inner steps per meta-iteration.
+    #[serde(deserialize_with = "positive")]
     pub inner_steps: usize,
     /// B: synthetic images per inner step.
+    #[serde(deserialize_with = "positive")]
     pub batch_size: usize,
     /// `generator` (GTN) or `pixels` (dataset distillation: the T*B images are learned directly).
     #[serde(default)]
@@ -81,6 +83,7 @@ pub struct Config {
     /// Initial inner learning rate and momentum (both learned per step, in log space).
     pub init_lr: f64,
     pub init_momentum: f64,
+    #[serde(deserialize_with = "positive")]
     pub meta_iters: usize,
     /// The `meta_iters` asked for, when a time budget (`--budget-minutes`) lowered it: how a
     /// repeated budgeted command recognises the run as its own.
@@ -98,6 +101,7 @@ pub struct Config {
     /// Global norm the meta-gradient is clipped to.
     pub grad_clip: f64,
     /// Real training images in the meta-loss batch.
+    #[serde(deserialize_with = "positive")]
     pub meta_batch: usize,
     /// Random 4-pixel-padded crops and horizontal flips of the real meta-loss batch.
     pub augment: bool,
@@ -109,6 +113,7 @@ pub struct Config {
     #[serde(default)]
     pub intermediate_loss_form: IntermediateLossForm,
     /// Save `checkpoint.safetensors` every this many meta-iterations.
+    #[serde(deserialize_with = "positive")]
     pub save_every: usize,
     /// Gradient checkpointing of the unroll: keep the learner state every k inner steps and
     /// recompute each block during the meta-backward (0, or k >= T: keep the whole unroll in
@@ -116,6 +121,31 @@ pub struct Config {
     pub checkpoint_every: usize,
     pub seed: u64,
     pub generator: GeneratorConfig,
+}
+
+/// A count a config key must hold above 0, read from TOML: `0` and `-5` get the same words as
+/// `validate` (serde's own for `usize` would call 0 allowed).
+pub(crate) fn positive<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    struct Positive;
+    impl serde::de::Visitor<'_> for Positive {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a positive integer")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<usize, E> {
+            usize::try_from(v)
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<usize, E> {
+            usize::try_from(v)
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+        }
+    }
+    deserializer.deserialize_u64(Positive)
 }
 
 fn default_adam_eps() -> f64 {
@@ -612,7 +642,7 @@ pub fn parse_toml<C: DeserializeOwned>(text: &str) -> Result<C> {
     serde_path_to_error::deserialize(toml::de::Deserializer::new(text)).map_err(|e| toml_error(Some(text), e))
 }
 
-/// `line 3, key `inner_steps`: invalid type: string "four", expected a whole number, 0 or more`:
+/// `line 3, key `inner_steps`: invalid type: string "four", expected a positive integer`:
 /// where it was (the line when the text is known, the key when there is one) and toml's message
 /// on one line, in words rather than Rust's types, with the likely key for an unknown one.
 fn toml_error(text: Option<&str>, e: serde_path_to_error::Error<toml::de::Error>) -> anyhow::Error {
@@ -938,7 +968,7 @@ mod tests {
     #[test]
     fn toml_errors_are_one_line_naming_the_line_and_the_key() {
         let err = Config::tiny().with_overrides_str("seed = 3\ninner_steps = \"four\"").unwrap_err().to_string();
-        assert_eq!(err, "line 2, key `inner_steps`: invalid type: string \"four\", expected a whole number, 0 or more");
+        assert_eq!(err, "line 2, key `inner_steps`: invalid type: string \"four\", expected a positive integer");
         let err = Config::tiny().with_overrides_str("[generator]\nfc_width = 1.5").unwrap_err().to_string();
         assert_eq!(
             err,
@@ -974,8 +1004,20 @@ mod tests {
         let line = stored.lines().position(|l| l.starts_with("inner_steps")).unwrap() + 1;
         assert_eq!(
             err,
-            format!("line {line}, key `inner_steps`: invalid value: integer `-4`, expected a whole number, 0 or more")
+            format!("line {line}, key `inner_steps`: invalid value: integer `-4`, expected a positive integer")
         );
+        // A key that must be positive says so of 0 and of a negative value alike; one that may
+        // be 0 says that.
+        for value in ["0", "-5"] {
+            let err = Config::tiny().with_overrides_str(&format!("meta_iters = {value}")).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("line 1, key `meta_iters`: invalid value: integer `{value}`, expected a positive integer")
+            );
+        }
+        let err = Config::tiny().with_overrides_str("checkpoint_every = -1").unwrap_err().to_string();
+        assert!(err.ends_with("expected a whole number, 0 or more"), "{err}");
+        assert_eq!(Config::tiny().with_overrides_str("checkpoint_every = 0").unwrap().checkpoint_every, 0);
     }
 
     #[test]
@@ -1053,6 +1095,8 @@ mod tests {
         let err = Config::tiny().with_overrides_str("curriculum = \"sorted\"").unwrap_err().to_string();
         assert!(err.contains("sorted"), "{err}");
         let err = Config::tiny().with_overrides_str("inner_steps = 0").unwrap_err().to_string();
+        assert_eq!(err, "line 1, key `inner_steps`: invalid value: integer `0`, expected a positive integer");
+        let err = Config { inner_steps: 0, ..Config::tiny() }.validate().unwrap_err().to_string();
         assert_eq!(err, "config key `inner_steps` is 0, expected a positive integer");
         let err = Config::tiny().with_overrides_str("init_lr = -1.0").unwrap_err().to_string();
         assert!(err.contains("`init_lr` is -1"), "{err}");

@@ -48,11 +48,15 @@ pub struct RlConfig {
     pub env: EnvName,
     pub objective: Objective,
     /// T: supervised steps a fresh policy takes on the teacher's data.
+    #[serde(deserialize_with = "crate::config::positive")]
     pub inner_steps: usize,
     /// B: synthetic observations per step.
+    #[serde(deserialize_with = "crate::config::positive")]
     pub batch_size: usize,
     /// Generator: fixed per-sample noise of this size -> hidden layer -> observation + action logits.
+    #[serde(deserialize_with = "crate::config::positive")]
     pub noise_dim: usize,
+    #[serde(deserialize_with = "crate::config::positive")]
     pub generator_hidden: usize,
     /// Initial inner learning rate and momentum (learned per step, in log space).
     pub init_lr: f64,
@@ -61,8 +65,10 @@ pub struct RlConfig {
     pub policy_width_min: i64,
     pub policy_width_max: i64,
     /// ES generations (outer iterations).
+    #[serde(deserialize_with = "crate::config::positive")]
     pub generations: usize,
     /// Antithetic pairs per generation (the population is twice this).
+    #[serde(deserialize_with = "crate::config::positive")]
     pub pairs: usize,
     /// Standard deviation of the parameter perturbations.
     pub sigma: f64,
@@ -71,15 +77,22 @@ pub struct RlConfig {
     pub adam_beta1: f64,
     pub adam_beta2: f64,
     /// Fitness of a candidate: mean greedy return of this many fresh policies trained on it ...
+    #[serde(deserialize_with = "crate::config::positive")]
     pub policies_per_candidate: usize,
     /// ... each run for this many real episodes.
+    #[serde(deserialize_with = "crate::config::positive")]
     pub episodes_per_policy: usize,
     /// Evaluation (`gtn rl eval`): fresh policies and episodes per policy.
+    #[serde(deserialize_with = "crate::config::positive")]
     pub eval_policies: usize,
+    #[serde(deserialize_with = "crate::config::positive")]
     pub eval_episodes: usize,
     /// Baseline: REINFORCE seeds and the real-environment step budget of each.
+    #[serde(deserialize_with = "crate::config::positive")]
     pub baseline_seeds: usize,
+    #[serde(deserialize_with = "crate::config::positive")]
     pub baseline_budget: usize,
+    #[serde(deserialize_with = "crate::config::positive")]
     pub save_every: usize,
     pub seed: u64,
 }
@@ -350,6 +363,12 @@ mod tests {
         assert_eq!(c.objective, Objective::Imitation);
         let err = overridden("sigma = 0.0").unwrap_err().to_string();
         assert!(err.ends_with(": config key `sigma` is 0, expected a positive number"), "{err}");
+        for value in ["0", "-5"] {
+            let err = overridden(&format!("generations = {value}")).unwrap_err().to_string();
+            let expected =
+                format!("line 1, key `generations`: invalid value: integer `{value}`, expected a positive integer");
+            assert!(err.ends_with(&expected), "{err}");
+        }
         // Finite as f64, infinite in the float32 teacher: its first generation would be NaN.
         let err = overridden("init_lr = 1e60").unwrap_err().to_string();
         assert!(
