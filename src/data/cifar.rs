@@ -66,6 +66,7 @@ pub fn check_dir(dir: &Path) -> Result<()> {
     let missing: Vec<&str> =
         TRAIN_FILES.iter().chain([&TEST_FILE]).copied().filter(|f| !dir.join(f).is_file()).collect();
     if !missing.is_empty() {
+        super::check_not_outputs(dir, super::DatasetName::Cifar10)?;
         bail!(
             "{}: missing {}; a CIFAR-10 binary folder holds {layout} (from {SOURCE})",
             dir.display(),

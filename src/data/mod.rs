@@ -237,6 +237,26 @@ pub(crate) fn looked_from(dir: &Path) -> String {
     }
 }
 
+/// An error for a folder without the data that holds gtn's own output instead: a run's, a
+/// comparison's or a search's folder given as `--data-dir`, where fetching the data into it
+/// (the advice for any other folder) would only mix the two.
+pub(crate) fn check_not_outputs(dir: &Path, name: DatasetName) -> Result<()> {
+    let outputs = [
+        crate::checkpoint::CONFIG_FILE,
+        crate::checkpoint::CHECKPOINT_FILE,
+        crate::compare::CURVES_JSON,
+        crate::nas::search::PROXY_FILE,
+        crate::nas::search::TRUTH_FILE,
+    ];
+    match outputs.into_iter().find(|file| dir.join(file).is_file()) {
+        Some(file) => bail!(
+            "{}: holds gtn's output ({file}), not {name}'s data files; point --data-dir at the dataset's folder",
+            dir.display()
+        ),
+        None => Ok(()),
+    }
+}
+
 fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Split)> {
     crate::config::check_not_a_file(dir, "--data-dir")?;
     if !dir.is_dir() {
@@ -258,6 +278,7 @@ fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
     } else if plain.is_file() {
         Ok(plain)
     } else {
+        check_not_outputs(dir, name)?;
         bail!(
             "{}: missing (also looked for {stem}); run `gtn data fetch {} --dir {}`",
             gz.display(),
@@ -413,6 +434,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Dataset::load(DatasetName::Mnist, dir.path(), 10, 0, Device::Cpu).unwrap_err();
         assert!(err.to_string().contains("train-images-idx3-ubyte.gz: missing"), "{err}");
+        // A run's folder given for the data's is named as such, not advised to take the data.
+        std::fs::write(dir.path().join(crate::checkpoint::CONFIG_FILE), "").unwrap();
+        for name in [DatasetName::Mnist, DatasetName::Cifar10] {
+            let err = Dataset::load(name, dir.path(), 10, 0, Device::Cpu).unwrap_err().to_string();
+            let expected = format!("holds gtn's output (config.toml), not {name}'s data files; point --data-dir at");
+            assert!(err.starts_with(&format!("{}: {expected}", dir.path().display())), "{err}");
+        }
     }
 
     #[test]
