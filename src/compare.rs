@@ -515,7 +515,8 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
     let real_grid = grid(stride, options.real_steps_factor * t, t);
     let data = meta::load_data(&base, device)?;
     // Real data's curves draw batches of it (the teachers' meta-batches are checked as they start).
-    data.check_batch(&format!("config key `batch_size` is {}", base.batch_size), base.batch_size, &base.data_dir())?;
+    let what = format!("config key `batch_size` is {}", base.batch_size);
+    data.check_batch(Some("batch_size"), &what, base.batch_size, &base.data_dir())?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let test = data.test.first(if options.test_images == 0 { usize::MAX } else { options.test_images });
     if options.test_images > test.len() {

@@ -471,7 +471,7 @@ pub fn baseline_real(
         }
         None => loaded?,
     };
-    data.check_batch(&batch, opts.batch, &dir)?;
+    data.check_batch(None, &batch, opts.batch, &dir)?;
     let cohort = Cohort {
         data: &data,
         kind: opts.learner,

@@ -723,8 +723,8 @@ pub const DIVERGED_AS_INITIALISED: &str = "the teacher as initialised diverges, 
 /// `e` naming the `--config` file `config` where it is a size the data cannot fill
 /// ([`TooFewImages`]) of a key the file sets, as the file's other errors are named.
 pub fn in_config_file(e: anyhow::Error, config: Option<&Path>) -> anyhow::Error {
-    match (e.downcast_ref::<TooFewImages>(), config) {
-        (Some(size), Some(file)) if crate::config::sets_key(file, size.key) => {
+    match (e.downcast_ref::<TooFewImages>().and_then(|size| size.key), config) {
+        (Some(key), Some(file)) if crate::config::sets_key(file, key) => {
             anyhow::anyhow!("{}: {e:#}", file.display())
         }
         _ => e,
@@ -742,8 +742,7 @@ fn check_fits_data(config: &Config, data: &Dataset) -> Result<()> {
 /// replacement).
 fn check_meta_batch(config: &Config, data: &Dataset) -> Result<()> {
     let what = format!("config key `meta_batch` is {}", config.meta_batch);
-    data.check_batch(&what, config.meta_batch, &config.data_dir())
-        .map_err(|e| TooFewImages { key: "meta_batch", message: e.to_string() }.into())
+    Ok(data.check_batch(Some("meta_batch"), &what, config.meta_batch, &config.data_dir())?)
 }
 
 /// Options of `gtn train` (and `gtn baseline distill`, which sets `teacher`).

@@ -358,6 +358,11 @@ fn bad_input_gives_one_line_errors() {
         let err = error_line(&gtn(&[command, &sized[..]].concat()));
         assert!(err.starts_with(&format!("error: {}: config key `meta_batch` is 100000: ", big.display())), "{err}");
     }
+    // So does compare's real-data batch, the teachers' `batch_size`.
+    std::fs::write(&big, "batch_size = 100000\n").unwrap();
+    let err =
+        error_line(&gtn(&[&["compare", "--out", tmp.path().join("cmp").to_str().unwrap()][..], &sized[..]].concat()));
+    assert!(err.starts_with(&format!("error: {}: config key `batch_size` is 100000: ", big.display())), "{err}");
     assert!(!tmp.path().join("cmp").exists(), "a refused comparison leaves no empty folder");
     // Commands that print their report are told so for an output file, not clap's `-- --out`.
     for args in [&["eval", "run", "--out", "r.json"][..], &["rl", "eval", "run", "-o", "r.json"]] {

@@ -156,12 +156,13 @@ pub struct Dataset {
     pub test: Split,
 }
 
-/// A size a config key asks of the data that its images cannot fill (a batch, or a validation
-/// split): an error of the config, which a command names as it names the others.
+/// A size asked of the data that its images cannot fill (a batch, or a validation split): where
+/// a config key asks it (`key`), an error of the config, which a command names as it names the
+/// others.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct TooFewImages {
-    pub key: &'static str,
+    pub key: Option<&'static str>,
     pub message: String,
 }
 
@@ -173,17 +174,24 @@ impl Dataset {
     }
 
     /// Refuses real training batches of `batch` images, set by `what` (a flag or config key with
-    /// its value), that the training split read from `dir` cannot fill: batches are drawn
-    /// without replacement.
-    pub fn check_batch(&self, what: &str, batch: usize, dir: &Path) -> Result<()> {
+    /// its value; `key`, the config key if one sets it), that the training split read from `dir`
+    /// cannot fill: batches are drawn without replacement.
+    pub fn check_batch(
+        &self,
+        key: Option<&'static str>,
+        what: &str,
+        batch: usize,
+        dir: &Path,
+    ) -> Result<(), TooFewImages> {
         let n = self.train.len();
         if batch > n {
-            bail!(
+            let message = format!(
                 "{what}: more than the {} of {} (after {} held out for validation); expected at most {n}",
                 crate::text::count(n, "training image"),
                 dir.display(),
                 self.valid.len()
             );
+            return Err(TooFewImages { key, message });
         }
         Ok(())
     }
@@ -207,7 +215,7 @@ impl Dataset {
                 "valid_size {valid_size} ({default}validation images held out of the training set: config key `valid_size`, or `--valid-size` of `baseline real` and `nas`) leaves no training images in {} ({n} images); expected fewer than {n}",
                 dir.display()
             );
-            return Err(TooFewImages { key: "valid_size", message }.into());
+            return Err(TooFewImages { key: Some("valid_size"), message }.into());
         }
         let mut order: Vec<i64> = (0..n as i64).collect();
         order.shuffle(&mut StdRng::seed_from_u64(split_seed));

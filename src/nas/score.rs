@@ -263,7 +263,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             let dir = opts.data_dir.clone().unwrap_or_else(|| opts.dataset.default_dir());
             let valid_size = opts.valid_size.unwrap_or(opts.dataset.default_valid_size());
             let data = Dataset::load(opts.dataset, &dir, valid_size, crate::data::DEFAULT_SPLIT_SEED, device)?;
-            data.check_batch(&format!("--batch-size {}", opts.real.batch), opts.real.batch, &dir)?;
+            data.check_batch(None, &format!("--batch-size {}", opts.real.batch), opts.real.batch, &dir)?;
             data
         }
     };
