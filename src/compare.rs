@@ -171,6 +171,9 @@ pub struct MethodSummary {
     /// for real data, with one learner, and for a bound past the real curve's end.
     pub speedup_low: Option<f64>,
     pub speedup_high: Option<f64>,
+    /// Learners trained to NaN or infinite weights, scored on what those predict
+    /// ([`eval::Curves::diverged`]; curves stored by builds before it count none).
+    pub diverged_learners: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -312,6 +315,8 @@ struct RealKey {
 #[derive(Serialize, Deserialize)]
 struct PerLearner {
     per_learner: Vec<Vec<f64>>,
+    #[serde(default)]
+    diverged: usize,
 }
 
 /// The sweep's winner.
@@ -327,6 +332,8 @@ struct RealCurves {
     lr: f64,
     momentum: f64,
     per_learner: Vec<Vec<f64>>,
+    #[serde(default)]
+    diverged: usize,
 }
 
 /// Whether `per_learner` holds a curve of `points` values for each of `learners` learners.
@@ -370,7 +377,7 @@ fn stored_teacher_curves(
     grid: &[usize],
     test: &Split,
     data_dir: PathBuf,
-) -> Result<Vec<Vec<f64>>> {
+) -> Result<PerLearner> {
     let key = CurvesKey {
         version: MEASUREMENT_VERSION,
         data_dir: Folder::new(data_dir),
@@ -390,11 +397,10 @@ fn stored_teacher_curves(
         let name = dir.file_name().unwrap_or(dir.as_os_str()).to_string_lossy();
         crate::progress::print_err(&format!("{name}: evaluating {}", text::count(cohort.learners, "learner")));
         let curves = eval::teacher_curves(&trainer.teacher, cohort, grid, test)?;
-        note_diverged(&name, &curves);
-        Ok(PerLearner { per_learner: curves.per_learner })
+        Ok(PerLearner { per_learner: curves.per_learner, diverged: curves.diverged })
     };
     let fits = |v: &PerLearner| one_curve_each(&v.per_learner, cohort.learners, grid.len());
-    Ok(measured_once(&dir.join(CURVES_JSON), key, fits, measure)?.per_learner)
+    measured_once(&dir.join(CURVES_JSON), key, fits, measure)
 }
 
 /// The real-data baseline: the lr x momentum pair of the sweep with the best mean accuracy at
@@ -421,17 +427,7 @@ fn swept_real_curves(
         grid.last().unwrap()
     ));
     let curves = eval::real_curves(cohort, grid, batch, (lr, momentum), test)?;
-    note_diverged(REAL, &curves);
-    Ok(RealCurves { lr, momentum, per_learner: curves.per_learner })
-}
-
-/// Says on stderr when some of a method's learners were trained to NaN or infinite weights:
-/// their accuracies are in its curve and row as measured, which only this line tells apart.
-fn note_diverged(method: &str, curves: &eval::Curves) {
-    if curves.diverged > 0 {
-        let note = eval::diverged_note(curves.diverged, curves.per_learner.len());
-        crate::progress::print_err(&format!("{method}: {note}"));
-    }
+    Ok(RealCurves { lr, momentum, per_learner: curves.per_learner, diverged: curves.diverged })
 }
 
 /// The entries of `TEACHERS` named in `methods` (all for none), in `TEACHERS`' order. `real`, the
@@ -532,14 +528,17 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
         seed: options.seed,
     };
     let mut curves = Vec::new();
+    let mut diverged_learners = Vec::new();
     let mut at_t = Vec::new();
     let mut trained = Vec::new();
     for (name, teacher, curriculum) in teachers {
         let dir = out.join(name);
         let trainer =
             train_or_reuse(name, &teacher_config(&base, teacher, curriculum), &dir, &settings, options.budget, device)?;
-        let per_learner = stored_teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
+        let PerLearner { per_learner, diverged } =
+            stored_teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
         curves.push(Curve::new(name, &teacher_grid, &per_learner));
+        diverged_learners.push(diverged);
         let t_index = teacher_grid.iter().position(|&s| s == t).expect("T is on every grid");
         at_t.push(per_learner.iter().map(|c| c[t_index]).collect::<Vec<f64>>());
         trained.push((trainer.config().meta_iters, meta::logged_seconds(&dir)? / 60.0));
@@ -567,15 +566,17 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
     let real_dir = out.join(REAL);
     let measure = || swept_real_curves(options, &cohort, &key, base.batch_size, &test, &real_dir);
     let fits = |v: &RealCurves| one_curve_each(&v.per_learner, cohort.learners, real_grid.len());
-    let RealCurves { lr, momentum, per_learner } =
+    let RealCurves { lr, momentum, per_learner, diverged } =
         measured_once(&real_dir.join(CURVES_JSON), key.clone(), fits, measure)?;
     let real = Curve::new(REAL, &real_grid, &per_learner);
+    diverged_learners.push(diverged);
 
     let methods = curves
         .iter()
         .zip(trained.iter().zip(&at_t).map(|(&(i, m), at_t)| (Some(i), Some(m), Some(at_t))))
         .chain([(&real, (None, None, None))])
-        .map(|(curve, (meta_iters, meta_training_minutes, at_t))| {
+        .zip(&diverged_learners)
+        .map(|((curve, (meta_iters, meta_training_minutes, at_t)), &diverged_learners)| {
             let (accuracy_mean, accuracy_std) = curve.at(t);
             // Real data matches itself at T by definition; a noisy curve's first crossing of its
             // own value at T may come earlier.
@@ -595,6 +596,7 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
                 speedup: real_steps_to_match.map(|s| s / t as f64),
                 speedup_low,
                 speedup_high,
+                diverged_learners,
             }
         })
         .collect();
@@ -702,6 +704,10 @@ impl CompareSummary {
                 text::mean_pm_std(m.accuracy_mean, m.accuracy_std, |x| format!("{:.2}%", 100.0 * x)),
             )
             .expect("writing to a String");
+        }
+        for m in self.methods.iter().filter(|m| m.diverged_learners > 0) {
+            writeln!(md, "\n{}: {}", m.method, eval::diverged_note(m.diverged_learners, self.learners))
+                .expect("writing to a String");
         }
         md
     }
@@ -817,6 +823,7 @@ mod tests {
                 serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
             change(&mut stored.key);
             stored.value.per_learner.iter_mut().for_each(|c| c.fill(0.125));
+            stored.value.diverged = 1;
             std::fs::write(&path, serde_json::to_string(&stored).unwrap()).unwrap();
         };
         // The data folder as a link to it: the same folder.
@@ -831,12 +838,19 @@ mod tests {
         let mut real: Stored<RealKey, RealCurves> =
             serde_json::from_slice(&std::fs::read(&real_path).unwrap()).unwrap();
         real.value.per_learner.iter_mut().for_each(|c| c.fill(0.125));
+        real.value.diverged = 1;
         std::fs::write(&real_path, serde_json::to_string(&real).unwrap()).unwrap();
         let again = run(&options, &out, Device::Cpu).unwrap();
-        let accuracy =
-            |s: &CompareSummary, name: &str| s.methods.iter().find(|m| m.method == name).unwrap().accuracy_mean;
+        let method = |s: &CompareSummary, name: &str| s.methods.iter().find(|m| m.method == name).unwrap().clone();
+        let accuracy = |s: &CompareSummary, name: &str| method(s, name).accuracy_mean;
         assert_eq!(accuracy(&again, "gtn-full"), 0.125);
         assert_eq!(accuracy(&again, REAL), 0.125);
+        // Reused curves keep their count of diverged learners (planted as 1), which the table
+        // names; those measured again count their own.
+        let diverged = |name: &str| method(&again, name).diverged_learners;
+        assert_eq!((diverged("gtn-full"), diverged(REAL), diverged("gtn-none")), (1, 1, 0));
+        let note = format!("\n\n{REAL}: 1 of 1 learner was trained to NaN or infinite weights");
+        assert!(again.table().contains(&note) && !again.table().contains("gtn-none: 1"), "{}", again.table());
         assert_eq!(accuracy(&again, "gtn-none"), accuracy(&summary, "gtn-none"));
         for name in ["distill", "gtn-batch-shuffled", "gtn-all-shuffled"] {
             assert_eq!(accuracy(&again, name), accuracy(&summary, name), "{name}");
