@@ -97,7 +97,10 @@ pub fn teacher_heading(dir: &std::path::Path, done: usize, length: RunLength) ->
 }
 
 impl EvalReport {
-    pub fn from_accuracies(cohort: &Cohort, steps: usize, accs: Vec<f64>, diverged: usize) -> EvalReport {
+    /// The report of `curves` measured at one step count, `steps`.
+    pub fn from_curves(cohort: &Cohort, steps: usize, curves: &Curves) -> EvalReport {
+        assert!(curves.per_learner.iter().all(|c| c.len() == 1), "curves of one step count");
+        let accs = curves.at(0);
         let (mean, std) = mean_std(&accs);
         EvalReport {
             teacher: None,
@@ -114,7 +117,7 @@ impl EvalReport {
             test_accuracy_min: accs.iter().copied().fold(f64::INFINITY, f64::min),
             test_accuracy_max: accs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             test_accuracies: accs,
-            diverged_learners: diverged,
+            diverged_learners: curves.diverged,
         }
     }
 
@@ -305,7 +308,7 @@ pub fn evaluate_teacher(teacher: &Teacher, cohort: &Cohort, steps: usize) -> Res
         bail!("--steps {steps}: the teacher was trained for {t} inner steps; expected 1..={t}");
     }
     let curves = teacher_curves(teacher, cohort, &[steps], &cohort.data.test)?;
-    Ok(EvalReport::from_accuracies(cohort, steps, curves.at(0), curves.diverged))
+    Ok(EvalReport::from_curves(cohort, steps, &curves))
 }
 
 /// Accuracy on `test` of fresh learners trained on the teacher's data, after each step count in
@@ -483,7 +486,7 @@ pub fn baseline_real(
     let sweep = (opts.lrs.as_slice(), opts.momenta.as_slice());
     let ((lr, momentum), best) = sweep_real(&cohort, opts.steps, opts.batch, sweep, &data.test, each)?;
     Ok(RealBaselineReport {
-        report: EvalReport::from_accuracies(&cohort, opts.steps, best.at(0), best.diverged),
+        report: EvalReport::from_curves(&cohort, opts.steps, &best),
         lr,
         momentum,
         batch: opts.batch,
@@ -662,7 +665,10 @@ mod tests {
             learners: 1,
             seed: 0,
         };
-        let report = |accs: &[f64]| EvalReport::from_accuracies(&cohort, 32, accs.to_vec(), 0);
+        let report = |accs: &[f64]| {
+            let curves = Curves { per_learner: accs.iter().map(|&a| vec![a]).collect(), diverged: 0 };
+            EvalReport::from_curves(&cohort, 32, &curves)
+        };
         let table = report(&[0.9]).table();
         assert!(
             table.ends_with("| mlp | test batch's statistics | 1 | 32 | 90.00% | - | 90.00% | 90.00% |"),
