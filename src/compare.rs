@@ -423,7 +423,7 @@ fn swept_real_curves(
         Ok(Sweep { lr, momentum })
     })?;
     crate::progress::print_err(&format!(
-        "{REAL}: curve to {} steps with lr {lr}, momentum {momentum}",
+        "{REAL}: curve to {} steps with lr {lr:?}, momentum {momentum}",
         grid.last().unwrap()
     ));
     let curves = eval::real_curves(cohort, grid, batch, (lr, momentum), test)?;
@@ -666,7 +666,7 @@ impl CompareSummary {
     /// Markdown: accuracy at T and the speed-up over real data per method.
     pub fn table(&self) -> String {
         let mut md = format!(
-            "{} with the {} learner, T = {}, {} (seed {}), first {} test images, batch norm scored with the {}; real data: lr {}, momentum {} (best of lr {:?} x momentum {:?})\n\n\
+            "{} with the {} learner, T = {}, {} (seed {}), first {} test images, batch norm scored with the {}; real data: lr {:?}, momentum {} (best of lr {:?} x momentum {:?})\n\n\
              | method | meta-iterations | meta-training min | accuracy at T | real steps to match | speed-up{} |\n\
              |---|---|---|---|---|---|\n",
             self.dataset,

@@ -613,33 +613,56 @@ pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) ->
     merge(&mut table, overrides);
     let deserialize = |table: toml::Table| serde_path_to_error::deserialize::<_, C>(toml::Value::Table(table));
     deserialize(table.clone()).map_err(|e| {
-        // A top-level key written below a `[table]` line belongs to that table in TOML: one the
-        // top level takes is named as misplaced. Asked of serde, with the key moved up in `base`
-        // (valid, so nothing else can fail): optional keys left unset are not in its table.
-        let path = e.path().to_string();
-        let unknown = e.inner().message().starts_with("unknown field");
-        let misplaced = path.split_once('.').filter(|&(parent, key)| {
-            let value = table.get(parent).and_then(|t| t.get(key));
-            unknown
-                && value.is_some_and(|value| {
-                    let mut moved = base.clone();
-                    moved.insert(key.to_owned(), value.clone());
-                    deserialize(moved).is_ok()
-                })
-        });
-        let error = toml_error(Some(text), e);
-        match misplaced {
-            Some((table, key)) => anyhow::anyhow!(
-                "{error} (`{key}` is a top-level key: in TOML, keys below a `[{table}]` line belong to that table; put it above the line)"
-            ),
-            None => error,
-        }
+        // Asked with the key moved up in `base` (valid, so nothing else can fail): optional keys
+        // left unset are not in its table.
+        let takes = |parent: &str, key: &str| {
+            table.get(parent).and_then(|t| t.get(key)).is_some_and(|value| {
+                let mut moved = base.clone();
+                moved.insert(key.to_owned(), value.clone());
+                deserialize(moved).is_ok()
+            })
+        };
+        with_misplaced_hint(text, e, takes)
     })
 }
 
 /// `C` read from TOML `text`; an error is one line that names the line and the key.
 pub fn parse_toml<C: DeserializeOwned>(text: &str) -> Result<C> {
-    serde_path_to_error::deserialize(toml::de::Deserializer::new(text)).map_err(|e| toml_error(Some(text), e))
+    serde_path_to_error::deserialize(toml::de::Deserializer::new(text)).map_err(|e| {
+        // Asked with the key moved up over the one the text sets there, if it does (a run's
+        // config.toml sets them all).
+        let takes = |parent: &str, key: &str| {
+            let Ok(mut table) = text.parse::<toml::Table>() else { return false };
+            let value = table.get_mut(parent).and_then(toml::Value::as_table_mut).and_then(|t| t.remove(key));
+            value.is_some_and(|value| {
+                table.insert(key.to_owned(), value);
+                toml::Value::Table(table).try_into::<C>().is_ok()
+            })
+        };
+        with_misplaced_hint(text, e, takes)
+    })
+}
+
+/// [`toml_error`], with a hint where the unknown key is a top-level one written below a
+/// `[table]` line, which in TOML puts it in that table (as a key appended to a run's
+/// config.toml, which ends with `[generator]`, is): where the top level `takes(table, key)`.
+fn with_misplaced_hint(
+    text: &str,
+    e: serde_path_to_error::Error<toml::de::Error>,
+    takes: impl Fn(&str, &str) -> bool,
+) -> anyhow::Error {
+    let path = e.path().to_string();
+    let unknown = e.inner().message().starts_with("unknown field");
+    let misplaced = path.split_once('.').filter(|&(parent, key)| unknown && takes(parent, key));
+    let error = toml_error(Some(text), e);
+    let Some((table, key)) = misplaced else { return error };
+    let fix = match line_of_key(text, key) {
+        Some(line) => format!("it is set on line {line}: edit it there"),
+        None => "put it above the line".to_owned(),
+    };
+    anyhow::anyhow!(
+        "{error} (`{key}` is a top-level key: in TOML, keys below a `[{table}]` line belong to that table; {fix})"
+    )
 }
 
 /// `line 3, key `inner_steps`: invalid type: string "four", expected a positive integer`:
@@ -648,6 +671,10 @@ pub fn parse_toml<C: DeserializeOwned>(text: &str) -> Result<C> {
 fn toml_error(text: Option<&str>, e: serde_path_to_error::Error<toml::de::Error>) -> anyhow::Error {
     let key = e.path().to_string();
     let e = e.into_inner();
+    // A key left out is at no line of the text (toml's span is the table's), and the key named
+    // is its table's.
+    let missing = e.message().starts_with("missing field");
+    let text = text.filter(|_| !missing);
     // A merged table (a file over a preset) has no spans: its key's line is looked up.
     let line = match (text, e.span()) {
         (Some(text), Some(span)) => Some(text[..span.start].matches('\n').count() + 1),
@@ -876,7 +903,11 @@ fn diff_tables(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<(St
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();
     keys.dedup();
-    let shown = |v: Option<&toml::Value>| v.map_or_else(|| "absent".to_string(), ToString::to_string);
+    // Floats as Rust writes them shortest (`1e30`, where TOML writes 31 digits).
+    let shown = |v: Option<&toml::Value>| match v {
+        Some(toml::Value::Float(x)) => format!("{x:?}"),
+        v => v.map_or_else(|| "absent".to_string(), ToString::to_string),
+    };
     for key in keys {
         match (a.get(key), b.get(key)) {
             (Some(toml::Value::Table(ta)), Some(toml::Value::Table(tb))) => {
@@ -938,6 +969,7 @@ mod tests {
         assert!(differences(&a, &a).unwrap().is_empty());
         let b = Config {
             meta_iters: a.meta_iters + 1,
+            outer_lr: 1e30,
             data_dir: Some("d".into()),
             ..Config::tiny().with_overrides_str("[generator]\nfc_width = 33").unwrap()
         };
@@ -946,6 +978,8 @@ mod tests {
             row("data_dir", "absent".into(), "\"d\"".into()),
             row("generator.fc_width", a.generator.fc_width.to_string(), "33".into()),
             row("meta_iters", a.meta_iters.to_string(), (a.meta_iters + 1).to_string()),
+            // Not TOML's 31 digits.
+            row("outer_lr", format!("{:?}", a.outer_lr), "1e30".into()),
         ];
         assert_eq!(differences(&a, &b).unwrap(), expected);
     }
@@ -1006,6 +1040,18 @@ mod tests {
             err,
             format!("line {line}, key `inner_steps`: invalid value: integer `-4`, expected a positive integer")
         );
+        // A key appended to a run's config.toml lands in its last table, `[generator]`; the
+        // top-level line that sets it is named.
+        let stored = Config::tiny().to_toml().unwrap();
+        let err = Config::from_toml(&format!("{stored}outer_lr = 0.005\n")).unwrap_err().to_string();
+        let line = stored.lines().position(|l| l.starts_with("outer_lr")).unwrap() + 1;
+        let hint = format!("(`outer_lr` is a top-level key: in TOML, keys below a `[generator]` line belong to that table; it is set on line {line}: edit it there)");
+        assert!(err.contains("key `generator.outer_lr`: unknown field `outer_lr`") && err.ends_with(&hint), "{err}");
+        // A key left out names no line or key of the file's: none is at fault.
+        let err = Config::from_toml(&stored.replace("save_every = 4\n", "")).unwrap_err().to_string();
+        assert_eq!(err, "missing field `save_every`");
+        let err = Config::from_toml(&stored.replace("fc_width = 64\n", "")).unwrap_err().to_string();
+        assert_eq!(err, "key `generator`: missing field `fc_width`");
         // A key that must be positive says so of 0 and of a negative value alike; one that may
         // be 0 says that.
         for value in ["0", "-5"] {

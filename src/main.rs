@@ -761,14 +761,15 @@ fn run(cli: Cli) -> Result<()> {
                         0 => String::new(),
                         n => format!(" ({n} of {} trained to NaN or infinite weights)", accuracies.len()),
                     };
-                    gtn::outln!("lr {lr}, momentum {momentum}: {accuracy}{diverged}");
+                    gtn::outln!("lr {lr:?}, momentum {momentum}: {accuracy}{diverged}");
                 }
             })?;
             if json {
                 gtn::outln!("{}", serde_json::to_string(&best)?);
             } else {
                 let (lr, momentum) = (best.lr, best.momentum);
-                let what = format!("real {} data, best lr {lr}, momentum {momentum}, batch {batch}", dataset.as_str());
+                let what =
+                    format!("real {} data, best lr {lr:?}, momentum {momentum}, batch {batch}", dataset.as_str());
                 best.report.print(false, &what);
             }
             Ok(())
@@ -1005,10 +1006,15 @@ fn with_extension(text: &str, extension: &str, writes: &str) -> Result<PathBuf, 
     }
 }
 
+/// A learning rate in float32's range, where the learners train: larger is infinite there, and
+/// smaller is 0 or loses its precision.
 fn parse_lr(text: &str) -> Result<f64, String> {
+    let (least, most) = (f32::MIN_POSITIVE as f64, f32::MAX as f64);
     match text.parse::<f64>() {
-        Ok(lr) if lr > 0.0 && lr.is_finite() => Ok(lr),
-        _ => Err(format!("`{text}`: expected a positive learning rate")),
+        Ok(lr) if (least..=most).contains(&lr) => Ok(lr),
+        _ => {
+            Err(format!("`{text}`: expected a positive learning rate from {least:.2e} to {most:.2e} (float32's range)"))
+        }
     }
 }
 

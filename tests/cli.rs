@@ -904,6 +904,14 @@ fn nas_score_truth_merge_report() {
     let out = gtn(&["nas", "truth", "--steps", "1", "--sample", "1", "--lr=-0.1", "--out", &p("x")]);
     let err = String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default().to_owned();
     assert!(err.contains("'--lr <LR>'") && err.contains("expected a positive learning rate"), "{err}");
+    // The learners train in float32: a rate past its range would be infinite there (a panic in
+    // libtorch's conversion, once), or 0.
+    for lr in ["1e50", "1e-50"] {
+        let out = gtn(&["baseline", "real", "--lrs", &format!("0.1,{lr}")]);
+        let err = String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default().to_owned();
+        let expected = format!("`{lr}`: expected a positive learning rate from 1.18e-38 to 3.40e38 (float32's range)");
+        assert!(err.contains("'--lrs <LRS>'") && err.ends_with(&expected), "{err}");
+    }
 }
 
 #[test]
