@@ -184,6 +184,20 @@ impl Trainer {
                 dir.display()
             );
         }
+        // The same run but for the length a budgeted command asks: its config.toml's
+        // `meta_iters`, the count the budget cut it to, is not the one to ask for.
+        let asked = stored.as_ref().ok().and_then(|s| s.meta_iters_requested.filter(|_| budgeted));
+        if let (Some(asked), Ok(stored)) = (asked, &stored) {
+            let same_but_length = comparable(&Config { meta_iters: asked, ..config.clone() }) == comparable(stored);
+            if same_but_length && config.meta_iters != asked {
+                bail!(
+                    "{}: holds a run of {}, cut by a time budget from the {asked} asked for, and this command asks for {}; repeat it with `--meta-iters {asked}` (a run keeps its length, whatever the budget), or use another --out",
+                    dir.display(),
+                    crate::text::count(stored.meta_iters, "meta-iteration"),
+                    config.meta_iters
+                );
+            }
+        }
         crate::config::same_run(dir, stored.map(|s| comparable(&s)), &comparable(config), resume_command)?;
         Trainer::resume(dir, device, settings)
     }
@@ -1545,8 +1559,9 @@ mod tests {
         let note = again.budget_note().unwrap();
         assert!(note.ends_with(": a run of 1 meta-iteration, cut by a time budget from the 6 asked for; a time budget sizes a run only when it starts (remove the folder, or use another --out, to train under a new one)"), "{note}");
         let other = Config { meta_iters: 7, ..config.clone() };
-        let err = open(&other, dir.path(), true, None).err().unwrap().to_string();
-        assert!(err.contains("(meta_iters 6 there, 7 here)"), "{err}");
+        let err = open(&other, dir.path(), true, Some("gtn train")).err().unwrap().to_string();
+        let asked = ": holds a run of 1 meta-iteration, cut by a time budget from the 6 asked for, and this command asks for 7; repeat it with `--meta-iters 6` (a run keeps its length, whatever the budget), or use another --out";
+        assert!(err.ends_with(asked), "{err}");
         let err = open(&config, dir.path(), false, Some("gtn train")).err().unwrap().to_string();
         let cut = "holds this run at 1 of the 6 meta-iterations asked for, as a time budget cut it; repeat the command with --budget-minutes (any: a run keeps its length), or `gtn train --resume ";
         assert!(
