@@ -301,6 +301,17 @@ impl Config {
         self.seed = flags.seed.unwrap_or(self.seed);
         self.checkpoint_every = flags.checkpoint_every.unwrap_or(self.checkpoint_every);
         self.set_data_dir(flags.data_dir)?;
+        // A `--config` file's folder that is not there is named with the file: the loader's
+        // error would name the folder alone, made absolute.
+        if let (None, Some(dir)) = (flags.data_dir, &self.data_dir) {
+            if !dir.exists() {
+                let e = anyhow::anyhow!(
+                    "config key `data_dir` leads to {}, which does not exist (a relative folder is taken from the current one); expected the dataset's folder, or --data-dir",
+                    dir.display()
+                );
+                return Err(flags.name_in(e));
+            }
+        }
         self.validate().map_err(|e| flags.name_in(e))?;
         Ok(self)
     }
@@ -1226,6 +1237,15 @@ mod tests {
         let mut empty_key = Config { data_dir: Some("".into()), ..Config::tiny() };
         let err = empty_key.set_data_dir(None).unwrap_err().to_string();
         assert_eq!(err, "config key `data_dir` \"\": expected a folder path");
+        // A file's folder that is not there is named with the file, where it was looked for.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "data_dir = \"no/such\"").unwrap();
+        let flags = Flags { config: Some(file.path()), ..Flags::default() };
+        let err = Config::from_flags("tiny", &flags).unwrap_err().to_string();
+        let missing = format!("config key `data_dir` leads to {}, which does not exist", cwd.join("no/such").display());
+        assert!(err.starts_with(&format!("{}: {missing}", file.path().display())), "{err}");
+        let given = Flags { data_dir: Some(&crate::data::fixture_dir()), ..flags };
+        assert!(Config::from_flags("tiny", &given).is_ok(), "--data-dir replaces the file's");
     }
 
     /// A saved run whose config file cannot be read (a hand edit gone wrong) is not to be removed.
