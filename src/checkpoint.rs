@@ -350,9 +350,27 @@ pub fn read_config_text(dir: &Path, what: &str) -> Result<(PathBuf, String)> {
         Ok(text) => Ok((path, text)),
         Err(_) if !dir.exists() => bail!("{}: no such folder; expected {what}", dir.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("{}: holds no {CONFIG_FILE}; expected {what}", dir.display())
+            bail!("{}: holds no {CONFIG_FILE}; expected {what}{}", dir.display(), held_instead(dir))
         }
         Err(e) => bail!("{}: cannot read: {e}", path.display()),
+    }
+}
+
+/// What a folder without a config.toml holds that may be what was meant, in parentheses: a
+/// run's checkpoint (its config.toml lost), or runs in its folders (a comparison's, one per
+/// method, or a folder of runs).
+fn held_instead(dir: &Path) -> String {
+    if checkpoint_path(dir).exists() {
+        return format!(" (it holds a checkpoint: restore the run's {CONFIG_FILE} beside it)");
+    }
+    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    let mut runs: Vec<PathBuf> = entries.map(|e| e.path()).filter(|p| p.join(CONFIG_FILE).is_file()).collect();
+    runs.sort();
+    let shown: Vec<String> = runs.iter().take(4).map(|p| crate::text::shell_word(p)).collect();
+    let more = if runs.len() > shown.len() { ", ..." } else { "" };
+    match runs.len() {
+        0 => String::new(),
+        n => format!(" ({} in its folders: {}{more})", crate::text::count(n, "run"), shown.join(", ")),
     }
 }
 

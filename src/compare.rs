@@ -485,6 +485,21 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
         ..Flags::default()
     };
     let base = Config::from_flags(&options.preset, &flags)?;
+    if let Some(file) = options.config.as_deref() {
+        let unused: Vec<String> = ["teacher", "curriculum"]
+            .iter()
+            .filter(|k| crate::config::sets_key(file, k))
+            .map(|k| format!("`{k}`"))
+            .collect();
+        if !unused.is_empty() {
+            let verb = if unused.len() == 1 { "is" } else { "are" };
+            let keys = unused.join(" and ");
+            tracing::warn!(
+                "{}: the file's {keys} {verb} not used: each method of a comparison sets its own",
+                file.display()
+            );
+        }
+    }
     // Every teacher to start, before any trains, naming the --config file and flags
     // (`Trainer::create` checks again, for its other callers); a stored one is not held to
     // checks newer than it.

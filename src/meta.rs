@@ -1875,5 +1875,16 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = checkpoint::load(empty.path(), Device::Cpu).unwrap_err().to_string();
         assert!(err.ends_with("holds no config.toml; expected a gtn training folder"), "{err}");
+        // A folder of runs (a comparison's) names them; a run that lost its config.toml says so.
+        let run = empty.path().join("gtn-full");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::write(run.join(checkpoint::CONFIG_FILE), "").unwrap();
+        let err = checkpoint::load(empty.path(), Device::Cpu).unwrap_err().to_string();
+        let expected = format!("(1 run in its folders: {})", crate::text::shell_word(&run));
+        assert!(err.ends_with(&format!("holds no config.toml; expected a gtn training folder {expected}")), "{err}");
+        std::fs::remove_file(run.join(checkpoint::CONFIG_FILE)).unwrap();
+        std::fs::write(checkpoint::checkpoint_path(&run), "").unwrap();
+        let err = checkpoint::load(&run, Device::Cpu).unwrap_err().to_string();
+        assert!(err.ends_with("(it holds a checkpoint: restore the run's config.toml beside it)"), "{err}");
     }
 }

@@ -358,11 +358,16 @@ fn bad_input_gives_one_line_errors() {
         let err = error_line(&gtn(&[command, &sized[..]].concat()));
         assert!(err.starts_with(&format!("error: {}: config key `meta_batch` is 100000: ", big.display())), "{err}");
     }
-    // So does compare's real-data batch, the teachers' `batch_size`.
-    std::fs::write(&big, "batch_size = 100000\n").unwrap();
-    let err =
-        error_line(&gtn(&[&["compare", "--out", tmp.path().join("cmp").to_str().unwrap()][..], &sized[..]].concat()));
+    // So does compare's real-data batch, the teachers' `batch_size`; keys each method sets for
+    // itself are warned of as unused.
+    std::fs::write(&big, "batch_size = 100000\ncurriculum = \"none\"\n").unwrap();
+    let compared = gtn(&[&["compare", "--out", tmp.path().join("cmp").to_str().unwrap()][..], &sized[..]].concat());
+    let stderr = String::from_utf8_lossy(&compared.stderr);
+    let err = stderr.lines().last().unwrap_or_default();
     assert!(err.starts_with(&format!("error: {}: config key `batch_size` is 100000: ", big.display())), "{err}");
+    let unused =
+        format!("{}: the file's `curriculum` is not used: each method of a comparison sets its own", big.display());
+    assert!(stderr.lines().next().is_some_and(|l| l.ends_with(&unused)), "{stderr}");
     assert!(!tmp.path().join("cmp").exists(), "a refused comparison leaves no empty folder");
     // Commands that print their report are told so for an output file, not clap's `-- --out`.
     for args in [&["eval", "run", "--out", "r.json"][..], &["rl", "eval", "run", "-o", "r.json"]] {

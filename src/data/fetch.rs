@@ -79,8 +79,16 @@ const STAGING_PREFIX: &str = ".fetch-";
 
 /// True when every file of the dataset is present in `dir` and matches its checksum.
 pub fn is_complete(name: DatasetName, dir: &Path) -> bool {
-    expected_files(name).iter().all(|(file, sha)| {
-        super::idx::read_bytes(&dir.join(format!("{file}.gz"))).is_ok_and(|c| sha256_hex(&c) == *sha)
+    holds_verified(dir, expected_files(name))
+}
+
+/// Whether `dir` holds each of `files` (a name and the sha256 of its content) as the loader reads
+/// it: the `.gz` where there is one, else the plain file (a folder unpacked by hand).
+fn holds_verified(dir: &Path, files: &[(&str, &str)]) -> bool {
+    files.iter().all(|(file, sha)| {
+        let gz = dir.join(format!("{file}.gz"));
+        let read = if gz.exists() { gz } else { dir.join(file) };
+        super::idx::read_bytes(&read).is_ok_and(|c| sha256_hex(&c) == *sha)
     })
 }
 
@@ -356,6 +364,14 @@ mod tests {
             std::fs::write(dir.path().join(format!("{file}.gz")), b"junk").unwrap();
         }
         assert!(!is_complete(DatasetName::Mnist, dir.path()));
+        // Plain files verify as their compressed copies do, unless a `.gz` beside one is what
+        // the loader would read instead.
+        let files = [("f", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")];
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"abc").unwrap();
+        assert!(holds_verified(dir.path(), &files));
+        std::fs::write(dir.path().join("f.gz"), b"junk").unwrap();
+        assert!(!holds_verified(dir.path(), &files));
     }
 
     #[test]
