@@ -437,6 +437,10 @@ fn chosen_teachers(methods: &[String]) -> Result<Vec<(&'static str, TeacherKind,
     if let Some(unknown) = methods.iter().find(|m| !names.contains(&m.as_str())) {
         bail!("--methods {unknown}: unknown method, expected some of {}", names.join(", "));
     }
+    // As the sweep's flags: a name given twice is likely another one mistyped.
+    if let Some((_, twice)) = methods.iter().enumerate().find(|&(k, m)| methods[..k].contains(m)) {
+        bail!("--methods {}: {twice} is listed twice; expected distinct methods", methods.join(","));
+    }
     Ok(TEACHERS.into_iter().filter(|(name, ..)| methods.is_empty() || methods.iter().any(|m| m == name)).collect())
 }
 
@@ -928,6 +932,10 @@ mod tests {
         let typo = CompareOptions { methods: vec!["gtn-ful".into()], ..options.clone() };
         let error = run(&typo, &out, Device::Cpu).unwrap_err().to_string();
         assert!(error.starts_with("--methods gtn-ful: unknown method, expected some of gtn-none,"), "{error}");
+        let twice =
+            CompareOptions { methods: vec!["gtn-full".into(), "real".into(), "gtn-full".into()], ..options.clone() };
+        let error = run(&twice, &out, Device::Cpu).unwrap_err().to_string();
+        assert_eq!(error, "--methods gtn-full,real,gtn-full: gtn-full is listed twice; expected distinct methods");
 
         // Scored as the reference logs, with a `train` teacher; refused before any training
         // with test-batch statistics.
