@@ -40,6 +40,9 @@ static SIGNAL: AtomicI32 = AtomicI32::new(0);
 static SAVED: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Whether the stop's notice is printed (it comes from another thread).
 static NOTICED: AtomicBool = AtomicBool::new(false);
+/// What a signal outside a training loop, which quits at once, says the command keeps: set by a
+/// command that goes on after its training (`gtn train`'s evaluation).
+static KEPT_AFTER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// A signal repeated within this time of the first is the same request: `timeout` sends its
 /// signal twice (to the process, then to its group), and a person who reads the notice and
@@ -108,6 +111,21 @@ pub fn save_point(due: bool, save: impl FnOnce() -> Result<()>) -> Result<Option
 /// signal, which quits without saving, can say which the run keeps.
 pub fn saved(done: usize) {
     SAVED.store(done, Ordering::SeqCst);
+}
+
+/// From here on, a signal outside a training loop quits saying what is `kept` (`quitting: the
+/// teacher is saved in ...`), where it would end the command without a word.
+pub fn quitting_keeps(kept: String) {
+    *KEPT_AFTER.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+}
+
+/// What a signal that quits at once says: what the `unit`s' loop leaves (a second signal), or
+/// outside a loop what the command said it keeps, if it did.
+fn quitting_notice(unit: Option<Unit>) -> Option<String> {
+    match unit {
+        Some(unit) => Some(kept(unit)),
+        None => KEPT_AFTER.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|kept| format!("quitting: {kept}")),
+    }
 }
 
 /// What a second signal, quitting at once, leaves of the `unit`s' loop.
@@ -194,15 +212,16 @@ fn on_signal(signal: i32) {
             });
             return;
         }
-        (Some(unit), false) => {
-            let (done, printed) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                crate::progress::print_above_bar(&kept(unit));
-                let _ = done.send(());
-            });
-            let _ = printed.recv_timeout(Duration::from_millis(200));
+        (unit, _) => {
+            if let Some(notice) = quitting_notice(unit) {
+                let (done, printed) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    crate::progress::print_above_bar(&notice);
+                    let _ = done.send(());
+                });
+                let _ = printed.recv_timeout(Duration::from_millis(200));
+            }
         }
-        (None, _) => {}
     }
     // Ends the process by the signal, as if it were never caught (an error: an unknown signal).
     let _ = signal_hook::low_level::emulate_default_handler(signal);

@@ -889,6 +889,14 @@ pub fn train_command(options: &TrainOptions, device: Device) -> Result<()> {
         crate::outln!("meta-training done in {took}; checkpoint in {}", dir.display());
     }
     if options.eval_learners > 0 {
+        // A signal from here quits at once, which would leave the user to wonder about the run.
+        let logged = if options.before_last_update { " --before-last-update" } else { "" };
+        interrupt::quitting_keeps(format!(
+            "the teacher is saved in {}; `gtn eval {} --learners {}{logged}` evaluates it",
+            dir.display(),
+            crate::text::shell_word(dir),
+            options.eval_learners
+        ));
         let cohort = crate::eval::Cohort {
             data: trainer.data(),
             kind: c.learner,

@@ -242,6 +242,36 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
     assert_eq!(rows(&slow), 1, "nothing more logged");
 }
 
+/// A signal during the evaluation that follows training quits at once, as outside any training
+/// loop, saying that the teacher is kept and how to evaluate it.
+#[test]
+fn a_signal_during_the_evaluation_after_training_says_the_teacher_is_kept() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_tiny(&run);
+    let args = ["train", "--resume", run.to_str().unwrap(), "--eval-learners", "100000", "--threads", "1"];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gtn"));
+    let mut child = command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Once it says the run is complete, it is evaluating.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("already complete") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "gtn ended before evaluating");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: a plain syscall on the child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(libc::SIGTERM), "{stderr}");
+    let shown = run.display();
+    let kept = format!("quitting: the teacher is saved in {shown}; `gtn eval {shown} --learners 100000` evaluates it");
+    assert_eq!(stderr.lines().last(), Some(kept.as_str()), "{stderr}");
+}
+
 #[test]
 fn resume_of_a_finished_run_does_no_more_work() {
     let tmp = tempfile::tempdir().unwrap();
