@@ -546,6 +546,11 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
         learners: options.learners,
         seed: options.seed,
     };
+    // Between trainings (evaluating, sweeping real data) a signal quits at once.
+    crate::interrupt::quitting_keeps(format!(
+        "the teachers trained so far, and the curves measured, are kept in {}; the same command goes on from them",
+        out.display()
+    ));
     let mut curves = Vec::new();
     let mut diverged_learners = Vec::new();
     let mut at_t = Vec::new();

@@ -243,7 +243,7 @@ fn ctrl_c_saves_the_iteration_it_stops_at() {
 }
 
 /// A signal during the evaluation that follows training quits at once, as outside any training
-/// loop, saying that the teacher is kept and how to evaluate it.
+/// loop, saying that the teacher is kept and how to evaluate it (or, for a comparison, go on).
 #[test]
 fn a_signal_during_the_evaluation_after_training_says_the_teacher_is_kept() {
     use std::io::BufRead;
@@ -270,6 +270,25 @@ fn a_signal_during_the_evaluation_after_training_says_the_teacher_is_kept() {
     let shown = run.display();
     let kept = format!("quitting: the teacher is saved in {shown}; `gtn eval {shown} --learners 100000` evaluates it");
     assert_eq!(stderr.lines().last(), Some(kept.as_str()), "{stderr}");
+
+    // So does compare's, between trainings.
+    let (out, data) = (tmp.path().join("cmp"), fixtures());
+    let args = ["compare", "--preset", "tiny", "--methods", "gtn-full", "--learners", "100000", "--threads", "1"];
+    let paths = ["--data-dir", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gtn"));
+    let mut child = command.args([&args[..], &paths].concat()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+    assert!(stderr.any(|l| l.starts_with("gtn-full: evaluating")), "gtn ended before evaluating");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: a plain syscall on the child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let last = stderr.last();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&child.wait().unwrap()), Some(libc::SIGTERM));
+    let kept = format!(
+        "quitting: the teachers trained so far, and the curves measured, are kept in {}; the same command goes on from them",
+        out.display()
+    );
+    assert_eq!(last.as_deref(), Some(kept.as_str()));
 }
 
 #[test]
