@@ -160,6 +160,19 @@ pub fn diverged_note(diverged: usize, learners: usize) -> String {
     )
 }
 
+/// One pair of a real-data sweep, scored at its one step count: `lr 0.1, momentum 0.5: 97.04% ±
+/// 0.26%`, and how many learners trained to NaN or infinite weights, if any.
+pub fn sweep_line((lr, momentum): (f64, f64), curves: &Curves) -> String {
+    let accuracies = curves.at(0);
+    let (mean, std) = mean_std(&accuracies);
+    let accuracy = crate::text::mean_pm_std(mean, spread(std, accuracies.len()), |x| format!("{:.2}%", 100.0 * x));
+    let diverged = match curves.diverged {
+        0 => String::new(),
+        n => format!(" ({n} of {} trained to NaN or infinite weights)", accuracies.len()),
+    };
+    format!("lr {lr:?}, momentum {momentum}: {accuracy}{diverged}")
+}
+
 /// Which statistics a learner's batch norm was scored with, in words.
 pub fn scoring(bn_eval: BnEval, before_last_update: bool) -> &'static str {
     match (bn_eval, before_last_update) {
@@ -678,6 +691,12 @@ mod tests {
         assert!(json["test_accuracy_std"].is_null(), "{json}");
         let table = report(&[0.9, 0.92]).table();
         assert!(table.contains("| 91.00% | 1.41% | 90.00% | 92.00% |"), "{table}");
+        // A sweep's pair line: no spread for one learner, and its diverged learners named.
+        let one = Curves { per_learner: vec![vec![0.9]], diverged: 0 };
+        assert_eq!(sweep_line((0.1, 0.5), &one), "lr 0.1, momentum 0.5: 90.00%");
+        let two = Curves { per_learner: vec![vec![0.9], vec![0.1]], diverged: 1 };
+        let line = sweep_line((1e30, 0.9), &two);
+        assert_eq!(line, "lr 1e30, momentum 0.9: 50.00% ± 56.57% (1 of 2 trained to NaN or infinite weights)");
     }
 
     #[test]

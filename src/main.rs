@@ -750,18 +750,9 @@ fn run(cli: Cli) -> Result<()> {
                 momenta,
                 like,
             };
-            let best = eval::baseline_real(&opts, device, |(lr, momentum), curves| {
+            let best = eval::baseline_real(&opts, device, |pair, curves| {
                 if !json {
-                    let accuracies = curves.at(0);
-                    let (mean, std) = eval::mean_std(&accuracies);
-                    let accuracy = gtn::text::mean_pm_std(mean, gtn::text::spread(std, accuracies.len()), |x| {
-                        format!("{:.2}%", 100.0 * x)
-                    });
-                    let diverged = match curves.diverged {
-                        0 => String::new(),
-                        n => format!(" ({n} of {} trained to NaN or infinite weights)", accuracies.len()),
-                    };
-                    gtn::outln!("lr {lr:?}, momentum {momentum}: {accuracy}{diverged}");
+                    gtn::outln!("{}", eval::sweep_line(pair, curves));
                 }
             })?;
             if json {
