@@ -370,7 +370,7 @@ fn held_instead(dir: &Path) -> String {
     let more = if runs.len() > shown.len() { ", ..." } else { "" };
     match runs.len() {
         0 => String::new(),
-        n => format!(" ({} in its folders: {}{more})", crate::text::count(n, "run"), shown.join(", ")),
+        n => format!(" (its folders hold {}: {}{more})", crate::text::count(n, "run"), shown.join(", ")),
     }
 }
 

@@ -172,8 +172,9 @@ pub struct MethodSummary {
     pub speedup_low: Option<f64>,
     pub speedup_high: Option<f64>,
     /// Learners trained to NaN or infinite weights, scored on what those predict
-    /// ([`eval::Curves::diverged`]; curves stored by builds before it count none).
-    pub diverged_learners: usize,
+    /// ([`eval::Curves::diverged`]); `None` (JSON null) for curves stored by builds before the
+    /// count, reused: not counted.
+    pub diverged_learners: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -316,7 +317,7 @@ struct RealKey {
 struct PerLearner {
     per_learner: Vec<Vec<f64>>,
     #[serde(default)]
-    diverged: usize,
+    diverged: Option<usize>,
 }
 
 /// The sweep's winner.
@@ -333,7 +334,7 @@ struct RealCurves {
     momentum: f64,
     per_learner: Vec<Vec<f64>>,
     #[serde(default)]
-    diverged: usize,
+    diverged: Option<usize>,
 }
 
 /// Whether `per_learner` holds a curve of `points` values for each of `learners` learners.
@@ -397,7 +398,7 @@ fn stored_teacher_curves(
         let name = dir.file_name().unwrap_or(dir.as_os_str()).to_string_lossy();
         crate::progress::print_err(&format!("{name}: evaluating {}", text::count(cohort.learners, "learner")));
         let curves = eval::teacher_curves(&trainer.teacher, cohort, grid, test)?;
-        Ok(PerLearner { per_learner: curves.per_learner, diverged: curves.diverged })
+        Ok(PerLearner { per_learner: curves.per_learner, diverged: Some(curves.diverged) })
     };
     let fits = |v: &PerLearner| one_curve_each(&v.per_learner, cohort.learners, grid.len());
     measured_once(&dir.join(CURVES_JSON), key, fits, measure)
@@ -427,7 +428,7 @@ fn swept_real_curves(
         grid.last().unwrap()
     ));
     let curves = eval::real_curves(cohort, grid, batch, (lr, momentum), test)?;
-    Ok(RealCurves { lr, momentum, per_learner: curves.per_learner, diverged: curves.diverged })
+    Ok(RealCurves { lr, momentum, per_learner: curves.per_learner, diverged: Some(curves.diverged) })
 }
 
 /// The entries of `TEACHERS` named in `methods` (all for none), in `TEACHERS`' order. `real`, the
@@ -729,9 +730,8 @@ impl CompareSummary {
             )
             .expect("writing to a String");
         }
-        for m in self.methods.iter().filter(|m| m.diverged_learners > 0) {
-            writeln!(md, "\n{}: {}", m.method, eval::diverged_note(m.diverged_learners, self.learners))
-                .expect("writing to a String");
+        for (m, n) in self.methods.iter().filter_map(|m| m.diverged_learners.filter(|&n| n > 0).map(|n| (m, n))) {
+            writeln!(md, "\n{}: {}", m.method, eval::diverged_note(n, self.learners)).expect("writing to a String");
         }
         md
     }
@@ -847,7 +847,7 @@ mod tests {
                 serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
             change(&mut stored.key);
             stored.value.per_learner.iter_mut().for_each(|c| c.fill(0.125));
-            stored.value.diverged = 1;
+            stored.value.diverged = Some(1);
             std::fs::write(&path, serde_json::to_string(&stored).unwrap()).unwrap();
         };
         // The data folder as a link to it: the same folder.
@@ -862,7 +862,8 @@ mod tests {
         let mut real: Stored<RealKey, RealCurves> =
             serde_json::from_slice(&std::fs::read(&real_path).unwrap()).unwrap();
         real.value.per_learner.iter_mut().for_each(|c| c.fill(0.125));
-        real.value.diverged = 1;
+        // As a build before the count stored it: not counted.
+        real.value.diverged = None;
         std::fs::write(&real_path, serde_json::to_string(&real).unwrap()).unwrap();
         let again = run(&options, &out, Device::Cpu).unwrap();
         let method = |s: &CompareSummary, name: &str| s.methods.iter().find(|m| m.method == name).unwrap().clone();
@@ -870,11 +871,12 @@ mod tests {
         assert_eq!(accuracy(&again, "gtn-full"), 0.125);
         assert_eq!(accuracy(&again, REAL), 0.125);
         // Reused curves keep their count of diverged learners (planted as 1), which the table
-        // names; those measured again count their own.
+        // names, or its absence (not counted); those measured again count their own.
         let diverged = |name: &str| method(&again, name).diverged_learners;
-        assert_eq!((diverged("gtn-full"), diverged(REAL), diverged("gtn-none")), (1, 1, 0));
-        let note = format!("\n\n{REAL}: 1 of 1 learner was trained to NaN or infinite weights");
-        assert!(again.table().contains(&note) && !again.table().contains("gtn-none: 1"), "{}", again.table());
+        assert_eq!((diverged("gtn-full"), diverged(REAL), diverged("gtn-none")), (Some(1), None, Some(0)));
+        let note = "\n\ngtn-full: 1 of 1 learner was trained to NaN or infinite weights";
+        let table = again.table();
+        assert!(table.contains(note) && !table.contains("gtn-none: 1") && !table.contains("\nreal: "), "{table}");
         assert_eq!(accuracy(&again, "gtn-none"), accuracy(&summary, "gtn-none"));
         for name in ["distill", "gtn-batch-shuffled", "gtn-all-shuffled"] {
             assert_eq!(accuracy(&again, name), accuracy(&summary, name), "{name}");

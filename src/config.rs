@@ -123,8 +123,8 @@ pub struct Config {
     pub generator: GeneratorConfig,
 }
 
-/// A count a config key must hold above 0, read from TOML: `0` and `-5` get the same words as
-/// `validate` (serde's own for `usize` would call 0 allowed).
+/// A count a config key must hold above 0, read from TOML: `0` and `-5` are both told "expected
+/// a positive integer", as `validate` tells 0 (serde's own words for `usize` would allow 0).
 pub(crate) fn positive<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
     struct Positive;
     impl serde::de::Visitor<'_> for Positive {
@@ -300,16 +300,20 @@ impl Config {
         self.inner_steps = flags.inner_steps.unwrap_or(self.inner_steps);
         self.seed = flags.seed.unwrap_or(self.seed);
         self.checkpoint_every = flags.checkpoint_every.unwrap_or(self.checkpoint_every);
+        let given = self.data_dir.clone();
         self.set_data_dir(flags.data_dir)?;
         // A `--config` file's folder that is not there is named with the file: the loader's
         // error would name the folder alone, made absolute.
-        if let (None, Some(dir)) = (flags.data_dir, &self.data_dir) {
-            if !dir.exists() {
-                let e = anyhow::anyhow!(
-                    "config key `data_dir` leads to {}, which does not exist (a relative folder is taken from the current one); expected the dataset's folder, or --data-dir",
-                    dir.display()
+        if let (None, Some(dir), Some(given), Some(file)) = (flags.data_dir, &self.data_dir, given, flags.config) {
+            if !dir.try_exists().unwrap_or(true) {
+                let from = match given.is_relative() {
+                    true => format!("`{}`, from the current folder, leads to {}", given.display(), dir.display()),
+                    false => format!("is {}", dir.display()),
+                };
+                bail!(
+                    "{}: config key `data_dir` {from}, which does not exist; expected the dataset's folder, or --data-dir",
+                    file.display()
                 );
-                return Err(flags.name_in(e));
             }
         }
         self.validate().map_err(|e| flags.name_in(e))?;
@@ -640,8 +644,8 @@ pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) ->
 /// `C` read from TOML `text`; an error is one line that names the line and the key.
 pub fn parse_toml<C: DeserializeOwned>(text: &str) -> Result<C> {
     serde_path_to_error::deserialize(toml::de::Deserializer::new(text)).map_err(|e| {
-        // Asked with the key moved up over the one the text sets there, if it does (a run's
-        // config.toml sets them all).
+        // Whether the file would read with the key at the top level, replacing the one the
+        // text sets there if it does (a run's config.toml sets every key).
         let takes = |parent: &str, key: &str| {
             let Ok(mut table) = text.parse::<toml::Table>() else { return false };
             let value = table.get_mut(parent).and_then(toml::Value::as_table_mut).and_then(|t| t.remove(key));
@@ -654,9 +658,9 @@ pub fn parse_toml<C: DeserializeOwned>(text: &str) -> Result<C> {
     })
 }
 
-/// [`toml_error`], with a hint where the unknown key is a top-level one written below a
-/// `[table]` line, which in TOML puts it in that table (as a key appended to a run's
-/// config.toml, which ends with `[generator]`, is): where the top level `takes(table, key)`.
+/// [`toml_error`], with a hint where the unknown key of a `[table]` is a top-level one, which
+/// `takes(table, key)` answers: in TOML a key written below a `[table]` line belongs to that
+/// table, so a key appended to a run's config.toml (which ends with `[generator]`) lands there.
 fn with_misplaced_hint(
     text: &str,
     e: serde_path_to_error::Error<toml::de::Error>,
@@ -668,7 +672,7 @@ fn with_misplaced_hint(
     let error = toml_error(Some(text), e);
     let Some((table, key)) = misplaced else { return error };
     let fix = match line_of_key(text, key) {
-        Some(line) => format!("it is set on line {line}: edit it there"),
+        Some(line) => format!("it is set on line {line}: edit it there, and remove this line"),
         None => "put it above the line".to_owned(),
     };
     anyhow::anyhow!(
@@ -1056,7 +1060,7 @@ mod tests {
         let stored = Config::tiny().to_toml().unwrap();
         let err = Config::from_toml(&format!("{stored}outer_lr = 0.005\n")).unwrap_err().to_string();
         let line = stored.lines().position(|l| l.starts_with("outer_lr")).unwrap() + 1;
-        let hint = format!("(`outer_lr` is a top-level key: in TOML, keys below a `[generator]` line belong to that table; it is set on line {line}: edit it there)");
+        let hint = format!("(`outer_lr` is a top-level key: in TOML, keys below a `[generator]` line belong to that table; it is set on line {line}: edit it there, and remove this line)");
         assert!(err.contains("key `generator.outer_lr`: unknown field `outer_lr`") && err.ends_with(&hint), "{err}");
         // A key left out names no line or key of the file's: none is at fault.
         let err = Config::from_toml(&stored.replace("save_every = 4\n", "")).unwrap_err().to_string();
@@ -1242,7 +1246,10 @@ mod tests {
         std::fs::write(file.path(), "data_dir = \"no/such\"").unwrap();
         let flags = Flags { config: Some(file.path()), ..Flags::default() };
         let err = Config::from_flags("tiny", &flags).unwrap_err().to_string();
-        let missing = format!("config key `data_dir` leads to {}, which does not exist", cwd.join("no/such").display());
+        let missing = format!(
+            "config key `data_dir` `no/such`, from the current folder, leads to {}, which does not exist",
+            cwd.join("no/such").display()
+        );
         assert!(err.starts_with(&format!("{}: {missing}", file.path().display())), "{err}");
         let given = Flags { data_dir: Some(&crate::data::fixture_dir()), ..flags };
         assert!(Config::from_flags("tiny", &given).is_ok(), "--data-dir replaces the file's");

@@ -1888,7 +1888,7 @@ mod tests {
         std::fs::create_dir(&run).unwrap();
         std::fs::write(run.join(checkpoint::CONFIG_FILE), "").unwrap();
         let err = checkpoint::load(empty.path(), Device::Cpu).unwrap_err().to_string();
-        let expected = format!("(1 run in its folders: {})", crate::text::shell_word(&run));
+        let expected = format!("(its folders hold 1 run: {})", crate::text::shell_word(&run));
         assert!(err.ends_with(&format!("holds no config.toml; expected a gtn training folder {expected}")), "{err}");
         std::fs::remove_file(run.join(checkpoint::CONFIG_FILE)).unwrap();
         std::fs::write(checkpoint::checkpoint_path(&run), "").unwrap();

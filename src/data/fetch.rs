@@ -87,7 +87,7 @@ pub fn is_complete(name: DatasetName, dir: &Path) -> bool {
 fn holds_verified(dir: &Path, files: &[(&str, &str)]) -> bool {
     files.iter().all(|(file, sha)| {
         let gz = dir.join(format!("{file}.gz"));
-        let read = if gz.exists() { gz } else { dir.join(file) };
+        let read = if gz.is_file() { gz } else { dir.join(file) };
         super::idx::read_bytes(&read).is_ok_and(|c| sha256_hex(&c) == *sha)
     })
 }

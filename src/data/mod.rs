@@ -253,6 +253,7 @@ pub(crate) fn check_not_outputs(dir: &Path, name: DatasetName) -> Result<()> {
         crate::checkpoint::CONFIG_FILE,
         crate::checkpoint::CHECKPOINT_FILE,
         crate::compare::CURVES_JSON,
+        crate::compare::SUMMARY_JSON,
         crate::nas::search::PROXY_FILE,
         crate::nas::search::TRUTH_FILE,
     ];
@@ -449,6 +450,11 @@ mod tests {
             let expected = format!("holds gtn's output (config.toml), not {name}'s data files; point --data-dir at");
             assert!(err.starts_with(&format!("{}: {expected}", dir.path().display())), "{err}");
         }
+        // So is a comparison's folder, whose curves are in its methods' folders.
+        std::fs::remove_file(dir.path().join(crate::checkpoint::CONFIG_FILE)).unwrap();
+        std::fs::write(dir.path().join(crate::compare::SUMMARY_JSON), "{}").unwrap();
+        let err = Dataset::load(DatasetName::Mnist, dir.path(), 10, 0, Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("holds gtn's output (summary.json)"), "{err}");
     }
 
     #[test]

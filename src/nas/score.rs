@@ -185,6 +185,7 @@ fn setting(opts: &ScoreOptions, data: &Dataset, bn_eval: BnEval, teacher: Option
     }
     if opts.proxy == Proxy::Real {
         let RealTraining { batch, lr, momentum } = opts.real;
+        // `{lr}`, not the shortest `{lr:?}` printed elsewhere: files written so compare by it.
         s += &format!(", real batch {batch} lr {lr} momentum {momentum}");
     }
     s
