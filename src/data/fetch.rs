@@ -79,16 +79,15 @@ const STAGING_PREFIX: &str = ".fetch-";
 
 /// True when every file of the dataset is present in `dir` and matches its checksum.
 pub fn is_complete(name: DatasetName, dir: &Path) -> bool {
-    holds_verified(dir, expected_files(name))
+    holds_verified(name, dir, expected_files(name))
 }
 
 /// Whether `dir` holds each of `files` (a name and the sha256 of its content) as the loader reads
-/// it: the `.gz` where there is one, else the plain file (a folder unpacked by hand).
-fn holds_verified(dir: &Path, files: &[(&str, &str)]) -> bool {
+/// it ([`super::find_file`]: compressed or plain, as a folder unpacked by hand holds them).
+fn holds_verified(name: DatasetName, dir: &Path, files: &[(&str, &str)]) -> bool {
     files.iter().all(|(file, sha)| {
-        let gz = dir.join(format!("{file}.gz"));
-        let read = if gz.is_file() { gz } else { dir.join(file) };
-        super::idx::read_bytes(&read).is_ok_and(|c| sha256_hex(&c) == *sha)
+        let read = super::find_file(name, dir, file).ok();
+        read.is_some_and(|path| super::idx::read_bytes(&path).is_ok_and(|c| sha256_hex(&c) == *sha))
     })
 }
 
@@ -369,9 +368,9 @@ mod tests {
         let files = [("f", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")];
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"abc").unwrap();
-        assert!(holds_verified(dir.path(), &files));
+        assert!(holds_verified(DatasetName::Mnist, dir.path(), &files));
         std::fs::write(dir.path().join("f.gz"), b"junk").unwrap();
-        assert!(!holds_verified(dir.path(), &files));
+        assert!(!holds_verified(DatasetName::Mnist, dir.path(), &files));
     }
 
     #[test]
