@@ -30,3 +30,4 @@ pub mod report;
 pub mod rl;
 pub mod teacher;
 pub mod text;
+pub mod train;

@@ -13,10 +13,10 @@ use gtn::config::{Config, Flags};
 use gtn::data::{fetch, DatasetName};
 use gtn::eval;
 use gtn::learner::{BnEval, LearnerKind};
-use gtn::meta;
 use gtn::nas;
 use gtn::report;
 use gtn::teacher::TeacherKind;
+use gtn::train;
 
 /// Help texts shared by several commands' flags.
 const RUN_DIR_HELP: &str = "A training folder (with config.toml and checkpoint.safetensors)";
@@ -702,7 +702,7 @@ fn run(cli: Cli) -> Result<()> {
                 seed: args.seed,
             };
             let summary = compare::run(&options, &out, device)
-                .map_err(|e| gtn::meta::in_config_file(e, options.config.as_deref()))?;
+                .map_err(|e| train::in_config_file(e, options.config.as_deref()))?;
             if args.json {
                 gtn::outln!("{}", serde_json::to_string(&summary)?);
             } else {
@@ -792,7 +792,7 @@ fn run(cli: Cli) -> Result<()> {
             config.check_new_run(&flags)?;
             let report =
                 gtn::bench::run(&config, args.meta_iters as usize, device, !args.no_winograd, args.profile.as_deref())
-                    .map_err(|e| gtn::meta::in_config_file(e, args.config.as_deref()))?;
+                    .map_err(|e| train::in_config_file(e, args.config.as_deref()))?;
             if args.json {
                 gtn::outln!("{}", serde_json::to_string(&report)?);
             } else {
@@ -949,7 +949,7 @@ fn run_nas(command: NasCommand, device: Device) -> Result<()> {
 
 /// Meta-trains; `teacher` overrides the config's teacher kind (dataset distillation).
 fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Result<()> {
-    let options = meta::TrainOptions {
+    let options = train::TrainOptions {
         out: args.out,
         resume: args.resume,
         preset: args.preset,
@@ -964,7 +964,7 @@ fn train(args: TrainArgs, device: Device, teacher: Option<TeacherKind>) -> Resul
         eval_learners: args.eval_learners,
         before_last_update: args.before_last_update,
     };
-    meta::train_command(&options, device)
+    train::train_command(&options, device)
 }
 
 /// A path for a PNG image, the only format gtn writes: another extension would name a PNG wrongly.
