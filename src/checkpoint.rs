@@ -335,7 +335,7 @@ fn run_command_of(text: &str) -> Option<&'static str> {
 
 pub fn read_config(dir: &Path) -> Result<Config> {
     crate::config::check_not_a_file(dir, "a `gtn train` run's")?;
-    let (path, text) = read_config_text(dir, "a gtn training folder")?;
+    let (path, text) = read_config_text(dir, "a gtn training folder", IMAGE_RUN)?;
     Config::from_toml(&text).map_err(|e| match other_kind_of_run(dir, &text, IMAGE_RUN) {
         Some(other) => other.into(),
         None => anyhow::anyhow!("{}: {e}", path.display()),
@@ -343,28 +343,31 @@ pub fn read_config(dir: &Path) -> Result<Config> {
 }
 
 /// The path and text of the run folder `dir`'s config.toml; errors say when `dir`, expected to
-/// be `what`, is no folder or holds none.
-pub fn read_config_text(dir: &Path, what: &str) -> Result<(PathBuf, String)> {
+/// be `what`, a run of `command` ([`IMAGE_RUN`] or [`RL_RUN`]), is no folder or holds none.
+pub fn read_config_text(dir: &Path, what: &str, command: &'static str) -> Result<(PathBuf, String)> {
     let path = dir.join(CONFIG_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok((path, text)),
         Err(_) if !dir.exists() => bail!("{}: no such folder; expected {what}", dir.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("{}: holds no {CONFIG_FILE}; expected {what}{}", dir.display(), held_instead(dir))
+            bail!("{}: holds no {CONFIG_FILE}; expected {what}{}", dir.display(), held_instead(dir, command))
         }
         Err(e) => bail!("{}: cannot read: {e}", path.display()),
     }
 }
 
 /// What a folder without a config.toml holds that may be what was meant, in parentheses: a
-/// run's checkpoint (its config.toml lost), or runs in its folders (a comparison's, one per
-/// method, or a folder of runs).
-fn held_instead(dir: &Path) -> String {
+/// run's checkpoint (its config.toml lost), or runs of `command` in its folders (a comparison's,
+/// one per method, or a folder of runs).
+fn held_instead(dir: &Path, command: &'static str) -> String {
     if checkpoint_path(dir).exists() {
         return format!(" (it holds a checkpoint: restore the run's {CONFIG_FILE} beside it)");
     }
+    let of_command = |run: &Path| {
+        std::fs::read_to_string(run.join(CONFIG_FILE)).is_ok_and(|text| run_command_of(&text) == Some(command))
+    };
     let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
-    let mut runs: Vec<PathBuf> = entries.map(|e| e.path()).filter(|p| p.join(CONFIG_FILE).is_file()).collect();
+    let mut runs: Vec<PathBuf> = entries.map(|e| e.path()).filter(|p| of_command(p)).collect();
     runs.sort();
     let shown: Vec<String> = runs.iter().take(4).map(|p| crate::text::shell_word(p)).collect();
     let more = if runs.len() > shown.len() { ", ..." } else { "" };

@@ -1609,10 +1609,14 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = checkpoint::load(empty.path(), Device::Cpu).unwrap_err().to_string();
         assert!(err.ends_with("holds no config.toml; expected a gtn training folder"), "{err}");
-        // A folder of runs (a comparison's) names them; a run that lost its config.toml says so.
+        // A folder of runs (a comparison's) names them, not another command's; a run that lost
+        // its config.toml says so.
         let run = empty.path().join("gtn-full");
-        std::fs::create_dir(&run).unwrap();
-        std::fs::write(run.join(checkpoint::CONFIG_FILE), "").unwrap();
+        let rl_run = empty.path().join("cartpole");
+        for (dir, key) in [(&run, "dataset = \"mnist\""), (&rl_run, "env = \"cartpole\"")] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join(checkpoint::CONFIG_FILE), key).unwrap();
+        }
         let err = checkpoint::load(empty.path(), Device::Cpu).unwrap_err().to_string();
         let expected = format!("(its folders hold 1 run: {})", crate::text::shell_word(&run));
         assert!(err.ends_with(&format!("holds no config.toml; expected a gtn training folder {expected}")), "{err}");

@@ -76,7 +76,7 @@ impl GenerationStats {
 
 pub fn read_config(dir: &Path) -> Result<RlConfig> {
     crate::config::check_not_a_file(dir, "a `gtn rl train` run's")?;
-    let (path, text) = crate::checkpoint::read_config_text(dir, "a `gtn rl train` folder")?;
+    let (path, text) = crate::checkpoint::read_config_text(dir, "a `gtn rl train` folder", crate::checkpoint::RL_RUN)?;
     RlConfig::from_toml(&text).map_err(|e| match crate::checkpoint::other_kind_of_run(dir, &text, RL_RUN) {
         Some(other) => other.into(),
         None => anyhow::anyhow!("{}: {e}", path.display()),
