@@ -123,29 +123,30 @@ pub struct Config {
     pub generator: GeneratorConfig,
 }
 
-/// A count a config key must hold above 0, read from TOML: `0` and `-5` are both told "expected
-/// a positive integer", as `validate` tells 0 (serde's own words for `usize` would allow 0).
-pub(crate) fn positive<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
-    struct Positive;
-    impl serde::de::Visitor<'_> for Positive {
-        type Value = usize;
+/// A count or width a config key must hold above 0, read from TOML: `0` and `-5` are both told
+/// "expected a positive integer", as `validate` tells 0 (serde's own words for `usize` would
+/// allow 0, and for `i64` any sign).
+pub(crate) fn positive<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    struct Positive<T>(std::marker::PhantomData<T>);
+    impl<T: TryFrom<u64>> serde::de::Visitor<'_> for Positive<T> {
+        type Value = T;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a positive integer")
         }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<usize, E> {
-            usize::try_from(v)
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+            let positive = u64::try_from(v).ok().filter(|&n| n > 0).and_then(|n| T::try_from(n).ok());
+            positive.ok_or_else(|| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
         }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<usize, E> {
-            usize::try_from(v)
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+            let positive = Some(v).filter(|&n| n > 0).and_then(|n| T::try_from(n).ok());
+            positive.ok_or_else(|| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
         }
     }
-    deserializer.deserialize_u64(Positive)
+    deserializer.deserialize_u64(Positive(std::marker::PhantomData))
 }
 
 fn default_adam_eps() -> f64 {
@@ -1021,7 +1022,7 @@ mod tests {
         let err = Config::tiny().with_overrides_str("[generator]\nfc_width = 1.5").unwrap_err().to_string();
         assert_eq!(
             err,
-            "line 2, key `generator.fc_width`: invalid type: floating point `1.5`, expected a whole number"
+            "line 2, key `generator.fc_width`: invalid type: floating point `1.5`, expected a positive integer"
         );
         let err = Config::tiny().with_overrides_str("seed = 1\nmeta_iter = 3").unwrap_err().to_string();
         assert_eq!(err, "line 2, key `meta_iter`: unknown field `meta_iter`; did you mean `meta_iters`?");
@@ -1159,6 +1160,12 @@ mod tests {
         assert_eq!(err, "line 1, key `inner_steps`: invalid value: integer `0`, expected a positive integer");
         let err = Config { inner_steps: 0, ..Config::tiny() }.validate().unwrap_err().to_string();
         assert_eq!(err, "config key `inner_steps` is 0, expected a positive integer");
+        // The generator's widths alike, with their line.
+        let err = Config::tiny().with_overrides_str("[generator]\nfc_width = -5").unwrap_err().to_string();
+        assert_eq!(err, "line 2, key `generator.fc_width`: invalid value: integer `-5`, expected a positive integer");
+        let g = GeneratorConfig { conv1_channels: 0, ..Config::tiny().generator };
+        let err = Config { generator: g, ..Config::tiny() }.validate().unwrap_err().to_string();
+        assert_eq!(err, "config key `generator.conv1_channels` is 0, expected a positive integer");
         let err = Config::tiny().with_overrides_str("init_lr = -1.0").unwrap_err().to_string();
         assert!(err.contains("`init_lr` is -1"), "{err}");
         let err = Config::tiny().with_overrides_str("init_lr = 1e60").unwrap_err().to_string();
@@ -1179,7 +1186,6 @@ mod tests {
             ("init_momentum = 1.0", "`init_momentum` is 1, expected a value in (0, 1)"),
             ("adam_beta2 = 1.0", "`adam_beta2` is 1"),
             ("adam_eps = 0.0", "`adam_eps` is 0, expected a positive number"),
-            ("[generator]\nnoise_dim = 0", "`generator.noise_dim` is 0"),
         ] {
             let err = Config::tiny().with_overrides_str(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

@@ -13,9 +13,13 @@ use crate::nn::{self, Init, ParamSpec};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorConfig {
+    #[serde(deserialize_with = "crate::config::positive")]
     pub noise_dim: i64,
+    #[serde(deserialize_with = "crate::config::positive")]
     pub fc_width: i64,
+    #[serde(deserialize_with = "crate::config::positive")]
     pub conv1_channels: i64,
+    #[serde(deserialize_with = "crate::config::positive")]
     pub conv2_channels: i64,
 }
 
