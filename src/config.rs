@@ -624,52 +624,58 @@ pub fn check_not_a_file(dir: &Path, flag: &str) -> Result<()> {
 /// key is an error. Shared by every config type of the project.
 pub fn apply_overrides<C: Serialize + DeserializeOwned>(base: &C, text: &str) -> Result<C> {
     let overrides: toml::Table = parse_toml(text)?;
-    let base = toml::Table::try_from(base).context("config cannot be written as TOML")?;
-    let mut table = base.clone();
+    let mut table = toml::Table::try_from(base).context("config cannot be written as TOML")?;
     merge(&mut table, overrides);
-    let deserialize = |table: toml::Table| serde_path_to_error::deserialize::<_, C>(toml::Value::Table(table));
-    deserialize(table.clone()).map_err(|e| {
-        // Asked with the key moved up in `base` (valid, so nothing else can fail): optional keys
-        // left unset are not in its table.
-        let takes = |parent: &str, key: &str| {
-            table.get(parent).and_then(|t| t.get(key)).is_some_and(|value| {
-                let mut moved = base.clone();
-                moved.insert(key.to_owned(), value.clone());
-                deserialize(moved).is_ok()
-            })
-        };
-        with_misplaced_hint(text, e, takes)
-    })
+    serde_path_to_error::deserialize(toml::Value::Table(table))
+        .map_err(|e| with_misplaced_hint(text, e, top_level_keys::<C>()))
 }
 
 /// `C` read from TOML `text`; an error is one line that names the line and the key.
 pub fn parse_toml<C: DeserializeOwned>(text: &str) -> Result<C> {
-    serde_path_to_error::deserialize(toml::de::Deserializer::new(text)).map_err(|e| {
-        // Whether the file would read with the key at the top level, replacing the one the
-        // text sets there if it does (a run's config.toml sets every key).
-        let takes = |parent: &str, key: &str| {
-            let Ok(mut table) = text.parse::<toml::Table>() else { return false };
-            let value = table.get_mut(parent).and_then(toml::Value::as_table_mut).and_then(|t| t.remove(key));
-            value.is_some_and(|value| {
-                table.insert(key.to_owned(), value);
-                toml::Value::Table(table).try_into::<C>().is_ok()
-            })
-        };
-        with_misplaced_hint(text, e, takes)
-    })
+    serde_path_to_error::deserialize(toml::de::Deserializer::new(text))
+        .map_err(|e| with_misplaced_hint(text, e, top_level_keys::<C>()))
 }
 
-/// [`toml_error`], with a hint where the unknown key of a `[table]` is a top-level one, which
-/// `takes(table, key)` answers: in TOML a key written below a `[table]` line belongs to that
-/// table, so a key appended to a run's config.toml (which ends with `[generator]`) lands there.
+/// The keys the struct `C` reads at its top level, as serde's derive lists them (none for a
+/// type that is not a struct, such as a table): asked of a deserializer that only records them.
+fn top_level_keys<C: DeserializeOwned>() -> &'static [&'static str] {
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("fields recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+            unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    // Always an error: the fields are recorded on the way to it.
+    C::deserialize(Fields(&mut fields)).err();
+    fields
+}
+
+/// [`toml_error`], with a hint where the unknown key of a `[table]` is one of the `top_level`
+/// keys: in TOML a key written below a `[table]` line belongs to that table, so a key appended to
+/// a run's config.toml (which ends with `[generator]`) lands there.
 fn with_misplaced_hint(
     text: &str,
     e: serde_path_to_error::Error<toml::de::Error>,
-    takes: impl Fn(&str, &str) -> bool,
+    top_level: &[&str],
 ) -> anyhow::Error {
     let path = e.path().to_string();
     let unknown = e.inner().message().starts_with("unknown field");
-    let misplaced = path.split_once('.').filter(|&(parent, key)| unknown && takes(parent, key));
+    let misplaced = path.split_once('.').filter(|&(_, key)| unknown && top_level.contains(&key));
     let error = toml_error(Some(text), e);
     let Some((table, key)) = misplaced else { return error };
     let fix = match line_of_key(text, key) {
@@ -1063,6 +1069,11 @@ mod tests {
         let line = stored.lines().position(|l| l.starts_with("outer_lr")).unwrap() + 1;
         let hint = format!("(`outer_lr` is a top-level key: in TOML, keys below a `[generator]` line belong to that table; it is set on line {line}: edit it there, and remove this line)");
         assert!(err.contains("key `generator.outer_lr`: unknown field `outer_lr`") && err.ends_with(&hint), "{err}");
+        // Whatever else the file gets wrong: a second appended key, a value the key refuses.
+        for appended in ["outer_lr = 0.005\nmeta_iters = 9\n", "outer_lr = 0\n"] {
+            let err = Config::from_toml(&format!("{stored}{appended}")).unwrap_err().to_string();
+            assert!(err.ends_with(&hint), "{appended}: {err}");
+        }
         // A key left out names no line or key of the file's: none is at fault.
         let err = Config::from_toml(&stored.replace("save_every = 4\n", "")).unwrap_err().to_string();
         assert_eq!(err, "missing field `save_every`");
