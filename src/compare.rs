@@ -34,8 +34,11 @@ pub const CURVES_JSON: &str = "compare-curves.json";
 /// measured, or one with another `--real-steps-factor`, sweeps no more.
 const SWEEP_JSON: &str = "compare-sweep.json";
 
-/// The meta-trained methods: a name (and sub-folder), the teacher and its curriculum.
-pub const TEACHERS: [(&str, TeacherKind, CurriculumKind); 5] = [
+/// A meta-trained method: a name (and sub-folder), the teacher and its curriculum.
+pub type Method = (&'static str, TeacherKind, CurriculumKind);
+
+/// The meta-trained methods.
+pub const TEACHERS: [Method; 5] = [
     ("gtn-none", TeacherKind::Generator, CurriculumKind::None),
     ("gtn-all-shuffled", TeacherKind::Generator, CurriculumKind::AllShuffled),
     ("gtn-batch-shuffled", TeacherKind::Generator, CurriculumKind::BatchShuffled),
@@ -433,7 +436,7 @@ fn swept_real_curves(
 
 /// The entries of `TEACHERS` named in `methods` (all for none), in `TEACHERS`' order. `real`, the
 /// table's last row, may be named too: it always runs.
-fn chosen_teachers(methods: &[String]) -> Result<Vec<(&'static str, TeacherKind, CurriculumKind)>> {
+fn chosen_teachers(methods: &[String]) -> Result<Vec<Method>> {
     let names: Vec<&str> = TEACHERS.iter().map(|(name, ..)| *name).chain([REAL]).collect();
     if let Some(unknown) = methods.iter().find(|m| !names.contains(&m.as_str())) {
         bail!("--methods {unknown}: unknown method, expected some of {}", names.join(", "));
@@ -464,7 +467,9 @@ pub fn run(options: &CompareOptions, out: &Path, device: Device) -> Result<Compa
     result
 }
 
-fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<CompareSummary> {
+/// The comparison's shared config and its teachers, after every check that can refuse them
+/// without data: the options, the --out folder, each teacher's config as it will start.
+fn checked_base(options: &CompareOptions, out: &Path) -> Result<(Config, Vec<Method>)> {
     // Before hours of meta-training, not after.
     crate::config::check_not_a_file(out, "--out")?;
     // Its teachers are in sub-folders: a run folder is some other command's (outputs written
@@ -513,8 +518,6 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
             teacher_config(&base, *teacher, *curriculum).check_new_run(&flags)?;
         }
     }
-    // The data folder of --data-dir or the --config file (`base`'s, made absolute).
-    let settings = RunSettings { data_dir: base.data_dir.clone(), checkpoint_every: options.checkpoint_every };
     if options.before_last_update && base.bn_eval != BnEval::Train {
         bail!("--before-last-update: the config scores batch norm with each test batch's statistics; expected `bn_eval = \"train\"` (--config)");
     }
@@ -524,6 +527,23 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
             base.learner
         );
     }
+    Ok((base, teachers))
+}
+
+/// A meta-trained method's measurements: its curve, learners diverged (`None`: curves stored
+/// before the count), each learner's accuracy at T, and its meta-training's length.
+struct Trained {
+    curve: Curve,
+    diverged: Option<usize>,
+    at_t: Vec<f64>,
+    meta_iters: usize,
+    minutes: f64,
+}
+
+fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<CompareSummary> {
+    let (base, teachers) = checked_base(options, out)?;
+    // The data folder of --data-dir or the --config file (`base`'s, made absolute).
+    let settings = RunSettings { data_dir: base.data_dir.clone(), checkpoint_every: options.checkpoint_every };
 
     let t = base.inner_steps;
     let stride = (t / 8).max(1);
@@ -552,9 +572,6 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
         "the teachers trained so far, and the curves measured, are kept in {}; the same command goes on from them",
         out.display()
     ));
-    let mut curves = Vec::new();
-    let mut diverged_learners = Vec::new();
-    let mut at_t = Vec::new();
     let mut trained = Vec::new();
     for (name, teacher, curriculum) in teachers {
         let dir = out.join(name);
@@ -562,11 +579,14 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
             train_or_reuse(name, &teacher_config(&base, teacher, curriculum), &dir, &settings, options.budget, device)?;
         let PerLearner { per_learner, diverged } =
             stored_teacher_curves(&trainer, &dir, &cohort, &teacher_grid, &test, base.data_dir())?;
-        curves.push(Curve::new(name, &teacher_grid, &per_learner));
-        diverged_learners.push(diverged);
         let t_index = teacher_grid.iter().position(|&s| s == t).expect("T is on every grid");
-        at_t.push(per_learner.iter().map(|c| c[t_index]).collect::<Vec<f64>>());
-        trained.push((trainer.config().meta_iters, meta::logged_seconds(&dir)? / 60.0));
+        trained.push(Trained {
+            curve: Curve::new(name, &teacher_grid, &per_learner),
+            diverged,
+            at_t: per_learner.iter().map(|c| c[t_index]).collect(),
+            meta_iters: trainer.config().meta_iters,
+            minutes: meta::logged_seconds(&dir)? / 60.0,
+        });
     }
 
     let key = RealKey {
@@ -594,37 +614,32 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
     let RealCurves { lr, momentum, per_learner, diverged } =
         measured_once(&real_dir.join(CURVES_JSON), key.clone(), fits, measure)?;
     let real = Curve::new(REAL, &real_grid, &per_learner);
-    diverged_learners.push(diverged);
-
-    let methods = curves
-        .iter()
-        .zip(trained.iter().zip(&at_t).map(|(&(i, m), at_t)| (Some(i), Some(m), Some(at_t))))
-        .chain([(&real, (None, None, None))])
-        .zip(&diverged_learners)
-        .map(|((curve, (meta_iters, meta_training_minutes, at_t)), &diverged_learners)| {
-            let (accuracy_mean, accuracy_std) = curve.at(t);
-            // Real data matches itself at T by definition; a noisy curve's first crossing of its
-            // own value at T may come earlier.
-            let real_steps_to_match = match meta_iters {
-                None => Some(t as f64),
-                Some(_) => steps_to_reach(&real.points, accuracy_mean),
-            };
-            let (speedup_low, speedup_high) =
-                at_t.map_or((None, None), |at_t| speedup_interval(at_t, &per_learner, &real_grid, t, options.seed));
-            MethodSummary {
-                method: curve.method.clone(),
-                accuracy_mean,
-                accuracy_std: text::spread(accuracy_std, options.learners),
-                meta_iters,
-                meta_training_minutes,
-                real_steps_to_match,
-                speedup: real_steps_to_match.map(|s| s / t as f64),
-                speedup_low,
-                speedup_high,
-                diverged_learners,
-            }
-        })
-        .collect();
+    let summary_of = |curve: &Curve, diverged_learners: Option<usize>, trained: Option<&Trained>| {
+        let (accuracy_mean, accuracy_std) = curve.at(t);
+        // Real data matches itself at T by definition; a noisy curve's first crossing of its own
+        // value at T may come earlier.
+        let real_steps_to_match = match trained {
+            None => Some(t as f64),
+            Some(_) => steps_to_reach(&real.points, accuracy_mean),
+        };
+        let (speedup_low, speedup_high) =
+            trained.map_or((None, None), |m| speedup_interval(&m.at_t, &per_learner, &real_grid, t, options.seed));
+        MethodSummary {
+            method: curve.method.clone(),
+            accuracy_mean,
+            accuracy_std: text::spread(accuracy_std, options.learners),
+            meta_iters: trained.map(|m| m.meta_iters),
+            meta_training_minutes: trained.map(|m| m.minutes),
+            real_steps_to_match,
+            speedup: real_steps_to_match.map(|s| s / t as f64),
+            speedup_low,
+            speedup_high,
+            diverged_learners,
+        }
+    };
+    let mut methods: Vec<MethodSummary> = trained.iter().map(|m| summary_of(&m.curve, m.diverged, Some(m))).collect();
+    methods.push(summary_of(&real, diverged, None));
+    let mut curves: Vec<Curve> = trained.into_iter().map(|m| m.curve).collect();
     curves.push(real);
     let summary = CompareSummary {
         dataset: base.dataset.as_str().into(),
