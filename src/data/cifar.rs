@@ -52,28 +52,80 @@ pub fn read_batch(path: &Path, into: &mut Records) -> Result<()> {
     Ok(())
 }
 
-/// Checks that the folder holds all six files before reading any of them.
+/// Checks that the folder holds all six files before reading any of them; where it does not,
+/// what it holds instead that was likely meant: the archive itself, the folder it unpacks to, or
+/// the python version (which torchvision downloads).
 pub fn check_dir(dir: &Path) -> Result<()> {
     let layout = format!("{} and {TEST_FILE}", TRAIN_FILES.join(", "));
+    let unpacked = format!("pass its {BIN_FOLDER} folder with --data-dir");
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if dir.is_file() && (name.ends_with(".tar.gz") || name.ends_with(".tgz")) {
+        bail!(
+            "{}: is an archive; unpack it (`tar xzf {}`) and {unpacked}",
+            dir.display(),
+            crate::text::shell_word(dir)
+        );
+    }
     crate::config::check_not_a_file(dir, "--data-dir")?;
+    // A folder the variable named is named as its.
+    let (from_env, or_env) = match from_env(dir) {
+        true => (format!(" ({DIR_ENV})"), format!(" (or point {DIR_ENV} at it)")),
+        false => (String::new(), format!(" (or set {DIR_ENV})")),
+    };
     if !dir.is_dir() {
         bail!(
-            "{}: CIFAR-10 folder not found{}; download the binary version from {SOURCE}, unpack it, and pass its cifar-10-batches-bin folder with --data-dir (or set {DIR_ENV}); it must hold {layout}",
+            "{}{from_env}: CIFAR-10 folder not found{}; download the binary version from {SOURCE}, unpack it, and {unpacked}{or_env}; it must hold {layout}",
             dir.display(),
             super::looked_from(dir)
         );
     }
     let missing: Vec<&str> =
         TRAIN_FILES.iter().chain([&TEST_FILE]).copied().filter(|f| !dir.join(f).is_file()).collect();
-    if !missing.is_empty() {
-        super::check_not_outputs(dir, super::DatasetName::Cifar10)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    super::check_not_other_data(dir, super::DatasetName::Cifar10)?;
+    if dir.join(BIN_FOLDER).is_dir() {
+        let inner = crate::text::shell_word(&dir.join(BIN_FOLDER));
         bail!(
-            "{}: missing {}; a CIFAR-10 binary folder holds {layout} (from {SOURCE})",
-            dir.display(),
-            missing.join(", ")
+            "{}{from_env}: holds the batches in its folder {BIN_FOLDER}; expected that folder (--data-dir {inner})",
+            dir.display()
         );
     }
-    Ok(())
+    if ["data_batch_1", "batches.meta", "cifar-10-batches-py"].iter().any(|f| dir.join(f).exists()) {
+        bail!(
+            "{}{from_env}: holds the python version of CIFAR-10 (pickled batches, as torchvision downloads it); gtn reads the binary version: download it from {SOURCE}, unpack it, and {unpacked}",
+            dir.display()
+        );
+    }
+    bail!(
+        "{}{from_env}: missing {}; a CIFAR-10 binary folder holds {layout} (from {SOURCE})",
+        dir.display(),
+        missing.join(", ")
+    )
+}
+
+/// The folder the binary version's archive unpacks to.
+const BIN_FOLDER: &str = "cifar-10-batches-bin";
+
+/// Whether `dir` is the folder [`DIR_ENV`] names.
+fn from_env(dir: &Path) -> bool {
+    names(env_dir().as_deref(), dir)
+}
+
+/// Whether the folder `env` is `dir`, as given or made absolute (as a config's data folder is).
+fn names(env: Option<&Path>, dir: &Path) -> bool {
+    env.is_some_and(|env| env == dir || std::path::absolute(env).is_ok_and(|abs| abs == dir))
+}
+
+/// [`DIR_ENV`]'s folder.
+fn env_dir() -> Option<PathBuf> {
+    folder_of(std::env::var_os(DIR_ENV))
+}
+
+/// A variable's folder: an empty value is none, as if unset (not the current folder).
+fn folder_of(value: Option<std::ffi::OsString>) -> Option<PathBuf> {
+    value.filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// Reads the five training batches and the test batch of `dir`, refusing a file that repeats
@@ -105,9 +157,9 @@ pub fn read_dir(dir: &Path) -> Result<(Records, Records)> {
     Ok((train, test))
 }
 
-/// `GTN_CIFAR10_DIR` when set, else `data/cifar10`.
+/// `GTN_CIFAR10_DIR` when set (and not empty), else `data/cifar10`.
 pub fn default_dir() -> PathBuf {
-    std::env::var_os(DIR_ENV).map_or_else(|| Path::new("data").join("cifar10"), PathBuf::from)
+    env_dir().unwrap_or_else(|| Path::new("data").join("cifar10"))
 }
 
 /// The committed fixture: the first 20 real CIFAR-10 test images (from foolbox 3.3.4's PNGs).
@@ -167,6 +219,40 @@ pub(crate) mod tests {
         std::fs::copy(dir.path().join("data_batch_1.bin"), dir.path().join("data_batch_4.bin")).unwrap();
         let err = read_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("data_batch_4.bin: holds the same records as data_batch_1.bin;"), "{err}");
+    }
+
+    /// What was likely meant by a folder without the six files is named: the archive, the
+    /// folder holding the unpacked one, the python version, another dataset's files.
+    #[test]
+    fn what_a_folder_holds_instead_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("cifar-10-binary.tar.gz");
+        std::fs::write(&archive, b"").unwrap();
+        let err = read_dir(&archive).unwrap_err().to_string();
+        assert!(err.contains(": is an archive; unpack it (`tar xzf "), "{err}");
+        let inner = dir.path().join(BIN_FOLDER);
+        std::fs::create_dir(&inner).unwrap();
+        let err = read_dir(dir.path()).unwrap_err().to_string();
+        let expected = format!(
+            "holds the batches in its folder {BIN_FOLDER}; expected that folder (--data-dir {})",
+            inner.display()
+        );
+        assert!(err.ends_with(&expected), "{err}");
+        std::fs::write(inner.join("batches.meta"), b"").unwrap();
+        let err = read_dir(&inner).unwrap_err().to_string();
+        assert!(err.contains("holds the python version of CIFAR-10"), "{err}");
+        std::fs::write(inner.join("train-images-idx3-ubyte.gz"), b"").unwrap();
+        let err = read_dir(&inner).unwrap_err().to_string();
+        assert!(err.contains("holds MNIST-format IDX files (`--dataset mnist` or `--dataset fashion-mnist` reads them), not cifar10's data files"), "{err}");
+    }
+
+    #[test]
+    fn the_variables_folder_is_told_apart() {
+        assert_eq!(folder_of(Some("".into())), None);
+        assert_eq!(folder_of(Some("c10".into())), Some(PathBuf::from("c10")));
+        let absolute = std::path::absolute("c10").unwrap();
+        assert!(names(Some(Path::new("c10")), Path::new("c10")) && names(Some(Path::new("c10")), &absolute));
+        assert!(!names(Some(Path::new("c10")), Path::new("other")) && !names(None, Path::new("c10")));
     }
 
     #[test]

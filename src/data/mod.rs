@@ -245,10 +245,8 @@ pub(crate) fn looked_from(dir: &Path) -> String {
     }
 }
 
-/// An error for a folder without the data that holds gtn's own output instead: a run's, a
-/// comparison's or a search's folder given as `--data-dir`, where fetching the data into it
-/// (the advice for any other folder) would only mix the two.
-pub(crate) fn check_not_outputs(dir: &Path, name: DatasetName) -> Result<()> {
+/// gtn's own output file in `dir`, if it holds one: a run's, a comparison's or a search's folder.
+fn gtn_output_in(dir: &Path) -> Option<&'static str> {
     let outputs = [
         crate::checkpoint::CONFIG_FILE,
         crate::checkpoint::CHECKPOINT_FILE,
@@ -257,13 +255,48 @@ pub(crate) fn check_not_outputs(dir: &Path, name: DatasetName) -> Result<()> {
         crate::nas::search::PROXY_FILE,
         crate::nas::search::TRUTH_FILE,
     ];
-    match outputs.into_iter().find(|file| dir.join(file).is_file()) {
-        Some(file) => bail!(
-            "{}: holds gtn's output ({file}), not {name}'s data files; point --data-dir at the dataset's folder",
-            dir.display()
-        ),
-        None => Ok(()),
+    outputs.into_iter().find(|file| dir.join(file).is_file())
+}
+
+/// The data files of a dataset other than `name` in `dir`, in words, and the flag that reads
+/// them: CIFAR-10's batches and MNIST's IDX files have different names, so a folder of one read
+/// as the other (a forgotten `--dataset`) misses every file.
+fn other_dataset_in(dir: &Path, name: DatasetName) -> Option<(&'static str, &'static str)> {
+    let idx = ["train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"].iter().any(|f| dir.join(f).is_file());
+    match name {
+        DatasetName::Cifar10 if idx => Some(("MNIST-format IDX files", "--dataset mnist` or `--dataset fashion-mnist")),
+        DatasetName::Mnist | DatasetName::FashionMnist if dir.join(cifar::TRAIN_FILES[0]).is_file() => {
+            Some(("CIFAR-10's binary batches", "--dataset cifar10"))
+        }
+        _ => None,
     }
+}
+
+/// Where `name`'s data files are missing from `dir`, an error for a folder that holds something
+/// else gtn knows: its own output, or another dataset's files. Fetching `name` into it (the
+/// advice for any other folder) would only mix the two.
+pub(crate) fn check_not_other_data(dir: &Path, name: DatasetName) -> Result<()> {
+    let held = match (gtn_output_in(dir), other_dataset_in(dir, name)) {
+        (Some(file), _) => format!("gtn's output ({file})"),
+        (None, Some((files, flag))) => format!("{files} (`{flag}` reads them)"),
+        (None, None) => return Ok(()),
+    };
+    bail!("{}: holds {held}, not {name}'s data files; point --data-dir at {name}'s folder", dir.display())
+}
+
+/// Refuses to fetch `name` into `dir` where it holds gtn's output or another dataset's files,
+/// which the fetched files would be mixed with.
+pub(crate) fn check_fetch_into(dir: &Path, name: DatasetName) -> Result<()> {
+    let held = match (gtn_output_in(dir), other_dataset_in(dir, name)) {
+        (Some(file), _) => format!("gtn's output ({file})"),
+        (None, Some((files, _))) => files.to_owned(),
+        (None, None) => return Ok(()),
+    };
+    bail!(
+        "{}: holds {held}; fetch {name} into a folder of its own (its default is {})",
+        dir.display(),
+        name.default_dir().display()
+    )
 }
 
 fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Split)> {
@@ -287,7 +320,7 @@ fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
     } else if plain.is_file() {
         Ok(plain)
     } else {
-        check_not_outputs(dir, name)?;
+        check_not_other_data(dir, name)?;
         bail!(
             "{}: missing (also looked for {stem}); run `gtn data fetch {} --dir {}`",
             gz.display(),
@@ -314,7 +347,7 @@ fn read_idx(name: DatasetName, dir: &Path, stem: &str, ndims: usize) -> Result<(
     if let Some((other, file)) = fetch::identify(&data).filter(|&found| found != (name, stem)) {
         let remedy = match other == name {
             true => fetch_again,
-            false => format!("point --data-dir at the {name} folder"),
+            false => format!("point --data-dir at the {name} folder (or, for a {other} folder, `--dataset {other}`)"),
         };
         bail!("{}: is {other}'s {file}, expected {name}'s {stem}; {remedy}", path.display());
     }
@@ -455,6 +488,16 @@ mod tests {
         std::fs::write(dir.path().join(crate::compare::SUMMARY_JSON), "{}").unwrap();
         let err = Dataset::load(DatasetName::Mnist, dir.path(), 10, 0, Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("holds gtn's output (summary.json)"), "{err}");
+        // Another dataset's files, which a forgotten --dataset reads as this one's: no fetch into
+        // them either.
+        std::fs::remove_file(dir.path().join(crate::compare::SUMMARY_JSON)).unwrap();
+        std::fs::write(dir.path().join(cifar::TRAIN_FILES[0]), "").unwrap();
+        let err = Dataset::load(DatasetName::Mnist, dir.path(), 10, 0, Device::Cpu).unwrap_err().to_string();
+        let expected = "holds CIFAR-10's binary batches (`--dataset cifar10` reads them), not mnist's data files; point --data-dir at mnist's folder";
+        assert!(err.ends_with(expected), "{err}");
+        let err = fetch::fetch(DatasetName::FashionMnist, dir.path()).unwrap_err().to_string();
+        let expected = "holds CIFAR-10's binary batches; fetch fashion-mnist into a folder of its own (its default is data/fashion-mnist)";
+        assert!(err.ends_with(expected), "{err}");
     }
 
     #[test]
@@ -469,7 +512,7 @@ mod tests {
         std::fs::copy(fashion.join(labels), dir.path().join(labels)).unwrap();
         let load = |name| Dataset::load(name, dir.path(), 10, 0, Device::Cpu).unwrap_err().to_string();
         let err = load(DatasetName::Mnist);
-        let expected = "t10k-labels-idx1-ubyte.gz: is fashion-mnist's t10k-labels-idx1-ubyte, expected mnist's t10k-labels-idx1-ubyte; point --data-dir at the mnist folder";
+        let expected = "t10k-labels-idx1-ubyte.gz: is fashion-mnist's t10k-labels-idx1-ubyte, expected mnist's t10k-labels-idx1-ubyte; point --data-dir at the mnist folder (or, for a fashion-mnist folder, `--dataset fashion-mnist`)";
         assert!(err.ends_with(expected), "{err}");
         // In its place: the next check, the slice's images against 10,000 labels, speaks.
         let err = load(DatasetName::FashionMnist);
