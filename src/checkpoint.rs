@@ -414,20 +414,48 @@ pub struct RunsData<'a> {
     pub dir: &'a Path,
     /// The folder the data is read from.
     pub folder: &'a Path,
-    /// Whether that is the run's own `data_dir` (no --data-dir given).
-    pub runs_own: bool,
+    /// Where that folder was named.
+    pub source: DataFolder,
     /// The run's dataset, and the sizes its checkpoint records ([`crate::data::Dataset::sizes`]).
     pub dataset: crate::data::DatasetName,
     pub saved: Option<[i64; 3]>,
 }
 
-/// `loaded`, the data of a run read as `from` says; when the folder is gone and is the run's
+/// Where the folder a run's data is read from was named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataFolder {
+    /// `--data-dir`, given to this command.
+    Flag,
+    /// The run's own `data_dir`, in its config.toml.
+    Run,
+    /// Neither: the dataset's default folder.
+    Default,
+}
+
+impl DataFolder {
+    /// The source of a folder given as a flag (`flag`), else stored in the run (`stored`).
+    pub fn of(flag: bool, stored: bool) -> DataFolder {
+        match (flag, stored) {
+            (true, _) => DataFolder::Flag,
+            (false, true) => DataFolder::Run,
+            (false, false) => DataFolder::Default,
+        }
+    }
+}
+
+/// `loaded`, the data of a run read as `from` says. When the folder is gone and is the run's
 /// own, the error says so (a moved folder's path is in the run's config.toml, not on the
 /// command line), and, for a run trained on other sizes than the published dataset's (a slice),
-/// that fetching the dataset would not bring its data back.
+/// that fetching the dataset would not bring its data back. When it is `--data-dir`'s, which
+/// dataset the run needs (another's folder is the likely mistake).
 pub fn runs_data<T>(loaded: Result<T>, from: &RunsData) -> Result<T> {
-    loaded.map_err(|e| match from.runs_own && !from.folder.exists() {
-        true => {
+    loaded.map_err(|e| match from.source {
+        DataFolder::Flag => anyhow::anyhow!(
+            "{e:#} (the run in {} trains on {}; without --data-dir it reads its own data folder)",
+            from.dir.display(),
+            from.dataset
+        ),
+        DataFolder::Run if !from.folder.exists() => {
             let published = from.dataset.published_sizes();
             let slice = match from.saved {
                 Some([train, valid, test]) if ((train + valid) as usize, test as usize) != published => format!(
@@ -444,7 +472,7 @@ pub fn runs_data<T>(loaded: Result<T>, from: &RunsData) -> Result<T> {
                 from.dir.join(CONFIG_FILE).display()
             )
         }
-        false => e,
+        DataFolder::Run | DataFolder::Default => e,
     })
 }
 
@@ -591,7 +619,8 @@ pub(crate) mod tests {
     /// Locking a run folder removes what a save interrupted there left (however recent: only
     /// the lock's holder writes a run's checkpoint and config), and nothing else.
     /// A run's own data folder gone: the error names the run's `data_dir`, and says fetching
-    /// would not help a run trained on other sizes than the published dataset's.
+    /// would not help a run trained on other sizes than the published dataset's. One --data-dir
+    /// gave: the run's dataset is named.
     #[test]
     fn a_gone_data_folder_is_the_runs_and_a_slice_is_not_fetched() {
         let dir = tempfile::tempdir().unwrap();
@@ -599,7 +628,7 @@ pub(crate) mod tests {
         let from = |saved| RunsData {
             dir: dir.path(),
             folder: &gone,
-            runs_own: true,
+            source: DataFolder::Run,
             dataset: crate::data::DatasetName::Mnist,
             saved,
         };
@@ -613,7 +642,13 @@ pub(crate) mod tests {
             slice.contains("; it held 512 training and 256 test images, not mnist's published 60000 and 10000"),
             "{slice}"
         );
-        assert_eq!(err(&RunsData { runs_own: false, ..from(None) }), "not found", "a folder --data-dir gave");
+        assert_eq!(err(&RunsData { source: DataFolder::Default, ..from(None) }), "not found");
+        let flag = err(&RunsData { source: DataFolder::Flag, ..from(None) });
+        let expected = format!(
+            "not found (the run in {} trains on mnist; without --data-dir it reads its own data folder)",
+            dir.path().display()
+        );
+        assert_eq!(flag, expected);
     }
 
     #[test]

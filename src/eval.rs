@@ -280,12 +280,12 @@ pub struct RunEval {
 pub fn evaluate_run(options: &RunEval, device: Device) -> Result<EvalReport> {
     let mut ckpt = crate::checkpoint::load(&options.dir, device)?;
     let config = &mut ckpt.teacher.config;
-    let runs_own = options.data_dir.is_none() && config.data_dir.is_some();
+    let source = crate::checkpoint::DataFolder::of(options.data_dir.is_some(), config.data_dir.is_some());
     config.data_dir = options.data_dir.clone().or(config.data_dir.take());
     let from = crate::checkpoint::RunsData {
         dir: &options.dir,
         folder: &config.data_dir(),
-        runs_own,
+        source,
         dataset: config.dataset,
         saved: ckpt.data,
     };
@@ -479,7 +479,11 @@ pub fn baseline_real(
             let from = crate::checkpoint::RunsData {
                 dir: &like.dir,
                 folder: &dir,
-                runs_own: like.data_dir,
+                // --data-dir beside --like may read another dataset's (--dataset): not named.
+                source: match like.data_dir {
+                    true => crate::checkpoint::DataFolder::Run,
+                    false => crate::checkpoint::DataFolder::Default,
+                },
                 dataset: opts.dataset,
                 saved: None,
             };

@@ -213,10 +213,10 @@ impl Trainer {
         }
         let lock = checkpoint::lock_run(dir)?;
         let Checkpoint { mut teacher, adam, iteration, sha256, data: saved } = checkpoint::load(dir, device)?;
-        let runs_own = settings.data_dir.is_none() && teacher.config.data_dir.is_some();
+        let source = checkpoint::DataFolder::of(settings.data_dir.is_some(), teacher.config.data_dir.is_some());
         settings.apply(&mut teacher.config);
         let folder = teacher.config.data_dir();
-        let from = checkpoint::RunsData { dir, folder: &folder, runs_own, dataset: teacher.config.dataset, saved };
+        let from = checkpoint::RunsData { dir, folder: &folder, source, dataset: teacher.config.dataset, saved };
         let data = checkpoint::runs_data(load_data(&teacher.config, device), &from)?;
         checkpoint::check_data(saved, &data, &folder, &format!("in {}", dir.display()))?;
         // Older checkpoints record no data sizes: a slice given as --data-dir too small for the
