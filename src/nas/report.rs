@@ -335,6 +335,11 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
             r.seconds
         );
     }
+    let correlations =
+        |r: &Row| [r.spearman, r.kendall, r.spearman_top, r.kendall_top, r.spearman_valid_test, r.spearman_params];
+    if rows.iter().any(|r| correlations(r).iter().any(|c| !c.is_finite())) {
+        s += &format!("\nn/a: {NO_CORRELATION}.\n");
+    }
     for m in matches {
         // A proxy the fewest real-data steps already reach (even one ranking backwards) is worth
         // at most those: it matches nothing measured.
@@ -369,14 +374,16 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
     s + "\n"
 }
 
+/// Why a correlation is left out (n/a): fewer than three points, which rank alike or opposite
+/// whatever they are, or a column of equal values (every architecture tied), which ranks nothing.
+const NO_CORRELATION: &str =
+    "a correlation needs at least three architectures measured by both sides, not all scored alike";
+
 /// Spearman correlation vs proxy steps (doubling, so on a log axis): one colour per proxy, solid
 /// for all architectures, dashed for the top 50%.
 pub fn plot(rows: &[Row], path: &Path) -> Result<()> {
     if !rows.iter().any(|r| r.proxy != PARAMS && r.spearman.is_finite()) {
-        bail!(
-            "{}: no correlation to plot yet (each needs at least two architectures measured by a proxy and the truth)",
-            path.display()
-        );
+        bail!("{}: no correlation to plot yet ({NO_CORRELATION})", path.display());
     }
     let (untrained, trained): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.proxy == PARAMS);
     let mut by_proxy: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
@@ -658,6 +665,9 @@ mod tests {
         let md = markdown(&rows, &m);
         assert!(md.contains("| gtn:t | 8 | 6 | 1.000 | 1.000 | 3 | 1.000 | 1.000 | 1.000 | n/a | 8.0 |"), "{md}");
         assert!(md.contains("≈ 40 real-data steps"), "{md}");
+        assert!(md.contains(&format!("\nn/a: {NO_CORRELATION}.\n")), "the n/a above is explained: {md}");
+        let finite: Vec<Row> = rows.iter().map(|r| Row { spearman_params: 0.5, ..r.clone() }).collect();
+        assert!(!markdown(&finite, &m).contains("n/a:"), "nothing to explain");
         // Halfway in correlation between 10 and 40 steps: interpolated.
         let half = [Row { spearman: 0.0, spearman_top: 0.0, ..rows[0].clone() }, rows[1].clone(), rows[2].clone()];
         let m = steps_to_match(&half);
@@ -709,7 +719,7 @@ mod tests {
         assert!(img.width() > 500 && img.height() > 300);
         let unranked: Vec<Row> = rows.iter().map(|r| Row { spearman: f64::NAN, ..r.clone() }).collect();
         let err = plot(&unranked, &dir.path().join("none.png")).unwrap_err().to_string();
-        assert!(err.ends_with("none.png: no correlation to plot yet (each needs at least two architectures measured by a proxy and the truth)"), "{err}");
+        assert!(err.ends_with(&format!("none.png: no correlation to plot yet ({NO_CORRELATION})")), "{err}");
         assert!(correlations(&proxy, &[]).is_err());
     }
 
