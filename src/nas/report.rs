@@ -335,9 +335,12 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
             r.seconds
         );
     }
-    let correlations =
-        |r: &Row| [r.spearman, r.kendall, r.spearman_top, r.kendall_top, r.spearman_valid_test, r.spearman_params];
-    if rows.iter().any(|r| correlations(r).iter().any(|c| !c.is_finite())) {
+    // The untrained row's own columns (valid vs test, vs params) are n/a by construction.
+    let unexplained = |r: &Row| {
+        let own = [r.spearman_valid_test, r.spearman_params].into_iter().filter(|_| r.proxy != PARAMS);
+        [r.spearman, r.kendall, r.spearman_top, r.kendall_top].into_iter().chain(own).any(|c| !c.is_finite())
+    };
+    if rows.iter().any(unexplained) {
         s += &format!("\nn/a: {NO_CORRELATION}.\n");
     }
     for m in matches {
@@ -668,6 +671,9 @@ mod tests {
         assert!(md.contains(&format!("\nn/a: {NO_CORRELATION}.\n")), "the n/a above is explained: {md}");
         let finite: Vec<Row> = rows.iter().map(|r| Row { spearman_params: 0.5, ..r.clone() }).collect();
         assert!(!markdown(&finite, &m).contains("n/a:"), "nothing to explain");
+        let untrained =
+            Row { proxy: PARAMS.into(), spearman_valid_test: f64::NAN, spearman_params: f64::NAN, ..finite[0].clone() };
+        assert!(!markdown(&[untrained], &[]).contains("n/a:"), "the untrained row's own n/a");
         // Halfway in correlation between 10 and 40 steps: interpolated.
         let half = [Row { spearman: 0.0, spearman_top: 0.0, ..rows[0].clone() }, rows[1].clone(), rows[2].clone()];
         let m = steps_to_match(&half);
