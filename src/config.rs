@@ -294,7 +294,18 @@ impl Config {
     pub fn with_flags(mut self, flags: &Flags) -> Result<Config> {
         self.teacher = flags.teacher.unwrap_or(self.teacher);
         if let Some(dataset) = flags.dataset {
+            // What the --config file sets itself stays as it says: the switch changes the preset's
+            // choices only (a file's `augment = true` is then refused, not dropped).
+            let (valid_size, augment) = (self.valid_size, self.augment);
             self.set_dataset(dataset);
+            if let Some(file) = flags.config {
+                if sets_key(file, "valid_size") {
+                    self.valid_size = valid_size;
+                }
+                if sets_key(file, "augment") {
+                    self.augment = augment;
+                }
+            }
         }
         self.learner = flags.learner.unwrap_or(self.learner);
         self.meta_iters = flags.meta_iters.unwrap_or(self.meta_iters);
@@ -355,7 +366,13 @@ impl Config {
         if let Some(Ok(dataset)) = keys.get("dataset").map(|name| name.clone().try_into::<DatasetName>()) {
             base.set_dataset(dataset);
         }
-        apply_overrides(&base, text)
+        let mut config = apply_overrides(&base, text)?;
+        // Intermediate losses turned off take the preset's form of them along: it would change
+        // nothing, which a new run refuses as the file's mistake.
+        if config.intermediate_loss_every == 0 && !keys.contains_key("intermediate_loss_form") {
+            config.intermediate_loss_form = IntermediateLossForm::default();
+        }
+        Ok(config)
     }
 
     /// Keys a run's `config.toml` may change between its sessions: how the outer optimiser goes
@@ -1238,6 +1255,34 @@ mod tests {
         assert!(!kept.augment, "the file's own `augment` applies after the switch");
         let err = Config::cpu().with_overrides_str("dataset = \"svhn\"").unwrap_err().to_string();
         assert!(err.contains("svhn"), "{err}");
+        // --dataset over a file keeps what the file sets itself: its split, and its `augment`,
+        // which the new run then refuses rather than drops.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.toml");
+        std::fs::write(&file, "valid_size = 5000\naugment = true").unwrap();
+        let flags = Flags { config: Some(&file), dataset: Some(DatasetName::FashionMnist), ..Flags::default() };
+        let config = Config::from_flags("cpu-cifar10", &flags).unwrap();
+        assert_eq!((config.valid_size, config.augment), (5_000, true));
+        let err = config.check_new_run(&flags).unwrap_err().to_string();
+        assert!(err.contains("config key `augment` is true with fashion-mnist"), "{err}");
+        std::fs::write(&file, "seed = 1").unwrap();
+        let config = Config::from_flags("cpu-cifar10", &flags).unwrap();
+        assert_eq!((config.valid_size, config.augment), (10_000, false), "the preset's choices switch");
+    }
+
+    /// A file that turns the preset's intermediate losses off turns their form off with them;
+    /// a form the file sets itself without them is its mistake.
+    #[test]
+    fn intermediate_losses_turned_off_take_their_form_along() {
+        let preset = Config::cpu_cifar10();
+        assert_eq!(preset.intermediate_loss_form, IntermediateLossForm::SumFreshBatches);
+        let off = preset.clone().with_overrides_str("intermediate_loss_every = 0").unwrap();
+        assert_eq!(off.intermediate_loss_form, IntermediateLossForm::MeanSharedBatch);
+        assert!(off.check_new_run(&Flags::default()).is_ok());
+        let text = "intermediate_loss_every = 0\nintermediate_loss_form = \"sum-fresh-batches\"";
+        let both = preset.with_overrides_str(text).unwrap();
+        let err = both.check_new_run(&Flags::default()).unwrap_err().to_string();
+        assert!(err.contains("`intermediate_loss_form` is \"sum-fresh-batches\", which changes nothing"), "{err}");
     }
 
     /// The flag wins over a config file's `data_dir`; either is made absolute from the current
