@@ -45,6 +45,16 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How many items (images or labels) the published file `file` of `name` holds.
+pub fn published_count(name: DatasetName, file: &str) -> usize {
+    let (train, test) = name.published_sizes();
+    if file.starts_with("train") {
+        train
+    } else {
+        test
+    }
+}
+
 /// The published file whose decompressed content `idx` is, if any: its dataset and name.
 pub fn identify(idx: &Idx) -> Option<(DatasetName, &'static str)> {
     let sha = hex(&Sha256::new().chain_update(super::idx::header(&idx.dims)).chain_update(&idx.data).finalize());
@@ -154,7 +164,13 @@ fn check_replaceable(name: DatasetName, dir: &Path) -> Result<()> {
                 // Any of this dataset's published files (one under another's name is replaced, as
                 // the loader advises) passes; IDX's magic number: unsigned bytes, then dimensions.
                 None if !published(name, &sha) && content.starts_with(&[0, 0, 8]) => {
-                    format!("holds other data than the published {name} file (a slice, or a dataset of one's own)")
+                    let items = content.get(3).and_then(|&n| super::idx::parse(&content, n as usize).ok());
+                    match items.is_some_and(|idx| idx.dims.first() == Some(&published_count(name, file))) {
+                        true => format!("differs from the published {name} file of the same size (a damaged copy?)"),
+                        false => format!(
+                            "holds other data than the published {name} file (a slice, or a dataset of one's own)"
+                        ),
+                    }
                 }
                 None => continue,
             };
@@ -339,6 +355,15 @@ mod tests {
         std::fs::copy(&published, own.path().join("train-labels-idx1-ubyte.gz")).unwrap();
         std::fs::copy(&published, own.path().join(labels)).unwrap();
         check_replaceable(DatasetName::Mnist, own.path()).unwrap();
+        // One of the published size but other content is named as a likely damaged copy.
+        let mut content = super::super::idx::read_bytes(&published).unwrap();
+        *content.last_mut().unwrap() ^= 1;
+        std::fs::write(own.path().join(labels), &content).unwrap();
+        let err = check_replaceable(DatasetName::Mnist, own.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(": differs from the published mnist file of the same size (a damaged copy?), which"),
+            "{err}"
+        );
     }
 
     #[test]

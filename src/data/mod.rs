@@ -344,7 +344,11 @@ fn read_idx(name: DatasetName, dir: &Path, stem: &str, ndims: usize) -> Result<(
             bail!("{corrupt}; if `gtn data fetch` wrote it, {fetch_again}")
         }
     };
-    if let Some((other, file)) = fetch::identify(&data).filter(|&found| found != (name, stem)) {
+    let identified = fetch::identify(&data);
+    if let Some(warning) = damaged_copy_warning(name, stem, &path, &data, identified.is_some()) {
+        tracing::warn!("{warning}");
+    }
+    if let Some((other, file)) = identified.filter(|&found| found != (name, stem)) {
         let remedy = match other == name {
             true => fetch_again,
             false => format!("point --data-dir at the {name} folder (or, for a {other} folder, `--dataset {other}`)"),
@@ -352,6 +356,26 @@ fn read_idx(name: DatasetName, dir: &Path, stem: &str, ndims: usize) -> Result<(
         bail!("{}: is {other}'s {file}, expected {name}'s {stem}; {remedy}", path.display());
     }
     Ok((path, data))
+}
+
+/// A warning for the IDX file `stem` of `name` at `path` that holds as many items as the
+/// published one but is no published file (`published`): most likely a damaged copy, which the
+/// loader reads as given, like any other content.
+fn damaged_copy_warning(
+    name: DatasetName,
+    stem: &str,
+    path: &Path,
+    data: &idx::Idx,
+    published: bool,
+) -> Option<String> {
+    (!published && data.dims.first() == Some(&fetch::published_count(name, stem))).then(|| {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        format!(
+            "{}: as many items as {name}'s published {stem}, but other content (its sha256 differs): a damaged copy? Move it away and run `gtn data fetch {name} --dir {}` again",
+            path.display(),
+            crate::text::shell_word(dir)
+        )
+    })
 }
 
 fn load_split(name: DatasetName, dir: &Path, prefix: &str, device: Device) -> Result<Split> {
@@ -498,6 +522,26 @@ mod tests {
         let err = fetch::fetch(DatasetName::FashionMnist, dir.path()).unwrap_err().to_string();
         let expected = "holds CIFAR-10's binary batches; fetch fashion-mnist into a folder of its own (its default is data/fashion-mnist)";
         assert!(err.ends_with(expected), "{err}");
+    }
+
+    /// A file of the published size that is no published file is warned of as a damaged copy
+    /// (a slice is not).
+    #[test]
+    fn a_published_size_with_other_content_is_warned_of() {
+        let labels = |n| idx::Idx { dims: vec![n], data: vec![0; n] };
+        let path = Path::new("d/t10k-labels-idx1-ubyte.gz");
+        let warning = damaged_copy_warning(DatasetName::Mnist, "t10k-labels-idx1-ubyte", path, &labels(10_000), false);
+        let expected = "d/t10k-labels-idx1-ubyte.gz: as many items as mnist's published t10k-labels-idx1-ubyte, but other content (its sha256 differs): a damaged copy? Move it away and run `gtn data fetch mnist --dir d` again";
+        assert_eq!(warning.as_deref(), Some(expected));
+        assert_eq!(
+            damaged_copy_warning(DatasetName::Mnist, "t10k-labels-idx1-ubyte", path, &labels(10_000), true),
+            None
+        );
+        assert_eq!(damaged_copy_warning(DatasetName::Mnist, "t10k-labels-idx1-ubyte", path, &labels(256), false), None);
+        assert_eq!(
+            damaged_copy_warning(DatasetName::Mnist, "train-labels-idx1-ubyte", path, &labels(10_000), false),
+            None
+        );
     }
 
     #[test]
