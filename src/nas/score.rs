@@ -233,10 +233,10 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
         }
         Proxy::Real => (None, None, None),
     };
-    let data = match &teacher {
+    let data = match (&teacher, &opts.proxy) {
         // The teacher's own split, so validation images are ones meta-training never saw; read
         // from `--data-dir` when given (a run folder copied to another machine).
-        Some(t) => {
+        (Some(t), Proxy::Gtn(run)) => {
             let c = &t.config;
             if opts.dataset != c.dataset {
                 bail!(
@@ -256,11 +256,18 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                 );
             }
             let dir = opts.data_dir.clone().unwrap_or_else(|| c.data_dir());
-            let data = Dataset::load(c.dataset, &dir, c.valid_size, c.seed, device)?;
+            let from = checkpoint::RunsData {
+                dir: run,
+                folder: &dir,
+                source: checkpoint::DataFolder::of(opts.data_dir.is_some(), c.data_dir.is_some()),
+                dataset: c.dataset,
+                saved: teacher_data,
+            };
+            let data = checkpoint::runs_data(Dataset::load(c.dataset, &dir, c.valid_size, c.seed, device), &from)?;
             checkpoint::check_data(teacher_data, &data, &dir, &opts.proxy.label())?;
             data
         }
-        None => {
+        _ => {
             let dir = opts.data_dir.clone().unwrap_or_else(|| opts.dataset.default_dir());
             let valid_size = opts.valid_size.unwrap_or(opts.dataset.default_valid_size());
             let data = Dataset::load(opts.dataset, &dir, valid_size, crate::data::DEFAULT_SPLIT_SEED, device)?;
