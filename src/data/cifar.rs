@@ -44,7 +44,11 @@ pub fn read_batch(path: &Path, into: &mut Records) -> Result<()> {
     }
     for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
         if record[0] > 9 {
-            bail!("{}: record {i} has label {}, expected 0..=9", path.display(), record[0]);
+            bail!(
+                "{}: record {i} has label {}, outside 0..=9; expected a class from 0 to 9",
+                path.display(),
+                record[0]
+            );
         }
         into.labels.push(record[0]);
         into.pixels.extend_from_slice(&record[1..]);
@@ -207,7 +211,10 @@ pub(crate) mod tests {
         bad[RECORD] = 10;
         std::fs::write(&short, &bad).unwrap();
         let err = read_dir(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("test_batch.bin: record 1 has label 10, expected 0..=9"), "{err}");
+        assert!(
+            err.contains("test_batch.bin: record 1 has label 10, outside 0..=9; expected a class from 0 to 9"),
+            "{err}"
+        );
     }
 
     #[test]
