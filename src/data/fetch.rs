@@ -297,7 +297,11 @@ fn fashion_from_debian(staging: &Path) -> Result<Package> {
         Command::new("apt-get").args(["download", FASHION_DEB_PACKAGE]).current_dir(staging),
         "apt-get",
         "Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package; run on a Debian-based system with apt",
-    )?;
+    )
+    .map_err(|e| match e.to_string().contains("Unable to locate package") {
+        true => anyhow::anyhow!("{e} (apt's package lists may be missing or old: `apt-get update` first)"),
+        false => e,
+    })?;
     let deb = std::fs::read_dir(staging)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
