@@ -239,6 +239,14 @@ fn run_tool(cmd: &mut Command, tool: &str, hint: &str) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// `e`, apt's failure to find the package, with what usually fixes it.
+fn with_apt_hint(e: anyhow::Error) -> anyhow::Error {
+    match e.to_string().contains("Unable to locate package") {
+        true => anyhow::anyhow!("{e} (apt's package lists may be missing or old: `apt-get update` first)"),
+        false => e,
+    }
+}
+
 /// Files named `*-ubyte` or `*-ubyte.gz` in a tar stream, returned gzip-compressed.
 fn ubyte_files_in_tar(reader: impl Read) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = Vec::new();
@@ -298,10 +306,7 @@ fn fashion_from_debian(staging: &Path) -> Result<Package> {
         "apt-get",
         "Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package; run on a Debian-based system with apt",
     )
-    .map_err(|e| match e.to_string().contains("Unable to locate package") {
-        true => anyhow::anyhow!("{e} (apt's package lists may be missing or old: `apt-get update` first)"),
-        false => e,
-    })?;
+    .map_err(with_apt_hint)?;
     let deb = std::fs::read_dir(staging)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
@@ -425,6 +430,14 @@ mod tests {
         assert!(holds_verified(DatasetName::Mnist, dir.path(), &files));
         std::fs::write(dir.path().join("f.gz"), b"junk").unwrap();
         assert!(!holds_verified(DatasetName::Mnist, dir.path(), &files));
+    }
+
+    #[test]
+    fn apts_missing_package_gets_the_update_hint() {
+        let said = "`apt-get` failed (exit status: 100): E: Unable to locate package dataset-fashion-mnist";
+        let err = with_apt_hint(anyhow::anyhow!("{said}")).to_string();
+        assert_eq!(err, format!("{said} (apt's package lists may be missing or old: `apt-get update` first)"));
+        assert_eq!(with_apt_hint(anyhow::anyhow!("E: other")).to_string(), "E: other");
     }
 
     #[test]
