@@ -414,65 +414,59 @@ pub struct RunsData<'a> {
     pub dir: &'a Path,
     /// The folder the data is read from.
     pub folder: &'a Path,
-    /// Where that folder was named.
-    pub source: DataFolder,
+    /// The run's own `data_dir`, stored in its config.toml (none in runs of builds before it
+    /// was stored, which read their dataset's default folder).
+    pub stored: Option<&'a Path>,
     /// The run's dataset, and the sizes its checkpoint records ([`crate::data::Dataset::sizes`]).
     pub dataset: crate::data::DatasetName,
     pub saved: Option<[i64; 3]>,
 }
 
-/// Where the folder a run's data is read from was named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DataFolder {
-    /// `--data-dir`, given to this command.
-    Flag,
-    /// The run's own `data_dir`, in its config.toml.
-    Run,
-    /// Neither: the dataset's default folder.
-    Default,
-}
-
-impl DataFolder {
-    /// The source of a folder given as a flag (`flag`), else stored in the run (`stored`).
-    pub fn of(flag: bool, stored: bool) -> DataFolder {
-        match (flag, stored) {
-            (true, _) => DataFolder::Flag,
-            (false, true) => DataFolder::Run,
-            (false, false) => DataFolder::Default,
-        }
-    }
-}
-
-/// `loaded`, the data of a run read as `from` says. When the folder is gone and is the run's
-/// own, the error says so (a moved folder's path is in the run's config.toml, not on the
-/// command line), and, for a run trained on other sizes than the published dataset's (a slice),
-/// that fetching the dataset would not bring its data back. When it is `--data-dir`'s, which
-/// dataset the run needs (another's folder is the likely mistake).
+/// `loaded`, the data of a run read as `from` says. Read from another folder than the run's own
+/// (`--data-dir`, or a `--config` file's `data_dir`), the error names the run's dataset and
+/// folder: another dataset's folder is the likely mistake, and another dataset cannot be read
+/// for a run, whatever the loader advises. When the run's own folder is gone, the error says so
+/// (a moved folder's path is in the run's config.toml, not on the command line), and, for a run
+/// trained on other sizes than the published dataset's (a slice), that fetching the dataset
+/// would not bring its data back.
 pub fn runs_data<T>(loaded: Result<T>, from: &RunsData) -> Result<T> {
-    loaded.map_err(|e| match from.source {
-        DataFolder::Flag => anyhow::anyhow!(
-            "{e:#} (the run in {} trains on {}; without --data-dir it reads its own data folder)",
-            from.dir.display(),
-            from.dataset
-        ),
-        DataFolder::Run if !from.folder.exists() => {
-            let published = from.dataset.published_sizes();
-            let slice = match from.saved {
-                Some([train, valid, test]) if ((train + valid) as usize, test as usize) != published => format!(
-                    "; it held {} training and {test} test images, not {}'s published {} and {}, which `gtn data fetch` would bring",
-                    train + valid,
-                    from.dataset,
-                    published.0,
-                    published.1
-                ),
-                _ => String::new(),
+    loaded.map_err(|e| {
+        let own = from.stored.map_or_else(|| from.dataset.default_dir(), Path::to_path_buf);
+        let same = |a: &Path, b: &Path| std::path::absolute(a).ok() == std::path::absolute(b).ok();
+        let elsewhere = !same(&own, from.folder);
+        let trains = format!("the run in {} trains on {}", from.dir.display(), from.dataset);
+        if let Some(other) = e.downcast_ref::<crate::data::OtherDataset>() {
+            return match elsewhere {
+                true => anyhow::anyhow!("{}; {trains}, from {}: expected its folder", other.what, own.display()),
+                false => anyhow::anyhow!("{}; {trains}: expected --data-dir with its folder", other.what),
             };
-            anyhow::anyhow!(
-                "{e:#} (the run's `data_dir` in {}{slice}; give --data-dir to read another folder)",
-                from.dir.join(CONFIG_FILE).display()
-            )
         }
-        DataFolder::Run | DataFolder::Default => e,
+        if elsewhere {
+            return anyhow::anyhow!("{e:#} ({trains}, from {})", own.display());
+        }
+        if from.stored.is_none() || from.folder.exists() {
+            return e;
+        }
+        let published = from.dataset.published_sizes();
+        // No registry ships CIFAR-10: no fetch brings its published files either.
+        let fetched = match from.dataset {
+            crate::data::DatasetName::Cifar10 => "",
+            _ => ", which `gtn data fetch` would bring",
+        };
+        let slice = match from.saved {
+            Some([train, valid, test]) if ((train + valid) as usize, test as usize) != published => format!(
+                "; it held {} training and {test} test images, not {}'s published {} and {}{fetched}",
+                train + valid,
+                from.dataset,
+                published.0,
+                published.1
+            ),
+            _ => String::new(),
+        };
+        anyhow::anyhow!(
+            "{e:#} (the run's `data_dir` in {}{slice}; give --data-dir to read another folder)",
+            from.dir.join(CONFIG_FILE).display()
+        )
     })
 }
 
@@ -619,8 +613,8 @@ pub(crate) mod tests {
     /// Locking a run folder removes what a save interrupted there left (however recent: only
     /// the lock's holder writes a run's checkpoint and config), and nothing else.
     /// A run's own data folder gone: the error names the run's `data_dir`, and says fetching
-    /// would not help a run trained on other sizes than the published dataset's. One --data-dir
-    /// gave: the run's dataset is named.
+    /// would not help a run trained on other sizes than the published dataset's. Another folder
+    /// than the run's: the run's dataset and folder are named.
     #[test]
     fn a_gone_data_folder_is_the_runs_and_a_slice_is_not_fetched() {
         let dir = tempfile::tempdir().unwrap();
@@ -628,7 +622,7 @@ pub(crate) mod tests {
         let from = |saved| RunsData {
             dir: dir.path(),
             folder: &gone,
-            source: DataFolder::Run,
+            stored: Some(&gone),
             dataset: crate::data::DatasetName::Mnist,
             saved,
         };
@@ -639,16 +633,40 @@ pub(crate) mod tests {
         assert!(err(&from(None)).starts_with(&plain), "an older checkpoint records no sizes");
         let slice = err(&from(Some([400, 112, 256])));
         assert!(
-            slice.contains("; it held 512 training and 256 test images, not mnist's published 60000 and 10000"),
+            slice.contains("; it held 512 training and 256 test images, not mnist's published 60000 and 10000, which"),
             "{slice}"
         );
-        assert_eq!(err(&RunsData { source: DataFolder::Default, ..from(None) }), "not found");
-        let flag = err(&RunsData { source: DataFolder::Flag, ..from(None) });
-        let expected = format!(
-            "not found (the run in {} trains on mnist; without --data-dir it reads its own data folder)",
-            dir.path().display()
+        let cifar = err(&RunsData { dataset: crate::data::DatasetName::Cifar10, ..from(Some([400, 112, 256])) });
+        assert!(!cifar.contains("gtn data fetch"), "no fetch brings CIFAR-10: {cifar}");
+        let default = crate::data::DatasetName::Mnist.default_dir();
+        assert_eq!(err(&RunsData { stored: None, folder: &default, ..from(None) }), "not found");
+        let own = dir.path().join("own");
+        let elsewhere = err(&RunsData { stored: Some(&own), ..from(None) });
+        let trains = format!("the run in {} trains on mnist", dir.path().display());
+        assert_eq!(elsewhere, format!("not found ({trains}, from {})", own.display()));
+        let older = err(&RunsData { stored: None, ..from(None) });
+        assert_eq!(older, format!("not found ({trains}, from {})", default.display()), "the default it reads");
+        // Another dataset's files: the loader's advice to read them instead is not the run's.
+        let other = || {
+            let what = "c10: holds CIFAR-10's binary batches, not mnist's data files".to_owned();
+            Err(crate::data::OtherDataset {
+                what,
+                wanted: crate::data::DatasetName::Mnist,
+                flag: "--data-dir",
+                reads: "--dataset cifar10",
+            }
+            .into())
+        };
+        let err = runs_data::<()>(other(), &RunsData { stored: Some(&own), ..from(None) }).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "c10: holds CIFAR-10's binary batches, not mnist's data files; {trains}, from {}: expected its folder",
+                own.display()
+            )
         );
-        assert_eq!(flag, expected);
+        let err = runs_data::<()>(other(), &from(None)).unwrap_err().to_string();
+        assert!(err.ends_with(&format!("; {trains}: expected --data-dir with its folder")), "{err}");
     }
 
     #[test]

@@ -614,22 +614,22 @@ fn run_in(options: &CompareOptions, out: &Path, device: Device) -> Result<Compar
     let RealCurves { lr, momentum, per_learner, diverged } =
         measured_once(&real_dir.join(CURVES_JSON), key.clone(), fits, measure)?;
     let real = Curve::new(REAL, &real_grid, &per_learner);
-    let summary_of = |curve: &Curve, diverged_learners: Option<usize>, trained: Option<&Trained>| {
+    let summary_of = |curve: &Curve, diverged_learners: Option<usize>, teacher: Option<&Trained>| {
         let (accuracy_mean, accuracy_std) = curve.at(t);
         // Real data matches itself at T by definition; a noisy curve's first crossing of its own
         // value at T may come earlier.
-        let real_steps_to_match = match trained {
+        let real_steps_to_match = match teacher {
             None => Some(t as f64),
             Some(_) => steps_to_reach(&real.points, accuracy_mean),
         };
         let (speedup_low, speedup_high) =
-            trained.map_or((None, None), |m| speedup_interval(&m.at_t, &per_learner, &real_grid, t, options.seed));
+            teacher.map_or((None, None), |m| speedup_interval(&m.at_t, &per_learner, &real_grid, t, options.seed));
         MethodSummary {
             method: curve.method.clone(),
             accuracy_mean,
             accuracy_std: text::spread(accuracy_std, options.learners),
-            meta_iters: trained.map(|m| m.meta_iters),
-            meta_training_minutes: trained.map(|m| m.minutes),
+            meta_iters: teacher.map(|m| m.meta_iters),
+            meta_training_minutes: teacher.map(|m| m.minutes),
             real_steps_to_match,
             speedup: real_steps_to_match.map(|s| s / t as f64),
             speedup_low,

@@ -369,7 +369,8 @@ impl Config {
         let mut config = apply_overrides(&base, text)?;
         // Intermediate losses turned off take the preset's form of them along: it would change
         // nothing, which a new run refuses as the file's mistake.
-        if config.intermediate_loss_every == 0 && !keys.contains_key("intermediate_loss_form") {
+        let turned_off = keys.contains_key("intermediate_loss_every") && config.intermediate_loss_every == 0;
+        if turned_off && !keys.contains_key("intermediate_loss_form") {
             config.intermediate_loss_form = IntermediateLossForm::default();
         }
         Ok(config)

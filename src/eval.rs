@@ -280,12 +280,12 @@ pub struct RunEval {
 pub fn evaluate_run(options: &RunEval, device: Device) -> Result<EvalReport> {
     let mut ckpt = crate::checkpoint::load(&options.dir, device)?;
     let config = &mut ckpt.teacher.config;
-    let source = crate::checkpoint::DataFolder::of(options.data_dir.is_some(), config.data_dir.is_some());
-    config.data_dir = options.data_dir.clone().or(config.data_dir.take());
+    let stored = config.data_dir.take();
+    config.data_dir = options.data_dir.clone().or(stored.clone());
     let from = crate::checkpoint::RunsData {
         dir: &options.dir,
         folder: &config.data_dir(),
-        source,
+        stored: stored.as_deref(),
         dataset: config.dataset,
         saved: ckpt.data,
     };
@@ -390,7 +390,9 @@ pub struct RealBaseline {
 #[derive(Debug, Clone)]
 pub struct Like {
     pub dir: PathBuf,
-    pub data_dir: bool,
+    /// The run's data folder (its `data_dir`, or its dataset's default).
+    pub folder: PathBuf,
+    /// Whether the batch size is the run's (no `--batch-size` given).
     pub batch: bool,
 }
 
@@ -479,11 +481,7 @@ pub fn baseline_real(
             let from = crate::checkpoint::RunsData {
                 dir: &like.dir,
                 folder: &dir,
-                // --data-dir beside --like may read another dataset's (--dataset): not named.
-                source: match like.data_dir {
-                    true => crate::checkpoint::DataFolder::Run,
-                    false => crate::checkpoint::DataFolder::Default,
-                },
+                stored: Some(&like.folder),
                 dataset: opts.dataset,
                 saved: None,
             };
@@ -770,9 +768,11 @@ mod tests {
             err.starts_with(&format!("{}: data folder not found", moved.display())) && err.ends_with(&note),
             "{err}"
         );
-        let given = RunEval { data_dir: Some(moved.clone()), ..options.clone() };
+        // Another folder given: the run's dataset and own folder are named instead.
+        let given = RunEval { data_dir: Some(run.path().join("elsewhere")), ..options.clone() };
         let err = format!("{:#}", evaluate_run(&given, Device::Cpu).unwrap_err());
-        assert!(!err.contains("`data_dir`"), "{err}");
+        let trains = format!("(the run in {} trains on mnist, from {})", run.path().display(), moved.display());
+        assert!(err.ends_with(&trains) && !err.contains("`data_dir`"), "{err}");
         let resumed = crate::meta::Trainer::resume(run.path(), Device::Cpu, &Default::default());
         assert!(format!("{:#}", resumed.err().unwrap()).ends_with(&note));
         // A folder still there whose files are wrong: its own error says what is.

@@ -734,7 +734,11 @@ fn run(cli: Cli) -> Result<()> {
             let defaults = eval::RealDefaults::of(like.as_deref())?;
             let (dataset, batch) =
                 (dataset.unwrap_or(defaults.dataset), batch_size.map_or(defaults.batch, |b| b as usize));
-            let like = like.map(|dir| eval::Like { dir, data_dir: data_dir.is_none(), batch: batch_size.is_none() });
+            let like = like.map(|dir| eval::Like {
+                dir,
+                folder: defaults.data_dir.clone().unwrap_or_else(|| dataset.default_dir()),
+                batch: batch_size.is_none(),
+            });
             let opts = eval::RealBaseline {
                 dataset,
                 data_dir: data_dir.or(defaults.data_dir),

@@ -213,10 +213,11 @@ impl Trainer {
         }
         let lock = checkpoint::lock_run(dir)?;
         let Checkpoint { mut teacher, adam, iteration, sha256, data: saved } = checkpoint::load(dir, device)?;
-        let source = checkpoint::DataFolder::of(settings.data_dir.is_some(), teacher.config.data_dir.is_some());
+        let stored = teacher.config.data_dir.clone();
         settings.apply(&mut teacher.config);
         let folder = teacher.config.data_dir();
-        let from = checkpoint::RunsData { dir, folder: &folder, source, dataset: teacher.config.dataset, saved };
+        let stored = stored.as_deref();
+        let from = checkpoint::RunsData { dir, folder: &folder, stored, dataset: teacher.config.dataset, saved };
         let data = checkpoint::runs_data(load_data(&teacher.config, device), &from)?;
         checkpoint::check_data(saved, &data, &folder, &format!("in {}", dir.display()))?;
         // Older checkpoints record no data sizes: a slice given as --data-dir too small for the

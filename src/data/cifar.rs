@@ -56,12 +56,12 @@ pub fn read_batch(path: &Path, into: &mut Records) -> Result<()> {
     Ok(())
 }
 
-/// Checks that the folder holds all six files before reading any of them; where it does not,
-/// what it holds instead that was likely meant: the archive itself, the folder it unpacks to, or
-/// the python version (which torchvision downloads).
-pub fn check_dir(dir: &Path) -> Result<()> {
+/// Checks that the folder `dir` (named by `flag`) holds all six files before reading any of
+/// them; where it does not, what it holds instead that was likely meant: the archive itself, the
+/// folder it unpacks to, or the python version (which torchvision downloads).
+pub fn check_dir(dir: &Path, flag: &'static str) -> Result<()> {
     let layout = format!("{} and {TEST_FILE}", TRAIN_FILES.join(", "));
-    let unpacked = format!("pass its {BIN_FOLDER} folder with --data-dir");
+    let unpacked = format!("pass its {BIN_FOLDER} folder with {flag}");
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if dir.is_file() && (name.ends_with(".tar.gz") || name.ends_with(".tgz")) {
         bail!(
@@ -70,17 +70,13 @@ pub fn check_dir(dir: &Path) -> Result<()> {
             crate::text::shell_word(dir)
         );
     }
-    crate::config::check_not_a_file(dir, "--data-dir")?;
-    // A folder the variable named is named as its.
-    let (from_env, or_env) = match from_env(dir) {
-        true => (format!(" ({DIR_ENV})"), format!(" (or point {DIR_ENV} at it)")),
-        false => (String::new(), format!(" (or set {DIR_ENV})")),
-    };
+    crate::config::check_not_a_file(dir, flag)?;
     if !dir.is_dir() {
         bail!(
-            "{}{from_env}: CIFAR-10 folder not found{}; download the binary version from {SOURCE}, unpack it, and {unpacked}{or_env}; it must hold {layout}",
+            "{}: CIFAR-10 folder not found{}; download the binary version from {SOURCE}, unpack it, and {unpacked} ({}); it must hold {layout}",
             dir.display(),
-            super::looked_from(dir)
+            super::looked_from(dir),
+            or_env()
         );
     }
     let missing: Vec<&str> =
@@ -88,38 +84,34 @@ pub fn check_dir(dir: &Path) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    super::check_not_other_data(dir, super::DatasetName::Cifar10)?;
-    if dir.join(BIN_FOLDER).is_dir() {
-        let inner = crate::text::shell_word(&dir.join(BIN_FOLDER));
+    let inner = dir.join(BIN_FOLDER);
+    if inner.join(TEST_FILE).is_file() || inner.join(TRAIN_FILES[0]).is_file() {
+        let inner = crate::text::shell_word(&inner);
         bail!(
-            "{}{from_env}: holds the batches in its folder {BIN_FOLDER}; expected that folder (--data-dir {inner})",
+            "{}: holds the unpacked archive's folder {BIN_FOLDER}; expected that folder ({flag} {inner})",
             dir.display()
         );
     }
+    super::check_not_other_data(dir, super::DatasetName::Cifar10, flag)?;
     if ["data_batch_1", "batches.meta", "cifar-10-batches-py"].iter().any(|f| dir.join(f).exists()) {
         bail!(
-            "{}{from_env}: holds the python version of CIFAR-10 (pickled batches, as torchvision downloads it); gtn reads the binary version: download it from {SOURCE}, unpack it, and {unpacked}",
+            "{}: holds the python version of CIFAR-10 (pickled batches, as torchvision downloads it); gtn reads the binary version: download it from {SOURCE}, unpack it, and {unpacked}",
             dir.display()
         );
     }
-    bail!(
-        "{}{from_env}: missing {}; a CIFAR-10 binary folder holds {layout} (from {SOURCE})",
-        dir.display(),
-        missing.join(", ")
-    )
+    bail!("{}: missing {}; a CIFAR-10 binary folder holds {layout} (from {SOURCE})", dir.display(), missing.join(", "))
 }
 
 /// The folder the binary version's archive unpacks to.
 const BIN_FOLDER: &str = "cifar-10-batches-bin";
 
-/// Whether `dir` is the folder [`DIR_ENV`] names.
-fn from_env(dir: &Path) -> bool {
-    names(env_dir().as_deref(), dir)
-}
-
-/// Whether the folder `env` is `dir`, as given or made absolute (as a config's data folder is).
-fn names(env: Option<&Path>, dir: &Path) -> bool {
-    env.is_some_and(|env| env == dir || std::path::absolute(env).is_ok_and(|abs| abs == dir))
+/// How [`DIR_ENV`] may name the folder instead: set it, or point it elsewhere when it is set
+/// (a folder it names is not told apart from one a flag or run names: they may be the same).
+fn or_env() -> String {
+    match env_dir() {
+        Some(now) => format!("or point {DIR_ENV}, now {}, at it", now.display()),
+        None => format!("or set {DIR_ENV}"),
+    }
 }
 
 /// [`DIR_ENV`]'s folder.
@@ -135,8 +127,8 @@ fn folder_of(value: Option<std::ffi::OsString>) -> Option<PathBuf> {
 /// Reads the five training batches and the test batch of `dir`, refusing a file that repeats
 /// another: no registry ships CIFAR-10, so nothing checks the files' checksums, and a test batch
 /// that is a copy of a training batch would score learners on images they were trained on.
-pub fn read_dir(dir: &Path) -> Result<(Records, Records)> {
-    check_dir(dir)?;
+pub fn read_dir(dir: &Path, flag: &'static str) -> Result<(Records, Records)> {
+    check_dir(dir, flag)?;
     let (mut train, mut test) = (Records::default(), Records::default());
     let mut read: Vec<(&str, bool, std::ops::Range<usize>)> = Vec::new();
     for file in TRAIN_FILES.iter().chain([&TEST_FILE]) {
@@ -195,7 +187,7 @@ pub(crate) mod tests {
         assert_eq!(r.labels, [3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]);
         assert_eq!(r.pixels.len(), 20 * 3072);
         let dir = fixture_folder();
-        let (train, test) = read_dir(dir.path()).unwrap();
+        let (train, test) = read_dir(dir.path(), "--data-dir").unwrap();
         assert_eq!((train.len(), test.len()), (100, 20));
     }
 
@@ -205,12 +197,12 @@ pub(crate) mod tests {
         let bytes = std::fs::read(fixture_file()).unwrap();
         let short = dir.path().join(TEST_FILE);
         std::fs::write(&short, &bytes[..bytes.len() - 1]).unwrap();
-        let err = read_dir(dir.path()).unwrap_err().to_string();
+        let err = read_dir(dir.path(), "--data-dir").unwrap_err().to_string();
         assert!(err.contains("test_batch.bin: 61459 bytes is not a positive multiple of the 3073-byte"), "{err}");
         let mut bad = bytes.clone();
         bad[RECORD] = 10;
         std::fs::write(&short, &bad).unwrap();
-        let err = read_dir(dir.path()).unwrap_err().to_string();
+        let err = read_dir(dir.path(), "--data-dir").unwrap_err().to_string();
         assert!(
             err.contains("test_batch.bin: record 1 has label 10, outside 0..=9; expected a class from 0 to 9"),
             "{err}"
@@ -221,10 +213,10 @@ pub(crate) mod tests {
     fn a_file_repeating_another_is_refused() {
         let dir = fixture_folder();
         std::fs::copy(dir.path().join("data_batch_2.bin"), dir.path().join(TEST_FILE)).unwrap();
-        let err = read_dir(dir.path()).unwrap_err().to_string();
+        let err = read_dir(dir.path(), "--data-dir").unwrap_err().to_string();
         assert!(err.contains("test_batch.bin: holds the same records as data_batch_2.bin;"), "{err}");
         std::fs::copy(dir.path().join("data_batch_1.bin"), dir.path().join("data_batch_4.bin")).unwrap();
-        let err = read_dir(dir.path()).unwrap_err().to_string();
+        let err = read_dir(dir.path(), "--data-dir").unwrap_err().to_string();
         assert!(err.contains("data_batch_4.bin: holds the same records as data_batch_1.bin;"), "{err}");
     }
 
@@ -235,40 +227,44 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("cifar-10-binary.tar.gz");
         std::fs::write(&archive, b"").unwrap();
-        let err = read_dir(&archive).unwrap_err().to_string();
+        let err = read_dir(&archive, "--data-dir").unwrap_err().to_string();
         assert!(err.contains(": is an archive; unpack it (`tar xzf "), "{err}");
         let inner = dir.path().join(BIN_FOLDER);
         std::fs::create_dir(&inner).unwrap();
-        let err = read_dir(dir.path()).unwrap_err().to_string();
+        let err = read_dir(dir.path(), "--data-dir").unwrap_err().to_string();
+        assert!(err.contains("missing data_batch_1.bin"), "an empty folder of that name holds nothing: {err}");
+        std::fs::write(inner.join(TEST_FILE), b"").unwrap();
+        // Before what the folder holds itself (loose MNIST files beside the unpacked archive).
+        std::fs::write(dir.path().join("train-images-idx3-ubyte.gz"), b"").unwrap();
+        let err = read_dir(dir.path(), "--dir").unwrap_err().to_string();
         let expected = format!(
-            "holds the batches in its folder {BIN_FOLDER}; expected that folder (--data-dir {})",
+            "holds the unpacked archive's folder {BIN_FOLDER}; expected that folder (--dir {})",
             inner.display()
         );
         assert!(err.ends_with(&expected), "{err}");
+        std::fs::remove_file(inner.join(TEST_FILE)).unwrap();
         std::fs::write(inner.join("batches.meta"), b"").unwrap();
-        let err = read_dir(&inner).unwrap_err().to_string();
+        let err = read_dir(&inner, "--data-dir").unwrap_err().to_string();
         assert!(err.contains("holds the python version of CIFAR-10"), "{err}");
         std::fs::write(inner.join("train-images-idx3-ubyte.gz"), b"").unwrap();
-        let err = read_dir(&inner).unwrap_err().to_string();
-        assert!(err.contains("holds MNIST-format IDX files (`--dataset mnist` or `--dataset fashion-mnist` reads them), not cifar10's data files"), "{err}");
+        let err = read_dir(&inner, "--data-dir").unwrap_err().to_string();
+        let expected = "holds MNIST-format IDX files, not cifar10's data files; point --data-dir at cifar10's folder (or, to read this one, `--dataset mnist` or `--dataset fashion-mnist`)";
+        assert!(err.ends_with(expected), "{err}");
     }
 
     #[test]
-    fn the_variables_folder_is_told_apart() {
+    fn an_empty_variable_is_unset() {
         assert_eq!(folder_of(Some("".into())), None);
         assert_eq!(folder_of(Some("c10".into())), Some(PathBuf::from("c10")));
-        let absolute = std::path::absolute("c10").unwrap();
-        assert!(names(Some(Path::new("c10")), Path::new("c10")) && names(Some(Path::new("c10")), &absolute));
-        assert!(!names(Some(Path::new("c10")), Path::new("other")) && !names(None, Path::new("c10")));
     }
 
     #[test]
     fn missing_folder_or_files_explain_the_layout() {
-        let err = read_dir(Path::new("/nonexistent/cifar")).unwrap_err().to_string();
+        let err = read_dir(Path::new("/nonexistent/cifar"), "--data-dir").unwrap_err().to_string();
         assert!(err.contains("CIFAR-10 folder not found") && err.contains(SOURCE) && err.contains(DIR_ENV), "{err}");
         let dir = fixture_folder();
         std::fs::remove_file(dir.path().join("data_batch_3.bin")).unwrap();
-        let err = read_dir(dir.path()).unwrap_err().to_string();
+        let err = read_dir(dir.path(), "--data-dir").unwrap_err().to_string();
         assert!(err.contains("missing data_batch_3.bin;"), "{err}");
     }
 }

@@ -104,29 +104,26 @@ fn holds_verified(name: DatasetName, dir: &Path, files: &[(&str, &str)]) -> bool
 /// Fetches `name` into `dir` (e.g. `data/mnist`) unless it is already there and verified.
 pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
     if name == DatasetName::Cifar10 {
-        // Nothing to fetch; a folder already holding it is checked as the loader reads it.
-        if dir.is_dir() {
-            let (train, test) = super::cifar::read_dir(dir)?;
-            crate::outln!(
-                "cifar10: in {}, {} training and {} test records, their labels checked (no registry ships CIFAR-10, so no checksums); nothing to fetch",
-                dir.display(),
-                train.len(),
-                test.len()
-            );
-            return Ok(());
-        }
-        bail!(
-            "cifar10: no package registry ships CIFAR-10; download {} yourself, unpack it, and pass its cifar-10-batches-bin folder with --data-dir (or set {})",
-            super::cifar::SOURCE,
-            super::cifar::DIR_ENV
+        // No registry ships it: a folder that holds it is checked as the loader reads it.
+        let (train, test) = super::cifar::read_dir(dir, "--dir").map_err(|e| {
+            anyhow::anyhow!(
+                "no package registry ships CIFAR-10, so `gtn data fetch cifar10` checks a folder that holds it: {e:#}"
+            )
+        })?;
+        crate::outln!(
+            "cifar10: in {}, {} training and {} test records, their labels checked (no checksums are published); nothing to fetch",
+            dir.display(),
+            train.len(),
+            test.len()
         );
+        return Ok(());
     }
     crate::config::check_not_a_file(dir, "--dir")?;
-    super::check_fetch_into(dir, name)?;
     if is_complete(name, dir) {
         crate::outln!("{}: already in {}, checksums verified; skipping", name.as_str(), dir.display());
         return Ok(());
     }
+    super::check_fetch_into(dir, name)?;
     check_replaceable(name, dir)?;
     // The folders this fetch creates, `dir` first, then each missing parent (a fresh checkout's
     // `data/` for `data/mnist`).
@@ -410,7 +407,13 @@ mod tests {
         let err = fetch(DatasetName::Cifar10, dir.path()).unwrap_err().to_string();
         assert!(err.contains("missing test_batch.bin"), "{err}");
         let err = fetch(DatasetName::Cifar10, &dir.path().join("none")).unwrap_err().to_string();
-        assert!(err.starts_with("cifar10: no package registry ships CIFAR-10"), "{err}");
+        let expected =
+            "no package registry ships CIFAR-10, so `gtn data fetch cifar10` checks a folder that holds it: ";
+        assert!(err.starts_with(expected) && err.contains("none: CIFAR-10 folder not found"), "{err}");
+        let archive = dir.path().join("cifar-10-binary.tar.gz");
+        std::fs::write(&archive, b"").unwrap();
+        let err = fetch(DatasetName::Cifar10, &archive).unwrap_err().to_string();
+        assert!(err.contains("cifar-10-binary.tar.gz: is an archive; unpack it"), "{err}");
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl Dataset {
 }
 
 fn load_cifar(dir: &Path, device: Device) -> Result<(Split, Split)> {
-    let (train, test) = cifar::read_dir(dir)?;
+    let (train, test) = cifar::read_dir(dir, "--data-dir")?;
     let split = |r: cifar::Records| {
         let n = r.len() as i64;
         let pixels = Tensor::from_slice(&r.pixels).view([n, 3, 32, 32]).to_device(device);
@@ -259,29 +259,58 @@ fn gtn_output_in(dir: &Path) -> Option<&'static str> {
 }
 
 /// The data files of a dataset other than `name` in `dir`, in words, and the flag that reads
-/// them: CIFAR-10's batches and MNIST's IDX files have different names, so a folder of one read
-/// as the other (a forgotten `--dataset`) misses every file.
+/// them, where `dir` holds none of `name`'s: CIFAR-10's batches and MNIST's IDX files have
+/// different names, so a folder of one read as the other (a forgotten `--dataset`) misses every
+/// file.
 fn other_dataset_in(dir: &Path, name: DatasetName) -> Option<(&'static str, &'static str)> {
-    let idx = ["train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"].iter().any(|f| dir.join(f).is_file());
+    let holds_any = |files: &[&str]| files.iter().any(|f| dir.join(f).is_file());
+    let idx = IDX_STEMS.iter().flat_map(|stem| [format!("{stem}.gz"), stem.to_string()]).collect::<Vec<_>>();
+    let idx = holds_any(&idx.iter().map(String::as_str).collect::<Vec<_>>());
+    let cifar = holds_any(&cifar::TRAIN_FILES) || holds_any(&[cifar::TEST_FILE]);
     match name {
-        DatasetName::Cifar10 if idx => Some(("MNIST-format IDX files", "--dataset mnist` or `--dataset fashion-mnist")),
-        DatasetName::Mnist | DatasetName::FashionMnist if dir.join(cifar::TRAIN_FILES[0]).is_file() => {
+        DatasetName::Cifar10 if idx && !cifar => {
+            Some(("MNIST-format IDX files", "--dataset mnist` or `--dataset fashion-mnist"))
+        }
+        DatasetName::Mnist | DatasetName::FashionMnist if cifar && !idx => {
             Some(("CIFAR-10's binary batches", "--dataset cifar10"))
         }
         _ => None,
     }
 }
 
-/// Where `name`'s data files are missing from `dir`, an error for a folder that holds something
-/// else gtn knows: its own output, or another dataset's files. Fetching `name` into it (the
-/// advice for any other folder) would only mix the two.
-pub(crate) fn check_not_other_data(dir: &Path, name: DatasetName) -> Result<()> {
-    let held = match (gtn_output_in(dir), other_dataset_in(dir, name)) {
-        (Some(file), _) => format!("gtn's output ({file})"),
-        (None, Some((files, flag))) => format!("{files} (`{flag}` reads them)"),
-        (None, None) => return Ok(()),
-    };
-    bail!("{}: holds {held}, not {name}'s data files; point --data-dir at {name}'s folder", dir.display())
+/// The four IDX files of MNIST and Fashion-MNIST, without `.gz`.
+const IDX_STEMS: [&str; 4] =
+    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+
+/// Another dataset's data where `wanted`'s was expected: a forgotten `--dataset`, or another
+/// folder than meant. Its advice suits a command that may read either dataset; one bound to a
+/// run's dataset words its own ([`crate::checkpoint::runs_data`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}; point {flag} at {wanted}'s folder (or, to read this one, `{reads}`)")]
+pub struct OtherDataset {
+    /// The file or folder and what it holds.
+    pub what: String,
+    pub wanted: DatasetName,
+    /// The flag that named the folder, and the one that reads the other dataset.
+    pub flag: &'static str,
+    pub reads: &'static str,
+}
+
+/// Where `name`'s data files are missing from `dir` (named by `flag`), an error for a folder that
+/// holds something else gtn knows: its own output, or another dataset's files. Fetching `name`
+/// into it (the advice for any other folder) would only mix the two.
+pub(crate) fn check_not_other_data(dir: &Path, name: DatasetName, flag: &'static str) -> Result<()> {
+    if let Some(file) = gtn_output_in(dir) {
+        bail!(
+            "{}: holds gtn's output ({file}), not {name}'s data files; point {flag} at {name}'s folder",
+            dir.display()
+        );
+    }
+    if let Some((files, reads)) = other_dataset_in(dir, name) {
+        let what = format!("{}: holds {files}, not {name}'s data files", dir.display());
+        return Err(OtherDataset { what, wanted: name, flag, reads }.into());
+    }
+    Ok(())
 }
 
 /// Refuses to fetch `name` into `dir` where it holds gtn's output or another dataset's files,
@@ -309,7 +338,30 @@ fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Spl
             crate::text::shell_word(dir)
         );
     }
-    Ok((load_split(name, dir, "train", device)?, load_split(name, dir, "t10k", device)?))
+    let mut unpublished = Vec::new();
+    let splits = (
+        load_split(name, dir, "train", device, &mut unpublished)?,
+        load_split(name, dir, "t10k", device, &mut unpublished)?,
+    );
+    if let Some(warning) = unpublished_warning(name, dir, &unpublished) {
+        tracing::warn!("{warning}");
+    }
+    Ok(splits)
+}
+
+/// One warning for the files of `dir` that hold as many items as `name`'s published ones but
+/// other content (`unpublished`): most likely a damaged copy, which the loader reads as given
+/// like any other content, or another dataset of the same size (KMNIST, a permuted MNIST).
+fn unpublished_warning(name: DatasetName, dir: &Path, unpublished: &[String]) -> Option<String> {
+    let files = match unpublished {
+        [] => return None,
+        [one] => format!("{one} holds"),
+        all => format!("{} hold", all.join(", ")),
+    };
+    Some(format!(
+        "{}: {files} as many items as {name}'s published files but other content (sha256): a damaged copy, or another dataset of the same size; `gtn data fetch {name}` fetches the published one",
+        dir.display()
+    ))
 }
 
 fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
@@ -320,7 +372,7 @@ fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
     } else if plain.is_file() {
         Ok(plain)
     } else {
-        check_not_other_data(dir, name)?;
+        check_not_other_data(dir, name, "--data-dir")?;
         bail!(
             "{}: missing (also looked for {stem}); run `gtn data fetch {} --dir {}`",
             gz.display(),
@@ -332,8 +384,15 @@ fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
 
 /// The IDX file `stem` of dataset `name` in `dir`. A file of the published datasets is checked
 /// to be this one (not the other dataset's, not the other split's); any other content (a slice,
-/// a dataset of one's own in the same format) is read as given.
-fn read_idx(name: DatasetName, dir: &Path, stem: &str, ndims: usize) -> Result<(PathBuf, idx::Idx)> {
+/// a dataset of one's own in the same format) is read as given, its name put in `unpublished`
+/// where it holds as many items as the published file (a damaged copy, or another dataset).
+fn read_idx(
+    name: DatasetName,
+    dir: &Path,
+    stem: &str,
+    ndims: usize,
+    unpublished: &mut Vec<String>,
+) -> Result<(PathBuf, idx::Idx)> {
     let path = find_file(name, dir, stem)?;
     let fetch_again = format!("run `gtn data fetch {name} --dir {}` again", crate::text::shell_word(dir));
     let data = match idx::read(&path, ndims) {
@@ -345,42 +404,36 @@ fn read_idx(name: DatasetName, dir: &Path, stem: &str, ndims: usize) -> Result<(
         }
     };
     let identified = fetch::identify(&data);
-    if let Some(warning) = damaged_copy_warning(name, stem, &path, &data, identified.is_some()) {
-        tracing::warn!("{warning}");
+    if identified.is_none() && data.dims.first() == Some(&fetch::published_count(name, stem)) {
+        unpublished.push(file_name(&path));
     }
     if let Some((other, file)) = identified.filter(|&found| found != (name, stem)) {
-        let remedy = match other == name {
-            true => fetch_again,
-            false => format!("point --data-dir at the {name} folder (or, for a {other} folder, `--dataset {other}`)"),
+        let what = format!("{}: is {other}'s {file}, expected {name}'s {stem}", path.display());
+        if other == name {
+            bail!("{what}; {fetch_again}");
+        }
+        let reads = match other {
+            DatasetName::Mnist => "--dataset mnist",
+            _ => "--dataset fashion-mnist",
         };
-        bail!("{}: is {other}'s {file}, expected {name}'s {stem}; {remedy}", path.display());
+        return Err(OtherDataset { what, wanted: name, flag: "--data-dir", reads }.into());
     }
     Ok((path, data))
 }
 
-/// A warning for the IDX file `stem` of `name` at `path` that holds as many items as the
-/// published one but is no published file (`published`): most likely a damaged copy, which the
-/// loader reads as given, like any other content.
-fn damaged_copy_warning(
-    name: DatasetName,
-    stem: &str,
-    path: &Path,
-    data: &idx::Idx,
-    published: bool,
-) -> Option<String> {
-    (!published && data.dims.first() == Some(&fetch::published_count(name, stem))).then(|| {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        format!(
-            "{}: as many items as {name}'s published {stem}, but other content (its sha256 differs): a damaged copy? Move it away and run `gtn data fetch {name} --dir {}` again",
-            path.display(),
-            crate::text::shell_word(dir)
-        )
-    })
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-fn load_split(name: DatasetName, dir: &Path, prefix: &str, device: Device) -> Result<Split> {
-    let (images_path, images) = read_idx(name, dir, &format!("{prefix}-images-idx3-ubyte"), 3)?;
-    let (labels_path, labels) = read_idx(name, dir, &format!("{prefix}-labels-idx1-ubyte"), 1)?;
+fn load_split(
+    name: DatasetName,
+    dir: &Path,
+    prefix: &str,
+    device: Device,
+    unpublished: &mut Vec<String>,
+) -> Result<Split> {
+    let (images_path, images) = read_idx(name, dir, &format!("{prefix}-images-idx3-ubyte"), 3, unpublished)?;
+    let (labels_path, labels) = read_idx(name, dir, &format!("{prefix}-labels-idx1-ubyte"), 1, unpublished)?;
     if images.dims[1..] != [28, 28] {
         bail!("{}: images are {:?}, expected 28x28", images_path.display(), &images.dims[1..]);
     }
@@ -517,31 +570,36 @@ mod tests {
         std::fs::remove_file(dir.path().join(crate::compare::SUMMARY_JSON)).unwrap();
         std::fs::write(dir.path().join(cifar::TRAIN_FILES[0]), "").unwrap();
         let err = Dataset::load(DatasetName::Mnist, dir.path(), 10, 0, Device::Cpu).unwrap_err().to_string();
-        let expected = "holds CIFAR-10's binary batches (`--dataset cifar10` reads them), not mnist's data files; point --data-dir at mnist's folder";
+        let expected = "holds CIFAR-10's binary batches, not mnist's data files; point --data-dir at mnist's folder (or, to read this one, `--dataset cifar10`)";
         assert!(err.ends_with(expected), "{err}");
         let err = fetch::fetch(DatasetName::FashionMnist, dir.path()).unwrap_err().to_string();
         let expected = "holds CIFAR-10's binary batches; fetch fashion-mnist into a folder of its own (its default is data/fashion-mnist)";
         assert!(err.ends_with(expected), "{err}");
     }
 
-    /// A file of the published size that is no published file is warned of as a damaged copy
-    /// (a slice is not).
+    /// Files of the published size that are no published file are warned of, once per folder,
+    /// as a damaged copy or another dataset of that size (a slice is not).
     #[test]
     fn a_published_size_with_other_content_is_warned_of() {
-        let labels = |n| idx::Idx { dims: vec![n], data: vec![0; n] };
-        let path = Path::new("d/t10k-labels-idx1-ubyte.gz");
-        let warning = damaged_copy_warning(DatasetName::Mnist, "t10k-labels-idx1-ubyte", path, &labels(10_000), false);
-        let expected = "d/t10k-labels-idx1-ubyte.gz: as many items as mnist's published t10k-labels-idx1-ubyte, but other content (its sha256 differs): a damaged copy? Move it away and run `gtn data fetch mnist --dir d` again";
-        assert_eq!(warning.as_deref(), Some(expected));
-        assert_eq!(
-            damaged_copy_warning(DatasetName::Mnist, "t10k-labels-idx1-ubyte", path, &labels(10_000), true),
-            None
-        );
-        assert_eq!(damaged_copy_warning(DatasetName::Mnist, "t10k-labels-idx1-ubyte", path, &labels(256), false), None);
-        assert_eq!(
-            damaged_copy_warning(DatasetName::Mnist, "train-labels-idx1-ubyte", path, &labels(10_000), false),
-            None
-        );
+        let dir = tempfile::tempdir().unwrap();
+        let published = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist-published");
+        let stem = "t10k-labels-idx1-ubyte";
+        let mut content = idx::read_bytes(&published.join(format!("{stem}.gz"))).unwrap();
+        let read = |dir: &Path| {
+            let mut unpublished = Vec::new();
+            read_idx(DatasetName::Mnist, dir, stem, 1, &mut unpublished).unwrap();
+            unpublished
+        };
+        assert!(read(&published).is_empty(), "the published file");
+        *content.last_mut().unwrap() ^= 1;
+        std::fs::write(dir.path().join(stem), &content).unwrap();
+        assert_eq!(read(dir.path()), [stem]);
+        assert!(read(&fixture_dir()).is_empty(), "a slice");
+        let warning = unpublished_warning(DatasetName::Mnist, Path::new("d"), &[stem.into()]).unwrap();
+        assert_eq!(warning, format!("d: {stem} holds as many items as mnist's published files but other content (sha256): a damaged copy, or another dataset of the same size; `gtn data fetch mnist` fetches the published one"));
+        let two = unpublished_warning(DatasetName::Mnist, Path::new("d"), &["a".into(), "b".into()]).unwrap();
+        assert!(two.starts_with("d: a, b hold as many"), "{two}");
+        assert_eq!(unpublished_warning(DatasetName::Mnist, Path::new("d"), &[]), None);
     }
 
     #[test]
@@ -556,7 +614,7 @@ mod tests {
         std::fs::copy(fashion.join(labels), dir.path().join(labels)).unwrap();
         let load = |name| Dataset::load(name, dir.path(), 10, 0, Device::Cpu).unwrap_err().to_string();
         let err = load(DatasetName::Mnist);
-        let expected = "t10k-labels-idx1-ubyte.gz: is fashion-mnist's t10k-labels-idx1-ubyte, expected mnist's t10k-labels-idx1-ubyte; point --data-dir at the mnist folder (or, for a fashion-mnist folder, `--dataset fashion-mnist`)";
+        let expected = "t10k-labels-idx1-ubyte.gz: is fashion-mnist's t10k-labels-idx1-ubyte, expected mnist's t10k-labels-idx1-ubyte; point --data-dir at mnist's folder (or, to read this one, `--dataset fashion-mnist`)";
         assert!(err.ends_with(expected), "{err}");
         // In its place: the next check, the slice's images against 10,000 labels, speaks.
         let err = load(DatasetName::FashionMnist);

@@ -338,7 +338,7 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
     // The untrained row's own columns (valid vs test, vs params) are n/a by construction.
     let unexplained = |r: &Row| {
         let own = [r.spearman_valid_test, r.spearman_params].into_iter().filter(|_| r.proxy != PARAMS);
-        [r.spearman, r.kendall, r.spearman_top, r.kendall_top].into_iter().chain(own).any(|c| !c.is_finite())
+        [r.spearman, r.kendall, r.spearman_top, r.kendall_top].into_iter().chain(own).any(f64::is_nan)
     };
     if rows.iter().any(unexplained) {
         s += &format!("\nn/a: {NO_CORRELATION}.\n");
@@ -377,8 +377,8 @@ pub fn markdown(rows: &[Row], matches: &[Match]) -> String {
     s + "\n"
 }
 
-/// Why a correlation is left out (n/a): fewer than three points, which rank alike or opposite
-/// whatever they are, or a column of equal values (every architecture tied), which ranks nothing.
+/// Why a correlation is left out (n/a): fewer than three points (two rank alike or opposite
+/// whatever they are), or a column of equal values (every architecture tied), which ranks nothing.
 const NO_CORRELATION: &str =
     "a correlation needs at least three architectures measured by both sides, not all scored alike";
 

@@ -259,7 +259,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             let from = checkpoint::RunsData {
                 dir: run,
                 folder: &dir,
-                source: checkpoint::DataFolder::of(opts.data_dir.is_some(), c.data_dir.is_some()),
+                stored: c.data_dir.as_deref(),
                 dataset: c.dataset,
                 saved: teacher_data,
             };
@@ -267,7 +267,8 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
             checkpoint::check_data(teacher_data, &data, &dir, &opts.proxy.label())?;
             data
         }
-        _ => {
+        (Some(_), Proxy::Real) => unreachable!("a teacher is a GTN proxy's"),
+        (None, _) => {
             let dir = opts.data_dir.clone().unwrap_or_else(|| opts.dataset.default_dir());
             let valid_size = opts.valid_size.unwrap_or(opts.dataset.default_valid_size());
             let data = Dataset::load(opts.dataset, &dir, valid_size, crate::data::DEFAULT_SPLIT_SEED, device)?;
