@@ -943,6 +943,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = load(dir.path()).err().unwrap().to_string();
         assert!(err.ends_with(": holds no config.toml; expected a `gtn rl train` folder"), "{err}");
+        // An image run in its folders is not offered as an RL run.
+        let image_run = dir.path().join("gtn-full");
+        std::fs::create_dir(&image_run).unwrap();
+        std::fs::write(image_run.join(CONFIG_FILE), "dataset = \"mnist\"").unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.ends_with(": holds no config.toml; expected a `gtn rl train` folder"), "{err}");
+        std::fs::remove_dir_all(&image_run).unwrap();
         RlTrainer::create(&tiny(4), dir.path(), 1).unwrap();
         std::fs::write(dir.path().join(CONFIG_FILE), RlConfig { generator_hidden: 5, ..tiny(4) }.to_toml().unwrap())
             .unwrap();
