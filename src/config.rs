@@ -450,14 +450,20 @@ impl Config {
     /// resumes): combinations that would train nothing or mislead. Errors name the `--config`
     /// file and flags of `flags`, which made the config.
     pub fn check_new_run(&self, flags: &Flags) -> Result<()> {
-        self.check_combinations().map_err(|e| flags.name_in(e))
+        self.check_combinations(flags).map_err(|e| flags.name_in(e))
     }
 
-    fn check_combinations(&self) -> Result<()> {
+    fn check_combinations(&self, flags: &Flags) -> Result<()> {
         let (every, steps) = (self.intermediate_loss_every, self.inner_steps);
         if every >= steps {
+            // A file that lowers `inner_steps` below a preset's intermediate losses is named
+            // with a key it does not set.
+            let whose = match flags.config.is_some_and(|file| !sets_key(file, "intermediate_loss_every")) {
+                true => " (the preset's; the file may set it)",
+                false => "",
+            };
             bail!(
-                "config key `intermediate_loss_every` is {every}, which adds no intermediate loss with `inner_steps` = {steps} (one after every k-th step before the last); expected 0 (none) or less than {steps}"
+                "config key `intermediate_loss_every` is {every}{whose}, which adds no intermediate loss with `inner_steps` = {steps} (one after every k-th step before the last); expected 0 (none) or less than {steps}"
             );
         }
         if every == 0 && self.intermediate_loss_form == IntermediateLossForm::SumFreshBatches {
@@ -1154,8 +1160,14 @@ mod tests {
         let short = Flags { config: Some(&file), inner_steps: Some(8), ..Flags::default() };
         let config = Config::from_flags("paper-cifar10", &short).unwrap();
         let err = config.check_new_run(&short).unwrap_err().to_string();
-        let expected = format!("{shown} with --steps 8: config key `intermediate_loss_every` is 16");
+        let expected = format!(
+            "{shown} with --steps 8: config key `intermediate_loss_every` is 16 (the preset's; the file may set it),"
+        );
         assert!(err.starts_with(&expected), "{err}");
+        std::fs::write(&file, "intermediate_loss_every = 8").unwrap();
+        let err = Config::from_flags("paper-cifar10", &short).unwrap().check_new_run(&short).unwrap_err().to_string();
+        assert!(err.contains("`intermediate_loss_every` is 8, which"), "the file's own: {err}");
+        std::fs::write(&file, "batch_size = 32").unwrap();
         let err = config.check_new_run(&Flags { config: None, ..short }).unwrap_err().to_string();
         assert!(err.starts_with("--steps 8: config key"), "{err}");
         assert!(Config::from_flags("cpu", &Flags { meta_iters: Some(0), ..Flags::default() })
