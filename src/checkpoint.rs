@@ -121,6 +121,8 @@ const SAVED_CONFIG: &str = "config";
 /// safetensors writes its metadata map in no fixed order, so a second key would make the same
 /// run's checkpoint bytes (its identity) vary between saves.
 const DATA_SIZES: &str = "data.sizes";
+/// The data's [`crate::data::Dataset::digest`], beside its sizes.
+const DATA_DIGEST: &str = "data.digest";
 
 /// Writes `tensors` to the checkpoint file `path` atomically, with `config` (TOML) as its
 /// metadata: what the run was when these were saved, so that a `config.toml` edited since can be
@@ -379,8 +381,14 @@ fn held_instead(dir: &Path, command: &'static str) -> String {
 
 /// Saves the run in `dir`; returns the checkpoint's sha256, what identifies a teacher beyond its
 /// config (two runs of one config on other devices, builds or thread counts differ).
-/// `data`: the sizes of the data the run trains on ([`crate::data::Dataset::sizes`]).
-pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize, data: [i64; 3]) -> Result<String> {
+/// `data`: the data the run trains on, whose sizes and digest the checkpoint records.
+pub fn save(
+    dir: &Path,
+    teacher: &Teacher,
+    adam: &Adam,
+    iteration: usize,
+    data: &crate::data::Dataset,
+) -> Result<String> {
     let named = teacher.named_params();
     let mut tensors = Vec::with_capacity(3 * named.len() + 2);
     for ((name, param), (m, v)) in named.into_iter().zip(adam.m.iter().zip(&adam.v)) {
@@ -390,7 +398,8 @@ pub fn save(dir: &Path, teacher: &Teacher, adam: &Adam, iteration: usize, data: 
     }
     tensors.push(("adam.steps".into(), Tensor::from_slice(&[adam.steps])));
     tensors.push(("iteration".into(), Tensor::from_slice(&[iteration as i64])));
-    tensors.push((DATA_SIZES.into(), Tensor::from_slice(&data)));
+    tensors.push((DATA_SIZES.into(), Tensor::from_slice(&data.sizes())));
+    tensors.push((DATA_DIGEST.into(), Tensor::from_slice(&data.digest)));
     write_tensors(&checkpoint_path(dir), &tensors, &teacher.config.without_session_settings().to_toml()?)
 }
 
@@ -403,6 +412,9 @@ pub struct Checkpoint {
     /// The sizes of the data the run was saved with ([`crate::data::Dataset::sizes`]); none in
     /// the checkpoints of builds before they were stored.
     pub data: Option<[i64; 3]>,
+    /// The data's digest ([`crate::data::Dataset::digest`]); none in the checkpoints of builds
+    /// before it was stored.
+    pub digest: Option<[i64; 4]>,
     /// Of the bytes these were loaded from, read once: a run saving to the folder meanwhile cannot
     /// pair one save's weights with another save's hash.
     pub sha256: String,
@@ -542,7 +554,8 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     };
     // Older builds' checkpoints do not record their data's sizes.
     let data = counts(DATA_SIZES, 3)?.map(|sizes| <[i64; 3]>::try_from(sizes).expect("three sizes"));
-    let expected = 3 * named.len() + 2 + usize::from(data.is_some());
+    let digest = counts(DATA_DIGEST, 4)?.map(|digest| <[i64; 4]>::try_from(digest).expect("four integers"));
+    let expected = 3 * named.len() + 2 + usize::from(data.is_some()) + usize::from(digest.is_some());
     if stored.len() != expected {
         bail!(
             "{}: {} tensors, the config expects {expected}; the checkpoint is from another config",
@@ -558,22 +571,34 @@ pub fn load(dir: &Path, device: Device) -> Result<Checkpoint> {
     let iteration =
         check_progress(dir, scalar("iteration")?, steps, ("meta_iters", config.meta_iters), "meta-iteration")?;
     let adam = Adam { m, v, steps, ..Adam::new(&[], config.adam_beta1, config.adam_beta2, config.adam_eps) };
-    Ok(Checkpoint { teacher, adam, iteration, sha256: file.sha256, data })
+    Ok(Checkpoint { teacher, adam, iteration, sha256: file.sha256, data, digest })
 }
 
-/// Refuses data other than a run's (`saved`, [`crate::data::Dataset::sizes`] as its checkpoint
-/// recorded them; none in older builds' checkpoints): read from `data_dir` for the run `run`,
-/// other split sizes (a slice) would redraw the validation split, so the run would go on as
-/// another, or be scored on images its meta-training saw.
-pub fn check_data(saved: Option<[i64; 3]>, data: &crate::data::Dataset, data_dir: &Path, run: &str) -> Result<()> {
+/// Refuses data other than a run's (`saved`, [`crate::data::Dataset::sizes`], and `digest`, as
+/// its checkpoint recorded them; none in older builds' checkpoints): read from `data_dir` for the
+/// run `run`, other split sizes (a slice) would redraw the validation split, and other content
+/// of the same sizes is other images, so the run would go on as another, or be scored on images
+/// its meta-training saw.
+pub fn check_data(
+    (saved, digest): (Option<[i64; 3]>, Option<[i64; 4]>),
+    data: &crate::data::Dataset,
+    data_dir: &Path,
+    run: &str,
+) -> Result<()> {
     let words = |[train, valid, test]: [i64; 3]| format!("{train} training, {valid} validation and {test} test images");
+    let expected = "expected its data (--data-dir, or the run's `data_dir` in its config.toml)";
     match saved {
         Some(saved) if saved != data.sizes() => bail!(
-            "{}: holds {} of {}; the run {run} was meta-trained on {}; expected its data (--data-dir, or the run's `data_dir` in its config.toml)",
+            "{}: holds {} of {}; the run {run} was meta-trained on {}; {expected}",
             data_dir.display(),
             words(data.sizes()),
             data.name.as_str(),
             words(saved)
+        ),
+        _ if digest.is_some_and(|digest| digest != data.digest) => bail!(
+            "{}: holds {} data of the sizes the run {run} was meta-trained on, but other content (its sha256 differs); {expected}",
+            data_dir.display(),
+            data.name.as_str()
         ),
         _ => Ok(()),
     }

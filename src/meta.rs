@@ -212,14 +212,14 @@ impl Trainer {
             return Trainer::create(&config, dir, device);
         }
         let lock = checkpoint::lock_run(dir)?;
-        let Checkpoint { mut teacher, adam, iteration, sha256, data: saved } = checkpoint::load(dir, device)?;
+        let Checkpoint { mut teacher, adam, iteration, sha256, data: saved, digest } = checkpoint::load(dir, device)?;
         let stored = teacher.config.data_dir.clone();
         settings.apply(&mut teacher.config);
         let folder = teacher.config.data_dir();
         let stored = stored.as_deref();
         let from = checkpoint::RunsData { dir, folder: &folder, stored, dataset: teacher.config.dataset, saved };
         let data = checkpoint::runs_data(load_data(&teacher.config, device), &from)?;
-        checkpoint::check_data(saved, &data, &folder, &format!("in {}", dir.display()))?;
+        checkpoint::check_data((saved, digest), &data, &folder, &format!("in {}", dir.display()))?;
         // Older checkpoints record no data sizes: a slice given as --data-dir too small for the
         // meta-batch is caught here.
         check_meta_batch(&teacher.config, &data)?;
@@ -386,7 +386,7 @@ impl Trainer {
     }
 
     pub fn save(&mut self) -> Result<()> {
-        let sha256 = checkpoint::save(&self.dir, &self.teacher, &self.adam, self.iteration, self.data.sizes())?;
+        let sha256 = checkpoint::save(&self.dir, &self.teacher, &self.adam, self.iteration, &self.data)?;
         self.last_saved = Some((self.iteration, sha256));
         interrupt::saved(self.iteration);
         Ok(())
@@ -1403,11 +1403,25 @@ mod tests {
         );
         assert!(err.ends_with("expected its data (--data-dir, or the run's `data_dir` in its config.toml)"), "{err}");
         assert_eq!(resume(&copy).unwrap().iteration, 0);
-        // A checkpoint of a build before data sizes were recorded: a slice too small for the
-        // meta-batch is still refused in one line (a batch is drawn without replacement).
+        // The same sizes with one pixel changed: other images.
+        let images = copy.join("train-images-idx3-ubyte.gz");
+        let mut content = crate::data::idx::read_bytes(&images).unwrap();
+        *content.last_mut().unwrap() ^= 1;
+        std::fs::remove_file(&images).unwrap();
+        std::fs::write(copy.join("train-images-idx3-ubyte"), &content).unwrap();
+        let err = resume(&copy).err().unwrap().to_string();
+        assert!(
+            err.contains("holds mnist data of the sizes the run in ") && err.contains("but other content"),
+            "{err}"
+        );
+        // A checkpoint of a build before the data's sizes and digest were recorded: a slice too
+        // small for the meta-batch is still refused in one line (a batch is drawn without
+        // replacement).
         let file = checkpoint::checkpoint_path(&run);
         let saved = checkpoint::read_tensors(&file).unwrap();
-        let older: Vec<(String, Tensor)> = saved.tensors.into_iter().filter(|(name, _)| name != "data.sizes").collect();
+        let recorded = ["data.sizes", "data.digest"];
+        let older: Vec<(String, Tensor)> =
+            saved.tensors.into_iter().filter(|(name, _)| !recorded.contains(&name.as_str())).collect();
         checkpoint::write_tensors(&file, &older, saved.saved_config.as_deref().unwrap()).unwrap();
         let small = crate::data::fixture_slice(150);
         let err = resume(small.path()).err().unwrap().to_string();

@@ -55,9 +55,15 @@ pub fn published_count(name: DatasetName, file: &str) -> usize {
     }
 }
 
-/// The published file whose decompressed content `idx` is, if any: its dataset and name.
-pub fn identify(idx: &Idx) -> Option<(DatasetName, &'static str)> {
-    let sha = hex(&Sha256::new().chain_update(super::idx::header(&idx.dims)).chain_update(&idx.data).finalize());
+/// The sha256 of `idx` as a decompressed file holds it (header and data), as the published
+/// checksums are.
+pub fn content_sha(idx: &Idx) -> String {
+    hex(&Sha256::new().chain_update(super::idx::header(&idx.dims)).chain_update(&idx.data).finalize())
+}
+
+/// The published file whose decompressed content has the sha256 `sha` ([`content_sha`]), if any:
+/// its dataset and name.
+pub fn identify(sha: &str) -> Option<(DatasetName, &'static str)> {
     [DatasetName::Mnist, DatasetName::FashionMnist]
         .into_iter()
         .find_map(|name| expected_files(name).iter().find(|(_, s)| *s == sha).map(|(file, _)| (name, *file)))

@@ -154,6 +154,21 @@ pub struct Dataset {
     pub train: Split,
     pub valid: Split,
     pub test: Split,
+    /// The sha256 of the data as read (each IDX file's content; CIFAR-10's records), as four
+    /// integers, as a run's checkpoint records it: data of the same sizes but other content is
+    /// another dataset to a run.
+    pub digest: [i64; 4],
+}
+
+/// [`Dataset::digest`] of `parts`, in order.
+fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [i64; 4] {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    let bytes = hasher.finalize();
+    std::array::from_fn(|i| i64::from_be_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes")))
 }
 
 /// A size asked of the data that its images cannot fill (a batch, or a validation split): where
@@ -200,7 +215,7 @@ impl Dataset {
     /// IDX files, plain or `.gz`; CIFAR-10's binary batches) and holds out `valid_size` training
     /// images, chosen by a permutation seeded with `split_seed`, for validation.
     pub fn load(name: DatasetName, dir: &Path, valid_size: usize, split_seed: u64, device: Device) -> Result<Dataset> {
-        let (full_train, test) = match name {
+        let (full_train, test, digest) = match name {
             DatasetName::Cifar10 => load_cifar(dir, device)?,
             _ => load_idx(name, dir, device)?,
         };
@@ -220,19 +235,20 @@ impl Dataset {
         let mut order: Vec<i64> = (0..n as i64).collect();
         order.shuffle(&mut StdRng::seed_from_u64(split_seed));
         let (valid_idx, train_idx) = order.split_at(valid_size);
-        Ok(Dataset { name, train: full_train.subset(train_idx), valid: full_train.subset(valid_idx), test })
+        Ok(Dataset { name, train: full_train.subset(train_idx), valid: full_train.subset(valid_idx), test, digest })
     }
 }
 
-fn load_cifar(dir: &Path, device: Device) -> Result<(Split, Split)> {
+fn load_cifar(dir: &Path, device: Device) -> Result<(Split, Split, [i64; 4])> {
     let (train, test) = cifar::read_dir(dir, "--data-dir")?;
+    let digest = digest([&train.labels, &train.pixels, &test.labels, &test.pixels].map(Vec::as_slice));
     let split = |r: cifar::Records| {
         let n = r.len() as i64;
         let pixels = Tensor::from_slice(&r.pixels).view([n, 3, 32, 32]).to_device(device);
         let labels = Tensor::from_slice(&r.labels).to_kind(Kind::Int64).to_device(device);
         Split { dataset: DatasetName::Cifar10, pixels, labels }
     };
-    Ok((split(train), split(test)))
+    Ok((split(train), split(test), digest))
 }
 
 /// Where a relative folder was looked for from, for an error that it is not there: a run's
@@ -328,7 +344,15 @@ pub(crate) fn check_fetch_into(dir: &Path, name: DatasetName) -> Result<()> {
     )
 }
 
-fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Split)> {
+/// What reading a dataset's IDX files gathers besides their content: each file's sha256, in
+/// order (the dataset's digest), and the files of the published size but other content.
+#[derive(Default)]
+struct IdxReading {
+    shas: Vec<String>,
+    unpublished: Vec<String>,
+}
+
+fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Split, [i64; 4])> {
     crate::config::check_not_a_file(dir, "--data-dir")?;
     if !dir.is_dir() {
         bail!(
@@ -338,15 +362,13 @@ fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Spl
             crate::text::shell_word(dir)
         );
     }
-    let mut unpublished = Vec::new();
-    let splits = (
-        load_split(name, dir, "train", device, &mut unpublished)?,
-        load_split(name, dir, "t10k", device, &mut unpublished)?,
-    );
-    if let Some(warning) = unpublished_warning(name, dir, &unpublished) {
+    let mut reading = IdxReading::default();
+    let train = load_split(name, dir, "train", device, &mut reading)?;
+    let test = load_split(name, dir, "t10k", device, &mut reading)?;
+    if let Some(warning) = unpublished_warning(name, dir, &reading.unpublished) {
         tracing::warn!("{warning}");
     }
-    Ok(splits)
+    Ok((train, test, digest(reading.shas.iter().map(String::as_bytes))))
 }
 
 /// One warning for the files of `dir` that hold as many items as `name`'s published ones but
@@ -384,14 +406,15 @@ fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
 
 /// The IDX file `stem` of dataset `name` in `dir`. A file of the published datasets is checked
 /// to be this one (not the other dataset's, not the other split's); any other content (a slice,
-/// a dataset of one's own in the same format) is read as given, its name put in `unpublished`
-/// where it holds as many items as the published file (a damaged copy, or another dataset).
+/// a dataset of one's own in the same format) is read as given, its name put in
+/// `reading.unpublished` where it holds as many items as the published file (a damaged copy, or
+/// another dataset).
 fn read_idx(
     name: DatasetName,
     dir: &Path,
     stem: &str,
     ndims: usize,
-    unpublished: &mut Vec<String>,
+    reading: &mut IdxReading,
 ) -> Result<(PathBuf, idx::Idx)> {
     let path = find_file(name, dir, stem)?;
     let fetch_again = format!("run `gtn data fetch {name} --dir {}` again", crate::text::shell_word(dir));
@@ -403,9 +426,11 @@ fn read_idx(
             bail!("{corrupt}; if `gtn data fetch` wrote it, {fetch_again}")
         }
     };
-    let identified = fetch::identify(&data);
+    let sha = fetch::content_sha(&data);
+    let identified = fetch::identify(&sha);
+    reading.shas.push(sha);
     if identified.is_none() && data.dims.first() == Some(&fetch::published_count(name, stem)) {
-        unpublished.push(file_name(&path));
+        reading.unpublished.push(file_name(&path));
     }
     if let Some((other, file)) = identified.filter(|&found| found != (name, stem)) {
         let what = format!("{}: is {other}'s {file}, expected {name}'s {stem}", path.display());
@@ -425,15 +450,9 @@ fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-fn load_split(
-    name: DatasetName,
-    dir: &Path,
-    prefix: &str,
-    device: Device,
-    unpublished: &mut Vec<String>,
-) -> Result<Split> {
-    let (images_path, images) = read_idx(name, dir, &format!("{prefix}-images-idx3-ubyte"), 3, unpublished)?;
-    let (labels_path, labels) = read_idx(name, dir, &format!("{prefix}-labels-idx1-ubyte"), 1, unpublished)?;
+fn load_split(name: DatasetName, dir: &Path, prefix: &str, device: Device, reading: &mut IdxReading) -> Result<Split> {
+    let (images_path, images) = read_idx(name, dir, &format!("{prefix}-images-idx3-ubyte"), 3, reading)?;
+    let (labels_path, labels) = read_idx(name, dir, &format!("{prefix}-labels-idx1-ubyte"), 1, reading)?;
     if images.dims[1..] != [28, 28] {
         bail!("{}: images are {:?}, expected 28x28", images_path.display(), &images.dims[1..]);
     }
@@ -586,9 +605,9 @@ mod tests {
         let stem = "t10k-labels-idx1-ubyte";
         let mut content = idx::read_bytes(&published.join(format!("{stem}.gz"))).unwrap();
         let read = |dir: &Path| {
-            let mut unpublished = Vec::new();
-            read_idx(DatasetName::Mnist, dir, stem, 1, &mut unpublished).unwrap();
-            unpublished
+            let mut reading = IdxReading::default();
+            read_idx(DatasetName::Mnist, dir, stem, 1, &mut reading).unwrap();
+            reading.unpublished
         };
         assert!(read(&published).is_empty(), "the published file");
         *content.last_mut().unwrap() ^= 1;

@@ -209,7 +209,8 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
     let mut warnings = Vec::new();
     let (teacher, teacher_version, teacher_data) = match &opts.proxy {
         Proxy::Gtn(dir) => {
-            let checkpoint::Checkpoint { teacher, iteration, sha256: sha, data, .. } = checkpoint::load(dir, device)?;
+            let checkpoint::Checkpoint { teacher, iteration, sha256: sha, data, digest, .. } =
+                checkpoint::load(dir, device)?;
             let version = format!("at meta-iteration {iteration}, {}{}", jsonl::TEACHER_CHECKPOINT, &sha[..12]);
             let weak = teacher_warnings(&teacher.config, iteration, &opts.net);
             warnings.extend(weak.into_iter().map(|w| format!("{}: {w}", dir.display())));
@@ -229,9 +230,9 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                     dir.display()
                 );
             }
-            (Some(teacher), Some(version), data)
+            (Some(teacher), Some(version), (data, digest))
         }
-        Proxy::Real => (None, None, None),
+        Proxy::Real => (None, None, (None, None)),
     };
     let data = match (&teacher, &opts.proxy) {
         // The teacher's own split, so validation images are ones meta-training never saw; read
@@ -261,7 +262,7 @@ pub fn score(opts: &ScoreOptions, device: Device, mut progress: impl FnMut(&Reco
                 folder: &dir,
                 stored: c.data_dir.as_deref(),
                 dataset: c.dataset,
-                saved: teacher_data,
+                saved: teacher_data.0,
             };
             let data = checkpoint::runs_data(Dataset::load(c.dataset, &dir, c.valid_size, c.seed, device), &from)?;
             checkpoint::check_data(teacher_data, &data, &dir, &opts.proxy.label())?;
