@@ -635,8 +635,6 @@ pub(crate) mod tests {
         assert_eq!(read_tensors(path).unwrap().saved_config, None);
     }
 
-    /// Locking a run folder removes what a save interrupted there left (however recent: only
-    /// the lock's holder writes a run's checkpoint and config), and nothing else.
     /// A run's own data folder gone: the error names the run's `data_dir`, and says fetching
     /// would not help a run trained on other sizes than the published dataset's. Another folder
     /// than the run's: the run's dataset and folder are named.
@@ -694,6 +692,8 @@ pub(crate) mod tests {
         assert!(err.ends_with(&format!("; {trains}: expected --data-dir with its folder")), "{err}");
     }
 
+    /// Locking a run folder removes what a save interrupted there left (however recent: only
+    /// the lock's holder writes a run's checkpoint and config), and nothing else.
     #[test]
     fn locking_a_run_removes_interrupted_saves() {
         let dir = tempfile::tempdir().unwrap();

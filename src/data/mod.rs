@@ -279,10 +279,8 @@ fn gtn_output_in(dir: &Path) -> Option<&'static str> {
 /// different names, so a folder of one read as the other (a forgotten `--dataset`) misses every
 /// file.
 fn other_dataset_in(dir: &Path, name: DatasetName) -> Option<(&'static str, &'static str)> {
-    let holds_any = |files: &[&str]| files.iter().any(|f| dir.join(f).is_file());
-    let idx = IDX_STEMS.iter().flat_map(|stem| [format!("{stem}.gz"), stem.to_string()]).collect::<Vec<_>>();
-    let idx = holds_any(&idx.iter().map(String::as_str).collect::<Vec<_>>());
-    let cifar = holds_any(&cifar::TRAIN_FILES) || holds_any(&[cifar::TEST_FILE]);
+    let idx = IDX_STEMS.iter().any(|stem| dir.join(stem).is_file() || dir.join(format!("{stem}.gz")).is_file());
+    let cifar = cifar::TRAIN_FILES.iter().chain([&cifar::TEST_FILE]).any(|file| dir.join(file).is_file());
     match name {
         DatasetName::Cifar10 if idx && !cifar => {
             Some(("MNIST-format IDX files", "--dataset mnist` or `--dataset fashion-mnist"))
