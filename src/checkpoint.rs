@@ -437,46 +437,56 @@ pub struct RunsData<'a> {
 /// `loaded`, the data of a run read as `from` says. Read from another folder than the run's own
 /// (`--data-dir`, or a `--config` file's `data_dir`), the error names the run's dataset and
 /// folder: another dataset's folder is the likely mistake, and another dataset cannot be read
-/// for a run, whatever the loader advises. When the run's own folder is gone, the error says so
-/// (a moved folder's path is in the run's config.toml, not on the command line), and, for a run
-/// trained on other sizes than the published dataset's (a slice), that fetching the dataset
-/// would not bring its data back.
+/// for a run, whatever the loader advises. A folder that is not there is said so in the run's
+/// terms, not the loader's (which advises fetching the dataset, or `GTN_CIFAR10_DIR`, neither
+/// of which a run reads): another folder given, that the run reads its own without it; its own
+/// gone, that it is the run's `data_dir`, and whether fetching the dataset there would bring
+/// its data back (not for a slice, nor for CIFAR-10, which no registry ships).
 pub fn runs_data<T>(loaded: Result<T>, from: &RunsData) -> Result<T> {
     loaded.map_err(|e| {
         let own = from.stored.map_or_else(|| from.dataset.default_dir(), Path::to_path_buf);
         let same = |a: &Path, b: &Path| std::path::absolute(a).ok() == std::path::absolute(b).ok();
         let elsewhere = !same(&own, from.folder);
-        let trains = format!("the run in {} trains on {}", from.dir.display(), from.dataset);
+        let (run, dataset) = (from.dir.display(), from.dataset);
+        let trains = format!("the run in {run} trains on {dataset}");
+        let folder = from.folder.display();
         if let Some(other) = e.downcast_ref::<crate::data::OtherDataset>() {
             return match elsewhere {
                 true => anyhow::anyhow!("{}; {trains}, from {}: expected its folder", other.what, own.display()),
                 false => anyhow::anyhow!("{}; {trains}: expected --data-dir with its folder", other.what),
             };
         }
-        if elsewhere {
-            return anyhow::anyhow!("{e:#} ({trains}, from {})", own.display());
+        if from.folder.exists() {
+            return match elsewhere {
+                true => anyhow::anyhow!("{e:#} ({trains}, from {})", own.display()),
+                false => e,
+            };
         }
-        if from.stored.is_none() || from.folder.exists() {
-            return e;
+        if elsewhere {
+            return anyhow::anyhow!(
+                "{folder}: no such folder; {trains}, from {}: expected its folder, or a copy of its data",
+                own.display()
+            );
         }
         let published = from.dataset.published_sizes();
-        // No registry ships CIFAR-10: no fetch brings its published files either.
-        let fetched = match from.dataset {
-            crate::data::DatasetName::Cifar10 => "",
-            _ => ", which `gtn data fetch` would bring",
-        };
-        let slice = match from.saved {
+        let remedy = match from.saved {
             Some([train, valid, test]) if ((train + valid) as usize, test as usize) != published => format!(
-                "; it held {} training and {test} test images, not {}'s published {} and {}{fetched}",
+                "it held {} training and {test} test images, not {dataset}'s published {} and {}: give --data-dir with a copy of its data",
                 train + valid,
-                from.dataset,
                 published.0,
                 published.1
             ),
-            _ => String::new(),
+            _ if dataset == crate::data::DatasetName::Cifar10 => {
+                format!("give --data-dir with CIFAR-10's binary folder (from {})", crate::data::cifar::SOURCE)
+            }
+            _ => format!(
+                "give --data-dir with {dataset}'s folder, or run `gtn data fetch {dataset} --dir {}` to bring it back there",
+                crate::text::shell_word(from.folder)
+            ),
         };
         anyhow::anyhow!(
-            "{e:#} (the run's `data_dir` in {}{slice}; give --data-dir to read another folder)",
+            "{folder}: no such folder{}, the run's `data_dir` in {}; {remedy}",
+            crate::data::looked_from(from.folder),
             from.dir.join(CONFIG_FILE).display()
         )
     })
@@ -651,23 +661,31 @@ pub(crate) mod tests {
         };
         let err = |from: &RunsData| runs_data::<()>(Err(anyhow::anyhow!("not found")), from).unwrap_err().to_string();
         let config = dir.path().join(CONFIG_FILE);
-        let plain = format!("not found (the run's `data_dir` in {}; give --data-dir", config.display());
-        assert!(err(&from(Some([50_000, 10_000, 10_000]))).starts_with(&plain));
-        assert!(err(&from(None)).starts_with(&plain), "an older checkpoint records no sizes");
+        let gone_own = format!("{}: no such folder, the run's `data_dir` in {}; ", gone.display(), config.display());
+        let fetch =
+            format!("give --data-dir with mnist's folder, or run `gtn data fetch mnist --dir {}`", gone.display());
+        assert!(err(&from(Some([50_000, 10_000, 10_000]))).starts_with(&format!("{gone_own}{fetch}")));
+        assert!(err(&from(None)).starts_with(&format!("{gone_own}{fetch}")), "an older checkpoint records no sizes");
         let slice = err(&from(Some([400, 112, 256])));
-        assert!(
-            slice.contains("; it held 512 training and 256 test images, not mnist's published 60000 and 10000, which"),
-            "{slice}"
-        );
-        let cifar = err(&RunsData { dataset: crate::data::DatasetName::Cifar10, ..from(Some([400, 112, 256])) });
-        assert!(!cifar.contains("gtn data fetch"), "no fetch brings CIFAR-10: {cifar}");
+        let expected = "it held 512 training and 256 test images, not mnist's published 60000 and 10000: give --data-dir with a copy of its data";
+        assert_eq!(slice, format!("{gone_own}{expected}"));
+        let cifar = err(&RunsData { dataset: crate::data::DatasetName::Cifar10, ..from(None) });
+        assert!(!cifar.contains("gtn data fetch") && cifar.contains("CIFAR-10's binary folder"), "{cifar}");
         let default = crate::data::DatasetName::Mnist.default_dir();
-        assert_eq!(err(&RunsData { stored: None, folder: &default, ..from(None) }), "not found");
+        assert_eq!(err(&RunsData { stored: None, folder: &default, ..from(None) }), "not found", "the loader's own");
         let own = dir.path().join("own");
-        let elsewhere = err(&RunsData { stored: Some(&own), ..from(None) });
         let trains = format!("the run in {} trains on mnist", dir.path().display());
-        assert_eq!(elsewhere, format!("not found ({trains}, from {})", own.display()));
-        let older = err(&RunsData { stored: None, ..from(None) });
+        let elsewhere = err(&RunsData { stored: Some(&own), ..from(None) });
+        let expected = format!(
+            "{}: no such folder; {trains}, from {}: expected its folder, or a copy of its data",
+            gone.display(),
+            own.display()
+        );
+        assert_eq!(elsewhere, expected);
+        let there = dir.path();
+        let other = err(&RunsData { stored: Some(&own), folder: there, ..from(None) });
+        assert_eq!(other, format!("not found ({trains}, from {})", own.display()));
+        let older = err(&RunsData { stored: None, folder: there, ..from(None) });
         assert_eq!(older, format!("not found ({trains}, from {})", default.display()), "the default it reads");
         // Another dataset's files: the loader's advice to read them instead is not the run's.
         let other = || {
