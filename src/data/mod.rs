@@ -34,6 +34,15 @@ impl DatasetName {
         }
     }
 
+    /// The flag that reads this dataset (`--dataset mnist`), for advice.
+    pub fn dataset_flag(self) -> &'static str {
+        match self {
+            DatasetName::Mnist => "--dataset mnist",
+            DatasetName::FashionMnist => "--dataset fashion-mnist",
+            DatasetName::Cifar10 => "--dataset cifar10",
+        }
+    }
+
     /// Per-channel mean and standard deviation of the training set, in [0, 1] units.
     pub fn mean_std(self) -> (&'static [f64], &'static [f64]) {
         match self {
@@ -286,7 +295,7 @@ fn other_dataset_in(dir: &Path, name: DatasetName) -> Option<(&'static str, &'st
             Some(("MNIST-format IDX files", "--dataset mnist` or `--dataset fashion-mnist"))
         }
         DatasetName::Mnist | DatasetName::FashionMnist if cifar && !idx => {
-            Some(("CIFAR-10's binary batches", "--dataset cifar10"))
+            Some(("CIFAR-10's binary batches", DatasetName::Cifar10.dataset_flag()))
         }
         _ => None,
     }
@@ -393,6 +402,12 @@ fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
         Ok(plain)
     } else {
         check_not_other_data(dir, name, "--data-dir")?;
+        // The two datasets' files share names: a folder of the other's missing a file is no
+        // folder to fetch this one into (fetch would refuse).
+        if let Some((path, other)) = other_published_file(dir, name) {
+            let what = format!("{}: missing, and {} is {other}'s", gz.display(), path.display());
+            return Err(OtherDataset { what, wanted: name, flag: "--data-dir", reads: other.dataset_flag() }.into());
+        }
         bail!(
             "{}: missing (also looked for {stem}); run `gtn data fetch {} --dir {}`",
             gz.display(),
@@ -400,6 +415,16 @@ fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
             crate::text::shell_word(dir)
         )
     }
+}
+
+/// The first file in `dir` under one of `name`'s names that is the other published dataset's.
+fn other_published_file(dir: &Path, name: DatasetName) -> Option<(PathBuf, DatasetName)> {
+    let files = IDX_STEMS.iter().flat_map(|stem| [dir.join(format!("{stem}.gz")), dir.join(stem)]);
+    files.filter(|path| path.is_file()).find_map(|path| {
+        let content = idx::read_bytes(&path).ok()?;
+        let (other, _) = fetch::identify(&fetch::sha256_hex(&content)).filter(|&(other, _)| other != name)?;
+        Some((path, other))
+    })
 }
 
 /// The IDX file `stem` of dataset `name` in `dir`. A file of the published datasets is checked
@@ -435,11 +460,7 @@ fn read_idx(
         if other == name {
             bail!("{what}; {fetch_again}");
         }
-        let reads = match other {
-            DatasetName::Mnist => "--dataset mnist",
-            _ => "--dataset fashion-mnist",
-        };
-        return Err(OtherDataset { what, wanted: name, flag: "--data-dir", reads }.into());
+        return Err(OtherDataset { what, wanted: name, flag: "--data-dir", reads: other.dataset_flag() }.into());
     }
     Ok((path, data))
 }
@@ -640,6 +661,11 @@ mod tests {
         let err = load(DatasetName::FashionMnist);
         let expected = "is fashion-mnist's t10k-labels-idx1-ubyte, expected fashion-mnist's train-labels-idx1-ubyte; run `gtn data fetch fashion-mnist --dir";
         assert!(err.contains(expected), "{err}");
+        // A file missing beside the other dataset's: no advice to fetch into that folder.
+        std::fs::remove_file(dir.path().join("train-images-idx3-ubyte.gz")).unwrap();
+        let err = load(DatasetName::Mnist);
+        let expected = "train-images-idx3-ubyte.gz: missing, and ";
+        assert!(err.contains(expected) && err.contains("is fashion-mnist's; point --data-dir at mnist's folder (or, to read this one, `--dataset fashion-mnist`)"), "{err}");
     }
 
     #[test]
