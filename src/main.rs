@@ -340,6 +340,9 @@ struct BenchArgs {
     /// Named config timed: paper, cpu, tiny, paper-cifar10, cpu-cifar10.
     #[arg(long, default_value = "paper")]
     preset: String,
+    /// Dataset (default: the preset's or --config's).
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetName>,
     /// Learner (default: the preset's or --config's).
     #[arg(long, value_enum)]
     learner: Option<LearnerKind>,
@@ -786,6 +789,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => {
             let flags = Flags {
                 config: args.config.as_deref(),
+                dataset: args.dataset,
                 learner: args.learner,
                 inner_steps: args.steps,
                 checkpoint_every: args.checkpoint_every,

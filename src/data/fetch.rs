@@ -112,8 +112,13 @@ pub fn fetch(name: DatasetName, dir: &Path) -> Result<()> {
     if name == DatasetName::Cifar10 {
         // No registry ships it: a folder that holds it is checked as the loader reads it.
         let (train, test) = super::cifar::read_dir(dir, "--dir").map_err(|e| {
+            // Another dataset's folder: what reads it is another fetch, not a --dataset flag.
+            let e = match e.downcast_ref::<super::OtherDataset>() {
+                Some(other) => format!("{}; expected CIFAR-10's binary folder", other.what),
+                None => format!("{e:#}"),
+            };
             anyhow::anyhow!(
-                "no package registry ships CIFAR-10, so `gtn data fetch cifar10` checks a folder that holds it: {e:#}"
+                "no package registry ships CIFAR-10, so `gtn data fetch cifar10` checks a folder that holds it: {e}"
             )
         })?;
         crate::outln!(
@@ -420,6 +425,9 @@ mod tests {
         std::fs::write(&archive, b"").unwrap();
         let err = fetch(DatasetName::Cifar10, &archive).unwrap_err().to_string();
         assert!(err.contains("cifar-10-binary.tar.gz: is an archive; unpack it"), "{err}");
+        let err = fetch(DatasetName::Cifar10, &crate::data::fixture_dir()).unwrap_err().to_string();
+        let expected = "holds MNIST-format IDX files, not cifar10's data files; expected CIFAR-10's binary folder";
+        assert!(err.ends_with(expected), "{err}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 pub enum DatasetName {
     Mnist,
     FashionMnist,
-    /// The binary version, read from a folder the user gives (`--data-dir` or `GTN_CIFAR10_DIR`).
+    /// The binary version, read from a folder the user gives (or `GTN_CIFAR10_DIR`).
     #[value(name = "cifar10")]
     #[serde(rename = "cifar10")]
     Cifar10,
