@@ -372,10 +372,22 @@ fn load_idx(name: DatasetName, dir: &Path, device: Device) -> Result<(Split, Spl
     let mut reading = IdxReading::default();
     let train = load_split(name, dir, "train", device, &mut reading)?;
     let test = load_split(name, dir, "t10k", device, &mut reading)?;
-    if let Some(warning) = unpublished_warning(name, dir, &reading.unpublished) {
+    if let Some(warning) = unpublished_warning(name, dir, &reading.unpublished).filter(|_| first_warning(dir)) {
         tracing::warn!("{warning}");
     }
     Ok((train, test, digest(reading.shas.iter().map(String::as_bytes))))
+}
+
+/// Whether `dir` is warned of for the first time in this process: a command may read its data
+/// once per teacher or phase (compare, nas search), and one warning says it.
+fn first_warning(dir: &Path) -> bool {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let first = !warned.iter().any(|d| d == dir);
+    if first {
+        warned.push(dir.to_path_buf());
+    }
+    first
 }
 
 /// One warning for the files of `dir` that hold as many items as `name`'s published ones but
@@ -388,8 +400,9 @@ fn unpublished_warning(name: DatasetName, dir: &Path, unpublished: &[String]) ->
         all => format!("{} hold", all.join(", ")),
     };
     Some(format!(
-        "{}: {files} as many items as {name}'s published files but other content (sha256): a damaged copy, or another dataset of the same size; `gtn data fetch {name}` fetches the published one",
-        dir.display()
+        "{}: {files} as many items as {name}'s published files but other content (sha256): a damaged copy, or another dataset of the same size; for the published files, move these away and run `gtn data fetch {name} --dir {}`",
+        dir.display(),
+        crate::text::shell_word(dir)
     ))
 }
 
@@ -634,10 +647,13 @@ mod tests {
         assert_eq!(read(dir.path()), [stem]);
         assert!(read(&fixture_dir()).is_empty(), "a slice");
         let warning = unpublished_warning(DatasetName::Mnist, Path::new("d"), &[stem.into()]).unwrap();
-        assert_eq!(warning, format!("d: {stem} holds as many items as mnist's published files but other content (sha256): a damaged copy, or another dataset of the same size; `gtn data fetch mnist` fetches the published one"));
+        assert_eq!(warning, format!("d: {stem} holds as many items as mnist's published files but other content (sha256): a damaged copy, or another dataset of the same size; for the published files, move these away and run `gtn data fetch mnist --dir d`"));
         let two = unpublished_warning(DatasetName::Mnist, Path::new("d"), &["a".into(), "b".into()]).unwrap();
         assert!(two.starts_with("d: a, b hold as many"), "{two}");
         assert_eq!(unpublished_warning(DatasetName::Mnist, Path::new("d"), &[]), None);
+        let once = dir.path().join("once");
+        assert!(first_warning(&once) && !first_warning(&once), "once per folder");
+        assert!(first_warning(&dir.path().join("other")));
     }
 
     #[test]
