@@ -606,7 +606,7 @@ pub fn check_data(
             words(saved)
         ),
         _ if digest.is_some_and(|digest| digest != data.digest) => bail!(
-            "{}: holds {} data of the sizes the run {run} was meta-trained on, but other content (its sha256 differs); {expected}",
+            "{}: holds {} data of the sizes the run {run} was meta-trained on, but other content (its sha256 differs: files changed since, or another copy); {expected}, or a new run for this data",
             data_dir.display(),
             data.name.as_str()
         ),

@@ -456,10 +456,11 @@ impl Config {
     fn check_combinations(&self, flags: &Flags) -> Result<()> {
         let (every, steps) = (self.intermediate_loss_every, self.inner_steps);
         if every >= steps {
-            // A file that lowers `inner_steps` below a preset's intermediate losses is named
-            // with a key it does not set.
-            let whose = match flags.config.is_some_and(|file| !sets_key(file, "intermediate_loss_every")) {
-                true => " (the preset's; the file may set it)",
+            // A file or flag that lowers `inner_steps` below a preset's intermediate losses is
+            // named with a key it does not set.
+            let lowered = flags.config.is_some() || flags.inner_steps.is_some();
+            let whose = match lowered && !flags.config.is_some_and(|file| sets_key(file, "intermediate_loss_every")) {
+                true => " (the preset's; a --config file may set it)",
                 false => "",
             };
             bail!(
@@ -1161,7 +1162,7 @@ mod tests {
         let config = Config::from_flags("paper-cifar10", &short).unwrap();
         let err = config.check_new_run(&short).unwrap_err().to_string();
         let expected = format!(
-            "{shown} with --steps 8: config key `intermediate_loss_every` is 16 (the preset's; the file may set it),"
+            "{shown} with --steps 8: config key `intermediate_loss_every` is 16 (the preset's; a --config file may set it),"
         );
         assert!(err.starts_with(&expected), "{err}");
         std::fs::write(&file, "intermediate_loss_every = 8").unwrap();
@@ -1169,7 +1170,7 @@ mod tests {
         assert!(err.contains("`intermediate_loss_every` is 8, which"), "the file's own: {err}");
         std::fs::write(&file, "batch_size = 32").unwrap();
         let err = config.check_new_run(&Flags { config: None, ..short }).unwrap_err().to_string();
-        assert!(err.starts_with("--steps 8: config key"), "{err}");
+        assert!(err.starts_with("--steps 8: config key `intermediate_loss_every` is 16 (the preset's;"), "{err}");
         assert!(Config::from_flags("cpu", &Flags { meta_iters: Some(0), ..Flags::default() })
             .unwrap_err()
             .to_string()
