@@ -700,7 +700,12 @@ mod tests {
         let out = dir.path().join("r.jsonl");
         let opts = ScoreOptions { proxy: Proxy::Gtn(run), archs: sample_distinct(1, 1), ..options(&out, Shard::ALL) };
         let err = score(&ScoreOptions { data_dir: None, ..opts.clone() }, Device::Cpu, |_| {}).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/mnist: data folder not found"), "{err}");
+        let expected = "/nonexistent/mnist: no such folder, the run's `data_dir` in ";
+        assert!(
+            err.to_string().starts_with(expected)
+                && err.to_string().ends_with("give --data-dir with a copy of its data"),
+            "{err}"
+        );
         // Other data would redraw the teacher's split: validation images it was meta-trained on.
         let slice = crate::data::fixture_slice(300);
         let sliced = ScoreOptions { data_dir: Some(slice.path().to_path_buf()), ..opts.clone() };
