@@ -468,6 +468,11 @@ pub fn runs_data<T>(loaded: Result<T>, from: &RunsData) -> Result<T> {
                 own.display()
             );
         }
+        // The dataset's default folder (runs of builds before `data_dir` was stored): the
+        // loader's own advice, to fetch the dataset there, is the run's.
+        if from.stored.is_none() {
+            return e;
+        }
         let published = from.dataset.published_sizes();
         let remedy = match from.saved {
             Some([train, valid, test]) if ((train + valid) as usize, test as usize) != published => format!(
@@ -673,6 +678,13 @@ pub(crate) mod tests {
         assert!(!cifar.contains("gtn data fetch") && cifar.contains("CIFAR-10's binary folder"), "{cifar}");
         let default = crate::data::DatasetName::Mnist.default_dir();
         assert_eq!(err(&RunsData { stored: None, folder: &default, ..from(None) }), "not found", "the loader's own");
+        // A default folder that is not there (CIFAR-10's, unless this machine holds it).
+        let cifar = crate::data::DatasetName::Cifar10;
+        let cifar_default = cifar.default_dir();
+        if !cifar_default.exists() {
+            let unstored = RunsData { stored: None, folder: &cifar_default, dataset: cifar, ..from(None) };
+            assert_eq!(err(&unstored), "not found", "the default folder: the loader's own advice");
+        }
         let own = dir.path().join("own");
         let trains = format!("the run in {} trains on mnist", dir.path().display());
         let elsewhere = err(&RunsData { stored: Some(&own), ..from(None) });
