@@ -84,16 +84,15 @@ pub fn check_dir(dir: &Path, flag: &'static str) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let inner = dir.join(BIN_FOLDER);
-    if inner.join(TEST_FILE).is_file() || inner.join(TRAIN_FILES[0]).is_file() {
-        let inner = crate::text::shell_word(&inner);
+    if unpacked_in(dir) == Some(UNPACKED_BIN) {
+        let inner = crate::text::shell_word(&dir.join(BIN_FOLDER));
         bail!(
             "{}: holds the unpacked archive's folder {BIN_FOLDER}; expected that folder ({flag} {inner})",
             dir.display()
         );
     }
     super::check_not_other_data(dir, super::DatasetName::Cifar10, flag)?;
-    if ["data_batch_1", "batches.meta", "cifar-10-batches-py"].iter().any(|f| dir.join(f).exists()) {
+    if unpacked_in(dir) == Some(PYTHON_VERSION) {
         bail!(
             "{}: holds the python version of CIFAR-10 (pickled batches, as torchvision downloads it); gtn reads the binary version: download it from {SOURCE}, unpack it, and {unpacked}",
             dir.display()
@@ -104,6 +103,22 @@ pub fn check_dir(dir: &Path, flag: &'static str) -> Result<()> {
 
 /// The folder the binary version's archive unpacks to.
 const BIN_FOLDER: &str = "cifar-10-batches-bin";
+
+/// What [`unpacked_in`] finds.
+const UNPACKED_BIN: &str = "CIFAR-10's binary batches in its folder cifar-10-batches-bin";
+const PYTHON_VERSION: &str = "CIFAR-10's python version (pickled batches)";
+
+/// CIFAR-10 as downloads leave it in `dir`, in words, other than its six files in `dir` itself:
+/// the binary archive unpacked into its folder (holding a batch), or the python version
+/// (torchvision's download, or its unpacked folder).
+pub(crate) fn unpacked_in(dir: &Path) -> Option<&'static str> {
+    let inner = dir.join(BIN_FOLDER);
+    if inner.join(TEST_FILE).is_file() || inner.join(TRAIN_FILES[0]).is_file() {
+        return Some(UNPACKED_BIN);
+    }
+    let python = ["data_batch_1", "batches.meta", "cifar-10-batches-py"].iter().any(|f| dir.join(f).exists());
+    python.then_some(PYTHON_VERSION)
+}
 
 /// How [`DIR_ENV`] may name the folder instead: set it, or point it elsewhere when it is set
 /// (a folder it names is not told apart from one a flag or run names: they may be the same).

@@ -294,8 +294,12 @@ fn other_dataset_in(dir: &Path, name: DatasetName) -> Option<(&'static str, &'st
         DatasetName::Cifar10 if idx && !cifar => {
             Some(("MNIST-format IDX files", "--dataset mnist` or `--dataset fashion-mnist"))
         }
-        DatasetName::Mnist | DatasetName::FashionMnist if cifar && !idx => {
-            Some(("CIFAR-10's binary batches", DatasetName::Cifar10.dataset_flag()))
+        DatasetName::Mnist | DatasetName::FashionMnist if !idx => {
+            let held = match cifar {
+                true => Some("CIFAR-10's binary batches"),
+                false => cifar::unpacked_in(dir),
+            };
+            held.map(|held| (held, DatasetName::Cifar10.dataset_flag()))
         }
         _ => None,
     }
@@ -626,6 +630,24 @@ mod tests {
         let err = fetch::fetch(DatasetName::FashionMnist, dir.path()).unwrap_err().to_string();
         let expected = "holds CIFAR-10's binary batches; fetch fashion-mnist into a folder of its own (its default is data/fashion-mnist)";
         assert!(err.ends_with(expected), "{err}");
+        // So do CIFAR-10's downloads as unpacked: the binary archive's folder, the python version.
+        let parent = tempfile::tempdir().unwrap();
+        std::fs::create_dir(parent.path().join("cifar-10-batches-bin")).unwrap();
+        std::fs::write(parent.path().join("cifar-10-batches-bin").join(cifar::TEST_FILE), "").unwrap();
+        let err = Dataset::load(DatasetName::Mnist, parent.path(), 10, 0, Device::Cpu).unwrap_err().to_string();
+        assert!(
+            err.contains("holds CIFAR-10's binary batches in its folder cifar-10-batches-bin, not mnist's"),
+            "{err}"
+        );
+        let err = fetch::fetch(DatasetName::Mnist, parent.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("holds CIFAR-10's binary batches in its folder cifar-10-batches-bin; fetch mnist"),
+            "{err}"
+        );
+        std::fs::create_dir(parent.path().join("cifar-10-batches-py")).unwrap();
+        std::fs::remove_dir_all(parent.path().join("cifar-10-batches-bin")).unwrap();
+        let err = Dataset::load(DatasetName::Mnist, parent.path(), 10, 0, Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("holds CIFAR-10's python version (pickled batches), not mnist's"), "{err}");
     }
 
     /// Files of the published size that are no published file are warned of, once per folder,
