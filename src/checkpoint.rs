@@ -706,7 +706,7 @@ pub(crate) mod tests {
                 what,
                 wanted: crate::data::DatasetName::Mnist,
                 flag: "--data-dir",
-                reads: "--dataset cifar10",
+                reads: "--dataset cifar10".to_owned(),
             }
             .into())
         };

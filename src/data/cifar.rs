@@ -84,7 +84,8 @@ pub fn check_dir(dir: &Path, flag: &'static str) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if unpacked_in(dir) == Some(UNPACKED_BIN) {
+    let unpacked_here = unpacked_in(dir);
+    if unpacked_here == Some(UNPACKED_BIN) {
         let inner = crate::text::shell_word(&dir.join(BIN_FOLDER));
         bail!(
             "{}: holds the unpacked archive's folder {BIN_FOLDER}; expected that folder ({flag} {inner})",
@@ -92,7 +93,7 @@ pub fn check_dir(dir: &Path, flag: &'static str) -> Result<()> {
         );
     }
     super::check_not_other_data(dir, super::DatasetName::Cifar10, flag)?;
-    if unpacked_in(dir) == Some(PYTHON_VERSION) {
+    if unpacked_here == Some(PYTHON_VERSION) {
         bail!(
             "{}: holds the python version of CIFAR-10 (pickled batches, as torchvision downloads it); gtn reads the binary version: download it from {SOURCE}, unpack it, and {unpacked}",
             dir.display()

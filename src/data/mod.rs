@@ -34,15 +34,6 @@ impl DatasetName {
         }
     }
 
-    /// The flag that reads this dataset (`--dataset mnist`), for advice.
-    pub fn dataset_flag(self) -> &'static str {
-        match self {
-            DatasetName::Mnist => "--dataset mnist",
-            DatasetName::FashionMnist => "--dataset fashion-mnist",
-            DatasetName::Cifar10 => "--dataset cifar10",
-        }
-    }
-
     /// Per-channel mean and standard deviation of the training set, in [0, 1] units.
     pub fn mean_std(self) -> (&'static [f64], &'static [f64]) {
         match self {
@@ -287,19 +278,19 @@ fn gtn_output_in(dir: &Path) -> Option<&'static str> {
 /// them, where `dir` holds none of `name`'s: CIFAR-10's batches and MNIST's IDX files have
 /// different names, so a folder of one read as the other (a forgotten `--dataset`) misses every
 /// file.
-fn other_dataset_in(dir: &Path, name: DatasetName) -> Option<(&'static str, &'static str)> {
+fn other_dataset_in(dir: &Path, name: DatasetName) -> Option<(&'static str, String)> {
     let idx = IDX_STEMS.iter().any(|stem| dir.join(stem).is_file() || dir.join(format!("{stem}.gz")).is_file());
     let cifar = cifar::TRAIN_FILES.iter().chain([&cifar::TEST_FILE]).any(|file| dir.join(file).is_file());
     match name {
         DatasetName::Cifar10 if idx && !cifar => {
-            Some(("MNIST-format IDX files", "--dataset mnist` or `--dataset fashion-mnist"))
+            Some(("MNIST-format IDX files", "--dataset mnist` or `--dataset fashion-mnist".to_owned()))
         }
         DatasetName::Mnist | DatasetName::FashionMnist if !idx => {
             let held = match cifar {
                 true => Some("CIFAR-10's binary batches"),
                 false => cifar::unpacked_in(dir),
             };
-            held.map(|held| (held, DatasetName::Cifar10.dataset_flag()))
+            held.map(|held| (held, format!("--dataset {}", DatasetName::Cifar10)))
         }
         _ => None,
     }
@@ -320,7 +311,7 @@ pub struct OtherDataset {
     pub wanted: DatasetName,
     /// The flag that named the folder, and the one that reads the other dataset.
     pub flag: &'static str,
-    pub reads: &'static str,
+    pub reads: String,
 }
 
 /// Where `name`'s data files are missing from `dir` (named by `flag`), an error for a folder that
@@ -423,7 +414,9 @@ fn find_file(name: DatasetName, dir: &Path, stem: &str) -> Result<PathBuf> {
         // folder to fetch this one into (fetch would refuse).
         if let Some((path, other)) = other_published_file(dir, name) {
             let what = format!("{}: missing, and {} is {other}'s", gz.display(), path.display());
-            return Err(OtherDataset { what, wanted: name, flag: "--data-dir", reads: other.dataset_flag() }.into());
+            return Err(
+                OtherDataset { what, wanted: name, flag: "--data-dir", reads: format!("--dataset {other}") }.into()
+            );
         }
         bail!(
             "{}: missing (also looked for {stem}); run `gtn data fetch {} --dir {}`",
@@ -477,7 +470,7 @@ fn read_idx(
         if other == name {
             bail!("{what}; {fetch_again}");
         }
-        return Err(OtherDataset { what, wanted: name, flag: "--data-dir", reads: other.dataset_flag() }.into());
+        return Err(OtherDataset { what, wanted: name, flag: "--data-dir", reads: format!("--dataset {other}") }.into());
     }
     Ok((path, data))
 }
